@@ -1,0 +1,815 @@
+//! Endpoint URLs: `uds:///run/app.sock`, `tcp://127.0.0.1:7000`, `shm://app`, …
+//!
+//! Parsing accepts only the canonical spelling of each form, so that printing a parsed
+//! endpoint gives back exactly the string it came from. Where a spelling is valid but not
+//! canonical (a port with a leading zero, a needless `%41` escape) the error says which
+//! spelling to use instead.
+
+use std::fmt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+
+/// The default and most common limit on one message: 16 MiB.
+pub const DEFAULT_MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
+/// The longest name `mq://`, `shm://` and `events://` accept: NAME_MAX (255) less the room
+/// ipckit needs for the suffixes it derives from a name (reply queues, per-client rings).
+pub const MAX_NAME_LEN: usize = 200;
+
+/// A parsed endpoint URL.
+///
+/// ```
+/// use ipckit::Endpoint;
+/// let ep: Endpoint = "uds:///tmp/app.sock?framing=line".parse()?;
+/// assert_eq!(ep.scheme(), "uds");
+/// assert_eq!(ep.framing(), ipckit::Framing::Line);
+/// assert_eq!(ep.to_string(), "uds:///tmp/app.sock?framing=line");
+/// # Ok::<(), ipckit::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    address: Address,
+    params: Vec<(Param, String)>,
+    object: Option<String>,
+}
+
+/// Where an endpoint is: one variant per transport.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Address {
+    /// `uds:///path` or `uds://@abstract`: an AF_UNIX stream socket.
+    Uds(UnixAddr),
+    /// `tcp://host:port`: TCP, loopback unless `?public=true`.
+    Tcp(HostPort),
+    /// `udp://host:port`: UDP datagrams.
+    Udp(HostPort),
+    /// `unixgram:///path` or `unixgram://@abstract`: AF_UNIX datagram sockets.
+    Unixgram(UnixAddr),
+    /// `fifo:///path`: a named pipe made by mkfifo.
+    Fifo(PathBuf),
+    /// `mq://name`: a POSIX message queue.
+    Mq(String),
+    /// `shm://name`: a shared-memory segment with rings.
+    Shm(String),
+    /// `events://name`: a one-to-many broadcast ring in shared memory.
+    Events(String),
+    /// `spool:///dir`: a Maildir-style spool directory.
+    Spool(PathBuf),
+    /// `dbus://session/org.example.App`: a well-known name on a D-Bus bus.
+    Dbus {
+        /// Which bus.
+        bus: Bus,
+        /// The well-known bus name.
+        name: String,
+    },
+    /// `x11://Window%20Title`: an X11 window found by its title.
+    X11(String),
+    /// `ws://host:port/path`: a WebSocket.
+    Ws {
+        /// Where the server listens.
+        at: HostPort,
+        /// The path of the WebSocket, starting with `/`.
+        path: String,
+    },
+    /// `nats://host:port/subject`: a subject on a NATS server.
+    Nats {
+        /// Where the NATS server listens.
+        at: HostPort,
+        /// The subject.
+        subject: String,
+    },
+}
+
+/// An AF_UNIX address: a filesystem path or a Linux abstract name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum UnixAddr {
+    /// A socket file.
+    Path(PathBuf),
+    /// A name in the Linux abstract namespace (no file; written `@name`).
+    Abstract(String),
+}
+
+/// A host and a port, as written.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HostPort {
+    /// An IPv4 literal, a bracketed IPv6 literal, or a host name.
+    pub host: String,
+    /// The port; 0 asks the kernel for a free one when listening.
+    pub port: u16,
+}
+
+/// A D-Bus bus.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Bus {
+    /// The user's session bus.
+    Session,
+    /// The system bus.
+    System,
+}
+
+/// How a stream endpoint cuts its bytes into messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Framing {
+    /// ipckit's length-prefixed frames with a handshake (docs/PROTOCOL.md).
+    #[default]
+    Length,
+    /// One message per `\n`-terminated line, no handshake: for socat, nc and shells.
+    Line,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Param {
+    Framing,
+    Mode,
+    MaxMessage,
+    Public,
+}
+
+impl Param {
+    const ALL: [Param; 4] = [Param::Framing, Param::Mode, Param::MaxMessage, Param::Public];
+
+    fn key(self) -> &'static str {
+        match self {
+            Param::Framing => "framing",
+            Param::Mode => "mode",
+            Param::MaxMessage => "max_message",
+            Param::Public => "public",
+        }
+    }
+
+    fn applies_to(self, scheme: &str) -> bool {
+        match self {
+            Param::Framing => matches!(scheme, "uds" | "tcp"),
+            Param::Mode => matches!(
+                scheme,
+                "uds" | "unixgram" | "fifo" | "mq" | "shm" | "events" | "spool"
+            ),
+            Param::MaxMessage => true,
+            Param::Public => matches!(scheme, "tcp" | "udp" | "ws"),
+        }
+    }
+
+    /// Checks that `value` is the canonical spelling of a valid value.
+    fn check(self, value: &str) -> std::result::Result<(), String> {
+        match self {
+            Param::Framing => match value {
+                "length" | "line" => Ok(()),
+                _ => Err(format!("framing must be 'length' or 'line', not '{value}'")),
+            },
+            Param::Mode => {
+                let ok = value.len() == 4
+                    && value.starts_with('0')
+                    && value.bytes().all(|b| (b'0'..=b'7').contains(&b));
+                ok.then_some(()).ok_or_else(|| {
+                    format!("mode must be four octal digits such as 0600 or 0660, not '{value}'")
+                })
+            }
+            Param::MaxMessage => match canonical_decimal(value) {
+                Some(n) if n >= 1 && n <= u32::MAX as u64 => Ok(()),
+                _ => Err(format!(
+                    "max_message must be a whole number of bytes from 1 to {} without leading zeros, not '{value}'",
+                    u32::MAX
+                )),
+            },
+            Param::Public => match value {
+                "true" | "false" => Ok(()),
+                _ => Err(format!("public must be 'true' or 'false', not '{value}'")),
+            },
+        }
+    }
+}
+
+impl Endpoint {
+    /// Parses an endpoint URL.
+    ///
+    /// ```
+    /// let ep = ipckit::Endpoint::parse("tcp://127.0.0.1:7000")?;
+    /// assert_eq!(ep.to_string(), "tcp://127.0.0.1:7000");
+    /// assert!(ipckit::Endpoint::parse("tcp://127.0.0.1:70000").is_err());
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
+    pub fn parse(url: &str) -> Result<Endpoint> {
+        let invalid = |reason: String| Error::InvalidUrl {
+            url: url.to_owned(),
+            reason,
+        };
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+            invalid(format!(
+                "expected SCHEME://ADDRESS, e.g. uds:///run/app.sock; known schemes: {}",
+                SCHEMES.join(", ")
+            ))
+        })?;
+        let (rest, object) = match rest.split_once('#') {
+            Some((rest, object)) => (rest, Some(object)),
+            None => (rest, None),
+        };
+        let (body, query) = match rest.split_once('?') {
+            Some((body, query)) => (body, Some(query)),
+            None => (rest, None),
+        };
+        let address = parse_address(scheme, body).map_err(invalid)?;
+        let params = match query {
+            Some(query) => parse_query(scheme, query).map_err(invalid)?,
+            None => Vec::new(),
+        };
+        let object = object
+            .map(|o| {
+                check_name(o, "object name after '#'")?;
+                Ok(o.to_owned())
+            })
+            .transpose()
+            .map_err(invalid)?;
+        Ok(Endpoint {
+            address,
+            params,
+            object,
+        })
+    }
+
+    /// The endpoint's scheme, which names its transport: `"uds"`, `"tcp"`, …
+    pub fn scheme(&self) -> &'static str {
+        match &self.address {
+            Address::Uds(_) => "uds",
+            Address::Tcp(_) => "tcp",
+            Address::Udp(_) => "udp",
+            Address::Unixgram(_) => "unixgram",
+            Address::Fifo(_) => "fifo",
+            Address::Mq(_) => "mq",
+            Address::Shm(_) => "shm",
+            Address::Events(_) => "events",
+            Address::Spool(_) => "spool",
+            Address::Dbus { .. } => "dbus",
+            Address::X11(_) => "x11",
+            Address::Ws { .. } => "ws",
+            Address::Nats { .. } => "nats",
+        }
+    }
+
+    /// Where the endpoint is.
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
+    /// The endpoint with its address replaced, keeping its options; used when a server
+    /// learns its real address (a TCP port chosen by the kernel).
+    pub fn with_address(&self, address: Address) -> Endpoint {
+        Endpoint {
+            address,
+            ..self.clone()
+        }
+    }
+
+    /// The named object after `#`, if any.
+    pub fn object(&self) -> Option<&str> {
+        self.object.as_deref()
+    }
+
+    fn param(&self, param: Param) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(p, _)| *p == param)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// How a stream endpoint frames messages (`?framing=`); `Length` unless set.
+    pub fn framing(&self) -> Framing {
+        match self.param(Param::Framing) {
+            Some("line") => Framing::Line,
+            _ => Framing::Length,
+        }
+    }
+
+    /// The permission bits for the endpoint's file or object (`?mode=`); 0600 unless set.
+    pub fn mode(&self) -> u32 {
+        self.param(Param::Mode)
+            .map(|m| u32::from_str_radix(m, 8).expect("validated when parsed"))
+            .unwrap_or(0o600)
+    }
+
+    /// The largest message this side accepts (`?max_message=`); 16 MiB unless set.
+    pub fn max_message(&self) -> usize {
+        self.param(Param::MaxMessage)
+            .map(|m| m.parse().expect("validated when parsed"))
+            .unwrap_or(DEFAULT_MAX_MESSAGE)
+    }
+
+    /// Whether a network endpoint may be bound to a non-loopback address (`?public=`).
+    pub fn public(&self) -> bool {
+        self.param(Param::Public) == Some("true")
+    }
+
+    /// Sets (or replaces) an option, validating it as the parser would.
+    ///
+    /// ```
+    /// let mut ep = ipckit::Endpoint::parse("uds://@app")?;
+    /// ep.set_option("max_message", "1024")?;
+    /// assert_eq!(ep.to_string(), "uds://@app?max_message=1024");
+    /// assert!(ep.set_option("max_message", "0").is_err());
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
+    pub fn set_option(&mut self, key: &str, value: &str) -> Result<()> {
+        let invalid = |reason| Error::InvalidUrl {
+            url: self.to_string(),
+            reason,
+        };
+        let param = lookup_param(self.scheme(), key).map_err(invalid)?;
+        param.check(value).map_err(invalid)?;
+        match self.params.iter_mut().find(|(p, _)| *p == param) {
+            Some((_, v)) => *v = value.to_owned(),
+            None => self.params.push((param, value.to_owned())),
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Endpoint {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Endpoint> {
+        Endpoint::parse(s)
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://", self.scheme())?;
+        match &self.address {
+            Address::Uds(addr) | Address::Unixgram(addr) => match addr {
+                UnixAddr::Path(p) => f.write_str(&escape(p.as_os_str().as_bytes()))?,
+                UnixAddr::Abstract(name) => write!(f, "@{}", escape(name.as_bytes()))?,
+            },
+            Address::Fifo(p) | Address::Spool(p) => {
+                f.write_str(&escape(p.as_os_str().as_bytes()))?
+            }
+            Address::Tcp(at) | Address::Udp(at) => write!(f, "{at}")?,
+            Address::Mq(name) | Address::Shm(name) | Address::Events(name) => f.write_str(name)?,
+            Address::Dbus { bus, name } => {
+                let bus = match bus {
+                    Bus::Session => "session",
+                    Bus::System => "system",
+                };
+                write!(f, "{bus}/{name}")?
+            }
+            Address::X11(title) => f.write_str(&escape(title.as_bytes()))?,
+            Address::Ws { at, path } => write!(f, "{at}{}", escape(path.as_bytes()))?,
+            Address::Nats { at, subject } => write!(f, "{at}/{subject}")?,
+        }
+        for (i, (param, value)) in self.params.iter().enumerate() {
+            let sep = if i == 0 { '?' } else { '&' };
+            write!(f, "{sep}{}={value}", param.key())?;
+        }
+        if let Some(object) = &self.object {
+            write!(f, "#{object}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+impl HostPort {
+    /// The host without IPv6 brackets, as the resolver wants it.
+    pub fn bare_host(&self) -> &str {
+        self.host.trim_start_matches('[').trim_end_matches(']')
+    }
+}
+
+/// Anything that names an endpoint: a URL string or an [`Endpoint`].
+pub trait ToEndpoint {
+    /// Parses or clones into an [`Endpoint`].
+    fn to_endpoint(&self) -> Result<Endpoint>;
+}
+
+impl ToEndpoint for Endpoint {
+    fn to_endpoint(&self) -> Result<Endpoint> {
+        Ok(self.clone())
+    }
+}
+
+impl ToEndpoint for str {
+    fn to_endpoint(&self) -> Result<Endpoint> {
+        Endpoint::parse(self)
+    }
+}
+
+impl ToEndpoint for String {
+    fn to_endpoint(&self) -> Result<Endpoint> {
+        Endpoint::parse(self)
+    }
+}
+
+impl<T: ToEndpoint + ?Sized> ToEndpoint for &T {
+    fn to_endpoint(&self) -> Result<Endpoint> {
+        (**self).to_endpoint()
+    }
+}
+
+const SCHEMES: [&str; 13] = [
+    "uds", "tcp", "udp", "unixgram", "fifo", "mq", "shm", "events", "spool", "dbus", "x11", "ws",
+    "nats",
+];
+
+type Parsed<T> = std::result::Result<T, String>;
+
+fn parse_address(scheme: &str, body: &str) -> Parsed<Address> {
+    Ok(match scheme {
+        "uds" => Address::Uds(parse_unix(scheme, body)?),
+        "unixgram" => Address::Unixgram(parse_unix(scheme, body)?),
+        "tcp" => Address::Tcp(parse_host_port(body)?),
+        "udp" => Address::Udp(parse_host_port(body)?),
+        "fifo" => Address::Fifo(parse_path(scheme, body)?),
+        "spool" => Address::Spool(parse_path(scheme, body)?),
+        "mq" => Address::Mq(parse_name(body)?),
+        "shm" => Address::Shm(parse_name(body)?),
+        "events" => Address::Events(parse_name(body)?),
+        "dbus" => {
+            let (bus, name) = body.split_once('/').ok_or_else(|| {
+                "expected dbus://session/NAME or dbus://system/NAME, e.g. dbus://session/org.example.App".to_owned()
+            })?;
+            let bus = match bus {
+                "session" => Bus::Session,
+                "system" => Bus::System,
+                other => return Err(format!("unknown bus '{other}': use 'session' or 'system'")),
+            };
+            check_bus_name(name)?;
+            Address::Dbus {
+                bus,
+                name: name.to_owned(),
+            }
+        }
+        "x11" => {
+            if body.is_empty() {
+                return Err("missing window title, e.g. x11://App%20Window".to_owned());
+            }
+            let title = String::from_utf8(unescape(body)?)
+                .map_err(|_| "the window title is not valid UTF-8".to_owned())?;
+            Address::X11(title)
+        }
+        "ws" => {
+            let slash = body.find('/').ok_or_else(|| {
+                "missing path after host:port, e.g. ws://127.0.0.1:8080/app".to_owned()
+            })?;
+            let path = String::from_utf8(unescape(&body[slash..])?)
+                .map_err(|_| "the WebSocket path is not valid UTF-8".to_owned())?;
+            Address::Ws {
+                at: parse_host_port(&body[..slash])?,
+                path,
+            }
+        }
+        "nats" => {
+            let (at, subject) = body.split_once('/').ok_or_else(|| {
+                "missing subject after host:port, e.g. nats://127.0.0.1:4222/app".to_owned()
+            })?;
+            let valid = !subject.is_empty()
+                && subject.split('.').all(|t| {
+                    !t.is_empty()
+                        && t.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"_-*>".contains(&b))
+                });
+            if !valid {
+                return Err(format!(
+                    "'{subject}' is not a NATS subject: dot-separated tokens of letters, digits, '_', '-'"
+                ));
+            }
+            Address::Nats {
+                at: parse_host_port(at)?,
+                subject: subject.to_owned(),
+            }
+        }
+        "" => return Err("missing scheme before '://'".to_owned()),
+        other => {
+            return Err(format!(
+                "unknown scheme '{other}'; known schemes: {}",
+                SCHEMES.join(", ")
+            ));
+        }
+    })
+}
+
+fn parse_unix(scheme: &str, body: &str) -> Parsed<UnixAddr> {
+    if let Some(name) = body.strip_prefix('@') {
+        if name.is_empty() {
+            return Err(format!(
+                "missing abstract socket name after '@', e.g. {scheme}://@app"
+            ));
+        }
+        let name = String::from_utf8(unescape(name)?)
+            .map_err(|_| "the abstract name is not valid UTF-8".to_owned())?;
+        // The kernel's sun_path is 108 bytes; the abstract namespace uses one for the NUL.
+        if name.len() > 107 {
+            return Err(format!(
+                "abstract name of {} bytes is longer than the 107 the kernel allows",
+                name.len()
+            ));
+        }
+        return Ok(UnixAddr::Abstract(name));
+    }
+    let path = parse_path(scheme, body)?;
+    if path.as_os_str().len() > 107 {
+        return Err(format!(
+            "socket path of {} bytes is longer than the 107 the kernel allows; use a shorter path or an abstract name ({scheme}://@name)",
+            path.as_os_str().len()
+        ));
+    }
+    Ok(UnixAddr::Path(path))
+}
+
+fn parse_path(scheme: &str, body: &str) -> Parsed<PathBuf> {
+    if body.is_empty() {
+        return Err(format!(
+            "missing path, e.g. {scheme}:///tmp/app (three slashes: the path is absolute)"
+        ));
+    }
+    if !body.starts_with('/') {
+        return Err(format!(
+            "the path must be absolute and the URL takes no host: write {scheme}:///{body}"
+        ));
+    }
+    let bytes = unescape(body)?;
+    if bytes.contains(&0) {
+        return Err("a path cannot contain a NUL byte".to_owned());
+    }
+    Ok(PathBuf::from(std::ffi::OsString::from_vec(bytes)))
+}
+
+fn parse_host_port(body: &str) -> Parsed<HostPort> {
+    let (host, port) = body.rsplit_once(':').ok_or_else(|| {
+        format!("missing port: expected HOST:PORT, e.g. 127.0.0.1:7000, not '{body}'")
+    })?;
+    if host.is_empty() {
+        return Err("missing host before ':PORT', e.g. 127.0.0.1".to_owned());
+    }
+    let port = match canonical_decimal(port) {
+        Some(p) if p <= u16::MAX as u64 => p as u16,
+        _ => {
+            return Err(format!(
+                "bad port '{port}': expected a number from 0 to 65535 without leading zeros"
+            ));
+        }
+    };
+    let valid_host = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        v6.parse::<std::net::Ipv6Addr>()
+            .is_ok_and(|ip| ip.to_string() == v6)
+    } else if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        host.parse::<std::net::Ipv4Addr>().is_ok()
+    } else {
+        host.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            && !host.starts_with(['-', '.'])
+    };
+    if !valid_host {
+        return Err(format!(
+            "bad host '{host}': expected an IPv4 address, a bracketed canonical IPv6 address such as [::1], or a host name"
+        ));
+    }
+    Ok(HostPort {
+        host: host.to_owned(),
+        port,
+    })
+}
+
+fn parse_name(body: &str) -> Parsed<String> {
+    check_name(body, "name")?;
+    Ok(body.to_owned())
+}
+
+fn check_name(name: &str, what: &str) -> Parsed<()> {
+    if name.is_empty() {
+        return Err(format!("missing {what}"));
+    }
+    if name.contains('/') {
+        return Err(format!(
+            "the {what} '{name}' contains '/'; use letters, digits, '.', '_' and '-' only"
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("the {what} cannot be '.' or '..'"));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "the {what} is {} bytes long; at most {MAX_NAME_LEN} are allowed (NAME_MAX less room for derived names)",
+            name.len()
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "._-".contains(*c)))
+    {
+        return Err(format!(
+            "the {what} '{name}' contains '{bad}'; use letters, digits, '.', '_' and '-' only"
+        ));
+    }
+    Ok(())
+}
+
+fn check_bus_name(name: &str) -> Parsed<()> {
+    let elements: Vec<&str> = name.split('.').collect();
+    let valid = name.len() <= 255
+        && elements.len() >= 2
+        && elements.iter().all(|e| {
+            !e.is_empty()
+                && !e.starts_with(|c: char| c.is_ascii_digit())
+                && e.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        });
+    valid.then_some(()).ok_or_else(|| {
+        format!("'{name}' is not a D-Bus well-known name such as org.example.App")
+    })
+}
+
+fn lookup_param(scheme: &str, key: &str) -> Parsed<Param> {
+    let param = Param::ALL
+        .into_iter()
+        .find(|p| p.key() == key)
+        .ok_or_else(|| {
+            let known: Vec<_> = Param::ALL
+                .iter()
+                .filter(|p| p.applies_to(scheme))
+                .map(|p| p.key())
+                .collect();
+            format!(
+                "unknown option '{key}'; {scheme} takes: {}",
+                known.join(", ")
+            )
+        })?;
+    if !param.applies_to(scheme) {
+        return Err(format!("option '{key}' does not apply to {scheme} endpoints"));
+    }
+    Ok(param)
+}
+
+fn parse_query(scheme: &str, query: &str) -> Parsed<Vec<(Param, String)>> {
+    let mut params: Vec<(Param, String)> = Vec::new();
+    for pair in query.split('&') {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("option '{pair}' needs a value: write KEY=VALUE"))?;
+        let param = lookup_param(scheme, key)?;
+        param.check(value)?;
+        if params.iter().any(|(p, _)| *p == param) {
+            return Err(format!("option '{key}' is given twice"));
+        }
+        params.push((param, value.to_owned()));
+    }
+    Ok(params)
+}
+
+/// A decimal number spelled canonically (no sign, no leading zeros).
+fn canonical_decimal(s: &str) -> Option<u64> {
+    let canonical = !s.is_empty() && (s == "0" || !s.starts_with('0'));
+    canonical.then(|| s.parse().ok()).flatten()
+}
+
+/// Bytes that must be percent-escaped inside an address: controls, space and the URL
+/// delimiters that would otherwise end the address.
+fn must_escape(b: u8) -> bool {
+    b <= b' ' || b == 0x7f || b == b'%' || b == b'?' || b == b'#'
+}
+
+fn escape(bytes: &[u8]) -> String {
+    // Non-ASCII stays as it is when the whole is UTF-8, and is escaped byte by byte when not,
+    // so that any path round-trips.
+    let utf8 = std::str::from_utf8(bytes).is_ok();
+    let mut out = String::with_capacity(bytes.len());
+    for (i, &b) in bytes.iter().enumerate() {
+        if must_escape(b) || (!utf8 && b >= 0x80) {
+            out.push_str(&format!("%{b:02X}"));
+        } else if b < 0x80 {
+            out.push(b as char);
+        } else if let Some(c) = std::str::from_utf8(&bytes[i..])
+            .ok()
+            .and_then(|s| s.chars().next())
+        {
+            out.push(c);
+        }
+        // Continuation bytes of a UTF-8 character were pushed with its first byte.
+    }
+    out
+}
+
+fn unescape(text: &str) -> Parsed<Vec<u8>> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text
+                .get(i + 1..i + 3)
+                .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+                .ok_or_else(|| format!("bad escape at '{}': expected %XX", &text[i..]))?;
+            out.push(u8::from_str_radix(hex, 16).expect("checked hex digits"));
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    let canonical = escape(&out);
+    if canonical != text {
+        return Err(format!(
+            "'{text}' is not in canonical form: write it as '{canonical}'"
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_design_form_round_trips() {
+        for url in [
+            "uds:///run/user/1000/app.sock",
+            "uds://@app",
+            "uds:///run/app.sock#calculator",
+            "uds:///tmp/my%20app.sock?framing=line&mode=0660",
+            "uds:///tmp/caf\u{e9}.sock",
+            "udp://127.0.0.1:9000",
+            "unixgram:///tmp/app.dgram",
+            "tcp://127.0.0.1:7000",
+            "tcp://[::1]:7000?public=false",
+            "tcp://localhost:0",
+            "mq://app",
+            "mq://app?max_message=8192",
+            "fifo:///tmp/app.fifo",
+            "shm://app",
+            "events://app",
+            "spool:///var/spool/app",
+            "dbus://session/org.example.App",
+            "dbus://system/org.example.App",
+            "x11://App%20Window",
+            "ws://127.0.0.1:8080/app",
+            "nats://127.0.0.1:4222/app",
+        ] {
+            let ep = Endpoint::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(ep.to_string(), url);
+            assert_eq!(Endpoint::parse(&ep.to_string()).unwrap(), ep);
+        }
+    }
+
+    #[test]
+    fn decoded_parts_are_what_the_os_sees() {
+        let ep = Endpoint::parse("uds:///tmp/my%20app.sock").unwrap();
+        assert_eq!(
+            ep.address(),
+            &Address::Uds(UnixAddr::Path("/tmp/my app.sock".into()))
+        );
+        let ep = Endpoint::parse("x11://App%20Window").unwrap();
+        assert_eq!(ep.address(), &Address::X11("App Window".into()));
+    }
+
+    fn reason(url: &str) -> String {
+        match Endpoint::parse(url) {
+            Err(Error::InvalidUrl { url: u, reason }) => {
+                assert_eq!(u, url);
+                reason
+            }
+            other => panic!("{url}: expected InvalidUrl, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_urls_say_which_part_is_wrong() {
+        assert!(reason("foo://x").contains("unknown scheme 'foo'"));
+        assert!(reason("uds:/tmp/x").contains("SCHEME://"));
+        assert!(reason("uds://").contains("missing path"));
+        assert!(reason("uds://tmp/x.sock").contains("uds:///tmp/x.sock"));
+        assert!(reason("tcp://127.0.0.1:99999").contains("bad port"));
+        assert!(reason("tcp://127.0.0.1:07000").contains("leading zeros"));
+        assert!(reason("tcp://127.0.0.1").contains("missing port"));
+        assert!(reason("tcp://:7000").contains("missing host"));
+        assert!(reason("tcp://300.1.1.1:7").contains("bad host"));
+        assert!(reason("shm://a/b").contains("'/'"));
+        assert!(reason("shm://..").contains("'..'"));
+        assert!(reason(&format!("mq://{}", "a".repeat(201))).contains("at most 200"));
+        assert!(reason("uds:///x?bogus=1").contains("unknown option 'bogus'"));
+        assert!(reason("mq://x?framing=line").contains("does not apply"));
+        assert!(reason("uds:///x?framing=line&framing=line").contains("twice"));
+        assert!(reason("uds:///x?mode=777").contains("four octal digits"));
+        assert!(reason("uds:///x?max_message=0").contains("max_message"));
+        assert!(reason("uds:///tmp/%41.sock").contains("write it as '/tmp/A.sock'"));
+        assert!(reason("uds:///tmp/%4").contains("bad escape"));
+        assert!(reason("dbus://bus/org.x.Y").contains("unknown bus"));
+        assert!(reason("dbus://session/nodots").contains("well-known name"));
+        assert!(reason("ws://127.0.0.1:80").contains("missing path"));
+    }
+
+    #[test]
+    fn options_have_defaults() {
+        let ep = Endpoint::parse("uds://@x").unwrap();
+        assert_eq!(ep.framing(), Framing::Length);
+        assert_eq!(ep.mode(), 0o600);
+        assert_eq!(ep.max_message(), DEFAULT_MAX_MESSAGE);
+        assert!(!ep.public());
+        let ep = Endpoint::parse("uds://@x?mode=0660&max_message=10").unwrap();
+        assert_eq!(ep.mode(), 0o660);
+        assert_eq!(ep.max_message(), 10);
+    }
+}

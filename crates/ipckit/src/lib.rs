@@ -1,0 +1,294 @@
+//! ipckit: one API and one address syntax over the IPC mechanisms of Linux.
+//!
+//! A program picks its transport with a URL (`uds:///run/app.sock`, `tcp://127.0.0.1:7000`,
+//! …) and talks to it through the same two types: a [`Client`] sends messages and
+//! requests, a [`Server`] receives them, with who sent each, and answers.
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! let dir = std::env::temp_dir().join(format!("ipckit-doc-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir).unwrap();
+//! let url = format!("uds://{}/echo.sock", dir.display());
+//!
+//! // The article's Start / Received / Stop: a handler on a thread of its own.
+//! let server = ipckit::listen(&url)?.spawn(|msg| Some(msg.payload().to_vec()));
+//!
+//! let client = ipckit::connect(&url)?;
+//! client.send(b"one-way")?;
+//! let reply = client.request(b"ping", Duration::from_secs(5))?;
+//! assert_eq!(reply, b"ping");
+//!
+//! drop(server); // stops the loop and removes the socket file
+//! # std::fs::remove_dir_all(&dir).ok();
+//! # Ok::<(), ipckit::Error>(())
+//! ```
+
+#![deny(missing_docs)]
+
+pub mod endpoint;
+pub mod error;
+pub mod frame;
+mod message;
+pub mod transport;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use endpoint::{Endpoint, Framing, ToEndpoint};
+pub use error::{Error, Result};
+pub use message::{Message, Peer};
+pub use transport::Capabilities;
+
+/// Connects to the server at `endpoint`.
+///
+/// ```no_run
+/// let client = ipckit::connect("tcp://127.0.0.1:7000")?;
+/// client.send(b"hello")?;
+/// # Ok::<(), ipckit::Error>(())
+/// ```
+pub fn connect(endpoint: impl ToEndpoint) -> Result<Client> {
+    let endpoint = endpoint.to_endpoint()?;
+    let transport = transport::for_endpoint(&endpoint)?;
+    Ok(Client {
+        capabilities: transport.capabilities(&endpoint),
+        connection: transport.connect(&endpoint)?,
+    })
+}
+
+/// Starts a server at `endpoint`.
+///
+/// ```no_run
+/// let mut server = ipckit::listen("uds://@my-app")?;
+/// for msg in server.incoming() {
+///     println!("{:?}", msg?.payload());
+/// }
+/// # Ok::<(), ipckit::Error>(())
+/// ```
+pub fn listen(endpoint: impl ToEndpoint) -> Result<Server> {
+    let endpoint = endpoint.to_endpoint()?;
+    let transport = transport::for_endpoint(&endpoint)?;
+    let listener = transport.listen(&endpoint)?;
+    Ok(Server {
+        capabilities: transport.capabilities(listener.endpoint()),
+        listener,
+    })
+}
+
+/// The sending side of a connection. Every method takes `&self`: share one client between
+/// threads, and their requests are in flight together, each reply reaching its caller.
+pub struct Client {
+    connection: Box<dyn transport::Connection>,
+    capabilities: Capabilities,
+}
+
+impl Client {
+    /// Sends one message. Larger than the server accepts is [`Error::MessageTooLarge`],
+    /// before anything is written.
+    pub fn send(&self, payload: &[u8]) -> Result<()> {
+        self.connection.send(payload)
+    }
+
+    /// Sends a request and waits up to `timeout` for the reply.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// let client = ipckit::connect("uds:///tmp/app.sock")?;
+    /// let answer = client.request(b"2+2", Duration::from_secs(1))?;
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
+    pub fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
+        self.connection.request(payload, timeout)
+    }
+
+    /// Sends a serde value (encoded with postcard); the server reads it with
+    /// [`Message::decode`].
+    ///
+    /// ```no_run
+    /// #[derive(serde::Serialize)]
+    /// struct Job { id: u32 }
+    /// ipckit::connect("uds:///tmp/jobs.sock")?.send_value(&Job { id: 7 })?;
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
+    pub fn send_value<T: Serialize>(&self, value: &T) -> Result<()> {
+        self.send(&self.encode(value)?)
+    }
+
+    /// Sends a serde value as a request and decodes the reply.
+    pub fn request_value<T: Serialize, R: DeserializeOwned>(
+        &self,
+        value: &T,
+        timeout: Duration,
+    ) -> Result<R> {
+        let reply = self.request(&self.encode(value)?, timeout)?;
+        postcard::from_bytes(&reply).map_err(|e| Error::Codec {
+            endpoint: self.endpoint().to_string(),
+            op: "decode",
+            detail: e.to_string(),
+        })
+    }
+
+    fn encode<T: Serialize>(&self, value: &T) -> Result<Vec<u8>> {
+        postcard::to_allocvec(value).map_err(|e| Error::Codec {
+            endpoint: self.endpoint().to_string(),
+            op: "encode",
+            detail: e.to_string(),
+        })
+    }
+
+    /// The largest message the server accepts.
+    pub fn max_message(&self) -> usize {
+        self.connection.max_message()
+    }
+
+    /// Where the client is connected.
+    pub fn endpoint(&self) -> &Endpoint {
+        self.connection.endpoint()
+    }
+
+    /// What the transport promises.
+    pub fn capabilities(&self) -> Capabilities {
+        self.capabilities
+    }
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("endpoint", &self.endpoint().to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The receiving side: messages from any number of clients, through one loop.
+pub struct Server {
+    listener: Box<dyn transport::Listener>,
+    capabilities: Capabilities,
+}
+
+impl Server {
+    /// Waits for the next message.
+    pub fn recv(&mut self) -> Result<Message> {
+        loop {
+            if let Some(message) = self.listener.recv(None)? {
+                return Ok(message);
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for the next message; `Ok(None)` when none came.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<Message>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.listener.recv(Some(deadline))? {
+                Some(message) => return Ok(Some(message)),
+                None if Instant::now() >= deadline => return Ok(None),
+                None => {}
+            }
+        }
+    }
+
+    /// The messages, as an endless iterator.
+    pub fn incoming(&mut self) -> impl Iterator<Item = Result<Message>> + '_ {
+        std::iter::repeat_with(move || self.recv())
+    }
+
+    /// Serves on a thread of its own, calling `handler` for every message; what it
+    /// returns for a request is the reply (`None` refuses it). Dropping the guard stops
+    /// the thread and then the server, which removes its endpoint.
+    ///
+    /// ```no_run
+    /// let guard = ipckit::listen("uds:///tmp/upper.sock")?
+    ///     .spawn(|msg| Some(msg.payload().to_ascii_uppercase()));
+    /// // ... serve until the guard is dropped
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
+    pub fn spawn<F>(mut self, mut handler: F) -> ServerGuard
+    where
+        F: FnMut(&Message) -> Option<Vec<u8>> + Send + 'static,
+    {
+        let stop = Arc::new(AtomicBool::new(false));
+        let wake = self.listener.waker();
+        let endpoint = self.endpoint().clone();
+        let stopping = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("ipckit {endpoint}"))
+            .spawn(move || {
+                while !stopping.load(Ordering::Acquire) {
+                    match self.listener.recv(None) {
+                        Ok(Some(mut message)) => {
+                            let reply = handler(&message);
+                            if let (Some(reply), true) = (reply, message.wants_reply()) {
+                                if let Err(e) = message.reply(&reply) {
+                                    log::warn!("{e}");
+                                }
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            log::error!("{e}; the server stops");
+                            break;
+                        }
+                    }
+                }
+            })
+            .expect("spawning the server thread");
+        ServerGuard {
+            endpoint,
+            stop,
+            wake,
+            thread: Some(thread),
+        }
+    }
+
+    /// The endpoint it listens on, with the real port where the kernel chose one.
+    pub fn endpoint(&self) -> &Endpoint {
+        self.listener.endpoint()
+    }
+
+    /// What the transport promises.
+    pub fn capabilities(&self) -> Capabilities {
+        self.capabilities
+    }
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("endpoint", &self.endpoint().to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A running [`Server::spawn`]: stops the server and cleans up when dropped.
+pub struct ServerGuard {
+    endpoint: Endpoint,
+    stop: Arc<AtomicBool>,
+    wake: Arc<dyn Fn() + Send + Sync>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ServerGuard {
+    /// The endpoint it serves.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Stops the server and waits until it has cleaned up.
+    pub fn stop(self) {}
+}
+
+impl Drop for ServerGuard {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        (self.wake)();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

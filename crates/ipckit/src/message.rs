@@ -1,0 +1,171 @@
+//! What a server receives: the payload, who sent it, and how to answer.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+
+/// Who sent a message, as far as the operating system tells.
+///
+/// On `uds` the kernel vouches for pid, uid and gid (SO_PEERCRED, taken when the client
+/// connected); on `tcp` only the address is known.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Peer {
+    /// The sender's process id.
+    pub pid: Option<u32>,
+    /// The sender's user id.
+    pub uid: Option<u32>,
+    /// The sender's group id.
+    pub gid: Option<u32>,
+    /// The sender's network address, for network transports.
+    pub addr: Option<String>,
+}
+
+/// The way back to whoever sent a request: implemented by each transport.
+pub(crate) trait ReplySink: Send + Sync {
+    /// Sends `payload` as the answer to request `id`; `ok == false` makes it a refusal
+    /// whose payload is the UTF-8 reason.
+    fn send_reply(&self, id: u64, payload: &[u8], ok: bool) -> Result<()>;
+}
+
+pub(crate) struct ReplyTo {
+    sink: Arc<dyn ReplySink>,
+    id: u64,
+    answered: bool,
+}
+
+impl ReplyTo {
+    pub(crate) fn new(sink: Arc<dyn ReplySink>, id: u64) -> ReplyTo {
+        ReplyTo {
+            sink,
+            id,
+            answered: false,
+        }
+    }
+
+    fn answer(mut self, payload: &[u8], ok: bool) -> Result<()> {
+        self.answered = true;
+        self.sink.send_reply(self.id, payload, ok)
+    }
+}
+
+impl Drop for ReplyTo {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        // A request nobody answers would leave its caller waiting for its whole timeout;
+        // tell it at once instead. Best effort: the client may be gone.
+        let _ = self.sink.send_reply(
+            self.id,
+            b"the server dropped the request without replying",
+            false,
+        );
+    }
+}
+
+/// One message received by a server.
+///
+/// ```no_run
+/// let mut server = ipckit::listen("uds:///tmp/doc-message.sock")?;
+/// let mut msg = server.recv()?;
+/// println!("{} bytes from pid {:?}", msg.payload().len(), msg.peer().pid);
+/// if msg.wants_reply() {
+///     msg.reply(b"got it")?;
+/// }
+/// # Ok::<(), ipckit::Error>(())
+/// ```
+pub struct Message {
+    payload: Vec<u8>,
+    peer: Arc<Peer>,
+    reply_to: Option<ReplyTo>,
+    endpoint: Arc<str>,
+}
+
+impl Message {
+    pub(crate) fn new(
+        payload: Vec<u8>,
+        peer: Arc<Peer>,
+        reply_to: Option<ReplyTo>,
+        endpoint: Arc<str>,
+    ) -> Message {
+        Message {
+            payload,
+            peer,
+            reply_to,
+            endpoint,
+        }
+    }
+
+    /// The bytes that were sent.
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+
+    /// Takes the payload out, leaving the message empty.
+    pub fn take_payload(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.payload)
+    }
+
+    /// Who sent it.
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
+    /// Whether the sender waits for an answer (it called `request`) that was not given yet.
+    pub fn wants_reply(&self) -> bool {
+        self.reply_to.is_some()
+    }
+
+    /// Answers the request. Works from any thread; answering twice, or answering a
+    /// one-way message, is [`Error::NoReplyExpected`]. A request dropped unanswered is
+    /// refused on the wire, so its caller learns at once instead of timing out.
+    pub fn reply(&mut self, payload: &[u8]) -> Result<()> {
+        self.take_reply_to()?.answer(payload, true)
+    }
+
+    /// Refuses the request: the caller's `request` returns [`Error::Remote`] with `reason`.
+    pub fn refuse(&mut self, reason: &str) -> Result<()> {
+        self.take_reply_to()?.answer(reason.as_bytes(), false)
+    }
+
+    fn take_reply_to(&mut self) -> Result<ReplyTo> {
+        self.reply_to.take().ok_or_else(|| Error::NoReplyExpected {
+            endpoint: self.endpoint.to_string(),
+        })
+    }
+
+    /// Decodes a payload sent with [`Client::send_value`](crate::Client::send_value).
+    ///
+    /// ```no_run
+    /// #[derive(serde::Deserialize)]
+    /// struct Job { id: u32 }
+    /// let mut server = ipckit::listen("uds:///tmp/doc-jobs.sock")?;
+    /// let job: Job = server.recv()?.decode()?;
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
+        postcard::from_bytes(&self.payload).map_err(|e| Error::Codec {
+            endpoint: self.endpoint.to_string(),
+            op: "decode",
+            detail: e.to_string(),
+        })
+    }
+
+    /// The endpoint the message arrived on.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+}
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("len", &self.payload.len())
+            .field("peer", &self.peer)
+            .field("wants_reply", &self.wants_reply())
+            .finish()
+    }
+}

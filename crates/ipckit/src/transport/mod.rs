@@ -1,0 +1,121 @@
+//! The transports, each behind the same three traits, and the registry of them.
+//!
+//! A transport is registered here only when it is finished: everything it claims in
+//! [`Capabilities`] is checked by the conformance suite (`tests/conformance.rs`).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::endpoint::Endpoint;
+use crate::error::{Error, Result};
+use crate::message::Message;
+
+mod stream;
+pub mod tcp;
+pub mod uds;
+
+/// What a transport can promise; read by `ipckit transports`, by the conformance suite to
+/// decide which checks apply, and by the benchmark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Capabilities {
+    /// A client can send a request and get its reply.
+    pub duplex: bool,
+    /// A message that `send` accepted is delivered unless the receiver dies.
+    pub reliable: bool,
+    /// One client's messages arrive in the order it sent them.
+    pub ordered: bool,
+    /// Messages survive the receiver's absence (they wait for it).
+    pub durable: bool,
+    /// One message can reach many receivers.
+    pub broadcast: bool,
+    /// The largest payload the endpoint accepts, in bytes.
+    pub max_message: usize,
+    /// The receiver learns the sender's pid, uid and gid from the kernel.
+    pub peer_credentials: bool,
+    /// Payloads can be written and read in place, without copies.
+    pub zero_copy: bool,
+}
+
+/// One way of moving messages between processes: `uds`, `tcp`, …
+///
+/// ```
+/// for transport in ipckit::transport::all() {
+///     println!("{:8} {}", transport.scheme(), transport.summary());
+/// }
+/// ```
+pub trait Transport: Send + Sync {
+    /// The URL scheme that selects it.
+    fn scheme(&self) -> &'static str;
+    /// What it is built on, in a few words.
+    fn summary(&self) -> &'static str;
+    /// What it promises for `endpoint` (limits may depend on the endpoint's options).
+    fn capabilities(&self, endpoint: &Endpoint) -> Capabilities;
+    /// A fresh endpoint private to this process, under `dir` where it needs a path,
+    /// distinguished by `name`: for tests and benchmarks. Listening on it may pick the
+    /// real address (a TCP port), which [`Listener::endpoint`] then reports.
+    fn scratch_endpoint(&self, dir: &Path, name: &str) -> Endpoint;
+    /// Opens a client connection.
+    fn connect(&self, endpoint: &Endpoint) -> Result<Box<dyn Connection>>;
+    /// Starts a server.
+    fn listen(&self, endpoint: &Endpoint) -> Result<Box<dyn Listener>>;
+}
+
+/// A transport's client side; [`Client`](crate::Client) wraps it.
+pub trait Connection: Send + Sync {
+    /// Sends one message.
+    fn send(&self, payload: &[u8]) -> Result<()>;
+    /// Sends a request and waits up to `timeout` for its reply.
+    fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>>;
+    /// The largest payload the server accepts.
+    fn max_message(&self) -> usize;
+    /// Where it is connected.
+    fn endpoint(&self) -> &Endpoint;
+}
+
+/// A transport's server side; [`Server`](crate::Server) wraps it.
+pub trait Listener: Send {
+    /// Waits for the next message until `deadline` (forever when `None`). `Ok(None)` when
+    /// the deadline passed or the waker was called.
+    fn recv(&mut self, deadline: Option<Instant>) -> Result<Option<Message>>;
+    /// A function that makes a blocked or the next `recv` return `Ok(None)`.
+    fn waker(&self) -> Arc<dyn Fn() + Send + Sync>;
+    /// The endpoint it listens on, with the real address where the kernel chose it.
+    fn endpoint(&self) -> &Endpoint;
+}
+
+static ALL: [&dyn Transport; 2] = [&uds::Uds, &tcp::Tcp];
+
+/// Every registered transport.
+pub fn all() -> &'static [&'static dyn Transport] {
+    &ALL
+}
+
+/// The registered transport for `scheme`, if there is one.
+///
+/// ```
+/// assert!(ipckit::transport::find("uds").is_some());
+/// assert!(ipckit::transport::find("carrier-pigeon").is_none());
+/// ```
+pub fn find(scheme: &str) -> Option<&'static dyn Transport> {
+    all().iter().copied().find(|t| t.scheme() == scheme)
+}
+
+/// The transport that serves `endpoint`, or an error saying none is built in.
+pub(crate) fn for_endpoint(endpoint: &Endpoint) -> Result<&'static dyn Transport> {
+    let transport = find(endpoint.scheme()).ok_or_else(|| Error::Unsupported {
+        endpoint: endpoint.to_string(),
+        what: format!(
+            "the {} transport is not available in this build; available: {}",
+            endpoint.scheme(),
+            all().iter().map(|t| t.scheme()).collect::<Vec<_>>().join(", ")
+        ),
+    })?;
+    if endpoint.object().is_some() {
+        return Err(Error::Unsupported {
+            endpoint: endpoint.to_string(),
+            what: "named objects (#name) are not supported yet; remove the #fragment".into(),
+        });
+    }
+    Ok(transport)
+}

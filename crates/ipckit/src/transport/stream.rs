@@ -1,0 +1,785 @@
+//! The client and server of every stream transport (`uds`, `tcp`), over [`crate::frame`].
+//!
+//! The transports only make sockets; everything after that is here, working on plain
+//! file descriptors.
+//!
+//! Server: one mio loop waits on the listening socket and every connection at once, and
+//! `recv` returns messages parsed on the caller's own thread; nothing is handed between
+//! threads on the way in. Replies are written by whoever calls `Message::reply`, under a
+//! per-connection write lock.
+//!
+//! Client: a request is written under a write lock, then the caller reads the socket
+//! itself. When several threads have requests in flight, one of them at a time (the
+//! leader, holding the read half) reads frames and hands each reply to the thread that
+//! waits for it; a lone caller therefore pays one `write` and one `read`, as a
+//! hand-written ping-pong does.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use rustix::event::{PollFd, PollFlags};
+use rustix::net::{SendAncillaryBuffer, SendFlags, Shutdown};
+use slab::Slab;
+
+use crate::endpoint::{Endpoint, Framing};
+use crate::error::{Error, Result};
+use crate::frame::{Decoder, Frame, HELLO_LEN, Header, Hello, Kind, Violation, Welcome};
+use crate::message::{Message, Peer, ReplySink, ReplyTo};
+use crate::transport::{Connection, Listener};
+
+/// How long a client waits for the server's welcome.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a reply may wait for a client that does not read before its connection is
+/// given up: one stuck client must not hold a replying thread forever.
+const REPLY_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Reads from one connection before the loop turns to the others.
+const READS_PER_TURN: usize = 16;
+/// How far past its deadline a blocking read may return (see `fill`).
+const TIMEOUT_SLACK: Duration = Duration::from_millis(2);
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+const FIRST_CONNECTION: usize = 2;
+
+/// Writes all of `parts` to a socket, waiting for room until `deadline` if it is
+/// non-blocking. MSG_NOSIGNAL: a closed peer is an error here, never a SIGPIPE.
+fn send_all(fd: BorrowedFd<'_>, parts: &[&[u8]], deadline: Option<Instant>) -> io::Result<()> {
+    let mut storage: Vec<IoSlice<'_>> = parts
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| IoSlice::new(p))
+        .collect();
+    let mut slices = &mut storage[..];
+    while !slices.is_empty() {
+        match rustix::net::sendmsg(
+            fd,
+            slices,
+            &mut SendAncillaryBuffer::default(),
+            SendFlags::NOSIGNAL,
+        ) {
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::AGAIN) => {
+                if !wait_ready(fd, PollFlags::OUT, deadline)? {
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Waits until `fd` is ready for `flags`; false when `deadline` passed first.
+fn wait_ready(fd: BorrowedFd<'_>, flags: PollFlags, deadline: Option<Instant>) -> io::Result<bool> {
+    loop {
+        let timeout = match deadline {
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(false);
+                }
+                Some(rustix::time::Timespec::try_from(left).unwrap_or(rustix::time::Timespec {
+                    tv_sec: i64::MAX,
+                    tv_nsec: 0,
+                }))
+            }
+            None => None,
+        };
+        let mut fds = [PollFd::new(&fd, flags)];
+        match rustix::event::poll(&mut fds, timeout.as_ref()) {
+            Ok(0) => {}
+            Ok(_) => return Ok(true),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn frame_parts<'a>(header: &'a [u8], payload: &'a [u8]) -> [&'a [u8]; 2] {
+    [header, payload]
+}
+
+fn protocol_error(endpoint: &Endpoint, violation: Violation) -> Error {
+    Error::Protocol {
+        endpoint: endpoint.to_string(),
+        reason: violation.to_string(),
+    }
+}
+
+/// Refuses what cannot be framed before a byte is written.
+fn check_outgoing(endpoint: &str, framing: Framing, payload: &[u8], max: usize) -> Result<()> {
+    if payload.len() > max {
+        return Err(Error::MessageTooLarge {
+            endpoint: endpoint.to_owned(),
+            size: payload.len(),
+            max,
+        });
+    }
+    if framing == Framing::Line && payload.contains(&b'\n') {
+        return Err(Error::Unsupported {
+            endpoint: endpoint.to_owned(),
+            what: "with framing=line a message cannot contain a newline; use the default framing"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Client
+// ---------------------------------------------------------------------------------------
+
+struct Reader {
+    decoder: Decoder,
+    /// The SO_RCVTIMEO now set on the socket, so it is set again only when it changes.
+    read_timeout: Option<Duration>,
+}
+
+#[derive(Default)]
+struct Waiters {
+    /// Requests in flight, and the answer once the leader has read it.
+    answers: HashMap<u64, Option<Frame>>,
+    /// Why the connection can no longer be used.
+    broken: Option<String>,
+}
+
+/// A client connection on a connected, blocking stream socket.
+pub(super) struct StreamConnection {
+    endpoint: Endpoint,
+    url: String,
+    fd: OwnedFd,
+    framing: Framing,
+    peer_max: usize,
+    write_lock: Mutex<()>,
+    reader: Mutex<Reader>,
+    waiters: Mutex<Waiters>,
+    answered: Condvar,
+    next_id: AtomicU64,
+}
+
+enum ReadOutcome {
+    Frame(Frame),
+    TimedOut,
+}
+
+impl StreamConnection {
+    /// Takes a connected blocking socket and, with length framing, performs the handshake.
+    pub(super) fn establish(endpoint: &Endpoint, fd: OwnedFd) -> Result<StreamConnection> {
+        let framing = endpoint.framing();
+        let own_max = endpoint.max_message();
+        let mut reader = Reader {
+            decoder: Decoder::new(framing, own_max),
+            read_timeout: None,
+        };
+        let url = endpoint.to_string();
+        let peer_max = match framing {
+            Framing::Line => own_max,
+            Framing::Length => {
+                send_all(fd.as_fd(), &[&Hello::new(own_max).encode()], None)
+                    .map_err(|e| Error::io(&url, "sending the hello", e))?;
+                let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+                let welcome = loop {
+                    if let Some(bytes) = reader.decoder.take_exact::<HELLO_LEN>() {
+                        break Welcome::decode(&bytes)
+                            .map_err(|v| protocol_error(endpoint, v))?;
+                    }
+                    if !fill(&fd, &mut reader, deadline, &url)? {
+                        return Err(Error::Timeout {
+                            endpoint: url,
+                            after: HANDSHAKE_TIMEOUT,
+                        });
+                    }
+                };
+                welcome.max_message as usize
+            }
+        };
+        Ok(StreamConnection {
+            endpoint: endpoint.clone(),
+            url,
+            fd,
+            framing,
+            peer_max,
+            write_lock: Mutex::new(()),
+            reader: Mutex::new(reader),
+            waiters: Mutex::new(Waiters::default()),
+            answered: Condvar::new(),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    fn write_frame(&self, kind: Kind, id: u64, payload: &[u8]) -> Result<()> {
+        check_outgoing(&self.url, self.framing, payload, self.peer_max)?;
+        let _writing = lock(&self.write_lock);
+        let result = match self.framing {
+            Framing::Length => {
+                let header = Header::new(kind, id, payload.len()).encode();
+                send_all(self.fd.as_fd(), &frame_parts(&header, payload), None)
+            }
+            Framing::Line => send_all(self.fd.as_fd(), &[payload, b"\n"], None),
+        };
+        result.map_err(|e| Error::io(&self.url, "sending", e))
+    }
+
+    fn broken_error(&self, detail: &str) -> Error {
+        Error::Disconnected {
+            endpoint: self.url.clone(),
+            detail: detail.to_owned(),
+        }
+    }
+
+    /// Reads the next frame the server sends, until `deadline`.
+    fn read_frame(&self, reader: &mut Reader, deadline: Instant) -> Result<ReadOutcome> {
+        loop {
+            if let Some(frame) = reader
+                .decoder
+                .next_frame()
+                .map_err(|v| protocol_error(&self.endpoint, v))?
+            {
+                return Ok(ReadOutcome::Frame(frame));
+            }
+            if !fill(&self.fd, reader, deadline, &self.url)? {
+                return Ok(ReadOutcome::TimedOut);
+            }
+        }
+    }
+
+    fn line_request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
+        // Lines carry no ids: one request at a time, its answer is the next line.
+        let mut reader = lock(&self.reader);
+        let deadline = Instant::now() + timeout;
+        self.write_frame(Kind::Request, 0, payload)?;
+        match self.read_frame(&mut reader, deadline)? {
+            ReadOutcome::Frame(frame) => Ok(frame.payload),
+            ReadOutcome::TimedOut => Err(Error::Timeout {
+                endpoint: self.url.clone(),
+                after: timeout,
+            }),
+        }
+    }
+
+    /// Turns the answer to request `id` into the caller's result.
+    fn answer(&self, frame: Frame) -> Result<Vec<u8>> {
+        match frame.kind {
+            Kind::Reply => Ok(frame.payload),
+            _ => Err(Error::Remote {
+                endpoint: self.url.clone(),
+                reason: String::from_utf8_lossy(&frame.payload).into_owned(),
+            }),
+        }
+    }
+
+    /// Waits for the answer to request `id`, reading the socket as leader when nobody
+    /// else does.
+    fn await_answer(&self, id: u64, timeout: Duration) -> Result<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
+        let mut waiters = lock(&self.waiters);
+        loop {
+            if let Some(Some(_)) = waiters.answers.get(&id) {
+                let frame = waiters.answers.remove(&id).flatten().expect("checked");
+                return self.answer(frame);
+            }
+            if let Some(detail) = waiters.broken.clone() {
+                waiters.answers.remove(&id);
+                return Err(self.broken_error(&detail));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                waiters.answers.remove(&id);
+                return Err(Error::Timeout {
+                    endpoint: self.url.clone(),
+                    after: timeout,
+                });
+            }
+            // Trying the read half while holding `waiters` means a leader that lets go
+            // (and then notifies under `waiters`) cannot slip between this check and the wait.
+            let Ok(mut reader) = self.reader.try_lock() else {
+                waiters = self
+                    .answered
+                    .wait_timeout(waiters, deadline - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+                continue;
+            };
+            drop(waiters);
+            let outcome = self.read_frame(&mut reader, deadline);
+            drop(reader);
+            waiters = lock(&self.waiters);
+            match outcome {
+                Ok(ReadOutcome::Frame(frame)) => match frame.kind {
+                    Kind::Reply | Kind::Error => {
+                        if let Some(slot) = waiters.answers.get_mut(&frame.id) {
+                            *slot = Some(frame);
+                        } else {
+                            log::debug!("{}: dropping a late answer to request {}", self.url, frame.id);
+                        }
+                    }
+                    Kind::Message | Kind::Request => {
+                        log::debug!("{}: ignoring a {:?} the server sent", self.url, frame.kind);
+                    }
+                },
+                Ok(ReadOutcome::TimedOut) => {}
+                Err(e) => {
+                    waiters.broken = Some(e.to_string());
+                    let _ = rustix::net::shutdown(&self.fd, Shutdown::Both);
+                }
+            }
+            self.answered.notify_all();
+        }
+    }
+}
+
+/// Reads once into the decoder, waiting until `deadline`; false on timeout. End of stream
+/// is an error: the caller wanted more.
+fn fill(fd: &OwnedFd, reader: &mut Reader, deadline: Instant, url: &str) -> Result<bool> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        // SO_RCVTIMEO of zero means "forever", and the kernel counts in microseconds. The
+        // option is set again only when the one in force could overshoot the deadline by
+        // more than TIMEOUT_SLACK, so requests with the same timeout cost no extra syscall.
+        let wanted = left.max(Duration::from_millis(1));
+        if reader
+            .read_timeout
+            .is_none_or(|set| set > wanted + TIMEOUT_SLACK)
+        {
+            rustix::net::sockopt::set_socket_timeout(
+                fd,
+                rustix::net::sockopt::Timeout::Recv,
+                Some(wanted),
+            )
+            .map_err(|e| Error::io(url, "setting the receive timeout", e.into()))?;
+            reader.read_timeout = Some(wanted);
+        }
+        let buf = reader.decoder.read_buf();
+        match rustix::io::read(fd, buf) {
+            Ok(0) => {
+                let pending = reader.decoder.pending();
+                let detail = if pending > 0 {
+                    format!("the server closed it {pending} bytes into a frame")
+                } else {
+                    "the server closed it".to_owned()
+                };
+                return Err(Error::Disconnected {
+                    endpoint: url.to_owned(),
+                    detail,
+                });
+            }
+            Ok(n) => {
+                reader.decoder.advance(n);
+                return Ok(true);
+            }
+            // The receive timeout elapsed: loop to check the deadline.
+            Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
+            Err(e) => return Err(Error::io(url, "receiving", e.into())),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere while holding one of these locks leaves no broken invariant behind:
+    // the protected state is re-checked by every user.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Connection for StreamConnection {
+    fn send(&self, payload: &[u8]) -> Result<()> {
+        if let Some(detail) = &lock(&self.waiters).broken {
+            return Err(self.broken_error(detail));
+        }
+        self.write_frame(Kind::Message, 0, payload)
+    }
+
+    fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
+        if self.framing == Framing::Line {
+            return self.line_request(payload, timeout);
+        }
+        check_outgoing(&self.url, self.framing, payload, self.peer_max)?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut waiters = lock(&self.waiters);
+            if let Some(detail) = &waiters.broken {
+                return Err(self.broken_error(detail));
+            }
+            waiters.answers.insert(id, None);
+        }
+        if let Err(e) = self.write_frame(Kind::Request, id, payload) {
+            lock(&self.waiters).answers.remove(&id);
+            return Err(e);
+        }
+        self.await_answer(id, timeout)
+    }
+
+    fn max_message(&self) -> usize {
+        self.peer_max
+    }
+
+    fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Server
+// ---------------------------------------------------------------------------------------
+
+/// The writing half of one accepted connection, shared with the messages it delivered.
+struct ConnSink {
+    fd: OwnedFd,
+    url: Arc<str>,
+    framing: Framing,
+    /// The largest payload the client accepts; known after its hello.
+    peer_max: AtomicUsize,
+    write_lock: Mutex<()>,
+    closed: AtomicBool,
+}
+
+impl ConnSink {
+    fn write(&self, parts: &[&[u8]]) -> Result<()> {
+        let _writing = lock(&self.write_lock);
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Disconnected {
+                endpoint: self.url.to_string(),
+                detail: "the client's connection was closed before the reply".into(),
+            });
+        }
+        let deadline = Instant::now() + REPLY_WRITE_TIMEOUT;
+        send_all(self.fd.as_fd(), parts, Some(deadline)).map_err(|e| {
+            if e.kind() == io::ErrorKind::TimedOut {
+                // The client stopped reading; a half-written frame leaves the stream
+                // unusable, so end it.
+                self.close();
+                Error::Timeout {
+                    endpoint: self.url.to_string(),
+                    after: REPLY_WRITE_TIMEOUT,
+                }
+            } else {
+                Error::io(&*self.url, "replying", e)
+            }
+        })
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let _ = rustix::net::shutdown(&self.fd, Shutdown::Both);
+    }
+}
+
+impl ReplySink for ConnSink {
+    fn send_reply(&self, id: u64, payload: &[u8], ok: bool) -> Result<()> {
+        match self.framing {
+            Framing::Line => {
+                if !ok {
+                    return Ok(()); // Lines have no way to say "refused"; the caller times out.
+                }
+                check_outgoing(&self.url, Framing::Line, payload, usize::MAX)?;
+                self.write(&[payload, b"\n"])
+            }
+            Framing::Length => {
+                let max = self.peer_max.load(Ordering::Relaxed);
+                let payload = if ok {
+                    check_outgoing(&self.url, Framing::Length, payload, max)?;
+                    payload
+                } else {
+                    &payload[..payload.len().min(max)]
+                };
+                let kind = if ok { Kind::Reply } else { Kind::Error };
+                let header = Header::new(kind, id, payload.len()).encode();
+                self.write(&frame_parts(&header, payload))
+            }
+        }
+    }
+}
+
+struct Conn {
+    sink: Arc<ConnSink>,
+    decoder: Decoder,
+    greeted: bool,
+    peer: Arc<Peer>,
+}
+
+/// How a transport learns who is on the other end of an accepted socket, and prepares it.
+pub(super) type OnAccept = fn(BorrowedFd<'_>) -> io::Result<Peer>;
+
+/// A server on a listening, non-blocking stream socket.
+pub(super) struct StreamListener {
+    endpoint: Endpoint,
+    url: Arc<str>,
+    framing: Framing,
+    max: usize,
+    poll: Poll,
+    events: Events,
+    listener: OwnedFd,
+    on_accept: OnAccept,
+    conns: Slab<Conn>,
+    /// Messages parsed but not yet returned by `recv`.
+    ready: VecDeque<Message>,
+    /// Connections that may still hold unread bytes (edge-triggered: nobody will say so).
+    unread: VecDeque<usize>,
+    waker: Arc<Waker>,
+    /// Removes the endpoint's file when the server goes.
+    _cleanup: Option<Box<dyn Send>>,
+}
+
+impl StreamListener {
+    pub(super) fn new(
+        endpoint: Endpoint,
+        listener: OwnedFd,
+        on_accept: OnAccept,
+        cleanup: Option<Box<dyn Send>>,
+    ) -> Result<StreamListener> {
+        let url: Arc<str> = endpoint.to_string().into();
+        let io_err = |op, e| Error::io(&*url, op, e);
+        let poll = Poll::new().map_err(|e| io_err("creating the epoll instance", e))?;
+        poll.registry()
+            .register(
+                &mut SourceFd(&listener.as_raw_fd()),
+                LISTENER,
+                Interest::READABLE,
+            )
+            .map_err(|e| io_err("registering the listening socket", e))?;
+        let waker = Waker::new(poll.registry(), WAKER)
+            .map_err(|e| io_err("creating the waker", e))?;
+        Ok(StreamListener {
+            framing: endpoint.framing(),
+            max: endpoint.max_message(),
+            endpoint,
+            url,
+            poll,
+            events: Events::with_capacity(256),
+            listener,
+            on_accept,
+            conns: Slab::new(),
+            ready: VecDeque::new(),
+            unread: VecDeque::new(),
+            waker: Arc::new(waker),
+            _cleanup: cleanup,
+        })
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            let fd = match rustix::net::accept_with(
+                &self.listener,
+                rustix::net::SocketFlags::NONBLOCK | rustix::net::SocketFlags::CLOEXEC,
+            ) {
+                Ok(fd) => fd,
+                Err(rustix::io::Errno::AGAIN) => return,
+                Err(rustix::io::Errno::INTR | rustix::io::Errno::CONNABORTED) => continue,
+                Err(e) => {
+                    // Out of descriptors or memory: the client waits in the backlog and
+                    // the next connection's event brings us back here.
+                    log::error!("{}: cannot accept a connection: {e}", self.url);
+                    return;
+                }
+            };
+            let peer = match (self.on_accept)(fd.as_fd()) {
+                Ok(peer) => Arc::new(peer),
+                Err(e) => {
+                    log::warn!("{}: dropping a new connection: {e}", self.url);
+                    continue;
+                }
+            };
+            let raw = fd.as_raw_fd();
+            let entry = self.conns.vacant_entry();
+            let key = entry.key();
+            let registered = self.poll.registry().register(
+                &mut SourceFd(&raw),
+                Token(key + FIRST_CONNECTION),
+                Interest::READABLE,
+            );
+            if let Err(e) = registered {
+                log::error!("{}: cannot watch a new connection: {e}", self.url);
+                continue;
+            }
+            entry.insert(Conn {
+                sink: Arc::new(ConnSink {
+                    fd,
+                    url: self.url.clone(),
+                    framing: self.framing,
+                    peer_max: AtomicUsize::new(self.max),
+                    write_lock: Mutex::new(()),
+                    closed: AtomicBool::new(false),
+                }),
+                decoder: Decoder::new(self.framing, self.max),
+                greeted: self.framing == Framing::Line,
+                peer,
+            });
+        }
+    }
+
+    /// Reads what connection `key` has, parsing messages into `ready`.
+    fn service(&mut self, key: usize) {
+        for _ in 0..READS_PER_TURN {
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            let buf = conn.decoder.read_buf();
+            let wanted = buf.len();
+            match rustix::io::read(&conn.sink.fd, buf) {
+                Ok(0) => {
+                    let pending = conn.decoder.pending();
+                    let reason = (pending > 0).then(|| {
+                        format!("the peer went away {pending} bytes into a frame; nothing of it was delivered")
+                    });
+                    return self.close(key, reason);
+                }
+                Ok(n) => {
+                    conn.decoder.advance(n);
+                    if let Err(violation) = self.parse(key) {
+                        return self.close(key, Some(violation));
+                    }
+                    // A short read emptied the socket; Linux raises a new edge for any
+                    // later data, so there is no need to read until EAGAIN.
+                    if n < wanted {
+                        return;
+                    }
+                }
+                Err(rustix::io::Errno::AGAIN) => return,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return self.close(key, Some(format!("reading failed: {e}"))),
+            }
+        }
+        self.unread.push_back(key);
+    }
+
+    /// Moves every whole frame of connection `key` into `ready`.
+    fn parse(&mut self, key: usize) -> std::result::Result<(), String> {
+        let conn = &mut self.conns[key];
+        if !conn.greeted {
+            let Some(bytes) = conn.decoder.take_exact::<HELLO_LEN>() else {
+                return Ok(());
+            };
+            let hello = Hello::decode(&bytes).map_err(|v| v.to_string())?;
+            let welcome = hello.answer(self.max);
+            // The welcome is the first thing written, so it fits the empty socket buffer.
+            conn.sink
+                .write(&[&welcome.encode()])
+                .map_err(|e| format!("cannot answer the hello: {e}"))?;
+            if welcome.status != crate::frame::STATUS_OK {
+                return Err(Violation::Version {
+                    min: hello.min_version,
+                    max: hello.max_version,
+                }
+                .to_string());
+            }
+            conn.sink
+                .peer_max
+                .store(hello.max_message as usize, Ordering::Relaxed);
+            conn.greeted = true;
+        }
+        while let Some(frame) = conn.decoder.next_frame().map_err(|v| v.to_string())? {
+            let reply_to = match (self.framing, frame.kind) {
+                (Framing::Line, _) => Some(ReplyTo::new(conn.sink.clone(), 0)),
+                (Framing::Length, Kind::Message) => None,
+                (Framing::Length, Kind::Request) => Some(ReplyTo::new(conn.sink.clone(), frame.id)),
+                (Framing::Length, kind) => {
+                    return Err(format!("a client may not send {kind:?} frames"));
+                }
+            };
+            self.ready.push_back(Message::new(
+                frame.payload,
+                conn.peer.clone(),
+                reply_to,
+                self.url.clone(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn close(&mut self, key: usize, reason: Option<String>) {
+        let conn = self.conns.remove(key);
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&conn.sink.fd.as_raw_fd()));
+        conn.sink.close();
+        match reason {
+            Some(reason) => log::warn!(
+                "{}: closed the connection of {}: {reason}",
+                self.url,
+                describe(&conn.peer)
+            ),
+            None => log::debug!("{}: {} disconnected", self.url, describe(&conn.peer)),
+        }
+    }
+}
+
+fn describe(peer: &Peer) -> String {
+    match (&peer.addr, peer.pid) {
+        (Some(addr), _) => addr.clone(),
+        (None, Some(pid)) => format!("pid {pid}"),
+        (None, None) => "a client".to_owned(),
+    }
+}
+
+impl Listener for StreamListener {
+    fn recv(&mut self, deadline: Option<Instant>) -> Result<Option<Message>> {
+        loop {
+            if let Some(message) = self.ready.pop_front() {
+                return Ok(Some(message));
+            }
+            let timeout = if self.unread.is_empty() {
+                deadline.map(|d| d.saturating_duration_since(Instant::now()))
+            } else {
+                Some(Duration::ZERO)
+            };
+            match self.poll.poll(&mut self.events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io(&*self.url, "waiting for messages", e)),
+            }
+            let mut woken = false;
+            let mut accept = false;
+            for event in self.events.iter() {
+                match event.token() {
+                    LISTENER => accept = true,
+                    WAKER => woken = true,
+                    Token(t) => self.unread.push_back(t - FIRST_CONNECTION),
+                }
+            }
+            if accept {
+                self.accept_all();
+            }
+            for _ in 0..self.unread.len() {
+                let key = self.unread.pop_front().expect("counted");
+                self.service(key);
+            }
+            if !self.ready.is_empty() {
+                continue;
+            }
+            if woken || deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(None);
+            }
+        }
+    }
+
+    fn waker(&self) -> Arc<dyn Fn() + Send + Sync> {
+        let waker = self.waker.clone();
+        Arc::new(move || {
+            let _ = waker.wake();
+        })
+    }
+
+    fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+}
+
+impl Drop for StreamListener {
+    fn drop(&mut self) {
+        // Messages still held elsewhere keep their connection's descriptor open; shut the
+        // sockets down now so every client sees the end at once.
+        for conn in self.conns.drain() {
+            conn.sink.close();
+        }
+    }
+}

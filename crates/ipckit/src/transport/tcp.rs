@@ -1,0 +1,126 @@
+//! `tcp`: TCP over loopback (`tcp://127.0.0.1:7000`), with TCP_NODELAY on both ends so a
+//! small message leaves at once.
+//!
+//! A server binds only to a loopback address unless the endpoint says `?public=true`:
+//! local IPC should not become reachable from the network by a typo. Port 0 lets the
+//! kernel choose; the server's [`Listener::endpoint`] reports the port it got.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use super::stream::{StreamConnection, StreamListener};
+use super::{Capabilities, Connection, Listener, Transport};
+use crate::endpoint::{Address, Endpoint, HostPort};
+use crate::error::{Error, Result};
+use crate::message::Peer;
+
+/// The `tcp` transport.
+pub struct Tcp;
+
+impl Transport for Tcp {
+    fn scheme(&self) -> &'static str {
+        "tcp"
+    }
+
+    fn summary(&self) -> &'static str {
+        "TCP over loopback, TCP_NODELAY"
+    }
+
+    fn capabilities(&self, endpoint: &Endpoint) -> Capabilities {
+        Capabilities {
+            duplex: true,
+            reliable: true,
+            ordered: true,
+            durable: false,
+            broadcast: false,
+            max_message: endpoint.max_message(),
+            peer_credentials: false,
+            zero_copy: false,
+        }
+    }
+
+    fn scratch_endpoint(&self, _dir: &Path, _name: &str) -> Endpoint {
+        Endpoint::parse("tcp://127.0.0.1:0").expect("a valid form")
+    }
+
+    fn connect(&self, endpoint: &Endpoint) -> Result<Box<dyn Connection>> {
+        let stream = TcpStream::connect(resolve(endpoint)?.as_slice())
+            .map_err(|e| Error::io(endpoint, "connecting", e))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| Error::io(endpoint, "setting TCP_NODELAY", e))?;
+        Ok(Box::new(StreamConnection::establish(
+            endpoint,
+            OwnedFd::from(stream),
+        )?))
+    }
+
+    fn listen(&self, endpoint: &Endpoint) -> Result<Box<dyn Listener>> {
+        let addrs = resolve(endpoint)?;
+        if !endpoint.public() {
+            if let Some(open) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+                return Err(Error::PermissionDenied {
+                    endpoint: endpoint.to_string(),
+                    detail: format!(
+                        "{} is reachable from other machines; add ?public=true to listen there anyway",
+                        open.ip()
+                    ),
+                });
+            }
+        }
+        let listener = TcpListener::bind(addrs.as_slice())
+            .map_err(|e| Error::io(endpoint, "binding", e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::io(endpoint, "making the socket non-blocking", e))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| Error::io(endpoint, "reading the bound address", e))?;
+        let Address::Tcp(asked) = endpoint.address() else {
+            unreachable!("the registry hands tcp endpoints only to tcp")
+        };
+        let actual = endpoint.with_address(Address::Tcp(HostPort {
+            host: asked.host.clone(),
+            port: bound.port(),
+        }));
+        Ok(Box::new(StreamListener::new(
+            actual,
+            OwnedFd::from(listener),
+            prepare_accepted,
+            None,
+        )?))
+    }
+}
+
+fn resolve(endpoint: &Endpoint) -> Result<Vec<SocketAddr>> {
+    let Address::Tcp(at) = endpoint.address() else {
+        unreachable!("the registry hands tcp endpoints only to tcp")
+    };
+    let addrs: Vec<SocketAddr> = (at.bare_host(), at.port)
+        .to_socket_addrs()
+        .map_err(|e| Error::NotFound {
+            endpoint: endpoint.to_string(),
+            detail: format!("cannot resolve host '{}': {e}", at.host),
+        })?
+        .collect();
+    if addrs.is_empty() {
+        return Err(Error::NotFound {
+            endpoint: endpoint.to_string(),
+            detail: format!("host '{}' has no address", at.host),
+        });
+    }
+    Ok(addrs)
+}
+
+fn prepare_accepted(fd: BorrowedFd<'_>) -> io::Result<Peer> {
+    rustix::net::sockopt::set_tcp_nodelay(fd, true)?;
+    let addr = rustix::net::getpeername(fd)?
+        .and_then(|a| SocketAddr::try_from(a).ok())
+        .map(|a| a.to_string());
+    Ok(Peer {
+        addr,
+        ..Peer::default()
+    })
+}
