@@ -1,1 +1,287 @@
-fn main() {}
+//! `ipckit`: talk to ipckit endpoints from a shell.
+
+use std::io::{self, BufRead, Write};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use ipckit::{Message, Server};
+
+#[derive(Parser)]
+#[command(
+    name = "ipckit",
+    version,
+    about = "Send, receive and serve messages over local IPC transports",
+    after_help = "Endpoints are URLs: uds:///run/app.sock, uds://@name, tcp://127.0.0.1:7000.\n\
+                  Set IPCKIT_LOG=info (or debug) to see what servers do with their connections."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print every message that arrives at URL
+    Listen {
+        /// The endpoint to listen on
+        url: String,
+        #[command(flatten)]
+        output: Output,
+        #[command(flatten)]
+        bounds: Bounds,
+    },
+    /// Send MESSAGE, or every line of standard input as one message each
+    Send {
+        /// The endpoint to send to
+        url: String,
+        /// The message; without it, each stdin line is sent
+        message: Option<String>,
+    },
+    /// Send MESSAGE as a request and print the reply
+    Request {
+        /// The endpoint to ask
+        url: String,
+        /// The request
+        message: String,
+        /// How long to wait for the reply
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Answer requests at URL
+    Serve {
+        /// The endpoint to serve
+        url: String,
+        /// Reply to each request with the request itself
+        #[arg(long, required = true)]
+        echo: bool,
+        #[command(flatten)]
+        bounds: Bounds,
+    },
+    /// List the transports this build has and what each promises
+    Transports {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct Output {
+    /// How to print messages
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(clap::Args)]
+struct Bounds {
+    /// Stop after this many messages
+    #[arg(long)]
+    count: Option<u64>,
+    /// Stop after this long (e.g. 30s, 5m)
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    /// The payload as text, one message per line
+    Text,
+    /// The payload in hexadecimal, one message per line
+    Hex,
+    /// One JSON object per line, with the payload and the sender
+    Json,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::new().filter_or("IPCKIT_LOG", "warn"))
+        .format_timestamp(None)
+        .format_target(false)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ipckit: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+fn run(cli: Cli) -> CliResult {
+    match cli.command {
+        Command::Listen {
+            url,
+            output,
+            bounds,
+        } => {
+            let mut out = io::stdout().lock();
+            serve_loop(&url, bounds, |message| {
+                print_message(&mut out, output.format, message.payload(), Some(message))
+                    .map_err(Into::into)
+            })
+        }
+        Command::Send { url, message } => {
+            let client = ipckit::connect(url.as_str())?;
+            match message {
+                Some(message) => client.send(message.as_bytes())?,
+                None => {
+                    for line in io::stdin().lock().lines() {
+                        client.send(line?.as_bytes())?;
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Request {
+            url,
+            message,
+            timeout,
+            output,
+        } => {
+            let client = ipckit::connect(url.as_str())?;
+            let reply = client.request(message.as_bytes(), timeout)?;
+            print_message(&mut io::stdout().lock(), output.format, &reply, None)?;
+            Ok(())
+        }
+        Command::Serve { url, echo, bounds } => {
+            debug_assert!(echo, "clap requires --echo");
+            serve_loop(&url, bounds, |message| {
+                if message.wants_reply() {
+                    let payload = message.take_payload();
+                    message.reply(&payload)?;
+                }
+                Ok(())
+            })
+        }
+        Command::Transports { json } => {
+            print_transports(json);
+            Ok(())
+        }
+    }
+}
+
+/// Receives at `url` within `bounds`, handing each message to `handle`.
+fn serve_loop(
+    url: &str,
+    bounds: Bounds,
+    mut handle: impl FnMut(&mut Message) -> CliResult,
+) -> CliResult {
+    let mut server: Server = ipckit::listen(url)?;
+    let deadline = bounds.timeout.map(|t| Instant::now() + t);
+    let mut received = 0u64;
+    while bounds.count.is_none_or(|n| received < n) {
+        let message = match deadline {
+            None => Some(server.recv()?),
+            Some(deadline) => {
+                server.recv_timeout(deadline.saturating_duration_since(Instant::now()))?
+            }
+        };
+        let Some(mut message) = message else {
+            return match bounds.count {
+                Some(n) => Err(format!("{url}: timed out after {received} of {n} messages").into()),
+                None => Ok(()),
+            };
+        };
+        handle(&mut message)?;
+        received += 1;
+    }
+    Ok(())
+}
+
+fn print_message(
+    out: &mut impl Write,
+    format: Format,
+    payload: &[u8],
+    message: Option<&Message>,
+) -> io::Result<()> {
+    match format {
+        Format::Text => {
+            out.write_all(payload)?;
+            out.write_all(b"\n")?;
+        }
+        Format::Hex => {
+            let hex: String = payload.iter().map(|b| format!("{b:02x}")).collect();
+            writeln!(out, "{hex}")?;
+        }
+        Format::Json => {
+            let mut value = serde_json::json!({ "len": payload.len() });
+            match std::str::from_utf8(payload) {
+                Ok(text) => value["text"] = text.into(),
+                Err(_) => {
+                    value["hex"] = payload
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<String>()
+                        .into()
+                }
+            }
+            if let Some(message) = message {
+                value["peer"] = serde_json::to_value(message.peer()).expect("plain data");
+            }
+            writeln!(out, "{value}")?;
+        }
+    }
+    out.flush()
+}
+
+fn print_transports(json: bool) {
+    let dir = std::env::temp_dir();
+    let rows: Vec<_> = ipckit::transport::all()
+        .iter()
+        .map(|t| (t, t.capabilities(&t.scratch_endpoint(&dir, "example"))))
+        .collect();
+    if json {
+        let list: Vec<_> = rows
+            .iter()
+            .map(|(t, caps)| {
+                serde_json::json!({
+                    "scheme": t.scheme(),
+                    "summary": t.summary(),
+                    "capabilities": caps,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(list));
+        return;
+    }
+    let yes = |b: bool| if b { "yes" } else { "-" };
+    println!(
+        "{:<9} {:<7} {:<9} {:<8} {:<8} {:<10} {:>11} {:<6} {:<10} summary",
+        "transport",
+        "duplex",
+        "reliable",
+        "ordered",
+        "durable",
+        "broadcast",
+        "max message",
+        "creds",
+        "zero-copy"
+    );
+    for (t, caps) in rows {
+        println!(
+            "{:<9} {:<7} {:<9} {:<8} {:<8} {:<10} {:>11} {:<6} {:<10} {}",
+            t.scheme(),
+            yes(caps.duplex),
+            yes(caps.reliable),
+            yes(caps.ordered),
+            yes(caps.durable),
+            yes(caps.broadcast),
+            human_size(caps.max_message),
+            yes(caps.peer_credentials),
+            yes(caps.zero_copy),
+            t.summary()
+        );
+    }
+}
+
+fn human_size(bytes: usize) -> String {
+    match bytes {
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
+        b => format!("{b} B"),
+    }
+}

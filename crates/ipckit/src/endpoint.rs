@@ -129,7 +129,12 @@ enum Param {
 }
 
 impl Param {
-    const ALL: [Param; 4] = [Param::Framing, Param::Mode, Param::MaxMessage, Param::Public];
+    const ALL: [Param; 4] = [
+        Param::Framing,
+        Param::Mode,
+        Param::MaxMessage,
+        Param::Public,
+    ];
 
     fn key(self) -> &'static str {
         match self {
@@ -618,9 +623,9 @@ fn check_bus_name(name: &str) -> Parsed<()> {
                 && e.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         });
-    valid.then_some(()).ok_or_else(|| {
-        format!("'{name}' is not a D-Bus well-known name such as org.example.App")
-    })
+    valid
+        .then_some(())
+        .ok_or_else(|| format!("'{name}' is not a D-Bus well-known name such as org.example.App"))
 }
 
 fn lookup_param(scheme: &str, key: &str) -> Parsed<Param> {
@@ -639,7 +644,9 @@ fn lookup_param(scheme: &str, key: &str) -> Parsed<Param> {
             )
         })?;
     if !param.applies_to(scheme) {
-        return Err(format!("option '{key}' does not apply to {scheme} endpoints"));
+        return Err(format!(
+            "option '{key}' does not apply to {scheme} endpoints"
+        ));
     }
     Ok(param)
 }

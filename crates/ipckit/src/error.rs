@@ -40,7 +40,9 @@ pub enum Error {
     },
 
     /// Another live server already owns the endpoint.
-    #[error("{endpoint}: the address is taken ({detail}); stop what holds it or choose another address")]
+    #[error(
+        "{endpoint}: the address is taken ({detail}); stop what holds it or choose another address"
+    )]
     AddrInUse {
         /// The endpoint's URL.
         endpoint: String,
@@ -73,7 +75,9 @@ pub enum Error {
     },
 
     /// No answer came in time.
-    #[error("{endpoint}: no answer within {after:?}; is the server busy or stuck? retry or allow a longer timeout")]
+    #[error(
+        "{endpoint}: no answer within {after:?}; is the server busy or stuck? retry or allow a longer timeout"
+    )]
     Timeout {
         /// The endpoint's URL.
         endpoint: String,
@@ -82,7 +86,9 @@ pub enum Error {
     },
 
     /// The peer went away.
-    #[error("{endpoint}: the connection was closed ({detail}); check that the peer is still running, then reconnect")]
+    #[error(
+        "{endpoint}: the connection was closed ({detail}); check that the peer is still running, then reconnect"
+    )]
     Disconnected {
         /// The endpoint's URL.
         endpoint: String,

@@ -44,7 +44,9 @@ pub enum Kind {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Violation {
     /// The hello did not start with `IPCK`.
-    #[error("the peer did not open with the ipckit hello (first bytes {0:02x?}); is it an ipckit peer, or does it want ?framing=line?")]
+    #[error(
+        "the peer did not open with the ipckit hello (first bytes {0:02x?}); is it an ipckit peer, or does it want ?framing=line?"
+    )]
     BadMagic([u8; 4]),
     /// No common protocol version.
     #[error("the peer speaks protocol versions {min}..={max}, this side only {VERSION}")]
@@ -69,7 +71,9 @@ pub enum Violation {
     #[error("reserved header bits are set ({0:#x})")]
     Reserved(u32),
     /// An id that does not fit the frame's kind.
-    #[error("a {kind:?} frame with id {id}: messages carry id 0, requests and replies a non-zero id")]
+    #[error(
+        "a {kind:?} frame with id {id}: messages carry id 0, requests and replies a non-zero id"
+    )]
     BadId {
         /// The frame's kind.
         kind: Kind,
@@ -510,7 +514,10 @@ mod tests {
     fn violations_are_reported() {
         let check = |bytes: [u8; HEADER_LEN], max| Header::decode(&bytes, max).unwrap_err();
         let mut h = Header::new(Kind::Message, 0, 10).encode();
-        assert!(matches!(check(h, 9), Violation::TooLarge { len: 10, max: 9 }));
+        assert!(matches!(
+            check(h, 9),
+            Violation::TooLarge { len: 10, max: 9 }
+        ));
         h[4] = 9;
         assert_eq!(check(h, 100), Violation::UnknownKind(9));
         let mut h = Header::new(Kind::Message, 0, 1).encode();
@@ -550,9 +557,6 @@ mod tests {
         let buf = decoder.read_buf();
         buf[..7].copy_from_slice(b"toolong");
         decoder.advance(7);
-        assert_eq!(
-            decoder.next_frame(),
-            Err(Violation::LineTooLong { max: 5 })
-        );
+        assert_eq!(decoder.next_frame(), Err(Violation::LineTooLong { max: 5 }));
     }
 }

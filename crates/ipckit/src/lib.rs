@@ -166,6 +166,10 @@ impl std::fmt::Debug for Client {
 }
 
 /// The receiving side: messages from any number of clients, through one loop.
+///
+/// There is no thread behind a `Server`: connections are accepted and greeted while it
+/// waits in [`recv`](Server::recv) (or [`spawn`](Server::spawn) does so), so a client's
+/// `connect` completes when the server next waits for messages.
 pub struct Server {
     listener: Box<dyn transport::Listener>,
     capabilities: Capabilities,

@@ -1,1 +1,967 @@
-fn main() {}
+//! The conformance suite: every check written once, run against every registered
+//! transport for which its capabilities say the check applies.
+//!
+//! Peers are separate processes: this test binary runs itself again with
+//! `IPCKIT_CONFORMANCE_PEER=1` and a role (see `peer`), and speaks to it over the
+//! transport under test. The peer reports on stdout, one line at a time.
+//!
+//! Run one transport or one check with the usual filters:
+//! `cargo test --test conformance -- uds::`, `… -- request_reply`.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ipckit::endpoint::{Address, UnixAddr};
+use ipckit::frame::{Header, Hello, Kind};
+use ipckit::transport::{Capabilities, Transport};
+use ipckit::{Endpoint, Error};
+use libtest_mimic::{Arguments, Failed, Trial};
+
+const PEER_ENV: &str = "IPCKIT_CONFORMANCE_PEER";
+/// Upper bound on any single wait; a check that needs it has failed.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+type Outcome = Result<(), Failed>;
+
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+).into());
+        }
+    };
+}
+
+fn main() -> ExitCode {
+    if std::env::var_os(PEER_ENV).is_some() {
+        return peer::run(std::env::args().skip(1).collect());
+    }
+    let args = Arguments::from_args();
+    let mut trials = Vec::new();
+    for &transport in ipckit::transport::all() {
+        let dir = std::env::temp_dir();
+        let caps = transport.capabilities(&transport.scratch_endpoint(&dir, "caps"));
+        for check in CHECKS {
+            let name = format!("{}::{}", transport.scheme(), check.name);
+            let run = check.run;
+            let applies = (check.applies)(transport, &caps);
+            trials.push(
+                Trial::test(name, move || run(&Ctx::new(transport, check.name)))
+                    .with_ignored_flag(!applies),
+            );
+        }
+    }
+    libtest_mimic::run(&args, trials).exit_code()
+}
+
+struct Check {
+    name: &'static str,
+    applies: fn(&dyn Transport, &Capabilities) -> bool,
+    run: fn(&Ctx) -> Outcome,
+}
+
+fn always(_: &dyn Transport, _: &Capabilities) -> bool {
+    true
+}
+fn duplex(_: &dyn Transport, caps: &Capabilities) -> bool {
+    caps.duplex
+}
+fn reliable_ordered(_: &dyn Transport, caps: &Capabilities) -> bool {
+    caps.reliable && caps.ordered
+}
+fn reliable(_: &dyn Transport, caps: &Capabilities) -> bool {
+    caps.reliable
+}
+fn credentials(_: &dyn Transport, caps: &Capabilities) -> bool {
+    caps.peer_credentials
+}
+/// Byte-stream endpoints, which a raw socket can feed with arbitrary bytes.
+fn byte_stream(t: &dyn Transport, _: &Capabilities) -> bool {
+    let ep = t.scratch_endpoint(&std::env::temp_dir(), "probe");
+    matches!(ep.address(), Address::Uds(_) | Address::Tcp(_))
+}
+
+const CHECKS: &[Check] = &[
+    Check {
+        name: "order_from_one_client",
+        applies: reliable_ordered,
+        run: order_from_one_client,
+    },
+    Check {
+        name: "many_concurrent_clients",
+        applies: reliable,
+        run: many_concurrent_clients,
+    },
+    Check {
+        name: "empty_and_maximum_size",
+        applies: always,
+        run: empty_and_maximum_size,
+    },
+    Check {
+        name: "oversized_refused_before_sending",
+        applies: always,
+        run: oversized_refused_before_sending,
+    },
+    Check {
+        name: "request_reply_concurrent",
+        applies: duplex,
+        run: request_reply_concurrent,
+    },
+    Check {
+        name: "peer_credentials",
+        applies: credentials,
+        run: peer_credentials,
+    },
+    Check {
+        name: "peer_disconnects",
+        applies: reliable,
+        run: peer_disconnects,
+    },
+    Check {
+        name: "restart_on_same_endpoint",
+        applies: always,
+        run: restart_on_same_endpoint,
+    },
+    Check {
+        name: "missing_endpoint",
+        applies: always,
+        run: missing_endpoint,
+    },
+    Check {
+        name: "server_dies_during_request",
+        applies: duplex,
+        run: server_dies_during_request,
+    },
+    Check {
+        name: "bad_input::random_bytes",
+        applies: byte_stream,
+        run: bad_random_bytes,
+    },
+    Check {
+        name: "bad_input::truncated_frame",
+        applies: byte_stream,
+        run: bad_truncated_frame,
+    },
+    Check {
+        name: "bad_input::length_over_limit",
+        applies: byte_stream,
+        run: bad_length_over_limit,
+    },
+    Check {
+        name: "bad_input::claimed_length_not_allocated",
+        applies: byte_stream,
+        run: bad_claimed_length_not_allocated,
+    },
+    Check {
+        name: "bad_input::wrong_protocol_version",
+        applies: byte_stream,
+        run: bad_wrong_version,
+    },
+    Check {
+        name: "bad_input::killed_mid_frame",
+        applies: byte_stream,
+        run: bad_killed_mid_frame,
+    },
+];
+
+/// One check's surroundings: the transport and a private directory.
+struct Ctx {
+    transport: &'static dyn Transport,
+    dir: PathBuf,
+}
+
+impl Ctx {
+    fn new(transport: &'static dyn Transport, check: &str) -> Ctx {
+        let dir = std::env::temp_dir().join(format!(
+            "ipckit-conf-{}-{}-{}",
+            std::process::id(),
+            transport.scheme(),
+            check.replace("::", "-")
+        ));
+        std::fs::create_dir_all(&dir).expect("creating the check's directory");
+        Ctx { transport, dir }
+    }
+
+    /// A fresh endpoint for this check.
+    fn endpoint(&self, name: &str) -> Endpoint {
+        self.transport.scratch_endpoint(&self.dir, name)
+    }
+
+    fn endpoint_with(&self, name: &str, key: &str, value: &str) -> Endpoint {
+        let mut ep = self.endpoint(name);
+        ep.set_option(key, value).expect("valid option");
+        ep
+    }
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Peer processes
+// ---------------------------------------------------------------------------------------
+
+/// A peer process, killed when dropped.
+struct Child {
+    process: std::process::Child,
+    lines: mpsc::Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+    stdin: Option<std::process::ChildStdin>,
+}
+
+impl Child {
+    fn spawn(role: &str, args: &[String]) -> Child {
+        let mut process = Command::new(std::env::current_exe().expect("own path"))
+            .env(PEER_ENV, "1")
+            .env("RUST_LOG", "info")
+            .arg(role)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning a peer");
+        let (tx, lines) = mpsc::channel();
+        let stdout = process.stdout.take().expect("piped");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = process.stderr.take().expect("piped");
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let stdin = process.stdin.take();
+        Child {
+            process,
+            lines,
+            stderr,
+            stdin,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.process.id()
+    }
+
+    /// The next line the peer prints.
+    fn line(&mut self) -> Result<String, Failed> {
+        self.lines.recv_timeout(PATIENCE).map_err(|_| {
+            format!(
+                "peer {} printed nothing within {PATIENCE:?}; its stderr:\n{}",
+                self.pid(),
+                self.stderr()
+            )
+            .into()
+        })
+    }
+
+    /// The next line the peer prints, serving `server` meanwhile so that the peer can
+    /// connect; a message arriving meanwhile is an error.
+    fn line_serving(&mut self, server: &mut ipckit::Server) -> Result<String, Failed> {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while std::time::Instant::now() < deadline {
+            if let Ok(line) = self.lines.try_recv() {
+                return Ok(line);
+            }
+            if let Some(message) = server.recv_timeout(Duration::from_millis(5))? {
+                return Err(
+                    format!("unexpected message of {} bytes", message.payload().len()).into(),
+                );
+            }
+        }
+        Err(format!("peer {} printed nothing within {PATIENCE:?}", self.pid()).into())
+    }
+
+    /// Waits for a `ready URL` line and returns the URL.
+    fn ready(&mut self) -> Result<Endpoint, Failed> {
+        let line = self.line()?;
+        let url = line.strip_prefix("ready ").ok_or_else(|| {
+            format!(
+                "peer said '{line}' instead of ready; stderr:\n{}",
+                self.stderr()
+            )
+        })?;
+        Ok(url.parse().expect("the peer prints valid URLs"))
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Closes the peer's stdin (servers stop then) and waits for a clean exit.
+    fn finish(mut self) -> Result<String, Failed> {
+        drop(self.stdin.take());
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.process.try_wait().expect("waiting for a peer") {
+                // Give the stderr reader a moment to drain the pipe.
+                std::thread::sleep(Duration::from_millis(50));
+                let stderr = self.stderr();
+                ensure!(
+                    status.success(),
+                    "peer exited with {status}; its stderr:\n{stderr}"
+                );
+                return Ok(stderr);
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "peer did not exit within {PATIENCE:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A payload that says who sent it and in which order, padded to `size`.
+fn numbered(client: u32, seq: u32, size: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(size.max(8));
+    out.extend_from_slice(&client.to_le_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend((8..size).map(|i| (i as u32).wrapping_mul(31).wrapping_add(seq) as u8));
+    out
+}
+
+fn parse_numbered(payload: &[u8]) -> Result<(u32, u32), Failed> {
+    ensure!(
+        payload.len() >= 8,
+        "a message of {} bytes is not numbered",
+        payload.len()
+    );
+    let client = u32::from_le_bytes(payload[..4].try_into().unwrap());
+    let seq = u32::from_le_bytes(payload[4..8].try_into().unwrap());
+    ensure!(
+        payload == numbered(client, seq, payload.len()).as_slice(),
+        "message {client}/{seq} of {} bytes arrived corrupted",
+        payload.len()
+    );
+    Ok((client, seq))
+}
+
+/// Sizes that cross buffer and frame boundaries: tiny, odd, around 32/64 KiB, large.
+fn size_for(seq: u32) -> usize {
+    const SIZES: [usize; 8] = [8, 9, 64, 1000, 32 * 1024 + 1, 65 * 1024, 8, 200_000];
+    SIZES[seq as usize % SIZES.len()]
+}
+
+fn recv(server: &mut ipckit::Server) -> Result<ipckit::Message, Failed> {
+    server
+        .recv_timeout(PATIENCE)?
+        .ok_or_else(|| format!("no message arrived within {PATIENCE:?}").into())
+}
+
+// ---------------------------------------------------------------------------------------
+// Checks
+// ---------------------------------------------------------------------------------------
+
+fn order_from_one_client(ctx: &Ctx) -> Outcome {
+    let mut server = ipckit::listen(ctx.endpoint("order"))?;
+    let count = 2000;
+    let sender = Child::spawn(
+        "send",
+        &[server.endpoint().to_string(), "7".into(), count.to_string()],
+    );
+    for expected in 0..count {
+        let (client, seq) = parse_numbered(recv(&mut server)?.payload())?;
+        ensure!(
+            client == 7 && seq == expected,
+            "expected message {expected}, got {client}/{seq}"
+        );
+    }
+    sender.finish()?;
+    Ok(())
+}
+
+fn many_concurrent_clients(ctx: &Ctx) -> Outcome {
+    let mut server = ipckit::listen(ctx.endpoint("many"))?;
+    let (clients, count) = (8u32, 250u32);
+    let senders: Vec<Child> = (0..clients)
+        .map(|c| {
+            Child::spawn(
+                "send",
+                &[
+                    server.endpoint().to_string(),
+                    c.to_string(),
+                    count.to_string(),
+                ],
+            )
+        })
+        .collect();
+    let mut next: HashMap<u32, u32> = HashMap::new();
+    for _ in 0..clients * count {
+        let (client, seq) = parse_numbered(recv(&mut server)?.payload())?;
+        let expected = next.entry(client).or_default();
+        ensure!(
+            seq == *expected,
+            "client {client}: expected message {expected}, got {seq}"
+        );
+        *expected += 1;
+    }
+    ensure!(
+        next.len() == clients as usize,
+        "heard from {} of {clients} clients",
+        next.len()
+    );
+    for sender in senders {
+        sender.finish()?;
+    }
+    Ok(())
+}
+
+fn empty_and_maximum_size(ctx: &Ctx) -> Outcome {
+    let mut server = ipckit::listen(ctx.endpoint("sizes"))?;
+    let max = server.capabilities().max_message;
+    let sender = Child::spawn(
+        "send-sizes",
+        &[
+            server.endpoint().to_string(),
+            "0".into(),
+            "1".into(),
+            max.to_string(),
+        ],
+    );
+    for expected in [0, 1, max] {
+        let message = recv(&mut server)?;
+        let payload = message.payload();
+        ensure!(
+            payload.len() == expected,
+            "expected {expected} bytes, got {}",
+            payload.len()
+        );
+        ensure!(
+            payload == peer::filled(expected).as_slice(),
+            "the {expected}-byte message arrived corrupted"
+        );
+    }
+    sender.finish()?;
+    Ok(())
+}
+
+fn oversized_refused_before_sending(ctx: &Ctx) -> Outcome {
+    // The server's limit is smaller than the client's own: the client must learn it.
+    let mut server = ipckit::listen(ctx.endpoint_with("oversize", "max_message", "4096"))?;
+    let mut url = server.endpoint().clone();
+    url.set_option(
+        "max_message",
+        &ipckit::endpoint::DEFAULT_MAX_MESSAGE.to_string(),
+    )?;
+    let sender = Child::spawn("send-oversized", &[url.to_string(), "4097".into()]);
+    let message = recv(&mut server)?;
+    ensure!(
+        message.payload() == b"after",
+        "first message was {:?}, not 'after'",
+        message.payload()
+    );
+    sender.finish()?;
+    ensure!(
+        server.recv_timeout(Duration::from_millis(200))?.is_none(),
+        "an extra message arrived"
+    );
+    Ok(())
+}
+
+fn request_reply_concurrent(ctx: &Ctx) -> Outcome {
+    let mut server = ipckit::listen(ctx.endpoint("rr"))?;
+    let (threads, per_thread) = (8u32, 50u32);
+    let client = Child::spawn(
+        "request",
+        &[
+            server.endpoint().to_string(),
+            threads.to_string(),
+            per_thread.to_string(),
+        ],
+    );
+    let mut answered = 0;
+    let mut out_of_order = false;
+    while answered < threads * per_thread {
+        // Gather what is in flight and answer it backwards, so replies cross on the wire.
+        let mut batch = vec![recv(&mut server)?];
+        while let Some(m) = server.recv_timeout(Duration::from_millis(2))? {
+            batch.push(m);
+        }
+        out_of_order |= batch.len() > 1;
+        for mut message in batch.into_iter().rev() {
+            ensure!(
+                message.wants_reply(),
+                "a request arrived as a one-way message"
+            );
+            let mut reply = message.payload().to_vec();
+            reply.reverse();
+            message.reply(&reply)?;
+            answered += 1;
+        }
+    }
+    client.finish()?;
+    ensure!(
+        out_of_order,
+        "requests never overlapped, so correlation was not exercised"
+    );
+    Ok(())
+}
+
+fn peer_credentials(ctx: &Ctx) -> Outcome {
+    let mut server = ipckit::listen(ctx.endpoint("creds"))?;
+    let sender = Child::spawn(
+        "send",
+        &[server.endpoint().to_string(), "1".into(), "1".into()],
+    );
+    let message = recv(&mut server)?;
+    let peer = message.peer();
+    ensure!(
+        peer.pid == Some(sender.pid()),
+        "pid {:?}, expected {}",
+        peer.pid,
+        sender.pid()
+    );
+    let uid = rustix::process::getuid().as_raw();
+    ensure!(peer.uid == Some(uid), "uid {:?}, expected {uid}", peer.uid);
+    sender.finish()?;
+    Ok(())
+}
+
+fn peer_disconnects(ctx: &Ctx) -> Outcome {
+    let mut server = ipckit::listen(ctx.endpoint("disconnect"))?;
+    let url = server.endpoint().to_string();
+    // One peer sends and exits; another is killed while connected; a third still works.
+    let first = Child::spawn("send", &[url.clone(), "1".into(), "20".into()]);
+    for seq in 0..20 {
+        ensure!(
+            parse_numbered(recv(&mut server)?.payload())? == (1, seq),
+            "lost message {seq} of the first peer"
+        );
+    }
+    first.finish()?;
+    let mut idle = Child::spawn("connect-and-wait", &[url.clone()]);
+    idle.line_serving(&mut server)?;
+    idle.kill();
+    let last = Child::spawn("send", &[url, "3".into(), "20".into()]);
+    for seq in 0..20 {
+        ensure!(
+            parse_numbered(recv(&mut server)?.payload())? == (3, seq),
+            "lost message {seq} after a peer died"
+        );
+    }
+    last.finish()?;
+    Ok(())
+}
+
+fn restart_on_same_endpoint(ctx: &Ctx) -> Outcome {
+    // A server in another process dies without cleaning up; its endpoint is reclaimed.
+    let mut dead = Child::spawn("serve-echo", &[ctx.endpoint("restart").to_string()]);
+    let url = dead.ready()?;
+    match ipckit::listen(&url) {
+        Err(Error::AddrInUse { .. }) => {}
+        other => return Err(format!("a second server on a live endpoint: {other:?}").into()),
+    }
+    dead.kill();
+    for round in 0..2 {
+        let mut server = ipckit::listen(&url)?;
+        ensure!(
+            server.endpoint() == &url,
+            "restarted on {} instead of {url}",
+            server.endpoint()
+        );
+        let sender = Child::spawn("send", &[url.to_string(), round.to_string(), "3".into()]);
+        for seq in 0..3 {
+            ensure!(
+                parse_numbered(recv(&mut server)?.payload())? == (round, seq),
+                "round {round}: lost message {seq}"
+            );
+        }
+        sender.finish()?;
+    }
+    Ok(())
+}
+
+fn missing_endpoint(ctx: &Ctx) -> Outcome {
+    let url = ipckit::listen(ctx.endpoint("missing"))?.endpoint().clone(); // dropped at once
+    let mut child = Child::spawn("connect", &[url.to_string()]);
+    let line = child.line()?;
+    ensure!(
+        line == format!("NotFound {url}"),
+        "connecting to a missing endpoint said: {line}"
+    );
+    child.finish()?;
+    Ok(())
+}
+
+fn server_dies_during_request(ctx: &Ctx) -> Outcome {
+    let mut server = Child::spawn("die-on-request", &[ctx.endpoint("dies").to_string()]);
+    let url = server.ready()?;
+    let client = ipckit::connect(&url)?;
+    match client.request(b"are you there?", PATIENCE) {
+        Err(Error::Disconnected { .. }) => {}
+        other => return Err(format!("expected Disconnected, got {other:?}").into()),
+    }
+    server.kill();
+    match client.request(b"again", PATIENCE) {
+        Err(Error::Disconnected { .. }) => Ok(()),
+        other => Err(format!("a broken connection must stay broken, got {other:?}").into()),
+    }
+}
+
+// --- bad input on byte streams: the server runs in a child that logs to stderr ---------
+
+trait RawStream: Read + Write + Send {}
+impl<T: Read + Write + Send> RawStream for T {}
+
+fn raw_connect(endpoint: &Endpoint) -> Result<Box<dyn RawStream>, Failed> {
+    use std::os::linux::net::SocketAddrExt;
+    let stream: Box<dyn RawStream> = match endpoint.address() {
+        Address::Uds(UnixAddr::Path(path)) => {
+            let s = std::os::unix::net::UnixStream::connect(path)?;
+            s.set_read_timeout(Some(PATIENCE))?;
+            Box::new(s)
+        }
+        Address::Uds(UnixAddr::Abstract(name)) => {
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            let s = std::os::unix::net::UnixStream::connect_addr(&addr)?;
+            s.set_read_timeout(Some(PATIENCE))?;
+            Box::new(s)
+        }
+        Address::Tcp(at) => {
+            let s = std::net::TcpStream::connect((at.bare_host(), at.port))?;
+            s.set_read_timeout(Some(PATIENCE))?;
+            Box::new(s)
+        }
+        other => return Err(format!("no raw stream for {other:?}").into()),
+    };
+    Ok(stream)
+}
+
+/// Opens a raw connection and completes the handshake.
+fn raw_greeted(endpoint: &Endpoint) -> Result<Box<dyn RawStream>, Failed> {
+    let mut stream = raw_connect(endpoint)?;
+    stream.write_all(&Hello::new(1 << 20).encode())?;
+    let mut welcome = [0u8; 12];
+    stream.read_exact(&mut welcome)?;
+    ipckit::frame::Welcome::decode(&welcome).map_err(|v| v.to_string())?;
+    Ok(stream)
+}
+
+/// True when the server ended the connection (EOF or reset) rather than going quiet.
+fn closed_by_server(stream: &mut dyn RawStream) -> Result<(), Failed> {
+    let mut buf = [0u8; 256];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {} // a welcome or refusal may precede the end
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(()),
+            Err(e) => return Err(format!("the server did not close the connection: {e}").into()),
+        }
+    }
+}
+
+/// Runs `attack` against a server in a child process, then proves the server still
+/// serves a good client, delivered nothing of the attack, and logged `reason`.
+fn survives(
+    ctx: &Ctx,
+    max: Option<&str>,
+    reason: &str,
+    attack: impl FnOnce(&Endpoint) -> Outcome,
+) -> Outcome {
+    let endpoint = match max {
+        Some(max) => ctx.endpoint_with("victim", "max_message", max),
+        None => ctx.endpoint("victim"),
+    };
+    let mut server = Child::spawn("print", &[endpoint.to_string()]);
+    let url = server.ready()?;
+    // A good client connected before the attack must keep working through it.
+    let bystander = ipckit::connect(&url)?;
+    attack(&url)?;
+    bystander.send(b"after the attack")?;
+    ipckit::connect(&url)?.send(b"and a new client")?;
+    for expected in ["after the attack", "and a new client"] {
+        let line = server.line()?;
+        ensure!(
+            line == format!("msg {expected}"),
+            "the server delivered '{line}', expected '{expected}'"
+        );
+    }
+    let stderr = server.finish()?;
+    ensure!(
+        stderr.contains(reason),
+        "the server's log does not give the reason '{reason}':\n{stderr}"
+    );
+    Ok(())
+}
+
+fn bad_random_bytes(ctx: &Ctx) -> Outcome {
+    survives(ctx, None, "did not open with the ipckit hello", |url| {
+        let mut stream = raw_connect(url)?;
+        let mut noise = vec![0u8; 4096];
+        fastrand::fill(&mut noise);
+        noise[0] = b'X'; // never the magic by chance
+        let _ = stream.write_all(&noise);
+        closed_by_server(&mut *stream)
+    })
+}
+
+fn bad_truncated_frame(ctx: &Ctx) -> Outcome {
+    survives(ctx, None, "went away 66 bytes into a frame", |url| {
+        let mut stream = raw_greeted(url)?;
+        stream.write_all(&Header::new(Kind::Message, 0, 100).encode())?;
+        stream.write_all(&[7u8; 50])?;
+        drop(stream);
+        Ok(())
+    })
+}
+
+fn bad_length_over_limit(ctx: &Ctx) -> Outcome {
+    survives(
+        ctx,
+        Some("1000"),
+        "exceeds the limit of 1000 bytes",
+        |url| {
+            let mut stream = raw_greeted(url)?;
+            stream.write_all(&Header::new(Kind::Message, 0, 1001).encode())?;
+            closed_by_server(&mut *stream)
+        },
+    )
+}
+
+fn bad_claimed_length_not_allocated(ctx: &Ctx) -> Outcome {
+    // The victim accepts messages up to 4 GiB - 1 but may only use 1 GiB of address space
+    // (see peer "print"): allocating what the header claims would kill it.
+    survives(ctx, Some(&u32::MAX.to_string()), "went away", |url| {
+        let mut stream = raw_greeted(url)?;
+        stream.write_all(&Header::new(Kind::Message, 0, 3 << 30).encode())?;
+        stream.write_all(&[1u8; 100_000])?;
+        std::thread::sleep(Duration::from_millis(100));
+        drop(stream);
+        Ok(())
+    })
+}
+
+fn bad_wrong_version(ctx: &Ctx) -> Outcome {
+    survives(ctx, None, "speaks protocol versions 90..=99", |url| {
+        let mut stream = raw_connect(url)?;
+        let mut hello = Hello::new(1000).encode();
+        hello[4] = 90;
+        hello[5] = 99;
+        stream.write_all(&hello)?;
+        let mut welcome = [0u8; 12];
+        stream.read_exact(&mut welcome)?;
+        ensure!(
+            welcome[4] == 0 && welcome[5] != 0,
+            "the server accepted version 90..99: {welcome:?}"
+        );
+        closed_by_server(&mut *stream)
+    })
+}
+
+fn bad_killed_mid_frame(ctx: &Ctx) -> Outcome {
+    let mut server = ipckit::listen(ctx.endpoint("killed"))?;
+    let url = server.endpoint().to_string();
+    let mut writer = Child::spawn("half-frame", &[url.clone(), "1000000".into()]);
+    ensure!(
+        writer.line_serving(&mut server)? == "half-written",
+        "the writer did not get half-way"
+    );
+    let other = Child::spawn("send", &[url, "5".into(), "10".into()]);
+    for seq in 0..10 {
+        ensure!(
+            parse_numbered(recv(&mut server)?.payload())? == (5, seq),
+            "the other client lost message {seq}"
+        );
+    }
+    writer.kill();
+    other.finish()?;
+    if let Some(message) = server.recv_timeout(Duration::from_millis(300))? {
+        return Err(format!(
+            "a partial message of {} bytes was delivered",
+            message.payload().len()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Peer roles, run in child processes
+// ---------------------------------------------------------------------------------------
+
+mod peer {
+    use super::*;
+
+    /// The content of a message of `len` bytes sent by `send-sizes`.
+    pub fn filled(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8).collect()
+    }
+
+    fn exit_when_parent_goes() {
+        std::thread::spawn(|| {
+            let _ = std::io::stdin().read_to_end(&mut Vec::new());
+            std::process::exit(0);
+        });
+    }
+
+    fn say(line: &str) {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}").unwrap();
+        out.flush().unwrap();
+    }
+
+    pub fn run(args: Vec<String>) -> ExitCode {
+        let _ = env_logger::builder().is_test(false).try_init();
+        match role(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("peer {args:?}: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+
+    fn role(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+        let url = args.get(1).ok_or("missing URL")?.as_str();
+        let num = |i: usize| -> u64 { args[i].parse().expect("numeric argument") };
+        match args[0].as_str() {
+            "send" => {
+                let client = ipckit::connect(url)?;
+                for seq in 0..num(3) as u32 {
+                    client.send(&numbered(num(2) as u32, seq, size_for(seq)))?;
+                }
+            }
+            "send-sizes" => {
+                let client = ipckit::connect(url)?;
+                for i in 2..args.len() {
+                    client.send(&filled(num(i) as usize))?;
+                }
+            }
+            "send-oversized" => {
+                let client = ipckit::connect(url)?;
+                match client.send(&vec![0u8; num(2) as usize]) {
+                    Err(Error::MessageTooLarge { size, max, .. })
+                        if size == num(2) as usize && max < size => {}
+                    other => return Err(format!("oversized send gave {other:?}").into()),
+                }
+                client.send(b"after")?;
+            }
+            "request" => {
+                let client = Arc::new(ipckit::connect(url)?);
+                let threads: Vec<_> = (0..num(2))
+                    .map(|t| {
+                        let client = client.clone();
+                        let per_thread = num(3);
+                        std::thread::spawn(move || -> Result<(), String> {
+                            for i in 0..per_thread {
+                                let request = format!("thread {t} request {i}").into_bytes();
+                                let reply = client
+                                    .request(&request, PATIENCE)
+                                    .map_err(|e| e.to_string())?;
+                                let mut expected = request.clone();
+                                expected.reverse();
+                                if reply != expected {
+                                    return Err(format!(
+                                        "request {:?} got reply {:?}",
+                                        String::from_utf8_lossy(&request),
+                                        String::from_utf8_lossy(&reply)
+                                    ));
+                                }
+                            }
+                            Ok(())
+                        })
+                    })
+                    .collect();
+                for thread in threads {
+                    thread
+                        .join()
+                        .map_err(|_| "a requesting thread panicked")??;
+                }
+            }
+            "connect" => match ipckit::connect(url) {
+                Err(Error::NotFound { endpoint, .. }) => say(&format!("NotFound {endpoint}")),
+                other => say(&format!("unexpected {other:?}")),
+            },
+            "connect-and-wait" => {
+                let _client = ipckit::connect(url)?;
+                say("connected");
+                std::thread::sleep(PATIENCE);
+            }
+            "serve-echo" => {
+                let mut server = ipckit::listen(url)?;
+                say(&format!("ready {}", server.endpoint()));
+                exit_when_parent_goes();
+                loop {
+                    let mut message = server.recv()?;
+                    let payload = message.take_payload();
+                    if message.wants_reply() {
+                        message.reply(&payload)?;
+                    }
+                }
+            }
+            "die-on-request" => {
+                let mut server = ipckit::listen(url)?;
+                say(&format!("ready {}", server.endpoint()));
+                exit_when_parent_goes();
+                let message = server.recv()?;
+                if message.wants_reply() {
+                    std::process::abort(); // dies with the request unanswered
+                }
+            }
+            "print" => {
+                // Room for the runtime, not for a multi-gigabyte allocation.
+                rustix::process::setrlimit(
+                    rustix::process::Resource::As,
+                    rustix::process::Rlimit {
+                        current: Some(1 << 30),
+                        maximum: Some(1 << 30),
+                    },
+                )?;
+                let mut server = ipckit::listen(url)?;
+                say(&format!("ready {}", server.endpoint()));
+                exit_when_parent_goes();
+                loop {
+                    let message = server.recv()?;
+                    say(&format!(
+                        "msg {}",
+                        String::from_utf8_lossy(message.payload())
+                    ));
+                }
+            }
+            "half-frame" => {
+                let endpoint: Endpoint = url.parse()?;
+                let mut stream = raw_greeted(&endpoint).map_err(|e| format!("{e:?}"))?;
+                let len = num(2) as usize;
+                stream.write_all(&Header::new(Kind::Message, 0, len).encode())?;
+                stream.write_all(&vec![9u8; len / 2])?;
+                say("half-written");
+                std::thread::sleep(PATIENCE);
+            }
+            other => return Err(format!("unknown role {other}").into()),
+        }
+        Ok(())
+    }
+}

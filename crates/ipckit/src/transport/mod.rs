@@ -108,7 +108,11 @@ pub(crate) fn for_endpoint(endpoint: &Endpoint) -> Result<&'static dyn Transport
         what: format!(
             "the {} transport is not available in this build; available: {}",
             endpoint.scheme(),
-            all().iter().map(|t| t.scheme()).collect::<Vec<_>>().join(", ")
+            all()
+                .iter()
+                .map(|t| t.scheme())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     })?;
     if endpoint.object().is_some() {

@@ -85,10 +85,12 @@ fn wait_ready(fd: BorrowedFd<'_>, flags: PollFlags, deadline: Option<Instant>) -
                 if left.is_zero() {
                     return Ok(false);
                 }
-                Some(rustix::time::Timespec::try_from(left).unwrap_or(rustix::time::Timespec {
-                    tv_sec: i64::MAX,
-                    tv_nsec: 0,
-                }))
+                Some(
+                    rustix::time::Timespec::try_from(left).unwrap_or(rustix::time::Timespec {
+                        tv_sec: i64::MAX,
+                        tv_nsec: 0,
+                    }),
+                )
             }
             None => None,
         };
@@ -187,8 +189,7 @@ impl StreamConnection {
                 let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
                 let welcome = loop {
                     if let Some(bytes) = reader.decoder.take_exact::<HELLO_LEN>() {
-                        break Welcome::decode(&bytes)
-                            .map_err(|v| protocol_error(endpoint, v))?;
+                        break Welcome::decode(&bytes).map_err(|v| protocol_error(endpoint, v))?;
                     }
                     if !fill(&fd, &mut reader, deadline, &url)? {
                         return Err(Error::Timeout {
@@ -317,7 +318,11 @@ impl StreamConnection {
                         if let Some(slot) = waiters.answers.get_mut(&frame.id) {
                             *slot = Some(frame);
                         } else {
-                            log::debug!("{}: dropping a late answer to request {}", self.url, frame.id);
+                            log::debug!(
+                                "{}: dropping a late answer to request {}",
+                                self.url,
+                                frame.id
+                            );
                         }
                     }
                     Kind::Message | Kind::Request => {
@@ -504,6 +509,9 @@ struct Conn {
     decoder: Decoder,
     greeted: bool,
     peer: Arc<Peer>,
+    /// epoll reported the peer's end (or an error): read on to EOF, since no further
+    /// edge will come to say so.
+    hung_up: bool,
 }
 
 /// How a transport learns who is on the other end of an accepted socket, and prepares it.
@@ -546,8 +554,8 @@ impl StreamListener {
                 Interest::READABLE,
             )
             .map_err(|e| io_err("registering the listening socket", e))?;
-        let waker = Waker::new(poll.registry(), WAKER)
-            .map_err(|e| io_err("creating the waker", e))?;
+        let waker =
+            Waker::new(poll.registry(), WAKER).map_err(|e| io_err("creating the waker", e))?;
         Ok(StreamListener {
             framing: endpoint.framing(),
             max: endpoint.max_message(),
@@ -612,6 +620,7 @@ impl StreamListener {
                 decoder: Decoder::new(self.framing, self.max),
                 greeted: self.framing == Framing::Line,
                 peer,
+                hung_up: false,
             });
         }
     }
@@ -638,8 +647,8 @@ impl StreamListener {
                         return self.close(key, Some(violation));
                     }
                     // A short read emptied the socket; Linux raises a new edge for any
-                    // later data, so there is no need to read until EAGAIN.
-                    if n < wanted {
+                    // later data or hang-up, so there is no need to read until EAGAIN.
+                    if n < wanted && !self.conns[key].hung_up {
                         return;
                     }
                 }
@@ -743,7 +752,15 @@ impl Listener for StreamListener {
                 match event.token() {
                     LISTENER => accept = true,
                     WAKER => woken = true,
-                    Token(t) => self.unread.push_back(t - FIRST_CONNECTION),
+                    Token(t) => {
+                        let key = t - FIRST_CONNECTION;
+                        if event.is_read_closed() || event.is_error() {
+                            if let Some(conn) = self.conns.get_mut(key) {
+                                conn.hung_up = true;
+                            }
+                        }
+                        self.unread.push_back(key);
+                    }
                 }
             }
             if accept {

@@ -70,8 +70,8 @@ impl Transport for Tcp {
                 });
             }
         }
-        let listener = TcpListener::bind(addrs.as_slice())
-            .map_err(|e| Error::io(endpoint, "binding", e))?;
+        let listener =
+            TcpListener::bind(addrs.as_slice()).map_err(|e| Error::io(endpoint, "binding", e))?;
         listener
             .set_nonblocking(true)
             .map_err(|e| Error::io(endpoint, "making the socket non-blocking", e))?;

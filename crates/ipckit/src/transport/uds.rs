@@ -51,7 +51,9 @@ impl Transport for Uds {
 
     fn scratch_endpoint(&self, dir: &Path, name: &str) -> Endpoint {
         let endpoint = Endpoint::parse("uds:///scratch").expect("a valid form");
-        endpoint.with_address(Address::Uds(UnixAddr::Path(dir.join(format!("{name}.sock")))))
+        endpoint.with_address(Address::Uds(UnixAddr::Path(
+            dir.join(format!("{name}.sock")),
+        )))
     }
 
     fn connect(&self, endpoint: &Endpoint) -> Result<Box<dyn Connection>> {
@@ -65,9 +67,7 @@ impl Transport for Uds {
     fn listen(&self, endpoint: &Endpoint) -> Result<Box<dyn Listener>> {
         let fd = socket(endpoint, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK)?;
         let cleanup: Option<Box<dyn Send>> = match endpoint.address() {
-            Address::Uds(UnixAddr::Path(path)) => {
-                Some(Box::new(bind_path(endpoint, &fd, path)?))
-            }
+            Address::Uds(UnixAddr::Path(path)) => Some(Box::new(bind_path(endpoint, &fd, path)?)),
             _ => {
                 // An abstract name vanishes with the last socket bound to it, so one that
                 // is taken belongs to a live process.
@@ -89,7 +89,9 @@ impl Transport for Uds {
 fn unix_addr(endpoint: &Endpoint) -> Result<SocketAddrUnix> {
     let addr = match endpoint.address() {
         Address::Uds(UnixAddr::Path(path)) => SocketAddrUnix::new(path.as_path()),
-        Address::Uds(UnixAddr::Abstract(name)) => SocketAddrUnix::new_abstract_name(name.as_bytes()),
+        Address::Uds(UnixAddr::Abstract(name)) => {
+            SocketAddrUnix::new_abstract_name(name.as_bytes())
+        }
         _ => unreachable!("the registry hands uds endpoints only to uds"),
     };
     addr.map_err(|e| Error::io(endpoint, "making the socket address", e.into()))
