@@ -129,8 +129,9 @@ fn run(cli: Cli) -> CliResult {
             match message {
                 Some(message) => client.send(message.as_bytes())?,
                 None => {
-                    for line in io::stdin().lock().lines() {
-                        client.send(line?.as_bytes())?;
+                    // Messages are bytes: a line need not be UTF-8.
+                    for line in io::stdin().lock().split(b'\n') {
+                        client.send(&line?)?;
                     }
                 }
             }

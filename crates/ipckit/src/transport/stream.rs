@@ -14,7 +14,7 @@
 //! waits for it; a lone caller therefore pays one `write` and one `read`, as a
 //! hand-written ping-pong does.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -47,9 +47,42 @@ const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
 const FIRST_CONNECTION: usize = 2;
 
-/// Writes all of `parts` to a socket, waiting for room until `deadline` if it is
+/// Frames up to this size are copied into one buffer and sent with `send(2)`, which
+/// costs less than `sendmsg(2)` with an iovec per part; larger ones go out as they are.
+const COALESCE: usize = 512;
+
+/// Writes all of `parts` to a socket, waiting for room up to `patience` if it is
 /// non-blocking. MSG_NOSIGNAL: a closed peer is an error here, never a SIGPIPE.
-fn send_all(fd: BorrowedFd<'_>, parts: &[&[u8]], deadline: Option<Instant>) -> io::Result<()> {
+fn send_all(fd: BorrowedFd<'_>, parts: &[&[u8]], patience: Option<Duration>) -> io::Result<()> {
+    // The clock is read only if the socket is ever full.
+    let mut deadline = None;
+    let mut wait_writable = || {
+        let deadline = *deadline.get_or_insert_with(|| patience.map(|p| Instant::now() + p));
+        if wait_ready(fd, PollFlags::OUT, deadline)? {
+            Ok(())
+        } else {
+            Err(io::Error::from(io::ErrorKind::TimedOut))
+        }
+    };
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    if total <= COALESCE {
+        let mut joined = [0u8; COALESCE];
+        let mut at = 0;
+        for part in parts {
+            joined[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        let mut rest = &joined[..total];
+        while !rest.is_empty() {
+            match rustix::net::send(fd, rest, SendFlags::NOSIGNAL) {
+                Ok(n) => rest = &rest[n..],
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => wait_writable()?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        return Ok(());
+    }
     let mut storage: Vec<IoSlice<'_>> = parts
         .iter()
         .filter(|p| !p.is_empty())
@@ -65,11 +98,7 @@ fn send_all(fd: BorrowedFd<'_>, parts: &[&[u8]], deadline: Option<Instant>) -> i
         ) {
             Ok(n) => IoSlice::advance_slices(&mut slices, n),
             Err(rustix::io::Errno::INTR) => {}
-            Err(rustix::io::Errno::AGAIN) => {
-                if !wait_ready(fd, PollFlags::OUT, deadline)? {
-                    return Err(io::ErrorKind::TimedOut.into());
-                }
-            }
+            Err(rustix::io::Errno::AGAIN) => wait_writable()?,
             Err(e) => return Err(e.into()),
         }
     }
@@ -146,10 +175,29 @@ struct Reader {
 
 #[derive(Default)]
 struct Waiters {
-    /// Requests in flight, and the answer once the leader has read it.
-    answers: HashMap<u64, Option<Frame>>,
+    /// Requests in flight, and the answer once the leader has read it. Rarely more than
+    /// a few, so a vector beats hashing.
+    answers: Vec<(u64, Option<Frame>)>,
     /// Why the connection can no longer be used.
     broken: Option<String>,
+    /// Threads waiting on `answered`: std's `notify_all` makes a syscall even when
+    /// nobody waits, which a lone caller should not pay.
+    followers: usize,
+}
+
+impl Waiters {
+    fn slot(&mut self, id: u64) -> Option<&mut Option<Frame>> {
+        self.answers
+            .iter_mut()
+            .find(|(i, _)| *i == id)
+            .map(|(_, slot)| slot)
+    }
+
+    /// Forgets request `id`, returning its answer if it had one.
+    fn remove(&mut self, id: u64) -> Option<Frame> {
+        let at = self.answers.iter().position(|(i, _)| *i == id)?;
+        self.answers.swap_remove(at).1
+    }
 }
 
 /// A client connection on a connected, blocking stream socket.
@@ -282,17 +330,17 @@ impl StreamConnection {
         let deadline = Instant::now() + timeout;
         let mut waiters = lock(&self.waiters);
         loop {
-            if let Some(Some(_)) = waiters.answers.get(&id) {
-                let frame = waiters.answers.remove(&id).flatten().expect("checked");
+            if let Some(Some(_)) = waiters.slot(id) {
+                let frame = waiters.remove(id).expect("checked");
                 return self.answer(frame);
             }
             if let Some(detail) = waiters.broken.clone() {
-                waiters.answers.remove(&id);
+                waiters.remove(id);
                 return Err(self.broken_error(&detail));
             }
             let now = Instant::now();
             if now >= deadline {
-                waiters.answers.remove(&id);
+                waiters.remove(id);
                 return Err(Error::Timeout {
                     endpoint: self.url.clone(),
                     after: timeout,
@@ -301,11 +349,13 @@ impl StreamConnection {
             // Trying the read half while holding `waiters` means a leader that lets go
             // (and then notifies under `waiters`) cannot slip between this check and the wait.
             let Ok(mut reader) = self.reader.try_lock() else {
+                waiters.followers += 1;
                 waiters = self
                     .answered
                     .wait_timeout(waiters, deadline - now)
                     .unwrap_or_else(|e| e.into_inner())
                     .0;
+                waiters.followers -= 1;
                 continue;
             };
             drop(waiters);
@@ -315,7 +365,7 @@ impl StreamConnection {
             match outcome {
                 Ok(ReadOutcome::Frame(frame)) => match frame.kind {
                     Kind::Reply | Kind::Error => {
-                        if let Some(slot) = waiters.answers.get_mut(&frame.id) {
+                        if let Some(slot) = waiters.slot(frame.id) {
                             *slot = Some(frame);
                         } else {
                             log::debug!(
@@ -335,7 +385,9 @@ impl StreamConnection {
                     let _ = rustix::net::shutdown(&self.fd, Shutdown::Both);
                 }
             }
-            self.answered.notify_all();
+            if waiters.followers > 0 {
+                self.answered.notify_all();
+            }
         }
     }
 }
@@ -414,10 +466,10 @@ impl Connection for StreamConnection {
             if let Some(detail) = &waiters.broken {
                 return Err(self.broken_error(detail));
             }
-            waiters.answers.insert(id, None);
+            waiters.answers.push((id, None));
         }
         if let Err(e) = self.write_frame(Kind::Request, id, payload) {
-            lock(&self.waiters).answers.remove(&id);
+            lock(&self.waiters).remove(id);
             return Err(e);
         }
         self.await_answer(id, timeout)
@@ -456,8 +508,7 @@ impl ConnSink {
                 detail: "the client's connection was closed before the reply".into(),
             });
         }
-        let deadline = Instant::now() + REPLY_WRITE_TIMEOUT;
-        send_all(self.fd.as_fd(), parts, Some(deadline)).map_err(|e| {
+        send_all(self.fd.as_fd(), parts, Some(REPLY_WRITE_TIMEOUT)).map_err(|e| {
             if e.kind() == io::ErrorKind::TimedOut {
                 // The client stopped reading; a half-written frame leaves the stream
                 // unusable, so end it.

@@ -1,0 +1,291 @@
+//! The `ipckit` command as a shell user runs it, including with socat as the other end.
+//! Every server started here listens under a temporary directory or on loopback, and is
+//! bounded by `--count`/`--timeout` and killed when its test ends.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const IPCKIT: &str = env!("CARGO_BIN_EXE_ipckit");
+
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("ipckit-cli-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn sock(&self, name: &str) -> String {
+        self.0.join(name).display().to_string()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A background process, killed when dropped.
+struct Background(Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Background {
+    fn start(program: &str, args: &[&str]) -> Background {
+        Background(
+            Command::new(program)
+                .args(args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("starting {program}: {e} (scripts/test.sh installs it)")
+                }),
+        )
+    }
+
+    fn output(mut self) -> Output {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.0.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "the process did not finish");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let child = std::mem::replace(&mut self.0, Command::new("true").spawn().unwrap());
+        child.wait_with_output().unwrap()
+    }
+}
+
+fn ipckit(args: &[&str]) -> Output {
+    Command::new(IPCKIT).args(args).output().unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Waits until something accepts connections at `path`.
+fn wait_for_socket(path: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(path).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens at {path}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn request_until_served(url: &str, message: &str) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = ipckit(&["request", url, message, "--timeout", "5s"]);
+        if out.status.success() || Instant::now() > deadline {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn serve_echo_and_request_over_uds() {
+    let dir = Scratch::new("echo-uds");
+    let url = format!("uds://{}", dir.sock("x.sock"));
+    let _server = Background::start(IPCKIT, &["serve", &url, "--echo", "--timeout", "30s"]);
+    let out = request_until_served(&url, "hello");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout(&out), "hello\n");
+}
+
+#[test]
+fn serve_echo_and_request_over_tcp() {
+    let url = format!("tcp://127.0.0.1:{}", free_tcp_port());
+    let _server = Background::start(IPCKIT, &["serve", &url, "--echo", "--timeout", "30s"]);
+    let out = request_until_served(&url, "hello");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout(&out), "hello\n");
+}
+
+#[test]
+fn socat_lines_reach_a_line_framed_listener() {
+    let dir = Scratch::new("socat-in");
+    let path = dir.sock("y.sock");
+    let listener = Background::start(
+        IPCKIT,
+        &[
+            "listen",
+            &format!("uds://{path}?framing=line"),
+            "--count",
+            "2",
+            "--timeout",
+            "20s",
+        ],
+    );
+    wait_for_socket(&path);
+    let mut socat = Command::new("socat")
+        .args(["-", &format!("UNIX-CONNECT:{path}")])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("socat (scripts/test.sh installs it)");
+    socat.stdin.take().unwrap().write_all(b"a\nb\n").unwrap();
+    assert!(socat.wait().unwrap().success());
+    let out = listener.output();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout(&out), "a\nb\n");
+}
+
+#[test]
+fn socat_listens_to_a_line_framed_client() {
+    let dir = Scratch::new("socat-out");
+    let path = dir.sock("z.sock");
+    let socat = Background::start("socat", &["-u", &format!("UNIX-LISTEN:{path}"), "-"]);
+    wait_for_socket_file(&path);
+    let out = ipckit(&["send", &format!("uds://{path}?framing=line"), "from ipckit"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = socat.output();
+    assert_eq!(stdout(&out), "from ipckit\n");
+}
+
+fn wait_for_socket_file(path: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::path::Path::new(path).exists() {
+        assert!(Instant::now() < deadline, "{path} never appeared");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn send_reads_stdin_lines_and_listen_prints_json_with_the_peer() {
+    let dir = Scratch::new("stdin");
+    let url = format!("uds://{}", dir.sock("s.sock"));
+    let listener = Background::start(
+        IPCKIT,
+        &[
+            "listen",
+            &url,
+            "--count",
+            "3",
+            "--format",
+            "json",
+            "--timeout",
+            "20s",
+        ],
+    );
+    wait_for_socket(&dir.sock("s.sock"));
+    let mut send = Command::new(IPCKIT)
+        .args(["send", &url])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = send.id();
+    send.stdin
+        .take()
+        .unwrap()
+        .write_all(b"one\ntwo\n\xff\n")
+        .unwrap();
+    assert!(send.wait().unwrap().success());
+    let out = listener.output();
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<serde_json::Value> = BufReader::new(&out.stdout[..])
+        .lines()
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["text"], "one");
+    assert_eq!(lines[1]["text"], "two");
+    assert_eq!(lines[2]["hex"], "ff");
+    assert_eq!(lines[0]["peer"]["pid"], pid);
+}
+
+#[test]
+fn listen_prints_hex() {
+    let dir = Scratch::new("hex");
+    let url = format!("uds://{}", dir.sock("h.sock"));
+    let listener = Background::start(
+        IPCKIT,
+        &[
+            "listen",
+            &url,
+            "--count",
+            "1",
+            "--format",
+            "hex",
+            "--timeout",
+            "20s",
+        ],
+    );
+    wait_for_socket(&dir.sock("h.sock"));
+    assert!(ipckit(&["send", &url, "AZ"]).status.success());
+    assert_eq!(stdout(&listener.output()), "415a\n");
+}
+
+#[test]
+fn errors_are_one_line_on_stderr_with_a_non_zero_exit() {
+    let dir = Scratch::new("errors");
+    let missing = format!("uds://{}", dir.sock("missing.sock"));
+    for args in [
+        vec!["send", missing.as_str(), "x"],
+        vec!["request", missing.as_str(), "x"],
+        vec!["send", "foo://x", "x"],
+        vec!["listen", "tcp://127.0.0.1:99999"],
+    ] {
+        let out = ipckit(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("ipckit: "), "{args:?}: {stderr}");
+    }
+    let out = ipckit(&["send", &missing, "x"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&missing));
+}
+
+#[test]
+fn listen_gives_up_after_its_timeout() {
+    let dir = Scratch::new("timeout");
+    let url = format!("uds://{}", dir.sock("t.sock"));
+    let out = ipckit(&["listen", &url, "--count", "1", "--timeout", "100ms"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("timed out after 0 of 1 messages"));
+    assert!(
+        ipckit(&["listen", &url, "--timeout", "50ms"])
+            .status
+            .success()
+    );
+}
+
+#[test]
+fn transports_lists_every_registered_transport() {
+    let out = ipckit(&["transports"]);
+    assert!(out.status.success());
+    let table = stdout(&out);
+    for scheme in ["uds", "tcp"] {
+        assert!(
+            table.lines().any(|l| l.starts_with(scheme)),
+            "{scheme} missing:\n{table}"
+        );
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&ipckit(&["transports", "--json"]).stdout).unwrap();
+    let uds = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["scheme"] == "uds")
+        .unwrap();
+    assert_eq!(uds["capabilities"]["peer_credentials"], true);
+    assert_eq!(uds["capabilities"]["max_message"], 16 * 1024 * 1024);
+}

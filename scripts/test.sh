@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what the tests need (idempotently) and runs the whole suite:
+# formatting, lints, unit and doc tests, the cross-process conformance suite, CLI tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v socat >/dev/null || missing+=(socat)
+if ((${#missing[@]})); then
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    echo "installing ${missing[*]} for the CLI tests"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
