@@ -289,3 +289,26 @@ fn transports_lists_every_registered_transport() {
     assert_eq!(uds["capabilities"]["peer_credentials"], true);
     assert_eq!(uds["capabilities"]["max_message"], 16 * 1024 * 1024);
 }
+
+#[test]
+fn abstract_names_need_no_file() {
+    let url = format!("uds://@ipckit-cli-test-{}", std::process::id());
+    let _server = Background::start(IPCKIT, &["serve", &url, "--echo", "--timeout", "30s"]);
+    let out = request_until_served(&url, "abstract");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout(&out), "abstract\n");
+}
+
+#[test]
+fn line_framed_request_and_reply() {
+    let dir = Scratch::new("line-rr");
+    let url = format!("uds://{}?framing=line", dir.sock("l.sock"));
+    let _server = Background::start(IPCKIT, &["serve", &url, "--echo", "--timeout", "30s"]);
+    let out = request_until_served(&url, "one line");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout(&out), "one line\n");
+    // A newline cannot be framed as a line: refused before sending.
+    let out = ipckit(&["send", &url, "two\nlines"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot contain a newline"));
+}

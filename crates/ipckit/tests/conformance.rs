@@ -46,11 +46,11 @@ fn main() -> ExitCode {
         let dir = std::env::temp_dir();
         let caps = transport.capabilities(&transport.scratch_endpoint(&dir, "caps"));
         for check in CHECKS {
-            let name = format!("{}::{}", transport.scheme(), check.name);
+            let name = format!("{}::{}", transport.scheme(), check.name.replace(' ', ""));
             let run = check.run;
             let applies = (check.applies)(transport, &caps);
             trials.push(
-                Trial::test(name, move || run(&Ctx::new(transport, check.name)))
+                Trial::test(name.clone(), move || run(&Ctx::new(transport, &name)))
                     .with_ignored_flag(!applies),
             );
         }
@@ -85,87 +85,46 @@ fn byte_stream(t: &dyn Transport, _: &Capabilities) -> bool {
     matches!(ep.address(), Address::Uds(_) | Address::Tcp(_))
 }
 
-const CHECKS: &[Check] = &[
-    Check {
-        name: "order_from_one_client",
-        applies: reliable_ordered,
-        run: order_from_one_client,
-    },
-    Check {
-        name: "many_concurrent_clients",
-        applies: reliable,
-        run: many_concurrent_clients,
-    },
-    Check {
-        name: "empty_and_maximum_size",
-        applies: always,
-        run: empty_and_maximum_size,
-    },
-    Check {
-        name: "oversized_refused_before_sending",
-        applies: always,
-        run: oversized_refused_before_sending,
-    },
-    Check {
-        name: "request_reply_concurrent",
-        applies: duplex,
-        run: request_reply_concurrent,
-    },
-    Check {
-        name: "peer_credentials",
-        applies: credentials,
-        run: peer_credentials,
-    },
-    Check {
-        name: "peer_disconnects",
-        applies: reliable,
-        run: peer_disconnects,
-    },
-    Check {
-        name: "restart_on_same_endpoint",
-        applies: always,
-        run: restart_on_same_endpoint,
-    },
-    Check {
-        name: "missing_endpoint",
-        applies: always,
-        run: missing_endpoint,
-    },
-    Check {
-        name: "server_dies_during_request",
-        applies: duplex,
-        run: server_dies_during_request,
-    },
-    Check {
-        name: "bad_input::random_bytes",
-        applies: byte_stream,
-        run: bad_random_bytes,
-    },
-    Check {
-        name: "bad_input::truncated_frame",
-        applies: byte_stream,
-        run: bad_truncated_frame,
-    },
-    Check {
-        name: "bad_input::length_over_limit",
-        applies: byte_stream,
-        run: bad_length_over_limit,
-    },
-    Check {
-        name: "bad_input::claimed_length_not_allocated",
-        applies: byte_stream,
-        run: bad_claimed_length_not_allocated,
-    },
-    Check {
-        name: "bad_input::wrong_protocol_version",
-        applies: byte_stream,
-        run: bad_wrong_version,
-    },
-    Check {
-        name: "bad_input::killed_mid_frame",
-        applies: byte_stream,
-        run: bad_killed_mid_frame,
-    },
+/// Endpoints that live in the filesystem.
+fn has_path(t: &dyn Transport, _: &Capabilities) -> bool {
+    path_of(&t.scratch_endpoint(&std::env::temp_dir(), "probe")).is_some()
+}
+
+fn path_of(endpoint: &Endpoint) -> Option<PathBuf> {
+    match endpoint.address() {
+        Address::Uds(UnixAddr::Path(p)) | Address::Unixgram(UnixAddr::Path(p)) => Some(p.clone()),
+        Address::Fifo(p) | Address::Spool(p) => Some(p.clone()),
+        _ => None,
+    }
+}
+
+/// The checks, each as `applies_when => check_function`; a check's name is its path.
+macro_rules! checks {
+    ($($applies:ident => $($run:ident)::+),* $(,)?) => {
+        &[$(Check { name: stringify!($($run)::+), applies: $applies, run: $($run)::+ }),*]
+    };
+}
+
+const CHECKS: &[Check] = checks![
+    reliable_ordered => order_from_one_client,
+    reliable => many_concurrent_clients,
+    always => empty_and_maximum_size,
+    always => oversized_refused_before_sending,
+    duplex => request_reply_concurrent,
+    credentials => peer_credentials,
+    reliable => peer_disconnects,
+    always => restart_on_same_endpoint,
+    always => missing_endpoint,
+    duplex => server_dies_during_request,
+    always => spawn_serves_and_stops_on_drop,
+    has_path => endpoint_file_private_and_removed,
+    has_path => other_user_refused,
+    byte_stream => bad_input::random_bytes,
+    byte_stream => bad_input::truncated_frame,
+    byte_stream => bad_input::length_over_limit,
+    byte_stream => bad_input::claimed_length_not_allocated,
+    byte_stream => bad_input::wrong_protocol_version,
+    byte_stream => bad_input::killed_mid_frame,
 ];
 
 /// One check's surroundings: the transport and a private directory.
@@ -175,12 +134,12 @@ struct Ctx {
 }
 
 impl Ctx {
-    fn new(transport: &'static dyn Transport, check: &str) -> Ctx {
+    /// `trial` is the trial's name, `scheme::check`.
+    fn new(transport: &'static dyn Transport, trial: &str) -> Ctx {
         let dir = std::env::temp_dir().join(format!(
-            "ipckit-conf-{}-{}-{}",
+            "ipckit-conf-{}-{}",
             std::process::id(),
-            transport.scheme(),
-            check.replace("::", "-")
+            trial.replace("::", "-")
         ));
         std::fs::create_dir_all(&dir).expect("creating the check's directory");
         Ctx { transport, dir }
@@ -218,7 +177,17 @@ struct Child {
 
 impl Child {
     fn spawn(role: &str, args: &[String]) -> Child {
-        let mut process = Command::new(std::env::current_exe().expect("own path"))
+        Child::spawn_as(role, args, None)
+    }
+
+    /// Spawns a peer, as user `uid` when given (needs root).
+    fn spawn_as(role: &str, args: &[String], uid: Option<u32>) -> Child {
+        let mut command = Command::new(std::env::current_exe().expect("own path"));
+        if let Some(uid) = uid {
+            std::os::unix::process::CommandExt::uid(&mut command, uid);
+            std::os::unix::process::CommandExt::gid(&mut command, uid);
+        }
+        let mut process = command
             .env(PEER_ENV, "1")
             .env("RUST_LOG", "info")
             .arg(role)
@@ -562,7 +531,7 @@ fn peer_disconnects(ctx: &Ctx) -> Outcome {
         );
     }
     first.finish()?;
-    let mut idle = Child::spawn("connect-and-wait", &[url.clone()]);
+    let mut idle = Child::spawn("connect-and-wait", std::slice::from_ref(&url));
     idle.line_serving(&mut server)?;
     idle.kill();
     let last = Child::spawn("send", &[url, "3".into(), "20".into()]);
@@ -631,181 +600,283 @@ fn server_dies_during_request(ctx: &Ctx) -> Outcome {
     }
 }
 
-// --- bad input on byte streams: the server runs in a child that logs to stderr ---------
-
-trait RawStream: Read + Write + Send {}
-impl<T: Read + Write + Send> RawStream for T {}
-
-fn raw_connect(endpoint: &Endpoint) -> Result<Box<dyn RawStream>, Failed> {
-    use std::os::linux::net::SocketAddrExt;
-    let stream: Box<dyn RawStream> = match endpoint.address() {
-        Address::Uds(UnixAddr::Path(path)) => {
-            let s = std::os::unix::net::UnixStream::connect(path)?;
-            s.set_read_timeout(Some(PATIENCE))?;
-            Box::new(s)
-        }
-        Address::Uds(UnixAddr::Abstract(name)) => {
-            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
-            let s = std::os::unix::net::UnixStream::connect_addr(&addr)?;
-            s.set_read_timeout(Some(PATIENCE))?;
-            Box::new(s)
-        }
-        Address::Tcp(at) => {
-            let s = std::net::TcpStream::connect((at.bare_host(), at.port))?;
-            s.set_read_timeout(Some(PATIENCE))?;
-            Box::new(s)
-        }
-        other => return Err(format!("no raw stream for {other:?}").into()),
-    };
-    Ok(stream)
-}
-
-/// Opens a raw connection and completes the handshake.
-fn raw_greeted(endpoint: &Endpoint) -> Result<Box<dyn RawStream>, Failed> {
-    let mut stream = raw_connect(endpoint)?;
-    stream.write_all(&Hello::new(1 << 20).encode())?;
-    let mut welcome = [0u8; 12];
-    stream.read_exact(&mut welcome)?;
-    ipckit::frame::Welcome::decode(&welcome).map_err(|v| v.to_string())?;
-    Ok(stream)
-}
-
-/// True when the server ended the connection (EOF or reset) rather than going quiet.
-fn closed_by_server(stream: &mut dyn RawStream) -> Result<(), Failed> {
-    let mut buf = [0u8; 256];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(_) => {} // a welcome or refusal may precede the end
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(()),
-            Err(e) => return Err(format!("the server did not close the connection: {e}").into()),
-        }
-    }
-}
-
-/// Runs `attack` against a server in a child process, then proves the server still
-/// serves a good client, delivered nothing of the attack, and logged `reason`.
-fn survives(
-    ctx: &Ctx,
-    max: Option<&str>,
-    reason: &str,
-    attack: impl FnOnce(&Endpoint) -> Outcome,
-) -> Outcome {
-    let endpoint = match max {
-        Some(max) => ctx.endpoint_with("victim", "max_message", max),
-        None => ctx.endpoint("victim"),
-    };
-    let mut server = Child::spawn("print", &[endpoint.to_string()]);
-    let url = server.ready()?;
-    // A good client connected before the attack must keep working through it.
-    let bystander = ipckit::connect(&url)?;
-    attack(&url)?;
-    bystander.send(b"after the attack")?;
-    ipckit::connect(&url)?.send(b"and a new client")?;
-    for expected in ["after the attack", "and a new client"] {
-        let line = server.line()?;
+fn spawn_serves_and_stops_on_drop(ctx: &Ctx) -> Outcome {
+    let (tx, rx) = mpsc::channel();
+    let guard = ipckit::listen(ctx.endpoint("spawned"))?.spawn(move |message| {
+        tx.send(message.payload().to_vec()).unwrap();
+        Some(message.payload().to_ascii_uppercase())
+    });
+    let url = guard.endpoint().to_string();
+    if ctx.transport.capabilities(guard.endpoint()).duplex {
+        let mut child = Child::spawn("request-once", &[url.clone(), "shout".into()]);
         ensure!(
-            line == format!("msg {expected}"),
-            "the server delivered '{line}', expected '{expected}'"
+            child.line()? == "SHOUT",
+            "the handler's reply did not come back"
         );
+        child.finish()?;
+    } else {
+        Child::spawn("send", &[url.clone(), "4".into(), "1".into()]).finish()?;
     }
-    let stderr = server.finish()?;
+    ensure!(rx.recv_timeout(PATIENCE).is_ok(), "the handler never ran");
+    drop(guard);
+    let mut child = Child::spawn("connect", std::slice::from_ref(&url));
+    let line = child.line()?;
     ensure!(
-        stderr.contains(reason),
-        "the server's log does not give the reason '{reason}':\n{stderr}"
+        line == format!("NotFound {url}"),
+        "after the guard was dropped, connecting said: {line}"
     );
     Ok(())
 }
 
-fn bad_random_bytes(ctx: &Ctx) -> Outcome {
-    survives(ctx, None, "did not open with the ipckit hello", |url| {
-        let mut stream = raw_connect(url)?;
-        let mut noise = vec![0u8; 4096];
-        fastrand::fill(&mut noise);
-        noise[0] = b'X'; // never the magic by chance
-        let _ = stream.write_all(&noise);
-        closed_by_server(&mut *stream)
-    })
+fn endpoint_file_private_and_removed(ctx: &Ctx) -> Outcome {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &PathBuf| std::fs::metadata(path).map(|m| m.permissions().mode() & 0o777);
+    let endpoint = ctx.endpoint("private");
+    let path = path_of(&endpoint).expect("a path endpoint");
+    let server = ipckit::listen(&endpoint)?;
+    ensure!(
+        mode(&path)? == 0o600,
+        "created with mode {:o}, not 0600",
+        mode(&path)?
+    );
+    drop(server);
+    ensure!(
+        !path.exists(),
+        "{} is left behind after the server was dropped",
+        path.display()
+    );
+
+    let wider = ctx.endpoint_with("shared", "mode", "0660");
+    let server = ipckit::listen(&wider)?;
+    let wide_path = path_of(&wider).unwrap();
+    ensure!(
+        mode(&wide_path)? == 0o660,
+        "?mode=0660 gave mode {:o}",
+        mode(&wide_path)?
+    );
+    drop(server);
+
+    // Something that is not ours is never removed.
+    std::fs::write(&path, b"precious")?;
+    match ipckit::listen(&endpoint) {
+        Err(Error::AddrInUse { detail, .. }) if detail.contains("not a socket") => {}
+        other => return Err(format!("listening over a regular file gave {other:?}").into()),
+    }
+    ensure!(
+        std::fs::read(&path)? == b"precious",
+        "the regular file was touched"
+    );
+    Ok(())
 }
 
-fn bad_truncated_frame(ctx: &Ctx) -> Outcome {
-    survives(ctx, None, "went away 66 bytes into a frame", |url| {
-        let mut stream = raw_greeted(url)?;
-        stream.write_all(&Header::new(Kind::Message, 0, 100).encode())?;
-        stream.write_all(&[7u8; 50])?;
-        drop(stream);
-        Ok(())
-    })
+fn other_user_refused(ctx: &Ctx) -> Outcome {
+    let root = rustix::process::getuid().is_root();
+    // Root passes every permission check, so the stranger is a child running as nobody;
+    // an ordinary user is refused by a mode that shuts out even the owner.
+    let endpoint = if root {
+        ctx.endpoint("owned")
+    } else {
+        ctx.endpoint_with("owned", "mode", "0000")
+    };
+    let mut server = ipckit::listen(&endpoint)?;
+    std::fs::set_permissions(
+        &ctx.dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    let mut stranger = Child::spawn_as(
+        "connect-expect-denied",
+        &[server.endpoint().to_string()],
+        root.then_some(65534),
+    );
+    let line = stranger.line_serving(&mut server)?;
+    ensure!(
+        line == "PermissionDenied",
+        "a stranger connecting to a 0600 endpoint got: {line}"
+    );
+    stranger.finish()?;
+    Ok(())
 }
 
-fn bad_length_over_limit(ctx: &Ctx) -> Outcome {
-    survives(
-        ctx,
-        Some("1000"),
-        "exceeds the limit of 1000 bytes",
-        |url| {
-            let mut stream = raw_greeted(url)?;
-            stream.write_all(&Header::new(Kind::Message, 0, 1001).encode())?;
-            closed_by_server(&mut *stream)
-        },
-    )
-}
+// --- bad input on byte streams: the server runs in a child that logs to stderr ---------
+mod bad_input {
+    use super::*;
 
-fn bad_claimed_length_not_allocated(ctx: &Ctx) -> Outcome {
-    // The victim accepts messages up to 4 GiB - 1 but may only use 1 GiB of address space
-    // (see peer "print"): allocating what the header claims would kill it.
-    survives(ctx, Some(&u32::MAX.to_string()), "went away", |url| {
-        let mut stream = raw_greeted(url)?;
-        stream.write_all(&Header::new(Kind::Message, 0, 3 << 30).encode())?;
-        stream.write_all(&[1u8; 100_000])?;
-        std::thread::sleep(Duration::from_millis(100));
-        drop(stream);
-        Ok(())
-    })
-}
+    pub trait RawStream: Read + Write + Send {}
+    impl<T: Read + Write + Send> RawStream for T {}
 
-fn bad_wrong_version(ctx: &Ctx) -> Outcome {
-    survives(ctx, None, "speaks protocol versions 90..=99", |url| {
-        let mut stream = raw_connect(url)?;
-        let mut hello = Hello::new(1000).encode();
-        hello[4] = 90;
-        hello[5] = 99;
-        stream.write_all(&hello)?;
+    pub fn raw_connect(endpoint: &Endpoint) -> Result<Box<dyn RawStream>, Failed> {
+        use std::os::linux::net::SocketAddrExt;
+        let stream: Box<dyn RawStream> = match endpoint.address() {
+            Address::Uds(UnixAddr::Path(path)) => {
+                let s = std::os::unix::net::UnixStream::connect(path)?;
+                s.set_read_timeout(Some(PATIENCE))?;
+                Box::new(s)
+            }
+            Address::Uds(UnixAddr::Abstract(name)) => {
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+                let s = std::os::unix::net::UnixStream::connect_addr(&addr)?;
+                s.set_read_timeout(Some(PATIENCE))?;
+                Box::new(s)
+            }
+            Address::Tcp(at) => {
+                let s = std::net::TcpStream::connect((at.bare_host(), at.port))?;
+                s.set_read_timeout(Some(PATIENCE))?;
+                Box::new(s)
+            }
+            other => return Err(format!("no raw stream for {other:?}").into()),
+        };
+        Ok(stream)
+    }
+
+    /// Opens a raw connection and completes the handshake.
+    pub fn raw_greeted(endpoint: &Endpoint) -> Result<Box<dyn RawStream>, Failed> {
+        let mut stream = raw_connect(endpoint)?;
+        stream.write_all(&Hello::new(1 << 20).encode())?;
         let mut welcome = [0u8; 12];
         stream.read_exact(&mut welcome)?;
-        ensure!(
-            welcome[4] == 0 && welcome[5] != 0,
-            "the server accepted version 90..99: {welcome:?}"
-        );
-        closed_by_server(&mut *stream)
-    })
-}
+        ipckit::frame::Welcome::decode(&welcome).map_err(|v| v.to_string())?;
+        Ok(stream)
+    }
 
-fn bad_killed_mid_frame(ctx: &Ctx) -> Outcome {
-    let mut server = ipckit::listen(ctx.endpoint("killed"))?;
-    let url = server.endpoint().to_string();
-    let mut writer = Child::spawn("half-frame", &[url.clone(), "1000000".into()]);
-    ensure!(
-        writer.line_serving(&mut server)? == "half-written",
-        "the writer did not get half-way"
-    );
-    let other = Child::spawn("send", &[url, "5".into(), "10".into()]);
-    for seq in 0..10 {
+    /// True when the server ended the connection (EOF or reset) rather than going quiet.
+    fn closed_by_server(stream: &mut dyn RawStream) -> Result<(), Failed> {
+        let mut buf = [0u8; 256];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(_) => {} // a welcome or refusal may precede the end
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(()),
+                Err(e) => {
+                    return Err(format!("the server did not close the connection: {e}").into());
+                }
+            }
+        }
+    }
+
+    /// Runs `attack` against a server in a child process, then proves the server still
+    /// serves a good client, delivered nothing of the attack, and logged `reason`.
+    fn survives(
+        ctx: &Ctx,
+        max: Option<&str>,
+        reason: &str,
+        attack: impl FnOnce(&Endpoint) -> Outcome,
+    ) -> Outcome {
+        let endpoint = match max {
+            Some(max) => ctx.endpoint_with("victim", "max_message", max),
+            None => ctx.endpoint("victim"),
+        };
+        let mut server = Child::spawn("print", &[endpoint.to_string()]);
+        let url = server.ready()?;
+        // A good client connected before the attack must keep working through it.
+        let bystander = ipckit::connect(&url)?;
+        attack(&url)?;
+        bystander.send(b"after the attack")?;
+        ipckit::connect(&url)?.send(b"and a new client")?;
+        for expected in ["after the attack", "and a new client"] {
+            let line = server.line()?;
+            ensure!(
+                line == format!("msg {expected}"),
+                "the server delivered '{line}', expected '{expected}'"
+            );
+        }
+        let stderr = server.finish()?;
         ensure!(
-            parse_numbered(recv(&mut server)?.payload())? == (5, seq),
-            "the other client lost message {seq}"
+            stderr.contains(reason),
+            "the server's log does not give the reason '{reason}':\n{stderr}"
         );
+        Ok(())
     }
-    writer.kill();
-    other.finish()?;
-    if let Some(message) = server.recv_timeout(Duration::from_millis(300))? {
-        return Err(format!(
-            "a partial message of {} bytes was delivered",
-            message.payload().len()
+
+    pub fn random_bytes(ctx: &Ctx) -> Outcome {
+        survives(ctx, None, "did not open with the ipckit hello", |url| {
+            let mut stream = raw_connect(url)?;
+            let mut noise = vec![0u8; 4096];
+            fastrand::fill(&mut noise);
+            noise[0] = b'X'; // never the magic by chance
+            let _ = stream.write_all(&noise);
+            closed_by_server(&mut *stream)
+        })
+    }
+
+    pub fn truncated_frame(ctx: &Ctx) -> Outcome {
+        survives(ctx, None, "went away 66 bytes into a frame", |url| {
+            let mut stream = raw_greeted(url)?;
+            stream.write_all(&Header::new(Kind::Message, 0, 100).encode())?;
+            stream.write_all(&[7u8; 50])?;
+            drop(stream);
+            Ok(())
+        })
+    }
+
+    pub fn length_over_limit(ctx: &Ctx) -> Outcome {
+        survives(
+            ctx,
+            Some("1000"),
+            "exceeds the limit of 1000 bytes",
+            |url| {
+                let mut stream = raw_greeted(url)?;
+                stream.write_all(&Header::new(Kind::Message, 0, 1001).encode())?;
+                closed_by_server(&mut *stream)
+            },
         )
-        .into());
     }
-    Ok(())
+
+    pub fn claimed_length_not_allocated(ctx: &Ctx) -> Outcome {
+        // The victim accepts messages up to 4 GiB - 1 but may only use 1 GiB of address space
+        // (see peer "print"): allocating what the header claims would kill it.
+        survives(ctx, Some(&u32::MAX.to_string()), "went away", |url| {
+            let mut stream = raw_greeted(url)?;
+            stream.write_all(&Header::new(Kind::Message, 0, 3 << 30).encode())?;
+            stream.write_all(&[1u8; 100_000])?;
+            std::thread::sleep(Duration::from_millis(100));
+            drop(stream);
+            Ok(())
+        })
+    }
+
+    pub fn wrong_protocol_version(ctx: &Ctx) -> Outcome {
+        survives(ctx, None, "speaks protocol versions 90..=99", |url| {
+            let mut stream = raw_connect(url)?;
+            let mut hello = Hello::new(1000).encode();
+            hello[4] = 90;
+            hello[5] = 99;
+            stream.write_all(&hello)?;
+            let mut welcome = [0u8; 12];
+            stream.read_exact(&mut welcome)?;
+            ensure!(
+                welcome[4] == 0 && welcome[5] != 0,
+                "the server accepted version 90..99: {welcome:?}"
+            );
+            closed_by_server(&mut *stream)
+        })
+    }
+
+    pub fn killed_mid_frame(ctx: &Ctx) -> Outcome {
+        let mut server = ipckit::listen(ctx.endpoint("killed"))?;
+        let url = server.endpoint().to_string();
+        let mut writer = Child::spawn("half-frame", &[url.clone(), "1000000".into()]);
+        ensure!(
+            writer.line_serving(&mut server)? == "half-written",
+            "the writer did not get half-way"
+        );
+        let other = Child::spawn("send", &[url, "5".into(), "10".into()]);
+        for seq in 0..10 {
+            ensure!(
+                parse_numbered(recv(&mut server)?.payload())? == (5, seq),
+                "the other client lost message {seq}"
+            );
+        }
+        writer.kill();
+        other.finish()?;
+        if let Some(message) = server.recv_timeout(Duration::from_millis(300))? {
+            return Err(format!(
+                "a partial message of {} bytes was delivered",
+                message.payload().len()
+            )
+            .into());
+        }
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -905,6 +976,16 @@ mod peer {
                 Err(Error::NotFound { endpoint, .. }) => say(&format!("NotFound {endpoint}")),
                 other => say(&format!("unexpected {other:?}")),
             },
+            "connect-expect-denied" => match ipckit::connect(url) {
+                Err(Error::PermissionDenied { endpoint, .. }) if endpoint == url => {
+                    say("PermissionDenied")
+                }
+                other => say(&format!("unexpected {other:?}")),
+            },
+            "request-once" => {
+                let reply = ipckit::connect(url)?.request(args[2].as_bytes(), PATIENCE)?;
+                say(&String::from_utf8_lossy(&reply));
+            }
             "connect-and-wait" => {
                 let _client = ipckit::connect(url)?;
                 say("connected");
@@ -953,7 +1034,7 @@ mod peer {
             }
             "half-frame" => {
                 let endpoint: Endpoint = url.parse()?;
-                let mut stream = raw_greeted(&endpoint).map_err(|e| format!("{e:?}"))?;
+                let mut stream = bad_input::raw_greeted(&endpoint).map_err(|e| format!("{e:?}"))?;
                 let len = num(2) as usize;
                 stream.write_all(&Header::new(Kind::Message, 0, len).encode())?;
                 stream.write_all(&vec![9u8; len / 2])?;
