@@ -312,3 +312,28 @@ fn line_framed_request_and_reply() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot contain a newline"));
 }
+
+/// docs/PROTOCOL.md is enough to write a client: the Python one written from it talks to
+/// `ipckit serve` over both stream transports.
+#[test]
+fn the_protocol_document_suffices_for_a_python_client() {
+    let client = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/examples/client.py");
+    let dir = Scratch::new("python");
+    for url in [
+        format!("uds://{}", dir.sock("py.sock")),
+        format!("tcp://127.0.0.1:{}", free_tcp_port()),
+    ] {
+        let _server = Background::start(IPCKIT, &["serve", &url, "--echo", "--timeout", "30s"]);
+        request_until_served(&url, "ready?");
+        let out = Command::new("python3")
+            .args([client, &url, "from python"])
+            .output()
+            .expect("python3 (scripts/test.sh installs it)");
+        assert!(
+            out.status.success(),
+            "{url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(stdout(&out), "from python\n", "{url}");
+    }
+}

@@ -80,6 +80,11 @@ pub fn listen(endpoint: impl ToEndpoint) -> Result<Server> {
     })
 }
 
+/// The README's examples, compiled and run as doctests.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 /// The sending side of a connection. Every method takes `&self`: share one client between
 /// threads, and their requests are in flight together, each reply reaching its caller.
 pub struct Client {

@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""An ipckit client in Python, written from docs/PROTOCOL.md alone.
+
+    python3 client.py uds:///tmp/x.sock hello        # prints the reply
+    python3 client.py tcp://127.0.0.1:7000 hello
+"""
+import socket
+import struct
+import sys
+
+MAGIC = b"IPCK"
+MESSAGE, REQUEST, REPLY, ERROR = 1, 2, 3, 4
+
+
+def recv_exact(sock, n):
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        data += chunk
+    return data
+
+
+class Client:
+    def __init__(self, url, max_message=16 << 20):
+        if url.startswith("uds://@"):
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.connect("\0" + url[len("uds://@"):])
+        elif url.startswith("uds://"):
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.connect(url[len("uds://"):])
+        elif url.startswith("tcp://"):
+            host, port = url[len("tcp://"):].rsplit(":", 1)
+            self.sock = socket.create_connection((host.strip("[]"), int(port)))
+        else:
+            raise ValueError("only uds:// and tcp:// are stream endpoints")
+        self.max_message = max_message
+        self.sock.sendall(struct.pack("<4sBBHI", MAGIC, 1, 1, 0, max_message))
+        magic, version, status, _, server_max = struct.unpack("<4sBBHI", recv_exact(self.sock, 12))
+        if magic != MAGIC or status != 0:
+            raise ConnectionError(f"refused: version {version}, status {status}")
+        self.server_max = server_max
+        self.next_id = 1
+
+    def _send(self, kind, ident, payload):
+        if len(payload) > self.server_max:
+            raise ValueError(f"{len(payload)} bytes exceed the server's {self.server_max}")
+        self.sock.sendall(struct.pack("<IB3xQ", len(payload), kind, ident) + payload)
+
+    def send(self, payload):
+        self._send(MESSAGE, 0, payload)
+
+    def request(self, payload):
+        ident, self.next_id = self.next_id, self.next_id + 1
+        self._send(REQUEST, ident, payload)
+        while True:
+            length, kind, reply_id = struct.unpack("<IB3xQ", recv_exact(self.sock, 16))
+            if length > self.max_message:
+                raise ConnectionError("the server broke the protocol: frame too large")
+            body = recv_exact(self.sock, length)
+            if reply_id != ident or kind not in (REPLY, ERROR):
+                continue  # another request's answer, or server push: not ours
+            if kind == ERROR:
+                raise RuntimeError(body.decode("utf-8", "replace"))
+            return body
+
+
+if __name__ == "__main__":
+    url, text = sys.argv[1], sys.argv[2]
+    client = Client(url)
+    client.send(b"hello from python")
+    sys.stdout.write(client.request(text.encode()).decode() + "\n")
