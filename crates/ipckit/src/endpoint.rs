@@ -330,6 +330,23 @@ impl Endpoint {
     }
 }
 
+impl From<Address> for Endpoint {
+    /// An endpoint at `address` with default options.
+    ///
+    /// ```
+    /// use ipckit::endpoint::{Address, Endpoint, UnixAddr};
+    /// let ep = Endpoint::from(Address::Uds(UnixAddr::Abstract("app".into())));
+    /// assert_eq!(ep.to_string(), "uds://@app");
+    /// ```
+    fn from(address: Address) -> Endpoint {
+        Endpoint {
+            address,
+            params: Vec::new(),
+            object: None,
+        }
+    }
+}
+
 impl FromStr for Endpoint {
     type Err = Error;
     fn from_str(s: &str) -> Result<Endpoint> {

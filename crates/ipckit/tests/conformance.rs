@@ -177,17 +177,7 @@ struct Child {
 
 impl Child {
     fn spawn(role: &str, args: &[String]) -> Child {
-        Child::spawn_as(role, args, None)
-    }
-
-    /// Spawns a peer, as user `uid` when given (needs root).
-    fn spawn_as(role: &str, args: &[String], uid: Option<u32>) -> Child {
-        let mut command = Command::new(std::env::current_exe().expect("own path"));
-        if let Some(uid) = uid {
-            std::os::unix::process::CommandExt::uid(&mut command, uid);
-            std::os::unix::process::CommandExt::gid(&mut command, uid);
-        }
-        let mut process = command
+        let mut process = Command::new(std::env::current_exe().expect("own path"))
             .env(PEER_ENV, "1")
             .env("RUST_LOG", "info")
             .arg(role)
@@ -671,7 +661,7 @@ fn endpoint_file_private_and_removed(ctx: &Ctx) -> Outcome {
 
 fn other_user_refused(ctx: &Ctx) -> Outcome {
     let root = rustix::process::getuid().is_root();
-    // Root passes every permission check, so the stranger is a child running as nobody;
+    // Root passes every permission check, so the stranger is a child that becomes nobody;
     // an ordinary user is refused by a mode that shuts out even the owner.
     let endpoint = if root {
         ctx.endpoint("owned")
@@ -683,10 +673,10 @@ fn other_user_refused(ctx: &Ctx) -> Outcome {
         &ctx.dir,
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )?;
-    let mut stranger = Child::spawn_as(
+    let as_nobody = if root { "as-nobody" } else { "as-self" };
+    let mut stranger = Child::spawn(
         "connect-expect-denied",
-        &[server.endpoint().to_string()],
-        root.then_some(65534),
+        &[server.endpoint().to_string(), as_nobody.into()],
     );
     let line = stranger.line_serving(&mut server)?;
     ensure!(
@@ -904,6 +894,14 @@ mod peer {
         out.flush().unwrap();
     }
 
+    /// Credentials are per thread in the kernel: the calling thread becomes nobody.
+    fn become_nobody() -> rustix::io::Result<()> {
+        let uid = rustix::process::Uid::from_raw(65534);
+        let gid = rustix::process::Gid::from_raw(65534);
+        rustix::thread::set_thread_res_gid(gid, gid, gid)?;
+        rustix::thread::set_thread_res_uid(uid, uid, uid)
+    }
+
     pub fn run(args: Vec<String>) -> ExitCode {
         let _ = env_logger::builder().is_test(false).try_init();
         match role(&args) {
@@ -976,12 +974,17 @@ mod peer {
                 Err(Error::NotFound { endpoint, .. }) => say(&format!("NotFound {endpoint}")),
                 other => say(&format!("unexpected {other:?}")),
             },
-            "connect-expect-denied" => match ipckit::connect(url) {
-                Err(Error::PermissionDenied { endpoint, .. }) if endpoint == url => {
-                    say("PermissionDenied")
+            "connect-expect-denied" => {
+                if args[2] == "as-nobody" {
+                    become_nobody()?;
                 }
-                other => say(&format!("unexpected {other:?}")),
-            },
+                match ipckit::connect(url) {
+                    Err(Error::PermissionDenied { endpoint, .. }) if endpoint == url => {
+                        say("PermissionDenied")
+                    }
+                    other => say(&format!("unexpected {other:?}")),
+                }
+            }
             "request-once" => {
                 let reply = ipckit::connect(url)?.request(args[2].as_bytes(), PATIENCE)?;
                 say(&String::from_utf8_lossy(&reply));

@@ -133,10 +133,6 @@ fn wait_ready(fd: BorrowedFd<'_>, flags: PollFlags, deadline: Option<Instant>) -
     }
 }
 
-fn frame_parts<'a>(header: &'a [u8], payload: &'a [u8]) -> [&'a [u8]; 2] {
-    [header, payload]
-}
-
 fn protocol_error(endpoint: &Endpoint, violation: Violation) -> Error {
     Error::Protocol {
         endpoint: endpoint.to_string(),
@@ -269,7 +265,7 @@ impl StreamConnection {
         let result = match self.framing {
             Framing::Length => {
                 let header = Header::new(kind, id, payload.len()).encode();
-                send_all(self.fd.as_fd(), &frame_parts(&header, payload), None)
+                send_all(self.fd.as_fd(), &[&header, payload], None)
             }
             Framing::Line => send_all(self.fd.as_fd(), &[payload, b"\n"], None),
         };
@@ -549,7 +545,7 @@ impl ReplySink for ConnSink {
                 };
                 let kind = if ok { Kind::Reply } else { Kind::Error };
                 let header = Header::new(kind, id, payload.len()).encode();
-                self.write(&frame_parts(&header, payload))
+                self.write(&[&header, payload])
             }
         }
     }
