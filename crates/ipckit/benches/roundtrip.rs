@@ -97,63 +97,57 @@ fn time_iters(iters: u64, mut round_trip: impl FnMut()) -> Duration {
     start.elapsed()
 }
 
+/// The hand-written side: write 64 bytes, read 64 back.
+fn bench_baseline<S: Read + Write>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    mut stream: S,
+) {
+    let payload = [7u8; SIZE];
+    let mut buf = [0u8; SIZE];
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            time_iters(iters, || {
+                stream.write_all(&payload).unwrap();
+                stream.read_exact(&mut buf).unwrap();
+            })
+        })
+    });
+}
+
 fn bench(c: &mut Criterion) {
     pin_to(0);
     let dir = std::env::temp_dir().join(format!("ipckit-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let payload = [7u8; SIZE];
     let mut group = c.benchmark_group("roundtrip_64B");
 
-    let raw = Peer::start("raw-uds", dir.join("raw.sock").to_str().unwrap());
-    let mut stream = UnixStream::connect(&raw.address).unwrap();
-    let mut buf = [0u8; SIZE];
-    group.bench_function("uds/baseline", |b| {
-        b.iter_custom(|iters| {
-            time_iters(iters, || {
-                stream.write_all(&payload).unwrap();
-                stream.read_exact(&mut buf).unwrap();
-            })
-        })
-    });
-    drop(stream);
+    let raw_socket = dir.join("raw.sock").display().to_string();
+    let raw = Peer::start("raw-uds", &raw_socket);
+    bench_baseline(
+        &mut group,
+        "uds/baseline",
+        UnixStream::connect(&raw.address).unwrap(),
+    );
     drop(raw);
-
-    let url = format!("uds://{}", dir.join("ipckit.sock").display());
-    let server = Peer::start("ipckit", &url);
-    let client = ipckit::connect(server.address.as_str()).unwrap();
-    group.bench_function("uds/ipckit", |b| {
-        b.iter_custom(|iters| {
-            time_iters(iters, || {
-                client.request(&payload, Duration::from_secs(5)).unwrap();
-            })
-        })
-    });
-    drop(client);
-    drop(server);
-
     let raw = Peer::start("raw-tcp", "");
-    let mut stream = TcpStream::connect(&raw.address).unwrap();
+    let stream = TcpStream::connect(&raw.address).unwrap();
     stream.set_nodelay(true).unwrap();
-    group.bench_function("tcp/baseline", |b| {
-        b.iter_custom(|iters| {
-            time_iters(iters, || {
-                stream.write_all(&payload).unwrap();
-                stream.read_exact(&mut buf).unwrap();
-            })
-        })
-    });
-    drop(stream);
+    bench_baseline(&mut group, "tcp/baseline", stream);
     drop(raw);
 
-    let server = Peer::start("ipckit", "tcp://127.0.0.1:0");
-    let client = ipckit::connect(server.address.as_str()).unwrap();
-    group.bench_function("tcp/ipckit", |b| {
-        b.iter_custom(|iters| {
-            time_iters(iters, || {
-                client.request(&payload, Duration::from_secs(5)).unwrap();
+    let uds = format!("uds://{}", dir.join("ipckit.sock").display());
+    for (scheme, url) in [("uds", uds.as_str()), ("tcp", "tcp://127.0.0.1:0")] {
+        let server = Peer::start("ipckit", url);
+        let client = ipckit::connect(server.address.as_str()).unwrap();
+        let payload = [7u8; SIZE];
+        group.bench_function(format!("{scheme}/ipckit"), |b| {
+            b.iter_custom(|iters| {
+                time_iters(iters, || {
+                    client.request(&payload, Duration::from_secs(5)).unwrap();
+                })
             })
-        })
-    });
+        });
+    }
     group.finish();
     let _ = std::fs::remove_dir_all(&dir);
 }
