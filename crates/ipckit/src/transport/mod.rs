@@ -11,6 +11,7 @@ use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
 use crate::message::Message;
 
+mod socket_file;
 mod stream;
 pub mod tcp;
 pub mod uds;

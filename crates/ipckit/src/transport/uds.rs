@@ -2,22 +2,16 @@
 //! name (`uds://@app`). The kernel tells the server each client's pid, uid and gid
 //! (SO_PEERCRED).
 //!
-//! A socket file is created with the endpoint's mode (0600 unless `?mode=` widens it)
-//! before the socket listens, so there is no moment at which it is open wider. A file left
-//! by a crashed server is replaced; one where a server answers is [`Error::AddrInUse`];
-//! anything that is not a socket is never touched. The file is removed when the server is
-//! dropped, unless another server has replaced it meanwhile.
+//! Socket files are private, replace a dead server's leftovers and are removed on drop:
+//! see [`socket_file`](super::socket_file).
 
-use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::linux::fs::MetadataExt;
-use std::os::unix::fs::FileTypeExt;
-use std::path::{Path, PathBuf};
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::path::Path;
 
-use rustix::fs::{FlockOperation, Mode};
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 
+use super::socket_file::bind_path;
 use super::stream::{StreamConnection, StreamListener};
 use super::{Capabilities, Connection, Listener, Transport};
 use crate::endpoint::{Address, Endpoint, UnixAddr};
@@ -67,7 +61,12 @@ impl Transport for Uds {
     fn listen(&self, endpoint: &Endpoint) -> Result<Box<dyn Listener>> {
         let fd = socket(endpoint, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK)?;
         let cleanup: Option<Box<dyn Send>> = match endpoint.address() {
-            Address::Uds(UnixAddr::Path(path)) => Some(Box::new(bind_path(endpoint, &fd, path)?)),
+            Address::Uds(UnixAddr::Path(path)) => Some(Box::new(bind_path(
+                endpoint,
+                &fd,
+                path,
+                SocketType::STREAM,
+            )?)),
             _ => {
                 // An abstract name vanishes with the last socket bound to it, so one that
                 // is taken belongs to a live process.
@@ -110,93 +109,4 @@ fn peer_credentials(fd: BorrowedFd<'_>) -> io::Result<Peer> {
         gid: Some(cred.gid.as_raw()),
         addr: None,
     })
-}
-
-/// The socket file a server made, removed on drop if it is still the same file.
-struct SocketFile {
-    path: PathBuf,
-    dev: u64,
-    ino: u64,
-}
-
-impl Drop for SocketFile {
-    fn drop(&mut self) {
-        let ours = std::fs::symlink_metadata(&self.path)
-            .is_ok_and(|m| m.st_dev() == self.dev && m.st_ino() == self.ino);
-        if ours {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
-/// Binds `fd` at `path` with the endpoint's mode, replacing a dead server's file.
-fn bind_path(endpoint: &Endpoint, fd: &OwnedFd, path: &Path) -> Result<SocketFile> {
-    let io_err = |op, e: io::Error| Error::io(endpoint, op, e);
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    let dir = File::open(dir.unwrap_or(Path::new("/"))).map_err(|e| {
-        if e.kind() == io::ErrorKind::NotFound {
-            Error::NotFound {
-                endpoint: endpoint.to_string(),
-                detail: format!(
-                    "the directory {} does not exist; create it first",
-                    path.parent().unwrap_or(Path::new("/")).display()
-                ),
-            }
-        } else {
-            io_err("opening the socket's directory", e)
-        }
-    })?;
-    // Two servers starting together must not both decide a file is stale and each delete
-    // the other's: the check, removal and bind happen under a lock on the directory.
-    rustix::fs::flock(&dir, FlockOperation::LockExclusive)
-        .map_err(|e| io_err("locking the socket's directory", e.into()))?;
-
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            if somebody_answers(endpoint, path)? {
-                return Err(Error::AddrInUse {
-                    endpoint: endpoint.to_string(),
-                    detail: "a server answers at this socket".into(),
-                });
-            }
-            log::info!("{endpoint}: replacing the socket file of a server that is gone");
-            std::fs::remove_file(path).map_err(|e| io_err("removing a stale socket file", e))?;
-        }
-        Ok(_) => {
-            return Err(Error::AddrInUse {
-                endpoint: endpoint.to_string(),
-                detail: format!(
-                    "{} exists and is not a socket; ipckit will not remove it",
-                    path.display()
-                ),
-            });
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err("inspecting the socket path", e)),
-    }
-
-    let addr = unix_addr(endpoint)?;
-    rustix::net::bind(fd, &addr).map_err(|e| io_err("binding", e.into()))?;
-    // Nobody can connect before listen(), so narrowing the mode now leaves no window.
-    rustix::fs::chmod(path, Mode::from_raw_mode(endpoint.mode()))
-        .map_err(|e| io_err("setting the socket file's mode", e.into()))?;
-    let meta = std::fs::symlink_metadata(path).map_err(|e| io_err("inspecting the socket", e))?;
-    Ok(SocketFile {
-        path: path.to_owned(),
-        dev: meta.st_dev(),
-        ino: meta.st_ino(),
-    })
-}
-
-/// Whether a live server accepts connections at `path`.
-fn somebody_answers(endpoint: &Endpoint, path: &Path) -> Result<bool> {
-    let probe = socket(endpoint, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK)?;
-    let addr = SocketAddrUnix::new(path)
-        .map_err(|e| Error::io(endpoint, "making the socket address", e.into()))?;
-    match rustix::net::connect(probe.as_fd(), &addr) {
-        // A full backlog (EAGAIN) also means a live server.
-        Ok(()) | Err(rustix::io::Errno::AGAIN) => Ok(true),
-        Err(rustix::io::Errno::CONNREFUSED) => Ok(false),
-        Err(e) => Err(Error::io(endpoint, "probing the existing socket", e.into())),
-    }
 }
