@@ -272,7 +272,7 @@ fn transports_lists_every_registered_transport() {
     let out = ipckit(&["transports"]);
     assert!(out.status.success());
     let table = stdout(&out);
-    for scheme in ["uds", "tcp"] {
+    for scheme in ["uds", "tcp", "udp", "unixgram"] {
         assert!(
             table.lines().any(|l| l.starts_with(scheme)),
             "{scheme} missing:\n{table}"
@@ -336,4 +336,69 @@ fn the_protocol_document_suffices_for_a_python_client() {
         );
         assert_eq!(stdout(&out), "from python\n", "{url}");
     }
+}
+
+/// Datagram transports carry payloads as they are: a datagram from a program that knows
+/// nothing of ipckit is one message.
+#[test]
+fn a_foreign_datagram_is_one_message() {
+    let dir = Scratch::new("foreign-dgram");
+    let port = free_udp_port();
+    let dgram = dir.sock("d.dgram");
+    for (url, socat_address) in [
+        (
+            format!("udp://127.0.0.1:{port}"),
+            format!("UDP:127.0.0.1:{port}"),
+        ),
+        (
+            format!("unixgram://{dgram}"),
+            format!("UNIX-SENDTO:{dgram}"),
+        ),
+    ] {
+        let mut listener = Background::start(
+            IPCKIT,
+            &[
+                "listen",
+                &url,
+                "--count",
+                "1",
+                "--format",
+                "json",
+                "--timeout",
+                "20s",
+            ],
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let out = loop {
+            // The listener may not be up yet: UDP drops, unixgram refuses; try until heard.
+            let mut socat = Command::new("socat")
+                .args(["-u", "-", &socat_address])
+                .stdin(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("socat (scripts/test.sh installs it)");
+            socat
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(b"one whole datagram")
+                .unwrap();
+            socat.wait().unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            if listener.0.try_wait().unwrap().is_some() || Instant::now() > deadline {
+                break listener.output();
+            }
+        };
+        assert!(out.status.success(), "{url}: {out:?}");
+        let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(line["text"], "one whole datagram", "{url}");
+    }
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

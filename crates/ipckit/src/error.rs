@@ -168,6 +168,7 @@ impl Error {
             io::ErrorKind::BrokenPipe
             | io::ErrorKind::ConnectionReset
             | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::NotConnected
             | io::ErrorKind::UnexpectedEof => Error::Disconnected { endpoint, detail },
             _ => Error::Io {
                 endpoint,

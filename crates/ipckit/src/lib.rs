@@ -30,6 +30,7 @@ pub mod endpoint;
 pub mod error;
 pub mod frame;
 mod message;
+mod sys;
 pub mod transport;
 
 use std::sync::Arc;

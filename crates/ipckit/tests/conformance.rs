@@ -110,9 +110,11 @@ const CHECKS: &[Check] = checks![
     reliable => many_concurrent_clients,
     always => empty_and_maximum_size,
     always => oversized_refused_before_sending,
+    byte_stream => server_limit_learned_in_handshake,
     duplex => request_reply_concurrent,
     credentials => peer_credentials,
     reliable => peer_disconnects,
+    reliable => send_fails_once_receiver_killed,
     always => restart_on_same_endpoint,
     always => missing_endpoint,
     duplex => server_dies_during_request,
@@ -428,25 +430,40 @@ fn empty_and_maximum_size(ctx: &Ctx) -> Outcome {
 }
 
 fn oversized_refused_before_sending(ctx: &Ctx) -> Outcome {
-    // The server's limit is smaller than the client's own: the client must learn it.
-    let mut server = ipckit::listen(ctx.endpoint_with("oversize", "max_message", "4096"))?;
-    let mut url = server.endpoint().clone();
-    url.set_option(
-        "max_message",
-        &ipckit::endpoint::DEFAULT_MAX_MESSAGE.to_string(),
-    )?;
-    let sender = Child::spawn("send-oversized", &[url.to_string(), "4097".into()]);
+    let mut server = ipckit::listen(ctx.endpoint("oversize"))?;
+    let too_big = server.capabilities().max_message + 1;
+    let sender = Child::spawn(
+        "send-oversized",
+        &[server.endpoint().to_string(), too_big.to_string()],
+    );
     let message = recv(&mut server)?;
     ensure!(
         message.payload() == b"after",
-        "first message was {:?}, not 'after'",
-        message.payload()
+        "first message was {} bytes, not 'after'",
+        message.payload().len()
     );
     sender.finish()?;
     ensure!(
         server.recv_timeout(Duration::from_millis(200))?.is_none(),
         "an extra message arrived"
     );
+    Ok(())
+}
+
+fn server_limit_learned_in_handshake(ctx: &Ctx) -> Outcome {
+    // The server's limit is smaller than the client's own: the client must learn it.
+    let mut server = ipckit::listen(ctx.endpoint_with("learned", "max_message", "4096"))?;
+    let sender = Child::spawn(
+        "send-oversized",
+        &[server.endpoint().to_string(), "4097".into()],
+    );
+    let message = recv(&mut server)?;
+    ensure!(
+        message.payload() == b"after",
+        "first message was {} bytes, not 'after'",
+        message.payload().len()
+    );
+    sender.finish()?;
     Ok(())
 }
 
@@ -579,14 +596,44 @@ fn server_dies_during_request(ctx: &Ctx) -> Outcome {
     let mut server = Child::spawn("die-on-request", &[ctx.endpoint("dies").to_string()]);
     let url = server.ready()?;
     let client = ipckit::connect(&url)?;
-    match client.request(b"are you there?", PATIENCE) {
-        Err(Error::Disconnected { .. }) => {}
-        other => return Err(format!("expected Disconnected, got {other:?}").into()),
+    if ctx.transport.capabilities(&url).connection {
+        match client.request(b"are you there?", PATIENCE) {
+            Err(Error::Disconnected { .. }) => {}
+            other => return Err(format!("expected Disconnected, got {other:?}").into()),
+        }
+        server.kill();
+        return match client.request(b"again", PATIENCE) {
+            Err(Error::Disconnected { .. }) => Ok(()),
+            other => Err(format!("a broken connection must stay broken, got {other:?}").into()),
+        };
     }
+    // Without a connection nothing tells the client; its timeout must end the wait.
+    match client.request(b"are you there?", Duration::from_millis(500)) {
+        Err(Error::Timeout { .. }) => Ok(()),
+        other => Err(format!("expected Timeout, got {other:?}").into()),
+    }
+}
+
+fn send_fails_once_receiver_killed(ctx: &Ctx) -> Outcome {
+    let mut server = Child::spawn("print", &[ctx.endpoint("killed").to_string()]);
+    let url = server.ready()?;
+    let client = ipckit::connect(&url)?;
+    client.send(b"before")?;
+    ensure!(
+        server.line()? == "msg before",
+        "the first message did not arrive"
+    );
     server.kill();
-    match client.request(b"again", PATIENCE) {
-        Err(Error::Disconnected { .. }) => Ok(()),
-        other => Err(format!("a broken connection must stay broken, got {other:?}").into()),
+    // A stream may take one more send to hear the reset; after that every send fails.
+    let outcomes: Vec<_> = (0..3)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            client.send(b"into the void")
+        })
+        .collect();
+    match outcomes.last().expect("three sends") {
+        Err(Error::Disconnected { .. } | Error::NotFound { .. }) => Ok(()),
+        other => Err(format!("sending to a killed receiver still gives {other:?}").into()),
     }
 }
 
@@ -970,10 +1017,15 @@ mod peer {
                         .map_err(|_| "a requesting thread panicked")??;
                 }
             }
-            "connect" => match ipckit::connect(url) {
-                Err(Error::NotFound { endpoint, .. }) => say(&format!("NotFound {endpoint}")),
-                other => say(&format!("unexpected {other:?}")),
-            },
+            "connect" => {
+                // Connectionless transports learn of a missing server at the first request.
+                let outcome =
+                    ipckit::connect(url).and_then(|client| client.request(b"probe", PATIENCE));
+                match outcome {
+                    Err(Error::NotFound { endpoint, .. }) => say(&format!("NotFound {endpoint}")),
+                    other => say(&format!("unexpected {other:?}")),
+                }
+            }
             "connect-expect-denied" => {
                 if args[2] == "as-nobody" {
                     become_nobody()?;

@@ -11,10 +11,13 @@ use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
 use crate::message::Message;
 
+mod datagram;
 mod socket_file;
 mod stream;
 pub mod tcp;
+pub mod udp;
 pub mod uds;
+pub mod unixgram;
 
 /// What a transport can promise; read by `ipckit transports`, by the conformance suite to
 /// decide which checks apply, and by the benchmark.
@@ -30,6 +33,9 @@ pub struct Capabilities {
     pub durable: bool,
     /// One message can reach many receivers.
     pub broadcast: bool,
+    /// A client is connected: it learns at once when its server goes away, where a
+    /// connectionless client's request can only time out.
+    pub connection: bool,
     /// The largest payload the endpoint accepts, in bytes.
     pub max_message: usize,
     /// The receiver learns the sender's pid, uid and gid from the kernel.
@@ -85,7 +91,7 @@ pub trait Listener: Send {
     fn endpoint(&self) -> &Endpoint;
 }
 
-static ALL: [&dyn Transport; 2] = [&uds::Uds, &tcp::Tcp];
+static ALL: [&dyn Transport; 4] = [&uds::Uds, &tcp::Tcp, &udp::Udp, &unixgram::Unixgram];
 
 /// Every registered transport.
 pub fn all() -> &'static [&'static dyn Transport] {

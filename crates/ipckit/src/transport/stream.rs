@@ -31,6 +31,7 @@ use crate::endpoint::{Endpoint, Framing};
 use crate::error::{Error, Result};
 use crate::frame::{Decoder, Frame, HELLO_LEN, Header, Hello, Kind, Violation, Welcome};
 use crate::message::{Message, Peer, ReplySink, ReplyTo};
+use crate::sys::ReceiveTimeout;
 use crate::transport::{Connection, Listener};
 
 /// How long a client waits for the server's welcome.
@@ -40,8 +41,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const REPLY_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Reads from one connection before the loop turns to the others.
 const READS_PER_TURN: usize = 16;
-/// How far past its deadline a blocking read may return (see `fill`).
-const TIMEOUT_SLACK: Duration = Duration::from_millis(2);
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -165,8 +164,7 @@ fn check_outgoing(endpoint: &str, framing: Framing, payload: &[u8], max: usize) 
 
 struct Reader {
     decoder: Decoder,
-    /// The SO_RCVTIMEO now set on the socket, so it is set again only when it changes.
-    read_timeout: Option<Duration>,
+    timeout: ReceiveTimeout,
 }
 
 #[derive(Default)]
@@ -222,7 +220,7 @@ impl StreamConnection {
         let own_max = endpoint.max_message();
         let mut reader = Reader {
             decoder: Decoder::new(framing, own_max),
-            read_timeout: None,
+            timeout: ReceiveTimeout::default(),
         };
         let url = endpoint.to_string();
         let peer_max = match framing {
@@ -392,25 +390,9 @@ impl StreamConnection {
 /// is an error: the caller wanted more.
 fn fill(fd: &OwnedFd, reader: &mut Reader, deadline: Instant, url: &str) -> Result<bool> {
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        let armed = reader.timeout.arm(fd, Some(deadline));
+        if !armed.map_err(|e| Error::io(url, "setting the receive timeout", e))? {
             return Ok(false);
-        }
-        // SO_RCVTIMEO of zero means "forever", and the kernel counts in microseconds. The
-        // option is set again only when the one in force could overshoot the deadline by
-        // more than TIMEOUT_SLACK, so requests with the same timeout cost no extra syscall.
-        let wanted = left.max(Duration::from_millis(1));
-        if reader
-            .read_timeout
-            .is_none_or(|set| set > wanted + TIMEOUT_SLACK)
-        {
-            rustix::net::sockopt::set_socket_timeout(
-                fd,
-                rustix::net::sockopt::Timeout::Recv,
-                Some(wanted),
-            )
-            .map_err(|e| Error::io(url, "setting the receive timeout", e.into()))?;
-            reader.read_timeout = Some(wanted);
         }
         let buf = reader.decoder.read_buf();
         match rustix::io::read(fd, buf) {

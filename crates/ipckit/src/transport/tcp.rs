@@ -35,6 +35,7 @@ impl Transport for Tcp {
             ordered: true,
             durable: false,
             broadcast: false,
+            connection: true,
             max_message: endpoint.max_message(),
             peer_credentials: false,
             zero_copy: false,
@@ -59,17 +60,7 @@ impl Transport for Tcp {
 
     fn listen(&self, endpoint: &Endpoint) -> Result<Box<dyn Listener>> {
         let addrs = resolve(endpoint)?;
-        if !endpoint.public() {
-            if let Some(open) = addrs.iter().find(|a| !a.ip().is_loopback()) {
-                return Err(Error::PermissionDenied {
-                    endpoint: endpoint.to_string(),
-                    detail: format!(
-                        "{} is reachable from other machines; add ?public=true to listen there anyway",
-                        open.ip()
-                    ),
-                });
-            }
-        }
+        refuse_public_unless_asked(endpoint, &addrs)?;
         let listener =
             TcpListener::bind(addrs.as_slice()).map_err(|e| Error::io(endpoint, "binding", e))?;
         listener
@@ -94,9 +85,28 @@ impl Transport for Tcp {
     }
 }
 
-fn resolve(endpoint: &Endpoint) -> Result<Vec<SocketAddr>> {
-    let Address::Tcp(at) = endpoint.address() else {
-        unreachable!("the registry hands tcp endpoints only to tcp")
+/// Local IPC should not become reachable from the network by a typo.
+pub(super) fn refuse_public_unless_asked(endpoint: &Endpoint, addrs: &[SocketAddr]) -> Result<()> {
+    if endpoint.public() {
+        return Ok(());
+    }
+    match addrs.iter().find(|a| !a.ip().is_loopback()) {
+        Some(open) => Err(Error::PermissionDenied {
+            endpoint: endpoint.to_string(),
+            detail: format!(
+                "{} is reachable from other machines; add ?public=true to listen there anyway",
+                open.ip()
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The addresses of a `tcp://` or `udp://` endpoint's host and port.
+pub(super) fn resolve(endpoint: &Endpoint) -> Result<Vec<SocketAddr>> {
+    let at = match endpoint.address() {
+        Address::Tcp(at) | Address::Udp(at) => at,
+        _ => unreachable!("only network endpoints are resolved"),
     };
     let addrs: Vec<SocketAddr> = (at.bare_host(), at.port)
         .to_socket_addrs()

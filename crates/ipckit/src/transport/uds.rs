@@ -37,6 +37,7 @@ impl Transport for Uds {
             ordered: true,
             durable: false,
             broadcast: false,
+            connection: true,
             max_message: endpoint.max_message(),
             peer_credentials: true,
             zero_copy: false,

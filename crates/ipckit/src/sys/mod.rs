@@ -1,0 +1,53 @@
+//! Thin safe wrappers over what std lacks, shared by the transports.
+
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+/// How far past its deadline a blocking receive may return; the price of not setting
+/// SO_RCVTIMEO before every receive.
+const TIMEOUT_SLACK: Duration = Duration::from_millis(2);
+
+/// A socket's SO_RCVTIMEO, set again only when the value in force could overshoot the
+/// caller's deadline by more than [`TIMEOUT_SLACK`]: callers that keep using one timeout
+/// pay no extra syscall per receive.
+#[derive(Debug, Default)]
+pub(crate) struct ReceiveTimeout {
+    /// What the socket has now: `None` until first set, `Some(None)` for "forever".
+    armed: Option<Option<Duration>>,
+}
+
+impl ReceiveTimeout {
+    /// Makes the next blocking receive on `fd` return by `deadline` (never, when `None`).
+    /// False when the deadline has already passed.
+    pub(crate) fn arm(
+        &mut self,
+        fd: impl AsFd,
+        deadline: Option<Instant>,
+    ) -> std::io::Result<bool> {
+        let wanted = match deadline {
+            None => None,
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(false);
+                }
+                // Zero means "forever" to the kernel, which counts in microseconds.
+                Some(left.max(Duration::from_millis(1)))
+            }
+        };
+        let keep = match (self.armed, wanted) {
+            (Some(Some(set)), Some(wanted)) => set <= wanted + TIMEOUT_SLACK,
+            (Some(None), None) => true,
+            _ => false,
+        };
+        if !keep {
+            rustix::net::sockopt::set_socket_timeout(
+                fd,
+                rustix::net::sockopt::Timeout::Recv,
+                wanted,
+            )?;
+            self.armed = Some(wanted);
+        }
+        Ok(true)
+    }
+}

@@ -1,0 +1,134 @@
+//! `udp`: UDP datagrams (`udp://127.0.0.1:9000`). One datagram is one message, payload
+//! as is, so `socat - UDP:127.0.0.1:9000` or any socket program is heard.
+//!
+//! UDP may drop and reorder, and its capabilities say so; on loopback it loses datagrams
+//! only when a receive queue overflows. A message can be at most 65507 bytes over IPv4
+//! (65527 over IPv6): what one IP packet can carry. A server binds only to loopback
+//! unless the endpoint says `?public=true`.
+//!
+//! What a successful `send` promises: the datagram was handed to the kernel. Nothing
+//! more: not that anybody received it. A request is answered or times out.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustix::net::SocketAddrAny;
+
+use super::datagram::{DatagramConnection, DatagramListener, Family};
+use super::{Capabilities, Connection, Listener, Transport, tcp};
+use crate::endpoint::{Address, Endpoint, HostPort};
+use crate::error::{Error, Result};
+use crate::message::Peer;
+
+/// The largest UDP payload over IPv4 and over IPv6, jumbograms aside.
+const MAX_V4: usize = 65507;
+const MAX_V6: usize = 65527;
+/// Room for bursts in the server's receive queue (the kernel caps it at rmem_max).
+const SERVER_RECEIVE_BUFFER: usize = 4 << 20;
+
+/// The `udp` transport.
+pub struct Udp;
+
+struct UdpFamily;
+
+fn max_message(endpoint: &Endpoint) -> usize {
+    let Address::Udp(at) = endpoint.address() else {
+        unreachable!("the registry hands udp endpoints only to udp")
+    };
+    let ip_max = if at.host.starts_with('[') {
+        MAX_V6
+    } else {
+        MAX_V4
+    };
+    endpoint.max_message().min(ip_max)
+}
+
+impl Family for UdpFamily {
+    fn client_socket(&self, endpoint: &Endpoint) -> Result<OwnedFd> {
+        let server = tcp::resolve(endpoint)?[0];
+        let local: SocketAddr = match server {
+            SocketAddr::V4(_) => ([0, 0, 0, 0], 0).into(),
+            SocketAddr::V6(_) => ([0u16; 8], 0).into(),
+        };
+        let socket = UdpSocket::bind(local).map_err(|e| Error::io(endpoint, "binding", e))?;
+        socket
+            .connect(server)
+            .map_err(|e| Error::io(endpoint, "connecting", e))?;
+        Ok(socket.into())
+    }
+
+    fn peer(&self, from: Option<&SocketAddrAny>, _: Option<rustix::net::UCred>) -> Peer {
+        Peer {
+            addr: from
+                .and_then(|a| SocketAddr::try_from(a.clone()).ok())
+                .map(|a| a.to_string()),
+            ..Peer::default()
+        }
+    }
+}
+
+impl Transport for Udp {
+    fn scheme(&self) -> &'static str {
+        "udp"
+    }
+
+    fn summary(&self) -> &'static str {
+        "UDP datagrams, payload as is"
+    }
+
+    fn capabilities(&self, endpoint: &Endpoint) -> Capabilities {
+        Capabilities {
+            duplex: true,
+            reliable: false,
+            ordered: false,
+            durable: false,
+            broadcast: false,
+            connection: false,
+            max_message: max_message(endpoint),
+            peer_credentials: false,
+            zero_copy: false,
+        }
+    }
+
+    fn scratch_endpoint(&self, _dir: &Path, _name: &str) -> Endpoint {
+        Endpoint::parse("udp://127.0.0.1:0").expect("a valid form")
+    }
+
+    fn connect(&self, endpoint: &Endpoint) -> Result<Box<dyn Connection>> {
+        Ok(Box::new(DatagramConnection::new(
+            endpoint,
+            Arc::new(UdpFamily),
+            max_message(endpoint),
+        )?))
+    }
+
+    fn listen(&self, endpoint: &Endpoint) -> Result<Box<dyn Listener>> {
+        let addrs = tcp::resolve(endpoint)?;
+        tcp::refuse_public_unless_asked(endpoint, &addrs)?;
+        let socket =
+            UdpSocket::bind(addrs.as_slice()).map_err(|e| Error::io(endpoint, "binding", e))?;
+        let bound = socket
+            .local_addr()
+            .map_err(|e| Error::io(endpoint, "reading the bound address", e))?;
+        let fd = OwnedFd::from(socket);
+        // Best effort: the kernel caps it at rmem_max, which is fine too.
+        let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&fd, SERVER_RECEIVE_BUFFER);
+        let Address::Udp(asked) = endpoint.address() else {
+            unreachable!("the registry hands udp endpoints only to udp")
+        };
+        let actual = endpoint.with_address(Address::Udp(HostPort {
+            host: asked.host.clone(),
+            port: bound.port(),
+        }));
+        let max = max_message(&actual);
+        Ok(Box::new(DatagramListener::new(
+            actual,
+            fd,
+            Arc::new(UdpFamily),
+            max,
+            None,
+        )?))
+    }
+}

@@ -1,0 +1,164 @@
+//! `unixgram`: AF_UNIX datagram sockets (`unixgram:///tmp/app.dgram`, or
+//! `unixgram://@name`). One datagram is one message, payload as is.
+//!
+//! On Linux these are reliable and ordered: a sender blocks while the receiver's queue
+//! is full, and nothing is dropped. The kernel adds each sender's pid, uid and gid
+//! (SCM_CREDENTIALS, asked for with SO_PASSCRED). Clients get an address for replies by
+//! autobind: a kernel-chosen abstract name, gone with the socket, so a crashed client
+//! leaves nothing behind. The server's socket file is handled like `uds`'s (see
+//! [`socket_file`](super::socket_file)).
+//!
+//! The largest message is what the kernel takes in one datagram: the send buffer (raised
+//! to net.core.wmem_max) less 32 bytes, and never over 4 MiB, which this kernel's
+//! datagram allocation reliably holds.
+//!
+//! What a successful `send` promises: the datagram is in the receiver's queue. A receiver
+//! killed before reading it loses it with the socket; after that, sends fail with
+//! [`Error::NotFound`](crate::Error::NotFound) instead of succeeding into the void.
+
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use rustix::net::{AddressFamily, SocketAddrAny, SocketAddrUnix, SocketFlags, SocketType};
+
+use super::datagram::{DatagramConnection, DatagramListener, Family};
+use super::socket_file::{bind_path, socket_addr};
+use super::{Capabilities, Connection, Listener, Transport};
+use crate::endpoint::{Address, Endpoint, UnixAddr};
+use crate::error::{Error, Result};
+use crate::message::Peer;
+
+/// The `unixgram` transport.
+pub struct Unixgram;
+
+struct UnixgramFamily;
+
+/// The most this kernel lets one datagram carry when the send buffer is raised as far as
+/// an unprivileged process may.
+fn kernel_max() -> usize {
+    static MAX: OnceLock<usize> = OnceLock::new();
+    *MAX.get_or_init(|| {
+        let probe = || -> std::io::Result<usize> {
+            let fd = datagram_socket()?;
+            raise_send_buffer(&fd);
+            Ok(rustix::net::sockopt::socket_send_buffer_size(&fd)?)
+        };
+        let sndbuf = probe().unwrap_or(212_992);
+        (sndbuf - 32).min(4 << 20)
+    })
+}
+
+fn max_message(endpoint: &Endpoint) -> usize {
+    endpoint.max_message().min(kernel_max())
+}
+
+fn datagram_socket() -> std::io::Result<OwnedFd> {
+    Ok(rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
+}
+
+fn raise_send_buffer(fd: &OwnedFd) {
+    // Best effort: the kernel caps the request at net.core.wmem_max.
+    let wmem_max = std::fs::read_to_string("/proc/sys/net/core/wmem_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(212_992usize);
+    let _ = rustix::net::sockopt::set_socket_send_buffer_size(fd, wmem_max);
+}
+
+fn server_addr(endpoint: &Endpoint) -> &UnixAddr {
+    match endpoint.address() {
+        Address::Unixgram(addr) => addr,
+        _ => unreachable!("the registry hands unixgram endpoints only to unixgram"),
+    }
+}
+
+impl Family for UnixgramFamily {
+    fn client_socket(&self, endpoint: &Endpoint) -> Result<OwnedFd> {
+        let io_err = |op, e: rustix::io::Errno| Error::io(endpoint, op, e.into());
+        let fd = datagram_socket().map_err(|e| Error::io(endpoint, "creating a socket", e))?;
+        raise_send_buffer(&fd);
+        rustix::net::bind(&fd, &SocketAddrUnix::new_unnamed())
+            .map_err(|e| io_err("binding a reply address", e))?;
+        rustix::net::connect(&fd, &socket_addr(endpoint, server_addr(endpoint))?)
+            .map_err(|e| io_err("connecting", e))?;
+        Ok(fd)
+    }
+
+    fn peer(&self, _: Option<&SocketAddrAny>, creds: Option<rustix::net::UCred>) -> Peer {
+        match creds {
+            Some(c) => Peer {
+                pid: Some(c.pid.as_raw_nonzero().get() as u32),
+                uid: Some(c.uid.as_raw()),
+                gid: Some(c.gid.as_raw()),
+                addr: None,
+            },
+            None => Peer::default(),
+        }
+    }
+}
+
+impl Transport for Unixgram {
+    fn scheme(&self) -> &'static str {
+        "unixgram"
+    }
+
+    fn summary(&self) -> &'static str {
+        "AF_UNIX datagram sockets, SCM_CREDENTIALS"
+    }
+
+    fn capabilities(&self, endpoint: &Endpoint) -> Capabilities {
+        Capabilities {
+            duplex: true,
+            reliable: true,
+            ordered: true,
+            durable: false,
+            broadcast: false,
+            connection: false,
+            max_message: max_message(endpoint),
+            peer_credentials: true,
+            zero_copy: false,
+        }
+    }
+
+    fn scratch_endpoint(&self, dir: &Path, name: &str) -> Endpoint {
+        Address::Unixgram(UnixAddr::Path(dir.join(format!("{name}.dgram")))).into()
+    }
+
+    fn connect(&self, endpoint: &Endpoint) -> Result<Box<dyn Connection>> {
+        Ok(Box::new(DatagramConnection::new(
+            endpoint,
+            Arc::new(UnixgramFamily),
+            max_message(endpoint),
+        )?))
+    }
+
+    fn listen(&self, endpoint: &Endpoint) -> Result<Box<dyn Listener>> {
+        let fd = datagram_socket().map_err(|e| Error::io(endpoint, "creating a socket", e))?;
+        raise_send_buffer(&fd);
+        let cleanup: Option<Box<dyn Send>> = match server_addr(endpoint) {
+            UnixAddr::Path(path) => {
+                Some(Box::new(bind_path(endpoint, &fd, path, SocketType::DGRAM)?))
+            }
+            addr => {
+                rustix::net::bind(&fd, &socket_addr(endpoint, addr)?)
+                    .map_err(|e| Error::io(endpoint, "binding", e.into()))?;
+                None
+            }
+        };
+        rustix::net::sockopt::set_socket_passcred(&fd, true)
+            .map_err(|e| Error::io(endpoint, "asking for sender credentials", e.into()))?;
+        Ok(Box::new(DatagramListener::new(
+            endpoint.clone(),
+            fd,
+            Arc::new(UnixgramFamily),
+            max_message(endpoint),
+            cleanup,
+        )?))
+    }
+}
