@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use ipckit::{Message, Server};
+use ipckit::{Capabilities, Message, Server};
 
 #[derive(Parser)]
 #[command(
@@ -229,6 +229,9 @@ fn print_message(
     out.flush()
 }
 
+/// A column of `ipckit transports`: its header and how to fill it.
+type Column = (&'static str, fn(&Capabilities) -> String);
+
 fn print_transports(json: bool) {
     let dir = std::env::temp_dir();
     let rows: Vec<_> = ipckit::transport::all()
@@ -249,33 +252,31 @@ fn print_transports(json: bool) {
         println!("{}", serde_json::Value::Array(list));
         return;
     }
-    let yes = |b: bool| if b { "yes" } else { "-" };
-    println!(
-        "{:<9} {:<7} {:<9} {:<8} {:<8} {:<10} {:>11} {:<6} {:<10} summary",
-        "transport",
-        "duplex",
-        "reliable",
-        "ordered",
-        "durable",
-        "broadcast",
-        "max message",
-        "creds",
-        "zero-copy"
-    );
+    fn yes(b: bool) -> String {
+        if b { "yes" } else { "-" }.to_owned()
+    }
+    let columns: [Column; 9] = [
+        ("duplex", |c| yes(c.duplex)),
+        ("reliable", |c| yes(c.reliable)),
+        ("ordered", |c| yes(c.ordered)),
+        ("durable", |c| yes(c.durable)),
+        ("broadcast", |c| yes(c.broadcast)),
+        ("connection", |c| yes(c.connection)),
+        ("max message", |c| human_size(c.max_message)),
+        ("creds", |c| yes(c.peer_credentials)),
+        ("zero-copy", |c| yes(c.zero_copy)),
+    ];
+    let mut header = format!("{:<9}", "transport");
+    for (name, _) in &columns {
+        header.push_str(&format!(" {name}"));
+    }
+    println!("{header} summary");
     for (t, caps) in rows {
-        println!(
-            "{:<9} {:<7} {:<9} {:<8} {:<8} {:<10} {:>11} {:<6} {:<10} {}",
-            t.scheme(),
-            yes(caps.duplex),
-            yes(caps.reliable),
-            yes(caps.ordered),
-            yes(caps.durable),
-            yes(caps.broadcast),
-            human_size(caps.max_message),
-            yes(caps.peer_credentials),
-            yes(caps.zero_copy),
-            t.summary()
-        );
+        let mut line = format!("{:<9}", t.scheme());
+        for (name, value) in &columns {
+            line.push_str(&format!(" {:<width$}", value(&caps), width = name.len()));
+        }
+        println!("{line} {}", t.summary());
     }
 }
 
