@@ -1,14 +1,15 @@
-//! Round trip of a 64-byte request/reply between two processes: ipckit over `uds` and
-//! `tcp`, each beside a hand-written blocking ping-pong over the same kind of socket, so
-//! the ratio is the cost of the abstraction.
+//! Round trip of a 64-byte request/reply between two processes: ipckit over every
+//! registered transport, each beside a hand-written loop over the same syscalls on the
+//! same kind of socket, so the ratio is the cost of the abstraction.
 //!
 //! `cargo bench -p ipckit --bench roundtrip`. The echo servers are this binary run again
 //! with `IPCKIT_BENCH_PEER` set. Client and server are pinned to different cores (when
 //! there are two) in every variant alike, so that each pays the same cross-core wake-up.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram, UnixListener, UnixStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -27,7 +28,7 @@ fn pin_to(cpu: usize) {
     let _ = rustix::thread::sched_setaffinity(None, &set);
 }
 
-/// Echo servers, run in the child process.
+/// Echo servers, run in the child process; each prints its address, then serves.
 fn serve(kind: &str, address: &str) {
     pin_to(1);
     let mut buf = [0u8; SIZE];
@@ -41,19 +42,36 @@ fn serve(kind: &str, address: &str) {
                 message.reply(&payload).expect("reply");
             }
         }
-        "raw-uds" => {
-            let _ = std::fs::remove_file(address);
+        "uds" => {
             let listener = UnixListener::bind(address).expect("bind");
             println!("{address}");
             let (mut stream, _) = listener.accept().expect("accept");
             while stream.read_exact(&mut buf).is_ok() && stream.write_all(&buf).is_ok() {}
         }
-        "raw-tcp" => {
+        "tcp" => {
             let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
             println!("{}", listener.local_addr().unwrap());
             let (mut stream, _) = listener.accept().expect("accept");
             stream.set_nodelay(true).unwrap();
             while stream.read_exact(&mut buf).is_ok() && stream.write_all(&buf).is_ok() {}
+        }
+        "udp" => {
+            let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+            println!("{}", socket.local_addr().unwrap());
+            while let Ok((n, from)) = socket.recv_from(&mut buf) {
+                socket.send_to(&buf[..n], from).unwrap();
+            }
+        }
+        "unixgram" => {
+            let socket = UnixDatagram::bind(address).expect("bind");
+            println!("{address}");
+            while let Ok((n, from)) = socket.recv_from(&mut buf) {
+                let to = from
+                    .as_abstract_name()
+                    .expect("clients bind abstract names");
+                let to = SocketAddr::from_abstract_name(to).unwrap();
+                socket.send_to_addr(&buf[..n], &to).unwrap();
+            }
         }
         other => panic!("unknown peer {other}"),
     }
@@ -89,7 +107,49 @@ impl Drop for Peer {
     }
 }
 
-fn time_iters(iters: u64, mut round_trip: impl FnMut()) -> Duration {
+/// The hand-written client of each baseline: one write or send, one read or recv.
+fn raw_round_trip(kind: &str, address: &str) -> Box<dyn FnMut()> {
+    let payload = [7u8; SIZE];
+    let mut buf = [0u8; SIZE];
+    match kind {
+        "uds" => {
+            let mut s = UnixStream::connect(address).unwrap();
+            Box::new(move || {
+                s.write_all(&payload).unwrap();
+                s.read_exact(&mut buf).unwrap();
+            })
+        }
+        "tcp" => {
+            let mut s = TcpStream::connect(address).unwrap();
+            s.set_nodelay(true).unwrap();
+            Box::new(move || {
+                s.write_all(&payload).unwrap();
+                s.read_exact(&mut buf).unwrap();
+            })
+        }
+        "udp" => {
+            let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.connect(address).unwrap();
+            Box::new(move || {
+                s.send(&payload).unwrap();
+                s.recv(&mut buf).unwrap();
+            })
+        }
+        "unixgram" => {
+            let name = format!("ipckit-bench-{}", std::process::id());
+            let s =
+                UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name).unwrap()).unwrap();
+            s.connect(address).unwrap();
+            Box::new(move || {
+                s.send(&payload).unwrap();
+                s.recv(&mut buf).unwrap();
+            })
+        }
+        other => panic!("no baseline for {other}"),
+    }
+}
+
+fn time_iters(iters: u64, round_trip: &mut dyn FnMut()) -> Duration {
     let start = Instant::now();
     for _ in 0..iters {
         round_trip();
@@ -97,55 +157,30 @@ fn time_iters(iters: u64, mut round_trip: impl FnMut()) -> Duration {
     start.elapsed()
 }
 
-/// The hand-written side: write 64 bytes, read 64 back.
-fn bench_baseline<S: Read + Write>(
-    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
-    name: &str,
-    mut stream: S,
-) {
-    let payload = [7u8; SIZE];
-    let mut buf = [0u8; SIZE];
-    group.bench_function(name, |b| {
-        b.iter_custom(|iters| {
-            time_iters(iters, || {
-                stream.write_all(&payload).unwrap();
-                stream.read_exact(&mut buf).unwrap();
-            })
-        })
-    });
-}
-
 fn bench(c: &mut Criterion) {
     pin_to(0);
     let dir = std::env::temp_dir().join(format!("ipckit-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut group = c.benchmark_group("roundtrip_64B");
+    for transport in ipckit::transport::all() {
+        let scheme = transport.scheme();
+        let raw = Peer::start(scheme, dir.join(format!("raw-{scheme}")).to_str().unwrap());
+        let mut round_trip = raw_round_trip(scheme, &raw.address);
+        group.bench_function(format!("{scheme}/baseline"), |b| {
+            b.iter_custom(|iters| time_iters(iters, &mut round_trip))
+        });
+        drop(round_trip);
+        drop(raw);
 
-    let raw_socket = dir.join("raw.sock").display().to_string();
-    let raw = Peer::start("raw-uds", &raw_socket);
-    bench_baseline(
-        &mut group,
-        "uds/baseline",
-        UnixStream::connect(&raw.address).unwrap(),
-    );
-    drop(raw);
-    let raw = Peer::start("raw-tcp", "");
-    let stream = TcpStream::connect(&raw.address).unwrap();
-    stream.set_nodelay(true).unwrap();
-    bench_baseline(&mut group, "tcp/baseline", stream);
-    drop(raw);
-
-    let uds = format!("uds://{}", dir.join("ipckit.sock").display());
-    for (scheme, url) in [("uds", uds.as_str()), ("tcp", "tcp://127.0.0.1:0")] {
-        let server = Peer::start("ipckit", url);
+        let endpoint = transport.scratch_endpoint(&dir, "ipckit");
+        let server = Peer::start("ipckit", &endpoint.to_string());
         let client = ipckit::connect(server.address.as_str()).unwrap();
         let payload = [7u8; SIZE];
+        let mut round_trip = move || {
+            client.request(&payload, Duration::from_secs(5)).unwrap();
+        };
         group.bench_function(format!("{scheme}/ipckit"), |b| {
-            b.iter_custom(|iters| {
-                time_iters(iters, || {
-                    client.request(&payload, Duration::from_secs(5)).unwrap();
-                })
-            })
+            b.iter_custom(|iters| time_iters(iters, &mut round_trip))
         });
     }
     group.finish();
