@@ -126,14 +126,18 @@ enum Param {
     Mode,
     MaxMessage,
     Public,
+    Priority,
+    SendTimeoutMs,
 }
 
 impl Param {
-    const ALL: [Param; 4] = [
+    const ALL: [Param; 6] = [
         Param::Framing,
         Param::Mode,
         Param::MaxMessage,
         Param::Public,
+        Param::Priority,
+        Param::SendTimeoutMs,
     ];
 
     fn key(self) -> &'static str {
@@ -142,6 +146,8 @@ impl Param {
             Param::Mode => "mode",
             Param::MaxMessage => "max_message",
             Param::Public => "public",
+            Param::Priority => "priority",
+            Param::SendTimeoutMs => "send_timeout_ms",
         }
     }
 
@@ -154,6 +160,7 @@ impl Param {
             ),
             Param::MaxMessage => true,
             Param::Public => matches!(scheme, "tcp" | "udp" | "ws"),
+            Param::Priority | Param::SendTimeoutMs => scheme == "mq",
         }
     }
 
@@ -182,6 +189,18 @@ impl Param {
             Param::Public => match value {
                 "true" | "false" => Ok(()),
                 _ => Err(format!("public must be 'true' or 'false', not '{value}'")),
+            },
+            Param::Priority => match canonical_decimal(value) {
+                Some(n) if n < 32768 => Ok(()),
+                _ => Err(format!(
+                    "priority must be a number from 0 to 32767, not '{value}'"
+                )),
+            },
+            Param::SendTimeoutMs => match canonical_decimal(value) {
+                Some(_) => Ok(()),
+                _ => Err(format!(
+                    "send_timeout_ms must be a whole number of milliseconds, not '{value}'"
+                )),
             },
         }
     }
@@ -299,6 +318,23 @@ impl Endpoint {
         self.param(Param::MaxMessage)
             .map(|m| m.parse().expect("validated when parsed"))
             .unwrap_or(DEFAULT_MAX_MESSAGE)
+    }
+
+    /// The priority of messages sent to a queue (`?priority=`, 0 to 32767); 0 unless set.
+    pub fn priority(&self) -> u32 {
+        self.param(Param::Priority)
+            .map(|p| p.parse().expect("validated when parsed"))
+            .unwrap_or(0)
+    }
+
+    /// How long a send may wait for room in a full queue (`?send_timeout_ms=`); 10 s
+    /// unless set.
+    pub fn send_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.param(Param::SendTimeoutMs)
+                .map(|t| t.parse().expect("validated when parsed"))
+                .unwrap_or(10_000),
+        )
     }
 
     /// Whether a network endpoint may be bound to a non-loopback address (`?public=`).

@@ -63,15 +63,17 @@ pub enum Error {
 
     /// A message is larger than the receiver accepts; nothing was sent.
     #[error(
-        "{endpoint}: a message of {size} bytes exceeds the limit of {max} bytes; nothing was sent (raise ?max_message= on both sides, or send less)"
+        "{endpoint}: a message of {size} bytes exceeds {limit}, {max} bytes; nothing was sent (send less, or raise that limit)"
     )]
     MessageTooLarge {
         /// The endpoint's URL.
         endpoint: String,
         /// The size of the refused message.
         size: usize,
-        /// The largest message the receiving side accepts.
+        /// The largest message that can go.
         max: usize,
+        /// Which limit that is, e.g. "the server's max_message".
+        limit: String,
     },
 
     /// No answer came in time.
@@ -82,6 +84,17 @@ pub enum Error {
         /// The endpoint's URL.
         endpoint: String,
         /// How long was waited.
+        after: Duration,
+    },
+
+    /// A queue stayed full for the whole send timeout; nothing was sent.
+    #[error(
+        "{endpoint}: the queue stayed full for {after:?}; nothing was sent (is the receiver running and keeping up? ?send_timeout_ms= waits longer)"
+    )]
+    Full {
+        /// The endpoint's URL.
+        endpoint: String,
+        /// How long the send waited.
         after: Duration,
     },
 
@@ -187,6 +200,7 @@ impl Error {
             | Error::PermissionDenied { endpoint, .. }
             | Error::MessageTooLarge { endpoint, .. }
             | Error::Timeout { endpoint, .. }
+            | Error::Full { endpoint, .. }
             | Error::Disconnected { endpoint, .. }
             | Error::Protocol { endpoint, .. }
             | Error::Remote { endpoint, .. }

@@ -1,7 +1,42 @@
 //! Thin safe wrappers over what std lacks, shared by the transports.
 
-use std::os::fd::AsFd;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+
+use rustix::event::{PollFd, PollFlags};
 use std::time::{Duration, Instant};
+
+/// Waits until `fd` is ready for `flags`; false when `deadline` passed first.
+pub(crate) fn wait_ready(
+    fd: BorrowedFd<'_>,
+    flags: PollFlags,
+    deadline: Option<Instant>,
+) -> io::Result<bool> {
+    loop {
+        let timeout = match deadline {
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(false);
+                }
+                Some(
+                    rustix::time::Timespec::try_from(left).unwrap_or(rustix::time::Timespec {
+                        tv_sec: i64::MAX,
+                        tv_nsec: 0,
+                    }),
+                )
+            }
+            None => None,
+        };
+        let mut fds = [PollFd::new(&fd, flags)];
+        match rustix::event::poll(&mut fds, timeout.as_ref()) {
+            Ok(0) => {}
+            Ok(_) => return Ok(true),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
 
 /// How far past its deadline a blocking receive may return; the price of not setting
 /// SO_RCVTIMEO before every receive.

@@ -50,6 +50,8 @@ pub(super) struct DatagramConnection {
     url: String,
     family: Arc<dyn Family>,
     max: usize,
+    /// What `max` is, for errors.
+    limit: String,
     /// One-way messages leave here; replaced when the server it was connected to is gone.
     sender: Mutex<OwnedFd>,
     pool: Mutex<Vec<RequestSocket>>,
@@ -59,7 +61,7 @@ impl DatagramConnection {
     pub(super) fn new(
         endpoint: &Endpoint,
         family: Arc<dyn Family>,
-        max: usize,
+        (max, limit): (usize, String),
     ) -> Result<DatagramConnection> {
         Ok(DatagramConnection {
             sender: Mutex::new(family.client_socket(endpoint)?),
@@ -67,6 +69,7 @@ impl DatagramConnection {
             url: endpoint.to_string(),
             family,
             max,
+            limit,
             pool: Mutex::new(Vec::new()),
         })
     }
@@ -77,6 +80,7 @@ impl DatagramConnection {
                 endpoint: self.url.clone(),
                 size: payload.len(),
                 max: self.max,
+                limit: self.limit.clone(),
             });
         }
         Ok(())
@@ -188,6 +192,7 @@ impl ReplySink for DatagramSink {
                 endpoint: self.url.to_string(),
                 size: payload.len(),
                 max: self.max,
+                limit: "the largest datagram this endpoint carries".into(),
             });
         }
         loop {

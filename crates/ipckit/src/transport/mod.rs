@@ -66,6 +66,12 @@ pub trait Transport: Send + Sync {
     fn connect(&self, endpoint: &Endpoint) -> Result<Box<dyn Connection>>;
     /// Starts a server.
     fn listen(&self, endpoint: &Endpoint) -> Result<Box<dyn Listener>>;
+    /// Removes what a durable endpoint keeps once every party is gone (a message queue
+    /// and the messages in it). Other transports clean up after themselves.
+    fn destroy(&self, endpoint: &Endpoint) -> Result<()> {
+        let _ = endpoint;
+        Ok(())
+    }
 }
 
 /// A transport's client side; [`Client`](crate::Client) wraps it.

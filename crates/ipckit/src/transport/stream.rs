@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
-use rustix::event::{PollFd, PollFlags};
+use rustix::event::PollFlags;
 use rustix::net::{SendAncillaryBuffer, SendFlags, Shutdown};
 use slab::Slab;
 
@@ -31,7 +31,7 @@ use crate::endpoint::{Endpoint, Framing};
 use crate::error::{Error, Result};
 use crate::frame::{Decoder, Frame, HELLO_LEN, Header, Hello, Kind, Violation, Welcome};
 use crate::message::{Message, Peer, ReplySink, ReplyTo};
-use crate::sys::ReceiveTimeout;
+use crate::sys::{ReceiveTimeout, wait_ready};
 use crate::transport::{Connection, Listener};
 
 /// How long a client waits for the server's welcome.
@@ -104,34 +104,6 @@ fn send_all(fd: BorrowedFd<'_>, parts: &[&[u8]], patience: Option<Duration>) -> 
     Ok(())
 }
 
-/// Waits until `fd` is ready for `flags`; false when `deadline` passed first.
-fn wait_ready(fd: BorrowedFd<'_>, flags: PollFlags, deadline: Option<Instant>) -> io::Result<bool> {
-    loop {
-        let timeout = match deadline {
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Ok(false);
-                }
-                Some(
-                    rustix::time::Timespec::try_from(left).unwrap_or(rustix::time::Timespec {
-                        tv_sec: i64::MAX,
-                        tv_nsec: 0,
-                    }),
-                )
-            }
-            None => None,
-        };
-        let mut fds = [PollFd::new(&fd, flags)];
-        match rustix::event::poll(&mut fds, timeout.as_ref()) {
-            Ok(0) => {}
-            Ok(_) => return Ok(true),
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
 fn protocol_error(endpoint: &Endpoint, violation: Violation) -> Error {
     Error::Protocol {
         endpoint: endpoint.to_string(),
@@ -146,6 +118,7 @@ fn check_outgoing(endpoint: &str, framing: Framing, payload: &[u8], max: usize) 
             endpoint: endpoint.to_owned(),
             size: payload.len(),
             max,
+            limit: "the receiver's max_message".into(),
         });
     }
     if framing == Framing::Line && payload.contains(&b'\n') {

@@ -33,16 +33,21 @@ pub struct Udp;
 
 struct UdpFamily;
 
-fn max_message(endpoint: &Endpoint) -> usize {
+/// The largest message for `endpoint`, and which limit that is.
+fn max_message(endpoint: &Endpoint) -> (usize, String) {
     let Address::Udp(at) = endpoint.address() else {
         unreachable!("the registry hands udp endpoints only to udp")
     };
-    let ip_max = if at.host.starts_with('[') {
-        MAX_V6
+    let (ip_max, family) = if at.host.starts_with('[') {
+        (MAX_V6, "IPv6")
     } else {
-        MAX_V4
+        (MAX_V4, "IPv4")
     };
-    endpoint.max_message().min(ip_max)
+    if endpoint.max_message() < ip_max {
+        (endpoint.max_message(), "this endpoint's max_message".into())
+    } else {
+        (ip_max, format!("the largest UDP payload over {family}"))
+    }
 }
 
 impl Family for UdpFamily {
@@ -86,7 +91,7 @@ impl Transport for Udp {
             durable: false,
             broadcast: false,
             connection: false,
-            max_message: max_message(endpoint),
+            max_message: max_message(endpoint).0,
             peer_credentials: false,
             zero_copy: false,
         }
@@ -122,7 +127,7 @@ impl Transport for Udp {
             host: asked.host.clone(),
             port: bound.port(),
         }));
-        let max = max_message(&actual);
+        let (max, _) = max_message(&actual);
         Ok(Box::new(DatagramListener::new(
             actual,
             fd,

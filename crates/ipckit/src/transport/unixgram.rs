@@ -49,8 +49,16 @@ fn kernel_max() -> usize {
     })
 }
 
-fn max_message(endpoint: &Endpoint) -> usize {
-    endpoint.max_message().min(kernel_max())
+/// The largest message for `endpoint`, and which limit that is.
+fn max_message(endpoint: &Endpoint) -> (usize, String) {
+    if endpoint.max_message() < kernel_max() {
+        (endpoint.max_message(), "this endpoint's max_message".into())
+    } else {
+        (
+            kernel_max(),
+            "the kernel's datagram limit (net.core.wmem_max)".into(),
+        )
+    }
 }
 
 fn datagram_socket() -> std::io::Result<OwnedFd> {
@@ -120,7 +128,7 @@ impl Transport for Unixgram {
             durable: false,
             broadcast: false,
             connection: false,
-            max_message: max_message(endpoint),
+            max_message: max_message(endpoint).0,
             peer_credentials: true,
             zero_copy: false,
         }
@@ -157,7 +165,7 @@ impl Transport for Unixgram {
             endpoint.clone(),
             fd,
             Arc::new(UnixgramFamily),
-            max_message(endpoint),
+            max_message(endpoint).0,
             cleanup,
         )?))
     }
