@@ -402,3 +402,80 @@ fn free_udp_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A POSIX queue the test removes when it ends.
+struct Queue(String);
+
+impl Queue {
+    fn new(name: &str) -> Queue {
+        Queue(format!("ipckit-cli-{}-{name}", std::process::id()))
+    }
+
+    fn url(&self) -> String {
+        format!("mq://{}", self.0)
+    }
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        let _ = nix::mqueue::mq_unlink(format!("/{}", self.0).as_str());
+    }
+}
+
+/// A program that knows nothing of ipckit calls mq_send; `ipckit listen` hears it, and
+/// hears higher priorities first.
+#[test]
+fn a_foreign_mq_send_is_heard_in_priority_order() {
+    use nix::mqueue::{MQ_OFlag, MqAttr, mq_close, mq_open, mq_send};
+    let queue = Queue::new("foreign");
+    let attr = MqAttr::new(0, 10, 128, 0);
+    let mq = mq_open(
+        format!("/{}", queue.0).as_str(),
+        MQ_OFlag::O_CREAT | MQ_OFlag::O_WRONLY,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+        Some(&attr),
+    )
+    .unwrap();
+    mq_send(&mq, b"low", 1).unwrap();
+    mq_send(&mq, b"high", 7).unwrap();
+    mq_close(mq).unwrap();
+    // And ipckit's own ?priority= takes its place in the same order.
+    let url = queue.url();
+    assert!(
+        ipckit(&["send", &format!("{url}?priority=4"), "middle"])
+            .status
+            .success()
+    );
+    let out = ipckit(&["listen", &url, "--count", "3", "--timeout", "10s"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout(&out), "high\nmiddle\nlow\n");
+}
+
+#[test]
+fn an_oversized_mq_message_names_the_kernel_limit() {
+    let queue = Queue::new("big");
+    let max: usize = std::fs::read_to_string("/proc/sys/fs/mqueue/msgsize_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let out = ipckit(&["send", &queue.url(), &"x".repeat(max + 1)]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("msgsize_max") && stderr.contains(&max.to_string()),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn mq_request_and_reply_through_the_cli() {
+    let queue = Queue::new("rr");
+    let _server = Background::start(
+        IPCKIT,
+        &["serve", &queue.url(), "--echo", "--timeout", "30s"],
+    );
+    let out = request_until_served(&queue.url(), "queued");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout(&out), "queued\n");
+}

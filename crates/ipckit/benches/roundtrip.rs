@@ -73,8 +73,35 @@ fn serve(kind: &str, address: &str) {
                 socket.send_to_addr(&buf[..n], &to).unwrap();
             }
         }
+        "mq" => {
+            let (requests, replies) = raw_queues(address);
+            println!("{address}");
+            let mut priority = 0;
+            while let Ok(n) = nix::mqueue::mq_receive(&requests, &mut buf, &mut priority) {
+                nix::mqueue::mq_send(&replies, &buf[..n], 0).unwrap();
+            }
+        }
         other => panic!("unknown peer {other}"),
     }
+}
+
+/// The two queues of the hand-written mq ping-pong: requests and replies.
+fn raw_queues(address: &str) -> (nix::mqueue::MqdT, nix::mqueue::MqdT) {
+    use nix::mqueue::{MQ_OFlag, MqAttr, mq_open};
+    let name = address.rsplit('/').next().unwrap();
+    let attr = MqAttr::new(0, 10, SIZE as _, 0);
+    let open = |suffix: &str| {
+        let flags = MQ_OFlag::O_CREAT | MQ_OFlag::O_RDWR;
+        let mode = nix::sys::stat::Mode::from_bits_truncate(0o600);
+        mq_open(
+            format!("/{name}.{suffix}").as_str(),
+            flags,
+            mode,
+            Some(&attr),
+        )
+        .unwrap()
+    };
+    (open("req"), open("rep"))
 }
 
 struct Peer {
@@ -145,6 +172,13 @@ fn raw_round_trip(kind: &str, address: &str) -> Box<dyn FnMut()> {
                 s.recv(&mut buf).unwrap();
             })
         }
+        "mq" => {
+            let (requests, replies) = raw_queues(address);
+            Box::new(move || {
+                nix::mqueue::mq_send(&requests, &payload, 0).unwrap();
+                nix::mqueue::mq_receive(&replies, &mut buf, &mut 0).unwrap();
+            })
+        }
         other => panic!("no baseline for {other}"),
     }
 }
@@ -164,7 +198,11 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("roundtrip_64B");
     for transport in ipckit::transport::all() {
         let scheme = transport.scheme();
-        let raw = Peer::start(scheme, dir.join(format!("raw-{scheme}")).to_str().unwrap());
+        let raw_address = match scheme {
+            "mq" => format!("raw-mq-{}", std::process::id()),
+            _ => dir.join(format!("raw-{scheme}")).display().to_string(),
+        };
+        let raw = Peer::start(scheme, &raw_address);
         let mut round_trip = raw_round_trip(scheme, &raw.address);
         group.bench_function(format!("{scheme}/baseline"), |b| {
             b.iter_custom(|iters| time_iters(iters, &mut round_trip))
@@ -182,6 +220,13 @@ fn bench(c: &mut Criterion) {
         group.bench_function(format!("{scheme}/ipckit"), |b| {
             b.iter_custom(|iters| time_iters(iters, &mut round_trip))
         });
+        drop(round_trip);
+        drop(server);
+        let _ = transport.destroy(&endpoint);
+    }
+    for suffix in ["req", "rep"] {
+        let name = format!("/raw-mq-{}.{suffix}", std::process::id());
+        let _ = nix::mqueue::mq_unlink(name.as_str());
     }
     group.finish();
     let _ = std::fs::remove_dir_all(&dir);

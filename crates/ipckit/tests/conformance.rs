@@ -85,6 +85,16 @@ fn byte_stream(t: &dyn Transport, _: &Capabilities) -> bool {
     matches!(ep.address(), Address::Uds(_) | Address::Tcp(_))
 }
 
+fn transient(_: &dyn Transport, caps: &Capabilities) -> bool {
+    !caps.durable
+}
+fn reliable_transient(_: &dyn Transport, caps: &Capabilities) -> bool {
+    caps.reliable && !caps.durable
+}
+fn durable(_: &dyn Transport, caps: &Capabilities) -> bool {
+    caps.durable
+}
+
 /// Endpoints that live in the filesystem.
 fn has_path(t: &dyn Transport, _: &Capabilities) -> bool {
     path_of(&t.scratch_endpoint(&std::env::temp_dir(), "probe")).is_some()
@@ -114,9 +124,12 @@ const CHECKS: &[Check] = checks![
     duplex => request_reply_concurrent,
     credentials => peer_credentials,
     reliable => peer_disconnects,
-    reliable => send_fails_once_receiver_killed,
+    reliable_transient => send_fails_once_receiver_killed,
+    durable => durable_messages_wait_for_a_receiver,
+    durable => receiver_killed_loses_nothing_sent,
+    durable => full_queue_waits_then_fails,
     always => restart_on_same_endpoint,
-    always => missing_endpoint,
+    transient => missing_endpoint,
     duplex => server_dies_during_request,
     always => spawn_serves_and_stops_on_drop,
     has_path => endpoint_file_private_and_removed,
@@ -129,10 +142,12 @@ const CHECKS: &[Check] = checks![
     byte_stream => bad_input::killed_mid_frame,
 ];
 
-/// One check's surroundings: the transport and a private directory.
+/// One check's surroundings: the transport, a private directory, and the endpoints it
+/// made, destroyed at the end where the transport keeps them (durable queues).
 struct Ctx {
     transport: &'static dyn Transport,
     dir: PathBuf,
+    made: std::cell::RefCell<Vec<Endpoint>>,
 }
 
 impl Ctx {
@@ -144,12 +159,18 @@ impl Ctx {
             trial.replace("::", "-")
         ));
         std::fs::create_dir_all(&dir).expect("creating the check's directory");
-        Ctx { transport, dir }
+        Ctx {
+            transport,
+            dir,
+            made: Default::default(),
+        }
     }
 
     /// A fresh endpoint for this check.
     fn endpoint(&self, name: &str) -> Endpoint {
-        self.transport.scratch_endpoint(&self.dir, name)
+        let endpoint = self.transport.scratch_endpoint(&self.dir, name);
+        self.made.borrow_mut().push(endpoint.clone());
+        endpoint
     }
 
     fn endpoint_with(&self, name: &str, key: &str, value: &str) -> Endpoint {
@@ -161,6 +182,9 @@ impl Ctx {
 
 impl Drop for Ctx {
     fn drop(&mut self) {
+        for endpoint in self.made.borrow().iter() {
+            let _ = self.transport.destroy(endpoint);
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -614,6 +638,92 @@ fn server_dies_during_request(ctx: &Ctx) -> Outcome {
     }
 }
 
+fn durable_messages_wait_for_a_receiver(ctx: &Ctx) -> Outcome {
+    let url = ctx.endpoint("waiting");
+    Child::spawn("send", &[url.to_string(), "4".into(), "5".into()]).finish()?;
+    let mut server = ipckit::listen(&url)?;
+    for seq in 0..5 {
+        ensure!(
+            parse_numbered(recv(&mut server)?.payload())? == (4, seq),
+            "message {seq} did not wait for the receiver"
+        );
+    }
+    Ok(())
+}
+
+/// A durable transport's `send` means "stored": a receiver killed mid-stream loses
+/// nothing; what it did not take, the next receiver gets.
+fn receiver_killed_loses_nothing_sent(ctx: &Ctx) -> Outcome {
+    let url = ctx.endpoint("durable");
+    let mut first = Child::spawn("print", &[url.to_string()]);
+    first.ready()?;
+    let client = ipckit::connect(&url)?;
+    // Within what one queue holds, so no send waits for the second receiver.
+    let total = 12;
+    let mut received = Vec::new();
+    for seq in 0..total {
+        client.send(format!("durable {seq}").as_bytes())?;
+        if seq == 4 {
+            // Wait until the receiver has taken some, then kill it mid-stream.
+            for _ in 0..3 {
+                received.push(first.line()?);
+            }
+            first.kill();
+        }
+    }
+    // What the first receiver printed before it died counts as received.
+    while let Ok(line) = first.lines.try_recv() {
+        received.push(line);
+    }
+    let mut second = ipckit::listen(&url)?;
+    while let Some(message) = second.recv_timeout(Duration::from_millis(500))? {
+        received.push(format!(
+            "msg {}",
+            String::from_utf8_lossy(message.payload())
+        ));
+    }
+    let lost: Vec<_> = (0..total)
+        .filter(|seq| !received.contains(&format!("msg durable {seq}")))
+        .collect();
+    ensure!(lost.is_empty(), "messages lost with the receiver: {lost:?}");
+    Ok(())
+}
+
+/// A queue that nobody empties fills up; then a send waits for its timeout and fails
+/// with `Full`, having sent nothing.
+fn full_queue_waits_then_fails(ctx: &Ctx) -> Outcome {
+    let url = ctx.endpoint_with("full", "send_timeout_ms", "200");
+    let client = ipckit::connect(&url)?;
+    let mut stored = 0u32;
+    let full = loop {
+        match client.send(&numbered(0, stored, 8)) {
+            Ok(()) => stored += 1,
+            Err(e) => break e,
+        }
+        ensure!(stored < 100_000, "the queue never filled");
+    };
+    ensure!(
+        matches!(full, Error::Full { .. }),
+        "a full queue gave {full:?}"
+    );
+    ensure!(
+        full.to_string().contains(&url.to_string()),
+        "the error does not name the endpoint: {full}"
+    );
+    let mut server = ipckit::listen(&url)?;
+    for seq in 0..stored {
+        ensure!(
+            parse_numbered(recv(&mut server)?.payload())? == (0, seq),
+            "stored message {seq} is missing"
+        );
+    }
+    ensure!(
+        server.recv_timeout(Duration::from_millis(100))?.is_none(),
+        "the refused message was stored"
+    );
+    Ok(())
+}
+
 fn send_fails_once_receiver_killed(ctx: &Ctx) -> Outcome {
     let mut server = Child::spawn("print", &[ctx.endpoint("killed").to_string()]);
     let url = server.ready()?;
@@ -656,12 +766,16 @@ fn spawn_serves_and_stops_on_drop(ctx: &Ctx) -> Outcome {
     }
     ensure!(rx.recv_timeout(PATIENCE).is_ok(), "the handler never ran");
     drop(guard);
-    let mut child = Child::spawn("connect", std::slice::from_ref(&url));
-    let line = child.line()?;
-    ensure!(
-        line == format!("NotFound {url}"),
-        "after the guard was dropped, connecting said: {line}"
-    );
+    if !ctx.transport.capabilities(&url.parse()?).durable {
+        let mut child = Child::spawn("connect", std::slice::from_ref(&url));
+        let line = child.line()?;
+        ensure!(
+            line == format!("NotFound {url}"),
+            "after the guard was dropped, connecting said: {line}"
+        );
+    }
+    // Stopped and cleaned up: the endpoint is free for the next server.
+    ipckit::listen(url.as_str())?;
     Ok(())
 }
 
@@ -967,7 +1081,8 @@ mod peer {
             "send" => {
                 let client = ipckit::connect(url)?;
                 for seq in 0..num(3) as u32 {
-                    client.send(&numbered(num(2) as u32, seq, size_for(seq)))?;
+                    let size = size_for(seq).min(client.max_message());
+                    client.send(&numbered(num(2) as u32, seq, size))?;
                 }
             }
             "send-sizes" => {

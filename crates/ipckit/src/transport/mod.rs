@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::message::Message;
 
 mod datagram;
+pub mod mq;
 mod socket_file;
 mod stream;
 pub mod tcp;
@@ -97,7 +98,13 @@ pub trait Listener: Send {
     fn endpoint(&self) -> &Endpoint;
 }
 
-static ALL: [&dyn Transport; 4] = [&uds::Uds, &tcp::Tcp, &udp::Udp, &unixgram::Unixgram];
+static ALL: [&dyn Transport; 5] = [
+    &uds::Uds,
+    &tcp::Tcp,
+    &udp::Udp,
+    &unixgram::Unixgram,
+    &mq::Mq,
+];
 
 /// Every registered transport.
 pub fn all() -> &'static [&'static dyn Transport] {

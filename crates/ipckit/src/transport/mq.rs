@@ -1,0 +1,745 @@
+//! `mq`: POSIX message queues (`mq://app` is the queue `/app`), the article's Message
+//! Queuing.
+//!
+//! The queue is created by whoever opens it first, client or server, as the article's
+//! client does; messages sent while no receiver runs wait in it and are received when one
+//! starts, until the queue is removed ([`Transport::destroy`]) or the machine restarts.
+//! One-way messages are the payload exactly as sent, so a program that calls `mq_send`
+//! itself is heard by `ipckit listen mq://NAME`, in priority order (`?priority=` sets
+//! ipckit's).
+//!
+//! Limits are the kernel's: a message may be at most fs.mqueue.msgsize_max bytes and a
+//! queue holds fs.mqueue.msg_max of them (/proc/sys/fs/mqueue/; 8192 and 10 by default).
+//! A full queue makes a send wait, up to `?send_timeout_ms=` (10 s), then fail with
+//! [`Error::Full`].
+//!
+//! One receiver per queue: a server holds an abstract socket named after the queue as its
+//! lock, which the kernel removes with the process, so a crashed server never blocks the
+//! next one.
+//!
+//! Requests carry a header naming a reply queue the client created (see
+//! docs/PROTOCOL.md); the server answers into it. A client keeps a pool of reply queues,
+//! one per request in flight, and removes them when dropped. Queues of clients that
+//! crashed are removed by the next server to start, where the mqueue filesystem is
+//! mounted at /dev/mqueue to list them.
+//!
+//! What a successful `send` promises: the message is in the kernel's queue. It survives
+//! the receiver's death and waits for the next receiver.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::errno::Errno;
+use nix::mqueue::{MQ_OFlag, MqAttr, MqdT};
+use nix::sys::stat::Mode;
+use rustix::event::PollFlags;
+
+use super::{Capabilities, Connection, Listener, Transport};
+use crate::endpoint::{Address, Endpoint};
+use crate::error::{Error, Result};
+use crate::message::{Message, Peer, ReplySink, ReplyTo};
+use crate::sys::wait_ready;
+
+/// The first bytes of a request: a one-way message cannot start with them.
+const REQUEST_MAGIC: &[u8; 8] = b"\0IPCKRQ1";
+/// A reply's first byte.
+const REPLY_OK: u8 = 0;
+const REPLY_REFUSED: u8 = 1;
+/// How long a reply may wait for room in a reply queue.
+const REPLY_SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Reply queues a server keeps open.
+const OPEN_REPLY_QUEUES: usize = 64;
+
+/// The `mq` transport.
+pub struct Mq;
+
+/// An open queue, closed when dropped: nix's `MqdT` leaves that to its owner.
+struct Queue(Option<MqdT>);
+
+impl std::ops::Deref for Queue {
+    type Target = MqdT;
+    fn deref(&self) -> &MqdT {
+        self.0.as_ref().expect("open until dropped")
+    }
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        if let Some(queue) = self.0.take() {
+            let _ = nix::mqueue::mq_close(queue);
+        }
+    }
+}
+
+/// The kernel's limits on queues, from /proc/sys/fs/mqueue.
+fn kernel_limit(name: &str, default: usize) -> usize {
+    std::fs::read_to_string(format!("/proc/sys/fs/mqueue/{name}"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+/// The largest message for `endpoint`, and which limit that is.
+fn max_message(endpoint: &Endpoint) -> (usize, String) {
+    let kernel = kernel_limit("msgsize_max", 8192);
+    if endpoint.max_message() < kernel {
+        (endpoint.max_message(), "this endpoint's max_message".into())
+    } else {
+        (
+            kernel,
+            "fs.mqueue.msgsize_max (/proc/sys/fs/mqueue/msgsize_max)".into(),
+        )
+    }
+}
+
+fn queue_name(endpoint: &Endpoint) -> String {
+    match endpoint.address() {
+        Address::Mq(name) => format!("/{name}"),
+        _ => unreachable!("the registry hands mq endpoints only to mq"),
+    }
+}
+
+fn mq_error(endpoint: &Endpoint, op: &'static str, errno: Errno) -> Error {
+    let io = std::io::Error::from_raw_os_error(errno as i32);
+    match errno {
+        Errno::EMFILE | Errno::ENOMEM => Error::Io {
+            endpoint: endpoint.to_string(),
+            op,
+            source: std::io::Error::new(
+                io.kind(),
+                format!("{io}; the user's queues may have reached RLIMIT_MSGQUEUE (ulimit -q)"),
+            ),
+        },
+        _ => Error::io(endpoint, op, io),
+    }
+}
+
+/// Opens (creating when missing) a queue holding `maxmsg` messages of `msgsize` bytes.
+fn open_queue(
+    endpoint: &Endpoint,
+    name: &str,
+    flags: MQ_OFlag,
+    (maxmsg, msgsize): (usize, usize),
+) -> Result<Queue> {
+    let attr = MqAttr::new(0, maxmsg as _, msgsize as _, 0);
+    let mode = Mode::from_bits_truncate(endpoint.mode() as _);
+    nix::mqueue::mq_open(
+        name,
+        flags | MQ_OFlag::O_CREAT | MQ_OFlag::O_CLOEXEC,
+        mode,
+        Some(&attr),
+    )
+    .map(|queue| Queue(Some(queue)))
+    .map_err(|e| mq_error(endpoint, "opening the queue", e))
+}
+
+/// The message size of an open queue: the creator's, whatever this side asked for.
+fn msgsize(endpoint: &Endpoint, queue: &MqdT) -> Result<usize> {
+    let attr = nix::mqueue::mq_getattr(queue)
+        .map_err(|e| mq_error(endpoint, "reading the queue's size", e))?;
+    Ok(attr.msgsize() as usize)
+}
+
+/// Sends on a non-blocking queue, waiting for room until `patience` runs out.
+fn put(
+    endpoint: &Endpoint,
+    queue: &MqdT,
+    message: &[u8],
+    priority: u32,
+    patience: Duration,
+) -> Result<()> {
+    let mut deadline = None;
+    loop {
+        match nix::mqueue::mq_send(queue, message, priority) {
+            Ok(()) => return Ok(()),
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => {
+                let deadline = *deadline.get_or_insert_with(|| Instant::now() + patience);
+                let room = wait_ready(queue.as_fd(), PollFlags::OUT, Some(deadline))
+                    .map_err(|e| Error::io(endpoint, "waiting for room in the queue", e))?;
+                if !room {
+                    return Err(Error::Full {
+                        endpoint: endpoint.to_string(),
+                        after: patience,
+                    });
+                }
+            }
+            Err(e) => return Err(mq_error(endpoint, "sending", e)),
+        }
+    }
+}
+
+impl Transport for Mq {
+    fn scheme(&self) -> &'static str {
+        "mq"
+    }
+
+    fn summary(&self) -> &'static str {
+        "POSIX message queues, durable"
+    }
+
+    fn capabilities(&self, endpoint: &Endpoint) -> Capabilities {
+        Capabilities {
+            duplex: true,
+            reliable: true,
+            ordered: true,
+            durable: true,
+            broadcast: false,
+            connection: false,
+            max_message: max_message(endpoint).0,
+            peer_credentials: false,
+            zero_copy: false,
+        }
+    }
+
+    fn scratch_endpoint(&self, _dir: &Path, name: &str) -> Endpoint {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let unique = format!(
+            "ipckit-{}-{}-{name}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        Address::Mq(unique).into()
+    }
+
+    fn connect(&self, endpoint: &Endpoint) -> Result<Box<dyn Connection>> {
+        let (max, limit) = max_message(endpoint);
+        let queue = open_queue(
+            endpoint,
+            &queue_name(endpoint),
+            MQ_OFlag::O_WRONLY | MQ_OFlag::O_NONBLOCK,
+            (kernel_limit("msg_max", 10), max),
+        )?;
+        // The queue may have been created before, with a smaller size.
+        let max = max.min(msgsize(endpoint, &queue)?);
+        Ok(Box::new(MqConnection {
+            endpoint: endpoint.clone(),
+            url: endpoint.to_string(),
+            queue,
+            max,
+            limit,
+            replies: Mutex::new(Vec::new()),
+        }))
+    }
+
+    fn listen(&self, endpoint: &Endpoint) -> Result<Box<dyn Listener>> {
+        let name = queue_name(endpoint);
+        let lock = hold_receiver_lock(endpoint, &name)?;
+        reclaim_reply_queues(&name);
+        let (max, _) = max_message(endpoint);
+        let queue = open_queue(
+            endpoint,
+            &name,
+            MQ_OFlag::O_RDONLY,
+            (kernel_limit("msg_max", 10), max),
+        )?;
+        let size = msgsize(endpoint, &queue)?;
+        let waker = Waker {
+            queue: open_queue(
+                endpoint,
+                &name,
+                MQ_OFlag::O_WRONLY | MQ_OFlag::O_NONBLOCK,
+                (kernel_limit("msg_max", 10), max),
+            )?,
+            stop: AtomicBool::new(false),
+            in_queue: Default::default(),
+        };
+        Ok(Box::new(MqListener {
+            url: endpoint.to_string().into(),
+            reply_prefix: format!("{name}.r."),
+            endpoint: endpoint.clone(),
+            queue,
+            buf: vec![0; size],
+            waker: Arc::new(waker),
+            replies: Arc::new(Mutex::new(Vec::new())),
+            last_sink: None,
+            anonymous: Arc::new(Peer::default()),
+            _lock: lock,
+        }))
+    }
+
+    fn destroy(&self, endpoint: &Endpoint) -> Result<()> {
+        match nix::mqueue::mq_unlink(queue_name(endpoint).as_str()) {
+            Ok(()) | Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(mq_error(endpoint, "removing the queue", e)),
+        }
+    }
+}
+
+/// Binds the abstract socket that marks `name` as having a receiver.
+fn hold_receiver_lock(endpoint: &Endpoint, name: &str) -> Result<OwnedFd> {
+    let fd = rustix::net::socket_with(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::DGRAM,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|e| Error::io(endpoint, "creating the receiver lock", e.into()))?;
+    let addr =
+        rustix::net::SocketAddrUnix::new_abstract_name(format!("ipckit.mq{name}").as_bytes())
+            .map_err(|e| Error::io(endpoint, "naming the receiver lock", e.into()))?;
+    match rustix::net::bind(&fd, &addr) {
+        Ok(()) => Ok(fd),
+        Err(rustix::io::Errno::ADDRINUSE) => Err(Error::AddrInUse {
+            endpoint: endpoint.to_string(),
+            detail: "another receiver is reading this queue".into(),
+        }),
+        Err(e) => Err(Error::io(endpoint, "taking the receiver lock", e.into())),
+    }
+}
+
+/// Removes the reply queues of clients that died, when /dev/mqueue shows them.
+fn reclaim_reply_queues(name: &str) {
+    let Ok(entries) = std::fs::read_dir("/dev/mqueue") else {
+        return;
+    };
+    let prefix = format!("{}.r.", &name[1..]);
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(rest) = file.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('.').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        let alive = rustix::process::Pid::from_raw(pid)
+            .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok());
+        if !alive {
+            log::info!(
+                "mq:/{}: removing the reply queue of a client that is gone",
+                file.to_string_lossy()
+            );
+            let _ = nix::mqueue::mq_unlink(format!("/{}", file.to_string_lossy()).as_str());
+        }
+    }
+}
+
+/// A client's queue for the reply to one request at a time.
+struct ReplyQueue {
+    name: String,
+    queue: Queue,
+    buf: Vec<u8>,
+    /// The request being sent, kept to reuse its allocation.
+    request: Vec<u8>,
+}
+
+impl Drop for ReplyQueue {
+    fn drop(&mut self) {
+        let _ = nix::mqueue::mq_unlink(self.name.as_str());
+    }
+}
+
+struct MqConnection {
+    endpoint: Endpoint,
+    url: String,
+    queue: Queue,
+    max: usize,
+    limit: String,
+    replies: Mutex<Vec<ReplyQueue>>,
+}
+
+impl MqConnection {
+    fn too_large(&self, size: usize, max: usize) -> Error {
+        Error::MessageTooLarge {
+            endpoint: self.url.clone(),
+            size,
+            max,
+            limit: self.limit.clone(),
+        }
+    }
+
+    fn new_reply_queue(&self) -> Result<ReplyQueue> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let name = format!(
+            "{}.r.{}.{}",
+            queue_name(&self.endpoint),
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let queue = open_queue(
+            &self.endpoint,
+            &name,
+            MQ_OFlag::O_RDONLY | MQ_OFlag::O_EXCL,
+            (1, self.max),
+        )?;
+        let size = msgsize(&self.endpoint, &queue)?;
+        Ok(ReplyQueue {
+            name,
+            queue,
+            buf: vec![0; size],
+            request: Vec::new(),
+        })
+    }
+
+    fn exchange(
+        &self,
+        reply: &mut ReplyQueue,
+        request: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>> {
+        put(
+            &self.endpoint,
+            &self.queue,
+            request,
+            self.endpoint.priority(),
+            self.endpoint.send_timeout(),
+        )?;
+        // mq_timedreceive takes a CLOCK_REALTIME deadline.
+        let deadline = SystemTime::now() + timeout;
+        let since_epoch = deadline
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let abstime = nix::sys::time::TimeSpec::from_duration(since_epoch);
+        loop {
+            let mut priority = 0;
+            match nix::mqueue::mq_timedreceive(
+                &reply.queue,
+                &mut reply.buf,
+                &mut priority,
+                &abstime,
+            ) {
+                Ok(0) => {
+                    return Err(Error::Protocol {
+                        endpoint: self.url.clone(),
+                        reason: "an empty reply, without its status byte".into(),
+                    });
+                }
+                Ok(n) if reply.buf[0] == REPLY_OK => return Ok(reply.buf[1..n].to_vec()),
+                Ok(n) => {
+                    return Err(Error::Remote {
+                        endpoint: self.url.clone(),
+                        reason: String::from_utf8_lossy(&reply.buf[1..n]).into_owned(),
+                    });
+                }
+                Err(Errno::EINTR) => {}
+                Err(Errno::ETIMEDOUT) => {
+                    return Err(Error::Timeout {
+                        endpoint: self.url.clone(),
+                        after: timeout,
+                    });
+                }
+                Err(e) => return Err(mq_error(&self.endpoint, "receiving the reply", e)),
+            }
+        }
+    }
+}
+
+impl Connection for MqConnection {
+    fn send(&self, payload: &[u8]) -> Result<()> {
+        if payload.len() > self.max {
+            return Err(self.too_large(payload.len(), self.max));
+        }
+        if payload.starts_with(REQUEST_MAGIC) || payload == WAKE {
+            return Err(Error::Unsupported {
+                endpoint: self.url.clone(),
+                what: "a one-way message cannot start with the bytes that mark ipckit's own messages (\\0IPCK)".into(),
+            });
+        }
+        put(
+            &self.endpoint,
+            &self.queue,
+            payload,
+            self.endpoint.priority(),
+            self.endpoint.send_timeout(),
+        )
+    }
+
+    fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
+        let pooled = self.replies.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut reply = match pooled {
+            Some(reply) => reply,
+            None => self.new_reply_queue()?,
+        };
+        let header = REQUEST_MAGIC.len() + 1 + reply.name.len();
+        if header + payload.len() > self.max {
+            return Err(self.too_large(payload.len(), self.max.saturating_sub(header)));
+        }
+        let mut request = std::mem::take(&mut reply.request);
+        request.clear();
+        request.extend_from_slice(REQUEST_MAGIC);
+        request.push(reply.name.len() as u8);
+        request.extend_from_slice(reply.name.as_bytes());
+        request.extend_from_slice(payload);
+        let answer = self.exchange(&mut reply, &request, timeout);
+        reply.request = request;
+        let answer = answer?;
+        // Only a queue whose exchange completed goes back: a late reply may still come
+        // to one whose request timed out.
+        self.replies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(reply);
+        Ok(answer)
+    }
+
+    fn max_message(&self) -> usize {
+        self.max
+    }
+
+    fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+}
+
+/// Reply queues a server has open, most recently used last.
+type OpenReplies = Arc<Mutex<Vec<(String, Arc<(Queue, usize)>)>>>;
+
+struct MqReplySink {
+    endpoint: Endpoint,
+    name: String,
+    open: OpenReplies,
+    /// The reply queue once opened, so later replies through this sink skip the lookup.
+    queue: std::sync::OnceLock<Arc<(Queue, usize)>>,
+}
+
+impl MqReplySink {
+    fn reply_queue(&self) -> Result<Arc<(Queue, usize)>> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(at) = open.iter().position(|(n, _)| *n == self.name) {
+            let entry = open.remove(at);
+            let queue = entry.1.clone();
+            open.push(entry);
+            return Ok(queue);
+        }
+        // Never O_CREAT: a reply queue that is gone means its client is gone.
+        let queue = nix::mqueue::mq_open(
+            self.name.as_str(),
+            MQ_OFlag::O_WRONLY | MQ_OFlag::O_NONBLOCK | MQ_OFlag::O_CLOEXEC,
+            Mode::empty(),
+            None,
+        )
+        .map(|queue| Queue(Some(queue)))
+        .map_err(|e| Error::Disconnected {
+            endpoint: self.endpoint.to_string(),
+            detail: format!(
+                "opening the reply queue {}: {e}; the requester has gone",
+                self.name
+            ),
+        })?;
+        let size = msgsize(&self.endpoint, &queue)?;
+        let queue = Arc::new((queue, size));
+        if open.len() == OPEN_REPLY_QUEUES {
+            open.remove(0);
+        }
+        open.push((self.name.clone(), queue.clone()));
+        Ok(queue)
+    }
+}
+
+impl ReplySink for MqReplySink {
+    fn send_reply(&self, _id: u64, payload: &[u8], ok: bool) -> Result<()> {
+        let queue = match self.queue.get() {
+            Some(queue) => queue.clone(),
+            None => {
+                let queue = self.reply_queue()?;
+                let _ = self.queue.set(queue.clone());
+                queue
+            }
+        };
+        let (queue, size) = (&queue.0, queue.1);
+        let max = size.saturating_sub(1);
+        let payload = match (ok, payload.len() > max) {
+            (true, true) => {
+                return Err(Error::MessageTooLarge {
+                    endpoint: self.endpoint.to_string(),
+                    size: payload.len(),
+                    max,
+                    limit: "the requester's reply queue".into(),
+                });
+            }
+            (false, true) => &payload[..max],
+            _ => payload,
+        };
+        let status = if ok { REPLY_OK } else { REPLY_REFUSED };
+        // A small reply is assembled on the stack; a queue takes one contiguous buffer.
+        let mut small = [0u8; 512];
+        let mut large = Vec::new();
+        let reply = if payload.len() < small.len() {
+            small[0] = status;
+            small[1..=payload.len()].copy_from_slice(payload);
+            &small[..=payload.len()]
+        } else {
+            large.push(status);
+            large.extend_from_slice(payload);
+            &large[..]
+        };
+        put(&self.endpoint, queue, reply, 0, REPLY_SEND_TIMEOUT)
+    }
+}
+
+/// The message a waker puts in the queue, at the highest priority so that it is taken
+/// before anything else; receivers skip it.
+const WAKE: &[u8; 10] = b"\0IPCKWAKE1";
+const WAKE_PRIORITY: u32 = 32767;
+
+/// How a blocked `recv` is ended: a [`WAKE`] message when the queue has room, a flag
+/// when it has none (then the server is busy and sees the flag before it blocks again).
+struct Waker {
+    queue: Queue,
+    stop: AtomicBool,
+    /// Wake messages sent and not yet taken; the listener removes them when dropped.
+    in_queue: std::sync::atomic::AtomicUsize,
+}
+
+struct MqListener {
+    endpoint: Endpoint,
+    url: Arc<str>,
+    /// Reply queues of this endpoint's clients start with this.
+    reply_prefix: String,
+    queue: Queue,
+    buf: Vec<u8>,
+    waker: Arc<Waker>,
+    replies: OpenReplies,
+    /// The sink of the last request, reused while requests come from the same queue.
+    last_sink: Option<Arc<MqReplySink>>,
+    /// A queue says nothing about senders: every message has this same nobody.
+    anonymous: Arc<Peer>,
+    _lock: OwnedFd,
+}
+
+impl MqListener {
+    /// Splits a request into its reply queue's name and its payload; `None` for a
+    /// one-way message.
+    fn parse_request<'a>(
+        &self,
+        message: &'a [u8],
+    ) -> std::result::Result<Option<(&'a str, &'a [u8])>, String> {
+        let Some(rest) = message.strip_prefix(REQUEST_MAGIC) else {
+            return Ok(None);
+        };
+        let (&len, rest) = rest
+            .split_first()
+            .ok_or("a request without its reply queue")?;
+        let len = len as usize;
+        if rest.len() < len {
+            return Err("a request cut short in its reply queue's name".into());
+        }
+        let name = std::str::from_utf8(&rest[..len])
+            .map_err(|_| "a reply queue name that is not UTF-8")?;
+        // Only this endpoint's reply queues: a sender must not make the server write into
+        // any queue it can name.
+        let valid = name
+            .strip_prefix(&self.reply_prefix)
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit() || b == b'.'));
+        if !valid {
+            return Err(format!(
+                "a reply queue '{name}' that is not this endpoint's"
+            ));
+        }
+        Ok(Some((name, &rest[len..])))
+    }
+
+    fn sink_for(&mut self, name: &str) -> Arc<MqReplySink> {
+        match &self.last_sink {
+            Some(sink) if sink.name == name => sink.clone(),
+            _ => {
+                let sink = Arc::new(MqReplySink {
+                    endpoint: self.endpoint.clone(),
+                    name: name.to_owned(),
+                    open: self.replies.clone(),
+                    queue: Default::default(),
+                });
+                self.last_sink = Some(sink.clone());
+                sink
+            }
+        }
+    }
+
+    /// One blocking receive, until `deadline`; `None` when it passed.
+    fn receive(&mut self, deadline: Option<Instant>) -> Result<Option<usize>> {
+        let mut priority = 0;
+        let received = match deadline {
+            None => nix::mqueue::mq_receive(&self.queue, &mut self.buf, &mut priority),
+            Some(deadline) => {
+                // mq_timedreceive takes a CLOCK_REALTIME deadline.
+                let left = deadline.saturating_duration_since(Instant::now());
+                let at = SystemTime::now() + left;
+                let since_epoch = at
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default();
+                let abstime = nix::sys::time::TimeSpec::from_duration(since_epoch);
+                nix::mqueue::mq_timedreceive(&self.queue, &mut self.buf, &mut priority, &abstime)
+            }
+        };
+        match received {
+            Ok(n) => Ok(Some(n)),
+            Err(Errno::ETIMEDOUT) => Ok(None),
+            Err(Errno::EINTR) => Ok(Some(usize::MAX)),
+            Err(e) => Err(mq_error(&self.endpoint, "receiving", e)),
+        }
+    }
+}
+
+impl Listener for MqListener {
+    fn recv(&mut self, deadline: Option<Instant>) -> Result<Option<Message>> {
+        loop {
+            if self.waker.stop.swap(false, Ordering::AcqRel) {
+                return Ok(None);
+            }
+            let n = match self.receive(deadline)? {
+                None => return Ok(None),
+                Some(usize::MAX) => continue, // interrupted
+                Some(n) => n,
+            };
+            let message = &self.buf[..n];
+            if message == WAKE {
+                self.waker.in_queue.fetch_sub(1, Ordering::AcqRel);
+                return Ok(None);
+            }
+            let (reply_name, payload) = match self.parse_request(message) {
+                Ok(None) => (None, message),
+                Ok(Some((name, payload))) => (Some(name.to_owned()), payload),
+                Err(reason) => {
+                    log::warn!("{}: dropped a malformed request: {reason}", self.url);
+                    continue;
+                }
+            };
+            let payload = payload.to_vec();
+            let reply_to = reply_name.map(|name| ReplyTo::new(self.sink_for(&name), 0));
+            let peer = self.anonymous.clone();
+            return Ok(Some(Message::new(
+                payload,
+                peer,
+                reply_to,
+                self.url.clone(),
+            )));
+        }
+    }
+
+    fn waker(&self) -> Arc<dyn Fn() + Send + Sync> {
+        let waker = self.waker.clone();
+        Arc::new(
+            move || match nix::mqueue::mq_send(&waker.queue, WAKE, WAKE_PRIORITY) {
+                Ok(()) => {
+                    waker.in_queue.fetch_add(1, Ordering::AcqRel);
+                }
+                Err(_) => waker.stop.store(true, Ordering::Release),
+            },
+        )
+    }
+
+    fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+}
+
+impl Drop for MqListener {
+    fn drop(&mut self) {
+        // The queue outlives the server: take back the wake messages nobody received, so
+        // the next receiver does not find them. They have the highest priority, so they
+        // are at the head of the queue.
+        let past = nix::sys::time::TimeSpec::new(0, 0);
+        while self.waker.in_queue.load(Ordering::Acquire) > 0 {
+            let mut priority = 0;
+            match nix::mqueue::mq_timedreceive(&self.queue, &mut self.buf, &mut priority, &past) {
+                Ok(_) => {
+                    self.waker.in_queue.fetch_sub(1, Ordering::AcqRel);
+                }
+                Err(_) => break,
+            }
+        }
+    }
+}
