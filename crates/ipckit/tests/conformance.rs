@@ -456,11 +456,21 @@ fn empty_and_maximum_size(ctx: &Ctx) -> Outcome {
 fn oversized_refused_before_sending(ctx: &Ctx) -> Outcome {
     let mut server = ipckit::listen(ctx.endpoint("oversize"))?;
     let too_big = server.capabilities().max_message + 1;
-    let sender = Child::spawn(
-        "send-oversized",
-        &[server.endpoint().to_string(), too_big.to_string()],
-    );
-    let message = recv(&mut server)?;
+    refused_then_after(&mut server, too_big)
+}
+
+fn server_limit_learned_in_handshake(ctx: &Ctx) -> Outcome {
+    // The server's limit is smaller than the client's own: the client must learn it.
+    let mut server = ipckit::listen(ctx.endpoint_with("learned", "max_message", "4096"))?;
+    refused_then_after(&mut server, 4097)
+}
+
+/// A peer sends `size` bytes, which must be refused before anything is written, then
+/// "after", which must be the only thing the server receives.
+fn refused_then_after(server: &mut ipckit::Server, size: usize) -> Outcome {
+    let args = [server.endpoint().to_string(), size.to_string()];
+    let sender = Child::spawn("send-oversized", &args);
+    let message = recv(server)?;
     ensure!(
         message.payload() == b"after",
         "first message was {} bytes, not 'after'",
@@ -471,23 +481,6 @@ fn oversized_refused_before_sending(ctx: &Ctx) -> Outcome {
         server.recv_timeout(Duration::from_millis(200))?.is_none(),
         "an extra message arrived"
     );
-    Ok(())
-}
-
-fn server_limit_learned_in_handshake(ctx: &Ctx) -> Outcome {
-    // The server's limit is smaller than the client's own: the client must learn it.
-    let mut server = ipckit::listen(ctx.endpoint_with("learned", "max_message", "4096"))?;
-    let sender = Child::spawn(
-        "send-oversized",
-        &[server.endpoint().to_string(), "4097".into()],
-    );
-    let message = recv(&mut server)?;
-    ensure!(
-        message.payload() == b"after",
-        "first message was {} bytes, not 'after'",
-        message.payload().len()
-    );
-    sender.finish()?;
     Ok(())
 }
 

@@ -22,6 +22,7 @@ use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendFlag
 
 use super::Connection;
 use super::Listener;
+use super::pool::Pool;
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
 use crate::message::{Message, Peer, ReplySink, ReplyTo};
@@ -54,7 +55,7 @@ pub(super) struct DatagramConnection {
     limit: String,
     /// One-way messages leave here; replaced when the server it was connected to is gone.
     sender: Mutex<OwnedFd>,
-    pool: Mutex<Vec<RequestSocket>>,
+    pool: Pool<RequestSocket>,
 }
 
 impl DatagramConnection {
@@ -70,7 +71,7 @@ impl DatagramConnection {
             family,
             max,
             limit,
-            pool: Mutex::new(Vec::new()),
+            pool: Pool::new(),
         })
     }
 
@@ -145,24 +146,17 @@ impl Connection for DatagramConnection {
 
     fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
         self.check_size(payload)?;
-        let pooled = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let mut socket = match pooled {
-            Some(socket) => socket,
-            None => RequestSocket {
-                fd: self.family.client_socket(&self.endpoint)?,
-                timeout: ReceiveTimeout::default(),
-                // One byte more than the limit tells an oversized reply from a full one.
-                buf: vec![0; self.max + 1],
+        self.pool.with(
+            || {
+                Ok(RequestSocket {
+                    fd: self.family.client_socket(&self.endpoint)?,
+                    timeout: ReceiveTimeout::default(),
+                    // One byte more than the limit tells an oversized reply from a full one.
+                    buf: vec![0; self.max + 1],
+                })
             },
-        };
-        let reply = self.request_on(&mut socket, payload, timeout)?;
-        // Only a socket whose exchange completed goes back: after a timeout, a late
-        // reply may still be on its way to it.
-        self.pool
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(socket);
-        Ok(reply)
+            |socket| self.request_on(socket, payload, timeout),
+        )
     }
 
     fn max_message(&self) -> usize {

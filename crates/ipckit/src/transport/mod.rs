@@ -13,6 +13,7 @@ use crate::message::Message;
 
 mod datagram;
 pub mod mq;
+mod pool;
 mod socket_file;
 mod stream;
 pub mod tcp;

@@ -37,6 +37,7 @@ use nix::mqueue::{MQ_OFlag, MqAttr, MqdT};
 use nix::sys::stat::Mode;
 use rustix::event::PollFlags;
 
+use super::pool::Pool;
 use super::{Capabilities, Connection, Listener, Transport};
 use crate::endpoint::{Address, Endpoint};
 use crate::error::{Error, Result};
@@ -221,7 +222,7 @@ impl Transport for Mq {
             queue,
             max,
             limit,
-            replies: Mutex::new(Vec::new()),
+            replies: Pool::new(),
         }))
     }
 
@@ -338,7 +339,7 @@ struct MqConnection {
     queue: Queue,
     max: usize,
     limit: String,
-    replies: Mutex<Vec<ReplyQueue>>,
+    replies: Pool<ReplyQueue>,
 }
 
 impl MqConnection {
@@ -349,6 +350,17 @@ impl MqConnection {
             max,
             limit: self.limit.clone(),
         }
+    }
+
+    /// Sends into the endpoint's queue with its priority and send timeout.
+    fn put(&self, message: &[u8]) -> Result<()> {
+        put(
+            &self.endpoint,
+            &self.queue,
+            message,
+            self.endpoint.priority(),
+            self.endpoint.send_timeout(),
+        )
     }
 
     fn new_reply_queue(&self) -> Result<ReplyQueue> {
@@ -380,13 +392,7 @@ impl MqConnection {
         request: &[u8],
         timeout: Duration,
     ) -> Result<Vec<u8>> {
-        put(
-            &self.endpoint,
-            &self.queue,
-            request,
-            self.endpoint.priority(),
-            self.endpoint.send_timeout(),
-        )?;
+        self.put(request)?;
         // mq_timedreceive takes a CLOCK_REALTIME deadline.
         let deadline = SystemTime::now() + timeout;
         let since_epoch = deadline
@@ -438,41 +444,28 @@ impl Connection for MqConnection {
                 what: "a one-way message cannot start with the bytes that mark ipckit's own messages (\\0IPCK)".into(),
             });
         }
-        put(
-            &self.endpoint,
-            &self.queue,
-            payload,
-            self.endpoint.priority(),
-            self.endpoint.send_timeout(),
-        )
+        self.put(payload)
     }
 
     fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
-        let pooled = self.replies.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let mut reply = match pooled {
-            Some(reply) => reply,
-            None => self.new_reply_queue()?,
-        };
-        let header = REQUEST_MAGIC.len() + 1 + reply.name.len();
-        if header + payload.len() > self.max {
-            return Err(self.too_large(payload.len(), self.max.saturating_sub(header)));
-        }
-        let mut request = std::mem::take(&mut reply.request);
-        request.clear();
-        request.extend_from_slice(REQUEST_MAGIC);
-        request.push(reply.name.len() as u8);
-        request.extend_from_slice(reply.name.as_bytes());
-        request.extend_from_slice(payload);
-        let answer = self.exchange(&mut reply, &request, timeout);
-        reply.request = request;
-        let answer = answer?;
-        // Only a queue whose exchange completed goes back: a late reply may still come
-        // to one whose request timed out.
-        self.replies
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(reply);
-        Ok(answer)
+        self.replies.with(
+            || self.new_reply_queue(),
+            |reply| {
+                let header = REQUEST_MAGIC.len() + 1 + reply.name.len();
+                if header + payload.len() > self.max {
+                    return Err(self.too_large(payload.len(), self.max.saturating_sub(header)));
+                }
+                let mut request = std::mem::take(&mut reply.request);
+                request.clear();
+                request.extend_from_slice(REQUEST_MAGIC);
+                request.push(reply.name.len() as u8);
+                request.extend_from_slice(reply.name.as_bytes());
+                request.extend_from_slice(payload);
+                let answer = self.exchange(reply, &request, timeout);
+                reply.request = request;
+                answer
+            },
+        )
     }
 
     fn max_message(&self) -> usize {

@@ -1,0 +1,33 @@
+//! Resources a client keeps one of per request in flight (a datagram socket, a reply
+//! queue), where the transport has no correlation id to share one among requests.
+
+use std::sync::Mutex;
+
+use crate::error::Result;
+
+/// Lends one item per request: a lone caller reuses the same item, concurrent callers get
+/// one each. An item whose request failed is dropped rather than returned, since a late
+/// answer may still arrive at it and be taken for the next request's.
+pub(super) struct Pool<T>(Mutex<Vec<T>>);
+
+impl<T> Pool<T> {
+    pub(super) fn new() -> Pool<T> {
+        Pool(Mutex::new(Vec::new()))
+    }
+
+    /// Runs `exchange` on a pooled item, or on a new one from `make`.
+    pub(super) fn with<R>(
+        &self,
+        make: impl FnOnce() -> Result<T>,
+        exchange: impl FnOnce(&mut T) -> Result<R>,
+    ) -> Result<R> {
+        let pooled = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut item = match pooled {
+            Some(item) => item,
+            None => make()?,
+        };
+        let answer = exchange(&mut item)?;
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(item);
+        Ok(answer)
+    }
+}
