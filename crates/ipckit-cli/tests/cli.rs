@@ -479,3 +479,32 @@ fn mq_request_and_reply_through_the_cli() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(stdout(&out), "queued\n");
 }
+
+/// Bytes written into a FIFO by a program that is not ipckit are skipped with a warning;
+/// the messages after them arrive whole.
+#[test]
+fn foreign_bytes_in_a_fifo_are_skipped() {
+    let dir = Scratch::new("fifo-foreign");
+    let path = dir.sock("app.fifo");
+    let url = format!("fifo://{path}");
+    let listener = Background::start(
+        IPCKIT,
+        &["listen", &url, "--count", "2", "--timeout", "20s"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ipckit(&["send", &url, "first"]).status.code() != Some(0) {
+        assert!(Instant::now() < deadline, "the listener never came up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A shell's echo into the pipe: not ipckit chunks.
+    let status = Command::new("sh")
+        .args(["-c", &format!("echo 'not a chunk at all' > {path}")])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(ipckit(&["send", &url, "second"]).status.success());
+    let out = listener.output();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout(&out), "first\nsecond\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("were not ipckit chunks"));
+}

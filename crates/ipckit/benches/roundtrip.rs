@@ -81,8 +81,33 @@ fn serve(kind: &str, address: &str) {
                 nix::mqueue::mq_send(&replies, &buf[..n], 0).unwrap();
             }
         }
+        "fifo" => {
+            let (requests, replies) = raw_fifos(address);
+            println!("{address}");
+            let (mut requests, mut replies) = (
+                std::fs::File::open(requests).unwrap(),
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(replies)
+                    .unwrap(),
+            );
+            while requests.read_exact(&mut buf).is_ok() && replies.write_all(&buf).is_ok() {}
+        }
         other => panic!("unknown peer {other}"),
     }
+}
+
+/// The two FIFOs of the hand-written ping-pong, made by whoever comes first.
+fn raw_fifos(address: &str) -> (String, String) {
+    let (requests, replies) = (format!("{address}.req"), format!("{address}.rep"));
+    for path in [&requests, &replies] {
+        let _ = rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            path.as_str(),
+            rustix::fs::Mode::from_raw_mode(0o600),
+        );
+    }
+    (requests, replies)
 }
 
 /// The two queues of the hand-written mq ping-pong: requests and replies.
@@ -177,6 +202,18 @@ fn raw_round_trip(kind: &str, address: &str) -> Box<dyn FnMut()> {
             Box::new(move || {
                 nix::mqueue::mq_send(&requests, &payload, 0).unwrap();
                 nix::mqueue::mq_receive(&replies, &mut buf, &mut 0).unwrap();
+            })
+        }
+        "fifo" => {
+            let (requests, replies) = raw_fifos(address);
+            let mut requests = std::fs::OpenOptions::new()
+                .write(true)
+                .open(requests)
+                .unwrap();
+            let mut replies = std::fs::File::open(replies).unwrap();
+            Box::new(move || {
+                requests.write_all(&payload).unwrap();
+                replies.read_exact(&mut buf).unwrap();
             })
         }
         other => panic!("no baseline for {other}"),

@@ -160,7 +160,8 @@ impl Param {
             ),
             Param::MaxMessage => true,
             Param::Public => matches!(scheme, "tcp" | "udp" | "ws"),
-            Param::Priority | Param::SendTimeoutMs => scheme == "mq",
+            Param::Priority => scheme == "mq",
+            Param::SendTimeoutMs => matches!(scheme, "mq" | "fifo"),
         }
     }
 
@@ -327,7 +328,7 @@ impl Endpoint {
             .unwrap_or(0)
     }
 
-    /// How long a send may wait for room in a full queue (`?send_timeout_ms=`); 10 s
+    /// How long a send may wait for room in a full queue or pipe (`?send_timeout_ms=`); 10 s
     /// unless set.
     pub fn send_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_millis(

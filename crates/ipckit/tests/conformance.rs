@@ -125,6 +125,9 @@ const CHECKS: &[Check] = checks![
     credentials => peer_credentials,
     reliable => peer_disconnects,
     reliable_transient => send_fails_once_receiver_killed,
+    reliable => many_writers_random_sizes,
+    reliable => writer_killed_mid_message,
+    reliable_transient => sigpipe_never_kills,
     durable => durable_messages_wait_for_a_receiver,
     durable => receiver_killed_loses_nothing_sent,
     durable => full_queue_waits_then_fails,
@@ -290,6 +293,14 @@ impl Child {
         Ok(url.parse().expect("the peer prints valid URLs"))
     }
 
+    /// Writes a line to the peer's stdin.
+    fn say(&mut self, line: &str) -> Outcome {
+        let stdin = self.stdin.as_mut().ok_or("the peer's stdin is closed")?;
+        writeln!(stdin, "{line}")?;
+        stdin.flush()?;
+        Ok(())
+    }
+
     fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
@@ -329,18 +340,32 @@ impl Drop for Child {
     }
 }
 
-/// A payload that says who sent it and in which order, padded to `size`.
+/// A payload that says who sent it, in which order and how long it is, padded to `size`
+/// (at least 12 bytes) with bytes that depend on all three. Built from a 4 KiB block, so
+/// that gigabytes of it are made and checked at memcpy speed.
 fn numbered(client: u32, seq: u32, size: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(size.max(8));
+    let size = size.max(12);
+    let mut out = Vec::with_capacity(size);
     out.extend_from_slice(&client.to_le_bytes());
     out.extend_from_slice(&seq.to_le_bytes());
-    out.extend((8..size).map(|i| (i as u32).wrapping_mul(31).wrapping_add(seq) as u8));
+    out.extend_from_slice(&(size as u32).to_le_bytes());
+    let salt = client
+        .wrapping_mul(7)
+        .wrapping_add(seq)
+        .wrapping_add(size as u32);
+    let block: Vec<u8> = (0..4096u32)
+        .map(|i| i.wrapping_mul(31).wrapping_add(salt) as u8)
+        .collect();
+    while out.len() < size {
+        let take = (size - out.len()).min(block.len());
+        out.extend_from_slice(&block[..take]);
+    }
     out
 }
 
 fn parse_numbered(payload: &[u8]) -> Result<(u32, u32), Failed> {
     ensure!(
-        payload.len() >= 8,
+        payload.len() >= 12,
         "a message of {} bytes is not numbered",
         payload.len()
     );
@@ -356,7 +381,7 @@ fn parse_numbered(payload: &[u8]) -> Result<(u32, u32), Failed> {
 
 /// Sizes that cross buffer and frame boundaries: tiny, odd, around 32/64 KiB, large.
 fn size_for(seq: u32) -> usize {
-    const SIZES: [usize; 8] = [8, 9, 64, 1000, 32 * 1024 + 1, 65 * 1024, 8, 200_000];
+    const SIZES: [usize; 8] = [12, 13, 64, 1000, 32 * 1024 + 1, 65 * 1024, 12, 200_000];
     SIZES[seq as usize % SIZES.len()]
 }
 
@@ -717,6 +742,101 @@ fn full_queue_waits_then_fails(ctx: &Ctx) -> Outcome {
     Ok(())
 }
 
+/// Eight writers at once, each 1000 messages of random sizes up to 1 MiB (or the
+/// transport's limit): every message whole, in its writer's order, none lost.
+fn many_writers_random_sizes(ctx: &Ctx) -> Outcome {
+    let mut server = ipckit::listen(ctx.endpoint("writers"))?;
+    let (writers, count) = (8u32, 1000u32);
+    let url = server.endpoint().to_string();
+    let senders: Vec<Child> = (0..writers)
+        .map(|w| {
+            Child::spawn(
+                "send-random",
+                &[url.clone(), w.to_string(), count.to_string()],
+            )
+        })
+        .collect();
+    let mut next: HashMap<u32, u32> = HashMap::new();
+    for _ in 0..writers * count {
+        let (writer, seq) = parse_numbered(recv(&mut server)?.payload())?;
+        let expected = next.entry(writer).or_default();
+        ensure!(
+            seq == *expected,
+            "writer {writer}: expected message {expected}, got {seq}"
+        );
+        *expected += 1;
+    }
+    for sender in senders {
+        sender.finish()?;
+    }
+    Ok(())
+}
+
+/// A writer killed while its large message is half-sent: the message arrives whole or
+/// not at all, and other writers are unaffected.
+fn writer_killed_mid_message(ctx: &Ctx) -> Outcome {
+    let mut server = ipckit::listen(ctx.endpoint("torn"))?;
+    let url = server.endpoint().to_string();
+    let mut writer = Child::spawn("send-large", std::slice::from_ref(&url));
+    ensure!(
+        writer.line_serving(&mut server)? == "connected",
+        "the writer did not connect"
+    );
+    // The server is not reading now, so the large message fills the buffers and the
+    // writer is stuck in the middle of it when it is killed.
+    writer.say("go")?;
+    ensure!(writer.line()? == "sending", "the writer did not start");
+    std::thread::sleep(Duration::from_millis(200));
+    writer.kill();
+    let other = Child::spawn("send", &[url, "5".into(), "10".into()]);
+    // The large message may have made it whole before the kill; anything else must be
+    // the other writer's, in order.
+    let is_whole_large = |payload: &[u8]| payload == peer::filled(payload.len()).as_slice();
+    let mut seen = 0;
+    while seen < 10 {
+        let message = recv(&mut server)?;
+        if is_whole_large(message.payload()) {
+            continue;
+        }
+        ensure!(
+            parse_numbered(message.payload())? == (5, seen),
+            "the other writer lost message {seen}"
+        );
+        seen += 1;
+    }
+    other.finish()?;
+    if let Some(message) = server.recv_timeout(Duration::from_millis(1500))? {
+        ensure!(
+            is_whole_large(message.payload()),
+            "a partial message of {} bytes was delivered",
+            message.payload().len()
+        );
+    }
+    Ok(())
+}
+
+/// A sender whose SIGPIPE is at its default (fatal) disposition writes after its reader
+/// is gone: it gets an error and lives.
+fn sigpipe_never_kills(ctx: &Ctx) -> Outcome {
+    let server = ipckit::listen(ctx.endpoint("sigpipe"))?;
+    let url = server.endpoint().to_string();
+    let mut sender = Child::spawn("send-after-reader-dies", &[url]);
+    let mut server = server;
+    ensure!(
+        sender.line_serving(&mut server)? == "connected",
+        "the sender did not connect"
+    );
+    drop(server);
+    sender.say("go")?;
+    let line = sender.line()?;
+    ensure!(
+        line.starts_with("error "),
+        "sending to a dead reader said: {line}"
+    );
+    sender.finish()?;
+    Ok(())
+}
+
 fn send_fails_once_receiver_killed(ctx: &Ctx) -> Outcome {
     let mut server = Child::spawn("print", &[ctx.endpoint("killed").to_string()]);
     let url = server.ready()?;
@@ -803,7 +923,7 @@ fn endpoint_file_private_and_removed(ctx: &Ctx) -> Outcome {
     // Something that is not ours is never removed.
     std::fs::write(&path, b"precious")?;
     match ipckit::listen(&endpoint) {
-        Err(Error::AddrInUse { detail, .. }) if detail.contains("not a socket") => {}
+        Err(Error::AddrInUse { detail, .. }) if detail.contains("exists and is not a") => {}
         other => return Err(format!("listening over a regular file gave {other:?}").into()),
     }
     ensure!(
@@ -1048,6 +1168,14 @@ mod peer {
         out.flush().unwrap();
     }
 
+    /// Makes SIGPIPE fatal again, as in a C program (Rust's runtime ignores it).
+    fn restore_default_sigpipe() {
+        use nix::sys::signal::{SigHandler, Signal, signal};
+        // SAFETY: installing SIG_DFL runs no handler code, so no handler can be unsound;
+        // this peer has no other threads yet that could race on the disposition.
+        unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }.expect("resetting SIGPIPE");
+    }
+
     /// Credentials are per thread in the kernel: the calling thread becomes nobody.
     fn become_nobody() -> rustix::io::Result<()> {
         let uid = rustix::process::Uid::from_raw(65534);
@@ -1076,6 +1204,41 @@ mod peer {
                 for seq in 0..num(3) as u32 {
                     let size = size_for(seq).min(client.max_message());
                     client.send(&numbered(num(2) as u32, seq, size))?;
+                }
+            }
+            "send-random" => {
+                let client = ipckit::connect(url)?;
+                let writer = num(2) as u32;
+                let max = client.max_message().min(1 << 20);
+                let mut rng = fastrand::Rng::with_seed(writer.into());
+                for seq in 0..num(3) as u32 {
+                    client.send(&numbered(writer, seq, rng.usize(12..=max)))?;
+                }
+            }
+            "send-large" => {
+                let client = ipckit::connect(url)?;
+                let size = client.max_message().min(16 << 20);
+                let large = filled(size);
+                say("connected");
+                std::io::stdin().read_line(&mut String::new())?;
+                say("sending");
+                client.send(&large)?;
+                std::thread::sleep(PATIENCE);
+            }
+            "send-after-reader-dies" => {
+                restore_default_sigpipe();
+                let client = ipckit::connect(url)?;
+                say("connected");
+                let mut go = String::new();
+                std::io::stdin().read_line(&mut go)?;
+                // A stream may need one more write to learn of the reset; a pipe fails at once.
+                let outcome = (0..5).try_for_each(|_| {
+                    std::thread::sleep(Duration::from_millis(20));
+                    client.send(b"anyone?")
+                });
+                match outcome {
+                    Err(e) => say(&format!("error {e}")),
+                    Ok(()) => say("sent into the void"),
                 }
             }
             "send-sizes" => {

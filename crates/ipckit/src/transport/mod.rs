@@ -12,9 +12,10 @@ use crate::error::{Error, Result};
 use crate::message::Message;
 
 mod datagram;
+mod endpoint_file;
+pub mod fifo;
 pub mod mq;
 mod pool;
-mod socket_file;
 mod stream;
 pub mod tcp;
 pub mod udp;
@@ -99,11 +100,12 @@ pub trait Listener: Send {
     fn endpoint(&self) -> &Endpoint;
 }
 
-static ALL: [&dyn Transport; 5] = [
+static ALL: [&dyn Transport; 6] = [
     &uds::Uds,
     &tcp::Tcp,
     &udp::Udp,
     &unixgram::Unixgram,
+    &fifo::Fifo,
     &mq::Mq,
 ];
 

@@ -3,7 +3,7 @@
 //! (SO_PEERCRED).
 //!
 //! Socket files are private, replace a dead server's leftovers and are removed on drop:
-//! see [`socket_file`](super::socket_file).
+//! see [`endpoint_file`](super::endpoint_file).
 
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
@@ -11,7 +11,7 @@ use std::path::Path;
 
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 
-use super::socket_file::bind_path;
+use super::endpoint_file::bind_path;
 use super::stream::{StreamConnection, StreamListener};
 use super::{Capabilities, Connection, Listener, Transport};
 use crate::endpoint::{Address, Endpoint, UnixAddr};

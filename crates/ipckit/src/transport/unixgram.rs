@@ -6,7 +6,7 @@
 //! (SCM_CREDENTIALS, asked for with SO_PASSCRED). Clients get an address for replies by
 //! autobind: a kernel-chosen abstract name, gone with the socket, so a crashed client
 //! leaves nothing behind. The server's socket file is handled like `uds`'s (see
-//! [`socket_file`](super::socket_file)).
+//! [`endpoint_file`](super::endpoint_file)).
 //!
 //! The largest message is what the kernel takes in one datagram: the send buffer (raised
 //! to net.core.wmem_max) less 32 bytes, and never over 4 MiB, which this kernel's
@@ -23,7 +23,7 @@ use std::sync::{Arc, OnceLock};
 use rustix::net::{AddressFamily, SocketAddrAny, SocketAddrUnix, SocketFlags, SocketType};
 
 use super::datagram::{DatagramConnection, DatagramListener, Family};
-use super::socket_file::{bind_path, socket_addr};
+use super::endpoint_file::{bind_path, socket_addr};
 use super::{Capabilities, Connection, Listener, Transport};
 use crate::endpoint::{Address, Endpoint, UnixAddr};
 use crate::error::{Error, Result};

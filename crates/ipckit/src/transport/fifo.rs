@@ -1,0 +1,853 @@
+//! `fifo`: named pipes (`fifo:///tmp/app.fifo`), the article's named pipes.
+//!
+//! The server makes the FIFO (mkfifo, with the endpoint's mode) and reads it; any number
+//! of clients write to it at once. A pipe makes a write atomic only up to PIPE_BUF (4096
+//! bytes), so every message goes as chunks of at most that size, each in one write and
+//! labelled with its writer and message: whatever the writers do at the same time, no
+//! chunk is ever split, and the server puts each writer's message back together. A writer
+//! killed in the middle of a message leaves whole chunks behind and never a torn one; the
+//! server drops the unfinished message once the writer's pid is gone, and never delivers
+//! it. Bytes that are not chunks (`echo hi > app.fifo`) are skipped, with a warning, up to
+//! the next chunk header, which carries a check byte to be found again.
+//!
+//! Duplex, as the article's PipeDirection.InOut: a client that makes a request creates a
+//! reply FIFO beside the server's (`app.fifo.PID.N.reply`), named after its writer id,
+//! and removes it when dropped; a server removes those left by clients that crashed.
+//! Concurrent requests each use a writer id and reply FIFO of their own.
+//!
+//! A writer with no reader gets [`Error::NotFound`] when connecting and
+//! [`Error::Disconnected`] when the reader goes, never a fatal SIGPIPE: where the process
+//! has not already ignored SIGPIPE, it is blocked around each write and the pending one
+//! taken back. A full pipe makes a write wait up to `?send_timeout_ms=` (10 s), then
+//! fail with [`Error::Full`].
+//!
+//! What a successful `send` promises: the whole message is in the pipe. If the server
+//! dies, the pipe and what is in it go with it.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::FileType;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use rustix::event::PollFlags;
+use rustix::fs::{Mode, OFlags};
+
+use super::endpoint_file::{EndpointFile, Kind, claim_path};
+use super::pool::Pool;
+use super::{Capabilities, Connection, Listener, Transport};
+use crate::endpoint::{Address, Endpoint};
+use crate::error::{Error, Result};
+use crate::message::{Message, Peer, ReplySink, ReplyTo};
+use crate::sys::wait_ready;
+
+const CHUNK: usize = rustix::pipe::PIPE_BUF;
+const HEADER: usize = 20;
+const CHUNK_DATA: usize = CHUNK - HEADER;
+const MAGIC: [u8; 2] = *b"IQ";
+/// The first chunk of a message; its data starts with the message's length (u32).
+const FIRST: u8 = 1;
+const LAST: u8 = 2;
+const REQUEST: u8 = 4;
+/// On a reply: the request was refused; the data is the reason.
+const REFUSED: u8 = 8;
+/// The server asks the kernel for a pipe this large, for throughput.
+const PIPE_SIZE: usize = 1 << 20;
+/// How often partial messages are checked for writers that died.
+const REAP_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a reply may wait for room in a reply FIFO.
+const REPLY_SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A writer: the pid of its process and a number unique within it.
+type WriterId = (u32, u32);
+
+fn next_writer() -> WriterId {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    (std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+struct ChunkHeader {
+    flags: u8,
+    len: usize,
+    writer: WriterId,
+    seq: u32,
+}
+
+fn check_byte(header: &[u8]) -> u8 {
+    header[4..HEADER]
+        .iter()
+        .fold(header[2] ^ 0x5a, |acc, b| acc.rotate_left(1) ^ b)
+}
+
+impl ChunkHeader {
+    fn encode(&self, out: &mut [u8]) {
+        out[..2].copy_from_slice(&MAGIC);
+        out[2] = self.flags;
+        out[4..6].copy_from_slice(&(self.len as u16).to_le_bytes());
+        out[6..8].fill(0);
+        out[8..12].copy_from_slice(&self.writer.0.to_le_bytes());
+        out[12..16].copy_from_slice(&self.writer.1.to_le_bytes());
+        out[16..20].copy_from_slice(&self.seq.to_le_bytes());
+        out[3] = check_byte(&out[..HEADER]);
+    }
+
+    /// A header, if `bytes` start with a valid one.
+    fn decode(bytes: &[u8]) -> Option<ChunkHeader> {
+        let valid = bytes[..2] == MAGIC && bytes[3] == check_byte(&bytes[..HEADER]);
+        let len = u16::from_le_bytes([bytes[4], bytes[5]]) as usize;
+        (valid && len <= CHUNK_DATA && bytes[6..8] == [0, 0]).then(|| ChunkHeader {
+            flags: bytes[2],
+            len,
+            writer: (
+                u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")),
+                u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes")),
+            ),
+            seq: u32::from_le_bytes(bytes[16..20].try_into().expect("4 bytes")),
+        })
+    }
+}
+
+/// Whether the process already ignores SIGPIPE (Rust programs do, by default).
+fn sigpipe_ignored() -> bool {
+    static IGNORED: OnceLock<bool> = OnceLock::new();
+    *IGNORED.get_or_init(|| {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigIgn:"))
+            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+            .is_some_and(|mask| mask & (1 << (libc_sigpipe() - 1)) != 0)
+    })
+}
+
+fn libc_sigpipe() -> u32 {
+    nix::sys::signal::Signal::SIGPIPE as u32
+}
+
+/// Blocks SIGPIPE on this thread while it lives, unless the process ignores it, so that
+/// writing to a pipe nobody reads is an EPIPE error, not death.
+struct SigpipeBlocked {
+    previous: Option<nix::sys::signal::SigSet>,
+}
+
+impl SigpipeBlocked {
+    fn new() -> SigpipeBlocked {
+        use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+        if sigpipe_ignored() {
+            return SigpipeBlocked { previous: None };
+        }
+        let mut previous = SigSet::empty();
+        let mut block = SigSet::empty();
+        block.add(Signal::SIGPIPE);
+        let blocked = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&block), Some(&mut previous));
+        SigpipeBlocked {
+            previous: blocked.ok().map(|()| previous),
+        }
+    }
+
+    /// Takes back the SIGPIPE a failed write raised, unless the thread blocked it itself.
+    fn consume_pending(&self) {
+        use nix::sys::signal::{SigSet, Signal};
+        if let Some(previous) = &self.previous {
+            if !previous.contains(Signal::SIGPIPE) {
+                let mut pipe = SigSet::empty();
+                pipe.add(Signal::SIGPIPE);
+                let _ = pipe.wait();
+            }
+        }
+    }
+}
+
+impl Drop for SigpipeBlocked {
+    fn drop(&mut self) {
+        if let Some(previous) = self.previous.take() {
+            let _ = nix::sys::signal::pthread_sigmask(
+                nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                Some(&previous),
+                None,
+            );
+        }
+    }
+}
+
+/// Writes one message as atomic chunks to a non-blocking pipe, waiting for room up to
+/// `patience`.
+fn write_message(
+    url: &str,
+    fd: BorrowedFd<'_>,
+    (writer, seq, flags): (WriterId, u32, u8),
+    payload: &[u8],
+    patience: Duration,
+) -> Result<()> {
+    let sigpipe = SigpipeBlocked::new();
+    let mut deadline = None;
+    let total = (payload.len() as u32).to_le_bytes();
+    let mut rest = payload;
+    let mut first = true;
+    let mut chunk = [0u8; CHUNK];
+    loop {
+        let mut at = HEADER;
+        if first {
+            chunk[at..at + 4].copy_from_slice(&total);
+            at += 4;
+        }
+        let take = rest.len().min(CHUNK - at);
+        chunk[at..at + take].copy_from_slice(&rest[..take]);
+        rest = &rest[take..];
+        let last = rest.is_empty();
+        let header = ChunkHeader {
+            flags: flags | if first { FIRST } else { 0 } | if last { LAST } else { 0 },
+            len: at + take - HEADER,
+            writer,
+            seq,
+        };
+        header.encode(&mut chunk);
+        let bytes = &chunk[..at + take];
+        loop {
+            match rustix::io::write(fd, bytes) {
+                // PIPE_BUF makes a write of a chunk all or nothing.
+                Ok(_) => break,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => {
+                    let deadline = *deadline.get_or_insert_with(|| Instant::now() + patience);
+                    let room = wait_ready(fd, PollFlags::OUT, Some(deadline))
+                        .map_err(|e| Error::io(url, "waiting for room in the pipe", e))?;
+                    if !room {
+                        return Err(Error::Full {
+                            endpoint: url.to_owned(),
+                            after: patience,
+                        });
+                    }
+                }
+                Err(rustix::io::Errno::PIPE) => {
+                    sigpipe.consume_pending();
+                    return Err(Error::Disconnected {
+                        endpoint: url.to_owned(),
+                        detail: "nobody reads the pipe any more".into(),
+                    });
+                }
+                Err(e) => return Err(Error::io(url, "writing", e.into())),
+            }
+        }
+        first = false;
+        if last {
+            return Ok(());
+        }
+    }
+}
+
+/// A message being put back together from its chunks.
+struct Partial {
+    seq: u32,
+    total: usize,
+    flags: u8,
+    data: Vec<u8>,
+}
+
+/// A whole message.
+struct Whole {
+    writer: WriterId,
+    seq: u32,
+    flags: u8,
+    payload: Vec<u8>,
+}
+
+/// Turns the bytes of a pipe into whole messages, whatever chunks of other writers and
+/// foreign bytes come between.
+struct Reassembly {
+    max: usize,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    partial: HashMap<WriterId, Partial>,
+    /// Foreign bytes skipped since the last chunk, reported once per run.
+    skipped: usize,
+}
+
+impl Reassembly {
+    fn new(max: usize) -> Reassembly {
+        Reassembly {
+            max,
+            buf: vec![0; 256 * 1024],
+            start: 0,
+            end: 0,
+            partial: HashMap::new(),
+            skipped: 0,
+        }
+    }
+
+    /// Reads what `fd` has; false when it had nothing.
+    fn fill(&mut self, fd: BorrowedFd<'_>) -> io::Result<bool> {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        loop {
+            match rustix::io::read(fd, &mut self.buf[self.end..]) {
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(n > 0);
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => return Ok(false),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The next whole message in what was read; `url` names the endpoint in warnings.
+    fn next(&mut self, url: &str) -> Option<Whole> {
+        while self.end - self.start >= HEADER {
+            let Some(header) = ChunkHeader::decode(&self.buf[self.start..]) else {
+                self.start += 1;
+                self.skipped += 1;
+                continue;
+            };
+            if self.end - self.start < HEADER + header.len {
+                return None;
+            }
+            if self.skipped > 0 {
+                log::warn!(
+                    "{url}: skipped {} bytes that were not ipckit chunks",
+                    self.skipped
+                );
+                self.skipped = 0;
+            }
+            let data_at = self.start + HEADER;
+            self.start = data_at + header.len;
+            if let Some(whole) = self.take_chunk(url, &header, data_at) {
+                return Some(whole);
+            }
+        }
+        None
+    }
+
+    fn take_chunk(&mut self, url: &str, header: &ChunkHeader, data_at: usize) -> Option<Whole> {
+        let mut data = &self.buf[data_at..data_at + header.len];
+        if header.flags & FIRST != 0 {
+            if let Some(old) = self.partial.remove(&header.writer) {
+                log::warn!(
+                    "{url}: writer {:?} began a new message before finishing message {}; {} bytes of it dropped",
+                    header.writer,
+                    old.seq,
+                    old.data.len()
+                );
+            }
+            let total = u32::from_le_bytes(data.get(..4)?.try_into().expect("4 bytes")) as usize;
+            if total > self.max {
+                log::warn!(
+                    "{url}: writer {:?} sent a message of {total} bytes, over the limit of {}; dropped",
+                    header.writer,
+                    self.max
+                );
+                return None;
+            }
+            data = &data[4..];
+            self.partial.insert(
+                header.writer,
+                Partial {
+                    seq: header.seq,
+                    total,
+                    flags: header.flags,
+                    // Grows with what arrives, never by what was claimed.
+                    data: Vec::with_capacity(total.min(CHUNK * 16)),
+                },
+            );
+        }
+        let Some(partial) = self.partial.get_mut(&header.writer) else {
+            log::warn!(
+                "{url}: a chunk of writer {:?} without its beginning; dropped",
+                header.writer
+            );
+            return None;
+        };
+        if partial.seq != header.seq || partial.data.len() + data.len() > partial.total {
+            log::warn!(
+                "{url}: writer {:?} broke its message {}; dropped",
+                header.writer,
+                partial.seq
+            );
+            self.partial.remove(&header.writer);
+            return None;
+        }
+        partial.data.extend_from_slice(data);
+        if header.flags & LAST == 0 {
+            return None;
+        }
+        let partial = self.partial.remove(&header.writer).expect("present");
+        if partial.data.len() != partial.total {
+            log::warn!(
+                "{url}: writer {:?} ended message {} short; dropped",
+                header.writer,
+                partial.seq
+            );
+            return None;
+        }
+        Some(Whole {
+            writer: header.writer,
+            seq: partial.seq,
+            flags: partial.flags | header.flags,
+            payload: partial.data,
+        })
+    }
+
+    /// Drops the unfinished messages of writers whose process is gone.
+    fn reap(&mut self, url: &str) {
+        self.partial.retain(|writer, partial| {
+            let alive = rustix::process::Pid::from_raw(writer.0 as i32)
+                .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok());
+            if !alive {
+                log::warn!(
+                    "{url}: writer pid {} died in the middle of a message; its {} bytes were not delivered",
+                    writer.0,
+                    partial.data.len()
+                );
+            }
+            alive
+        });
+    }
+}
+
+fn fifo_path(endpoint: &Endpoint) -> &Path {
+    match endpoint.address() {
+        Address::Fifo(path) => path,
+        _ => unreachable!("the registry hands fifo endpoints only to fifo"),
+    }
+}
+
+fn reply_path(fifo: &Path, writer: WriterId) -> PathBuf {
+    let mut name = fifo.as_os_str().to_owned();
+    name.push(format!(".{}.{}.reply", writer.0, writer.1));
+    PathBuf::from(name)
+}
+
+fn open_fifo(endpoint: &Endpoint, path: &Path, flags: OFlags) -> Result<OwnedFd> {
+    rustix::fs::open(
+        path,
+        flags | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
+        rustix::io::Errno::NXIO => Error::NotFound {
+            endpoint: endpoint.to_string(),
+            detail: "the FIFO exists but nobody reads it".into(),
+        },
+        e => Error::io(endpoint, "opening the FIFO", e.into()),
+    })
+}
+
+/// Makes a FIFO no wider than `mode` (the umask only narrows it).
+fn mkfifo(endpoint: &Endpoint, path: &Path, mode: u32) -> Result<()> {
+    rustix::fs::mkfifoat(rustix::fs::CWD, path, Mode::from_raw_mode(mode))
+        .map_err(|e| Error::io(endpoint, "making the FIFO", e.into()))
+}
+
+/// The `fifo` transport.
+pub struct Fifo;
+
+impl Transport for Fifo {
+    fn scheme(&self) -> &'static str {
+        "fifo"
+    }
+
+    fn summary(&self) -> &'static str {
+        "named pipes (mkfifo), atomic chunks"
+    }
+
+    fn capabilities(&self, endpoint: &Endpoint) -> Capabilities {
+        Capabilities {
+            duplex: true,
+            reliable: true,
+            ordered: true,
+            durable: false,
+            broadcast: false,
+            connection: false,
+            max_message: endpoint.max_message(),
+            peer_credentials: false,
+            zero_copy: false,
+        }
+    }
+
+    fn scratch_endpoint(&self, dir: &Path, name: &str) -> Endpoint {
+        Address::Fifo(dir.join(format!("{name}.fifo"))).into()
+    }
+
+    fn connect(&self, endpoint: &Endpoint) -> Result<Box<dyn Connection>> {
+        let path = fifo_path(endpoint);
+        let fd = open_fifo(endpoint, path, OFlags::WRONLY)?;
+        Ok(Box::new(FifoConnection {
+            endpoint: endpoint.clone(),
+            url: endpoint.to_string(),
+            fd,
+            sender: Mutex::new((next_writer(), 0)),
+            channels: Pool::new(),
+        }))
+    }
+
+    fn listen(&self, endpoint: &Endpoint) -> Result<Box<dyn Listener>> {
+        let path = fifo_path(endpoint);
+        // Opening for writing succeeds only while somebody reads: a live server.
+        let alive = || Ok(open_fifo(endpoint, path, OFlags::WRONLY).is_ok());
+        let fifo = Kind {
+            name: "FIFO",
+            is: FileType::is_fifo,
+            alive: &alive,
+        };
+        let file = claim_path(endpoint, path, fifo, || {
+            mkfifo(endpoint, path, endpoint.mode() & 0o600)
+        })?;
+        remove_dead_reply_fifos(path);
+        // Read and write: the pipe then never reads as ended when writers come and go,
+        // and opening does not wait for a writer.
+        let fd = open_fifo(endpoint, path, OFlags::RDWR)?;
+        let _ = rustix::pipe::fcntl_setpipe_size(&fd, PIPE_SIZE);
+        let wake = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )
+        .map_err(|e| Error::io(endpoint, "creating the waker", e.into()))?;
+        Ok(Box::new(FifoListener {
+            url: endpoint.to_string().into(),
+            endpoint: endpoint.clone(),
+            path: path.to_owned(),
+            fd,
+            reassembly: Reassembly::new(endpoint.max_message()),
+            ready: VecDeque::new(),
+            stop: Arc::new(AtomicBool::new(false)),
+            wake: Arc::new(wake),
+            replies: Arc::new(Mutex::new(Vec::new())),
+            anonymous: Arc::new(Peer::default()),
+            last_reap: Instant::now(),
+            _file: file,
+        }))
+    }
+}
+
+/// Removes the reply FIFOs of clients whose process is gone.
+fn remove_dead_reply_fifos(fifo: &Path) {
+    let (Some(dir), Some(name)) = (fifo.parent(), fifo.file_name()) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!("{}.", name.to_string_lossy());
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let file = file.to_string_lossy();
+        let Some(writer) = file
+            .strip_prefix(&prefix)
+            .and_then(|r| r.strip_suffix(".reply"))
+        else {
+            continue;
+        };
+        let Some(pid) = writer.split('.').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        let alive = rustix::process::Pid::from_raw(pid)
+            .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok());
+        if !alive && entry.file_type().is_ok_and(|t| t.is_fifo()) {
+            log::info!(
+                "{}: removing the reply FIFO of a client that is gone",
+                entry.path().display()
+            );
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// What one request at a time needs: a writer id and the reply FIFO named after it.
+struct Channel {
+    writer: WriterId,
+    seq: u32,
+    path: PathBuf,
+    fd: OwnedFd,
+    replies: Reassembly,
+}
+
+impl Drop for Channel {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+struct FifoConnection {
+    endpoint: Endpoint,
+    url: String,
+    fd: OwnedFd,
+    /// One-way messages: their writer, and the last message number; locked for a whole
+    /// message so that one writer's messages follow each other.
+    sender: Mutex<(WriterId, u32)>,
+    channels: Pool<Channel>,
+}
+
+impl FifoConnection {
+    fn check_size(&self, payload: &[u8]) -> Result<()> {
+        if payload.len() > self.endpoint.max_message() {
+            return Err(Error::MessageTooLarge {
+                endpoint: self.url.clone(),
+                size: payload.len(),
+                max: self.endpoint.max_message(),
+                limit: "this endpoint's max_message".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn new_channel(&self) -> Result<Channel> {
+        let writer = next_writer();
+        let path = reply_path(fifo_path(&self.endpoint), writer);
+        mkfifo(&self.endpoint, &path, 0o600)?;
+        let channel = open_fifo(&self.endpoint, &path, OFlags::RDWR).map(|fd| Channel {
+            writer,
+            seq: 0,
+            path: path.clone(),
+            fd,
+            replies: Reassembly::new(self.endpoint.max_message()),
+        });
+        if channel.is_err() {
+            let _ = std::fs::remove_file(&path);
+        }
+        channel
+    }
+
+    fn exchange(
+        &self,
+        channel: &mut Channel,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
+        channel.seq = channel.seq.wrapping_add(1);
+        let id = (channel.writer, channel.seq, REQUEST);
+        write_message(
+            &self.url,
+            self.fd.as_fd(),
+            id,
+            payload,
+            self.endpoint.send_timeout(),
+        )?;
+        loop {
+            while let Some(reply) = channel.replies.next(&self.url) {
+                if reply.seq != channel.seq {
+                    continue; // the answer to a request that timed out before
+                }
+                if reply.flags & REFUSED != 0 {
+                    return Err(Error::Remote {
+                        endpoint: self.url.clone(),
+                        reason: String::from_utf8_lossy(&reply.payload).into_owned(),
+                    });
+                }
+                return Ok(reply.payload);
+            }
+            let ready = wait_ready(channel.fd.as_fd(), PollFlags::IN, Some(deadline))
+                .map_err(|e| Error::io(&self.url, "waiting for the reply", e))?;
+            if !ready {
+                return Err(Error::Timeout {
+                    endpoint: self.url.clone(),
+                    after: timeout,
+                });
+            }
+            channel
+                .replies
+                .fill(channel.fd.as_fd())
+                .map_err(|e| Error::io(&self.url, "reading the reply", e))?;
+        }
+    }
+}
+
+impl Connection for FifoConnection {
+    fn send(&self, payload: &[u8]) -> Result<()> {
+        self.check_size(payload)?;
+        let mut sender = self.sender.lock().unwrap_or_else(|e| e.into_inner());
+        sender.1 = sender.1.wrapping_add(1);
+        let id = (sender.0, sender.1, 0);
+        write_message(
+            &self.url,
+            self.fd.as_fd(),
+            id,
+            payload,
+            self.endpoint.send_timeout(),
+        )
+    }
+
+    fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
+        self.check_size(payload)?;
+        self.channels.with(
+            || self.new_channel(),
+            |channel| self.exchange(channel, payload, timeout),
+        )
+    }
+
+    fn max_message(&self) -> usize {
+        self.endpoint.max_message()
+    }
+
+    fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+}
+
+/// Reply FIFOs the server has open, most recently used last.
+type OpenReplies = Arc<Mutex<Vec<(WriterId, Arc<OwnedFd>)>>>;
+
+/// Reply FIFOs a server keeps open.
+const OPEN_REPLY_FIFOS: usize = 64;
+
+struct FifoReplySink {
+    endpoint: Endpoint,
+    path: PathBuf,
+    writer: WriterId,
+    seq: u32,
+    open: OpenReplies,
+}
+
+impl FifoReplySink {
+    fn reply_fifo(&self) -> Result<Arc<OwnedFd>> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(at) = open.iter().position(|(w, _)| *w == self.writer) {
+            let entry = open.remove(at);
+            let fd = entry.1.clone();
+            open.push(entry);
+            return Ok(fd);
+        }
+        let path = reply_path(&self.path, self.writer);
+        let fd =
+            open_fifo(&self.endpoint, &path, OFlags::WRONLY).map_err(|e| Error::Disconnected {
+                endpoint: self.endpoint.to_string(),
+                detail: format!(
+                    "opening the reply FIFO {}: {e}; the requester has gone",
+                    path.display()
+                ),
+            })?;
+        let fd = Arc::new(fd);
+        if open.len() == OPEN_REPLY_FIFOS {
+            open.remove(0);
+        }
+        open.push((self.writer, fd.clone()));
+        Ok(fd)
+    }
+}
+
+impl ReplySink for FifoReplySink {
+    fn send_reply(&self, _id: u64, payload: &[u8], ok: bool) -> Result<()> {
+        let fd = self.reply_fifo()?;
+        let flags = if ok { 0 } else { REFUSED };
+        let id = ((std::process::id(), 0), self.seq, flags);
+        write_message(
+            &self.endpoint.to_string(),
+            fd.as_fd(),
+            id,
+            payload,
+            REPLY_SEND_TIMEOUT,
+        )
+    }
+}
+
+struct FifoListener {
+    endpoint: Endpoint,
+    url: Arc<str>,
+    path: PathBuf,
+    fd: OwnedFd,
+    reassembly: Reassembly,
+    ready: VecDeque<Message>,
+    stop: Arc<AtomicBool>,
+    wake: Arc<OwnedFd>,
+    replies: OpenReplies,
+    /// A pipe says nothing about who wrote: every message has this same nobody.
+    anonymous: Arc<Peer>,
+    last_reap: Instant,
+    _file: EndpointFile,
+}
+
+impl FifoListener {
+    fn deliver(&mut self, whole: Whole) {
+        let reply_to = (whole.flags & REQUEST != 0).then(|| {
+            let sink = FifoReplySink {
+                endpoint: self.endpoint.clone(),
+                path: self.path.clone(),
+                writer: whole.writer,
+                seq: whole.seq,
+                open: self.replies.clone(),
+            };
+            ReplyTo::new(Arc::new(sink), 0)
+        });
+        self.ready.push_back(Message::new(
+            whole.payload,
+            self.anonymous.clone(),
+            reply_to,
+            self.url.clone(),
+        ));
+    }
+}
+
+impl Listener for FifoListener {
+    fn recv(&mut self, deadline: Option<Instant>) -> Result<Option<Message>> {
+        loop {
+            if let Some(message) = self.ready.pop_front() {
+                return Ok(Some(message));
+            }
+            if self.stop.swap(false, Ordering::AcqRel) {
+                let _ = rustix::io::read(&*self.wake, &mut [0u8; 8]);
+                return Ok(None);
+            }
+            while let Some(whole) = self.reassembly.next(&self.url) {
+                self.deliver(whole);
+            }
+            if !self.ready.is_empty() {
+                continue;
+            }
+            if !self.reassembly.partial.is_empty() && self.last_reap.elapsed() >= REAP_INTERVAL {
+                self.reassembly.reap(&self.url);
+                self.last_reap = Instant::now();
+            }
+            let got = self
+                .reassembly
+                .fill(self.fd.as_fd())
+                .map_err(|e| Error::io(&*self.url, "reading", e))?;
+            if got {
+                continue;
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Ok(None);
+            }
+            // Wake up now and then while messages are unfinished, to notice dead writers.
+            let mut wait = deadline.map(|d| d - now);
+            if !self.reassembly.partial.is_empty() {
+                wait = Some(wait.map_or(REAP_INTERVAL, |w| w.min(REAP_INTERVAL)));
+            }
+            let timeout = wait.map(|w| {
+                rustix::time::Timespec::try_from(w).unwrap_or(rustix::time::Timespec {
+                    tv_sec: i64::MAX,
+                    tv_nsec: 0,
+                })
+            });
+            let mut fds = [
+                rustix::event::PollFd::new(&self.fd, PollFlags::IN),
+                rustix::event::PollFd::new(&*self.wake, PollFlags::IN),
+            ];
+            match rustix::event::poll(&mut fds, timeout.as_ref()) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(Error::io(&*self.url, "waiting for messages", e.into())),
+            }
+        }
+    }
+
+    fn waker(&self) -> Arc<dyn Fn() + Send + Sync> {
+        let (stop, wake) = (self.stop.clone(), self.wake.clone());
+        Arc::new(move || {
+            stop.store(true, Ordering::Release);
+            let _ = rustix::io::write(&*wake, &1u64.to_ne_bytes());
+        })
+    }
+
+    fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+}
