@@ -220,6 +220,31 @@ fn raw_round_trip(kind: &str, address: &str) -> Box<dyn FnMut()> {
     }
 }
 
+/// The hand-written FIFO client that can time out: write, poll with a timeout, read.
+fn raw_fifo_timed(address: &str) -> Box<dyn FnMut()> {
+    let (requests, replies) = raw_fifos(address);
+    let mut requests = std::fs::OpenOptions::new()
+        .write(true)
+        .open(requests)
+        .unwrap();
+    let mut replies = std::fs::File::open(replies).unwrap();
+    let payload = [7u8; SIZE];
+    let mut buf = [0u8; SIZE];
+    let timeout = rustix::time::Timespec {
+        tv_sec: 5,
+        tv_nsec: 0,
+    };
+    Box::new(move || {
+        requests.write_all(&payload).unwrap();
+        let mut fds = [rustix::event::PollFd::new(
+            &replies,
+            rustix::event::PollFlags::IN,
+        )];
+        rustix::event::poll(&mut fds, Some(&timeout)).unwrap();
+        replies.read_exact(&mut buf).unwrap();
+    })
+}
+
 fn time_iters(iters: u64, round_trip: &mut dyn FnMut()) -> Duration {
     let start = Instant::now();
     for _ in 0..iters {
@@ -246,6 +271,15 @@ fn bench(c: &mut Criterion) {
         });
         drop(round_trip);
         drop(raw);
+        if scheme == "fifo" {
+            // A pipe has no receive timeout: a request that can time out must poll before
+            // it reads, as ipckit's does. This is that loop, for reference.
+            let raw = Peer::start(scheme, &format!("{raw_address}-timed"));
+            let mut round_trip = raw_fifo_timed(&raw.address);
+            group.bench_function("fifo/baseline+poll", |b| {
+                b.iter_custom(|iters| time_iters(iters, &mut round_trip))
+            });
+        }
 
         let endpoint = transport.scratch_endpoint(&dir, "ipckit");
         let server = Peer::start("ipckit", &endpoint.to_string());

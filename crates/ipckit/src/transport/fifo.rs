@@ -55,6 +55,11 @@ const LAST: u8 = 2;
 const REQUEST: u8 = 4;
 /// On a reply: the request was refused; the data is the reason.
 const REFUSED: u8 = 8;
+/// A header-only chunk a server writes into its own FIFO to end a blocking read.
+const WAKE: u8 = 16;
+/// A header-only chunk the deadline keeper writes into a reply FIFO: the request with
+/// this `seq` timed out.
+const TIMED_OUT: u8 = 32;
 /// The server asks the kernel for a pipe this large, for throughput.
 const PIPE_SIZE: usize = 1 << 20;
 /// How often partial messages are checked for writers that died.
@@ -188,14 +193,22 @@ fn write_message(
     let total = (payload.len() as u32).to_le_bytes();
     let mut rest = payload;
     let mut first = true;
-    let mut chunk = [0u8; CHUNK];
+    // A small message needs a small buffer; zeroing 4 KiB per message is measurable.
+    let mut small = [0u8; 256];
+    let mut large = Vec::new();
+    let chunk: &mut [u8] = if HEADER + 4 + payload.len() <= small.len() {
+        &mut small
+    } else {
+        large.resize(CHUNK, 0);
+        &mut large
+    };
     loop {
         let mut at = HEADER;
         if first {
             chunk[at..at + 4].copy_from_slice(&total);
             at += 4;
         }
-        let take = rest.len().min(CHUNK - at);
+        let take = rest.len().min(chunk.len() - at);
         chunk[at..at + take].copy_from_slice(&rest[..take]);
         rest = &rest[take..];
         let last = rest.is_empty();
@@ -205,7 +218,7 @@ fn write_message(
             writer,
             seq,
         };
-        header.encode(&mut chunk);
+        header.encode(chunk);
         let bytes = &chunk[..at + take];
         loop {
             match rustix::io::write(fd, bytes) {
@@ -329,6 +342,32 @@ impl Reassembly {
 
     fn take_chunk(&mut self, url: &str, header: &ChunkHeader, data_at: usize) -> Option<Whole> {
         let mut data = &self.buf[data_at..data_at + header.len];
+        if header.flags & (WAKE | TIMED_OUT) != 0 {
+            return Some(Whole {
+                writer: header.writer,
+                seq: header.seq,
+                flags: header.flags,
+                payload: Vec::new(),
+            });
+        }
+        let whole_chunk = header.flags & (FIRST | LAST) == FIRST | LAST;
+        if whole_chunk && !self.partial.contains_key(&header.writer) {
+            // The common case, a message in one chunk, needs no putting together.
+            let total = u32::from_le_bytes(data.get(..4)?.try_into().expect("4 bytes")) as usize;
+            if total != data.len() - 4 || total > self.max {
+                log::warn!(
+                    "{url}: writer {:?} sent a malformed message; dropped",
+                    header.writer
+                );
+                return None;
+            }
+            return Some(Whole {
+                writer: header.writer,
+                seq: header.seq,
+                flags: header.flags,
+                payload: data[4..].to_vec(),
+            });
+        }
         if header.flags & FIRST != 0 {
             if let Some(old) = self.partial.remove(&header.writer) {
                 log::warn!(
@@ -410,6 +449,104 @@ impl Reassembly {
             }
             alive
         });
+    }
+}
+
+/// Ends a client's blocking read at its request's deadline. A pipe has no receive
+/// timeout, and polling before every read would cost a syscall per request; instead the
+/// keeper, one thread per process started on first use, writes a [`TIMED_OUT`] chunk into
+/// the reply FIFO of a request still waiting at its deadline. Registering and cancelling
+/// take a mutex and make no syscall; the thread is woken only for a deadline earlier than
+/// the one it sleeps until, which a caller that keeps using one timeout never asks for.
+struct DeadlineKeeper {
+    state: Mutex<KeeperState>,
+    earlier: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct KeeperState {
+    pending: Vec<Pending>,
+    /// The deadline the thread sleeps until; `None` while it waits for work.
+    sleeping_until: Option<Instant>,
+    next_ticket: u64,
+}
+
+struct Pending {
+    ticket: u64,
+    deadline: Instant,
+    fd: Arc<OwnedFd>,
+    seq: u32,
+}
+
+impl DeadlineKeeper {
+    fn get() -> &'static DeadlineKeeper {
+        static KEEPER: OnceLock<&'static DeadlineKeeper> = OnceLock::new();
+        KEEPER.get_or_init(|| {
+            let keeper: &'static DeadlineKeeper = Box::leak(Box::new(DeadlineKeeper {
+                state: Mutex::new(KeeperState::default()),
+                earlier: std::sync::Condvar::new(),
+            }));
+            std::thread::Builder::new()
+                .name("ipckit fifo deadlines".into())
+                .spawn(move || keeper.run())
+                .expect("spawning the fifo deadline keeper");
+            keeper
+        })
+    }
+
+    /// Arranges for a [`TIMED_OUT`] chunk for `seq` to be written to `fd` at `deadline`.
+    fn register(&self, deadline: Instant, fd: Arc<OwnedFd>, seq: u32) -> u64 {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let ticket = state.next_ticket;
+        state.next_ticket += 1;
+        state.pending.push(Pending {
+            ticket,
+            deadline,
+            fd,
+            seq,
+        });
+        if state.sleeping_until.is_none_or(|t| deadline < t) {
+            self.earlier.notify_one();
+        }
+        ticket
+    }
+
+    fn cancel(&self, ticket: u64) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(at) = state.pending.iter().position(|p| p.ticket == ticket) {
+            state.pending.swap_remove(at);
+        }
+    }
+
+    fn run(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let now = Instant::now();
+            state.pending.retain(|p| {
+                if p.deadline > now {
+                    return true;
+                }
+                let mut chunk = [0u8; HEADER];
+                let header = ChunkHeader {
+                    flags: TIMED_OUT,
+                    len: 0,
+                    writer: (0, 0),
+                    seq: p.seq,
+                };
+                header.encode(&mut chunk);
+                // A full reply pipe means a reply is being read; the request is answered.
+                let _ = rustix::io::write(&*p.fd, &chunk);
+                false
+            });
+            state.sleeping_until = state.pending.iter().map(|p| p.deadline).min();
+            state = match state.sleeping_until {
+                None => self.earlier.wait(state).unwrap_or_else(|e| e.into_inner()),
+                Some(t) => {
+                    let waited = self.earlier.wait_timeout(state, t - now);
+                    waited.unwrap_or_else(|e| e.into_inner()).0
+                }
+            };
+        }
     }
 }
 
@@ -503,14 +640,12 @@ impl Transport for Fifo {
         })?;
         remove_dead_reply_fifos(path);
         // Read and write: the pipe then never reads as ended when writers come and go,
-        // and opening does not wait for a writer.
+        // and opening does not wait for a writer. Reads block; see `recv`.
         let fd = open_fifo(endpoint, path, OFlags::RDWR)?;
+        rustix::fs::fcntl_setfl(&fd, OFlags::RDWR)
+            .map_err(|e| Error::io(endpoint, "making the FIFO blocking", e.into()))?;
         let _ = rustix::pipe::fcntl_setpipe_size(&fd, PIPE_SIZE);
-        let wake = rustix::event::eventfd(
-            0,
-            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
-        )
-        .map_err(|e| Error::io(endpoint, "creating the waker", e.into()))?;
+        let waker_fd = open_fifo(endpoint, path, OFlags::WRONLY)?;
         Ok(Box::new(FifoListener {
             url: endpoint.to_string().into(),
             endpoint: endpoint.clone(),
@@ -519,8 +654,9 @@ impl Transport for Fifo {
             reassembly: Reassembly::new(endpoint.max_message()),
             ready: VecDeque::new(),
             stop: Arc::new(AtomicBool::new(false)),
-            wake: Arc::new(wake),
+            waker_fd: Arc::new(waker_fd),
             replies: Arc::new(Mutex::new(Vec::new())),
+            last_sink: None,
             anonymous: Arc::new(Peer::default()),
             last_reap: Instant::now(),
             _file: file,
@@ -566,7 +702,10 @@ struct Channel {
     writer: WriterId,
     seq: u32,
     path: PathBuf,
+    /// The reply FIFO, read blocking.
     fd: OwnedFd,
+    /// The reply FIFO again, for the deadline keeper to write into.
+    timeout_fd: Arc<OwnedFd>,
     replies: Reassembly,
 }
 
@@ -603,17 +742,27 @@ impl FifoConnection {
         let writer = next_writer();
         let path = reply_path(fifo_path(&self.endpoint), writer);
         mkfifo(&self.endpoint, &path, 0o600)?;
-        let channel = open_fifo(&self.endpoint, &path, OFlags::RDWR).map(|fd| Channel {
-            writer,
-            seq: 0,
-            path: path.clone(),
-            fd,
-            replies: Reassembly::new(self.endpoint.max_message()),
-        });
-        if channel.is_err() {
-            let _ = std::fs::remove_file(&path);
+        let opened = (|| {
+            let fd = open_fifo(&self.endpoint, &path, OFlags::RDWR)?;
+            rustix::fs::fcntl_setfl(&fd, OFlags::RDWR)
+                .map_err(|e| Error::io(&self.url, "making the reply FIFO blocking", e.into()))?;
+            let timeout_fd = open_fifo(&self.endpoint, &path, OFlags::WRONLY)?;
+            Ok((fd, timeout_fd))
+        })();
+        match opened {
+            Ok((fd, timeout_fd)) => Ok(Channel {
+                writer,
+                seq: 0,
+                path,
+                fd,
+                timeout_fd: Arc::new(timeout_fd),
+                replies: Reassembly::new(self.endpoint.max_message()),
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                Err(e)
+            }
         }
-        channel
     }
 
     fn exchange(
@@ -622,20 +771,39 @@ impl FifoConnection {
         payload: &[u8],
         timeout: Duration,
     ) -> Result<Vec<u8>> {
-        let deadline = Instant::now() + timeout;
         channel.seq = channel.seq.wrapping_add(1);
-        let id = (channel.writer, channel.seq, REQUEST);
+        let seq = channel.seq;
+        let keeper = DeadlineKeeper::get();
+        let ticket = keeper.register(Instant::now() + timeout, channel.timeout_fd.clone(), seq);
+        let answer = self.await_reply(channel, payload, timeout);
+        keeper.cancel(ticket);
+        answer
+    }
+
+    fn await_reply(
+        &self,
+        channel: &mut Channel,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>> {
+        let seq = channel.seq;
         write_message(
             &self.url,
             self.fd.as_fd(),
-            id,
+            (channel.writer, seq, REQUEST),
             payload,
             self.endpoint.send_timeout(),
         )?;
         loop {
             while let Some(reply) = channel.replies.next(&self.url) {
-                if reply.seq != channel.seq {
-                    continue; // the answer to a request that timed out before
+                if reply.seq != seq {
+                    continue; // the answer to, or the timeout of, an earlier request
+                }
+                if reply.flags & TIMED_OUT != 0 {
+                    return Err(Error::Timeout {
+                        endpoint: self.url.clone(),
+                        after: timeout,
+                    });
                 }
                 if reply.flags & REFUSED != 0 {
                     return Err(Error::Remote {
@@ -644,14 +812,6 @@ impl FifoConnection {
                     });
                 }
                 return Ok(reply.payload);
-            }
-            let ready = wait_ready(channel.fd.as_fd(), PollFlags::IN, Some(deadline))
-                .map_err(|e| Error::io(&self.url, "waiting for the reply", e))?;
-            if !ready {
-                return Err(Error::Timeout {
-                    endpoint: self.url.clone(),
-                    after: timeout,
-                });
             }
             channel
                 .replies
@@ -701,51 +861,58 @@ const OPEN_REPLY_FIFOS: usize = 64;
 
 struct FifoReplySink {
     endpoint: Endpoint,
+    url: Arc<str>,
     path: PathBuf,
     writer: WriterId,
-    seq: u32,
     open: OpenReplies,
+    /// The reply FIFO once opened, so later replies through this sink skip the lookup.
+    fd: OnceLock<Arc<OwnedFd>>,
 }
 
 impl FifoReplySink {
     fn reply_fifo(&self) -> Result<Arc<OwnedFd>> {
+        if let Some(fd) = self.fd.get() {
+            return Ok(fd.clone());
+        }
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(at) = open.iter().position(|(w, _)| *w == self.writer) {
-            let entry = open.remove(at);
-            let fd = entry.1.clone();
-            open.push(entry);
-            return Ok(fd);
-        }
-        let path = reply_path(&self.path, self.writer);
-        let fd =
-            open_fifo(&self.endpoint, &path, OFlags::WRONLY).map_err(|e| Error::Disconnected {
-                endpoint: self.endpoint.to_string(),
-                detail: format!(
-                    "opening the reply FIFO {}: {e}; the requester has gone",
-                    path.display()
-                ),
-            })?;
-        let fd = Arc::new(fd);
-        if open.len() == OPEN_REPLY_FIFOS {
-            open.remove(0);
-        }
-        open.push((self.writer, fd.clone()));
+        let fd = match open.iter().position(|(w, _)| *w == self.writer) {
+            Some(at) => {
+                let entry = open.remove(at);
+                let fd = entry.1.clone();
+                open.push(entry);
+                fd
+            }
+            None => {
+                let path = reply_path(&self.path, self.writer);
+                let fd = open_fifo(&self.endpoint, &path, OFlags::WRONLY).map_err(|e| {
+                    Error::Disconnected {
+                        endpoint: self.url.to_string(),
+                        detail: format!(
+                            "opening the reply FIFO {}: {e}; the requester has gone",
+                            path.display()
+                        ),
+                    }
+                })?;
+                let fd = Arc::new(fd);
+                if open.len() == OPEN_REPLY_FIFOS {
+                    open.remove(0);
+                }
+                open.push((self.writer, fd.clone()));
+                fd
+            }
+        };
+        let _ = self.fd.set(fd.clone());
         Ok(fd)
     }
 }
 
 impl ReplySink for FifoReplySink {
-    fn send_reply(&self, _id: u64, payload: &[u8], ok: bool) -> Result<()> {
+    /// `id` is the request's message number, which the reply carries back.
+    fn send_reply(&self, id: u64, payload: &[u8], ok: bool) -> Result<()> {
         let fd = self.reply_fifo()?;
         let flags = if ok { 0 } else { REFUSED };
-        let id = ((std::process::id(), 0), self.seq, flags);
-        write_message(
-            &self.endpoint.to_string(),
-            fd.as_fd(),
-            id,
-            payload,
-            REPLY_SEND_TIMEOUT,
-        )
+        let id = ((std::process::id(), 0), id as u32, flags);
+        write_message(&self.url, fd.as_fd(), id, payload, REPLY_SEND_TIMEOUT)
     }
 }
 
@@ -753,12 +920,16 @@ struct FifoListener {
     endpoint: Endpoint,
     url: Arc<str>,
     path: PathBuf,
+    /// The FIFO, read blocking: a [`WAKE`] chunk or a writer's data ends the wait.
     fd: OwnedFd,
     reassembly: Reassembly,
     ready: VecDeque<Message>,
     stop: Arc<AtomicBool>,
-    wake: Arc<OwnedFd>,
+    /// The FIFO again, for writing wake chunks into it.
+    waker_fd: Arc<OwnedFd>,
     replies: OpenReplies,
+    /// The sink of the last request, reused while requests come from the same writer.
+    last_sink: Option<Arc<FifoReplySink>>,
     /// A pipe says nothing about who wrote: every message has this same nobody.
     anonymous: Arc<Peer>,
     last_reap: Instant,
@@ -766,23 +937,48 @@ struct FifoListener {
 }
 
 impl FifoListener {
-    fn deliver(&mut self, whole: Whole) {
-        let reply_to = (whole.flags & REQUEST != 0).then(|| {
-            let sink = FifoReplySink {
-                endpoint: self.endpoint.clone(),
-                path: self.path.clone(),
-                writer: whole.writer,
-                seq: whole.seq,
-                open: self.replies.clone(),
-            };
-            ReplyTo::new(Arc::new(sink), 0)
-        });
-        self.ready.push_back(Message::new(
-            whole.payload,
-            self.anonymous.clone(),
-            reply_to,
-            self.url.clone(),
-        ));
+    fn sink_for(&mut self, writer: WriterId) -> Arc<FifoReplySink> {
+        match &self.last_sink {
+            Some(sink) if sink.writer == writer => sink.clone(),
+            _ => {
+                let sink = Arc::new(FifoReplySink {
+                    endpoint: self.endpoint.clone(),
+                    url: self.url.clone(),
+                    path: self.path.clone(),
+                    writer,
+                    open: self.replies.clone(),
+                    fd: OnceLock::new(),
+                });
+                self.last_sink = Some(sink.clone());
+                sink
+            }
+        }
+    }
+
+    /// Moves whole messages into `ready`; true when a wake chunk came.
+    fn deliver(&mut self) -> bool {
+        let mut woken = false;
+        while let Some(whole) = self.reassembly.next(&self.url) {
+            if whole.flags & WAKE != 0 {
+                woken = true;
+                continue;
+            }
+            let reply_to = (whole.flags & REQUEST != 0)
+                .then(|| ReplyTo::new(self.sink_for(whole.writer), whole.seq.into()));
+            self.ready.push_back(Message::new(
+                whole.payload,
+                self.anonymous.clone(),
+                reply_to,
+                self.url.clone(),
+            ));
+        }
+        woken
+    }
+
+    /// Waits until the FIFO is readable or `wait` passes; false when it passed.
+    fn wait_readable(&self, wait: Duration) -> Result<bool> {
+        wait_ready(self.fd.as_fd(), PollFlags::IN, Some(Instant::now() + wait))
+            .map_err(|e| Error::io(&*self.url, "waiting for messages", e))
     }
 }
 
@@ -792,58 +988,52 @@ impl Listener for FifoListener {
             if let Some(message) = self.ready.pop_front() {
                 return Ok(Some(message));
             }
-            if self.stop.swap(false, Ordering::AcqRel) {
-                let _ = rustix::io::read(&*self.wake, &mut [0u8; 8]);
+            if self.stop.swap(false, Ordering::AcqRel) || self.deliver() {
                 return Ok(None);
-            }
-            while let Some(whole) = self.reassembly.next(&self.url) {
-                self.deliver(whole);
             }
             if !self.ready.is_empty() {
                 continue;
             }
-            if !self.reassembly.partial.is_empty() && self.last_reap.elapsed() >= REAP_INTERVAL {
+            let unfinished = !self.reassembly.partial.is_empty();
+            if unfinished && self.last_reap.elapsed() >= REAP_INTERVAL {
                 self.reassembly.reap(&self.url);
                 self.last_reap = Instant::now();
             }
-            let got = self
-                .reassembly
+            // Block in read, as a hand-written reader does, unless there is a deadline to
+            // keep or unfinished messages whose writers must be watched.
+            if deadline.is_some() || unfinished {
+                let now = Instant::now();
+                if deadline.is_some_and(|d| now >= d) {
+                    return Ok(None);
+                }
+                let mut wait = deadline.map_or(REAP_INTERVAL, |d| d - now);
+                if unfinished {
+                    wait = wait.min(REAP_INTERVAL);
+                }
+                if !self.wait_readable(wait)? {
+                    continue;
+                }
+            }
+            self.reassembly
                 .fill(self.fd.as_fd())
                 .map_err(|e| Error::io(&*self.url, "reading", e))?;
-            if got {
-                continue;
-            }
-            let now = Instant::now();
-            if deadline.is_some_and(|d| now >= d) {
-                return Ok(None);
-            }
-            // Wake up now and then while messages are unfinished, to notice dead writers.
-            let mut wait = deadline.map(|d| d - now);
-            if !self.reassembly.partial.is_empty() {
-                wait = Some(wait.map_or(REAP_INTERVAL, |w| w.min(REAP_INTERVAL)));
-            }
-            let timeout = wait.map(|w| {
-                rustix::time::Timespec::try_from(w).unwrap_or(rustix::time::Timespec {
-                    tv_sec: i64::MAX,
-                    tv_nsec: 0,
-                })
-            });
-            let mut fds = [
-                rustix::event::PollFd::new(&self.fd, PollFlags::IN),
-                rustix::event::PollFd::new(&*self.wake, PollFlags::IN),
-            ];
-            match rustix::event::poll(&mut fds, timeout.as_ref()) {
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(Error::io(&*self.url, "waiting for messages", e.into())),
-            }
         }
     }
 
     fn waker(&self) -> Arc<dyn Fn() + Send + Sync> {
-        let (stop, wake) = (self.stop.clone(), self.wake.clone());
+        let (stop, fd) = (self.stop.clone(), self.waker_fd.clone());
         Arc::new(move || {
             stop.store(true, Ordering::Release);
-            let _ = rustix::io::write(&*wake, &1u64.to_ne_bytes());
+            let mut chunk = [0u8; HEADER];
+            let wake = ChunkHeader {
+                flags: WAKE,
+                len: 0,
+                writer: (0, 0),
+                seq: 0,
+            };
+            wake.encode(&mut chunk);
+            // A full pipe means a busy server, which sees the flag before it blocks again.
+            let _ = rustix::io::write(&*fd, &chunk);
         })
     }
 
