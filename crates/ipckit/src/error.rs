@@ -87,13 +87,15 @@ pub enum Error {
         after: Duration,
     },
 
-    /// A queue stayed full for the whole send timeout; nothing was sent.
+    /// A queue or pipe stayed full for the whole send timeout; nothing was sent.
     #[error(
-        "{endpoint}: the queue stayed full for {after:?}; nothing was sent (is the receiver running and keeping up? ?send_timeout_ms= waits longer)"
+        "{endpoint}: {detail} stayed full for {after:?}; nothing was sent (is the receiver running and keeping up? ?send_timeout_ms= waits longer)"
     )]
     Full {
         /// The endpoint's URL.
         endpoint: String,
+        /// What was full, and how much it holds.
+        detail: String,
         /// How long the send waited.
         after: Duration,
     },

@@ -728,6 +728,11 @@ fn full_queue_waits_then_fails(ctx: &Ctx) -> Outcome {
         full.to_string().contains(&url.to_string()),
         "the error does not name the endpoint: {full}"
     );
+    ensure!(
+        full.to_string()
+            .contains(&format!("holds {stored} messages")),
+        "the error does not say the queue holds the {stored} messages it took: {full}"
+    );
     let mut server = ipckit::listen(&url)?;
     for seq in 0..stored {
         ensure!(

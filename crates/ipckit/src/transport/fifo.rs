@@ -232,6 +232,7 @@ fn write_message(
                     if !room {
                         return Err(Error::Full {
                             endpoint: url.to_owned(),
+                            detail: "the pipe".into(),
                             after: patience,
                         });
                     }

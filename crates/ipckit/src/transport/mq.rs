@@ -29,7 +29,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::errno::Errno;
@@ -162,8 +162,13 @@ fn put(
                 let room = wait_ready(queue.as_fd(), PollFlags::OUT, Some(deadline))
                     .map_err(|e| Error::io(endpoint, "waiting for room in the queue", e))?;
                 if !room {
+                    let held = nix::mqueue::mq_getattr(queue).map_or(0, |a| a.maxmsg());
                     return Err(Error::Full {
                         endpoint: endpoint.to_string(),
+                        detail: format!(
+                            "the queue, which holds {held} messages (fs.mqueue.msg_max is {}),",
+                            kernel_limit("msg_max", 10)
+                        ),
                         after: patience,
                     });
                 }
@@ -179,7 +184,14 @@ impl Transport for Mq {
     }
 
     fn summary(&self) -> &'static str {
-        "POSIX message queues, durable"
+        static SUMMARY: OnceLock<String> = OnceLock::new();
+        SUMMARY.get_or_init(|| {
+            format!(
+                "POSIX message queues, durable (msg_max {}, msgsize_max {})",
+                kernel_limit("msg_max", 10),
+                kernel_limit("msgsize_max", 8192)
+            )
+        })
     }
 
     fn capabilities(&self, endpoint: &Endpoint) -> Capabilities {

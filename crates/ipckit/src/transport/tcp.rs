@@ -1,6 +1,10 @@
 //! `tcp`: TCP over loopback (`tcp://127.0.0.1:7000`), with TCP_NODELAY on both ends so a
 //! small message leaves at once.
 //!
+//! What a successful `send` promises: the frame is in the kernel's socket buffer. A
+//! server that dies before reading it loses it; the client learns at its next send or
+//! the one after, when the reset has come back.
+//!
 //! A server binds only to a loopback address unless the endpoint says `?public=true`:
 //! local IPC should not become reachable from the network by a typo. Port 0 lets the
 //! kernel choose; the server's [`Listener::endpoint`] reports the port it got.

@@ -2,6 +2,11 @@
 //! name (`uds://@app`). The kernel tells the server each client's pid, uid and gid
 //! (SO_PEERCRED).
 //!
+//! What a successful `send` promises: the frame is in the kernel's socket buffer. A
+//! server that dies before reading it loses it, and the client's next send fails with
+//! [`Error::Disconnected`](crate::Error::Disconnected); a request is answered, refused,
+//! or fails the same way.
+//!
 //! Socket files are private, replace a dead server's leftovers and are removed on drop:
 //! see [`endpoint_file`](super::endpoint_file).
 
