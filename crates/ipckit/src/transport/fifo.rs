@@ -38,7 +38,7 @@ use rustix::event::PollFlags;
 use rustix::fs::{Mode, OFlags};
 
 use super::endpoint_file::{EndpointFile, Kind, claim_path};
-use super::pool::Pool;
+use super::pool::{Pool, Recent};
 use super::{Capabilities, Connection, Listener, Transport};
 use crate::endpoint::{Address, Endpoint};
 use crate::error::{Error, Result};
@@ -656,7 +656,7 @@ impl Transport for Fifo {
             ready: VecDeque::new(),
             stop: Arc::new(AtomicBool::new(false)),
             waker_fd: Arc::new(waker_fd),
-            replies: Arc::new(Mutex::new(Vec::new())),
+            replies: Arc::new(Recent::new()),
             last_sink: None,
             anonymous: Arc::new(Peer::default()),
             last_reap: Instant::now(),
@@ -854,11 +854,8 @@ impl Connection for FifoConnection {
     }
 }
 
-/// Reply FIFOs the server has open, most recently used last.
-type OpenReplies = Arc<Mutex<Vec<(WriterId, Arc<OwnedFd>)>>>;
-
-/// Reply FIFOs a server keeps open.
-const OPEN_REPLY_FIFOS: usize = 64;
+/// Reply FIFOs a server has open, by writer.
+type OpenReplies = Arc<Recent<WriterId, OwnedFd>>;
 
 struct FifoReplySink {
     endpoint: Endpoint,
@@ -875,33 +872,16 @@ impl FifoReplySink {
         if let Some(fd) = self.fd.get() {
             return Ok(fd.clone());
         }
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let fd = match open.iter().position(|(w, _)| *w == self.writer) {
-            Some(at) => {
-                let entry = open.remove(at);
-                let fd = entry.1.clone();
-                open.push(entry);
-                fd
-            }
-            None => {
-                let path = reply_path(&self.path, self.writer);
-                let fd = open_fifo(&self.endpoint, &path, OFlags::WRONLY).map_err(|e| {
-                    Error::Disconnected {
-                        endpoint: self.url.to_string(),
-                        detail: format!(
-                            "opening the reply FIFO {}: {e}; the requester has gone",
-                            path.display()
-                        ),
-                    }
-                })?;
-                let fd = Arc::new(fd);
-                if open.len() == OPEN_REPLY_FIFOS {
-                    open.remove(0);
-                }
-                open.push((self.writer, fd.clone()));
-                fd
-            }
-        };
+        let fd = self.open.get_or_open(&self.writer, || {
+            let path = reply_path(&self.path, self.writer);
+            open_fifo(&self.endpoint, &path, OFlags::WRONLY).map_err(|e| Error::Disconnected {
+                endpoint: self.url.to_string(),
+                detail: format!(
+                    "opening the reply FIFO {}: {e}; the requester has gone",
+                    path.display()
+                ),
+            })
+        })?;
         let _ = self.fd.set(fd.clone());
         Ok(fd)
     }

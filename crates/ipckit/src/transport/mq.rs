@@ -29,7 +29,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::errno::Errno;
@@ -37,7 +37,7 @@ use nix::mqueue::{MQ_OFlag, MqAttr, MqdT};
 use nix::sys::stat::Mode;
 use rustix::event::PollFlags;
 
-use super::pool::Pool;
+use super::pool::{Pool, Recent};
 use super::{Capabilities, Connection, Listener, Transport};
 use crate::endpoint::{Address, Endpoint};
 use crate::error::{Error, Result};
@@ -51,8 +51,6 @@ const REPLY_OK: u8 = 0;
 const REPLY_REFUSED: u8 = 1;
 /// How long a reply may wait for room in a reply queue.
 const REPLY_SEND_TIMEOUT: Duration = Duration::from_secs(10);
-/// Reply queues a server keeps open.
-const OPEN_REPLY_QUEUES: usize = 64;
 
 /// The `mq` transport.
 pub struct Mq;
@@ -267,7 +265,7 @@ impl Transport for Mq {
             queue,
             buf: vec![0; size],
             waker: Arc::new(waker),
-            replies: Arc::new(Mutex::new(Vec::new())),
+            replies: Arc::new(Recent::new()),
             last_sink: None,
             anonymous: Arc::new(Peer::default()),
             _lock: lock,
@@ -489,8 +487,8 @@ impl Connection for MqConnection {
     }
 }
 
-/// Reply queues a server has open, most recently used last.
-type OpenReplies = Arc<Mutex<Vec<(String, Arc<(Queue, usize)>)>>>;
+/// Reply queues a server has open, with their message size.
+type OpenReplies = Arc<Recent<String, (Queue, usize)>>;
 
 struct MqReplySink {
     endpoint: Endpoint,
@@ -502,35 +500,25 @@ struct MqReplySink {
 
 impl MqReplySink {
     fn reply_queue(&self) -> Result<Arc<(Queue, usize)>> {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(at) = open.iter().position(|(n, _)| *n == self.name) {
-            let entry = open.remove(at);
-            let queue = entry.1.clone();
-            open.push(entry);
-            return Ok(queue);
-        }
-        // Never O_CREAT: a reply queue that is gone means its client is gone.
-        let queue = nix::mqueue::mq_open(
-            self.name.as_str(),
-            MQ_OFlag::O_WRONLY | MQ_OFlag::O_NONBLOCK | MQ_OFlag::O_CLOEXEC,
-            Mode::empty(),
-            None,
-        )
-        .map(|queue| Queue(Some(queue)))
-        .map_err(|e| Error::Disconnected {
-            endpoint: self.endpoint.to_string(),
-            detail: format!(
-                "opening the reply queue {}: {e}; the requester has gone",
-                self.name
-            ),
-        })?;
-        let size = msgsize(&self.endpoint, &queue)?;
-        let queue = Arc::new((queue, size));
-        if open.len() == OPEN_REPLY_QUEUES {
-            open.remove(0);
-        }
-        open.push((self.name.clone(), queue.clone()));
-        Ok(queue)
+        self.open.get_or_open(&self.name, || {
+            // Never O_CREAT: a reply queue that is gone means its client is gone.
+            let queue = nix::mqueue::mq_open(
+                self.name.as_str(),
+                MQ_OFlag::O_WRONLY | MQ_OFlag::O_NONBLOCK | MQ_OFlag::O_CLOEXEC,
+                Mode::empty(),
+                None,
+            )
+            .map(|queue| Queue(Some(queue)))
+            .map_err(|e| Error::Disconnected {
+                endpoint: self.endpoint.to_string(),
+                detail: format!(
+                    "opening the reply queue {}: {e}; the requester has gone",
+                    self.name
+                ),
+            })?;
+            let size = msgsize(&self.endpoint, &queue)?;
+            Ok((queue, size))
+        })
     }
 }
 
