@@ -131,6 +131,7 @@ const CHECKS: &[Check] = checks![
     durable => durable_messages_wait_for_a_receiver,
     durable => receiver_killed_loses_nothing_sent,
     durable => full_queue_waits_then_fails,
+    duplex => crashed_requester_leaves_nothing,
     always => restart_on_same_endpoint,
     transient => missing_endpoint,
     duplex => server_dies_during_request,
@@ -840,6 +841,52 @@ fn sigpipe_never_kills(ctx: &Ctx) -> Outcome {
     );
     sender.finish()?;
     Ok(())
+}
+
+/// What a client makes for its requests (reply FIFOs, reply queues) is gone once a
+/// server starts after the client was killed in the middle of a request.
+fn crashed_requester_leaves_nothing(ctx: &Ctx) -> Outcome {
+    let endpoint = ctx.endpoint("crash");
+    let mut server = ipckit::listen(&endpoint)?;
+    let url = server.endpoint().clone();
+    let mut client = Child::spawn("request-once", &[url.to_string(), "never answered".into()]);
+    let request = recv(&mut server)?;
+    ensure!(
+        request.wants_reply(),
+        "the request arrived as a one-way message"
+    );
+    client.kill();
+    drop(request);
+    drop(server);
+    let _restarted = ipckit::listen(&url)?;
+    let leftovers = leftovers_of(&url);
+    ensure!(
+        leftovers.is_empty(),
+        "left behind by the killed client: {leftovers:?}"
+    );
+    Ok(())
+}
+
+/// Files and queues named after `endpoint` other than the endpoint itself.
+fn leftovers_of(endpoint: &Endpoint) -> Vec<String> {
+    let (dir, stem) = match (path_of(endpoint), endpoint.address()) {
+        (Some(path), _) => (
+            path.parent().unwrap().to_owned(),
+            path.file_name().unwrap().to_string_lossy().into_owned(),
+        ),
+        // Queues are listed under /dev/mqueue where the mqueue filesystem is mounted
+        // (scripts/test.sh mounts it); elsewhere there is nothing to look at.
+        (None, Address::Mq(name)) => (PathBuf::from("/dev/mqueue"), name.clone()),
+        (None, _) => return Vec::new(),
+    };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(&format!("{stem}.")))
+        .collect()
 }
 
 fn send_fails_once_receiver_killed(ctx: &Ctx) -> Outcome {
