@@ -4,6 +4,21 @@
 //! blocking transports drive it with `read(2)`, and an async driver can feed it the same
 //! way. It never allocates what a peer merely claims: a length is checked against the
 //! limit first, and a large payload's buffer grows with the bytes that actually arrive.
+//!
+//! ```
+//! use ipckit::frame::{Decoder, Header, Kind};
+//! use ipckit::Framing;
+//!
+//! let mut wire = Header::new(Kind::Request, 1, 4).encode().to_vec();
+//! wire.extend_from_slice(b"ping");
+//!
+//! let mut decoder = Decoder::new(Framing::Length, 1024);
+//! let buf = decoder.read_buf(); // where a read(2) would put its bytes
+//! buf[..wire.len()].copy_from_slice(&wire);
+//! decoder.advance(wire.len());
+//! let frame = decoder.next_frame().unwrap().unwrap();
+//! assert_eq!((frame.kind, frame.id, &frame.payload[..]), (Kind::Request, 1, &b"ping"[..]));
+//! ```
 
 use crate::endpoint::Framing;
 
@@ -280,7 +295,7 @@ struct LargePayload {
 }
 
 /// Turns a stream of bytes into frames. Feed it with [`read_buf`](Decoder::read_buf) and
-/// [`advance`](Decoder::advance), then take frames with [`next`](Decoder::next).
+/// [`advance`](Decoder::advance), then take frames with [`next_frame`](Decoder::next_frame).
 pub struct Decoder {
     framing: Framing,
     max: usize,

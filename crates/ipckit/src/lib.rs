@@ -192,6 +192,13 @@ impl Server {
     }
 
     /// Waits up to `timeout` for the next message; `Ok(None)` when none came.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let mut server = ipckit::listen("tcp://127.0.0.1:0")?;
+    /// assert!(server.recv_timeout(Duration::from_millis(10))?.is_none());
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<Message>> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -276,6 +283,14 @@ impl std::fmt::Debug for Server {
 }
 
 /// A running [`Server::spawn`]: stops the server and cleans up when dropped.
+///
+/// ```
+/// let guard = ipckit::listen("tcp://127.0.0.1:0")?.spawn(|_| None);
+/// let url = guard.endpoint().clone();
+/// guard.stop(); // the handler thread has ended and the port is free
+/// ipckit::listen(&url)?;
+/// # Ok::<(), ipckit::Error>(())
+/// ```
 pub struct ServerGuard {
     endpoint: Endpoint,
     stop: Arc<AtomicBool>,

@@ -10,7 +10,17 @@ use crate::error::{Error, Result};
 /// Who sent a message, as far as the operating system tells.
 ///
 /// On `uds` the kernel vouches for pid, uid and gid (SO_PEERCRED, taken when the client
-/// connected); on `tcp` only the address is known.
+/// connected) and on `unixgram` for each datagram (SCM_CREDENTIALS); on `tcp` and `udp`
+/// only the address is known; a pipe or a queue tells nothing.
+///
+/// ```no_run
+/// let mut server = ipckit::listen("uds:///tmp/doc-peer.sock")?;
+/// let msg = server.recv()?;
+/// if msg.peer().uid != Some(0) {
+///     eprintln!("ignoring pid {:?}: only root may ask", msg.peer().pid);
+/// }
+/// # Ok::<(), ipckit::Error>(())
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Peer {
     /// The sender's process id.

@@ -24,6 +24,14 @@ pub mod unixgram;
 
 /// What a transport can promise; read by `ipckit transports`, by the conformance suite to
 /// decide which checks apply, and by the benchmark.
+///
+/// ```
+/// let udp = ipckit::transport::find("udp").unwrap();
+/// let caps = udp.capabilities(&"udp://127.0.0.1:9000".parse()?);
+/// assert!(!caps.reliable);
+/// assert_eq!(caps.max_message, 65507);
+/// # Ok::<(), ipckit::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Capabilities {
     /// A client can send a request and get its reply.

@@ -4,11 +4,11 @@
 //!
 //! What a successful `send` promises: the frame is in the kernel's socket buffer. A
 //! server that dies before reading it loses it, and the client's next send fails with
-//! [`Error::Disconnected`](crate::Error::Disconnected); a request is answered, refused,
+//! [`crate::Error::Disconnected`]; a request is answered, refused,
 //! or fails the same way.
 //!
 //! Socket files are private, replace a dead server's leftovers and are removed on drop:
-//! see [`endpoint_file`](super::endpoint_file).
+//! see the module `endpoint_file`.
 
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};

@@ -6,7 +6,7 @@
 //! (SCM_CREDENTIALS, asked for with SO_PASSCRED). Clients get an address for replies by
 //! autobind: a kernel-chosen abstract name, gone with the socket, so a crashed client
 //! leaves nothing behind. The server's socket file is handled like `uds`'s (see
-//! [`endpoint_file`](super::endpoint_file)).
+//! `endpoint_file`).
 //!
 //! The largest message is what the kernel takes in one datagram: the send buffer (raised
 //! to net.core.wmem_max) less 32 bytes, and never over 4 MiB, which this kernel's
@@ -14,7 +14,7 @@
 //!
 //! What a successful `send` promises: the datagram is in the receiver's queue. A receiver
 //! killed before reading it loses it with the socket; after that, sends fail with
-//! [`Error::NotFound`](crate::Error::NotFound) instead of succeeding into the void.
+//! [`crate::Error::NotFound`] instead of succeeding into the void.
 
 use std::os::fd::OwnedFd;
 use std::path::Path;
