@@ -624,6 +624,8 @@ impl Transport for Fifo {
             fd,
             sender: Mutex::new((next_writer(), 0)),
             channels: Pool::new(),
+            max: endpoint.max_message(),
+            send_timeout: endpoint.send_timeout(),
         }))
     }
 
@@ -724,15 +726,18 @@ struct FifoConnection {
     /// message so that one writer's messages follow each other.
     sender: Mutex<(WriterId, u32)>,
     channels: Pool<Channel>,
+    /// The endpoint's options, read once.
+    max: usize,
+    send_timeout: Duration,
 }
 
 impl FifoConnection {
     fn check_size(&self, payload: &[u8]) -> Result<()> {
-        if payload.len() > self.endpoint.max_message() {
+        if payload.len() > self.max {
             return Err(Error::MessageTooLarge {
                 endpoint: self.url.clone(),
                 size: payload.len(),
-                max: self.endpoint.max_message(),
+                max: self.max,
                 limit: "this endpoint's max_message".into(),
             });
         }
@@ -757,7 +762,7 @@ impl FifoConnection {
                 path,
                 fd,
                 timeout_fd: Arc::new(timeout_fd),
-                replies: Reassembly::new(self.endpoint.max_message()),
+                replies: Reassembly::new(self.max),
             }),
             Err(e) => {
                 let _ = std::fs::remove_file(&path);
@@ -793,7 +798,7 @@ impl FifoConnection {
             self.fd.as_fd(),
             (channel.writer, seq, REQUEST),
             payload,
-            self.endpoint.send_timeout(),
+            self.send_timeout,
         )?;
         loop {
             while let Some(reply) = channel.replies.next(&self.url) {
@@ -828,13 +833,7 @@ impl Connection for FifoConnection {
         let mut sender = self.sender.lock().unwrap_or_else(|e| e.into_inner());
         sender.1 = sender.1.wrapping_add(1);
         let id = (sender.0, sender.1, 0);
-        write_message(
-            &self.url,
-            self.fd.as_fd(),
-            id,
-            payload,
-            self.endpoint.send_timeout(),
-        )
+        write_message(&self.url, self.fd.as_fd(), id, payload, self.send_timeout)
     }
 
     fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
@@ -846,7 +845,7 @@ impl Connection for FifoConnection {
     }
 
     fn max_message(&self) -> usize {
-        self.endpoint.max_message()
+        self.max
     }
 
     fn endpoint(&self) -> &Endpoint {

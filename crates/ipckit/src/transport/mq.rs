@@ -233,6 +233,8 @@ impl Transport for Mq {
             max,
             limit,
             replies: Pool::new(),
+            priority: endpoint.priority(),
+            send_timeout: endpoint.send_timeout(),
         }))
     }
 
@@ -350,6 +352,9 @@ struct MqConnection {
     max: usize,
     limit: String,
     replies: Pool<ReplyQueue>,
+    /// The endpoint's options, read once.
+    priority: u32,
+    send_timeout: Duration,
 }
 
 impl MqConnection {
@@ -368,8 +373,8 @@ impl MqConnection {
             &self.endpoint,
             &self.queue,
             message,
-            self.endpoint.priority(),
-            self.endpoint.send_timeout(),
+            self.priority,
+            self.send_timeout,
         )
     }
 
