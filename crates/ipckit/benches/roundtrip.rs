@@ -2,7 +2,9 @@
 //! registered transport, each beside a hand-written loop over the same syscalls on the
 //! same kind of socket, so the ratio is the cost of the abstraction.
 //!
-//! `cargo bench -p ipckit --bench roundtrip`. The echo servers are this binary run again
+//! `cargo bench -p ipckit --bench roundtrip` runs criterion on each variant in turn;
+//! `… -- --interleaved` alternates the two variants of each transport in blocks and
+//! compares medians, which cancels drift of the machine. The echo servers are this binary run again
 //! with `IPCKIT_BENCH_PEER` set. Client and server are pinned to different cores (when
 //! there are two) in every variant alike, so that each pays the same cross-core wake-up.
 
@@ -303,11 +305,79 @@ fn bench(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The comparison without drift: both servers run at once, and blocks of round trips
+/// alternate between the hand-written loop and ipckit, so that a machine that slows down
+/// or speeds up during the run weighs on both alike. Prints the median of the blocks.
+fn interleaved() {
+    const ROUNDS: usize = 41;
+    const PER_ROUND: u64 = 2000;
+    pin_to(0);
+    let dir = std::env::temp_dir().join(format!("ipckit-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    println!("64-byte round trip, median of {ROUNDS} interleaved blocks of {PER_ROUND}");
+    println!(
+        "{:<9} {:>12} {:>12} {:>7}",
+        "transport", "hand-written", "ipckit", "ratio"
+    );
+    for transport in ipckit::transport::all() {
+        let scheme = transport.scheme();
+        let raw_address = match scheme {
+            "mq" => format!("raw-mq-{}", std::process::id()),
+            _ => dir.join(format!("raw-{scheme}")).display().to_string(),
+        };
+        let raw = Peer::start(scheme, &raw_address);
+        let endpoint = transport.scratch_endpoint(&dir, "ipckit");
+        let server = Peer::start("ipckit", &endpoint.to_string());
+        let client = ipckit::connect(server.address.as_str()).unwrap();
+        let payload = [7u8; SIZE];
+        let mut contenders: Vec<Box<dyn FnMut()>> = vec![
+            raw_round_trip(scheme, &raw.address),
+            Box::new(move || {
+                client.request(&payload, Duration::from_secs(5)).unwrap();
+            }),
+        ];
+        let mut blocks = [Vec::new(), Vec::new()];
+        for contender in contenders.iter_mut() {
+            time_iters(PER_ROUND, contender.as_mut()); // warm-up
+        }
+        for round in 0..ROUNDS {
+            for turn in 0..2 {
+                // Alternate who goes first, so neither always follows the other.
+                let which = (round + turn) % 2;
+                let took = time_iters(PER_ROUND, contenders[which].as_mut());
+                blocks[which].push(took / PER_ROUND as u32);
+            }
+        }
+        let [hand, ours] = blocks.map(|mut b| {
+            b.sort();
+            b[ROUNDS / 2]
+        });
+        println!(
+            "{scheme:<9} {:>12.2?} {:>12.2?} {:>7.3}",
+            hand,
+            ours,
+            ours.as_secs_f64() / hand.as_secs_f64()
+        );
+        drop(contenders);
+        drop(server);
+        drop(raw);
+        let _ = transport.destroy(&endpoint);
+    }
+    for suffix in ["req", "rep"] {
+        let _ = nix::mqueue::mq_unlink(format!("/raw-mq-{}.{suffix}", std::process::id()).as_str());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 criterion_group!(benches, bench);
 
 fn main() {
     if let Ok(kind) = std::env::var(PEER_ENV) {
         serve(&kind, &std::env::args().nth(1).unwrap_or_default());
+        return;
+    }
+    if std::env::args().any(|a| a == "--interleaved") {
+        interleaved();
         return;
     }
     benches();
