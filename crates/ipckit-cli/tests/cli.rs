@@ -93,7 +93,7 @@ fn free_tcp_port() -> u16 {
 fn request_until_served(url: &str, message: &str) -> Output {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let out = ipckit(&["request", url, message, "--timeout", "5s"]);
+        let out = ipckit(&["request", url, message, "--timeout", "1s"]);
         if out.status.success() || Instant::now() > deadline {
             return out;
         }
@@ -507,4 +507,20 @@ fn foreign_bytes_in_a_fifo_are_skipped() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(stdout(&out), "first\nsecond\n");
     assert!(String::from_utf8_lossy(&out.stderr).contains("were not ipckit chunks"));
+}
+
+/// `serve --echo` and `request` over the remaining transports, as over uds and tcp.
+#[test]
+fn serve_echo_and_request_over_the_datagram_and_pipe_transports() {
+    let dir = Scratch::new("echo-more");
+    for url in [
+        format!("udp://127.0.0.1:{}", free_udp_port()),
+        format!("unixgram://{}", dir.sock("e.dgram")),
+        format!("fifo://{}", dir.sock("e.fifo")),
+    ] {
+        let _server = Background::start(IPCKIT, &["serve", &url, "--echo", "--timeout", "30s"]);
+        let out = request_until_served(&url, "echo me");
+        assert!(out.status.success(), "{url}: {out:?}");
+        assert_eq!(stdout(&out), "echo me\n", "{url}");
+    }
 }
