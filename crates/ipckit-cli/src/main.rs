@@ -172,6 +172,10 @@ fn serve_loop(
     mut handle: impl FnMut(&mut Message) -> CliResult,
 ) -> CliResult {
     let mut server: Server = ipckit::listen(url)?;
+    if server.endpoint().to_string() != url {
+        // The kernel chose the port: say which, or nobody can reach the server.
+        eprintln!("ipckit: listening on {}", server.endpoint());
+    }
     let deadline = bounds.timeout.map(|t| Instant::now() + t);
     let mut received = 0u64;
     while bounds.count.is_none_or(|n| received < n) {

@@ -2,7 +2,7 @@
 //! Every server started here listens under a temporary directory or on loopback, and is
 //! bounded by `--count`/`--timeout` and killed when its test ends.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -29,8 +29,8 @@ impl Drop for Scratch {
     }
 }
 
-/// A background process, killed when dropped.
-struct Background(Child);
+/// A background process, killed when dropped; with the stderr it was read from, if any.
+struct Background(Child, Option<BufReader<std::process::ChildStderr>>);
 
 impl Drop for Background {
     fn drop(&mut self) {
@@ -41,17 +41,31 @@ impl Drop for Background {
 
 impl Background {
     fn start(program: &str, args: &[&str]) -> Background {
-        Background(
-            Command::new(program)
-                .args(args)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!("starting {program}: {e} (scripts/test.sh installs it)")
-                }),
-        )
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {program}: {e} (scripts/test.sh installs it)"));
+        Background(child, None)
+    }
+
+    /// Starts `ipckit listen` or `serve` on a URL with port 0, and returns the endpoint
+    /// the kernel chose, which the command prints on stderr.
+    fn on_any_port(args: &[&str]) -> (Background, String) {
+        let mut background = Background::start(IPCKIT, args);
+        let mut stderr = BufReader::new(background.0.stderr.take().unwrap());
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("ipckit: listening on ")
+            .unwrap_or_else(|| panic!("{args:?} said: {line}"))
+            .to_owned();
+        // Kept open: the server may log more, and a closed pipe would fail its writes.
+        background.1 = Some(stderr);
+        (background, url)
     }
 
     fn output(mut self) -> Output {
@@ -61,7 +75,11 @@ impl Background {
             std::thread::sleep(Duration::from_millis(10));
         }
         let child = std::mem::replace(&mut self.0, Command::new("true").spawn().unwrap());
-        child.wait_with_output().unwrap()
+        let mut output = child.wait_with_output().unwrap();
+        if let Some(mut stderr) = self.1.take() {
+            stderr.read_to_end(&mut output.stderr).unwrap();
+        }
+        output
     }
 }
 
@@ -80,14 +98,6 @@ fn wait_for_socket(path: &str) {
         assert!(Instant::now() < deadline, "nothing listens at {path}");
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn request_until_served(url: &str, message: &str) -> Output {
@@ -113,8 +123,8 @@ fn serve_echo_and_request_over_uds() {
 
 #[test]
 fn serve_echo_and_request_over_tcp() {
-    let url = format!("tcp://127.0.0.1:{}", free_tcp_port());
-    let _server = Background::start(IPCKIT, &["serve", &url, "--echo", "--timeout", "30s"]);
+    let (_server, url) =
+        Background::on_any_port(&["serve", "tcp://127.0.0.1:0", "--echo", "--timeout", "30s"]);
     let out = request_until_served(&url, "hello");
     assert!(out.status.success(), "{out:?}");
     assert_eq!(stdout(&out), "hello\n");
@@ -319,14 +329,18 @@ fn line_framed_request_and_reply() {
 fn the_protocol_document_suffices_for_a_python_client() {
     let client = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/examples/client.py");
     let dir = Scratch::new("python");
-    for url in [
-        format!("uds://{}", dir.sock("py.sock")),
-        format!("tcp://127.0.0.1:{}", free_tcp_port()),
-    ] {
-        let _server = Background::start(IPCKIT, &["serve", &url, "--echo", "--timeout", "30s"]);
-        request_until_served(&url, "ready?");
+    let uds = format!("uds://{}", dir.sock("py.sock"));
+    let servers = [
+        (
+            Background::start(IPCKIT, &["serve", &uds, "--echo", "--timeout", "30s"]),
+            uds.clone(),
+        ),
+        Background::on_any_port(&["serve", "tcp://127.0.0.1:0", "--echo", "--timeout", "30s"]),
+    ];
+    for (_server, url) in &servers {
+        request_until_served(url, "ready?");
         let out = Command::new("python3")
-            .args([client, &url, "from python"])
+            .args([client, url, "from python"])
             .output()
             .expect("python3 (scripts/test.sh installs it)");
         assert!(
@@ -343,31 +357,26 @@ fn the_protocol_document_suffices_for_a_python_client() {
 #[test]
 fn a_foreign_datagram_is_one_message() {
     let dir = Scratch::new("foreign-dgram");
-    let port = free_udp_port();
     let dgram = dir.sock("d.dgram");
-    for (url, socat_address) in [
+    let listen = ["--count", "1", "--format", "json", "--timeout", "20s"];
+    let udp = Background::on_any_port(&[&["listen", "udp://127.0.0.1:0"][..], &listen].concat());
+    let unixgram = format!("unixgram://{dgram}");
+    let listeners = [
         (
-            format!("udp://127.0.0.1:{port}"),
-            format!("UDP:127.0.0.1:{port}"),
+            udp.0,
+            format!("UDP:{}", udp.1.trim_start_matches("udp://")),
+            udp.1,
         ),
         (
-            format!("unixgram://{dgram}"),
+            Background::start(
+                IPCKIT,
+                &[&["listen", unixgram.as_str()][..], &listen].concat(),
+            ),
             format!("UNIX-SENDTO:{dgram}"),
+            unixgram.clone(),
         ),
-    ] {
-        let mut listener = Background::start(
-            IPCKIT,
-            &[
-                "listen",
-                &url,
-                "--count",
-                "1",
-                "--format",
-                "json",
-                "--timeout",
-                "20s",
-            ],
-        );
+    ];
+    for (mut listener, socat_address, url) in listeners {
         let deadline = Instant::now() + Duration::from_secs(10);
         let out = loop {
             // The listener may not be up yet: UDP drops, unixgram refuses; try until heard.
@@ -393,14 +402,6 @@ fn a_foreign_datagram_is_one_message() {
         let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(line["text"], "one whole datagram", "{url}");
     }
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A POSIX queue the test removes when it ends.
@@ -513,13 +514,18 @@ fn foreign_bytes_in_a_fifo_are_skipped() {
 #[test]
 fn serve_echo_and_request_over_the_datagram_and_pipe_transports() {
     let dir = Scratch::new("echo-more");
-    for url in [
-        format!("udp://127.0.0.1:{}", free_udp_port()),
-        format!("unixgram://{}", dir.sock("e.dgram")),
-        format!("fifo://{}", dir.sock("e.fifo")),
-    ] {
-        let _server = Background::start(IPCKIT, &["serve", &url, "--echo", "--timeout", "30s"]);
-        let out = request_until_served(&url, "echo me");
+    let serve =
+        |url: &str| Background::start(IPCKIT, &["serve", url, "--echo", "--timeout", "30s"]);
+    let unixgram = format!("unixgram://{}", dir.sock("e.dgram"));
+    let fifo = format!("fifo://{}", dir.sock("e.fifo"));
+    let servers = [
+        Background::on_any_port(&["serve", "udp://127.0.0.1:0", "--echo", "--timeout", "30s"]),
+        (serve(&unixgram), unixgram.clone()),
+        (serve(&fifo), fifo.clone()),
+    ];
+    for (_server, url) in &servers {
+        let url = url.as_str();
+        let out = request_until_served(url, "echo me");
         assert!(out.status.success(), "{url}: {out:?}");
         assert_eq!(stdout(&out), "echo me\n", "{url}");
     }

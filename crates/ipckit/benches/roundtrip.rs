@@ -255,6 +255,22 @@ fn time_iters(iters: u64, round_trip: &mut dyn FnMut()) -> Duration {
     start.elapsed()
 }
 
+/// Where the hand-written server of `scheme` listens: a queue name or a path in `dir`.
+fn raw_address(scheme: &str, dir: &std::path::Path) -> String {
+    match scheme {
+        "mq" => format!("raw-mq-{}", std::process::id()),
+        _ => dir.join(format!("raw-{scheme}")).display().to_string(),
+    }
+}
+
+/// Removes the hand-written mq ping-pong's queues, which outlive its processes.
+fn remove_raw_queues() {
+    for suffix in ["req", "rep"] {
+        let name = format!("/raw-mq-{}.{suffix}", std::process::id());
+        let _ = nix::mqueue::mq_unlink(name.as_str());
+    }
+}
+
 fn bench(c: &mut Criterion) {
     pin_to(0);
     let dir = std::env::temp_dir().join(format!("ipckit-bench-{}", std::process::id()));
@@ -262,10 +278,7 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("roundtrip_64B");
     for transport in ipckit::transport::all() {
         let scheme = transport.scheme();
-        let raw_address = match scheme {
-            "mq" => format!("raw-mq-{}", std::process::id()),
-            _ => dir.join(format!("raw-{scheme}")).display().to_string(),
-        };
+        let raw_address = raw_address(scheme, &dir);
         let raw = Peer::start(scheme, &raw_address);
         let mut round_trip = raw_round_trip(scheme, &raw.address);
         group.bench_function(format!("{scheme}/baseline"), |b| {
@@ -297,10 +310,7 @@ fn bench(c: &mut Criterion) {
         drop(server);
         let _ = transport.destroy(&endpoint);
     }
-    for suffix in ["req", "rep"] {
-        let name = format!("/raw-mq-{}.{suffix}", std::process::id());
-        let _ = nix::mqueue::mq_unlink(name.as_str());
-    }
+    remove_raw_queues();
     group.finish();
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -321,10 +331,7 @@ fn interleaved() {
     );
     for transport in ipckit::transport::all() {
         let scheme = transport.scheme();
-        let raw_address = match scheme {
-            "mq" => format!("raw-mq-{}", std::process::id()),
-            _ => dir.join(format!("raw-{scheme}")).display().to_string(),
-        };
+        let raw_address = raw_address(scheme, &dir);
         let raw = Peer::start(scheme, &raw_address);
         let endpoint = transport.scratch_endpoint(&dir, "ipckit");
         let server = Peer::start("ipckit", &endpoint.to_string());
@@ -363,9 +370,7 @@ fn interleaved() {
         drop(raw);
         let _ = transport.destroy(&endpoint);
     }
-    for suffix in ["req", "rep"] {
-        let _ = nix::mqueue::mq_unlink(format!("/raw-mq-{}.{suffix}", std::process::id()).as_str());
-    }
+    remove_raw_queues();
     let _ = std::fs::remove_dir_all(&dir);
 }
 
