@@ -73,17 +73,31 @@ impl Drop for Queue {
     }
 }
 
-/// The kernel's limits on queues, from /proc/sys/fs/mqueue.
-fn kernel_limit(name: &str, default: usize) -> usize {
-    std::fs::read_to_string(format!("/proc/sys/fs/mqueue/{name}"))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(default)
+/// The kernel's limits on queues, from /proc/sys/fs/mqueue, read once per process.
+struct Limits {
+    msg_max: usize,
+    msgsize_max: usize,
+}
+
+fn limits() -> &'static Limits {
+    static LIMITS: OnceLock<Limits> = OnceLock::new();
+    LIMITS.get_or_init(|| {
+        let read = |name: &str, default: usize| {
+            std::fs::read_to_string(format!("/proc/sys/fs/mqueue/{name}"))
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(default)
+        };
+        Limits {
+            msg_max: read("msg_max", 10),
+            msgsize_max: read("msgsize_max", 8192),
+        }
+    })
 }
 
 /// The largest message for `endpoint`, and which limit that is.
 fn max_message(endpoint: &Endpoint) -> (usize, String) {
-    let kernel = kernel_limit("msgsize_max", 8192);
+    let kernel = limits().msgsize_max;
     if endpoint.max_message() < kernel {
         (endpoint.max_message(), "this endpoint's max_message".into())
     } else {
@@ -165,7 +179,7 @@ fn put(
                         endpoint: endpoint.to_string(),
                         detail: format!(
                             "the queue, which holds {held} messages (fs.mqueue.msg_max is {}),",
-                            kernel_limit("msg_max", 10)
+                            limits().msg_max
                         ),
                         after: patience,
                     });
@@ -186,8 +200,8 @@ impl Transport for Mq {
         SUMMARY.get_or_init(|| {
             format!(
                 "POSIX message queues, durable (msg_max {}, msgsize_max {})",
-                kernel_limit("msg_max", 10),
-                kernel_limit("msgsize_max", 8192)
+                limits().msg_max,
+                limits().msgsize_max
             )
         })
     }
@@ -222,7 +236,7 @@ impl Transport for Mq {
             endpoint,
             &queue_name(endpoint),
             MQ_OFlag::O_WRONLY | MQ_OFlag::O_NONBLOCK,
-            (kernel_limit("msg_max", 10), max),
+            (limits().msg_max, max),
         )?;
         // The queue may have been created before, with a smaller size.
         let max = max.min(msgsize(endpoint, &queue)?);
@@ -243,19 +257,14 @@ impl Transport for Mq {
         let lock = hold_receiver_lock(endpoint, &name)?;
         reclaim_reply_queues(&name);
         let (max, _) = max_message(endpoint);
-        let queue = open_queue(
-            endpoint,
-            &name,
-            MQ_OFlag::O_RDONLY,
-            (kernel_limit("msg_max", 10), max),
-        )?;
+        let queue = open_queue(endpoint, &name, MQ_OFlag::O_RDONLY, (limits().msg_max, max))?;
         let size = msgsize(endpoint, &queue)?;
         let waker = Waker {
             queue: open_queue(
                 endpoint,
                 &name,
                 MQ_OFlag::O_WRONLY | MQ_OFlag::O_NONBLOCK,
-                (kernel_limit("msg_max", 10), max),
+                (limits().msg_max, max),
             )?,
             stop: AtomicBool::new(false),
             in_queue: Default::default(),
@@ -500,7 +509,7 @@ struct MqReplySink {
     name: String,
     open: OpenReplies,
     /// The reply queue once opened, so later replies through this sink skip the lookup.
-    queue: std::sync::OnceLock<Arc<(Queue, usize)>>,
+    queue: OnceLock<Arc<(Queue, usize)>>,
 }
 
 impl MqReplySink {

@@ -71,11 +71,16 @@ fn datagram_socket() -> std::io::Result<OwnedFd> {
 }
 
 fn raise_send_buffer(fd: &OwnedFd) {
+    // net.core.wmem_max, read once: it is a machine setting, and sockets are made often
+    // (one per request in flight).
+    static WMEM_MAX: OnceLock<usize> = OnceLock::new();
+    let wmem_max = *WMEM_MAX.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/net/core/wmem_max")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(212_992)
+    });
     // Best effort: the kernel caps the request at net.core.wmem_max.
-    let wmem_max = std::fs::read_to_string("/proc/sys/net/core/wmem_max")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(212_992usize);
     let _ = rustix::net::sockopt::set_socket_send_buffer_size(fd, wmem_max);
 }
 
