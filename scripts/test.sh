@@ -28,3 +28,6 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 cargo test --workspace --locked
+
+# The lock-free shared-memory ring, model-checked: its own build with loom's atomics.
+RUSTFLAGS="--cfg loom" cargo test -p ipckit --release --locked --test loom_ring --target-dir target/loom

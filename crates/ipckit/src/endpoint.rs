@@ -19,6 +19,13 @@ pub const DEFAULT_MAX_MESSAGE: usize = 16 * 1024 * 1024;
 /// ipckit needs for the suffixes it derives from a name (reply queues, per-client rings).
 pub const MAX_NAME_LEN: usize = 200;
 
+/// The most clients a `shm://` server takes (`?clients=`).
+pub const MAX_SHM_CLIENTS: usize = 4096;
+/// The smallest `shm://` ring (`?ring=`): the largest page size Linux uses.
+pub const MIN_SHM_RING: usize = 64 * 1024;
+/// The largest `shm://` ring.
+pub const MAX_SHM_RING: usize = 1 << 30;
+
 /// A parsed endpoint URL.
 ///
 /// ```
@@ -128,16 +135,20 @@ enum Param {
     Public,
     Priority,
     SendTimeoutMs,
+    Clients,
+    Ring,
 }
 
 impl Param {
-    const ALL: [Param; 6] = [
+    const ALL: [Param; 8] = [
         Param::Framing,
         Param::Mode,
         Param::MaxMessage,
         Param::Public,
         Param::Priority,
         Param::SendTimeoutMs,
+        Param::Clients,
+        Param::Ring,
     ];
 
     fn key(self) -> &'static str {
@@ -148,6 +159,8 @@ impl Param {
             Param::Public => "public",
             Param::Priority => "priority",
             Param::SendTimeoutMs => "send_timeout_ms",
+            Param::Clients => "clients",
+            Param::Ring => "ring",
         }
     }
 
@@ -161,7 +174,8 @@ impl Param {
             Param::MaxMessage => true,
             Param::Public => matches!(scheme, "tcp" | "udp" | "ws"),
             Param::Priority => scheme == "mq",
-            Param::SendTimeoutMs => matches!(scheme, "mq" | "fifo"),
+            Param::SendTimeoutMs => matches!(scheme, "mq" | "fifo" | "shm"),
+            Param::Clients | Param::Ring => scheme == "shm",
         }
     }
 
@@ -201,6 +215,23 @@ impl Param {
                 Some(_) => Ok(()),
                 _ => Err(format!(
                     "send_timeout_ms must be a whole number of milliseconds, not '{value}'"
+                )),
+            },
+            Param::Clients => match canonical_decimal(value) {
+                Some(n) if (1..=MAX_SHM_CLIENTS as u64).contains(&n) => Ok(()),
+                _ => Err(format!(
+                    "clients must be a number from 1 to {MAX_SHM_CLIENTS}, not '{value}'"
+                )),
+            },
+            Param::Ring => match canonical_decimal(value) {
+                Some(n)
+                    if n.is_power_of_two()
+                        && (MIN_SHM_RING as u64..=MAX_SHM_RING as u64).contains(&n) =>
+                {
+                    Ok(())
+                }
+                _ => Err(format!(
+                    "ring must be a power of two from {MIN_SHM_RING} to {MAX_SHM_RING} bytes, not '{value}'"
                 )),
             },
         }
@@ -336,6 +367,27 @@ impl Endpoint {
                 .map(|t| t.parse().expect("validated when parsed"))
                 .unwrap_or(10_000),
         )
+    }
+
+    /// How many clients a shared-memory server takes at once (`?clients=`); 64 unless set.
+    ///
+    /// ```
+    /// let ep: ipckit::Endpoint = "shm://app?clients=8&ring=65536".parse()?;
+    /// assert_eq!((ep.clients(), ep.ring()), (8, 65536));
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
+    pub fn clients(&self) -> usize {
+        self.param(Param::Clients)
+            .map(|n| n.parse().expect("validated when parsed"))
+            .unwrap_or(64)
+    }
+
+    /// The bytes of each shared-memory ring (`?ring=`, a power of two); 1 MiB unless set.
+    /// A message up to half of it is written in place; a larger one goes in pieces.
+    pub fn ring(&self) -> usize {
+        self.param(Param::Ring)
+            .map(|n| n.parse().expect("validated when parsed"))
+            .unwrap_or(1 << 20)
     }
 
     /// Whether a network endpoint may be bound to a non-loopback address (`?public=`).

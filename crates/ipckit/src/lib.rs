@@ -29,6 +29,7 @@
 pub mod endpoint;
 pub mod error;
 pub mod frame;
+mod loan;
 mod message;
 mod sys;
 pub mod transport;
@@ -43,6 +44,7 @@ use serde::de::DeserializeOwned;
 
 pub use endpoint::{Endpoint, Framing, ToEndpoint};
 pub use error::{Error, Result};
+pub use loan::Loan;
 pub use message::{Message, Peer};
 pub use transport::Capabilities;
 
@@ -145,6 +147,33 @@ impl Client {
             op: "encode",
             detail: e.to_string(),
         })
+    }
+
+    /// A buffer for a message of `len` bytes, to write into and then
+    /// [`send`](Loan::send): on `shm` it is space in the shared ring, so the message is
+    /// never copied. Larger than the server accepts is [`Error::MessageTooLarge`].
+    ///
+    /// ```no_run
+    /// let client = ipckit::connect("shm://app")?;
+    /// let mut buf = client.loan(4096)?;
+    /// let n = std::io::Read::read(&mut std::io::stdin(), &mut buf).unwrap_or(0);
+    /// buf.truncate(n);
+    /// buf.send()?;
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
+    pub fn loan(&self, len: usize) -> Result<Loan<'_>> {
+        if len > self.max_message() {
+            return Err(Error::MessageTooLarge {
+                endpoint: self.endpoint().to_string(),
+                size: len,
+                max: self.max_message(),
+                limit: "the server's max_message".into(),
+            });
+        }
+        match self.connection.loan(len)? {
+            Some(loan) => Ok(loan),
+            None => Ok(Loan::on_heap(&*self.connection, len)),
+        }
     }
 
     /// The largest message the server accepts.

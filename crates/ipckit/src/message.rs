@@ -76,6 +76,18 @@ impl Drop for ReplyTo {
     }
 }
 
+/// Where a message's bytes are: copied out, or read in place in shared memory.
+pub(crate) enum Payload {
+    Owned(Vec<u8>),
+    Shared(crate::transport::shm::Lease),
+}
+
+impl From<Vec<u8>> for Payload {
+    fn from(bytes: Vec<u8>) -> Payload {
+        Payload::Owned(bytes)
+    }
+}
+
 /// One message received by a server.
 ///
 /// ```no_run
@@ -88,7 +100,7 @@ impl Drop for ReplyTo {
 /// # Ok::<(), ipckit::Error>(())
 /// ```
 pub struct Message {
-    payload: Vec<u8>,
+    payload: Payload,
     peer: Arc<Peer>,
     reply_to: Option<ReplyTo>,
     endpoint: Arc<str>,
@@ -96,27 +108,40 @@ pub struct Message {
 
 impl Message {
     pub(crate) fn new(
-        payload: Vec<u8>,
+        payload: impl Into<Payload>,
         peer: Arc<Peer>,
         reply_to: Option<ReplyTo>,
         endpoint: Arc<str>,
     ) -> Message {
         Message {
-            payload,
+            payload: payload.into(),
             peer,
             reply_to,
             endpoint,
         }
     }
 
-    /// The bytes that were sent.
+    /// The bytes that were sent. On `shm` they are read in place, in the sender's ring:
+    /// no copy was made, and the space returns to the sender when the message is dropped.
     pub fn payload(&self) -> &[u8] {
-        &self.payload
+        match &self.payload {
+            Payload::Owned(bytes) => bytes,
+            Payload::Shared(lease) => lease.bytes(),
+        }
     }
 
-    /// Takes the payload out, leaving the message empty.
+    /// Takes the payload out, leaving the message empty (on `shm`, this copies it out of
+    /// shared memory and gives the space back at once).
     pub fn take_payload(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.payload)
+        match std::mem::replace(&mut self.payload, Payload::Owned(Vec::new())) {
+            Payload::Owned(bytes) => bytes,
+            Payload::Shared(lease) => lease.bytes().to_vec(),
+        }
+    }
+
+    /// Whether the payload is read in place from shared memory rather than copied.
+    pub fn is_in_place(&self) -> bool {
+        matches!(self.payload, Payload::Shared(_))
     }
 
     /// Who sent it.
@@ -157,7 +182,7 @@ impl Message {
     /// # Ok::<(), ipckit::Error>(())
     /// ```
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
-        postcard::from_bytes(&self.payload).map_err(|e| Error::Codec {
+        postcard::from_bytes(self.payload()).map_err(|e| Error::Codec {
             endpoint: self.endpoint.to_string(),
             op: "decode",
             detail: e.to_string(),
@@ -173,7 +198,7 @@ impl Message {
 impl fmt::Debug for Message {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Message")
-            .field("len", &self.payload.len())
+            .field("len", &self.payload().len())
             .field("peer", &self.peer)
             .field("wants_reply", &self.wants_reply())
             .finish()

@@ -104,6 +104,8 @@ fn path_of(endpoint: &Endpoint) -> Option<PathBuf> {
     match endpoint.address() {
         Address::Uds(UnixAddr::Path(p)) | Address::Unixgram(UnixAddr::Path(p)) => Some(p.clone()),
         Address::Fifo(p) | Address::Spool(p) => Some(p.clone()),
+        // Where glibc's shm_open, and ipckit, put the segment of `shm://NAME`.
+        Address::Shm(name) => Some(PathBuf::from(format!("/dev/shm/ipckit.{name}"))),
         _ => None,
     }
 }

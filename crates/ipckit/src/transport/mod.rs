@@ -16,6 +16,7 @@ mod endpoint_file;
 pub mod fifo;
 pub mod mq;
 mod pool;
+pub mod shm;
 mod stream;
 pub mod tcp;
 pub mod udp;
@@ -95,6 +96,12 @@ pub trait Connection: Send + Sync {
     fn max_message(&self) -> usize;
     /// Where it is connected.
     fn endpoint(&self) -> &Endpoint;
+    /// Space for a message of `len` bytes (at most [`max_message`](Self::max_message))
+    /// in shared memory, where the transport has it; `None` means a plain buffer will do.
+    fn loan(&self, len: usize) -> Result<Option<crate::Loan<'_>>> {
+        let _ = len;
+        Ok(None)
+    }
 }
 
 /// A transport's server side; [`Server`](crate::Server) wraps it.
@@ -108,13 +115,14 @@ pub trait Listener: Send {
     fn endpoint(&self) -> &Endpoint;
 }
 
-static ALL: [&dyn Transport; 6] = [
+static ALL: [&dyn Transport; 7] = [
     &uds::Uds,
     &tcp::Tcp,
     &udp::Udp,
     &unixgram::Unixgram,
     &fifo::Fifo,
     &mq::Mq,
+    &shm::Shm,
 ];
 
 /// Every registered transport.

@@ -1,0 +1,114 @@
+//! Space to write a message into before sending it: in the ring itself on `shm`.
+
+use std::ops::{Deref, DerefMut};
+use std::time::Duration;
+
+use crate::error::Result;
+use crate::transport::Connection;
+use crate::transport::shm::ShmLoan;
+
+/// A buffer for one message, from [`Client::loan`](crate::Client::loan). Write the message
+/// into it (it dereferences to `[u8]`), optionally [`truncate`](Loan::truncate) it, then
+/// [`send`](Loan::send) or [`request`](Loan::request). Dropping it unsent sends nothing.
+///
+/// On a zero-copy transport (`shm`) the buffer is space in the shared ring: the message is
+/// written once, where the receiver reads it. While a loan is out, other sends on the same
+/// client wait for it. Elsewhere it is an ordinary buffer sent with a copy.
+///
+/// ```no_run
+/// let client = ipckit::connect("shm://frames")?;
+/// let mut frame = client.loan(1920 * 1080 * 4)?;
+/// frame.fill(0x80); // render straight into shared memory
+/// frame.send()?;
+/// # Ok::<(), ipckit::Error>(())
+/// ```
+pub struct Loan<'a> {
+    inner: Inner<'a>,
+    len: usize,
+}
+
+enum Inner<'a> {
+    Heap {
+        connection: &'a dyn Connection,
+        bytes: Vec<u8>,
+    },
+    InPlace(ShmLoan<'a>),
+}
+
+impl<'a> Loan<'a> {
+    /// A plain buffer that `send` passes to `connection`.
+    pub(crate) fn on_heap(connection: &'a dyn Connection, len: usize) -> Loan<'a> {
+        Loan {
+            inner: Inner::Heap {
+                connection,
+                bytes: vec![0; len],
+            },
+            len,
+        }
+    }
+
+    /// Space in a shared ring.
+    pub(crate) fn in_place(loan: ShmLoan<'a>) -> Loan<'a> {
+        let len = loan.bytes().len();
+        Loan {
+            inner: Inner::InPlace(loan),
+            len,
+        }
+    }
+
+    /// Shortens the message to `len` bytes (a loan can be taken for the most a message
+    /// may need).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// Whether the buffer is the receiver's shared memory, so that sending copies nothing.
+    pub fn is_in_place(&self) -> bool {
+        matches!(self.inner, Inner::InPlace(_))
+    }
+
+    /// Publishes the message.
+    pub fn send(self) -> Result<()> {
+        match self.inner {
+            Inner::Heap { connection, bytes } => connection.send(&bytes[..self.len]),
+            Inner::InPlace(loan) => loan.send(self.len),
+        }
+    }
+
+    /// Publishes the message as a request and waits up to `timeout` for the reply.
+    pub fn request(self, timeout: Duration) -> Result<Vec<u8>> {
+        match self.inner {
+            Inner::Heap { connection, bytes } => connection.request(&bytes[..self.len], timeout),
+            Inner::InPlace(loan) => loan.request(self.len, timeout),
+        }
+    }
+}
+
+impl Deref for Loan<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match &self.inner {
+            Inner::Heap { bytes, .. } => &bytes[..self.len],
+            Inner::InPlace(loan) => &loan.bytes()[..self.len],
+        }
+    }
+}
+
+impl DerefMut for Loan<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        let len = self.len;
+        match &mut self.inner {
+            Inner::Heap { bytes, .. } => &mut bytes[..len],
+            Inner::InPlace(loan) => &mut loan.bytes_mut()[..len],
+        }
+    }
+}
+
+impl std::fmt::Debug for Loan<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loan")
+            .field("len", &self.len)
+            .field("in_place", &self.is_in_place())
+            .finish()
+    }
+}

@@ -1,0 +1,1310 @@
+//! `shm://NAME`: shared memory, the article's memory-mapped file and named event done as
+//! zero-copy libraries do it.
+//!
+//! A server creates one segment, `/dev/shm/ipckit.NAME` (mode 0600 unless `?mode=`), with a
+//! slot per client (`?clients=`, 64 unless set). A slot holds two single-producer,
+//! single-consumer rings of `?ring=` bytes (1 MiB unless set): requests and one-way
+//! messages from the client, replies from the server. A message up to half a ring goes
+//! as one record, written in place and published by moving the ring's tail; a larger one
+//! (up to `?max_message=`, 16 MiB unless set) goes as a sequence of records that the
+//! receiver reassembles. The layout is in `docs/PROTOCOL.md`.
+//!
+//! **Zero copy.** [`Client::loan`](crate::Client::loan) hands out space inside the ring;
+//! the sender writes its message there and publishes it. The server's
+//! [`Message::payload`](crate::Message::payload) is the record itself, read in place: the
+//! space goes back to the client when the message is dropped. A server that holds on to
+//! many messages therefore stalls that client, as a subscriber holding samples does in
+//! iceoryx2.
+//!
+//! **Waking.** A busy pair never makes a syscall: both sides spin briefly before sleeping
+//! on a futex in the segment, and whoever publishes wakes the other only if it announced
+//! that it sleeps. The server sleeps on one doorbell for all its clients. How long to spin
+//! is adaptive; the policy and why it suits these machines is in the `wait` module: a
+//! round trip between busy processes costs a few hundred nanoseconds, while a peer that
+//! waited long enough to fall asleep pays one futex wake-up (tens of microseconds on a
+//! virtual machine), and an idle server uses no CPU.
+//!
+//! **Crashes.** The server holds an exclusive `flock` on its segment; the kernel releases
+//! it when the server dies, however it dies, and that is how a client, or the next
+//! server, recognises a dead server's segment (the next server replaces it, a client that
+//! notices removes it). Each side watches the other's pidfd, at least every
+//! [`LIVENESS_INTERVAL`] while it waits: a client killed with SIGKILL is noticed within
+//! that time and its slot is emptied and reused; a request to a server that died fails
+//! with [`Error::Disconnected`]. A record becomes visible only when complete, so a sender
+//! killed mid-message leaves nothing; the pieces of a larger message from a dead client
+//! are discarded.
+//!
+//! **Trust.** Everything read from shared memory is checked before use: a peer writing
+//! garbage into positions or lengths gets its connection closed with a
+//! [`Error::Protocol`] naming the violation, and never makes the other side read out of
+//! bounds, allocate what it claims, or hang. A peer can still change the bytes of a
+//! message while the receiver reads them in place; only processes of the owner (or those
+//! `?mode=` admits) can map the segment at all.
+//!
+//! The pid a client reports is checked to be alive but is not vouched for by the kernel,
+//! so the transport does not claim peer credentials.
+
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags};
+
+use crate::endpoint::{Address, Endpoint};
+use crate::error::{Error, Result};
+use crate::message::{Message, Payload, Peer, ReplySink, ReplyTo};
+use crate::transport::{Capabilities, Connection, Listener, Transport};
+
+pub(crate) mod ring;
+mod segment;
+mod wait;
+
+/// The atomics the ring uses; `tests/loom_ring.rs` compiles the ring against loom's.
+mod sync {
+    pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+}
+
+use ring::{Area, Consumer, Control, Corrupt, Kind, MORE, Producer, Reservation};
+use segment::{Geometry, Header, Mapping, Slot};
+use wait::{Spinner, Woke};
+
+/// How often a waiting side checks that its peer still lives.
+pub const LIVENESS_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Shared-memory rings between processes.
+///
+/// ```
+/// # use std::time::Duration;
+/// let url = format!("shm://doc-{}", std::process::id());
+/// let server = ipckit::listen(url.as_str())?.spawn(|msg| Some(msg.payload().to_vec()));
+/// let client = ipckit::connect(url.as_str())?;
+/// let mut loan = client.loan(5)?; // space in the ring itself
+/// loan.copy_from_slice(b"hello");
+/// assert_eq!(loan.request(Duration::from_secs(5))?, b"hello");
+/// # Ok::<(), ipckit::Error>(())
+/// ```
+pub struct Shm;
+
+impl Transport for Shm {
+    fn scheme(&self) -> &'static str {
+        "shm"
+    }
+
+    fn summary(&self) -> &'static str {
+        "shared-memory rings (shm_open), futex wake-ups, zero copy"
+    }
+
+    fn capabilities(&self, endpoint: &Endpoint) -> Capabilities {
+        Capabilities {
+            duplex: true,
+            reliable: true,
+            ordered: true,
+            durable: false,
+            broadcast: false,
+            connection: true,
+            max_message: endpoint.max_message(),
+            peer_credentials: false,
+            zero_copy: true,
+        }
+    }
+
+    fn scratch_endpoint(&self, _dir: &Path, name: &str) -> Endpoint {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let unique = format!(
+            "ipckit-{}-{}-{name}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        Address::Shm(unique).into()
+    }
+
+    fn connect(&self, endpoint: &Endpoint) -> Result<Box<dyn Connection>> {
+        Ok(Box::new(ShmConnection::connect(endpoint)?))
+    }
+
+    fn listen(&self, endpoint: &Endpoint) -> Result<Box<dyn Listener>> {
+        Ok(Box::new(ShmListener::bind(endpoint)?))
+    }
+}
+
+fn name_of(endpoint: &Endpoint) -> &str {
+    match endpoint.address() {
+        Address::Shm(name) => name,
+        other => unreachable!("shm given {other:?}"),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn corrupt(url: &str, who: &str, c: Corrupt) -> Error {
+    Error::Protocol {
+        endpoint: url.to_owned(),
+        reason: format!("the {who} broke the shared ring: {}", c.0),
+    }
+}
+
+/// Whether the process behind `pidfd` has exited.
+fn exited(pidfd: &OwnedFd) -> bool {
+    let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
+    matches!(
+        rustix::event::poll(&mut fds, Some(&rustix::time::Timespec::default())),
+        Ok(n) if n > 0
+    )
+}
+
+fn pidfd(pid: u32) -> Option<OwnedFd> {
+    let pid = rustix::process::Pid::from_raw(pid as i32)?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+}
+
+// ---------------------------------------------------------------------------------------
+// The two halves of a ring as each side uses them
+// ---------------------------------------------------------------------------------------
+
+/// The writing half of a ring, with how to wait for room and whom to wake.
+struct Sender {
+    producer: Producer,
+    spinner: Spinner,
+    /// The ring's word on which this side sleeps waiting for room.
+    room: *const AtomicU32,
+    /// The word on which the consumer sleeps.
+    doorbell: *const AtomicU32,
+    /// The consumer's position at the previous send, to notice a consumer that stopped.
+    head_before: u64,
+}
+
+// SAFETY: the pointers are into a mapping that the owner of the Sender keeps alive.
+unsafe impl Send for Sender {}
+
+impl Sender {
+    /// # Safety
+    /// `control` and `doorbell` stay valid as long as the sender.
+    unsafe fn new(control: &Control, area: Area, doorbell: &AtomicU32) -> Sender {
+        Sender {
+            // SAFETY: per this function's contract; one producer per ring is guaranteed
+            // by the slot protocol (the client writes requests, the server replies).
+            producer: unsafe { Producer::new(control, area) },
+            spinner: Spinner::default(),
+            room: &control.producer_sleeps,
+            doorbell,
+            head_before: 0,
+        }
+    }
+
+    fn doorbell(&self) -> &AtomicU32 {
+        // SAFETY: valid per the constructor's contract.
+        unsafe { &*self.doorbell }
+    }
+
+    /// Claims room for `len` bytes, waiting up to `patience`; `gone` says whether the peer
+    /// went away (checked when the ring stays full, or the peer stopped taking).
+    fn reserve(&mut self, len: usize, patience: Duration, link: &dyn Link) -> Result<Reservation> {
+        let pending = self.producer.pending();
+        if pending > 0 && self.producer_position_stalled() {
+            link.check()?;
+        }
+        if let Some(r) = self
+            .producer
+            .try_reserve(len)
+            .map_err(|c| corrupt(link.url(), "receiver", c))?
+        {
+            return Ok(r);
+        }
+        let deadline = Instant::now() + patience;
+        loop {
+            let mut outcome = None;
+            let Sender {
+                producer,
+                spinner,
+                room,
+                ..
+            } = self;
+            // SAFETY: valid per the constructor's contract.
+            let room = unsafe { &**room };
+            let slice = (Instant::now() + LIVENESS_INTERVAL).min(deadline);
+            spinner.wait(
+                room,
+                || match producer.try_reserve(len) {
+                    Ok(None) => false,
+                    other => {
+                        outcome = Some(other);
+                        true
+                    }
+                },
+                Some(slice),
+            );
+            match outcome {
+                Some(Ok(Some(r))) => return Ok(r),
+                Some(Err(c)) => return Err(corrupt(link.url(), "receiver", c)),
+                _ => {}
+            }
+            link.check()?;
+            if Instant::now() >= deadline {
+                return Err(Error::Full {
+                    endpoint: link.url().to_owned(),
+                    detail: format!(
+                        "the shared ring ({} bytes pending)",
+                        self.producer.pending()
+                    ),
+                    after: patience,
+                });
+            }
+        }
+    }
+
+    /// True when the consumer has not moved since the previous send: only then is the
+    /// (syscall-costing) liveness check worth making before writing more.
+    fn producer_position_stalled(&mut self) -> bool {
+        let head = self.producer.head();
+        let stalled = head == self.head_before;
+        self.head_before = head;
+        stalled
+    }
+
+    /// Publishes a reservation and wakes the consumer if it sleeps.
+    fn commit(&mut self, r: Reservation, len: usize, kind: Kind, flags: u8, id: u64) {
+        self.producer.commit(r, len, kind, flags, id);
+        wait::wake(self.doorbell());
+    }
+
+    /// Sends `payload` as one record, or as several when it is larger than one can be.
+    fn send(
+        &mut self,
+        kind: Kind,
+        id: u64,
+        payload: &[u8],
+        patience: Duration,
+        link: &dyn Link,
+    ) -> Result<()> {
+        let max_record = self.producer.max_record();
+        if payload.len() <= max_record {
+            let r = self.reserve(payload.len(), patience, link)?;
+            self.producer.write(&r, 0, payload);
+            self.commit(r, payload.len(), kind, 0, id);
+            return Ok(());
+        }
+        // Quarter-ring pieces keep both sides busy: one is written while another is read.
+        let piece = max_record / 2;
+        let mut chunks = payload.chunks(piece).peekable();
+        while let Some(chunk) = chunks.next() {
+            let flags = if chunks.peek().is_some() { MORE } else { 0 };
+            let r = self.reserve(chunk.len(), patience, link)?;
+            self.producer.write(&r, 0, chunk);
+            self.commit(r, chunk.len(), kind, flags, id);
+        }
+        Ok(())
+    }
+}
+
+/// What a sender or receiver needs to know about the other side.
+trait Link {
+    fn url(&self) -> &str;
+    /// Err when the peer is gone or the connection was closed.
+    fn check(&self) -> Result<()>;
+}
+
+/// A message being put together from several records.
+struct Partial {
+    kind: Kind,
+    id: u64,
+    bytes: Vec<u8>,
+}
+
+/// Adds `record` to the message being assembled, checking it belongs there and that the
+/// whole stays within `max`; the finished message once the last piece arrived.
+fn assemble(
+    partial: &mut Option<Partial>,
+    consumer: &Consumer,
+    record: &ring::Record,
+    max: usize,
+) -> std::result::Result<Option<Partial>, Corrupt> {
+    let p = partial.get_or_insert_with(|| Partial {
+        kind: record.kind,
+        id: record.id,
+        bytes: Vec::new(),
+    });
+    if p.kind != record.kind || p.id != record.id {
+        return Err(Corrupt(format!(
+            "a piece of {:?} {} arrived inside {:?} {}",
+            record.kind, record.id, p.kind, p.id
+        )));
+    }
+    if p.bytes.len() + record.len > max {
+        return Err(Corrupt(format!(
+            "a message grew past the limit of {max} bytes"
+        )));
+    }
+    // The buffer grows with what actually arrived, never with what a peer claims.
+    let at = p.bytes.len();
+    p.bytes.resize(at + record.len, 0);
+    consumer.read(record, &mut p.bytes[at..]);
+    Ok(if record.flags & MORE == 0 {
+        partial.take()
+    } else {
+        None
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Client
+// ---------------------------------------------------------------------------------------
+
+/// The client's reading half: replies.
+struct Replies {
+    consumer: Consumer,
+    spinner: Spinner,
+    partial: Option<Partial>,
+}
+
+// SAFETY: the consumer's pointers are into the connection's slot mapping.
+unsafe impl Send for Replies {}
+
+#[derive(Default)]
+struct Waiters {
+    /// Requests in flight and their answers once read.
+    answers: Vec<(u64, Option<Partial>)>,
+    broken: Option<String>,
+    /// Threads waiting on `answered`; notified only when there are some.
+    followers: usize,
+}
+
+/// A client's connection: a claimed slot in the server's segment.
+pub(crate) struct ShmConnection {
+    endpoint: Endpoint,
+    url: String,
+    name: String,
+    fd: OwnedFd,
+    header_map: Mapping,
+    slot_map: Mapping,
+    slot_index: usize,
+    server: OwnedFd,
+    server_max: usize,
+    own_max: usize,
+    patience: Duration,
+    requests: Mutex<Sender>,
+    replies: Mutex<Replies>,
+    waiters: Mutex<Waiters>,
+    answered: Condvar,
+    next_id: AtomicU64,
+}
+
+impl ShmConnection {
+    fn connect(endpoint: &Endpoint) -> Result<ShmConnection> {
+        let url = endpoint.to_string();
+        let name = name_of(endpoint).to_owned();
+        let found = segment::find(&url, &name)?;
+        let gone = |detail: &str| Error::NotFound {
+            endpoint: url.clone(),
+            detail: detail.to_owned(),
+        };
+        let server = pidfd(found.server_pid).ok_or_else(|| gone("the server process is gone"))?;
+        // The pid might have been reused between reading it and opening its pidfd; the
+        // lock being still held after the open proves the holder is that process.
+        if !segment::server_alive(&found.fd) {
+            return Err(gone("the server process is gone"));
+        }
+        // SAFETY: the header mapping starts with the header (checked by `find`).
+        let header: &Header = unsafe { found.header.at(0) };
+        let me = std::process::id();
+        let slot_index = (0..found.geometry.slots)
+            .find(|&i| {
+                // SAFETY: `find` checked that the header page holds `slots` owner words.
+                let owner: &AtomicU32 = unsafe { found.header.at(segment::OWNERS + 4 * i) };
+                owner
+                    .compare_exchange(0, me, Ordering::SeqCst, Ordering::Relaxed)
+                    .is_ok()
+            })
+            .ok_or_else(|| Error::Full {
+                endpoint: url.clone(),
+                detail: format!(
+                    "all {} client slots of the server (its ?clients= option sets how many)",
+                    found.geometry.slots
+                ),
+                after: Duration::ZERO,
+            })?;
+        let release_claim = || {
+            // SAFETY: as above.
+            let owner: &AtomicU32 = unsafe { found.header.at(segment::OWNERS + 4 * slot_index) };
+            owner.store(0, Ordering::SeqCst);
+        };
+        let slot_map = match segment::map_slot(&found.fd, found.geometry, slot_index) {
+            Ok(m) => m,
+            Err(e) => {
+                release_claim();
+                return Err(Error::io(&url, "mapping a client slot", e));
+            }
+        };
+        // SAFETY: the slot mapping starts with the slot's control page.
+        let slot: &Slot = unsafe { slot_map.at(0) };
+        let own_max = endpoint.max_message();
+        slot.client_max.store(own_max as u64, Ordering::Relaxed);
+        let capacity = found.geometry.capacity;
+        // SAFETY: the slot mapping holds the control page and both data areas, each
+        // `capacity` bytes (a power of two), and lives as long as the connection, which
+        // owns the sender and the consumer. The slot is ours alone: we claimed its owner
+        // word, and the server emptied its rings before freeing it.
+        let (requests, consumer) = unsafe {
+            let base = slot_map.base().add(segment::ALIGN);
+            (
+                Sender::new(&slot.requests, Area::new(base, capacity), &header.doorbell),
+                Consumer::new(&slot.replies, Area::new(base.add(capacity), capacity)),
+            )
+        };
+        slot.state.store(segment::OPEN, Ordering::SeqCst);
+        header.changes.fetch_add(1, Ordering::SeqCst);
+        wait::wake(&header.doorbell);
+        Ok(ShmConnection {
+            endpoint: endpoint.clone(),
+            url,
+            name,
+            server_max: found.max_message,
+            fd: found.fd,
+            header_map: found.header,
+            slot_map,
+            slot_index,
+            server,
+            own_max,
+            patience: endpoint.send_timeout(),
+            requests: Mutex::new(requests),
+            replies: Mutex::new(Replies {
+                consumer,
+                spinner: Spinner::default(),
+                partial: None,
+            }),
+            waiters: Mutex::new(Waiters::default()),
+            answered: Condvar::new(),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: checked by `find` when connecting; the mapping lives with `self`.
+        unsafe { self.header_map.at(0) }
+    }
+
+    fn slot(&self) -> &Slot {
+        // SAFETY: the slot mapping starts with the control page and lives with `self`.
+        unsafe { self.slot_map.at(0) }
+    }
+
+    fn check_size(&self, len: usize) -> Result<()> {
+        if len > self.server_max {
+            return Err(Error::MessageTooLarge {
+                endpoint: self.url.clone(),
+                size: len,
+                max: self.server_max,
+                limit: "the server's max_message".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn send_kind(&self, kind: Kind, id: u64, payload: &[u8]) -> Result<()> {
+        self.check_size(payload.len())?;
+        self.check()?;
+        lock(&self.requests).send(kind, id, payload, self.patience, self)
+    }
+
+    /// Waits for the answer to request `id`, reading the reply ring as the leader when no
+    /// other thread does (as the stream client does).
+    fn await_answer(&self, id: u64, timeout: Duration) -> Result<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
+        let mut waiters = lock(&self.waiters);
+        loop {
+            if let Some(at) = waiters
+                .answers
+                .iter()
+                .position(|(i, a)| *i == id && a.is_some())
+            {
+                let answer = waiters.answers.swap_remove(at).1.expect("checked");
+                return match answer.kind {
+                    Kind::Reply => Ok(answer.bytes),
+                    _ => Err(Error::Remote {
+                        endpoint: self.url.clone(),
+                        reason: String::from_utf8_lossy(&answer.bytes).into_owned(),
+                    }),
+                };
+            }
+            let forget = |w: &mut Waiters| w.answers.retain(|(i, _)| *i != id);
+            if let Some(detail) = waiters.broken.clone() {
+                forget(&mut waiters);
+                return Err(Error::Disconnected {
+                    endpoint: self.url.clone(),
+                    detail,
+                });
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                forget(&mut waiters);
+                return Err(Error::Timeout {
+                    endpoint: self.url.clone(),
+                    after: timeout,
+                });
+            }
+            let Ok(mut replies) = self.replies.try_lock() else {
+                waiters.followers += 1;
+                waiters = self
+                    .answered
+                    .wait_timeout(waiters, deadline - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+                waiters.followers -= 1;
+                continue;
+            };
+            drop(waiters);
+            let outcome = self.read_answer(&mut replies, deadline);
+            drop(replies);
+            waiters = lock(&self.waiters);
+            match outcome {
+                Ok(Some(answer)) => {
+                    if let Some((_, slot)) =
+                        waiters.answers.iter_mut().find(|(i, _)| *i == answer.id)
+                    {
+                        *slot = Some(answer);
+                    } else {
+                        log::debug!(
+                            "{}: dropping a late answer to request {}",
+                            self.url,
+                            answer.id
+                        );
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => waiters.broken = Some(e.to_string()),
+            }
+            if waiters.followers > 0 {
+                self.answered.notify_all();
+            }
+        }
+    }
+
+    /// Reads the next complete answer, waiting until `deadline` or a liveness check.
+    fn read_answer(&self, replies: &mut Replies, deadline: Instant) -> Result<Option<Partial>> {
+        let Replies {
+            consumer,
+            spinner,
+            partial,
+        } = replies;
+        loop {
+            match consumer
+                .peek()
+                .map_err(|c| corrupt(&self.url, "server", c))?
+            {
+                Some(record) => {
+                    if !matches!(record.kind, Kind::Reply | Kind::Refusal) {
+                        return Err(corrupt(
+                            &self.url,
+                            "server",
+                            Corrupt(format!("it sent a {:?} as a reply", record.kind)),
+                        ));
+                    }
+                    let done = assemble(partial, consumer, &record, self.own_max)
+                        .map_err(|c| corrupt(&self.url, "server", c))?;
+                    consumer.release(record.end);
+                    wait::wake(&self.slot().replies.producer_sleeps);
+                    if done.is_some() {
+                        return Ok(done);
+                    }
+                }
+                None => {
+                    let slice = (Instant::now() + LIVENESS_INTERVAL).min(deadline);
+                    let header = self.header();
+                    let woke = spinner.wait(
+                        &self.slot().replies.consumer_sleeps,
+                        || {
+                            consumer.has_data()
+                                || header.state.load(Ordering::Relaxed) != segment::LISTENING
+                        },
+                        Some(slice),
+                    );
+                    if !consumer.has_data() {
+                        self.check()?;
+                        if woke == Woke::TimedOut && Instant::now() >= deadline {
+                            return Ok(None);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Why the connection cannot be used, if it cannot.
+    fn trouble(&self) -> Option<&'static str> {
+        if self.header().state.load(Ordering::Acquire) != segment::LISTENING {
+            return Some("the server stopped");
+        }
+        if self.slot().state.load(Ordering::Acquire) == segment::REFUSED {
+            return Some(
+                "the server dropped this connection for breaking the protocol; see its log",
+            );
+        }
+        if exited(&self.server) {
+            segment::remove_abandoned(&self.name, &self.fd);
+            return Some("the server process died");
+        }
+        None
+    }
+
+    fn request_with(
+        &self,
+        id: u64,
+        publish: impl FnOnce() -> Result<()>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>> {
+        lock(&self.waiters).answers.push((id, None));
+        if let Err(e) = publish() {
+            lock(&self.waiters).answers.retain(|(i, _)| *i != id);
+            return Err(e);
+        }
+        self.await_answer(id, timeout)
+    }
+}
+
+impl Link for ShmConnection {
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn check(&self) -> Result<()> {
+        match self.trouble() {
+            None => Ok(()),
+            Some(detail) => Err(Error::Disconnected {
+                endpoint: self.url.clone(),
+                detail: detail.into(),
+            }),
+        }
+    }
+}
+
+impl Connection for ShmConnection {
+    fn send(&self, payload: &[u8]) -> Result<()> {
+        self.send_kind(Kind::Message, 0, payload)
+    }
+
+    fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.request_with(id, || self.send_kind(Kind::Request, id, payload), timeout)
+    }
+
+    fn max_message(&self) -> usize {
+        self.server_max
+    }
+
+    fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    fn loan(&self, len: usize) -> Result<Option<crate::Loan<'_>>> {
+        self.check_size(len)?;
+        let mut requests = lock(&self.requests);
+        if len > requests.producer.max_record() {
+            // Too large for one record: it will go in pieces, copied.
+            return Ok(None);
+        }
+        self.check()?;
+        let reservation = requests.reserve(len, self.patience, self)?;
+        Ok(Some(crate::Loan::in_place(ShmLoan {
+            connection: self,
+            requests,
+            reservation,
+        })))
+    }
+}
+
+impl Drop for ShmConnection {
+    fn drop(&mut self) {
+        // The server frees the slot once it has taken what is still in the ring.
+        self.slot().state.store(segment::LEFT, Ordering::SeqCst);
+        let header = self.header();
+        header.changes.fetch_add(1, Ordering::SeqCst);
+        wait::wake(&header.doorbell);
+        log::debug!("{}: left slot {}", self.url, self.slot_index);
+    }
+}
+
+/// Space in a client's request ring, written in place and published by `send` or
+/// `request`; see [`Client::loan`](crate::Client::loan).
+pub(crate) struct ShmLoan<'a> {
+    connection: &'a ShmConnection,
+    requests: MutexGuard<'a, Sender>,
+    reservation: Reservation,
+}
+
+impl ShmLoan<'_> {
+    fn start(&self) -> *mut u8 {
+        let r = &self.reservation;
+        self.requests
+            .producer
+            .area()
+            .range(r.payload_at(), r.capacity())
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: the reservation is space between the ring's tail and the consumer's
+        // head, which nobody reads until the tail moves past it, and the guard keeps
+        // every other writer out; the mapping outlives the borrow of the connection.
+        unsafe { std::slice::from_raw_parts(self.start(), self.reservation.capacity()) }
+    }
+
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`, and `&mut self` makes this the only view.
+        unsafe { std::slice::from_raw_parts_mut(self.start(), self.reservation.capacity()) }
+    }
+
+    pub(crate) fn send(mut self, len: usize) -> Result<()> {
+        self.requests
+            .commit(self.reservation, len, Kind::Message, 0, 0);
+        Ok(())
+    }
+
+    pub(crate) fn request(mut self, len: usize, timeout: Duration) -> Result<Vec<u8>> {
+        let connection = self.connection;
+        let id = connection.next_id.fetch_add(1, Ordering::Relaxed);
+        connection.request_with(
+            id,
+            move || {
+                self.requests
+                    .commit(self.reservation, len, Kind::Request, 0, id);
+                Ok(())
+            },
+            timeout,
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Server
+// ---------------------------------------------------------------------------------------
+
+/// Gives a client's request-ring space back as the server's messages are dropped, which
+/// may happen out of order and on any thread.
+pub(crate) struct Releases {
+    state: Mutex<(u64, Vec<(u64, u64)>)>,
+    control: *const Control,
+    _map: Arc<Mapping>,
+}
+
+// SAFETY: `control` points into `_map`, which the Arc keeps mapped; the state is behind
+// a mutex and the shared counters are atomics.
+unsafe impl Send for Releases {}
+// SAFETY: as above.
+unsafe impl Sync for Releases {}
+
+impl Releases {
+    fn release(&self, start: u64, end: u64) {
+        let mut state = lock(&self.state);
+        let (head, done) = &mut *state;
+        if start != *head {
+            done.push((start, end));
+            return;
+        }
+        *head = end;
+        while let Some(at) = done.iter().position(|(s, _)| *s == *head) {
+            *head = done.swap_remove(at).1;
+        }
+        // SAFETY: valid while `_map` lives.
+        let control = unsafe { &*self.control };
+        control.release_to(*head);
+        wait::wake(&control.producer_sleeps);
+    }
+}
+
+/// A message's payload read in place from a client's ring; the space is given back when
+/// it is dropped.
+pub(crate) struct Lease {
+    releases: Arc<Releases>,
+    ptr: *const u8,
+    len: usize,
+    start: u64,
+    end: u64,
+}
+
+// SAFETY: the bytes are in a mapping kept alive by `releases`, and the producer does not
+// write them again before they are released (by this lease's drop).
+unsafe impl Send for Lease {}
+// SAFETY: as above; the lease only hands out shared references.
+unsafe impl Sync for Lease {}
+
+impl Lease {
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: see the Send impl: in bounds of a live mapping and not rewritten
+        // before this lease is dropped (barring a misbehaving peer; see the module docs).
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.releases.release(self.start, self.end);
+    }
+}
+
+/// The way back to one client: its reply ring.
+struct ReplyChannel {
+    url: String,
+    sender: Mutex<Sender>,
+    client_max: usize,
+    pidfd: Option<OwnedFd>,
+    slot: *const Slot,
+    header: *const Header,
+    patience: Duration,
+    _map: Arc<Mapping>,
+}
+
+// SAFETY: the pointers are into `_map`; the sender is behind a mutex.
+unsafe impl Send for ReplyChannel {}
+// SAFETY: as above.
+unsafe impl Sync for ReplyChannel {}
+
+impl Link for ReplyChannel {
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn check(&self) -> Result<()> {
+        // SAFETY: valid while `_map` lives.
+        let (slot, header) = unsafe { (&*self.slot, &*self.header) };
+        let state = slot.state.load(Ordering::Acquire);
+        let detail = if header.state.load(Ordering::Acquire) != segment::LISTENING {
+            "the server stopped"
+        } else if state == segment::LEFT || self.pidfd.as_ref().is_none_or(exited) {
+            "the client went away"
+        } else if state == segment::REFUSED {
+            "the connection was closed for breaking the protocol"
+        } else {
+            return Ok(());
+        };
+        Err(Error::Disconnected {
+            endpoint: self.url.clone(),
+            detail: detail.into(),
+        })
+    }
+}
+
+impl ReplySink for ReplyChannel {
+    fn send_reply(&self, id: u64, payload: &[u8], ok: bool) -> Result<()> {
+        if payload.len() > self.client_max {
+            return Err(Error::MessageTooLarge {
+                endpoint: self.url.clone(),
+                size: payload.len(),
+                max: self.client_max,
+                limit: "the client's max_message".into(),
+            });
+        }
+        let kind = if ok { Kind::Reply } else { Kind::Refusal };
+        lock(&self.sender).send(kind, id, payload, self.patience, self)
+    }
+}
+
+/// A client the server serves.
+struct Client {
+    pid: u32,
+    pidfd: Option<OwnedFd>,
+    consumer: Consumer,
+    partial: Option<Partial>,
+    releases: Arc<Releases>,
+    replies: Arc<ReplyChannel>,
+    peer: Arc<Peer>,
+    /// It left or died: take what it sent, then free the slot.
+    leaving: bool,
+    /// Dropped for breaking the protocol: nothing more is read.
+    refused: bool,
+}
+
+// SAFETY: the consumer points into the listener's mapping, which outlives its clients.
+unsafe impl Send for Client {}
+
+/// A server: the segment, and the clients in its slots.
+pub(crate) struct ShmListener {
+    endpoint: Endpoint,
+    url: Arc<str>,
+    map: Arc<Mapping>,
+    _fd: OwnedFd,
+    inode: u64,
+    name: String,
+    geometry: Geometry,
+    max_message: usize,
+    clients: Vec<Option<Client>>,
+    serving: Vec<usize>,
+    cursor: usize,
+    changes_seen: u32,
+    next_check: Instant,
+    rounds: u32,
+    spinner: Spinner,
+    woken: Arc<AtomicBool>,
+}
+
+impl ShmListener {
+    fn bind(endpoint: &Endpoint) -> Result<ShmListener> {
+        let url = endpoint.to_string();
+        let name = name_of(endpoint).to_owned();
+        let geometry = Geometry {
+            slots: endpoint.clients(),
+            capacity: endpoint.ring(),
+        };
+        let max_message = endpoint.max_message();
+        let created = segment::create(&url, &name, endpoint.mode(), geometry, max_message)?;
+        Ok(ShmListener {
+            endpoint: endpoint.clone(),
+            url: url.into(),
+            map: Arc::new(created.map),
+            _fd: created.fd,
+            inode: created.inode,
+            name,
+            geometry,
+            max_message,
+            clients: (0..geometry.slots).map(|_| None).collect(),
+            serving: Vec::new(),
+            cursor: 0,
+            changes_seen: 0,
+            next_check: Instant::now() + LIVENESS_INTERVAL,
+            rounds: 0,
+            spinner: Spinner::default(),
+            woken: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: the segment begins with the header we wrote.
+        unsafe { self.map.at(0) }
+    }
+
+    fn slot(&self, i: usize) -> &Slot {
+        // SAFETY: slot offsets are page-aligned and inside the segment (`Geometry`).
+        unsafe { self.map.at(self.geometry.slot_offset(i)) }
+    }
+
+    fn owner(&self, i: usize) -> &AtomicU32 {
+        // SAFETY: the owner table fits in the header page for any valid slot count.
+        unsafe { self.map.at(segment::OWNERS + 4 * i) }
+    }
+
+    /// Takes in clients that attached or left since the last look.
+    fn rescan(&mut self) {
+        for i in 0..self.geometry.slots {
+            let owner = self.owner(i).load(Ordering::Acquire);
+            let state = self.slot(i).state.load(Ordering::Acquire);
+            match &mut self.clients[i] {
+                Some(client) if state == segment::LEFT => client.leaving = true,
+                Some(_) => {}
+                None if owner != 0 && matches!(state, segment::OPEN | segment::LEFT) => {
+                    self.accept(i, owner, state == segment::LEFT);
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn accept(&mut self, i: usize, owner: u32, left: bool) {
+        let capacity = self.geometry.capacity;
+        let slot = self.slot(i);
+        let _ = slot.state.compare_exchange(
+            segment::OPEN,
+            segment::ACCEPTED,
+            Ordering::SeqCst,
+            Ordering::Relaxed,
+        );
+        let client_max = (slot.client_max.load(Ordering::Acquire) as usize).max(1);
+        let pidfd = pidfd(owner);
+        let leaving = left || pidfd.is_none();
+        let base = self.map.base();
+        let offset = self.geometry.slot_offset(i) + segment::ALIGN;
+        // SAFETY: both data areas lie inside the segment (`Geometry`), which `self.map`
+        // keeps mapped for as long as the consumer, releases and reply channel exist (the
+        // latter two hold the Arc). One consumer per ring: this server; one producer of
+        // replies: the channel's sender.
+        let (consumer, sender) = unsafe {
+            (
+                Consumer::new(&slot.requests, Area::new(base.add(offset), capacity)),
+                Sender::new(
+                    &slot.replies,
+                    Area::new(base.add(offset + capacity), capacity),
+                    &slot.replies.consumer_sleeps,
+                ),
+            )
+        };
+        let releases = Arc::new(Releases {
+            state: Mutex::new((consumer.position(), Vec::new())),
+            control: &slot.requests,
+            _map: self.map.clone(),
+        });
+        let replies = Arc::new(ReplyChannel {
+            url: self.url.to_string(),
+            sender: Mutex::new(sender),
+            client_max,
+            pidfd: pidfd.as_ref().and_then(|fd| fd.try_clone().ok()),
+            slot,
+            header: self.header(),
+            patience: self.endpoint.send_timeout(),
+            _map: self.map.clone(),
+        });
+        log::debug!("{}: client pid {owner} attached in slot {i}", self.url);
+        self.clients[i] = Some(Client {
+            pid: owner,
+            pidfd,
+            consumer,
+            partial: None,
+            releases,
+            replies,
+            peer: Arc::new(Peer {
+                pid: Some(owner),
+                ..Peer::default()
+            }),
+            leaving,
+            refused: false,
+        });
+        self.serving.push(i);
+    }
+
+    /// Notices dead clients, frees slots whose clients are done, and slots claimed by a
+    /// process that died before it attached.
+    fn check_clients(&mut self) {
+        for &i in &self.serving {
+            let client = self.clients[i].as_mut().expect("serving");
+            if !client.leaving && client.pidfd.as_ref().is_none_or(exited) {
+                log::debug!("{}: client pid {} died", self.url, client.pid);
+                client.leaving = true;
+            }
+        }
+        for i in 0..self.geometry.slots {
+            let owner = self.owner(i).load(Ordering::Acquire);
+            if self.clients[i].is_none()
+                && owner != 0
+                && self.slot(i).state.load(Ordering::Acquire) == segment::FREE
+                && pidfd(owner).is_none()
+            {
+                log::debug!(
+                    "{}: slot {i} was claimed by pid {owner}, which died",
+                    self.url
+                );
+                self.free_slot(i);
+            }
+        }
+    }
+
+    /// Frees the slots of clients that are gone once nothing of theirs is pending.
+    fn free_finished(&mut self) {
+        let mut k = 0;
+        while k < self.serving.len() {
+            let i = self.serving[k];
+            let client = self.clients[i].as_ref().expect("serving");
+            let drained = client.refused || !client.consumer.has_data();
+            // Messages still held by the application point into the slot.
+            let unheld =
+                Arc::strong_count(&client.releases) == 1 && Arc::strong_count(&client.replies) == 1;
+            if client.leaving && drained && unheld {
+                if client.partial.is_some() {
+                    log::warn!(
+                        "{}: client pid {} went away in the middle of a message, which is discarded",
+                        self.url,
+                        client.pid
+                    );
+                }
+                self.clients[i] = None;
+                self.serving.swap_remove(k);
+                self.free_slot(i);
+            } else {
+                k += 1;
+            }
+        }
+    }
+
+    fn free_slot(&self, i: usize) {
+        let slot = self.slot(i);
+        slot.requests.reset();
+        slot.replies.reset();
+        slot.client_max.store(0, Ordering::Relaxed);
+        slot.state.store(segment::FREE, Ordering::Release);
+        // Give the ring pages back to the system; a slot's next client starts clean.
+        let offset = self.geometry.slot_offset(i) + segment::ALIGN;
+        let _ = rustix::fs::fallocate(
+            &self._fd,
+            rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+            offset as u64,
+            2 * self.geometry.capacity as u64,
+        );
+        self.owner(i).store(0, Ordering::Release);
+    }
+
+    fn housekeeping(&mut self, changes: u32) {
+        self.changes_seen = changes;
+        self.rescan();
+        let now = Instant::now();
+        if now >= self.next_check {
+            self.check_clients();
+            self.next_check = now + LIVENESS_INTERVAL;
+        }
+        self.free_finished();
+    }
+
+    /// The next message from any client, round robin; closes the connections of clients
+    /// that break the protocol.
+    fn poll(&mut self) -> Option<Message> {
+        let n = self.serving.len();
+        for k in 0..n {
+            let at = (self.cursor + k) % n;
+            let i = self.serving[at];
+            let client = self.clients[i].as_mut().expect("serving");
+            if client.refused {
+                continue;
+            }
+            match next_message(client, self.max_message, &self.url) {
+                Ok(Some(message)) => {
+                    self.cursor = at + 1;
+                    return Some(message);
+                }
+                Ok(None) => {}
+                Err(c) => {
+                    log::error!(
+                        "{}: closing the connection of client pid {} (slot {i}): it broke the shared ring: {}",
+                        self.url,
+                        client.pid,
+                        c.0
+                    );
+                    client.refused = true;
+                    client.partial = None;
+                    let slot = self.slot(i);
+                    slot.state.store(segment::REFUSED, Ordering::SeqCst);
+                    wait::wake_all(&slot.replies.consumer_sleeps);
+                    wait::wake_all(&slot.requests.producer_sleeps);
+                }
+            }
+        }
+        None
+    }
+}
+
+/// The next complete message in a client's ring.
+fn next_message(
+    client: &mut Client,
+    max: usize,
+    url: &Arc<str>,
+) -> std::result::Result<Option<Message>, Corrupt> {
+    loop {
+        let Some(record) = client.consumer.peek()? else {
+            return Ok(None);
+        };
+        if !matches!(record.kind, Kind::Message | Kind::Request) {
+            return Err(Corrupt(format!("it sent a {:?}", record.kind)));
+        }
+        let payload = if client.partial.is_none() && record.flags & MORE == 0 {
+            if record.len > max {
+                return Err(Corrupt(format!(
+                    "a message of {} bytes is over the limit of {max}",
+                    record.len
+                )));
+            }
+            Payload::Shared(Lease {
+                releases: client.releases.clone(),
+                ptr: client.consumer.area().range(record.payload_at, record.len),
+                len: record.len,
+                start: record.start,
+                end: record.end,
+            })
+        } else {
+            let done = assemble(&mut client.partial, &client.consumer, &record, max)?;
+            client.releases.release(record.start, record.end);
+            match done {
+                Some(whole) => Payload::Owned(whole.bytes),
+                None => continue,
+            }
+        };
+        let reply_to =
+            (record.kind == Kind::Request).then(|| ReplyTo::new(client.replies.clone(), record.id));
+        return Ok(Some(Message::new(
+            payload,
+            client.peer.clone(),
+            reply_to,
+            url.clone(),
+        )));
+    }
+}
+
+impl Listener for ShmListener {
+    fn recv(&mut self, deadline: Option<Instant>) -> Result<Option<Message>> {
+        loop {
+            if self.woken.swap(false, Ordering::AcqRel) {
+                return Ok(None);
+            }
+            // Clients that attach, leave or die are looked at even while others keep the
+            // server busy; the clock is read only every so often.
+            self.rounds = self.rounds.wrapping_add(1);
+            let changes = self.header().changes.load(Ordering::Acquire);
+            if changes != self.changes_seen
+                || (self.rounds % 64 == 0 && Instant::now() >= self.next_check)
+            {
+                self.housekeeping(changes);
+            }
+            if let Some(message) = self.poll() {
+                return Ok(Some(message));
+            }
+            let now = Instant::now();
+            if now >= self.next_check {
+                self.housekeeping(changes);
+                if let Some(message) = self.poll() {
+                    return Ok(Some(message));
+                }
+            }
+            if deadline.is_some_and(|d| now >= d) {
+                return Ok(None);
+            }
+            let until = deadline.map_or(self.next_check, |d| d.min(self.next_check));
+            // SAFETY: the segment begins with the header; the Arc keeps it mapped.
+            let header: &Header = unsafe { &*self.map.base().cast::<Header>() };
+            let clients = &self.clients;
+            let serving = &self.serving;
+            let woken = &self.woken;
+            let seen = self.changes_seen;
+            self.spinner.wait(
+                &header.doorbell,
+                || {
+                    woken.load(Ordering::Relaxed)
+                        || header.changes.load(Ordering::Relaxed) != seen
+                        || serving.iter().any(|&i| {
+                            clients[i]
+                                .as_ref()
+                                .is_some_and(|c| !c.refused && c.consumer.has_data())
+                        })
+                },
+                Some(until),
+            );
+        }
+    }
+
+    fn waker(&self) -> Arc<dyn Fn() + Send + Sync> {
+        let woken = self.woken.clone();
+        let map = self.map.clone();
+        Arc::new(move || {
+            woken.store(true, Ordering::SeqCst);
+            // SAFETY: the segment begins with the header; the Arc keeps it mapped.
+            let header: &Header = unsafe { map.at(0) };
+            wait::wake(&header.doorbell);
+        })
+    }
+
+    fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+}
+
+impl Drop for ShmListener {
+    fn drop(&mut self) {
+        self.header().state.store(segment::CLOSED, Ordering::SeqCst);
+        for i in 0..self.geometry.slots {
+            if self.owner(i).load(Ordering::Acquire) != 0 {
+                let slot = self.slot(i);
+                wait::wake_all(&slot.replies.consumer_sleeps);
+                wait::wake_all(&slot.requests.producer_sleeps);
+            }
+        }
+        let path = segment::path(&self.name);
+        use std::os::unix::fs::MetadataExt;
+        if std::fs::metadata(&path).is_ok_and(|m| m.ino() == self.inode) {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}

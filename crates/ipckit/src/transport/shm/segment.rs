@@ -1,0 +1,442 @@
+//! The segment behind `shm://NAME`: its layout, and creating, finding and mapping it.
+//!
+//! One segment per server, `/dev/shm/ipckit.NAME`, holding a header page and one slot per
+//! client; a slot is a control page (who holds it, and the two rings' counters) followed
+//! by the data areas of the request ring (client to server) and the reply ring. The
+//! server holds an exclusive `flock` on the segment for as long as it lives, which is how
+//! everyone tells a live segment from one a crashed server left behind: the kernel drops
+//! the lock when the process dies, whatever killed it.
+
+use std::ffi::c_void;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use rustix::fs::{FlockOperation, Mode};
+use rustix::io::Errno;
+use rustix::mm::{MapFlags, ProtFlags};
+use rustix::shm::OFlags;
+
+use super::ring::Control;
+use crate::error::{Error, Result};
+
+/// The first bytes of every segment.
+pub const MAGIC: [u8; 8] = *b"ipckshm\0";
+/// The layout version; a client refuses any other.
+pub const VERSION: u32 = 1;
+/// Everything is placed at multiples of this, the largest page size Linux uses, so that a
+/// slot can be mapped on its own.
+pub const ALIGN: usize = 64 * 1024;
+
+/// [`Header::state`] while the server serves.
+pub const LISTENING: u32 = 1;
+/// [`Header::state`] once the server has stopped.
+pub const CLOSED: u32 = 2;
+
+/// [`Slot::state`]: nobody attached (the owner may be claiming it).
+pub const FREE: u32 = 0;
+/// [`Slot::state`]: a client attached; the server may not have noticed yet.
+pub const OPEN: u32 = 1;
+/// [`Slot::state`]: the server serves the client.
+pub const ACCEPTED: u32 = 2;
+/// [`Slot::state`]: the client left; the server drains what it sent, then frees the slot.
+pub const LEFT: u32 = 3;
+/// [`Slot::state`]: the server dropped the client for breaking the protocol.
+pub const REFUSED: u32 = 4;
+
+/// The header at offset 0.
+#[repr(C)]
+pub struct Header {
+    /// [`MAGIC`].
+    pub magic: [u8; 8],
+    /// [`VERSION`].
+    pub version: u32,
+    /// 0 while the server sets the segment up, then [`LISTENING`], then [`CLOSED`].
+    pub state: AtomicU32,
+    /// The server's process id.
+    pub server_pid: u32,
+    /// How many client slots follow.
+    pub slots: u32,
+    /// Bytes in each ring's data area.
+    pub ring_capacity: u64,
+    /// The largest message the server accepts.
+    pub max_message: u64,
+    /// Bumped by a client that attaches or leaves, so that the server rescans the slots.
+    pub changes: AtomicU32,
+    _line: [u8; 84],
+    /// The server's doorbell: 1 while it sleeps; a client that publishes and finds 1 sets
+    /// 0 and wakes it (FUTEX_WAKE on this word).
+    pub doorbell: AtomicU32,
+    _doorbell_line: [u8; 124],
+}
+
+/// Where the owner table begins in the header page: one `AtomicU32` per slot, the pid of
+/// the client that holds it or 0 when free, claimed by compare-and-swap. It sits in the
+/// header page so that a client finds a free slot without mapping every slot.
+pub const OWNERS: usize = 4096;
+
+/// The control page of a client slot.
+#[repr(C)]
+pub struct Slot {
+    /// [`FREE`], [`OPEN`], [`ACCEPTED`], [`LEFT`] or [`REFUSED`].
+    pub state: AtomicU32,
+    _reserved: u32,
+    /// The largest reply the client accepts.
+    pub client_max: AtomicU64,
+    _line: [u8; 112],
+    /// Client to server.
+    pub requests: Control,
+    /// Server to client.
+    pub replies: Control,
+}
+
+const _: () = assert!(size_of::<Header>() == 256);
+const _: () = assert!(size_of::<Slot>() == 640 && size_of::<Slot>() <= ALIGN);
+const _: () = assert!(OWNERS + 4 * MAX_SLOTS <= ALIGN);
+
+/// Where everything is, given the two numbers a server chooses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// Client slots.
+    pub slots: usize,
+    /// Bytes in each ring's data area: a power of two, at least [`ALIGN`].
+    pub capacity: usize,
+}
+
+impl Geometry {
+    /// Bytes of one slot: its control page and two data areas.
+    pub fn slot_len(&self) -> usize {
+        ALIGN + 2 * self.capacity
+    }
+
+    /// Where slot `i` begins.
+    pub fn slot_offset(&self, i: usize) -> usize {
+        ALIGN + i * self.slot_len()
+    }
+
+    /// The whole segment.
+    pub fn total(&self) -> usize {
+        ALIGN + self.slots * self.slot_len()
+    }
+
+    fn valid(&self) -> bool {
+        (1..=MAX_SLOTS).contains(&self.slots)
+            && self.capacity.is_power_of_two()
+            && (ALIGN..=MAX_RING).contains(&self.capacity)
+    }
+}
+
+use crate::endpoint::{MAX_SHM_CLIENTS as MAX_SLOTS, MAX_SHM_RING as MAX_RING};
+
+/// The file behind the POSIX name `/ipckit.NAME` (glibc's shm_open opens it there too).
+pub fn path(name: &str) -> PathBuf {
+    PathBuf::from(format!("/dev/shm/ipckit.{name}"))
+}
+
+/// A shared mapping, unmapped on drop.
+pub struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory; what may be done with it concurrently is governed
+// by the atomics and ring protocol placed in it.
+unsafe impl Send for Mapping {}
+// SAFETY: as above.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    fn new(fd: impl AsFd, offset: usize, len: usize) -> std::io::Result<Mapping> {
+        // SAFETY: a fresh shared mapping of a file we opened read-write; nothing else in
+        // this process is placed at the address the kernel picks.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                fd,
+                offset as u64,
+            )?
+        };
+        Ok(Mapping {
+            ptr: NonNull::new(ptr.cast()).expect("mmap never returns null on success"),
+            len,
+        })
+    }
+
+    /// The first byte.
+    pub fn base(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// `T` at `offset`.
+    ///
+    /// # Safety
+    /// `offset` is aligned for `T`, `T` fits inside the mapping, and every bit pattern is
+    /// a valid `T` (the types used here are integers and atomics).
+    pub unsafe fn at<T>(&self, offset: usize) -> &T {
+        assert!(offset + size_of::<T>() <= self.len && offset % align_of::<T>() == 0);
+        // SAFETY: in bounds and aligned (asserted); valid per the caller.
+        unsafe { &*self.ptr.as_ptr().add(offset).cast::<T>() }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `new` mapped; references into it borrow `self`.
+        unsafe {
+            let _ = rustix::mm::munmap(self.ptr.as_ptr().cast::<c_void>(), self.len);
+        }
+    }
+}
+
+/// The server's segment, locked and named.
+pub struct Created {
+    /// Holds the flock that says the server lives.
+    pub fd: OwnedFd,
+    /// The whole segment.
+    pub map: Mapping,
+    /// Its inode, to tell whether the name still refers to it at drop.
+    pub inode: u64,
+}
+
+/// Creates and names the segment for `name`, replacing one a dead server left.
+pub fn create(
+    url: &str,
+    name: &str,
+    mode: u32,
+    geometry: Geometry,
+    max_message: usize,
+) -> Result<Created> {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let final_path = path(name);
+    let pid = std::process::id();
+    // Built under a temporary name and renamed into place only when complete and locked,
+    // so nobody ever finds a half-made segment under the real name.
+    let temp_name = format!(
+        "ipckit.{name}.{pid}.{}.new",
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let temp_path = PathBuf::from(format!("/dev/shm/{temp_name}"));
+    let io = |op, e: std::io::Error| Error::io(url, op, e);
+    let fd = rustix::shm::open(
+        temp_name.as_str(),
+        OFlags::CREATE | OFlags::EXCL | OFlags::RDWR,
+        Mode::from_bits_truncate(0o600),
+    )
+    .map_err(|e| io("creating the shared-memory segment", e.into()))?;
+    let result = (|| {
+        // fchmod after creation: the umask would narrow a wider mode asked for.
+        rustix::fs::fchmod(&fd, Mode::from_bits_truncate(mode))
+            .map_err(|e| io("setting the segment's mode", e.into()))?;
+        rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive)
+            .map_err(|e| io("locking the segment", e.into()))?;
+        rustix::fs::ftruncate(&fd, geometry.total() as u64)
+            .map_err(|e| io("sizing the segment", e.into()))?;
+        let map =
+            Mapping::new(&fd, 0, geometry.total()).map_err(|e| io("mapping the segment", e))?;
+        // SAFETY: offset 0 is page-aligned and the header fits in the first page.
+        let header: &Header = unsafe { map.at(0) };
+        // SAFETY: nobody else can reach the segment yet (it has a private temporary
+        // name), so these plain writes race with nothing.
+        unsafe {
+            let h = map.base().cast::<Header>();
+            (&raw mut (*h).magic).write(MAGIC);
+            (&raw mut (*h).version).write(VERSION);
+            (&raw mut (*h).server_pid).write(pid);
+            (&raw mut (*h).slots).write(geometry.slots as u32);
+            (&raw mut (*h).ring_capacity).write(geometry.capacity as u64);
+            (&raw mut (*h).max_message).write(max_message as u64);
+        }
+        header.state.store(LISTENING, Ordering::Release);
+        let inode = rustix::fs::fstat(&fd)
+            .map_err(|e| io("inspecting the segment", e.into()))?
+            .st_ino;
+        put_in_place(url, &temp_path, &final_path)?;
+        Ok(Created { fd, map, inode })
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp_path);
+    }
+    let created = result?;
+    Ok(created)
+}
+
+/// Renames the finished segment to its real name unless a live server holds that name.
+fn put_in_place(url: &str, temp: &PathBuf, target: &PathBuf) -> Result<()> {
+    let io = |op, e: std::io::Error| Error::io(url, op, e);
+    loop {
+        match rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            temp,
+            rustix::fs::CWD,
+            target,
+            rustix::fs::RenameFlags::NOREPLACE,
+        ) {
+            Ok(()) => return Ok(()),
+            Err(Errno::EXIST) => {}
+            Err(e) => return Err(io("naming the segment", e.into())),
+        }
+        let existing = match std::fs::OpenOptions::new().read(true).open(target) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io("inspecting the existing segment", e)),
+        };
+        if !is_ipckit_segment(&existing) {
+            return Err(Error::AddrInUse {
+                endpoint: url.to_owned(),
+                detail: format!(
+                    "{} exists and is not an ipckit segment; it was left untouched",
+                    target.display()
+                ),
+            });
+        }
+        if !lock_if_abandoned(&existing) {
+            return Err(Error::AddrInUse {
+                endpoint: url.to_owned(),
+                detail: format!("a live server holds {}", target.display()),
+            });
+        }
+        // Holding the dead server's lock serialises everyone replacing it; the name must
+        // still be that segment, or someone replaced it first.
+        let still_there = std::fs::metadata(target).map(|m| m.ino()).ok()
+            == existing.metadata().map(|m| m.ino()).ok();
+        if still_there {
+            log::info!(
+                "{url}: replacing {} left by a server that died",
+                target.display()
+            );
+            return std::fs::rename(temp, target).map_err(|e| io("naming the segment", e));
+        }
+    }
+}
+
+fn is_ipckit_segment(file: &std::fs::File) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 8];
+    (&*file).read_exact(&mut magic).is_ok() && magic == MAGIC
+}
+
+/// Takes the lock of a segment whose server is dead; false while a server holds it.
+/// Briefly retried: a client checking liveness holds a shared lock for a moment.
+fn lock_if_abandoned(file: &std::fs::File) -> bool {
+    for attempt in 0..20 {
+        match rustix::fs::flock(file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return true,
+            Err(_) if attempt < 19 => std::thread::sleep(std::time::Duration::from_millis(1)),
+            Err(_) => {}
+        }
+    }
+    false
+}
+
+/// Whether a server holds the segment's lock: false once it died, however.
+pub fn server_alive(fd: impl AsFd) -> bool {
+    match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockShared) {
+        Ok(()) => {
+            let _ = rustix::fs::flock(&fd, FlockOperation::Unlock);
+            false
+        }
+        Err(_) => true,
+    }
+}
+
+/// Removes the segment of a server that died, if the name still refers to it.
+pub fn remove_abandoned(name: &str, fd: impl AsFd) {
+    let target = path(name);
+    let Ok(dup) = fd.as_fd().try_clone_to_owned() else {
+        return;
+    };
+    let file = std::fs::File::from(dup);
+    // A duplicated descriptor shares the open file description, and with it the lock: a
+    // fresh open is needed to take a lock of our own.
+    let Ok(own) = std::fs::OpenOptions::new().read(true).open(&target) else {
+        return;
+    };
+    let same = own.metadata().map(|m| m.ino()).ok() == file.metadata().map(|m| m.ino()).ok();
+    if same && lock_if_abandoned(&own) {
+        log::info!(
+            "removing {}: its server died without cleaning up",
+            target.display()
+        );
+        let _ = std::fs::remove_file(&target);
+    }
+}
+
+/// A client's view of a server's segment: its header, mapped alone.
+pub struct Found {
+    /// Open on the segment, for the slot mapping and liveness checks.
+    pub fd: OwnedFd,
+    /// The header page.
+    pub header: Mapping,
+    /// The server's choice of slots and ring size.
+    pub geometry: Geometry,
+    /// The largest message the server accepts.
+    pub max_message: usize,
+    /// The server's process id.
+    pub server_pid: u32,
+}
+
+/// Opens the segment of a live server, checking everything a client relies on.
+pub fn find(url: &str, name: &str) -> Result<Found> {
+    let object = format!("ipckit.{name}");
+    let fd = rustix::shm::open(object.as_str(), OFlags::RDWR, Mode::empty())
+        .map_err(|e| Error::io(url, "opening the shared-memory segment", e.into()))?;
+    let not_ours = |why: String| Error::Protocol {
+        endpoint: url.to_owned(),
+        reason: format!(
+            "{} is not a usable ipckit segment: {why}",
+            path(name).display()
+        ),
+    };
+    let size = rustix::fs::fstat(&fd)
+        .map_err(|e| Error::io(url, "inspecting the segment", e.into()))?
+        .st_size as usize;
+    if size < ALIGN {
+        return Err(not_ours(format!("it is only {size} bytes")));
+    }
+    let header_map =
+        Mapping::new(&fd, 0, ALIGN).map_err(|e| Error::io(url, "mapping the segment", e))?;
+    // SAFETY: offset 0, page-aligned, the header fits in the mapping; integers and atomics.
+    let header: &Header = unsafe { header_map.at(0) };
+    if header.magic != MAGIC || header.version != VERSION {
+        return Err(not_ours(format!(
+            "it has magic {:?} and version {}; this ipckit speaks version {VERSION}",
+            header.magic, header.version
+        )));
+    }
+    if !server_alive(&fd) || header.state.load(Ordering::Acquire) != LISTENING {
+        remove_abandoned(name, &fd);
+        return Err(Error::NotFound {
+            endpoint: url.to_owned(),
+            detail: "the segment's server has stopped".into(),
+        });
+    }
+    let geometry = Geometry {
+        slots: header.slots as usize,
+        capacity: header.ring_capacity as usize,
+    };
+    if !geometry.valid() || geometry.total() != size {
+        return Err(not_ours(format!(
+            "{} slots of {}-byte rings do not match its size of {size} bytes",
+            geometry.slots, geometry.capacity
+        )));
+    }
+    let max_message = header.max_message as usize;
+    let server_pid = header.server_pid;
+    Ok(Found {
+        fd,
+        header: header_map,
+        geometry,
+        max_message,
+        server_pid,
+    })
+}
+
+/// Maps slot `i` alone.
+pub fn map_slot(fd: impl AsFd, geometry: Geometry, i: usize) -> std::io::Result<Mapping> {
+    Mapping::new(fd, geometry.slot_offset(i), geometry.slot_len())
+}

@@ -1,0 +1,15 @@
+//! The shared-memory ring, model-checked with loom: every interleaving of producer and
+//! consumer that loom can build, with every byte access tracked.
+//!
+//! Run with `RUSTFLAGS="--cfg loom" cargo test -p ipckit --release --test loom_ring`
+//! (`scripts/test.sh` does); without the flag this file is empty.
+#![cfg(loom)]
+#![allow(dead_code)]
+
+/// The ring's atomics, from loom instead of std.
+mod sync {
+    pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+}
+
+#[path = "../src/transport/shm/ring.rs"]
+mod ring;
