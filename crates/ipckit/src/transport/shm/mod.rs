@@ -46,7 +46,7 @@
 
 use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -72,6 +72,15 @@ use wait::{Spinner, Woke};
 
 /// How often a waiting side checks that its peer still lives.
 pub const LIVENESS_INTERVAL: Duration = Duration::from_millis(200);
+
+/// How often a sender that never waits checks that its peer still lives.
+const LIVENESS_PROBE: Duration = Duration::from_millis(10);
+
+/// CLOCK_MONOTONIC_COARSE: ticks every few milliseconds, read in a few nanoseconds.
+fn coarse_now() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
 
 /// Shared-memory rings between processes.
 ///
@@ -173,8 +182,8 @@ struct Sender {
     room: *const AtomicU32,
     /// The word on which the consumer sleeps.
     doorbell: *const AtomicU32,
-    /// The consumer's position at the previous send, to notice a consumer that stopped.
-    head_before: u64,
+    /// When the peer was last seen alive, by the coarse clock.
+    checked_at: Duration,
 }
 
 // SAFETY: the pointers are into a mapping that the owner of the Sender keeps alive.
@@ -191,7 +200,7 @@ impl Sender {
             spinner: Spinner::default(),
             room: &control.producer_sleeps,
             doorbell,
-            head_before: 0,
+            checked_at: Duration::ZERO,
         }
     }
 
@@ -203,9 +212,13 @@ impl Sender {
     /// Claims room for `len` bytes, waiting up to `patience`; `gone` says whether the peer
     /// went away (checked when the ring stays full, or the peer stopped taking).
     fn reserve(&mut self, len: usize, patience: Duration, link: &dyn Link) -> Result<Reservation> {
-        let pending = self.producer.pending();
-        if pending > 0 && self.producer_position_stalled() {
+        // A ring with room takes messages whether or not anyone reads them; make sure now
+        // and then that someone does. The coarse clock costs a few nanoseconds, where
+        // looking at the consumer's position would cost a cache miss on every send.
+        let now = coarse_now();
+        if now.saturating_sub(self.checked_at) >= LIVENESS_PROBE {
             link.check()?;
+            self.checked_at = now;
         }
         if let Some(r) = self
             .producer
@@ -254,15 +267,6 @@ impl Sender {
                 });
             }
         }
-    }
-
-    /// True when the consumer has not moved since the previous send: only then is the
-    /// (syscall-costing) liveness check worth making before writing more.
-    fn producer_position_stalled(&mut self) -> bool {
-        let head = self.producer.head();
-        let stalled = head == self.head_before;
-        self.head_before = head;
-        stalled
     }
 
     /// Publishes a reservation and wakes the consumer if it sleeps.
@@ -390,6 +394,7 @@ pub(crate) struct ShmConnection {
     waiters: Mutex<Waiters>,
     answered: Condvar,
     next_id: AtomicU64,
+    in_flight: AtomicUsize,
 }
 
 impl ShmConnection {
@@ -478,6 +483,7 @@ impl ShmConnection {
             waiters: Mutex::new(Waiters::default()),
             answered: Condvar::new(),
             next_id: AtomicU64::new(1),
+            in_flight: AtomicUsize::new(0),
         })
     }
 
@@ -505,12 +511,13 @@ impl ShmConnection {
 
     fn send_kind(&self, kind: Kind, id: u64, payload: &[u8]) -> Result<()> {
         self.check_size(payload.len())?;
-        self.check()?;
+        self.closed()?;
         lock(&self.requests).send(kind, id, payload, self.patience, self)
     }
 
-    /// Waits for the answer to request `id`, reading the reply ring as the leader when no
-    /// other thread does (as the stream client does).
+    /// Waits for the answer to request `id` while other requests are in flight: one
+    /// thread at a time reads the reply ring and hands out what it reads (as the stream
+    /// client does).
     fn await_answer(&self, id: u64, timeout: Duration) -> Result<Vec<u8>> {
         let deadline = Instant::now() + timeout;
         let mut waiters = lock(&self.waiters);
@@ -521,13 +528,7 @@ impl ShmConnection {
                 .position(|(i, a)| *i == id && a.is_some())
             {
                 let answer = waiters.answers.swap_remove(at).1.expect("checked");
-                return match answer.kind {
-                    Kind::Reply => Ok(answer.bytes),
-                    _ => Err(Error::Remote {
-                        endpoint: self.url.clone(),
-                        reason: String::from_utf8_lossy(&answer.bytes).into_owned(),
-                    }),
-                };
+                return self.outcome(answer);
             }
             let forget = |w: &mut Waiters| w.answers.retain(|(i, _)| *i != id);
             if let Some(detail) = waiters.broken.clone() {
@@ -545,6 +546,8 @@ impl ShmConnection {
                     after: timeout,
                 });
             }
+            // Trying the reply ring while holding `waiters` means a reader that lets go
+            // (and then notifies under `waiters`) cannot slip between this and the wait.
             let Ok(mut replies) = self.replies.try_lock() else {
                 waiters.followers += 1;
                 waiters = self
@@ -556,39 +559,36 @@ impl ShmConnection {
                 continue;
             };
             drop(waiters);
-            let outcome = self.read_answer(&mut replies, deadline);
+            let outcome = self.read_answer(&mut replies, &mut Some(deadline), timeout);
             drop(replies);
-            waiters = lock(&self.waiters);
             match outcome {
-                Ok(Some(answer)) => {
-                    if let Some((_, slot)) =
-                        waiters.answers.iter_mut().find(|(i, _)| *i == answer.id)
-                    {
-                        *slot = Some(answer);
-                    } else {
-                        log::debug!(
-                            "{}: dropping a late answer to request {}",
-                            self.url,
-                            answer.id
-                        );
-                    }
-                }
+                Ok(Some(answer)) => self.deliver(answer),
                 Ok(None) => {}
-                Err(e) => waiters.broken = Some(e.to_string()),
+                Err(e) => lock(&self.waiters).broken = Some(e.to_string()),
             }
+            waiters = lock(&self.waiters);
             if waiters.followers > 0 {
                 self.answered.notify_all();
             }
         }
     }
 
-    /// Reads the next complete answer, waiting until `deadline` or a liveness check.
-    fn read_answer(&self, replies: &mut Replies, deadline: Instant) -> Result<Option<Partial>> {
+    /// Reads the next complete answer, waiting until `deadline` (set, from `timeout`, when
+    /// the first spin runs out: a busy exchange never reads the clock) and checking that
+    /// the server lives while it sleeps.
+    fn read_answer(
+        &self,
+        replies: &mut Replies,
+        deadline: &mut Option<Instant>,
+        timeout: Duration,
+    ) -> Result<Option<Partial>> {
         let Replies {
             consumer,
             spinner,
             partial,
         } = replies;
+        let header = self.header();
+        let slot = self.slot();
         loop {
             match consumer
                 .peek()
@@ -605,21 +605,29 @@ impl ShmConnection {
                     let done = assemble(partial, consumer, &record, self.own_max)
                         .map_err(|c| corrupt(&self.url, "server", c))?;
                     consumer.release(record.end);
-                    wait::wake(&self.slot().replies.producer_sleeps);
+                    wait::wake(&slot.replies.producer_sleeps);
                     if done.is_some() {
                         return Ok(done);
                     }
                 }
                 None => {
-                    let slice = (Instant::now() + LIVENESS_INTERVAL).min(deadline);
-                    let header = self.header();
-                    let woke = spinner.wait(
-                        &self.slot().replies.consumer_sleeps,
-                        || {
-                            consumer.has_data()
-                                || header.state.load(Ordering::Relaxed) != segment::LISTENING
-                        },
-                        Some(slice),
+                    let mut ready = || {
+                        consumer.has_data()
+                            || header.state.load(Ordering::Relaxed) != segment::LISTENING
+                            || slot.state.load(Ordering::Relaxed) == segment::REFUSED
+                    };
+                    if spinner.spin(&mut ready) {
+                        if !consumer.has_data() {
+                            self.check()?;
+                        }
+                        continue;
+                    }
+                    let now = Instant::now();
+                    let deadline = *deadline.get_or_insert(now + timeout);
+                    let woke = spinner.sleep(
+                        &slot.replies.consumer_sleeps,
+                        ready,
+                        Some((now + LIVENESS_INTERVAL).min(deadline)),
                     );
                     if !consumer.has_data() {
                         self.check()?;
@@ -632,35 +640,114 @@ impl ShmConnection {
         }
     }
 
-    /// Why the connection cannot be used, if it cannot.
-    fn trouble(&self) -> Option<&'static str> {
-        if self.header().state.load(Ordering::Acquire) != segment::LISTENING {
-            return Some("the server stopped");
+    /// Waits for the answer to request `id` as the only requester in flight, holding the
+    /// reply ring throughout: no waiter list, no condition variable.
+    fn lone_answer(&self, replies: &mut Replies, id: u64, timeout: Duration) -> Result<Vec<u8>> {
+        let mut deadline = None;
+        loop {
+            match self.read_answer(replies, &mut deadline, timeout)? {
+                Some(answer) if answer.id == id => return self.outcome(answer),
+                // Another thread's request went out meanwhile, by the general path.
+                Some(other) => self.deliver(other),
+                None => {
+                    return Err(Error::Timeout {
+                        endpoint: self.url.clone(),
+                        after: timeout,
+                    });
+                }
+            }
         }
-        if self.slot().state.load(Ordering::Acquire) == segment::REFUSED {
-            return Some(
-                "the server dropped this connection for breaking the protocol; see its log",
-            );
-        }
-        if exited(&self.server) {
-            segment::remove_abandoned(&self.name, &self.fd);
-            return Some("the server process died");
-        }
-        None
     }
 
+    fn outcome(&self, answer: Partial) -> Result<Vec<u8>> {
+        match answer.kind {
+            Kind::Reply => Ok(answer.bytes),
+            _ => Err(Error::Remote {
+                endpoint: self.url.clone(),
+                reason: String::from_utf8_lossy(&answer.bytes).into_owned(),
+            }),
+        }
+    }
+
+    /// Hands an answer read by this thread to the thread waiting for it.
+    fn deliver(&self, answer: Partial) {
+        let mut waiters = lock(&self.waiters);
+        if let Some((_, slot)) = waiters.answers.iter_mut().find(|(i, _)| *i == answer.id) {
+            *slot = Some(answer);
+        } else {
+            log::debug!(
+                "{}: dropping a late answer to request {}",
+                self.url,
+                answer.id
+            );
+        }
+        if waiters.followers > 0 {
+            self.answered.notify_all();
+        }
+    }
+
+    /// Why the connection cannot be used, judging by the shared states alone (no syscall).
+    fn closed(&self) -> Result<()> {
+        let detail = if self.header().state.load(Ordering::Acquire) != segment::LISTENING {
+            "the server stopped"
+        } else if self.slot().state.load(Ordering::Acquire) == segment::REFUSED {
+            "the server dropped this connection for breaking the protocol; see its log"
+        } else {
+            return Ok(());
+        };
+        Err(Error::Disconnected {
+            endpoint: self.url.clone(),
+            detail: detail.into(),
+        })
+    }
+
+    /// Why the connection cannot be used, if it cannot: [`closed`](Self::closed), or a
+    /// server that died (one syscall).
+    fn trouble(&self) -> Result<()> {
+        self.closed()?;
+        if exited(&self.server) {
+            segment::remove_abandoned(&self.name, &self.fd);
+            return Err(Error::Disconnected {
+                endpoint: self.url.clone(),
+                detail: "the server process died".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Publishes request `id` and waits for its answer: by the lone-requester path when
+    /// no other request is in flight, else by the general one.
     fn request_with(
         &self,
         id: u64,
         publish: impl FnOnce() -> Result<()>,
         timeout: Duration,
     ) -> Result<Vec<u8>> {
-        lock(&self.waiters).answers.push((id, None));
-        if let Err(e) = publish() {
-            lock(&self.waiters).answers.retain(|(i, _)| *i != id);
-            return Err(e);
+        let alone = self.in_flight.fetch_add(1, Ordering::SeqCst) == 0;
+        let result = match self.replies.try_lock() {
+            Ok(mut replies) if alone => {
+                publish().and_then(|()| self.lone_answer(&mut replies, id, timeout))
+            }
+            not_alone => {
+                drop(not_alone);
+                lock(&self.waiters).answers.push((id, None));
+                match publish() {
+                    Ok(()) => self.await_answer(id, timeout),
+                    Err(e) => {
+                        lock(&self.waiters).answers.retain(|(i, _)| *i != id);
+                        Err(e)
+                    }
+                }
+            }
+        };
+        // Threads that joined meanwhile may wait for the reply ring this one held.
+        if self.in_flight.fetch_sub(1, Ordering::SeqCst) > 1 {
+            let waiters = lock(&self.waiters);
+            if waiters.followers > 0 {
+                self.answered.notify_all();
+            }
         }
-        self.await_answer(id, timeout)
+        result
     }
 }
 
@@ -670,13 +757,7 @@ impl Link for ShmConnection {
     }
 
     fn check(&self) -> Result<()> {
-        match self.trouble() {
-            None => Ok(()),
-            Some(detail) => Err(Error::Disconnected {
-                endpoint: self.url.clone(),
-                detail: detail.into(),
-            }),
-        }
+        self.trouble()
     }
 }
 
@@ -705,7 +786,7 @@ impl Connection for ShmConnection {
             // Too large for one record: it will go in pieces, copied.
             return Ok(None);
         }
-        self.check()?;
+        self.closed()?;
         let reservation = requests.reserve(len, self.patience, self)?;
         Ok(Some(crate::Loan::in_place(ShmLoan {
             connection: self,
@@ -1178,6 +1259,24 @@ impl ShmListener {
     }
 }
 
+/// Whether the server has something to do: a wake-up, a client that attached or left, or
+/// a message.
+fn work_waiting(
+    woken: &AtomicBool,
+    header: &Header,
+    changes_seen: u32,
+    serving: &[usize],
+    clients: &[Option<Client>],
+) -> bool {
+    woken.load(Ordering::Relaxed)
+        || header.changes.load(Ordering::Relaxed) != changes_seen
+        || serving.iter().any(|&i| {
+            clients[i]
+                .as_ref()
+                .is_some_and(|c| !c.refused && c.consumer.has_data())
+        })
+}
+
 /// The next complete message in a client's ring.
 fn next_message(
     client: &mut Client,
@@ -1227,7 +1326,7 @@ fn next_message(
 impl Listener for ShmListener {
     fn recv(&mut self, deadline: Option<Instant>) -> Result<Option<Message>> {
         loop {
-            if self.woken.swap(false, Ordering::AcqRel) {
+            if self.woken.load(Ordering::Relaxed) && self.woken.swap(false, Ordering::AcqRel) {
                 return Ok(None);
             }
             // Clients that attach, leave or die are looked at even while others keep the
@@ -1242,6 +1341,16 @@ impl Listener for ShmListener {
             if let Some(message) = self.poll() {
                 return Ok(Some(message));
             }
+            // SAFETY: the segment begins with the header; the Arc keeps it mapped.
+            let header: &Header = unsafe { &*self.map.base().cast::<Header>() };
+            let (clients, serving, woken) = (&self.clients, &self.serving, &self.woken);
+            let seen = self.changes_seen;
+            let work = || work_waiting(woken, header, seen, serving, clients);
+            // Spin first: a busy client's next message comes within the spin, and then not
+            // even the clock is read.
+            if self.spinner.spin(work) {
+                continue;
+            }
             let now = Instant::now();
             if now >= self.next_check {
                 self.housekeeping(changes);
@@ -1253,23 +1362,11 @@ impl Listener for ShmListener {
                 return Ok(None);
             }
             let until = deadline.map_or(self.next_check, |d| d.min(self.next_check));
-            // SAFETY: the segment begins with the header; the Arc keeps it mapped.
-            let header: &Header = unsafe { &*self.map.base().cast::<Header>() };
-            let clients = &self.clients;
-            let serving = &self.serving;
-            let woken = &self.woken;
+            let (clients, serving, woken) = (&self.clients, &self.serving, &self.woken);
             let seen = self.changes_seen;
-            self.spinner.wait(
+            self.spinner.sleep(
                 &header.doorbell,
-                || {
-                    woken.load(Ordering::Relaxed)
-                        || header.changes.load(Ordering::Relaxed) != seen
-                        || serving.iter().any(|&i| {
-                            clients[i]
-                                .as_ref()
-                                .is_some_and(|c| !c.refused && c.consumer.has_data())
-                        })
-                },
+                || work_waiting(woken, header, seen, serving, clients),
                 Some(until),
             );
         }

@@ -51,21 +51,23 @@ impl Kind {
 /// Flag: the message continues in the next record (it was too large for one).
 pub const MORE: u8 = 1;
 
-/// The control block of a ring, in shared memory. The two counters sit on cache lines of
-/// their own so producer and consumer do not steal each other's line on every update.
+/// The control block of a ring, in shared memory. Each counter sits on a cache line of its
+/// own, and the sleep flags on a third, so that the two sides do not steal each other's
+/// line on every update: a flag is written only by a side about to sleep.
 #[repr(C, align(128))]
 pub struct Control {
     /// Bytes ever published; written by the producer only.
     tail: AtomicU64,
-    /// 1 while the producer sleeps waiting for space.
-    pub(super) producer_sleeps: AtomicU32,
-    _producer_line: [u8; 116],
+    _tail_line: [u8; 120],
     /// Bytes ever consumed; written by the consumer only.
     head: AtomicU64,
+    _head_line: [u8; 120],
+    /// 1 while the producer sleeps waiting for space.
+    pub(super) producer_sleeps: AtomicU32,
     /// 1 while the consumer sleeps waiting for data (rings whose consumer waits on a
     /// doorbell shared with other rings leave it unused).
     pub(super) consumer_sleeps: AtomicU32,
-    _consumer_line: [u8; 116],
+    _flags_line: [u8; 120],
 }
 
 impl Control {
@@ -74,11 +76,12 @@ impl Control {
     pub fn new() -> Control {
         Control {
             tail: AtomicU64::new(0),
-            producer_sleeps: AtomicU32::new(0),
-            _producer_line: [0; 116],
+            _tail_line: [0; 120],
             head: AtomicU64::new(0),
+            _head_line: [0; 120],
+            producer_sleeps: AtomicU32::new(0),
             consumer_sleeps: AtomicU32::new(0),
-            _consumer_line: [0; 116],
+            _flags_line: [0; 120],
         }
     }
 
@@ -341,11 +344,6 @@ impl Producer {
         self.area.write(r.at, &encode_header(len, kind, flags, id));
         self.tail = r.start + padded(len) as u64;
         self.control().tail.store(self.tail, Ordering::Release);
-    }
-
-    /// The consumer's position.
-    pub fn head(&self) -> u64 {
-        self.control().head.load(Ordering::Acquire)
     }
 
     /// Whether the consumer is still behind the producer: used to tell a peer that

@@ -93,7 +93,7 @@ pub struct Slot {
 }
 
 const _: () = assert!(size_of::<Header>() == 256);
-const _: () = assert!(size_of::<Slot>() == 640 && size_of::<Slot>() <= ALIGN);
+const _: () = assert!(size_of::<Slot>() == 896 && size_of::<Slot>() <= ALIGN);
 const _: () = assert!(OWNERS + 4 * MAX_SLOTS <= ALIGN);
 
 /// Where everything is, given the two numbers a server chooses.

@@ -7,11 +7,15 @@
 //! costs: a spin that long at most doubles the time of a wait that ends up sleeping
 //! anyway (the classic competitive bound), while a busy pair never makes a syscall.
 //!
-//! The budget follows a moving average of how long waits took: twice the average, between
-//! [`MIN_SPIN`] and [`MAX_SPIN`]; once the average is above [`MAX_SPIN`] (a peer that
-//! pauses between messages), only [`MIN_SPIN`]. An idle server therefore sleeps at once
-//! and burns no CPU, and a busy one answers in nanoseconds.
+//! The budget follows a moving average of how long waits took. While the average is
+//! under [`MAX_SPIN`] (a busy peer), the waiter spins up to [`MAX_SPIN`]: a short wait
+//! ends within the spin, and a hiccup of the peer (a preemption, a page fault) costs a few
+//! microseconds of spinning instead of a wake-up ten times as long. Once the average is
+//! above it (a peer that pauses between messages), the waiter spins only [`MIN_SPIN`] and
+//! sleeps. An idle server therefore sleeps at once and burns no CPU, and a busy one
+//! answers in nanoseconds.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -22,18 +26,44 @@ pub const MIN_SPIN: Duration = Duration::from_micros(1);
 /// The longest: about what a cross-core futex wake-up costs on these machines.
 pub const MAX_SPIN: Duration = Duration::from_micros(50);
 
-/// One waiter's spin budget.
+/// How many spin iterations (a pause and a check) pass in a microsecond here, measured
+/// once: the spin counts iterations rather than reading the clock, which would cost more
+/// than the whole exchange it waits for.
+fn iterations_per_micro() -> u64 {
+    static MEASURED: OnceLock<u64> = OnceLock::new();
+    *MEASURED.get_or_init(|| {
+        let probe = AtomicU32::new(0);
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed() < Duration::from_micros(200) {
+            for _ in 0..64 {
+                std::hint::spin_loop();
+                n += u64::from(probe.load(Ordering::Relaxed));
+            }
+            n += 64;
+        }
+        (n / start.elapsed().as_micros().max(1) as u64).max(1)
+    })
+}
+
+/// One waiter's spin budget, in iterations.
 #[derive(Debug)]
 pub struct Spinner {
-    average_ns: u64,
-    budget: Duration,
+    average: u64,
+    budget: u64,
+    min: u64,
+    max: u64,
 }
 
 impl Default for Spinner {
     fn default() -> Spinner {
+        let per_micro = iterations_per_micro();
+        let max = per_micro * MAX_SPIN.as_micros() as u64;
         Spinner {
-            average_ns: MAX_SPIN.as_nanos() as u64 / 4,
-            budget: MAX_SPIN / 2,
+            average: max / 4,
+            budget: max / 2,
+            min: per_micro * MIN_SPIN.as_micros() as u64,
+            max,
         }
     }
 }
@@ -48,59 +78,48 @@ pub enum Woke {
 }
 
 impl Spinner {
-    fn observe(&mut self, waited: Duration) {
-        let waited = (waited.as_nanos() as u64).min(10 * MAX_SPIN.as_nanos() as u64);
-        self.average_ns = (self.average_ns * 7 + waited) / 8;
-        let average = Duration::from_nanos(self.average_ns);
-        self.budget = if average <= MAX_SPIN {
-            (2 * average + MIN_SPIN).min(MAX_SPIN)
+    fn observe(&mut self, waited: u64) {
+        self.average = (self.average * 7 + waited.min(10 * self.max)) / 8;
+        self.budget = if self.average <= self.max {
+            self.max
         } else {
-            MIN_SPIN
+            self.min
         };
     }
 
-    /// Waits until `ready()` holds or `until` passes. `word` is this waiter's futex word:
+    /// Spins until `ready()` holds or the budget is spent; true when it holds. Reads no
+    /// clock and makes no syscall.
+    pub fn spin(&mut self, mut ready: impl FnMut() -> bool) -> bool {
+        for i in 0..self.budget {
+            std::hint::spin_loop();
+            if ready() {
+                self.observe(i);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Sleeps until `ready()` holds or `until` passes. `word` is this waiter's futex word:
     /// it holds 1 while the waiter sleeps, and whoever makes `ready()` true calls [`wake`]
-    /// on it afterwards. Only one thread may wait on a word at a time.
-    pub fn wait(
+    /// on it afterwards. Only one thread may sleep on a word at a time.
+    pub fn sleep(
         &mut self,
         word: &AtomicU32,
         mut ready: impl FnMut() -> bool,
         until: Option<Instant>,
     ) -> Woke {
-        if ready() {
-            return Woke::Ready;
-        }
         let start = Instant::now();
-        let mut spins = 0u32;
-        loop {
-            std::hint::spin_loop();
-            if ready() {
-                self.observe(start.elapsed());
-                return Woke::Ready;
-            }
-            spins += 1;
-            // Reading the clock costs more than a check; look at it now and then.
-            if spins % 64 == 0 && start.elapsed() >= self.budget {
-                break;
-            }
-        }
-        loop {
+        let woke = loop {
             // Announce the sleep, then look once more: a waker that published before the
             // announcement is seen here, one that published after it sees the 1.
             super::ring::announce_sleep(word);
             if ready() {
-                word.store(0, Ordering::Relaxed);
-                self.observe(start.elapsed());
-                return Woke::Ready;
+                break Woke::Ready;
             }
             let now = Instant::now();
             let timeout = match until {
-                Some(until) if now >= until => {
-                    word.store(0, Ordering::Relaxed);
-                    self.observe(now - start);
-                    return Woke::TimedOut;
-                }
+                Some(until) if now >= until => break Woke::TimedOut,
                 Some(until) => Some(rustix::time::Timespec::try_from(until - now).unwrap_or(
                     rustix::time::Timespec {
                         tv_sec: i64::MAX,
@@ -112,7 +131,24 @@ impl Spinner {
             // Not FUTEX_PRIVATE: the word is in memory shared with another process.
             // EAGAIN (the word changed), EINTR and ETIMEDOUT all lead back to the checks.
             let _ = futex::wait(word, futex::Flags::empty(), 1, timeout.as_ref());
+        };
+        word.store(0, Ordering::Relaxed);
+        let slept = start.elapsed().as_micros() as u64 * iterations_per_micro();
+        self.observe(self.budget + slept);
+        woke
+    }
+
+    /// Spins, then sleeps: [`spin`](Self::spin) and [`sleep`](Self::sleep).
+    pub fn wait(
+        &mut self,
+        word: &AtomicU32,
+        mut ready: impl FnMut() -> bool,
+        until: Option<Instant>,
+    ) -> Woke {
+        if self.spin(&mut ready) {
+            return Woke::Ready;
         }
+        self.sleep(word, ready, until)
     }
 }
 

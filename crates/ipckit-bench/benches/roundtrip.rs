@@ -2,7 +2,7 @@
 //! registered transport, each beside a hand-written loop over the same syscalls on the
 //! same kind of socket, so the ratio is the cost of the abstraction.
 //!
-//! `cargo bench -p ipckit --bench roundtrip` runs criterion on each variant in turn;
+//! `cargo bench -p ipckit-bench --bench roundtrip` runs criterion on each variant in turn;
 //! `… -- --interleaved` alternates the two variants of each transport in blocks and
 //! compares medians, which cancels drift of the machine. The echo servers are this binary run again
 //! with `IPCKIT_BENCH_PEER` set. Client and server are pinned to different cores (when
@@ -17,18 +17,10 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group};
 
+use ipckit_bench::{pin_to, raw_shm};
+
 const PEER_ENV: &str = "IPCKIT_BENCH_PEER";
 const SIZE: usize = 64;
-
-fn pin_to(cpu: usize) {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if cores < 2 {
-        return;
-    }
-    let mut set = rustix::thread::CpuSet::new();
-    set.set(cpu % cores);
-    let _ = rustix::thread::sched_setaffinity(None, &set);
-}
 
 /// Echo servers, run in the child process; each prints its address, then serves.
 fn serve(kind: &str, address: &str) {
@@ -94,6 +86,11 @@ fn serve(kind: &str, address: &str) {
                     .unwrap(),
             );
             while requests.read_exact(&mut buf).is_ok() && replies.write_all(&buf).is_ok() {}
+        }
+        "shm" => {
+            let rings = raw_shm::Rings::open(address, true);
+            println!("{address}");
+            rings.serve()
         }
         other => panic!("unknown peer {other}"),
     }
@@ -218,6 +215,7 @@ fn raw_round_trip(kind: &str, address: &str) -> Box<dyn FnMut()> {
                 replies.read_exact(&mut buf).unwrap();
             })
         }
+        "shm" => Box::new(raw_shm::Rings::open(address, false).client()),
         other => panic!("no baseline for {other}"),
     }
 }
@@ -258,17 +256,18 @@ fn time_iters(iters: u64, round_trip: &mut dyn FnMut()) -> Duration {
 /// Where the hand-written server of `scheme` listens: a queue name or a path in `dir`.
 fn raw_address(scheme: &str, dir: &std::path::Path) -> String {
     match scheme {
-        "mq" => format!("raw-mq-{}", std::process::id()),
+        "mq" | "shm" => format!("raw-{scheme}-{}", std::process::id()),
         _ => dir.join(format!("raw-{scheme}")).display().to_string(),
     }
 }
 
-/// Removes the hand-written mq ping-pong's queues, which outlive its processes.
-fn remove_raw_queues() {
+/// Removes the hand-written mq queues and shm segment, which outlive their processes.
+fn remove_raw_leftovers() {
     for suffix in ["req", "rep"] {
         let name = format!("/raw-mq-{}.{suffix}", std::process::id());
         let _ = nix::mqueue::mq_unlink(name.as_str());
     }
+    let _ = std::fs::remove_file(format!("/dev/shm/raw-shm-{}", std::process::id()));
 }
 
 fn bench(c: &mut Criterion) {
@@ -310,7 +309,7 @@ fn bench(c: &mut Criterion) {
         drop(server);
         let _ = transport.destroy(&endpoint);
     }
-    remove_raw_queues();
+    remove_raw_leftovers();
     group.finish();
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -320,17 +319,28 @@ fn bench(c: &mut Criterion) {
 /// or speeds up during the run weighs on both alike. Prints the median of the blocks.
 fn interleaved() {
     const ROUNDS: usize = 41;
-    const PER_ROUND: u64 = 2000;
+    const WARM_UP: u64 = 2000;
+    // Blocks of at least 5 ms, so that a server that sleeps when idle wakes once per
+    // block at most, a cost spread over the block.
+    const BLOCK: Duration = Duration::from_millis(5);
+    let only: Vec<String> = std::env::args()
+        .skip_while(|a| a != "--interleaved")
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     pin_to(0);
     let dir = std::env::temp_dir().join(format!("ipckit-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    println!("64-byte round trip, median of {ROUNDS} interleaved blocks of {PER_ROUND}");
+    println!("64-byte round trip, median of {ROUNDS} interleaved blocks of at least {BLOCK:?}");
     println!(
         "{:<9} {:>12} {:>12} {:>7}",
         "transport", "hand-written", "ipckit", "ratio"
     );
     for transport in ipckit::transport::all() {
         let scheme = transport.scheme();
+        if !only.is_empty() && !only.iter().any(|o| o == scheme) {
+            continue;
+        }
         let raw_address = raw_address(scheme, &dir);
         let raw = Peer::start(scheme, &raw_address);
         let endpoint = transport.scratch_endpoint(&dir, "ipckit");
@@ -344,15 +354,18 @@ fn interleaved() {
             }),
         ];
         let mut blocks = [Vec::new(), Vec::new()];
-        for contender in contenders.iter_mut() {
-            time_iters(PER_ROUND, contender.as_mut()); // warm-up
-        }
+        let fastest = contenders
+            .iter_mut()
+            .map(|c| time_iters(WARM_UP, c.as_mut()) / WARM_UP as u32)
+            .min()
+            .expect("two contenders");
+        let per_round = (BLOCK.as_nanos() / fastest.as_nanos().max(1)).max(WARM_UP as u128) as u64;
         for round in 0..ROUNDS {
             for turn in 0..2 {
                 // Alternate who goes first, so neither always follows the other.
                 let which = (round + turn) % 2;
-                let took = time_iters(PER_ROUND, contenders[which].as_mut());
-                blocks[which].push(took / PER_ROUND as u32);
+                let took = time_iters(per_round, contenders[which].as_mut());
+                blocks[which].push(took / per_round as u32);
             }
         }
         let [hand, ours] = blocks.map(|mut b| {
@@ -370,7 +383,7 @@ fn interleaved() {
         drop(raw);
         let _ = transport.destroy(&endpoint);
     }
-    remove_raw_queues();
+    remove_raw_leftovers();
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -1,0 +1,33 @@
+//! What ipckit's benchmarks share: hand-written baselines over the raw mechanisms, and
+//! the placement of processes on CPUs. Nothing in the library depends on this crate.
+
+pub mod raw_shm;
+
+/// Pins this process to `cpu` (modulo the CPUs online), so that a client and its server
+/// run on different cores in every variant alike. The count comes from the system, not
+/// from `available_parallelism`, which reads the affinity a child inherits from its
+/// already-pinned parent and would see a single CPU.
+///
+/// ```
+/// ipckit_bench::pin_to(0);
+/// ```
+pub fn pin_to(cpu: usize) {
+    let cores = online_cpus();
+    if cores < 2 {
+        return;
+    }
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu % cores);
+    rustix::thread::sched_setaffinity(None, &set).expect("pinning to a CPU");
+}
+
+/// The number of CPUs the system has online.
+pub fn online_cpus() -> usize {
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default();
+    online
+        .trim()
+        .rsplit(['-', ','])
+        .next()
+        .and_then(|last| last.parse::<usize>().ok())
+        .map_or(1, |last| last + 1)
+}

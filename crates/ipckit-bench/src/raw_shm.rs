@@ -1,0 +1,220 @@
+//! The hardware floor for shared memory: a bare busy-spin ping-pong over two
+//! single-producer/single-consumer rings of fixed 64-byte slots in a shared mapping. No
+//! framing, no wake-ups, no checks: what any shared-memory IPC costs at the least.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+const SLOTS: usize = 64;
+/// Bytes in a message.
+pub const SLOT: usize = 64;
+
+#[repr(C, align(128))]
+struct Ring {
+    tail: AtomicU64,
+    _tail_line: [u8; 120],
+    head: AtomicU64,
+    _head_line: [u8; 120],
+    slots: [[u8; SLOT]; SLOTS],
+}
+
+/// The mapping: requests, then replies.
+///
+/// ```no_run
+/// let server = std::thread::spawn(|| ipckit_bench::raw_shm::Rings::open("doc-raw", true).serve());
+/// let mut round_trip = ipckit_bench::raw_shm::Rings::open("doc-raw", false).client();
+/// round_trip();
+/// ```
+pub struct Rings {
+    ptr: *mut Ring,
+}
+
+impl Rings {
+    /// Maps `/dev/shm/NAME`, creating it when `create`.
+    pub fn open(name: &str, create: bool) -> Rings {
+        let path = format!("/dev/shm/{name}");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(false)
+            .open(&path)
+            .expect("open the raw segment");
+        let len = 2 * size_of::<Ring>();
+        file.set_len(len as u64).unwrap();
+        // SAFETY: a fresh shared mapping of a file sized to hold two rings; all-zero bytes
+        // are valid rings.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::SHARED,
+                &file,
+                0,
+            )
+            .unwrap()
+        };
+        Rings { ptr: ptr.cast() }
+    }
+
+    fn ring(&self, i: usize) -> &Ring {
+        // SAFETY: the mapping holds two rings and lives as long as the process.
+        unsafe { &*self.ptr.add(i) }
+    }
+
+    fn send(&self, ring: usize, tail: &mut u64, bytes: &[u8; SLOT]) {
+        let r = self.ring(ring);
+        while *tail - r.head.load(Ordering::Acquire) == SLOTS as u64 {
+            std::hint::spin_loop();
+        }
+        let slot = &r.slots[*tail as usize % SLOTS] as *const [u8; SLOT] as *mut [u8; SLOT];
+        // SAFETY: the slot lies between head and tail + SLOTS: only the producer touches it.
+        unsafe { slot.write(*bytes) };
+        *tail += 1;
+        r.tail.store(*tail, Ordering::Release);
+    }
+
+    fn ready(&self, ring: usize, head: u64) -> bool {
+        self.ring(ring).tail.load(Ordering::Acquire) != head
+    }
+
+    fn try_recv(&self, ring: usize, head: &mut u64, out: &mut [u8; SLOT]) -> bool {
+        let r = self.ring(ring);
+        if r.tail.load(Ordering::Acquire) == *head {
+            return false;
+        }
+        // SAFETY: published by the tail store (Acquire above); the producer does not
+        // reuse it before head moves past it.
+        *out = unsafe { (&r.slots[*head as usize % SLOTS] as *const [u8; SLOT]).read() };
+        *head += 1;
+        r.head.store(*head, Ordering::Release);
+        true
+    }
+
+    /// The echo server: spins while busy; idle for a while, it naps, so that it does not
+    /// steal the core from a contender measured in between.
+    pub fn serve(&self) -> ! {
+        let (mut head, mut tail) = (0, 0);
+        let mut buf = [0u8; SLOT];
+        let mut idle_since = Instant::now();
+        let mut spins = 0u32;
+        loop {
+            if self.try_recv(0, &mut head, &mut buf) {
+                self.send(1, &mut tail, &buf);
+                spins = 0;
+                continue;
+            }
+            std::hint::spin_loop();
+            spins += 1;
+            if spins == 1 {
+                idle_since = Instant::now();
+            } else if spins % 1024 == 0 && idle_since.elapsed() > Duration::from_micros(200) {
+                // Idle: nap, and look again after each nap without spinning.
+                while !self.ready(0, head) {
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+            }
+        }
+    }
+
+    /// A client's round trip.
+    pub fn client(self) -> impl FnMut() {
+        let (mut head, mut tail) = (0, 0);
+        let payload = [7u8; SLOT];
+        let mut buf = [0u8; SLOT];
+        move || {
+            self.send(0, &mut tail, &payload);
+            while !self.try_recv(1, &mut head, &mut buf) {
+                std::hint::spin_loop();
+            }
+        }
+    }
+}
+
+// SAFETY: the mapping is shared memory guarded by the ring protocol.
+unsafe impl Send for Rings {}
+
+/// The floor for streaming: a bare ring of 64 KiB slots in shared memory, filled with
+/// memcpy by one process and emptied with memcpy by another, both spinning.
+pub struct Stream {
+    ptr: *mut u8,
+    slots: usize,
+}
+
+/// Bytes in a streamed message.
+pub const STREAM_SLOT: usize = 64 * 1024;
+const STREAM_HEADER: usize = 256;
+
+// SAFETY: the mapping is shared memory guarded by the ring protocol.
+unsafe impl Send for Stream {}
+
+impl Stream {
+    /// Maps `/dev/shm/NAME` with room for `bytes` of slots, creating it when `create`.
+    pub fn open(name: &str, bytes: usize, create: bool) -> Stream {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(false)
+            .open(format!("/dev/shm/{name}"))
+            .expect("open the raw segment");
+        let len = STREAM_HEADER + bytes;
+        file.set_len(len as u64).unwrap();
+        // SAFETY: a fresh shared mapping of a file of `len` bytes.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::SHARED,
+                &file,
+                0,
+            )
+            .unwrap()
+        };
+        Stream {
+            ptr: ptr.cast(),
+            slots: bytes / STREAM_SLOT,
+        }
+    }
+
+    fn counter(&self, i: usize) -> &AtomicU64 {
+        // SAFETY: the header holds two counters on separate cache lines, in the mapping.
+        unsafe { &*self.ptr.add(i * 128).cast::<AtomicU64>() }
+    }
+
+    fn slot(&self, n: u64) -> *mut u8 {
+        // SAFETY: in bounds: the slot index is taken modulo the slot count.
+        unsafe {
+            self.ptr
+                .add(STREAM_HEADER + (n as usize % self.slots) * STREAM_SLOT)
+        }
+    }
+
+    /// Copies `count` messages of `source` into the ring.
+    pub fn produce(&self, source: &[u8; STREAM_SLOT], count: u64) {
+        let (tail, head) = (self.counter(0), self.counter(1));
+        for n in 0..count {
+            while n - head.load(Ordering::Acquire) == self.slots as u64 {
+                std::hint::spin_loop();
+            }
+            // SAFETY: slot `n` is free (the consumer is past it) until the tail moves.
+            unsafe { std::ptr::copy_nonoverlapping(source.as_ptr(), self.slot(n), STREAM_SLOT) };
+            tail.store(n + 1, Ordering::Release);
+        }
+    }
+
+    /// Copies `count` messages out of the ring into `sink`.
+    pub fn consume(&self, sink: &mut [u8; STREAM_SLOT], count: u64) {
+        let (tail, head) = (self.counter(0), self.counter(1));
+        for n in 0..count {
+            while tail.load(Ordering::Acquire) == n {
+                std::hint::spin_loop();
+            }
+            // SAFETY: slot `n` was published by the tail store (Acquire above).
+            unsafe { std::ptr::copy_nonoverlapping(self.slot(n), sink.as_mut_ptr(), STREAM_SLOT) };
+            head.store(n + 1, Ordering::Release);
+        }
+    }
+}
