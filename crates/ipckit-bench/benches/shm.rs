@@ -194,6 +194,12 @@ impl Drop for Peer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A killed server leaves its segment (a stopping one would remove it).
+        if let Ok(endpoint) = self.address.parse::<ipckit::Endpoint>() {
+            if let Some(transport) = ipckit::transport::find(endpoint.scheme()) {
+                let _ = transport.destroy(&endpoint);
+            }
+        }
     }
 }
 

@@ -530,3 +530,55 @@ fn serve_echo_and_request_over_the_datagram_and_pipe_transports() {
         assert_eq!(stdout(&out), "echo me\n", "{url}");
     }
 }
+
+#[test]
+fn shm_request_and_reply_and_send_through_the_cli() {
+    let url = format!("shm://ipckit-cli-{}", std::process::id());
+    let server = Background::start(IPCKIT, &["serve", &url, "--echo", "--timeout", "30s"]);
+    let out = request_until_served(&url, "in shared memory");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout(&out), "in shared memory\n");
+    // Killed, the server leaves its segment; the next server on the name replaces it.
+    drop(server);
+    let listener = Command::new(IPCKIT)
+        .args(["listen", &url, "--count", "1", "--timeout", "30s"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ipckit(&["send", &url, "one-way"]).status.success() {
+        assert!(
+            Instant::now() < deadline,
+            "the listener never took a message"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = listener.wait_with_output().unwrap();
+    assert_eq!(stdout(&out), "one-way\n");
+    assert!(
+        !std::path::Path::new(&format!(
+            "/dev/shm/ipckit.ipckit-cli-{}",
+            std::process::id()
+        ))
+        .exists(),
+        "the listener left its segment behind"
+    );
+}
+
+#[test]
+fn shm_names_that_cannot_be_segments_are_refused() {
+    let too_long = format!("shm://{}", "n".repeat(300));
+    for (url, says) in [
+        ("shm://a/b", "'/'"),
+        ("shm://..", "'..'"),
+        (too_long.as_str(), "at most 200"),
+    ] {
+        let out = ipckit(&["listen", url, "--timeout", "1s"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{url} was accepted");
+        assert!(
+            stderr.contains(says) && stderr.lines().count() == 1,
+            "{url}: {stderr}"
+        );
+    }
+}

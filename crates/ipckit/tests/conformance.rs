@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ipckit::endpoint::{Address, UnixAddr};
 use ipckit::frame::{Header, Hello, Kind};
@@ -85,6 +85,9 @@ fn byte_stream(t: &dyn Transport, _: &Capabilities) -> bool {
     matches!(ep.address(), Address::Uds(_) | Address::Tcp(_))
 }
 
+fn zero_copy(_: &dyn Transport, caps: &Capabilities) -> bool {
+    caps.zero_copy
+}
 fn transient(_: &dyn Transport, caps: &Capabilities) -> bool {
     !caps.durable
 }
@@ -146,6 +149,13 @@ const CHECKS: &[Check] = checks![
     byte_stream => bad_input::claimed_length_not_allocated,
     byte_stream => bad_input::wrong_protocol_version,
     byte_stream => bad_input::killed_mid_frame,
+    zero_copy => shared_memory::loan_written_and_read_in_place,
+    zero_copy => shared_memory::garbage_positions,
+    zero_copy => shared_memory::garbage_lengths,
+    zero_copy => shared_memory::record_over_limit,
+    zero_copy => shared_memory::garbage_in_reply_ring,
+    zero_copy => shared_memory::killed_client_slot_reclaimed,
+    zero_copy => shared_memory::dead_server_segment_removed,
 ];
 
 /// One check's surroundings: the transport, a private directory, and the endpoints it
@@ -984,6 +994,8 @@ fn endpoint_file_private_and_removed(ctx: &Ctx) -> Outcome {
         std::fs::read(&path)? == b"precious",
         "the regular file was touched"
     );
+    // Outside the scratch directory (a segment's path is in /dev/shm) nobody else would.
+    std::fs::remove_file(&path)?;
     Ok(())
 }
 
@@ -1016,6 +1028,195 @@ fn other_user_refused(ctx: &Ctx) -> Outcome {
 }
 
 // --- bad input on byte streams: the server runs in a child that logs to stderr ---------
+/// Checks of a shared-memory segment, which a peer can scribble on. Offsets follow the
+/// layout in docs/PROTOCOL.md, for rings of 64 KiB (`?ring=65536`).
+mod shared_memory {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    const RING: usize = 65536;
+    const RING_OPTION: (&str, &str) = ("ring", "65536");
+
+    /// Where slot `i` begins: after the 64 KiB header, slots of a 64 KiB control page and
+    /// two rings.
+    fn slot(i: u64) -> u64 {
+        65536 + i * (65536 + 2 * RING as u64)
+    }
+    const REQUEST_TAIL: u64 = 128;
+    /// Where the `corrupt-replies` peer scribbles.
+    pub const REPLY_TAIL: u64 = 512;
+    const REQUEST_DATA: u64 = 65536;
+
+    fn segment(url: &Endpoint) -> Result<std::fs::File, Failed> {
+        let path = path_of(url).expect("a segment path");
+        Ok(std::fs::OpenOptions::new().write(true).open(path)?)
+    }
+
+    /// A record header as the ring lays it out: len, kind, flags, id.
+    fn record_header(len: u32, kind: u8) -> [u8; 16] {
+        let mut h = [0u8; 16];
+        h[0..4].copy_from_slice(&len.to_le_bytes());
+        h[4] = kind;
+        h
+    }
+
+    pub fn loan_written_and_read_in_place(ctx: &Ctx) -> Outcome {
+        let mut server = ipckit::listen(ctx.endpoint("loan"))?;
+        let client = ipckit::connect(server.endpoint())?;
+        let mut loan = client.loan(1000)?;
+        ensure!(loan.is_in_place(), "a small loan on shm is not in the ring");
+        loan.fill(0xAB);
+        loan.truncate(600);
+        loan.send()?;
+        let message = recv(&mut server)?;
+        ensure!(
+            message.is_in_place() && message.payload() == [0xABu8; 600].as_slice(),
+            "the loaned message arrived as {message:?}"
+        );
+        drop(message);
+        // Larger than a record can be: still works, as pieces, copied, while the server
+        // takes them.
+        let big = client.max_message().min(4 << 20);
+        let sender = std::thread::spawn(move || -> Result<ipckit::Client, Error> {
+            {
+                let mut loan = client.loan(big)?;
+                loan.fill(0xCD);
+                loan.send()?;
+            }
+            Ok(client)
+        });
+        let message = recv(&mut server)?;
+        let client = sender.join().expect("the sending thread")?;
+        ensure!(
+            message.payload().len() == big && message.payload().iter().all(|&b| b == 0xCD),
+            "a large loaned message arrived damaged"
+        );
+        match client.loan(client.max_message() + 1) {
+            Err(Error::MessageTooLarge { .. }) => Ok(()),
+            other => Err(format!("an oversized loan gave {other:?}").into()),
+        }
+    }
+
+    /// The attacker is a client in slot 1 (the bystander of `survives` took slot 0).
+    fn scribble(url: &Endpoint, writes: &[(u64, &[u8])]) -> Outcome {
+        let attacker = ipckit::connect(url)?;
+        let file = segment(url)?;
+        for (offset, bytes) in writes {
+            file.write_all_at(bytes, slot(1) + offset)?;
+        }
+        // Keep the attacker connected until the server has had a look.
+        std::thread::sleep(Duration::from_millis(500));
+        drop(attacker);
+        Ok(())
+    }
+
+    pub fn garbage_positions(ctx: &Ctx) -> Outcome {
+        bad_input::survives(ctx, &[RING_OPTION], "is impossible", |url| {
+            scribble(
+                url,
+                &[(REQUEST_TAIL, &0xdead_beef_dead_beefu64.to_le_bytes())],
+            )
+        })
+    }
+
+    pub fn garbage_lengths(ctx: &Ctx) -> Outcome {
+        bad_input::survives(ctx, &[RING_OPTION], "overruns the ring", |url| {
+            scribble(
+                url,
+                &[
+                    (REQUEST_DATA, &record_header(0xFFFF_0000, 1)),
+                    (REQUEST_TAIL, &32u64.to_le_bytes()),
+                ],
+            )
+        })
+    }
+
+    pub fn record_over_limit(ctx: &Ctx) -> Outcome {
+        let options = [RING_OPTION, ("max_message", "1000")];
+        bad_input::survives(ctx, &options, "over the limit of 1000", |url| {
+            scribble(
+                url,
+                &[
+                    (REQUEST_DATA, &record_header(2000, 1)),
+                    (REQUEST_TAIL, &2016u64.to_le_bytes()),
+                ],
+            )
+        })
+    }
+
+    /// The server scribbles on the client's reply ring: the request fails with a protocol
+    /// error naming the violation, and does not hang.
+    pub fn garbage_in_reply_ring(ctx: &Ctx) -> Outcome {
+        let mut endpoint = ctx.endpoint("liar");
+        endpoint.set_option(RING_OPTION.0, RING_OPTION.1)?;
+        let mut server = Child::spawn("corrupt-replies", &[endpoint.to_string()]);
+        let url = server.ready()?;
+        let client = ipckit::connect(&url)?;
+        match client.request(b"tell me", PATIENCE) {
+            Err(Error::Protocol { reason, .. }) if reason.contains("broke the shared ring") => {}
+            other => return Err(format!("a garbage reply ring gave {other:?}").into()),
+        }
+        server.kill();
+        Ok(())
+    }
+
+    /// A client killed with SIGKILL is noticed within a second and its slot reused.
+    pub fn killed_client_slot_reclaimed(ctx: &Ctx) -> Outcome {
+        let mut server = ipckit::listen(ctx.endpoint_with("one-slot", "clients", "1"))?;
+        let url = server.endpoint().to_string();
+        let mut holder = Child::spawn("connect-and-wait", std::slice::from_ref(&url));
+        ensure!(
+            holder.line()? == "connected",
+            "the first client did not connect"
+        );
+        match ipckit::connect(url.as_str()) {
+            Err(Error::Full { .. }) => {}
+            other => return Err(format!("a second client of a one-slot server: {other:?}").into()),
+        }
+        holder.kill();
+        let killed = Instant::now();
+        loop {
+            server.recv_timeout(Duration::from_millis(20))?;
+            match ipckit::connect(url.as_str()) {
+                Ok(_) => return Ok(()),
+                Err(Error::Full { .. }) if killed.elapsed() < Duration::from_secs(1) => {}
+                other => {
+                    return Err(format!(
+                        "{:?} after the client was killed, connecting still gives {other:?}",
+                        killed.elapsed()
+                    )
+                    .into());
+                }
+            }
+        }
+    }
+
+    /// A server killed with SIGKILL: its client learns it, and removes the segment the
+    /// server left, so nothing stays in /dev/shm.
+    pub fn dead_server_segment_removed(ctx: &Ctx) -> Outcome {
+        let mut server = Child::spawn("print", &[ctx.endpoint("doomed").to_string()]);
+        let url = server.ready()?;
+        let client = ipckit::connect(&url)?;
+        client.send(b"alive")?;
+        ensure!(
+            server.line()? == "msg alive",
+            "the server did not hear the client"
+        );
+        server.kill();
+        match client.request(b"anyone?", PATIENCE) {
+            Err(Error::Disconnected { .. }) => {}
+            other => return Err(format!("a request to a killed server gave {other:?}").into()),
+        }
+        let path = path_of(&url).expect("a segment path");
+        ensure!(
+            !path.exists(),
+            "{} is left behind by the killed server",
+            path.display()
+        );
+        Ok(())
+    }
+}
+
 mod bad_input {
     use super::*;
 
@@ -1073,16 +1274,16 @@ mod bad_input {
 
     /// Runs `attack` against a server in a child process, then proves the server still
     /// serves a good client, delivered nothing of the attack, and logged `reason`.
-    fn survives(
+    pub(super) fn survives(
         ctx: &Ctx,
-        max: Option<&str>,
+        options: &[(&str, &str)],
         reason: &str,
         attack: impl FnOnce(&Endpoint) -> Outcome,
     ) -> Outcome {
-        let endpoint = match max {
-            Some(max) => ctx.endpoint_with("victim", "max_message", max),
-            None => ctx.endpoint("victim"),
-        };
+        let mut endpoint = ctx.endpoint("victim");
+        for (key, value) in options {
+            endpoint.set_option(key, value)?;
+        }
         let mut server = Child::spawn("print", &[endpoint.to_string()]);
         let url = server.ready()?;
         // A good client connected before the attack must keep working through it.
@@ -1106,7 +1307,7 @@ mod bad_input {
     }
 
     pub fn random_bytes(ctx: &Ctx) -> Outcome {
-        survives(ctx, None, "did not open with the ipckit hello", |url| {
+        survives(ctx, &[], "did not open with the ipckit hello", |url| {
             let mut stream = raw_connect(url)?;
             let mut noise = vec![0u8; 4096];
             fastrand::fill(&mut noise);
@@ -1117,7 +1318,7 @@ mod bad_input {
     }
 
     pub fn truncated_frame(ctx: &Ctx) -> Outcome {
-        survives(ctx, None, "went away 66 bytes into a frame", |url| {
+        survives(ctx, &[], "went away 66 bytes into a frame", |url| {
             let mut stream = raw_greeted(url)?;
             stream.write_all(&Header::new(Kind::Message, 0, 100).encode())?;
             stream.write_all(&[7u8; 50])?;
@@ -1129,7 +1330,7 @@ mod bad_input {
     pub fn length_over_limit(ctx: &Ctx) -> Outcome {
         survives(
             ctx,
-            Some("1000"),
+            &[("max_message", "1000")],
             "exceeds the limit of 1000 bytes",
             |url| {
                 let mut stream = raw_greeted(url)?;
@@ -1142,18 +1343,23 @@ mod bad_input {
     pub fn claimed_length_not_allocated(ctx: &Ctx) -> Outcome {
         // The victim accepts messages up to 4 GiB - 1 but may only use 1 GiB of address space
         // (see peer "print"): allocating what the header claims would kill it.
-        survives(ctx, Some(&u32::MAX.to_string()), "went away", |url| {
-            let mut stream = raw_greeted(url)?;
-            stream.write_all(&Header::new(Kind::Message, 0, 3 << 30).encode())?;
-            stream.write_all(&[1u8; 100_000])?;
-            std::thread::sleep(Duration::from_millis(100));
-            drop(stream);
-            Ok(())
-        })
+        survives(
+            ctx,
+            &[("max_message", &u32::MAX.to_string())],
+            "went away",
+            |url| {
+                let mut stream = raw_greeted(url)?;
+                stream.write_all(&Header::new(Kind::Message, 0, 3 << 30).encode())?;
+                stream.write_all(&[1u8; 100_000])?;
+                std::thread::sleep(Duration::from_millis(100));
+                drop(stream);
+                Ok(())
+            },
+        )
     }
 
     pub fn wrong_protocol_version(ctx: &Ctx) -> Outcome {
-        survives(ctx, None, "speaks protocol versions 90..=99", |url| {
+        survives(ctx, &[], "speaks protocol versions 90..=99", |url| {
             let mut stream = raw_connect(url)?;
             let mut hello = Hello::new(1000).encode();
             hello[4] = 90;
@@ -1370,6 +1576,28 @@ mod peer {
                 let _client = ipckit::connect(url)?;
                 say("connected");
                 std::thread::sleep(PATIENCE);
+            }
+            "corrupt-replies" => {
+                use std::os::unix::fs::FileExt;
+                let mut server = ipckit::listen(url)?;
+                say(&format!("ready {}", server.endpoint()));
+                exit_when_parent_goes();
+                let message = server.recv()?;
+                // The client is in slot 0; its reply ring's tail sits REPLY_TAIL bytes
+                // into the slot (docs/PROTOCOL.md).
+                let path = format!(
+                    "/dev/shm/ipckit.{}",
+                    &url["shm://".len()..url.find('?').unwrap_or(url.len())]
+                );
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(path)?
+                    .write_all_at(
+                        &u64::MAX.to_le_bytes(),
+                        65536 + super::shared_memory::REPLY_TAIL,
+                    )?;
+                std::thread::sleep(PATIENCE);
+                drop(message);
             }
             "serve-echo" => {
                 let mut server = ipckit::listen(url)?;

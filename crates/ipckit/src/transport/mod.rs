@@ -78,8 +78,9 @@ pub trait Transport: Send + Sync {
     fn connect(&self, endpoint: &Endpoint) -> Result<Box<dyn Connection>>;
     /// Starts a server.
     fn listen(&self, endpoint: &Endpoint) -> Result<Box<dyn Listener>>;
-    /// Removes what a durable endpoint keeps once every party is gone (a message queue
-    /// and the messages in it). Other transports clean up after themselves.
+    /// Removes what an endpoint keeps once every party is gone: a message queue and the
+    /// messages in it, the segment of a shared-memory server that was killed. Other
+    /// transports clean up after themselves.
     fn destroy(&self, endpoint: &Endpoint) -> Result<()> {
         let _ = endpoint;
         Ok(())

@@ -27,7 +27,8 @@
 //! **Crashes.** The server holds an exclusive `flock` on its segment; the kernel releases
 //! it when the server dies, however it dies, and that is how a client, or the next
 //! server, recognises a dead server's segment (the next server replaces it, a client that
-//! notices removes it). Each side watches the other's pidfd, at least every
+//! notices removes it). Each side watches the other's pidfd (or pid, where the kernel has
+//! no pidfds), at least every
 //! [`LIVENESS_INTERVAL`] while it waits: a client killed with SIGKILL is noticed within
 //! that time and its slot is emptied and reused; a request to a server that died fails
 //! with [`Error::Disconnected`]. A record becomes visible only when complete, so a sender
@@ -136,6 +137,14 @@ impl Transport for Shm {
     fn listen(&self, endpoint: &Endpoint) -> Result<Box<dyn Listener>> {
         Ok(Box::new(ShmListener::bind(endpoint)?))
     }
+
+    /// Removes the segment of a server that died (a live server's stays). A server that
+    /// stops removes its own; this is for one that was killed, when no client noticed and
+    /// no server is started on the name again.
+    fn destroy(&self, endpoint: &Endpoint) -> Result<()> {
+        segment::remove_if_abandoned(name_of(endpoint), None);
+        Ok(())
+    }
 }
 
 fn name_of(endpoint: &Endpoint) -> &str {
@@ -156,18 +165,50 @@ fn corrupt(url: &str, who: &str, c: Corrupt) -> Error {
     }
 }
 
-/// Whether the process behind `pidfd` has exited.
-fn exited(pidfd: &OwnedFd) -> bool {
-    let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
-    matches!(
-        rustix::event::poll(&mut fds, Some(&rustix::time::Timespec::default())),
-        Ok(n) if n > 0
-    )
+/// A peer process, watched for its exit: through a pidfd where the kernel has them (no
+/// confusion with a later process given the same pid), else by testing the pid.
+struct Process {
+    pid: rustix::process::Pid,
+    pidfd: Option<OwnedFd>,
 }
 
-fn pidfd(pid: u32) -> Option<OwnedFd> {
-    let pid = rustix::process::Pid::from_raw(pid as i32)?;
-    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+impl Process {
+    /// `None` when no process has that pid.
+    fn watch(pid: u32) -> Option<Process> {
+        let pid = rustix::process::Pid::from_raw(pid as i32)?;
+        match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+            Ok(pidfd) => Some(Process {
+                pid,
+                pidfd: Some(pidfd),
+            }),
+            Err(rustix::io::Errno::SRCH) => None,
+            // No pidfds here (an old kernel, a sandbox): test the pid instead.
+            Err(_) => {
+                let process = Process { pid, pidfd: None };
+                (!process.exited()).then_some(process)
+            }
+        }
+    }
+
+    fn exited(&self) -> bool {
+        match &self.pidfd {
+            Some(pidfd) => {
+                let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
+                matches!(
+                    rustix::event::poll(&mut fds, Some(&rustix::time::Timespec::default())),
+                    Ok(n) if n > 0
+                )
+            }
+            None => rustix::process::test_kill_process(self.pid) == Err(rustix::io::Errno::SRCH),
+        }
+    }
+
+    fn try_clone(&self) -> Process {
+        Process {
+            pid: self.pid,
+            pidfd: self.pidfd.as_ref().and_then(|fd| fd.try_clone().ok()),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -385,7 +426,7 @@ pub(crate) struct ShmConnection {
     header_map: Mapping,
     slot_map: Mapping,
     slot_index: usize,
-    server: OwnedFd,
+    server: Process,
     server_max: usize,
     own_max: usize,
     patience: Duration,
@@ -406,7 +447,8 @@ impl ShmConnection {
             endpoint: url.clone(),
             detail: detail.to_owned(),
         };
-        let server = pidfd(found.server_pid).ok_or_else(|| gone("the server process is gone"))?;
+        let server =
+            Process::watch(found.server_pid).ok_or_else(|| gone("the server process is gone"))?;
         // The pid might have been reused between reading it and opening its pidfd; the
         // lock being still held after the open proves the holder is that process.
         if !segment::server_alive(&found.fd) {
@@ -705,7 +747,7 @@ impl ShmConnection {
     /// server that died (one syscall).
     fn trouble(&self) -> Result<()> {
         self.closed()?;
-        if exited(&self.server) {
+        if self.server.exited() {
             segment::remove_abandoned(&self.name, &self.fd);
             return Err(Error::Disconnected {
                 endpoint: self.url.clone(),
@@ -929,7 +971,7 @@ struct ReplyChannel {
     url: String,
     sender: Mutex<Sender>,
     client_max: usize,
-    pidfd: Option<OwnedFd>,
+    client: Option<Process>,
     slot: *const Slot,
     header: *const Header,
     patience: Duration,
@@ -952,7 +994,7 @@ impl Link for ReplyChannel {
         let state = slot.state.load(Ordering::Acquire);
         let detail = if header.state.load(Ordering::Acquire) != segment::LISTENING {
             "the server stopped"
-        } else if state == segment::LEFT || self.pidfd.as_ref().is_none_or(exited) {
+        } else if state == segment::LEFT || self.client.as_ref().is_none_or(Process::exited) {
             "the client went away"
         } else if state == segment::REFUSED {
             "the connection was closed for breaking the protocol"
@@ -984,7 +1026,7 @@ impl ReplySink for ReplyChannel {
 /// A client the server serves.
 struct Client {
     pid: u32,
-    pidfd: Option<OwnedFd>,
+    process: Option<Process>,
     consumer: Consumer,
     partial: Option<Partial>,
     releases: Arc<Releases>,
@@ -1090,8 +1132,8 @@ impl ShmListener {
             Ordering::Relaxed,
         );
         let client_max = (slot.client_max.load(Ordering::Acquire) as usize).max(1);
-        let pidfd = pidfd(owner);
-        let leaving = left || pidfd.is_none();
+        let process = Process::watch(owner);
+        let leaving = left || process.is_none();
         let base = self.map.base();
         let offset = self.geometry.slot_offset(i) + segment::ALIGN;
         // SAFETY: both data areas lie inside the segment (`Geometry`), which `self.map`
@@ -1117,7 +1159,7 @@ impl ShmListener {
             url: self.url.to_string(),
             sender: Mutex::new(sender),
             client_max,
-            pidfd: pidfd.as_ref().and_then(|fd| fd.try_clone().ok()),
+            client: process.as_ref().map(Process::try_clone),
             slot,
             header: self.header(),
             patience: self.endpoint.send_timeout(),
@@ -1126,7 +1168,7 @@ impl ShmListener {
         log::debug!("{}: client pid {owner} attached in slot {i}", self.url);
         self.clients[i] = Some(Client {
             pid: owner,
-            pidfd,
+            process,
             consumer,
             partial: None,
             releases,
@@ -1146,7 +1188,7 @@ impl ShmListener {
     fn check_clients(&mut self) {
         for &i in &self.serving {
             let client = self.clients[i].as_mut().expect("serving");
-            if !client.leaving && client.pidfd.as_ref().is_none_or(exited) {
+            if !client.leaving && client.process.as_ref().is_none_or(Process::exited) {
                 log::debug!("{}: client pid {} died", self.url, client.pid);
                 client.leaving = true;
             }
@@ -1156,7 +1198,7 @@ impl ShmListener {
             if self.clients[i].is_none()
                 && owner != 0
                 && self.slot(i).state.load(Ordering::Acquire) == segment::FREE
-                && pidfd(owner).is_none()
+                && Process::watch(owner).is_none()
             {
                 log::debug!(
                     "{}: slot {i} was claimed by pid {owner}, which died",

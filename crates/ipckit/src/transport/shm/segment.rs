@@ -344,26 +344,33 @@ pub fn server_alive(fd: impl AsFd) -> bool {
     }
 }
 
-/// Removes the segment of a server that died, if the name still refers to it.
+/// Removes the segment of a server that died, if the name still refers to the segment
+/// open at `fd`.
 pub fn remove_abandoned(name: &str, fd: impl AsFd) {
-    let target = path(name);
     let Ok(dup) = fd.as_fd().try_clone_to_owned() else {
         return;
     };
-    let file = std::fs::File::from(dup);
-    // A duplicated descriptor shares the open file description, and with it the lock: a
-    // fresh open is needed to take a lock of our own.
+    let inode = std::fs::File::from(dup).metadata().map(|m| m.ino()).ok();
+    remove_if_abandoned(name, inode);
+}
+
+/// Removes the segment at `name` if it is an ipckit segment whose server is dead (and, when
+/// `inode` is given, still that one); true when it did.
+pub fn remove_if_abandoned(name: &str, inode: Option<u64>) -> bool {
+    let target = path(name);
+    // A fresh open: a duplicated descriptor would share the lock of the one it came from.
     let Ok(own) = std::fs::OpenOptions::new().read(true).open(&target) else {
-        return;
+        return false;
     };
-    let same = own.metadata().map(|m| m.ino()).ok() == file.metadata().map(|m| m.ino()).ok();
-    if same && lock_if_abandoned(&own) {
+    let same = inode.is_none_or(|ino| own.metadata().map(|m| m.ino()).ok() == Some(ino));
+    if same && is_ipckit_segment(&own) && lock_if_abandoned(&own) {
         log::info!(
             "removing {}: its server died without cleaning up",
             target.display()
         );
-        let _ = std::fs::remove_file(&target);
+        return std::fs::remove_file(&target).is_ok();
     }
+    false
 }
 
 /// A client's view of a server's segment: its header, mapped alone.
