@@ -131,8 +131,16 @@ fn serve(kind: &str, address: &str) {
                 .create()
                 .expect("publisher");
             println!("{address}");
+            // Ends when the bench closes our stdin, so that iceoryx2 removes its files
+            // (a killed iceoryx2 process leaves them in /dev/shm).
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let stopping = stop.clone();
+            std::thread::spawn(move || {
+                let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+                stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+            });
             let mut idle = Idle { since: None };
-            loop {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 match requests.receive().expect("receive") {
                     Some(sample) => {
                         idle.busy();
@@ -160,6 +168,7 @@ impl Peer {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .env(PEER_ENV, kind)
             .arg(address)
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn a server");
@@ -192,6 +201,15 @@ impl Peer {
 
 impl Drop for Peer {
     fn drop(&mut self) {
+        // The iceoryx2 server ends with its stdin; the others are killed.
+        drop(self.child.stdin.take());
+        let patience = Instant::now() + Duration::from_secs(2);
+        while self.address.starts_with("ipckit-bench-")
+            && self.child.try_wait().ok().flatten().is_none()
+            && Instant::now() < patience
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         // A killed server leaves its segment (a stopping one would remove it).

@@ -77,10 +77,12 @@ pub const LIVENESS_INTERVAL: Duration = Duration::from_millis(200);
 /// How often a sender that never waits checks that its peer still lives.
 const LIVENESS_PROBE: Duration = Duration::from_millis(10);
 
-/// CLOCK_MONOTONIC_COARSE: ticks every few milliseconds, read in a few nanoseconds.
+/// CLOCK_MONOTONIC_COARSE: ticks every few milliseconds, read in a few nanoseconds (through
+/// libc's vDSO call, which tools such as valgrind understand).
 fn coarse_now() -> Duration {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
-    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
+        .map(Duration::from)
+        .unwrap_or_default()
 }
 
 /// Shared-memory rings between processes.
@@ -367,6 +369,22 @@ fn assemble(
     record: &ring::Record,
     max: usize,
 ) -> std::result::Result<Option<Partial>, Corrupt> {
+    if partial.is_none() && record.flags & MORE == 0 {
+        // A whole message in one record, the common case: one exact allocation.
+        if record.len > max {
+            return Err(Corrupt(format!(
+                "a message of {} bytes is over the limit of {max}",
+                record.len
+            )));
+        }
+        let mut bytes = vec![0; record.len];
+        consumer.read(record, &mut bytes);
+        return Ok(Some(Partial {
+            kind: record.kind,
+            id: record.id,
+            bytes,
+        }));
+    }
     let p = partial.get_or_insert_with(|| Partial {
         kind: record.kind,
         id: record.id,
@@ -1268,8 +1286,15 @@ impl ShmListener {
     /// that break the protocol.
     fn poll(&mut self) -> Option<Message> {
         let n = self.serving.len();
+        if self.cursor >= n {
+            self.cursor = 0;
+        }
         for k in 0..n {
-            let at = (self.cursor + k) % n;
+            let at = if self.cursor + k >= n {
+                self.cursor + k - n
+            } else {
+                self.cursor + k
+            };
             let i = self.serving[at];
             let client = self.clients[i].as_mut().expect("serving");
             if client.refused {
@@ -1277,7 +1302,7 @@ impl ShmListener {
             }
             match next_message(client, self.max_message, &self.url) {
                 Ok(Some(message)) => {
-                    self.cursor = at + 1;
+                    self.cursor = if at + 1 == n { 0 } else { at + 1 };
                     return Some(message);
                 }
                 Ok(None) => {}
