@@ -252,16 +252,27 @@ impl Sender {
         unsafe { &*self.doorbell }
     }
 
-    /// Claims room for `len` bytes, waiting up to `patience`; `gone` says whether the peer
-    /// went away (checked when the ring stays full, or the peer stopped taking).
-    fn reserve(&mut self, len: usize, patience: Duration, link: &dyn Link) -> Result<Reservation> {
+    /// Claims room for `len` bytes, waiting up to `patience`. `link` says whether the peer
+    /// went away: asked while the ring stays full, and, when `probe`, every
+    /// [`LIVENESS_PROBE`] of sending.
+    fn reserve(
+        &mut self,
+        len: usize,
+        patience: Duration,
+        link: &dyn Link,
+        probe: bool,
+    ) -> Result<Reservation> {
         // A ring with room takes messages whether or not anyone reads them; make sure now
         // and then that someone does. The coarse clock costs a few nanoseconds, where
         // looking at the consumer's position would cost a cache miss on every send.
-        let now = coarse_now();
-        if now.saturating_sub(self.checked_at) >= LIVENESS_PROBE {
-            link.check()?;
-            self.checked_at = now;
+        // Only one-way messages need this: a request, or a reply, is followed by a wait
+        // that watches the peer anyway (and a reply to a dead client is simply never read).
+        if probe {
+            let now = coarse_now();
+            if now.saturating_sub(self.checked_at) >= LIVENESS_PROBE {
+                link.check()?;
+                self.checked_at = now;
+            }
         }
         if let Some(r) = self
             .producer
@@ -329,7 +340,7 @@ impl Sender {
     ) -> Result<()> {
         let max_record = self.producer.max_record();
         if payload.len() <= max_record {
-            let r = self.reserve(payload.len(), patience, link)?;
+            let r = self.reserve(payload.len(), patience, link, kind == Kind::Message)?;
             self.producer.write(&r, 0, payload);
             self.commit(r, payload.len(), kind, 0, id);
             return Ok(());
@@ -339,7 +350,7 @@ impl Sender {
         let mut chunks = payload.chunks(piece).peekable();
         while let Some(chunk) = chunks.next() {
             let flags = if chunks.peek().is_some() { MORE } else { 0 };
-            let r = self.reserve(chunk.len(), patience, link)?;
+            let r = self.reserve(chunk.len(), patience, link, kind == Kind::Message)?;
             self.producer.write(&r, 0, chunk);
             self.commit(r, chunk.len(), kind, flags, id);
         }
@@ -847,7 +858,7 @@ impl Connection for ShmConnection {
             return Ok(None);
         }
         self.closed()?;
-        let reservation = requests.reserve(len, self.patience, self)?;
+        let reservation = requests.reserve(len, self.patience, self, true)?;
         Ok(Some(crate::Loan::in_place(ShmLoan {
             connection: self,
             requests,
