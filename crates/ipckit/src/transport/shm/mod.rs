@@ -18,11 +18,19 @@
 //!
 //! **Waking.** A busy pair never makes a syscall: both sides spin briefly before sleeping
 //! on a futex in the segment, and whoever publishes wakes the other only if it announced
-//! that it sleeps. The server sleeps on one doorbell for all its clients. How long to spin
-//! is adaptive; the policy and why it suits these machines is in the `wait` module: a
-//! round trip between busy processes costs a few hundred nanoseconds, while a peer that
-//! waited long enough to fall asleep pays one futex wake-up (tens of microseconds on a
-//! virtual machine), and an idle server uses no CPU.
+//! that it sleeps. The server sleeps on one doorbell for all its clients.
+//!
+//! How long to spin decides the latency users see. On a virtual machine whose idle vCPUs
+//! halt, waking a thread that sleeps on another core costs tens of microseconds, a
+//! hundred times a whole round trip between spinning processes; spinning, in turn, costs
+//! a core. So each waiter keeps a moving average of how long its recent waits took. While
+//! that average is under 50 µs (a busy peer) it spins up to 50 µs, about the price of one
+//! wake-up, before sleeping: a wait that ends in the spin costs nothing more, a hiccup of
+//! the peer (a preemption, a page fault) costs a little spinning instead of a wake-up,
+//! and a wait that ends up sleeping anyway has cost at most twice what it had to. Once
+//! the average is longer (a peer that pauses between messages), it spins 1 µs and
+//! sleeps: an idle server uses no CPU, and a message after a pause pays one wake-up. The
+//! `shm` bench of `ipckit-bench` measures both cases.
 //!
 //! **Crashes.** The server holds an exclusive `flock` on its segment; the kernel releases
 //! it when the server dies, however it dies, and that is how a client, or the next
