@@ -396,8 +396,9 @@ fn assemble(
                 record.len
             )));
         }
-        let mut bytes = vec![0; record.len];
-        consumer.read(record, &mut bytes);
+        // Not vec![0; len]: that is calloc, which glibc serves without its thread cache.
+        let mut bytes = Vec::with_capacity(record.len);
+        consumer.append_to(record, &mut bytes);
         return Ok(Some(Partial {
             kind: record.kind,
             id: record.id,
@@ -421,9 +422,7 @@ fn assemble(
         )));
     }
     // The buffer grows with what actually arrived, never with what a peer claims.
-    let at = p.bytes.len();
-    p.bytes.resize(at + record.len, 0);
-    consumer.read(record, &mut p.bytes[at..]);
+    consumer.append_to(record, &mut p.bytes);
     Ok(if record.flags & MORE == 0 {
         partial.take()
     } else {

@@ -152,6 +152,13 @@ impl Area {
         unsafe { std::ptr::copy_nonoverlapping(self.base.add(at), out.as_mut_ptr(), out.len()) }
     }
 
+    fn append(&self, at: usize, len: usize, out: &mut Vec<u8>) {
+        assert!(at <= self.capacity && len <= self.capacity - at);
+        // SAFETY: in bounds (asserted); published and not reused before release, as in
+        // `read`.
+        out.extend_from_slice(unsafe { std::slice::from_raw_parts(self.base.add(at), len) });
+    }
+
     /// Loads the byte at `at` and discards it: starts fetching its cache line while the
     /// caller works on another, so that two misses overlap instead of following each
     /// other.
@@ -207,6 +214,12 @@ impl Area {
     }
 
     fn touch(&self, _at: usize) {}
+
+    fn append(&self, at: usize, len: usize, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.resize(start + len, 0);
+        self.read(at, &mut out[start..]);
+    }
 
     fn read(&self, at: usize, out: &mut [u8]) {
         for (i, b) in out.iter_mut().enumerate() {
@@ -490,8 +503,14 @@ impl Consumer {
     }
 
     /// Copies a record's payload out.
+    #[cfg(test)]
     pub fn read(&self, record: &Record, out: &mut [u8]) {
         self.area.read(record.payload_at, &mut out[..record.len]);
+    }
+
+    /// Appends a record's payload to `out`.
+    pub fn append_to(&self, record: &Record, out: &mut Vec<u8>) {
+        self.area.append(record.payload_at, record.len, out);
     }
 
     /// Gives the space up to `end` back to the producer.
