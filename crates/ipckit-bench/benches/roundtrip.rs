@@ -1,249 +1,21 @@
 //! Round trip of a 64-byte request/reply between two processes: ipckit over every
 //! registered transport, each beside a hand-written loop over the same syscalls on the
-//! same kind of socket, so the ratio is the cost of the abstraction.
+//! same kind of kernel object (`ipckit_bench::raw`), so the ratio is the cost of the
+//! abstraction.
 //!
 //! `cargo bench -p ipckit-bench --bench roundtrip` runs criterion on each variant in turn;
-//! `… -- --interleaved` alternates the two variants of each transport in blocks and
-//! compares medians, which cancels drift of the machine. The echo servers are this binary run again
-//! with `IPCKIT_BENCH_PEER` set. Client and server are pinned to different cores (when
-//! there are two) in every variant alike, so that each pays the same cross-core wake-up.
+//! `… -- --interleaved [SCHEME…]` alternates the two variants of each transport in blocks
+//! and compares medians, which cancels drift of the machine. Client and server are pinned
+//! to different cores in every variant alike, so that each pays the same cross-core
+//! wake-up.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream, UdpSocket};
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixDatagram, UnixListener, UnixStream};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group};
+use ipckit_bench::peer::Peer;
+use ipckit_bench::{pin_to, raw};
 
-use ipckit_bench::{pin_to, raw_shm};
-
-const PEER_ENV: &str = "IPCKIT_BENCH_PEER";
-const SIZE: usize = 64;
-
-/// Echo servers, run in the child process; each prints its address, then serves.
-fn serve(kind: &str, address: &str) {
-    pin_to(1);
-    let mut buf = [0u8; SIZE];
-    match kind {
-        "ipckit" => {
-            let mut server = ipckit::listen(address).expect("listen");
-            println!("{}", server.endpoint());
-            loop {
-                let mut message = server.recv().expect("recv");
-                let payload = message.take_payload();
-                message.reply(&payload).expect("reply");
-            }
-        }
-        "uds" => {
-            let listener = UnixListener::bind(address).expect("bind");
-            println!("{address}");
-            let (mut stream, _) = listener.accept().expect("accept");
-            while stream.read_exact(&mut buf).is_ok() && stream.write_all(&buf).is_ok() {}
-        }
-        "tcp" => {
-            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-            println!("{}", listener.local_addr().unwrap());
-            let (mut stream, _) = listener.accept().expect("accept");
-            stream.set_nodelay(true).unwrap();
-            while stream.read_exact(&mut buf).is_ok() && stream.write_all(&buf).is_ok() {}
-        }
-        "udp" => {
-            let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-            println!("{}", socket.local_addr().unwrap());
-            while let Ok((n, from)) = socket.recv_from(&mut buf) {
-                socket.send_to(&buf[..n], from).unwrap();
-            }
-        }
-        "unixgram" => {
-            let socket = UnixDatagram::bind(address).expect("bind");
-            println!("{address}");
-            while let Ok((n, from)) = socket.recv_from(&mut buf) {
-                let to = from
-                    .as_abstract_name()
-                    .expect("clients bind abstract names");
-                let to = SocketAddr::from_abstract_name(to).unwrap();
-                socket.send_to_addr(&buf[..n], &to).unwrap();
-            }
-        }
-        "mq" => {
-            let (requests, replies) = raw_queues(address);
-            println!("{address}");
-            let mut priority = 0;
-            while let Ok(n) = nix::mqueue::mq_receive(&requests, &mut buf, &mut priority) {
-                nix::mqueue::mq_send(&replies, &buf[..n], 0).unwrap();
-            }
-        }
-        "fifo" => {
-            let (requests, replies) = raw_fifos(address);
-            println!("{address}");
-            let (mut requests, mut replies) = (
-                std::fs::File::open(requests).unwrap(),
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(replies)
-                    .unwrap(),
-            );
-            while requests.read_exact(&mut buf).is_ok() && replies.write_all(&buf).is_ok() {}
-        }
-        "shm" => {
-            let rings = raw_shm::Rings::open(address, true);
-            println!("{address}");
-            rings.serve()
-        }
-        other => panic!("unknown peer {other}"),
-    }
-}
-
-/// The two FIFOs of the hand-written ping-pong, made by whoever comes first.
-fn raw_fifos(address: &str) -> (String, String) {
-    let (requests, replies) = (format!("{address}.req"), format!("{address}.rep"));
-    for path in [&requests, &replies] {
-        let _ = rustix::fs::mkfifoat(
-            rustix::fs::CWD,
-            path.as_str(),
-            rustix::fs::Mode::from_raw_mode(0o600),
-        );
-    }
-    (requests, replies)
-}
-
-/// The two queues of the hand-written mq ping-pong: requests and replies.
-fn raw_queues(address: &str) -> (nix::mqueue::MqdT, nix::mqueue::MqdT) {
-    use nix::mqueue::{MQ_OFlag, MqAttr, mq_open};
-    let name = address.rsplit('/').next().unwrap();
-    let attr = MqAttr::new(0, 10, SIZE as _, 0);
-    let open = |suffix: &str| {
-        let flags = MQ_OFlag::O_CREAT | MQ_OFlag::O_RDWR;
-        let mode = nix::sys::stat::Mode::from_bits_truncate(0o600);
-        mq_open(
-            format!("/{name}.{suffix}").as_str(),
-            flags,
-            mode,
-            Some(&attr),
-        )
-        .unwrap()
-    };
-    (open("req"), open("rep"))
-}
-
-struct Peer {
-    child: Child,
-    address: String,
-}
-
-impl Peer {
-    fn start(kind: &str, address: &str) -> Peer {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .env(PEER_ENV, kind)
-            .arg(address)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn echo server");
-        let mut line = String::new();
-        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-        std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
-        Peer {
-            child,
-            address: line.trim().to_owned(),
-        }
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The hand-written client of each baseline: one write or send, one read or recv.
-fn raw_round_trip(kind: &str, address: &str) -> Box<dyn FnMut()> {
-    let payload = [7u8; SIZE];
-    let mut buf = [0u8; SIZE];
-    match kind {
-        "uds" => {
-            let mut s = UnixStream::connect(address).unwrap();
-            Box::new(move || {
-                s.write_all(&payload).unwrap();
-                s.read_exact(&mut buf).unwrap();
-            })
-        }
-        "tcp" => {
-            let mut s = TcpStream::connect(address).unwrap();
-            s.set_nodelay(true).unwrap();
-            Box::new(move || {
-                s.write_all(&payload).unwrap();
-                s.read_exact(&mut buf).unwrap();
-            })
-        }
-        "udp" => {
-            let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-            s.connect(address).unwrap();
-            Box::new(move || {
-                s.send(&payload).unwrap();
-                s.recv(&mut buf).unwrap();
-            })
-        }
-        "unixgram" => {
-            let name = format!("ipckit-bench-{}", std::process::id());
-            let s =
-                UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name).unwrap()).unwrap();
-            s.connect(address).unwrap();
-            Box::new(move || {
-                s.send(&payload).unwrap();
-                s.recv(&mut buf).unwrap();
-            })
-        }
-        "mq" => {
-            let (requests, replies) = raw_queues(address);
-            Box::new(move || {
-                nix::mqueue::mq_send(&requests, &payload, 0).unwrap();
-                nix::mqueue::mq_receive(&replies, &mut buf, &mut 0).unwrap();
-            })
-        }
-        "fifo" => {
-            let (requests, replies) = raw_fifos(address);
-            let mut requests = std::fs::OpenOptions::new()
-                .write(true)
-                .open(requests)
-                .unwrap();
-            let mut replies = std::fs::File::open(replies).unwrap();
-            Box::new(move || {
-                requests.write_all(&payload).unwrap();
-                replies.read_exact(&mut buf).unwrap();
-            })
-        }
-        "shm" => Box::new(raw_shm::Rings::open(address, false).client()),
-        other => panic!("no baseline for {other}"),
-    }
-}
-
-/// The hand-written FIFO client that can time out: write, poll with a timeout, read.
-fn raw_fifo_timed(address: &str) -> Box<dyn FnMut()> {
-    let (requests, replies) = raw_fifos(address);
-    let mut requests = std::fs::OpenOptions::new()
-        .write(true)
-        .open(requests)
-        .unwrap();
-    let mut replies = std::fs::File::open(replies).unwrap();
-    let payload = [7u8; SIZE];
-    let mut buf = [0u8; SIZE];
-    let timeout = rustix::time::Timespec {
-        tv_sec: 5,
-        tv_nsec: 0,
-    };
-    Box::new(move || {
-        requests.write_all(&payload).unwrap();
-        let mut fds = [rustix::event::PollFd::new(
-            &replies,
-            rustix::event::PollFlags::IN,
-        )];
-        rustix::event::poll(&mut fds, Some(&timeout)).unwrap();
-        replies.read_exact(&mut buf).unwrap();
-    })
-}
+const SIZE: usize = raw::SIZE;
 
 fn time_iters(iters: u64, round_trip: &mut dyn FnMut()) -> Duration {
     let start = Instant::now();
@@ -253,21 +25,12 @@ fn time_iters(iters: u64, round_trip: &mut dyn FnMut()) -> Duration {
     start.elapsed()
 }
 
-/// Where the hand-written server of `scheme` listens: a queue name or a path in `dir`.
-fn raw_address(scheme: &str, dir: &std::path::Path) -> String {
-    match scheme {
-        "mq" | "shm" => format!("raw-{scheme}-{}", std::process::id()),
-        _ => dir.join(format!("raw-{scheme}")).display().to_string(),
-    }
-}
-
-/// Removes the hand-written mq queues and shm segment, which outlive their processes.
-fn remove_raw_leftovers() {
-    for suffix in ["req", "rep"] {
-        let name = format!("/raw-mq-{}.{suffix}", std::process::id());
-        let _ = nix::mqueue::mq_unlink(name.as_str());
-    }
-    let _ = std::fs::remove_file(format!("/dev/shm/raw-shm-{}", std::process::id()));
+fn ipckit_round_trip(url: &str) -> Box<dyn FnMut()> {
+    let client = ipckit::connect(url).unwrap();
+    let payload = [7u8; SIZE];
+    Box::new(move || {
+        client.request(&payload, Duration::from_secs(5)).unwrap();
+    })
 }
 
 fn bench(c: &mut Criterion) {
@@ -277,39 +40,31 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("roundtrip_64B");
     for transport in ipckit::transport::all() {
         let scheme = transport.scheme();
-        let raw_address = raw_address(scheme, &dir);
-        let raw = Peer::start(scheme, &raw_address);
-        let mut round_trip = raw_round_trip(scheme, &raw.address);
+        let raw_peer = Peer::start(&format!("raw:{scheme}"), &raw::address(scheme, &dir)).unwrap();
+        let mut round_trip = raw::client(scheme, raw_peer.address());
         group.bench_function(format!("{scheme}/baseline"), |b| {
             b.iter_custom(|iters| time_iters(iters, &mut round_trip))
         });
         drop(round_trip);
-        drop(raw);
+        drop(raw_peer);
         if scheme == "fifo" {
             // A pipe has no receive timeout: a request that can time out must poll before
             // it reads, as ipckit's does. This is that loop, for reference.
-            let raw = Peer::start(scheme, &format!("{raw_address}-timed"));
-            let mut round_trip = raw_fifo_timed(&raw.address);
+            let address = format!("{}-timed", raw::address(scheme, &dir));
+            let raw_peer = Peer::start("raw:fifo", &address).unwrap();
+            let mut round_trip = raw::fifo_client_with_poll(raw_peer.address());
             group.bench_function("fifo/baseline+poll", |b| {
                 b.iter_custom(|iters| time_iters(iters, &mut round_trip))
             });
         }
-
         let endpoint = transport.scratch_endpoint(&dir, "ipckit");
-        let server = Peer::start("ipckit", &endpoint.to_string());
-        let client = ipckit::connect(server.address.as_str()).unwrap();
-        let payload = [7u8; SIZE];
-        let mut round_trip = move || {
-            client.request(&payload, Duration::from_secs(5)).unwrap();
-        };
+        let server = Peer::start("echo", &endpoint.to_string()).unwrap();
+        let mut round_trip = ipckit_round_trip(server.address());
         group.bench_function(format!("{scheme}/ipckit"), |b| {
             b.iter_custom(|iters| time_iters(iters, &mut round_trip))
         });
-        drop(round_trip);
-        drop(server);
-        let _ = transport.destroy(&endpoint);
     }
-    remove_raw_leftovers();
+    raw::remove_leftovers();
     group.finish();
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -341,17 +96,12 @@ fn interleaved() {
         if !only.is_empty() && !only.iter().any(|o| o == scheme) {
             continue;
         }
-        let raw_address = raw_address(scheme, &dir);
-        let raw = Peer::start(scheme, &raw_address);
+        let raw_peer = Peer::start(&format!("raw:{scheme}"), &raw::address(scheme, &dir)).unwrap();
         let endpoint = transport.scratch_endpoint(&dir, "ipckit");
-        let server = Peer::start("ipckit", &endpoint.to_string());
-        let client = ipckit::connect(server.address.as_str()).unwrap();
-        let payload = [7u8; SIZE];
+        let server = Peer::start("echo", &endpoint.to_string()).unwrap();
         let mut contenders: Vec<Box<dyn FnMut()>> = vec![
-            raw_round_trip(scheme, &raw.address),
-            Box::new(move || {
-                client.request(&payload, Duration::from_secs(5)).unwrap();
-            }),
+            raw::client(scheme, raw_peer.address()),
+            ipckit_round_trip(server.address()),
         ];
         let mut blocks = [Vec::new(), Vec::new()];
         let fastest = contenders
@@ -378,20 +128,15 @@ fn interleaved() {
             ours,
             ours.as_secs_f64() / hand.as_secs_f64()
         );
-        drop(contenders);
-        drop(server);
-        drop(raw);
-        let _ = transport.destroy(&endpoint);
     }
-    remove_raw_leftovers();
+    raw::remove_leftovers();
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 criterion_group!(benches, bench);
 
 fn main() {
-    if let Ok(kind) = std::env::var(PEER_ENV) {
-        serve(&kind, &std::env::args().nth(1).unwrap_or_default());
+    if ipckit_bench::peer::run_if_peer(|_, _| false) {
         return;
     }
     if std::env::args().any(|a| a == "--interleaved") {

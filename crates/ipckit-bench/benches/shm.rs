@@ -13,13 +13,10 @@
 //! `cargo bench -p ipckit-bench --bench shm`. The servers are this binary run again with
 //! `IPCKIT_BENCH_PEER` set.
 
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ipckit_bench::peer::Peer;
 use ipckit_bench::{pin_to, raw_shm};
-
-const PEER_ENV: &str = "IPCKIT_BENCH_PEER";
 const SIZE: usize = 64;
 const STREAM_SIZE: usize = 64 * 1024;
 const STREAM_BYTES: usize = 4 << 30;
@@ -67,15 +64,17 @@ fn iceoryx_service(
         .expect("an iceoryx2 service")
 }
 
-fn serve(kind: &str, address: &str) {
-    pin_to(1);
+/// The roles only this bench has; false for any other.
+fn serve(kind: &str, address: &str) -> bool {
+    if kind != "iceoryx2" {
+        // Ends when the bench closes our stdin (iceoryx2's server does so itself, cleanly).
+        std::thread::spawn(|| {
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+            std::process::exit(0);
+        });
+    }
     match kind {
-        "raw" => {
-            let rings = raw_shm::Rings::open(address, true);
-            println!("{address}");
-            rings.serve()
-        }
-        "ipckit" => {
+        "echo-in-place" => {
             let mut server = ipckit::listen(address).expect("listen");
             println!("{}", server.endpoint());
             loop {
@@ -153,65 +152,9 @@ fn serve(kind: &str, address: &str) {
                 }
             }
         }
-        other => panic!("unknown peer {other}"),
+        _ => return false,
     }
-}
-
-struct Peer {
-    child: Child,
-    address: String,
-    stdout: std::io::BufReader<std::process::ChildStdout>,
-}
-
-impl Peer {
-    fn start(kind: &str, address: &str) -> Peer {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .env(PEER_ENV, kind)
-            .arg(address)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn a server");
-        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        Peer {
-            child,
-            address: line.trim().to_owned(),
-            stdout,
-        }
-    }
-
-    /// CPU time the server used so far, to the nanosecond (the scheduler's own account,
-    /// /proc/PID/schedstat, where /proc/PID/stat counts whole clock ticks).
-    fn cpu_time(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/schedstat", self.child.id()))
-            .expect("schedstat (CONFIG_SCHED_INFO)");
-        let on_cpu: u64 = stat.split(' ').next().unwrap().parse().unwrap();
-        Duration::from_nanos(on_cpu)
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        // The iceoryx2 server ends with its stdin; the others are killed.
-        drop(self.child.stdin.take());
-        let patience = Instant::now() + Duration::from_secs(2);
-        while self.address.starts_with("ipckit-bench-")
-            && self.child.try_wait().ok().flatten().is_none()
-            && Instant::now() < patience
-        {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // A killed server leaves its segment (a stopping one would remove it).
-        if let Ok(endpoint) = self.address.parse::<ipckit::Endpoint>() {
-            if let Some(transport) = ipckit::transport::find(endpoint.scheme()) {
-                let _ = transport.destroy(&endpoint);
-            }
-        }
-    }
+    true
 }
 
 fn time_iters(iters: u64, round_trip: &mut dyn FnMut()) -> Duration {
@@ -265,18 +208,18 @@ fn ipckit_client(url: &str) -> Box<dyn FnMut()> {
 fn round_trips(tag: &str) {
     const ROUNDS: usize = 41;
     const BLOCK: Duration = Duration::from_millis(5);
-    let raw = Peer::start("raw", &format!("raw-shm-{tag}"));
-    let ours = Peer::start("ipckit", &format!("shm://bench-{tag}"));
-    let iceoryx = Peer::start("iceoryx2", &format!("ipckit-bench-{tag}"));
+    let raw = Peer::start("raw:shm", &format!("raw-shm-{tag}")).expect("the floor");
+    let ours = Peer::start("echo-in-place", &format!("shm://bench-{tag}")).expect("ipckit");
+    let iceoryx = Peer::start("iceoryx2", &format!("ipckit-bench-{tag}")).expect("iceoryx2");
     let mut contenders: Vec<Contender> = vec![
         (
             "bare spin over two rings (the floor)",
-            Box::new(raw_shm::Rings::open(&raw.address, false).client()),
+            Box::new(raw_shm::Rings::open(raw.address(), false).client()),
         ),
-        ("ipckit shm", ipckit_client(&ours.address)),
+        ("ipckit shm", ipckit_client(ours.address())),
         (
             "iceoryx2 publish/subscribe",
-            iceoryx_client(&iceoryx.address),
+            iceoryx_client(iceoryx.address()),
         ),
     ];
     // Only the server being measured may run: the others are stopped (SIGSTOP), so that
@@ -289,7 +232,7 @@ fn round_trips(tag: &str) {
             } else {
                 nix::sys::signal::Signal::SIGSTOP
             };
-            let pid = nix::unistd::Pid::from_raw(server.child.id() as i32);
+            let pid = nix::unistd::Pid::from_raw(server.pid() as i32);
             nix::sys::signal::kill(pid, signal).expect("signalling a server");
         }
         std::thread::sleep(Duration::from_millis(1));
@@ -315,7 +258,7 @@ fn round_trips(tag: &str) {
     }
     only(usize::MAX);
     for server in servers {
-        let pid = nix::unistd::Pid::from_raw(server.child.id() as i32);
+        let pid = nix::unistd::Pid::from_raw(server.pid() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
     }
     let medians: Vec<Duration> = blocks
@@ -333,13 +276,13 @@ fn round_trips(tag: &str) {
             median.as_secs_f64() / medians[0].as_secs_f64()
         );
     }
-    let _ = std::fs::remove_file(format!("/dev/shm/{}", raw.address));
+    let _ = std::fs::remove_file(format!("/dev/shm/{}", raw.address()));
 }
 
 /// Round trips with a pause before each: the server has gone to sleep.
 fn paused(tag: &str) {
-    let ours = Peer::start("ipckit", &format!("shm://paused-{tag}"));
-    let client = ipckit::connect(ours.address.as_str()).expect("connect");
+    let ours = Peer::start("echo-in-place", &format!("shm://paused-{tag}")).expect("ipckit");
+    let client = ipckit::connect(ours.address()).expect("connect");
     println!("\n64-byte round trip after a pause (the server sleeps), median and p99 of 400");
     for pause in [
         Duration::from_micros(20),
@@ -379,18 +322,18 @@ fn streaming(tag: &str) {
         .unwrap();
     let rate = |t: Duration| STREAM_BYTES as f64 / t.as_secs_f64() / 1e9;
 
-    let mut raw = Peer::start("raw-stream", &format!("raw-stream-{tag}"));
-    let ring = raw_shm::Stream::open(&raw.address, STREAM_RING, false);
+    let mut raw = Peer::start("raw-stream", &format!("raw-stream-{tag}")).expect("raw stream");
+    let ring = raw_shm::Stream::open(raw.address(), STREAM_RING, false);
     let start = Instant::now();
     ring.produce(&source, count as u64);
-    let mut line = String::new();
-    raw.stdout.read_line(&mut line).unwrap();
+    raw.line().expect("the raw consumer's end");
     let bare = start.elapsed();
-    let _ = std::fs::remove_file(format!("/dev/shm/{}", raw.address));
+    let _ = std::fs::remove_file(format!("/dev/shm/{}", raw.address()));
 
     let stream_through = |kind: &str| {
-        let server = Peer::start(kind, &format!("shm://{kind}-{tag}?ring={STREAM_RING}"));
-        let client = ipckit::connect(server.address.as_str()).expect("connect");
+        let server =
+            Peer::start(kind, &format!("shm://{kind}-{tag}?ring={STREAM_RING}")).expect("ipckit");
+        let client = ipckit::connect(server.address()).expect("connect");
         let start = Instant::now();
         for _ in 0..count {
             let mut loan = client.loan(STREAM_SIZE).expect("loan");
@@ -454,8 +397,8 @@ fn streaming(tag: &str) {
 
 /// The CPU an idle server uses while a client stays connected.
 fn idle(tag: &str) {
-    let server = Peer::start("ipckit", &format!("shm://idle-{tag}"));
-    let client = ipckit::connect(server.address.as_str()).expect("connect");
+    let server = Peer::start("echo-in-place", &format!("shm://idle-{tag}")).expect("ipckit");
+    let client = ipckit::connect(server.address()).expect("connect");
     client.request(b"hello", TIMEOUT).expect("request");
     let window = Duration::from_secs(5);
     let before = server.cpu_time();
@@ -469,8 +412,7 @@ fn idle(tag: &str) {
 }
 
 fn main() {
-    if let Ok(kind) = std::env::var(PEER_ENV) {
-        serve(&kind, &std::env::args().nth(1).unwrap_or_default());
+    if ipckit_bench::peer::run_if_peer(serve) {
         return;
     }
     // `cargo bench` passes --bench; any other word picks parts.

@@ -1,0 +1,184 @@
+//! The other process of every measurement: the same program started again with
+//! [`PEER_ENV`] naming its role, so that a benchmark needs no second binary.
+
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{pin_to, raw};
+
+/// Set in a peer's environment to its role.
+pub const PEER_ENV: &str = "IPCKIT_BENCH_PEER";
+
+/// When this process was started as a peer, plays the role (on CPU 1) and returns true;
+/// the caller then exits. `extra` handles roles that only one program knows.
+///
+/// ```no_run
+/// if ipckit_bench::peer::run_if_peer(|_, _| false) {
+///     std::process::exit(0);
+/// }
+/// // ... the measurement itself
+/// ```
+pub fn run_if_peer(extra: impl FnOnce(&str, &str) -> bool) -> bool {
+    let Ok(role) = std::env::var(PEER_ENV) else {
+        return false;
+    };
+    let address = std::env::args().nth(1).unwrap_or_default();
+    pin_to(1);
+    let builtin = role.starts_with("raw:") || role == "echo" || role == "sink";
+    if builtin {
+        // Ends when the parent closes our stdin or goes away, whatever it was doing.
+        std::thread::spawn(|| {
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+            std::process::exit(0);
+        });
+    }
+    if let Some(scheme) = role.strip_prefix("raw:") {
+        raw::serve(scheme, &address);
+    } else if role == "echo" {
+        echo(&address);
+    } else if role == "sink" {
+        sink(&address);
+    } else if !extra(&role, &address) {
+        panic!("unknown peer role {role}");
+    }
+    true
+}
+
+fn listen(address: &str) -> ipckit::Server {
+    let server = ipckit::listen(address).unwrap_or_else(|e| panic!("{e}"));
+    // The parent reads the real endpoint (a TCP port the kernel chose) from this line.
+    println!("{}", server.endpoint());
+    server
+}
+
+/// Answers every request with its own payload.
+fn echo(address: &str) {
+    let mut server = listen(address);
+    loop {
+        let mut message = server.recv().unwrap_or_else(|e| panic!("{e}"));
+        let payload = message.take_payload();
+        if message.wants_reply() {
+            let _ = message.reply(&payload);
+        }
+    }
+}
+
+/// Counts one-way messages and their bytes; a request is answered with
+/// `"MESSAGES BYTES"` since the previous request.
+fn sink(address: &str) {
+    let mut server = listen(address);
+    let (mut messages, mut bytes) = (0u64, 0u64);
+    loop {
+        let mut message = server.recv().unwrap_or_else(|e| panic!("{e}"));
+        if message.wants_reply() {
+            let _ = message.reply(format!("{messages} {bytes}").as_bytes());
+            (messages, bytes) = (0, 0);
+        } else {
+            messages += 1;
+            bytes += message.payload().len() as u64;
+        }
+    }
+}
+
+/// A running peer, stopped (and its endpoint cleaned up) when dropped.
+pub struct Peer {
+    child: Child,
+    address: String,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Peer {
+    /// Starts this program again as `role` at `address`, and waits for it to say where it
+    /// listens.
+    pub fn start(role: &str, address: &str) -> std::io::Result<Peer> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .env(PEER_ENV, role)
+            .arg(address)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        if line.is_empty() {
+            let mut err = String::new();
+            let _ =
+                std::io::Read::read_to_string(&mut child.stderr.take().expect("piped"), &mut err);
+            let _ = child.wait();
+            return Err(std::io::Error::other(format!(
+                "the {role} peer did not start: {}",
+                err.trim()
+            )));
+        }
+        Ok(Peer {
+            child,
+            address: line.trim().to_owned(),
+            stdout,
+        })
+    }
+
+    /// Where the peer listens.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The peer's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The next line the peer prints.
+    pub fn line(&mut self) -> std::io::Result<String> {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        Ok(line.trim().to_owned())
+    }
+
+    /// CPU time the peer used so far, to the nanosecond (the scheduler's account in
+    /// /proc/PID/schedstat).
+    pub fn cpu_time(&self) -> Duration {
+        cpu_time_of(&format!("/proc/{}/schedstat", self.child.id()))
+    }
+
+    /// Whether the peer is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// CPU time used by the calling thread so far.
+pub fn thread_cpu_time() -> Duration {
+    cpu_time_of("/proc/thread-self/schedstat")
+}
+
+fn cpu_time_of(path: &str) -> Duration {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    let on_cpu: u64 = stat
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    Duration::from_nanos(on_cpu)
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        // Peers end when their stdin closes (iceoryx2's then removes its files); one
+        // that does not within a moment is killed.
+        drop(self.child.stdin.take());
+        let patience = Instant::now() + Duration::from_millis(500);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < patience {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // A killed server leaves what a stopping one would remove (a segment, a queue).
+        if let Ok(endpoint) = self.address.parse::<ipckit::Endpoint>() {
+            if let Some(transport) = ipckit::transport::find(endpoint.scheme()) {
+                let _ = transport.destroy(&endpoint);
+            }
+        }
+    }
+}

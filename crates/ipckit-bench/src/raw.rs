@@ -1,0 +1,222 @@
+//! The hand-written baselines: for each scheme, the plainest echo server and client over
+//! the same kernel object (or, for shm, a bare spin over two rings), so that a
+//! measurement of ipckit can be set beside the mechanism's own cost.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram, UnixListener, UnixStream};
+
+use crate::raw_shm;
+
+/// Bytes in each hand-written message.
+pub const SIZE: usize = 64;
+
+/// Whether there is a hand-written baseline for `scheme`.
+pub fn has_baseline(scheme: &str) -> bool {
+    matches!(
+        scheme,
+        "uds" | "tcp" | "udp" | "unixgram" | "fifo" | "mq" | "shm"
+    )
+}
+
+/// Runs the hand-written echo server of `scheme` at `address`: prints the address
+/// clients should use, then serves one client until it goes away.
+pub fn serve(scheme: &str, address: &str) {
+    let mut buf = [0u8; SIZE];
+    match scheme {
+        "uds" => {
+            let listener = UnixListener::bind(address).expect("bind");
+            println!("{address}");
+            let (mut stream, _) = listener.accept().expect("accept");
+            while stream.read_exact(&mut buf).is_ok() && stream.write_all(&buf).is_ok() {}
+        }
+        "tcp" => {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            println!("{}", listener.local_addr().unwrap());
+            let (mut stream, _) = listener.accept().expect("accept");
+            stream.set_nodelay(true).unwrap();
+            while stream.read_exact(&mut buf).is_ok() && stream.write_all(&buf).is_ok() {}
+        }
+        "udp" => {
+            let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+            println!("{}", socket.local_addr().unwrap());
+            while let Ok((n, from)) = socket.recv_from(&mut buf) {
+                socket.send_to(&buf[..n], from).unwrap();
+            }
+        }
+        "unixgram" => {
+            let socket = UnixDatagram::bind(address).expect("bind");
+            println!("{address}");
+            while let Ok((n, from)) = socket.recv_from(&mut buf) {
+                let to = from
+                    .as_abstract_name()
+                    .expect("clients bind abstract names");
+                let to = SocketAddr::from_abstract_name(to).unwrap();
+                socket.send_to_addr(&buf[..n], &to).unwrap();
+            }
+        }
+        "mq" => {
+            let (requests, replies) = raw_queues(address);
+            println!("{address}");
+            let mut priority = 0;
+            while let Ok(n) = nix::mqueue::mq_receive(&requests, &mut buf, &mut priority) {
+                nix::mqueue::mq_send(&replies, &buf[..n], 0).unwrap();
+            }
+        }
+        "fifo" => {
+            let (requests, replies) = raw_fifos(address);
+            println!("{address}");
+            let (mut requests, mut replies) = (
+                std::fs::File::open(requests).unwrap(),
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(replies)
+                    .unwrap(),
+            );
+            while requests.read_exact(&mut buf).is_ok() && replies.write_all(&buf).is_ok() {}
+        }
+        "shm" => {
+            let rings = raw_shm::Rings::open(address, true);
+            println!("{address}");
+            rings.serve()
+        }
+        other => panic!("no hand-written baseline for {other}"),
+    }
+}
+
+/// The two FIFOs of the hand-written ping-pong, made by whoever comes first.
+pub(crate) fn raw_fifos(address: &str) -> (String, String) {
+    let (requests, replies) = (format!("{address}.req"), format!("{address}.rep"));
+    for path in [&requests, &replies] {
+        let _ = rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            path.as_str(),
+            rustix::fs::Mode::from_raw_mode(0o600),
+        );
+    }
+    (requests, replies)
+}
+
+/// The two queues of the hand-written mq ping-pong: requests and replies.
+pub(crate) fn raw_queues(address: &str) -> (nix::mqueue::MqdT, nix::mqueue::MqdT) {
+    use nix::mqueue::{MQ_OFlag, MqAttr, mq_open};
+    let name = address.rsplit('/').next().unwrap();
+    let attr = MqAttr::new(0, 10, SIZE as _, 0);
+    let open = |suffix: &str| {
+        let flags = MQ_OFlag::O_CREAT | MQ_OFlag::O_RDWR;
+        let mode = nix::sys::stat::Mode::from_bits_truncate(0o600);
+        mq_open(
+            format!("/{name}.{suffix}").as_str(),
+            flags,
+            mode,
+            Some(&attr),
+        )
+        .unwrap()
+    };
+    (open("req"), open("rep"))
+}
+
+/// The hand-written client of each baseline: one write or send, one read or recv.
+pub fn client(scheme: &str, address: &str) -> Box<dyn FnMut()> {
+    let payload = [7u8; SIZE];
+    let mut buf = [0u8; SIZE];
+    match scheme {
+        "uds" => {
+            let mut s = UnixStream::connect(address).unwrap();
+            Box::new(move || {
+                s.write_all(&payload).unwrap();
+                s.read_exact(&mut buf).unwrap();
+            })
+        }
+        "tcp" => {
+            let mut s = TcpStream::connect(address).unwrap();
+            s.set_nodelay(true).unwrap();
+            Box::new(move || {
+                s.write_all(&payload).unwrap();
+                s.read_exact(&mut buf).unwrap();
+            })
+        }
+        "udp" => {
+            let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.connect(address).unwrap();
+            Box::new(move || {
+                s.send(&payload).unwrap();
+                s.recv(&mut buf).unwrap();
+            })
+        }
+        "unixgram" => {
+            let name = format!("ipckit-bench-{}", std::process::id());
+            let s =
+                UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name).unwrap()).unwrap();
+            s.connect(address).unwrap();
+            Box::new(move || {
+                s.send(&payload).unwrap();
+                s.recv(&mut buf).unwrap();
+            })
+        }
+        "mq" => {
+            let (requests, replies) = raw_queues(address);
+            Box::new(move || {
+                nix::mqueue::mq_send(&requests, &payload, 0).unwrap();
+                nix::mqueue::mq_receive(&replies, &mut buf, &mut 0).unwrap();
+            })
+        }
+        "fifo" => {
+            let (requests, replies) = raw_fifos(address);
+            let mut requests = std::fs::OpenOptions::new()
+                .write(true)
+                .open(requests)
+                .unwrap();
+            let mut replies = std::fs::File::open(replies).unwrap();
+            Box::new(move || {
+                requests.write_all(&payload).unwrap();
+                replies.read_exact(&mut buf).unwrap();
+            })
+        }
+        "shm" => Box::new(raw_shm::Rings::open(address, false).client()),
+        other => panic!("no baseline for {other}"),
+    }
+}
+
+/// The hand-written FIFO client that can time out: write, poll with a timeout, read.
+pub fn fifo_client_with_poll(address: &str) -> Box<dyn FnMut()> {
+    let (requests, replies) = raw_fifos(address);
+    let mut requests = std::fs::OpenOptions::new()
+        .write(true)
+        .open(requests)
+        .unwrap();
+    let mut replies = std::fs::File::open(replies).unwrap();
+    let payload = [7u8; SIZE];
+    let mut buf = [0u8; SIZE];
+    let timeout = rustix::time::Timespec {
+        tv_sec: 5,
+        tv_nsec: 0,
+    };
+    Box::new(move || {
+        requests.write_all(&payload).unwrap();
+        let mut fds = [rustix::event::PollFd::new(
+            &replies,
+            rustix::event::PollFlags::IN,
+        )];
+        rustix::event::poll(&mut fds, Some(&timeout)).unwrap();
+        replies.read_exact(&mut buf).unwrap();
+    })
+}
+
+/// Where the hand-written server of `scheme` listens: a queue name or a path in `dir`.
+pub fn address(scheme: &str, dir: &std::path::Path) -> String {
+    match scheme {
+        "mq" | "shm" => format!("raw-{scheme}-{}", std::process::id()),
+        _ => dir.join(format!("raw-{scheme}")).display().to_string(),
+    }
+}
+
+/// Removes the hand-written mq queues and shm segment, which outlive their processes.
+pub fn remove_leftovers() {
+    for suffix in ["req", "rep"] {
+        let name = format!("/raw-mq-{}.{suffix}", std::process::id());
+        let _ = nix::mqueue::mq_unlink(name.as_str());
+    }
+    let _ = std::fs::remove_file(format!("/dev/shm/raw-shm-{}", std::process::id()));
+}
