@@ -64,14 +64,18 @@ fn echo(address: &str) {
     }
 }
 
-/// Counts one-way messages and their bytes; a request is answered with
-/// `"MESSAGES BYTES"` since the previous request.
+/// The request that asks a `sink` peer for its count.
+pub const COUNT_REQUEST: &[u8] = b"count?";
+
+/// Counts one-way messages and their bytes; the request [`COUNT_REQUEST`] is answered
+/// with `"MESSAGES BYTES"` since the previous one. (On a datagram transport every message
+/// can be answered, so the payload, not `wants_reply`, tells the question.)
 fn sink(address: &str) {
     let mut server = listen(address);
     let (mut messages, mut bytes) = (0u64, 0u64);
     loop {
         let mut message = server.recv().unwrap_or_else(|e| panic!("{e}"));
-        if message.wants_reply() {
+        if message.payload() == COUNT_REQUEST && message.wants_reply() {
             let _ = message.reply(format!("{messages} {bytes}").as_bytes());
             (messages, bytes) = (0, 0);
         } else {
@@ -136,10 +140,14 @@ impl Peer {
         Ok(line.trim().to_owned())
     }
 
-    /// CPU time the peer used so far, to the nanosecond (the scheduler's account in
-    /// /proc/PID/schedstat).
+    /// CPU time the peer used so far, including the slice it is running now (its CPU
+    /// clock, where /proc only counts up to the last tick or switch).
     pub fn cpu_time(&self) -> Duration {
-        cpu_time_of(&format!("/proc/{}/schedstat", self.child.id()))
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::time::clock_getcpuclockid(pid)
+            .and_then(nix::time::clock_gettime)
+            .map(Duration::from)
+            .unwrap_or_default()
     }
 
     /// Whether the peer is still running.
@@ -150,17 +158,9 @@ impl Peer {
 
 /// CPU time used by the calling thread so far.
 pub fn thread_cpu_time() -> Duration {
-    cpu_time_of("/proc/thread-self/schedstat")
-}
-
-fn cpu_time_of(path: &str) -> Duration {
-    let stat = std::fs::read_to_string(path).unwrap_or_default();
-    let on_cpu: u64 = stat
-        .split(' ')
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    Duration::from_nanos(on_cpu)
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(Duration::from)
+        .unwrap_or_default()
 }
 
 impl Drop for Peer {

@@ -66,6 +66,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure every transport between two processes, beside a hand-written baseline
+    Bench {
+        /// A run under 20 seconds, with fewer round trips and messages
+        #[arg(long)]
+        quick: bool,
+        /// Only these transports, e.g. uds,shm
+        #[arg(long, value_delimiter = ',')]
+        transports: Vec<String>,
+        /// Bytes in each round-trip and one-way message
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Round trips per measurement
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+        /// Print JSON (every figure of the table) instead of a table
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        /// Print CSV instead of a table
+        #[arg(long)]
+        csv: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -96,6 +117,10 @@ enum Format {
 }
 
 fn main() -> ExitCode {
+    // `ipckit bench` starts this program again as the other end of each measurement.
+    if ipckit_bench::peer::run_if_peer(|_, _| false) {
+        return ExitCode::SUCCESS;
+    }
     env_logger::Builder::from_env(env_logger::Env::new().filter_or("IPCKIT_LOG", "warn"))
         .format_timestamp(None)
         .format_target(false)
@@ -113,6 +138,40 @@ type CliResult = Result<(), Box<dyn std::error::Error>>;
 
 fn run(cli: Cli) -> CliResult {
     match cli.command {
+        Command::Bench {
+            quick,
+            transports,
+            size,
+            count,
+            json,
+            csv,
+        } => {
+            let options = ipckit_bench::harness::Options {
+                transports,
+                size,
+                count,
+                quick,
+            };
+            let steps = ipckit_bench::harness::check(&options)?.len() as u64 * 3;
+            let bar = indicatif::ProgressBar::new(steps).with_style(
+                indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
+                    .expect("a valid template"),
+            );
+            let rows = ipckit_bench::harness::run(&options, &mut |step| {
+                bar.inc(1);
+                bar.set_message(step.to_owned());
+            });
+            bar.finish_and_clear();
+            let rows = rows?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else if csv {
+                print!("{}", ipckit_bench::harness::csv(&rows));
+            } else {
+                print!("{}", ipckit_bench::harness::table(&rows));
+            }
+            Ok(())
+        }
         Command::Listen {
             url,
             output,

@@ -582,3 +582,122 @@ fn shm_names_that_cannot_be_segments_are_refused() {
         );
     }
 }
+
+#[test]
+fn bench_refuses_bad_options_with_what_to_do() {
+    for (args, says) in [
+        (
+            &["--transports", "uds,pigeon"][..],
+            "unknown transport 'pigeon'",
+        ),
+        (&["--transports", "udp", "--size", "100000"][..], "65507"),
+        (&["--count", "0"][..], "--count"),
+    ] {
+        let out = ipckit(&[&["bench"][..], args].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn bench_json_carries_every_figure() {
+    let out = ipckit(&["bench", "--quick", "--transports", "uds,shm", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    for row in rows {
+        assert_eq!(row["status"], "ok", "{row}");
+        for figure in [
+            "rtt_median_ns",
+            "rtt_p99_ns",
+            "rtt_p999_ns",
+            "cpu_ns_per_rtt",
+        ] {
+            assert!(
+                row[figure].as_u64().is_some_and(|n| n > 0),
+                "{figure}: {row}"
+            );
+        }
+        if row["variant"] == "ipckit" {
+            for figure in ["ratio", "msgs_per_sec", "gb_per_sec"] {
+                assert!(
+                    row[figure].as_f64().is_some_and(|x| x > 0.0),
+                    "{figure}: {row}"
+                );
+            }
+        }
+    }
+}
+
+/// The peers of a running `ipckit bench`, by the role in their environment.
+fn bench_peers(bench: u32, role: &str) -> Vec<u32> {
+    let wanted = format!("IPCKIT_BENCH_PEER={role}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let parent = stat
+                .rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            parent == Some(bench)
+                && environ
+                    .split(|&b| b == 0)
+                    .any(|var| var == wanted.as_bytes())
+        })
+        .collect()
+}
+
+#[test]
+fn bench_reports_a_server_that_dies_and_goes_on() {
+    let bench = Command::new(IPCKIT)
+        .args([
+            "bench",
+            "--transports",
+            "uds,shm",
+            "--count",
+            "20000",
+            "--csv",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let victim = loop {
+        if let Some(&pid) = bench_peers(bench.id(), "echo").first() {
+            break pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the bench never started its uds server"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let out = bench.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let csv = stdout(&out);
+    let row = |transport: &str, variant: &str| {
+        csv.lines()
+            .find(|l| l.starts_with(&format!("{transport},{variant},")))
+            .unwrap_or_else(|| panic!("no {transport} {variant} row in\n{csv}"))
+            .to_owned()
+    };
+    let uds = row("uds", "ipckit");
+    assert!(
+        uds.starts_with("uds,ipckit,failed,") && uds.contains("died"),
+        "{uds}"
+    );
+    assert!(row("shm", "ipckit").starts_with("shm,ipckit,ok,"), "{csv}");
+}

@@ -1,0 +1,494 @@
+//! `ipckit bench`: every registered transport measured between two processes, beside a
+//! hand-written baseline over the same mechanism.
+//!
+//! For each transport: the round-trip latency of a request/reply (median, p99, p99.9 of a
+//! fixed count after a warm-up), one-way throughput in messages/s and in GB/s for 64 KiB
+//! messages (or the transport's largest, if smaller), and the CPU time both processes
+//! spent per round trip. A transport that cannot run here, or whose server dies during
+//! the run, is reported with the reason and the run goes on.
+
+use std::time::{Duration, Instant};
+
+use crate::peer::{Peer, thread_cpu_time};
+use crate::{pin_to, raw};
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Schemes to run; all registered ones when empty.
+    pub transports: Vec<String>,
+    /// Bytes in each round-trip and small one-way message.
+    pub size: usize,
+    /// Round trips per measurement.
+    pub count: usize,
+    /// A run under 20 s: fewer round trips and messages.
+    pub quick: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            transports: Vec::new(),
+            size: 64,
+            count: 10_000,
+            quick: false,
+        }
+    }
+}
+
+/// One line of the results: a transport measured through ipckit or by hand.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Row {
+    /// The scheme.
+    pub transport: String,
+    /// `"ipckit"` or `"baseline"` (the hand-written loop).
+    pub variant: &'static str,
+    /// `"ok"`, `"failed"` (it started but broke) or `"unavailable"` (it cannot run here).
+    pub status: &'static str,
+    /// Why it failed or is unavailable.
+    pub reason: Option<String>,
+    /// Bytes per round-trip message.
+    pub size: usize,
+    /// Round-trip latency, median, in nanoseconds.
+    pub rtt_median_ns: Option<u64>,
+    /// Round-trip latency, 99th percentile.
+    pub rtt_p99_ns: Option<u64>,
+    /// Round-trip latency, 99.9th percentile.
+    pub rtt_p999_ns: Option<u64>,
+    /// ipckit's median over the baseline's, on ipckit's row.
+    pub ratio: Option<f64>,
+    /// CPU time of both processes per round trip, in nanoseconds.
+    pub cpu_ns_per_rtt: Option<u64>,
+    /// One-way messages of `size` bytes delivered per second.
+    pub msgs_per_sec: Option<f64>,
+    /// Bytes per message of the bandwidth measurement.
+    pub stream_size: usize,
+    /// One-way bandwidth with `stream_size` messages, in GB/s (10^9 bytes).
+    pub gb_per_sec: Option<f64>,
+}
+
+impl Row {
+    fn new(transport: &str, variant: &'static str, size: usize) -> Row {
+        Row {
+            transport: transport.to_owned(),
+            variant,
+            status: "ok",
+            reason: None,
+            size,
+            rtt_median_ns: None,
+            rtt_p99_ns: None,
+            rtt_p999_ns: None,
+            ratio: None,
+            cpu_ns_per_rtt: None,
+            msgs_per_sec: None,
+            stream_size: 0,
+            gb_per_sec: None,
+        }
+    }
+
+    fn failed(mut self, status: &'static str, reason: String) -> Row {
+        self.status = status;
+        self.reason = Some(reason);
+        self
+    }
+}
+
+/// The largest message of the bandwidth measurement.
+pub const STREAM_SIZE: usize = 64 * 1024;
+
+/// Checks the options against the registered transports: unknown names, a size over a
+/// transport's maximum and a zero count are errors, each saying what to do.
+pub fn check(options: &Options) -> Result<Vec<&'static dyn ipckit::transport::Transport>, String> {
+    if options.count == 0 {
+        return Err("--count must be at least 1".into());
+    }
+    if options.size == 0 {
+        return Err("--size must be at least 1 byte".into());
+    }
+    let all = ipckit::transport::all();
+    let chosen: Vec<_> = if options.transports.is_empty() {
+        all.to_vec()
+    } else {
+        options
+            .transports
+            .iter()
+            .map(|name| {
+                ipckit::transport::find(name).ok_or_else(|| {
+                    format!(
+                        "unknown transport '{name}'; available: {}",
+                        all.iter()
+                            .map(|t| t.scheme())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let dir = std::env::temp_dir();
+    for transport in &chosen {
+        let max = transport
+            .capabilities(&transport.scratch_endpoint(&dir, "check"))
+            .max_message;
+        if options.size > max {
+            return Err(format!(
+                "--size {} exceeds the largest message {} takes, {max} bytes; choose a smaller size or leave {} out with --transports",
+                options.size,
+                transport.scheme(),
+                transport.scheme()
+            ));
+        }
+    }
+    Ok(chosen)
+}
+
+/// Runs the measurements, telling `progress` what it starts on; one [`Row`] per transport
+/// and variant, in registry order.
+pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Vec<Row>, String> {
+    let chosen = check(options)?;
+    pin_to(0);
+    let dir = std::env::temp_dir().join(format!("ipckit-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let plan = Plan::new(options);
+    let mut rows = Vec::new();
+    for transport in chosen {
+        let scheme = transport.scheme();
+        let endpoint = transport.scratch_endpoint(&dir, "bench");
+        let caps = transport.capabilities(&endpoint);
+
+        progress(&format!("{scheme}: round trips through ipckit"));
+        let mut ours = Row::new(scheme, "ipckit", options.size);
+        ours.stream_size = STREAM_SIZE.min(caps.max_message);
+        let ours = match measure_ipckit(&plan, &endpoint, &mut ours, progress) {
+            Ok(()) => ours,
+            Err(Failure { status, reason }) => ours.failed(status, reason),
+        };
+
+        let mut hand = Row::new(scheme, "baseline", raw::SIZE);
+        let hand = if !raw::has_baseline(scheme) {
+            hand.failed(
+                "unavailable",
+                "no hand-written baseline for this transport".into(),
+            )
+        } else if options.size != raw::SIZE {
+            hand.failed(
+                "unavailable",
+                format!("the hand-written loops send {} bytes", raw::SIZE),
+            )
+        } else {
+            progress(&format!("{scheme}: round trips by hand"));
+            match measure_baseline(&plan, scheme, &dir, &mut hand) {
+                Ok(()) => hand,
+                Err(Failure { status, reason }) => hand.failed(status, reason),
+            }
+        };
+        let mut ours = ours;
+        if let (Some(a), Some(b)) = (ours.rtt_median_ns, hand.rtt_median_ns) {
+            ours.ratio = Some(a as f64 / b.max(1) as f64);
+        }
+        rows.push(ours);
+        rows.push(hand);
+    }
+    raw::remove_leftovers();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(rows)
+}
+
+/// How much of each measurement to do.
+struct Plan {
+    size: usize,
+    round_trips: usize,
+    warm_up: usize,
+    messages: usize,
+    stream_bytes: usize,
+}
+
+impl Plan {
+    fn new(options: &Options) -> Plan {
+        let quick = options.quick;
+        Plan {
+            size: options.size,
+            round_trips: if quick {
+                options.count.min(2_000)
+            } else {
+                options.count
+            },
+            warm_up: (options.count / 10).clamp(1, 1_000),
+            messages: if quick { 10_000 } else { 100_000 },
+            stream_bytes: if quick { 32 << 20 } else { 256 << 20 },
+        }
+    }
+}
+
+struct Failure {
+    status: &'static str,
+    reason: String,
+}
+
+/// A step that broke: its server died, or an operation failed.
+fn broke(peer: &mut Peer, what: &str, error: impl std::fmt::Display) -> Failure {
+    let reason = if peer.alive() {
+        format!("{what}: {error}")
+    } else {
+        format!("{what}: the server process died ({error})")
+    };
+    Failure {
+        status: "failed",
+        reason,
+    }
+}
+
+fn unavailable(reason: impl std::fmt::Display) -> Failure {
+    Failure {
+        status: "unavailable",
+        reason: reason.to_string(),
+    }
+}
+
+/// Times `count` round trips one by one, after `warm_up`; fills the latency and CPU
+/// figures of `row`.
+fn time_round_trips(
+    plan: &Plan,
+    peer: &mut Peer,
+    row: &mut Row,
+    round_trip: &mut dyn FnMut() -> Result<(), String>,
+) -> Result<(), Failure> {
+    for _ in 0..plan.warm_up {
+        round_trip().map_err(|e| broke(peer, "warming up", e))?;
+    }
+    let mut took = Vec::with_capacity(plan.round_trips);
+    let cpu_before = thread_cpu_time() + peer.cpu_time();
+    for _ in 0..plan.round_trips {
+        let start = Instant::now();
+        round_trip().map_err(|e| broke(peer, "a round trip", e))?;
+        took.push(start.elapsed());
+    }
+    let cpu = thread_cpu_time() + peer.cpu_time() - cpu_before;
+    took.sort();
+    let at =
+        |q: f64| took[((took.len() as f64 * q) as usize).min(took.len() - 1)].as_nanos() as u64;
+    row.rtt_median_ns = Some(at(0.5));
+    row.rtt_p99_ns = Some(at(0.99));
+    row.rtt_p999_ns = Some(at(0.999));
+    row.cpu_ns_per_rtt = Some(cpu.as_nanos() as u64 / took.len() as u64);
+    Ok(())
+}
+
+fn measure_ipckit(
+    plan: &Plan,
+    endpoint: &ipckit::Endpoint,
+    row: &mut Row,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(), Failure> {
+    const TIMEOUT: Duration = Duration::from_secs(10);
+    let mut echo = Peer::start("echo", &endpoint.to_string()).map_err(unavailable)?;
+    let client = ipckit::connect(echo.address()).map_err(|e| broke(&mut echo, "connecting", e))?;
+    let payload = vec![7u8; plan.size];
+    time_round_trips(plan, &mut echo, row, &mut || {
+        client
+            .request(&payload, TIMEOUT)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })?;
+    drop(client);
+    drop(echo);
+
+    progress(&format!("{}: one-way throughput", row.transport));
+    let stream = |size: usize, messages: usize| -> Result<(u64, u64, Duration), Failure> {
+        let mut sink = Peer::start("sink", &endpoint.to_string()).map_err(unavailable)?;
+        let client =
+            ipckit::connect(sink.address()).map_err(|e| broke(&mut sink, "connecting", e))?;
+        let payload = vec![7u8; size];
+        let start = Instant::now();
+        for _ in 0..messages {
+            client
+                .send(&payload)
+                .map_err(|e| broke(&mut sink, "sending", e))?;
+        }
+        // The count comes back by request; a transport that may drop (udp) may drop
+        // the request too, so it is asked again.
+        let mut answer = Err(broke(&mut sink, "asking the count", "no answer"));
+        for _ in 0..3 {
+            match client.request(crate::peer::COUNT_REQUEST, Duration::from_secs(2)) {
+                Ok(reply) => {
+                    answer = Ok(reply);
+                    break;
+                }
+                Err(e) => answer = Err(broke(&mut sink, "asking the count", e)),
+            }
+        }
+        let elapsed = start.elapsed();
+        let reply = String::from_utf8(answer?).unwrap_or_default();
+        let mut numbers = reply.split(' ').map(|n| n.parse::<u64>().unwrap_or(0));
+        let (delivered, bytes) = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+        Ok((delivered, bytes, elapsed))
+    };
+    let (delivered, _, elapsed) = stream(plan.size, plan.messages)?;
+    row.msgs_per_sec = Some(delivered as f64 / elapsed.as_secs_f64());
+    let messages = (plan.stream_bytes / row.stream_size).max(10);
+    let (_, bytes, elapsed) = stream(row.stream_size, messages)?;
+    row.gb_per_sec = Some(bytes as f64 / elapsed.as_secs_f64() / 1e9);
+    Ok(())
+}
+
+fn measure_baseline(
+    plan: &Plan,
+    scheme: &str,
+    dir: &std::path::Path,
+    row: &mut Row,
+) -> Result<(), Failure> {
+    let mut peer =
+        Peer::start(&format!("raw:{scheme}"), &raw::address(scheme, dir)).map_err(unavailable)?;
+    let mut round_trip = raw::client(scheme, peer.address());
+    time_round_trips(plan, &mut peer, row, &mut || {
+        round_trip();
+        Ok(())
+    })
+}
+
+/// The results as an aligned table.
+pub fn table(rows: &[Row]) -> String {
+    let ns = |v: Option<u64>| v.map_or("-".to_owned(), format_duration);
+    let header = [
+        "transport",
+        "variant",
+        "rtt p50",
+        "p99",
+        "p99.9",
+        "ratio",
+        "cpu/rtt",
+        "msg/s",
+        "GB/s",
+        "note",
+    ];
+    let mut lines: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
+    for row in rows {
+        let note = match (&row.reason, row.stream_size) {
+            (Some(reason), _) => format!("{}: {reason}", row.status),
+            (None, s) if s > 0 && s < STREAM_SIZE => format!("GB/s with {s}-byte messages"),
+            _ => String::new(),
+        };
+        lines.push(vec![
+            row.transport.clone(),
+            row.variant.to_owned(),
+            ns(row.rtt_median_ns),
+            ns(row.rtt_p99_ns),
+            ns(row.rtt_p999_ns),
+            row.ratio.map_or("-".into(), |r| format!("{r:.2}")),
+            ns(row.cpu_ns_per_rtt),
+            row.msgs_per_sec.map_or("-".into(), format_rate),
+            row.gb_per_sec.map_or("-".into(), |g| format!("{g:.2}")),
+            note,
+        ]);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| {
+            lines
+                .iter()
+                .map(|l| l[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for line in lines {
+        let cells: Vec<String> = line
+            .iter()
+            .enumerate()
+            .map(|(c, cell)| {
+                // Names left, figures right, the note as it comes.
+                if c < 2 || c == header.len() - 1 {
+                    format!("{cell:<w$}", w = widths[c])
+                } else {
+                    format!("{cell:>w$}", w = widths[c])
+                }
+            })
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// The results as CSV, one row per line, with a header; every figure of the table.
+pub fn csv(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "transport,variant,status,reason,size,rtt_median_ns,rtt_p99_ns,rtt_p999_ns,ratio,cpu_ns_per_rtt,msgs_per_sec,stream_size,gb_per_sec\n",
+    );
+    let opt = |v: Option<String>| v.unwrap_or_default();
+    for r in rows {
+        let reason = r
+            .reason
+            .as_deref()
+            .map(|s| format!("\"{}\"", s.replace('"', "\"\"")))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            r.transport,
+            r.variant,
+            r.status,
+            reason,
+            r.size,
+            opt(r.rtt_median_ns.map(|n| n.to_string())),
+            opt(r.rtt_p99_ns.map(|n| n.to_string())),
+            opt(r.rtt_p999_ns.map(|n| n.to_string())),
+            opt(r.ratio.map(|x| format!("{x:.4}"))),
+            opt(r.cpu_ns_per_rtt.map(|n| n.to_string())),
+            opt(r.msgs_per_sec.map(|x| format!("{x:.0}"))),
+            r.stream_size,
+            opt(r.gb_per_sec.map(|x| format!("{x:.4}"))),
+        ));
+    }
+    out
+}
+
+fn format_duration(ns: u64) -> String {
+    match ns {
+        0..=9_999 => format!("{ns} ns"),
+        10_000..=9_999_999 => format!("{:.1} µs", ns as f64 / 1e3),
+        _ => format!("{:.1} ms", ns as f64 / 1e6),
+    }
+}
+
+fn format_rate(per_sec: f64) -> String {
+    if per_sec >= 1e6 {
+        format!("{:.2} M", per_sec / 1e6)
+    } else {
+        format!("{:.0} k", per_sec / 1e3)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_options_are_refused_with_what_to_do() {
+        let with = |f: fn(&mut Options)| {
+            let mut o = Options::default();
+            f(&mut o);
+            check(&o).err().unwrap_or_default()
+        };
+        assert!(with(|o| o.count = 0).contains("--count"));
+        assert!(with(|o| o.transports = vec!["pigeon".into()]).contains("available: uds"));
+        let too_big = with(|o| {
+            o.transports = vec!["udp".into()];
+            o.size = 100_000;
+        });
+        assert!(too_big.contains("65507"), "{too_big}");
+    }
+
+    #[test]
+    fn table_and_csv_carry_every_row() {
+        let mut ok = Row::new("uds", "ipckit", 64);
+        ok.rtt_median_ns = Some(12_345);
+        ok.gb_per_sec = Some(1.5);
+        let broken = Row::new("tcp", "baseline", 64).failed("failed", "it \"broke\"".into());
+        let rows = [ok, broken];
+        let table = table(&rows);
+        assert!(table.contains("12.3 µs") && table.contains("failed: it \"broke\""));
+        let csv = csv(&rows);
+        assert_eq!(csv.lines().count(), 3);
+        assert!(csv.contains(",\"it \"\"broke\"\"\","));
+    }
+}
