@@ -156,33 +156,40 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Vec<Row>
         let endpoint = transport.scratch_endpoint(&dir, "bench");
         let caps = transport.capabilities(&endpoint);
 
-        progress(&format!("{scheme}: round trips through ipckit"));
+        progress(&format!(
+            "{scheme}: round trips, ipckit and by hand in turn"
+        ));
         let mut ours = Row::new(scheme, "ipckit", options.size);
         ours.stream_size = STREAM_SIZE.min(caps.max_message);
-        let ours = match measure_ipckit(&plan, &endpoint, &mut ours, progress) {
-            Ok(()) => ours,
-            Err(Failure { status, reason }) => ours.failed(status, reason),
-        };
-
         let mut hand = Row::new(scheme, "baseline", raw::SIZE);
-        let hand = if !raw::has_baseline(scheme) {
-            hand.failed(
+        let mut contenders = Vec::new();
+        match ipckit_contender(&endpoint, options.size) {
+            Ok(c) => contenders.push((c, &mut ours)),
+            Err(f) => ours = ours.failed(f.status, f.reason),
+        }
+        if !raw::has_baseline(scheme) {
+            hand = hand.failed(
                 "unavailable",
                 "no hand-written baseline for this transport".into(),
-            )
+            );
         } else if options.size != raw::SIZE {
-            hand.failed(
+            hand = hand.failed(
                 "unavailable",
                 format!("the hand-written loops send {} bytes", raw::SIZE),
-            )
+            );
         } else {
-            progress(&format!("{scheme}: round trips by hand"));
-            match measure_baseline(&plan, scheme, &dir, &mut hand) {
-                Ok(()) => hand,
-                Err(Failure { status, reason }) => hand.failed(status, reason),
+            match baseline_contender(scheme, &dir) {
+                Ok(c) => contenders.push((c, &mut hand)),
+                Err(f) => hand = hand.failed(f.status, f.reason),
             }
-        };
-        let mut ours = ours;
+        }
+        interleave(&plan, contenders);
+        if ours.status == "ok" {
+            progress(&format!("{scheme}: one-way throughput"));
+            if let Err(f) = measure_throughput(&plan, &endpoint, &mut ours) {
+                ours = ours.failed(f.status, f.reason);
+            }
+        }
         if let (Some(a), Some(b)) = (ours.rtt_median_ns, hand.rtt_median_ns) {
             ours.ratio = Some(a as f64 / b.max(1) as f64);
         }
@@ -245,55 +252,110 @@ fn unavailable(reason: impl std::fmt::Display) -> Failure {
     }
 }
 
-/// Times `count` round trips one by one, after `warm_up`; fills the latency and CPU
-/// figures of `row`.
-fn time_round_trips(
-    plan: &Plan,
-    peer: &mut Peer,
-    row: &mut Row,
-    round_trip: &mut dyn FnMut() -> Result<(), String>,
-) -> Result<(), Failure> {
-    for _ in 0..plan.warm_up {
-        round_trip().map_err(|e| broke(peer, "warming up", e))?;
-    }
-    let mut took = Vec::with_capacity(plan.round_trips);
-    let cpu_before = thread_cpu_time() + peer.cpu_time();
-    for _ in 0..plan.round_trips {
-        let start = Instant::now();
-        round_trip().map_err(|e| broke(peer, "a round trip", e))?;
-        took.push(start.elapsed());
-    }
-    let cpu = thread_cpu_time() + peer.cpu_time() - cpu_before;
-    took.sort();
-    let at =
-        |q: f64| took[((took.len() as f64 * q) as usize).min(took.len() - 1)].as_nanos() as u64;
-    row.rtt_median_ns = Some(at(0.5));
-    row.rtt_p99_ns = Some(at(0.99));
-    row.rtt_p999_ns = Some(at(0.999));
-    row.cpu_ns_per_rtt = Some(cpu.as_nanos() as u64 / took.len() as u64);
-    Ok(())
+/// One side of a latency comparison: a server, and a round trip to it.
+struct Contender {
+    peer: Peer,
+    round_trip: Box<dyn FnMut() -> Result<(), String>>,
+    took: Vec<Duration>,
+    cpu: Duration,
 }
 
-fn measure_ipckit(
+fn ipckit_contender(endpoint: &ipckit::Endpoint, size: usize) -> Result<Contender, Failure> {
+    const TIMEOUT: Duration = Duration::from_secs(10);
+    let mut peer = Peer::start("echo", &endpoint.to_string()).map_err(unavailable)?;
+    let client = ipckit::connect(peer.address()).map_err(|e| broke(&mut peer, "connecting", e))?;
+    let payload = vec![7u8; size];
+    Ok(Contender {
+        peer,
+        round_trip: Box::new(move || {
+            client
+                .request(&payload, TIMEOUT)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }),
+        took: Vec::new(),
+        cpu: Duration::ZERO,
+    })
+}
+
+fn baseline_contender(scheme: &str, dir: &std::path::Path) -> Result<Contender, Failure> {
+    let peer =
+        Peer::start(&format!("raw:{scheme}"), &raw::address(scheme, dir)).map_err(unavailable)?;
+    let mut round_trip = raw::client(scheme, peer.address());
+    Ok(Contender {
+        peer,
+        round_trip: Box::new(move || {
+            round_trip();
+            Ok(())
+        }),
+        took: Vec::new(),
+        cpu: Duration::ZERO,
+    })
+}
+
+/// Times round trips one by one, after a warm-up, in blocks that alternate between the
+/// contenders, so that drift of the machine during the run weighs on each alike; fills
+/// each row's latency and CPU figures, or marks it failed (and drops it from the
+/// rotation) when its round trip breaks.
+fn interleave(plan: &Plan, contenders: Vec<(Contender, &mut Row)>) {
+    const BLOCKS: usize = 20;
+    let mut live: Vec<(Contender, &mut Row)> = Vec::new();
+    for (mut contender, row) in contenders {
+        let warmed = (0..plan.warm_up).try_for_each(|_| (contender.round_trip)());
+        match warmed {
+            Ok(()) => live.push((contender, row)),
+            Err(e) => {
+                let f = broke(&mut contender.peer, "warming up", e);
+                row.status = f.status;
+                row.reason = Some(f.reason);
+            }
+        }
+    }
+    let per_block = plan.round_trips.div_ceil(BLOCKS);
+    for block in 0..BLOCKS {
+        let n = live.len();
+        for turn in 0..n {
+            // Alternate who goes first, so that no one always follows another.
+            let (contender, row) = &mut live[(block + turn) % n];
+            if row.status != "ok" {
+                continue;
+            }
+            let cpu_before = thread_cpu_time() + contender.peer.cpu_time();
+            for _ in 0..per_block {
+                let start = Instant::now();
+                if let Err(e) = (contender.round_trip)() {
+                    let f = broke(&mut contender.peer, "a round trip", e);
+                    row.status = f.status;
+                    row.reason = Some(f.reason);
+                    break;
+                }
+                contender.took.push(start.elapsed());
+            }
+            contender.cpu += thread_cpu_time() + contender.peer.cpu_time() - cpu_before;
+        }
+    }
+    for (contender, row) in live {
+        let mut took = contender.took;
+        if row.status != "ok" || took.is_empty() {
+            continue;
+        }
+        took.sort();
+        let at =
+            |q: f64| took[((took.len() as f64 * q) as usize).min(took.len() - 1)].as_nanos() as u64;
+        row.rtt_median_ns = Some(at(0.5));
+        row.rtt_p99_ns = Some(at(0.99));
+        row.rtt_p999_ns = Some(at(0.999));
+        row.cpu_ns_per_rtt = Some(contender.cpu.as_nanos() as u64 / took.len() as u64);
+    }
+}
+
+/// One-way throughput through ipckit: messages of the row's size, then of its stream
+/// size, into a counting server.
+fn measure_throughput(
     plan: &Plan,
     endpoint: &ipckit::Endpoint,
     row: &mut Row,
-    progress: &mut dyn FnMut(&str),
 ) -> Result<(), Failure> {
-    const TIMEOUT: Duration = Duration::from_secs(10);
-    let mut echo = Peer::start("echo", &endpoint.to_string()).map_err(unavailable)?;
-    let client = ipckit::connect(echo.address()).map_err(|e| broke(&mut echo, "connecting", e))?;
-    let payload = vec![7u8; plan.size];
-    time_round_trips(plan, &mut echo, row, &mut || {
-        client
-            .request(&payload, TIMEOUT)
-            .map(drop)
-            .map_err(|e| e.to_string())
-    })?;
-    drop(client);
-    drop(echo);
-
-    progress(&format!("{}: one-way throughput", row.transport));
     let stream = |size: usize, messages: usize| -> Result<(u64, u64, Duration), Failure> {
         let mut sink = Peer::start("sink", &endpoint.to_string()).map_err(unavailable)?;
         let client =
@@ -329,21 +391,6 @@ fn measure_ipckit(
     let (_, bytes, elapsed) = stream(row.stream_size, messages)?;
     row.gb_per_sec = Some(bytes as f64 / elapsed.as_secs_f64() / 1e9);
     Ok(())
-}
-
-fn measure_baseline(
-    plan: &Plan,
-    scheme: &str,
-    dir: &std::path::Path,
-    row: &mut Row,
-) -> Result<(), Failure> {
-    let mut peer =
-        Peer::start(&format!("raw:{scheme}"), &raw::address(scheme, dir)).map_err(unavailable)?;
-    let mut round_trip = raw::client(scheme, peer.address());
-    time_round_trips(plan, &mut peer, row, &mut || {
-        round_trip();
-        Ok(())
-    })
 }
 
 /// The results as an aligned table.
@@ -453,8 +500,10 @@ fn format_duration(ns: u64) -> String {
 fn format_rate(per_sec: f64) -> String {
     if per_sec >= 1e6 {
         format!("{:.2} M", per_sec / 1e6)
-    } else {
+    } else if per_sec >= 1e4 {
         format!("{:.0} k", per_sec / 1e3)
+    } else {
+        format!("{per_sec:.0}")
     }
 }
 
@@ -490,5 +539,251 @@ mod tests {
         let csv = csv(&rows);
         assert_eq!(csv.lines().count(), 3);
         assert!(csv.contains(",\"it \"\"broke\"\"\","));
+    }
+}
+
+/// One point of a scaling run (`--scaling`): a transport at one message size or one
+/// number of concurrent clients.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ScalePoint {
+    /// The scheme.
+    pub transport: String,
+    /// `"size"` (x is bytes per message) or `"clients"` (x is concurrent clients).
+    pub axis: &'static str,
+    /// The size or the number of clients.
+    pub x: u64,
+    /// `"ok"` or `"failed"`.
+    pub status: &'static str,
+    /// Why it failed.
+    pub reason: Option<String>,
+    /// Round trip, median, in nanoseconds.
+    pub rtt_median_ns: Option<u64>,
+    /// Round trip, 99th percentile.
+    pub rtt_p99_ns: Option<u64>,
+    /// Round trips completed per second, all clients together.
+    pub round_trips_per_sec: Option<f64>,
+    /// Payload bytes carried per second, both directions together, in GB/s.
+    pub gb_per_sec: Option<f64>,
+}
+
+/// Message sizes of a scaling run.
+pub const SCALING_SIZES: [usize; 7] = [16, 256, 4096, 65536, 1 << 20, 4 << 20, 16 << 20];
+/// Client counts of a scaling run.
+pub const SCALING_CLIENTS: [usize; 4] = [1, 4, 16, 64];
+
+/// Round trips as the message grows from 16 B to 16 MiB (up to each transport's
+/// largest) and as the clients grow from 1 to 64.
+pub fn run_scaling(
+    options: &Options,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<ScalePoint>, String> {
+    let chosen = check(options)?;
+    pin_to(0);
+    let dir = std::env::temp_dir().join(format!("ipckit-scaling-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut points = Vec::new();
+    for transport in chosen {
+        let scheme = transport.scheme();
+        let endpoint = transport.scratch_endpoint(&dir, "scaling");
+        let max = transport.capabilities(&endpoint).max_message;
+        for size in SCALING_SIZES.into_iter().filter(|&s| s <= max) {
+            progress(&format!("{scheme}: {size}-byte round trips"));
+            // Fewer round trips for large messages: each moves the message twice.
+            let count = (options.count / 10)
+                .clamp(10, 1000)
+                .min((256 << 20) / size)
+                .max(5);
+            let count = if options.quick { count.min(100) } else { count };
+            points.push(scale_point(&endpoint, "size", size as u64, size, 1, count));
+        }
+        for clients in SCALING_CLIENTS {
+            progress(&format!("{scheme}: {clients} clients at once"));
+            let each = if options.quick { 50 } else { 300 };
+            points.push(scale_point(
+                &endpoint,
+                "clients",
+                clients as u64,
+                64,
+                clients,
+                each,
+            ));
+        }
+    }
+    raw::remove_leftovers();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(points)
+}
+
+/// `clients` threads, each with a connection of its own, make `each` round trips of `size`
+/// bytes to one echo server.
+fn scale_point(
+    endpoint: &ipckit::Endpoint,
+    axis: &'static str,
+    x: u64,
+    size: usize,
+    clients: usize,
+    each: usize,
+) -> ScalePoint {
+    let mut point = ScalePoint {
+        transport: endpoint.scheme().to_owned(),
+        axis,
+        x,
+        status: "ok",
+        reason: None,
+        rtt_median_ns: None,
+        rtt_p99_ns: None,
+        round_trips_per_sec: None,
+        gb_per_sec: None,
+    };
+    let outcome = (|| -> Result<(Vec<Duration>, Duration), String> {
+        let mut echo = Peer::start("echo", &endpoint.to_string()).map_err(|e| e.to_string())?;
+        let connections = (0..clients)
+            .map(|_| ipckit::connect(echo.address()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| broke(&mut echo, "connecting", e).reason)?;
+        let payload = vec![7u8; size];
+        let start = Instant::now();
+        let results: Vec<Result<Vec<Duration>, String>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = connections
+                .iter()
+                .map(|client| {
+                    let payload = &payload;
+                    scope.spawn(move || {
+                        let mut took = Vec::with_capacity(each);
+                        for _ in 0..each {
+                            let t = Instant::now();
+                            client
+                                .request(payload, Duration::from_secs(30))
+                                .map_err(|e| e.to_string())?;
+                            took.push(t.elapsed());
+                        }
+                        Ok(took)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err("a client thread panicked".into()))
+                })
+                .collect()
+        });
+        let elapsed = start.elapsed();
+        let mut all = Vec::new();
+        for r in results {
+            all.extend(r.map_err(|e| broke(&mut echo, "a round trip", e).reason)?);
+        }
+        Ok((all, elapsed))
+    })();
+    match outcome {
+        Ok((mut took, elapsed)) if !took.is_empty() => {
+            took.sort();
+            let at = |q: f64| {
+                took[((took.len() as f64 * q) as usize).min(took.len() - 1)].as_nanos() as u64
+            };
+            point.rtt_median_ns = Some(at(0.5));
+            point.rtt_p99_ns = Some(at(0.99));
+            let rate = took.len() as f64 / elapsed.as_secs_f64();
+            point.round_trips_per_sec = Some(rate);
+            point.gb_per_sec = Some(rate * 2.0 * size as f64 / 1e9);
+        }
+        Ok(_) => {}
+        Err(reason) => {
+            point.status = "failed";
+            point.reason = Some(reason);
+        }
+    }
+    point
+}
+
+/// A scaling run as an aligned table.
+pub fn scaling_table(points: &[ScalePoint]) -> String {
+    let mut out = format!(
+        "{:<9} {:>8} {:>10} {:>10} {:>10} {:>12} {:>8}  note\n",
+        "transport", "axis", "x", "rtt p50", "p99", "rtt/s", "GB/s"
+    );
+    for p in points {
+        let ns = |v: Option<u64>| v.map_or("-".to_owned(), format_duration);
+        out.push_str(
+            format!(
+                "{:<9} {:>8} {:>10} {:>10} {:>10} {:>12} {:>8}  {}\n",
+                p.transport,
+                p.axis,
+                p.x,
+                ns(p.rtt_median_ns),
+                ns(p.rtt_p99_ns),
+                p.round_trips_per_sec.map_or("-".into(), format_rate),
+                p.gb_per_sec.map_or("-".into(), |g| format!("{g:.3}")),
+                p.reason
+                    .as_deref()
+                    .map_or(String::new(), |r| format!("failed: {r}")),
+            )
+            .trim_end(),
+        );
+        out.push('\n');
+    }
+    out
+}
+
+/// A scaling run as CSV.
+pub fn scaling_csv(points: &[ScalePoint]) -> String {
+    let mut out = String::from(
+        "transport,axis,x,status,reason,rtt_median_ns,rtt_p99_ns,round_trips_per_sec,gb_per_sec\n",
+    );
+    let opt = |v: Option<String>| v.unwrap_or_default();
+    for p in points {
+        let reason = p
+            .reason
+            .as_deref()
+            .map(|s| format!("\"{}\"", s.replace('"', "\"\"")))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{}\n",
+            p.transport,
+            p.axis,
+            p.x,
+            p.status,
+            reason,
+            opt(p.rtt_median_ns.map(|n| n.to_string())),
+            opt(p.rtt_p99_ns.map(|n| n.to_string())),
+            opt(p.round_trips_per_sec.map(|x| format!("{x:.0}"))),
+            opt(p.gb_per_sec.map(|x| format!("{x:.4}"))),
+        ));
+    }
+    out
+}
+
+/// What the run was measured on, for the report.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Machine {
+    /// The CPU model, as /proc/cpuinfo names it.
+    pub cpu: String,
+    /// CPUs online.
+    pub cpus: usize,
+    /// The kernel release.
+    pub kernel: String,
+}
+
+impl Machine {
+    /// This machine.
+    pub fn here() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+            .unwrap_or_default();
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        Machine {
+            cpu,
+            cpus: crate::online_cpus(),
+            kernel,
+        }
     }
 }

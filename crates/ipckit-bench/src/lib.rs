@@ -1,6 +1,7 @@
 //! What ipckit's benchmarks share: hand-written baselines over the raw mechanisms, and
 //! the placement of processes on CPUs. Nothing in the library depends on this crate.
 
+pub mod chart;
 pub mod harness;
 pub mod peer;
 pub mod raw;

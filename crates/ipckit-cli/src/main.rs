@@ -86,6 +86,12 @@ enum Command {
         /// Print CSV instead of a table
         #[arg(long)]
         csv: bool,
+        /// Also draw the figures, log scale, into this SVG file
+        #[arg(long, value_name = "FILE.svg")]
+        chart: Option<std::path::PathBuf>,
+        /// Also measure as messages grow from 16 B to 16 MiB and clients from 1 to 64
+        #[arg(long)]
+        scaling: bool,
     },
 }
 
@@ -145,30 +151,59 @@ fn run(cli: Cli) -> CliResult {
             count,
             json,
             csv,
+            chart,
+            scaling,
         } => {
-            let options = ipckit_bench::harness::Options {
+            use ipckit_bench::harness;
+            let options = harness::Options {
                 transports,
                 size,
                 count,
                 quick,
             };
-            let steps = ipckit_bench::harness::check(&options)?.len() as u64 * 3;
+            let per_transport = 3 + if scaling { 11 } else { 0 };
+            let steps = harness::check(&options)?.len() as u64 * per_transport;
             let bar = indicatif::ProgressBar::new(steps).with_style(
                 indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
                     .expect("a valid template"),
             );
-            let rows = ipckit_bench::harness::run(&options, &mut |step| {
+            let mut step = |what: &str| {
                 bar.inc(1);
-                bar.set_message(step.to_owned());
-            });
+                bar.set_message(what.to_owned());
+            };
+            let rows = harness::run(&options, &mut step);
+            let points = match (&rows, scaling) {
+                (Ok(_), true) => harness::run_scaling(&options, &mut step),
+                _ => Ok(Vec::new()),
+            };
             bar.finish_and_clear();
-            let rows = rows?;
+            let (rows, points) = (rows?, points?);
+            if let Some(path) = &chart {
+                ipckit_bench::chart::draw(&rows, &points, path)
+                    .map_err(|e| format!("drawing {}: {e}", path.display()))?;
+            }
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                let report = serde_json::json!({
+                    "machine": harness::Machine::here(),
+                    "rows": rows,
+                    "scaling": points,
+                });
+                println!("{}", serde_json::to_string_pretty(&report)?);
             } else if csv {
-                print!("{}", ipckit_bench::harness::csv(&rows));
+                print!("{}", harness::csv(&rows));
+                if scaling {
+                    print!("\n{}", harness::scaling_csv(&points));
+                }
             } else {
-                print!("{}", ipckit_bench::harness::table(&rows));
+                let machine = harness::Machine::here();
+                println!(
+                    "{} CPUs ({}), Linux {}; client on CPU 0, servers on CPU 1\n",
+                    machine.cpus, machine.cpu, machine.kernel
+                );
+                print!("{}", harness::table(&rows));
+                if scaling {
+                    print!("\n{}", harness::scaling_table(&points));
+                }
             }
             Ok(())
         }

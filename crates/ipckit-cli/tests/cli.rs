@@ -602,10 +602,24 @@ fn bench_refuses_bad_options_with_what_to_do() {
 
 #[test]
 fn bench_json_carries_every_figure() {
-    let out = ipckit(&["bench", "--quick", "--transports", "uds,shm", "--json"]);
+    let dir = Scratch::new("bench-json");
+    let chart = dir.0.join("bench.svg");
+    let out = ipckit(&[
+        "bench",
+        "--quick",
+        "--transports",
+        "uds,shm",
+        "--json",
+        "--chart",
+        chart.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{out:?}");
-    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let rows = rows.as_array().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["machine"]["cpus"].as_u64().is_some_and(|n| n > 0),
+        "{report}"
+    );
+    let rows = report["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 4, "{rows:?}");
     for row in rows {
         assert_eq!(row["status"], "ok", "{row}");
@@ -629,6 +643,54 @@ fn bench_json_carries_every_figure() {
             }
         }
     }
+    assert_valid_svg(&chart, &["uds", "shm"]);
+}
+
+/// The file parses as XML with an `<svg>` root, and names each transport.
+fn assert_valid_svg(path: &std::path::Path, names: &[&str]) {
+    let check = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, xml.etree.ElementTree as E; r = E.parse(sys.argv[1]).getroot(); \
+             sys.exit(0 if r.tag.endswith('svg') else 1)",
+            path.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(check.success(), "{} is not a valid SVG", path.display());
+    let svg = std::fs::read_to_string(path).unwrap();
+    for name in names {
+        assert!(svg.contains(name), "{name} is not in the chart");
+    }
+}
+
+#[test]
+fn bench_scaling_covers_sizes_and_clients() {
+    let dir = Scratch::new("bench-scaling");
+    let chart = dir.0.join("scaling.svg");
+    let out = ipckit(&[
+        "bench",
+        "--quick",
+        "--scaling",
+        "--transports",
+        "unixgram",
+        "--csv",
+        "--chart",
+        chart.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let csv = stdout(&out);
+    for x in [
+        "size,16,ok",
+        "size,4194304,ok",
+        "clients,1,ok",
+        "clients,64,ok",
+    ] {
+        assert!(csv.contains(&format!("unixgram,{x}")), "no {x} in\n{csv}");
+    }
+    // unixgram's largest datagram is 4 MiB here: 16 MiB is left out, not failed.
+    assert!(!csv.contains("unixgram,size,16777216"), "{csv}");
+    assert_valid_svg(&chart, &["unixgram"]);
 }
 
 /// The peers of a running `ipckit bench`, by the role in their environment.
