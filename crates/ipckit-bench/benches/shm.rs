@@ -90,9 +90,9 @@ fn serve(kind: &str, address: &str) -> bool {
             }
         }
         "raw-stream" => {
-            let ring = raw_shm::Stream::open(address, STREAM_RING, true);
+            let ring = raw_shm::Stream::open(address, STREAM_RING, STREAM_SIZE, true);
             println!("{address}");
-            let mut sink = Box::new([0u8; raw_shm::STREAM_SLOT]);
+            let mut sink = vec![0u8; STREAM_SIZE];
             ring.consume(&mut sink, (STREAM_BYTES / STREAM_SIZE) as u64);
             println!("done");
         }
@@ -323,9 +323,9 @@ fn streaming(tag: &str) {
     let rate = |t: Duration| STREAM_BYTES as f64 / t.as_secs_f64() / 1e9;
 
     let mut raw = Peer::start("raw-stream", &format!("raw-stream-{tag}")).expect("raw stream");
-    let ring = raw_shm::Stream::open(raw.address(), STREAM_RING, false);
+    let ring = raw_shm::Stream::open(raw.address(), STREAM_RING, STREAM_SIZE, false);
     let start = Instant::now();
-    ring.produce(&source, count as u64);
+    ring.produce(&source[..], count as u64);
     raw.line().expect("the raw consumer's end");
     let bare = start.elapsed();
     let _ = std::fs::remove_file(format!("/dev/shm/{}", raw.address()));

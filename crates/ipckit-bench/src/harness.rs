@@ -184,10 +184,16 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Vec<Row>
             }
         }
         interleave(&plan, contenders);
+        progress(&format!("{scheme}: one-way throughput"));
         if ours.status == "ok" {
-            progress(&format!("{scheme}: one-way throughput"));
             if let Err(f) = measure_throughput(&plan, &endpoint, &mut ours) {
                 ours = ours.failed(f.status, f.reason);
+            }
+        }
+        if raw::has_baseline(scheme) && hand.reason.is_none() {
+            hand.stream_size = ours.stream_size;
+            if let Err(f) = measure_raw_throughput(&plan, scheme, &dir, &mut hand) {
+                hand = hand.failed(f.status, f.reason);
             }
         }
         if let (Some(a), Some(b)) = (ours.rtt_median_ns, hand.rtt_median_ns) {
@@ -390,6 +396,40 @@ fn measure_throughput(
     let messages = (plan.stream_bytes / row.stream_size).max(10);
     let (_, bytes, elapsed) = stream(row.stream_size, messages)?;
     row.gb_per_sec = Some(bytes as f64 / elapsed.as_secs_f64() / 1e9);
+    Ok(())
+}
+
+/// One-way throughput by hand: the same messages into the hand-written sink of `scheme`,
+/// which reports how many came and over how long.
+fn measure_raw_throughput(
+    plan: &Plan,
+    scheme: &str,
+    dir: &std::path::Path,
+    row: &mut Row,
+) -> Result<(), Failure> {
+    let address = format!("{}-sink", raw::address(scheme, dir));
+    let through = |size: usize, count: u64| -> Result<(u64, Duration), Failure> {
+        let role = format!("rawsink:{scheme}:{size}:{count}");
+        let mut sink = Peer::start(&role, &address).map_err(unavailable)?;
+        raw::send(scheme, sink.address(), raw::Stream { size, count })
+            .map_err(|e| broke(&mut sink, "sending", e))?;
+        let done = sink.line().map_err(|e| broke(&mut sink, "the count", e))?;
+        let mut numbers = done
+            .strip_prefix("done ")
+            .unwrap_or_default()
+            .split(' ')
+            .map(|n| n.parse::<u64>().unwrap_or(0));
+        let (got, nanos) = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+        if got == 0 {
+            return Err(broke(&mut sink, "the count", "nothing arrived"));
+        }
+        Ok((got, Duration::from_nanos(nanos.max(1))))
+    };
+    let (got, over) = through(plan.size, plan.messages as u64)?;
+    row.msgs_per_sec = Some(got as f64 / over.as_secs_f64());
+    let count = (plan.stream_bytes / row.stream_size).max(10) as u64;
+    let (got, over) = through(row.stream_size, count)?;
+    row.gb_per_sec = Some((got * row.stream_size as u64) as f64 / over.as_secs_f64() / 1e9);
     Ok(())
 }
 

@@ -25,7 +25,10 @@ pub fn run_if_peer(extra: impl FnOnce(&str, &str) -> bool) -> bool {
     };
     let address = std::env::args().nth(1).unwrap_or_default();
     pin_to(1);
-    let builtin = role.starts_with("raw:") || role == "echo" || role == "sink";
+    let builtin = role.starts_with("raw:")
+        || role.starts_with("rawsink:")
+        || role == "echo"
+        || role == "sink";
     if builtin {
         // Ends when the parent closes our stdin or goes away, whatever it was doing.
         std::thread::spawn(|| {
@@ -35,6 +38,16 @@ pub fn run_if_peer(extra: impl FnOnce(&str, &str) -> bool) -> bool {
     }
     if let Some(scheme) = role.strip_prefix("raw:") {
         raw::serve(scheme, &address);
+    } else if let Some(spec) = role.strip_prefix("rawsink:") {
+        // rawsink:SCHEME:SIZE:COUNT
+        let mut parts = spec.split(':');
+        let scheme = parts.next().unwrap_or_default();
+        let mut number = || parts.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        let stream = raw::Stream {
+            size: number() as usize,
+            count: number(),
+        };
+        raw::sink(scheme, &address, stream);
     } else if role == "echo" {
         echo(&address);
     } else if role == "sink" {
@@ -69,10 +82,13 @@ pub const COUNT_REQUEST: &[u8] = b"count?";
 
 /// Counts one-way messages and their bytes; the request [`COUNT_REQUEST`] is answered
 /// with `"MESSAGES BYTES"` since the previous one. (On a datagram transport every message
-/// can be answered, so the payload, not `wants_reply`, tells the question.)
+/// can be answered, so the payload, not `wants_reply`, tells the question.) Each payload
+/// is copied out, as every socket, pipe or queue receiver gets its bytes, so that shm's
+/// in-place read does not count as receiving more than it touched.
 fn sink(address: &str) {
     let mut server = listen(address);
     let (mut messages, mut bytes) = (0u64, 0u64);
+    let mut kept = Vec::new();
     loop {
         let mut message = server.recv().unwrap_or_else(|e| panic!("{e}"));
         if message.payload() == COUNT_REQUEST && message.wants_reply() {
@@ -81,6 +97,9 @@ fn sink(address: &str) {
         } else {
             messages += 1;
             bytes += message.payload().len() as u64;
+            kept.clear();
+            kept.extend_from_slice(message.payload());
+            std::hint::black_box(&kept);
         }
     }
 }
@@ -111,9 +130,15 @@ impl Peer {
             let _ =
                 std::io::Read::read_to_string(&mut child.stderr.take().expect("piped"), &mut err);
             let _ = child.wait();
+            // A panic's message, without the backtrace.
+            let said: Vec<&str> = err
+                .lines()
+                .take_while(|l| !l.starts_with("stack backtrace") && !l.starts_with("note:"))
+                .filter(|l| !l.trim().is_empty())
+                .collect();
             return Err(std::io::Error::other(format!(
                 "the {role} peer did not start: {}",
-                err.trim()
+                said.join(" ")
             )));
         }
         Ok(Peer {

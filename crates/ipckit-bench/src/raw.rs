@@ -100,9 +100,21 @@ pub(crate) fn raw_fifos(address: &str) -> (String, String) {
 
 /// The two queues of the hand-written mq ping-pong: requests and replies.
 pub(crate) fn raw_queues(address: &str) -> (nix::mqueue::MqdT, nix::mqueue::MqdT) {
+    queues_of(address, SIZE, false)
+}
+
+/// The request and reply queues at `address`, for messages of `size` bytes; `fresh`
+/// (the receiver's side) replaces queues left with another size.
+fn queues_of(address: &str, size: usize, fresh: bool) -> (nix::mqueue::MqdT, nix::mqueue::MqdT) {
     use nix::mqueue::{MQ_OFlag, MqAttr, mq_open};
     let name = address.rsplit('/').next().unwrap();
-    let attr = MqAttr::new(0, 10, SIZE as _, 0);
+    if fresh {
+        // A queue keeps the message size it was made with: start afresh for another.
+        for suffix in ["req", "rep"] {
+            let _ = nix::mqueue::mq_unlink(format!("/{name}.{suffix}").as_str());
+        }
+    }
+    let attr = MqAttr::new(0, 10, size as _, 0);
     let open = |suffix: &str| {
         let flags = MQ_OFlag::O_CREAT | MQ_OFlag::O_RDWR;
         let mode = nix::sys::stat::Mode::from_bits_truncate(0o600);
@@ -214,9 +226,165 @@ pub fn address(scheme: &str, dir: &std::path::Path) -> String {
 
 /// Removes the hand-written mq queues and shm segment, which outlive their processes.
 pub fn remove_leftovers() {
-    for suffix in ["req", "rep"] {
-        let name = format!("/raw-mq-{}.{suffix}", std::process::id());
-        let _ = nix::mqueue::mq_unlink(name.as_str());
+    let pid = std::process::id();
+    for stem in [format!("raw-mq-{pid}"), format!("raw-mq-{pid}-sink")] {
+        for suffix in ["req", "rep"] {
+            let _ = nix::mqueue::mq_unlink(format!("/{stem}.{suffix}").as_str());
+        }
     }
-    let _ = std::fs::remove_file(format!("/dev/shm/raw-shm-{}", std::process::id()));
+    for stem in [format!("raw-shm-{pid}"), format!("raw-shm-{pid}-sink")] {
+        let _ = std::fs::remove_file(format!("/dev/shm/{stem}"));
+    }
+}
+
+/// Where a one-way hand-written stream goes, and what it carries.
+#[derive(Clone, Copy, Debug)]
+pub struct Stream {
+    /// Bytes per message.
+    pub size: usize,
+    /// Messages.
+    pub count: u64,
+}
+
+/// Receives one datagram into the buffer.
+type Receive = dyn Fn(&mut [u8]) -> std::io::Result<usize>;
+
+/// How long a datagram sink waits for more before it counts what came (udp drops).
+const DATAGRAM_IDLE: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// The hand-written one-way receiver of `scheme`: prints the address senders should use,
+/// takes `stream.count` messages of `stream.size` bytes (or, over udp, what arrives), then
+/// prints `done MESSAGES NANOS`, the time from the first message to the last.
+pub fn sink(scheme: &str, address: &str, stream: Stream) {
+    use std::time::Instant;
+    let mut buf = vec![0u8; stream.size.max(1)];
+    let mut first: Option<Instant> = None;
+    let mut last = Instant::now();
+    let mut got = 0u64;
+    macro_rules! took {
+        () => {{
+            first.get_or_insert_with(Instant::now);
+            last = Instant::now();
+            got += 1;
+        }};
+    }
+    match scheme {
+        "uds" | "tcp" | "fifo" => {
+            let mut reader: Box<dyn Read> = match scheme {
+                "uds" => {
+                    let _ = std::fs::remove_file(address);
+                    let listener = UnixListener::bind(address).expect("bind");
+                    println!("{address}");
+                    Box::new(listener.accept().expect("accept").0)
+                }
+                "tcp" => {
+                    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+                    println!("{}", listener.local_addr().unwrap());
+                    Box::new(listener.accept().expect("accept").0)
+                }
+                _ => {
+                    let (requests, _) = raw_fifos(address);
+                    println!("{address}");
+                    Box::new(std::fs::File::open(requests).expect("open the FIFO"))
+                }
+            };
+            for _ in 0..stream.count {
+                if reader.read_exact(&mut buf).is_err() {
+                    break;
+                }
+                took!();
+            }
+        }
+        "udp" | "unixgram" => {
+            let socket: Box<Receive> = if scheme == "udp" {
+                let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+                println!("{}", socket.local_addr().unwrap());
+                socket.set_read_timeout(Some(DATAGRAM_IDLE)).unwrap();
+                Box::new(move |buf| socket.recv(buf))
+            } else {
+                let _ = std::fs::remove_file(address);
+                let socket = UnixDatagram::bind(address).expect("bind");
+                println!("{address}");
+                socket.set_read_timeout(Some(DATAGRAM_IDLE)).unwrap();
+                Box::new(move |buf| socket.recv(buf))
+            };
+            // Wait for the first as long as it takes; after that, idleness ends the count.
+            while got < stream.count {
+                match socket(&mut buf) {
+                    Ok(_) => took!(),
+                    Err(_) if first.is_some() => break,
+                    Err(_) => {}
+                }
+            }
+        }
+        "mq" => {
+            let (requests, _) = queues_of(address, stream.size, true);
+            println!("{address}");
+            for _ in 0..stream.count {
+                match nix::mqueue::mq_receive(&requests, &mut buf, &mut 0) {
+                    Ok(_) => took!(),
+                    Err(_) => break,
+                }
+            }
+        }
+        "shm" => {
+            let ring = raw_shm::Stream::open(address, 4 << 20, stream.size, true);
+            println!("{address}");
+            let started = Instant::now();
+            // Copied out, as every other receiver here gets its bytes.
+            ring.consume(&mut buf, stream.count);
+            first = Some(started);
+            last = Instant::now();
+            got = stream.count;
+        }
+        other => panic!("no hand-written baseline for {other}"),
+    }
+    let nanos = first.map_or(0, |f| last.duration_since(f).as_nanos());
+    println!("done {got} {nanos}");
+}
+
+/// The hand-written one-way sender of `scheme`: sends `stream.count` messages of
+/// `stream.size` bytes to a [`sink`] at `address`.
+pub fn send(scheme: &str, address: &str, stream: Stream) -> std::io::Result<()> {
+    let payload = vec![7u8; stream.size];
+    match scheme {
+        "uds" => {
+            let mut s = UnixStream::connect(address)?;
+            (0..stream.count).try_for_each(|_| s.write_all(&payload))
+        }
+        "tcp" => {
+            let mut s = TcpStream::connect(address)?;
+            s.set_nodelay(true)?;
+            (0..stream.count).try_for_each(|_| s.write_all(&payload))
+        }
+        "fifo" => {
+            let (requests, _) = raw_fifos(address);
+            let mut f = std::fs::OpenOptions::new().write(true).open(requests)?;
+            (0..stream.count).try_for_each(|_| f.write_all(&payload))
+        }
+        "udp" => {
+            let s = UdpSocket::bind("127.0.0.1:0")?;
+            s.connect(address)?;
+            (0..stream.count).try_for_each(|_| s.send(&payload).map(drop))
+        }
+        "unixgram" => {
+            let s = UnixDatagram::unbound()?;
+            s.connect(address)?;
+            (0..stream.count).try_for_each(|_| s.send(&payload).map(drop))
+        }
+        "mq" => {
+            let (requests, _) = queues_of(address, stream.size, false);
+            (0..stream.count)
+                .try_for_each(|_| nix::mqueue::mq_send(&requests, &payload, 0))
+                .map_err(std::io::Error::from)
+        }
+        "shm" => {
+            let ring = raw_shm::Stream::open(address, 4 << 20, stream.size, false);
+            ring.produce(&payload, stream.count);
+            Ok(())
+        }
+        other => Err(std::io::Error::other(format!(
+            "no hand-written baseline for {other}"
+        ))),
+    }
 }

@@ -40,6 +40,10 @@ impl Rings {
             .truncate(false)
             .open(&path)
             .expect("open the raw segment");
+        if create {
+            // Counters left by an earlier run would be taken for this one's.
+            file.set_len(0).unwrap();
+        }
         let len = 2 * size_of::<Ring>();
         file.set_len(len as u64).unwrap();
         // SAFETY: a fresh shared mapping of a file sized to hold two rings; all-zero bytes
@@ -135,23 +139,23 @@ impl Rings {
 // SAFETY: the mapping is shared memory guarded by the ring protocol.
 unsafe impl Send for Rings {}
 
-/// The floor for streaming: a bare ring of 64 KiB slots in shared memory, filled with
+/// The floor for streaming: a bare ring of fixed-size slots in shared memory, filled with
 /// memcpy by one process and emptied with memcpy by another, both spinning.
 pub struct Stream {
     ptr: *mut u8,
+    slot: usize,
     slots: usize,
 }
 
-/// Bytes in a streamed message.
-pub const STREAM_SLOT: usize = 64 * 1024;
 const STREAM_HEADER: usize = 256;
 
 // SAFETY: the mapping is shared memory guarded by the ring protocol.
 unsafe impl Send for Stream {}
 
 impl Stream {
-    /// Maps `/dev/shm/NAME` with room for `bytes` of slots, creating it when `create`.
-    pub fn open(name: &str, bytes: usize, create: bool) -> Stream {
+    /// Maps `/dev/shm/NAME` with room for `bytes` of `slot`-byte slots, creating it when
+    /// `create`.
+    pub fn open(name: &str, bytes: usize, slot: usize, create: bool) -> Stream {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -159,6 +163,10 @@ impl Stream {
             .truncate(false)
             .open(format!("/dev/shm/{name}"))
             .expect("open the raw segment");
+        if create {
+            // Counters left by an earlier run would be taken for this one's.
+            file.set_len(0).unwrap();
+        }
         let len = STREAM_HEADER + bytes;
         file.set_len(len as u64).unwrap();
         // SAFETY: a fresh shared mapping of a file of `len` bytes.
@@ -175,7 +183,8 @@ impl Stream {
         };
         Stream {
             ptr: ptr.cast(),
-            slots: bytes / STREAM_SLOT,
+            slot,
+            slots: (bytes / slot).max(1),
         }
     }
 
@@ -188,32 +197,34 @@ impl Stream {
         // SAFETY: in bounds: the slot index is taken modulo the slot count.
         unsafe {
             self.ptr
-                .add(STREAM_HEADER + (n as usize % self.slots) * STREAM_SLOT)
+                .add(STREAM_HEADER + (n as usize % self.slots) * self.slot)
         }
     }
 
-    /// Copies `count` messages of `source` into the ring.
-    pub fn produce(&self, source: &[u8; STREAM_SLOT], count: u64) {
+    /// Copies `count` messages of `source` (one slot long) into the ring.
+    pub fn produce(&self, source: &[u8], count: u64) {
+        assert_eq!(source.len(), self.slot);
         let (tail, head) = (self.counter(0), self.counter(1));
         for n in 0..count {
             while n - head.load(Ordering::Acquire) == self.slots as u64 {
                 std::hint::spin_loop();
             }
             // SAFETY: slot `n` is free (the consumer is past it) until the tail moves.
-            unsafe { std::ptr::copy_nonoverlapping(source.as_ptr(), self.slot(n), STREAM_SLOT) };
+            unsafe { std::ptr::copy_nonoverlapping(source.as_ptr(), self.slot(n), self.slot) };
             tail.store(n + 1, Ordering::Release);
         }
     }
 
-    /// Copies `count` messages out of the ring into `sink`.
-    pub fn consume(&self, sink: &mut [u8; STREAM_SLOT], count: u64) {
+    /// Copies `count` messages out of the ring into `sink` (one slot long).
+    pub fn consume(&self, sink: &mut [u8], count: u64) {
+        assert_eq!(sink.len(), self.slot);
         let (tail, head) = (self.counter(0), self.counter(1));
         for n in 0..count {
             while tail.load(Ordering::Acquire) == n {
                 std::hint::spin_loop();
             }
             // SAFETY: slot `n` was published by the tail store (Acquire above).
-            unsafe { std::ptr::copy_nonoverlapping(self.slot(n), sink.as_mut_ptr(), STREAM_SLOT) };
+            unsafe { std::ptr::copy_nonoverlapping(self.slot(n), sink.as_mut_ptr(), self.slot) };
             head.store(n + 1, Ordering::Release);
         }
     }
