@@ -55,8 +55,12 @@ pub struct Row {
     pub rtt_p99_ns: Option<u64>,
     /// Round-trip latency, 99.9th percentile.
     pub rtt_p999_ns: Option<u64>,
-    /// ipckit's median over the baseline's, on ipckit's row.
+    /// ipckit's median round trip over the baseline's, on ipckit's row.
     pub ratio: Option<f64>,
+    /// ipckit's messages/s over the baseline's, on ipckit's row.
+    pub msgs_ratio: Option<f64>,
+    /// ipckit's GB/s over the baseline's, on ipckit's row.
+    pub gb_ratio: Option<f64>,
     /// CPU time of both processes per round trip, in nanoseconds.
     pub cpu_ns_per_rtt: Option<u64>,
     /// One-way messages of `size` bytes delivered per second.
@@ -79,6 +83,8 @@ impl Row {
             rtt_p99_ns: None,
             rtt_p999_ns: None,
             ratio: None,
+            msgs_ratio: None,
+            gb_ratio: None,
             cpu_ns_per_rtt: None,
             msgs_per_sec: None,
             stream_size: 0,
@@ -198,6 +204,12 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Vec<Row>
         }
         if let (Some(a), Some(b)) = (ours.rtt_median_ns, hand.rtt_median_ns) {
             ours.ratio = Some(a as f64 / b.max(1) as f64);
+        }
+        if let (Some(a), Some(b)) = (ours.msgs_per_sec, hand.msgs_per_sec) {
+            ours.msgs_ratio = Some(a / b);
+        }
+        if let (Some(a), Some(b)) = (ours.gb_per_sec, hand.gb_per_sec) {
+            ours.gb_ratio = Some(a / b);
         }
         rows.push(ours);
         rows.push(hand);
@@ -500,7 +512,7 @@ pub fn table(rows: &[Row]) -> String {
 /// The results as CSV, one row per line, with a header; every figure of the table.
 pub fn csv(rows: &[Row]) -> String {
     let mut out = String::from(
-        "transport,variant,status,reason,size,rtt_median_ns,rtt_p99_ns,rtt_p999_ns,ratio,cpu_ns_per_rtt,msgs_per_sec,stream_size,gb_per_sec\n",
+        "transport,variant,status,reason,size,rtt_median_ns,rtt_p99_ns,rtt_p999_ns,ratio,cpu_ns_per_rtt,msgs_per_sec,msgs_ratio,stream_size,gb_per_sec,gb_ratio\n",
     );
     let opt = |v: Option<String>| v.unwrap_or_default();
     for r in rows {
@@ -510,7 +522,7 @@ pub fn csv(rows: &[Row]) -> String {
             .map(|s| format!("\"{}\"", s.replace('"', "\"\"")))
             .unwrap_or_default();
         out.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
             r.transport,
             r.variant,
             r.status,
@@ -522,8 +534,10 @@ pub fn csv(rows: &[Row]) -> String {
             opt(r.ratio.map(|x| format!("{x:.4}"))),
             opt(r.cpu_ns_per_rtt.map(|n| n.to_string())),
             opt(r.msgs_per_sec.map(|x| format!("{x:.0}"))),
+            opt(r.msgs_ratio.map(|x| format!("{x:.4}"))),
             r.stream_size,
             opt(r.gb_per_sec.map(|x| format!("{x:.4}"))),
+            opt(r.gb_ratio.map(|x| format!("{x:.4}"))),
         ));
     }
     out
