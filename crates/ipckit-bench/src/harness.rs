@@ -13,6 +13,15 @@ use crate::peer::{Peer, thread_cpu_time};
 use crate::{pin_to, raw};
 
 /// What to measure.
+///
+/// ```
+/// let options = ipckit_bench::harness::Options {
+///     transports: vec!["uds".into(), "shm".into()],
+///     quick: true,
+///     ..Default::default()
+/// };
+/// assert!(ipckit_bench::harness::check(&options).is_ok());
+/// ```
 #[derive(Clone, Debug)]
 pub struct Options {
     /// Schemes to run; all registered ones when empty.
@@ -36,7 +45,8 @@ impl Default for Options {
     }
 }
 
-/// One line of the results: a transport measured through ipckit or by hand.
+/// One line of the results: a transport measured through ipckit or by hand. Serialised
+/// as is by `ipckit bench --json`.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Row {
     /// The scheme.
@@ -149,7 +159,17 @@ pub fn check(options: &Options) -> Result<Vec<&'static dyn ipckit::transport::Tr
 }
 
 /// Runs the measurements, telling `progress` what it starts on; one [`Row`] per transport
-/// and variant, in registry order.
+/// and variant, in the order of `options.transports` (the registry's, when empty). The
+/// program must call [`run_if_peer`](crate::peer::run_if_peer) first thing in `main`:
+/// the servers are this program started again.
+///
+/// ```no_run
+/// use ipckit_bench::harness;
+/// let options = harness::Options { quick: true, ..Default::default() };
+/// let rows = harness::run(&options, &mut |step| eprintln!("{step}"))?;
+/// print!("{}", harness::table(&rows));
+/// # Ok::<(), String>(())
+/// ```
 pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Vec<Row>, String> {
     let chosen = check(options)?;
     pin_to(0);

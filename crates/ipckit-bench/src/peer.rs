@@ -114,6 +114,13 @@ pub struct Peer {
 impl Peer {
     /// Starts this program again as `role` at `address`, and waits for it to say where it
     /// listens.
+    ///
+    /// ```no_run
+    /// # if ipckit_bench::peer::run_if_peer(|_, _| false) { std::process::exit(0) }
+    /// let echo = ipckit_bench::peer::Peer::start("echo", "uds:///tmp/doc-echo.sock")?;
+    /// let client = ipckit::connect(echo.address()).unwrap();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn start(role: &str, address: &str) -> std::io::Result<Peer> {
         let mut child = Command::new(std::env::current_exe()?)
             .env(PEER_ENV, role)

@@ -13,6 +13,11 @@ use crate::raw_shm;
 pub const SIZE: usize = 64;
 
 /// Whether there is a hand-written baseline for `scheme`.
+///
+/// ```
+/// assert!(ipckit_bench::raw::has_baseline("uds"));
+/// assert!(!ipckit_bench::raw::has_baseline("dbus"));
+/// ```
 pub fn has_baseline(scheme: &str) -> bool {
     matches!(
         scheme,

@@ -140,6 +140,14 @@ impl Message {
     }
 
     /// Whether the payload is read in place from shared memory rather than copied.
+    ///
+    /// ```no_run
+    /// let mut server = ipckit::listen("shm://doc-in-place")?;
+    /// let msg = server.recv()?;
+    /// // Hold it briefly: until it is dropped, its space in the sender's ring stays taken.
+    /// assert!(msg.is_in_place() || msg.payload().len() > 512 * 1024);
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
     pub fn is_in_place(&self) -> bool {
         matches!(self.payload, Payload::Shared(_))
     }
