@@ -9,29 +9,11 @@
 //! to different cores in every variant alike, so that each pays the same cross-core
 //! wake-up.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{Criterion, criterion_group};
 use ipckit_bench::peer::Peer;
-use ipckit_bench::{pin_to, raw};
-
-const SIZE: usize = raw::SIZE;
-
-fn time_iters(iters: u64, round_trip: &mut dyn FnMut()) -> Duration {
-    let start = Instant::now();
-    for _ in 0..iters {
-        round_trip();
-    }
-    start.elapsed()
-}
-
-fn ipckit_round_trip(url: &str) -> Box<dyn FnMut()> {
-    let client = ipckit::connect(url).unwrap();
-    let payload = [7u8; SIZE];
-    Box::new(move || {
-        client.request(&payload, Duration::from_secs(5)).unwrap();
-    })
-}
+use ipckit_bench::{ipckit_round_trip, pin_to, raw, time_iters};
 
 fn bench(c: &mut Criterion) {
     pin_to(0);

@@ -16,7 +16,7 @@
 use std::time::{Duration, Instant};
 
 use ipckit_bench::peer::Peer;
-use ipckit_bench::{pin_to, raw_shm};
+use ipckit_bench::{ipckit_round_trip, pin_to, raw_shm, time_iters};
 const SIZE: usize = 64;
 const STREAM_SIZE: usize = 64 * 1024;
 const STREAM_BYTES: usize = 4 << 30;
@@ -157,14 +157,6 @@ fn serve(kind: &str, address: &str) -> bool {
     true
 }
 
-fn time_iters(iters: u64, round_trip: &mut dyn FnMut()) -> Duration {
-    let start = Instant::now();
-    for _ in 0..iters {
-        round_trip();
-    }
-    start.elapsed()
-}
-
 fn iceoryx_client(address: &str) -> Box<dyn FnMut()> {
     let node = iceoryx2::prelude::NodeBuilder::new()
         .create::<iceoryx2::service::ipc::Service>()
@@ -196,14 +188,6 @@ fn iceoryx_client(address: &str) -> Box<dyn FnMut()> {
     })
 }
 
-fn ipckit_client(url: &str) -> Box<dyn FnMut()> {
-    let client = ipckit::connect(url).expect("connect");
-    let payload = [7u8; SIZE];
-    Box::new(move || {
-        client.request(&payload, TIMEOUT).expect("request");
-    })
-}
-
 /// 64-byte round trips: the three contenders in interleaved blocks of at least 5 ms.
 fn round_trips(tag: &str) {
     const ROUNDS: usize = 41;
@@ -216,7 +200,7 @@ fn round_trips(tag: &str) {
             "bare spin over two rings (the floor)",
             Box::new(raw_shm::Rings::open(raw.address(), false).client()),
         ),
-        ("ipckit shm", ipckit_client(ours.address())),
+        ("ipckit shm", ipckit_round_trip(ours.address())),
         (
             "iceoryx2 publish/subscribe",
             iceoryx_client(iceoryx.address()),

@@ -534,33 +534,43 @@ pub fn csv(rows: &[Row]) -> String {
     let mut out = String::from(
         "transport,variant,status,reason,size,rtt_median_ns,rtt_p99_ns,rtt_p999_ns,ratio,cpu_ns_per_rtt,msgs_per_sec,msgs_ratio,stream_size,gb_per_sec,gb_ratio\n",
     );
-    let opt = |v: Option<String>| v.unwrap_or_default();
     for r in rows {
-        let reason = r
-            .reason
-            .as_deref()
-            .map(|s| format!("\"{}\"", s.replace('"', "\"\"")))
-            .unwrap_or_default();
         out.push_str(&format!(
             "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
             r.transport,
             r.variant,
             r.status,
-            reason,
+            quoted(r.reason.as_deref()),
             r.size,
-            opt(r.rtt_median_ns.map(|n| n.to_string())),
-            opt(r.rtt_p99_ns.map(|n| n.to_string())),
-            opt(r.rtt_p999_ns.map(|n| n.to_string())),
-            opt(r.ratio.map(|x| format!("{x:.4}"))),
-            opt(r.cpu_ns_per_rtt.map(|n| n.to_string())),
-            opt(r.msgs_per_sec.map(|x| format!("{x:.0}"))),
-            opt(r.msgs_ratio.map(|x| format!("{x:.4}"))),
+            cell(r.rtt_median_ns),
+            cell(r.rtt_p99_ns),
+            cell(r.rtt_p999_ns),
+            fixed(r.ratio, 4),
+            cell(r.cpu_ns_per_rtt),
+            fixed(r.msgs_per_sec, 0),
+            fixed(r.msgs_ratio, 4),
             r.stream_size,
-            opt(r.gb_per_sec.map(|x| format!("{x:.4}"))),
-            opt(r.gb_ratio.map(|x| format!("{x:.4}"))),
+            fixed(r.gb_per_sec, 4),
+            fixed(r.gb_ratio, 4),
         ));
     }
     out
+}
+
+/// A CSV text field, always quoted; empty when absent.
+fn quoted(text: Option<&str>) -> String {
+    text.map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
+        .unwrap_or_default()
+}
+
+/// A CSV number; empty when absent.
+fn cell(n: Option<u64>) -> String {
+    n.map(|n| n.to_string()).unwrap_or_default()
+}
+
+/// A CSV number with `digits` decimals; empty when absent.
+fn fixed(x: Option<f64>, digits: usize) -> String {
+    x.map(|x| format!("{x:.digits$}")).unwrap_or_default()
 }
 
 fn format_duration(ns: u64) -> String {
@@ -805,24 +815,18 @@ pub fn scaling_csv(points: &[ScalePoint]) -> String {
     let mut out = String::from(
         "transport,axis,x,status,reason,rtt_median_ns,rtt_p99_ns,round_trips_per_sec,gb_per_sec\n",
     );
-    let opt = |v: Option<String>| v.unwrap_or_default();
     for p in points {
-        let reason = p
-            .reason
-            .as_deref()
-            .map(|s| format!("\"{}\"", s.replace('"', "\"\"")))
-            .unwrap_or_default();
         out.push_str(&format!(
             "{},{},{},{},{},{},{},{},{}\n",
             p.transport,
             p.axis,
             p.x,
             p.status,
-            reason,
-            opt(p.rtt_median_ns.map(|n| n.to_string())),
-            opt(p.rtt_p99_ns.map(|n| n.to_string())),
-            opt(p.round_trips_per_sec.map(|x| format!("{x:.0}"))),
-            opt(p.gb_per_sec.map(|x| format!("{x:.4}"))),
+            quoted(p.reason.as_deref()),
+            cell(p.rtt_median_ns),
+            cell(p.rtt_p99_ns),
+            fixed(p.round_trips_per_sec, 0),
+            fixed(p.gb_per_sec, 4),
         ));
     }
     out

@@ -35,3 +35,34 @@ pub fn online_cpus() -> usize {
         .and_then(|last| last.parse::<usize>().ok())
         .map_or(1, |last| last + 1)
 }
+
+/// How long `iters` calls of `round_trip` take, back to back.
+///
+/// ```
+/// let took = ipckit_bench::time_iters(3, &mut || {});
+/// assert!(took < std::time::Duration::from_secs(1));
+/// ```
+pub fn time_iters(iters: u64, round_trip: &mut dyn FnMut()) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    for _ in 0..iters {
+        round_trip();
+    }
+    start.elapsed()
+}
+
+/// A 64-byte request to the ipckit echo server at `url`, as a closure that panics on
+/// failure: for benchmarks, where a failed round trip is a broken run.
+///
+/// ```no_run
+/// let mut round_trip = ipckit_bench::ipckit_round_trip("uds:///tmp/echo.sock");
+/// round_trip();
+/// ```
+pub fn ipckit_round_trip(url: &str) -> Box<dyn FnMut()> {
+    let client = ipckit::connect(url).unwrap_or_else(|e| panic!("{e}"));
+    let payload = [7u8; raw::SIZE];
+    Box::new(move || {
+        client
+            .request(&payload, std::time::Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{e}"));
+    })
+}

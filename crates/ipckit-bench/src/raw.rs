@@ -180,12 +180,7 @@ pub fn client(scheme: &str, address: &str) -> Box<dyn FnMut()> {
             })
         }
         "fifo" => {
-            let (requests, replies) = raw_fifos(address);
-            let mut requests = std::fs::OpenOptions::new()
-                .write(true)
-                .open(requests)
-                .unwrap();
-            let mut replies = std::fs::File::open(replies).unwrap();
+            let (mut requests, mut replies) = fifo_ends(address);
             Box::new(move || {
                 requests.write_all(&payload).unwrap();
                 replies.read_exact(&mut buf).unwrap();
@@ -196,14 +191,19 @@ pub fn client(scheme: &str, address: &str) -> Box<dyn FnMut()> {
     }
 }
 
-/// The hand-written FIFO client that can time out: write, poll with a timeout, read.
-pub fn fifo_client_with_poll(address: &str) -> Box<dyn FnMut()> {
+/// A client's ends of the FIFO pair at `address`: requests to write, replies to read.
+fn fifo_ends(address: &str) -> (std::fs::File, std::fs::File) {
     let (requests, replies) = raw_fifos(address);
-    let mut requests = std::fs::OpenOptions::new()
+    let requests = std::fs::OpenOptions::new()
         .write(true)
         .open(requests)
         .unwrap();
-    let mut replies = std::fs::File::open(replies).unwrap();
+    (requests, std::fs::File::open(replies).unwrap())
+}
+
+/// The hand-written FIFO client that can time out: write, poll with a timeout, read.
+pub fn fifo_client_with_poll(address: &str) -> Box<dyn FnMut()> {
+    let (mut requests, mut replies) = fifo_ends(address);
     let payload = [7u8; SIZE];
     let mut buf = [0u8; SIZE];
     let timeout = rustix::time::Timespec {

@@ -18,6 +18,37 @@ struct Ring {
     slots: [[u8; SLOT]; SLOTS],
 }
 
+/// Maps `len` bytes of `/dev/shm/NAME`, created (zeroed) when `create`. The mapping lives
+/// as long as the process.
+fn map(name: &str, len: usize, create: bool) -> *mut u8 {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .open(format!("/dev/shm/{name}"))
+        .expect("open the raw segment");
+    if create {
+        // Counters left by an earlier run would be taken for this one's.
+        file.set_len(0).unwrap();
+    }
+    file.set_len(len as u64).unwrap();
+    // SAFETY: a fresh shared mapping of a file of `len` bytes; all-zero bytes are valid
+    // counters and slots.
+    let ptr = unsafe {
+        rustix::mm::mmap(
+            std::ptr::null_mut(),
+            len,
+            rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+            rustix::mm::MapFlags::SHARED,
+            &file,
+            0,
+        )
+        .unwrap()
+    };
+    ptr.cast()
+}
+
 /// The mapping: requests, then replies.
 ///
 /// ```no_run
@@ -32,34 +63,9 @@ pub struct Rings {
 impl Rings {
     /// Maps `/dev/shm/NAME`, creating it when `create`.
     pub fn open(name: &str, create: bool) -> Rings {
-        let path = format!("/dev/shm/{name}");
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .truncate(false)
-            .open(&path)
-            .expect("open the raw segment");
-        if create {
-            // Counters left by an earlier run would be taken for this one's.
-            file.set_len(0).unwrap();
+        Rings {
+            ptr: map(name, 2 * size_of::<Ring>(), create).cast(),
         }
-        let len = 2 * size_of::<Ring>();
-        file.set_len(len as u64).unwrap();
-        // SAFETY: a fresh shared mapping of a file sized to hold two rings; all-zero bytes
-        // are valid rings.
-        let ptr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-                rustix::mm::MapFlags::SHARED,
-                &file,
-                0,
-            )
-            .unwrap()
-        };
-        Rings { ptr: ptr.cast() }
     }
 
     fn ring(&self, i: usize) -> &Ring {
@@ -156,31 +162,7 @@ impl Stream {
     /// Maps `/dev/shm/NAME` with room for `bytes` of `slot`-byte slots, creating it when
     /// `create`.
     pub fn open(name: &str, bytes: usize, slot: usize, create: bool) -> Stream {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .truncate(false)
-            .open(format!("/dev/shm/{name}"))
-            .expect("open the raw segment");
-        if create {
-            // Counters left by an earlier run would be taken for this one's.
-            file.set_len(0).unwrap();
-        }
-        let len = STREAM_HEADER + bytes;
-        file.set_len(len as u64).unwrap();
-        // SAFETY: a fresh shared mapping of a file of `len` bytes.
-        let ptr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-                rustix::mm::MapFlags::SHARED,
-                &file,
-                0,
-            )
-            .unwrap()
-        };
+        let ptr = map(name, STREAM_HEADER + bytes, create);
         Stream {
             ptr: ptr.cast(),
             slot,

@@ -1039,7 +1039,7 @@ mod shared_memory {
 
     /// Where slot `i` begins: after the 64 KiB header, slots of a 64 KiB control page and
     /// two rings.
-    fn slot(i: u64) -> u64 {
+    pub fn slot(i: u64) -> u64 {
         65536 + i * (65536 + 2 * RING as u64)
     }
     const REQUEST_TAIL: u64 = 128;
@@ -1047,9 +1047,9 @@ mod shared_memory {
     pub const REPLY_TAIL: u64 = 512;
     const REQUEST_DATA: u64 = 65536;
 
-    fn segment(url: &Endpoint) -> Result<std::fs::File, Failed> {
+    pub fn segment(url: &Endpoint) -> std::io::Result<std::fs::File> {
         let path = path_of(url).expect("a segment path");
-        Ok(std::fs::OpenOptions::new().write(true).open(path)?)
+        std::fs::OpenOptions::new().write(true).open(path)
     }
 
     /// A record header as the ring lays it out: len, kind, flags, id.
@@ -1583,19 +1583,10 @@ mod peer {
                 say(&format!("ready {}", server.endpoint()));
                 exit_when_parent_goes();
                 let message = server.recv()?;
-                // The client is in slot 0; its reply ring's tail sits REPLY_TAIL bytes
-                // into the slot (docs/PROTOCOL.md).
-                let path = format!(
-                    "/dev/shm/ipckit.{}",
-                    &url["shm://".len()..url.find('?').unwrap_or(url.len())]
-                );
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(path)?
-                    .write_all_at(
-                        &u64::MAX.to_le_bytes(),
-                        65536 + super::shared_memory::REPLY_TAIL,
-                    )?;
+                // The client is in slot 0.
+                use super::shared_memory::{REPLY_TAIL, segment, slot};
+                segment(server.endpoint())?
+                    .write_all_at(&u64::MAX.to_le_bytes(), slot(0) + REPLY_TAIL)?;
                 std::thread::sleep(PATIENCE);
                 drop(message);
             }

@@ -6,6 +6,12 @@ use std::os::fd::{AsFd, BorrowedFd};
 use rustix::event::{PollFd, PollFlags};
 use std::time::{Duration, Instant};
 
+/// Locks `mutex`, poisoned or not. A panic elsewhere while holding one of ipckit's locks
+/// leaves no broken invariant behind: the protected state is re-checked by every user.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Waits until `fd` is ready for `flags`; false when `deadline` passed first.
 pub(crate) fn wait_ready(
     fd: BorrowedFd<'_>,

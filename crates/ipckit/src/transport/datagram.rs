@@ -131,7 +131,7 @@ fn send_datagram(fd: &OwnedFd, payload: &[u8], url: &str) -> Result<()> {
 impl Connection for DatagramConnection {
     fn send(&self, payload: &[u8]) -> Result<()> {
         self.check_size(payload)?;
-        let mut sender = self.sender.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sender = crate::sys::lock(&self.sender);
         match send_datagram(&sender, payload, &self.url) {
             // A datagram socket stays connected to the server that was there; a server
             // restarted on the same address gets a fresh socket, and a missing one is

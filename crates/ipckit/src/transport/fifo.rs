@@ -497,7 +497,7 @@ impl DeadlineKeeper {
 
     /// Arranges for a [`TIMED_OUT`] chunk for `seq` to be written to `fd` at `deadline`.
     fn register(&self, deadline: Instant, fd: Arc<OwnedFd>, seq: u32) -> u64 {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = crate::sys::lock(&self.state);
         let ticket = state.next_ticket;
         state.next_ticket += 1;
         state.pending.push(Pending {
@@ -513,14 +513,14 @@ impl DeadlineKeeper {
     }
 
     fn cancel(&self, ticket: u64) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = crate::sys::lock(&self.state);
         if let Some(at) = state.pending.iter().position(|p| p.ticket == ticket) {
             state.pending.swap_remove(at);
         }
     }
 
     fn run(&self) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = crate::sys::lock(&self.state);
         loop {
             let now = Instant::now();
             state.pending.retain(|p| {
@@ -830,7 +830,7 @@ impl FifoConnection {
 impl Connection for FifoConnection {
     fn send(&self, payload: &[u8]) -> Result<()> {
         self.check_size(payload)?;
-        let mut sender = self.sender.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sender = crate::sys::lock(&self.sender);
         sender.1 = sender.1.wrapping_add(1);
         let id = (sender.0, sender.1, 0);
         write_message(&self.url, self.fd.as_fd(), id, payload, self.send_timeout)

@@ -11,6 +11,7 @@ use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
 use crate::message::Message;
 
+mod correlate;
 mod datagram;
 mod endpoint_file;
 pub mod fifo;
@@ -125,6 +126,17 @@ static ALL: [&dyn Transport; 7] = [
     &mq::Mq,
     &shm::Shm,
 ];
+
+/// A name no other scratch endpoint of this process has, for kernel objects named in a
+/// namespace shared by the whole system (message queues, shared memory).
+fn unique_scratch_name(name: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!(
+        "ipckit-{}-{}-{name}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
 
 /// Every registered transport.
 pub fn all() -> &'static [&'static dyn Transport] {

@@ -221,13 +221,7 @@ impl Transport for Mq {
     }
 
     fn scratch_endpoint(&self, _dir: &Path, name: &str) -> Endpoint {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let unique = format!(
-            "ipckit-{}-{}-{name}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        Address::Mq(unique).into()
+        Address::Mq(super::unique_scratch_name(name)).into()
     }
 
     fn connect(&self, endpoint: &Endpoint) -> Result<Box<dyn Connection>> {

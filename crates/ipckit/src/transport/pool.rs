@@ -21,13 +21,13 @@ impl<T> Pool<T> {
         make: impl FnOnce() -> Result<T>,
         exchange: impl FnOnce(&mut T) -> Result<R>,
     ) -> Result<R> {
-        let pooled = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let pooled = crate::sys::lock(&self.0).pop();
         let mut item = match pooled {
             Some(item) => item,
             None => make()?,
         };
         let answer = exchange(&mut item)?;
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(item);
+        crate::sys::lock(&self.0).push(item);
         Ok(answer)
     }
 }
@@ -51,7 +51,7 @@ impl<K: PartialEq + Clone, V> Recent<K, V> {
         key: &K,
         open: impl FnOnce() -> Result<V>,
     ) -> Result<std::sync::Arc<V>> {
-        let mut items = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut items = crate::sys::lock(&self.0);
         if let Some(at) = items.iter().position(|(k, _)| k == key) {
             let entry = items.remove(at);
             let value = entry.1.clone();

@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
@@ -31,7 +31,8 @@ use crate::endpoint::{Endpoint, Framing};
 use crate::error::{Error, Result};
 use crate::frame::{Decoder, Frame, HELLO_LEN, Header, Hello, Kind, Violation, Welcome};
 use crate::message::{Message, Peer, ReplySink, ReplyTo};
-use crate::sys::{ReceiveTimeout, wait_ready};
+use crate::sys::{ReceiveTimeout, lock, wait_ready};
+use crate::transport::correlate::{Correlator, NoAnswer};
 use crate::transport::{Connection, Listener};
 
 /// How long a client waits for the server's welcome.
@@ -140,33 +141,6 @@ struct Reader {
     timeout: ReceiveTimeout,
 }
 
-#[derive(Default)]
-struct Waiters {
-    /// Requests in flight, and the answer once the leader has read it. Rarely more than
-    /// a few, so a vector beats hashing.
-    answers: Vec<(u64, Option<Frame>)>,
-    /// Why the connection can no longer be used.
-    broken: Option<String>,
-    /// Threads waiting on `answered`: std's `notify_all` makes a syscall even when
-    /// nobody waits, which a lone caller should not pay.
-    followers: usize,
-}
-
-impl Waiters {
-    fn slot(&mut self, id: u64) -> Option<&mut Option<Frame>> {
-        self.answers
-            .iter_mut()
-            .find(|(i, _)| *i == id)
-            .map(|(_, slot)| slot)
-    }
-
-    /// Forgets request `id`, returning its answer if it had one.
-    fn remove(&mut self, id: u64) -> Option<Frame> {
-        let at = self.answers.iter().position(|(i, _)| *i == id)?;
-        self.answers.swap_remove(at).1
-    }
-}
-
 /// A client connection on a connected, blocking stream socket.
 pub(super) struct StreamConnection {
     endpoint: Endpoint,
@@ -176,8 +150,7 @@ pub(super) struct StreamConnection {
     peer_max: usize,
     write_lock: Mutex<()>,
     reader: Mutex<Reader>,
-    waiters: Mutex<Waiters>,
-    answered: Condvar,
+    answers: Correlator<Frame>,
     next_id: AtomicU64,
 }
 
@@ -218,14 +191,13 @@ impl StreamConnection {
         };
         Ok(StreamConnection {
             endpoint: endpoint.clone(),
+            answers: Correlator::new(&url),
             url,
             fd,
             framing,
             peer_max,
             write_lock: Mutex::new(()),
             reader: Mutex::new(reader),
-            waiters: Mutex::new(Waiters::default()),
-            answered: Condvar::new(),
             next_id: AtomicU64::new(1),
         })
     }
@@ -295,66 +267,35 @@ impl StreamConnection {
     /// else does.
     fn await_answer(&self, id: u64, timeout: Duration) -> Result<Vec<u8>> {
         let deadline = Instant::now() + timeout;
-        let mut waiters = lock(&self.waiters);
-        loop {
-            if let Some(Some(_)) = waiters.slot(id) {
-                let frame = waiters.remove(id).expect("checked");
-                return self.answer(frame);
-            }
-            if let Some(detail) = waiters.broken.clone() {
-                waiters.remove(id);
-                return Err(self.broken_error(&detail));
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                waiters.remove(id);
-                return Err(Error::Timeout {
-                    endpoint: self.url.clone(),
-                    after: timeout,
-                });
-            }
-            // Trying the read half while holding `waiters` means a leader that lets go
-            // (and then notifies under `waiters`) cannot slip between this check and the wait.
-            let Ok(mut reader) = self.reader.try_lock() else {
-                waiters.followers += 1;
-                waiters = self
-                    .answered
-                    .wait_timeout(waiters, deadline - now)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
-                waiters.followers -= 1;
-                continue;
-            };
-            drop(waiters);
-            let outcome = self.read_frame(&mut reader, deadline);
-            drop(reader);
-            waiters = lock(&self.waiters);
-            match outcome {
-                Ok(ReadOutcome::Frame(frame)) => match frame.kind {
-                    Kind::Reply | Kind::Error => {
-                        if let Some(slot) = waiters.slot(frame.id) {
-                            *slot = Some(frame);
-                        } else {
+        let answer = self
+            .answers
+            .await_answer(id, deadline, &self.reader, |reader, deadline| {
+                match self.read_frame(reader, deadline) {
+                    Ok(ReadOutcome::Frame(frame)) => match frame.kind {
+                        Kind::Reply | Kind::Error => Ok(Some((frame.id, frame))),
+                        Kind::Message | Kind::Request => {
                             log::debug!(
-                                "{}: dropping a late answer to request {}",
+                                "{}: ignoring a {:?} the server sent",
                                 self.url,
-                                frame.id
+                                frame.kind
                             );
+                            Ok(None)
                         }
+                    },
+                    Ok(ReadOutcome::TimedOut) => Ok(None),
+                    Err(e) => {
+                        let _ = rustix::net::shutdown(&self.fd, Shutdown::Both);
+                        Err(e.to_string())
                     }
-                    Kind::Message | Kind::Request => {
-                        log::debug!("{}: ignoring a {:?} the server sent", self.url, frame.kind);
-                    }
-                },
-                Ok(ReadOutcome::TimedOut) => {}
-                Err(e) => {
-                    waiters.broken = Some(e.to_string());
-                    let _ = rustix::net::shutdown(&self.fd, Shutdown::Both);
                 }
-            }
-            if waiters.followers > 0 {
-                self.answered.notify_all();
-            }
+            });
+        match answer {
+            Ok(frame) => self.answer(frame),
+            Err(NoAnswer::Broken(detail)) => Err(self.broken_error(&detail)),
+            Err(NoAnswer::TimedOut) => Err(Error::Timeout {
+                endpoint: self.url.clone(),
+                after: timeout,
+            }),
         }
     }
 }
@@ -392,16 +333,10 @@ fn fill(fd: &OwnedFd, reader: &mut Reader, deadline: Instant, url: &str) -> Resu
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic elsewhere while holding one of these locks leaves no broken invariant behind:
-    // the protected state is re-checked by every user.
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Connection for StreamConnection {
     fn send(&self, payload: &[u8]) -> Result<()> {
-        if let Some(detail) = &lock(&self.waiters).broken {
-            return Err(self.broken_error(detail));
+        if let Some(detail) = self.answers.broken() {
+            return Err(self.broken_error(&detail));
         }
         self.write_frame(Kind::Message, 0, payload)
     }
@@ -412,15 +347,12 @@ impl Connection for StreamConnection {
         }
         check_outgoing(&self.url, self.framing, payload, self.peer_max)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        {
-            let mut waiters = lock(&self.waiters);
-            if let Some(detail) = &waiters.broken {
-                return Err(self.broken_error(detail));
-            }
-            waiters.answers.push((id, None));
+        if let Some(detail) = self.answers.broken() {
+            return Err(self.broken_error(&detail));
         }
+        self.answers.register(id);
         if let Err(e) = self.write_frame(Kind::Request, id, payload) {
-            lock(&self.waiters).remove(id);
+            self.answers.forget(id);
             return Err(e);
         }
         self.await_answer(id, timeout)

@@ -56,7 +56,7 @@
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
@@ -64,6 +64,8 @@ use rustix::event::{PollFd, PollFlags};
 use crate::endpoint::{Address, Endpoint};
 use crate::error::{Error, Result};
 use crate::message::{Message, Payload, Peer, ReplySink, ReplyTo};
+use crate::sys::lock;
+use crate::transport::correlate::{Correlator, NoAnswer};
 use crate::transport::{Capabilities, Connection, Listener, Transport};
 
 pub(crate) mod ring;
@@ -131,13 +133,7 @@ impl Transport for Shm {
     }
 
     fn scratch_endpoint(&self, _dir: &Path, name: &str) -> Endpoint {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let unique = format!(
-            "ipckit-{}-{}-{name}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        Address::Shm(unique).into()
+        Address::Shm(super::unique_scratch_name(name)).into()
     }
 
     fn connect(&self, endpoint: &Endpoint) -> Result<Box<dyn Connection>> {
@@ -162,10 +158,6 @@ fn name_of(endpoint: &Endpoint) -> &str {
         Address::Shm(name) => name,
         other => unreachable!("shm given {other:?}"),
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn corrupt(url: &str, who: &str, c: Corrupt) -> Error {
@@ -444,15 +436,6 @@ struct Replies {
 // SAFETY: the consumer's pointers are into the connection's slot mapping.
 unsafe impl Send for Replies {}
 
-#[derive(Default)]
-struct Waiters {
-    /// Requests in flight and their answers once read.
-    answers: Vec<(u64, Option<Partial>)>,
-    broken: Option<String>,
-    /// Threads waiting on `answered`; notified only when there are some.
-    followers: usize,
-}
-
 /// A client's connection: a claimed slot in the server's segment.
 pub(crate) struct ShmConnection {
     endpoint: Endpoint,
@@ -468,8 +451,7 @@ pub(crate) struct ShmConnection {
     patience: Duration,
     requests: Mutex<Sender>,
     replies: Mutex<Replies>,
-    waiters: Mutex<Waiters>,
-    answered: Condvar,
+    answers: Correlator<Partial>,
     next_id: AtomicU64,
     in_flight: AtomicUsize,
 }
@@ -542,6 +524,7 @@ impl ShmConnection {
         wait::wake(&header.doorbell);
         Ok(ShmConnection {
             endpoint: endpoint.clone(),
+            answers: Correlator::new(&url),
             url,
             name,
             server_max: found.max_message,
@@ -558,8 +541,6 @@ impl ShmConnection {
                 spinner: Spinner::default(),
                 partial: None,
             }),
-            waiters: Mutex::new(Waiters::default()),
-            answered: Condvar::new(),
             next_id: AtomicU64::new(1),
             in_flight: AtomicUsize::new(0),
         })
@@ -594,60 +575,26 @@ impl ShmConnection {
     }
 
     /// Waits for the answer to request `id` while other requests are in flight: one
-    /// thread at a time reads the reply ring and hands out what it reads (as the stream
-    /// client does).
+    /// thread at a time reads the reply ring and hands out what it reads.
     fn await_answer(&self, id: u64, timeout: Duration) -> Result<Vec<u8>> {
         let deadline = Instant::now() + timeout;
-        let mut waiters = lock(&self.waiters);
-        loop {
-            if let Some(at) = waiters
-                .answers
-                .iter()
-                .position(|(i, a)| *i == id && a.is_some())
-            {
-                let answer = waiters.answers.swap_remove(at).1.expect("checked");
-                return self.outcome(answer);
-            }
-            let forget = |w: &mut Waiters| w.answers.retain(|(i, _)| *i != id);
-            if let Some(detail) = waiters.broken.clone() {
-                forget(&mut waiters);
-                return Err(Error::Disconnected {
-                    endpoint: self.url.clone(),
-                    detail,
-                });
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                forget(&mut waiters);
-                return Err(Error::Timeout {
-                    endpoint: self.url.clone(),
-                    after: timeout,
-                });
-            }
-            // Trying the reply ring while holding `waiters` means a reader that lets go
-            // (and then notifies under `waiters`) cannot slip between this and the wait.
-            let Ok(mut replies) = self.replies.try_lock() else {
-                waiters.followers += 1;
-                waiters = self
-                    .answered
-                    .wait_timeout(waiters, deadline - now)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
-                waiters.followers -= 1;
-                continue;
-            };
-            drop(waiters);
-            let outcome = self.read_answer(&mut replies, &mut Some(deadline), timeout);
-            drop(replies);
-            match outcome {
-                Ok(Some(answer)) => self.deliver(answer),
-                Ok(None) => {}
-                Err(e) => lock(&self.waiters).broken = Some(e.to_string()),
-            }
-            waiters = lock(&self.waiters);
-            if waiters.followers > 0 {
-                self.answered.notify_all();
-            }
+        let answer = self
+            .answers
+            .await_answer(id, deadline, &self.replies, |replies, deadline| {
+                self.read_answer(replies, &mut Some(deadline), timeout)
+                    .map(|answer| answer.map(|a| (a.id, a)))
+                    .map_err(|e| e.to_string())
+            });
+        match answer {
+            Ok(answer) => self.outcome(answer),
+            Err(NoAnswer::Broken(detail)) => Err(Error::Disconnected {
+                endpoint: self.url.clone(),
+                detail,
+            }),
+            Err(NoAnswer::TimedOut) => Err(Error::Timeout {
+                endpoint: self.url.clone(),
+                after: timeout,
+            }),
         }
     }
 
@@ -726,7 +673,7 @@ impl ShmConnection {
             match self.read_answer(replies, &mut deadline, timeout)? {
                 Some(answer) if answer.id == id => return self.outcome(answer),
                 // Another thread's request went out meanwhile, by the general path.
-                Some(other) => self.deliver(other),
+                Some(other) => self.answers.deliver(other.id, other),
                 None => {
                     return Err(Error::Timeout {
                         endpoint: self.url.clone(),
@@ -744,23 +691,6 @@ impl ShmConnection {
                 endpoint: self.url.clone(),
                 reason: String::from_utf8_lossy(&answer.bytes).into_owned(),
             }),
-        }
-    }
-
-    /// Hands an answer read by this thread to the thread waiting for it.
-    fn deliver(&self, answer: Partial) {
-        let mut waiters = lock(&self.waiters);
-        if let Some((_, slot)) = waiters.answers.iter_mut().find(|(i, _)| *i == answer.id) {
-            *slot = Some(answer);
-        } else {
-            log::debug!(
-                "{}: dropping a late answer to request {}",
-                self.url,
-                answer.id
-            );
-        }
-        if waiters.followers > 0 {
-            self.answered.notify_all();
         }
     }
 
@@ -808,11 +738,11 @@ impl ShmConnection {
             }
             not_alone => {
                 drop(not_alone);
-                lock(&self.waiters).answers.push((id, None));
+                self.answers.register(id);
                 match publish() {
                     Ok(()) => self.await_answer(id, timeout),
                     Err(e) => {
-                        lock(&self.waiters).answers.retain(|(i, _)| *i != id);
+                        self.answers.forget(id);
                         Err(e)
                     }
                 }
@@ -820,10 +750,7 @@ impl ShmConnection {
         };
         // Threads that joined meanwhile may wait for the reply ring this one held.
         if self.in_flight.fetch_sub(1, Ordering::SeqCst) > 1 {
-            let waiters = lock(&self.waiters);
-            if waiters.followers > 0 {
-                self.answered.notify_all();
-            }
+            self.answers.release_followers();
         }
         result
     }
@@ -858,7 +785,6 @@ impl Connection for ShmConnection {
     }
 
     fn loan(&self, len: usize) -> Result<Option<crate::Loan<'_>>> {
-        self.check_size(len)?;
         let mut requests = lock(&self.requests);
         if len > requests.producer.max_record() {
             // Too large for one record: it will go in pieces, copied.

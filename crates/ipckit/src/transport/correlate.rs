@@ -1,0 +1,159 @@
+//! Requests in flight on one client connection whose answers all arrive on one channel (a
+//! socket, a reply ring) that one thread at a time reads: leader and followers. Whoever
+//! finds the channel free reads it for everyone and hands each answer to the thread that
+//! waits for it; the others sleep until an answer or the channel comes their way. A lone
+//! caller takes no condition variable and pays no wake-up.
+
+use std::sync::{Condvar, Mutex};
+
+use crate::sys::lock;
+use std::time::Instant;
+
+/// Why no answer came.
+pub(super) enum NoAnswer {
+    /// The channel broke; the reason.
+    Broken(String),
+    /// The deadline passed.
+    TimedOut,
+}
+
+struct Waiters<A> {
+    /// Requests in flight, and the answer once read. Rarely more than a few, so a vector
+    /// beats hashing.
+    answers: Vec<(u64, Option<A>)>,
+    /// Why the channel can no longer be used.
+    broken: Option<String>,
+    /// Threads waiting on `answered`: std's `notify_all` makes a syscall even when
+    /// nobody waits, which a lone caller should not pay.
+    followers: usize,
+}
+
+impl<A> Waiters<A> {
+    fn forget(&mut self, id: u64) {
+        self.answers.retain(|(i, _)| *i != id);
+    }
+
+    /// Gives request `id` its answer; false when nobody waits for it any more.
+    fn fill(&mut self, id: u64, answer: A) -> bool {
+        match self.answers.iter_mut().find(|(i, _)| *i == id) {
+            Some((_, slot)) => {
+                *slot = Some(answer);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+pub(super) struct Correlator<A> {
+    url: String,
+    waiters: Mutex<Waiters<A>>,
+    answered: Condvar,
+}
+
+impl<A> Correlator<A> {
+    /// For the connection to `url` (named in log lines).
+    pub(super) fn new(url: &str) -> Correlator<A> {
+        Correlator {
+            url: url.to_owned(),
+            waiters: Mutex::new(Waiters {
+                answers: Vec::new(),
+                broken: None,
+                followers: 0,
+            }),
+            answered: Condvar::new(),
+        }
+    }
+
+    /// Why the channel can no longer be used, if it can't.
+    pub(super) fn broken(&self) -> Option<String> {
+        lock(&self.waiters).broken.clone()
+    }
+
+    /// Expects an answer to request `id`: call before sending it.
+    pub(super) fn register(&self, id: u64) {
+        lock(&self.waiters).answers.push((id, None));
+    }
+
+    /// No longer expects an answer to `id` (its request could not be sent).
+    pub(super) fn forget(&self, id: u64) {
+        lock(&self.waiters).forget(id);
+    }
+
+    /// Hands an answer read outside [`await_answer`](Self::await_answer) to its waiter.
+    pub(super) fn deliver(&self, id: u64, answer: A) {
+        let mut waiters = lock(&self.waiters);
+        self.fill(&mut waiters, id, answer);
+        self.notify(&waiters);
+    }
+
+    /// Wakes the followers, if any: for a reader that lets go of the channel.
+    pub(super) fn release_followers(&self) {
+        self.notify(&lock(&self.waiters));
+    }
+
+    fn fill(&self, waiters: &mut Waiters<A>, id: u64, answer: A) {
+        if !waiters.fill(id, answer) {
+            log::debug!("{}: dropping a late answer to request {id}", self.url);
+        }
+    }
+
+    fn notify(&self, waiters: &Waiters<A>) {
+        if waiters.followers > 0 {
+            self.answered.notify_all();
+        }
+    }
+
+    /// Waits until `deadline` for the answer to request `id`. While nobody else holds
+    /// `channel`, this thread reads it with `read`, which returns an answer and the
+    /// request it belongs to, nothing (it waited and none came), or why the channel broke.
+    pub(super) fn await_answer<R>(
+        &self,
+        id: u64,
+        deadline: Instant,
+        channel: &Mutex<R>,
+        mut read: impl FnMut(&mut R, Instant) -> Result<Option<(u64, A)>, String>,
+    ) -> Result<A, NoAnswer> {
+        let mut waiters = lock(&self.waiters);
+        loop {
+            if let Some(at) = waiters
+                .answers
+                .iter()
+                .position(|(i, a)| *i == id && a.is_some())
+            {
+                return Ok(waiters.answers.swap_remove(at).1.expect("checked"));
+            }
+            if let Some(detail) = waiters.broken.clone() {
+                waiters.forget(id);
+                return Err(NoAnswer::Broken(detail));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                waiters.forget(id);
+                return Err(NoAnswer::TimedOut);
+            }
+            // Trying the channel while holding `waiters` means a reader that lets go (and
+            // then notifies under `waiters`) cannot slip between this check and the wait.
+            let Ok(mut reader) = channel.try_lock() else {
+                waiters.followers += 1;
+                waiters = self
+                    .answered
+                    .wait_timeout(waiters, deadline - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+                waiters.followers -= 1;
+                continue;
+            };
+            drop(waiters);
+            let outcome = read(&mut reader, deadline);
+            drop(reader);
+            waiters = lock(&self.waiters);
+            match outcome {
+                Ok(Some((answered, answer))) => self.fill(&mut waiters, answered, answer),
+                Ok(None) => {}
+                Err(detail) => waiters.broken = Some(detail),
+            }
+            self.notify(&waiters);
+        }
+    }
+}
