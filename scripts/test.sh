@@ -25,9 +25,12 @@ if [ "$(id -u)" = 0 ] && ! mountpoint -q /dev/mqueue; then
 fi
 
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
-RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+# The library as a blocking-only user builds it, then everything with every feature.
+cargo clippy --workspace --locked -- -D warnings
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features --locked --quiet
+# The tests turn on the async API (feature tokio) themselves: see crates/ipckit/Cargo.toml.
 cargo test --workspace --locked
 
 # The lock-free shared-memory ring, model-checked: its own build with loom's atomics.
-RUSTFLAGS="--cfg loom" cargo test -p ipckit --release --locked --test loom_ring --target-dir target/loom
+RUSTFLAGS="--cfg ipckit_loom" cargo test -p ipckit --release --locked --test loom_ring --target-dir target/loom

@@ -32,6 +32,8 @@ pub mod frame;
 mod loan;
 mod message;
 mod sys;
+#[cfg(feature = "tokio")]
+pub mod tokio;
 pub mod transport;
 
 use std::sync::Arc;
@@ -134,19 +136,11 @@ impl Client {
         timeout: Duration,
     ) -> Result<R> {
         let reply = self.request(&self.encode(value)?, timeout)?;
-        postcard::from_bytes(&reply).map_err(|e| Error::Codec {
-            endpoint: self.endpoint().to_string(),
-            op: "decode",
-            detail: e.to_string(),
-        })
+        decode_value(self.endpoint(), &reply)
     }
 
     fn encode<T: Serialize>(&self, value: &T) -> Result<Vec<u8>> {
-        postcard::to_allocvec(value).map_err(|e| Error::Codec {
-            endpoint: self.endpoint().to_string(),
-            op: "encode",
-            detail: e.to_string(),
-        })
+        encode_value(self.endpoint(), value)
     }
 
     /// A buffer for a message of `len` bytes, to write into and then
@@ -198,6 +192,23 @@ impl std::fmt::Debug for Client {
             .field("endpoint", &self.endpoint().to_string())
             .finish_non_exhaustive()
     }
+}
+
+/// A serde value as a payload (postcard), for [`Client::send_value`] and its kin.
+fn encode_value<T: Serialize>(endpoint: &Endpoint, value: &T) -> Result<Vec<u8>> {
+    postcard::to_allocvec(value).map_err(|e| Error::Codec {
+        endpoint: endpoint.to_string(),
+        op: "encode",
+        detail: e.to_string(),
+    })
+}
+
+fn decode_value<R: DeserializeOwned>(endpoint: &Endpoint, payload: &[u8]) -> Result<R> {
+    postcard::from_bytes(payload).map_err(|e| Error::Codec {
+        endpoint: endpoint.to_string(),
+        op: "decode",
+        detail: e.to_string(),
+    })
 }
 
 /// The receiving side: messages from any number of clients, through one loop.

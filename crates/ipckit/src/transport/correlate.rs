@@ -3,6 +3,10 @@
 //! finds the channel free reads it for everyone and hands each answer to the thread that
 //! waits for it; the others sleep until an answer or the channel comes their way. A lone
 //! caller takes no condition variable and pays no wake-up.
+//!
+//! The async side keeps the same books and adds a waker per request: a future that finds
+//! the channel free reads it (registering for readiness), the others wait for whoever
+//! reads their answer, and a future that ends hands the channel on.
 
 use std::sync::{Condvar, Mutex};
 
@@ -26,11 +30,16 @@ struct Waiters<A> {
     /// Threads waiting on `answered`: std's `notify_all` makes a syscall even when
     /// nobody waits, which a lone caller should not pay.
     followers: usize,
+    /// The futures waiting for answers, by request.
+    #[cfg(feature = "tokio")]
+    wakers: Vec<(u64, std::task::Waker)>,
 }
 
 impl<A> Waiters<A> {
     fn forget(&mut self, id: u64) {
         self.answers.retain(|(i, _)| *i != id);
+        #[cfg(feature = "tokio")]
+        self.wakers.retain(|(i, _)| *i != id);
     }
 
     /// Gives request `id` its answer; false when nobody waits for it any more.
@@ -60,6 +69,8 @@ impl<A> Correlator<A> {
                 answers: Vec::new(),
                 broken: None,
                 followers: 0,
+                #[cfg(feature = "tokio")]
+                wakers: Vec::new(),
             }),
             answered: Condvar::new(),
         }
@@ -155,5 +166,83 @@ impl<A> Correlator<A> {
             }
             self.notify(&waiters);
         }
+    }
+
+    /// The async [`await_answer`](Self::await_answer): polls for the answer to request
+    /// `id`. While nobody else is reading `channel`, this task reads it with `read`, which
+    /// returns an answer and the request it belongs to, why the channel broke, or
+    /// `Pending` having registered for readiness. Call [`leave`](Self::leave) when the
+    /// future ends, however it ends.
+    #[cfg(feature = "tokio")]
+    pub(super) fn poll_answer<R>(
+        &self,
+        id: u64,
+        cx: &mut std::task::Context<'_>,
+        channel: &Mutex<R>,
+        mut read: impl FnMut(
+            &mut R,
+            &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(u64, A), String>>,
+    ) -> std::task::Poll<Result<A, NoAnswer>> {
+        use std::task::Poll;
+        let mut waiters = lock(&self.waiters);
+        loop {
+            if let Some(at) = waiters
+                .answers
+                .iter()
+                .position(|(i, a)| *i == id && a.is_some())
+            {
+                let answer = waiters.answers.swap_remove(at).1.expect("checked");
+                return Poll::Ready(Ok(answer));
+            }
+            if let Some(detail) = waiters.broken.clone() {
+                waiters.forget(id);
+                return Poll::Ready(Err(NoAnswer::Broken(detail)));
+            }
+            // Whoever reads our answer wakes us with this.
+            match waiters.wakers.iter_mut().find(|(i, _)| *i == id) {
+                Some((_, waker)) => waker.clone_from(cx.waker()),
+                None => waiters.wakers.push((id, cx.waker().clone())),
+            }
+            // Held only while polling, never across an await: a failed try means another
+            // thread is reading this instant and will wake us with what it finds.
+            let Ok(mut reader) = channel.try_lock() else {
+                return Poll::Pending;
+            };
+            drop(waiters);
+            let outcome = read(&mut reader, cx);
+            drop(reader);
+            waiters = lock(&self.waiters);
+            match outcome {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok((answered, answer))) => {
+                    self.fill(&mut waiters, answered, answer);
+                    if answered != id {
+                        wake(&waiters, |i| i == answered);
+                    }
+                }
+                Poll::Ready(Err(detail)) => {
+                    waiters.broken = Some(detail);
+                    wake(&waiters, |i| i != id);
+                }
+            }
+        }
+    }
+
+    /// The future of request `id` ended, answered or not: its answer is no longer
+    /// expected, and the others are woken so that one of them watches the channel (this
+    /// one may have been the one registered for readiness).
+    #[cfg(feature = "tokio")]
+    pub(super) fn leave(&self, id: u64) {
+        let mut waiters = lock(&self.waiters);
+        waiters.forget(id);
+        wake(&waiters, |_| true);
+    }
+}
+
+#[cfg(feature = "tokio")]
+fn wake<A>(waiters: &Waiters<A>, which: impl Fn(u64) -> bool) {
+    for (_, waker) in waiters.wakers.iter().filter(|(i, _)| which(*i)) {
+        waker.wake_by_ref();
     }
 }

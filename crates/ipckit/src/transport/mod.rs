@@ -19,6 +19,8 @@ pub mod mq;
 mod pool;
 pub mod shm;
 mod stream;
+#[cfg(feature = "tokio")]
+mod stream_tokio;
 pub mod tcp;
 pub mod udp;
 pub mod uds;
@@ -86,6 +88,58 @@ pub trait Transport: Send + Sync {
         let _ = endpoint;
         Ok(())
     }
+    /// Opens an async client connection, on the tokio runtime it is polled in.
+    #[cfg(feature = "tokio")]
+    fn connect_async<'a>(
+        &'a self,
+        endpoint: &'a Endpoint,
+    ) -> BoxFuture<'a, Result<Box<dyn AsyncConnection>>> {
+        Box::pin(async move { Err(no_async_yet(self.scheme(), endpoint)) })
+    }
+    /// Starts an async server on the current tokio runtime (its tasks run there).
+    #[cfg(feature = "tokio")]
+    fn listen_async(&self, endpoint: &Endpoint) -> Result<Box<dyn AsyncListener>> {
+        Err(no_async_yet(self.scheme(), endpoint))
+    }
+}
+
+#[cfg(feature = "tokio")]
+fn no_async_yet(scheme: &str, endpoint: &Endpoint) -> Error {
+    Error::Unsupported {
+        endpoint: endpoint.to_string(),
+        what: format!("the async API does not cover {scheme} yet; use the blocking one"),
+    }
+}
+
+/// A boxed future, as the async traits return.
+#[cfg(feature = "tokio")]
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// A transport's async client side; [`crate::tokio::Client`] wraps it. Each method says
+/// what dropping its future leaves behind.
+#[cfg(feature = "tokio")]
+pub trait AsyncConnection: Send + Sync {
+    /// Sends one message.
+    fn send<'a>(&'a self, payload: &'a [u8]) -> BoxFuture<'a, Result<()>>;
+    /// Sends a request and waits up to `timeout` for its reply.
+    fn request<'a>(
+        &'a self,
+        payload: &'a [u8],
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<Vec<u8>>>;
+    /// The largest payload the server accepts.
+    fn max_message(&self) -> usize;
+    /// Where it is connected.
+    fn endpoint(&self) -> &Endpoint;
+}
+
+/// A transport's async server side; [`crate::tokio::Server`] wraps it.
+#[cfg(feature = "tokio")]
+pub trait AsyncListener: Send {
+    /// Waits for the next message.
+    fn recv(&mut self) -> BoxFuture<'_, Result<Message>>;
+    /// The endpoint it listens on, with the real address where the kernel chose it.
+    fn endpoint(&self) -> &Endpoint;
 }
 
 /// A transport's client side; [`Client`](crate::Client) wraps it.

@@ -105,7 +105,7 @@ fn send_all(fd: BorrowedFd<'_>, parts: &[&[u8]], patience: Option<Duration>) -> 
     Ok(())
 }
 
-fn protocol_error(endpoint: &Endpoint, violation: Violation) -> Error {
+pub(super) fn protocol_error(endpoint: &Endpoint, violation: Violation) -> Error {
     Error::Protocol {
         endpoint: endpoint.to_string(),
         reason: violation.to_string(),
@@ -113,7 +113,12 @@ fn protocol_error(endpoint: &Endpoint, violation: Violation) -> Error {
 }
 
 /// Refuses what cannot be framed before a byte is written.
-fn check_outgoing(endpoint: &str, framing: Framing, payload: &[u8], max: usize) -> Result<()> {
+pub(super) fn check_outgoing(
+    endpoint: &str,
+    framing: Framing,
+    payload: &[u8],
+    max: usize,
+) -> Result<()> {
     if payload.len() > max {
         return Err(Error::MessageTooLarge {
             endpoint: endpoint.to_owned(),
@@ -252,17 +257,6 @@ impl StreamConnection {
         }
     }
 
-    /// Turns the answer to request `id` into the caller's result.
-    fn answer(&self, frame: Frame) -> Result<Vec<u8>> {
-        match frame.kind {
-            Kind::Reply => Ok(frame.payload),
-            _ => Err(Error::Remote {
-                endpoint: self.url.clone(),
-                reason: String::from_utf8_lossy(&frame.payload).into_owned(),
-            }),
-        }
-    }
-
     /// Waits for the answer to request `id`, reading the socket as leader when nobody
     /// else does.
     fn await_answer(&self, id: u64, timeout: Duration) -> Result<Vec<u8>> {
@@ -271,17 +265,7 @@ impl StreamConnection {
             .answers
             .await_answer(id, deadline, &self.reader, |reader, deadline| {
                 match self.read_frame(reader, deadline) {
-                    Ok(ReadOutcome::Frame(frame)) => match frame.kind {
-                        Kind::Reply | Kind::Error => Ok(Some((frame.id, frame))),
-                        Kind::Message | Kind::Request => {
-                            log::debug!(
-                                "{}: ignoring a {:?} the server sent",
-                                self.url,
-                                frame.kind
-                            );
-                            Ok(None)
-                        }
-                    },
+                    Ok(ReadOutcome::Frame(frame)) => Ok(as_answer(&self.url, frame)),
                     Ok(ReadOutcome::TimedOut) => Ok(None),
                     Err(e) => {
                         let _ = rustix::net::shutdown(&self.fd, Shutdown::Both);
@@ -290,13 +274,49 @@ impl StreamConnection {
                 }
             });
         match answer {
-            Ok(frame) => self.answer(frame),
+            Ok(frame) => answer_result(&self.url, frame),
             Err(NoAnswer::Broken(detail)) => Err(self.broken_error(&detail)),
             Err(NoAnswer::TimedOut) => Err(Error::Timeout {
                 endpoint: self.url.clone(),
                 after: timeout,
             }),
         }
+    }
+}
+
+/// The answer among the frames a server sends its client, with the request it answers;
+/// anything else is logged and ignored.
+pub(super) fn as_answer(url: &str, frame: Frame) -> Option<(u64, Frame)> {
+    match frame.kind {
+        Kind::Reply | Kind::Error => Some((frame.id, frame)),
+        Kind::Message | Kind::Request => {
+            log::debug!("{url}: ignoring a {:?} the server sent", frame.kind);
+            None
+        }
+    }
+}
+
+/// The caller's result from the answer to its request.
+pub(super) fn answer_result(url: &str, frame: Frame) -> Result<Vec<u8>> {
+    match frame.kind {
+        Kind::Reply => Ok(frame.payload),
+        _ => Err(Error::Remote {
+            endpoint: url.to_owned(),
+            reason: String::from_utf8_lossy(&frame.payload).into_owned(),
+        }),
+    }
+}
+
+/// What a connection's end of stream means to a client that wanted more.
+pub(super) fn closed_by_server(url: &str, pending: usize) -> Error {
+    let detail = if pending > 0 {
+        format!("the server closed it {pending} bytes into a frame")
+    } else {
+        "the server closed it".to_owned()
+    };
+    Error::Disconnected {
+        endpoint: url.to_owned(),
+        detail,
     }
 }
 
@@ -310,18 +330,7 @@ fn fill(fd: &OwnedFd, reader: &mut Reader, deadline: Instant, url: &str) -> Resu
         }
         let buf = reader.decoder.read_buf();
         match rustix::io::read(fd, buf) {
-            Ok(0) => {
-                let pending = reader.decoder.pending();
-                let detail = if pending > 0 {
-                    format!("the server closed it {pending} bytes into a frame")
-                } else {
-                    "the server closed it".to_owned()
-                };
-                return Err(Error::Disconnected {
-                    endpoint: url.to_owned(),
-                    detail,
-                });
-            }
+            Ok(0) => return Err(closed_by_server(url, reader.decoder.pending())),
             Ok(n) => {
                 reader.decoder.advance(n);
                 return Ok(true);
@@ -383,6 +392,13 @@ struct ConnSink {
 }
 
 impl ConnSink {
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let _ = rustix::net::shutdown(&self.fd, Shutdown::Both);
+    }
+}
+
+impl ConnWrite for ConnSink {
     fn write(&self, parts: &[&[u8]]) -> Result<()> {
         let _writing = lock(&self.write_lock);
         if self.closed.load(Ordering::Acquire) {
@@ -406,42 +422,130 @@ impl ConnSink {
         })
     }
 
-    fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-        let _ = rustix::net::shutdown(&self.fd, Shutdown::Both);
+    fn set_peer_max(&self, max: usize) {
+        self.peer_max.store(max, Ordering::Relaxed);
     }
 }
 
 impl ReplySink for ConnSink {
     fn send_reply(&self, id: u64, payload: &[u8], ok: bool) -> Result<()> {
-        match self.framing {
-            Framing::Line => {
-                if !ok {
-                    return Ok(()); // Lines have no way to say "refused"; the caller times out.
-                }
-                check_outgoing(&self.url, Framing::Line, payload, usize::MAX)?;
-                self.write(&[payload, b"\n"])
+        let max = self.peer_max.load(Ordering::Relaxed);
+        write_reply(&self.url, self.framing, max, id, payload, ok, |parts| {
+            self.write(parts)
+        })
+    }
+}
+
+/// How a server's side of a connection writes: whole frames, never interleaved.
+pub(super) trait ConnWrite {
+    /// Writes all of `parts` as one unit.
+    fn write(&self, parts: &[&[u8]]) -> Result<()>;
+    /// Records the largest payload the client accepts, from its hello.
+    fn set_peer_max(&self, max: usize);
+}
+
+/// Frames and writes the answer to request `id`, as the framing allows.
+pub(super) fn write_reply(
+    url: &str,
+    framing: Framing,
+    peer_max: usize,
+    id: u64,
+    payload: &[u8],
+    ok: bool,
+    write: impl FnOnce(&[&[u8]]) -> Result<()>,
+) -> Result<()> {
+    match framing {
+        Framing::Line => {
+            if !ok {
+                return Ok(()); // Lines have no way to say "refused"; the caller times out.
             }
-            Framing::Length => {
-                let max = self.peer_max.load(Ordering::Relaxed);
-                let payload = if ok {
-                    check_outgoing(&self.url, Framing::Length, payload, max)?;
-                    payload
-                } else {
-                    &payload[..payload.len().min(max)]
-                };
-                let kind = if ok { Kind::Reply } else { Kind::Error };
-                let header = Header::new(kind, id, payload.len()).encode();
-                self.write(&[&header, payload])
-            }
+            check_outgoing(url, Framing::Line, payload, usize::MAX)?;
+            write(&[payload, b"\n"])
         }
+        Framing::Length => {
+            let payload = if ok {
+                check_outgoing(url, Framing::Length, payload, peer_max)?;
+                payload
+            } else {
+                &payload[..payload.len().min(peer_max)]
+            };
+            let kind = if ok { Kind::Reply } else { Kind::Error };
+            let header = Header::new(kind, id, payload.len()).encode();
+            write(&[&header, payload])
+        }
+    }
+}
+
+/// The server's side of one connection's protocol, whatever drives its I/O: the hello,
+/// then frames turned into messages.
+pub(super) struct Session {
+    pub(super) decoder: Decoder,
+    framing: Framing,
+    max: usize,
+    greeted: bool,
+}
+
+impl Session {
+    pub(super) fn new(framing: Framing, max: usize) -> Session {
+        Session {
+            decoder: Decoder::new(framing, max),
+            framing,
+            max,
+            greeted: framing == Framing::Line,
+        }
+    }
+
+    /// Turns every whole frame read so far into a message for `deliver`; `Err` is why the
+    /// connection must be closed.
+    pub(super) fn parse<S: ConnWrite + ReplySink + 'static>(
+        &mut self,
+        sink: &Arc<S>,
+        peer: &Arc<Peer>,
+        url: &Arc<str>,
+        mut deliver: impl FnMut(Message),
+    ) -> std::result::Result<(), String> {
+        if !self.greeted {
+            let Some(bytes) = self.decoder.take_exact::<HELLO_LEN>() else {
+                return Ok(());
+            };
+            let hello = Hello::decode(&bytes).map_err(|v| v.to_string())?;
+            let welcome = hello.answer(self.max);
+            // The welcome is the first thing written, so it fits the empty socket buffer.
+            sink.write(&[&welcome.encode()])
+                .map_err(|e| format!("cannot answer the hello: {e}"))?;
+            if welcome.status != crate::frame::STATUS_OK {
+                return Err(Violation::Version {
+                    min: hello.min_version,
+                    max: hello.max_version,
+                }
+                .to_string());
+            }
+            sink.set_peer_max(hello.max_message as usize);
+            self.greeted = true;
+        }
+        while let Some(frame) = self.decoder.next_frame().map_err(|v| v.to_string())? {
+            let reply_to = match (self.framing, frame.kind) {
+                (Framing::Line, _) => Some(ReplyTo::new(sink.clone(), 0)),
+                (Framing::Length, Kind::Message) => None,
+                (Framing::Length, Kind::Request) => Some(ReplyTo::new(sink.clone(), frame.id)),
+                (Framing::Length, kind) => {
+                    return Err(format!("a client may not send {kind:?} frames"));
+                }
+            };
+            deliver(Message::new(
+                frame.payload,
+                peer.clone(),
+                reply_to,
+                url.clone(),
+            ));
+        }
+        Ok(())
     }
 }
 
 struct Conn {
     sink: Arc<ConnSink>,
-    decoder: Decoder,
-    greeted: bool,
+    session: Session,
     peer: Arc<Peer>,
     /// epoll reported the peer's end (or an error): read on to EOF, since no further
     /// edge will come to say so.
@@ -551,8 +655,7 @@ impl StreamListener {
                     write_lock: Mutex::new(()),
                     closed: AtomicBool::new(false),
                 }),
-                decoder: Decoder::new(self.framing, self.max),
-                greeted: self.framing == Framing::Line,
+                session: Session::new(self.framing, self.max),
                 peer,
                 hung_up: false,
             });
@@ -565,18 +668,15 @@ impl StreamListener {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
-            let buf = conn.decoder.read_buf();
+            let buf = conn.session.decoder.read_buf();
             let wanted = buf.len();
             match rustix::io::read(&conn.sink.fd, buf) {
                 Ok(0) => {
-                    let pending = conn.decoder.pending();
-                    let reason = (pending > 0).then(|| {
-                        format!("the peer went away {pending} bytes into a frame; nothing of it was delivered")
-                    });
+                    let reason = went_away(conn.session.decoder.pending());
                     return self.close(key, reason);
                 }
                 Ok(n) => {
-                    conn.decoder.advance(n);
+                    conn.session.decoder.advance(n);
                     if let Err(violation) = self.parse(key) {
                         return self.close(key, Some(violation));
                     }
@@ -597,45 +697,9 @@ impl StreamListener {
     /// Moves every whole frame of connection `key` into `ready`.
     fn parse(&mut self, key: usize) -> std::result::Result<(), String> {
         let conn = &mut self.conns[key];
-        if !conn.greeted {
-            let Some(bytes) = conn.decoder.take_exact::<HELLO_LEN>() else {
-                return Ok(());
-            };
-            let hello = Hello::decode(&bytes).map_err(|v| v.to_string())?;
-            let welcome = hello.answer(self.max);
-            // The welcome is the first thing written, so it fits the empty socket buffer.
-            conn.sink
-                .write(&[&welcome.encode()])
-                .map_err(|e| format!("cannot answer the hello: {e}"))?;
-            if welcome.status != crate::frame::STATUS_OK {
-                return Err(Violation::Version {
-                    min: hello.min_version,
-                    max: hello.max_version,
-                }
-                .to_string());
-            }
-            conn.sink
-                .peer_max
-                .store(hello.max_message as usize, Ordering::Relaxed);
-            conn.greeted = true;
-        }
-        while let Some(frame) = conn.decoder.next_frame().map_err(|v| v.to_string())? {
-            let reply_to = match (self.framing, frame.kind) {
-                (Framing::Line, _) => Some(ReplyTo::new(conn.sink.clone(), 0)),
-                (Framing::Length, Kind::Message) => None,
-                (Framing::Length, Kind::Request) => Some(ReplyTo::new(conn.sink.clone(), frame.id)),
-                (Framing::Length, kind) => {
-                    return Err(format!("a client may not send {kind:?} frames"));
-                }
-            };
-            self.ready.push_back(Message::new(
-                frame.payload,
-                conn.peer.clone(),
-                reply_to,
-                self.url.clone(),
-            ));
-        }
-        Ok(())
+        let ready = &mut self.ready;
+        conn.session
+            .parse(&conn.sink, &conn.peer, &self.url, |m| ready.push_back(m))
     }
 
     fn close(&mut self, key: usize, reason: Option<String>) {
@@ -656,7 +720,14 @@ impl StreamListener {
     }
 }
 
-fn describe(peer: &Peer) -> String {
+/// Why a connection that ended `pending` bytes into a frame is worth a warning.
+pub(super) fn went_away(pending: usize) -> Option<String> {
+    (pending > 0).then(|| {
+        format!("the peer went away {pending} bytes into a frame; nothing of it was delivered")
+    })
+}
+
+pub(super) fn describe(peer: &Peer) -> String {
     match (&peer.addr, peer.pid) {
         (Some(addr), _) => addr.clone(),
         (None, Some(pid)) => format!("pid {pid}"),

@@ -15,6 +15,8 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use super::stream::{StreamConnection, StreamListener};
+#[cfg(feature = "tokio")]
+use super::stream_tokio::{AsyncStreamConnection, AsyncStreamListener};
 use super::{Capabilities, Connection, Listener, Transport};
 use crate::endpoint::{Address, Endpoint, HostPort};
 use crate::error::{Error, Result};
@@ -63,30 +65,70 @@ impl Transport for Tcp {
     }
 
     fn listen(&self, endpoint: &Endpoint) -> Result<Box<dyn Listener>> {
-        let addrs = resolve(endpoint)?;
-        refuse_public_unless_asked(endpoint, &addrs)?;
-        let listener =
-            TcpListener::bind(addrs.as_slice()).map_err(|e| Error::io(endpoint, "binding", e))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| Error::io(endpoint, "making the socket non-blocking", e))?;
-        let bound = listener
-            .local_addr()
-            .map_err(|e| Error::io(endpoint, "reading the bound address", e))?;
-        let Address::Tcp(asked) = endpoint.address() else {
-            unreachable!("the registry hands tcp endpoints only to tcp")
-        };
-        let actual = endpoint.with_address(Address::Tcp(HostPort {
-            host: asked.host.clone(),
-            port: bound.port(),
-        }));
+        let (fd, actual) = bind_listening(endpoint)?;
         Ok(Box::new(StreamListener::new(
             actual,
-            OwnedFd::from(listener),
+            fd,
             prepare_accepted,
             None,
         )?))
     }
+
+    #[cfg(feature = "tokio")]
+    fn connect_async<'a>(
+        &'a self,
+        endpoint: &'a Endpoint,
+    ) -> super::BoxFuture<'a, Result<Box<dyn super::AsyncConnection>>> {
+        Box::pin(async move {
+            let stream = tokio::net::TcpStream::connect(resolve(endpoint)?.as_slice())
+                .await
+                .map_err(|e| Error::io(endpoint, "connecting", e))?;
+            stream
+                .set_nodelay(true)
+                .map_err(|e| Error::io(endpoint, "setting TCP_NODELAY", e))?;
+            let fd = OwnedFd::from(
+                stream
+                    .into_std()
+                    .map_err(|e| Error::io(endpoint, "taking the socket from tokio", e))?,
+            );
+            let connection = AsyncStreamConnection::establish(endpoint, fd).await?;
+            Ok(Box::new(connection) as Box<dyn super::AsyncConnection>)
+        })
+    }
+
+    #[cfg(feature = "tokio")]
+    fn listen_async(&self, endpoint: &Endpoint) -> Result<Box<dyn super::AsyncListener>> {
+        let (fd, actual) = bind_listening(endpoint)?;
+        Ok(Box::new(AsyncStreamListener::new(
+            actual,
+            fd,
+            prepare_accepted,
+            None,
+        )?))
+    }
+}
+
+/// A non-blocking socket listening at the endpoint, and the endpoint with the port the
+/// kernel chose.
+fn bind_listening(endpoint: &Endpoint) -> Result<(OwnedFd, Endpoint)> {
+    let addrs = resolve(endpoint)?;
+    refuse_public_unless_asked(endpoint, &addrs)?;
+    let listener =
+        TcpListener::bind(addrs.as_slice()).map_err(|e| Error::io(endpoint, "binding", e))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| Error::io(endpoint, "making the socket non-blocking", e))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Error::io(endpoint, "reading the bound address", e))?;
+    let Address::Tcp(asked) = endpoint.address() else {
+        unreachable!("the registry hands tcp endpoints only to tcp")
+    };
+    let actual = endpoint.with_address(Address::Tcp(HostPort {
+        host: asked.host.clone(),
+        port: bound.port(),
+    }));
+    Ok((OwnedFd::from(listener), actual))
 }
 
 /// Local IPC should not become reachable from the network by a typo.

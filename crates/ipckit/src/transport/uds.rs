@@ -18,6 +18,8 @@ use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 
 use super::endpoint_file::bind_path;
 use super::stream::{StreamConnection, StreamListener};
+#[cfg(feature = "tokio")]
+use super::stream_tokio::{AsyncStreamConnection, AsyncStreamListener};
 use super::{Capabilities, Connection, Listener, Transport};
 use crate::endpoint::{Address, Endpoint, UnixAddr};
 use crate::error::{Error, Result};
@@ -65,23 +67,7 @@ impl Transport for Uds {
     }
 
     fn listen(&self, endpoint: &Endpoint) -> Result<Box<dyn Listener>> {
-        let fd = socket(endpoint, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK)?;
-        let cleanup: Option<Box<dyn Send>> = match endpoint.address() {
-            Address::Uds(UnixAddr::Path(path)) => Some(Box::new(bind_path(
-                endpoint,
-                &fd,
-                path,
-                SocketType::STREAM,
-            )?)),
-            _ => {
-                // An abstract name vanishes with the last socket bound to it, so one that
-                // is taken belongs to a live process.
-                rustix::net::bind(&fd, &unix_addr(endpoint)?)
-                    .map_err(|e| Error::io(endpoint, "binding", e.into()))?;
-                None
-            }
-        };
-        rustix::net::listen(&fd, 1024).map_err(|e| Error::io(endpoint, "listening", e.into()))?;
+        let (fd, cleanup) = bind_listening(endpoint)?;
         Ok(Box::new(StreamListener::new(
             endpoint.clone(),
             fd,
@@ -89,6 +75,64 @@ impl Transport for Uds {
             cleanup,
         )?))
     }
+
+    #[cfg(feature = "tokio")]
+    fn connect_async<'a>(
+        &'a self,
+        endpoint: &'a Endpoint,
+    ) -> super::BoxFuture<'a, Result<Box<dyn super::AsyncConnection>>> {
+        Box::pin(async move {
+            let addr = unix_addr(endpoint)?;
+            let fd = socket(endpoint, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK)?;
+            loop {
+                match rustix::net::connect(&fd, &addr) {
+                    Ok(()) => break,
+                    // The server's backlog is full: it accepts soon, or the caller's
+                    // timeout ends the wait.
+                    Err(rustix::io::Errno::AGAIN) => {
+                        tokio::time::sleep(std::time::Duration::from_millis(1)).await
+                    }
+                    Err(rustix::io::Errno::INTR) => {}
+                    Err(e) => return Err(Error::io(endpoint, "connecting", e.into())),
+                }
+            }
+            let connection = AsyncStreamConnection::establish(endpoint, fd).await?;
+            Ok(Box::new(connection) as Box<dyn super::AsyncConnection>)
+        })
+    }
+
+    #[cfg(feature = "tokio")]
+    fn listen_async(&self, endpoint: &Endpoint) -> Result<Box<dyn super::AsyncListener>> {
+        let (fd, cleanup) = bind_listening(endpoint)?;
+        Ok(Box::new(AsyncStreamListener::new(
+            endpoint.clone(),
+            fd,
+            peer_credentials,
+            cleanup,
+        )?))
+    }
+}
+
+/// A non-blocking socket listening at the endpoint, and what removes its file.
+fn bind_listening(endpoint: &Endpoint) -> Result<(OwnedFd, Option<Box<dyn Send>>)> {
+    let fd = socket(endpoint, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK)?;
+    let cleanup: Option<Box<dyn Send>> = match endpoint.address() {
+        Address::Uds(UnixAddr::Path(path)) => Some(Box::new(bind_path(
+            endpoint,
+            &fd,
+            path,
+            SocketType::STREAM,
+        )?)),
+        _ => {
+            // An abstract name vanishes with the last socket bound to it, so one that
+            // is taken belongs to a live process.
+            rustix::net::bind(&fd, &unix_addr(endpoint)?)
+                .map_err(|e| Error::io(endpoint, "binding", e.into()))?;
+            None
+        }
+    };
+    rustix::net::listen(&fd, 1024).map_err(|e| Error::io(endpoint, "listening", e.into()))?;
+    Ok((fd, cleanup))
 }
 
 fn unix_addr(endpoint: &Endpoint) -> Result<SocketAddrUnix> {

@@ -9,7 +9,7 @@
 //!
 //! The consumer trusts nothing it reads from shared memory: positions and lengths are
 //! checked before use, copied out once, and a violation is [`Corrupt`], never an
-//! out-of-bounds access. The model is checked with loom (`RUSTFLAGS="--cfg loom"`).
+//! out-of-bounds access. The model is checked with loom (`RUSTFLAGS="--cfg ipckit_loom"`).
 
 use super::sync::{AtomicU32, AtomicU64, Ordering, fence};
 
@@ -122,13 +122,13 @@ pub fn sleeper_announced(word: &AtomicU32) -> bool {
 pub struct Corrupt(pub String);
 
 /// The data area of a ring. Outside loom it is raw shared memory.
-#[cfg(not(all(loom, test)))]
+#[cfg(not(all(ipckit_loom, test)))]
 pub struct Area {
     base: *mut u8,
     capacity: usize,
 }
 
-#[cfg(not(all(loom, test)))]
+#[cfg(not(all(ipckit_loom, test)))]
 impl Area {
     /// # Safety
     /// `base` points to `capacity` bytes that stay mapped while the area is used, and
@@ -178,13 +178,13 @@ impl Area {
 
 /// Under loom, the area is a vector of tracked cells so that loom reports any read of a
 /// byte that was not published to the reader.
-#[cfg(all(loom, test))]
+#[cfg(all(ipckit_loom, test))]
 pub struct Area {
     cells: std::sync::Arc<Vec<loom::cell::UnsafeCell<u8>>>,
     capacity: usize,
 }
 
-#[cfg(all(loom, test))]
+#[cfg(all(ipckit_loom, test))]
 impl Area {
     /// An area shared by the clones made with [`Area::share`].
     pub fn with_capacity(capacity: usize) -> Area {
@@ -231,10 +231,10 @@ impl Area {
 
 // SAFETY: an Area is a window on memory shared between processes; which side may touch
 // which bytes is decided by the ring protocol, not by Rust ownership.
-#[cfg(not(all(loom, test)))]
+#[cfg(not(all(ipckit_loom, test)))]
 unsafe impl Send for Area {}
 // SAFETY: as above.
-#[cfg(not(all(loom, test)))]
+#[cfg(not(all(ipckit_loom, test)))]
 unsafe impl Sync for Area {}
 
 fn padded(len: usize) -> usize {
@@ -524,7 +524,7 @@ impl Consumer {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(ipckit_loom)))]
 mod tests {
     use super::*;
 
@@ -616,7 +616,7 @@ mod tests {
     }
 }
 
-#[cfg(all(test, loom))]
+#[cfg(all(test, ipckit_loom))]
 mod loom_tests {
     use super::*;
     use loom::sync::Arc;

@@ -1,0 +1,291 @@
+//! The async API, on tokio (cargo feature `tokio`): the same endpoints, messages, errors
+//! and capabilities as the blocking one, and the same protocol code underneath: each
+//! transport drives its one implementation of framing, handshake, correlation and limits
+//! with readiness from tokio's reactor on the same descriptors.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> ipckit::Result<()> {
+//! use std::time::Duration;
+//!
+//! let dir = std::env::temp_dir().join(format!("ipckit-doc-async-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir).unwrap();
+//! let url = format!("uds://{}/echo.sock", dir.display());
+//!
+//! let server = ipckit::tokio::listen(&url)?;
+//! let serving = tokio::spawn(server.serve(|mut msg| async move {
+//!     let echo = msg.payload().to_vec();
+//!     let _ = msg.reply(&echo);
+//! }));
+//!
+//! let client = ipckit::tokio::connect(&url).await?;
+//! let reply = client.request(b"ping", Duration::from_secs(5)).await?;
+//! assert_eq!(reply, b"ping");
+//!
+//! serving.abort(); // stops the server and removes the socket file
+//! # let _ = serving.await;
+//! # std::fs::remove_dir_all(&dir).ok();
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Every future here may be dropped at any await point (in `select!`, or by a timeout)
+//! without losing a message or breaking the connection; each method says what dropping
+//! it leaves behind. [`Message::reply`] never blocks a runtime thread: what the socket
+//! does not take at once is written by a task.
+//!
+//! Transports not covered yet answer `connect` and `listen` with
+//! [`Error::Unsupported`](crate::Error::Unsupported).
+
+use std::future::Future;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::transport::{self, AsyncConnection, AsyncListener, Capabilities};
+use crate::{Endpoint, Message, Result, ToEndpoint, decode_value, encode_value};
+
+/// Connects to the server at `endpoint`. Dropped before it completes, nothing is left
+/// behind but a connection the server sees closed.
+///
+/// ```no_run
+/// # async fn run() -> ipckit::Result<()> {
+/// let client = ipckit::tokio::connect("tcp://127.0.0.1:7000").await?;
+/// client.send(b"hello").await?;
+/// # Ok(())
+/// # }
+/// ```
+pub async fn connect(endpoint: impl ToEndpoint) -> Result<Client> {
+    let endpoint = endpoint.to_endpoint()?;
+    let transport = transport::for_endpoint(&endpoint)?;
+    Ok(Client {
+        capabilities: transport.capabilities(&endpoint),
+        connection: transport.connect_async(&endpoint).await?,
+    })
+}
+
+/// Starts a server at `endpoint`, whose tasks run on the current tokio runtime: call it
+/// from within one.
+///
+/// ```no_run
+/// # async fn run() -> ipckit::Result<()> {
+/// let mut server = ipckit::tokio::listen("uds://@my-app")?;
+/// loop {
+///     let msg = server.recv().await?;
+///     println!("{:?}", msg.payload());
+/// }
+/// # }
+/// ```
+pub fn listen(endpoint: impl ToEndpoint) -> Result<Server> {
+    let endpoint = endpoint.to_endpoint()?;
+    let transport = transport::for_endpoint(&endpoint)?;
+    let listener = transport.listen_async(&endpoint)?;
+    Ok(Server {
+        capabilities: transport.capabilities(listener.endpoint()),
+        listener,
+    })
+}
+
+/// The async sending side of a connection. Every method takes `&self`: share one client
+/// between tasks, and their requests are in flight together, each reply reaching its
+/// caller.
+pub struct Client {
+    connection: Box<dyn AsyncConnection>,
+    capabilities: Capabilities,
+}
+
+impl Client {
+    /// Sends one message; resolves once the transport has it (as the blocking `send`
+    /// returns). Larger than the server accepts is [`Error::MessageTooLarge`](crate::Error::MessageTooLarge), before
+    /// anything is written.
+    ///
+    /// Dropping the future: the message is sent whole or not at all, never in part, and
+    /// the connection stays usable.
+    ///
+    /// ```no_run
+    /// # async fn run(client: ipckit::tokio::Client) -> ipckit::Result<()> {
+    /// client.send(b"job 42").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn send(&self, payload: &[u8]) -> Result<()> {
+        self.connection.send(payload).await
+    }
+
+    /// Sends a request and waits up to `timeout` for the reply.
+    ///
+    /// Dropping the future: the request is forgotten; its reply, if one comes, is
+    /// discarded, and the connection stays usable for the next one.
+    ///
+    /// ```no_run
+    /// # async fn run(client: ipckit::tokio::Client) -> ipckit::Result<()> {
+    /// let answer = client.request(b"2+2", std::time::Duration::from_secs(1)).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
+        self.connection.request(payload, timeout).await
+    }
+
+    /// Sends a serde value (encoded with postcard), as [`send`](Self::send) does.
+    ///
+    /// ```no_run
+    /// # async fn run(client: ipckit::tokio::Client) -> ipckit::Result<()> {
+    /// #[derive(serde::Serialize)]
+    /// struct Job { id: u32 }
+    /// client.send_value(&Job { id: 7 }).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn send_value<T: Serialize>(&self, value: &T) -> Result<()> {
+        self.send(&encode_value(self.endpoint(), value)?).await
+    }
+
+    /// Sends a serde value as a request and decodes the reply, as
+    /// [`request`](Self::request) does.
+    ///
+    /// ```no_run
+    /// # async fn run(client: ipckit::tokio::Client) -> ipckit::Result<()> {
+    /// let sum: u64 = client
+    ///     .request_value(&(2u64, 2u64), std::time::Duration::from_secs(1))
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn request_value<T: Serialize, R: DeserializeOwned>(
+        &self,
+        value: &T,
+        timeout: Duration,
+    ) -> Result<R> {
+        let request = encode_value(self.endpoint(), value)?;
+        let reply = self.request(&request, timeout).await?;
+        decode_value(self.endpoint(), &reply)
+    }
+
+    /// The largest message the server accepts.
+    pub fn max_message(&self) -> usize {
+        self.connection.max_message()
+    }
+
+    /// Where the client is connected.
+    pub fn endpoint(&self) -> &Endpoint {
+        self.connection.endpoint()
+    }
+
+    /// What the transport promises.
+    pub fn capabilities(&self) -> Capabilities {
+        self.capabilities
+    }
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("endpoint", &self.endpoint().to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The async receiving side: messages from any number of clients, each connection
+/// served by a task of its own. Dropping it stops those tasks, closes the connections and
+/// removes the endpoint.
+pub struct Server {
+    listener: Box<dyn AsyncListener>,
+    capabilities: Capabilities,
+}
+
+impl Server {
+    /// Waits for the next message. Cancel-safe: dropped before it completes, no message
+    /// is taken.
+    ///
+    /// ```no_run
+    /// # async fn run(mut server: ipckit::tokio::Server) -> ipckit::Result<()> {
+    /// let mut msg = server.recv().await?;
+    /// if msg.wants_reply() {
+    ///     msg.reply(b"got it")?;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn recv(&mut self) -> Result<Message> {
+        self.listener.recv().await
+    }
+
+    /// Waits up to `timeout` for the next message; `Ok(None)` when none came.
+    /// Cancel-safe, as [`recv`](Self::recv).
+    ///
+    /// ```no_run
+    /// # async fn run(mut server: ipckit::tokio::Server) -> ipckit::Result<()> {
+    /// let maybe = server.recv_timeout(std::time::Duration::from_millis(10)).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<Message>> {
+        match tokio::time::timeout(timeout, self.listener.recv()).await {
+            Ok(message) => message.map(Some),
+            Err(_elapsed) => Ok(None),
+        }
+    }
+
+    /// Serves until the runtime stops it or the server fails: `handler` runs as a task of
+    /// its own for every message, so that many clients are served at once. Abort the task
+    /// that runs this future (or drop the future) to stop the server.
+    ///
+    /// ```no_run
+    /// # async fn run() -> ipckit::Result<()> {
+    /// ipckit::tokio::listen("uds:///tmp/upper.sock")?
+    ///     .serve(|mut msg| async move {
+    ///         let upper = msg.payload().to_ascii_uppercase();
+    ///         let _ = msg.reply(&upper);
+    ///     })
+    ///     .await
+    /// # }
+    /// ```
+    pub async fn serve<F, Fut>(mut self, handler: F) -> Result<()>
+    where
+        F: Fn(Message) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        loop {
+            let message = self.recv().await?;
+            tokio::spawn(handler(message));
+        }
+    }
+
+    /// The endpoint it listens on, with the real port where the kernel chose one.
+    pub fn endpoint(&self) -> &Endpoint {
+        self.listener.endpoint()
+    }
+
+    /// What the transport promises.
+    pub fn capabilities(&self) -> Capabilities {
+        self.capabilities
+    }
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("endpoint", &self.endpoint().to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Users spawn these futures on a multi-threaded runtime.
+    #[test]
+    fn futures_are_send() {
+        fn send<T: Send>(_: &T) {}
+        let request = async {
+            let client = connect("uds:///nowhere").await?;
+            client.request(b"", Duration::ZERO).await
+        };
+        send(&request);
+        let receive = async { listen("uds:///nowhere")?.recv().await };
+        send(&receive);
+    }
+}

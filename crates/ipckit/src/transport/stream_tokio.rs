@@ -1,0 +1,733 @@
+//! The async client and server of every stream transport (`uds`, `tcp`), on tokio.
+//!
+//! Nothing of the protocol is here: the handshake, framing, limits and the server's side
+//! of a connection are `stream`'s ([`Session`], [`write_reply`], [`as_answer`]) and the
+//! matching of replies to requests is the [`Correlator`]'s. This module only drives them
+//! with readiness from tokio's reactor ([`AsyncFd`] on the same sockets) instead of
+//! blocking calls.
+//!
+//! Cancellation: every future may be dropped at any await point.
+//! - Writes are whole frames or nothing: a frame is put in the connection's outbox in one
+//!   piece, and what the socket did not take yet is written by whoever waits next, or by
+//!   a task spawned when the future that queued it is dropped. The peer never sees half a
+//!   frame and the stream stays usable.
+//! - Bytes read are kept in the connection's decoder, not in a future: a dropped read
+//!   loses nothing, and an answer read for a request whose future was dropped is
+//!   discarded by the correlator.
+//! - The server reads each connection in a task of its own and hands whole messages to
+//!   `recv` through a bounded channel, whose receive is cancel-safe.
+
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use rustix::net::{SendAncillaryBuffer, SendFlags, Shutdown};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::correlate::{Correlator, NoAnswer};
+use super::stream::{
+    ConnWrite, OnAccept, Session, answer_result, as_answer, check_outgoing, closed_by_server,
+    describe, protocol_error, went_away, write_reply,
+};
+use super::{AsyncConnection, AsyncListener, BoxFuture};
+use crate::endpoint::{Endpoint, Framing};
+use crate::error::{Error, Result};
+use crate::frame::{Decoder, Frame, HELLO_LEN, Header, Hello, Kind, Welcome};
+use crate::message::{Message, Peer, ReplySink};
+use crate::sys::lock;
+
+/// How long a client waits for the server's welcome.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long replies may wait for a client that does not read before its connection is
+/// given up, as on the blocking side.
+const REPLY_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Messages read ahead of `recv`; a full channel stops the reading, and the kernel's
+/// buffers then hold the clients back.
+const QUEUED_MESSAGES: usize = 1024;
+
+fn runtime(url: &str) -> Result<Handle> {
+    Handle::try_current().map_err(|_| Error::Unsupported {
+        endpoint: url.to_owned(),
+        what: "the async API needs a tokio runtime: call it from within one".into(),
+    })
+}
+
+/// Registers a non-blocking socket with the current runtime's reactor.
+fn register(url: &str, fd: OwnedFd, interest: Interest) -> Result<AsyncFd<OwnedFd>> {
+    let _entered = runtime(url)?.enter();
+    // SAFETY: an OwnedFd is an open descriptor that stays open, the same one, until the
+    // AsyncFd that owns it is dropped.
+    unsafe { AsyncFd::register_with_interest(fd, interest) }
+        .map_err(|e| Error::io(url, "registering the socket with tokio", e.into()))
+}
+
+fn register_duplex(url: &str, fd: OwnedFd) -> Result<Arc<AsyncFd<OwnedFd>>> {
+    register(url, fd, Interest::READABLE | Interest::WRITABLE).map(Arc::new)
+}
+
+/// Reads once from a non-blocking socket into `decoder`.
+fn read_into(fd: &AsyncFd<OwnedFd>, decoder: &mut Decoder) -> io::Result<usize> {
+    rustix::io::read(fd.get_ref(), decoder.read_buf()).map_err(io::Error::from)
+}
+
+// ---------------------------------------------------------------------------------------
+// Writing whole frames
+// ---------------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Outbox {
+    /// What the socket has not taken yet, always ending on a frame boundary.
+    bytes: Vec<u8>,
+    /// Why nothing more can be written.
+    broken: Option<String>,
+}
+
+/// The writing half of a connection: frames go out whole, in the order they were put.
+struct Writer {
+    fd: Arc<AsyncFd<OwnedFd>>,
+    url: Arc<str>,
+    outbox: Mutex<Outbox>,
+}
+
+impl Writer {
+    fn new(fd: Arc<AsyncFd<OwnedFd>>, url: Arc<str>) -> Writer {
+        Writer {
+            fd,
+            url,
+            outbox: Mutex::default(),
+        }
+    }
+
+    fn broken(&self, detail: &str) -> Error {
+        Error::Disconnected {
+            endpoint: self.url.to_string(),
+            detail: detail.to_owned(),
+        }
+    }
+
+    /// Queues `parts` as one unit and writes what the socket takes at once; never waits.
+    /// Returns the bytes still queued, to be written by [`flush`](Self::flush).
+    fn put(&self, parts: &[&[u8]]) -> Result<usize> {
+        let mut outbox = lock(&self.outbox);
+        if let Some(detail) = &outbox.broken {
+            return Err(self.broken(detail));
+        }
+        let mut written = 0;
+        if outbox.bytes.is_empty() {
+            let slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+            match rustix::net::sendmsg(
+                self.fd.get_ref(),
+                &slices,
+                &mut SendAncillaryBuffer::default(),
+                SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+            ) {
+                Ok(n) => written = n,
+                Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => {}
+                Err(e) => {
+                    let detail = format!("sending failed: {e}");
+                    outbox.broken = Some(detail.clone());
+                    return Err(Error::io(&*self.url, "sending", e.into()));
+                }
+            }
+        }
+        for part in parts {
+            let skip = written.min(part.len());
+            written -= skip;
+            outbox.bytes.extend_from_slice(&part[skip..]);
+        }
+        Ok(outbox.bytes.len())
+    }
+
+    /// Writes out the queue, waiting for room as long as it takes.
+    async fn flush(&self) -> Result<()> {
+        loop {
+            {
+                let outbox = lock(&self.outbox);
+                if let Some(detail) = &outbox.broken {
+                    return Err(self.broken(detail));
+                }
+                if outbox.bytes.is_empty() {
+                    return Ok(());
+                }
+            }
+            let mut ready = self
+                .fd
+                .writable()
+                .await
+                .map_err(|e| Error::io(&*self.url, "waiting to send", e))?;
+            let mut outbox = lock(&self.outbox);
+            if outbox.bytes.is_empty() {
+                continue;
+            }
+            let sent = ready.try_io(|fd| {
+                rustix::net::send(fd.get_ref(), &outbox.bytes, SendFlags::NOSIGNAL)
+                    .map_err(io::Error::from)
+            });
+            match sent {
+                Ok(Ok(n)) => {
+                    outbox.bytes.drain(..n);
+                }
+                Ok(Err(e)) => {
+                    outbox.broken = Some(format!("sending failed: {e}"));
+                    return Err(Error::io(&*self.url, "sending", e));
+                }
+                Err(_would_block) => {}
+            }
+        }
+    }
+
+    /// Ends the connection for both directions; later writes fail with `detail`.
+    fn close(&self, detail: &str) {
+        let mut outbox = lock(&self.outbox);
+        outbox.broken.get_or_insert_with(|| detail.to_owned());
+        outbox.bytes.clear();
+        let _ = rustix::net::shutdown(self.fd.get_ref(), Shutdown::Both);
+    }
+}
+
+/// Finishes writing what a dropped future left in the outbox, so that the frame it queued
+/// still goes out whole and the next one is not stuck behind it.
+struct FlushOnDrop {
+    writer: Option<Arc<ClientShared>>,
+}
+
+impl FlushOnDrop {
+    fn disarm(mut self) {
+        self.writer = None;
+    }
+}
+
+impl Drop for FlushOnDrop {
+    fn drop(&mut self) {
+        if let (Some(shared), Ok(runtime)) = (self.writer.take(), Handle::try_current()) {
+            runtime.spawn(async move {
+                let _ = shared.writer.flush().await;
+            });
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Client
+// ---------------------------------------------------------------------------------------
+
+struct Reader {
+    decoder: Decoder,
+    /// With line framing, answers carry no ids: the n-th line answers request n.
+    lines: u64,
+}
+
+struct ClientShared {
+    endpoint: Endpoint,
+    url: String,
+    fd: Arc<AsyncFd<OwnedFd>>,
+    framing: Framing,
+    peer_max: usize,
+    writer: Writer,
+    /// With line framing, ids must follow the order requests are written in.
+    id_order: Mutex<()>,
+    next_id: AtomicU64,
+    reader: Mutex<Reader>,
+    answers: Correlator<Frame>,
+}
+
+/// An async client connection on a connected, non-blocking stream socket.
+pub(super) struct AsyncStreamConnection {
+    shared: Arc<ClientShared>,
+}
+
+impl AsyncStreamConnection {
+    /// Takes a connected non-blocking socket and, with length framing, performs the
+    /// handshake.
+    pub(super) async fn establish(
+        endpoint: &Endpoint,
+        fd: OwnedFd,
+    ) -> Result<AsyncStreamConnection> {
+        let url = endpoint.to_string();
+        let framing = endpoint.framing();
+        let own_max = endpoint.max_message();
+        let fd = register_duplex(&url, fd)?;
+        let writer = Writer::new(fd.clone(), url.as_str().into());
+        let mut decoder = Decoder::new(framing, own_max);
+        let peer_max = match framing {
+            Framing::Line => own_max,
+            Framing::Length => {
+                writer.put(&[&Hello::new(own_max).encode()])?;
+                let welcome = async {
+                    writer.flush().await?;
+                    loop {
+                        if let Some(bytes) = decoder.take_exact::<HELLO_LEN>() {
+                            return Welcome::decode(&bytes)
+                                .map_err(|v| protocol_error(endpoint, v));
+                        }
+                        let mut ready = fd
+                            .readable()
+                            .await
+                            .map_err(|e| Error::io(&url, "waiting for the welcome", e))?;
+                        match ready.try_io(|fd| read_into(fd, &mut decoder)) {
+                            Ok(Ok(0)) => return Err(closed_by_server(&url, decoder.pending())),
+                            Ok(Ok(n)) => decoder.advance(n),
+                            Ok(Err(e)) => return Err(Error::io(&url, "receiving", e)),
+                            Err(_would_block) => {}
+                        }
+                    }
+                };
+                let welcome = tokio::time::timeout(HANDSHAKE_TIMEOUT, welcome)
+                    .await
+                    .map_err(|_| Error::Timeout {
+                        endpoint: url.clone(),
+                        after: HANDSHAKE_TIMEOUT,
+                    })??;
+                welcome.max_message as usize
+            }
+        };
+        Ok(AsyncStreamConnection {
+            shared: Arc::new(ClientShared {
+                endpoint: endpoint.clone(),
+                answers: Correlator::new(&url),
+                url,
+                fd,
+                framing,
+                peer_max,
+                writer,
+                id_order: Mutex::new(()),
+                next_id: AtomicU64::new(1),
+                reader: Mutex::new(Reader { decoder, lines: 0 }),
+            }),
+        })
+    }
+
+    fn broken_error(&self, detail: &str) -> Error {
+        Error::Disconnected {
+            endpoint: self.shared.url.clone(),
+            detail: detail.to_owned(),
+        }
+    }
+
+    /// Queues one frame; `Ok(true)` when part of it still waits in the outbox.
+    fn put_frame(&self, kind: Kind, id: u64, payload: &[u8]) -> Result<bool> {
+        let shared = &self.shared;
+        let queued = match shared.framing {
+            Framing::Length => {
+                let header = Header::new(kind, id, payload.len()).encode();
+                shared.writer.put(&[&header, payload])?
+            }
+            Framing::Line => shared.writer.put(&[payload, b"\n"])?,
+        };
+        Ok(queued > 0)
+    }
+
+    /// Waits until what this future queued has left, finishing it in a task if the
+    /// future is dropped first.
+    async fn flush(&self) -> Result<()> {
+        let on_drop = FlushOnDrop {
+            writer: Some(self.shared.clone()),
+        };
+        let flushed = self.shared.writer.flush().await;
+        on_drop.disarm();
+        flushed
+    }
+
+    async fn send(&self, payload: &[u8]) -> Result<()> {
+        let shared = &self.shared;
+        if let Some(detail) = shared.answers.broken() {
+            return Err(self.broken_error(&detail));
+        }
+        check_outgoing(&shared.url, shared.framing, payload, shared.peer_max)?;
+        if self.put_frame(Kind::Message, 0, payload)? {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
+        let shared = &self.shared;
+        check_outgoing(&shared.url, shared.framing, payload, shared.peer_max)?;
+        if let Some(detail) = shared.answers.broken() {
+            return Err(self.broken_error(&detail));
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (id, queued) = {
+            let _in_order = lock(&shared.id_order);
+            let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+            shared.answers.register(id);
+            match self.put_frame(Kind::Request, id, payload) {
+                Ok(queued) => (id, queued),
+                Err(e) => {
+                    shared.answers.forget(id);
+                    return Err(e);
+                }
+            }
+        };
+        let _leave = Leave {
+            answers: &shared.answers,
+            id,
+        };
+        if queued {
+            self.flush().await?;
+        }
+        let answer = poll_fn(|cx| {
+            shared
+                .answers
+                .poll_answer(id, cx, &shared.reader, |reader, cx| {
+                    read_answer(shared, reader, cx)
+                })
+        });
+        match tokio::time::timeout_at(deadline, answer).await {
+            Ok(Ok(frame)) => answer_result(&shared.url, frame),
+            Ok(Err(NoAnswer::Broken(detail))) => Err(self.broken_error(&detail)),
+            Ok(Err(NoAnswer::TimedOut)) | Err(_) => Err(Error::Timeout {
+                endpoint: shared.url.clone(),
+                after: timeout,
+            }),
+        }
+    }
+}
+
+/// Takes a request out of the correlator's books when its future ends, however it ends.
+struct Leave<'a> {
+    answers: &'a Correlator<Frame>,
+    id: u64,
+}
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        self.answers.leave(self.id);
+    }
+}
+
+/// Reads the socket until an answer is whole, or registers for readiness.
+fn read_answer(
+    shared: &ClientShared,
+    reader: &mut Reader,
+    cx: &mut Context<'_>,
+) -> Poll<std::result::Result<(u64, Frame), String>> {
+    let broken = |detail: String| {
+        let _ = rustix::net::shutdown(shared.fd.get_ref(), Shutdown::Both);
+        Poll::Ready(Err(detail))
+    };
+    loop {
+        match reader.decoder.next_frame() {
+            Err(v) => return broken(protocol_error(&shared.endpoint, v).to_string()),
+            Ok(Some(frame)) if shared.framing == Framing::Line => {
+                reader.lines += 1;
+                return Poll::Ready(Ok((reader.lines, frame)));
+            }
+            Ok(Some(frame)) => match as_answer(&shared.url, frame) {
+                Some(answer) => return Poll::Ready(Ok(answer)),
+                None => continue,
+            },
+            Ok(None) => {}
+        }
+        let mut ready = match ready!(shared.fd.poll_read_ready(cx)) {
+            Ok(ready) => ready,
+            Err(e) => return broken(format!("waiting for the reply: {e}")),
+        };
+        match ready.try_io(|fd| read_into(fd, &mut reader.decoder)) {
+            Ok(Ok(0)) => {
+                let pending = reader.decoder.pending();
+                return broken(closed_by_server(&shared.url, pending).to_string());
+            }
+            Ok(Ok(n)) => reader.decoder.advance(n),
+            Ok(Err(e)) => return broken(format!("receiving failed: {e}")),
+            Err(_would_block) => {}
+        }
+    }
+}
+
+impl AsyncConnection for AsyncStreamConnection {
+    /// Resolves once the whole frame is in the kernel's socket buffer. Dropped before,
+    /// the frame is still written whole, by a task of its own.
+    fn send<'a>(&'a self, payload: &'a [u8]) -> BoxFuture<'a, Result<()>> {
+        Box::pin(AsyncStreamConnection::send(self, payload))
+    }
+
+    /// Dropped at any point, the request is forgotten: its reply, if one comes, is
+    /// discarded and the connection stays usable.
+    fn request<'a>(
+        &'a self,
+        payload: &'a [u8],
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<Vec<u8>>> {
+        Box::pin(AsyncStreamConnection::request(self, payload, timeout))
+    }
+
+    fn max_message(&self) -> usize {
+        self.shared.peer_max
+    }
+
+    fn endpoint(&self) -> &Endpoint {
+        &self.shared.endpoint
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Server
+// ---------------------------------------------------------------------------------------
+
+/// The writing half of one accepted connection, shared with the messages it delivered.
+struct AsyncConnSink {
+    out: Arc<Replies>,
+    framing: Framing,
+    peer_max: AtomicUsize,
+}
+
+/// Replies on their way out: what the socket does not take at once is written by a task.
+struct Replies {
+    writer: Writer,
+    runtime: Handle,
+    /// A task is writing the outbox out.
+    flushing: AtomicBool,
+}
+
+impl Replies {
+    /// Writes the outbox out in a task, giving the connection up if the client does not
+    /// read for [`REPLY_WRITE_TIMEOUT`].
+    fn flush_later(self: &Arc<Self>) {
+        if self.flushing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let out = self.clone();
+        self.runtime.spawn(async move {
+            loop {
+                let flushed = tokio::time::timeout(REPLY_WRITE_TIMEOUT, out.writer.flush()).await;
+                if flushed.is_err() {
+                    log::warn!(
+                        "{}: closed a connection whose client read no reply for {REPLY_WRITE_TIMEOUT:?}",
+                        out.writer.url
+                    );
+                    out.writer.close("the client stopped reading its replies");
+                }
+                out.flushing.store(false, Ordering::Release);
+                // A reply queued while this task finished found it still flushing.
+                let more = !lock(&out.writer.outbox).bytes.is_empty();
+                if !more || out.flushing.swap(true, Ordering::AcqRel) {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+impl ConnWrite for AsyncConnSink {
+    fn write(&self, parts: &[&[u8]]) -> Result<()> {
+        if self.out.writer.put(parts)? > 0 {
+            self.out.flush_later();
+        }
+        Ok(())
+    }
+
+    fn set_peer_max(&self, max: usize) {
+        self.peer_max.store(max, Ordering::Relaxed);
+    }
+}
+
+impl ReplySink for AsyncConnSink {
+    /// Never waits: what the socket does not take at once is written by a task.
+    fn send_reply(&self, id: u64, payload: &[u8], ok: bool) -> Result<()> {
+        let max = self.peer_max.load(Ordering::Relaxed);
+        let url = &self.out.writer.url;
+        write_reply(url, self.framing, max, id, payload, ok, |parts| {
+            self.write(parts)
+        })
+    }
+}
+
+/// An async server on a listening, non-blocking stream socket. `recv` accepts (as the
+/// blocking server does while it waits), each connection is read and parsed by a task of
+/// its own, and `recv` takes the messages they deliver. The listening socket is the
+/// server's own, so it is closed the moment the server is dropped.
+pub(super) struct AsyncStreamListener {
+    endpoint: Endpoint,
+    url: Arc<str>,
+    listener: AsyncFd<OwnedFd>,
+    on_accept: OnAccept,
+    runtime: Handle,
+    /// Dropped with the server: aborts the connection tasks, which shut their sockets.
+    connections: JoinSet<()>,
+    deliver: mpsc::Sender<Message>,
+    messages: mpsc::Receiver<Message>,
+    /// Removes the endpoint's file when the server goes.
+    _cleanup: Option<Box<dyn Send>>,
+}
+
+impl AsyncStreamListener {
+    pub(super) fn new(
+        endpoint: Endpoint,
+        listener: OwnedFd,
+        on_accept: OnAccept,
+        cleanup: Option<Box<dyn Send>>,
+    ) -> Result<AsyncStreamListener> {
+        let url: Arc<str> = endpoint.to_string().into();
+        let runtime = runtime(&url)?;
+        let listener = register(&url, listener, Interest::READABLE)?;
+        let (deliver, messages) = mpsc::channel(QUEUED_MESSAGES);
+        Ok(AsyncStreamListener {
+            endpoint,
+            url,
+            listener,
+            on_accept,
+            runtime,
+            connections: JoinSet::new(),
+            deliver,
+            messages,
+            _cleanup: cleanup,
+        })
+    }
+
+    /// Accepts every connection waiting, starting a task for each; `Pending` once none
+    /// is left (registered for the next).
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        while self.connections.try_join_next().is_some() {}
+        loop {
+            let mut ready = ready!(self.listener.poll_read_ready(cx))
+                .map_err(|e| Error::io(&*self.url, "waiting for connections", e))?;
+            let accepted = ready.try_io(|fd| {
+                rustix::net::accept_with(
+                    fd.get_ref(),
+                    rustix::net::SocketFlags::NONBLOCK | rustix::net::SocketFlags::CLOEXEC,
+                )
+                .map_err(io::Error::from)
+            });
+            match accepted {
+                Err(_would_block) => {}
+                Ok(Ok(fd)) => self.start(fd),
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(e))
+                    if e.raw_os_error() == Some(rustix::io::Errno::CONNABORTED.raw_os_error()) => {}
+                Ok(Err(e)) => {
+                    // Out of descriptors or memory: the client waits in the backlog and
+                    // the next connection's event brings us back here, as on the
+                    // blocking side.
+                    log::error!("{}: cannot accept a connection: {e}", self.url);
+                    ready.clear_ready();
+                }
+            }
+        }
+    }
+
+    fn start(&mut self, fd: OwnedFd) {
+        let peer = match (self.on_accept)(std::os::fd::AsFd::as_fd(&fd)) {
+            Ok(peer) => Arc::new(peer),
+            Err(e) => return log::warn!("{}: dropping a new connection: {e}", self.url),
+        };
+        let fd = match register_duplex(&self.url, fd) {
+            Ok(fd) => fd,
+            Err(e) => return log::error!("{e}"),
+        };
+        let framing = self.endpoint.framing();
+        let max = self.endpoint.max_message();
+        let sink = Arc::new(AsyncConnSink {
+            out: Arc::new(Replies {
+                writer: Writer::new(fd.clone(), self.url.clone()),
+                runtime: self.runtime.clone(),
+                flushing: AtomicBool::new(false),
+            }),
+            framing,
+            peer_max: AtomicUsize::new(max),
+        });
+        self.connections.spawn_on(
+            serve_connection(
+                fd,
+                sink,
+                peer,
+                Session::new(framing, max),
+                self.deliver.clone(),
+                self.url.clone(),
+            ),
+            &self.runtime,
+        );
+    }
+}
+
+/// Shuts a connection down when its task ends or is aborted with the server, so that its
+/// client learns at once even while messages of it are still held.
+struct CloseOnDrop(Arc<AsyncConnSink>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.out.writer.close("the server closed the connection");
+    }
+}
+
+async fn serve_connection(
+    fd: Arc<AsyncFd<OwnedFd>>,
+    sink: Arc<AsyncConnSink>,
+    peer: Arc<Peer>,
+    mut session: Session,
+    deliver: mpsc::Sender<Message>,
+    url: Arc<str>,
+) {
+    let _close = CloseOnDrop(sink.clone());
+    let mut batch = Vec::new();
+    loop {
+        let mut ready = match fd.readable().await {
+            Ok(ready) => ready,
+            Err(e) => {
+                return log::warn!("{url}: closed the connection of {}: {e}", describe(&peer));
+            }
+        };
+        let n = match ready.try_io(|fd| read_into(fd, &mut session.decoder)) {
+            Err(_would_block) => continue,
+            Ok(Ok(0)) => {
+                return match went_away(session.decoder.pending()) {
+                    Some(reason) => {
+                        log::warn!(
+                            "{url}: closed the connection of {}: {reason}",
+                            describe(&peer)
+                        )
+                    }
+                    None => log::debug!("{url}: {} disconnected", describe(&peer)),
+                };
+            }
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                return log::warn!(
+                    "{url}: closed the connection of {}: reading failed: {e}",
+                    describe(&peer)
+                );
+            }
+        };
+        session.decoder.advance(n);
+        if let Err(violation) = session.parse(&sink, &peer, &url, |m| batch.push(m)) {
+            return log::warn!(
+                "{url}: closed the connection of {}: {violation}",
+                describe(&peer)
+            );
+        }
+        for message in batch.drain(..) {
+            if deliver.send(message).await.is_err() {
+                return; // The server is gone.
+            }
+        }
+    }
+}
+
+impl AsyncListener for AsyncStreamListener {
+    /// Cancel-safe: a message is taken from the queue only when the future completes,
+    /// and a connection accepted meanwhile is already being served.
+    fn recv(&mut self) -> BoxFuture<'_, Result<Message>> {
+        Box::pin(poll_fn(move |cx| {
+            if let Poll::Ready(Err(e)) = self.poll_accept(cx) {
+                return Poll::Ready(Err(e));
+            }
+            match self.messages.poll_recv(cx) {
+                Poll::Ready(Some(message)) => Poll::Ready(Ok(message)),
+                // The server holds a sender itself, so the queue never closes.
+                Poll::Ready(None) | Poll::Pending => Poll::Pending,
+            }
+        }))
+    }
+
+    fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+}

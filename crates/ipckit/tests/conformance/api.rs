@@ -1,0 +1,224 @@
+//! The API a check drives: the blocking one, or the async one on tokio. Every check is
+//! written once against these two types and runs through both; peers drive the same API
+//! as the check that started them.
+//!
+//! The async side runs on one multi-threaded runtime shared by all checks; the check's
+//! own thread waits for each future with `block_on`, as a test of an async program's
+//! behaviour needs no more.
+
+use std::cell::Cell;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use ipckit::transport::{Capabilities, Transport};
+use ipckit::{Endpoint, Error, Message, ToEndpoint};
+
+/// Names the API for a peer process.
+pub const API_ENV: &str = "IPCKIT_CONFORMANCE_API";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Api {
+    Blocking,
+    Async,
+}
+
+impl Api {
+    pub fn name(self) -> &'static str {
+        match self {
+            Api::Blocking => "blocking",
+            Api::Async => "async",
+        }
+    }
+}
+
+thread_local! {
+    static CURRENT: Cell<Option<Api>> = const { Cell::new(None) };
+}
+
+/// The API of the check running on this thread, or of this peer process.
+pub fn current() -> Api {
+    CURRENT
+        .with(Cell::get)
+        .unwrap_or_else(|| match std::env::var(API_ENV).as_deref() {
+            Ok("async") => Api::Async,
+            _ => Api::Blocking,
+        })
+}
+
+/// Makes this thread's checks (and the peers they start) drive `api`.
+pub fn set(api: Api) {
+    CURRENT.with(|c| c.set(Some(api)));
+}
+
+static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+});
+
+fn block_on<F: Future>(future: F) -> F::Output {
+    RUNTIME.block_on(future)
+}
+
+/// Whether `transport` has an async side at all (a server of it can start).
+pub fn has_async(transport: &dyn Transport, endpoint: &Endpoint) -> bool {
+    let _entered = RUNTIME.enter();
+    !matches!(
+        transport.listen_async(endpoint),
+        Err(Error::Unsupported { .. })
+    )
+}
+
+#[derive(Debug)]
+pub enum Client {
+    Blocking(ipckit::Client),
+    Async(ipckit::tokio::Client),
+}
+
+pub fn connect(endpoint: impl ToEndpoint) -> Result<Client, Error> {
+    match current() {
+        Api::Blocking => ipckit::connect(endpoint).map(Client::Blocking),
+        Api::Async => block_on(ipckit::tokio::connect(endpoint)).map(Client::Async),
+    }
+}
+
+impl Client {
+    pub fn send(&self, payload: &[u8]) -> Result<(), Error> {
+        match self {
+            Client::Blocking(c) => c.send(payload),
+            Client::Async(c) => block_on(c.send(payload)),
+        }
+    }
+
+    pub fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>, Error> {
+        match self {
+            Client::Blocking(c) => c.request(payload, timeout),
+            Client::Async(c) => block_on(c.request(payload, timeout)),
+        }
+    }
+
+    /// Loans are the blocking API's (shared memory has no async side yet).
+    pub fn loan(&self, len: usize) -> Result<ipckit::Loan<'_>, Error> {
+        match self {
+            Client::Blocking(c) => c.loan(len),
+            Client::Async(c) => Err(Error::Unsupported {
+                endpoint: c.endpoint().to_string(),
+                what: "loans through the async API".into(),
+            }),
+        }
+    }
+
+    pub fn max_message(&self) -> usize {
+        match self {
+            Client::Blocking(c) => c.max_message(),
+            Client::Async(c) => c.max_message(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Server {
+    Blocking(ipckit::Server),
+    Async(ipckit::tokio::Server),
+}
+
+pub fn listen(endpoint: impl ToEndpoint) -> Result<Server, Error> {
+    match current() {
+        Api::Blocking => ipckit::listen(endpoint).map(Server::Blocking),
+        Api::Async => {
+            let _entered = RUNTIME.enter();
+            ipckit::tokio::listen(endpoint).map(Server::Async)
+        }
+    }
+}
+
+impl Server {
+    pub fn recv(&mut self) -> Result<Message, Error> {
+        match self {
+            Server::Blocking(s) => s.recv(),
+            Server::Async(s) => block_on(s.recv()),
+        }
+    }
+
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<Message>, Error> {
+        match self {
+            Server::Blocking(s) => s.recv_timeout(timeout),
+            Server::Async(s) => block_on(s.recv_timeout(timeout)),
+        }
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        match self {
+            Server::Blocking(s) => s.endpoint(),
+            Server::Async(s) => s.endpoint(),
+        }
+    }
+
+    pub fn capabilities(&self) -> Capabilities {
+        match self {
+            Server::Blocking(s) => s.capabilities(),
+            Server::Async(s) => s.capabilities(),
+        }
+    }
+
+    /// The article's Start/Received/Stop: `Server::spawn` on the blocking side, `serve`
+    /// in a task on the async side. Dropping the guard stops the server and waits until
+    /// it has cleaned up.
+    pub fn spawn<F>(self, handler: F) -> Guard
+    where
+        F: Fn(&Message) -> Option<Vec<u8>> + Send + Sync + 'static,
+    {
+        match self {
+            Server::Blocking(s) => Guard::Blocking(s.spawn(handler)),
+            Server::Async(s) => {
+                let endpoint = s.endpoint().clone();
+                let handler = std::sync::Arc::new(handler);
+                let task = RUNTIME.spawn(s.serve(move |mut message| {
+                    let handler = handler.clone();
+                    async move {
+                        if let Some(reply) = handler(&message) {
+                            if message.wants_reply() {
+                                let _ = message.reply(&reply);
+                            }
+                        }
+                    }
+                }));
+                Guard::Async {
+                    endpoint,
+                    task: Some(task),
+                }
+            }
+        }
+    }
+}
+
+pub enum Guard {
+    Blocking(ipckit::ServerGuard),
+    Async {
+        endpoint: Endpoint,
+        task: Option<tokio::task::JoinHandle<Result<(), Error>>>,
+    },
+}
+
+impl Guard {
+    pub fn endpoint(&self) -> &Endpoint {
+        match self {
+            Guard::Blocking(g) => g.endpoint(),
+            Guard::Async { endpoint, .. } => endpoint,
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Guard::Async { task, .. } = self {
+            if let Some(task) = task.take() {
+                task.abort();
+                // The server is dropped (its endpoint removed) when the aborted task is.
+                let _ = block_on(task);
+            }
+        }
+    }
+}
