@@ -57,7 +57,8 @@ fn main() -> ExitCode {
                 Api::Blocking => transport.scheme().to_owned(),
                 Api::Async => format!("{}::async", transport.scheme()),
             };
-            for check in CHECKS {
+            let async_checks = if api == Api::Async { ASYNC_CHECKS } else { &[] };
+            for check in CHECKS.iter().chain(async_checks) {
                 let name = format!("{prefix}::{}", check.name.replace(' ', ""));
                 let run = check.run;
                 let applies =
@@ -173,6 +174,13 @@ const CHECKS: &[Check] = checks![
     zero_copy => shared_memory::garbage_in_reply_ring,
     zero_copy => shared_memory::killed_client_slot_reclaimed,
     zero_copy => shared_memory::dead_server_segment_removed,
+];
+
+/// What only futures can do: be dropped halfway. Run through the async API alone.
+const ASYNC_CHECKS: &[Check] = checks![
+    duplex => cancellation::request_dropped_while_waiting,
+    reliable_ordered => cancellation::send_dropped_while_writing,
+    reliable_ordered => cancellation::recv_dropped_again_and_again,
 ];
 
 /// One check's surroundings: the transport, a private directory, and the endpoints it
@@ -1425,6 +1433,127 @@ mod bad_input {
 // Peer roles, run in child processes
 // ---------------------------------------------------------------------------------------
 
+mod cancellation {
+    use super::*;
+
+    pub fn request_dropped_while_waiting(ctx: &Ctx) -> Outcome {
+        let mut server = Child::spawn("serve-echo-slowly", &[ctx.endpoint("cancel").to_string()]);
+        let url = server.ready()?;
+        api::block_on(async {
+            let client = ipckit::tokio::connect(&url).await?;
+            let dropped = tokio::time::timeout(
+                Duration::from_millis(50),
+                client.request(b"slow, and dropped", PATIENCE),
+            );
+            ensure!(
+                dropped.await.is_err(),
+                "the slow request was answered within 50 ms"
+            );
+            // Its reply comes while these wait: each must get its own.
+            let mut rng = fastrand::Rng::with_seed(7);
+            let deadline = Instant::now() + Duration::from_millis(600);
+            let mut n = 0;
+            while Instant::now() < deadline {
+                n += 1;
+                let payload = format!("request {n}");
+                // Some are dropped at a random point too, often before their answer.
+                let patience = Duration::from_micros(rng.u64(0..400));
+                match tokio::time::timeout(patience, client.request(payload.as_bytes(), PATIENCE))
+                    .await
+                {
+                    Ok(reply) => ensure!(
+                        reply? == payload.as_bytes(),
+                        "request {n} got another request's reply"
+                    ),
+                    Err(_dropped) => {}
+                }
+                let payload = format!("kept {n}");
+                let reply = client.request(payload.as_bytes(), PATIENCE).await?;
+                ensure!(
+                    reply == payload.as_bytes(),
+                    "request 'kept {n}' got another's reply"
+                );
+            }
+            // Many at once on the one connection, half of them dropped.
+            let client = Arc::new(client);
+            let mut tasks = Vec::new();
+            for task in 0..32u64 {
+                let client = client.clone();
+                tasks.push(tokio::spawn(async move {
+                    for i in 0..20 {
+                        let payload = format!("task {task} request {i}");
+                        let request = client.request(payload.as_bytes(), PATIENCE);
+                        if (task + i) % 2 == 0 {
+                            let _ = tokio::time::timeout(Duration::from_micros(50), request).await;
+                        } else if request.await.map_err(|e| e.to_string())? != payload.as_bytes() {
+                            return Err(format!("'{payload}' got another request's reply"));
+                        }
+                    }
+                    Ok::<(), String>(())
+                }));
+            }
+            for task in tasks {
+                task.await??;
+            }
+            Ok(())
+        })
+    }
+
+    pub fn send_dropped_while_writing(ctx: &Ctx) -> Outcome {
+        let mut server = api::listen(ctx.endpoint("cancel-send"))?;
+        let mut client = Child::spawn("send-dropped", &[server.endpoint().to_string()]);
+        // Nothing else is sent until we say so: the dropped send is finished on its own,
+        // and whole (anything cut short fails to parse).
+        let large = recv(&mut server)?;
+        ensure!(
+            parse_numbered(large.payload())? == (9, 0),
+            "the dropped send did not arrive first"
+        );
+        let dropped = client.line()?;
+        ensure!(
+            dropped == "dropped true",
+            "the large send completed at once ({dropped}): nothing was tested"
+        );
+        client.say("go")?;
+        ensure!(
+            parse_numbered(recv(&mut server)?.payload())? == (9, 1),
+            "the send after the dropped one was lost"
+        );
+        client.finish()?;
+        Ok(())
+    }
+
+    pub fn recv_dropped_again_and_again(ctx: &Ctx) -> Outcome {
+        let mut server = api::listen(ctx.endpoint("cancel-recv"))?;
+        let count = 500u32;
+        let sender = Child::spawn(
+            "send",
+            &[server.endpoint().to_string(), "3".into(), count.to_string()],
+        );
+        let mut rng = fastrand::Rng::with_seed(3);
+        let mut next = 0;
+        let deadline = Instant::now() + PATIENCE;
+        while next < count {
+            ensure!(
+                Instant::now() < deadline,
+                "only {next} of {count} messages arrived"
+            );
+            // Zero or a few microseconds: most of these futures are dropped unfinished.
+            let patience = Duration::from_micros(rng.u64(0..30));
+            if let Some(message) = server.recv_timeout(patience)? {
+                let (writer, seq) = parse_numbered(message.payload())?;
+                ensure!(
+                    (writer, seq) == (3, next),
+                    "expected message {next}, got {seq}"
+                );
+                next += 1;
+            }
+        }
+        sender.finish()?;
+        Ok(())
+    }
+}
+
 mod peer {
     use super::*;
 
@@ -1483,6 +1612,40 @@ mod peer {
                     let size = size_for(seq).min(client.max_message());
                     client.send(&numbered(num(2) as u32, seq, size))?;
                 }
+            }
+            "send-dropped" => {
+                // A large send dropped once it has begun; once told, a small one.
+                api::block_on(async {
+                    let client = ipckit::tokio::connect(url).await?;
+                    let large = numbered(9, 0, client.max_message().min(8 << 20));
+                    let started =
+                        tokio::time::timeout(Duration::from_micros(200), client.send(&large));
+                    say(&format!("dropped {}", started.await.is_err()));
+                    let mut go = String::new();
+                    std::io::stdin().read_line(&mut go)?;
+                    client.send(&numbered(9, 1, 100)).await?;
+                    Ok::<(), Box<dyn std::error::Error>>(())
+                })?;
+            }
+            "serve-echo-slowly" => {
+                // Echoes requests; one starting with "slow" after 300 ms.
+                api::block_on(async {
+                    let mut server = ipckit::tokio::listen(url)?;
+                    say(&format!("ready {}", server.endpoint()));
+                    exit_when_parent_goes();
+                    loop {
+                        let mut message = server.recv().await?;
+                        tokio::spawn(async move {
+                            if message.payload().starts_with(b"slow") {
+                                tokio::time::sleep(Duration::from_millis(300)).await;
+                            }
+                            let echo = message.payload().to_vec();
+                            let _ = message.reply(&echo);
+                        });
+                    }
+                    #[allow(unreachable_code)]
+                    Ok::<(), Error>(())
+                })?;
             }
             "send-random" => {
                 let client = api::connect(url)?;
