@@ -45,34 +45,25 @@ struct RequestSocket {
     buf: Vec<u8>,
 }
 
-/// A datagram client.
-pub(super) struct DatagramConnection {
+/// What every datagram client, blocking or async, knows and checks.
+struct ClientCore {
     endpoint: Endpoint,
     url: String,
     family: Arc<dyn Family>,
     max: usize,
     /// What `max` is, for errors.
     limit: String,
-    /// One-way messages leave here; replaced when the server it was connected to is gone.
-    sender: Mutex<OwnedFd>,
-    pool: Pool<RequestSocket>,
 }
 
-impl DatagramConnection {
-    pub(super) fn new(
-        endpoint: &Endpoint,
-        family: Arc<dyn Family>,
-        (max, limit): (usize, String),
-    ) -> Result<DatagramConnection> {
-        Ok(DatagramConnection {
-            sender: Mutex::new(family.client_socket(endpoint)?),
+impl ClientCore {
+    fn new(endpoint: &Endpoint, family: Arc<dyn Family>, (max, limit): (usize, String)) -> Self {
+        ClientCore {
             endpoint: endpoint.clone(),
             url: endpoint.to_string(),
             family,
             max,
             limit,
-            pool: Pool::new(),
-        })
+        }
     }
 
     fn check_size(&self, payload: &[u8]) -> Result<()> {
@@ -87,32 +78,72 @@ impl DatagramConnection {
         Ok(())
     }
 
+    /// A receive buffer one byte over the limit, which tells an oversized reply from a
+    /// full one.
+    fn reply_buffer(&self) -> Vec<u8> {
+        vec![0; self.max + 1]
+    }
+
+    /// The reply in `buf`, of which the datagram was `len` bytes (`recv` with TRUNC).
+    fn reply(&self, buf: &[u8], len: usize) -> Result<Vec<u8>> {
+        if len > buf.len() {
+            return Err(Error::Protocol {
+                endpoint: self.url.clone(),
+                reason: format!("a reply of {len} bytes exceeds the limit of {}", self.max),
+            });
+        }
+        Ok(buf[..len].to_vec())
+    }
+
+    /// Whether a failed send means the server went (or restarted): a datagram socket
+    /// stays connected to the server that was there, so the sender needs a fresh one.
+    fn server_replaced(error: &Error) -> bool {
+        matches!(error, Error::NotFound { .. } | Error::Disconnected { .. })
+    }
+}
+
+/// A datagram client.
+pub(super) struct DatagramConnection {
+    core: ClientCore,
+    /// One-way messages leave here; replaced when the server it was connected to is gone.
+    sender: Mutex<OwnedFd>,
+    pool: Pool<RequestSocket>,
+}
+
+impl DatagramConnection {
+    pub(super) fn new(
+        endpoint: &Endpoint,
+        family: Arc<dyn Family>,
+        max: (usize, String),
+    ) -> Result<DatagramConnection> {
+        Ok(DatagramConnection {
+            sender: Mutex::new(family.client_socket(endpoint)?),
+            core: ClientCore::new(endpoint, family, max),
+            pool: Pool::new(),
+        })
+    }
+
     fn request_on(
         &self,
         socket: &mut RequestSocket,
         payload: &[u8],
         timeout: Duration,
     ) -> Result<Vec<u8>> {
+        let url = &self.core.url;
         let deadline = Instant::now() + timeout;
-        send_datagram(&socket.fd, payload, &self.url)?;
+        send_datagram(&socket.fd, payload, url)?;
         loop {
             let armed = socket.timeout.arm(&socket.fd, Some(deadline));
-            if !armed.map_err(|e| Error::io(&self.url, "setting the receive timeout", e))? {
+            if !armed.map_err(|e| Error::io(url, "setting the receive timeout", e))? {
                 return Err(Error::Timeout {
-                    endpoint: self.url.clone(),
+                    endpoint: url.clone(),
                     after: timeout,
                 });
             }
             match rustix::net::recv(&socket.fd, &mut socket.buf[..], RecvFlags::TRUNC) {
-                Ok((_, len)) if len > socket.buf.len() => {
-                    return Err(Error::Protocol {
-                        endpoint: self.url.clone(),
-                        reason: format!("a reply of {len} bytes exceeds the limit of {}", self.max),
-                    });
-                }
-                Ok((_, len)) => return Ok(socket.buf[..len].to_vec()),
+                Ok((_, len)) => return self.core.reply(&socket.buf, len),
                 Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
-                Err(e) => return Err(Error::io(&self.url, "receiving the reply", e.into())),
+                Err(e) => return Err(Error::io(url, "receiving the reply", e.into())),
             }
         }
     }
@@ -130,29 +161,28 @@ fn send_datagram(fd: &OwnedFd, payload: &[u8], url: &str) -> Result<()> {
 
 impl Connection for DatagramConnection {
     fn send(&self, payload: &[u8]) -> Result<()> {
-        self.check_size(payload)?;
+        let core = &self.core;
+        core.check_size(payload)?;
         let mut sender = crate::sys::lock(&self.sender);
-        match send_datagram(&sender, payload, &self.url) {
-            // A datagram socket stays connected to the server that was there; a server
-            // restarted on the same address gets a fresh socket, and a missing one is
-            // NotFound from connecting it.
-            Err(Error::NotFound { .. } | Error::Disconnected { .. }) => {
-                *sender = self.family.client_socket(&self.endpoint)?;
-                send_datagram(&sender, payload, &self.url)
+        match send_datagram(&sender, payload, &core.url) {
+            // A missing server is NotFound from connecting the fresh socket.
+            Err(e) if ClientCore::server_replaced(&e) => {
+                *sender = core.family.client_socket(&core.endpoint)?;
+                send_datagram(&sender, payload, &core.url)
             }
             sent => sent,
         }
     }
 
     fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
-        self.check_size(payload)?;
+        let core = &self.core;
+        core.check_size(payload)?;
         self.pool.with(
             || {
                 Ok(RequestSocket {
-                    fd: self.family.client_socket(&self.endpoint)?,
+                    fd: core.family.client_socket(&core.endpoint)?,
                     timeout: ReceiveTimeout::default(),
-                    // One byte more than the limit tells an oversized reply from a full one.
-                    buf: vec![0; self.max + 1],
+                    buf: core.reply_buffer(),
                 })
             },
             |socket| self.request_on(socket, payload, timeout),
@@ -160,11 +190,11 @@ impl Connection for DatagramConnection {
     }
 
     fn max_message(&self) -> usize {
-        self.max
+        self.core.max
     }
 
     fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
+        &self.core.endpoint
     }
 }
 
@@ -294,6 +324,49 @@ impl DatagramListener {
     }
 }
 
+impl DatagramListener {
+    /// Receives one datagram: `Ok(None)` for one that is not a message (the waker's, or
+    /// one over the limit, which is logged).
+    fn receive(&mut self) -> rustix::io::Result<Option<Message>> {
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmCredentials(1))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let received = rustix::net::recvmsg(
+            &*self.fd,
+            &mut [std::io::IoSliceMut::new(&mut self.buf)],
+            &mut control,
+            RecvFlags::TRUNC | RecvFlags::CMSG_CLOEXEC,
+        )?;
+        if received.address.as_ref() == Some(&self.waker_addr) {
+            return Ok(None); // the waker: the stop flag is checked by the caller
+        }
+        let creds = control.drain().find_map(|m| match m {
+            RecvAncillaryMessage::ScmCredentials(creds) => Some(creds),
+            _ => None,
+        });
+        let (peer, sink) = self.sender(received.address, creds);
+        if received.bytes > self.max {
+            log::warn!(
+                "{}: dropped a datagram of {} bytes from {}: it exceeds the limit of {} bytes",
+                self.url,
+                received.bytes,
+                peer.addr
+                    .as_deref()
+                    .map_or_else(|| format!("pid {:?}", peer.pid), str::to_owned),
+                self.max
+            );
+            return Ok(None);
+        }
+        let payload = self.buf[..received.bytes].to_vec();
+        let reply_to = sink.map(|sink| ReplyTo::new(sink, 0));
+        Ok(Some(Message::new(
+            payload,
+            peer,
+            reply_to,
+            self.url.clone(),
+        )))
+    }
+}
+
 impl Listener for DatagramListener {
     fn recv(&mut self, deadline: Option<Instant>) -> Result<Option<Message>> {
         loop {
@@ -304,48 +377,11 @@ impl Listener for DatagramListener {
             if !armed.map_err(|e| Error::io(&*self.url, "setting the receive timeout", e))? {
                 return Ok(None);
             }
-            let mut space =
-                [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmCredentials(1))];
-            let mut control = RecvAncillaryBuffer::new(&mut space);
-            let received = rustix::net::recvmsg(
-                &*self.fd,
-                &mut [std::io::IoSliceMut::new(&mut self.buf)],
-                &mut control,
-                RecvFlags::TRUNC | RecvFlags::CMSG_CLOEXEC,
-            );
-            let received = match received {
-                Ok(received) => received,
-                Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => continue,
+            match self.receive() {
+                Ok(Some(message)) => return Ok(Some(message)),
+                Ok(None) | Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
                 Err(e) => return Err(Error::io(&*self.url, "receiving", e.into())),
-            };
-            if received.address.as_ref() == Some(&self.waker_addr) {
-                continue; // the waker: the stop flag is checked at the top
             }
-            let creds = control.drain().find_map(|m| match m {
-                RecvAncillaryMessage::ScmCredentials(creds) => Some(creds),
-                _ => None,
-            });
-            let (peer, sink) = self.sender(received.address, creds);
-            if received.bytes > self.max {
-                log::warn!(
-                    "{}: dropped a datagram of {} bytes from {}: it exceeds the limit of {} bytes",
-                    self.url,
-                    received.bytes,
-                    peer.addr
-                        .as_deref()
-                        .map_or_else(|| format!("pid {:?}", peer.pid), str::to_owned),
-                    self.max
-                );
-                continue;
-            }
-            let payload = self.buf[..received.bytes].to_vec();
-            let reply_to = sink.map(|sink| ReplyTo::new(sink, 0));
-            return Ok(Some(Message::new(
-                payload,
-                peer,
-                reply_to,
-                self.url.clone(),
-            )));
         }
     }
 
@@ -359,5 +395,232 @@ impl Listener for DatagramListener {
 
     fn endpoint(&self) -> &Endpoint {
         &self.endpoint
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Async
+// ---------------------------------------------------------------------------------------
+
+#[cfg(feature = "tokio")]
+pub(super) use self::on_tokio::{AsyncDatagramConnection, AsyncDatagramListener};
+
+/// The same clients and server driven by tokio: the sockets are made non-blocking and
+/// registered with its reactor. A datagram goes out whole or not at all, so a dropped
+/// `send` never leaves part of one; a dropped `request` drops its socket with it, so its
+/// late reply cannot reach the next request.
+#[cfg(feature = "tokio")]
+mod on_tokio {
+    use std::future::poll_fn;
+    use std::io;
+    use std::sync::Arc;
+    use std::task::Poll;
+
+    use tokio::io::Interest;
+    use tokio::io::unix::AsyncFd;
+
+    use super::*;
+    use crate::transport::{AsyncConnection, AsyncListener, BoxFuture};
+
+    fn register<T: std::os::fd::AsFd + std::os::fd::AsRawFd>(
+        url: &str,
+        fd: T,
+    ) -> Result<AsyncFd<T>> {
+        rustix::io::ioctl_fionbio(&fd, true)
+            .map_err(|e| Error::io(url, "making the socket non-blocking", e.into()))?;
+        let _entered = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::Unsupported {
+                endpoint: url.to_owned(),
+                what: "the async API needs a tokio runtime: call it from within one".into(),
+            })?
+            .enter();
+        // SAFETY: `fd` owns (or shares ownership of) an open descriptor that stays open,
+        // the same one, for as long as the AsyncFd holding it.
+        unsafe {
+            AsyncFd::register_with_interest(
+                fd,
+                Interest::READABLE | Interest::WRITABLE | Interest::ERROR,
+            )
+        }
+        .map_err(|e| Error::io(url, "registering the socket with tokio", e.into()))
+    }
+
+    fn new_socket(core: &ClientCore) -> Result<Arc<AsyncFd<OwnedFd>>> {
+        let fd = core.family.client_socket(&core.endpoint)?;
+        register(&core.url, fd).map(Arc::new)
+    }
+
+    /// Sends one datagram, waiting for room in the socket's buffer.
+    async fn send_on(fd: &AsyncFd<OwnedFd>, payload: &[u8], url: &str) -> Result<()> {
+        loop {
+            let mut ready = fd
+                .writable()
+                .await
+                .map_err(|e| Error::io(url, "waiting to send", e))?;
+            let sent = ready.try_io(|fd| {
+                rustix::net::send(fd.get_ref(), payload, SendFlags::NOSIGNAL)
+                    .map_err(io::Error::from)
+            });
+            match sent {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(e)) => return Err(Error::io(url, "sending", e)),
+                Err(_would_block) => {}
+            }
+        }
+    }
+
+    struct AsyncRequestSocket {
+        fd: Arc<AsyncFd<OwnedFd>>,
+        buf: Vec<u8>,
+    }
+
+    pub(in crate::transport) struct AsyncDatagramConnection {
+        core: ClientCore,
+        sender: Mutex<Arc<AsyncFd<OwnedFd>>>,
+        pool: Pool<AsyncRequestSocket>,
+    }
+
+    impl AsyncDatagramConnection {
+        pub(in crate::transport) fn new(
+            endpoint: &Endpoint,
+            family: Arc<dyn Family>,
+            max: (usize, String),
+        ) -> Result<AsyncDatagramConnection> {
+            let core = ClientCore::new(endpoint, family, max);
+            Ok(AsyncDatagramConnection {
+                sender: Mutex::new(new_socket(&core)?),
+                core,
+                pool: Pool::new(),
+            })
+        }
+
+        async fn send(&self, payload: &[u8]) -> Result<()> {
+            let core = &self.core;
+            core.check_size(payload)?;
+            let sender = crate::sys::lock(&self.sender).clone();
+            match send_on(&sender, payload, &core.url).await {
+                Err(e) if ClientCore::server_replaced(&e) => {
+                    let fresh = new_socket(core)?;
+                    *crate::sys::lock(&self.sender) = fresh.clone();
+                    send_on(&fresh, payload, &core.url).await
+                }
+                sent => sent,
+            }
+        }
+
+        async fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
+            let core = &self.core;
+            core.check_size(payload)?;
+            let mut socket = self.pool.take(|| {
+                Ok(AsyncRequestSocket {
+                    fd: new_socket(core)?,
+                    buf: core.reply_buffer(),
+                })
+            })?;
+            let exchange = async {
+                send_on(&socket.fd, payload, &core.url).await?;
+                let fd = socket.fd.clone();
+                loop {
+                    // A refused datagram comes back as an error on the socket, which only
+                    // error readiness reports.
+                    let mut ready = fd
+                        .ready(Interest::READABLE | Interest::ERROR)
+                        .await
+                        .map_err(|e| Error::io(&core.url, "waiting for the reply", e))?;
+                    let received = ready.try_io(|fd| {
+                        rustix::net::recv(fd.get_ref(), &mut socket.buf[..], RecvFlags::TRUNC)
+                            .map_err(io::Error::from)
+                    });
+                    match received {
+                        Ok(Ok((_, len))) => return core.reply(&socket.buf, len),
+                        Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Ok(Err(e)) => return Err(Error::io(&core.url, "receiving the reply", e)),
+                        Err(_would_block) => {}
+                    }
+                }
+            };
+            let reply = tokio::time::timeout(timeout, exchange)
+                .await
+                .map_err(|_| Error::Timeout {
+                    endpoint: core.url.clone(),
+                    after: timeout,
+                })??;
+            self.pool.give_back(socket);
+            Ok(reply)
+        }
+    }
+
+    impl AsyncConnection for AsyncDatagramConnection {
+        /// Dropped before it completes, the datagram was sent whole or not at all.
+        fn send<'a>(&'a self, payload: &'a [u8]) -> BoxFuture<'a, Result<()>> {
+            Box::pin(AsyncDatagramConnection::send(self, payload))
+        }
+
+        /// Dropped at any point, the request's socket is closed with it: a late reply
+        /// cannot be taken for another request's.
+        fn request<'a>(
+            &'a self,
+            payload: &'a [u8],
+            timeout: Duration,
+        ) -> BoxFuture<'a, Result<Vec<u8>>> {
+            Box::pin(AsyncDatagramConnection::request(self, payload, timeout))
+        }
+
+        fn max_message(&self) -> usize {
+            self.core.max
+        }
+
+        fn endpoint(&self) -> &Endpoint {
+            &self.core.endpoint
+        }
+    }
+
+    /// The blocking server's socket and bookkeeping, read when tokio says it is readable.
+    pub(in crate::transport) struct AsyncDatagramListener {
+        server: DatagramListener,
+        fd: AsyncFd<Arc<OwnedFd>>,
+    }
+
+    impl AsyncDatagramListener {
+        pub(in crate::transport) fn new(server: DatagramListener) -> Result<AsyncDatagramListener> {
+            let fd = register(&server.url, server.fd.clone())?;
+            Ok(AsyncDatagramListener { server, fd })
+        }
+    }
+
+    impl AsyncListener for AsyncDatagramListener {
+        /// Cancel-safe: a datagram is read only when it is returned.
+        fn recv(&mut self) -> BoxFuture<'_, Result<Message>> {
+            Box::pin(poll_fn(move |cx| {
+                loop {
+                    let mut ready = match self.fd.poll_read_ready(cx) {
+                        Poll::Ready(Ok(ready)) => ready,
+                        Poll::Ready(Err(e)) => {
+                            return Poll::Ready(Err(Error::io(
+                                &*self.server.url,
+                                "waiting for messages",
+                                e,
+                            )));
+                        }
+                        Poll::Pending => return Poll::Pending,
+                    };
+                    let server = &mut self.server;
+                    match ready.try_io(|_| server.receive().map_err(io::Error::from)) {
+                        Ok(Ok(Some(message))) => return Poll::Ready(Ok(message)),
+                        Ok(Ok(None)) => {}
+                        Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Ok(Err(e)) => {
+                            return Poll::Ready(Err(Error::io(&*self.server.url, "receiving", e)));
+                        }
+                        Err(_would_block) => {}
+                    }
+                }
+            }))
+        }
+
+        fn endpoint(&self) -> &Endpoint {
+            &self.server.endpoint
+        }
     }
 }

@@ -21,14 +21,22 @@ impl<T> Pool<T> {
         make: impl FnOnce() -> Result<T>,
         exchange: impl FnOnce(&mut T) -> Result<R>,
     ) -> Result<R> {
-        let pooled = crate::sys::lock(&self.0).pop();
-        let mut item = match pooled {
-            Some(item) => item,
-            None => make()?,
-        };
+        let mut item = self.take(make)?;
         let answer = exchange(&mut item)?;
-        crate::sys::lock(&self.0).push(item);
+        self.give_back(item);
         Ok(answer)
+    }
+
+    /// A pooled item, or a new one from `make`: for an exchange that awaits, which gives
+    /// it back only once it succeeded (a future dropped halfway drops its item).
+    pub(super) fn take(&self, make: impl FnOnce() -> Result<T>) -> Result<T> {
+        let pooled = crate::sys::lock(&self.0).pop();
+        pooled.map_or_else(make, Ok)
+    }
+
+    /// Returns an item whose exchange succeeded.
+    pub(super) fn give_back(&self, item: T) {
+        crate::sys::lock(&self.0).push(item);
     }
 }
 

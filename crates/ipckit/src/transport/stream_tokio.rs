@@ -551,8 +551,11 @@ pub(super) struct AsyncStreamListener {
     listener: AsyncFd<OwnedFd>,
     on_accept: OnAccept,
     runtime: Handle,
-    /// Dropped with the server: aborts the connection tasks, which shut their sockets.
+    /// Dropped with the server: aborts the connection tasks.
     connections: JoinSet<()>,
+    /// Shut down when the server is dropped, at once rather than when the aborted tasks
+    /// next run: clients learn that the server has gone before it has finished going.
+    sinks: Vec<std::sync::Weak<AsyncConnSink>>,
     deliver: mpsc::Sender<Message>,
     messages: mpsc::Receiver<Message>,
     /// Removes the endpoint's file when the server goes.
@@ -577,6 +580,7 @@ impl AsyncStreamListener {
             on_accept,
             runtime,
             connections: JoinSet::new(),
+            sinks: Vec::new(),
             deliver,
             messages,
             _cleanup: cleanup,
@@ -587,6 +591,7 @@ impl AsyncStreamListener {
     /// is left (registered for the next).
     fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
         while self.connections.try_join_next().is_some() {}
+        self.sinks.retain(|sink| sink.strong_count() > 0);
         loop {
             let mut ready = ready!(self.listener.poll_read_ready(cx))
                 .map_err(|e| Error::io(&*self.url, "waiting for connections", e))?;
@@ -634,6 +639,7 @@ impl AsyncStreamListener {
             framing,
             peer_max: AtomicUsize::new(max),
         });
+        self.sinks.push(Arc::downgrade(&sink));
         self.connections.spawn_on(
             serve_connection(
                 fd,
@@ -707,6 +713,14 @@ async fn serve_connection(
             if deliver.send(message).await.is_err() {
                 return; // The server is gone.
             }
+        }
+    }
+}
+
+impl Drop for AsyncStreamListener {
+    fn drop(&mut self) {
+        for sink in self.sinks.iter().filter_map(std::sync::Weak::upgrade) {
+            sink.out.writer.close("the server closed the connection");
         }
     }
 }

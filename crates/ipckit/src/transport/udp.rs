@@ -110,30 +110,51 @@ impl Transport for Udp {
     }
 
     fn listen(&self, endpoint: &Endpoint) -> Result<Box<dyn Listener>> {
-        let addrs = tcp::resolve(endpoint)?;
-        tcp::refuse_public_unless_asked(endpoint, &addrs)?;
-        let socket =
-            UdpSocket::bind(addrs.as_slice()).map_err(|e| Error::io(endpoint, "binding", e))?;
-        let bound = socket
-            .local_addr()
-            .map_err(|e| Error::io(endpoint, "reading the bound address", e))?;
-        let fd = OwnedFd::from(socket);
-        // Best effort: the kernel caps it at rmem_max, which is fine too.
-        let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&fd, SERVER_RECEIVE_BUFFER);
-        let Address::Udp(asked) = endpoint.address() else {
-            unreachable!("the registry hands udp endpoints only to udp")
-        };
-        let actual = endpoint.with_address(Address::Udp(HostPort {
-            host: asked.host.clone(),
-            port: bound.port(),
-        }));
-        let (max, _) = max_message(&actual);
-        Ok(Box::new(DatagramListener::new(
-            actual,
-            fd,
-            Arc::new(UdpFamily),
-            max,
-            None,
+        Ok(Box::new(server(endpoint)?))
+    }
+
+    #[cfg(feature = "tokio")]
+    fn connect_async<'a>(
+        &'a self,
+        endpoint: &'a Endpoint,
+    ) -> super::BoxFuture<'a, Result<Box<dyn super::AsyncConnection>>> {
+        Box::pin(async move {
+            let connection = super::datagram::AsyncDatagramConnection::new(
+                endpoint,
+                Arc::new(UdpFamily),
+                max_message(endpoint),
+            )?;
+            Ok(Box::new(connection) as Box<dyn super::AsyncConnection>)
+        })
+    }
+
+    #[cfg(feature = "tokio")]
+    fn listen_async(&self, endpoint: &Endpoint) -> Result<Box<dyn super::AsyncListener>> {
+        Ok(Box::new(super::datagram::AsyncDatagramListener::new(
+            server(endpoint)?,
         )?))
     }
+}
+
+/// The server: its socket bound at the endpoint, shared by both APIs.
+fn server(endpoint: &Endpoint) -> Result<DatagramListener> {
+    let addrs = tcp::resolve(endpoint)?;
+    tcp::refuse_public_unless_asked(endpoint, &addrs)?;
+    let socket =
+        UdpSocket::bind(addrs.as_slice()).map_err(|e| Error::io(endpoint, "binding", e))?;
+    let bound = socket
+        .local_addr()
+        .map_err(|e| Error::io(endpoint, "reading the bound address", e))?;
+    let fd = OwnedFd::from(socket);
+    // Best effort: the kernel caps it at rmem_max, which is fine too.
+    let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&fd, SERVER_RECEIVE_BUFFER);
+    let Address::Udp(asked) = endpoint.address() else {
+        unreachable!("the registry hands udp endpoints only to udp")
+    };
+    let actual = endpoint.with_address(Address::Udp(HostPort {
+        host: asked.host.clone(),
+        port: bound.port(),
+    }));
+    let (max, _) = max_message(&actual);
+    DatagramListener::new(actual, fd, Arc::new(UdpFamily), max, None)
 }

@@ -152,26 +152,51 @@ impl Transport for Unixgram {
     }
 
     fn listen(&self, endpoint: &Endpoint) -> Result<Box<dyn Listener>> {
-        let fd = datagram_socket().map_err(|e| Error::io(endpoint, "creating a socket", e))?;
-        raise_send_buffer(&fd);
-        let cleanup: Option<Box<dyn Send>> = match server_addr(endpoint) {
-            UnixAddr::Path(path) => {
-                Some(Box::new(bind_path(endpoint, &fd, path, SocketType::DGRAM)?))
-            }
-            addr => {
-                rustix::net::bind(&fd, &socket_addr(endpoint, addr)?)
-                    .map_err(|e| Error::io(endpoint, "binding", e.into()))?;
-                None
-            }
-        };
-        rustix::net::sockopt::set_socket_passcred(&fd, true)
-            .map_err(|e| Error::io(endpoint, "asking for sender credentials", e.into()))?;
-        Ok(Box::new(DatagramListener::new(
-            endpoint.clone(),
-            fd,
-            Arc::new(UnixgramFamily),
-            max_message(endpoint).0,
-            cleanup,
+        Ok(Box::new(server(endpoint)?))
+    }
+
+    #[cfg(feature = "tokio")]
+    fn connect_async<'a>(
+        &'a self,
+        endpoint: &'a Endpoint,
+    ) -> super::BoxFuture<'a, Result<Box<dyn super::AsyncConnection>>> {
+        Box::pin(async move {
+            let connection = super::datagram::AsyncDatagramConnection::new(
+                endpoint,
+                Arc::new(UnixgramFamily),
+                max_message(endpoint),
+            )?;
+            Ok(Box::new(connection) as Box<dyn super::AsyncConnection>)
+        })
+    }
+
+    #[cfg(feature = "tokio")]
+    fn listen_async(&self, endpoint: &Endpoint) -> Result<Box<dyn super::AsyncListener>> {
+        Ok(Box::new(super::datagram::AsyncDatagramListener::new(
+            server(endpoint)?,
         )?))
     }
+}
+
+/// The server: its socket bound at the endpoint, shared by both APIs.
+fn server(endpoint: &Endpoint) -> Result<DatagramListener> {
+    let fd = datagram_socket().map_err(|e| Error::io(endpoint, "creating a socket", e))?;
+    raise_send_buffer(&fd);
+    let cleanup: Option<Box<dyn Send>> = match server_addr(endpoint) {
+        UnixAddr::Path(path) => Some(Box::new(bind_path(endpoint, &fd, path, SocketType::DGRAM)?)),
+        addr => {
+            rustix::net::bind(&fd, &socket_addr(endpoint, addr)?)
+                .map_err(|e| Error::io(endpoint, "binding", e.into()))?;
+            None
+        }
+    };
+    rustix::net::sockopt::set_socket_passcred(&fd, true)
+        .map_err(|e| Error::io(endpoint, "asking for sender credentials", e.into()))?;
+    DatagramListener::new(
+        endpoint.clone(),
+        fd,
+        Arc::new(UnixgramFamily),
+        max_message(endpoint).0,
+        cleanup,
+    )
 }
