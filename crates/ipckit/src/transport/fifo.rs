@@ -179,79 +179,125 @@ impl Drop for SigpipeBlocked {
     }
 }
 
-/// Writes one message as atomic chunks to a non-blocking pipe, waiting for room up to
-/// `patience`.
-fn write_message(
-    url: &str,
-    fd: BorrowedFd<'_>,
-    (writer, seq, flags): (WriterId, u32, u8),
-    payload: &[u8],
-    patience: Duration,
-) -> Result<()> {
-    let sigpipe = SigpipeBlocked::new();
-    let mut deadline = None;
-    let total = (payload.len() as u32).to_le_bytes();
-    let mut rest = payload;
-    let mut first = true;
-    // A small message needs a small buffer; zeroing 4 KiB per message is measurable.
-    let mut small = [0u8; 256];
-    let mut large = Vec::new();
-    let chunk: &mut [u8] = if HEADER + 4 + payload.len() <= small.len() {
-        &mut small
-    } else {
-        large.resize(CHUNK, 0);
-        &mut large
-    };
-    loop {
+/// One message cut into chunks of at most PIPE_BUF bytes, each written in one `write` and
+/// so never split by the kernel, whatever other writers do.
+struct Chunks<'a> {
+    id: (WriterId, u32, u8),
+    total: [u8; 4],
+    rest: &'a [u8],
+    first: bool,
+    done: bool,
+    /// A small message needs a small buffer; zeroing 4 KiB per message is measurable.
+    small: [u8; 256],
+    large: Vec<u8>,
+}
+
+impl<'a> Chunks<'a> {
+    fn new(id: (WriterId, u32, u8), payload: &'a [u8]) -> Chunks<'a> {
+        Chunks {
+            id,
+            total: (payload.len() as u32).to_le_bytes(),
+            rest: payload,
+            first: true,
+            done: false,
+            small: [0; 256],
+            large: Vec::new(),
+        }
+    }
+
+    /// The next chunk to write, encoded; `None` after the last.
+    fn next_chunk(&mut self) -> Option<&[u8]> {
+        if self.done {
+            return None;
+        }
+        let (writer, seq, flags) = self.id;
+        let fits_small = HEADER + 4 + self.rest.len() <= self.small.len();
+        let chunk: &mut [u8] = if self.first && fits_small {
+            &mut self.small
+        } else {
+            if self.large.is_empty() {
+                self.large.resize(CHUNK, 0);
+            }
+            &mut self.large
+        };
         let mut at = HEADER;
-        if first {
-            chunk[at..at + 4].copy_from_slice(&total);
+        if self.first {
+            chunk[at..at + 4].copy_from_slice(&self.total);
             at += 4;
         }
-        let take = rest.len().min(chunk.len() - at);
-        chunk[at..at + take].copy_from_slice(&rest[..take]);
-        rest = &rest[take..];
-        let last = rest.is_empty();
+        let take = self.rest.len().min(chunk.len() - at);
+        chunk[at..at + take].copy_from_slice(&self.rest[..take]);
+        self.rest = &self.rest[take..];
+        let last = self.rest.is_empty();
         let header = ChunkHeader {
-            flags: flags | if first { FIRST } else { 0 } | if last { LAST } else { 0 },
+            flags: flags | if self.first { FIRST } else { 0 } | if last { LAST } else { 0 },
             len: at + take - HEADER,
             writer,
             seq,
         };
         header.encode(chunk);
-        let bytes = &chunk[..at + take];
-        loop {
-            match rustix::io::write(fd, bytes) {
-                // PIPE_BUF makes a write of a chunk all or nothing.
-                Ok(_) => break,
-                Err(rustix::io::Errno::INTR) => {}
-                Err(rustix::io::Errno::AGAIN) => {
-                    let deadline = *deadline.get_or_insert_with(|| Instant::now() + patience);
-                    let room = wait_ready(fd, PollFlags::OUT, Some(deadline))
-                        .map_err(|e| Error::io(url, "waiting for room in the pipe", e))?;
-                    if !room {
-                        return Err(Error::Full {
-                            endpoint: url.to_owned(),
-                            detail: "the pipe".into(),
-                            after: patience,
-                        });
-                    }
-                }
-                Err(rustix::io::Errno::PIPE) => {
-                    sigpipe.consume_pending();
-                    return Err(Error::Disconnected {
-                        endpoint: url.to_owned(),
-                        detail: "nobody reads the pipe any more".into(),
-                    });
-                }
-                Err(e) => return Err(Error::io(url, "writing", e.into())),
+        self.first = false;
+        self.done = last;
+        Some(&chunk[..at + take])
+    }
+}
+
+/// Writes one chunk to a non-blocking pipe; `Ok(false)` when the pipe has no room for it.
+fn write_chunk(
+    url: &str,
+    fd: BorrowedFd<'_>,
+    chunk: &[u8],
+    sigpipe: &SigpipeBlocked,
+) -> Result<bool> {
+    loop {
+        match rustix::io::write(fd, chunk) {
+            // PIPE_BUF makes a write of a chunk all or nothing.
+            Ok(_) => return Ok(true),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::AGAIN) => return Ok(false),
+            Err(rustix::io::Errno::PIPE) => {
+                sigpipe.consume_pending();
+                return Err(Error::Disconnected {
+                    endpoint: url.to_owned(),
+                    detail: "nobody reads the pipe any more".into(),
+                });
             }
-        }
-        first = false;
-        if last {
-            return Ok(());
+            Err(e) => return Err(Error::io(url, "writing", e.into())),
         }
     }
+}
+
+fn pipe_full(url: &str, patience: Duration) -> Error {
+    Error::Full {
+        endpoint: url.to_owned(),
+        detail: "the pipe".into(),
+        after: patience,
+    }
+}
+
+/// Writes one message as atomic chunks to a non-blocking pipe, waiting for room up to
+/// `patience`.
+fn write_message(
+    url: &str,
+    fd: BorrowedFd<'_>,
+    id: (WriterId, u32, u8),
+    payload: &[u8],
+    patience: Duration,
+) -> Result<()> {
+    let sigpipe = SigpipeBlocked::new();
+    let mut deadline = None;
+    let mut chunks = Chunks::new(id, payload);
+    while let Some(chunk) = chunks.next_chunk() {
+        while !write_chunk(url, fd, chunk, &sigpipe)? {
+            let deadline = *deadline.get_or_insert_with(|| Instant::now() + patience);
+            let room = wait_ready(fd, PollFlags::OUT, Some(deadline))
+                .map_err(|e| Error::io(url, "waiting for room in the pipe", e))?;
+            if !room {
+                return Err(pipe_full(url, patience));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A message being put back together from its chunks.
@@ -630,41 +676,66 @@ impl Transport for Fifo {
     }
 
     fn listen(&self, endpoint: &Endpoint) -> Result<Box<dyn Listener>> {
-        let path = fifo_path(endpoint);
-        // Opening for writing succeeds only while somebody reads: a live server.
-        let alive = || Ok(open_fifo(endpoint, path, OFlags::WRONLY).is_ok());
-        let fifo = Kind {
-            name: "FIFO",
-            is: FileType::is_fifo,
-            alive: &alive,
-        };
-        let file = claim_path(endpoint, path, fifo, || {
-            mkfifo(endpoint, path, endpoint.mode() & 0o600)
-        })?;
-        remove_dead_reply_fifos(path);
-        // Read and write: the pipe then never reads as ended when writers come and go,
-        // and opening does not wait for a writer. Reads block; see `recv`.
-        let fd = open_fifo(endpoint, path, OFlags::RDWR)?;
-        rustix::fs::fcntl_setfl(&fd, OFlags::RDWR)
+        let server = server(endpoint)?;
+        // Reads block, as a hand-written reader's do; see `recv`.
+        rustix::fs::fcntl_setfl(&*server.fd, OFlags::RDWR)
             .map_err(|e| Error::io(endpoint, "making the FIFO blocking", e.into()))?;
-        let _ = rustix::pipe::fcntl_setpipe_size(&fd, PIPE_SIZE);
-        let waker_fd = open_fifo(endpoint, path, OFlags::WRONLY)?;
-        Ok(Box::new(FifoListener {
-            url: endpoint.to_string().into(),
-            endpoint: endpoint.clone(),
-            path: path.to_owned(),
-            fd,
-            reassembly: Reassembly::new(endpoint.max_message()),
-            ready: VecDeque::new(),
-            stop: Arc::new(AtomicBool::new(false)),
-            waker_fd: Arc::new(waker_fd),
-            replies: Arc::new(Recent::new()),
-            last_sink: None,
-            anonymous: Arc::new(Peer::default()),
-            last_reap: Instant::now(),
-            _file: file,
-        }))
+        Ok(Box::new(server))
     }
+
+    #[cfg(feature = "tokio")]
+    fn connect_async<'a>(
+        &'a self,
+        endpoint: &'a Endpoint,
+    ) -> super::BoxFuture<'a, Result<Box<dyn super::AsyncConnection>>> {
+        Box::pin(async move {
+            let connection = on_tokio::AsyncFifoConnection::new(endpoint)?;
+            Ok(Box::new(connection) as Box<dyn super::AsyncConnection>)
+        })
+    }
+
+    #[cfg(feature = "tokio")]
+    fn listen_async(&self, endpoint: &Endpoint) -> Result<Box<dyn super::AsyncListener>> {
+        Ok(Box::new(on_tokio::AsyncFifoListener::new(server(
+            endpoint,
+        )?)?))
+    }
+}
+
+/// The server, its FIFO made (or a dead server's taken over) and open non-blocking.
+fn server(endpoint: &Endpoint) -> Result<FifoListener> {
+    let path = fifo_path(endpoint);
+    // Opening for writing succeeds only while somebody reads: a live server.
+    let alive = || Ok(open_fifo(endpoint, path, OFlags::WRONLY).is_ok());
+    let fifo = Kind {
+        name: "FIFO",
+        is: FileType::is_fifo,
+        alive: &alive,
+    };
+    let file = claim_path(endpoint, path, fifo, || {
+        mkfifo(endpoint, path, endpoint.mode() & 0o600)
+    })?;
+    remove_dead_reply_fifos(path);
+    // Read and write: the pipe then never reads as ended when writers come and go, and
+    // opening does not wait for a writer.
+    let fd = open_fifo(endpoint, path, OFlags::RDWR)?;
+    let _ = rustix::pipe::fcntl_setpipe_size(&fd, PIPE_SIZE);
+    let waker_fd = open_fifo(endpoint, path, OFlags::WRONLY)?;
+    Ok(FifoListener {
+        url: endpoint.to_string().into(),
+        endpoint: endpoint.clone(),
+        path: path.to_owned(),
+        fd: Arc::new(fd),
+        reassembly: Reassembly::new(endpoint.max_message()),
+        ready: VecDeque::new(),
+        stop: Arc::new(AtomicBool::new(false)),
+        waker_fd: Arc::new(waker_fd),
+        replies: Arc::new(Recent::new()),
+        last_sink: None,
+        anonymous: Arc::new(Peer::default()),
+        last_reap: Instant::now(),
+        _file: file,
+    })
 }
 
 /// Removes the reply FIFOs of clients whose process is gone.
@@ -698,6 +769,42 @@ fn remove_dead_reply_fifos(fifo: &Path) {
             let _ = std::fs::remove_file(entry.path());
         }
     }
+}
+
+/// A new writer id and its reply FIFO beside the server's, open for reading and writing
+/// (so that it never reads as ended) and non-blocking.
+fn make_reply_fifo(endpoint: &Endpoint) -> Result<(WriterId, PathBuf, OwnedFd)> {
+    let writer = next_writer();
+    let path = reply_path(fifo_path(endpoint), writer);
+    mkfifo(endpoint, &path, 0o600)?;
+    match open_fifo(endpoint, &path, OFlags::RDWR) {
+        Ok(fd) => Ok((writer, path, fd)),
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            Err(e)
+        }
+    }
+}
+
+/// The answer to request `seq` among the replies read, if it came: `None` for a message
+/// that answers (or times out) an earlier request.
+fn answer(url: &str, reply: Whole, seq: u32, timeout: Duration) -> Option<Result<Vec<u8>>> {
+    if reply.seq != seq {
+        return None;
+    }
+    if reply.flags & TIMED_OUT != 0 {
+        return Some(Err(Error::Timeout {
+            endpoint: url.to_owned(),
+            after: timeout,
+        }));
+    }
+    if reply.flags & REFUSED != 0 {
+        return Some(Err(Error::Remote {
+            endpoint: url.to_owned(),
+            reason: String::from_utf8_lossy(&reply.payload).into_owned(),
+        }));
+    }
+    Some(Ok(reply.payload))
 }
 
 /// What one request at a time needs: a writer id and the reply FIFO named after it.
@@ -745,18 +852,14 @@ impl FifoConnection {
     }
 
     fn new_channel(&self) -> Result<Channel> {
-        let writer = next_writer();
-        let path = reply_path(fifo_path(&self.endpoint), writer);
-        mkfifo(&self.endpoint, &path, 0o600)?;
+        let (writer, path, fd) = make_reply_fifo(&self.endpoint)?;
         let opened = (|| {
-            let fd = open_fifo(&self.endpoint, &path, OFlags::RDWR)?;
             rustix::fs::fcntl_setfl(&fd, OFlags::RDWR)
                 .map_err(|e| Error::io(&self.url, "making the reply FIFO blocking", e.into()))?;
-            let timeout_fd = open_fifo(&self.endpoint, &path, OFlags::WRONLY)?;
-            Ok((fd, timeout_fd))
+            open_fifo(&self.endpoint, &path, OFlags::WRONLY)
         })();
         match opened {
-            Ok((fd, timeout_fd)) => Ok(Channel {
+            Ok(timeout_fd) => Ok(Channel {
                 writer,
                 seq: 0,
                 path,
@@ -802,22 +905,9 @@ impl FifoConnection {
         )?;
         loop {
             while let Some(reply) = channel.replies.next(&self.url) {
-                if reply.seq != seq {
-                    continue; // the answer to, or the timeout of, an earlier request
+                if let Some(answer) = answer(&self.url, reply, seq, timeout) {
+                    return answer;
                 }
-                if reply.flags & TIMED_OUT != 0 {
-                    return Err(Error::Timeout {
-                        endpoint: self.url.clone(),
-                        after: timeout,
-                    });
-                }
-                if reply.flags & REFUSED != 0 {
-                    return Err(Error::Remote {
-                        endpoint: self.url.clone(),
-                        reason: String::from_utf8_lossy(&reply.payload).into_owned(),
-                    });
-                }
-                return Ok(reply.payload);
             }
             channel
                 .replies
@@ -900,8 +990,9 @@ struct FifoListener {
     endpoint: Endpoint,
     url: Arc<str>,
     path: PathBuf,
-    /// The FIFO, read blocking: a [`WAKE`] chunk or a writer's data ends the wait.
-    fd: OwnedFd,
+    /// The FIFO, read blocking (or through tokio): a [`WAKE`] chunk or a writer's data
+    /// ends the wait.
+    fd: Arc<OwnedFd>,
     reassembly: Reassembly,
     ready: VecDeque<Message>,
     stop: Arc<AtomicBool>,
@@ -1019,5 +1110,272 @@ impl Listener for FifoListener {
 
     fn endpoint(&self) -> &Endpoint {
         &self.endpoint
+    }
+}
+
+/// The same client and server driven by tokio: the FIFOs stay non-blocking and tokio's
+/// reactor says when they are readable or have room. Chunks, reassembly, reply FIFOs and
+/// their names are the blocking side's.
+///
+/// Cancellation: a dropped `send` may have written some chunks of its message; the
+/// server never delivers them (the writer's next message, or its death, discards them),
+/// so the message arrives whole or not at all. A dropped `request` drops its reply FIFO
+/// with it, so a late reply cannot be taken for another request's.
+///
+/// A reply larger than the client's reply pipe (64 KiB) waits in [`Message::reply`] while
+/// the client reads it, as on the blocking side.
+#[cfg(feature = "tokio")]
+mod on_tokio {
+    use std::future::poll_fn;
+    use std::pin::Pin;
+    use std::task::Poll;
+
+    use tokio::io::Interest;
+    use tokio::io::unix::AsyncFd;
+
+    use super::*;
+    use crate::transport::{AsyncConnection, AsyncListener, BoxFuture};
+
+    fn register<T: AsFd + std::os::fd::AsRawFd>(url: &str, fd: T) -> Result<AsyncFd<T>> {
+        let _entered = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::Unsupported {
+                endpoint: url.to_owned(),
+                what: "the async API needs a tokio runtime: call it from within one".into(),
+            })?
+            .enter();
+        // SAFETY: `fd` owns (or shares ownership of) an open descriptor that stays open,
+        // the same one, for as long as the AsyncFd holding it.
+        unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE | Interest::WRITABLE) }
+            .map_err(|e| Error::io(url, "registering the FIFO with tokio", e.into()))
+    }
+
+    /// Writes one message chunk by chunk, waiting for room up to `patience` each time the
+    /// pipe is full.
+    async fn write_message(
+        url: &str,
+        fd: &AsyncFd<OwnedFd>,
+        id: (WriterId, u32, u8),
+        payload: &[u8],
+        patience: Duration,
+    ) -> Result<()> {
+        let mut chunks = Chunks::new(id, payload);
+        while let Some(chunk) = chunks.next_chunk() {
+            loop {
+                let written = {
+                    let sigpipe = SigpipeBlocked::new();
+                    write_chunk(url, fd.get_ref().as_fd(), chunk, &sigpipe)?
+                };
+                if written {
+                    break;
+                }
+                let room = tokio::time::timeout(patience, fd.writable())
+                    .await
+                    .map_err(|_| pipe_full(url, patience))?;
+                // Not written since the wait: the room it saw may be gone again.
+                room.map_err(|e| Error::io(url, "waiting for room in the pipe", e))?
+                    .clear_ready();
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads what `fd` has into `reassembly`, as `try_io` wants it: WouldBlock when empty.
+    fn fill(reassembly: &mut Reassembly, fd: &OwnedFd) -> io::Result<()> {
+        match reassembly.fill(fd.as_fd()) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(io::ErrorKind::WouldBlock.into()),
+            Err(e) => Err(e),
+        }
+    }
+
+    struct AsyncChannel {
+        writer: WriterId,
+        seq: u32,
+        path: PathBuf,
+        fd: AsyncFd<OwnedFd>,
+        replies: Reassembly,
+    }
+
+    impl Drop for AsyncChannel {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+
+    pub(super) struct AsyncFifoConnection {
+        endpoint: Endpoint,
+        url: String,
+        fd: AsyncFd<OwnedFd>,
+        /// One-way messages: their writer and last message number, held for a whole
+        /// message so that its chunks follow the previous message's.
+        sender: tokio::sync::Mutex<(WriterId, u32)>,
+        channels: Pool<AsyncChannel>,
+        max: usize,
+        send_timeout: Duration,
+    }
+
+    impl AsyncFifoConnection {
+        pub(super) fn new(endpoint: &Endpoint) -> Result<AsyncFifoConnection> {
+            let url = endpoint.to_string();
+            let fd = open_fifo(endpoint, fifo_path(endpoint), OFlags::WRONLY)?;
+            Ok(AsyncFifoConnection {
+                fd: register(&url, fd)?,
+                endpoint: endpoint.clone(),
+                url,
+                sender: tokio::sync::Mutex::new((next_writer(), 0)),
+                channels: Pool::new(),
+                max: endpoint.max_message(),
+                send_timeout: endpoint.send_timeout(),
+            })
+        }
+
+        fn check_size(&self, payload: &[u8]) -> Result<()> {
+            if payload.len() > self.max {
+                return Err(Error::MessageTooLarge {
+                    endpoint: self.url.clone(),
+                    size: payload.len(),
+                    max: self.max,
+                    limit: "this endpoint's max_message".into(),
+                });
+            }
+            Ok(())
+        }
+
+        async fn send(&self, payload: &[u8]) -> Result<()> {
+            self.check_size(payload)?;
+            let mut sender = self.sender.lock().await;
+            sender.1 = sender.1.wrapping_add(1);
+            let id = (sender.0, sender.1, 0);
+            write_message(&self.url, &self.fd, id, payload, self.send_timeout).await
+        }
+
+        async fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
+            self.check_size(payload)?;
+            let mut channel = self.channels.take(|| {
+                let (writer, path, fd) = make_reply_fifo(&self.endpoint)?;
+                Ok(AsyncChannel {
+                    writer,
+                    seq: 0,
+                    fd: register(&self.url, fd)?,
+                    path,
+                    replies: Reassembly::new(self.max),
+                })
+            })?;
+            channel.seq = channel.seq.wrapping_add(1);
+            let exchange = async {
+                let seq = channel.seq;
+                let id = (channel.writer, seq, REQUEST);
+                write_message(&self.url, &self.fd, id, payload, self.send_timeout).await?;
+                loop {
+                    while let Some(reply) = channel.replies.next(&self.url) {
+                        if let Some(answer) = answer(&self.url, reply, seq, timeout) {
+                            return answer;
+                        }
+                    }
+                    let mut ready = channel
+                        .fd
+                        .readable()
+                        .await
+                        .map_err(|e| Error::io(&self.url, "waiting for the reply", e))?;
+                    let replies = &mut channel.replies;
+                    match ready.try_io(|fd| fill(replies, fd.get_ref())) {
+                        Ok(Ok(())) | Err(_) => {} // or the FIFO was empty
+                        Ok(Err(e)) => return Err(Error::io(&self.url, "reading the reply", e)),
+                    }
+                }
+            };
+            let answer = tokio::time::timeout(timeout, exchange)
+                .await
+                .map_err(|_| Error::Timeout {
+                    endpoint: self.url.clone(),
+                    after: timeout,
+                })??;
+            self.channels.give_back(channel);
+            Ok(answer)
+        }
+    }
+
+    impl AsyncConnection for AsyncFifoConnection {
+        /// Dropped before it completes, the message arrives whole or not at all.
+        fn send<'a>(&'a self, payload: &'a [u8]) -> BoxFuture<'a, Result<()>> {
+            Box::pin(AsyncFifoConnection::send(self, payload))
+        }
+
+        /// Dropped at any point, the request's reply FIFO goes with it.
+        fn request<'a>(
+            &'a self,
+            payload: &'a [u8],
+            timeout: Duration,
+        ) -> BoxFuture<'a, Result<Vec<u8>>> {
+            Box::pin(AsyncFifoConnection::request(self, payload, timeout))
+        }
+
+        fn max_message(&self) -> usize {
+            self.max
+        }
+
+        fn endpoint(&self) -> &Endpoint {
+            &self.endpoint
+        }
+    }
+
+    /// The blocking server's FIFO and reassembly, read when tokio says it is readable.
+    pub(super) struct AsyncFifoListener {
+        server: FifoListener,
+        fd: AsyncFd<Arc<OwnedFd>>,
+        /// When unfinished messages are next checked for writers that died.
+        reap: Pin<Box<tokio::time::Sleep>>,
+    }
+
+    impl AsyncFifoListener {
+        pub(super) fn new(server: FifoListener) -> Result<AsyncFifoListener> {
+            Ok(AsyncFifoListener {
+                fd: register(&server.url, server.fd.clone())?,
+                server,
+                reap: Box::pin(tokio::time::sleep(REAP_INTERVAL)),
+            })
+        }
+    }
+
+    impl AsyncListener for AsyncFifoListener {
+        /// Cancel-safe: messages read but not returned wait for the next call.
+        fn recv(&mut self) -> BoxFuture<'_, Result<Message>> {
+            Box::pin(poll_fn(move |cx| {
+                loop {
+                    let server = &mut self.server;
+                    server.deliver(); // wake chunks are the blocking side's alone
+                    if let Some(message) = server.ready.pop_front() {
+                        return Poll::Ready(Ok(message));
+                    }
+                    if !server.reassembly.partial.is_empty()
+                        && self.reap.as_mut().poll(cx).is_ready()
+                    {
+                        self.server.reassembly.reap(&self.server.url);
+                        let next = tokio::time::Instant::now() + REAP_INTERVAL;
+                        self.reap.as_mut().reset(next);
+                    }
+                    let mut ready = match self.fd.poll_read_ready(cx) {
+                        Poll::Ready(Ok(ready)) => ready,
+                        Poll::Ready(Err(e)) => {
+                            let url = &self.server.url;
+                            return Poll::Ready(Err(Error::io(&**url, "waiting for messages", e)));
+                        }
+                        Poll::Pending => return Poll::Pending,
+                    };
+                    let reassembly = &mut self.server.reassembly;
+                    match ready.try_io(|fd| fill(reassembly, fd.get_ref())) {
+                        Ok(Ok(())) | Err(_) => {} // or the FIFO was empty
+                        Ok(Err(e)) => {
+                            let url = &self.server.url;
+                            return Poll::Ready(Err(Error::io(&**url, "reading", e)));
+                        }
+                    }
+                }
+            }))
+        }
+
+        fn endpoint(&self) -> &Endpoint {
+            &self.server.endpoint
+        }
     }
 }
