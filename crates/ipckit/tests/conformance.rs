@@ -720,17 +720,28 @@ fn receiver_killed_loses_nothing_sent(ctx: &Ctx) -> Outcome {
     let total = 12;
     let mut received = Vec::new();
     for seq in 0..total {
-        client.send(format!("durable {seq}").as_bytes())?;
-        if seq == 4 {
-            // Wait until the receiver has taken some, then kill it mid-stream.
+        if seq == 3 {
+            // The receiver has taken what was sent and waits for more: freeze it there,
+            // queue two more, and kill it. A receiver killed just after taking a message
+            // loses that one with it, whatever the transport; waiting idle, it holds none.
             for _ in 0..3 {
                 received.push(first.line()?);
             }
+            let pid = rustix::process::Pid::from_raw(first.pid() as i32).expect("a pid");
+            rustix::process::kill_process(pid, rustix::process::Signal::STOP)?;
+            client.send(b"durable 3")?;
+            client.send(b"durable 4")?;
             first.kill();
+            continue;
         }
+        if seq == 4 {
+            continue;
+        }
+        client.send(format!("durable {seq}").as_bytes())?;
     }
-    // What the first receiver printed before it died counts as received.
-    while let Ok(line) = first.lines.try_recv() {
+    // What the first receiver printed before it died counts as received: read its
+    // output to the end, which the reader thread reaches once the pipe is closed.
+    while let Ok(line) = first.lines.recv_timeout(PATIENCE) {
         received.push(line);
     }
     let mut second = api::listen(&url)?;
@@ -1478,10 +1489,11 @@ mod cancellation {
             // Many at once on the one connection, half of them dropped.
             let client = Arc::new(client);
             let mut tasks = Vec::new();
-            for task in 0..32u64 {
+            // Few enough that a reply queue each (mq) fits RLIMIT_MSGQUEUE's 800 KiB.
+            for task in 0..8u64 {
                 let client = client.clone();
                 tasks.push(tokio::spawn(async move {
-                    for i in 0..20 {
+                    for i in 0..60 {
                         let payload = format!("task {task} request {i}");
                         let request = client.request(payload.as_bytes(), PATIENCE);
                         if (task + i) % 2 == 0 {

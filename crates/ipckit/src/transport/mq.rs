@@ -65,6 +65,12 @@ impl std::ops::Deref for Queue {
     }
 }
 
+impl std::os::fd::AsRawFd for Queue {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.as_fd())
+    }
+}
+
 impl Drop for Queue {
     fn drop(&mut self) {
         if let Some(queue) = self.0.take() {
@@ -156,6 +162,18 @@ fn msgsize(endpoint: &Endpoint, queue: &MqdT) -> Result<usize> {
     Ok(attr.msgsize() as usize)
 }
 
+fn queue_full(endpoint: &Endpoint, queue: &MqdT, patience: Duration) -> Error {
+    let held = nix::mqueue::mq_getattr(queue).map_or(0, |a| a.maxmsg());
+    Error::Full {
+        endpoint: endpoint.to_string(),
+        detail: format!(
+            "the queue, which holds {held} messages (fs.mqueue.msg_max is {}),",
+            limits().msg_max
+        ),
+        after: patience,
+    }
+}
+
 /// Sends on a non-blocking queue, waiting for room until `patience` runs out.
 fn put(
     endpoint: &Endpoint,
@@ -174,15 +192,7 @@ fn put(
                 let room = wait_ready(queue.as_fd(), PollFlags::OUT, Some(deadline))
                     .map_err(|e| Error::io(endpoint, "waiting for room in the queue", e))?;
                 if !room {
-                    let held = nix::mqueue::mq_getattr(queue).map_or(0, |a| a.maxmsg());
-                    return Err(Error::Full {
-                        endpoint: endpoint.to_string(),
-                        detail: format!(
-                            "the queue, which holds {held} messages (fs.mqueue.msg_max is {}),",
-                            limits().msg_max
-                        ),
-                        after: patience,
-                    });
+                    return Err(queue_full(endpoint, queue, patience));
                 }
             }
             Err(e) => return Err(mq_error(endpoint, "sending", e)),
@@ -225,56 +235,27 @@ impl Transport for Mq {
     }
 
     fn connect(&self, endpoint: &Endpoint) -> Result<Box<dyn Connection>> {
-        let (max, limit) = max_message(endpoint);
-        let queue = open_queue(
-            endpoint,
-            &queue_name(endpoint),
-            MQ_OFlag::O_WRONLY | MQ_OFlag::O_NONBLOCK,
-            (limits().msg_max, max),
-        )?;
-        // The queue may have been created before, with a smaller size.
-        let max = max.min(msgsize(endpoint, &queue)?);
-        Ok(Box::new(MqConnection {
-            endpoint: endpoint.clone(),
-            url: endpoint.to_string(),
-            queue,
-            max,
-            limit,
-            replies: Pool::new(),
-            priority: endpoint.priority(),
-            send_timeout: endpoint.send_timeout(),
-        }))
+        Ok(Box::new(client(endpoint)?))
     }
 
     fn listen(&self, endpoint: &Endpoint) -> Result<Box<dyn Listener>> {
-        let name = queue_name(endpoint);
-        let lock = hold_receiver_lock(endpoint, &name)?;
-        reclaim_reply_queues(&name);
-        let (max, _) = max_message(endpoint);
-        let queue = open_queue(endpoint, &name, MQ_OFlag::O_RDONLY, (limits().msg_max, max))?;
-        let size = msgsize(endpoint, &queue)?;
-        let waker = Waker {
-            queue: open_queue(
-                endpoint,
-                &name,
-                MQ_OFlag::O_WRONLY | MQ_OFlag::O_NONBLOCK,
-                (limits().msg_max, max),
-            )?,
-            stop: AtomicBool::new(false),
-            in_queue: Default::default(),
-        };
-        Ok(Box::new(MqListener {
-            url: endpoint.to_string().into(),
-            reply_prefix: format!("{name}.r."),
-            endpoint: endpoint.clone(),
-            queue,
-            buf: vec![0; size],
-            waker: Arc::new(waker),
-            replies: Arc::new(Recent::new()),
-            last_sink: None,
-            anonymous: Arc::new(Peer::default()),
-            _lock: lock,
-        }))
+        Ok(Box::new(server(endpoint)?))
+    }
+
+    #[cfg(feature = "tokio")]
+    fn connect_async<'a>(
+        &'a self,
+        endpoint: &'a Endpoint,
+    ) -> super::BoxFuture<'a, Result<Box<dyn super::AsyncConnection>>> {
+        Box::pin(async move {
+            let connection = on_tokio::AsyncMqConnection::new(client(endpoint)?)?;
+            Ok(Box::new(connection) as Box<dyn super::AsyncConnection>)
+        })
+    }
+
+    #[cfg(feature = "tokio")]
+    fn listen_async(&self, endpoint: &Endpoint) -> Result<Box<dyn super::AsyncListener>> {
+        Ok(Box::new(on_tokio::AsyncMqListener::new(server(endpoint)?)?))
     }
 
     fn destroy(&self, endpoint: &Endpoint) -> Result<()> {
@@ -283,6 +264,66 @@ impl Transport for Mq {
             Err(e) => Err(mq_error(endpoint, "removing the queue", e)),
         }
     }
+}
+
+/// A client of the endpoint's queue (created if missing), non-blocking.
+fn client(endpoint: &Endpoint) -> Result<MqConnection> {
+    let (max, limit) = max_message(endpoint);
+    let queue = open_queue(
+        endpoint,
+        &queue_name(endpoint),
+        MQ_OFlag::O_WRONLY | MQ_OFlag::O_NONBLOCK,
+        (limits().msg_max, max),
+    )?;
+    // The queue may have been created before, with a smaller size.
+    let max = max.min(msgsize(endpoint, &queue)?);
+    Ok(MqConnection {
+        endpoint: endpoint.clone(),
+        url: endpoint.to_string(),
+        queue: Arc::new(queue),
+        max,
+        limit,
+        replies: Pool::new(),
+        priority: endpoint.priority(),
+        send_timeout: endpoint.send_timeout(),
+    })
+}
+
+/// The endpoint's one receiver.
+fn server(endpoint: &Endpoint) -> Result<MqListener> {
+    let name = queue_name(endpoint);
+    let lock = hold_receiver_lock(endpoint, &name)?;
+    reclaim_reply_queues(&name);
+    let (max, _) = max_message(endpoint);
+    let queue = open_queue(
+        endpoint,
+        &name,
+        MQ_OFlag::O_RDONLY | MQ_OFlag::O_NONBLOCK,
+        (limits().msg_max, max),
+    )?;
+    let size = msgsize(endpoint, &queue)?;
+    let waker = Waker {
+        queue: open_queue(
+            endpoint,
+            &name,
+            MQ_OFlag::O_WRONLY | MQ_OFlag::O_NONBLOCK,
+            (limits().msg_max, max),
+        )?,
+        stop: AtomicBool::new(false),
+        in_queue: Default::default(),
+    };
+    Ok(MqListener {
+        url: endpoint.to_string().into(),
+        reply_prefix: format!("{name}.r."),
+        endpoint: endpoint.clone(),
+        queue: Arc::new(queue),
+        buf: vec![0; size],
+        waker: Arc::new(waker),
+        replies: Arc::new(Recent::new()),
+        last_sink: None,
+        anonymous: Arc::new(Peer::default()),
+        _lock: lock,
+    })
 }
 
 /// Binds the abstract socket that marks `name` as having a receiver.
@@ -334,15 +375,17 @@ fn reclaim_reply_queues(name: &str) {
 }
 
 /// A client's queue for the reply to one request at a time.
-struct ReplyQueue {
+/// A client's queue for the replies to its requests, one request at a time; removed when
+/// dropped. `Q` is the queue as the API drives it: blocking, or registered with tokio.
+struct ReplyQueue<Q = Queue> {
     name: String,
-    queue: Queue,
+    queue: Q,
     buf: Vec<u8>,
     /// The request being sent, kept to reuse its allocation.
     request: Vec<u8>,
 }
 
-impl Drop for ReplyQueue {
+impl<Q> Drop for ReplyQueue<Q> {
     fn drop(&mut self) {
         let _ = nix::mqueue::mq_unlink(self.name.as_str());
     }
@@ -351,7 +394,7 @@ impl Drop for ReplyQueue {
 struct MqConnection {
     endpoint: Endpoint,
     url: String,
-    queue: Queue,
+    queue: Arc<Queue>,
     max: usize,
     limit: String,
     replies: Pool<ReplyQueue>,
@@ -370,6 +413,35 @@ impl MqConnection {
         }
     }
 
+    /// Refuses a one-way message the queue cannot take, or that would read as ipckit's own.
+    fn check_one_way(&self, payload: &[u8]) -> Result<()> {
+        if payload.len() > self.max {
+            return Err(self.too_large(payload.len(), self.max));
+        }
+        if payload.starts_with(REQUEST_MAGIC) || payload == WAKE {
+            return Err(Error::Unsupported {
+                endpoint: self.url.clone(),
+                what: "a one-way message cannot start with the bytes that mark ipckit's own messages (\\0IPCK)".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The request for `payload`, naming `reply`'s queue, in the buffer `reply` keeps.
+    fn request_for<Q>(&self, reply: &mut ReplyQueue<Q>, payload: &[u8]) -> Result<Vec<u8>> {
+        let header = REQUEST_MAGIC.len() + 1 + reply.name.len();
+        if header + payload.len() > self.max {
+            return Err(self.too_large(payload.len(), self.max.saturating_sub(header)));
+        }
+        let mut request = std::mem::take(&mut reply.request);
+        request.clear();
+        request.extend_from_slice(REQUEST_MAGIC);
+        request.push(reply.name.len() as u8);
+        request.extend_from_slice(reply.name.as_bytes());
+        request.extend_from_slice(payload);
+        Ok(request)
+    }
+
     /// Sends into the endpoint's queue with its priority and send timeout.
     fn put(&self, message: &[u8]) -> Result<()> {
         put(
@@ -381,7 +453,11 @@ impl MqConnection {
         )
     }
 
-    fn new_reply_queue(&self) -> Result<ReplyQueue> {
+    /// A new reply queue, its queue made by `wrap` from the one just created.
+    fn new_reply_queue_with<Q>(
+        &self,
+        wrap: impl FnOnce(Queue) -> Result<Q>,
+    ) -> Result<ReplyQueue<Q>> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let name = format!(
             "{}.r.{}.{}",
@@ -395,13 +471,24 @@ impl MqConnection {
             MQ_OFlag::O_RDONLY | MQ_OFlag::O_EXCL,
             (1, self.max),
         )?;
-        let size = msgsize(&self.endpoint, &queue)?;
+        let wrapped = msgsize(&self.endpoint, &queue).and_then(|size| Ok((size, wrap(queue)?)));
+        let (size, queue) = match wrapped {
+            Ok(wrapped) => wrapped,
+            Err(e) => {
+                let _ = nix::mqueue::mq_unlink(name.as_str());
+                return Err(e);
+            }
+        };
         Ok(ReplyQueue {
             name,
             queue,
             buf: vec![0; size],
             request: Vec::new(),
         })
+    }
+
+    fn new_reply_queue(&self) -> Result<ReplyQueue> {
+        self.new_reply_queue_with(Ok)
     }
 
     fn exchange(
@@ -425,19 +512,7 @@ impl MqConnection {
                 &mut priority,
                 &abstime,
             ) {
-                Ok(0) => {
-                    return Err(Error::Protocol {
-                        endpoint: self.url.clone(),
-                        reason: "an empty reply, without its status byte".into(),
-                    });
-                }
-                Ok(n) if reply.buf[0] == REPLY_OK => return Ok(reply.buf[1..n].to_vec()),
-                Ok(n) => {
-                    return Err(Error::Remote {
-                        endpoint: self.url.clone(),
-                        reason: String::from_utf8_lossy(&reply.buf[1..n]).into_owned(),
-                    });
-                }
+                Ok(n) => return answer(&self.url, &reply.buf[..n]),
                 Err(Errno::EINTR) => {}
                 Err(Errno::ETIMEDOUT) => {
                     return Err(Error::Timeout {
@@ -451,17 +526,24 @@ impl MqConnection {
     }
 }
 
+/// The caller's result from a reply: a status byte, then the payload or the reason.
+fn answer(url: &str, reply: &[u8]) -> Result<Vec<u8>> {
+    match reply.split_first() {
+        None => Err(Error::Protocol {
+            endpoint: url.to_owned(),
+            reason: "an empty reply, without its status byte".into(),
+        }),
+        Some((&REPLY_OK, payload)) => Ok(payload.to_vec()),
+        Some((_, reason)) => Err(Error::Remote {
+            endpoint: url.to_owned(),
+            reason: String::from_utf8_lossy(reason).into_owned(),
+        }),
+    }
+}
+
 impl Connection for MqConnection {
     fn send(&self, payload: &[u8]) -> Result<()> {
-        if payload.len() > self.max {
-            return Err(self.too_large(payload.len(), self.max));
-        }
-        if payload.starts_with(REQUEST_MAGIC) || payload == WAKE {
-            return Err(Error::Unsupported {
-                endpoint: self.url.clone(),
-                what: "a one-way message cannot start with the bytes that mark ipckit's own messages (\\0IPCK)".into(),
-            });
-        }
+        self.check_one_way(payload)?;
         self.put(payload)
     }
 
@@ -469,16 +551,7 @@ impl Connection for MqConnection {
         self.replies.with(
             || self.new_reply_queue(),
             |reply| {
-                let header = REQUEST_MAGIC.len() + 1 + reply.name.len();
-                if header + payload.len() > self.max {
-                    return Err(self.too_large(payload.len(), self.max.saturating_sub(header)));
-                }
-                let mut request = std::mem::take(&mut reply.request);
-                request.clear();
-                request.extend_from_slice(REQUEST_MAGIC);
-                request.push(reply.name.len() as u8);
-                request.extend_from_slice(reply.name.as_bytes());
-                request.extend_from_slice(payload);
+                let request = self.request_for(reply, payload)?;
                 let answer = self.exchange(reply, &request, timeout);
                 reply.request = request;
                 answer
@@ -590,7 +663,7 @@ struct MqListener {
     url: Arc<str>,
     /// Reply queues of this endpoint's clients start with this.
     reply_prefix: String,
-    queue: Queue,
+    queue: Arc<Queue>,
     buf: Vec<u8>,
     waker: Arc<Waker>,
     replies: OpenReplies,
@@ -649,28 +722,60 @@ impl MqListener {
         }
     }
 
-    /// One blocking receive, until `deadline`; `None` when it passed.
+    /// One receive, waiting until `deadline`; `None` when it passed.
+    ///
+    /// The queue is non-blocking and the wait is `poll`: the kernel hands a message
+    /// straight to a receiver blocked in `mq_receive`, so a receiver frozen and then
+    /// killed there would take the next message with it. Polled, it takes nothing until
+    /// it runs.
     fn receive(&mut self, deadline: Option<Instant>) -> Result<Option<usize>> {
-        let mut priority = 0;
-        let received = match deadline {
-            None => nix::mqueue::mq_receive(&self.queue, &mut self.buf, &mut priority),
-            Some(deadline) => {
-                // mq_timedreceive takes a CLOCK_REALTIME deadline.
-                let left = deadline.saturating_duration_since(Instant::now());
-                let at = SystemTime::now() + left;
-                let since_epoch = at
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .unwrap_or_default();
-                let abstime = nix::sys::time::TimeSpec::from_duration(since_epoch);
-                nix::mqueue::mq_timedreceive(&self.queue, &mut self.buf, &mut priority, &abstime)
+        loop {
+            let mut priority = 0;
+            match nix::mqueue::mq_receive(&self.queue, &mut self.buf, &mut priority) {
+                Ok(n) => return Ok(Some(n)),
+                Err(Errno::EINTR) => return Ok(Some(usize::MAX)),
+                Err(Errno::EAGAIN) => {
+                    let readable = wait_ready(self.queue.as_fd(), PollFlags::IN, deadline)
+                        .map_err(|e| Error::io(&self.endpoint, "waiting for messages", e))?;
+                    if !readable {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(mq_error(&self.endpoint, "receiving", e)),
+            }
+        }
+    }
+}
+
+/// What a received queue message is to the server.
+enum Received {
+    Message(Message),
+    /// A waker's: `recv` returns.
+    Wake,
+    /// Malformed, and logged: nothing to return.
+    Dropped,
+}
+
+impl MqListener {
+    /// Makes the `n` bytes just received into a message.
+    fn take(&mut self, n: usize) -> Received {
+        let message = &self.buf[..n];
+        if message == WAKE {
+            self.waker.in_queue.fetch_sub(1, Ordering::AcqRel);
+            return Received::Wake;
+        }
+        let (reply_name, payload) = match self.parse_request(message) {
+            Ok(None) => (None, message),
+            Ok(Some((name, payload))) => (Some(name.to_owned()), payload),
+            Err(reason) => {
+                log::warn!("{}: dropped a malformed request: {reason}", self.url);
+                return Received::Dropped;
             }
         };
-        match received {
-            Ok(n) => Ok(Some(n)),
-            Err(Errno::ETIMEDOUT) => Ok(None),
-            Err(Errno::EINTR) => Ok(Some(usize::MAX)),
-            Err(e) => Err(mq_error(&self.endpoint, "receiving", e)),
-        }
+        let payload = payload.to_vec();
+        let reply_to = reply_name.map(|name| ReplyTo::new(self.sink_for(&name), 0));
+        let peer = self.anonymous.clone();
+        Received::Message(Message::new(payload, peer, reply_to, self.url.clone()))
     }
 }
 
@@ -685,28 +790,11 @@ impl Listener for MqListener {
                 Some(usize::MAX) => continue, // interrupted
                 Some(n) => n,
             };
-            let message = &self.buf[..n];
-            if message == WAKE {
-                self.waker.in_queue.fetch_sub(1, Ordering::AcqRel);
-                return Ok(None);
+            match self.take(n) {
+                Received::Message(message) => return Ok(Some(message)),
+                Received::Wake => return Ok(None),
+                Received::Dropped => {}
             }
-            let (reply_name, payload) = match self.parse_request(message) {
-                Ok(None) => (None, message),
-                Ok(Some((name, payload))) => (Some(name.to_owned()), payload),
-                Err(reason) => {
-                    log::warn!("{}: dropped a malformed request: {reason}", self.url);
-                    continue;
-                }
-            };
-            let payload = payload.to_vec();
-            let reply_to = reply_name.map(|name| ReplyTo::new(self.sink_for(&name), 0));
-            let peer = self.anonymous.clone();
-            return Ok(Some(Message::new(
-                payload,
-                peer,
-                reply_to,
-                self.url.clone(),
-            )));
         }
     }
 
@@ -741,6 +829,224 @@ impl Drop for MqListener {
                 }
                 Err(_) => break,
             }
+        }
+    }
+}
+
+/// The same client and server driven by tokio: the queue descriptors are non-blocking
+/// and registered with its reactor (Linux can poll a queue descriptor). Requests, replies,
+/// limits and reply queues are the blocking side's.
+///
+/// Cancellation: a queue message is sent whole or not at all, so a dropped `send` leaves
+/// nothing half-sent; a dropped `request` drops (and removes) its reply queue, so a late
+/// reply cannot be taken for another request's.
+#[cfg(feature = "tokio")]
+mod on_tokio {
+    use std::future::poll_fn;
+    use std::io;
+    use std::task::Poll;
+
+    use tokio::io::Interest;
+    use tokio::io::unix::AsyncFd;
+
+    use super::*;
+    use crate::transport::{AsyncConnection, AsyncListener, BoxFuture};
+
+    fn register<T: std::os::fd::AsRawFd>(
+        url: &str,
+        queue: T,
+        interest: Interest,
+    ) -> Result<AsyncFd<T>> {
+        let _entered = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::Unsupported {
+                endpoint: url.to_owned(),
+                what: "the async API needs a tokio runtime: call it from within one".into(),
+            })?
+            .enter();
+        // SAFETY: `queue` owns (or shares ownership of) an open queue descriptor that stays
+        // open, the same one, for as long as the AsyncFd holding it.
+        unsafe { AsyncFd::register_with_interest(queue, interest) }
+            .map_err(|e| Error::io(url, "registering the queue with tokio", e.into()))
+    }
+
+    fn nonblocking(endpoint: &Endpoint, queue: &MqdT) -> Result<()> {
+        nix::mqueue::mq_set_nonblock(queue)
+            .map(|_| ())
+            .map_err(|e| mq_error(endpoint, "making the queue non-blocking", e))
+    }
+
+    pub(super) struct AsyncMqConnection {
+        client: MqConnection,
+        queue: AsyncFd<Arc<Queue>>,
+        replies: Pool<ReplyQueue<AsyncFd<Queue>>>,
+    }
+
+    impl AsyncMqConnection {
+        pub(super) fn new(client: MqConnection) -> Result<AsyncMqConnection> {
+            let queue = register(&client.url, client.queue.clone(), Interest::WRITABLE)?;
+            Ok(AsyncMqConnection {
+                client,
+                queue,
+                replies: Pool::new(),
+            })
+        }
+
+        /// Sends into the endpoint's queue, waiting for room up to the send timeout.
+        async fn put(&self, message: &[u8]) -> Result<()> {
+            let client = &self.client;
+            let wait_for_room = async {
+                loop {
+                    let mut ready =
+                        self.queue.writable().await.map_err(|e| {
+                            Error::io(&client.url, "waiting for room in the queue", e)
+                        })?;
+                    let sent = ready.try_io(|queue| {
+                        nix::mqueue::mq_send(queue.get_ref(), message, client.priority)
+                            .map_err(io::Error::from)
+                    });
+                    match sent {
+                        Ok(Ok(())) => return Ok(()),
+                        Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Ok(Err(e)) => {
+                            let errno = Errno::from_raw(e.raw_os_error().unwrap_or(0));
+                            return Err(mq_error(&client.endpoint, "sending", errno));
+                        }
+                        Err(_full) => {}
+                    }
+                }
+            };
+            tokio::time::timeout(client.send_timeout, wait_for_room)
+                .await
+                .map_err(|_| queue_full(&client.endpoint, &client.queue, client.send_timeout))?
+        }
+
+        async fn send(&self, payload: &[u8]) -> Result<()> {
+            self.client.check_one_way(payload)?;
+            self.put(payload).await
+        }
+
+        async fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
+            let client = &self.client;
+            let mut reply = self.replies.take(|| {
+                client.new_reply_queue_with(|queue| {
+                    nonblocking(&client.endpoint, &queue)?;
+                    register(&client.url, queue, Interest::READABLE)
+                })
+            })?;
+            let request = client.request_for(&mut reply, payload)?;
+            let exchange = async {
+                self.put(&request).await?;
+                loop {
+                    let mut ready = reply
+                        .queue
+                        .readable()
+                        .await
+                        .map_err(|e| Error::io(&client.url, "waiting for the reply", e))?;
+                    let buf = &mut reply.buf;
+                    let received = ready.try_io(|queue| {
+                        let mut priority = 0;
+                        nix::mqueue::mq_receive(queue.get_ref(), buf, &mut priority)
+                            .map_err(io::Error::from)
+                    });
+                    match received {
+                        Ok(Ok(n)) => return answer(&client.url, &reply.buf[..n]),
+                        Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Ok(Err(e)) => {
+                            let errno = Errno::from_raw(e.raw_os_error().unwrap_or(0));
+                            return Err(mq_error(&client.endpoint, "receiving the reply", errno));
+                        }
+                        Err(_empty) => {}
+                    }
+                }
+            };
+            let answer = tokio::time::timeout(timeout, exchange)
+                .await
+                .map_err(|_| Error::Timeout {
+                    endpoint: client.url.clone(),
+                    after: timeout,
+                })??;
+            reply.request = request;
+            self.replies.give_back(reply);
+            Ok(answer)
+        }
+    }
+
+    impl AsyncConnection for AsyncMqConnection {
+        /// Dropped before it completes, the message was queued whole or not at all.
+        fn send<'a>(&'a self, payload: &'a [u8]) -> BoxFuture<'a, Result<()>> {
+            Box::pin(AsyncMqConnection::send(self, payload))
+        }
+
+        /// Dropped at any point, the request's reply queue is removed with it.
+        fn request<'a>(
+            &'a self,
+            payload: &'a [u8],
+            timeout: Duration,
+        ) -> BoxFuture<'a, Result<Vec<u8>>> {
+            Box::pin(AsyncMqConnection::request(self, payload, timeout))
+        }
+
+        fn max_message(&self) -> usize {
+            self.client.max
+        }
+
+        fn endpoint(&self) -> &Endpoint {
+            &self.client.endpoint
+        }
+    }
+
+    /// The blocking server's queue and bookkeeping, read when tokio says it has messages.
+    pub(super) struct AsyncMqListener {
+        server: MqListener,
+        queue: AsyncFd<Arc<Queue>>,
+    }
+
+    impl AsyncMqListener {
+        pub(super) fn new(server: MqListener) -> Result<AsyncMqListener> {
+            let queue = register(&server.url, server.queue.clone(), Interest::READABLE)?;
+            Ok(AsyncMqListener { server, queue })
+        }
+    }
+
+    impl AsyncListener for AsyncMqListener {
+        /// Cancel-safe: a message is taken from the queue only when it is returned.
+        fn recv(&mut self) -> BoxFuture<'_, Result<Message>> {
+            Box::pin(poll_fn(move |cx| {
+                loop {
+                    let mut ready = match self.queue.poll_read_ready(cx) {
+                        Poll::Ready(Ok(ready)) => ready,
+                        Poll::Ready(Err(e)) => {
+                            let url = &self.server.url;
+                            return Poll::Ready(Err(Error::io(&**url, "waiting for messages", e)));
+                        }
+                        Poll::Pending => return Poll::Pending,
+                    };
+                    let server = &mut self.server;
+                    let received = ready.try_io(|queue| {
+                        let mut priority = 0;
+                        nix::mqueue::mq_receive(queue.get_ref(), &mut server.buf, &mut priority)
+                            .map_err(io::Error::from)
+                    });
+                    match received {
+                        // A waker's message is the blocking side's business.
+                        Ok(Ok(n)) => match server.take(n) {
+                            Received::Message(message) => return Poll::Ready(Ok(message)),
+                            Received::Wake | Received::Dropped => {}
+                        },
+                        Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Ok(Err(e)) => {
+                            let errno = Errno::from_raw(e.raw_os_error().unwrap_or(0));
+                            let error = mq_error(&server.endpoint, "receiving", errno);
+                            return Poll::Ready(Err(error));
+                        }
+                        Err(_empty) => {}
+                    }
+                }
+            }))
+        }
+
+        fn endpoint(&self) -> &Endpoint {
+            &self.server.endpoint
         }
     }
 }

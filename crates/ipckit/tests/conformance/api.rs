@@ -65,10 +65,12 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
 /// Whether `transport` has an async side at all (a server of it can start).
 pub fn has_async(transport: &dyn Transport, endpoint: &Endpoint) -> bool {
     let _entered = RUNTIME.enter();
-    !matches!(
-        transport.listen_async(endpoint),
-        Err(Error::Unsupported { .. })
-    )
+    let probe = transport.listen_async(endpoint);
+    let unsupported = matches!(probe, Err(Error::Unsupported { .. }));
+    drop(probe);
+    // What the probe made that outlives it (a message queue) goes too.
+    let _ = transport.destroy(endpoint);
+    !unsupported
 }
 
 #[derive(Debug)]
