@@ -591,7 +591,6 @@ impl AsyncStreamListener {
     /// is left (registered for the next).
     fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
         while self.connections.try_join_next().is_some() {}
-        self.sinks.retain(|sink| sink.strong_count() > 0);
         loop {
             let mut ready = ready!(self.listener.poll_read_ready(cx))
                 .map_err(|e| Error::io(&*self.url, "waiting for connections", e))?;
@@ -639,6 +638,10 @@ impl AsyncStreamListener {
             framing,
             peer_max: AtomicUsize::new(max),
         });
+        // Pruned when it has doubled: amortised, since `recv` passes here for every message.
+        if self.sinks.len() == self.sinks.capacity() {
+            self.sinks.retain(|sink| sink.strong_count() > 0);
+        }
         self.sinks.push(Arc::downgrade(&sink));
         self.connections.spawn_on(
             serve_connection(
