@@ -101,17 +101,6 @@ impl Client {
         }
     }
 
-    /// Loans are the blocking API's (shared memory has no async side yet).
-    pub fn loan(&self, len: usize) -> Result<ipckit::Loan<'_>, Error> {
-        match self {
-            Client::Blocking(c) => c.loan(len),
-            Client::Async(c) => Err(Error::Unsupported {
-                endpoint: c.endpoint().to_string(),
-                what: "loans through the async API".into(),
-            }),
-        }
-    }
-
     pub fn max_message(&self) -> usize {
         match self {
             Client::Blocking(c) => c.max_message(),

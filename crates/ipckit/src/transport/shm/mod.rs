@@ -68,6 +68,9 @@ use crate::sys::lock;
 use crate::transport::correlate::{Correlator, NoAnswer};
 use crate::transport::{Capabilities, Connection, Listener, Transport};
 
+mod bell;
+#[cfg(feature = "tokio")]
+mod on_tokio;
 pub(crate) mod ring;
 mod segment;
 mod wait;
@@ -142,6 +145,22 @@ impl Transport for Shm {
 
     fn listen(&self, endpoint: &Endpoint) -> Result<Box<dyn Listener>> {
         Ok(Box::new(ShmListener::bind(endpoint)?))
+    }
+
+    #[cfg(feature = "tokio")]
+    fn connect_async<'a>(
+        &'a self,
+        endpoint: &'a Endpoint,
+    ) -> super::BoxFuture<'a, Result<Box<dyn super::AsyncConnection>>> {
+        Box::pin(async move {
+            let connection = on_tokio::AsyncShmConnection::connect(endpoint)?;
+            Ok(Box::new(connection) as Box<dyn super::AsyncConnection>)
+        })
+    }
+
+    #[cfg(feature = "tokio")]
+    fn listen_async(&self, endpoint: &Endpoint) -> Result<Box<dyn super::AsyncListener>> {
+        Ok(Box::new(on_tokio::AsyncShmListener::bind(endpoint)?))
     }
 
     /// Removes the segment of a server that died (a live server's stays). A server that
@@ -223,8 +242,9 @@ struct Sender {
     spinner: Spinner,
     /// The ring's word on which this side sleeps waiting for room.
     room: *const AtomicU32,
-    /// The word on which the consumer sleeps.
+    /// The word on which the consumer sleeps, and its bell.
     doorbell: *const AtomicU32,
+    bell: *const AtomicU64,
     /// When the peer was last seen alive, by the coarse clock.
     checked_at: Duration,
 }
@@ -234,8 +254,8 @@ unsafe impl Send for Sender {}
 
 impl Sender {
     /// # Safety
-    /// `control` and `doorbell` stay valid as long as the sender.
-    unsafe fn new(control: &Control, area: Area, doorbell: &AtomicU32) -> Sender {
+    /// `control`, `doorbell` and `bell` stay valid as long as the sender.
+    unsafe fn new(control: &Control, area: Area, doorbell: &AtomicU32, bell: &AtomicU64) -> Sender {
         Sender {
             // SAFETY: per this function's contract; one producer per ring is guaranteed
             // by the slot protocol (the client writes requests, the server replies).
@@ -243,13 +263,16 @@ impl Sender {
             spinner: Spinner::default(),
             room: &control.producer_sleeps,
             doorbell,
+            bell,
             checked_at: Duration::ZERO,
         }
     }
 
-    fn doorbell(&self) -> &AtomicU32 {
+    /// Wakes the consumer, if it sleeps.
+    fn wake_consumer(&self) {
         // SAFETY: valid per the constructor's contract.
-        unsafe { &*self.doorbell }
+        let (doorbell, bell) = unsafe { (&*self.doorbell, &*self.bell) };
+        wait::wake(doorbell, bell);
     }
 
     /// Claims room for `len` bytes, waiting up to `patience`. `link` says whether the peer
@@ -267,18 +290,7 @@ impl Sender {
         // looking at the consumer's position would cost a cache miss on every send.
         // Only one-way messages need this: a request, or a reply, is followed by a wait
         // that watches the peer anyway (and a reply to a dead client is simply never read).
-        if probe {
-            let now = coarse_now();
-            if now.saturating_sub(self.checked_at) >= LIVENESS_PROBE {
-                link.check()?;
-                self.checked_at = now;
-            }
-        }
-        if let Some(r) = self
-            .producer
-            .try_reserve(len)
-            .map_err(|c| corrupt(link.url(), "receiver", c))?
-        {
+        if let Some(r) = self.try_reserve(len, link, probe)? {
             return Ok(r);
         }
         let deadline = Instant::now() + patience;
@@ -323,10 +335,30 @@ impl Sender {
         }
     }
 
+    /// Claims room for `len` bytes if the ring has it now. `probe` as for
+    /// [`reserve`](Self::reserve).
+    fn try_reserve(
+        &mut self,
+        len: usize,
+        link: &dyn Link,
+        probe: bool,
+    ) -> Result<Option<Reservation>> {
+        if probe {
+            let now = coarse_now();
+            if now.saturating_sub(self.checked_at) >= LIVENESS_PROBE {
+                link.check()?;
+                self.checked_at = now;
+            }
+        }
+        self.producer
+            .try_reserve(len)
+            .map_err(|c| corrupt(link.url(), "receiver", c))
+    }
+
     /// Publishes a reservation and wakes the consumer if it sleeps.
     fn commit(&mut self, r: Reservation, len: usize, kind: Kind, flags: u8, id: u64) {
         self.producer.commit(r, len, kind, flags, id);
-        wait::wake(self.doorbell());
+        self.wake_consumer();
     }
 
     /// Sends `payload` as one record, or as several when it is larger than one can be.
@@ -515,13 +547,18 @@ impl ShmConnection {
         let (requests, consumer) = unsafe {
             let base = slot_map.base().add(segment::ALIGN);
             (
-                Sender::new(&slot.requests, Area::new(base, capacity), &header.doorbell),
+                Sender::new(
+                    &slot.requests,
+                    Area::new(base, capacity),
+                    &header.doorbell,
+                    &header.bell,
+                ),
                 Consumer::new(&slot.replies, Area::new(base.add(capacity), capacity)),
             )
         };
         slot.state.store(segment::OPEN, Ordering::SeqCst);
         header.changes.fetch_add(1, Ordering::SeqCst);
-        wait::wake(&header.doorbell);
+        wait::wake(&header.doorbell, &header.bell);
         Ok(ShmConnection {
             endpoint: endpoint.clone(),
             answers: Correlator::new(&url),
@@ -615,54 +652,62 @@ impl ShmConnection {
         let header = self.header();
         let slot = self.slot();
         loop {
-            match consumer
-                .peek()
-                .map_err(|c| corrupt(&self.url, "server", c))?
-            {
-                Some(record) => {
-                    if !matches!(record.kind, Kind::Reply | Kind::Refusal) {
-                        return Err(corrupt(
-                            &self.url,
-                            "server",
-                            Corrupt(format!("it sent a {:?} as a reply", record.kind)),
-                        ));
-                    }
-                    let done = assemble(partial, consumer, &record, self.own_max)
-                        .map_err(|c| corrupt(&self.url, "server", c))?;
-                    consumer.release(record.end);
-                    wait::wake(&slot.replies.producer_sleeps);
-                    if done.is_some() {
-                        return Ok(done);
-                    }
+            if let Some(done) = self.next_answer(consumer, partial)? {
+                return Ok(Some(done));
+            }
+            let mut ready = || {
+                consumer.has_data()
+                    || header.state.load(Ordering::Relaxed) != segment::LISTENING
+                    || slot.state.load(Ordering::Relaxed) == segment::REFUSED
+            };
+            if spinner.spin(&mut ready) {
+                if !consumer.has_data() {
+                    self.check()?;
                 }
-                None => {
-                    let mut ready = || {
-                        consumer.has_data()
-                            || header.state.load(Ordering::Relaxed) != segment::LISTENING
-                            || slot.state.load(Ordering::Relaxed) == segment::REFUSED
-                    };
-                    if spinner.spin(&mut ready) {
-                        if !consumer.has_data() {
-                            self.check()?;
-                        }
-                        continue;
-                    }
-                    let now = Instant::now();
-                    let deadline = *deadline.get_or_insert(now + timeout);
-                    let woke = spinner.sleep(
-                        &slot.replies.consumer_sleeps,
-                        ready,
-                        Some((now + LIVENESS_INTERVAL).min(deadline)),
-                    );
-                    if !consumer.has_data() {
-                        self.check()?;
-                        if woke == Woke::TimedOut && Instant::now() >= deadline {
-                            return Ok(None);
-                        }
-                    }
+                continue;
+            }
+            let now = Instant::now();
+            let deadline = *deadline.get_or_insert(now + timeout);
+            let woke = spinner.sleep(
+                &slot.replies.consumer_sleeps,
+                ready,
+                Some((now + LIVENESS_INTERVAL).min(deadline)),
+            );
+            if !consumer.has_data() {
+                self.check()?;
+                if woke == Woke::TimedOut && Instant::now() >= deadline {
+                    return Ok(None);
                 }
             }
         }
+    }
+
+    /// The next complete answer already in the reply ring; `None` once the ring is empty.
+    fn next_answer(
+        &self,
+        consumer: &mut Consumer,
+        partial: &mut Option<Partial>,
+    ) -> Result<Option<Partial>> {
+        while let Some(record) = consumer
+            .peek()
+            .map_err(|c| corrupt(&self.url, "server", c))?
+        {
+            if !matches!(record.kind, Kind::Reply | Kind::Refusal) {
+                return Err(corrupt(
+                    &self.url,
+                    "server",
+                    Corrupt(format!("it sent a {:?} as a reply", record.kind)),
+                ));
+            }
+            let done = assemble(partial, consumer, &record, self.own_max)
+                .map_err(|c| corrupt(&self.url, "server", c))?;
+            consumer.release(record.end);
+            wait::wake(&self.slot().replies.producer_sleeps, &self.header().bell);
+            if done.is_some() {
+                return Ok(done);
+            }
+        }
+        Ok(None)
     }
 
     /// Waits for the answer to request `id` as the only requester in flight, holding the
@@ -806,7 +851,7 @@ impl Drop for ShmConnection {
         self.slot().state.store(segment::LEFT, Ordering::SeqCst);
         let header = self.header();
         header.changes.fetch_add(1, Ordering::SeqCst);
-        wait::wake(&header.doorbell);
+        wait::wake(&header.doorbell, &header.bell);
         log::debug!("{}: left slot {}", self.url, self.slot_index);
     }
 }
@@ -870,6 +915,8 @@ impl ShmLoan<'_> {
 pub(crate) struct Releases {
     state: Mutex<(u64, Vec<(u64, u64)>)>,
     control: *const Control,
+    /// The client's bell, for a client that waits for room through an async runtime.
+    bell: *const AtomicU64,
     _map: Arc<Mapping>,
 }
 
@@ -892,9 +939,9 @@ impl Releases {
             *head = done.swap_remove(at).1;
         }
         // SAFETY: valid while `_map` lives.
-        let control = unsafe { &*self.control };
+        let (control, bell) = unsafe { (&*self.control, &*self.bell) };
         control.release_to(*head);
-        wait::wake(&control.producer_sleeps);
+        wait::wake(&control.producer_sleeps, bell);
     }
 }
 
@@ -1109,12 +1156,14 @@ impl ShmListener {
                     &slot.replies,
                     Area::new(base.add(offset + capacity), capacity),
                     &slot.replies.consumer_sleeps,
+                    &slot.bell,
                 ),
             )
         };
         let releases = Arc::new(Releases {
             state: Mutex::new((consumer.position(), Vec::new())),
             control: &slot.requests,
+            bell: &slot.room_bell,
             _map: self.map.clone(),
         });
         let replies = Arc::new(ReplyChannel {
@@ -1261,8 +1310,8 @@ impl ShmListener {
                     client.partial = None;
                     let slot = self.slot(i);
                     slot.state.store(segment::REFUSED, Ordering::SeqCst);
-                    wait::wake_all(&slot.replies.consumer_sleeps);
-                    wait::wake_all(&slot.requests.producer_sleeps);
+                    wait::wake_all(&slot.replies.consumer_sleeps, &slot.bell);
+                    wait::wake_all(&slot.requests.producer_sleeps, &slot.room_bell);
                 }
             }
         }
@@ -1390,7 +1439,7 @@ impl Listener for ShmListener {
             woken.store(true, Ordering::SeqCst);
             // SAFETY: the segment begins with the header; the Arc keeps it mapped.
             let header: &Header = unsafe { map.at(0) };
-            wait::wake(&header.doorbell);
+            wait::wake(&header.doorbell, &header.bell);
         })
     }
 
@@ -1405,8 +1454,8 @@ impl Drop for ShmListener {
         for i in 0..self.geometry.slots {
             if self.owner(i).load(Ordering::Acquire) != 0 {
                 let slot = self.slot(i);
-                wait::wake_all(&slot.replies.consumer_sleeps);
-                wait::wake_all(&slot.requests.producer_sleeps);
+                wait::wake_all(&slot.replies.consumer_sleeps, &slot.bell);
+                wait::wake_all(&slot.requests.producer_sleeps, &slot.room_bell);
             }
         }
         let path = segment::path(&self.name);

@@ -99,15 +99,16 @@ impl Control {
     }
 }
 
-/// The sleeper's half of the wake-up handshake: says on `word` that it is about to sleep.
-/// The caller must then check its condition once more before sleeping.
+/// The sleeper's half of the wake-up handshake: says on `word` that it is about to sleep,
+/// and how it is to be woken (`how`, never 0: a futex wake, or its bell). The caller must
+/// then check its condition once more before sleeping.
 ///
 /// With [`sleeper_announced`] on the waker's side this is the store-fence-load pattern
 /// of Dekker: the waker publishes, fences, and reads `word`; the sleeper writes `word`,
 /// fences, and reads what the waker published. The two fences are ordered one way or the
 /// other, so at least one side sees the other's write: a wake-up is never lost.
-pub fn announce_sleep(word: &AtomicU32) {
-    word.store(1, Ordering::Relaxed);
+pub fn announce_sleep(word: &AtomicU32, how: u32) {
+    word.store(how, Ordering::Relaxed);
     fence(Ordering::SeqCst);
 }
 
@@ -690,7 +691,7 @@ mod loom_tests {
             });
             // SAFETY: as above.
             let mut c = unsafe { Consumer::new(&control.0, consumer_area) };
-            announce_sleep(&control.0.consumer_sleeps);
+            announce_sleep(&control.0.consumer_sleeps, 1);
             let saw_data = c.has_data();
             let woken = producer.join().unwrap();
             // Either the consumer saw the record before sleeping or the producer saw the

@@ -24,8 +24,9 @@ use crate::error::{Error, Result};
 
 /// The first bytes of every segment.
 pub const MAGIC: [u8; 8] = *b"ipckshm\0";
-/// The layout version; a client refuses any other.
-pub const VERSION: u32 = 1;
+/// The layout version; a client refuses any other. 2: sleep words may say "ring my bell"
+/// ([`super::wait::BELL`]), and the header and slots hold bells.
+pub const VERSION: u32 = 2;
 /// Everything is placed at multiples of this, the largest page size Linux uses, so that a
 /// slot can be mapped on its own.
 pub const ALIGN: usize = 64 * 1024;
@@ -65,7 +66,10 @@ pub struct Header {
     pub max_message: u64,
     /// Bumped by a client that attaches or leaves, so that the server rescans the slots.
     pub changes: AtomicU32,
-    _line: [u8; 84],
+    _pad: u32,
+    /// The server's bell, when it waits through an async runtime (see `bell`).
+    pub bell: AtomicU64,
+    _line: [u8; 72],
     /// The server's doorbell: 1 while it sleeps; a client that publishes and finds 1 sets
     /// 0 and wakes it (FUTEX_WAKE on this word).
     pub doorbell: AtomicU32,
@@ -85,7 +89,11 @@ pub struct Slot {
     _reserved: u32,
     /// The largest reply the client accepts.
     pub client_max: AtomicU64,
-    _line: [u8; 112],
+    /// The client's bells, when it waits through an async runtime (see `bell`): for
+    /// replies, and for room in the request ring.
+    pub bell: AtomicU64,
+    pub room_bell: AtomicU64,
+    _line: [u8; 96],
     /// Client to server.
     pub requests: Control,
     /// Server to client.

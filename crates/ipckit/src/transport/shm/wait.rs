@@ -16,10 +16,16 @@
 //! answers in nanoseconds.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rustix::thread::futex;
+
+/// A sleep word's value while its waiter sleeps in FUTEX_WAIT on it.
+pub const FUTEX: u32 = 1;
+/// A sleep word's value while its waiter waits for its bell (an async runtime's waiter,
+/// which cannot block in a futex): the waker rings the bell named in the segment.
+pub const BELL: u32 = 2;
 
 /// The shortest spin before sleeping.
 pub const MIN_SPIN: Duration = Duration::from_micros(1);
@@ -29,7 +35,7 @@ pub const MAX_SPIN: Duration = Duration::from_micros(50);
 /// How many spin iterations (a pause and a check) pass in a microsecond here, measured
 /// once: the spin counts iterations rather than reading the clock, which would cost more
 /// than the whole exchange it waits for.
-fn iterations_per_micro() -> u64 {
+pub(super) fn iterations_per_micro() -> u64 {
     static MEASURED: OnceLock<u64> = OnceLock::new();
     *MEASURED.get_or_init(|| {
         let probe = AtomicU32::new(0);
@@ -113,7 +119,7 @@ impl Spinner {
         let woke = loop {
             // Announce the sleep, then look once more: a waker that published before the
             // announcement is seen here, one that published after it sees the 1.
-            super::ring::announce_sleep(word);
+            super::ring::announce_sleep(word, FUTEX);
             if ready() {
                 break Woke::Ready;
             }
@@ -152,16 +158,24 @@ impl Spinner {
     }
 }
 
-/// Wakes the waiter sleeping on `word`, if one announced itself; a waker that finds no
-/// sleeper makes no syscall. Call it after publishing what the waiter waits for.
-pub fn wake(word: &AtomicU32) {
-    if super::ring::sleeper_announced(word) && word.swap(0, Ordering::AcqRel) != 0 {
-        let _ = futex::wake(word, futex::Flags::empty(), 1);
+/// Wakes the waiter sleeping on `word`, if one announced itself: by FUTEX_WAKE, or by
+/// ringing `bell`, the waiter's bell. A waker that finds no sleeper makes no syscall.
+/// Call it after publishing what the waiter waits for.
+pub fn wake(word: &AtomicU32, bell: &AtomicU64) {
+    if super::ring::sleeper_announced(word) {
+        match word.swap(0, Ordering::AcqRel) {
+            0 => {}
+            BELL => super::bell::ring(bell.load(Ordering::Acquire)),
+            _ => {
+                let _ = futex::wake(word, futex::Flags::empty(), 1);
+            }
+        }
     }
 }
 
 /// Wakes whoever sleeps on `word`, announced or not: for shutdown.
-pub fn wake_all(word: &AtomicU32) {
+pub fn wake_all(word: &AtomicU32, bell: &AtomicU64) {
     word.store(0, Ordering::SeqCst);
     let _ = futex::wake(word, futex::Flags::empty(), u32::MAX);
+    super::bell::ring(bell.load(Ordering::Acquire));
 }
