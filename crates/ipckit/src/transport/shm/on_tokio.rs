@@ -98,18 +98,18 @@ impl Waiting {
                 self.done();
                 return Poll::Ready(Ok(()));
             }
+            // Looks for up to a microsecond before anything else, the clock included:
+            // about what a pass through the scheduler costs (it polls the reactor, a
+            // syscall), so that a busy peer's answer is seen here, not a pass later.
+            for _ in 0..self.looks {
+                std::hint::spin_loop();
+                if ready() {
+                    self.done();
+                    return Poll::Ready(Ok(()));
+                }
+            }
             let since = *self.since.get_or_insert_with(Instant::now);
             if since.elapsed() < self.budget {
-                // Looks for up to a microsecond before handing the worker back: about
-                // what a pass through the scheduler costs (it polls the reactor, a
-                // syscall), so that a busy peer's answer is seen here, not a pass later.
-                for _ in 0..self.looks {
-                    std::hint::spin_loop();
-                    if ready() {
-                        self.done();
-                        return Poll::Ready(Ok(()));
-                    }
-                }
                 YIELDED.set(true);
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
@@ -257,7 +257,8 @@ impl AsyncShmConnection {
 /// `timeout`, the timer is set only once the future waits to be woken, not while it
 /// re-polls itself: a quick exchange never touches the timer wheel.
 async fn within<F: Future>(timeout: Duration, future: F) -> Option<F::Output> {
-    let deadline = Instant::now() + timeout;
+    // Counted from the first wait: a future that is ready at once never reads the clock.
+    let mut deadline = None;
     let mut future = std::pin::pin!(future);
     let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
     poll_fn(|cx| {
@@ -265,6 +266,7 @@ async fn within<F: Future>(timeout: Duration, future: F) -> Option<F::Output> {
         if let Poll::Ready(output) = future.as_mut().poll(cx) {
             return Poll::Ready(Some(output));
         }
+        let deadline = *deadline.get_or_insert_with(|| Instant::now() + timeout);
         let timer = match &mut timer {
             Some(timer) => timer,
             None if YIELDED.get() && Instant::now() < deadline => return Poll::Pending,
