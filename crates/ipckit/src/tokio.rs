@@ -33,9 +33,6 @@
 //! without losing a message or breaking the connection; each method says what dropping
 //! it leaves behind. [`Message::reply`] never blocks a runtime thread: what the socket
 //! does not take at once is written by a task.
-//!
-//! Transports not covered yet answer `connect` and `listen` with
-//! [`Error::Unsupported`](crate::Error::Unsupported).
 
 use std::future::Future;
 use std::time::Duration;

@@ -93,22 +93,10 @@ pub trait Transport: Send + Sync {
     fn connect_async<'a>(
         &'a self,
         endpoint: &'a Endpoint,
-    ) -> BoxFuture<'a, Result<Box<dyn AsyncConnection>>> {
-        Box::pin(async move { Err(no_async_yet(self.scheme(), endpoint)) })
-    }
+    ) -> BoxFuture<'a, Result<Box<dyn AsyncConnection>>>;
     /// Starts an async server on the current tokio runtime (its tasks run there).
     #[cfg(feature = "tokio")]
-    fn listen_async(&self, endpoint: &Endpoint) -> Result<Box<dyn AsyncListener>> {
-        Err(no_async_yet(self.scheme(), endpoint))
-    }
-}
-
-#[cfg(feature = "tokio")]
-fn no_async_yet(scheme: &str, endpoint: &Endpoint) -> Error {
-    Error::Unsupported {
-        endpoint: endpoint.to_string(),
-        what: format!("the async API does not cover {scheme} yet; use the blocking one"),
-    }
+    fn listen_async(&self, endpoint: &Endpoint) -> Result<Box<dyn AsyncListener>>;
 }
 
 /// A boxed future, as the async traits return.

@@ -10,7 +10,7 @@ use std::cell::Cell;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use ipckit::transport::{Capabilities, Transport};
+use ipckit::transport::Capabilities;
 use ipckit::{Endpoint, Error, Message, ToEndpoint};
 
 /// Names the API for a peer process.
@@ -60,17 +60,6 @@ static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
 
 pub fn block_on<F: Future>(future: F) -> F::Output {
     RUNTIME.block_on(future)
-}
-
-/// Whether `transport` has an async side at all (a server of it can start).
-pub fn has_async(transport: &dyn Transport, endpoint: &Endpoint) -> bool {
-    let _entered = RUNTIME.enter();
-    let probe = transport.listen_async(endpoint);
-    let unsupported = matches!(probe, Err(Error::Unsupported { .. }));
-    drop(probe);
-    // What the probe made that outlives it (a message queue) goes too.
-    let _ = transport.destroy(endpoint);
-    !unsupported
 }
 
 #[derive(Debug)]
