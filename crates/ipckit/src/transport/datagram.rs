@@ -412,37 +412,25 @@ pub(super) use self::on_tokio::{AsyncDatagramConnection, AsyncDatagramListener};
 #[cfg(feature = "tokio")]
 mod on_tokio {
     use std::future::poll_fn;
-    use std::io;
     use std::sync::Arc;
-    use std::task::Poll;
+    use std::task::{Poll, ready};
 
     use tokio::io::Interest;
     use tokio::io::unix::AsyncFd;
 
     use super::*;
-    use crate::transport::{AsyncConnection, AsyncListener, BoxFuture};
+    use crate::transport::{AsyncConnection, AsyncListener, BoxFuture, reactor};
 
+    /// Makes a socket non-blocking and registers it, errors included: a refused datagram
+    /// comes back as an error on the socket, which only error readiness reports.
     fn register<T: std::os::fd::AsFd + std::os::fd::AsRawFd>(
         url: &str,
         fd: T,
     ) -> Result<AsyncFd<T>> {
         rustix::io::ioctl_fionbio(&fd, true)
             .map_err(|e| Error::io(url, "making the socket non-blocking", e.into()))?;
-        let _entered = tokio::runtime::Handle::try_current()
-            .map_err(|_| Error::Unsupported {
-                endpoint: url.to_owned(),
-                what: "the async API needs a tokio runtime: call it from within one".into(),
-            })?
-            .enter();
-        // SAFETY: `fd` owns (or shares ownership of) an open descriptor that stays open,
-        // the same one, for as long as the AsyncFd holding it.
-        unsafe {
-            AsyncFd::register_with_interest(
-                fd,
-                Interest::READABLE | Interest::WRITABLE | Interest::ERROR,
-            )
-        }
-        .map_err(|e| Error::io(url, "registering the socket with tokio", e.into()))
+        let interest = Interest::READABLE | Interest::WRITABLE | Interest::ERROR;
+        reactor::register(url, fd, interest)
     }
 
     fn new_socket(core: &ClientCore) -> Result<Arc<AsyncFd<OwnedFd>>> {
@@ -452,22 +440,16 @@ mod on_tokio {
 
     /// Sends one datagram, waiting for room in the socket's buffer.
     async fn send_on(fd: &AsyncFd<OwnedFd>, payload: &[u8], url: &str) -> Result<()> {
-        loop {
-            let mut ready = fd
-                .writable()
-                .await
-                .map_err(|e| Error::io(url, "waiting to send", e))?;
-            let sent = ready.try_io(|fd| {
-                rustix::net::send(fd.get_ref(), payload, SendFlags::NOSIGNAL)
-                    .map_err(io::Error::from)
-            });
-            match sent {
-                Ok(Ok(_)) => return Ok(()),
-                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                Ok(Err(e)) => return Err(Error::io(url, "sending", e)),
-                Err(_would_block) => {}
-            }
-        }
+        reactor::when_ready(fd, Interest::WRITABLE, |fd| {
+            Ok(rustix::net::send(
+                fd.get_ref(),
+                payload,
+                SendFlags::NOSIGNAL,
+            )?)
+        })
+        .await
+        .map(drop)
+        .map_err(|e| Error::io(url, "sending", e))
     }
 
     struct AsyncRequestSocket {
@@ -521,23 +503,14 @@ mod on_tokio {
             let exchange = async {
                 send_on(&socket.fd, payload, &core.url).await?;
                 let fd = socket.fd.clone();
-                loop {
-                    // A refused datagram comes back as an error on the socket, which only
-                    // error readiness reports.
-                    let mut ready = fd
-                        .ready(Interest::READABLE | Interest::ERROR)
-                        .await
-                        .map_err(|e| Error::io(&core.url, "waiting for the reply", e))?;
-                    let received = ready.try_io(|fd| {
-                        rustix::net::recv(fd.get_ref(), &mut socket.buf[..], RecvFlags::TRUNC)
-                            .map_err(io::Error::from)
+                let buf = &mut socket.buf;
+                let received =
+                    reactor::when_ready(&fd, Interest::READABLE | Interest::ERROR, |fd| {
+                        Ok(rustix::net::recv(fd.get_ref(), &mut buf[..], RecvFlags::TRUNC)?.1)
                     });
-                    match received {
-                        Ok(Ok((_, len))) => return core.reply(&socket.buf, len),
-                        Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Ok(Err(e)) => return Err(Error::io(&core.url, "receiving the reply", e)),
-                        Err(_would_block) => {}
-                    }
+                match received.await {
+                    Ok(len) => core.reply(&socket.buf, len),
+                    Err(e) => Err(Error::io(&core.url, "receiving the reply", e)),
                 }
             };
             let reply = tokio::time::timeout(timeout, exchange)
@@ -592,28 +565,14 @@ mod on_tokio {
     impl AsyncListener for AsyncDatagramListener {
         /// Cancel-safe: a datagram is read only when it is returned.
         fn recv(&mut self) -> BoxFuture<'_, Result<Message>> {
+            let AsyncDatagramListener { server, fd } = self;
             Box::pin(poll_fn(move |cx| {
                 loop {
-                    let mut ready = match self.fd.poll_read_ready(cx) {
-                        Poll::Ready(Ok(ready)) => ready,
-                        Poll::Ready(Err(e)) => {
-                            return Poll::Ready(Err(Error::io(
-                                &*self.server.url,
-                                "waiting for messages",
-                                e,
-                            )));
-                        }
-                        Poll::Pending => return Poll::Pending,
-                    };
-                    let server = &mut self.server;
-                    match ready.try_io(|_| server.receive().map_err(io::Error::from)) {
-                        Ok(Ok(Some(message))) => return Poll::Ready(Ok(message)),
-                        Ok(Ok(None)) => {}
-                        Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Ok(Err(e)) => {
-                            return Poll::Ready(Err(Error::io(&*self.server.url, "receiving", e)));
-                        }
-                        Err(_would_block) => {}
+                    let received = reactor::poll_read(fd, cx, |_| Ok(server.receive()?));
+                    match ready!(received) {
+                        Ok(Some(message)) => return Poll::Ready(Ok(message)),
+                        Ok(None) => {} // not a message: the next one
+                        Err(e) => return Poll::Ready(Err(Error::io(&*server.url, "receiving", e))),
                     }
                 }
             }))

@@ -688,10 +688,7 @@ impl Transport for Fifo {
         &'a self,
         endpoint: &'a Endpoint,
     ) -> super::BoxFuture<'a, Result<Box<dyn super::AsyncConnection>>> {
-        Box::pin(async move {
-            let connection = on_tokio::AsyncFifoConnection::new(endpoint)?;
-            Ok(Box::new(connection) as Box<dyn super::AsyncConnection>)
-        })
+        super::connected(on_tokio::AsyncFifoConnection::new(endpoint))
     }
 
     #[cfg(feature = "tokio")]
@@ -1128,25 +1125,16 @@ impl Listener for FifoListener {
 mod on_tokio {
     use std::future::poll_fn;
     use std::pin::Pin;
-    use std::task::Poll;
+    use std::task::{Poll, ready};
 
     use tokio::io::Interest;
     use tokio::io::unix::AsyncFd;
 
     use super::*;
-    use crate::transport::{AsyncConnection, AsyncListener, BoxFuture};
+    use crate::transport::{AsyncConnection, AsyncListener, BoxFuture, reactor};
 
     fn register<T: AsFd + std::os::fd::AsRawFd>(url: &str, fd: T) -> Result<AsyncFd<T>> {
-        let _entered = tokio::runtime::Handle::try_current()
-            .map_err(|_| Error::Unsupported {
-                endpoint: url.to_owned(),
-                what: "the async API needs a tokio runtime: call it from within one".into(),
-            })?
-            .enter();
-        // SAFETY: `fd` owns (or shares ownership of) an open descriptor that stays open,
-        // the same one, for as long as the AsyncFd holding it.
-        unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE | Interest::WRITABLE) }
-            .map_err(|e| Error::io(url, "registering the FIFO with tokio", e.into()))
+        reactor::register(url, fd, Interest::READABLE | Interest::WRITABLE)
     }
 
     /// Writes one message chunk by chunk, waiting for room up to `patience` each time the
@@ -1272,16 +1260,12 @@ mod on_tokio {
                             return answer;
                         }
                     }
-                    let mut ready = channel
-                        .fd
-                        .readable()
-                        .await
-                        .map_err(|e| Error::io(&self.url, "waiting for the reply", e))?;
                     let replies = &mut channel.replies;
-                    match ready.try_io(|fd| fill(replies, fd.get_ref())) {
-                        Ok(Ok(())) | Err(_) => {} // or the FIFO was empty
-                        Ok(Err(e)) => return Err(Error::io(&self.url, "reading the reply", e)),
-                    }
+                    reactor::when_ready(&channel.fd, Interest::READABLE, |fd| {
+                        fill(replies, fd.get_ref())
+                    })
+                    .await
+                    .map_err(|e| Error::io(&self.url, "reading the reply", e))?;
                 }
             };
             let answer = tokio::time::timeout(timeout, exchange)
@@ -1354,21 +1338,12 @@ mod on_tokio {
                         let next = tokio::time::Instant::now() + REAP_INTERVAL;
                         self.reap.as_mut().reset(next);
                     }
-                    let mut ready = match self.fd.poll_read_ready(cx) {
-                        Poll::Ready(Ok(ready)) => ready,
-                        Poll::Ready(Err(e)) => {
-                            let url = &self.server.url;
-                            return Poll::Ready(Err(Error::io(&**url, "waiting for messages", e)));
-                        }
-                        Poll::Pending => return Poll::Pending,
-                    };
                     let reassembly = &mut self.server.reassembly;
-                    match ready.try_io(|fd| fill(reassembly, fd.get_ref())) {
-                        Ok(Ok(())) | Err(_) => {} // or the FIFO was empty
-                        Ok(Err(e)) => {
-                            let url = &self.server.url;
-                            return Poll::Ready(Err(Error::io(&**url, "reading", e)));
-                        }
+                    let filled =
+                        reactor::poll_read(&self.fd, cx, |fd| fill(reassembly, fd.get_ref()));
+                    if let Err(e) = ready!(filled) {
+                        let url = &self.server.url;
+                        return Poll::Ready(Err(Error::io(&**url, "reading", e)));
                     }
                 }
             }))

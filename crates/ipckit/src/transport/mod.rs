@@ -17,6 +17,8 @@ mod endpoint_file;
 pub mod fifo;
 pub mod mq;
 mod pool;
+#[cfg(feature = "tokio")]
+mod reactor;
 pub mod shm;
 mod stream;
 #[cfg(feature = "tokio")]
@@ -97,6 +99,15 @@ pub trait Transport: Send + Sync {
     /// Starts an async server on the current tokio runtime (its tasks run there).
     #[cfg(feature = "tokio")]
     fn listen_async(&self, endpoint: &Endpoint) -> Result<Box<dyn AsyncListener>>;
+}
+
+/// A connection made at once (nothing to wait for), as the future `connect_async` returns.
+#[cfg(feature = "tokio")]
+fn connected<'a, C: AsyncConnection + 'static>(
+    made: Result<C>,
+) -> BoxFuture<'a, Result<Box<dyn AsyncConnection>>> {
+    let made = made.map(|c| Box::new(c) as Box<dyn AsyncConnection>);
+    Box::pin(std::future::ready(made))
 }
 
 /// A boxed future, as the async traits return.

@@ -71,6 +71,12 @@ impl std::os::fd::AsRawFd for Queue {
     }
 }
 
+impl AsFd for Queue {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        MqdT::as_fd(self)
+    }
+}
+
 impl Drop for Queue {
     fn drop(&mut self) {
         if let Some(queue) = self.0.take() {
@@ -247,10 +253,7 @@ impl Transport for Mq {
         &'a self,
         endpoint: &'a Endpoint,
     ) -> super::BoxFuture<'a, Result<Box<dyn super::AsyncConnection>>> {
-        Box::pin(async move {
-            let connection = on_tokio::AsyncMqConnection::new(client(endpoint)?)?;
-            Ok(Box::new(connection) as Box<dyn super::AsyncConnection>)
-        })
+        super::connected(client(endpoint).and_then(on_tokio::AsyncMqConnection::new))
     }
 
     #[cfg(feature = "tokio")]
@@ -844,29 +847,18 @@ impl Drop for MqListener {
 mod on_tokio {
     use std::future::poll_fn;
     use std::io;
-    use std::task::Poll;
+    use std::task::{Poll, ready};
 
     use tokio::io::Interest;
     use tokio::io::unix::AsyncFd;
 
     use super::*;
+    use crate::transport::reactor::{self, register};
     use crate::transport::{AsyncConnection, AsyncListener, BoxFuture};
 
-    fn register<T: std::os::fd::AsRawFd>(
-        url: &str,
-        queue: T,
-        interest: Interest,
-    ) -> Result<AsyncFd<T>> {
-        let _entered = tokio::runtime::Handle::try_current()
-            .map_err(|_| Error::Unsupported {
-                endpoint: url.to_owned(),
-                what: "the async API needs a tokio runtime: call it from within one".into(),
-            })?
-            .enter();
-        // SAFETY: `queue` owns (or shares ownership of) an open queue descriptor that stays
-        // open, the same one, for as long as the AsyncFd holding it.
-        unsafe { AsyncFd::register_with_interest(queue, interest) }
-            .map_err(|e| Error::io(url, "registering the queue with tokio", e.into()))
+    /// The queue's error for a failed call, from the errno tokio's wrapper carried.
+    fn errno_error(endpoint: &Endpoint, op: &'static str, e: io::Error) -> Error {
+        mq_error(endpoint, op, Errno::from_raw(e.raw_os_error().unwrap_or(0)))
     }
 
     fn nonblocking(endpoint: &Endpoint, queue: &MqdT) -> Result<()> {
@@ -895,25 +887,15 @@ mod on_tokio {
         async fn put(&self, message: &[u8]) -> Result<()> {
             let client = &self.client;
             let wait_for_room = async {
-                loop {
-                    let mut ready =
-                        self.queue.writable().await.map_err(|e| {
-                            Error::io(&client.url, "waiting for room in the queue", e)
-                        })?;
-                    let sent = ready.try_io(|queue| {
-                        nix::mqueue::mq_send(queue.get_ref(), message, client.priority)
-                            .map_err(io::Error::from)
-                    });
-                    match sent {
-                        Ok(Ok(())) => return Ok(()),
-                        Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Ok(Err(e)) => {
-                            let errno = Errno::from_raw(e.raw_os_error().unwrap_or(0));
-                            return Err(mq_error(&client.endpoint, "sending", errno));
-                        }
-                        Err(_full) => {}
-                    }
-                }
+                reactor::when_ready(&self.queue, Interest::WRITABLE, |queue| {
+                    Ok(nix::mqueue::mq_send(
+                        queue.get_ref(),
+                        message,
+                        client.priority,
+                    )?)
+                })
+                .await
+                .map_err(|e| errno_error(&client.endpoint, "sending", e))
             };
             tokio::time::timeout(client.send_timeout, wait_for_room)
                 .await
@@ -936,27 +918,13 @@ mod on_tokio {
             let request = client.request_for(&mut reply, payload)?;
             let exchange = async {
                 self.put(&request).await?;
-                loop {
-                    let mut ready = reply
-                        .queue
-                        .readable()
-                        .await
-                        .map_err(|e| Error::io(&client.url, "waiting for the reply", e))?;
-                    let buf = &mut reply.buf;
-                    let received = ready.try_io(|queue| {
-                        let mut priority = 0;
-                        nix::mqueue::mq_receive(queue.get_ref(), buf, &mut priority)
-                            .map_err(io::Error::from)
-                    });
-                    match received {
-                        Ok(Ok(n)) => return answer(&client.url, &reply.buf[..n]),
-                        Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Ok(Err(e)) => {
-                            let errno = Errno::from_raw(e.raw_os_error().unwrap_or(0));
-                            return Err(mq_error(&client.endpoint, "receiving the reply", errno));
-                        }
-                        Err(_empty) => {}
-                    }
+                let buf = &mut reply.buf;
+                let received = reactor::when_ready(&reply.queue, Interest::READABLE, |queue| {
+                    Ok(nix::mqueue::mq_receive(queue.get_ref(), buf, &mut 0)?)
+                });
+                match received.await {
+                    Ok(n) => answer(&client.url, &reply.buf[..n]),
+                    Err(e) => Err(errno_error(&client.endpoint, "receiving the reply", e)),
                 }
             };
             let answer = tokio::time::timeout(timeout, exchange)
@@ -1011,35 +979,25 @@ mod on_tokio {
     impl AsyncListener for AsyncMqListener {
         /// Cancel-safe: a message is taken from the queue only when it is returned.
         fn recv(&mut self) -> BoxFuture<'_, Result<Message>> {
+            let AsyncMqListener { server, queue } = self;
             Box::pin(poll_fn(move |cx| {
                 loop {
-                    let mut ready = match self.queue.poll_read_ready(cx) {
-                        Poll::Ready(Ok(ready)) => ready,
-                        Poll::Ready(Err(e)) => {
-                            let url = &self.server.url;
-                            return Poll::Ready(Err(Error::io(&**url, "waiting for messages", e)));
-                        }
-                        Poll::Pending => return Poll::Pending,
-                    };
-                    let server = &mut self.server;
-                    let received = ready.try_io(|queue| {
-                        let mut priority = 0;
-                        nix::mqueue::mq_receive(queue.get_ref(), &mut server.buf, &mut priority)
-                            .map_err(io::Error::from)
+                    let received = reactor::poll_read(queue, cx, |queue| {
+                        Ok(nix::mqueue::mq_receive(
+                            queue.get_ref(),
+                            &mut server.buf,
+                            &mut 0,
+                        )?)
                     });
-                    match received {
+                    match ready!(received) {
                         // A waker's message is the blocking side's business.
-                        Ok(Ok(n)) => match server.take(n) {
+                        Ok(n) => match server.take(n) {
                             Received::Message(message) => return Poll::Ready(Ok(message)),
                             Received::Wake | Received::Dropped => {}
                         },
-                        Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Ok(Err(e)) => {
-                            let errno = Errno::from_raw(e.raw_os_error().unwrap_or(0));
-                            let error = mq_error(&server.endpoint, "receiving", errno);
-                            return Poll::Ready(Err(error));
+                        Err(e) => {
+                            return Poll::Ready(Err(errno_error(&server.endpoint, "receiving", e)));
                         }
-                        Err(_empty) => {}
                     }
                 }
             }))

@@ -33,6 +33,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::correlate::{Correlator, NoAnswer};
+use super::reactor::{poll_read, register, runtime, when_ready};
 use super::stream::{
     ConnWrite, OnAccept, Session, answer_result, as_answer, check_outgoing, closed_by_server,
     describe, protocol_error, went_away, write_reply,
@@ -52,22 +53,6 @@ const REPLY_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Messages read ahead of `recv`; a full channel stops the reading, and the kernel's
 /// buffers then hold the clients back.
 const QUEUED_MESSAGES: usize = 1024;
-
-fn runtime(url: &str) -> Result<Handle> {
-    Handle::try_current().map_err(|_| Error::Unsupported {
-        endpoint: url.to_owned(),
-        what: "the async API needs a tokio runtime: call it from within one".into(),
-    })
-}
-
-/// Registers a non-blocking socket with the current runtime's reactor.
-fn register(url: &str, fd: OwnedFd, interest: Interest) -> Result<AsyncFd<OwnedFd>> {
-    let _entered = runtime(url)?.enter();
-    // SAFETY: an OwnedFd is an open descriptor that stays open, the same one, until the
-    // AsyncFd that owns it is dropped.
-    unsafe { AsyncFd::register_with_interest(fd, interest) }
-        .map_err(|e| Error::io(url, "registering the socket with tokio", e.into()))
-}
 
 fn register_duplex(url: &str, fd: OwnedFd) -> Result<Arc<AsyncFd<OwnedFd>>> {
     register(url, fd, Interest::READABLE | Interest::WRITABLE).map(Arc::new)
@@ -158,28 +143,19 @@ impl Writer {
                     return Ok(());
                 }
             }
-            let mut ready = self
-                .fd
-                .writable()
-                .await
-                .map_err(|e| Error::io(&*self.url, "waiting to send", e))?;
-            let mut outbox = lock(&self.outbox);
-            if outbox.bytes.is_empty() {
-                continue;
-            }
-            let sent = ready.try_io(|fd| {
-                rustix::net::send(fd.get_ref(), &outbox.bytes, SendFlags::NOSIGNAL)
-                    .map_err(io::Error::from)
-            });
-            match sent {
-                Ok(Ok(n)) => {
-                    outbox.bytes.drain(..n);
+            let sent = when_ready(&self.fd, Interest::WRITABLE, |fd| {
+                let mut outbox = lock(&self.outbox);
+                if outbox.bytes.is_empty() {
+                    return Ok(());
                 }
-                Ok(Err(e)) => {
-                    outbox.broken = Some(format!("sending failed: {e}"));
-                    return Err(Error::io(&*self.url, "sending", e));
-                }
-                Err(_would_block) => {}
+                let n = rustix::net::send(fd.get_ref(), &outbox.bytes, SendFlags::NOSIGNAL)?;
+                outbox.bytes.drain(..n);
+                Ok(())
+            })
+            .await;
+            if let Err(e) = sent {
+                lock(&self.outbox).broken = Some(format!("sending failed: {e}"));
+                return Err(Error::io(&*self.url, "sending", e));
             }
         }
     }
@@ -268,15 +244,12 @@ impl AsyncStreamConnection {
                             return Welcome::decode(&bytes)
                                 .map_err(|v| protocol_error(endpoint, v));
                         }
-                        let mut ready = fd
-                            .readable()
-                            .await
-                            .map_err(|e| Error::io(&url, "waiting for the welcome", e))?;
-                        match ready.try_io(|fd| read_into(fd, &mut decoder)) {
-                            Ok(Ok(0)) => return Err(closed_by_server(&url, decoder.pending())),
-                            Ok(Ok(n)) => decoder.advance(n),
-                            Ok(Err(e)) => return Err(Error::io(&url, "receiving", e)),
-                            Err(_would_block) => {}
+                        let read =
+                            when_ready(&fd, Interest::READABLE, |fd| read_into(fd, &mut decoder));
+                        match read.await {
+                            Ok(0) => return Err(closed_by_server(&url, decoder.pending())),
+                            Ok(n) => decoder.advance(n),
+                            Err(e) => return Err(Error::io(&url, "receiving", e)),
                         }
                     }
                 };
@@ -427,18 +400,16 @@ fn read_answer(
             },
             Ok(None) => {}
         }
-        let mut ready = match ready!(shared.fd.poll_read_ready(cx)) {
-            Ok(ready) => ready,
-            Err(e) => return broken(format!("waiting for the reply: {e}")),
-        };
-        match ready.try_io(|fd| read_into(fd, &mut reader.decoder)) {
-            Ok(Ok(0)) => {
+        match ready!(poll_read(&shared.fd, cx, |fd| read_into(
+            fd,
+            &mut reader.decoder
+        ))) {
+            Ok(0) => {
                 let pending = reader.decoder.pending();
                 return broken(closed_by_server(&shared.url, pending).to_string());
             }
-            Ok(Ok(n)) => reader.decoder.advance(n),
-            Ok(Err(e)) => return broken(format!("receiving failed: {e}")),
-            Err(_would_block) => {}
+            Ok(n) => reader.decoder.advance(n),
+            Err(e) => return broken(format!("receiving failed: {e}")),
         }
     }
 }
@@ -678,15 +649,11 @@ async fn serve_connection(
     let _close = CloseOnDrop(sink.clone());
     let mut batch = Vec::new();
     loop {
-        let mut ready = match fd.readable().await {
-            Ok(ready) => ready,
-            Err(e) => {
-                return log::warn!("{url}: closed the connection of {}: {e}", describe(&peer));
-            }
-        };
-        let n = match ready.try_io(|fd| read_into(fd, &mut session.decoder)) {
-            Err(_would_block) => continue,
-            Ok(Ok(0)) => {
+        let read = when_ready(&fd, Interest::READABLE, |fd| {
+            read_into(fd, &mut session.decoder)
+        });
+        let n = match read.await {
+            Ok(0) => {
                 return match went_away(session.decoder.pending()) {
                     Some(reason) => {
                         log::warn!(
@@ -697,8 +664,8 @@ async fn serve_connection(
                     None => log::debug!("{url}: {} disconnected", describe(&peer)),
                 };
             }
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => {
+            Ok(n) => n,
+            Err(e) => {
                 return log::warn!(
                     "{url}: closed the connection of {}: reading failed: {e}",
                     describe(&peer)

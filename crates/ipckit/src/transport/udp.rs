@@ -118,14 +118,11 @@ impl Transport for Udp {
         &'a self,
         endpoint: &'a Endpoint,
     ) -> super::BoxFuture<'a, Result<Box<dyn super::AsyncConnection>>> {
-        Box::pin(async move {
-            let connection = super::datagram::AsyncDatagramConnection::new(
-                endpoint,
-                Arc::new(UdpFamily),
-                max_message(endpoint),
-            )?;
-            Ok(Box::new(connection) as Box<dyn super::AsyncConnection>)
-        })
+        super::connected(super::datagram::AsyncDatagramConnection::new(
+            endpoint,
+            Arc::new(UdpFamily),
+            max_message(endpoint),
+        ))
     }
 
     #[cfg(feature = "tokio")]

@@ -50,8 +50,9 @@ pub use self::waiting::Bell;
 mod waiting {
     use std::hash::{BuildHasher, Hasher};
     use std::io;
-    use std::task::{Context, Poll, ready};
+    use std::task::{Context, Poll};
 
+    use rustix::net::RecvFlags;
     use tokio::io::Interest;
     use tokio::io::unix::AsyncFd;
 
@@ -85,16 +86,7 @@ mod waiting {
                     Err(e) => return Err(io_err("binding a bell", e)),
                 }
             };
-            let _entered = tokio::runtime::Handle::try_current()
-                .map_err(|_| Error::Unsupported {
-                    endpoint: url.to_owned(),
-                    what: "the async API needs a tokio runtime: call it from within one".into(),
-                })?
-                .enter();
-            // SAFETY: the OwnedFd is an open descriptor that stays open, the same one,
-            // until the AsyncFd that owns it is dropped.
-            let socket = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }
-                .map_err(|e| Error::io(url, "registering a bell with tokio", e.into()))?;
+            let socket = crate::transport::reactor::register(url, socket, Interest::READABLE)?;
             Ok(Bell { nonce, socket })
         }
 
@@ -106,28 +98,17 @@ mod waiting {
         /// Ready once the bell rang (since it was last polled ready); registers the task
         /// to be woken by the next ring otherwise.
         pub fn poll_rung(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            loop {
-                let mut ready = ready!(self.socket.poll_read_ready(cx))?;
-                // Every ring so far counts as this one: empty the socket.
-                let drained = ready.try_io(|socket| {
-                    let mut rung = false;
-                    loop {
-                        match rustix::net::recv(
-                            socket.get_ref(),
-                            &mut [0u8; 8],
-                            rustix::net::RecvFlags::DONTWAIT,
-                        ) {
-                            Ok(_) => rung = true,
-                            Err(rustix::io::Errno::AGAIN) if rung => return Ok(()),
-                            Err(e) => return Err(io::Error::from(e)),
-                        }
+            // Every ring so far counts as this one: empty the socket.
+            crate::transport::reactor::poll_read(&self.socket, cx, |socket| {
+                let mut rung = false;
+                loop {
+                    match rustix::net::recv(socket.get_ref(), &mut [0u8; 8], RecvFlags::DONTWAIT) {
+                        Ok(_) => rung = true,
+                        Err(rustix::io::Errno::AGAIN) if rung => return Ok(()),
+                        Err(e) => return Err(io::Error::from(e)),
                     }
-                });
-                match drained {
-                    Ok(result) => return Poll::Ready(result),
-                    Err(_nothing_yet) => {}
                 }
-            }
+            })
         }
     }
 }

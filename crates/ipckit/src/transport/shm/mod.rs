@@ -152,10 +152,7 @@ impl Transport for Shm {
         &'a self,
         endpoint: &'a Endpoint,
     ) -> super::BoxFuture<'a, Result<Box<dyn super::AsyncConnection>>> {
-        Box::pin(async move {
-            let connection = on_tokio::AsyncShmConnection::connect(endpoint)?;
-            Ok(Box::new(connection) as Box<dyn super::AsyncConnection>)
-        })
+        super::connected(on_tokio::AsyncShmConnection::connect(endpoint))
     }
 
     #[cfg(feature = "tokio")]
