@@ -768,6 +768,19 @@ fn remove_dead_reply_fifos(fifo: &Path) {
     }
 }
 
+/// Refuses a message over the endpoint's limit before a chunk of it is written.
+fn check_size(url: &str, max: usize, payload: &[u8]) -> Result<()> {
+    if payload.len() > max {
+        return Err(Error::MessageTooLarge {
+            endpoint: url.to_owned(),
+            size: payload.len(),
+            max,
+            limit: "this endpoint's max_message".into(),
+        });
+    }
+    Ok(())
+}
+
 /// A new writer id and its reply FIFO beside the server's, open for reading and writing
 /// (so that it never reads as ended) and non-blocking.
 fn make_reply_fifo(endpoint: &Endpoint) -> Result<(WriterId, PathBuf, OwnedFd)> {
@@ -837,15 +850,7 @@ struct FifoConnection {
 
 impl FifoConnection {
     fn check_size(&self, payload: &[u8]) -> Result<()> {
-        if payload.len() > self.max {
-            return Err(Error::MessageTooLarge {
-                endpoint: self.url.clone(),
-                size: payload.len(),
-                max: self.max,
-                limit: "this endpoint's max_message".into(),
-            });
-        }
-        Ok(())
+        check_size(&self.url, self.max, payload)
     }
 
     fn new_channel(&self) -> Result<Channel> {
@@ -1217,20 +1222,8 @@ mod on_tokio {
             })
         }
 
-        fn check_size(&self, payload: &[u8]) -> Result<()> {
-            if payload.len() > self.max {
-                return Err(Error::MessageTooLarge {
-                    endpoint: self.url.clone(),
-                    size: payload.len(),
-                    max: self.max,
-                    limit: "this endpoint's max_message".into(),
-                });
-            }
-            Ok(())
-        }
-
         async fn send(&self, payload: &[u8]) -> Result<()> {
-            self.check_size(payload)?;
+            check_size(&self.url, self.max, payload)?;
             let mut sender = self.sender.lock().await;
             sender.1 = sender.1.wrapping_add(1);
             let id = (sender.0, sender.1, 0);
@@ -1238,7 +1231,7 @@ mod on_tokio {
         }
 
         async fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
-            self.check_size(payload)?;
+            check_size(&self.url, self.max, payload)?;
             let mut channel = self.channels.take(|| {
                 let (writer, path, fd) = make_reply_fifo(&self.endpoint)?;
                 Ok(AsyncChannel {
