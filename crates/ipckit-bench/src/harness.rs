@@ -369,7 +369,9 @@ fn interleave(plan: &Plan, contenders: Vec<(Contender, &mut Row)>) {
                 }
                 contender.took.push(start.elapsed());
             }
-            contender.cpu += thread_cpu_time() + contender.peer.cpu_time() - cpu_before;
+            // A peer that died has no CPU clock left to read: its time counts as none.
+            let cpu_after = thread_cpu_time() + contender.peer.cpu_time();
+            contender.cpu += cpu_after.saturating_sub(cpu_before);
         }
     }
     for (contender, row) in live {

@@ -745,6 +745,21 @@ fn bench_reports_a_server_that_dies_and_goes_on() {
         );
         std::thread::sleep(Duration::from_millis(5));
     };
+    // Killed once it serves (it has its socket, and a moment to print where), so that it
+    // dies mid-run rather than while starting, which the bench reports otherwise.
+    let has_socket = || {
+        std::fs::read_dir(format!("/proc/{victim}/fd")).is_ok_and(|fds| {
+            fds.flatten().any(|fd| {
+                std::fs::read_link(fd.path())
+                    .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"))
+            })
+        })
+    };
+    while !has_socket() {
+        assert!(Instant::now() < deadline, "the uds server never listened");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(100));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(victim as i32),
         nix::sys::signal::Signal::SIGKILL,
