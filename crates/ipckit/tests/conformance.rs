@@ -147,6 +147,7 @@ const CHECKS: &[Check] = checks![
     always => empty_and_maximum_size,
     always => oversized_refused_before_sending,
     byte_stream => server_limit_learned_in_handshake,
+    byte_stream => line_framing_in_order,
     duplex => request_reply_concurrent,
     credentials => peer_credentials,
     reliable => peer_disconnects,
@@ -532,6 +533,48 @@ fn server_limit_learned_in_handshake(ctx: &Ctx) -> Outcome {
     // The server's limit is smaller than the client's own: the client must learn it.
     let mut server = api::listen(ctx.endpoint_with("learned", "max_message", "4096"))?;
     refused_then_after(&mut server, 4097)
+}
+
+/// With `?framing=line` a message is a line and carries no id: answers are matched to
+/// requests by their order, also when requests from several threads are in flight.
+fn line_framing_in_order(ctx: &Ctx) -> Outcome {
+    let mut server = Child::spawn(
+        "serve-echo",
+        &[ctx.endpoint_with("lines", "framing", "line").to_string()],
+    );
+    let url = server.ready()?;
+    // Every line is a request to a line-framed server: even a one-way message is
+    // answered, so this client only makes requests.
+    let client = Arc::new(api::connect(&url)?);
+    let workers: Vec<_> = (0..4)
+        .map(|t| {
+            let client = client.clone();
+            std::thread::spawn(move || -> Result<(), String> {
+                for i in 0..50 {
+                    let line = format!("thread {t} line {i}");
+                    let answer = client
+                        .request(line.as_bytes(), PATIENCE)
+                        .map_err(|e| e.to_string())?;
+                    if answer != line.as_bytes() {
+                        return Err(format!(
+                            "'{line}' was answered '{}'",
+                            String::from_utf8_lossy(&answer)
+                        ));
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().expect("a requesting thread")?;
+    }
+    match client.request(b"two\nlines", PATIENCE) {
+        Err(Error::Unsupported { .. }) => {}
+        other => return Err(format!("a payload with a newline gave {other:?}").into()),
+    }
+    server.kill();
+    Ok(())
 }
 
 /// A peer sends `size` bytes, which must be refused before anything is written, then

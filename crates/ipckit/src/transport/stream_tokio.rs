@@ -395,7 +395,9 @@ fn read_answer(
     loop {
         match reader.decoder.next_frame() {
             Err(v) => return broken(protocol_error(&shared.endpoint, v).to_string()),
-            Ok(Some(frame)) if shared.framing == Framing::Line => {
+            Ok(Some(mut frame)) if shared.framing == Framing::Line => {
+                // A line answers whatever came before it; it cannot say "refused".
+                frame.kind = Kind::Reply;
                 reader.lines += 1;
                 return Poll::Ready(Ok((reader.lines, frame)));
             }
