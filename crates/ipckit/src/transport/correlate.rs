@@ -42,6 +42,20 @@ impl<A> Waiters<A> {
         self.wakers.retain(|(i, _)| *i != id);
     }
 
+    /// How request `id` ended, if it did: its answer (taken out), or the channel broke.
+    fn outcome(&mut self, id: u64) -> Option<Result<A, NoAnswer>> {
+        if let Some(at) = self
+            .answers
+            .iter()
+            .position(|(i, a)| *i == id && a.is_some())
+        {
+            return Some(Ok(self.answers.swap_remove(at).1.expect("checked")));
+        }
+        let detail = self.broken.clone()?;
+        self.forget(id);
+        Some(Err(NoAnswer::Broken(detail)))
+    }
+
     /// Gives request `id` its answer; false when nobody waits for it any more.
     fn fill(&mut self, id: u64, answer: A) -> bool {
         match self.answers.iter_mut().find(|(i, _)| *i == id) {
@@ -127,16 +141,8 @@ impl<A> Correlator<A> {
     ) -> Result<A, NoAnswer> {
         let mut waiters = lock(&self.waiters);
         loop {
-            if let Some(at) = waiters
-                .answers
-                .iter()
-                .position(|(i, a)| *i == id && a.is_some())
-            {
-                return Ok(waiters.answers.swap_remove(at).1.expect("checked"));
-            }
-            if let Some(detail) = waiters.broken.clone() {
-                waiters.forget(id);
-                return Err(NoAnswer::Broken(detail));
+            if let Some(outcome) = waiters.outcome(id) {
+                return outcome;
             }
             let now = Instant::now();
             if now >= deadline {
@@ -187,17 +193,8 @@ impl<A> Correlator<A> {
         use std::task::Poll;
         let mut waiters = lock(&self.waiters);
         loop {
-            if let Some(at) = waiters
-                .answers
-                .iter()
-                .position(|(i, a)| *i == id && a.is_some())
-            {
-                let answer = waiters.answers.swap_remove(at).1.expect("checked");
-                return Poll::Ready(Ok(answer));
-            }
-            if let Some(detail) = waiters.broken.clone() {
-                waiters.forget(id);
-                return Poll::Ready(Err(NoAnswer::Broken(detail)));
+            if let Some(outcome) = waiters.outcome(id) {
+                return Poll::Ready(outcome);
             }
             // Whoever reads our answer wakes us with this.
             match waiters.wakers.iter_mut().find(|(i, _)| *i == id) {
