@@ -26,6 +26,19 @@
 
 #![deny(missing_docs)]
 
+/// `Debug` for a client or server: which endpoint it is on.
+macro_rules! debug_by_endpoint {
+    ($type:ident) => {
+        impl std::fmt::Debug for $type {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($type))
+                    .field("endpoint", &self.endpoint().to_string())
+                    .finish_non_exhaustive()
+            }
+        }
+    };
+}
+
 pub mod endpoint;
 pub mod error;
 pub mod frame;
@@ -186,13 +199,7 @@ impl Client {
     }
 }
 
-impl std::fmt::Debug for Client {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client")
-            .field("endpoint", &self.endpoint().to_string())
-            .finish_non_exhaustive()
-    }
-}
+debug_by_endpoint!(Client);
 
 /// A serde value as a payload (postcard), for [`Client::send_value`] and its kin.
 fn encode_value<T: Serialize>(endpoint: &Endpoint, value: &T) -> Result<Vec<u8>> {
@@ -314,13 +321,7 @@ impl Server {
     }
 }
 
-impl std::fmt::Debug for Server {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server")
-            .field("endpoint", &self.endpoint().to_string())
-            .finish_non_exhaustive()
-    }
-}
+debug_by_endpoint!(Server);
 
 /// A running [`Server::spawn`]: stops the server and cleans up when dropped.
 ///

@@ -176,13 +176,7 @@ impl Client {
     }
 }
 
-impl std::fmt::Debug for Client {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client")
-            .field("endpoint", &self.endpoint().to_string())
-            .finish_non_exhaustive()
-    }
-}
+debug_by_endpoint!(Client);
 
 /// The async receiving side: messages from any number of clients, each connection
 /// served by a task of its own. Dropping it stops those tasks, closes the connections and
@@ -261,13 +255,7 @@ impl Server {
     }
 }
 
-impl std::fmt::Debug for Server {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server")
-            .field("endpoint", &self.endpoint().to_string())
-            .finish_non_exhaustive()
-    }
-}
+debug_by_endpoint!(Server);
 
 #[cfg(test)]
 mod tests {

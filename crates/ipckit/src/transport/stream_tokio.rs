@@ -334,7 +334,8 @@ impl AsyncStreamConnection {
         }
         let deadline = tokio::time::Instant::now() + timeout;
         let (id, queued) = {
-            let _in_order = lock(&shared.id_order);
+            // Only lines need ids in the order requests are written: frames carry theirs.
+            let _in_order = (shared.framing == Framing::Line).then(|| lock(&shared.id_order));
             let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
             shared.answers.register(id);
             match self.put_frame(Kind::Request, id, payload) {

@@ -646,17 +646,12 @@ impl ShmConnection {
             spinner,
             partial,
         } = replies;
-        let header = self.header();
         let slot = self.slot();
         loop {
             if let Some(done) = self.next_answer(consumer, partial)? {
                 return Ok(Some(done));
             }
-            let mut ready = || {
-                consumer.has_data()
-                    || header.state.load(Ordering::Relaxed) != segment::LISTENING
-                    || slot.state.load(Ordering::Relaxed) == segment::REFUSED
-            };
+            let mut ready = || self.reply_or_closed(consumer);
             if spinner.spin(&mut ready) {
                 if !consumer.has_data() {
                     self.check()?;
@@ -677,6 +672,14 @@ impl ShmConnection {
                 }
             }
         }
+    }
+
+    /// Whether a waiter for replies has something to look at: a reply, or a connection
+    /// the server closed (shared states only, no syscall).
+    fn reply_or_closed(&self, consumer: &Consumer) -> bool {
+        consumer.has_data()
+            || self.header().state.load(Ordering::Relaxed) != segment::LISTENING
+            || self.slot().state.load(Ordering::Relaxed) == segment::REFUSED
     }
 
     /// The next complete answer already in the reply ring; `None` once the ring is empty.

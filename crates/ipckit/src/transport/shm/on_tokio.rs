@@ -142,6 +142,8 @@ impl Waiting {
 
 struct Shared {
     connection: ShmConnection,
+    /// The largest record the request ring takes: larger messages go in pieces.
+    max_record: usize,
     /// Held for a whole message, so that no other message comes between its pieces.
     order: Arc<OrderLock<()>>,
     /// Waiting for room in the request ring.
@@ -159,12 +161,14 @@ impl AsyncShmConnection {
         let url = endpoint.to_string();
         let (room_bell, answers_bell) = (Bell::new(&url)?, Bell::new(&url)?);
         let connection = ShmConnection::connect(endpoint)?;
+        let max_record = lock(&connection.requests).producer.max_record();
         // Published before this side ever sleeps on a bell.
         let slot = connection.slot();
         slot.bell.store(answers_bell.nonce(), Ordering::Release);
         slot.room_bell.store(room_bell.nonce(), Ordering::Release);
         Ok(AsyncShmConnection {
             shared: Arc::new(Shared {
+                max_record,
                 connection,
                 order: Arc::new(OrderLock::new(())),
                 room: std::sync::Mutex::new(Waiting::new(room_bell)),
@@ -208,14 +212,9 @@ impl AsyncShmConnection {
                                     return Poll::Ready(Err(detail));
                                 }
                             }
-                            let (header, slot) = (connection.header(), connection.slot());
                             let consumer = &replies.consumer;
-                            let ready = || {
-                                consumer.has_data()
-                                    || header.state.load(Ordering::Relaxed) != segment::LISTENING
-                                    || slot.state.load(Ordering::Relaxed) == segment::REFUSED
-                            };
-                            let word = &slot.replies.consumer_sleeps;
+                            let ready = || connection.reply_or_closed(consumer);
+                            let word = &connection.slot().replies.consumer_sleeps;
                             match waiting.poll_ready(cx, word, ready, || connection.trouble()) {
                                 Poll::Ready(Ok(())) => {
                                     if !replies.consumer.has_data() {
@@ -300,7 +299,7 @@ async fn publish(shared: &Arc<Shared>, kind: Kind, id: u64, payload: &[u8]) -> R
         Ok(order) => order,
         Err(_) => shared.order.clone().lock_owned().await,
     };
-    let max_record = lock(&connection.requests).producer.max_record();
+    let max_record = shared.max_record;
     if payload.len() <= max_record {
         return put(shared, kind, id, payload, 0).await;
     }
