@@ -125,6 +125,7 @@ impl Client {
     /// let answer = client.request(b"2+2", Duration::from_secs(1))?;
     /// # Ok::<(), ipckit::Error>(())
     /// ```
+    #[inline]
     pub fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
         self.connection.request(payload, timeout)
     }
@@ -230,6 +231,7 @@ pub struct Server {
 
 impl Server {
     /// Waits for the next message.
+    #[inline]
     pub fn recv(&mut self) -> Result<Message> {
         loop {
             if let Some(message) = self.listener.recv(None)? {

@@ -55,6 +55,7 @@ impl ReplyTo {
         }
     }
 
+    #[inline]
     fn answer(mut self, payload: &[u8], ok: bool) -> Result<()> {
         self.answered = true;
         self.sink.send_reply(self.id, payload, ok)
@@ -165,6 +166,7 @@ impl Message {
     /// Answers the request. Works from any thread; answering twice, or answering a
     /// one-way message, is [`Error::NoReplyExpected`]. A request dropped unanswered is
     /// refused on the wire, so its caller learns at once instead of timing out.
+    #[inline]
     pub fn reply(&mut self, payload: &[u8]) -> Result<()> {
         self.take_reply_to()?.answer(payload, true)
     }
@@ -174,6 +176,7 @@ impl Message {
         self.take_reply_to()?.answer(reason.as_bytes(), false)
     }
 
+    #[inline]
     fn take_reply_to(&mut self) -> Result<ReplyTo> {
         self.reply_to.take().ok_or_else(|| Error::NoReplyExpected {
             endpoint: self.endpoint.to_string(),

@@ -94,6 +94,7 @@ impl Control {
     }
 
     /// Hands the space up to `end` back to the producer.
+    #[inline(always)]
     pub(super) fn release_to(&self, end: u64) {
         self.head.store(end, Ordering::Release);
     }
@@ -107,12 +108,14 @@ impl Control {
 /// of Dekker: the waker publishes, fences, and reads `word`; the sleeper writes `word`,
 /// fences, and reads what the waker published. The two fences are ordered one way or the
 /// other, so at least one side sees the other's write: a wake-up is never lost.
+#[inline(always)]
 pub fn announce_sleep(word: &AtomicU32, how: u32) {
     word.store(how, Ordering::Relaxed);
     fence(Ordering::SeqCst);
 }
 
 /// The waker's half: after publishing, whether the other side announced it sleeps.
+#[inline(always)]
 pub fn sleeper_announced(word: &AtomicU32) -> bool {
     fence(Ordering::SeqCst);
     word.load(Ordering::Relaxed) != 0
@@ -139,6 +142,7 @@ impl Area {
         Area { base, capacity }
     }
 
+    #[inline(always)]
     fn write(&self, at: usize, bytes: &[u8]) {
         assert!(at <= self.capacity && bytes.len() <= self.capacity - at);
         // SAFETY: in bounds (asserted); only the producer writes, and only into space it
@@ -146,6 +150,7 @@ impl Area {
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.base.add(at), bytes.len()) }
     }
 
+    #[inline(always)]
     fn read(&self, at: usize, out: &mut [u8]) {
         assert!(at <= self.capacity && out.len() <= self.capacity - at);
         // SAFETY: in bounds (asserted). The bytes were published before `tail` moved past
@@ -153,6 +158,7 @@ impl Area {
         unsafe { std::ptr::copy_nonoverlapping(self.base.add(at), out.as_mut_ptr(), out.len()) }
     }
 
+    #[inline(always)]
     fn append(&self, at: usize, len: usize, out: &mut Vec<u8>) {
         assert!(at <= self.capacity && len <= self.capacity - at);
         // SAFETY: in bounds (asserted); published and not reused before release, as in
@@ -163,6 +169,7 @@ impl Area {
     /// Loads the byte at `at` and discards it: starts fetching its cache line while the
     /// caller works on another, so that two misses overlap instead of following each
     /// other.
+    #[inline(always)]
     fn touch(&self, at: usize) {
         assert!(at < self.capacity);
         // SAFETY: in bounds (asserted); the caller only touches published bytes.
@@ -207,6 +214,7 @@ impl Area {
         }
     }
 
+    #[inline(always)]
     fn write(&self, at: usize, bytes: &[u8]) {
         for (i, b) in bytes.iter().enumerate() {
             // SAFETY: loom checks the access.
@@ -216,12 +224,14 @@ impl Area {
 
     fn touch(&self, _at: usize) {}
 
+    #[inline(always)]
     fn append(&self, at: usize, len: usize, out: &mut Vec<u8>) {
         let start = out.len();
         out.resize(start + len, 0);
         self.read(at, &mut out[start..]);
     }
 
+    #[inline(always)]
     fn read(&self, at: usize, out: &mut [u8]) {
         for (i, b) in out.iter_mut().enumerate() {
             // SAFETY: loom checks the access.
@@ -238,10 +248,12 @@ unsafe impl Send for Area {}
 #[cfg(not(all(ipckit_loom, test)))]
 unsafe impl Sync for Area {}
 
+#[inline(always)]
 fn padded(len: usize) -> usize {
     (RECORD_HEADER + len).next_multiple_of(RECORD_ALIGN)
 }
 
+#[inline(always)]
 fn encode_header(len: usize, kind: Kind, flags: u8, id: u64) -> [u8; RECORD_HEADER] {
     let mut h = [0u8; RECORD_HEADER];
     h[0..4].copy_from_slice(&(len as u32).to_le_bytes());
@@ -320,6 +332,7 @@ impl Producer {
     }
 
     /// Claims room for a payload of `len` bytes; `None` while the ring is too full.
+    #[inline(always)]
     pub fn try_reserve(&mut self, len: usize) -> Result<Option<Reservation>, Corrupt> {
         assert!(
             len <= self.max_record(),
@@ -353,12 +366,14 @@ impl Producer {
     }
 
     /// Copies `bytes` into the reservation at `offset` of its payload.
+    #[inline(always)]
     pub fn write(&mut self, r: &Reservation, offset: usize, bytes: &[u8]) {
         assert!(offset + bytes.len() <= r.capacity);
         self.area.write(r.payload_at() + offset, bytes);
     }
 
     /// Publishes the first `len` bytes of the reservation as one record.
+    #[inline(always)]
     pub fn commit(&mut self, r: Reservation, len: usize, kind: Kind, flags: u8, id: u64) {
         assert!(len <= r.capacity);
         if let Some(pad_at) = r.pad_at {
@@ -435,11 +450,13 @@ impl Consumer {
     }
 
     /// Whether a record is waiting, without validating it.
+    #[inline(always)]
     pub fn has_data(&self) -> bool {
         self.next != self.tail_seen || self.control().tail.load(Ordering::Acquire) != self.next
     }
 
     /// The next record, if one is published; padding is skipped.
+    #[inline(always)]
     pub fn peek(&mut self) -> Result<Option<Record>, Corrupt> {
         let capacity = self.area.capacity as u64;
         let start = self.next;
@@ -510,11 +527,13 @@ impl Consumer {
     }
 
     /// Appends a record's payload to `out`.
+    #[inline(always)]
     pub fn append_to(&self, record: &Record, out: &mut Vec<u8>) {
         self.area.append(record.payload_at, record.len, out);
     }
 
     /// Gives the space up to `end` back to the producer.
+    #[inline(always)]
     pub fn release(&self, end: u64) {
         self.control().release_to(end);
     }

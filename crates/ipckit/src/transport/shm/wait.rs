@@ -161,6 +161,7 @@ impl Spinner {
 /// Wakes the waiter sleeping on `word`, if one announced itself: by FUTEX_WAKE, or by
 /// ringing `bell`, the waiter's bell. A waker that finds no sleeper makes no syscall.
 /// Call it after publishing what the waiter waits for.
+#[inline(always)]
 pub fn wake(word: &AtomicU32, bell: &AtomicU64) {
     if super::ring::sleeper_announced(word) {
         match word.swap(0, Ordering::AcqRel) {
