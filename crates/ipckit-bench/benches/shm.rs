@@ -2,8 +2,9 @@
 //! server in two processes on two cores:
 //!
 //! - 64-byte round trip: the hardware floor (a bare busy-spin ping-pong over two rings in
-//!   shared memory, `ipckit_bench::raw_shm`), ipckit, and iceoryx2's publish/subscribe
-//!   ping-pong; interleaved blocks, medians;
+//!   shared memory, `ipckit_bench::raw_shm`), the same ping-pong with its messages framed
+//!   as ipckit frames them (what the record format costs before any software), ipckit,
+//!   and iceoryx2's publish/subscribe ping-pong; interleaved blocks, medians;
 //! - the same round trip with pauses between requests, where the server has fallen
 //!   asleep: what the spin-then-sleep policy costs a user who is not busy;
 //! - one-way streaming of 64 KiB messages, written in place with a loan and read in place,
@@ -16,6 +17,7 @@
 use std::time::{Duration, Instant};
 
 use ipckit_bench::peer::Peer;
+use ipckit_bench::raw_shm::Framing;
 use ipckit_bench::{ipckit_round_trip, pin_to, raw_shm, time_iters};
 const SIZE: usize = 64;
 const STREAM_SIZE: usize = 64 * 1024;
@@ -193,12 +195,18 @@ fn round_trips(tag: &str) {
     const ROUNDS: usize = 41;
     const BLOCK: Duration = Duration::from_millis(5);
     let raw = Peer::start("raw:shm", &format!("raw-shm-{tag}")).expect("the floor");
+    let framed = Peer::start("raw:shm-records", &format!("raw-shm-records-{tag}"))
+        .expect("the floor in ipckit's record format");
     let ours = Peer::start("echo-in-place", &format!("shm://bench-{tag}")).expect("ipckit");
     let iceoryx = Peer::start("iceoryx2", &format!("ipckit-bench-{tag}")).expect("iceoryx2");
     let mut contenders: Vec<Contender> = vec![
         (
             "bare spin over two rings (the floor)",
-            Box::new(raw_shm::Rings::open(raw.address(), false).client()),
+            Box::new(raw_shm::Rings::open(raw.address(), false, Framing::Slots).client()),
+        ),
+        (
+            "bare spin, messages framed as ipckit's",
+            Box::new(raw_shm::Rings::open(framed.address(), false, Framing::Records).client()),
         ),
         ("ipckit shm", ipckit_round_trip(ours.address())),
         (
@@ -208,7 +216,7 @@ fn round_trips(tag: &str) {
     ];
     // Only the server being measured may run: the others are stopped (SIGSTOP), so that
     // none of them takes the server core, however briefly, during another's block.
-    let servers = [&raw, &ours, &iceoryx];
+    let servers = [&raw, &framed, &ours, &iceoryx];
     let only = |which: usize| {
         for (i, server) in servers.iter().enumerate() {
             let signal = if i == which {
@@ -260,7 +268,9 @@ fn round_trips(tag: &str) {
             median.as_secs_f64() / medians[0].as_secs_f64()
         );
     }
-    let _ = std::fs::remove_file(format!("/dev/shm/{}", raw.address()));
+    for floor in [&raw, &framed] {
+        let _ = std::fs::remove_file(format!("/dev/shm/{}", floor.address()));
+    }
 }
 
 /// Round trips with a pause before each: the server has gone to sleep.

@@ -81,8 +81,13 @@ pub fn serve(scheme: &str, address: &str) {
             );
             while requests.read_exact(&mut buf).is_ok() && replies.write_all(&buf).is_ok() {}
         }
-        "shm" => {
-            let rings = raw_shm::Rings::open(address, true);
+        "shm" | "shm-records" => {
+            let framing = if scheme == "shm" {
+                raw_shm::Framing::Slots
+            } else {
+                raw_shm::Framing::Records
+            };
+            let rings = raw_shm::Rings::open(address, true, framing);
             println!("{address}");
             rings.serve()
         }
@@ -186,7 +191,10 @@ pub fn client(scheme: &str, address: &str) -> Box<dyn FnMut()> {
                 replies.read_exact(&mut buf).unwrap();
             })
         }
-        "shm" => Box::new(raw_shm::Rings::open(address, false).client()),
+        "shm" => Box::new(raw_shm::Rings::open(address, false, raw_shm::Framing::Slots).client()),
+        "shm-records" => {
+            Box::new(raw_shm::Rings::open(address, false, raw_shm::Framing::Records).client())
+        }
         other => panic!("no baseline for {other}"),
     }
 }

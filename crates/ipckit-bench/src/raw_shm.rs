@@ -1,6 +1,9 @@
 //! The hardware floor for shared memory: a bare busy-spin ping-pong over two
 //! single-producer/single-consumer rings of fixed 64-byte slots in a shared mapping. No
 //! framing, no wake-ups, no checks: what any shared-memory IPC costs at the least.
+//!
+//! The same ping-pong can also frame its messages as ipckit does ([`Framing::Records`]),
+//! so that a run shows what the record format alone costs, apart from any software.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -8,6 +11,28 @@ use std::time::{Duration, Instant};
 const SLOTS: usize = 64;
 /// Bytes in a message.
 pub const SLOT: usize = 64;
+/// Bytes in an ipckit record header (`ipckit`'s shm ring: length, kind, flags, id).
+const HEADER: usize = 16;
+
+/// How a bare ring lays out its 64-byte messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// A 64-byte slot per message: each message is exactly one cache line.
+    Slots,
+    /// As ipckit's shm rings frame them: a 16-byte header before the payload, records
+    /// one after the other at 16-byte alignment, so that a 64-byte message spans two
+    /// cache lines and most headers share a line with the previous record's end.
+    Records,
+}
+
+impl Framing {
+    fn stride(self) -> usize {
+        match self {
+            Framing::Slots => SLOT,
+            Framing::Records => HEADER + SLOT,
+        }
+    }
+}
 
 #[repr(C, align(128))]
 struct Ring {
@@ -15,7 +40,7 @@ struct Ring {
     _tail_line: [u8; 120],
     head: AtomicU64,
     _head_line: [u8; 120],
-    slots: [[u8; SLOT]; SLOTS],
+    data: [u8; SLOTS * (HEADER + SLOT)],
 }
 
 /// Maps `len` bytes of `/dev/shm/NAME`, created (zeroed) when `create`. The mapping lives
@@ -52,19 +77,23 @@ fn map(name: &str, len: usize, create: bool) -> *mut u8 {
 /// The mapping: requests, then replies.
 ///
 /// ```no_run
-/// let server = std::thread::spawn(|| ipckit_bench::raw_shm::Rings::open("doc-raw", true).serve());
-/// let mut round_trip = ipckit_bench::raw_shm::Rings::open("doc-raw", false).client();
+/// use ipckit_bench::raw_shm::{Framing, Rings};
+/// let server = std::thread::spawn(|| Rings::open("doc-raw", true, Framing::Slots).serve());
+/// let mut round_trip = Rings::open("doc-raw", false, Framing::Slots).client();
 /// round_trip();
 /// ```
 pub struct Rings {
     ptr: *mut Ring,
+    framing: Framing,
 }
 
 impl Rings {
-    /// Maps `/dev/shm/NAME`, creating it when `create`.
-    pub fn open(name: &str, create: bool) -> Rings {
+    /// Maps `/dev/shm/NAME`, creating it when `create`; both sides must use the same
+    /// framing.
+    pub fn open(name: &str, create: bool, framing: Framing) -> Rings {
         Rings {
             ptr: map(name, 2 * size_of::<Ring>(), create).cast(),
+            framing,
         }
     }
 
@@ -73,14 +102,35 @@ impl Rings {
         unsafe { &*self.ptr.add(i) }
     }
 
+    /// Where message number `n` of ring `ring` lies.
+    fn message(&self, ring: usize, n: u64) -> *mut u8 {
+        // SAFETY: the mapping holds two rings; the offset is less than SLOTS strides,
+        // which `data` holds.
+        unsafe {
+            std::ptr::addr_of_mut!((*self.ptr.add(ring)).data)
+                .cast::<u8>()
+                .add(n as usize % SLOTS * self.framing.stride())
+        }
+    }
+
     fn send(&self, ring: usize, tail: &mut u64, bytes: &[u8; SLOT]) {
         let r = self.ring(ring);
         while *tail - r.head.load(Ordering::Acquire) == SLOTS as u64 {
             std::hint::spin_loop();
         }
-        let slot = &r.slots[*tail as usize % SLOTS] as *const [u8; SLOT] as *mut [u8; SLOT];
-        // SAFETY: the slot lies between head and tail + SLOTS: only the producer touches it.
-        unsafe { slot.write(*bytes) };
+        let at = self.message(ring, *tail);
+        // SAFETY: the slot lies between head and tail + SLOTS: only the producer touches
+        // it, and `stride` bytes from `at` lie inside `data`.
+        unsafe {
+            match self.framing {
+                Framing::Slots => at.cast::<[u8; SLOT]>().write_unaligned(*bytes),
+                Framing::Records => {
+                    let header = [SLOT as u64, *tail];
+                    at.cast::<[u64; 2]>().write_unaligned(header);
+                    at.add(HEADER).cast::<[u8; SLOT]>().write_unaligned(*bytes);
+                }
+            }
+        }
         *tail += 1;
         r.tail.store(*tail, Ordering::Release);
     }
@@ -94,9 +144,20 @@ impl Rings {
         if r.tail.load(Ordering::Acquire) == *head {
             return false;
         }
+        let at = self.message(ring, *head);
         // SAFETY: published by the tail store (Acquire above); the producer does not
-        // reuse it before head moves past it.
-        *out = unsafe { (&r.slots[*head as usize % SLOTS] as *const [u8; SLOT]).read() };
+        // reuse it before head moves past it. In bounds as in `send`.
+        *out = unsafe {
+            match self.framing {
+                Framing::Slots => at.cast::<[u8; SLOT]>().read_unaligned(),
+                Framing::Records => {
+                    // The header is read, as a receiver must; the payload's place does
+                    // not depend on it, so both lines are fetched at once.
+                    std::hint::black_box(at.cast::<[u64; 2]>().read_unaligned());
+                    at.add(HEADER).cast::<[u8; SLOT]>().read_unaligned()
+                }
+            }
+        };
         *head += 1;
         r.head.store(*head, Ordering::Release);
         true
