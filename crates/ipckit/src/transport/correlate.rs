@@ -163,8 +163,11 @@ impl<A> Correlator<A> {
             };
             drop(waiters);
             let outcome = read(&mut reader, deadline);
-            drop(reader);
+            // The books first, then the channel: a thread that took the channel before
+            // the answer just read was filed could miss it and block in `read` for data
+            // that never comes (its answer already taken), until its deadline.
             waiters = lock(&self.waiters);
+            drop(reader);
             match outcome {
                 Ok(Some((answered, answer))) => self.fill(&mut waiters, answered, answer),
                 Ok(None) => {}
@@ -208,8 +211,9 @@ impl<A> Correlator<A> {
             };
             drop(waiters);
             let outcome = read(&mut reader, cx);
-            drop(reader);
+            // As in `await_answer`: file what was read before letting go of the channel.
             waiters = lock(&self.waiters);
+            drop(reader);
             match outcome {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok((answered, answer))) => {
@@ -241,5 +245,56 @@ impl<A> Correlator<A> {
 fn wake<A>(waiters: &Waiters<A>, which: impl Fn(u64) -> bool) {
     for (_, waker) in waiters.wakers.iter().filter(|(i, _)| which(*i)) {
         waker.wake_by_ref();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// A reader lets go of the channel only once the answer it read is on the books. Else
+    /// the thread that answer is for could take the channel in between and block reading
+    /// for data that never comes (this made a conformance check hang now and then).
+    #[test]
+    fn channel_is_released_only_after_the_answer_is_filed() {
+        let correlator = &Correlator::<u32>::new("test://correlate");
+        correlator.register(1);
+        correlator.register(2);
+        let channel = &Mutex::new(0u32);
+        let (reading, started) = mpsc::channel();
+        let (go, release) = mpsc::channel::<()>();
+        std::thread::scope(|scope| {
+            let leader = scope.spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                correlator.await_answer(1, deadline, channel, |reads, _| {
+                    *reads += 1;
+                    if *reads == 1 {
+                        // The answer to the other request, handed over once the books
+                        // are held below.
+                        reading.send(()).unwrap();
+                        release.recv().unwrap();
+                        Ok(Some((2, 20)))
+                    } else {
+                        Ok(Some((1, 10)))
+                    }
+                })
+            });
+            started.recv().unwrap();
+            let books = lock(&correlator.waiters);
+            go.send(()).unwrap();
+            // Time for the leader to come back from reading and wait for the books.
+            std::thread::sleep(Duration::from_millis(100));
+            assert!(
+                channel.try_lock().is_err(),
+                "the channel was free while an answer read from it was not yet filed"
+            );
+            drop(books);
+            assert!(matches!(leader.join().unwrap(), Ok(10)));
+        });
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let other = correlator.await_answer(2, deadline, channel, |_, _| Ok(None));
+        assert!(matches!(other, Ok(20)));
     }
 }
