@@ -272,7 +272,9 @@ struct Failure {
 
 /// A step that broke: its server died, or an operation failed.
 fn broke(peer: &mut Peer, what: &str, error: impl std::fmt::Display) -> Failure {
-    let reason = if peer.alive() {
+    // A peer killed mid-run closes its sockets a moment before it can be reaped: the
+    // client may see the failure first.
+    let reason = if peer.alive_after(Duration::from_millis(500)) {
         format!("{what}: {error}")
     } else {
         format!("{what}: the server process died ({error})")
@@ -409,18 +411,16 @@ fn measure_throughput(
         }
         // The count comes back by request; a transport that may drop (udp) may drop
         // the request too, so it is asked again.
-        let mut answer = Err(broke(&mut sink, "asking the count", "no answer"));
-        for _ in 0..3 {
-            match client.request(crate::peer::COUNT_REQUEST, Duration::from_secs(2)) {
-                Ok(reply) => {
-                    answer = Ok(reply);
-                    break;
-                }
-                Err(e) => answer = Err(broke(&mut sink, "asking the count", e)),
+        let mut answer = client.request(crate::peer::COUNT_REQUEST, Duration::from_secs(2));
+        for _ in 1..3 {
+            if answer.is_ok() {
+                break;
             }
+            answer = client.request(crate::peer::COUNT_REQUEST, Duration::from_secs(2));
         }
         let elapsed = start.elapsed();
-        let reply = String::from_utf8(answer?).unwrap_or_default();
+        let answer = answer.map_err(|e| broke(&mut sink, "asking the count", e))?;
+        let reply = String::from_utf8(answer).unwrap_or_default();
         let mut numbers = reply.split(' ').map(|n| n.parse::<u64>().unwrap_or(0));
         let (delivered, bytes) = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
         Ok((delivered, bytes, elapsed))

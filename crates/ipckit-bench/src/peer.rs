@@ -186,6 +186,18 @@ impl Peer {
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+
+    /// Whether the peer is still running after waiting up to `patience` for it to end.
+    pub fn alive_after(&mut self, patience: Duration) -> bool {
+        let until = Instant::now() + patience;
+        while self.alive() {
+            if Instant::now() >= until {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
 }
 
 /// CPU time used by the calling thread so far.
@@ -200,10 +212,7 @@ impl Drop for Peer {
         // Peers end when their stdin closes (iceoryx2's then removes its files); one
         // that does not within a moment is killed.
         drop(self.child.stdin.take());
-        let patience = Instant::now() + Duration::from_millis(500);
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < patience {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        self.alive_after(Duration::from_millis(500));
         let _ = self.child.kill();
         let _ = self.child.wait();
         // A killed server leaves what a stopping one would remove (a segment, a queue).
