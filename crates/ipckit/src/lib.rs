@@ -130,6 +130,39 @@ impl Client {
         self.connection.request(payload, timeout)
     }
 
+    /// Sends a request and hands the reply to `read`, returning what `read` returns. On
+    /// `shm` the reply is read where it lies in the shared ring, with no copy and no
+    /// allocation; elsewhere, and for a reply too large for one record, it is read from a
+    /// buffer.
+    ///
+    /// `read` runs while the reply still holds its space in the ring and while this
+    /// client reads replies for nobody else: keep it short, and make no request on the
+    /// same client from inside it (that request would wait for it until its timeout).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let url = format!("shm://doc-request-with-{}", std::process::id());
+    /// let server = ipckit::listen(url.as_str())?.spawn(|msg| Some(msg.payload().to_vec()));
+    /// let client = ipckit::connect(url.as_str())?;
+    /// let sum = client.request_with(&[1, 2, 3], Duration::from_secs(5), |reply| {
+    ///     reply.iter().map(|&b| u32::from(b)).sum::<u32>()
+    /// })?;
+    /// assert_eq!(sum, 6);
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
+    #[inline]
+    pub fn request_with<R>(
+        &self,
+        payload: &[u8],
+        timeout: Duration,
+        read: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R> {
+        let mut once = ReadOnce::new(read);
+        self.connection
+            .request_with(payload, timeout, &mut |reply| once.read(reply))?;
+        Ok(once.into_result())
+    }
+
     /// Sends a serde value (encoded with postcard); the server reads it with
     /// [`Message::decode`].
     ///
@@ -203,6 +236,33 @@ impl Client {
 debug_by_endpoint!(Client);
 
 /// A serde value as a payload (postcard), for [`Client::send_value`] and its kin.
+/// A caller's `FnOnce` reader behind the `FnMut` a transport calls, once, with a reply.
+pub(crate) struct ReadOnce<F, R> {
+    read: Option<F>,
+    result: Option<R>,
+}
+
+impl<F: FnOnce(&[u8]) -> R, R> ReadOnce<F, R> {
+    pub(crate) fn new(read: F) -> Self {
+        ReadOnce {
+            read: Some(read),
+            result: None,
+        }
+    }
+
+    pub(crate) fn read(&mut self, reply: &[u8]) {
+        if let Some(read) = self.read.take() {
+            self.result = Some(read(reply));
+        }
+    }
+
+    /// What the reader returned; only after a transport reported the reply read.
+    pub(crate) fn into_result(self) -> R {
+        self.result
+            .expect("a transport that answers Ok has handed the reply over")
+    }
+}
+
 fn encode_value<T: Serialize>(endpoint: &Endpoint, value: &T) -> Result<Vec<u8>> {
     postcard::to_allocvec(value).map_err(|e| Error::Codec {
         endpoint: endpoint.to_string(),

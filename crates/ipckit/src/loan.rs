@@ -82,6 +82,33 @@ impl<'a> Loan<'a> {
             Inner::InPlace(loan) => loan.request(self.len, timeout),
         }
     }
+
+    /// Publishes the message as a request and hands the reply to `read`, as
+    /// [`Client::request_with`](crate::Client::request_with) does: on `shm`, neither the
+    /// request nor the reply is copied.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let url = format!("shm://doc-loan-request-with-{}", std::process::id());
+    /// let server = ipckit::listen(url.as_str())?.spawn(|msg| Some(msg.payload().to_vec()));
+    /// let client = ipckit::connect(url.as_str())?;
+    /// let mut request = client.loan(4)?;
+    /// request.copy_from_slice(b"ping");
+    /// let echoed = request.request_with(Duration::from_secs(5), |reply| reply == b"ping")?;
+    /// assert!(echoed);
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
+    pub fn request_with<R>(self, timeout: Duration, read: impl FnOnce(&[u8]) -> R) -> Result<R> {
+        let mut once = crate::ReadOnce::new(read);
+        let mut read = |reply: &[u8]| once.read(reply);
+        match self.inner {
+            Inner::Heap { connection, bytes } => {
+                connection.request_with(&bytes[..self.len], timeout, &mut read)?
+            }
+            Inner::InPlace(loan) => loan.request_with(self.len, timeout, &mut read)?,
+        }
+        Ok(once.into_result())
+    }
 }
 
 impl Deref for Loan<'_> {

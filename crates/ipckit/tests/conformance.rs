@@ -1193,9 +1193,53 @@ mod shared_memory {
             "a large loaned message arrived damaged"
         );
         match client.loan(client.max_message() + 1) {
-            Err(Error::MessageTooLarge { .. }) => Ok(()),
-            other => Err(format!("an oversized loan gave {other:?}").into()),
+            Err(Error::MessageTooLarge { .. }) => {}
+            other => return Err(format!("an oversized loan gave {other:?}").into()),
         }
+        // Replies read through `request_with`: where they lie in the segment, or, too large
+        // for one record, from a copy.
+        let mut client = client;
+        for size in [600, 3 << 20] {
+            let requester = std::thread::spawn(move || -> Result<_, Error> {
+                let mut loan = client.loan(4)?;
+                loan.copy_from_slice(b"echo");
+                let read = loan.request_with(PATIENCE, |reply| {
+                    let intact = reply.len() == size && reply.iter().all(|&b| b == 0xEF);
+                    (intact, mapping_of(reply.as_ptr()))
+                })?;
+                Ok((client, read))
+            });
+            let mut request = recv(&mut server)?;
+            request.reply(&vec![0xEF; size])?;
+            let (returned, (intact, mapping)) = requester.join().expect("the requesting thread")?;
+            client = returned;
+            ensure!(intact, "a reply of {size} bytes was read damaged");
+            let in_segment = mapping
+                .as_deref()
+                .is_some_and(|m| m.starts_with("/dev/shm/ipckit."));
+            ensure!(
+                in_segment || size > 1 << 20,
+                "a reply of {size} bytes was read from {mapping:?}, not the shared segment"
+            );
+        }
+        Ok(())
+    }
+
+    /// The file mapped at `address` in this process, from /proc/self/maps.
+    fn mapping_of(address: *const u8) -> Option<String> {
+        let address = address as usize;
+        std::fs::read_to_string("/proc/self/maps")
+            .ok()?
+            .lines()
+            .find_map(|line| {
+                let mut fields = line.split_whitespace();
+                let (start, end) = fields.next()?.split_once('-')?;
+                let (start, end) = (
+                    usize::from_str_radix(start, 16).ok()?,
+                    usize::from_str_radix(end, 16).ok()?,
+                );
+                ((start..end).contains(&address)).then(|| fields.nth(4).unwrap_or("").to_owned())
+            })
     }
 
     /// The attacker is a client in slot 1 (the bystander of `survives` took slot 0).
@@ -1791,9 +1835,13 @@ mod peer {
                         std::thread::spawn(move || -> Result<(), String> {
                             for i in 0..per_thread {
                                 let request = format!("thread {t} request {i}").into_bytes();
-                                let reply = client
-                                    .request(&request, PATIENCE)
-                                    .map_err(|e| e.to_string())?;
+                                // Every other reply is read where it lies, where it can be.
+                                let reply = if i % 2 == 0 {
+                                    client.request(&request, PATIENCE)
+                                } else {
+                                    client.request_with(&request, PATIENCE, <[u8]>::to_vec)
+                                }
+                                .map_err(|e| e.to_string())?;
                                 let mut expected = request.clone();
                                 expected.reverse();
                                 if reply != expected {

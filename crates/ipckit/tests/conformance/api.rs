@@ -90,6 +90,20 @@ impl Client {
         }
     }
 
+    /// A request whose reply `read` reads (in place, where the transport can); the
+    /// async API has no such call and reads a copy.
+    pub fn request_with<R>(
+        &self,
+        payload: &[u8],
+        timeout: Duration,
+        read: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, Error> {
+        match self {
+            Client::Blocking(c) => c.request_with(payload, timeout, read),
+            Client::Async(c) => block_on(c.request(payload, timeout)).map(|reply| read(&reply)),
+        }
+    }
+
     pub fn max_message(&self) -> usize {
         match self {
             Client::Blocking(c) => c.max_message(),

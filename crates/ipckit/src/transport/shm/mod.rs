@@ -378,15 +378,23 @@ impl Sender {
         probe: bool,
     ) -> Result<Option<Reservation>> {
         if probe {
-            let now = coarse_now();
-            if now.saturating_sub(self.checked_at) >= LIVENESS_PROBE {
-                link.check()?;
-                self.checked_at = now;
-            }
+            self.probe(link)?;
         }
         self.producer
             .try_reserve(len)
             .map_err(|c| corrupt(link.url(), "receiver", c))
+    }
+
+    /// Checks that the peer lives, if that was last done [`LIVENESS_PROBE`] ago: for
+    /// one-way messages, which no wait follows.
+    #[inline(always)]
+    fn probe(&mut self, link: &dyn Link) -> Result<()> {
+        let now = coarse_now();
+        if now.saturating_sub(self.checked_at) >= LIVENESS_PROBE {
+            link.check()?;
+            self.checked_at = now;
+        }
+        Ok(())
     }
 
     /// Publishes a reservation and wakes the consumer if it sleeps.
@@ -438,6 +446,32 @@ struct Partial {
     kind: Kind,
     id: u64,
     bytes: Vec<u8>,
+}
+
+/// A caller that reads the reply to its request `id` where it lies in the ring
+/// ([`Client::request_with`](crate::Client::request_with)) rather than in a copy. `read`
+/// is taken once it has been called.
+struct InPlace<'r> {
+    id: u64,
+    read: Option<&'r mut ReadReply<'r>>,
+}
+
+/// What [`Connection::request_with`] hands a reply to.
+type ReadReply<'r> = dyn FnMut(&[u8]) + 'r;
+
+impl InPlace<'_> {
+    /// For a caller that wants the reply copied out.
+    fn copied() -> InPlace<'static> {
+        InPlace { id: 0, read: None }
+    }
+
+    /// Hands `reply` to the reader if the reply came copied after all (as a reply of
+    /// several records does, or one read by another thread).
+    fn read_copy(self, reply: &[u8]) {
+        if let Some(read) = self.read {
+            read(reply);
+        }
+    }
 }
 
 /// Adds `record` to the message being assembled, checking it belongs there and that the
@@ -659,9 +693,14 @@ impl ShmConnection {
         let answer = self
             .answers
             .await_answer(id, deadline, &self.replies, |replies, deadline| {
-                self.read_answer(replies, &mut Some(deadline), timeout)
-                    .map(|answer| answer.map(|a| (a.id, a)))
-                    .map_err(|e| e.to_string())
+                self.read_answer(
+                    replies,
+                    &mut Some(deadline),
+                    timeout,
+                    &mut InPlace::copied(),
+                )
+                .map(|answer| answer.map(|a| (a.id, a)))
+                .map_err(|e| e.to_string())
             });
         match answer {
             Ok(answer) => self.outcome(answer),
@@ -685,6 +724,7 @@ impl ShmConnection {
         replies: &mut Replies,
         deadline: &mut Option<Instant>,
         timeout: Duration,
+        in_place: &mut InPlace<'_>,
     ) -> Result<Option<Partial>> {
         let Replies {
             consumer,
@@ -693,7 +733,7 @@ impl ShmConnection {
         } = replies;
         let slot = self.slot();
         loop {
-            if let Some(done) = self.next_answer(consumer, partial)? {
+            if let Some(done) = self.next_answer(consumer, partial, in_place)? {
                 return Ok(Some(done));
             }
             let mut ready = || self.reply_or_closed(consumer);
@@ -729,11 +769,14 @@ impl ShmConnection {
     }
 
     /// The next complete answer already in the reply ring; `None` once the ring is empty.
+    /// The reply `in_place` waits for, if it lies whole in one record, is handed to its
+    /// reader before the record is released, and comes back without its bytes.
     #[inline(always)]
     fn next_answer(
         &self,
         consumer: &mut Consumer,
         partial: &mut Option<Partial>,
+        in_place: &mut InPlace<'_>,
     ) -> Result<Option<Partial>> {
         while let Some(record) = consumer
             .peek()
@@ -746,8 +789,26 @@ impl ShmConnection {
                     Corrupt(format!("it sent a {:?} as a reply", record.kind)),
                 ));
             }
-            let done = assemble(partial, consumer, &record, self.own_max)
-                .map_err(|c| corrupt(&self.url, "server", c))?;
+            let whole_reply = partial.is_none()
+                && record.flags & MORE == 0
+                && record.kind == Kind::Reply
+                && record.id == in_place.id
+                && record.len <= self.own_max;
+            let done = match in_place.read.take() {
+                Some(read) if whole_reply => {
+                    read(consumer.payload(&record));
+                    Some(Partial {
+                        kind: Kind::Reply,
+                        id: record.id,
+                        bytes: Vec::new(),
+                    })
+                }
+                not_now => {
+                    in_place.read = not_now;
+                    assemble(partial, consumer, &record, self.own_max)
+                        .map_err(|c| corrupt(&self.url, "server", c))?
+                }
+            };
             consumer.release(record.end);
             wait::wake(&self.slot().replies.producer_sleeps, &self.header().bell);
             if done.is_some() {
@@ -760,10 +821,16 @@ impl ShmConnection {
     /// Waits for the answer to request `id` as the only requester in flight, holding the
     /// reply ring throughout: no waiter list, no condition variable.
     #[inline(always)]
-    fn lone_answer(&self, replies: &mut Replies, id: u64, timeout: Duration) -> Result<Vec<u8>> {
+    fn lone_answer(
+        &self,
+        replies: &mut Replies,
+        id: u64,
+        timeout: Duration,
+        in_place: &mut InPlace<'_>,
+    ) -> Result<Vec<u8>> {
         let mut deadline = None;
         loop {
-            match self.read_answer(replies, &mut deadline, timeout)? {
+            match self.read_answer(replies, &mut deadline, timeout, in_place)? {
                 Some(answer) if answer.id == id => return self.outcome(answer),
                 // Another thread's request went out meanwhile, by the general path.
                 Some(other) => self.answers.deliver(other.id, other),
@@ -818,19 +885,22 @@ impl ShmConnection {
         Ok(())
     }
 
-    /// Publishes request `id` and waits for its answer: by the lone-requester path when
-    /// no other request is in flight, else by the general one.
+    /// Publishes a request and waits for its answer: by the lone-requester path when
+    /// no other request is in flight, else by the general one. The answer is read in
+    /// place if `in_place` asks and the lone path finds it whole in one record; else it
+    /// is returned.
     #[inline(always)]
-    fn request_with(
+    fn exchange(
         &self,
-        id: u64,
         publish: impl FnOnce() -> Result<()>,
         timeout: Duration,
+        in_place: &mut InPlace<'_>,
     ) -> Result<Vec<u8>> {
+        let id = in_place.id;
         let alone = self.in_flight.fetch_add(1, Ordering::SeqCst) == 0;
         let result = match self.replies.try_lock() {
             Ok(mut replies) if alone => {
-                publish().and_then(|()| self.lone_answer(&mut replies, id, timeout))
+                publish().and_then(|()| self.lone_answer(&mut replies, id, timeout, in_place))
             }
             not_alone => {
                 drop(not_alone);
@@ -869,7 +939,32 @@ impl Connection for ShmConnection {
 
     fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.request_with(id, || self.send_kind(Kind::Request, id, payload), timeout)
+        let mut copied = InPlace { id, read: None };
+        self.exchange(
+            || self.send_kind(Kind::Request, id, payload),
+            timeout,
+            &mut copied,
+        )
+    }
+
+    fn request_with(
+        &self,
+        payload: &[u8],
+        timeout: Duration,
+        read: &mut dyn FnMut(&[u8]),
+    ) -> Result<()> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut in_place = InPlace {
+            id,
+            read: Some(read),
+        };
+        let reply = self.exchange(
+            || self.send_kind(Kind::Request, id, payload),
+            timeout,
+            &mut in_place,
+        )?;
+        in_place.read_copy(&reply);
+        Ok(())
     }
 
     fn max_message(&self) -> usize {
@@ -887,7 +982,8 @@ impl Connection for ShmConnection {
             return Ok(None);
         }
         self.closed()?;
-        let reservation = requests.reserve(len, self.patience, self, true)?;
+        // Whether the peer lives is checked when the loan is sent, if it is sent one way.
+        let reservation = requests.reserve(len, self.patience, self, false)?;
         Ok(Some(crate::Loan::in_place(ShmLoan {
             connection: self,
             requests,
@@ -937,22 +1033,49 @@ impl ShmLoan<'_> {
     }
 
     pub(crate) fn send(mut self, len: usize) -> Result<()> {
+        self.requests.probe(self.connection)?;
         self.requests
             .commit(self.reservation, len, Kind::Message, 0, 0);
         Ok(())
     }
 
-    pub(crate) fn request(mut self, len: usize, timeout: Duration) -> Result<Vec<u8>> {
-        let connection = self.connection;
-        let id = connection.next_id.fetch_add(1, Ordering::Relaxed);
-        connection.request_with(
+    pub(crate) fn request(self, len: usize, timeout: Duration) -> Result<Vec<u8>> {
+        let id = self.connection.next_id.fetch_add(1, Ordering::Relaxed);
+        self.exchange(len, timeout, &mut InPlace { id, read: None })
+    }
+
+    pub(crate) fn request_with(
+        self,
+        len: usize,
+        timeout: Duration,
+        read: &mut dyn FnMut(&[u8]),
+    ) -> Result<()> {
+        let id = self.connection.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut in_place = InPlace {
             id,
+            read: Some(read),
+        };
+        let reply = self.exchange(len, timeout, &mut in_place)?;
+        in_place.read_copy(&reply);
+        Ok(())
+    }
+
+    fn exchange(
+        mut self,
+        len: usize,
+        timeout: Duration,
+        in_place: &mut InPlace<'_>,
+    ) -> Result<Vec<u8>> {
+        let connection = self.connection;
+        let id = in_place.id;
+        connection.exchange(
             move || {
                 self.requests
                     .commit(self.reservation, len, Kind::Request, 0, id);
                 Ok(())
             },
             timeout,
+            in_place,
         )
     }
 }

@@ -34,7 +34,9 @@ use tokio::sync::{Mutex as OrderLock, OwnedMutexGuard};
 use super::bell::Bell;
 use super::ring::announce_sleep;
 use super::wait::{BELL, MAX_SPIN, MIN_SPIN};
-use super::{Kind, LIVENESS_INTERVAL, MORE, ShmConnection, ShmListener, segment, work_waiting};
+use super::{
+    InPlace, Kind, LIVENESS_INTERVAL, MORE, ShmConnection, ShmListener, segment, work_waiting,
+};
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
 use crate::message::Message;
@@ -198,8 +200,11 @@ impl AsyncShmConnection {
                     .poll_answer(id, cx, &connection.replies, |replies, cx| {
                         let mut waiting = lock(&shared.answers);
                         loop {
-                            let next =
-                                connection.next_answer(&mut replies.consumer, &mut replies.partial);
+                            let next = connection.next_answer(
+                                &mut replies.consumer,
+                                &mut replies.partial,
+                                &mut InPlace::copied(),
+                            );
                             match next {
                                 Ok(Some(answer)) => {
                                     waiting.done();

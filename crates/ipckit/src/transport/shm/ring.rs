@@ -567,6 +567,18 @@ impl Consumer {
         self.area.read(record.payload_at, &mut out[..record.len]);
     }
 
+    /// A record's payload where it lies, valid until the record is released.
+    #[cfg(not(all(ipckit_loom, test)))]
+    #[inline(always)]
+    pub fn payload(&self, record: &Record) -> &[u8] {
+        let start = self.area.range(record.payload_at, record.len);
+        // SAFETY: `range` checked the bytes lie inside the area; they were published
+        // before the tail moved past them (read with Acquire by `peek`), and the producer
+        // does not write them again before `head` passes them, which only the owner of
+        // this consumer moves, not while it holds this borrow of the consumer.
+        unsafe { std::slice::from_raw_parts(start, record.len) }
+    }
+
     /// Appends a record's payload to `out`.
     #[inline(always)]
     pub fn append_to(&self, record: &Record, out: &mut Vec<u8>) {
