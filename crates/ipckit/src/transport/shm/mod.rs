@@ -789,13 +789,14 @@ impl ShmConnection {
                     Corrupt(format!("it sent a {:?} as a reply", record.kind)),
                 ));
             }
-            let whole_reply = partial.is_none()
-                && record.flags & MORE == 0
-                && record.kind == Kind::Reply
-                && record.id == in_place.id
-                && record.len <= self.own_max;
             let done = match in_place.read.take() {
-                Some(read) if whole_reply => {
+                Some(read)
+                    if partial.is_none()
+                        && record.flags & MORE == 0
+                        && record.kind == Kind::Reply
+                        && record.id == in_place.id
+                        && record.len <= self.own_max =>
+                {
                     read(consumer.payload(&record));
                     Some(Partial {
                         kind: Kind::Reply,
@@ -885,6 +886,33 @@ impl ShmConnection {
         Ok(())
     }
 
+    /// A new request's number, with the reader its reply goes to, if any.
+    fn next_request<'r>(&self, read: Option<&'r mut ReadReply<'r>>) -> InPlace<'r> {
+        InPlace {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            read,
+        }
+    }
+
+    /// Sends `payload` as a request. Its reply goes to `read` if given (in place when the
+    /// reply lies whole in one record); the reply is returned, empty if read in place.
+    fn ask<'r>(
+        &self,
+        payload: &[u8],
+        timeout: Duration,
+        read: Option<&'r mut ReadReply<'r>>,
+    ) -> Result<Vec<u8>> {
+        let mut in_place = self.next_request(read);
+        let id = in_place.id;
+        let reply = self.exchange(
+            || self.send_kind(Kind::Request, id, payload),
+            timeout,
+            &mut in_place,
+        )?;
+        in_place.read_copy(&reply);
+        Ok(reply)
+    }
+
     /// Publishes a request and waits for its answer: by the lone-requester path when
     /// no other request is in flight, else by the general one. The answer is read in
     /// place if `in_place` asks and the lone path finds it whole in one record; else it
@@ -938,13 +966,7 @@ impl Connection for ShmConnection {
     }
 
     fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut copied = InPlace { id, read: None };
-        self.exchange(
-            || self.send_kind(Kind::Request, id, payload),
-            timeout,
-            &mut copied,
-        )
+        self.ask(payload, timeout, None)
     }
 
     fn request_with(
@@ -953,18 +975,7 @@ impl Connection for ShmConnection {
         timeout: Duration,
         read: &mut dyn FnMut(&[u8]),
     ) -> Result<()> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut in_place = InPlace {
-            id,
-            read: Some(read),
-        };
-        let reply = self.exchange(
-            || self.send_kind(Kind::Request, id, payload),
-            timeout,
-            &mut in_place,
-        )?;
-        in_place.read_copy(&reply);
-        Ok(())
+        self.ask(payload, timeout, Some(read)).map(drop)
     }
 
     fn max_message(&self) -> usize {
@@ -1040,8 +1051,7 @@ impl ShmLoan<'_> {
     }
 
     pub(crate) fn request(self, len: usize, timeout: Duration) -> Result<Vec<u8>> {
-        let id = self.connection.next_id.fetch_add(1, Ordering::Relaxed);
-        self.exchange(len, timeout, &mut InPlace { id, read: None })
+        self.ask(len, timeout, None)
     }
 
     pub(crate) fn request_with(
@@ -1050,33 +1060,30 @@ impl ShmLoan<'_> {
         timeout: Duration,
         read: &mut dyn FnMut(&[u8]),
     ) -> Result<()> {
-        let id = self.connection.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut in_place = InPlace {
-            id,
-            read: Some(read),
-        };
-        let reply = self.exchange(len, timeout, &mut in_place)?;
-        in_place.read_copy(&reply);
-        Ok(())
+        self.ask(len, timeout, Some(read)).map(drop)
     }
 
-    fn exchange(
+    /// As [`ShmConnection::ask`], with the request's `len` bytes already in the ring.
+    fn ask<'r>(
         mut self,
         len: usize,
         timeout: Duration,
-        in_place: &mut InPlace<'_>,
+        read: Option<&'r mut ReadReply<'r>>,
     ) -> Result<Vec<u8>> {
         let connection = self.connection;
+        let mut in_place = connection.next_request(read);
         let id = in_place.id;
-        connection.exchange(
+        let reply = connection.exchange(
             move || {
                 self.requests
                     .commit(self.reservation, len, Kind::Request, 0, id);
                 Ok(())
             },
             timeout,
-            in_place,
-        )
+            &mut in_place,
+        )?;
+        in_place.read_copy(&reply);
+        Ok(reply)
     }
 }
 
