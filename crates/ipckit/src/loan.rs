@@ -99,15 +99,15 @@ impl<'a> Loan<'a> {
     /// # Ok::<(), ipckit::Error>(())
     /// ```
     pub fn request_with<R>(self, timeout: Duration, read: impl FnOnce(&[u8]) -> R) -> Result<R> {
-        let mut once = crate::ReadOnce::new(read);
-        let mut read = |reply: &[u8]| once.read(reply);
         match self.inner {
             Inner::Heap { connection, bytes } => {
-                connection.request_with(&bytes[..self.len], timeout, &mut read)?
+                let mut once = crate::CallOnce::new(read);
+                connection
+                    .request_with(&bytes[..self.len], timeout, &mut |reply| once.call(reply))?;
+                Ok(once.into_result())
             }
-            Inner::InPlace(loan) => loan.request_with(self.len, timeout, &mut read)?,
+            Inner::InPlace(loan) => loan.request_in_place(self.len, timeout, read),
         }
-        Ok(once.into_result())
     }
 }
 

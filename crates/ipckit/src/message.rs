@@ -40,14 +40,48 @@ pub(crate) trait ReplySink: Send + Sync {
     fn send_reply(&self, id: u64, payload: &[u8], ok: bool) -> Result<()>;
 }
 
-pub(crate) struct ReplyTo {
-    sink: Arc<dyn ReplySink>,
+impl<T: ReplySink + ?Sized> ReplySink for Arc<T> {
+    #[inline(always)]
+    fn send_reply(&self, id: u64, payload: &[u8], ok: bool) -> Result<()> {
+        (**self).send_reply(id, payload, ok)
+    }
+}
+
+/// The way back from a [`MessageRef`]: a client's reply ring, called directly so that the
+/// reply is written inline (the module docs of `transport::shm` say why that matters),
+/// or any other transport's sink.
+#[derive(Clone, Copy)]
+pub(crate) enum LentSink<'a> {
+    Ring(&'a crate::transport::shm::ReplyChannel),
+    Any(&'a (dyn ReplySink + 'a)),
+}
+
+impl ReplySink for LentSink<'_> {
+    #[inline(always)]
+    fn send_reply(&self, id: u64, payload: &[u8], ok: bool) -> Result<()> {
+        match self {
+            LentSink::Ring(ring) => ring.send_reply(id, payload, ok),
+            LentSink::Any(sink) => sink.send_reply(id, payload, ok),
+        }
+    }
+}
+
+/// The way back for one request, held by a [`Message`] (shared with the connection) or
+/// lent to a [`MessageRef`] (borrowed from the server).
+pub(crate) struct ReplyTo<S: ReplySink = Arc<dyn ReplySink>> {
+    sink: S,
     id: u64,
     answered: bool,
 }
 
 impl ReplyTo {
     pub(crate) fn new(sink: Arc<dyn ReplySink>, id: u64) -> ReplyTo {
+        ReplyTo::to(sink, id)
+    }
+}
+
+impl<S: ReplySink> ReplyTo<S> {
+    pub(crate) fn to(sink: S, id: u64) -> ReplyTo<S> {
         ReplyTo {
             sink,
             id,
@@ -55,25 +89,31 @@ impl ReplyTo {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn answer(mut self, payload: &[u8], ok: bool) -> Result<()> {
         self.answered = true;
         self.sink.send_reply(self.id, payload, ok)
     }
-}
 
-impl Drop for ReplyTo {
-    fn drop(&mut self) {
-        if self.answered {
-            return;
-        }
-        // A request nobody answers would leave its caller waiting for its whole timeout;
-        // tell it at once instead. Best effort: the client may be gone.
+    /// A request nobody answers would leave its caller waiting for its whole timeout;
+    /// tell it at once instead. Best effort: the client may be gone.
+    #[cold]
+    #[inline(never)]
+    fn refuse_unanswered(&self) {
         let _ = self.sink.send_reply(
             self.id,
             b"the server dropped the request without replying",
             false,
         );
+    }
+}
+
+impl<S: ReplySink> Drop for ReplyTo<S> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        if !self.answered {
+            self.refuse_unanswered();
+        }
     }
 }
 
@@ -178,9 +218,7 @@ impl Message {
 
     #[inline]
     fn take_reply_to(&mut self) -> Result<ReplyTo> {
-        self.reply_to.take().ok_or_else(|| Error::NoReplyExpected {
-            endpoint: self.endpoint.to_string(),
-        })
+        take_reply_to(&mut self.reply_to, &self.endpoint)
     }
 
     /// Decodes a payload sent with [`Client::send_value`](crate::Client::send_value).
@@ -193,17 +231,148 @@ impl Message {
     /// # Ok::<(), ipckit::Error>(())
     /// ```
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
-        postcard::from_bytes(self.payload()).map_err(|e| Error::Codec {
-            endpoint: self.endpoint.to_string(),
-            op: "decode",
-            detail: e.to_string(),
-        })
+        decode(self.payload(), &self.endpoint)
     }
 
     /// The endpoint the message arrived on.
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }
+
+    /// The message as a [`MessageRef`], for a transport that cannot lend its messages in
+    /// place: the reference answers the request (or refuses it when dropped unanswered).
+    pub(crate) fn lend(&mut self) -> MessageRef<'_> {
+        if let Some(reply_to) = &mut self.reply_to {
+            reply_to.answered = true;
+        }
+        MessageRef {
+            payload: self.payload(),
+            in_place: self.is_in_place(),
+            peer: &self.peer,
+            reply_to: self
+                .reply_to
+                .as_ref()
+                .map(|r| ReplyTo::to(LentSink::Any(&*r.sink), r.id)),
+            endpoint: &self.endpoint,
+        }
+    }
+}
+
+/// One message lent by [`Server::recv_with`](crate::Server::recv_with) for as long as
+/// its handler runs: nothing is copied, counted or allocated to hand it over, and on
+/// `shm` both the message and the reply stay in the shared rings.
+///
+/// It answers as a [`Message`] does; a request left unanswered is refused when the
+/// handler returns.
+///
+/// ```no_run
+/// let mut server = ipckit::listen("shm://doc-message-ref")?;
+/// loop {
+///     server.recv_with(|msg| {
+///         if msg.wants_reply() {
+///             let sum: u32 = msg.payload().iter().map(|&b| u32::from(b)).sum();
+///             msg.reply(&sum.to_le_bytes())
+///         } else {
+///             Ok(())
+///         }
+///     })??;
+/// }
+/// # Ok::<(), ipckit::Error>(())
+/// ```
+pub struct MessageRef<'a> {
+    payload: &'a [u8],
+    in_place: bool,
+    peer: &'a Peer,
+    reply_to: Option<ReplyTo<LentSink<'a>>>,
+    endpoint: &'a str,
+}
+
+impl<'a> MessageRef<'a> {
+    #[inline(always)]
+    pub(crate) fn new(
+        payload: &'a [u8],
+        in_place: bool,
+        peer: &'a Peer,
+        reply_to: Option<ReplyTo<LentSink<'a>>>,
+        endpoint: &'a str,
+    ) -> MessageRef<'a> {
+        MessageRef {
+            payload,
+            in_place,
+            peer,
+            reply_to,
+            endpoint,
+        }
+    }
+
+    /// The bytes that were sent; on `shm`, where they lie in the sender's ring.
+    pub fn payload(&self) -> &[u8] {
+        self.payload
+    }
+
+    /// Whether the payload is read in place from shared memory rather than copied.
+    pub fn is_in_place(&self) -> bool {
+        self.in_place
+    }
+
+    /// Who sent it.
+    pub fn peer(&self) -> &Peer {
+        self.peer
+    }
+
+    /// Whether the sender waits for an answer that was not given yet.
+    pub fn wants_reply(&self) -> bool {
+        self.reply_to.is_some()
+    }
+
+    /// Answers the request, as [`Message::reply`] does.
+    #[inline(always)]
+    pub fn reply(&mut self, payload: &[u8]) -> Result<()> {
+        take_reply_to(&mut self.reply_to, self.endpoint)?.answer(payload, true)
+    }
+
+    /// Refuses the request, as [`Message::refuse`] does.
+    pub fn refuse(&mut self, reason: &str) -> Result<()> {
+        take_reply_to(&mut self.reply_to, self.endpoint)?.answer(reason.as_bytes(), false)
+    }
+
+    /// Decodes a payload sent with [`Client::send_value`](crate::Client::send_value).
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
+        decode(self.payload, self.endpoint)
+    }
+
+    /// The endpoint the message arrived on.
+    pub fn endpoint(&self) -> &str {
+        self.endpoint
+    }
+}
+
+impl fmt::Debug for MessageRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MessageRef")
+            .field("len", &self.payload.len())
+            .field("peer", &self.peer)
+            .field("wants_reply", &self.wants_reply())
+            .finish()
+    }
+}
+
+#[inline(always)]
+fn take_reply_to<S: ReplySink>(
+    reply_to: &mut Option<ReplyTo<S>>,
+    endpoint: &str,
+) -> Result<ReplyTo<S>> {
+    reply_to.take().ok_or_else(|| Error::NoReplyExpected {
+        endpoint: endpoint.to_owned(),
+    })
+}
+
+fn decode<T: DeserializeOwned>(payload: &[u8], endpoint: &str) -> Result<T> {
+    postcard::from_bytes(payload).map_err(|e| Error::Codec {
+        endpoint: endpoint.to_owned(),
+        op: "decode",
+        detail: e.to_string(),
+    })
 }
 
 impl fmt::Debug for Message {

@@ -85,6 +85,12 @@ fn always(_: &dyn Transport, _: &Capabilities) -> bool {
 fn duplex(_: &dyn Transport, caps: &Capabilities) -> bool {
     caps.duplex
 }
+/// Duplex transports whose answers can say "refused": all but datagrams, whose replies
+/// carry only a payload (an unanswered caller times out).
+fn refuses(t: &dyn Transport, caps: &Capabilities) -> bool {
+    let ep = t.scratch_endpoint(&std::env::temp_dir(), "probe");
+    caps.duplex && !matches!(ep.address(), Address::Udp(_) | Address::Unixgram(_))
+}
 fn reliable_ordered(_: &dyn Transport, caps: &Capabilities) -> bool {
     caps.reliable && caps.ordered
 }
@@ -149,6 +155,7 @@ const CHECKS: &[Check] = checks![
     byte_stream => server_limit_learned_in_handshake,
     byte_stream => line_framing_in_order,
     duplex => request_reply_concurrent,
+    refuses => lent_request_answered_or_refused,
     credentials => peer_credentials,
     reliable => peer_disconnects,
     reliable_transient => send_fails_once_receiver_killed,
@@ -445,6 +452,17 @@ fn size_for(seq: u32) -> usize {
     SIZES[seq as usize % SIZES.len()]
 }
 
+/// The next message's number, read where the transport lends it (`Server::recv_with`).
+fn recv_lent(server: &mut api::Server) -> Result<(u32, u32), Failed> {
+    let mut numbered = None;
+    let came = server.answer_lent(PATIENCE, |payload, _| {
+        numbered = Some(parse_numbered(payload));
+        None
+    })?;
+    ensure!(came, "no message arrived within {PATIENCE:?}");
+    numbered.expect("read by the handler")
+}
+
 fn recv(server: &mut api::Server) -> Result<ipckit::Message, Failed> {
     server
         .recv_timeout(PATIENCE)?
@@ -489,8 +507,13 @@ fn many_concurrent_clients(ctx: &Ctx) -> Outcome {
         })
         .collect();
     let mut next: HashMap<u32, u32> = HashMap::new();
-    for _ in 0..clients * count {
-        let (client, seq) = parse_numbered(recv(&mut server)?.payload())?;
+    for i in 0..clients * count {
+        // Every other message is lent to a handler rather than handed over.
+        let (client, seq) = if i % 2 == 0 {
+            parse_numbered(recv(&mut server)?.payload())?
+        } else {
+            recv_lent(&mut server)?
+        };
         let expected = next.entry(client).or_default();
         ensure!(
             seq == *expected,
@@ -631,6 +654,16 @@ fn request_reply_concurrent(ctx: &Ctx) -> Outcome {
             batch.push(m);
         }
         out_of_order |= batch.len() > 1;
+        // One more, lent and answered while the batch is still held: on shm its space is
+        // given back before theirs.
+        let reversed = |payload: &[u8], wants_reply: bool| {
+            wants_reply.then(|| payload.iter().rev().copied().collect())
+        };
+        if answered + (batch.len() as u32) < threads * per_thread
+            && server.answer_lent(Duration::from_millis(2), reversed)?
+        {
+            answered += 1;
+        }
         for mut message in batch.into_iter().rev() {
             ensure!(
                 message.wants_reply(),
@@ -648,6 +681,32 @@ fn request_reply_concurrent(ctx: &Ctx) -> Outcome {
         "requests never overlapped, so correlation was not exercised"
     );
     Ok(())
+}
+
+/// A request lent to a handler is answered from it; one the handler leaves unanswered is
+/// refused when the handler returns, so that its caller does not wait out its timeout.
+fn lent_request_answered_or_refused(ctx: &Ctx) -> Outcome {
+    let mut server = api::listen(ctx.endpoint("lent"))?;
+    let url = server.endpoint().to_string();
+    let mut asker = Child::spawn("request-once", &[url.clone(), "lend me".into()]);
+    let came = server.answer_lent(PATIENCE, |payload, wants_reply| {
+        wants_reply.then(|| payload.to_ascii_uppercase())
+    })?;
+    ensure!(came, "no request arrived within {PATIENCE:?}");
+    ensure!(
+        asker.line()? == "LEND ME",
+        "the lent request was answered wrongly"
+    );
+    asker.finish()?;
+    let ignored = Child::spawn("request-once", &[url, "ignore me".into()]);
+    ensure!(
+        server.answer_lent(PATIENCE, |_, _| None)?,
+        "no request arrived within {PATIENCE:?}"
+    );
+    match ignored.finish() {
+        Err(e) if e.message().is_some_and(|m| m.contains("without replying")) => Ok(()),
+        other => Err(format!("a request left unanswered gave its caller {other:?}").into()),
+    }
 }
 
 fn peer_credentials(ctx: &Ctx) -> Outcome {
@@ -1175,6 +1234,23 @@ mod shared_memory {
             "the loaned message arrived as {message:?}"
         );
         drop(message);
+        // Lent to a handler (`recv_with`, blocking API only), it is read in the segment.
+        if let api::Server::Blocking(blocking) = &mut server {
+            let mut loan = client.loan(100)?;
+            loan.fill(0x5A);
+            loan.send()?;
+            let seen = blocking.recv_with_timeout(PATIENCE, |message| {
+                let intact = message.payload() == [0x5Au8; 100].as_slice();
+                (
+                    message.is_in_place() && intact,
+                    mapping_of(message.payload().as_ptr()),
+                )
+            })?;
+            match seen {
+                Some((true, Some(mapping))) if mapping.starts_with("/dev/shm/ipckit.") => {}
+                other => return Err(format!("a lent message was read as {other:?}").into()),
+            }
+        }
         // Larger than a record can be: still works, as pieces, copied, while the server
         // takes them.
         let big = client.max_message().min(4 << 20);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
-use crate::message::Message;
+use crate::message::{Message, MessageRef};
 
 mod correlate;
 mod datagram;
@@ -158,6 +158,13 @@ pub trait Connection: Send + Sync {
         read(&self.request(payload, timeout)?);
         Ok(())
     }
+    /// The connection as [`Any`](std::any::Any), for a transport that
+    /// [`Client`](crate::Client) calls past this trait, with the caller's closures
+    /// inlined (`shm`).
+    #[doc(hidden)]
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
     /// The largest payload the server accepts.
     fn max_message(&self) -> usize;
     /// Where it is connected.
@@ -175,6 +182,29 @@ pub trait Listener: Send {
     /// Waits for the next message until `deadline` (forever when `None`). `Ok(None)` when
     /// the deadline passed or the waker was called.
     fn recv(&mut self, deadline: Option<Instant>) -> Result<Option<Message>>;
+    /// Waits as [`recv`](Listener::recv) does and lends the message to `handle`; `false`
+    /// where `recv` gives `None`. A transport that keeps messages in shared memory lends
+    /// them where they lie; the others lend a [`Message`].
+    fn recv_with(
+        &mut self,
+        deadline: Option<Instant>,
+        handle: &mut dyn FnMut(&mut MessageRef<'_>),
+    ) -> Result<bool> {
+        match self.recv(deadline)? {
+            Some(mut message) => {
+                handle(&mut message.lend());
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+    /// The listener as [`Any`](std::any::Any), for a transport that
+    /// [`Server`](crate::Server) calls past this trait, with the caller's handler inlined
+    /// (`shm`).
+    #[doc(hidden)]
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        None
+    }
     /// A function that makes a blocked or the next `recv` return `Ok(None)`.
     fn waker(&self) -> Arc<dyn Fn() + Send + Sync>;
     /// The endpoint it listens on, with the real address where the kernel chose it.
