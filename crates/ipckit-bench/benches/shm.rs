@@ -3,8 +3,9 @@
 //!
 //! - 64-byte round trip: the hardware floor (a bare busy-spin ping-pong over two rings in
 //!   shared memory, `ipckit_bench::raw_shm`), the same ping-pong with its messages framed
-//!   as ipckit frames them (what the record format costs before any software), ipckit,
-//!   and iceoryx2's publish/subscribe ping-pong; interleaved blocks, medians;
+//!   as ipckit frames them (what the record format costs before any software), ipckit
+//!   (`request` and `recv`, and lent both ways: `request_with` and `recv_with`), and
+//!   iceoryx2's publish/subscribe ping-pong; interleaved blocks, medians;
 //! - the same round trip with pauses between requests, where the server has fallen
 //!   asleep: what the spin-then-sleep policy costs a user who is not busy;
 //! - one-way streaming of 64 KiB messages, written in place with a loan and read in place,
@@ -89,6 +90,21 @@ fn serve(kind: &str, address: &str) -> bool {
                     // The end of a stream: the sum proves every byte was read.
                     println!("done");
                 }
+            }
+        }
+        "echo-lent" => {
+            let mut server = ipckit::listen(address).expect("listen");
+            println!("{}", server.endpoint());
+            loop {
+                // Read in place and answered in place, with no Message built.
+                server
+                    .recv_with(|message| {
+                        let echo: Pingpong = message.payload().try_into().unwrap_or([0; SIZE]);
+                        if message.wants_reply() {
+                            message.reply(&echo).expect("reply");
+                        }
+                    })
+                    .expect("recv");
             }
         }
         "raw-stream" => {
@@ -190,7 +206,19 @@ fn iceoryx_client(address: &str) -> Box<dyn FnMut()> {
     })
 }
 
-/// 64-byte round trips: the three contenders in interleaved blocks of at least 5 ms.
+/// A round trip with nothing handed over: the server lends each request to its handler
+/// (`recv_with`), the client reads each reply in the ring (`request_with`).
+fn lent_round_trip(url: &str) -> Box<dyn FnMut()> {
+    let client = ipckit::connect(url).unwrap_or_else(|e| panic!("{e}"));
+    let payload = [7u8; SIZE];
+    Box::new(move || {
+        client
+            .request_with(&payload, TIMEOUT, |reply| std::hint::black_box(reply[0]))
+            .unwrap_or_else(|e| panic!("{e}"));
+    })
+}
+
+/// 64-byte round trips: the contenders in interleaved blocks of at least 5 ms.
 fn round_trips(tag: &str) {
     const ROUNDS: usize = 41;
     const BLOCK: Duration = Duration::from_millis(5);
@@ -198,6 +226,7 @@ fn round_trips(tag: &str) {
     let framed = Peer::start("raw:shm-records", &format!("raw-shm-records-{tag}"))
         .expect("the floor in ipckit's record format");
     let ours = Peer::start("echo-in-place", &format!("shm://bench-{tag}")).expect("ipckit");
+    let lent = Peer::start("echo-lent", &format!("shm://bench-lent-{tag}")).expect("ipckit");
     let iceoryx = Peer::start("iceoryx2", &format!("ipckit-bench-{tag}")).expect("iceoryx2");
     let mut contenders: Vec<Contender> = vec![
         (
@@ -210,13 +239,17 @@ fn round_trips(tag: &str) {
         ),
         ("ipckit shm", ipckit_round_trip(ours.address())),
         (
+            "ipckit shm, lent both ways",
+            lent_round_trip(lent.address()),
+        ),
+        (
             "iceoryx2 publish/subscribe",
             iceoryx_client(iceoryx.address()),
         ),
     ];
     // Only the server being measured may run: the others are stopped (SIGSTOP), so that
     // none of them takes the server core, however briefly, during another's block.
-    let servers = [&raw, &framed, &ours, &iceoryx];
+    let servers = [&raw, &framed, &ours, &lent, &iceoryx];
     let only = |which: usize| {
         for (i, server) in servers.iter().enumerate() {
             let signal = if i == which {
