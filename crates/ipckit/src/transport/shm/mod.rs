@@ -925,8 +925,7 @@ impl ShmConnection {
 
     /// Sends `payload` as a request and waits for its reply.
     pub(super) fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
-        self.ask(payload, timeout, None::<CopyOut>)
-            .map(|(reply, _)| reply)
+        self.request_by(|id| self.send_kind(Kind::Request, id, payload), timeout)
     }
 
     /// Sends `payload` as a request and hands its reply to `read`, in place when the
@@ -938,27 +937,46 @@ impl ShmConnection {
         timeout: Duration,
         read: impl FnOnce(&[u8]) -> R,
     ) -> Result<R> {
-        let (_, result) = self.ask(payload, timeout, Some(read))?;
+        let publish = |id| self.send_kind(Kind::Request, id, payload);
+        self.request_in_place_by(publish, timeout, read)
+    }
+
+    /// A request that `publish` puts in the ring, given its number; its reply.
+    fn request_by(
+        &self,
+        publish: impl FnOnce(u64) -> Result<()>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>> {
+        self.ask(publish, timeout, None::<CopyOut>)
+            .map(|(reply, _)| reply)
+    }
+
+    /// A request that `publish` puts in the ring, given its number; what `read` returns
+    /// for its reply.
+    #[inline(always)]
+    fn request_in_place_by<R>(
+        &self,
+        publish: impl FnOnce(u64) -> Result<()>,
+        timeout: Duration,
+        read: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R> {
+        let (_, result) = self.ask(publish, timeout, Some(read))?;
         Ok(result.expect("a reader given is called"))
     }
 
-    /// Sends `payload` as a request. Its reply goes to `read` if given (in place when the
-    /// reply lies whole in one record); the reply is returned, empty if read in place,
-    /// with what `read` returned.
+    /// Numbers a request, has `publish` put it in the ring, and waits for its answer. The
+    /// answer goes to `read` if given (in place when it lies whole in one record); it is
+    /// returned, empty if read in place, with what `read` returned.
     #[inline(always)]
     fn ask<F: FnOnce(&[u8]) -> R, R>(
         &self,
-        payload: &[u8],
+        publish: impl FnOnce(u64) -> Result<()>,
         timeout: Duration,
         read: Option<F>,
     ) -> Result<(Vec<u8>, Option<R>)> {
         let mut in_place = self.next_request(read);
         let id = in_place.id;
-        let reply = self.exchange(
-            || self.send_kind(Kind::Request, id, payload),
-            timeout,
-            &mut in_place,
-        )?;
+        let reply = self.exchange(|| publish(id), timeout, &mut in_place)?;
         let result = in_place.into_result(&reply);
         Ok((reply, result))
     }
@@ -1105,8 +1123,8 @@ impl ShmLoan<'_> {
     }
 
     pub(crate) fn request(self, len: usize, timeout: Duration) -> Result<Vec<u8>> {
-        self.ask(len, timeout, None::<CopyOut>)
-            .map(|(reply, _)| reply)
+        let connection = self.connection;
+        connection.request_by(self.publish_request(len), timeout)
     }
 
     #[inline(always)]
@@ -1116,32 +1134,17 @@ impl ShmLoan<'_> {
         timeout: Duration,
         read: impl FnOnce(&[u8]) -> R,
     ) -> Result<R> {
-        let (_, result) = self.ask(len, timeout, Some(read))?;
-        Ok(result.expect("a reader given is called"))
+        let connection = self.connection;
+        connection.request_in_place_by(self.publish_request(len), timeout, read)
     }
 
-    /// As [`ShmConnection::ask`], with the request's `len` bytes already in the ring.
-    #[inline(always)]
-    fn ask<F: FnOnce(&[u8]) -> R, R>(
-        mut self,
-        len: usize,
-        timeout: Duration,
-        read: Option<F>,
-    ) -> Result<(Vec<u8>, Option<R>)> {
-        let connection = self.connection;
-        let mut in_place = connection.next_request(read);
-        let id = in_place.id;
-        let reply = connection.exchange(
-            move || {
-                self.requests
-                    .commit(self.reservation, len, Kind::Request, 0, id);
-                Ok(())
-            },
-            timeout,
-            &mut in_place,
-        )?;
-        let result = in_place.into_result(&reply);
-        Ok((reply, result))
+    /// Publishes the loan's `len` bytes as request number `id`, when called.
+    fn publish_request(mut self, len: usize) -> impl FnOnce(u64) -> Result<()> {
+        move |id| {
+            self.requests
+                .commit(self.reservation, len, Kind::Request, 0, id);
+            Ok(())
+        }
     }
 }
 
