@@ -370,6 +370,15 @@ impl Server {
 
     /// [`recv_with`](Server::recv_with), waiting up to `timeout`; `Ok(None)` when no
     /// message came.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let url = format!("shm://doc-recv-with-timeout-{}", std::process::id());
+    /// let mut server = ipckit::listen(url.as_str())?;
+    /// let len = server.recv_with_timeout(Duration::from_millis(10), |msg| msg.payload().len())?;
+    /// assert_eq!(len, None);
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
     pub fn recv_with_timeout<R>(
         &mut self,
         timeout: Duration,
