@@ -544,9 +544,7 @@ fn empty_and_maximum_size(ctx: &Ctx) -> Outcome {
             max.to_string(),
         ],
     );
-    for expected in [0, 1, max] {
-        let message = recv(&mut server)?;
-        let payload = message.payload();
+    let check = |payload: &[u8], expected: usize| -> Outcome {
         ensure!(
             payload.len() == expected,
             "expected {expected} bytes, got {}",
@@ -556,6 +554,18 @@ fn empty_and_maximum_size(ctx: &Ctx) -> Outcome {
             payload == peer::filled(expected).as_slice(),
             "the {expected}-byte message arrived corrupted"
         );
+        Ok(())
+    };
+    check(recv(&mut server)?.payload(), 0)?;
+    // Lent to a handler: in one record and, for the largest, put together from several.
+    for expected in [1, max] {
+        let mut checked = None;
+        let came = server.answer_lent(PATIENCE, |payload, _| {
+            checked = Some(check(payload, expected));
+            None
+        })?;
+        ensure!(came, "no message arrived within {PATIENCE:?}");
+        checked.expect("checked by the handler")?;
     }
     sender.finish()?;
     Ok(())
