@@ -41,7 +41,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::transport::{self, AsyncConnection, AsyncListener, Capabilities};
-use crate::{Endpoint, Message, Result, ToEndpoint, decode_value, encode_value};
+use crate::{
+    CallOnce, Endpoint, Message, MessageRef, Result, ToEndpoint, decode_value, encode_value,
+};
 
 /// Connects to the server at `endpoint`. Dropped before it completes, nothing is left
 /// behind but a connection the server sees closed.
@@ -201,6 +203,57 @@ impl Server {
     /// ```
     pub async fn recv(&mut self) -> Result<Message> {
         self.listener.recv().await
+    }
+
+    /// Waits for the next message and lends it to `handle`, returning what `handle`
+    /// returns, as [`crate::Server::recv_with`] does: on `shm` the message is read and
+    /// answered in the shared rings, with nothing allocated or counted to hand it over.
+    /// Cancel-safe, as [`recv`](Self::recv): a message is taken and lent in one step.
+    ///
+    /// ```no_run
+    /// # async fn run(mut server: ipckit::tokio::Server) -> ipckit::Result<()> {
+    /// let len = server
+    ///     .recv_with(|msg| {
+    ///         let len = msg.payload().len();
+    ///         if msg.wants_reply() {
+    ///             let _ = msg.reply(&len.to_le_bytes());
+    ///         }
+    ///         len
+    ///     })
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn recv_with<R: Send>(
+        &mut self,
+        handle: impl FnOnce(&mut MessageRef<'_>) -> R + Send,
+    ) -> Result<R> {
+        let mut once = CallOnce::new(handle);
+        self.listener
+            .recv_with(&mut |message| once.call(message))
+            .await?;
+        Ok(once.into_result())
+    }
+
+    /// [`recv_with`](Self::recv_with), waiting up to `timeout`; `Ok(None)` when no
+    /// message came.
+    ///
+    /// ```no_run
+    /// # async fn run(mut server: ipckit::tokio::Server) -> ipckit::Result<()> {
+    /// let timeout = std::time::Duration::from_millis(10);
+    /// let len = server.recv_with_timeout(timeout, |msg| msg.payload().len()).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn recv_with_timeout<R: Send>(
+        &mut self,
+        timeout: Duration,
+        handle: impl FnOnce(&mut MessageRef<'_>) -> R + Send,
+    ) -> Result<Option<R>> {
+        match tokio::time::timeout(timeout, self.recv_with(handle)).await {
+            Ok(handled) => handled.map(Some),
+            Err(_elapsed) => Ok(None),
+        }
     }
 
     /// Waits up to `timeout` for the next message; `Ok(None)` when none came.

@@ -1244,22 +1244,19 @@ mod shared_memory {
             "the loaned message arrived as {message:?}"
         );
         drop(message);
-        // Lent to a handler (`recv_with`, blocking API only), it is read in the segment.
-        if let api::Server::Blocking(blocking) = &mut server {
-            let mut loan = client.loan(100)?;
-            loan.fill(0x5A);
-            loan.send()?;
-            let seen = blocking.recv_with_timeout(PATIENCE, |message| {
-                let intact = message.payload() == [0x5Au8; 100].as_slice();
-                (
-                    message.is_in_place() && intact,
-                    mapping_of(message.payload().as_ptr()),
-                )
-            })?;
-            match seen {
-                Some((true, Some(mapping))) if mapping.starts_with("/dev/shm/ipckit.") => {}
-                other => return Err(format!("a lent message was read as {other:?}").into()),
-            }
+        // Lent to a handler (`recv_with`), it is read in the segment too.
+        let mut loan = client.loan(100)?;
+        loan.fill(0x5A);
+        loan.send()?;
+        let mut seen = None;
+        let came = server.answer_lent(PATIENCE, |payload, _| {
+            let intact = payload == [0x5Au8; 100].as_slice();
+            seen = Some((intact, mapping_of(payload.as_ptr())));
+            None
+        })?;
+        match seen {
+            Some((true, Some(mapping))) if came && mapping.starts_with("/dev/shm/ipckit.") => {}
+            other => return Err(format!("a lent message was read as {other:?}").into()),
         }
         // Larger than a record can be: still works, as pieces, copied, while the server
         // takes them.

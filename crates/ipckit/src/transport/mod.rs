@@ -137,6 +137,17 @@ pub trait AsyncConnection: Send + Sync {
 pub trait AsyncListener: Send {
     /// Waits for the next message.
     fn recv(&mut self) -> BoxFuture<'_, Result<Message>>;
+    /// Waits for the next message and lends it to `handle`, as
+    /// [`Listener::recv_with`] does.
+    fn recv_with<'a>(
+        &'a mut self,
+        handle: &'a mut (dyn FnMut(&mut MessageRef<'_>) + Send),
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            handle(&mut self.recv().await?.lend());
+            Ok(())
+        })
+    }
     /// The endpoint it listens on, with the real address where the kernel chose it.
     fn endpoint(&self) -> &Endpoint;
 }

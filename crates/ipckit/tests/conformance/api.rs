@@ -143,29 +143,24 @@ impl Server {
         }
     }
 
-    /// Waits up to `timeout` for a message and answers it with what `answer` makes of its
-    /// payload (`None`: no answer); false when none came. Lent by `recv_with` on the
-    /// blocking side (the async API has no such call and hands over a `Message`).
+    /// Waits up to `timeout` for a message lent by `recv_with` and answers it with what
+    /// `answer` makes of its payload (`None`: no answer); false when none came.
     pub fn answer_lent(
         &mut self,
         timeout: Duration,
-        answer: impl FnOnce(&[u8], bool) -> Option<Vec<u8>>,
+        answer: impl FnOnce(&[u8], bool) -> Option<Vec<u8>> + Send,
     ) -> Result<bool, Error> {
-        let answered =
-            match self {
-                Server::Blocking(s) => s.recv_with_timeout(timeout, |message| {
-                    match answer(message.payload(), message.wants_reply()) {
-                        Some(reply) => message.reply(&reply),
-                        None => Ok(()),
-                    }
-                })?,
-                Server::Async(s) => block_on(s.recv_timeout(timeout))?.map(|mut message| {
-                    match answer(message.payload(), message.wants_reply()) {
-                        Some(reply) => message.reply(&reply),
-                        None => Ok(()),
-                    }
-                }),
-            };
+        let handle = |message: &mut ipckit::MessageRef<'_>| match answer(
+            message.payload(),
+            message.wants_reply(),
+        ) {
+            Some(reply) => message.reply(&reply),
+            None => Ok(()),
+        };
+        let answered = match self {
+            Server::Blocking(s) => s.recv_with_timeout(timeout, handle)?,
+            Server::Async(s) => block_on(s.recv_with_timeout(timeout, handle))?,
+        };
         answered.transpose().map(|a| a.is_some())
     }
 

@@ -35,11 +35,12 @@ use super::bell::Bell;
 use super::ring::announce_sleep;
 use super::wait::{BELL, MAX_SPIN, MIN_SPIN};
 use super::{
-    InPlace, Kind, LIVENESS_INTERVAL, MORE, ShmConnection, ShmListener, segment, work_waiting,
+    InPlace, Kind, LIVENESS_INTERVAL, MORE, ShmConnection, ShmListener, lend_next, segment,
+    work_waiting,
 };
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
-use crate::message::Message;
+use crate::message::{Message, MessageRef};
 use crate::sys::lock;
 use crate::transport::correlate::NoAnswer;
 use crate::transport::{AsyncConnection, AsyncListener, BoxFuture};
@@ -438,7 +439,12 @@ impl AsyncShmListener {
         })
     }
 
-    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Message>> {
+    /// Waits for `take` to take a message (handing it out, as a [`Message`] or lent).
+    fn poll_take<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut take: impl FnMut(&mut ShmListener) -> Option<R>,
+    ) -> Poll<Result<R>> {
         let AsyncShmListener { server, waiting } = self;
         loop {
             let changes = server.header().changes.load(Ordering::Acquire);
@@ -448,9 +454,9 @@ impl AsyncShmListener {
             if changes != server.changes_seen || due {
                 server.housekeeping(changes);
             }
-            if let Some(message) = server.poll() {
+            if let Some(taken) = take(server) {
                 waiting.done();
-                return Poll::Ready(Ok(message));
+                return Poll::Ready(Ok(taken));
             }
             // SAFETY: the segment begins with the header; the Arc keeps it mapped.
             let header: &segment::Header = unsafe { &*server.map.base().cast::<segment::Header>() };
@@ -472,7 +478,20 @@ impl AsyncShmListener {
 impl AsyncListener for AsyncShmListener {
     /// Cancel-safe: a message leaves its client's ring only when it is returned.
     fn recv(&mut self) -> BoxFuture<'_, Result<Message>> {
-        Box::pin(poll_fn(move |cx| self.poll_recv(cx)))
+        Box::pin(poll_fn(move |cx| self.poll_take(cx, ShmListener::poll)))
+    }
+
+    /// Cancel-safe too: a message is taken and lent within one poll.
+    fn recv_with<'a>(
+        &'a mut self,
+        handle: &'a mut (dyn FnMut(&mut MessageRef<'_>) + Send),
+    ) -> BoxFuture<'a, Result<()>> {
+        let mut handle = Some(handle);
+        Box::pin(poll_fn(move |cx| {
+            self.poll_take(cx, |server| {
+                server.poll_with(|client, max, url| lend_next(client, max, url, &mut handle))
+            })
+        }))
     }
 
     fn endpoint(&self) -> &Endpoint {
