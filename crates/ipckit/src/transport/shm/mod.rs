@@ -65,7 +65,7 @@
 //! 50 ns to a 480 ns one when they do not. Lent both ways, a 64-byte round trip took
 //! 190-200 ns against 230-245 ns for `request` and `recv` in the same runs. A server loop
 //! written against the rings alone still does it in about 160 ns; what remains between
-//! the two is the handler's own call and the checks a `MessageRef` makes.
+//! the two lies in the `MessageRef` and the handler's own call around the reply.
 //!
 //! **Crashes.** The server holds an exclusive `flock` on its segment; the kernel releases
 //! it when the server dies, however it dies, and that is how a client, or the next
