@@ -158,19 +158,7 @@ impl Client {
         timeout: Duration,
         read: impl FnOnce(&[u8]) -> R,
     ) -> Result<R> {
-        // Past the trait for shm, so that `read` is inlined where the reply is read (see
-        // the module docs of `transport::shm` for what a call there costs).
-        let shm = self
-            .connection
-            .as_any()
-            .and_then(|c| c.downcast_ref::<ShmConnection>());
-        if let Some(shm) = shm {
-            return shm.request_in_place(payload, timeout, read);
-        }
-        let mut once = CallOnce::new(read);
-        self.connection
-            .request_with(payload, timeout, &mut |reply| once.call(reply))?;
-        Ok(once.into_result())
+        request_with_on(&*self.connection, payload, timeout, read)
     }
 
     /// Sends a serde value (encoded with postcard); the server reads it with
@@ -246,34 +234,22 @@ impl Client {
 debug_by_endpoint!(Client);
 
 /// A serde value as a payload (postcard), for [`Client::send_value`] and its kin.
-/// A caller's `FnOnce` (a reply's reader, a message's handler) behind the `FnMut` a
-/// transport calls, once.
-pub(crate) struct CallOnce<F, R> {
-    call: Option<F>,
-    result: Option<R>,
-}
-
-impl<F, R> CallOnce<F, R> {
-    pub(crate) fn new(call: F) -> Self {
-        CallOnce {
-            call: Some(call),
-            result: None,
-        }
-    }
-
-    pub(crate) fn call<A>(&mut self, arg: A)
-    where
-        F: FnOnce(A) -> R,
-    {
-        if let Some(call) = self.call.take() {
-            self.result = Some(call(arg));
-        }
-    }
-
-    /// What the caller's function returned; only after a transport reported it called.
-    pub(crate) fn into_result(self) -> R {
-        self.result
-            .expect("a transport that reports success has made the call")
+/// Sends a request over `connection` and hands its reply to `read`: on shm past the
+/// `Connection` trait, so that `read` is inlined where the reply is read (the module docs
+/// of `transport::shm` say what a call there costs); elsewhere from the returned buffer.
+#[inline(always)]
+pub(crate) fn request_with_on<R>(
+    connection: &dyn transport::Connection,
+    payload: &[u8],
+    timeout: Duration,
+    read: impl FnOnce(&[u8]) -> R,
+) -> Result<R> {
+    let shm = connection
+        .as_any()
+        .and_then(|c| c.downcast_ref::<ShmConnection>());
+    match shm {
+        Some(shm) => shm.request_in_place(payload, timeout, read),
+        None => Ok(read(&connection.request(payload, timeout)?)),
     }
 }
 

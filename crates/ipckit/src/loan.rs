@@ -101,10 +101,7 @@ impl<'a> Loan<'a> {
     pub fn request_with<R>(self, timeout: Duration, read: impl FnOnce(&[u8]) -> R) -> Result<R> {
         match self.inner {
             Inner::Heap { connection, bytes } => {
-                let mut once = crate::CallOnce::new(read);
-                connection
-                    .request_with(&bytes[..self.len], timeout, &mut |reply| once.call(reply))?;
-                Ok(once.into_result())
+                crate::request_with_on(connection, &bytes[..self.len], timeout, read)
             }
             Inner::InPlace(loan) => loan.request_in_place(self.len, timeout, read),
         }

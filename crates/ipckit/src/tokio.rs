@@ -41,9 +41,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::transport::{self, AsyncConnection, AsyncListener, Capabilities};
-use crate::{
-    CallOnce, Endpoint, Message, MessageRef, Result, ToEndpoint, decode_value, encode_value,
-};
+use crate::{Endpoint, Message, MessageRef, Result, ToEndpoint, decode_value, encode_value};
 
 /// Connects to the server at `endpoint`. Dropped before it completes, nothing is left
 /// behind but a connection the server sees closed.
@@ -309,6 +307,36 @@ impl Server {
 }
 
 debug_by_endpoint!(Server);
+
+/// A caller's `FnOnce` handler behind the `FnMut` a listener calls, once.
+struct CallOnce<F, R> {
+    call: Option<F>,
+    result: Option<R>,
+}
+
+impl<F, R> CallOnce<F, R> {
+    fn new(call: F) -> Self {
+        CallOnce {
+            call: Some(call),
+            result: None,
+        }
+    }
+
+    fn call<A>(&mut self, arg: A)
+    where
+        F: FnOnce(A) -> R,
+    {
+        if let Some(call) = self.call.take() {
+            self.result = Some(call(arg));
+        }
+    }
+
+    /// What the caller's function returned; only after a transport reported it called.
+    fn into_result(self) -> R {
+        self.result
+            .expect("a transport that reports success has made the call")
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -158,17 +158,6 @@ pub trait Connection: Send + Sync {
     fn send(&self, payload: &[u8]) -> Result<()>;
     /// Sends a request and waits up to `timeout` for its reply.
     fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>>;
-    /// Sends a request and hands its reply to `read`: where it lies, on a zero-copy
-    /// transport; from a buffer elsewhere.
-    fn request_with(
-        &self,
-        payload: &[u8],
-        timeout: Duration,
-        read: &mut dyn FnMut(&[u8]),
-    ) -> Result<()> {
-        read(&self.request(payload, timeout)?);
-        Ok(())
-    }
     /// The connection as [`Any`](std::any::Any), for a transport that
     /// [`Client`](crate::Client) calls past this trait, with the caller's closures
     /// inlined (`shm`).

@@ -1037,15 +1037,6 @@ impl Connection for ShmConnection {
         ShmConnection::request(self, payload, timeout)
     }
 
-    fn request_with(
-        &self,
-        payload: &[u8],
-        timeout: Duration,
-        read: &mut dyn FnMut(&[u8]),
-    ) -> Result<()> {
-        self.request_in_place(payload, timeout, read)
-    }
-
     fn as_any(&self) -> Option<&dyn std::any::Any> {
         Some(self)
     }
@@ -1797,14 +1788,6 @@ impl Drop for Returned<'_> {
 impl Listener for ShmListener {
     fn recv(&mut self, deadline: Option<Instant>) -> Result<Option<Message>> {
         Ok(self.wait_for(deadline, ShmListener::poll))
-    }
-
-    fn recv_with(
-        &mut self,
-        deadline: Option<Instant>,
-        handle: &mut dyn FnMut(&mut MessageRef<'_>),
-    ) -> Result<bool> {
-        Ok(self.recv_in_place(deadline, &mut Some(handle)).is_some())
     }
 
     fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
