@@ -53,7 +53,7 @@ pub(super) fn iterations_per_micro() -> u64 {
 }
 
 /// One waiter's spin budget, in iterations.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub struct Spinner {
     average: u64,
     budget: u64,
