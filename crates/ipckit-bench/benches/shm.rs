@@ -4,8 +4,9 @@
 //! - 64-byte round trip: the hardware floor (a bare busy-spin ping-pong over two rings in
 //!   shared memory, `ipckit_bench::raw_shm`), the same ping-pong with its messages framed
 //!   as ipckit frames them (what the record format costs before any software), ipckit
-//!   (`request` and `recv`, and lent both ways: `request_with` and `recv_with`), and
-//!   iceoryx2's publish/subscribe ping-pong; interleaved blocks, medians;
+//!   (`request` and `recv`; lent both ways, `request_with` and `recv_with`; and lent to a
+//!   server that stays in its loop, `request_with` and `serve_with`), and iceoryx2's
+//!   publish/subscribe ping-pong; interleaved blocks, medians;
 //! - the same round trip with pauses between requests, where the server has fallen
 //!   asleep: what the spin-then-sleep policy costs a user who is not busy;
 //! - one-way streaming of 64 KiB messages, written in place with a loan and read in place,
@@ -91,6 +92,20 @@ fn serve(kind: &str, address: &str) -> bool {
                     println!("done");
                 }
             }
+        }
+        "echo-served" => {
+            let mut server = ipckit::listen(address).expect("listen");
+            println!("{}", server.endpoint());
+            // Lent as by recv_with, without leaving the wait loop between messages.
+            server
+                .serve_with(|message| {
+                    let echo: Pingpong = message.payload().try_into().unwrap_or([0; SIZE]);
+                    if message.wants_reply() {
+                        message.reply(&echo).expect("reply");
+                    }
+                    std::ops::ControlFlow::<()>::Continue(())
+                })
+                .expect("serve_with");
         }
         "echo-lent" => {
             let mut server = ipckit::listen(address).expect("listen");
@@ -227,6 +242,7 @@ fn round_trips(tag: &str) {
         .expect("the floor in ipckit's record format");
     let ours = Peer::start("echo-in-place", &format!("shm://bench-{tag}")).expect("ipckit");
     let lent = Peer::start("echo-lent", &format!("shm://bench-lent-{tag}")).expect("ipckit");
+    let served = Peer::start("echo-served", &format!("shm://bench-served-{tag}")).expect("ipckit");
     let iceoryx = Peer::start("iceoryx2", &format!("ipckit-bench-{tag}")).expect("iceoryx2");
     let mut contenders: Vec<Contender> = vec![
         (
@@ -243,13 +259,17 @@ fn round_trips(tag: &str) {
             lent_round_trip(lent.address()),
         ),
         (
+            "ipckit shm, lent, served in a loop",
+            lent_round_trip(served.address()),
+        ),
+        (
             "iceoryx2 publish/subscribe",
             iceoryx_client(iceoryx.address()),
         ),
     ];
     // Only the server being measured may run: the others are stopped (SIGSTOP), so that
     // none of them takes the server core, however briefly, during another's block.
-    let servers = [&raw, &framed, &ours, &lent, &iceoryx];
+    let servers = [&raw, &framed, &ours, &lent, &served, &iceoryx];
     let only = |which: usize| {
         for (i, server) in servers.iter().enumerate() {
             let signal = if i == which {

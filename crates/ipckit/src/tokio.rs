@@ -35,6 +35,7 @@
 //! does not take at once is written by a task.
 
 use std::future::Future;
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -251,6 +252,36 @@ impl Server {
         match tokio::time::timeout(timeout, self.recv_with(handle)).await {
             Ok(handled) => handled.map(Some),
             Err(_elapsed) => Ok(None),
+        }
+    }
+
+    /// Serves on this task: lends every message to `handle`, as
+    /// [`recv_with`](Self::recv_with) does, until it returns [`ControlFlow::Break`]; what
+    /// it broke with. Messages after that one stay queued. Cancel-safe between messages,
+    /// as `recv_with` is. [`serve`](Self::serve) instead hands each message to a task of
+    /// its own.
+    ///
+    /// ```no_run
+    /// # use std::ops::ControlFlow;
+    /// # async fn run(mut server: ipckit::tokio::Server) -> ipckit::Result<()> {
+    /// // Answers requests until a one-way "stop" arrives.
+    /// server
+    ///     .serve_with(|msg| match msg.wants_reply() {
+    ///         true => ControlFlow::Continue(msg.reply(b"pong").unwrap_or_default()),
+    ///         false if msg.payload() == b"stop" => ControlFlow::Break(()),
+    ///         false => ControlFlow::Continue(()),
+    ///     })
+    ///     .await
+    /// # }
+    /// ```
+    pub async fn serve_with<B: Send>(
+        &mut self,
+        mut handle: impl FnMut(&mut MessageRef<'_>) -> ControlFlow<B> + Send,
+    ) -> Result<B> {
+        loop {
+            if let ControlFlow::Break(value) = self.recv_with(&mut handle).await? {
+                return Ok(value);
+            }
         }
     }
 

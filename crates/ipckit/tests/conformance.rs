@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::mpsc;
@@ -156,6 +157,7 @@ const CHECKS: &[Check] = checks![
     byte_stream => line_framing_in_order,
     duplex => request_reply_concurrent,
     refuses => lent_request_answered_or_refused,
+    reliable_ordered => served_until_the_handler_stops,
     credentials => peer_credentials,
     reliable => peer_disconnects,
     reliable_transient => send_fails_once_receiver_killed,
@@ -716,6 +718,111 @@ fn lent_request_answered_or_refused(ctx: &Ctx) -> Outcome {
     match ignored.finish() {
         Err(e) if e.message().is_some_and(|m| m.contains("without replying")) => Ok(()),
         other => Err(format!("a request left unanswered gave its caller {other:?}").into()),
+    }
+}
+
+/// `serve_with` lends messages until its handler breaks and takes none after that one;
+/// on duplex transports it answers requests as it goes.
+fn served_until_the_handler_stops(ctx: &Ctx) -> Outcome {
+    let mut server = api::listen(ctx.endpoint("serve"))?;
+    let url = server.endpoint().to_string();
+    let watchdog = Watchdog::start(&url);
+    let sender = Child::spawn("send", &[url.clone(), "3".into(), "20".into()]);
+    let mut seen = Vec::new();
+    let served = server.serve_until(|payload, _| {
+        if payload == Watchdog::MESSAGE {
+            return (None, ControlFlow::Break(false));
+        }
+        seen.push(parse_numbered(payload).ok());
+        let flow = match seen.len() {
+            10 => ControlFlow::Break(true),
+            _ => ControlFlow::Continue(()),
+        };
+        (None, flow)
+    })?;
+    ensure!(served, "ten messages did not come within {PATIENCE:?}");
+    let numbered = |seqs: std::ops::Range<u32>| seqs.map(|seq| Some((3, seq))).collect::<Vec<_>>();
+    ensure!(
+        seen == numbered(0..10),
+        "served {seen:?}, expected messages 0 to 9 of client 3 in order"
+    );
+    let next = parse_numbered(recv(&mut server)?.payload())?;
+    ensure!(
+        next == (3, 10),
+        "after the handler stopped at message 9, recv got {next:?}: serve_with took more"
+    );
+    // The rest, and a request among them where there can be one. (On datagram sockets
+    // every message from a bound socket can be answered: the request is told by its
+    // payload.)
+    let duplex = server.capabilities().duplex;
+    let mut asker = duplex.then(|| Child::spawn("request-once", &[url, "serve me".into()]));
+    let (mut rest, mut answered) = (Vec::new(), !duplex);
+    let served = server.serve_until(|payload, wants_reply| {
+        let reply = if payload == Watchdog::MESSAGE {
+            return (None, ControlFlow::Break(false));
+        } else if payload == b"serve me" && wants_reply {
+            answered = true;
+            Some(b"SERVE ME".to_vec())
+        } else {
+            rest.push(parse_numbered(payload).ok());
+            None
+        };
+        let flow = match rest.len() == 9 && answered {
+            true => ControlFlow::Break(true),
+            false => ControlFlow::Continue(()),
+        };
+        (reply, flow)
+    })?;
+    ensure!(
+        served,
+        "within {PATIENCE:?}, served {rest:?} of messages 11 to 19, and the request {}",
+        if answered { "answered" } else { "not" }
+    );
+    ensure!(
+        rest == numbered(11..20),
+        "served {rest:?}, expected messages 11 to 19 in order"
+    );
+    sender.finish()?;
+    if let Some(asker) = asker.as_mut() {
+        ensure!(
+            asker.line()? == "SERVE ME",
+            "the served request was answered wrongly"
+        );
+    }
+    if let Some(asker) = asker {
+        asker.finish()?;
+    }
+    watchdog.cancel();
+    Ok(())
+}
+
+/// Sends [`Watchdog::MESSAGE`] to a server after [`PATIENCE`] unless cancelled first, so
+/// that a check that serves until some message comes fails instead of hanging.
+struct Watchdog {
+    cancel: mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Watchdog {
+    const MESSAGE: &'static [u8] = b"watchdog: time is up";
+
+    fn start(url: &str) -> Watchdog {
+        let (cancel, cancelled) = mpsc::channel::<()>();
+        let url = url.to_owned();
+        let thread = std::thread::spawn(move || {
+            // Dropping the Watchdog (a check that failed early) disconnects: no message.
+            if cancelled.recv_timeout(PATIENCE) == Err(mpsc::RecvTimeoutError::Timeout) {
+                if let Ok(client) = ipckit::connect(url.as_str()) {
+                    let _ = client.send(Self::MESSAGE);
+                }
+            }
+        });
+        Watchdog { cancel, thread }
+    }
+
+    fn cancel(self) {
+        let _ = self.cancel.send(());
+        let _ = self.thread.join();
     }
 }
 

@@ -7,6 +7,7 @@
 //! behaviour needs no more.
 
 use std::cell::Cell;
+use std::ops::ControlFlow;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -162,6 +163,25 @@ impl Server {
             Server::Async(s) => block_on(s.recv_with_timeout(timeout, handle))?,
         };
         answered.transpose().map(|a| a.is_some())
+    }
+
+    /// Serves with `serve_with` until `handle` breaks. `handle` is given each payload and
+    /// whether it wants a reply, and says what to reply, if anything, and whether to go on.
+    pub fn serve_until<B: Send>(
+        &mut self,
+        mut handle: impl FnMut(&[u8], bool) -> (Option<Vec<u8>>, ControlFlow<B>) + Send,
+    ) -> Result<B, Error> {
+        let lend = |message: &mut ipckit::MessageRef<'_>| {
+            let (reply, flow) = handle(message.payload(), message.wants_reply());
+            match reply.map(|reply| message.reply(&reply)) {
+                Some(Err(e)) => ControlFlow::Break(Err(e)),
+                _ => flow.map_break(Ok),
+            }
+        };
+        match self {
+            Server::Blocking(s) => s.serve_with(lend)?,
+            Server::Async(s) => block_on(s.serve_with(lend))?,
+        }
     }
 
     pub fn endpoint(&self) -> &Endpoint {
