@@ -70,6 +70,14 @@ fn iceoryx_service(
         .expect("an iceoryx2 service")
 }
 
+/// Answers a lent request with its own payload, read and written in place.
+fn echo_lent(message: &mut ipckit::MessageRef<'_>) {
+    let echo: Pingpong = message.payload().try_into().unwrap_or([0; SIZE]);
+    if message.wants_reply() {
+        message.reply(&echo).expect("reply");
+    }
+}
+
 /// The roles only this bench has; false for any other.
 fn serve(kind: &str, address: &str) -> bool {
     if kind != "iceoryx2" {
@@ -101,10 +109,7 @@ fn serve(kind: &str, address: &str) -> bool {
             // Lent as by recv_with, without leaving the wait loop between messages.
             server
                 .serve_with(|message| {
-                    let echo: Pingpong = message.payload().try_into().unwrap_or([0; SIZE]);
-                    if message.wants_reply() {
-                        message.reply(&echo).expect("reply");
-                    }
+                    echo_lent(message);
                     std::ops::ControlFlow::<()>::Continue(())
                 })
                 .expect("serve_with");
@@ -114,14 +119,7 @@ fn serve(kind: &str, address: &str) -> bool {
             println!("{}", server.endpoint());
             loop {
                 // Read in place and answered in place, with no Message built.
-                server
-                    .recv_with(|message| {
-                        let echo: Pingpong = message.payload().try_into().unwrap_or([0; SIZE]);
-                        if message.wants_reply() {
-                            message.reply(&echo).expect("reply");
-                        }
-                    })
-                    .expect("recv");
+                server.recv_with(echo_lent).expect("recv");
             }
         }
         "raw-stream" => {

@@ -381,13 +381,7 @@ impl Server {
         deadline: Option<Instant>,
         handle: &mut Option<impl FnOnce(&mut MessageRef<'_>) -> R>,
     ) -> Result<Option<R>> {
-        // Past the trait for shm, so that `handle` is inlined where the request is read
-        // and the reply written (see the module docs of `transport::shm`).
-        let shm = self
-            .listener
-            .as_any_mut()
-            .and_then(|l| l.downcast_mut::<ShmListener>());
-        if let Some(shm) = shm {
+        if let Some(shm) = self.shm() {
             return Ok(shm.recv_in_place(deadline, handle));
         }
         let mut result = None;
@@ -440,12 +434,7 @@ impl Server {
         &mut self,
         mut handle: impl FnMut(&mut MessageRef<'_>) -> ControlFlow<B>,
     ) -> Result<B> {
-        // Past the trait for shm, as in `recv_with_until`.
-        let shm = self
-            .listener
-            .as_any_mut()
-            .and_then(|l| l.downcast_mut::<ShmListener>());
-        if let Some(shm) = shm {
+        if let Some(shm) = self.shm() {
             return Ok(shm.serve_in_place(handle));
         }
         loop {
@@ -453,6 +442,16 @@ impl Server {
                 return Ok(value);
             }
         }
+    }
+
+    /// The shm listener, if that is the transport: lending calls go past the `Listener`
+    /// trait to it, so that the caller's handler is inlined where the request is read
+    /// and the reply written (see the module docs of `transport::shm`).
+    #[inline]
+    fn shm(&mut self) -> Option<&mut ShmListener> {
+        self.listener
+            .as_any_mut()
+            .and_then(|l| l.downcast_mut::<ShmListener>())
     }
 
     /// The messages, as an endless iterator.

@@ -1587,12 +1587,6 @@ impl ShmListener {
         })
     }
 
-    /// Whether a client attached or left since the slots were last looked at.
-    #[inline(always)]
-    fn changes_waiting(&self) -> bool {
-        self.header().changes.load(Ordering::Relaxed) != self.changes_seen
-    }
-
     /// Lends every message to `handle` until it breaks; what it broke with. The loop never
     /// leaves [`wait_for`](Self::wait_for) between messages: measured, returning from it
     /// and entering it again for each message (as a loop over `recv_in_place` does) costs
@@ -1644,7 +1638,7 @@ impl ShmListener {
             // that attached or left, ends the spin too, to be seen to at the top.
             let mut done = None;
             let mut take = |listener: &mut ShmListener| match poll(listener) {
-                None => listener.woken.load(Ordering::Relaxed) || listener.changes_waiting(),
+                None => woken_or_changed(&listener.woken, listener.header(), listener.changes_seen),
                 Some(ControlFlow::Continue(())) => true,
                 Some(ControlFlow::Break(value)) => {
                     done = Some(value);
@@ -1692,13 +1686,18 @@ fn work_waiting(
     serving: &[usize],
     clients: &[Option<Client>],
 ) -> bool {
-    woken.load(Ordering::Relaxed)
-        || header.changes.load(Ordering::Relaxed) != changes_seen
+    woken_or_changed(woken, header, changes_seen)
         || serving.iter().any(|&i| {
             clients[i]
                 .as_ref()
                 .is_some_and(|c| !c.refused && c.consumer.has_data())
         })
+}
+
+/// Whether the server was woken, or a client attached or left since `changes_seen`.
+#[inline(always)]
+fn woken_or_changed(woken: &AtomicBool, header: &Header, changes_seen: u32) -> bool {
+    woken.load(Ordering::Relaxed) || header.changes.load(Ordering::Relaxed) != changes_seen
 }
 
 /// A complete message from a client's ring.
