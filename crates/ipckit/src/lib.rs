@@ -41,6 +41,7 @@ macro_rules! debug_by_endpoint {
 
 pub mod endpoint;
 pub mod error;
+mod exclusive;
 pub mod frame;
 mod loan;
 mod message;
@@ -60,10 +61,11 @@ use serde::de::DeserializeOwned;
 
 pub use endpoint::{Endpoint, Framing, ToEndpoint};
 pub use error::{Error, Result};
+pub use exclusive::Exclusive;
 pub use loan::Loan;
 pub use message::{Message, MessageRef, Peer};
 pub use transport::Capabilities;
-use transport::shm::{ShmConnection, ShmListener};
+use transport::shm::ShmListener;
 
 /// Connects to the server at `endpoint`.
 ///
@@ -162,6 +164,27 @@ impl Client {
         request_with_on(&*self.connection, payload, timeout, read)
     }
 
+    /// This client for the calling thread alone, as long as the handle lives: for a loop
+    /// of sends or requests, which then skip coordinating with other threads (see
+    /// [`Exclusive`]).
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// let mut client = ipckit::connect("shm://prices")?;
+    /// let mut quotes = client.exclusive();
+    /// for symbol in ["ABC", "XYZ"] {
+    ///     let price = quotes.request_with(symbol.as_bytes(), Duration::from_secs(1), |r| r.len())?;
+    /// }
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
+    pub fn exclusive(&mut self) -> Exclusive<'_> {
+        Exclusive::new(self)
+    }
+
+    pub(crate) fn connection(&self) -> &dyn transport::Connection {
+        &*self.connection
+    }
+
     /// Sends a serde value (encoded with postcard); the server reads it with
     /// [`Message::decode`].
     ///
@@ -245,10 +268,7 @@ pub(crate) fn request_with_on<R>(
     timeout: Duration,
     read: impl FnOnce(&[u8]) -> R,
 ) -> Result<R> {
-    let shm = connection
-        .as_any()
-        .and_then(|c| c.downcast_ref::<ShmConnection>());
-    match shm {
+    match transport::shm::of(connection) {
         Some(shm) => shm.request_in_place(payload, timeout, read),
         None => Ok(read(&connection.request(payload, timeout)?)),
     }

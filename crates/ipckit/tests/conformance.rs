@@ -158,6 +158,7 @@ const CHECKS: &[Check] = checks![
     duplex => request_reply_concurrent,
     refuses => lent_request_answered_or_refused,
     reliable_ordered => served_until_the_handler_stops,
+    duplex => exclusive_client,
     credentials => peer_credentials,
     reliable => peer_disconnects,
     reliable_transient => send_fails_once_receiver_killed,
@@ -824,6 +825,45 @@ impl Watchdog {
         let _ = self.cancel.send(());
         let _ = self.thread.join();
     }
+}
+
+/// A client held by one thread (`Client::exclusive`) sends and asks like any client,
+/// passes over the late reply to a request of its own that timed out, and leaves the
+/// client working once it is dropped.
+fn exclusive_client(ctx: &Ctx) -> Outcome {
+    let mut server = api::listen(ctx.endpoint("held"))?;
+    let client = Child::spawn("request-exclusive", &[server.endpoint().to_string()]);
+    let (mut one_way, mut late) = (false, None);
+    loop {
+        let mut message = recv(&mut server)?;
+        let payload = message.payload().to_vec();
+        match &payload[..] {
+            b"one-way" => one_way = true,
+            // Answered only after its caller gave up and asked again.
+            b"late" => late = Some(message),
+            _ => {
+                if let Some(mut late) = late.take() {
+                    // Where each request has a way back of its own (a FIFO, a queue, a
+                    // socket), it closed when its caller gave up.
+                    match late.reply(b"too late") {
+                        Ok(()) | Err(Error::Disconnected { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                ensure!(
+                    message.wants_reply(),
+                    "a request arrived as a one-way message"
+                );
+                message.reply(&payload.iter().rev().copied().collect::<Vec<_>>())?;
+                if payload == b"shared again" {
+                    break;
+                }
+            }
+        }
+    }
+    client.finish()?;
+    ensure!(one_way, "the one-way message never arrived");
+    Ok(())
 }
 
 fn peer_credentials(ctx: &Ctx) -> Outcome {
@@ -2051,6 +2091,39 @@ mod peer {
                         .join()
                         .map_err(|_| "a requesting thread panicked")??;
                 }
+            }
+            "request-exclusive" => {
+                // Always the blocking client: the async one has no exclusive handle.
+                let mut client = ipckit::connect(url)?;
+                let expect_reversed = |request: &[u8], reply: Vec<u8>| {
+                    let expected: Vec<u8> = request.iter().rev().copied().collect();
+                    if reply == expected {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "request {:?} got reply {:?}",
+                            String::from_utf8_lossy(request),
+                            String::from_utf8_lossy(&reply)
+                        ))
+                    }
+                };
+                let mut held = client.exclusive();
+                held.send(b"one-way")?;
+                match held.request(b"late", Duration::from_millis(300)) {
+                    Err(Error::Timeout { .. }) => {}
+                    other => return Err(format!("an unanswered request gave {other:?}").into()),
+                }
+                for i in 0..20 {
+                    let request = format!("request {i}").into_bytes();
+                    let reply = if i % 2 == 0 {
+                        held.request(&request, PATIENCE)?
+                    } else {
+                        held.request_with(&request, PATIENCE, <[u8]>::to_vec)?
+                    };
+                    expect_reversed(&request, reply)?;
+                }
+                drop(held);
+                expect_reversed(b"shared again", client.request(b"shared again", PATIENCE)?)?;
             }
             "connect" => {
                 // Connectionless transports learn of a missing server at the first request.

@@ -71,6 +71,17 @@
 //! not known: it adds few instructions, and in the experiments the time moved with the
 //! shape of the compiled loop more than with its length.
 //!
+//! **One thread's client.** A [`Client`](crate::Client) can be shared between threads,
+//! so each request locks the request ring, claims the reply ring (or, if another thread
+//! holds it, waits for its answer through the correlator) and counts itself in flight:
+//! seven atomic read-modify-writes with the request's number, each a full barrier on
+//! x86. Taken away one at a time they seemed to cost little; together, against a
+//! `serve_with` server, they made the round trip 155-165 ns where a bare client written
+//! against the rings took 115-125 ns.
+//! [`Client::exclusive`](crate::Client::exclusive) takes the locks once, for as long as
+//! one thread holds the handle, and its requests go straight to the lone requester's
+//! path: 125 ns in the same runs.
+//!
 //! **Crashes.** The server holds an exclusive `flock` on its segment; the kernel releases
 //! it when the server dies, however it dies, and that is how a client, or the next
 //! server, recognises a dead server's segment (the next server replaces it, a client that
@@ -714,9 +725,15 @@ impl ShmConnection {
 
     #[inline(always)]
     fn send_kind(&self, kind: Kind, id: u64, payload: &[u8]) -> Result<()> {
+        self.send_by(&mut lock(&self.requests), kind, id, payload)
+    }
+
+    /// Sends through `requests`, this connection's request ring, already locked.
+    #[inline(always)]
+    fn send_by(&self, requests: &mut Sender, kind: Kind, id: u64, payload: &[u8]) -> Result<()> {
         self.check_size(payload.len())?;
         self.closed()?;
-        lock(&self.requests).send(kind, id, payload, self.patience, self)
+        requests.send(kind, id, payload, self.patience, self)
     }
 
     /// Waits for the answer to request `id` while other requests are in flight: one
@@ -1020,6 +1037,76 @@ impl ShmConnection {
             self.answers.release_followers();
         }
         result
+    }
+}
+
+/// `connection` as a shm connection, if it is one: for the calls that go past the
+/// `Connection` trait, so that the caller's closures are inlined into the ring's code.
+#[inline(always)]
+pub(crate) fn of(connection: &dyn Connection) -> Option<&ShmConnection> {
+    connection
+        .as_any()
+        .and_then(|c| c.downcast_ref::<ShmConnection>())
+}
+
+/// A connection that one thread holds alone: both rings are locked once, when it is
+/// taken, instead of on every call; see [`Client::exclusive`](crate::Client::exclusive).
+pub(crate) struct ShmExclusive<'a> {
+    connection: &'a ShmConnection,
+    requests: MutexGuard<'a, Sender>,
+    replies: MutexGuard<'a, Replies>,
+}
+
+impl ShmConnection {
+    /// Holds both rings until the returned handle is dropped. The caller has the
+    /// connection to itself (`Client::exclusive` takes `&mut`), so the locks are free.
+    pub(crate) fn exclusive(&self) -> ShmExclusive<'_> {
+        ShmExclusive {
+            connection: self,
+            requests: lock(&self.requests),
+            replies: lock(&self.replies),
+        }
+    }
+}
+
+impl ShmExclusive<'_> {
+    pub(crate) fn send(&mut self, payload: &[u8]) -> Result<()> {
+        (self.connection).send_by(&mut self.requests, Kind::Message, 0, payload)
+    }
+
+    pub(crate) fn request(&mut self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
+        self.ask(payload, timeout, None::<CopyOut>)
+            .map(|(reply, _)| reply)
+    }
+
+    #[inline(always)]
+    pub(crate) fn request_in_place<R>(
+        &mut self,
+        payload: &[u8],
+        timeout: Duration,
+        read: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R> {
+        let (_, result) = self.ask(payload, timeout, Some(read))?;
+        Ok(result.expect("a reader given is called"))
+    }
+
+    /// [`ShmConnection::ask`] as the lone requester, with the rings already in hand. No
+    /// reply of another thread's can be in the ring (none can ask while this is held), but
+    /// a late reply to a request of its own that timed out can be: it is passed over.
+    #[inline(always)]
+    fn ask<F: FnOnce(&[u8]) -> R, R>(
+        &mut self,
+        payload: &[u8],
+        timeout: Duration,
+        read: Option<F>,
+    ) -> Result<(Vec<u8>, Option<R>)> {
+        let connection = self.connection;
+        let mut in_place = connection.next_request(read);
+        let id = in_place.id;
+        connection.send_by(&mut self.requests, Kind::Request, id, payload)?;
+        let reply = connection.lone_answer(&mut self.replies, id, timeout, &mut in_place)?;
+        let result = in_place.into_result(&reply);
+        Ok((reply, result))
     }
 }
 
