@@ -4,9 +4,10 @@
 //! - 64-byte round trip: the hardware floor (a bare busy-spin ping-pong over two rings in
 //!   shared memory, `ipckit_bench::raw_shm`), the same ping-pong with its messages framed
 //!   as ipckit frames them (what the record format costs before any software), ipckit
-//!   (`request` and `recv`; lent both ways, `request_with` and `recv_with`; and lent to a
-//!   server that stays in its loop, `request_with` and `serve_with`), and iceoryx2's
-//!   publish/subscribe ping-pong; interleaved blocks, medians;
+//!   (`request` and `recv`; lent both ways, `request_with` and `recv_with`; lent to a
+//!   server that stays in its loop, `request_with` and `serve_with`; and the same from a
+//!   client held by one thread, `Client::exclusive`), and iceoryx2's publish/subscribe
+//!   ping-pong; interleaved blocks, medians;
 //! - the same round trip with pauses between requests, where the server has fallen
 //!   asleep: what the spin-then-sleep policy costs a user who is not busy;
 //! - one-way streaming of 64 KiB messages, written in place with a loan and read in place,
@@ -233,6 +234,21 @@ fn lent_round_trip(url: &str) -> Box<dyn FnMut()> {
     })
 }
 
+/// [`lent_round_trip`] from a client that the calling thread holds alone.
+fn exclusive_round_trip(url: &str) -> Box<dyn FnMut()> {
+    // The round trip outlives this function, and the handle borrows the client.
+    let client = Box::leak(Box::new(
+        ipckit::connect(url).unwrap_or_else(|e| panic!("{e}")),
+    ));
+    let mut requests = client.exclusive();
+    let payload = [7u8; SIZE];
+    Box::new(move || {
+        requests
+            .request_with(&payload, TIMEOUT, |reply| std::hint::black_box(reply[0]))
+            .unwrap_or_else(|e| panic!("{e}"));
+    })
+}
+
 /// 64-byte round trips: the contenders in interleaved blocks of at least 5 ms.
 fn round_trips(tag: &str) {
     const ROUNDS: usize = 41;
@@ -243,6 +259,7 @@ fn round_trips(tag: &str) {
     let ours = Peer::start("echo-in-place", &format!("shm://bench-{tag}")).expect("ipckit");
     let lent = Peer::start("echo-lent", &format!("shm://bench-lent-{tag}")).expect("ipckit");
     let served = Peer::start("echo-served", &format!("shm://bench-served-{tag}")).expect("ipckit");
+    let held = Peer::start("echo-served", &format!("shm://bench-held-{tag}")).expect("ipckit");
     let iceoryx = Peer::start("iceoryx2", &format!("ipckit-bench-{tag}")).expect("iceoryx2");
     let mut contenders: Vec<Contender> = vec![
         (
@@ -263,13 +280,17 @@ fn round_trips(tag: &str) {
             lent_round_trip(served.address()),
         ),
         (
+            "ipckit shm, lent, served, exclusive client",
+            exclusive_round_trip(held.address()),
+        ),
+        (
             "iceoryx2 publish/subscribe",
             iceoryx_client(iceoryx.address()),
         ),
     ];
     // Only the server being measured may run: the others are stopped (SIGSTOP), so that
     // none of them takes the server core, however briefly, during another's block.
-    let servers = [&raw, &framed, &ours, &lent, &served, &iceoryx];
+    let servers = [&raw, &framed, &ours, &lent, &served, &held, &iceoryx];
     let only = |which: usize| {
         for (i, server) in servers.iter().enumerate() {
             let signal = if i == which {
@@ -316,7 +337,7 @@ fn round_trips(tag: &str) {
     println!("\n64-byte round trip, median of {ROUNDS} interleaved blocks of at least {BLOCK:?}");
     for ((name, _), median) in contenders.iter().zip(&medians) {
         println!(
-            "  {name:<40} {:>10.1?}  {:>5.2}x the floor",
+            "  {name:<44} {:>10.1?}  {:>5.2}x the floor",
             median,
             median.as_secs_f64() / medians[0].as_secs_f64()
         );
