@@ -31,6 +31,13 @@ use crate::transport::shm::{self, ShmExclusive};
 /// }
 /// # Ok::<(), ipckit::Error>(())
 /// ```
+///
+/// ```compile_fail
+/// fn on_another_thread<T: Send>(_: T) {}
+/// let mut client = ipckit::connect("shm://app")?;
+/// on_another_thread(client.exclusive()); // a handle stays on its thread
+/// # Ok::<(), ipckit::Error>(())
+/// ```
 pub struct Exclusive<'a> {
     inner: Inner<'a>,
 }
