@@ -10,7 +10,7 @@
 use std::ffi::c_void;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -310,9 +310,7 @@ fn put_in_place(url: &str, temp: &PathBuf, target: &PathBuf) -> Result<()> {
         }
         // Holding the dead server's lock serialises everyone replacing it; the name must
         // still be that segment, or someone replaced it first.
-        let still_there = std::fs::metadata(target).map(|m| m.ino()).ok()
-            == existing.metadata().map(|m| m.ino()).ok();
-        if still_there {
+        if still_named(target, &existing) {
             log::info!(
                 "{url}: replacing {} left by a server that died",
                 target.display()
@@ -320,6 +318,12 @@ fn put_in_place(url: &str, temp: &PathBuf, target: &PathBuf) -> Result<()> {
             return std::fs::rename(temp, target).map_err(|e| io("naming the segment", e));
         }
     }
+}
+
+/// Whether `path` still names `file`.
+fn still_named(path: &Path, file: &std::fs::File) -> bool {
+    let inode = |m: std::io::Result<std::fs::Metadata>| m.map(|m| m.ino()).ok();
+    inode(std::fs::metadata(path)).is_some_and(|ino| inode(file.metadata()) == Some(ino))
 }
 
 fn is_ipckit_segment(file: &std::fs::File) -> bool {
@@ -370,8 +374,13 @@ pub fn remove_if_abandoned(name: &str, inode: Option<u64>) -> bool {
     let Ok(own) = std::fs::OpenOptions::new().read(true).open(&target) else {
         return false;
     };
-    let same = inode.is_none_or(|ino| own.metadata().map(|m| m.ino()).ok() == Some(ino));
-    if same && is_ipckit_segment(&own) && lock_if_abandoned(&own) {
+    let asked_for = inode.is_none_or(|ino| own.metadata().map(|m| m.ino()).ok() == Some(ino));
+    // Whoever replaces a dead server's segment takes its lock first (`put_in_place`): once
+    // we hold it, the name can only change by our hand. It must still be this segment: a
+    // new server may have replaced it before we took the lock, and removing the name
+    // would then cut the new server off from every client.
+    if asked_for && is_ipckit_segment(&own) && lock_if_abandoned(&own) && still_named(&target, &own)
+    {
         log::info!(
             "removing {}: its server died without cleaning up",
             target.display()
@@ -454,4 +463,39 @@ pub fn find(url: &str, name: &str) -> Result<Found> {
 /// Maps slot `i` alone.
 pub fn map_slot(fd: impl AsFd, geometry: Geometry, i: usize) -> std::io::Result<Mapping> {
     Mapping::new(fd, geometry.slot_offset(i), geometry.slot_len())
+}
+
+#[cfg(all(test, not(ipckit_loom)))]
+mod tests {
+    use super::*;
+
+    /// A client that finds a dead server's segment while a new server replaces it must
+    /// not remove the replacement: it gets the old segment's lock only afterwards.
+    #[test]
+    fn removing_a_dead_segment_spares_its_replacement() {
+        let name = format!("segment-test-{}", std::process::id());
+        let geometry = Geometry {
+            slots: 1,
+            capacity: ALIGN,
+        };
+        let segment = |name: &str| create("shm://test", name, 0o600, geometry, 1024).unwrap();
+        let dying = segment(&name);
+        let client = std::thread::spawn({
+            let name = name.clone();
+            move || remove_if_abandoned(&name, None)
+        });
+        // Meanwhile the client opens the segment and waits for its lock (20 ms at most).
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let replacement = segment(&format!("{name}.next"));
+        std::fs::rename(path(&format!("{name}.next")), path(&name)).unwrap();
+        drop(dying);
+        let removed = client.join().unwrap();
+        let replacement = std::fs::File::from(replacement.fd);
+        let kept = still_named(&path(&name), &replacement);
+        let _ = std::fs::remove_file(path(&name));
+        assert!(
+            kept && !removed,
+            "the replacement was removed with the dead segment"
+        );
+    }
 }
