@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::Endpoint;
 use crate::error::Result;
 use crate::transport::shm::{self, ShmExclusive};
 
@@ -29,6 +30,7 @@ use crate::transport::shm::{self, ShmExclusive};
 ///     let echoed = requests.request_with(&[i], Duration::from_secs(5), |reply| reply[0])?;
 ///     assert_eq!(echoed, i);
 /// }
+/// assert!(format!("{requests:?}").contains("doc-exclusive"));
 /// # Ok::<(), ipckit::Error>(())
 /// ```
 ///
@@ -54,6 +56,14 @@ impl<'a> Exclusive<'a> {
                 Some(shm) => Inner::Shm(shm.exclusive()),
                 None => Inner::Shared(client),
             },
+        }
+    }
+
+    /// Where the client is connected.
+    pub fn endpoint(&self) -> &Endpoint {
+        match &self.inner {
+            Inner::Shm(shm) => shm.endpoint(),
+            Inner::Shared(client) => client.endpoint(),
         }
     }
 
@@ -89,3 +99,5 @@ impl<'a> Exclusive<'a> {
         }
     }
 }
+
+debug_by_endpoint!(Exclusive<'a>);

@@ -28,8 +28,8 @@
 
 /// `Debug` for a client or server: which endpoint it is on.
 macro_rules! debug_by_endpoint {
-    ($type:ident) => {
-        impl std::fmt::Debug for $type {
+    ($type:ident $(<$lifetime:lifetime>)?) => {
+        impl$(<$lifetime>)? std::fmt::Debug for $type$(<$lifetime>)? {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.debug_struct(stringify!($type))
                     .field("endpoint", &self.endpoint().to_string())

@@ -1070,6 +1070,10 @@ impl ShmConnection {
 }
 
 impl ShmExclusive<'_> {
+    pub(crate) fn endpoint(&self) -> &Endpoint {
+        &self.connection.endpoint
+    }
+
     pub(crate) fn send(&mut self, payload: &[u8]) -> Result<()> {
         (self.connection).send_by(&mut self.requests, Kind::Message, 0, payload)
     }
