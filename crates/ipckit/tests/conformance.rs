@@ -2107,6 +2107,9 @@ mod peer {
                         ))
                     }
                 };
+                // Larger than one record of shm's default ring: in pieces both ways. (Half
+                // the limit: on mq a request's header takes room from its payload.)
+                let large = filled((client.max_message() / 2).min(3 << 20));
                 let mut held = client.exclusive();
                 held.send(b"one-way")?;
                 match held.request(b"late", Duration::from_millis(300)) {
@@ -2122,6 +2125,8 @@ mod peer {
                     };
                     expect_reversed(&request, reply)?;
                 }
+                let reply = held.request_with(&large, PATIENCE, <[u8]>::to_vec)?;
+                expect_reversed(&large, reply)?;
                 drop(held);
                 expect_reversed(b"shared again", client.request(b"shared again", PATIENCE)?)?;
             }
