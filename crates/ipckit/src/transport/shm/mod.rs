@@ -1095,8 +1095,9 @@ impl ShmExclusive<'_> {
     }
 
     /// [`ShmConnection::ask`] as the lone requester, with the rings already in hand. No
-    /// reply of another thread's can be in the ring (none can ask while this is held), but
-    /// a late reply to a request of its own that timed out can be: it is passed over.
+    /// request but this one can be waiting (nobody else can ask while this is held), but
+    /// the late reply to one that timed out, here or before, can be in the ring: it is
+    /// passed over.
     #[inline(always)]
     fn ask<F: FnOnce(&[u8]) -> R, R>(
         &mut self,
