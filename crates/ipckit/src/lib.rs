@@ -257,7 +257,6 @@ impl Client {
 
 debug_by_endpoint!(Client);
 
-/// A serde value as a payload (postcard), for [`Client::send_value`] and its kin.
 /// Sends a request over `connection` and hands its reply to `read`: on shm past the
 /// `Connection` trait, so that `read` is inlined where the reply is read (the module docs
 /// of `transport::shm` say what a call there costs); elsewhere from the returned buffer.
@@ -274,6 +273,7 @@ pub(crate) fn request_with_on<R>(
     }
 }
 
+/// A serde value as a payload (postcard), for [`Client::send_value`] and its kin.
 fn encode_value<T: Serialize>(endpoint: &Endpoint, value: &T) -> Result<Vec<u8>> {
     postcard::to_allocvec(value).map_err(|e| Error::Codec {
         endpoint: endpoint.to_string(),

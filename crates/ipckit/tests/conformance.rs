@@ -466,6 +466,23 @@ fn recv_lent(server: &mut api::Server) -> Result<(u32, u32), Failed> {
     numbered.expect("read by the handler")
 }
 
+/// How the checks' servers answer a request: its bytes backwards.
+fn reversed(payload: &[u8]) -> Vec<u8> {
+    payload.iter().rev().copied().collect()
+}
+
+/// Whether `reply` answers `request` as the checks' servers do.
+fn expect_reversed(request: &[u8], reply: &[u8]) -> Result<(), String> {
+    if reply == reversed(request) {
+        return Ok(());
+    }
+    Err(format!(
+        "request {:?} got reply {:?}",
+        String::from_utf8_lossy(request),
+        String::from_utf8_lossy(reply)
+    ))
+}
+
 fn recv(server: &mut api::Server) -> Result<ipckit::Message, Failed> {
     server
         .recv_timeout(PATIENCE)?
@@ -669,11 +686,9 @@ fn request_reply_concurrent(ctx: &Ctx) -> Outcome {
         out_of_order |= batch.len() > 1;
         // One more, lent and answered while the batch is still held: on shm its space is
         // given back before theirs.
-        let reversed = |payload: &[u8], wants_reply: bool| {
-            wants_reply.then(|| payload.iter().rev().copied().collect())
-        };
+        let answer = |payload: &[u8], wants_reply: bool| wants_reply.then(|| reversed(payload));
         if answered + (batch.len() as u32) < threads * per_thread
-            && server.answer_lent(Duration::from_millis(2), reversed)?
+            && server.answer_lent(Duration::from_millis(2), answer)?
         {
             answered += 1;
         }
@@ -682,9 +697,7 @@ fn request_reply_concurrent(ctx: &Ctx) -> Outcome {
                 message.wants_reply(),
                 "a request arrived as a one-way message"
             );
-            let mut reply = message.payload().to_vec();
-            reply.reverse();
-            message.reply(&reply)?;
+            message.reply(&reversed(message.payload()))?;
             answered += 1;
         }
     }
@@ -854,7 +867,7 @@ fn exclusive_client(ctx: &Ctx) -> Outcome {
                     message.wants_reply(),
                     "a request arrived as a one-way message"
                 );
-                message.reply(&payload.iter().rev().copied().collect::<Vec<_>>())?;
+                message.reply(&reversed(&payload))?;
                 if payload == b"shared again" {
                     break;
                 }
@@ -2072,15 +2085,7 @@ mod peer {
                                     client.request_with(&request, PATIENCE, <[u8]>::to_vec)
                                 }
                                 .map_err(|e| e.to_string())?;
-                                let mut expected = request.clone();
-                                expected.reverse();
-                                if reply != expected {
-                                    return Err(format!(
-                                        "request {:?} got reply {:?}",
-                                        String::from_utf8_lossy(&request),
-                                        String::from_utf8_lossy(&reply)
-                                    ));
-                                }
+                                expect_reversed(&request, &reply)?;
                             }
                             Ok(())
                         })
@@ -2095,18 +2100,6 @@ mod peer {
             "request-exclusive" => {
                 // Always the blocking client: the async one has no exclusive handle.
                 let mut client = ipckit::connect(url)?;
-                let expect_reversed = |request: &[u8], reply: Vec<u8>| {
-                    let expected: Vec<u8> = request.iter().rev().copied().collect();
-                    if reply == expected {
-                        Ok(())
-                    } else {
-                        Err(format!(
-                            "request {:?} got reply {:?}",
-                            String::from_utf8_lossy(request),
-                            String::from_utf8_lossy(&reply)
-                        ))
-                    }
-                };
                 // Larger than one record of shm's default ring: in pieces both ways. (Half
                 // the limit: on mq a request's header takes room from its payload.)
                 let large = filled((client.max_message() / 2).min(3 << 20));
@@ -2123,12 +2116,12 @@ mod peer {
                     } else {
                         held.request_with(&request, PATIENCE, <[u8]>::to_vec)?
                     };
-                    expect_reversed(&request, reply)?;
+                    expect_reversed(&request, &reply)?;
                 }
                 let reply = held.request_with(&large, PATIENCE, <[u8]>::to_vec)?;
-                expect_reversed(&large, reply)?;
+                expect_reversed(&large, &reply)?;
                 drop(held);
-                expect_reversed(b"shared again", client.request(b"shared again", PATIENCE)?)?;
+                expect_reversed(b"shared again", &client.request(b"shared again", PATIENCE)?)?;
             }
             "connect" => {
                 // Connectionless transports learn of a missing server at the first request.
