@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::Endpoint;
 use crate::error::Result;
-use crate::transport::shm::{self, ShmExclusive};
+use crate::transport::backend::ExclusiveBackend;
 
 /// A [`Client`](crate::Client) that one thread has to itself, from
 /// [`Client::exclusive`](crate::Client::exclusive): the same calls, for a thread that
@@ -41,47 +41,28 @@ use crate::transport::shm::{self, ShmExclusive};
 /// # Ok::<(), ipckit::Error>(())
 /// ```
 pub struct Exclusive<'a> {
-    inner: Inner<'a>,
-}
-
-enum Inner<'a> {
-    Shm(ShmExclusive<'a>),
-    Shared(&'a crate::Client),
+    backend: ExclusiveBackend<'a>,
 }
 
 impl<'a> Exclusive<'a> {
-    pub(crate) fn new(client: &'a crate::Client) -> Exclusive<'a> {
-        Exclusive {
-            inner: match shm::of(client.connection()) {
-                Some(shm) => Inner::Shm(shm.exclusive()),
-                None => Inner::Shared(client),
-            },
-        }
+    pub(crate) fn new(backend: ExclusiveBackend<'a>) -> Exclusive<'a> {
+        Exclusive { backend }
     }
 
     /// Where the client is connected.
     pub fn endpoint(&self) -> &Endpoint {
-        match &self.inner {
-            Inner::Shm(shm) => shm.endpoint(),
-            Inner::Shared(client) => client.endpoint(),
-        }
+        self.backend.endpoint()
     }
 
     /// Sends one message, as [`Client::send`](crate::Client::send).
     pub fn send(&mut self, payload: &[u8]) -> Result<()> {
-        match &mut self.inner {
-            Inner::Shm(shm) => shm.send(payload),
-            Inner::Shared(client) => client.send(payload),
-        }
+        self.backend.send(payload)
     }
 
     /// Sends a request and waits up to `timeout` for the reply, as
     /// [`Client::request`](crate::Client::request).
     pub fn request(&mut self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
-        match &mut self.inner {
-            Inner::Shm(shm) => shm.request(payload, timeout),
-            Inner::Shared(client) => client.request(payload, timeout),
-        }
+        self.backend.request(payload, timeout)
     }
 
     /// Sends a request and hands the reply to `read`, in place on `shm`, as
@@ -93,10 +74,7 @@ impl<'a> Exclusive<'a> {
         timeout: Duration,
         read: impl FnOnce(&[u8]) -> R,
     ) -> Result<R> {
-        match &mut self.inner {
-            Inner::Shm(shm) => shm.request_in_place(payload, timeout, read),
-            Inner::Shared(client) => client.request_with(payload, timeout, read),
-        }
+        self.backend.request_with(payload, timeout, read)
     }
 }
 

@@ -65,7 +65,7 @@ pub use exclusive::Exclusive;
 pub use loan::Loan;
 pub use message::{Message, MessageRef, Peer};
 pub use transport::Capabilities;
-use transport::shm::ShmListener;
+use transport::backend::{ClientBackend, ServerBackend};
 
 /// Connects to the server at `endpoint`.
 ///
@@ -79,7 +79,7 @@ pub fn connect(endpoint: impl ToEndpoint) -> Result<Client> {
     let transport = transport::for_endpoint(&endpoint)?;
     Ok(Client {
         capabilities: transport.capabilities(&endpoint),
-        connection: transport.connect(&endpoint)?,
+        backend: ClientBackend::connect(transport, &endpoint)?,
     })
 }
 
@@ -95,10 +95,10 @@ pub fn connect(endpoint: impl ToEndpoint) -> Result<Client> {
 pub fn listen(endpoint: impl ToEndpoint) -> Result<Server> {
     let endpoint = endpoint.to_endpoint()?;
     let transport = transport::for_endpoint(&endpoint)?;
-    let listener = transport.listen(&endpoint)?;
+    let backend = ServerBackend::listen(transport, &endpoint)?;
     Ok(Server {
-        capabilities: transport.capabilities(listener.endpoint()),
-        listener,
+        capabilities: transport.capabilities(backend.endpoint()),
+        backend,
     })
 }
 
@@ -110,7 +110,7 @@ pub struct ReadmeDoctests;
 /// The sending side of a connection. Every method takes `&self`: share one client between
 /// threads, and their requests are in flight together, each reply reaching its caller.
 pub struct Client {
-    connection: Box<dyn transport::Connection>,
+    backend: ClientBackend,
     capabilities: Capabilities,
 }
 
@@ -118,7 +118,7 @@ impl Client {
     /// Sends one message. Larger than the server accepts is [`Error::MessageTooLarge`],
     /// before anything is written.
     pub fn send(&self, payload: &[u8]) -> Result<()> {
-        self.connection.send(payload)
+        self.backend.send(payload)
     }
 
     /// Sends a request and waits up to `timeout` for the reply.
@@ -131,7 +131,7 @@ impl Client {
     /// ```
     #[inline]
     pub fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
-        self.connection.request(payload, timeout)
+        self.backend.request(payload, timeout)
     }
 
     /// Sends a request and hands the reply to `read`, returning what `read` returns. On
@@ -161,7 +161,7 @@ impl Client {
         timeout: Duration,
         read: impl FnOnce(&[u8]) -> R,
     ) -> Result<R> {
-        request_with_on(&*self.connection, payload, timeout, read)
+        self.backend.request_with(payload, timeout, read)
     }
 
     /// This client for the calling thread alone, as long as the handle lives: for a loop
@@ -178,11 +178,7 @@ impl Client {
     /// # Ok::<(), ipckit::Error>(())
     /// ```
     pub fn exclusive(&mut self) -> Exclusive<'_> {
-        Exclusive::new(self)
-    }
-
-    pub(crate) fn connection(&self) -> &dyn transport::Connection {
-        &*self.connection
+        Exclusive::new(self.backend.exclusive())
     }
 
     /// Sends a serde value (encoded with postcard); the server reads it with
@@ -233,20 +229,17 @@ impl Client {
                 limit: "the server's max_message".into(),
             });
         }
-        match self.connection.loan(len)? {
-            Some(loan) => Ok(loan),
-            None => Ok(Loan::on_heap(&*self.connection, len)),
-        }
+        Ok(Loan::new(self.backend.loan(len)?))
     }
 
     /// The largest message the server accepts.
     pub fn max_message(&self) -> usize {
-        self.connection.max_message()
+        self.backend.max_message()
     }
 
     /// Where the client is connected.
     pub fn endpoint(&self) -> &Endpoint {
-        self.connection.endpoint()
+        self.backend.endpoint()
     }
 
     /// What the transport promises.
@@ -256,22 +249,6 @@ impl Client {
 }
 
 debug_by_endpoint!(Client);
-
-/// Sends a request over `connection` and hands its reply to `read`: on shm past the
-/// `Connection` trait, so that `read` is inlined where the reply is read (the module docs
-/// of `transport::shm` say what a call there costs); elsewhere from the returned buffer.
-#[inline(always)]
-pub(crate) fn request_with_on<R>(
-    connection: &dyn transport::Connection,
-    payload: &[u8],
-    timeout: Duration,
-    read: impl FnOnce(&[u8]) -> R,
-) -> Result<R> {
-    match transport::shm::of(connection) {
-        Some(shm) => shm.request_in_place(payload, timeout, read),
-        None => Ok(read(&connection.request(payload, timeout)?)),
-    }
-}
 
 /// A serde value as a payload (postcard), for [`Client::send_value`] and its kin.
 fn encode_value<T: Serialize>(endpoint: &Endpoint, value: &T) -> Result<Vec<u8>> {
@@ -296,7 +273,7 @@ fn decode_value<R: DeserializeOwned>(endpoint: &Endpoint, payload: &[u8]) -> Res
 /// waits in [`recv`](Server::recv) (or [`spawn`](Server::spawn) does so), so a client's
 /// `connect` completes when the server next waits for messages.
 pub struct Server {
-    listener: Box<dyn transport::Listener>,
+    backend: ServerBackend,
     capabilities: Capabilities,
 }
 
@@ -305,7 +282,7 @@ impl Server {
     #[inline]
     pub fn recv(&mut self) -> Result<Message> {
         loop {
-            if let Some(message) = self.listener.recv(None)? {
+            if let Some(message) = self.backend.recv(None)? {
                 return Ok(message);
             }
         }
@@ -322,7 +299,7 @@ impl Server {
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<Message>> {
         let deadline = Instant::now() + timeout;
         loop {
-            match self.listener.recv(Some(deadline))? {
+            match self.backend.recv(Some(deadline))? {
                 Some(message) => return Ok(Some(message)),
                 None if Instant::now() >= deadline => return Ok(None),
                 None => {}
@@ -359,7 +336,7 @@ impl Server {
     pub fn recv_with<R>(&mut self, handle: impl FnOnce(&mut MessageRef<'_>) -> R) -> Result<R> {
         let mut handle = Some(handle);
         loop {
-            if let Some(handled) = self.recv_with_until(None, &mut handle)? {
+            if let Some(handled) = self.backend.recv_with(None, &mut handle)? {
                 return Ok(handled);
             }
         }
@@ -384,33 +361,13 @@ impl Server {
         let deadline = Instant::now() + timeout;
         let mut handle = Some(handle);
         loop {
-            if let Some(handled) = self.recv_with_until(Some(deadline), &mut handle)? {
+            if let Some(handled) = self.backend.recv_with(Some(deadline), &mut handle)? {
                 return Ok(Some(handled));
             }
             if Instant::now() >= deadline {
                 return Ok(None);
             }
         }
-    }
-
-    /// One wait of the listener for a message to lend to `handle`: `None` when the
-    /// deadline passed or the waker was called.
-    #[inline(always)]
-    fn recv_with_until<R>(
-        &mut self,
-        deadline: Option<Instant>,
-        handle: &mut Option<impl FnOnce(&mut MessageRef<'_>) -> R>,
-    ) -> Result<Option<R>> {
-        if let Some(shm) = self.shm() {
-            return Ok(shm.recv_in_place(deadline, handle));
-        }
-        let mut result = None;
-        self.listener.recv_with(deadline, &mut |message| {
-            if let Some(handle) = handle.take() {
-                result = Some(handle(message));
-            }
-        })?;
-        Ok(result)
     }
 
     /// Serves on this thread: lends every message to `handle`, as
@@ -452,26 +409,9 @@ impl Server {
     /// ```
     pub fn serve_with<B>(
         &mut self,
-        mut handle: impl FnMut(&mut MessageRef<'_>) -> ControlFlow<B>,
+        handle: impl FnMut(&mut MessageRef<'_>) -> ControlFlow<B>,
     ) -> Result<B> {
-        if let Some(shm) = self.shm() {
-            return Ok(shm.serve_in_place(handle));
-        }
-        loop {
-            if let ControlFlow::Break(value) = self.recv_with(&mut handle)? {
-                return Ok(value);
-            }
-        }
-    }
-
-    /// The shm listener, if that is the transport: lending calls go past the `Listener`
-    /// trait to it, so that the caller's handler is inlined where the request is read
-    /// and the reply written (see the module docs of `transport::shm`).
-    #[inline]
-    fn shm(&mut self) -> Option<&mut ShmListener> {
-        self.listener
-            .as_any_mut()
-            .and_then(|l| l.downcast_mut::<ShmListener>())
+        self.backend.serve_with(handle)
     }
 
     /// The messages, as an endless iterator.
@@ -494,14 +434,14 @@ impl Server {
         F: FnMut(&Message) -> Option<Vec<u8>> + Send + 'static,
     {
         let stop = Arc::new(AtomicBool::new(false));
-        let wake = self.listener.waker();
+        let wake = self.backend.waker();
         let endpoint = self.endpoint().clone();
         let stopping = stop.clone();
         let thread = std::thread::Builder::new()
             .name(format!("ipckit {endpoint}"))
             .spawn(move || {
                 while !stopping.load(Ordering::Acquire) {
-                    match self.listener.recv(None) {
+                    match self.backend.recv(None) {
                         Ok(Some(mut message)) => {
                             let reply = handler(&message);
                             if let (Some(reply), true) = (reply, message.wants_reply()) {
@@ -529,7 +469,7 @@ impl Server {
 
     /// The endpoint it listens on, with the real port where the kernel chose one.
     pub fn endpoint(&self) -> &Endpoint {
-        self.listener.endpoint()
+        self.backend.endpoint()
     }
 
     /// What the transport promises.

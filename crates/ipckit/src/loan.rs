@@ -4,8 +4,7 @@ use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
 use crate::error::Result;
-use crate::transport::Connection;
-use crate::transport::shm::ShmLoan;
+use crate::transport::backend::LoanBackend;
 
 /// A buffer for one message, from [`Client::loan`](crate::Client::loan). Write the message
 /// into it (it dereferences to `[u8]`), optionally [`truncate`](Loan::truncate) it, then
@@ -23,37 +22,14 @@ use crate::transport::shm::ShmLoan;
 /// # Ok::<(), ipckit::Error>(())
 /// ```
 pub struct Loan<'a> {
-    inner: Inner<'a>,
+    backend: LoanBackend<'a>,
     len: usize,
 }
 
-enum Inner<'a> {
-    Heap {
-        connection: &'a dyn Connection,
-        bytes: Vec<u8>,
-    },
-    InPlace(ShmLoan<'a>),
-}
-
 impl<'a> Loan<'a> {
-    /// A plain buffer that `send` passes to `connection`.
-    pub(crate) fn on_heap(connection: &'a dyn Connection, len: usize) -> Loan<'a> {
-        Loan {
-            inner: Inner::Heap {
-                connection,
-                bytes: vec![0; len],
-            },
-            len,
-        }
-    }
-
-    /// Space in a shared ring.
-    pub(crate) fn in_place(loan: ShmLoan<'a>) -> Loan<'a> {
-        let len = loan.bytes().len();
-        Loan {
-            inner: Inner::InPlace(loan),
-            len,
-        }
+    pub(crate) fn new(backend: LoanBackend<'a>) -> Loan<'a> {
+        let len = backend.bytes().len();
+        Loan { backend, len }
     }
 
     /// Shortens the message to `len` bytes (a loan can be taken for the most a message
@@ -64,23 +40,17 @@ impl<'a> Loan<'a> {
 
     /// Whether the buffer is the receiver's shared memory, so that sending copies nothing.
     pub fn is_in_place(&self) -> bool {
-        matches!(self.inner, Inner::InPlace(_))
+        self.backend.is_in_place()
     }
 
     /// Publishes the message.
     pub fn send(self) -> Result<()> {
-        match self.inner {
-            Inner::Heap { connection, bytes } => connection.send(&bytes[..self.len]),
-            Inner::InPlace(loan) => loan.send(self.len),
-        }
+        self.backend.send(self.len)
     }
 
     /// Publishes the message as a request and waits up to `timeout` for the reply.
     pub fn request(self, timeout: Duration) -> Result<Vec<u8>> {
-        match self.inner {
-            Inner::Heap { connection, bytes } => connection.request(&bytes[..self.len], timeout),
-            Inner::InPlace(loan) => loan.request(self.len, timeout),
-        }
+        self.backend.request(self.len, timeout)
     }
 
     /// Publishes the message as a request and hands the reply to `read`, as
@@ -99,32 +69,20 @@ impl<'a> Loan<'a> {
     /// # Ok::<(), ipckit::Error>(())
     /// ```
     pub fn request_with<R>(self, timeout: Duration, read: impl FnOnce(&[u8]) -> R) -> Result<R> {
-        match self.inner {
-            Inner::Heap { connection, bytes } => {
-                crate::request_with_on(connection, &bytes[..self.len], timeout, read)
-            }
-            Inner::InPlace(loan) => loan.request_in_place(self.len, timeout, read),
-        }
+        self.backend.request_with(self.len, timeout, read)
     }
 }
 
 impl Deref for Loan<'_> {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        match &self.inner {
-            Inner::Heap { bytes, .. } => &bytes[..self.len],
-            Inner::InPlace(loan) => &loan.bytes()[..self.len],
-        }
+        &self.backend.bytes()[..self.len]
     }
 }
 
 impl DerefMut for Loan<'_> {
     fn deref_mut(&mut self) -> &mut [u8] {
-        let len = self.len;
-        match &mut self.inner {
-            Inner::Heap { bytes, .. } => &mut bytes[..len],
-            Inner::InPlace(loan) => &mut loan.bytes_mut()[..len],
-        }
+        &mut self.backend.bytes_mut()[..self.len]
     }
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
+use crate::transport::backend::{Payload, ReplyBackend};
 
 /// Who sent a message, as far as the operating system tells.
 ///
@@ -44,25 +45,6 @@ impl<T: ReplySink + ?Sized> ReplySink for Arc<T> {
     #[inline(always)]
     fn send_reply(&self, id: u64, payload: &[u8], ok: bool) -> Result<()> {
         (**self).send_reply(id, payload, ok)
-    }
-}
-
-/// The way back from a [`MessageRef`]: a client's reply ring, called directly so that the
-/// reply is written inline (the module docs of `transport::shm` say why that matters),
-/// or any other transport's sink.
-#[derive(Clone, Copy)]
-pub(crate) enum LentSink<'a> {
-    Ring(&'a crate::transport::shm::ReplyChannel),
-    Any(&'a (dyn ReplySink + 'a)),
-}
-
-impl ReplySink for LentSink<'_> {
-    #[inline(always)]
-    fn send_reply(&self, id: u64, payload: &[u8], ok: bool) -> Result<()> {
-        match self {
-            LentSink::Ring(ring) => ring.send_reply(id, payload, ok),
-            LentSink::Any(sink) => sink.send_reply(id, payload, ok),
-        }
     }
 }
 
@@ -117,18 +99,6 @@ impl<S: ReplySink> Drop for ReplyTo<S> {
     }
 }
 
-/// Where a message's bytes are: copied out, or read in place in shared memory.
-pub(crate) enum Payload {
-    Owned(Vec<u8>),
-    Shared(crate::transport::shm::Lease),
-}
-
-impl From<Vec<u8>> for Payload {
-    fn from(bytes: Vec<u8>) -> Payload {
-        Payload::Owned(bytes)
-    }
-}
-
 /// One message received by a server.
 ///
 /// ```no_run
@@ -165,19 +135,13 @@ impl Message {
     /// The bytes that were sent. On `shm` they are read in place, in the sender's ring:
     /// no copy was made, and the space returns to the sender when the message is dropped.
     pub fn payload(&self) -> &[u8] {
-        match &self.payload {
-            Payload::Owned(bytes) => bytes,
-            Payload::Shared(lease) => lease.bytes(),
-        }
+        self.payload.bytes()
     }
 
     /// Takes the payload out, leaving the message empty (on `shm`, this copies it out of
     /// shared memory and gives the space back at once).
     pub fn take_payload(&mut self) -> Vec<u8> {
-        match std::mem::replace(&mut self.payload, Payload::Owned(Vec::new())) {
-            Payload::Owned(bytes) => bytes,
-            Payload::Shared(lease) => lease.bytes().to_vec(),
-        }
+        std::mem::replace(&mut self.payload, Payload::Owned(Vec::new())).into_vec()
     }
 
     /// Whether the payload is read in place from shared memory rather than copied.
@@ -190,7 +154,7 @@ impl Message {
     /// # Ok::<(), ipckit::Error>(())
     /// ```
     pub fn is_in_place(&self) -> bool {
-        matches!(self.payload, Payload::Shared(_))
+        self.payload.is_in_place()
     }
 
     /// Who sent it.
@@ -252,7 +216,7 @@ impl Message {
             reply_to: self
                 .reply_to
                 .as_ref()
-                .map(|r| ReplyTo::to(LentSink::Any(&*r.sink), r.id)),
+                .map(|r| ReplyTo::to(ReplyBackend::Boxed(&*r.sink), r.id)),
             endpoint: &self.endpoint,
         }
     }
@@ -283,7 +247,7 @@ pub struct MessageRef<'a> {
     payload: &'a [u8],
     in_place: bool,
     peer: &'a Peer,
-    reply_to: Option<ReplyTo<LentSink<'a>>>,
+    reply_to: Option<ReplyTo<ReplyBackend<'a>>>,
     endpoint: &'a str,
 }
 
@@ -293,7 +257,7 @@ impl<'a> MessageRef<'a> {
         payload: &'a [u8],
         in_place: bool,
         peer: &'a Peer,
-        reply_to: Option<ReplyTo<LentSink<'a>>>,
+        reply_to: Option<ReplyTo<ReplyBackend<'a>>>,
         endpoint: &'a str,
     ) -> MessageRef<'a> {
         MessageRef {

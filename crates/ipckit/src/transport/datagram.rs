@@ -159,6 +159,8 @@ fn send_datagram(fd: &OwnedFd, payload: &[u8], url: &str) -> Result<()> {
     }
 }
 
+crate::transport::sealed!(DatagramConnection, DatagramListener);
+
 impl Connection for DatagramConnection {
     fn send(&self, payload: &[u8]) -> Result<()> {
         let core = &self.core;
@@ -523,6 +525,8 @@ mod on_tokio {
             Ok(reply)
         }
     }
+
+    crate::transport::sealed!(AsyncDatagramConnection, AsyncDatagramListener);
 
     impl AsyncConnection for AsyncDatagramConnection {
         /// Dropped before it completes, the datagram was sent whole or not at all.

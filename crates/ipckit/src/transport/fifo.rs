@@ -634,6 +634,8 @@ fn mkfifo(endpoint: &Endpoint, path: &Path, mode: u32) -> Result<()> {
 /// The `fifo` transport.
 pub struct Fifo;
 
+crate::transport::sealed!(Fifo, FifoConnection, FifoListener);
+
 impl Transport for Fifo {
     fn scheme(&self) -> &'static str {
         "fifo"
@@ -1271,6 +1273,8 @@ mod on_tokio {
             Ok(answer)
         }
     }
+
+    crate::transport::sealed!(AsyncFifoConnection, AsyncFifoListener);
 
     impl AsyncConnection for AsyncFifoConnection {
         /// Dropped before it completes, the message arrives whole or not at all.

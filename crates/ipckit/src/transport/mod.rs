@@ -11,6 +11,7 @@ use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
 use crate::message::{Message, MessageRef};
 
+pub(crate) mod backend;
 mod correlate;
 mod datagram;
 mod endpoint_file;
@@ -27,6 +28,21 @@ pub mod tcp;
 pub mod udp;
 pub mod uds;
 pub mod unixgram;
+
+/// Keeps the transport traits to ipckit's own transports: the generic layer relies on
+/// every implementation keeping the rules the conformance suite checks.
+mod private {
+    pub trait Sealed {}
+}
+use private::Sealed;
+
+/// Marks ipckit's own implementations of the transport traits.
+macro_rules! sealed {
+    ($($type:ty),+ $(,)?) => {
+        $(impl $crate::transport::Sealed for $type {})+
+    };
+}
+pub(crate) use sealed;
 
 /// What a transport can promise; read by `ipckit transports`, by the conformance suite to
 /// decide which checks apply, and by the benchmark.
@@ -68,7 +84,7 @@ pub struct Capabilities {
 ///     println!("{:8} {}", transport.scheme(), transport.summary());
 /// }
 /// ```
-pub trait Transport: Send + Sync {
+pub trait Transport: Sealed + Send + Sync {
     /// The URL scheme that selects it.
     fn scheme(&self) -> &'static str;
     /// What it is built on, in a few words.
@@ -117,7 +133,7 @@ pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T
 /// A transport's async client side; [`crate::tokio::Client`] wraps it. Each method says
 /// what dropping its future leaves behind.
 #[cfg(feature = "tokio")]
-pub trait AsyncConnection: Send + Sync {
+pub trait AsyncConnection: Sealed + Send + Sync {
     /// Sends one message.
     fn send<'a>(&'a self, payload: &'a [u8]) -> BoxFuture<'a, Result<()>>;
     /// Sends a request and waits up to `timeout` for its reply.
@@ -134,7 +150,7 @@ pub trait AsyncConnection: Send + Sync {
 
 /// A transport's async server side; [`crate::tokio::Server`] wraps it.
 #[cfg(feature = "tokio")]
-pub trait AsyncListener: Send {
+pub trait AsyncListener: Sealed + Send {
     /// Waits for the next message.
     fn recv(&mut self) -> BoxFuture<'_, Result<Message>>;
     /// Waits for the next message and lends it to `handle`, as
@@ -153,32 +169,19 @@ pub trait AsyncListener: Send {
 }
 
 /// A transport's client side; [`Client`](crate::Client) wraps it.
-pub trait Connection: Send + Sync {
+pub trait Connection: Sealed + Send + Sync {
     /// Sends one message.
     fn send(&self, payload: &[u8]) -> Result<()>;
     /// Sends a request and waits up to `timeout` for its reply.
     fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>>;
-    /// The connection as [`Any`](std::any::Any), for a transport that
-    /// [`Client`](crate::Client) calls past this trait, with the caller's closures
-    /// inlined (`shm`).
-    #[doc(hidden)]
-    fn as_any(&self) -> Option<&dyn std::any::Any> {
-        None
-    }
     /// The largest payload the server accepts.
     fn max_message(&self) -> usize;
     /// Where it is connected.
     fn endpoint(&self) -> &Endpoint;
-    /// Space for a message of `len` bytes (at most [`max_message`](Self::max_message))
-    /// in shared memory, where the transport has it; `None` means a plain buffer will do.
-    fn loan(&self, len: usize) -> Result<Option<crate::Loan<'_>>> {
-        let _ = len;
-        Ok(None)
-    }
 }
 
 /// A transport's server side; [`Server`](crate::Server) wraps it.
-pub trait Listener: Send {
+pub trait Listener: Sealed + Send {
     /// Waits for the next message until `deadline` (forever when `None`). `Ok(None)` when
     /// the deadline passed or the waker was called.
     fn recv(&mut self, deadline: Option<Instant>) -> Result<Option<Message>>;
@@ -197,13 +200,6 @@ pub trait Listener: Send {
             }
             None => Ok(false),
         }
-    }
-    /// The listener as [`Any`](std::any::Any), for a transport that
-    /// [`Server`](crate::Server) calls past this trait, with the caller's handler inlined
-    /// (`shm`).
-    #[doc(hidden)]
-    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
-        None
     }
     /// A function that makes a blocked or the next `recv` return `Ok(None)`.
     fn waker(&self) -> Arc<dyn Fn() + Send + Sync>;

@@ -206,6 +206,8 @@ fn put(
     }
 }
 
+crate::transport::sealed!(Mq, MqConnection, MqListener);
+
 impl Transport for Mq {
     fn scheme(&self) -> &'static str {
         "mq"
@@ -938,6 +940,8 @@ mod on_tokio {
             Ok(answer)
         }
     }
+
+    crate::transport::sealed!(AsyncMqConnection, AsyncMqListener);
 
     impl AsyncConnection for AsyncMqConnection {
         /// Dropped before it completes, the message was queued whole or not at all.

@@ -342,6 +342,8 @@ fn fill(fd: &OwnedFd, reader: &mut Reader, deadline: Instant, url: &str) -> Resu
     }
 }
 
+crate::transport::sealed!(StreamConnection, StreamListener);
+
 impl Connection for StreamConnection {
     fn send(&self, payload: &[u8]) -> Result<()> {
         if let Some(detail) = self.answers.broken() {

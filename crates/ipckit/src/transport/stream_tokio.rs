@@ -422,6 +422,8 @@ fn read_answer(
     }
 }
 
+crate::transport::sealed!(AsyncStreamConnection, AsyncStreamListener);
+
 impl AsyncConnection for AsyncStreamConnection {
     /// Resolves once the whole frame is in the kernel's socket buffer. Dropped before,
     /// the frame is still written whole, by a task of its own.

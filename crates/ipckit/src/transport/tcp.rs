@@ -25,6 +25,8 @@ use crate::message::Peer;
 /// The `tcp` transport.
 pub struct Tcp;
 
+crate::transport::sealed!(Tcp);
+
 impl Transport for Tcp {
     fn scheme(&self) -> &'static str {
         "tcp"

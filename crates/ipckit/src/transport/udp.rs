@@ -74,6 +74,8 @@ impl Family for UdpFamily {
     }
 }
 
+crate::transport::sealed!(Udp);
+
 impl Transport for Udp {
     fn scheme(&self) -> &'static str {
         "udp"

@@ -28,6 +28,8 @@ use crate::message::Peer;
 /// The `uds` transport.
 pub struct Uds;
 
+crate::transport::sealed!(Uds);
+
 impl Transport for Uds {
     fn scheme(&self) -> &'static str {
         "uds"

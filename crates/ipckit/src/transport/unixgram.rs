@@ -116,6 +116,8 @@ impl Family for UnixgramFamily {
     }
 }
 
+crate::transport::sealed!(Unixgram);
+
 impl Transport for Unixgram {
     fn scheme(&self) -> &'static str {
         "unixgram"

@@ -114,8 +114,9 @@ use rustix::event::{PollFd, PollFlags};
 
 use crate::endpoint::{Address, Endpoint};
 use crate::error::{Error, Result};
-use crate::message::{LentSink, Message, MessageRef, Payload, Peer, ReplySink, ReplyTo};
+use crate::message::{Message, MessageRef, Peer, ReplySink, ReplyTo};
 use crate::sys::lock;
+use crate::transport::backend::{ClientSide, Payload, ReplyBackend, ServerSide};
 use crate::transport::correlate::{Correlator, NoAnswer};
 use crate::transport::{Capabilities, Connection, Listener, Transport};
 
@@ -162,6 +163,8 @@ fn coarse_now() -> Duration {
 /// # Ok::<(), ipckit::Error>(())
 /// ```
 pub struct Shm;
+
+crate::transport::sealed!(Shm, ShmConnection, ShmListener);
 
 impl Transport for Shm {
     fn scheme(&self) -> &'static str {
@@ -604,7 +607,7 @@ pub(crate) struct ShmConnection {
 }
 
 impl ShmConnection {
-    fn connect(endpoint: &Endpoint) -> Result<ShmConnection> {
+    pub(crate) fn connect(endpoint: &Endpoint) -> Result<ShmConnection> {
         let url = endpoint.to_string();
         let name = name_of(endpoint).to_owned();
         let found = segment::find(&url, &name)?;
@@ -1040,15 +1043,6 @@ impl ShmConnection {
     }
 }
 
-/// `connection` as a shm connection, if it is one: for the calls that go past the
-/// `Connection` trait, so that the caller's closures are inlined into the ring's code.
-#[inline(always)]
-pub(crate) fn of(connection: &dyn Connection) -> Option<&ShmConnection> {
-    connection
-        .as_any()
-        .and_then(|c| c.downcast_ref::<ShmConnection>())
-}
-
 /// A connection that one thread holds alone: both rings are locked once, when it is
 /// taken, instead of on every call; see [`Client::exclusive`](crate::Client::exclusive).
 pub(crate) struct ShmExclusive<'a> {
@@ -1125,7 +1119,8 @@ impl Link for ShmConnection {
     }
 }
 
-impl Connection for ShmConnection {
+impl ClientSide for ShmConnection {
+    #[inline(always)]
     fn send(&self, payload: &[u8]) -> Result<()> {
         self.send_kind(Kind::Message, 0, payload)
     }
@@ -1134,8 +1129,14 @@ impl Connection for ShmConnection {
         ShmConnection::request(self, payload, timeout)
     }
 
-    fn as_any(&self) -> Option<&dyn std::any::Any> {
-        Some(self)
+    #[inline(always)]
+    fn request_with<R>(
+        &self,
+        payload: &[u8],
+        timeout: Duration,
+        read: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R> {
+        self.request_in_place(payload, timeout, read)
     }
 
     fn max_message(&self) -> usize {
@@ -1145,8 +1146,32 @@ impl Connection for ShmConnection {
     fn endpoint(&self) -> &Endpoint {
         &self.endpoint
     }
+}
 
-    fn loan(&self, len: usize) -> Result<Option<crate::Loan<'_>>> {
+/// For [`Transport::connect`], which hands out any transport's connection as a trait
+/// object; `ipckit::connect` calls the [`ClientSide`] methods directly.
+impl Connection for ShmConnection {
+    fn send(&self, payload: &[u8]) -> Result<()> {
+        ClientSide::send(self, payload)
+    }
+
+    fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
+        ClientSide::request(self, payload, timeout)
+    }
+
+    fn max_message(&self) -> usize {
+        ClientSide::max_message(self)
+    }
+
+    fn endpoint(&self) -> &Endpoint {
+        ClientSide::endpoint(self)
+    }
+}
+
+impl ShmConnection {
+    /// Space for `len` bytes in the request ring, or `None` when a message that large
+    /// goes in pieces (and is copied).
+    pub(crate) fn loan(&self, len: usize) -> Result<Option<ShmLoan<'_>>> {
         let mut requests = lock(&self.requests);
         if len > requests.producer.max_record() {
             // Too large for one record: it will go in pieces, copied.
@@ -1155,11 +1180,11 @@ impl Connection for ShmConnection {
         self.closed()?;
         // Whether the peer lives is checked when the loan is sent, if it is sent one way.
         let reservation = requests.reserve(len, self.patience, self, false)?;
-        Ok(Some(crate::Loan::in_place(ShmLoan {
+        Ok(Some(ShmLoan {
             connection: self,
             requests,
             reservation,
-        })))
+        }))
     }
 }
 
@@ -1403,7 +1428,7 @@ pub(crate) struct ShmListener {
 }
 
 impl ShmListener {
-    fn bind(endpoint: &Endpoint) -> Result<ShmListener> {
+    pub(crate) fn bind(endpoint: &Endpoint) -> Result<ShmListener> {
         let url = endpoint.to_string();
         let name = name_of(endpoint).to_owned();
         let geometry = Geometry {
@@ -1848,7 +1873,7 @@ fn next_message(
     };
     let (kind, id) = whole.kind_and_id();
     let payload = match whole {
-        Whole::InRing(record) => Payload::Shared(Lease {
+        Whole::InRing(record) => Payload::Shm(Lease {
             releases: client.releases.clone(),
             ptr: client.consumer.area().range(record.payload_at, record.len),
             len: record.len,
@@ -1880,7 +1905,7 @@ fn lend_next<H: FnOnce(&mut MessageRef<'_>) -> R, R>(
         Some(Whole::InRing(record)) => record,
         Some(Whole::Assembled(whole)) => {
             let reply_to = (whole.kind == Kind::Request)
-                .then(|| ReplyTo::to(LentSink::Ring(&client.replies), whole.id));
+                .then(|| ReplyTo::to(ReplyBackend::Shm(&client.replies), whole.id));
             let handle = handle.take().expect("a message is lent to a handler once");
             return Ok(Some(handle(&mut MessageRef::new(
                 &whole.bytes,
@@ -1896,7 +1921,7 @@ fn lend_next<H: FnOnce(&mut MessageRef<'_>) -> R, R>(
     // them cost 30 ns a message.
     let payload = client.consumer.payload(&record);
     let reply_to = (record.kind == Kind::Request)
-        .then(|| ReplyTo::to(LentSink::Ring(&client.replies), record.id));
+        .then(|| ReplyTo::to(ReplyBackend::Shm(&client.replies), record.id));
     // Given back even if the handler panics: the ring must not lose the space.
     let returned = Returned {
         releases: &client.releases,
@@ -1929,13 +1954,27 @@ impl Drop for Returned<'_> {
     }
 }
 
-impl Listener for ShmListener {
+impl ServerSide for ShmListener {
+    #[inline(always)]
     fn recv(&mut self, deadline: Option<Instant>) -> Result<Option<Message>> {
         Ok(self.wait_for(deadline, |listener| listener.poll().map(ControlFlow::Break)))
     }
 
-    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
-        Some(self)
+    #[inline(always)]
+    fn recv_with<R, H: FnOnce(&mut MessageRef<'_>) -> R>(
+        &mut self,
+        deadline: Option<Instant>,
+        handle: &mut Option<H>,
+    ) -> Result<Option<R>> {
+        Ok(self.recv_in_place(deadline, handle))
+    }
+
+    #[inline(always)]
+    fn serve_with<B>(
+        &mut self,
+        handle: impl FnMut(&mut MessageRef<'_>) -> ControlFlow<B>,
+    ) -> Result<B> {
+        Ok(self.serve_in_place(handle))
     }
 
     fn waker(&self) -> Arc<dyn Fn() + Send + Sync> {
@@ -1951,6 +1990,31 @@ impl Listener for ShmListener {
 
     fn endpoint(&self) -> &Endpoint {
         &self.endpoint
+    }
+}
+
+/// For [`Transport::listen`], which hands out any transport's listener as a trait object;
+/// `ipckit::listen` calls the [`ServerSide`] methods directly.
+impl Listener for ShmListener {
+    fn recv(&mut self, deadline: Option<Instant>) -> Result<Option<Message>> {
+        ServerSide::recv(self, deadline)
+    }
+
+    fn recv_with(
+        &mut self,
+        deadline: Option<Instant>,
+        handle: &mut dyn FnMut(&mut MessageRef<'_>),
+    ) -> Result<bool> {
+        let mut handle = Some(handle);
+        Ok(ServerSide::recv_with(self, deadline, &mut handle)?.is_some())
+    }
+
+    fn waker(&self) -> Arc<dyn Fn() + Send + Sync> {
+        ServerSide::waker(self)
+    }
+
+    fn endpoint(&self) -> &Endpoint {
+        ServerSide::endpoint(self)
     }
 }
 

@@ -391,6 +391,8 @@ async fn put(shared: &Shared, kind: Kind, id: u64, bytes: &[u8], flags: u8) -> R
     }
 }
 
+crate::transport::sealed!(AsyncShmConnection, AsyncShmListener);
+
 impl AsyncConnection for AsyncShmConnection {
     /// Dropped before it completes, the message arrives whole (a message in pieces is
     /// finished by a task) or not at all.
