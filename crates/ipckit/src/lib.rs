@@ -363,8 +363,8 @@ impl Client {
 debug_by_endpoint!(Client);
 
 /// Sends a request over `connection` and hands its reply to `read`: on shm past the
-/// `Connection` trait, so that `read` is inlined where the reply is read (the module docs
-/// of `transport::shm` say what a call there costs); elsewhere from the returned buffer.
+/// `Connection` trait, so that `read` is inlined where the reply is read (docs/DESIGN.md
+/// says what a call there costs); elsewhere from the returned buffer.
 #[inline(always)]
 pub(crate) fn request_with_on<R>(
     connection: &dyn transport::Connection,
@@ -525,9 +525,8 @@ impl Server {
     ///
     /// On `shm` this is the fastest way to answer requests: between messages the server
     /// stays in its wait loop, where a loop over `recv_with` leaves it and enters it
-    /// again for each message (measured: 30 ns of a 190 ns round trip between cores that
-    /// share a cache, over 100 ns between cores that do not). Clients are still taken in
-    /// turn, and a server with nothing to do still sleeps.
+    /// again for each message (docs/DESIGN.md gives the measurement). Clients are still
+    /// taken in turn, and a server with nothing to do still sleeps.
     ///
     /// ```
     /// # use std::ops::ControlFlow;
@@ -571,7 +570,7 @@ impl Server {
 
     /// The shm listener, if that is the transport: lending calls go past the `Listener`
     /// trait to it, so that the caller's handler is inlined where the request is read
-    /// and the reply written (see the module docs of `transport::shm`).
+    /// and the reply written (docs/DESIGN.md says why that matters).
     #[inline]
     fn shm(&mut self) -> Option<&mut ShmListener> {
         self.listener

@@ -48,8 +48,8 @@ impl<T: ReplySink + ?Sized> ReplySink for Arc<T> {
 }
 
 /// The way back from a [`MessageRef`]: a client's reply ring, called directly so that the
-/// reply is written inline (the module docs of `transport::shm` say why that matters),
-/// or any other transport's sink.
+/// reply is written inline (docs/DESIGN.md says why that matters), or any other
+/// transport's sink.
 #[derive(Clone, Copy)]
 pub(crate) enum LentSink<'a> {
     Ring(&'a crate::transport::shm::ReplyChannel),
