@@ -13,9 +13,9 @@ use crate::transport::backend::ExclusiveBackend;
 /// A `Client` is shared between threads, so every call coordinates with the others: on
 /// `shm` it takes the request ring's lock, claims the reply ring, and counts itself among
 /// the requests in flight. A handle does that once, when it is taken, and its calls then
-/// go straight to the rings. Between two spinning processes that is a fifth of a 64-byte
-/// round trip (the `shm` bench of `ipckit-bench` measures it). On other transports the
-/// calls are the client's own.
+/// go straight to the rings, which makes its requests the fastest there are on `shm`
+/// (docs/DESIGN.md gives the measurement). On other transports the calls are the
+/// client's own.
 ///
 /// It borrows the client mutably, so nothing else can use the client meanwhile, and it is
 /// not `Send`: it stays on the thread that took it.

@@ -1,8 +1,50 @@
 //! ipckit: one API and one address syntax over the IPC mechanisms of Linux.
 //!
-//! A program picks its transport with a URL (`uds:///run/app.sock`, `tcp://127.0.0.1:7000`,
-//! …) and talks to it through the same two types: a [`Client`] sends messages and
-//! requests, a [`Server`] receives them, with who sent each, and answers.
+//! A program picks its transport with a URL (`uds:///run/app.sock`,
+//! `tcp://127.0.0.1:7000`, `shm://app`, …) and talks through the same types whichever it
+//! picks: a [`Client`] sends messages and requests, a [`Server`] receives them, with who
+//! sent each, and answers.
+//!
+//! # Brief overview
+//!
+//! [`connect`] opens a [`Client`] to an endpoint and [`listen`] starts a [`Server`] at one.
+//! Both take anything that is [`ToEndpoint`]: a URL string, or an [`Endpoint`] already
+//! parsed (the [`endpoint`] module documents every form and option).
+//!
+//! - A [`Client`] sends one-way messages and requests with a timeout. Every method takes
+//!   `&self`, so one client can be shared between threads, each reply reaching the thread
+//!   that asked. [`Client::exclusive`] gives one thread the client to itself as an
+//!   [`Exclusive`] handle, with the same calls and none of that coordination.
+//!   [`Client::loan`] hands out a [`Loan`]: a buffer to write a message into and then send,
+//!   which on `shm` is space in the shared ring itself.
+//! - A [`Server`] receives from any number of clients through one loop on the caller's
+//!   thread; there is no thread behind it. [`Server::spawn`] moves that loop to a thread of
+//!   its own, with a handler, and returns a [`ServerGuard`] that stops the thread and the
+//!   server when dropped.
+//! - A server receives each message as a [`Message`], which it owns: the payload, the
+//!   sender's [`Peer`] (pid, uid, gid or address, as far as the operating system tells),
+//!   and, for a request, the way to [`reply`](Message::reply) or
+//!   [`refuse`](Message::refuse), from any thread. A request dropped unanswered is refused,
+//!   so its caller does not wait for its timeout. The lending calls
+//!   ([`Server::recv_with`], [`Server::serve_with`]) instead hand a [`MessageRef`] to a
+//!   handler for the length of the call: the same accessors and answers, with nothing
+//!   copied or allocated to hand it over.
+//! - Every call that can fail returns [`Result`], with the one [`Error`] type, whose
+//!   message names the endpoint and says what to do.
+//! - [`Capabilities`], from [`Client::capabilities`], [`Server::capabilities`] or a
+//!   [`transport::Transport`], says what a transport promises: whether it is reliable,
+//!   ordered, durable, connected, the largest message, peer credentials, zero copy.
+//! - With the `tokio` feature, [`tokio::connect`](tokio/fn.connect.html) and
+//!   [`tokio::listen`](tokio/fn.listen.html) give a
+//!   [`tokio::Client`](tokio/struct.Client.html) and a
+//!   [`tokio::Server`](tokio/struct.Server.html): the same endpoints, messages, errors
+//!   and capabilities, with futures that may be dropped at any await point.
+//!
+//! The [`transport`] module holds one module per transport, each saying what a successful
+//! `send` promises there; [`frame`] is the wire format of the stream transports
+//! (`docs/PROTOCOL.md` describes every format).
+//!
+//! # Example
 //!
 //! ```
 //! use std::time::Duration;
@@ -23,6 +65,69 @@
 //! # std::fs::remove_dir_all(&dir).ok();
 //! # Ok::<(), ipckit::Error>(())
 //! ```
+//!
+//! # Transports
+//!
+//! Every transport takes requests (all are duplex) and none broadcasts yet. Beyond that
+//! they differ as their [`Capabilities`] say, and as `ipckit transports` prints:
+//!
+//! | scheme | URL | underneath | promises |
+//! |---|---|---|---|
+//! | [`uds`](transport::uds) | `uds:///run/app.sock`, `uds://@app` | AF_UNIX stream sockets, at a path or an abstract name | reliable, ordered, connected, peer credentials (SO_PEERCRED); 16 MiB |
+//! | [`tcp`](transport::tcp) | `tcp://127.0.0.1:7000` | TCP over loopback, TCP_NODELAY | reliable, ordered, connected; 16 MiB |
+//! | [`udp`](transport::udp) | `udp://127.0.0.1:9000` | UDP datagrams, payload as is | may drop and reorder; 65507 bytes |
+//! | [`unixgram`](transport::unixgram) | `unixgram:///tmp/app.dgram`, `unixgram://@app` | AF_UNIX datagram sockets | reliable, ordered, peer credentials (SCM_CREDENTIALS); what one datagram holds, at most 4 MiB |
+//! | [`fifo`](transport::fifo) | `fifo:///tmp/app.fifo` | named pipes (mkfifo), written in atomic chunks | reliable, ordered; 16 MiB |
+//! | [`mq`](transport::mq) | `mq://app` | POSIX message queues | reliable, ordered, durable: messages wait for a receiver; the kernel's msgsize_max (8 KiB by default) |
+//! | [`shm`](transport::shm) | `shm://app` | rings in a shared-memory segment, futex wake-ups | reliable, ordered, connected, zero copy; 16 MiB |
+//!
+//! "Connected" is [`Capabilities::connection`]: a client learns at once when its server
+//! goes away, where a connectionless client's request may only time out. The 16 MiB limits
+//! are the default of `?max_message=`. [`transport::all`] lists the transports of this
+//! build.
+//!
+//! # Which call to use when
+//!
+//! A server:
+//!
+//! - [`Server::recv`], or [`Server::incoming`] as an iterator, for a [`Message`] to keep,
+//!   move to another thread, or answer later. [`Server::recv_timeout`] when the loop has
+//!   other work to do between messages.
+//! - [`Server::recv_with`] (and [`Server::recv_with_timeout`]) to handle one message inside
+//!   a call, as a [`MessageRef`]. On `shm` the message is read, and its reply written, in
+//!   the shared rings. Its space in the sender's ring is held until the handler returns,
+//!   so copy out what must outlive it.
+//! - [`Server::serve_with`] to serve on this thread until the handler returns
+//!   [`ControlFlow::Break`]: `recv_with` in a loop, and on `shm` the fastest way to answer
+//!   requests.
+//! - [`Server::spawn`] for the least code: a handler on a thread of its own, whose return
+//!   value is the reply; the [`ServerGuard`] stops it.
+//!
+//! A client:
+//!
+//! - [`Client::send`] for a one-way message, [`Client::request`] for a reply as a
+//!   `Vec<u8>`.
+//! - [`Client::request_with`] to read the reply inside a closure instead: on `shm` where it
+//!   lies in the ring, with no copy and no allocation.
+//! - [`Client::exclusive`] for a thread that sends or asks in a loop: on `shm` its calls
+//!   skip the locking that a shared client does on every call, and `request_with` on it is
+//!   the fastest request.
+//! - [`Client::loan`] to write a message straight into the buffer it is sent from: on
+//!   `shm` that buffer is space in the ring (for a message up to half a ring), so the
+//!   message is never copied. Send it with [`Loan::send`], [`Loan::request`] or
+//!   [`Loan::request_with`].
+//! - [`Client::send_value`] and [`Client::request_value`] for serde values (postcard); the
+//!   server reads them with [`Message::decode`] or [`MessageRef::decode`].
+//!
+//! # Features
+//!
+//! - Default: the kernel transports above, `uds`, `tcp`, `udp`, `unixgram`, `fifo`, `mq`
+//!   and `shm`, with no async runtime. The URLs of the transports still to come
+//!   (`events`, `spool`, `dbus`, `x11`, `ws`, `nats`) parse already, and connecting to one
+//!   fails with [`Error::Unsupported`].
+//! - `tokio`: adds the [`tokio`](tokio/index.html) module, the async client and server
+//!   for every transport, driven by tokio's reactor on the same descriptors as the
+//!   blocking API.
 
 #![deny(missing_docs)]
 
@@ -377,9 +482,8 @@ impl Server {
     ///
     /// On `shm` this is the fastest way to answer requests: between messages the server
     /// stays in its wait loop, where a loop over `recv_with` leaves it and enters it
-    /// again for each message (measured: 30 ns of a 190 ns round trip between cores that
-    /// share a cache, over 100 ns between cores that do not). Clients are still taken in
-    /// turn, and a server with nothing to do still sleeps.
+    /// again for each message (docs/DESIGN.md gives the measurement). Clients are still
+    /// taken in turn, and a server with nothing to do still sleeps.
     ///
     /// ```
     /// # use std::ops::ControlFlow;

@@ -17,10 +17,9 @@
 //! - The server reads each connection in a task of its own and hands whole messages to
 //!   `recv` through a bounded channel, whose receive is cancel-safe.
 //!
-//! That channel is the one hand-off here, where the blocking server has none (DESIGN.md):
-//! a task per connection is how a runtime serves ten thousand of them, and the hand-off
-//! is a task wake-up on the same runtime, not a thread hop. Measured, the async uds round
-//! trip is no slower than the blocking one (`benches/async_roundtrip.rs`).
+//! That channel is the one hand-off here, where the blocking server has none: a task per
+//! connection is how a runtime serves ten thousand of them, and the hand-off is a task
+//! wake-up on the same runtime, not a thread hop (docs/DESIGN.md has the measurement).
 
 use std::future::poll_fn;
 use std::io::{self, IoSlice};

@@ -1,107 +1,83 @@
 //! `shm://NAME`: shared memory, the article's memory-mapped file and named event done as
 //! zero-copy libraries do it.
 //!
-//! A server creates one segment, `/dev/shm/ipckit.NAME` (mode 0600 unless `?mode=`), with a
-//! slot per client (`?clients=`, 64 unless set). A slot holds two single-producer,
-//! single-consumer rings of `?ring=` bytes (1 MiB unless set): requests and one-way
-//! messages from the client, replies from the server. A message up to half a ring goes
-//! as one record, written in place and published by moving the ring's tail; a larger one
-//! (up to `?max_message=`, 16 MiB unless set) goes as a sequence of records that the
-//! receiver reassembles. The layout is in `docs/PROTOCOL.md`.
+//! **The segment.** A server creates one shared-memory segment, `/dev/shm/ipckit.NAME`
+//! (the POSIX name `/ipckit.NAME`), and removes it when it stops. Its mode is 0600, so
+//! only processes of the same user can connect, unless `?mode=` widens it. It holds a slot
+//! per client, and a slot holds two rings: requests and one-way messages from the client,
+//! replies from the server. A second server on the name of a live one fails with
+//! [`Error::AddrInUse`]; a file there that is not an ipckit segment is left untouched.
+//! The layout is in `docs/PROTOCOL.md`.
 //!
-//! **Zero copy.** [`Client::loan`](crate::Client::loan) hands out space inside the ring;
-//! the sender writes its message there and publishes it. The server's
-//! [`Message::payload`](crate::Message::payload) is the record itself, read in place: the
-//! space goes back to the client when the message is dropped. A server that holds on to
-//! many messages therefore stalls that client, as a subscriber holding samples does in
-//! iceoryx2.
+//! **Options.** `clients`, `ring` and `mode` are the server's: they shape the segment,
+//! and a client takes the segment as it finds it. `max_message` and `send_timeout_ms`
+//! apply to each side on its own.
 //!
-//! **Waking.** A busy pair never makes a syscall: both sides spin briefly before sleeping
-//! on a futex in the segment, and whoever publishes wakes the other only if it announced
-//! that it sleeps. The server sleeps on one doorbell for all its clients.
+//! - `?clients=N`: how many clients the server takes at once, up to 4096; 64 unless set.
+//!   A client that finds every slot taken fails with [`Error::Full`].
+//! - `?ring=N`: the bytes of each ring, a power of two from 64 KiB to 1 GiB; 1 MiB unless
+//!   set. A message up to half a ring goes as one record, written and read in place; a
+//!   larger one goes as a sequence of records, copied in and out, and arrives whole.
+//! - `?mode=0660`: the segment's permissions.
+//! - `?max_message=N`: the largest message this side accepts, 16 MiB unless set: the
+//!   server's limit applies to what clients send, a client's to the replies it gets. The
+//!   sender learns [`Error::MessageTooLarge`] before anything is written.
+//! - `?send_timeout_ms=N`: how long a send, a request or a reply waits while the ring it
+//!   writes to is full, 10 s unless set; then it fails with [`Error::Full`].
 //!
-//! How long to spin decides the latency users see. On a virtual machine whose idle vCPUs
-//! halt, waking a thread that sleeps on another core costs tens of microseconds, a
-//! hundred times a whole round trip between spinning processes; spinning, in turn, costs
-//! a core. So each waiter keeps a moving average of how long its recent waits took. While
-//! that average is under 50 µs (a busy peer) it spins up to 50 µs, about the price of one
-//! wake-up, before sleeping: a wait that ends in the spin costs nothing more, a hiccup of
-//! the peer (a preemption, a page fault) costs a little spinning instead of a wake-up,
-//! and a wait that ends up sleeping anyway has cost at most twice what it had to. Once
-//! the average is longer (a peer that pauses between messages), it spins 1 µs and
-//! sleeps: an idle server uses no CPU, and a message after a pause pays one wake-up. The
-//! `shm` bench of `ipckit-bench` measures both cases.
+//! **Zero copy.** [`Client::loan`](crate::Client::loan) hands out space inside the ring:
+//! the message is written once, where the server reads it.
+//! [`Message::payload`](crate::Message::payload) on the server is that record, read in
+//! place, and its space goes back to the client when the message is dropped. Space comes
+//! back in order, so a server that holds on to a message keeps that client from reusing
+//! the space of every message sent after it: once the ring is full the client's sends
+//! wait, as a publisher waits for a subscriber holding samples in iceoryx2. Copy out what
+//! must be kept ([`Message::take_payload`](crate::Message::take_payload)).
 //!
-//! **Inlining.** Between two spinning processes a round trip is two cache-line
-//! transfers each way plus the instructions of both sides, so every instruction on the
-//! path from seeing a record to publishing the next one shows in the latency. The hot
-//! functions of that path (reserving, writing and committing a record; peeking, checking
-//! and taking one) are therefore `#[inline(always)]`: as separate calls they spent a third
-//! of the instructions of a request in prologues and in moving `Result`s between frames
-//! (counted with callgrind), and the round trip was 1.3-1.6 times longer. What only a
-//! full ring or a failure needs stays out of line.
+//! **Waking.** While both sides are busy, messages pass without a system call. A side
+//! that waits spins briefly before it sleeps on a futex in the segment, and whoever
+//! publishes wakes the other only if it said it would sleep. The spin is long while the
+//! peer answers quickly and short once it pauses, so a server with nothing to do sleeps
+//! and uses no CPU, and the first message after a pause pays one wake-up. The server
+//! sleeps on one doorbell for all its clients. The async side (`ipckit::tokio`) waits
+//! the same way without holding a runtime worker: it looks again between other tasks,
+//! then sleeps on a bell the peer rings.
 //!
-//! **A hot window.** A writer that is 4 KiB into its ring sends a record of up to 4 KiB
-//! back to the start, if the reader has taken what lies there. A busy pair exchanging
-//! small messages thus cycles through a few KiB that stay in both cores' first-level
-//! caches, instead of walking the whole ring (1 MiB by default) and missing a cache on
-//! every record; a reader that lags still leaves the writer the whole ring. In same-run
-//! measurements this took ipckit's 64-byte round trip from 265-285 ns to 235-265 ns (the
-//! floor: 95-110 ns), its p99 from about 10 µs to 0.5 µs, and the ring protocol alone,
-//! without the API around it, from about twice the floor to 1.05-1.2 times it. Larger
-//! records walk the ring as before: cycling them through the same lines made a 64 KiB
-//! round trip 1.7 times slower and a reader that copies 64 KiB messages out 40% slower,
-//! as the two cores then take every line of every message from each other's caches.
+//! **The fastest calls.** Every call works on every transport; on `shm` these four are
+//! the fastest. [`Server::recv_with`](crate::Server::recv_with) lends a request to a
+//! handler where it lies, and the handler's reply is written straight into the reply
+//! ring; [`Server::serve_with`](crate::Server::serve_with) does that in a loop without
+//! leaving its wait between messages; [`Client::request_with`](crate::Client::request_with)
+//! reads the reply where it lies; and [`Client::exclusive`](crate::Client::exclusive) lets
+//! one thread make its requests without coordinating with others. Why these are fast,
+//! with the measurements, is in `docs/DESIGN.md`.
 //!
-//! **Lending.** [`Server::recv_with`](crate::Server::recv_with) lends a request to a
-//! handler as a [`MessageRef`]: it is read where it lies and answered straight into the
-//! reply ring, with no `Message`, no reference counts and no allocation;
-//! [`Client::request_with`](crate::Client::request_with) hands the reply to a reader
-//! where it lies. For `shm` both calls go past the `Listener` and `Connection` traits to
-//! generic code, so that the caller's closure is compiled into the path between reading a
-//! record and giving its space back. That matters more than the instructions it saves:
-//! measured, one function call there (a `dyn FnMut`, or a plain call that is not
-//! inlined) added 15-20 ns to a 150 ns round trip when the two cores share a cache, and
-//! 50 ns to a 480 ns one when they do not. Lent both ways, a 64-byte round trip took
-//! 190-200 ns against 230-245 ns for `request` and `recv` in the same runs.
-//! [`Server::serve_with`](crate::Server::serve_with) goes further: it never leaves the
-//! wait loop between messages, and the spin itself takes each message the moment it sees
-//! it. That took the round trip to 145-165 ns (570-590 ns against 700 ns between cores
-//! that share no cache). Why leaving and entering the loop for every message costs so much is
-//! not known: it adds few instructions, and in the experiments the time moved with the
-//! shape of the compiled loop more than with its length.
+//! **What a successful `send` promises:** the message is whole in the client's request
+//! ring. A server that dies before taking it loses it, and the client's calls fail with
+//! [`Error::Disconnected`] once they notice (a one-way send looks every few
+//! milliseconds).
 //!
-//! **One thread's client.** A [`Client`](crate::Client) can be shared between threads,
-//! so each request locks the request ring, claims the reply ring (or, if another thread
-//! holds it, waits for its answer through the correlator) and counts itself in flight:
-//! seven atomic read-modify-writes with the request's number, each a full barrier on
-//! x86. Taken away one at a time they seemed to cost little; together, against a
-//! `serve_with` server, they made the round trip 155-165 ns where a bare client written
-//! against the rings took 115-125 ns.
-//! [`Client::exclusive`](crate::Client::exclusive) takes the locks once, for as long as
-//! one thread holds the handle, and its requests go straight to the lone requester's
-//! path: 125 ns in the same runs.
-//!
-//! **Crashes.** The server holds an exclusive `flock` on its segment; the kernel releases
-//! it when the server dies, however it dies, and that is how a client, or the next
-//! server, recognises a dead server's segment (the next server replaces it, a client that
-//! notices removes it). Each side watches the other's pidfd (or pid, where the kernel has
-//! no pidfds), at least every
+//! **Crashes.** The server holds an exclusive `flock` on its segment, which the kernel
+//! releases when the server dies, however it dies: a new server on the name replaces a
+//! dead server's segment, and a client that finds one removes it. Each side watches the
+//! other's pidfd (or pid, where the kernel has no pidfds) at least every
 //! [`LIVENESS_INTERVAL`] while it waits: a client killed with SIGKILL is noticed within
-//! that time and its slot is emptied and reused; a request to a server that died fails
-//! with [`Error::Disconnected`]. A record becomes visible only when complete, so a sender
-//! killed mid-message leaves nothing; the pieces of a larger message from a dead client
-//! are discarded.
+//! that time and its slot emptied for the next client; a request to a server that died
+//! fails with [`Error::Disconnected`]. A record becomes visible only when complete, so a
+//! sender killed mid-message leaves nothing, and the pieces of a larger message from a
+//! dead client are discarded.
 //!
 //! **Trust.** Everything read from shared memory is checked before use: a peer writing
-//! garbage into positions or lengths gets its connection closed with a
+//! garbage into positions or lengths gets its connection closed with an
 //! [`Error::Protocol`] naming the violation, and never makes the other side read out of
 //! bounds, allocate what it claims, or hang. A peer can still change the bytes of a
 //! message while the receiver reads them in place; only processes of the owner (or those
 //! `?mode=` admits) can map the segment at all.
 //!
-//! The pid a client reports is checked to be alive but is not vouched for by the kernel,
-//! so the transport does not claim peer credentials.
+//! **No peer credentials.** A client writes its pid into the segment, and the server
+//! gives it as [`Peer::pid`](crate::Peer::pid) once it has checked that the process
+//! lives; but the kernel does not vouch for it, so [`Capabilities::peer_credentials`] is
+//! false, and uid and gid are unknown.
 
 use std::ops::ControlFlow;
 use std::os::fd::OwnedFd;
@@ -485,9 +461,9 @@ struct Partial {
 /// ([`Client::request_with`](crate::Client::request_with)) rather than in a copy. `read`
 /// is taken once it has been called, and what it returned kept.
 ///
-/// Generic rather than a `dyn FnMut`: measured, a call between reading a reply and giving
-/// its space back costs 15-20 ns of a 150 ns round trip when the two cores share a cache,
-/// and 50 ns when they do not; a reader known at compile time is inlined instead.
+/// Generic rather than a `dyn FnMut`: a reader known at compile time is inlined between
+/// reading a reply and giving its space back, where a call costs a measurable share of a
+/// round trip (docs/DESIGN.md, "lending").
 pub(super) struct InPlace<F, R> {
     id: u64,
     read: Option<F>,
@@ -1705,10 +1681,9 @@ impl ShmListener {
     }
 
     /// Lends every message to `handle` until it breaks; what it broke with. The loop never
-    /// leaves [`wait_for`](Self::wait_for) between messages: measured, returning from it
-    /// and entering it again for each message (as a loop over `recv_in_place` does) costs
-    /// 30 ns of a 190 ns round trip between cores that share a cache, and over 100 ns
-    /// between cores that do not.
+    /// leaves [`wait_for`](Self::wait_for) between messages: returning from it and
+    /// entering it again for each message, as a loop over `recv_in_place` does, costs a
+    /// measurable share of a round trip (docs/DESIGN.md).
     #[inline(always)]
     pub(crate) fn serve_in_place<B>(
         &mut self,

@@ -1,11 +1,12 @@
 //! Waiting for a peer: spin while it is likely to answer soon, then sleep on a futex.
 //!
-//! Sleeping is cheap in CPU and dear in latency: on these virtual machines the wake-up of
-//! a sleeping thread on another core costs 20-30 µs each way, a hundred times a whole
-//! round trip between spinning peers. Spinning is the opposite. So a waiter spins for as
-//! long as recent waits suggest the answer will come, and no longer than one wake-up
-//! costs: a spin that long at most doubles the time of a wait that ends up sleeping
-//! anyway (the classic competitive bound), while a busy pair never makes a syscall.
+//! Sleeping is cheap in CPU and dear in latency: on a virtual machine whose idle vCPUs
+//! halt, the wake-up of a sleeping thread on another core costs many times a whole round
+//! trip between spinning peers (docs/DESIGN.md has the figures). Spinning is the
+//! opposite. So a waiter spins for as long as recent waits suggest the answer will come,
+//! and no longer than one wake-up costs: a spin that long at most doubles the time of a
+//! wait that ends up sleeping anyway (the classic competitive bound), while a busy pair
+//! never makes a syscall.
 //!
 //! The budget follows a moving average of how long waits took. While the average is
 //! under [`MAX_SPIN`] (a busy peer), the waiter spins up to [`MAX_SPIN`]: a short wait
