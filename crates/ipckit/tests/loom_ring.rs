@@ -11,5 +11,5 @@ mod sync {
     pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 }
 
-#[path = "../src/transport/shm/ring.rs"]
+#[path = "../src/transport/ring/spsc.rs"]
 mod ring;

@@ -3,6 +3,8 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 
+use std::os::fd::OwnedFd;
+
 use rustix::event::{PollFd, PollFlags};
 use std::time::{Duration, Instant};
 
@@ -90,5 +92,59 @@ impl ReceiveTimeout {
             self.armed = Some(wanted);
         }
         Ok(true)
+    }
+}
+
+/// CLOCK_MONOTONIC_COARSE: ticks every few milliseconds, read in a few nanoseconds (through
+/// libc's vDSO call, which tools such as valgrind understand).
+pub(crate) fn coarse_now() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
+        .map(Duration::from)
+        .unwrap_or_default()
+}
+
+/// A peer process, watched for its exit: through a pidfd where the kernel has them (no
+/// confusion with a later process given the same pid), else by testing the pid.
+pub(crate) struct Process {
+    pid: rustix::process::Pid,
+    pidfd: Option<OwnedFd>,
+}
+
+impl Process {
+    /// `None` when no process has that pid.
+    pub(crate) fn watch(pid: u32) -> Option<Process> {
+        let pid = rustix::process::Pid::from_raw(pid as i32)?;
+        match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+            Ok(pidfd) => Some(Process {
+                pid,
+                pidfd: Some(pidfd),
+            }),
+            Err(rustix::io::Errno::SRCH) => None,
+            // No pidfds here (an old kernel, a sandbox): test the pid instead.
+            Err(_) => {
+                let process = Process { pid, pidfd: None };
+                (!process.exited()).then_some(process)
+            }
+        }
+    }
+
+    pub(crate) fn exited(&self) -> bool {
+        match &self.pidfd {
+            Some(pidfd) => {
+                let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
+                matches!(
+                    rustix::event::poll(&mut fds, Some(&rustix::time::Timespec::default())),
+                    Ok(n) if n > 0
+                )
+            }
+            None => rustix::process::test_kill_process(self.pid) == Err(rustix::io::Errno::SRCH),
+        }
+    }
+
+    pub(crate) fn try_clone(&self) -> Process {
+        Process {
+            pid: self.pid,
+            pidfd: self.pidfd.as_ref().and_then(|fd| fd.try_clone().ok()),
+        }
     }
 }

@@ -20,6 +20,7 @@ pub mod mq;
 mod pool;
 #[cfg(feature = "tokio")]
 mod reactor;
+pub(crate) mod ring;
 pub mod shm;
 mod stream;
 #[cfg(feature = "tokio")]

@@ -16,7 +16,7 @@ use std::path::Path;
 
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 
-use super::endpoint_file::bind_path;
+use super::endpoint_file::{bind_path, socket_addr};
 use super::stream::{StreamConnection, StreamListener};
 #[cfg(feature = "tokio")]
 use super::stream_tokio::{AsyncStreamConnection, AsyncStreamListener};
@@ -138,14 +138,10 @@ fn bind_listening(endpoint: &Endpoint) -> Result<(OwnedFd, Option<Box<dyn Send>>
 }
 
 fn unix_addr(endpoint: &Endpoint) -> Result<SocketAddrUnix> {
-    let addr = match endpoint.address() {
-        Address::Uds(UnixAddr::Path(path)) => SocketAddrUnix::new(path.as_path()),
-        Address::Uds(UnixAddr::Abstract(name)) => {
-            SocketAddrUnix::new_abstract_name(name.as_bytes())
-        }
+    match endpoint.address() {
+        Address::Uds(addr) => socket_addr(endpoint, addr),
         _ => unreachable!("the registry hands uds endpoints only to uds"),
-    };
-    addr.map_err(|e| Error::io(endpoint, "making the socket address", e.into()))
+    }
 }
 
 fn socket(endpoint: &Endpoint, flags: SocketFlags) -> Result<OwnedFd> {

@@ -31,18 +31,17 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Mutex as OrderLock, OwnedMutexGuard};
 
-use super::bell::Bell;
-use super::ring::announce_sleep;
-use super::wait::{BELL, MAX_SPIN, MIN_SPIN};
-use super::{
-    InPlace, Kind, LIVENESS_INTERVAL, MORE, ShmConnection, ShmListener, lend_next, segment,
-    work_waiting,
-};
+use super::halves::InPlace;
+use super::server::{lend_next, work_waiting};
+use super::{LIVENESS_INTERVAL, ShmConnection, ShmListener, segment};
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
 use crate::message::{Message, MessageRef};
 use crate::sys::lock;
 use crate::transport::correlate::NoAnswer;
+use crate::transport::ring::bell::Bell;
+use crate::transport::ring::spsc::{Kind, MORE, announce_sleep};
+use crate::transport::ring::wait::{self, BELL, MAX_SPIN, MIN_SPIN};
 use crate::transport::{AsyncConnection, AsyncListener, BoxFuture};
 
 thread_local! {
@@ -71,7 +70,7 @@ impl Waiting {
             budget: MAX_SPIN,
             since: None,
             liveness: Box::pin(tokio::time::sleep(LIVENESS_INTERVAL)),
-            looks: super::wait::iterations_per_micro().max(1),
+            looks: wait::iterations_per_micro().max(1),
         }
     }
 

@@ -7,20 +7,18 @@
 //! everyone tells a live segment from one a crashed server left behind: the kernel drops
 //! the lock when the process dies, whatever killed it.
 
-use std::ffi::c_void;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use rustix::fs::{FlockOperation, Mode};
 use rustix::io::Errno;
-use rustix::mm::{MapFlags, ProtFlags};
 use rustix::shm::OFlags;
 
-use super::ring::Control;
 use crate::error::{Error, Result};
+use crate::transport::ring::Mapping;
+use crate::transport::ring::spsc::Control;
 
 /// The first bytes of every segment.
 pub const MAGIC: [u8; 8] = *b"ipckshm\0";
@@ -141,64 +139,6 @@ use crate::endpoint::{MAX_SHM_CLIENTS as MAX_SLOTS, MAX_SHM_RING as MAX_RING};
 /// The file behind the POSIX name `/ipckit.NAME` (glibc's shm_open opens it there too).
 pub fn path(name: &str) -> PathBuf {
     PathBuf::from(format!("/dev/shm/ipckit.{name}"))
-}
-
-/// A shared mapping, unmapped on drop.
-pub struct Mapping {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: the mapping is plain memory; what may be done with it concurrently is governed
-// by the atomics and ring protocol placed in it.
-unsafe impl Send for Mapping {}
-// SAFETY: as above.
-unsafe impl Sync for Mapping {}
-
-impl Mapping {
-    fn new(fd: impl AsFd, offset: usize, len: usize) -> std::io::Result<Mapping> {
-        // SAFETY: a fresh shared mapping of a file we opened read-write; nothing else in
-        // this process is placed at the address the kernel picks.
-        let ptr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
-                fd,
-                offset as u64,
-            )?
-        };
-        Ok(Mapping {
-            ptr: NonNull::new(ptr.cast()).expect("mmap never returns null on success"),
-            len,
-        })
-    }
-
-    /// The first byte.
-    pub fn base(&self) -> *mut u8 {
-        self.ptr.as_ptr()
-    }
-
-    /// `T` at `offset`.
-    ///
-    /// # Safety
-    /// `offset` is aligned for `T`, `T` fits inside the mapping, and every bit pattern is
-    /// a valid `T` (the types used here are integers and atomics).
-    pub unsafe fn at<T>(&self, offset: usize) -> &T {
-        assert!(offset + size_of::<T>() <= self.len && offset % align_of::<T>() == 0);
-        // SAFETY: in bounds and aligned (asserted); valid per the caller.
-        unsafe { &*self.ptr.as_ptr().add(offset).cast::<T>() }
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly what `new` mapped; references into it borrow `self`.
-        unsafe {
-            let _ = rustix::mm::munmap(self.ptr.as_ptr().cast::<c_void>(), self.len);
-        }
-    }
 }
 
 /// The server's segment, locked and named.

@@ -36,7 +36,7 @@ pub const MAX_SPIN: Duration = Duration::from_micros(50);
 /// How many spin iterations (a pause and a check) pass in a microsecond here, measured
 /// once: the spin counts iterations rather than reading the clock, which would cost more
 /// than the whole exchange it waits for.
-pub(super) fn iterations_per_micro() -> u64 {
+pub(crate) fn iterations_per_micro() -> u64 {
     static MEASURED: OnceLock<u64> = OnceLock::new();
     *MEASURED.get_or_init(|| {
         let probe = AtomicU32::new(0);
@@ -120,7 +120,7 @@ impl Spinner {
         let woke = loop {
             // Announce the sleep, then look once more: a waker that published before the
             // announcement is seen here, one that published after it sees the 1.
-            super::ring::announce_sleep(word, FUTEX);
+            super::spsc::announce_sleep(word, FUTEX);
             if ready() {
                 break Woke::Ready;
             }
@@ -164,7 +164,7 @@ impl Spinner {
 /// Call it after publishing what the waiter waits for.
 #[inline(always)]
 pub fn wake(word: &AtomicU32, bell: &AtomicU64) {
-    if super::ring::sleeper_announced(word) {
+    if super::spsc::sleeper_announced(word) {
         match word.swap(0, Ordering::AcqRel) {
             0 => {}
             BELL => super::bell::ring(bell.load(Ordering::Acquire)),

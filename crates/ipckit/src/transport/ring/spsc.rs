@@ -63,10 +63,10 @@ pub struct Control {
     head: AtomicU64,
     _head_line: [u8; 120],
     /// 1 while the producer sleeps waiting for space.
-    pub(super) producer_sleeps: AtomicU32,
+    pub producer_sleeps: AtomicU32,
     /// 1 while the consumer sleeps waiting for data (rings whose consumer waits on a
     /// doorbell shared with other rings leave it unused).
-    pub(super) consumer_sleeps: AtomicU32,
+    pub consumer_sleeps: AtomicU32,
     _flags_line: [u8; 120],
 }
 
@@ -86,7 +86,7 @@ impl Control {
     }
 
     /// Empties the ring; only while neither side is attached.
-    pub(super) fn reset(&self) {
+    pub fn reset(&self) {
         self.tail.store(0, Ordering::Relaxed);
         self.head.store(0, Ordering::Relaxed);
         self.producer_sleeps.store(0, Ordering::Relaxed);
@@ -95,7 +95,7 @@ impl Control {
 
     /// Hands the space up to `end` back to the producer.
     #[inline(always)]
-    pub(super) fn release_to(&self, end: u64) {
+    pub fn release_to(&self, end: u64) {
         self.head.store(end, Ordering::Release);
     }
 }

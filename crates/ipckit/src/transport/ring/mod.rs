@@ -1,0 +1,16 @@
+//! Building blocks for transports in shared memory, knowing nothing of clients or
+//! servers: the single-producer, single-consumer ring ([`spsc`]), the waiter that spins
+//! and then sleeps on a futex ([`wait`]), the bell that wakes a task on an async runtime
+//! instead ([`bell`]), and the mapping they live in.
+
+pub(crate) mod bell;
+mod mapping;
+pub(crate) mod spsc;
+pub(crate) mod wait;
+
+pub(crate) use mapping::Mapping;
+
+/// The atomics the ring uses; `tests/loom_ring.rs` compiles the ring against loom's.
+mod sync {
+    pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+}

@@ -1,0 +1,711 @@
+//! A client's connection: a claimed slot in the server's segment, its request ring to
+//! write and its reply ring to read.
+
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::halves::{CopyOut, InPlace, Link, Partial, Sender, assemble};
+use super::segment::{self, Header, Slot};
+use super::{LIVENESS_INTERVAL, corrupt, name_of};
+use crate::endpoint::Endpoint;
+use crate::error::{Error, Result};
+use crate::sys::{Process, lock};
+use crate::transport::Connection;
+use crate::transport::backend::ClientSide;
+use crate::transport::correlate::{Correlator, NoAnswer};
+use crate::transport::ring::Mapping;
+use crate::transport::ring::spsc::{Area, Consumer, Corrupt, Kind, MORE, Reservation};
+use crate::transport::ring::wait::{self, Spinner, Woke};
+
+/// The client's reading half: replies.
+pub(super) struct Replies {
+    pub(super) consumer: Consumer,
+    pub(super) spinner: Spinner,
+    pub(super) partial: Option<Partial>,
+}
+
+// SAFETY: the consumer's pointers are into the connection's slot mapping.
+unsafe impl Send for Replies {}
+
+/// A client's connection: a claimed slot in the server's segment.
+pub(crate) struct ShmConnection {
+    pub(super) endpoint: Endpoint,
+    pub(super) url: String,
+    pub(super) name: String,
+    pub(super) fd: OwnedFd,
+    pub(super) header_map: Mapping,
+    pub(super) slot_map: Mapping,
+    pub(super) slot_index: usize,
+    pub(super) server: Process,
+    pub(super) server_max: usize,
+    pub(super) own_max: usize,
+    pub(super) patience: Duration,
+    pub(super) requests: Mutex<Sender>,
+    pub(super) replies: Mutex<Replies>,
+    pub(super) answers: Correlator<Partial>,
+    pub(super) next_id: AtomicU64,
+    pub(super) in_flight: AtomicUsize,
+}
+
+impl ShmConnection {
+    pub(crate) fn connect(endpoint: &Endpoint) -> Result<ShmConnection> {
+        let url = endpoint.to_string();
+        let name = name_of(endpoint).to_owned();
+        let found = segment::find(&url, &name)?;
+        let gone = |detail: &str| Error::NotFound {
+            endpoint: url.clone(),
+            detail: detail.to_owned(),
+        };
+        let server =
+            Process::watch(found.server_pid).ok_or_else(|| gone("the server process is gone"))?;
+        // The pid might have been reused between reading it and opening its pidfd; the
+        // lock being still held after the open proves the holder is that process.
+        if !segment::server_alive(&found.fd) {
+            return Err(gone("the server process is gone"));
+        }
+        // SAFETY: the header mapping starts with the header (checked by `find`).
+        let header: &Header = unsafe { found.header.at(0) };
+        let me = std::process::id();
+        let slot_index = (0..found.geometry.slots)
+            .find(|&i| {
+                // SAFETY: `find` checked that the header page holds `slots` owner words.
+                let owner: &AtomicU32 = unsafe { found.header.at(segment::OWNERS + 4 * i) };
+                owner
+                    .compare_exchange(0, me, Ordering::SeqCst, Ordering::Relaxed)
+                    .is_ok()
+            })
+            .ok_or_else(|| Error::Full {
+                endpoint: url.clone(),
+                detail: format!(
+                    "all {} client slots of the server (its ?clients= option sets how many)",
+                    found.geometry.slots
+                ),
+                after: Duration::ZERO,
+            })?;
+        let release_claim = || {
+            // SAFETY: as above.
+            let owner: &AtomicU32 = unsafe { found.header.at(segment::OWNERS + 4 * slot_index) };
+            owner.store(0, Ordering::SeqCst);
+        };
+        let slot_map = match segment::map_slot(&found.fd, found.geometry, slot_index) {
+            Ok(m) => m,
+            Err(e) => {
+                release_claim();
+                return Err(Error::io(&url, "mapping a client slot", e));
+            }
+        };
+        // SAFETY: the slot mapping starts with the slot's control page.
+        let slot: &Slot = unsafe { slot_map.at(0) };
+        let own_max = endpoint.max_message();
+        slot.client_max.store(own_max as u64, Ordering::Relaxed);
+        let capacity = found.geometry.capacity;
+        // SAFETY: the slot mapping holds the control page and both data areas, each
+        // `capacity` bytes (a power of two), and lives as long as the connection, which
+        // owns the sender and the consumer. The slot is ours alone: we claimed its owner
+        // word, and the server emptied its rings before freeing it.
+        let (requests, consumer) = unsafe {
+            let base = slot_map.base().add(segment::ALIGN);
+            (
+                Sender::new(
+                    &slot.requests,
+                    Area::new(base, capacity),
+                    &header.doorbell,
+                    &header.bell,
+                ),
+                Consumer::new(&slot.replies, Area::new(base.add(capacity), capacity)),
+            )
+        };
+        slot.state.store(segment::OPEN, Ordering::SeqCst);
+        header.changes.fetch_add(1, Ordering::SeqCst);
+        wait::wake(&header.doorbell, &header.bell);
+        Ok(ShmConnection {
+            endpoint: endpoint.clone(),
+            answers: Correlator::new(&url),
+            url,
+            name,
+            server_max: found.max_message,
+            fd: found.fd,
+            header_map: found.header,
+            slot_map,
+            slot_index,
+            server,
+            own_max,
+            patience: endpoint.send_timeout(),
+            requests: Mutex::new(requests),
+            replies: Mutex::new(Replies {
+                consumer,
+                spinner: Spinner::default(),
+                partial: None,
+            }),
+            next_id: AtomicU64::new(1),
+            in_flight: AtomicUsize::new(0),
+        })
+    }
+
+    #[inline(always)]
+    pub(super) fn header(&self) -> &Header {
+        // SAFETY: checked by `find` when connecting; the mapping lives with `self`.
+        unsafe { self.header_map.at(0) }
+    }
+
+    #[inline(always)]
+    pub(super) fn slot(&self) -> &Slot {
+        // SAFETY: the slot mapping starts with the control page and lives with `self`.
+        unsafe { self.slot_map.at(0) }
+    }
+
+    #[inline(always)]
+    pub(super) fn check_size(&self, len: usize) -> Result<()> {
+        if len > self.server_max {
+            return Err(Error::MessageTooLarge {
+                endpoint: self.url.clone(),
+                size: len,
+                max: self.server_max,
+                limit: "the server's max_message".into(),
+            });
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    pub(super) fn send_kind(&self, kind: Kind, id: u64, payload: &[u8]) -> Result<()> {
+        self.send_by(&mut lock(&self.requests), kind, id, payload)
+    }
+
+    /// Sends through `requests`, this connection's request ring, already locked.
+    #[inline(always)]
+    pub(super) fn send_by(
+        &self,
+        requests: &mut Sender,
+        kind: Kind,
+        id: u64,
+        payload: &[u8],
+    ) -> Result<()> {
+        self.check_size(payload.len())?;
+        self.closed()?;
+        requests.send(kind, id, payload, self.patience, self)
+    }
+
+    /// Waits for the answer to request `id` while other requests are in flight: one
+    /// thread at a time reads the reply ring and hands out what it reads.
+    pub(super) fn await_answer(&self, id: u64, timeout: Duration) -> Result<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
+        let answer = self
+            .answers
+            .await_answer(id, deadline, &self.replies, |replies, deadline| {
+                self.read_answer(
+                    replies,
+                    &mut Some(deadline),
+                    timeout,
+                    &mut InPlace::copied(),
+                )
+                .map(|answer| answer.map(|a| (a.id, a)))
+                .map_err(|e| e.to_string())
+            });
+        match answer {
+            Ok(answer) => self.outcome(answer),
+            Err(NoAnswer::Broken(detail)) => Err(Error::Disconnected {
+                endpoint: self.url.clone(),
+                detail,
+            }),
+            Err(NoAnswer::TimedOut) => Err(Error::Timeout {
+                endpoint: self.url.clone(),
+                after: timeout,
+            }),
+        }
+    }
+
+    /// Reads the next complete answer, waiting until `deadline` (set, from `timeout`, when
+    /// the first spin runs out: a busy exchange never reads the clock) and checking that
+    /// the server lives while it sleeps.
+    #[inline(always)]
+    pub(super) fn read_answer<F: FnOnce(&[u8]) -> R, R>(
+        &self,
+        replies: &mut Replies,
+        deadline: &mut Option<Instant>,
+        timeout: Duration,
+        in_place: &mut InPlace<F, R>,
+    ) -> Result<Option<Partial>> {
+        let Replies {
+            consumer,
+            spinner,
+            partial,
+        } = replies;
+        let slot = self.slot();
+        loop {
+            if let Some(done) = self.next_answer(consumer, partial, in_place)? {
+                return Ok(Some(done));
+            }
+            let mut ready = || self.reply_or_closed(consumer);
+            if spinner.spin(&mut ready) {
+                if !consumer.has_data() {
+                    self.check()?;
+                }
+                continue;
+            }
+            let now = Instant::now();
+            let deadline = *deadline.get_or_insert(now + timeout);
+            let woke = spinner.sleep(
+                &slot.replies.consumer_sleeps,
+                ready,
+                Some((now + LIVENESS_INTERVAL).min(deadline)),
+            );
+            if !consumer.has_data() {
+                self.check()?;
+                if woke == Woke::TimedOut && Instant::now() >= deadline {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// Whether a waiter for replies has something to look at: a reply, or a connection
+    /// the server closed (shared states only, no syscall).
+    #[inline(always)]
+    pub(super) fn reply_or_closed(&self, consumer: &Consumer) -> bool {
+        consumer.has_data()
+            || self.header().state.load(Ordering::Relaxed) != segment::LISTENING
+            || self.slot().state.load(Ordering::Relaxed) == segment::REFUSED
+    }
+
+    /// The next complete answer already in the reply ring; `None` once the ring is empty.
+    /// The reply `in_place` waits for, if it lies whole in one record, is handed to its
+    /// reader before the record is released, and comes back without its bytes.
+    #[inline(always)]
+    pub(super) fn next_answer<F: FnOnce(&[u8]) -> R, R>(
+        &self,
+        consumer: &mut Consumer,
+        partial: &mut Option<Partial>,
+        in_place: &mut InPlace<F, R>,
+    ) -> Result<Option<Partial>> {
+        while let Some(record) = consumer
+            .peek()
+            .map_err(|c| corrupt(&self.url, "server", c))?
+        {
+            if !matches!(record.kind, Kind::Reply | Kind::Refusal) {
+                return Err(corrupt(
+                    &self.url,
+                    "server",
+                    Corrupt(format!("it sent a {:?} as a reply", record.kind)),
+                ));
+            }
+            let done = match in_place.read.take() {
+                Some(read)
+                    if partial.is_none()
+                        && record.flags & MORE == 0
+                        && record.kind == Kind::Reply
+                        && record.id == in_place.id
+                        && record.len <= self.own_max =>
+                {
+                    in_place.result = Some(read(consumer.payload(&record)));
+                    Some(Partial {
+                        kind: Kind::Reply,
+                        id: record.id,
+                        bytes: Vec::new(),
+                    })
+                }
+                not_now => {
+                    in_place.read = not_now;
+                    assemble(partial, consumer, &record, self.own_max)
+                        .map_err(|c| corrupt(&self.url, "server", c))?
+                }
+            };
+            consumer.release(record.end);
+            wait::wake(&self.slot().replies.producer_sleeps, &self.header().bell);
+            if done.is_some() {
+                return Ok(done);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Waits for the answer to request `id` as the only requester in flight, holding the
+    /// reply ring throughout: no waiter list, no condition variable.
+    #[inline(always)]
+    pub(super) fn lone_answer<F: FnOnce(&[u8]) -> R, R>(
+        &self,
+        replies: &mut Replies,
+        id: u64,
+        timeout: Duration,
+        in_place: &mut InPlace<F, R>,
+    ) -> Result<Vec<u8>> {
+        let mut deadline = None;
+        loop {
+            match self.read_answer(replies, &mut deadline, timeout, in_place)? {
+                Some(answer) if answer.id == id => return self.outcome(answer),
+                // Another thread's request went out meanwhile, by the general path.
+                Some(other) => self.answers.deliver(other.id, other),
+                None => {
+                    return Err(Error::Timeout {
+                        endpoint: self.url.clone(),
+                        after: timeout,
+                    });
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    pub(super) fn outcome(&self, answer: Partial) -> Result<Vec<u8>> {
+        match answer.kind {
+            Kind::Reply => Ok(answer.bytes),
+            _ => Err(Error::Remote {
+                endpoint: self.url.clone(),
+                reason: String::from_utf8_lossy(&answer.bytes).into_owned(),
+            }),
+        }
+    }
+
+    /// Why the connection cannot be used, judging by the shared states alone (no syscall).
+    #[inline(always)]
+    pub(super) fn closed(&self) -> Result<()> {
+        let detail = if self.header().state.load(Ordering::Acquire) != segment::LISTENING {
+            "the server stopped"
+        } else if self.slot().state.load(Ordering::Acquire) == segment::REFUSED {
+            "the server dropped this connection for breaking the protocol; see its log"
+        } else {
+            return Ok(());
+        };
+        Err(Error::Disconnected {
+            endpoint: self.url.clone(),
+            detail: detail.into(),
+        })
+    }
+
+    /// Why the connection cannot be used, if it cannot: [`closed`](Self::closed), or a
+    /// server that died (one syscall).
+    pub(super) fn trouble(&self) -> Result<()> {
+        self.closed()?;
+        if self.server.exited() {
+            segment::remove_abandoned(&self.name, &self.fd);
+            return Err(Error::Disconnected {
+                endpoint: self.url.clone(),
+                detail: "the server process died".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// A new request's number, with the reader its reply goes to, if any.
+    pub(super) fn next_request<F, R>(&self, read: Option<F>) -> InPlace<F, R> {
+        InPlace {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            read,
+            result: None,
+        }
+    }
+
+    /// Sends `payload` as a request and waits for its reply.
+    pub(super) fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
+        self.request_by(|id| self.send_kind(Kind::Request, id, payload), timeout)
+    }
+
+    /// Sends `payload` as a request and hands its reply to `read`, in place when the
+    /// reply lies whole in one record.
+    #[inline(always)]
+    pub(crate) fn request_in_place<R>(
+        &self,
+        payload: &[u8],
+        timeout: Duration,
+        read: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R> {
+        let publish = |id| self.send_kind(Kind::Request, id, payload);
+        self.request_in_place_by(publish, timeout, read)
+    }
+
+    /// A request that `publish` puts in the ring, given its number; its reply.
+    pub(super) fn request_by(
+        &self,
+        publish: impl FnOnce(u64) -> Result<()>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>> {
+        self.ask(publish, timeout, None::<CopyOut>)
+            .map(|(reply, _)| reply)
+    }
+
+    /// A request that `publish` puts in the ring, given its number; what `read` returns
+    /// for its reply.
+    #[inline(always)]
+    pub(super) fn request_in_place_by<R>(
+        &self,
+        publish: impl FnOnce(u64) -> Result<()>,
+        timeout: Duration,
+        read: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R> {
+        let (_, result) = self.ask(publish, timeout, Some(read))?;
+        Ok(result.expect("a reader given is called"))
+    }
+
+    /// Numbers a request, has `publish` put it in the ring, and waits for its answer. The
+    /// answer goes to `read` if given (in place when it lies whole in one record); it is
+    /// returned, empty if read in place, with what `read` returned.
+    #[inline(always)]
+    pub(super) fn ask<F: FnOnce(&[u8]) -> R, R>(
+        &self,
+        publish: impl FnOnce(u64) -> Result<()>,
+        timeout: Duration,
+        read: Option<F>,
+    ) -> Result<(Vec<u8>, Option<R>)> {
+        let mut in_place = self.next_request(read);
+        let id = in_place.id;
+        let reply = self.exchange(|| publish(id), timeout, &mut in_place)?;
+        let result = in_place.into_result(&reply);
+        Ok((reply, result))
+    }
+
+    /// Publishes a request and waits for its answer: by the lone-requester path when
+    /// no other request is in flight, else by the general one. The answer is read in
+    /// place if `in_place` asks and the lone path finds it whole in one record; else it
+    /// is returned.
+    #[inline(always)]
+    pub(super) fn exchange<F: FnOnce(&[u8]) -> R, R>(
+        &self,
+        publish: impl FnOnce() -> Result<()>,
+        timeout: Duration,
+        in_place: &mut InPlace<F, R>,
+    ) -> Result<Vec<u8>> {
+        let id = in_place.id;
+        let alone = self.in_flight.fetch_add(1, Ordering::SeqCst) == 0;
+        let result = match self.replies.try_lock() {
+            Ok(mut replies) if alone => {
+                publish().and_then(|()| self.lone_answer(&mut replies, id, timeout, in_place))
+            }
+            not_alone => {
+                drop(not_alone);
+                self.answers.register(id);
+                match publish() {
+                    Ok(()) => self.await_answer(id, timeout),
+                    Err(e) => {
+                        self.answers.forget(id);
+                        Err(e)
+                    }
+                }
+            }
+        };
+        // Threads that joined meanwhile may wait for the reply ring this one held.
+        if self.in_flight.fetch_sub(1, Ordering::SeqCst) > 1 {
+            self.answers.release_followers();
+        }
+        result
+    }
+}
+
+/// A connection that one thread holds alone: both rings are locked once, when it is
+/// taken, instead of on every call; see [`Client::exclusive`](crate::Client::exclusive).
+pub(crate) struct ShmExclusive<'a> {
+    pub(super) connection: &'a ShmConnection,
+    pub(super) requests: MutexGuard<'a, Sender>,
+    pub(super) replies: MutexGuard<'a, Replies>,
+}
+
+impl ShmConnection {
+    /// Holds both rings until the returned handle is dropped. The caller has the
+    /// connection to itself (`Client::exclusive` takes `&mut`), so the locks are free.
+    pub(crate) fn exclusive(&self) -> ShmExclusive<'_> {
+        ShmExclusive {
+            connection: self,
+            requests: lock(&self.requests),
+            replies: lock(&self.replies),
+        }
+    }
+}
+
+impl ShmExclusive<'_> {
+    pub(crate) fn endpoint(&self) -> &Endpoint {
+        &self.connection.endpoint
+    }
+
+    pub(crate) fn send(&mut self, payload: &[u8]) -> Result<()> {
+        (self.connection).send_by(&mut self.requests, Kind::Message, 0, payload)
+    }
+
+    pub(crate) fn request(&mut self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
+        self.ask(payload, timeout, None::<CopyOut>)
+            .map(|(reply, _)| reply)
+    }
+
+    #[inline(always)]
+    pub(crate) fn request_in_place<R>(
+        &mut self,
+        payload: &[u8],
+        timeout: Duration,
+        read: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R> {
+        let (_, result) = self.ask(payload, timeout, Some(read))?;
+        Ok(result.expect("a reader given is called"))
+    }
+
+    /// [`ShmConnection::ask`] as the lone requester, with the rings already in hand. No
+    /// request but this one can be waiting (nobody else can ask while this is held), but
+    /// the late reply to one that timed out, here or before, can be in the ring: it is
+    /// passed over.
+    #[inline(always)]
+    pub(super) fn ask<F: FnOnce(&[u8]) -> R, R>(
+        &mut self,
+        payload: &[u8],
+        timeout: Duration,
+        read: Option<F>,
+    ) -> Result<(Vec<u8>, Option<R>)> {
+        let connection = self.connection;
+        let mut in_place = connection.next_request(read);
+        let id = in_place.id;
+        connection.send_by(&mut self.requests, Kind::Request, id, payload)?;
+        let reply = connection.lone_answer(&mut self.replies, id, timeout, &mut in_place)?;
+        let result = in_place.into_result(&reply);
+        Ok((reply, result))
+    }
+}
+
+impl Link for ShmConnection {
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn check(&self) -> Result<()> {
+        self.trouble()
+    }
+}
+
+impl ClientSide for ShmConnection {
+    #[inline(always)]
+    fn send(&self, payload: &[u8]) -> Result<()> {
+        self.send_kind(Kind::Message, 0, payload)
+    }
+
+    fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
+        ShmConnection::request(self, payload, timeout)
+    }
+
+    #[inline(always)]
+    fn request_with<R>(
+        &self,
+        payload: &[u8],
+        timeout: Duration,
+        read: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R> {
+        self.request_in_place(payload, timeout, read)
+    }
+
+    fn max_message(&self) -> usize {
+        self.server_max
+    }
+
+    fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+}
+
+/// For [`Transport::connect`], which hands out any transport's connection as a trait
+/// object; `ipckit::connect` calls the [`ClientSide`] methods directly.
+impl Connection for ShmConnection {
+    fn send(&self, payload: &[u8]) -> Result<()> {
+        ClientSide::send(self, payload)
+    }
+
+    fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
+        ClientSide::request(self, payload, timeout)
+    }
+
+    fn max_message(&self) -> usize {
+        ClientSide::max_message(self)
+    }
+
+    fn endpoint(&self) -> &Endpoint {
+        ClientSide::endpoint(self)
+    }
+}
+
+impl ShmConnection {
+    /// Space for `len` bytes in the request ring, or `None` when a message that large
+    /// goes in pieces (and is copied).
+    pub(crate) fn loan(&self, len: usize) -> Result<Option<ShmLoan<'_>>> {
+        let mut requests = lock(&self.requests);
+        if len > requests.producer.max_record() {
+            // Too large for one record: it will go in pieces, copied.
+            return Ok(None);
+        }
+        self.closed()?;
+        // Whether the peer lives is checked when the loan is sent, if it is sent one way.
+        let reservation = requests.reserve(len, self.patience, self, false)?;
+        Ok(Some(ShmLoan {
+            connection: self,
+            requests,
+            reservation,
+        }))
+    }
+}
+
+impl Drop for ShmConnection {
+    fn drop(&mut self) {
+        // The server frees the slot once it has taken what is still in the ring.
+        self.slot().state.store(segment::LEFT, Ordering::SeqCst);
+        let header = self.header();
+        header.changes.fetch_add(1, Ordering::SeqCst);
+        wait::wake(&header.doorbell, &header.bell);
+        log::debug!("{}: left slot {}", self.url, self.slot_index);
+    }
+}
+
+/// Space in a client's request ring, written in place and published by `send` or
+/// `request`; see [`Client::loan`](crate::Client::loan).
+pub(crate) struct ShmLoan<'a> {
+    pub(super) connection: &'a ShmConnection,
+    pub(super) requests: MutexGuard<'a, Sender>,
+    pub(super) reservation: Reservation,
+}
+
+impl ShmLoan<'_> {
+    pub(super) fn start(&self) -> *mut u8 {
+        let r = &self.reservation;
+        self.requests
+            .producer
+            .area()
+            .range(r.payload_at(), r.capacity())
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: the reservation is space between the ring's tail and the consumer's
+        // head, which nobody reads until the tail moves past it, and the guard keeps
+        // every other writer out; the mapping outlives the borrow of the connection.
+        unsafe { std::slice::from_raw_parts(self.start(), self.reservation.capacity()) }
+    }
+
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`, and `&mut self` makes this the only view.
+        unsafe { std::slice::from_raw_parts_mut(self.start(), self.reservation.capacity()) }
+    }
+
+    pub(crate) fn send(mut self, len: usize) -> Result<()> {
+        self.requests.probe(self.connection)?;
+        self.requests
+            .commit(self.reservation, len, Kind::Message, 0, 0);
+        Ok(())
+    }
+
+    pub(crate) fn request(self, len: usize, timeout: Duration) -> Result<Vec<u8>> {
+        let connection = self.connection;
+        connection.request_by(self.publish_request(len), timeout)
+    }
+
+    #[inline(always)]
+    pub(crate) fn request_in_place<R>(
+        self,
+        len: usize,
+        timeout: Duration,
+        read: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R> {
+        let connection = self.connection;
+        connection.request_in_place_by(self.publish_request(len), timeout, read)
+    }
+
+    /// Publishes the loan's `len` bytes as request number `id`, when called.
+    pub(super) fn publish_request(mut self, len: usize) -> impl FnOnce(u64) -> Result<()> {
+        move |id| {
+            self.requests
+                .commit(self.reservation, len, Kind::Request, 0, id);
+            Ok(())
+        }
+    }
+}
