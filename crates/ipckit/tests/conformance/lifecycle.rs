@@ -1,0 +1,396 @@
+//! Peers and endpoints coming and going: peers that disconnect, die or are killed
+//! mid-message, servers that die or restart, endpoints that are missing, and the files
+//! endpoints live in: private, removed after use, closed to other users.
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use ipckit::endpoint::Address;
+use ipckit::{Endpoint, Error};
+
+use crate::api;
+use crate::peer::{self, Role};
+use crate::support::{
+    Check, Child, Ctx, Outcome, PATIENCE, always, checks, duplex, ensure, has_path, parse_numbered,
+    path_of, recv, reliable, reliable_transient, transient,
+};
+
+pub const CHECKS: &[Check] = checks![
+    reliable => peer_disconnects,
+    reliable_transient => send_fails_once_receiver_killed,
+    reliable => writer_killed_mid_message,
+    reliable_transient => sigpipe_never_kills,
+    duplex => crashed_requester_leaves_nothing,
+    always => restart_on_same_endpoint,
+    transient => missing_endpoint,
+    duplex => server_dies_during_request,
+    always => spawn_serves_and_stops_on_drop,
+    has_path => endpoint_file_private_and_removed,
+    has_path => other_user_refused,
+];
+
+fn peer_disconnects(ctx: &Ctx) -> Outcome {
+    let mut server = api::listen(ctx.endpoint("disconnect"))?;
+    let url = server.endpoint().to_string();
+    // One peer sends and exits; another is killed while connected; a third still works.
+    let first = Child::spawn(
+        Role::Send {
+            client: 1,
+            count: 20,
+        },
+        &url,
+    );
+    for seq in 0..20 {
+        ensure!(
+            parse_numbered(recv(&mut server)?.payload())? == (1, seq),
+            "lost message {seq} of the first peer"
+        );
+    }
+    first.finish()?;
+    let mut idle = Child::spawn(Role::ConnectAndWait, &url);
+    idle.line_serving(&mut server)?;
+    idle.kill();
+    let last = Child::spawn(
+        Role::Send {
+            client: 3,
+            count: 20,
+        },
+        url,
+    );
+    for seq in 0..20 {
+        ensure!(
+            parse_numbered(recv(&mut server)?.payload())? == (3, seq),
+            "lost message {seq} after a peer died"
+        );
+    }
+    last.finish()?;
+    Ok(())
+}
+
+fn send_fails_once_receiver_killed(ctx: &Ctx) -> Outcome {
+    let mut server = Child::spawn(Role::Print, ctx.endpoint("killed"));
+    let url = server.ready()?;
+    let client = api::connect(&url)?;
+    client.send(b"before")?;
+    ensure!(
+        server.line()? == "msg before",
+        "the first message did not arrive"
+    );
+    server.kill();
+    // A stream may take one more send to hear the reset; after that every send fails.
+    let outcomes: Vec<_> = (0..3)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            client.send(b"into the void")
+        })
+        .collect();
+    match outcomes.last().expect("three sends") {
+        Err(Error::Disconnected { .. } | Error::NotFound { .. }) => Ok(()),
+        other => Err(format!("sending to a killed receiver still gives {other:?}").into()),
+    }
+}
+
+/// A writer killed while its large message is half-sent: the message arrives whole or
+/// not at all, and other writers are unaffected.
+fn writer_killed_mid_message(ctx: &Ctx) -> Outcome {
+    let mut server = api::listen(ctx.endpoint("torn"))?;
+    let url = server.endpoint().to_string();
+    let mut writer = Child::spawn(Role::SendLarge, &url);
+    ensure!(
+        writer.line_serving(&mut server)? == "connected",
+        "the writer did not connect"
+    );
+    // The server is not reading now, so the large message fills the buffers and the
+    // writer is stuck in the middle of it when it is killed.
+    writer.say("go")?;
+    ensure!(writer.line()? == "sending", "the writer did not start");
+    std::thread::sleep(Duration::from_millis(200));
+    writer.kill();
+    let other = Child::spawn(
+        Role::Send {
+            client: 5,
+            count: 10,
+        },
+        url,
+    );
+    // The large message may have made it whole before the kill; anything else must be
+    // the other writer's, in order.
+    let is_whole_large = |payload: &[u8]| payload == peer::filled(payload.len()).as_slice();
+    let mut seen = 0;
+    while seen < 10 {
+        let message = recv(&mut server)?;
+        if is_whole_large(message.payload()) {
+            continue;
+        }
+        ensure!(
+            parse_numbered(message.payload())? == (5, seen),
+            "the other writer lost message {seen}"
+        );
+        seen += 1;
+    }
+    other.finish()?;
+    if let Some(message) = server.recv_timeout(Duration::from_millis(1500))? {
+        ensure!(
+            is_whole_large(message.payload()),
+            "a partial message of {} bytes was delivered",
+            message.payload().len()
+        );
+    }
+    Ok(())
+}
+
+/// A sender whose SIGPIPE is at its default (fatal) disposition writes after its reader
+/// is gone: it gets an error and lives.
+fn sigpipe_never_kills(ctx: &Ctx) -> Outcome {
+    let server = api::listen(ctx.endpoint("sigpipe"))?;
+    let url = server.endpoint().to_string();
+    let mut sender = Child::spawn(Role::SendAfterReaderDies, url);
+    let mut server = server;
+    ensure!(
+        sender.line_serving(&mut server)? == "connected",
+        "the sender did not connect"
+    );
+    drop(server);
+    sender.say("go")?;
+    let line = sender.line()?;
+    ensure!(
+        line.starts_with("error "),
+        "sending to a dead reader said: {line}"
+    );
+    sender.finish()?;
+    Ok(())
+}
+
+/// What a client makes for its requests (reply FIFOs, reply queues) is gone once a
+/// server starts after the client was killed in the middle of a request.
+fn crashed_requester_leaves_nothing(ctx: &Ctx) -> Outcome {
+    let endpoint = ctx.endpoint("crash");
+    let mut server = api::listen(&endpoint)?;
+    let url = server.endpoint().clone();
+    let mut client = Child::spawn(
+        Role::RequestOnce {
+            payload: "never answered".into(),
+        },
+        &url,
+    );
+    let request = recv(&mut server)?;
+    ensure!(
+        request.wants_reply(),
+        "the request arrived as a one-way message"
+    );
+    client.kill();
+    drop(request);
+    drop(server);
+    let _restarted = api::listen(&url)?;
+    let leftovers = leftovers_of(&url);
+    ensure!(
+        leftovers.is_empty(),
+        "left behind by the killed client: {leftovers:?}"
+    );
+    Ok(())
+}
+
+/// Files and queues named after `endpoint` other than the endpoint itself.
+fn leftovers_of(endpoint: &Endpoint) -> Vec<String> {
+    let (dir, stem) = match (path_of(endpoint), endpoint.address()) {
+        (Some(path), _) => (
+            path.parent().unwrap().to_owned(),
+            path.file_name().unwrap().to_string_lossy().into_owned(),
+        ),
+        // Queues are listed under /dev/mqueue where the mqueue filesystem is mounted
+        // (scripts/test.sh mounts it); elsewhere there is nothing to look at.
+        (None, Address::Mq(name)) => (PathBuf::from("/dev/mqueue"), name.clone()),
+        (None, _) => return Vec::new(),
+    };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(&format!("{stem}.")))
+        .collect()
+}
+
+fn restart_on_same_endpoint(ctx: &Ctx) -> Outcome {
+    // A server in another process dies without cleaning up; its endpoint is reclaimed.
+    let mut dead = Child::spawn(Role::ServeEcho, ctx.endpoint("restart"));
+    let url = dead.ready()?;
+    match api::listen(&url) {
+        Err(Error::AddrInUse { .. }) => {}
+        other => return Err(format!("a second server on a live endpoint: {other:?}").into()),
+    }
+    dead.kill();
+    for round in 0..2 {
+        let mut server = api::listen(&url)?;
+        ensure!(
+            server.endpoint() == &url,
+            "restarted on {} instead of {url}",
+            server.endpoint()
+        );
+        let sender = Child::spawn(
+            Role::Send {
+                client: round,
+                count: 3,
+            },
+            &url,
+        );
+        for seq in 0..3 {
+            ensure!(
+                parse_numbered(recv(&mut server)?.payload())? == (round, seq),
+                "round {round}: lost message {seq}"
+            );
+        }
+        sender.finish()?;
+    }
+    Ok(())
+}
+
+fn missing_endpoint(ctx: &Ctx) -> Outcome {
+    let url = api::listen(ctx.endpoint("missing"))?.endpoint().clone(); // dropped at once
+    let mut child = Child::spawn(Role::Connect, &url);
+    let line = child.line()?;
+    ensure!(
+        line == format!("NotFound {url}"),
+        "connecting to a missing endpoint said: {line}"
+    );
+    child.finish()?;
+    Ok(())
+}
+
+fn server_dies_during_request(ctx: &Ctx) -> Outcome {
+    let mut server = Child::spawn(Role::DieOnRequest, ctx.endpoint("dies"));
+    let url = server.ready()?;
+    let client = api::connect(&url)?;
+    if ctx.transport.capabilities(&url).connection {
+        match client.request(b"are you there?", PATIENCE) {
+            Err(Error::Disconnected { .. }) => {}
+            other => return Err(format!("expected Disconnected, got {other:?}").into()),
+        }
+        server.kill();
+        return match client.request(b"again", PATIENCE) {
+            Err(Error::Disconnected { .. }) => Ok(()),
+            other => Err(format!("a broken connection must stay broken, got {other:?}").into()),
+        };
+    }
+    // Without a connection nothing tells the client; its timeout must end the wait.
+    match client.request(b"are you there?", Duration::from_millis(500)) {
+        Err(Error::Timeout { .. }) => Ok(()),
+        other => Err(format!("expected Timeout, got {other:?}").into()),
+    }
+}
+
+fn spawn_serves_and_stops_on_drop(ctx: &Ctx) -> Outcome {
+    let (tx, rx) = mpsc::channel();
+    let guard = api::listen(ctx.endpoint("spawned"))?.spawn(move |message| {
+        tx.send(message.payload().to_vec()).unwrap();
+        Some(message.payload().to_ascii_uppercase())
+    });
+    let url = guard.endpoint().to_string();
+    if ctx.transport.capabilities(guard.endpoint()).duplex {
+        let mut child = Child::spawn(
+            Role::RequestOnce {
+                payload: "shout".into(),
+            },
+            &url,
+        );
+        ensure!(
+            child.line()? == "SHOUT",
+            "the handler's reply did not come back"
+        );
+        child.finish()?;
+    } else {
+        Child::spawn(
+            Role::Send {
+                client: 4,
+                count: 1,
+            },
+            &url,
+        )
+        .finish()?;
+    }
+    ensure!(rx.recv_timeout(PATIENCE).is_ok(), "the handler never ran");
+    drop(guard);
+    if !ctx.transport.capabilities(&url.parse()?).durable {
+        let mut child = Child::spawn(Role::Connect, &url);
+        let line = child.line()?;
+        ensure!(
+            line == format!("NotFound {url}"),
+            "after the guard was dropped, connecting said: {line}"
+        );
+    }
+    // Stopped and cleaned up: the endpoint is free for the next server.
+    api::listen(url.as_str())?;
+    Ok(())
+}
+
+fn endpoint_file_private_and_removed(ctx: &Ctx) -> Outcome {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &PathBuf| std::fs::metadata(path).map(|m| m.permissions().mode() & 0o777);
+    let endpoint = ctx.endpoint("private");
+    let path = path_of(&endpoint).expect("a path endpoint");
+    let server = api::listen(&endpoint)?;
+    ensure!(
+        mode(&path)? == 0o600,
+        "created with mode {:o}, not 0600",
+        mode(&path)?
+    );
+    drop(server);
+    ensure!(
+        !path.exists(),
+        "{} is left behind after the server was dropped",
+        path.display()
+    );
+
+    let wider = ctx.endpoint_with("shared", "mode", "0660");
+    let server = api::listen(&wider)?;
+    let wide_path = path_of(&wider).unwrap();
+    ensure!(
+        mode(&wide_path)? == 0o660,
+        "?mode=0660 gave mode {:o}",
+        mode(&wide_path)?
+    );
+    drop(server);
+
+    // Something that is not ours is never removed.
+    std::fs::write(&path, b"precious")?;
+    match api::listen(&endpoint) {
+        Err(Error::AddrInUse { detail, .. }) if detail.contains("exists and is not a") => {}
+        other => return Err(format!("listening over a regular file gave {other:?}").into()),
+    }
+    ensure!(
+        std::fs::read(&path)? == b"precious",
+        "the regular file was touched"
+    );
+    // Outside the scratch directory (a segment's path is in /dev/shm) nobody else would.
+    std::fs::remove_file(&path)?;
+    Ok(())
+}
+
+fn other_user_refused(ctx: &Ctx) -> Outcome {
+    let root = rustix::process::getuid().is_root();
+    // Root passes every permission check, so the stranger is a child that becomes nobody;
+    // an ordinary user is refused by a mode that shuts out even the owner.
+    let endpoint = if root {
+        ctx.endpoint("owned")
+    } else {
+        ctx.endpoint_with("owned", "mode", "0000")
+    };
+    let mut server = api::listen(&endpoint)?;
+    std::fs::set_permissions(
+        &ctx.dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    let mut stranger = Child::spawn(
+        Role::ConnectExpectDenied { as_nobody: root },
+        server.endpoint(),
+    );
+    let line = stranger.line_serving(&mut server)?;
+    ensure!(
+        line == "PermissionDenied",
+        "a stranger connecting to a 0600 endpoint got: {line}"
+    );
+    stranger.finish()?;
+    Ok(())
+}

@@ -1,0 +1,82 @@
+//! The conformance suite: every check written once, run against every registered
+//! transport for which its capabilities say the check applies.
+//!
+//! Peers are separate processes: this test binary runs itself again with
+//! `IPCKIT_CONFORMANCE_PEER=1` and a role (see `peer::Role`), and speaks to it over the
+//! transport under test. The peer reports on stdout, one line at a time.
+//!
+//! One file per behaviour, each with its list of checks: `delivery`, `request_reply`,
+//! `lifecycle`, `durable`, `bad_input`, `shared_memory`, and `cancellation` (through the
+//! async API alone). `support` holds what they share, `api` the two APIs a check drives,
+//! `peer` the peer processes. A new behaviour's list goes in [`CHECKS`] below.
+//!
+//! A trial is named `scheme::check` through the blocking API and `scheme::async::check`
+//! through the async one; the checks of `bad_input`, `shared_memory` and `cancellation`
+//! carry their module in their name (`uds::bad_input::random_bytes`). Run one transport,
+//! one check, or one check on one transport with the usual filters:
+//! `cargo test -p ipckit --test conformance -- uds::`, `… -- request_reply_concurrent`,
+//! `… -- --exact uds::async::request_reply_concurrent`.
+
+use std::process::ExitCode;
+
+use libtest_mimic::{Arguments, Trial};
+
+mod api;
+mod bad_input;
+mod cancellation;
+mod delivery;
+mod durable;
+mod lifecycle;
+mod peer;
+mod request_reply;
+mod shared_memory;
+mod support;
+
+use api::Api;
+use support::{Check, Ctx, PEER_ENV};
+
+/// Every behaviour's checks, in the order of their trials.
+const CHECKS: &[&[Check]] = &[
+    delivery::CHECKS,
+    request_reply::CHECKS,
+    lifecycle::CHECKS,
+    durable::CHECKS,
+    bad_input::CHECKS,
+    shared_memory::CHECKS,
+];
+
+/// What only futures can do: be dropped halfway. Run through the async API alone.
+const ASYNC_CHECKS: &[&[Check]] = &[cancellation::ASYNC_CHECKS];
+
+fn main() -> ExitCode {
+    if std::env::var_os(PEER_ENV).is_some() {
+        return peer::run(std::env::args().skip(1).collect());
+    }
+    let args = Arguments::from_args();
+    let mut trials = Vec::new();
+    for &transport in ipckit::transport::all() {
+        let dir = std::env::temp_dir();
+        let caps = transport.capabilities(&transport.scratch_endpoint(&dir, "caps"));
+        for api in [Api::Blocking, Api::Async] {
+            // The blocking checks keep their plain names: `uds::check`, `uds::async::check`.
+            let prefix = match api {
+                Api::Blocking => transport.scheme().to_owned(),
+                Api::Async => format!("{}::async", transport.scheme()),
+            };
+            let async_checks = if api == Api::Async { ASYNC_CHECKS } else { &[] };
+            for check in CHECKS.iter().chain(async_checks).copied().flatten() {
+                let name = format!("{prefix}::{}", check.name.replace(' ', ""));
+                let run = check.run;
+                let applies = (check.applies)(transport, &caps);
+                trials.push(
+                    Trial::test(name.clone(), move || {
+                        api::set(api);
+                        run(&Ctx::new(transport, &name))
+                    })
+                    .with_ignored_flag(!applies),
+                );
+            }
+        }
+    }
+    libtest_mimic::run(&args, trials).exit_code()
+}

@@ -1,0 +1,299 @@
+//! Requests and their replies: each caller gets its own answer, with many in flight, from
+//! a handler that is lent them, from `serve_with`, through an exclusive client, and in
+//! order where lines carry no id.
+
+use std::ops::ControlFlow;
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
+
+use ipckit::Error;
+
+use crate::api;
+use crate::peer::Role;
+use crate::support::{
+    Check, Child, Ctx, Outcome, PATIENCE, byte_stream, checks, duplex, ensure, parse_numbered,
+    recv, refuses, reliable_ordered, reversed,
+};
+
+pub const CHECKS: &[Check] = checks![
+    byte_stream => line_framing_in_order,
+    duplex => request_reply_concurrent,
+    refuses => lent_request_answered_or_refused,
+    reliable_ordered => served_until_the_handler_stops,
+    duplex => exclusive_client,
+];
+
+/// With `?framing=line` a message is a line and carries no id: answers are matched to
+/// requests by their order, also when requests from several threads are in flight.
+fn line_framing_in_order(ctx: &Ctx) -> Outcome {
+    let mut server = Child::spawn(
+        Role::ServeEcho,
+        ctx.endpoint_with("lines", "framing", "line"),
+    );
+    let url = server.ready()?;
+    // Every line is a request to a line-framed server: even a one-way message is
+    // answered, so this client only makes requests.
+    let client = Arc::new(api::connect(&url)?);
+    let workers: Vec<_> = (0..4)
+        .map(|t| {
+            let client = client.clone();
+            std::thread::spawn(move || -> Result<(), String> {
+                for i in 0..50 {
+                    let line = format!("thread {t} line {i}");
+                    let answer = client
+                        .request(line.as_bytes(), PATIENCE)
+                        .map_err(|e| e.to_string())?;
+                    if answer != line.as_bytes() {
+                        return Err(format!(
+                            "'{line}' was answered '{}'",
+                            String::from_utf8_lossy(&answer)
+                        ));
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().expect("a requesting thread")?;
+    }
+    match client.request(b"two\nlines", PATIENCE) {
+        Err(Error::Unsupported { .. }) => {}
+        other => return Err(format!("a payload with a newline gave {other:?}").into()),
+    }
+    server.kill();
+    Ok(())
+}
+
+fn request_reply_concurrent(ctx: &Ctx) -> Outcome {
+    let mut server = api::listen(ctx.endpoint("rr"))?;
+    let (threads, per_thread) = (8u32, 50u32);
+    let client = Child::spawn(
+        Role::Request {
+            threads,
+            per_thread,
+        },
+        server.endpoint(),
+    );
+    let mut answered = 0;
+    let mut out_of_order = false;
+    while answered < threads * per_thread {
+        // Gather what is in flight and answer it backwards, so replies cross on the wire.
+        let mut batch = vec![recv(&mut server)?];
+        while let Some(m) = server.recv_timeout(Duration::from_millis(2))? {
+            batch.push(m);
+        }
+        out_of_order |= batch.len() > 1;
+        // One more, lent and answered while the batch is still held: on shm its space is
+        // given back before theirs.
+        let answer = |payload: &[u8], wants_reply: bool| wants_reply.then(|| reversed(payload));
+        if answered + (batch.len() as u32) < threads * per_thread
+            && server.answer_lent(Duration::from_millis(2), answer)?
+        {
+            answered += 1;
+        }
+        for mut message in batch.into_iter().rev() {
+            ensure!(
+                message.wants_reply(),
+                "a request arrived as a one-way message"
+            );
+            message.reply(&reversed(message.payload()))?;
+            answered += 1;
+        }
+    }
+    client.finish()?;
+    ensure!(
+        out_of_order,
+        "requests never overlapped, so correlation was not exercised"
+    );
+    Ok(())
+}
+
+/// A request lent to a handler is answered from it; one the handler leaves unanswered is
+/// refused when the handler returns, so that its caller does not wait out its timeout.
+fn lent_request_answered_or_refused(ctx: &Ctx) -> Outcome {
+    let mut server = api::listen(ctx.endpoint("lent"))?;
+    let url = server.endpoint().to_string();
+    let mut asker = Child::spawn(
+        Role::RequestOnce {
+            payload: "lend me".into(),
+        },
+        &url,
+    );
+    let came = server.answer_lent(PATIENCE, |payload, wants_reply| {
+        wants_reply.then(|| payload.to_ascii_uppercase())
+    })?;
+    ensure!(came, "no request arrived within {PATIENCE:?}");
+    ensure!(
+        asker.line()? == "LEND ME",
+        "the lent request was answered wrongly"
+    );
+    asker.finish()?;
+    let ignored = Child::spawn(
+        Role::RequestOnce {
+            payload: "ignore me".into(),
+        },
+        url,
+    );
+    ensure!(
+        server.answer_lent(PATIENCE, |_, _| None)?,
+        "no request arrived within {PATIENCE:?}"
+    );
+    match ignored.finish() {
+        Err(e) if e.message().is_some_and(|m| m.contains("without replying")) => Ok(()),
+        other => Err(format!("a request left unanswered gave its caller {other:?}").into()),
+    }
+}
+
+/// `serve_with` lends messages until its handler breaks and takes none after that one;
+/// on duplex transports it answers requests as it goes.
+fn served_until_the_handler_stops(ctx: &Ctx) -> Outcome {
+    let mut server = api::listen(ctx.endpoint("serve"))?;
+    let url = server.endpoint().to_string();
+    let watchdog = Watchdog::start(&url);
+    let sender = Child::spawn(
+        Role::Send {
+            client: 3,
+            count: 20,
+        },
+        &url,
+    );
+    let mut seen = Vec::new();
+    let served = server.serve_until(|payload, _| {
+        if payload == Watchdog::MESSAGE {
+            return (None, ControlFlow::Break(false));
+        }
+        seen.push(parse_numbered(payload).ok());
+        let flow = match seen.len() {
+            10 => ControlFlow::Break(true),
+            _ => ControlFlow::Continue(()),
+        };
+        (None, flow)
+    })?;
+    ensure!(served, "ten messages did not come within {PATIENCE:?}");
+    let numbered = |seqs: std::ops::Range<u32>| seqs.map(|seq| Some((3, seq))).collect::<Vec<_>>();
+    ensure!(
+        seen == numbered(0..10),
+        "served {seen:?}, expected messages 0 to 9 of client 3 in order"
+    );
+    let next = parse_numbered(recv(&mut server)?.payload())?;
+    ensure!(
+        next == (3, 10),
+        "after the handler stopped at message 9, recv got {next:?}: serve_with took more"
+    );
+    // The rest, and a request among them where there can be one. (On datagram sockets
+    // every message from a bound socket can be answered: the request is told by its
+    // payload.)
+    let duplex = server.capabilities().duplex;
+    let mut asker = duplex.then(|| {
+        let payload = "serve me".into();
+        Child::spawn(Role::RequestOnce { payload }, url)
+    });
+    let (mut rest, mut answered) = (Vec::new(), !duplex);
+    let served = server.serve_until(|payload, wants_reply| {
+        let reply = if payload == Watchdog::MESSAGE {
+            return (None, ControlFlow::Break(false));
+        } else if payload == b"serve me" && wants_reply {
+            answered = true;
+            Some(b"SERVE ME".to_vec())
+        } else {
+            rest.push(parse_numbered(payload).ok());
+            None
+        };
+        let flow = match rest.len() == 9 && answered {
+            true => ControlFlow::Break(true),
+            false => ControlFlow::Continue(()),
+        };
+        (reply, flow)
+    })?;
+    ensure!(
+        served,
+        "within {PATIENCE:?}, served {rest:?} of messages 11 to 19, and the request {}",
+        if answered { "answered" } else { "not" }
+    );
+    ensure!(
+        rest == numbered(11..20),
+        "served {rest:?}, expected messages 11 to 19 in order"
+    );
+    sender.finish()?;
+    if let Some(asker) = asker.as_mut() {
+        ensure!(
+            asker.line()? == "SERVE ME",
+            "the served request was answered wrongly"
+        );
+    }
+    if let Some(asker) = asker {
+        asker.finish()?;
+    }
+    watchdog.cancel();
+    Ok(())
+}
+
+/// Sends [`Watchdog::MESSAGE`] to a server after [`PATIENCE`] unless cancelled first, so
+/// that a check that serves until some message comes fails instead of hanging.
+struct Watchdog {
+    cancel: mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Watchdog {
+    const MESSAGE: &'static [u8] = b"watchdog: time is up";
+
+    fn start(url: &str) -> Watchdog {
+        let (cancel, cancelled) = mpsc::channel::<()>();
+        let url = url.to_owned();
+        let thread = std::thread::spawn(move || {
+            // Dropping the Watchdog (a check that failed early) disconnects: no message.
+            if cancelled.recv_timeout(PATIENCE) == Err(mpsc::RecvTimeoutError::Timeout) {
+                if let Ok(client) = ipckit::connect(url.as_str()) {
+                    let _ = client.send(Self::MESSAGE);
+                }
+            }
+        });
+        Watchdog { cancel, thread }
+    }
+
+    fn cancel(self) {
+        let _ = self.cancel.send(());
+        let _ = self.thread.join();
+    }
+}
+
+/// A client held by one thread (`Client::exclusive`) sends and asks like any client,
+/// passes over the late reply to a request of its own that timed out, and leaves the
+/// client working once it is dropped.
+fn exclusive_client(ctx: &Ctx) -> Outcome {
+    let mut server = api::listen(ctx.endpoint("held"))?;
+    let client = Child::spawn(Role::RequestExclusive, server.endpoint());
+    let (mut one_way, mut late) = (false, None);
+    loop {
+        let mut message = recv(&mut server)?;
+        let payload = message.payload().to_vec();
+        match &payload[..] {
+            b"one-way" => one_way = true,
+            // Answered only after its caller gave up and asked again.
+            b"late" => late = Some(message),
+            _ => {
+                if let Some(mut late) = late.take() {
+                    // Where each request has a way back of its own (a FIFO, a queue, a
+                    // socket), it closed when its caller gave up.
+                    match late.reply(b"too late") {
+                        Ok(()) | Err(Error::Disconnected { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                ensure!(
+                    message.wants_reply(),
+                    "a request arrived as a one-way message"
+                );
+                message.reply(&reversed(&payload))?;
+                if payload == b"shared again" {
+                    break;
+                }
+            }
+        }
+    }
+    client.finish()?;
+    ensure!(one_way, "the one-way message never arrived");
+    Ok(())
+}
