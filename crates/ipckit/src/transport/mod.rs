@@ -1,7 +1,7 @@
 //! The transports, each behind the same three traits, and the registry of them.
 //!
 //! A transport is registered here only when it is finished: everything it claims in
-//! [`Capabilities`] is checked by the conformance suite (`tests/conformance.rs`).
+//! [`Capabilities`] is checked by the conformance suite (`tests/conformance/`).
 
 use std::path::Path;
 use std::sync::Arc;
