@@ -11,5 +11,28 @@ mod sync {
     pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 }
 
+/// The ring's handle on its control block: in the library, memory in a mapping that the
+/// handle keeps mapped; here, an `Arc` that loom tracks.
+pub struct Shared<T>(loom::sync::Arc<T>);
+
+impl<T> Shared<T> {
+    pub fn new(value: T) -> Shared<T> {
+        Shared(loom::sync::Arc::new(value))
+    }
+}
+
+impl<T> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        Shared(self.0.clone())
+    }
+}
+
+impl<T> std::ops::Deref for Shared<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 #[path = "../src/transport/ring/spsc.rs"]
 mod ring;

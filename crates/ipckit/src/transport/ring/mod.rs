@@ -8,7 +8,7 @@ mod mapping;
 pub(crate) mod spsc;
 pub(crate) mod wait;
 
-pub(crate) use mapping::Mapping;
+pub(crate) use mapping::{Mapping, Plain, Shared, SharedBytes};
 
 /// The atomics the ring uses; `tests/loom_ring.rs` compiles the ring against loom's.
 mod sync {

@@ -11,6 +11,9 @@
 //! checked before use, copied out once, and a violation is [`Corrupt`], never an
 //! out-of-bounds access. The model is checked with loom (`RUSTFLAGS="--cfg ipckit_loom"`).
 
+use super::Shared;
+#[cfg(not(all(ipckit_loom, test)))]
+use super::SharedBytes;
 use super::sync::{AtomicU32, AtomicU64, Ordering, fence};
 
 /// Bytes in a record header: len (u32), kind (u8), flags (u8), two reserved bytes, id (u64),
@@ -72,7 +75,7 @@ pub struct Control {
 
 impl Control {
     /// A fresh, empty ring.
-    #[cfg(test)]
+    #[cfg(all(test, ipckit_loom))]
     pub fn new() -> Control {
         Control {
             tail: AtomicU64::new(0),
@@ -96,6 +99,8 @@ impl Control {
     /// Hands the space up to `end` back to the producer.
     #[inline(always)]
     pub fn release_to(&self, end: u64) {
+        // SYNC POINT (space): the consumer's reads of the records before `end` happen
+        // before the producer's Acquire of `head` in `look_at_head`, which reuses them.
         self.head.store(end, Ordering::Release);
     }
 }
@@ -111,12 +116,14 @@ impl Control {
 #[inline(always)]
 pub fn announce_sleep(word: &AtomicU32, how: u32) {
     word.store(how, Ordering::Relaxed);
+    // SYNC POINT (sleep): pairs with the fence in `sleeper_announced`.
     fence(Ordering::SeqCst);
 }
 
 /// The waker's half: after publishing, whether the other side announced it sleeps.
 #[inline(always)]
 pub fn sleeper_announced(word: &AtomicU32) -> bool {
+    // SYNC POINT (sleep): pairs with the fence in `announce_sleep`.
     fence(Ordering::SeqCst);
     word.load(Ordering::Relaxed) != 0
 }
@@ -128,18 +135,18 @@ pub struct Corrupt(pub String);
 /// The data area of a ring. Outside loom it is raw shared memory.
 #[cfg(not(all(ipckit_loom, test)))]
 pub struct Area {
-    base: *mut u8,
+    bytes: SharedBytes,
     capacity: usize,
 }
 
 #[cfg(not(all(ipckit_loom, test)))]
 impl Area {
-    /// # Safety
-    /// `base` points to `capacity` bytes that stay mapped while the area is used, and
-    /// `capacity` is a power of two, a multiple of [`RECORD_ALIGN`].
-    pub unsafe fn new(base: *mut u8, capacity: usize) -> Area {
-        debug_assert!(capacity.is_power_of_two() && capacity >= 2 * RECORD_ALIGN);
-        Area { base, capacity }
+    /// The data area in `bytes`, whose length is a power of two, a multiple of
+    /// [`RECORD_ALIGN`].
+    pub fn new(bytes: SharedBytes) -> Area {
+        let capacity = bytes.len();
+        assert!(capacity.is_power_of_two() && capacity >= 2 * RECORD_ALIGN);
+        Area { bytes, capacity }
     }
 
     #[inline(always)]
@@ -147,7 +154,9 @@ impl Area {
         assert!(at <= self.capacity && bytes.len() <= self.capacity - at);
         // SAFETY: in bounds (asserted); only the producer writes, and only into space it
         // owns between `tail` and `head + capacity`.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.base.add(at), bytes.len()) }
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.bytes.as_ptr().add(at), bytes.len())
+        }
     }
 
     #[inline(always)]
@@ -155,7 +164,9 @@ impl Area {
         assert!(at <= self.capacity && out.len() <= self.capacity - at);
         // SAFETY: in bounds (asserted). The bytes were published before `tail` moved past
         // them (Acquire), and the producer does not reuse them before `head` passes them.
-        unsafe { std::ptr::copy_nonoverlapping(self.base.add(at), out.as_mut_ptr(), out.len()) }
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.bytes.as_ptr().add(at), out.as_mut_ptr(), out.len())
+        }
     }
 
     #[inline(always)]
@@ -163,7 +174,9 @@ impl Area {
         assert!(at <= self.capacity && len <= self.capacity - at);
         // SAFETY: in bounds (asserted); published and not reused before release, as in
         // `read`.
-        out.extend_from_slice(unsafe { std::slice::from_raw_parts(self.base.add(at), len) });
+        out.extend_from_slice(unsafe {
+            std::slice::from_raw_parts(self.bytes.as_ptr().add(at), len)
+        });
     }
 
     /// Loads the byte at `at` and discards it: starts fetching its cache line while the
@@ -173,14 +186,14 @@ impl Area {
     fn touch(&self, at: usize) {
         assert!(at < self.capacity);
         // SAFETY: in bounds (asserted); the caller only touches published bytes.
-        unsafe { std::ptr::read_volatile(self.base.add(at)) };
+        unsafe { std::ptr::read_volatile(self.bytes.as_ptr().add(at)) };
     }
 
     /// The address of `len` bytes at `at`, checked to lie inside the area.
     pub fn range(&self, at: usize, len: usize) -> *mut u8 {
         assert!(at <= self.capacity && len <= self.capacity - at);
         // SAFETY: in bounds (asserted).
-        unsafe { self.base.add(at) }
+        unsafe { self.bytes.as_ptr().add(at) }
     }
 }
 
@@ -240,14 +253,6 @@ impl Area {
     }
 }
 
-// SAFETY: an Area is a window on memory shared between processes; which side may touch
-// which bytes is decided by the ring protocol, not by Rust ownership.
-#[cfg(not(all(ipckit_loom, test)))]
-unsafe impl Send for Area {}
-// SAFETY: as above.
-#[cfg(not(all(ipckit_loom, test)))]
-unsafe impl Sync for Area {}
-
 #[inline(always)]
 fn padded(len: usize) -> usize {
     (RECORD_HEADER + len).next_multiple_of(RECORD_ALIGN)
@@ -270,7 +275,7 @@ pub const HOT_WINDOW: usize = 4096;
 
 /// The writing end. Its owner guarantees there is only one per ring.
 pub struct Producer {
-    control: *const Control,
+    control: Shared<Control>,
     area: Area,
     tail: u64,
     head_seen: u64,
@@ -279,10 +284,6 @@ pub struct Producer {
     /// The tail from which the consumer's position may be read again to go back early.
     next_look: u64,
 }
-
-// SAFETY: `control` points into a mapping its owner keeps alive; the producer's state is
-// only touched through `&mut self`.
-unsafe impl Send for Producer {}
 
 /// Space claimed at the tail, to be filled and then published with [`Producer::commit`].
 #[derive(Debug, Clone, Copy)]
@@ -311,25 +312,23 @@ impl Reservation {
 
 impl Producer {
     /// # Safety
-    /// `control` stays valid while the producer lives, it describes `area`, and no other
-    /// producer writes to the same ring.
-    pub unsafe fn new(control: *const Control, area: Area) -> Producer {
-        // SAFETY: valid per the contract.
-        let c = unsafe { &*control };
-        let tail = c.tail.load(Ordering::Acquire);
+    /// `control` describes `area`, and no other producer writes to the same ring: the
+    /// producer writes its bytes unsynchronised.
+    pub unsafe fn new(control: Shared<Control>, area: Area) -> Producer {
+        let tail = control.tail.load(Ordering::Acquire);
         Producer {
             window: HOT_WINDOW.min(area.capacity / 4),
+            head_seen: control.head.load(Ordering::Acquire),
             control,
             area,
             tail,
-            head_seen: c.head.load(Ordering::Acquire),
             next_look: tail,
         }
     }
 
+    #[inline(always)]
     fn control(&self) -> &Control {
-        // SAFETY: valid per the constructor's contract.
-        unsafe { &*self.control }
+        &self.control
     }
 
     /// The largest payload one record can carry.
@@ -401,6 +400,7 @@ impl Producer {
     /// Reads where the consumer is, and checks that it is possible.
     #[inline(always)]
     fn look_at_head(&mut self) -> Result<(), Corrupt> {
+        // SYNC POINT (space): pairs with the Release in `Control::release_to`.
         let head = self.control().head.load(Ordering::Acquire);
         if head < self.head_seen || head > self.tail {
             return Err(Corrupt(format!(
@@ -430,6 +430,8 @@ impl Producer {
         }
         self.area.write(r.at, &encode_header(len, kind, flags, id));
         self.tail = r.start + padded(len) as u64;
+        // SYNC POINT (publish): the record's bytes, written above, happen before the
+        // consumer's Acquire of `tail` in `peek` (and `has_data`) that reads them.
         self.control().tail.store(self.tail, Ordering::Release);
     }
 
@@ -461,23 +463,19 @@ pub struct Record {
 
 /// The reading end. Its owner guarantees there is only one per ring.
 pub struct Consumer {
-    control: *const Control,
+    control: Shared<Control>,
     area: Area,
     /// Where the next record is read; ahead of the shared head while records are held.
     next: u64,
     tail_seen: u64,
 }
 
-// SAFETY: as for `Producer`.
-unsafe impl Send for Consumer {}
-
 impl Consumer {
     /// # Safety
-    /// As for [`Producer::new`], with "consumer" for "producer".
-    pub unsafe fn new(control: *const Control, area: Area) -> Consumer {
-        // SAFETY: valid per the contract.
-        let c = unsafe { &*control };
-        let next = c.head.load(Ordering::Acquire);
+    /// As for [`Producer::new`], with "consumer" for "producer": the consumer's view of
+    /// what is published is its own.
+    pub unsafe fn new(control: Shared<Control>, area: Area) -> Consumer {
+        let next = control.head.load(Ordering::Acquire);
         Consumer {
             control,
             area,
@@ -486,14 +484,9 @@ impl Consumer {
         }
     }
 
+    #[inline(always)]
     fn control(&self) -> &Control {
-        // SAFETY: valid per the constructor's contract.
-        unsafe { &*self.control }
-    }
-
-    /// The data area.
-    pub fn area(&self) -> &Area {
-        &self.area
+        &self.control
     }
 
     /// Whether a record is waiting, without validating it.
@@ -509,6 +502,7 @@ impl Consumer {
         let start = self.next;
         loop {
             if self.next == self.tail_seen {
+                // SYNC POINT (publish): pairs with the Release in `Producer::commit`.
                 let tail = self.control().tail.load(Ordering::Acquire);
                 if tail == self.next {
                     return Ok(None);
@@ -607,27 +601,36 @@ impl Consumer {
 mod tests {
     use super::*;
 
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU8;
+
+    use crate::transport::ring::Mapping;
+
     struct Ring {
-        _control: Box<Control>,
-        _data: Vec<u8>,
+        map: Arc<Mapping>,
+        control: Shared<Control>,
         producer: Producer,
         consumer: Consumer,
     }
 
+    /// Where a test ring's data begins in its mapping.
+    const DATA: usize = 4096;
+
+    /// A ring in fresh shared memory: the control block (zeroed, as a new one is) in the
+    /// first page, the data after it.
     fn ring(capacity: usize) -> Ring {
-        let control = Box::new(Control::new());
-        let mut data = vec![0u8; capacity];
-        // SAFETY: the box and vector outlive the handles (fields of the same struct,
-        // dropped after use in each test).
+        let map = Arc::new(Mapping::anonymous(DATA + capacity).unwrap());
+        let control = map.get::<Control>(0);
+        // SAFETY: one producer and one consumer, each given the ring's control block.
         let (producer, consumer) = unsafe {
             (
-                Producer::new(&*control, Area::new(data.as_mut_ptr(), capacity)),
-                Consumer::new(&*control, Area::new(data.as_mut_ptr(), capacity)),
+                Producer::new(control.clone(), Area::new(map.bytes(DATA, capacity))),
+                Consumer::new(control.clone(), Area::new(map.bytes(DATA, capacity))),
             )
         };
         Ring {
-            _control: control,
-            _data: data,
+            map,
+            control,
             producer,
             consumer,
         }
@@ -674,17 +677,20 @@ mod tests {
         let mut ring = ring(256);
         send(&mut ring.producer, b"hello");
         // A length running past the data published.
-        ring._data[0..4].copy_from_slice(&200u32.to_le_bytes());
+        ring.map.at::<AtomicU32>(DATA).store(200, Ordering::SeqCst);
         assert!(ring.consumer.peek().is_err());
         let mut ring2 = self::ring(256);
-        ring2._control.tail.store(1 << 40, Ordering::SeqCst);
+        ring2.control.tail.store(1 << 40, Ordering::SeqCst);
         assert!(ring2.consumer.peek().is_err());
         let mut ring3 = self::ring(256);
         send(&mut ring3.producer, b"hello");
-        ring3._data[4] = 99;
+        ring3
+            .map
+            .at::<AtomicU8>(DATA + 4)
+            .store(99, Ordering::SeqCst);
         assert!(ring3.consumer.peek().is_err());
         let mut ring4 = self::ring(256);
-        ring4._control.head.store(1 << 40, Ordering::SeqCst);
+        ring4.control.head.store(1 << 40, Ordering::SeqCst);
         // Two records too large to go back early fit without asking where the consumer
         // is; the third must ask.
         for _ in 0..2 {
@@ -741,25 +747,19 @@ mod tests {
 #[cfg(all(test, ipckit_loom))]
 mod loom_tests {
     use super::*;
-    use loom::sync::Arc;
-
-    struct Shared(Control);
-    // SAFETY: loom's atomics are Sync; the wrapper only lets the raw pointer cross threads.
-    unsafe impl Sync for Shared {}
-    unsafe impl Send for Shared {}
 
     /// Messages of varying size cross a tiny ring that wraps, in order, intact, with no
     /// unsynchronised access to any byte (loom's cells would report it).
     #[test]
     fn messages_cross_intact_and_in_order() {
         loom::model(|| {
-            let control = Arc::new(Shared(Control::new()));
+            let control = Shared::new(Control::new());
             let area = Area::with_capacity(64);
             let consumer_area = area.share();
             let producer_control = control.clone();
             let producer = loom::thread::spawn(move || {
-                // SAFETY: the Arc keeps the control block alive; one producer.
-                let mut p = unsafe { Producer::new(&producer_control.0, area) };
+                // SAFETY: one producer.
+                let mut p = unsafe { Producer::new(producer_control.clone(), area) };
                 for (i, len) in [3usize, 12, 5].into_iter().enumerate() {
                     let msg = vec![i as u8 + 1; len];
                     loop {
@@ -773,7 +773,7 @@ mod loom_tests {
                 }
             });
             // SAFETY: as above; one consumer.
-            let mut c = unsafe { Consumer::new(&control.0, consumer_area) };
+            let mut c = unsafe { Consumer::new(control.clone(), consumer_area) };
             let mut got = 0u64;
             while got < 3 {
                 match c.peek().unwrap() {
@@ -797,22 +797,22 @@ mod loom_tests {
     #[test]
     fn no_lost_wakeup() {
         loom::model(|| {
-            let control = Arc::new(Shared(Control::new()));
+            let control = Shared::new(Control::new());
             let area = Area::with_capacity(64);
             let consumer_area = area.share();
             let producer_control = control.clone();
             let producer = loom::thread::spawn(move || {
                 // SAFETY: as above.
-                let mut p = unsafe { Producer::new(&producer_control.0, area) };
+                let mut p = unsafe { Producer::new(producer_control.clone(), area) };
                 let r = p.try_reserve(4).unwrap().unwrap();
                 p.write(&r, 0, b"ring");
                 p.commit(r, 4, Kind::Message, 0, 1);
                 // What `wait::wake` does: a consumer that said it sleeps is woken.
-                sleeper_announced(&producer_control.0.consumer_sleeps)
+                sleeper_announced(&producer_control.consumer_sleeps)
             });
             // SAFETY: as above.
-            let mut c = unsafe { Consumer::new(&control.0, consumer_area) };
-            announce_sleep(&control.0.consumer_sleeps, 1);
+            let mut c = unsafe { Consumer::new(control.clone(), consumer_area) };
+            announce_sleep(&control.consumer_sleeps, 1);
             let saw_data = c.has_data();
             let woken = producer.join().unwrap();
             // Either the consumer saw the record before sleeping or the producer saw the

@@ -15,7 +15,7 @@ use crate::sys::{Process, lock};
 use crate::transport::Connection;
 use crate::transport::backend::ClientSide;
 use crate::transport::correlate::{Correlator, NoAnswer};
-use crate::transport::ring::Mapping;
+use crate::transport::ring::Shared;
 use crate::transport::ring::spsc::{Area, Consumer, Corrupt, Kind, MORE, Reservation};
 use crate::transport::ring::wait::{self, Spinner, Woke};
 
@@ -26,17 +26,14 @@ pub(super) struct Replies {
     pub(super) partial: Option<Partial>,
 }
 
-// SAFETY: the consumer's pointers are into the connection's slot mapping.
-unsafe impl Send for Replies {}
-
 /// A client's connection: a claimed slot in the server's segment.
 pub(crate) struct ShmConnection {
     pub(super) endpoint: Endpoint,
     pub(super) url: String,
     pub(super) name: String,
     pub(super) fd: OwnedFd,
-    pub(super) header_map: Mapping,
-    pub(super) slot_map: Mapping,
+    pub(super) header: Shared<Header>,
+    pub(super) slot: Shared<Slot>,
     pub(super) slot_index: usize,
     pub(super) server: Process,
     pub(super) server_max: usize,
@@ -65,13 +62,11 @@ impl ShmConnection {
         if !segment::server_alive(&found.fd) {
             return Err(gone("the server process is gone"));
         }
-        // SAFETY: the header mapping starts with the header (checked by `find`).
-        let header: &Header = unsafe { found.header.at(0) };
+        let header: Shared<Header> = found.header.get(0);
         let me = std::process::id();
         let slot_index = (0..found.geometry.slots)
             .find(|&i| {
-                // SAFETY: `find` checked that the header page holds `slots` owner words.
-                let owner: &AtomicU32 = unsafe { found.header.at(segment::OWNERS + 4 * i) };
+                let owner: &AtomicU32 = found.header.at(segment::OWNERS + 4 * i);
                 owner
                     .compare_exchange(0, me, Ordering::SeqCst, Ordering::Relaxed)
                     .is_ok()
@@ -85,8 +80,7 @@ impl ShmConnection {
                 after: Duration::ZERO,
             })?;
         let release_claim = || {
-            // SAFETY: as above.
-            let owner: &AtomicU32 = unsafe { found.header.at(segment::OWNERS + 4 * slot_index) };
+            let owner: &AtomicU32 = found.header.at(segment::OWNERS + 4 * slot_index);
             owner.store(0, Ordering::SeqCst);
         };
         let slot_map = match segment::map_slot(&found.fd, found.geometry, slot_index) {
@@ -96,25 +90,23 @@ impl ShmConnection {
                 return Err(Error::io(&url, "mapping a client slot", e));
             }
         };
-        // SAFETY: the slot mapping starts with the slot's control page.
-        let slot: &Slot = unsafe { slot_map.at(0) };
+        let slot: Shared<Slot> = slot_map.get(0);
         let own_max = endpoint.max_message();
         slot.client_max.store(own_max as u64, Ordering::Relaxed);
         let capacity = found.geometry.capacity;
-        // SAFETY: the slot mapping holds the control page and both data areas, each
-        // `capacity` bytes (a power of two), and lives as long as the connection, which
-        // owns the sender and the consumer. The slot is ours alone: we claimed its owner
-        // word, and the server emptied its rings before freeing it.
+        let area = |at| Area::new(slot_map.bytes(segment::ALIGN + at, capacity));
+        // SAFETY: the slot is ours alone, so this is the one producer of its requests and
+        // the one consumer of its replies: we claimed its owner word, and the server
+        // emptied its rings before freeing it.
         let (requests, consumer) = unsafe {
-            let base = slot_map.base().add(segment::ALIGN);
             (
                 Sender::new(
-                    &slot.requests,
-                    Area::new(base, capacity),
-                    &header.doorbell,
-                    &header.bell,
+                    slot.project(|s| &s.requests),
+                    area(0),
+                    header.project(|h| &h.doorbell),
+                    header.project(|h| &h.bell),
                 ),
-                Consumer::new(&slot.replies, Area::new(base.add(capacity), capacity)),
+                Consumer::new(slot.project(|s| &s.replies), area(capacity)),
             )
         };
         slot.state.store(segment::OPEN, Ordering::SeqCst);
@@ -127,8 +119,8 @@ impl ShmConnection {
             name,
             server_max: found.max_message,
             fd: found.fd,
-            header_map: found.header,
-            slot_map,
+            header,
+            slot,
             slot_index,
             server,
             own_max,
@@ -146,14 +138,12 @@ impl ShmConnection {
 
     #[inline(always)]
     pub(super) fn header(&self) -> &Header {
-        // SAFETY: checked by `find` when connecting; the mapping lives with `self`.
-        unsafe { self.header_map.at(0) }
+        &self.header
     }
 
     #[inline(always)]
     pub(super) fn slot(&self) -> &Slot {
-        // SAFETY: the slot mapping starts with the control page and lives with `self`.
-        unsafe { self.slot_map.at(0) }
+        &self.slot
     }
 
     #[inline(always)]

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use super::{LIVENESS_INTERVAL, LIVENESS_PROBE, corrupt};
 use crate::error::{Error, Result};
 use crate::sys::coarse_now;
+use crate::transport::ring::Shared;
 use crate::transport::ring::spsc::{
     self, Area, Consumer, Control, Corrupt, Kind, MORE, Producer, Reservation,
 };
@@ -17,32 +18,28 @@ pub(super) struct Sender {
     pub(super) producer: Producer,
     pub(super) spinner: Spinner,
     /// The ring's word on which this side sleeps waiting for room.
-    pub(super) room: *const AtomicU32,
+    pub(super) room: Shared<AtomicU32>,
     /// The word on which the consumer sleeps, and its bell.
-    pub(super) doorbell: *const AtomicU32,
-    pub(super) bell: *const AtomicU64,
+    pub(super) doorbell: Shared<AtomicU32>,
+    pub(super) bell: Shared<AtomicU64>,
     /// When the peer was last seen alive, by the coarse clock.
     pub(super) checked_at: Duration,
 }
 
-// SAFETY: the pointers are into a mapping that the owner of the Sender keeps alive.
-unsafe impl Send for Sender {}
-
 impl Sender {
     /// # Safety
-    /// `control`, `doorbell` and `bell` stay valid as long as the sender.
+    /// As for [`Producer::new`]: `control` describes `area`, and this is its one producer.
     pub(super) unsafe fn new(
-        control: &Control,
+        control: Shared<Control>,
         area: Area,
-        doorbell: &AtomicU32,
-        bell: &AtomicU64,
+        doorbell: Shared<AtomicU32>,
+        bell: Shared<AtomicU64>,
     ) -> Sender {
         Sender {
-            // SAFETY: per this function's contract; one producer per ring is guaranteed
-            // by the slot protocol (the client writes requests, the server replies).
+            room: control.project(|c| &c.producer_sleeps),
+            // SAFETY: per this function's contract.
             producer: unsafe { Producer::new(control, area) },
             spinner: Spinner::default(),
-            room: &control.producer_sleeps,
             doorbell,
             bell,
             checked_at: Duration::ZERO,
@@ -52,9 +49,7 @@ impl Sender {
     /// Wakes the consumer, if it sleeps.
     #[inline(always)]
     pub(super) fn wake_consumer(&self) {
-        // SAFETY: valid per the constructor's contract.
-        let (doorbell, bell) = unsafe { (&*self.doorbell, &*self.bell) };
-        wait::wake(doorbell, bell);
+        wait::wake(&self.doorbell, &self.bell);
     }
 
     /// Claims room for `len` bytes, waiting up to `patience`. `link` says whether the peer
@@ -98,8 +93,6 @@ impl Sender {
                 room,
                 ..
             } = self;
-            // SAFETY: valid per the constructor's contract.
-            let room = unsafe { &**room };
             let slice = (Instant::now() + LIVENESS_INTERVAL).min(deadline);
             spinner.wait(
                 room,

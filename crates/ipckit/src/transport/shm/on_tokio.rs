@@ -459,8 +459,7 @@ impl AsyncShmListener {
                 waiting.done();
                 return Poll::Ready(Ok(taken));
             }
-            // SAFETY: the segment begins with the header; the Arc keeps it mapped.
-            let header: &segment::Header = unsafe { &*server.map.base().cast::<segment::Header>() };
+            let header: &segment::Header = &server.header;
             let (clients, serving, woken) = (&server.clients, &server.serving, &server.woken);
             let seen = server.changes_seen;
             let work = || work_waiting(woken, header, seen, serving, clients);

@@ -10,6 +10,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use rustix::fs::{FlockOperation, Mode};
@@ -17,8 +18,8 @@ use rustix::io::Errno;
 use rustix::shm::OFlags;
 
 use crate::error::{Error, Result};
-use crate::transport::ring::Mapping;
 use crate::transport::ring::spsc::Control;
+use crate::transport::ring::{Mapping, Plain};
 
 /// The first bytes of every segment.
 pub const MAGIC: [u8; 8] = *b"ipckshm\0";
@@ -97,6 +98,11 @@ pub struct Slot {
     /// Server to client.
     pub replies: Control,
 }
+
+// SAFETY: integers, atomics and padding, `repr(C)`.
+unsafe impl Plain for Header {}
+// SAFETY: integers, atomics, padding and ring control blocks (themselves `Plain`).
+unsafe impl Plain for Slot {}
 
 const _: () = assert!(size_of::<Header>() == 256);
 const _: () = assert!(size_of::<Slot>() == 896 && size_of::<Slot>() <= ALIGN);
@@ -184,22 +190,30 @@ pub fn create(
             .map_err(|e| io("locking the segment", e.into()))?;
         rustix::fs::ftruncate(&fd, geometry.total() as u64)
             .map_err(|e| io("sizing the segment", e.into()))?;
-        let map =
+        let mut map =
             Mapping::new(&fd, 0, geometry.total()).map_err(|e| io("mapping the segment", e))?;
-        // SAFETY: offset 0 is page-aligned and the header fits in the first page.
-        let header: &Header = unsafe { map.at(0) };
-        // SAFETY: nobody else can reach the segment yet (it has a private temporary
-        // name), so these plain writes race with nothing.
-        unsafe {
-            let h = map.base().cast::<Header>();
-            (&raw mut (*h).magic).write(MAGIC);
-            (&raw mut (*h).version).write(VERSION);
-            (&raw mut (*h).server_pid).write(pid);
-            (&raw mut (*h).slots).write(geometry.slots as u32);
-            (&raw mut (*h).ring_capacity).write(geometry.capacity as u64);
-            (&raw mut (*h).max_message).write(max_message as u64);
-        }
-        header.state.store(LISTENING, Ordering::Release);
+        // Nobody else can reach the segment yet: it has a private temporary name.
+        map.write(
+            0,
+            Header {
+                magic: MAGIC,
+                version: VERSION,
+                state: AtomicU32::new(0),
+                server_pid: pid,
+                slots: geometry.slots as u32,
+                ring_capacity: geometry.capacity as u64,
+                max_message: max_message as u64,
+                changes: AtomicU32::new(0),
+                _pad: 0,
+                bell: AtomicU64::new(0),
+                _line: [0; 72],
+                doorbell: AtomicU32::new(0),
+                _doorbell_line: [0; 124],
+            },
+        );
+        map.at::<Header>(0)
+            .state
+            .store(LISTENING, Ordering::Release);
         let inode = rustix::fs::fstat(&fd)
             .map_err(|e| io("inspecting the segment", e.into()))?
             .st_ino;
@@ -335,7 +349,7 @@ pub struct Found {
     /// Open on the segment, for the slot mapping and liveness checks.
     pub fd: OwnedFd,
     /// The header page.
-    pub header: Mapping,
+    pub header: Arc<Mapping>,
     /// The server's choice of slots and ring size.
     pub geometry: Geometry,
     /// The largest message the server accepts.
@@ -362,10 +376,10 @@ pub fn find(url: &str, name: &str) -> Result<Found> {
     if size < ALIGN {
         return Err(not_ours(format!("it is only {size} bytes")));
     }
-    let header_map =
-        Mapping::new(&fd, 0, ALIGN).map_err(|e| Error::io(url, "mapping the segment", e))?;
-    // SAFETY: offset 0, page-aligned, the header fits in the mapping; integers and atomics.
-    let header: &Header = unsafe { header_map.at(0) };
+    let header_map = Arc::new(
+        Mapping::new(&fd, 0, ALIGN).map_err(|e| Error::io(url, "mapping the segment", e))?,
+    );
+    let header: &Header = header_map.at(0);
     if header.magic != MAGIC || header.version != VERSION {
         return Err(not_ours(format!(
             "it has magic {:?} and version {}; this ipckit speaks version {VERSION}",
@@ -401,8 +415,8 @@ pub fn find(url: &str, name: &str) -> Result<Found> {
 }
 
 /// Maps slot `i` alone.
-pub fn map_slot(fd: impl AsFd, geometry: Geometry, i: usize) -> std::io::Result<Mapping> {
-    Mapping::new(fd, geometry.slot_offset(i), geometry.slot_len())
+pub fn map_slot(fd: impl AsFd, geometry: Geometry, i: usize) -> std::io::Result<Arc<Mapping>> {
+    Mapping::new(fd, geometry.slot_offset(i), geometry.slot_len()).map(Arc::new)
 }
 
 #[cfg(all(test, not(ipckit_loom)))]

@@ -15,25 +15,20 @@ use crate::message::{Message, MessageRef, Peer, ReplySink, ReplyTo};
 use crate::sys::{Process, lock};
 use crate::transport::Listener;
 use crate::transport::backend::{Payload, ReplyBackend, ServerSide};
-use crate::transport::ring::Mapping;
 use crate::transport::ring::spsc::{self, Area, Consumer, Control, Corrupt, Kind, MORE};
 use crate::transport::ring::wait::{self, Spinner};
+use crate::transport::ring::{Mapping, Shared};
 
 /// Gives a client's request-ring space back as the server's messages are dropped, which
 /// may happen out of order and on any thread.
 pub(crate) struct Releases {
     pub(super) state: Mutex<(u64, Vec<(u64, u64)>)>,
-    pub(super) control: *const Control,
+    pub(super) control: Shared<Control>,
     /// The client's bell, for a client that waits for room through an async runtime.
-    pub(super) bell: *const AtomicU64,
-    pub(super) _map: Arc<Mapping>,
+    pub(super) bell: Shared<AtomicU64>,
+    /// The ring's data, where leased payloads lie.
+    pub(super) area: Area,
 }
-
-// SAFETY: `control` points into `_map`, which the Arc keeps mapped; the state is behind
-// a mutex and the shared counters are atomics.
-unsafe impl Send for Releases {}
-// SAFETY: as above.
-unsafe impl Sync for Releases {}
 
 impl Releases {
     #[inline(always)]
@@ -48,10 +43,8 @@ impl Releases {
         while let Some(at) = done.iter().position(|(s, _)| *s == *head) {
             *head = done.swap_remove(at).1;
         }
-        // SAFETY: valid while `_map` lives.
-        let (control, bell) = unsafe { (&*self.control, &*self.bell) };
-        control.release_to(*head);
-        wait::wake(&control.producer_sleeps, bell);
+        self.control.release_to(*head);
+        wait::wake(&self.control.producer_sleeps, &self.bell);
     }
 }
 
@@ -59,23 +52,20 @@ impl Releases {
 /// it is dropped.
 pub(crate) struct Lease {
     pub(super) releases: Arc<Releases>,
-    pub(super) ptr: *const u8,
+    /// Where the payload lies in the ring's data.
+    pub(super) at: usize,
     pub(super) len: usize,
     pub(super) start: u64,
     pub(super) end: u64,
 }
 
-// SAFETY: the bytes are in a mapping kept alive by `releases`, and the producer does not
-// write them again before they are released (by this lease's drop).
-unsafe impl Send for Lease {}
-// SAFETY: as above; the lease only hands out shared references.
-unsafe impl Sync for Lease {}
-
 impl Lease {
     pub(crate) fn bytes(&self) -> &[u8] {
-        // SAFETY: see the Send impl: in bounds of a live mapping and not rewritten
-        // before this lease is dropped (barring a misbehaving peer; see the module docs).
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+        let area = &self.releases.area;
+        // SAFETY: inside the area (`range` checks), which `releases` keeps mapped; a
+        // published record the producer does not write again before this lease is dropped
+        // and releases it (barring a misbehaving peer: see the module docs).
+        unsafe { std::slice::from_raw_parts(area.range(self.at, self.len), self.len) }
     }
 }
 
@@ -91,16 +81,10 @@ pub(crate) struct ReplyChannel {
     pub(super) sender: Mutex<Sender>,
     pub(super) client_max: usize,
     pub(super) client: Option<Process>,
-    pub(super) slot: *const Slot,
-    pub(super) header: *const Header,
+    pub(super) slot: Shared<Slot>,
+    pub(super) header: Shared<Header>,
     pub(super) patience: Duration,
-    pub(super) _map: Arc<Mapping>,
 }
-
-// SAFETY: the pointers are into `_map`; the sender is behind a mutex.
-unsafe impl Send for ReplyChannel {}
-// SAFETY: as above.
-unsafe impl Sync for ReplyChannel {}
 
 impl Link for ReplyChannel {
     fn url(&self) -> &str {
@@ -108,8 +92,7 @@ impl Link for ReplyChannel {
     }
 
     fn check(&self) -> Result<()> {
-        // SAFETY: valid while `_map` lives.
-        let (slot, header) = unsafe { (&*self.slot, &*self.header) };
+        let (slot, header) = (&self.slot, &self.header);
         let state = slot.state.load(Ordering::Acquire);
         let detail = if header.state.load(Ordering::Acquire) != segment::LISTENING {
             "the server stopped"
@@ -158,14 +141,12 @@ pub(super) struct Client {
     pub(super) refused: bool,
 }
 
-// SAFETY: the consumer points into the listener's mapping, which outlives its clients.
-unsafe impl Send for Client {}
-
 /// A server: the segment, and the clients in its slots.
 pub(crate) struct ShmListener {
     pub(super) endpoint: Endpoint,
     pub(super) url: Arc<str>,
     pub(super) map: Arc<Mapping>,
+    pub(super) header: Shared<Header>,
     pub(super) _fd: OwnedFd,
     pub(super) inode: u64,
     pub(super) name: String,
@@ -191,10 +172,12 @@ impl ShmListener {
         };
         let max_message = endpoint.max_message();
         let created = segment::create(&url, &name, endpoint.mode(), geometry, max_message)?;
+        let map = Arc::new(created.map);
         Ok(ShmListener {
             endpoint: endpoint.clone(),
             url: url.into(),
-            map: Arc::new(created.map),
+            header: map.get(0),
+            map,
             _fd: created.fd,
             inode: created.inode,
             name,
@@ -212,18 +195,15 @@ impl ShmListener {
     }
 
     pub(super) fn header(&self) -> &Header {
-        // SAFETY: the segment begins with the header we wrote.
-        unsafe { self.map.at(0) }
+        &self.header
     }
 
     pub(super) fn slot(&self, i: usize) -> &Slot {
-        // SAFETY: slot offsets are page-aligned and inside the segment (`Geometry`).
-        unsafe { self.map.at(self.geometry.slot_offset(i)) }
+        self.map.at(self.geometry.slot_offset(i))
     }
 
     pub(super) fn owner(&self, i: usize) -> &AtomicU32 {
-        // SAFETY: the owner table fits in the header page for any valid slot count.
-        unsafe { self.map.at(segment::OWNERS + 4 * i) }
+        self.map.at(segment::OWNERS + 4 * i)
     }
 
     /// Takes in clients that attached or left since the last look.
@@ -244,7 +224,7 @@ impl ShmListener {
 
     pub(super) fn accept(&mut self, i: usize, owner: u32, left: bool) {
         let capacity = self.geometry.capacity;
-        let slot = self.slot(i);
+        let slot: Shared<Slot> = self.map.get(self.geometry.slot_offset(i));
         let _ = slot.state.compare_exchange(
             segment::OPEN,
             segment::ACCEPTED,
@@ -254,28 +234,26 @@ impl ShmListener {
         let client_max = (slot.client_max.load(Ordering::Acquire) as usize).max(1);
         let process = Process::watch(owner);
         let leaving = left || process.is_none();
-        let base = self.map.base();
         let offset = self.geometry.slot_offset(i) + segment::ALIGN;
-        // SAFETY: both data areas lie inside the segment (`Geometry`), which `self.map`
-        // keeps mapped for as long as the consumer, releases and reply channel exist (the
-        // latter two hold the Arc). One consumer per ring: this server; one producer of
-        // replies: the channel's sender.
+        let area = |at| Area::new(self.map.bytes(offset + at, capacity));
+        // SAFETY: one consumer of the client's requests, this server; one producer of its
+        // replies, the channel's sender.
         let (consumer, sender) = unsafe {
             (
-                Consumer::new(&slot.requests, Area::new(base.add(offset), capacity)),
+                Consumer::new(slot.project(|s| &s.requests), area(0)),
                 Sender::new(
-                    &slot.replies,
-                    Area::new(base.add(offset + capacity), capacity),
-                    &slot.replies.consumer_sleeps,
-                    &slot.bell,
+                    slot.project(|s| &s.replies),
+                    area(capacity),
+                    slot.project(|s| &s.replies.consumer_sleeps),
+                    slot.project(|s| &s.bell),
                 ),
             )
         };
         let releases = Arc::new(Releases {
             state: Mutex::new((consumer.position(), Vec::new())),
-            control: &slot.requests,
-            bell: &slot.room_bell,
-            _map: self.map.clone(),
+            control: slot.project(|s| &s.requests),
+            bell: slot.project(|s| &s.room_bell),
+            area: area(0),
         });
         let replies = Arc::new(ReplyChannel {
             url: self.url.to_string(),
@@ -283,9 +261,8 @@ impl ShmListener {
             client_max,
             client: process.as_ref().map(Process::try_clone),
             slot,
-            header: self.header(),
+            header: self.header.clone(),
             patience: self.endpoint.send_timeout(),
-            _map: self.map.clone(),
         });
         log::debug!("{}: client pid {owner} attached in slot {i}", self.url);
         self.clients[i] = Some(Client {
@@ -533,8 +510,7 @@ impl ShmListener {
                 return None;
             }
             let until = deadline.map_or(self.next_check, |d| d.min(self.next_check));
-            // SAFETY: the segment begins with the header; the Arc keeps it mapped.
-            let header: &Header = unsafe { &*self.map.base().cast::<Header>() };
+            let header: &Header = &self.header;
             let (clients, serving, woken) = (&self.clients, &self.serving, &self.woken);
             let seen = self.changes_seen;
             self.spinner.sleep(
@@ -631,7 +607,7 @@ pub(super) fn next_message(
     let payload = match whole {
         Whole::InRing(record) => Payload::Shm(Lease {
             releases: client.releases.clone(),
-            ptr: client.consumer.area().range(record.payload_at, record.len),
+            at: record.payload_at,
             len: record.len,
             start: record.start,
             end: record.end,
@@ -735,11 +711,9 @@ impl ServerSide for ShmListener {
 
     fn waker(&self) -> Arc<dyn Fn() + Send + Sync> {
         let woken = self.woken.clone();
-        let map = self.map.clone();
+        let header = self.header.clone();
         Arc::new(move || {
             woken.store(true, Ordering::SeqCst);
-            // SAFETY: the segment begins with the header; the Arc keeps it mapped.
-            let header: &Header = unsafe { map.at(0) };
             wait::wake(&header.doorbell, &header.bell);
         })
     }
