@@ -1,8 +1,8 @@
 //! Bells: how a waiter that cannot block in a futex, a task on an async runtime, is woken.
 //!
 //! A bell is a datagram socket bound to an abstract name made of a random number, which
-//! the waiter publishes in the segment (the header's `bell` for the server, the slot's for
-//! a client) and puts [`BELL`](super::wait::BELL) in its sleep word. A waker that finds
+//! the waiter publishes in shared memory (in shm, the header's `bell` for the server, the
+//! slot's for a client) and puts [`BELL`](super::wait::BELL) in its sleep word. A waker that finds
 //! that value sends one empty datagram to the name; the runtime's reactor sees the socket
 //! readable and wakes the task, on the thread that polls it: no helper thread, no hop.
 //! Abstract names vanish with the process that holds them, so a bell leaves nothing

@@ -1,5 +1,5 @@
 //! A shared mapping of a file, and handles to what lies in it: the one place where the
-//! memory of every ring, header and slot is argued valid.
+//! memory of every ring, and of whatever a transport keeps beside it, is argued valid.
 //!
 //! Memory in a mapping is valid for as long as the mapping is mapped; [`Shared`] holds the
 //! mapping while it points into it, so a `Shared` is as safe to use as a reference. What
@@ -91,7 +91,7 @@ impl Mapping {
     }
 
     /// Writes `value` at `offset`, while nobody else can reach the memory (a segment being
-    /// built under a private name): `&mut self` keeps out everyone in this process. Panics
+    /// built under a private name, say): `&mut self` keeps out everyone in this process. Panics
     /// as [`at`](Self::at) does.
     pub fn write<T: Plain>(&mut self, offset: usize, value: T) {
         // SAFETY: in bounds and aligned (checked); no reference into the mapping is alive.

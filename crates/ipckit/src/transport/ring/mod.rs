@@ -1,9 +1,11 @@
 //! Building blocks for transports in shared memory, knowing nothing of clients or
 //! servers: the single-producer, single-consumer ring ([`spsc`]), the waiter that spins
 //! and then sleeps on a futex ([`wait`]), the bell that wakes a task on an async runtime
-//! instead ([`bell`]), and the mapping they live in.
+//! instead ([`bell`]), the mapping they live in, and how a side watches that its peer
+//! lives ([`liveness`]).
 
 pub(crate) mod bell;
+pub(crate) mod liveness;
 mod mapping;
 pub(crate) mod spsc;
 pub(crate) mod wait;

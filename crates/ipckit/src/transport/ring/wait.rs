@@ -25,7 +25,7 @@ use rustix::thread::futex;
 /// A sleep word's value while its waiter sleeps in FUTEX_WAIT on it.
 pub const FUTEX: u32 = 1;
 /// A sleep word's value while its waiter waits for its bell (an async runtime's waiter,
-/// which cannot block in a futex): the waker rings the bell named in the segment.
+/// which cannot block in a futex): the waker rings the bell named in shared memory.
 pub const BELL: u32 = 2;
 
 /// The shortest spin before sleeping.

@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::halves::{CopyOut, InPlace, Link, Partial, Sender, assemble};
+use super::halves::{CopyOut, InPlace, Partial, Sender, assemble};
 use super::segment::{self, Header, Slot};
-use super::{LIVENESS_INTERVAL, corrupt, name_of};
+use super::{corrupt, name_of};
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
 use crate::sys::{Process, lock};
@@ -16,13 +16,14 @@ use crate::transport::Connection;
 use crate::transport::backend::ClientSide;
 use crate::transport::correlate::{Correlator, NoAnswer};
 use crate::transport::ring::Shared;
+use crate::transport::ring::liveness::{LIVENESS_INTERVAL, Link};
 use crate::transport::ring::spsc::{Area, Consumer, Corrupt, Kind, MORE, Reservation};
 use crate::transport::ring::wait::{self, Spinner, Woke};
 
 /// The client's reading half: replies.
 pub(super) struct Replies {
     pub(super) consumer: Consumer,
-    pub(super) spinner: Spinner,
+    spinner: Spinner,
     pub(super) partial: Option<Partial>,
 }
 
@@ -30,20 +31,20 @@ pub(super) struct Replies {
 pub(crate) struct ShmConnection {
     pub(super) endpoint: Endpoint,
     pub(super) url: String,
-    pub(super) name: String,
-    pub(super) fd: OwnedFd,
-    pub(super) header: Shared<Header>,
-    pub(super) slot: Shared<Slot>,
-    pub(super) slot_index: usize,
-    pub(super) server: Process,
+    name: String,
+    fd: OwnedFd,
+    header: Shared<Header>,
+    slot: Shared<Slot>,
+    slot_index: usize,
+    server: Process,
     pub(super) server_max: usize,
-    pub(super) own_max: usize,
-    pub(super) patience: Duration,
+    own_max: usize,
+    patience: Duration,
     pub(super) requests: Mutex<Sender>,
     pub(super) replies: Mutex<Replies>,
     pub(super) answers: Correlator<Partial>,
     pub(super) next_id: AtomicU64,
-    pub(super) in_flight: AtomicUsize,
+    in_flight: AtomicUsize,
 }
 
 impl ShmConnection {
@@ -137,7 +138,7 @@ impl ShmConnection {
     }
 
     #[inline(always)]
-    pub(super) fn header(&self) -> &Header {
+    fn header(&self) -> &Header {
         &self.header
     }
 
@@ -160,19 +161,13 @@ impl ShmConnection {
     }
 
     #[inline(always)]
-    pub(super) fn send_kind(&self, kind: Kind, id: u64, payload: &[u8]) -> Result<()> {
+    fn send_kind(&self, kind: Kind, id: u64, payload: &[u8]) -> Result<()> {
         self.send_by(&mut lock(&self.requests), kind, id, payload)
     }
 
     /// Sends through `requests`, this connection's request ring, already locked.
     #[inline(always)]
-    pub(super) fn send_by(
-        &self,
-        requests: &mut Sender,
-        kind: Kind,
-        id: u64,
-        payload: &[u8],
-    ) -> Result<()> {
+    fn send_by(&self, requests: &mut Sender, kind: Kind, id: u64, payload: &[u8]) -> Result<()> {
         self.check_size(payload.len())?;
         self.closed()?;
         requests.send(kind, id, payload, self.patience, self)
@@ -180,7 +175,7 @@ impl ShmConnection {
 
     /// Waits for the answer to request `id` while other requests are in flight: one
     /// thread at a time reads the reply ring and hands out what it reads.
-    pub(super) fn await_answer(&self, id: u64, timeout: Duration) -> Result<Vec<u8>> {
+    fn await_answer(&self, id: u64, timeout: Duration) -> Result<Vec<u8>> {
         let deadline = Instant::now() + timeout;
         let answer = self
             .answers
@@ -211,7 +206,7 @@ impl ShmConnection {
     /// the first spin runs out: a busy exchange never reads the clock) and checking that
     /// the server lives while it sleeps.
     #[inline(always)]
-    pub(super) fn read_answer<F: FnOnce(&[u8]) -> R, R>(
+    fn read_answer<F: FnOnce(&[u8]) -> R, R>(
         &self,
         replies: &mut Replies,
         deadline: &mut Option<Instant>,
@@ -314,7 +309,7 @@ impl ShmConnection {
     /// Waits for the answer to request `id` as the only requester in flight, holding the
     /// reply ring throughout: no waiter list, no condition variable.
     #[inline(always)]
-    pub(super) fn lone_answer<F: FnOnce(&[u8]) -> R, R>(
+    fn lone_answer<F: FnOnce(&[u8]) -> R, R>(
         &self,
         replies: &mut Replies,
         id: u64,
@@ -379,7 +374,7 @@ impl ShmConnection {
     }
 
     /// A new request's number, with the reader its reply goes to, if any.
-    pub(super) fn next_request<F, R>(&self, read: Option<F>) -> InPlace<F, R> {
+    fn next_request<F, R>(&self, read: Option<F>) -> InPlace<F, R> {
         InPlace {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             read,
@@ -388,7 +383,7 @@ impl ShmConnection {
     }
 
     /// Sends `payload` as a request and waits for its reply.
-    pub(super) fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
+    fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
         self.request_by(|id| self.send_kind(Kind::Request, id, payload), timeout)
     }
 
@@ -406,7 +401,7 @@ impl ShmConnection {
     }
 
     /// A request that `publish` puts in the ring, given its number; its reply.
-    pub(super) fn request_by(
+    fn request_by(
         &self,
         publish: impl FnOnce(u64) -> Result<()>,
         timeout: Duration,
@@ -418,7 +413,7 @@ impl ShmConnection {
     /// A request that `publish` puts in the ring, given its number; what `read` returns
     /// for its reply.
     #[inline(always)]
-    pub(super) fn request_in_place_by<R>(
+    fn request_in_place_by<R>(
         &self,
         publish: impl FnOnce(u64) -> Result<()>,
         timeout: Duration,
@@ -432,7 +427,7 @@ impl ShmConnection {
     /// answer goes to `read` if given (in place when it lies whole in one record); it is
     /// returned, empty if read in place, with what `read` returned.
     #[inline(always)]
-    pub(super) fn ask<F: FnOnce(&[u8]) -> R, R>(
+    fn ask<F: FnOnce(&[u8]) -> R, R>(
         &self,
         publish: impl FnOnce(u64) -> Result<()>,
         timeout: Duration,
@@ -450,7 +445,7 @@ impl ShmConnection {
     /// place if `in_place` asks and the lone path finds it whole in one record; else it
     /// is returned.
     #[inline(always)]
-    pub(super) fn exchange<F: FnOnce(&[u8]) -> R, R>(
+    fn exchange<F: FnOnce(&[u8]) -> R, R>(
         &self,
         publish: impl FnOnce() -> Result<()>,
         timeout: Duration,
@@ -485,9 +480,9 @@ impl ShmConnection {
 /// A connection that one thread holds alone: both rings are locked once, when it is
 /// taken, instead of on every call; see [`Client::exclusive`](crate::Client::exclusive).
 pub(crate) struct ShmExclusive<'a> {
-    pub(super) connection: &'a ShmConnection,
-    pub(super) requests: MutexGuard<'a, Sender>,
-    pub(super) replies: MutexGuard<'a, Replies>,
+    connection: &'a ShmConnection,
+    requests: MutexGuard<'a, Sender>,
+    replies: MutexGuard<'a, Replies>,
 }
 
 impl ShmConnection {
@@ -532,7 +527,7 @@ impl ShmExclusive<'_> {
     /// the late reply to one that timed out, here or before, can be in the ring: it is
     /// passed over.
     #[inline(always)]
-    pub(super) fn ask<F: FnOnce(&[u8]) -> R, R>(
+    fn ask<F: FnOnce(&[u8]) -> R, R>(
         &mut self,
         payload: &[u8],
         timeout: Duration,
@@ -641,13 +636,13 @@ impl Drop for ShmConnection {
 /// Space in a client's request ring, written in place and published by `send` or
 /// `request`; see [`Client::loan`](crate::Client::loan).
 pub(crate) struct ShmLoan<'a> {
-    pub(super) connection: &'a ShmConnection,
-    pub(super) requests: MutexGuard<'a, Sender>,
-    pub(super) reservation: Reservation,
+    connection: &'a ShmConnection,
+    requests: MutexGuard<'a, Sender>,
+    reservation: Reservation,
 }
 
 impl ShmLoan<'_> {
-    pub(super) fn start(&self) -> *mut u8 {
+    fn start(&self) -> *mut u8 {
         let r = &self.reservation;
         self.requests
             .producer
@@ -691,7 +686,7 @@ impl ShmLoan<'_> {
     }
 
     /// Publishes the loan's `len` bytes as request number `id`, when called.
-    pub(super) fn publish_request(mut self, len: usize) -> impl FnOnce(u64) -> Result<()> {
+    fn publish_request(mut self, len: usize) -> impl FnOnce(u64) -> Result<()> {
         move |id| {
             self.requests
                 .commit(self.reservation, len, Kind::Request, 0, id);

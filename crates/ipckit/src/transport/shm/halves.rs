@@ -4,10 +4,11 @@
 use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::time::{Duration, Instant};
 
-use super::{LIVENESS_INTERVAL, LIVENESS_PROBE, corrupt};
+use super::corrupt;
 use crate::error::{Error, Result};
 use crate::sys::coarse_now;
 use crate::transport::ring::Shared;
+use crate::transport::ring::liveness::{LIVENESS_INTERVAL, LIVENESS_PROBE, Link};
 use crate::transport::ring::spsc::{
     self, Area, Consumer, Control, Corrupt, Kind, MORE, Producer, Reservation,
 };
@@ -16,14 +17,14 @@ use crate::transport::ring::wait::{self, Spinner};
 /// The writing half of a ring, with how to wait for room and whom to wake.
 pub(super) struct Sender {
     pub(super) producer: Producer,
-    pub(super) spinner: Spinner,
+    spinner: Spinner,
     /// The ring's word on which this side sleeps waiting for room.
-    pub(super) room: Shared<AtomicU32>,
+    room: Shared<AtomicU32>,
     /// The word on which the consumer sleeps, and its bell.
-    pub(super) doorbell: Shared<AtomicU32>,
-    pub(super) bell: Shared<AtomicU64>,
+    doorbell: Shared<AtomicU32>,
+    bell: Shared<AtomicU64>,
     /// When the peer was last seen alive, by the coarse clock.
-    pub(super) checked_at: Duration,
+    checked_at: Duration,
 }
 
 impl Sender {
@@ -48,7 +49,7 @@ impl Sender {
 
     /// Wakes the consumer, if it sleeps.
     #[inline(always)]
-    pub(super) fn wake_consumer(&self) {
+    fn wake_consumer(&self) {
         wait::wake(&self.doorbell, &self.bell);
     }
 
@@ -78,7 +79,7 @@ impl Sender {
     /// into a ring with room stays short.
     #[cold]
     #[inline(never)]
-    pub(super) fn wait_for_room(
+    fn wait_for_room(
         &mut self,
         len: usize,
         patience: Duration,
@@ -188,13 +189,6 @@ impl Sender {
         }
         Ok(())
     }
-}
-
-/// What a sender or receiver needs to know about the other side.
-pub(super) trait Link {
-    fn url(&self) -> &str;
-    /// Err when the peer is gone or the connection was closed.
-    fn check(&self) -> Result<()>;
 }
 
 /// A message being put together from several records.

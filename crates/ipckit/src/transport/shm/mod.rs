@@ -80,7 +80,6 @@
 //! false, and uid and gid are unknown.
 
 use std::path::Path;
-use std::time::Duration;
 
 use crate::endpoint::{Address, Endpoint};
 use crate::error::{Error, Result};
@@ -94,14 +93,9 @@ mod on_tokio;
 mod segment;
 mod server;
 
+pub use crate::transport::ring::liveness::LIVENESS_INTERVAL;
 pub(crate) use client::{ShmConnection, ShmExclusive, ShmLoan};
 pub(crate) use server::{Lease, ReplyChannel, ShmListener};
-
-/// How often a waiting side checks that its peer still lives.
-pub const LIVENESS_INTERVAL: Duration = Duration::from_millis(200);
-
-/// How often a sender that never waits checks that its peer still lives.
-const LIVENESS_PROBE: Duration = Duration::from_millis(10);
 
 /// Shared-memory rings between processes.
 ///

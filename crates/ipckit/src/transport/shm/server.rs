@@ -6,15 +6,16 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::halves::{Link, Partial, Sender, assemble};
+use super::halves::{Partial, Sender, assemble};
+use super::name_of;
 use super::segment::{self, Geometry, Header, Slot};
-use super::{LIVENESS_INTERVAL, name_of};
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
 use crate::message::{Message, MessageRef, Peer, ReplySink, ReplyTo};
 use crate::sys::{Process, lock};
 use crate::transport::Listener;
 use crate::transport::backend::{Payload, ReplyBackend, ServerSide};
+use crate::transport::ring::liveness::{LIVENESS_INTERVAL, Link};
 use crate::transport::ring::spsc::{self, Area, Consumer, Control, Corrupt, Kind, MORE};
 use crate::transport::ring::wait::{self, Spinner};
 use crate::transport::ring::{Mapping, Shared};
@@ -22,17 +23,17 @@ use crate::transport::ring::{Mapping, Shared};
 /// Gives a client's request-ring space back as the server's messages are dropped, which
 /// may happen out of order and on any thread.
 pub(crate) struct Releases {
-    pub(super) state: Mutex<(u64, Vec<(u64, u64)>)>,
-    pub(super) control: Shared<Control>,
+    state: Mutex<(u64, Vec<(u64, u64)>)>,
+    control: Shared<Control>,
     /// The client's bell, for a client that waits for room through an async runtime.
-    pub(super) bell: Shared<AtomicU64>,
+    bell: Shared<AtomicU64>,
     /// The ring's data, where leased payloads lie.
-    pub(super) area: Area,
+    area: Area,
 }
 
 impl Releases {
     #[inline(always)]
-    pub(super) fn release(&self, start: u64, end: u64) {
+    fn release(&self, start: u64, end: u64) {
         let mut state = lock(&self.state);
         let (head, done) = &mut *state;
         if start != *head {
@@ -51,12 +52,12 @@ impl Releases {
 /// A message's payload read in place from a client's ring; the space is given back when
 /// it is dropped.
 pub(crate) struct Lease {
-    pub(super) releases: Arc<Releases>,
+    releases: Arc<Releases>,
     /// Where the payload lies in the ring's data.
-    pub(super) at: usize,
-    pub(super) len: usize,
-    pub(super) start: u64,
-    pub(super) end: u64,
+    at: usize,
+    len: usize,
+    start: u64,
+    end: u64,
 }
 
 impl Lease {
@@ -77,13 +78,13 @@ impl Drop for Lease {
 
 /// The way back to one client: its reply ring.
 pub(crate) struct ReplyChannel {
-    pub(super) url: String,
-    pub(super) sender: Mutex<Sender>,
-    pub(super) client_max: usize,
-    pub(super) client: Option<Process>,
-    pub(super) slot: Shared<Slot>,
-    pub(super) header: Shared<Header>,
-    pub(super) patience: Duration,
+    url: String,
+    sender: Mutex<Sender>,
+    client_max: usize,
+    client: Option<Process>,
+    slot: Shared<Slot>,
+    header: Shared<Header>,
+    patience: Duration,
 }
 
 impl Link for ReplyChannel {
@@ -128,37 +129,37 @@ impl ReplySink for ReplyChannel {
 
 /// A client the server serves.
 pub(super) struct Client {
-    pub(super) pid: u32,
-    pub(super) process: Option<Process>,
-    pub(super) consumer: Consumer,
-    pub(super) partial: Option<Partial>,
-    pub(super) releases: Arc<Releases>,
-    pub(super) replies: Arc<ReplyChannel>,
-    pub(super) peer: Arc<Peer>,
+    pid: u32,
+    process: Option<Process>,
+    consumer: Consumer,
+    partial: Option<Partial>,
+    releases: Arc<Releases>,
+    replies: Arc<ReplyChannel>,
+    peer: Arc<Peer>,
     /// It left or died: take what it sent, then free the slot.
-    pub(super) leaving: bool,
+    leaving: bool,
     /// Dropped for breaking the protocol: nothing more is read.
-    pub(super) refused: bool,
+    refused: bool,
 }
 
 /// A server: the segment, and the clients in its slots.
 pub(crate) struct ShmListener {
     pub(super) endpoint: Endpoint,
-    pub(super) url: Arc<str>,
-    pub(super) map: Arc<Mapping>,
+    url: Arc<str>,
+    map: Arc<Mapping>,
     pub(super) header: Shared<Header>,
-    pub(super) _fd: OwnedFd,
-    pub(super) inode: u64,
-    pub(super) name: String,
-    pub(super) geometry: Geometry,
-    pub(super) max_message: usize,
+    _fd: OwnedFd,
+    inode: u64,
+    name: String,
+    geometry: Geometry,
+    max_message: usize,
     pub(super) clients: Vec<Option<Client>>,
     pub(super) serving: Vec<usize>,
-    pub(super) cursor: usize,
+    cursor: usize,
     pub(super) changes_seen: u32,
     pub(super) next_check: Instant,
     pub(super) rounds: u32,
-    pub(super) spinner: Spinner,
+    spinner: Spinner,
     pub(super) woken: Arc<AtomicBool>,
 }
 
@@ -198,16 +199,16 @@ impl ShmListener {
         &self.header
     }
 
-    pub(super) fn slot(&self, i: usize) -> &Slot {
+    fn slot(&self, i: usize) -> &Slot {
         self.map.at(self.geometry.slot_offset(i))
     }
 
-    pub(super) fn owner(&self, i: usize) -> &AtomicU32 {
+    fn owner(&self, i: usize) -> &AtomicU32 {
         self.map.at(segment::OWNERS + 4 * i)
     }
 
     /// Takes in clients that attached or left since the last look.
-    pub(super) fn rescan(&mut self) {
+    fn rescan(&mut self) {
         for i in 0..self.geometry.slots {
             let owner = self.owner(i).load(Ordering::Acquire);
             let state = self.slot(i).state.load(Ordering::Acquire);
@@ -222,7 +223,7 @@ impl ShmListener {
         }
     }
 
-    pub(super) fn accept(&mut self, i: usize, owner: u32, left: bool) {
+    fn accept(&mut self, i: usize, owner: u32, left: bool) {
         let capacity = self.geometry.capacity;
         let slot: Shared<Slot> = self.map.get(self.geometry.slot_offset(i));
         let _ = slot.state.compare_exchange(
@@ -284,7 +285,7 @@ impl ShmListener {
 
     /// Notices dead clients, frees slots whose clients are done, and slots claimed by a
     /// process that died before it attached.
-    pub(super) fn check_clients(&mut self) {
+    fn check_clients(&mut self) {
         for &i in &self.serving {
             let client = self.clients[i].as_mut().expect("serving");
             if !client.leaving && client.process.as_ref().is_none_or(Process::exited) {
@@ -309,7 +310,7 @@ impl ShmListener {
     }
 
     /// Frees the slots of clients that are gone once nothing of theirs is pending.
-    pub(super) fn free_finished(&mut self) {
+    fn free_finished(&mut self) {
         let mut k = 0;
         while k < self.serving.len() {
             let i = self.serving[k];
@@ -335,7 +336,7 @@ impl ShmListener {
         }
     }
 
-    pub(super) fn free_slot(&self, i: usize) {
+    fn free_slot(&self, i: usize) {
         let slot = self.slot(i);
         slot.requests.reset();
         slot.replies.reset();
@@ -461,7 +462,7 @@ impl ShmListener {
     /// took one and wants more, `Break` when it is done. What it broke with; `None` when
     /// the deadline passed or the waker was called.
     #[inline(always)]
-    pub(super) fn wait_for<R>(
+    fn wait_for<R>(
         &mut self,
         deadline: Option<Instant>,
         mut poll: impl FnMut(&mut ShmListener) -> Option<ControlFlow<R>>,
@@ -555,7 +556,7 @@ pub(super) enum Whole {
 }
 
 impl Whole {
-    pub(super) fn kind_and_id(&self) -> (Kind, u64) {
+    fn kind_and_id(&self) -> (Kind, u64) {
         match self {
             Whole::InRing(record) => (record.kind, record.id),
             Whole::Assembled(whole) => (whole.kind, whole.id),
@@ -674,9 +675,9 @@ pub(super) fn lend_next<H: FnOnce(&mut MessageRef<'_>) -> R, R>(
 
 /// Gives a lent record's space back when dropped.
 pub(super) struct Returned<'a> {
-    pub(super) releases: &'a Releases,
-    pub(super) start: u64,
-    pub(super) end: u64,
+    releases: &'a Releases,
+    start: u64,
+    end: u64,
 }
 
 impl Drop for Returned<'_> {
