@@ -1,12 +1,10 @@
 //! Thin safe wrappers over what std lacks, shared by the transports.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
-
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
-use std::time::{Duration, Instant};
 
 /// Locks `mutex`, poisoned or not. A panic elsewhere while holding one of ipckit's locks
 /// leaves no broken invariant behind: the protected state is re-checked by every user.

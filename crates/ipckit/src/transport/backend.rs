@@ -214,7 +214,7 @@ impl ClientBackend {
     pub(crate) fn exclusive(&mut self) -> ExclusiveBackend<'_> {
         match self {
             Self::Shm(shm) => ExclusiveBackend::Shm(shm.exclusive()),
-            Self::Boxed(_) => ExclusiveBackend::Shared(self),
+            Self::Boxed(_) => ExclusiveBackend::Client(self),
         }
     }
 }
@@ -289,6 +289,7 @@ pub(crate) enum Payload {
 }
 
 impl Payload {
+    #[inline]
     pub(crate) fn bytes(&self) -> &[u8] {
         match self {
             Payload::Owned(bytes) => bytes,
@@ -296,6 +297,7 @@ impl Payload {
         }
     }
 
+    #[inline]
     pub(crate) fn into_vec(self) -> Vec<u8> {
         match self {
             Payload::Owned(bytes) => bytes,
@@ -303,6 +305,7 @@ impl Payload {
         }
     }
 
+    #[inline]
     pub(crate) fn is_in_place(&self) -> bool {
         !matches!(self, Payload::Owned(_))
     }
@@ -324,6 +327,7 @@ pub(crate) enum LoanBackend<'a> {
 }
 
 impl LoanBackend<'_> {
+    #[inline]
     pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
         match self {
             Self::Shm(loan) => loan.bytes_mut(),
@@ -331,6 +335,7 @@ impl LoanBackend<'_> {
         }
     }
 
+    #[inline]
     pub(crate) fn bytes(&self) -> &[u8] {
         match self {
             Self::Shm(loan) => loan.bytes(),
@@ -338,11 +343,13 @@ impl LoanBackend<'_> {
         }
     }
 
+    #[inline]
     pub(crate) fn is_in_place(&self) -> bool {
         !matches!(self, Self::Heap { .. })
     }
 
     /// Publishes the first `len` bytes.
+    #[inline]
     pub(crate) fn send(self, len: usize) -> Result<()> {
         match self {
             Self::Shm(loan) => loan.send(len),
@@ -350,6 +357,7 @@ impl LoanBackend<'_> {
         }
     }
 
+    #[inline]
     pub(crate) fn request(self, len: usize, timeout: Duration) -> Result<Vec<u8>> {
         match self {
             Self::Shm(loan) => loan.request(len, timeout),
@@ -357,6 +365,7 @@ impl LoanBackend<'_> {
         }
     }
 
+    #[inline]
     pub(crate) fn request_with<R>(
         self,
         len: usize,
@@ -372,31 +381,34 @@ impl LoanBackend<'_> {
     }
 }
 
-/// A connection held by one thread: a flavor's own handle, or the shared client.
+/// A connection held by one thread: a flavor's own handle, or the client itself.
 pub(crate) enum ExclusiveBackend<'a> {
     Shm(ShmExclusive<'a>),
-    Shared(&'a ClientBackend),
+    Client(&'a ClientBackend),
 }
 
 impl ExclusiveBackend<'_> {
+    #[inline]
     pub(crate) fn endpoint(&self) -> &Endpoint {
         match self {
             Self::Shm(shm) => shm.endpoint(),
-            Self::Shared(client) => client.endpoint(),
+            Self::Client(client) => client.endpoint(),
         }
     }
 
+    #[inline]
     pub(crate) fn send(&mut self, payload: &[u8]) -> Result<()> {
         match self {
             Self::Shm(shm) => shm.send(payload),
-            Self::Shared(client) => client.send(payload),
+            Self::Client(client) => client.send(payload),
         }
     }
 
+    #[inline]
     pub(crate) fn request(&mut self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
         match self {
             Self::Shm(shm) => shm.request(payload, timeout),
-            Self::Shared(client) => client.request(payload, timeout),
+            Self::Client(client) => client.request(payload, timeout),
         }
     }
 
@@ -409,7 +421,7 @@ impl ExclusiveBackend<'_> {
     ) -> Result<R> {
         match self {
             Self::Shm(shm) => shm.request_in_place(payload, timeout, read),
-            Self::Shared(client) => client.request_with(payload, timeout, read),
+            Self::Client(client) => client.request_with(payload, timeout, read),
         }
     }
 }

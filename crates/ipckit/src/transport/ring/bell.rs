@@ -2,8 +2,8 @@
 //!
 //! A bell is a datagram socket bound to an abstract name made of a random number, which
 //! the waiter publishes in shared memory (in shm, the header's `bell` for the server, the
-//! slot's for a client) and puts [`BELL`](super::wait::BELL) in its sleep word. A waker that finds
-//! that value sends one empty datagram to the name; the runtime's reactor sees the socket
+//! slot's for a client) and puts [`BELL`](super::wait::BELL) in its sleep word. A waker
+//! that finds that value sends one empty datagram to the name; the runtime's reactor sees the socket
 //! readable and wakes the task, on the thread that polls it: no helper thread, no hop.
 //! Abstract names vanish with the process that holds them, so a bell leaves nothing
 //! behind, and the random name cannot be guessed by a stranger (a ring it sent anyway
@@ -90,7 +90,7 @@ mod waiting {
             Ok(Bell { nonce, socket })
         }
 
-        /// What to publish in the segment for wakers to ring.
+        /// What to publish in shared memory for wakers to ring.
         pub fn nonce(&self) -> u64 {
             self.nonce
         }

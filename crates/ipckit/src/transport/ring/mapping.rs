@@ -30,9 +30,11 @@ unsafe impl Sync for Mapping {}
 /// A type that may lie in memory that other processes write.
 ///
 /// # Safety
-/// Every bit pattern is a valid value, and it holds no pointers: integers, atomics, arrays
-/// and `repr(C)` structs of them.
-pub unsafe trait Plain {}
+/// Every bit pattern is a valid value; it holds no pointers and no padding the compiler
+/// adds (integers, atomics, arrays and `repr(C)` structs of them, padded by hand); and its
+/// non-atomic fields are written only before the memory is shared (through
+/// [`Mapping::write`]), so that a `&T` may be read from any thread.
+pub unsafe trait Plain: Sync {}
 
 // SAFETY: integers and atomics of integers are valid for any bits.
 unsafe impl Plain for AtomicU8 {}
@@ -90,11 +92,15 @@ impl Mapping {
         unsafe { self.ptr_to::<T>(offset).as_ref() }
     }
 
-    /// Writes `value` at `offset`, while nobody else can reach the memory (a segment being
-    /// built under a private name, say): `&mut self` keeps out everyone in this process. Panics
-    /// as [`at`](Self::at) does.
-    pub fn write<T: Plain>(&mut self, offset: usize, value: T) {
-        // SAFETY: in bounds and aligned (checked); no reference into the mapping is alive.
+    /// Writes `value` at `offset`. Panics as [`at`](Self::at) does.
+    ///
+    /// # Safety
+    /// Nobody else can reach the memory yet (a segment being built under a private name,
+    /// say): `&mut self` keeps out references through this mapping, but not other
+    /// mappings of the same file, in this process or another.
+    pub unsafe fn write<T: Plain>(&mut self, offset: usize, value: T) {
+        // SAFETY: in bounds and aligned (checked); nobody else reaches the memory (per the
+        // contract).
         unsafe { self.ptr_to::<T>(offset).write(value) }
     }
 
@@ -135,7 +141,7 @@ impl Mapping {
 impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly what `new` mapped; every reference into it borrows `self`,
-        // and every `Shared` holds it.
+        // and every `Shared` and `SharedBytes` holds it.
         unsafe {
             let _ = rustix::mm::munmap(self.ptr.as_ptr().cast::<c_void>(), self.len);
         }
@@ -167,7 +173,7 @@ impl<T> Deref for Shared<T> {
     #[inline(always)]
     fn deref(&self) -> &T {
         // SAFETY: built by `Mapping::get` (in bounds, aligned, `Plain`) or `project` (a
-        // reference into the same memory); `map` keeps it mapped.
+        // reference into the same memory, or a `'static` one); `map` keeps it mapped.
         unsafe { self.ptr.as_ref() }
     }
 }

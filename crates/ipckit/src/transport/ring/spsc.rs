@@ -98,7 +98,7 @@ impl Control {
 
     /// Hands the space up to `end` back to the producer.
     #[inline(always)]
-    pub fn release_to(&self, end: u64) {
+    pub(crate) fn release_to(&self, end: u64) {
         // SYNC POINT (space): the consumer's reads of the records before `end` happen
         // before the producer's Acquire of `head` in `look_at_head`, which reuses them.
         self.head.store(end, Ordering::Release);
@@ -313,7 +313,8 @@ impl Reservation {
 impl Producer {
     /// # Safety
     /// `control` describes `area`, and no other producer writes to the same ring: the
-    /// producer writes its bytes unsynchronised.
+    /// producer writes its bytes unsynchronised. Nothing else in this process touches the
+    /// area's bytes but this ring's producer and consumer.
     pub unsafe fn new(control: Shared<Control>, area: Area) -> Producer {
         let tail = control.tail.load(Ordering::Acquire);
         Producer {
@@ -587,7 +588,7 @@ impl Consumer {
 
     /// Gives the space up to `end` back to the producer.
     #[inline(always)]
-    pub fn release(&self, end: u64) {
+    pub fn release(&mut self, end: u64) {
         self.control().release_to(end);
     }
 

@@ -582,7 +582,7 @@ impl ClientSide for ShmConnection {
     }
 }
 
-/// For [`Transport::connect`], which hands out any transport's connection as a trait
+/// For [`Transport::connect`](crate::transport::Transport::connect), which hands out any transport's connection as a trait
 /// object; `ipckit::connect` calls the [`ClientSide`] methods directly.
 impl Connection for ShmConnection {
     fn send(&self, payload: &[u8]) -> Result<()> {

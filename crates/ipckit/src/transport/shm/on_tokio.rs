@@ -11,7 +11,7 @@
 //! Then the future sleeps on its bell (see `bell`): it puts [`BELL`] in its sleep
 //! word, and the peer that publishes next rings the bell, a datagram the reactor turns
 //! into a wake-up of this task. While asleep it still looks every
-//! [`LIVENESS_INTERVAL`](super::LIVENESS_INTERVAL) whether the peer is alive.
+//! [`LIVENESS_INTERVAL`] whether the peer is alive.
 //!
 //! Cancellation: `recv` takes a message out of a ring only when it returns it. A dropped
 //! `request` forgets its id (its answer, when it comes, is discarded) and leaves the reply

@@ -24,7 +24,7 @@ use crate::transport::ring::{Mapping, Plain};
 /// The first bytes of every segment.
 pub const MAGIC: [u8; 8] = *b"ipckshm\0";
 /// The layout version; a client refuses any other. 2: sleep words may say "ring my bell"
-/// ([`super::wait::BELL`]), and the header and slots hold bells.
+/// ([`BELL`](crate::transport::ring::wait::BELL)), and the header and slots hold bells.
 pub const VERSION: u32 = 2;
 /// Everything is placed at multiples of this, the largest page size Linux uses, so that a
 /// slot can be mapped on its own.
@@ -192,25 +192,28 @@ pub fn create(
             .map_err(|e| io("sizing the segment", e.into()))?;
         let mut map =
             Mapping::new(&fd, 0, geometry.total()).map_err(|e| io("mapping the segment", e))?;
-        // Nobody else can reach the segment yet: it has a private temporary name.
-        map.write(
-            0,
-            Header {
-                magic: MAGIC,
-                version: VERSION,
-                state: AtomicU32::new(0),
-                server_pid: pid,
-                slots: geometry.slots as u32,
-                ring_capacity: geometry.capacity as u64,
-                max_message: max_message as u64,
-                changes: AtomicU32::new(0),
-                _pad: 0,
-                bell: AtomicU64::new(0),
-                _line: [0; 72],
-                doorbell: AtomicU32::new(0),
-                _doorbell_line: [0; 124],
-            },
-        );
+        // SAFETY: nobody else can reach the segment yet: it was just created, exclusively,
+        // under a private temporary name, and this is its only mapping.
+        unsafe {
+            map.write(
+                0,
+                Header {
+                    magic: MAGIC,
+                    version: VERSION,
+                    state: AtomicU32::new(0),
+                    server_pid: pid,
+                    slots: geometry.slots as u32,
+                    ring_capacity: geometry.capacity as u64,
+                    max_message: max_message as u64,
+                    changes: AtomicU32::new(0),
+                    _pad: 0,
+                    bell: AtomicU64::new(0),
+                    _line: [0; 72],
+                    doorbell: AtomicU32::new(0),
+                    _doorbell_line: [0; 124],
+                },
+            );
+        }
         map.at::<Header>(0)
             .state
             .store(LISTENING, Ordering::Release);

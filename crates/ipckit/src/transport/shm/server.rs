@@ -422,7 +422,7 @@ impl ShmListener {
     /// Waits until `deadline` for a message and lends it to `handle` (taken when called),
     /// returning what `handle` returned; `None` when the deadline passed or the waker was
     /// called. Generic, so that `handle` and the reply it writes are inlined between
-    /// reading the request and giving its space back (see [`InPlace`] for why).
+    /// reading the request and giving its space back (see [`InPlace`](super::halves::InPlace) for why).
     #[inline(always)]
     pub(crate) fn recv_in_place<H: FnOnce(&mut MessageRef<'_>) -> R, R>(
         &mut self,
@@ -724,7 +724,7 @@ impl ServerSide for ShmListener {
     }
 }
 
-/// For [`Transport::listen`], which hands out any transport's listener as a trait object;
+/// For [`Transport::listen`](crate::transport::Transport::listen), which hands out any transport's listener as a trait object;
 /// `ipckit::listen` calls the [`ServerSide`] methods directly.
 impl Listener for ShmListener {
     fn recv(&mut self, deadline: Option<Instant>) -> Result<Option<Message>> {
