@@ -74,7 +74,31 @@ impl<S: ReplySink> ReplyTo<S> {
     #[inline(always)]
     fn answer(mut self, payload: &[u8], ok: bool) -> Result<()> {
         self.answered = true;
-        self.sink.send_reply(self.id, payload, ok)
+        match self.sink.send_reply(self.id, payload, ok) {
+            Ok(()) => Ok(()),
+            Err(e) => self.answer_failed(e),
+        }
+    }
+
+    /// Every request is answered exactly once: an answer too large for the client goes
+    /// out as a refusal that says so, naming both sizes, so that the caller learns at once
+    /// rather than at its timeout. The server still gets the error. (An answer that could
+    /// not be sent for any other reason has no client left to take a refusal.)
+    #[cold]
+    #[inline(never)]
+    fn answer_failed(&self, failure: Error) -> Result<()> {
+        if let Error::MessageTooLarge {
+            size, max, limit, ..
+        } = &failure
+        {
+            let reason =
+                format!("the server's answer of {size} bytes is over {limit} ({max} bytes)");
+            // The refusal itself must fit: cut, it still starts with what happened.
+            let _ =
+                self.sink
+                    .send_reply(self.id, &reason.as_bytes()[..reason.len().min(*max)], false);
+        }
+        Err(failure)
     }
 
     /// A request nobody answers would leave its caller waiting for its whole timeout;

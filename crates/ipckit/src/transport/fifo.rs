@@ -306,6 +306,10 @@ struct Partial {
     total: usize,
     flags: u8,
     data: Vec<u8>,
+    /// Over the reader's limit: the chunks are counted, not kept.
+    oversize: bool,
+    /// Bytes that arrived, kept or not.
+    arrived: usize,
 }
 
 /// A whole message.
@@ -314,6 +318,9 @@ struct Whole {
     seq: u32,
     flags: u8,
     payload: Vec<u8>,
+    /// The size of a message over the reader's limit, whose bytes were not kept: a reader
+    /// of replies turns it into an error for its request rather than wait out its timeout.
+    oversize: Option<usize>,
 }
 
 /// Turns the bytes of a pipe into whole messages, whatever chunks of other writers and
@@ -395,24 +402,31 @@ impl Reassembly {
                 seq: header.seq,
                 flags: header.flags,
                 payload: Vec::new(),
+                oversize: None,
             });
         }
         let whole_chunk = header.flags & (FIRST | LAST) == FIRST | LAST;
         if whole_chunk && !self.partial.contains_key(&header.writer) {
             // The common case, a message in one chunk, needs no putting together.
             let total = u32::from_le_bytes(data.get(..4)?.try_into().expect("4 bytes")) as usize;
-            if total != data.len() - 4 || total > self.max {
+            if total != data.len() - 4 {
                 log::warn!(
                     "{url}: writer {:?} sent a malformed message; dropped",
                     header.writer
                 );
                 return None;
             }
+            let oversize = (total > self.max).then_some(total);
             return Some(Whole {
                 writer: header.writer,
                 seq: header.seq,
                 flags: header.flags,
-                payload: data[4..].to_vec(),
+                payload: if oversize.is_some() {
+                    Vec::new()
+                } else {
+                    data[4..].to_vec()
+                },
+                oversize,
             });
         }
         if header.flags & FIRST != 0 {
@@ -425,14 +439,7 @@ impl Reassembly {
                 );
             }
             let total = u32::from_le_bytes(data.get(..4)?.try_into().expect("4 bytes")) as usize;
-            if total > self.max {
-                log::warn!(
-                    "{url}: writer {:?} sent a message of {total} bytes, over the limit of {}; dropped",
-                    header.writer,
-                    self.max
-                );
-                return None;
-            }
+            let oversize = total > self.max;
             data = &data[4..];
             self.partial.insert(
                 header.writer,
@@ -441,7 +448,9 @@ impl Reassembly {
                     total,
                     flags: header.flags,
                     // Grows with what arrives, never by what was claimed.
-                    data: Vec::with_capacity(total.min(CHUNK * 16)),
+                    data: Vec::with_capacity(if oversize { 0 } else { total.min(CHUNK * 16) }),
+                    oversize,
+                    arrived: 0,
                 },
             );
         }
@@ -452,7 +461,7 @@ impl Reassembly {
             );
             return None;
         };
-        if partial.seq != header.seq || partial.data.len() + data.len() > partial.total {
+        if partial.seq != header.seq || partial.arrived + data.len() > partial.total {
             log::warn!(
                 "{url}: writer {:?} broke its message {}; dropped",
                 header.writer,
@@ -461,12 +470,15 @@ impl Reassembly {
             self.partial.remove(&header.writer);
             return None;
         }
-        partial.data.extend_from_slice(data);
+        partial.arrived += data.len();
+        if !partial.oversize {
+            partial.data.extend_from_slice(data);
+        }
         if header.flags & LAST == 0 {
             return None;
         }
         let partial = self.partial.remove(&header.writer).expect("present");
-        if partial.data.len() != partial.total {
+        if partial.arrived != partial.total {
             log::warn!(
                 "{url}: writer {:?} ended message {} short; dropped",
                 header.writer,
@@ -479,6 +491,7 @@ impl Reassembly {
             seq: partial.seq,
             flags: partial.flags | header.flags,
             payload: partial.data,
+            oversize: partial.oversize.then_some(partial.total),
         })
     }
 
@@ -800,7 +813,13 @@ fn make_reply_fifo(endpoint: &Endpoint) -> Result<(WriterId, PathBuf, OwnedFd)> 
 
 /// The answer to request `seq` among the replies read, if it came: `None` for a message
 /// that answers (or times out) an earlier request.
-fn answer(url: &str, reply: Whole, seq: u32, timeout: Duration) -> Option<Result<Vec<u8>>> {
+fn answer(
+    url: &str,
+    reply: Whole,
+    seq: u32,
+    timeout: Duration,
+    max: usize,
+) -> Option<Result<Vec<u8>>> {
     if reply.seq != seq {
         return None;
     }
@@ -808,6 +827,16 @@ fn answer(url: &str, reply: Whole, seq: u32, timeout: Duration) -> Option<Result
         return Some(Err(Error::Timeout {
             endpoint: url.to_owned(),
             after: timeout,
+        }));
+    }
+    if let Some(size) = reply.oversize {
+        // What the server of a pipe cannot know, the client says: the request is
+        // answered, at once, as the other transports' servers refuse such an answer.
+        return Some(Err(Error::Remote {
+            endpoint: url.to_owned(),
+            reason: format!(
+                "the server's answer of {size} bytes is over this client's max_message ({max} bytes)"
+            ),
         }));
     }
     if reply.flags & REFUSED != 0 {
@@ -909,7 +938,7 @@ impl FifoConnection {
         )?;
         loop {
             while let Some(reply) = channel.replies.next(&self.url) {
-                if let Some(answer) = answer(&self.url, reply, seq, timeout) {
+                if let Some(answer) = answer(&self.url, reply, seq, timeout, self.max) {
                     return answer;
                 }
             }
@@ -1036,6 +1065,15 @@ impl FifoListener {
         while let Some(whole) = self.reassembly.next(&self.url) {
             if whole.flags & WAKE != 0 {
                 woken = true;
+                continue;
+            }
+            if let Some(size) = whole.oversize {
+                log::warn!(
+                    "{}: writer {:?} sent a message of {size} bytes, over the limit of {}; dropped",
+                    self.url,
+                    whole.writer,
+                    self.reassembly.max
+                );
                 continue;
             }
             let reply_to = (whole.flags & REQUEST != 0)
@@ -1251,7 +1289,7 @@ mod on_tokio {
                 write_message(&self.url, &self.fd, id, payload, self.send_timeout).await?;
                 loop {
                     while let Some(reply) = channel.replies.next(&self.url) {
-                        if let Some(answer) = answer(&self.url, reply, seq, timeout) {
+                        if let Some(answer) = answer(&self.url, reply, seq, timeout, self.max) {
                             return answer;
                         }
                     }

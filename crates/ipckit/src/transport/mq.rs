@@ -474,7 +474,8 @@ impl MqConnection {
             &self.endpoint,
             &name,
             MQ_OFlag::O_RDONLY | MQ_OFlag::O_EXCL,
-            (1, self.max),
+            // A reply is its status byte and then up to `max` bytes of payload.
+            (1, (self.max + 1).min(limits().msgsize_max)),
         )?;
         let wrapped = msgsize(&self.endpoint, &queue).and_then(|size| Ok((size, wrap(queue)?)));
         let (size, queue) = match wrapped {

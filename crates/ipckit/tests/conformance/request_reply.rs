@@ -19,6 +19,7 @@ pub const CHECKS: &[Check] = checks![
     byte_stream => line_framing_in_order,
     duplex => request_reply_concurrent,
     refuses => lent_request_answered_or_refused,
+    refuses => answer_over_the_client_limit_refused,
     reliable_ordered => served_until_the_handler_stops,
     duplex => exclusive_client,
 ];
@@ -142,6 +143,44 @@ fn lent_request_answered_or_refused(ctx: &Ctx) -> Outcome {
     match ignored.finish() {
         Err(e) if e.message().is_some_and(|m| m.contains("without replying")) => Ok(()),
         other => Err(format!("a request left unanswered gave its caller {other:?}").into()),
+    }
+}
+
+/// An answer larger than its client accepts reaches the client as a refusal that names
+/// both sizes, at once: a request is answered exactly once. A server that knows the
+/// client's limit has `reply` say why.
+fn answer_over_the_client_limit_refused(ctx: &Ctx) -> Outcome {
+    let mut server = api::listen(ctx.endpoint("small-client"))?;
+    let url = server.endpoint().to_string();
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let asker = Child::spawn(
+        Role::RequestOnce {
+            payload: "big".into(),
+        },
+        format!("{url}{separator}max_message=100"),
+    );
+    let mut request = recv(&mut server)?;
+    match request.reply(&[b'x'; 1000]) {
+        Err(Error::MessageTooLarge {
+            size: 1000,
+            max: 100,
+            ..
+        }) => {}
+        // A server that cannot learn its client's limit (a pipe's) sends the answer, and
+        // the client refuses it as it arrives.
+        Ok(()) => {}
+        other => {
+            return Err(format!("replying 1000 bytes to a client of 100 gave {other:?}").into());
+        }
+    }
+    match asker.finish() {
+        Err(e)
+            if e.message()
+                .is_some_and(|m| m.contains("1000") && m.contains("100 bytes")) =>
+        {
+            Ok(())
+        }
+        other => Err(format!("the client of an answer too large for it got {other:?}").into()),
     }
 }
 
