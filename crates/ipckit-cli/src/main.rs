@@ -247,7 +247,11 @@ fn run(cli: Cli) -> CliResult {
             serve_loop(&url, bounds, |message| {
                 if message.wants_reply() {
                     let payload = message.take_payload();
-                    message.reply(&payload)?;
+                    // One client's failure is not the server's: that client has its
+                    // answer or is gone, and the others are still served.
+                    if let Err(e) = message.reply(&payload) {
+                        eprintln!("ipckit: {e}; serving the other clients");
+                    }
                 }
                 Ok(())
             })

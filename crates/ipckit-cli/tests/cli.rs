@@ -130,6 +130,45 @@ fn serve_echo_and_request_over_tcp() {
     assert_eq!(stdout(&out), "hello\n");
 }
 
+/// One client's failure is not the server's: an echo too large for its client is refused to
+/// that client, naming both sizes, and the server goes on answering the others.
+#[test]
+fn serve_keeps_serving_when_one_answer_cannot_be_delivered() {
+    let dir = Scratch::new("undeliverable");
+    let mut servers = vec![
+        {
+            let url = format!("uds://{}", dir.sock("x.sock"));
+            let server = Background::start(IPCKIT, &["serve", &url, "--echo", "--timeout", "30s"]);
+            (server, url)
+        },
+        Background::on_any_port(&["serve", "tcp://127.0.0.1:0", "--echo", "--timeout", "30s"]),
+    ];
+    let shm = format!("shm://ipckit-cli-undeliverable-{}", std::process::id());
+    let server = Background::start(IPCKIT, &["serve", &shm, "--echo", "--timeout", "30s"]);
+    servers.push((server, shm));
+    for (server, url) in &mut servers {
+        assert!(request_until_served(url, "hello").status.success());
+        let out = ipckit(&[
+            "request",
+            &format!("{url}?max_message=64"),
+            &"x".repeat(200),
+            "--timeout",
+            "5s",
+        ]);
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && said.contains("200 bytes") && said.contains("64 bytes"),
+            "{url}: a client of 64 bytes asking for an echo of 200 got {out:?}"
+        );
+        assert!(
+            server.0.try_wait().unwrap().is_none(),
+            "{url}: the server stopped"
+        );
+        let out = ipckit(&["request", url, "after", "--timeout", "5s"]);
+        assert_eq!(stdout(&out), "after\n", "{url}: {out:?}");
+    }
+}
+
 #[test]
 fn socat_lines_reach_a_line_framed_listener() {
     let dir = Scratch::new("socat-in");

@@ -92,8 +92,9 @@ impl<S: ReplySink> ReplyTo<S> {
         } = &failure
         {
             let reason =
-                format!("the server's answer of {size} bytes is over {limit} ({max} bytes)");
-            // The refusal itself must fit: cut, it still starts with what happened.
+                format!("an answer of {size} bytes, over the limit of {max} bytes ({limit})");
+            // The refusal itself must fit: cut, it still names both sizes for a client that
+            // takes 50 bytes.
             let _ =
                 self.sink
                     .send_reply(self.id, &reason.as_bytes()[..reason.len().min(*max)], false);

@@ -835,7 +835,7 @@ fn answer(
         return Some(Err(Error::Remote {
             endpoint: url.to_owned(),
             reason: format!(
-                "the server's answer of {size} bytes is over this client's max_message ({max} bytes)"
+                "an answer of {size} bytes, over the limit of {max} bytes (this client's max_message)"
             ),
         }));
     }
