@@ -14,7 +14,7 @@
 //! waits for it; a lone caller therefore pays one `write` and one `read`, as a
 //! hand-written ping-pong does.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -391,6 +391,7 @@ struct ConnSink {
     peer_max: AtomicUsize,
     write_lock: Mutex<()>,
     closed: AtomicBool,
+    in_flight: InFlight,
 }
 
 impl ConnSink {
@@ -427,10 +428,15 @@ impl ConnWrite for ConnSink {
     fn set_peer_max(&self, max: usize) {
         self.peer_max.store(max, Ordering::Relaxed);
     }
+
+    fn in_flight(&self) -> &InFlight {
+        &self.in_flight
+    }
 }
 
 impl ReplySink for ConnSink {
     fn send_reply(&self, id: u64, payload: &[u8], ok: bool) -> Result<()> {
+        self.in_flight.end(id);
         let max = self.peer_max.load(Ordering::Relaxed);
         write_reply(&self.url, self.framing, max, id, payload, ok, |parts| {
             self.write(parts)
@@ -444,6 +450,26 @@ pub(super) trait ConnWrite {
     fn write(&self, parts: &[&[u8]]) -> Result<()>;
     /// Records the largest payload the client accepts, from its hello.
     fn set_peer_max(&self, max: usize);
+    /// The connection's requests not answered yet.
+    fn in_flight(&self) -> &InFlight;
+}
+
+/// The ids of a connection's requests that are not answered yet: a REQUEST with one of
+/// them breaks the protocol (docs/PROTOCOL.md), as its answer could not be told apart.
+#[derive(Default)]
+pub(super) struct InFlight(Mutex<HashSet<u64>>);
+
+impl InFlight {
+    /// Counts request `id` in; false if it is in already.
+    fn begin(&self, id: u64) -> bool {
+        lock(&self.0).insert(id)
+    }
+
+    /// Counts request `id` out: before its answer is written, since the client may reuse
+    /// the id the moment the answer reaches it.
+    pub(super) fn end(&self, id: u64) {
+        lock(&self.0).remove(&id);
+    }
 }
 
 /// Frames and writes the answer to request `id`, as the framing allows.
@@ -529,7 +555,15 @@ impl Session {
             let reply_to = match (self.framing, frame.kind) {
                 (Framing::Line, _) => Some(ReplyTo::new(sink.clone(), 0)),
                 (Framing::Length, Kind::Message) => None,
-                (Framing::Length, Kind::Request) => Some(ReplyTo::new(sink.clone(), frame.id)),
+                (Framing::Length, Kind::Request) => {
+                    if !sink.in_flight().begin(frame.id) {
+                        return Err(format!(
+                            "a REQUEST with id {}, which is still in flight",
+                            frame.id
+                        ));
+                    }
+                    Some(ReplyTo::new(sink.clone(), frame.id))
+                }
                 (Framing::Length, kind) => {
                     return Err(format!("a client may not send {kind:?} frames"));
                 }
@@ -656,6 +690,7 @@ impl StreamListener {
                     peer_max: AtomicUsize::new(self.max),
                     write_lock: Mutex::new(()),
                     closed: AtomicBool::new(false),
+                    in_flight: InFlight::default(),
                 }),
                 session: Session::new(self.framing, self.max),
                 peer,

@@ -39,8 +39,8 @@ use tokio::task::JoinSet;
 use super::correlate::{Correlator, NoAnswer};
 use super::reactor::{poll_read, register, runtime, when_ready};
 use super::stream::{
-    ConnWrite, OnAccept, Session, answer_result, as_answer, check_outgoing, closed_by_server,
-    describe, protocol_error, went_away, write_reply,
+    ConnWrite, InFlight, OnAccept, Session, answer_result, as_answer, check_outgoing,
+    closed_by_server, describe, protocol_error, went_away, write_reply,
 };
 use super::{AsyncConnection, AsyncListener, BoxFuture};
 use crate::endpoint::{Endpoint, Framing};
@@ -458,6 +458,7 @@ struct AsyncConnSink {
     out: Arc<Replies>,
     framing: Framing,
     peer_max: AtomicUsize,
+    in_flight: InFlight,
 }
 
 /// Replies on their way out: what the socket does not take at once is written by a task.
@@ -508,11 +509,16 @@ impl ConnWrite for AsyncConnSink {
     fn set_peer_max(&self, max: usize) {
         self.peer_max.store(max, Ordering::Relaxed);
     }
+
+    fn in_flight(&self) -> &InFlight {
+        &self.in_flight
+    }
 }
 
 impl ReplySink for AsyncConnSink {
     /// Never waits: what the socket does not take at once is written by a task.
     fn send_reply(&self, id: u64, payload: &[u8], ok: bool) -> Result<()> {
+        self.in_flight.end(id);
         let max = self.peer_max.load(Ordering::Relaxed);
         let url = &self.out.writer.url;
         write_reply(url, self.framing, max, id, payload, ok, |parts| {
@@ -617,6 +623,7 @@ impl AsyncStreamListener {
             }),
             framing,
             peer_max: AtomicUsize::new(max),
+            in_flight: InFlight::default(),
         });
         // Pruned when it has doubled: amortised, since `recv` passes here for every message.
         if self.sinks.len() == self.sinks.capacity() {

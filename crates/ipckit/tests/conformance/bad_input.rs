@@ -22,6 +22,7 @@ pub const CHECKS: &[Check] = checks![in bad_input:
     byte_stream => claimed_length_not_allocated,
     byte_stream => wrong_protocol_version,
     byte_stream => killed_mid_frame,
+    byte_stream => request_id_reused_while_in_flight,
 ];
 
 pub trait RawStream: Read + Write + Send {}
@@ -207,4 +208,45 @@ pub fn killed_mid_frame(ctx: &Ctx) -> Outcome {
         .into());
     }
     Ok(())
+}
+
+/// A second REQUEST with an id still in flight on its connection breaks the protocol, as
+/// its answer could not be told from the first's: the server closes that connection,
+/// delivers nothing more of it, and serves the others.
+pub fn request_id_reused_while_in_flight(ctx: &Ctx) -> Outcome {
+    let mut server = api::listen(ctx.endpoint("reused-id"))?;
+    let url = server.endpoint().clone();
+    let request = |payload: &[u8]| {
+        let header = Header::new(Kind::Request, 7, payload.len()).encode();
+        [header.as_slice(), payload].concat()
+    };
+    // Clients on threads of their own: the server greets them while it waits in `recv`.
+    let attacker = std::thread::spawn({
+        let (url, first) = (url.clone(), request(b"first"));
+        move || -> Result<Box<dyn RawStream>, Failed> {
+            let mut stream = raw_greeted(&url)?;
+            stream.write_all(&first)?;
+            Ok(stream)
+        }
+    });
+    // Held unanswered: request 7 stays in flight.
+    let first = recv(&mut server)?;
+    ensure!(
+        first.payload() == b"first",
+        "the first request arrived as {first:?}"
+    );
+    let mut stream = attacker.join().map_err(|_| "the attacker panicked")??;
+    stream.write_all(&request(b"second"))?;
+    let bystander = std::thread::spawn(move || api::connect(&url)?.send(b"after"));
+    let next = recv(&mut server)?;
+    ensure!(
+        next.payload() == b"after",
+        "the server delivered {:?} where the other client's message was due",
+        String::from_utf8_lossy(next.payload())
+    );
+    bystander.join().map_err(|_| "the bystander panicked")??;
+    if let Some(more) = server.recv_timeout(Duration::from_millis(100))? {
+        return Err(format!("the server delivered {more:?} after the violation").into());
+    }
+    closed_by_server(&mut *stream)
 }
