@@ -1095,6 +1095,29 @@ impl FifoListener {
     }
 }
 
+impl Drop for FifoListener {
+    /// Requests still in the pipe would wait out their callers' timeouts: they are taken
+    /// and refused, so that each caller learns at once that the server stopped. (One
+    /// written between this and the end of the drop is lost with the pipe.)
+    fn drop(&mut self) {
+        let fd = self.fd.clone();
+        let nonblocking = rustix::fs::fcntl_getfl(&*fd)
+            .and_then(|flags| rustix::fs::fcntl_setfl(&*fd, flags | OFlags::NONBLOCK));
+        if nonblocking.is_err() {
+            return;
+        }
+        while self.reassembly.fill(fd.as_fd()).unwrap_or(false) {
+            self.deliver();
+        }
+        self.deliver();
+        for mut message in self.ready.drain(..) {
+            if message.wants_reply() {
+                let _ = message.refuse("the server stopped before it read this request");
+            }
+        }
+    }
+}
+
 impl Listener for FifoListener {
     fn recv(&mut self, deadline: Option<Instant>) -> Result<Option<Message>> {
         loop {

@@ -13,7 +13,7 @@ use crate::api;
 use crate::peer::{self, Role};
 use crate::support::{
     Check, Child, Ctx, Outcome, PATIENCE, always, checks, duplex, ensure, has_path, parse_numbered,
-    path_of, recv, reliable, reliable_transient, transient,
+    path_of, recv, refuses_transient, reliable, reliable_transient, transient,
 };
 
 pub const CHECKS: &[Check] = checks![
@@ -25,10 +25,35 @@ pub const CHECKS: &[Check] = checks![
     always => restart_on_same_endpoint,
     transient => missing_endpoint,
     duplex => server_dies_during_request,
+    refuses_transient => pending_requests_fail_when_the_server_stops,
     always => spawn_serves_and_stops_on_drop,
     has_path => endpoint_file_private_and_removed,
     has_path => other_user_refused,
 ];
+
+/// Requests that a server has not answered when it stops get an error at once, rather
+/// than wait out their timeout. (On mq they stay queued for the next server: durable.)
+fn pending_requests_fail_when_the_server_stops(ctx: &Ctx) -> Outcome {
+    let mut server = api::listen(ctx.endpoint("stopping"))?;
+    let url = server.endpoint().to_string();
+    let mut asker = Child::spawn(Role::RequestWhenTold, &url);
+    let connected = asker.line_serving(&mut server)?;
+    ensure!(connected == "connected", "the asker said {connected}");
+    asker.say("go")?;
+    let requesting = asker.line()?;
+    ensure!(requesting == "requesting", "the asker said {requesting}");
+    // Whether the request is written before the server stops or after, its caller must
+    // learn at once; this only makes the first case the likely one.
+    std::thread::sleep(Duration::from_millis(50));
+    drop(server);
+    let ended = asker.line()?;
+    ensure!(
+        !ended.starts_with("Timeout") && ended != "reply",
+        "a request pending when its server stopped ended with: {ended}"
+    );
+    asker.finish()?;
+    Ok(())
+}
 
 fn peer_disconnects(ctx: &Ctx) -> Outcome {
     let mut server = api::listen(ctx.endpoint("disconnect"))?;

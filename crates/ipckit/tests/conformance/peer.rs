@@ -57,6 +57,9 @@ pub enum Role {
     ConnectExpectDenied { as_nobody: bool },
     /// Requests `payload` and prints the reply.
     RequestOnce { payload: String },
+    /// Connects and prints `connected`; once told on stdin, prints `requesting`, makes a
+    /// request with a long timeout and prints `reply` or the error's variant and message.
+    RequestWhenTold,
     /// Connects, prints `connected`, and waits.
     ConnectAndWait,
     /// A shared-memory server that prints `ready URL` and, at the first request,
@@ -101,6 +104,7 @@ impl Role {
                 ("connect-expect-denied", vec![whom.to_owned()])
             }
             Role::RequestOnce { payload } => ("request-once", vec![payload.clone()]),
+            Role::RequestWhenTold => ("request-when-told", vec![]),
             Role::ConnectAndWait => ("connect-and-wait", vec![]),
             Role::CorruptReplies => ("corrupt-replies", vec![]),
             Role::ServeEcho => ("serve-echo", vec![]),
@@ -161,6 +165,7 @@ impl Role {
             "request-once" => Role::RequestOnce {
                 payload: arg(args, 2)?,
             },
+            "request-when-told" => Role::RequestWhenTold,
             "connect-and-wait" => Role::ConnectAndWait,
             "corrupt-replies" => Role::CorruptReplies,
             "serve-echo" => Role::ServeEcho,
@@ -403,6 +408,16 @@ fn play(role: Role, url: &str) -> Result<(), Failure> {
             let reply = api::connect(url)?.request(payload.as_bytes(), PATIENCE)?;
             say(&String::from_utf8_lossy(&reply));
         }
+        Role::RequestWhenTold => {
+            let client = api::connect(url)?;
+            say("connected");
+            std::io::stdin().read_line(&mut String::new())?;
+            say("requesting");
+            match client.request(b"pending", PATIENCE) {
+                Ok(_) => say("reply"),
+                Err(e) => say(&format!("{} {e}", variant(&e))),
+            }
+        }
         Role::ConnectAndWait => {
             let _client = api::connect(url)?;
             say("connected");
@@ -472,4 +487,13 @@ fn play(role: Role, url: &str) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// The name of `error`'s variant, for a check to match on.
+fn variant(error: &Error) -> String {
+    format!("{error:?}")
+        .split([' ', '{', '('])
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }

@@ -51,6 +51,11 @@ pub fn refuses(t: &dyn Transport, caps: &Capabilities) -> bool {
     let ep = t.scratch_endpoint(&std::env::temp_dir(), "probe");
     caps.duplex && !matches!(ep.address(), Address::Udp(_) | Address::Unixgram(_))
 }
+/// Duplex transports whose answers can say "refused" and whose messages do not outlive
+/// their server.
+pub fn refuses_transient(t: &dyn Transport, caps: &Capabilities) -> bool {
+    refuses(t, caps) && !caps.durable
+}
 pub fn reliable_ordered(_: &dyn Transport, caps: &Capabilities) -> bool {
     caps.reliable && caps.ordered
 }
