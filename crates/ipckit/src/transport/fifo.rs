@@ -39,7 +39,7 @@ use rustix::fs::{Mode, OFlags};
 
 use super::endpoint_file::{EndpointFile, Kind, claim_path};
 use super::pool::{Pool, Recent};
-use super::{Capabilities, Connection, Listener, Transport};
+use super::{Capabilities, Connection, Listener, Reclaim, Transport};
 use crate::endpoint::{Address, Endpoint};
 use crate::error::{Error, Result};
 use crate::message::{Message, Peer, ReplySink, ReplyTo};
@@ -746,6 +746,7 @@ fn server(endpoint: &Endpoint) -> Result<FifoListener> {
         last_sink: None,
         anonymous: Arc::new(Peer::default()),
         last_reap: Instant::now(),
+        reclaim: Reclaim::new(),
         _file: file,
     })
 }
@@ -1037,6 +1038,7 @@ struct FifoListener {
     /// A pipe says nothing about who wrote: every message has this same nobody.
     anonymous: Arc<Peer>,
     last_reap: Instant,
+    reclaim: Reclaim,
     _file: EndpointFile,
 }
 
@@ -1045,6 +1047,10 @@ impl FifoListener {
         match &self.last_sink {
             Some(sink) if sink.writer == writer => sink.clone(),
             _ => {
+                // A new client: those that crashed leave reply FIFOs to remove.
+                if self.reclaim.due() {
+                    remove_dead_reply_fifos(&self.path);
+                }
                 let sink = Arc::new(FifoReplySink {
                     endpoint: self.endpoint.clone(),
                     url: self.url.clone(),

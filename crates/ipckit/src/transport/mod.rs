@@ -218,6 +218,33 @@ static ALL: [&dyn Transport; 7] = [
     &shm::Shm,
 ];
 
+/// How often a server looks for what crashed clients left behind (reply FIFOs, reply
+/// queues): on the way, when a request from a new client comes, at most this often.
+const RECLAIM_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A chore done on the way, at most once per [`RECLAIM_INTERVAL`].
+struct Reclaim {
+    next: Instant,
+}
+
+impl Reclaim {
+    fn new() -> Reclaim {
+        Reclaim {
+            next: Instant::now() + RECLAIM_INTERVAL,
+        }
+    }
+
+    /// Whether the chore is due; if so, the next one is an interval away.
+    fn due(&mut self) -> bool {
+        let now = Instant::now();
+        if now < self.next {
+            return false;
+        }
+        self.next = now + RECLAIM_INTERVAL;
+        true
+    }
+}
+
 /// A name no other scratch endpoint of this process has, for kernel objects named in a
 /// namespace shared by the whole system (message queues, shared memory).
 fn unique_scratch_name(name: &str) -> String {

@@ -38,7 +38,7 @@ use nix::sys::stat::Mode;
 use rustix::event::PollFlags;
 
 use super::pool::{Pool, Recent};
-use super::{Capabilities, Connection, Listener, Transport};
+use super::{Capabilities, Connection, Listener, Reclaim, Transport};
 use crate::endpoint::{Address, Endpoint};
 use crate::error::{Error, Result};
 use crate::message::{Message, Peer, ReplySink, ReplyTo};
@@ -327,6 +327,7 @@ fn server(endpoint: &Endpoint) -> Result<MqListener> {
         replies: Arc::new(Recent::new()),
         last_sink: None,
         anonymous: Arc::new(Peer::default()),
+        reclaim: Reclaim::new(),
         _lock: lock,
     })
 }
@@ -677,6 +678,7 @@ struct MqListener {
     last_sink: Option<Arc<MqReplySink>>,
     /// A queue says nothing about senders: every message has this same nobody.
     anonymous: Arc<Peer>,
+    reclaim: Reclaim,
     _lock: OwnedFd,
 }
 
@@ -716,6 +718,10 @@ impl MqListener {
         match &self.last_sink {
             Some(sink) if sink.name == name => sink.clone(),
             _ => {
+                // A new client: those that crashed leave reply queues to remove.
+                if self.reclaim.due() {
+                    reclaim_reply_queues(&queue_name(&self.endpoint));
+                }
                 let sink = Arc::new(MqReplySink {
                     endpoint: self.endpoint.clone(),
                     name: name.to_owned(),

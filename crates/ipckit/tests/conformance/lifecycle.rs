@@ -22,6 +22,7 @@ pub const CHECKS: &[Check] = checks![
     reliable => writer_killed_mid_message,
     reliable_transient => sigpipe_never_kills,
     duplex => crashed_requester_leaves_nothing,
+    duplex => crashed_requesters_reclaimed_while_serving,
     always => restart_on_same_endpoint,
     transient => missing_endpoint,
     duplex => server_dies_during_request,
@@ -214,6 +215,40 @@ fn crashed_requester_leaves_nothing(ctx: &Ctx) -> Outcome {
         "left behind by the killed client: {leftovers:?}"
     );
     Ok(())
+}
+
+/// What crashed requesters leave (reply FIFOs, reply queues) is removed while the server
+/// runs, as requests from other clients come, not only when a server starts.
+fn crashed_requesters_reclaimed_while_serving(ctx: &Ctx) -> Outcome {
+    let mut server = api::listen(ctx.endpoint("reclaim"))?;
+    let url = server.endpoint().clone();
+    for _ in 0..3 {
+        let payload = "never answered".into();
+        let mut client = Child::spawn(Role::RequestOnce { payload }, &url);
+        let request = recv(&mut server)?;
+        client.kill();
+        drop(request);
+    }
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let leftovers = leftovers_of(&url);
+        if leftovers.is_empty() {
+            return Ok(());
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "left behind by killed clients while the server ran: {leftovers:?}"
+        );
+        // Another client's request: the server looks after its clients on the way.
+        let asker = std::thread::spawn({
+            let url = url.clone();
+            move || api::connect(&url)?.request(b"ping", PATIENCE)
+        });
+        let mut ping = recv(&mut server)?;
+        ping.reply(b"pong")?;
+        asker.join().map_err(|_| "the asker panicked")??;
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Files and queues named after `endpoint` other than the endpoint itself.
