@@ -38,7 +38,7 @@ use rustix::event::PollFlags;
 use rustix::fs::{Mode, OFlags};
 
 use super::endpoint_file::{EndpointFile, Kind, claim_path};
-use super::pool::{Pool, Recent};
+use super::pool::Pool;
 use super::{Capabilities, Connection, Listener, Reclaim, Transport};
 use crate::endpoint::{Address, Endpoint};
 use crate::error::{Error, Result};
@@ -742,7 +742,6 @@ fn server(endpoint: &Endpoint) -> Result<FifoListener> {
         ready: VecDeque::new(),
         stop: Arc::new(AtomicBool::new(false)),
         waker_fd: Arc::new(waker_fd),
-        replies: Arc::new(Recent::new()),
         last_sink: None,
         anonymous: Arc::new(Peer::default()),
         last_reap: Instant::now(),
@@ -978,15 +977,14 @@ impl Connection for FifoConnection {
 }
 
 /// Reply FIFOs a server has open, by writer.
-type OpenReplies = Arc<Recent<WriterId, OwnedFd>>;
-
 struct FifoReplySink {
     endpoint: Endpoint,
     url: Arc<str>,
     path: PathBuf,
     writer: WriterId,
-    open: OpenReplies,
-    /// The reply FIFO once opened, so later replies through this sink skip the lookup.
+    /// The reply FIFO once opened, for later replies through this sink. It is closed with
+    /// the sink, when no request of that client is held and another client has asked:
+    /// a server holds nothing of clients that are done.
     fd: OnceLock<Arc<OwnedFd>>,
 }
 
@@ -995,16 +993,16 @@ impl FifoReplySink {
         if let Some(fd) = self.fd.get() {
             return Ok(fd.clone());
         }
-        let fd = self.open.get_or_open(&self.writer, || {
-            let path = reply_path(&self.path, self.writer);
+        let path = reply_path(&self.path, self.writer);
+        let fd =
             open_fifo(&self.endpoint, &path, OFlags::WRONLY).map_err(|e| Error::Disconnected {
                 endpoint: self.url.to_string(),
                 detail: format!(
                     "opening the reply FIFO {}: {e}; the requester has gone",
                     path.display()
                 ),
-            })
-        })?;
+            })?;
+        let fd = Arc::new(fd);
         let _ = self.fd.set(fd.clone());
         Ok(fd)
     }
@@ -1032,7 +1030,6 @@ struct FifoListener {
     stop: Arc<AtomicBool>,
     /// The FIFO again, for writing wake chunks into it.
     waker_fd: Arc<OwnedFd>,
-    replies: OpenReplies,
     /// The sink of the last request, reused while requests come from the same writer.
     last_sink: Option<Arc<FifoReplySink>>,
     /// A pipe says nothing about who wrote: every message has this same nobody.
@@ -1056,7 +1053,6 @@ impl FifoListener {
                     url: self.url.clone(),
                     path: self.path.clone(),
                     writer,
-                    open: self.replies.clone(),
                     fd: OnceLock::new(),
                 });
                 self.last_sink = Some(sink.clone());

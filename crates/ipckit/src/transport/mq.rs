@@ -37,7 +37,7 @@ use nix::mqueue::{MQ_OFlag, MqAttr, MqdT};
 use nix::sys::stat::Mode;
 use rustix::event::PollFlags;
 
-use super::pool::{Pool, Recent};
+use super::pool::Pool;
 use super::{Capabilities, Connection, Listener, Reclaim, Transport};
 use crate::endpoint::{Address, Endpoint};
 use crate::error::{Error, Result};
@@ -324,7 +324,6 @@ fn server(endpoint: &Endpoint) -> Result<MqListener> {
         queue: Arc::new(queue),
         buf: vec![0; size],
         waker: Arc::new(waker),
-        replies: Arc::new(Recent::new()),
         last_sink: None,
         anonymous: Arc::new(Peer::default()),
         reclaim: Reclaim::new(),
@@ -575,20 +574,18 @@ impl Connection for MqConnection {
     }
 }
 
-/// Reply queues a server has open, with their message size.
-type OpenReplies = Arc<Recent<String, (Queue, usize)>>;
-
 struct MqReplySink {
     endpoint: Endpoint,
     name: String,
-    open: OpenReplies,
-    /// The reply queue once opened, so later replies through this sink skip the lookup.
+    /// The reply queue once opened, for later replies through this sink. It is closed with
+    /// the sink, when no request of that client is held and another client has asked: an
+    /// open queue counts against its owner's RLIMIT_MSGQUEUE even once it is removed.
     queue: OnceLock<Arc<(Queue, usize)>>,
 }
 
 impl MqReplySink {
     fn reply_queue(&self) -> Result<Arc<(Queue, usize)>> {
-        self.open.get_or_open(&self.name, || {
+        let open = || {
             // Never O_CREAT: a reply queue that is gone means its client is gone.
             let queue = nix::mqueue::mq_open(
                 self.name.as_str(),
@@ -606,7 +603,8 @@ impl MqReplySink {
             })?;
             let size = msgsize(&self.endpoint, &queue)?;
             Ok((queue, size))
-        })
+        };
+        open().map(Arc::new)
     }
 }
 
@@ -673,7 +671,6 @@ struct MqListener {
     queue: Arc<Queue>,
     buf: Vec<u8>,
     waker: Arc<Waker>,
-    replies: OpenReplies,
     /// The sink of the last request, reused while requests come from the same queue.
     last_sink: Option<Arc<MqReplySink>>,
     /// A queue says nothing about senders: every message has this same nobody.
@@ -725,7 +722,6 @@ impl MqListener {
                 let sink = Arc::new(MqReplySink {
                     endpoint: self.endpoint.clone(),
                     name: name.to_owned(),
-                    open: self.replies.clone(),
                     queue: Default::default(),
                 });
                 self.last_sink = Some(sink.clone());

@@ -39,38 +39,3 @@ impl<T> Pool<T> {
         crate::sys::lock(&self.0).push(item);
     }
 }
-
-/// How many reply channels a server keeps open.
-const RECENT: usize = 64;
-
-/// The reply channels (queues, FIFOs) a server has open, by client, most recently used
-/// last. Past [`RECENT`] the oldest is closed: that is how the channels of clients that
-/// went away are let go.
-pub(super) struct Recent<K, V>(Mutex<Vec<(K, std::sync::Arc<V>)>>);
-
-impl<K: PartialEq + Clone, V> Recent<K, V> {
-    pub(super) fn new() -> Recent<K, V> {
-        Recent(Mutex::new(Vec::new()))
-    }
-
-    /// The channel for `key`, opened with `open` if it is not open yet.
-    pub(super) fn get_or_open(
-        &self,
-        key: &K,
-        open: impl FnOnce() -> Result<V>,
-    ) -> Result<std::sync::Arc<V>> {
-        let mut items = crate::sys::lock(&self.0);
-        if let Some(at) = items.iter().position(|(k, _)| k == key) {
-            let entry = items.remove(at);
-            let value = entry.1.clone();
-            items.push(entry);
-            return Ok(value);
-        }
-        let value = std::sync::Arc::new(open()?);
-        if items.len() == RECENT {
-            items.remove(0);
-        }
-        items.push((key.clone(), value.clone()));
-        Ok(value)
-    }
-}

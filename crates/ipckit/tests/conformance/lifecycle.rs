@@ -23,6 +23,7 @@ pub const CHECKS: &[Check] = checks![
     reliable_transient => sigpipe_never_kills,
     duplex => crashed_requester_leaves_nothing,
     duplex => crashed_requesters_reclaimed_while_serving,
+    duplex => finished_clients_not_held,
     always => restart_on_same_endpoint,
     transient => missing_endpoint,
     duplex => server_dies_during_request,
@@ -249,6 +250,45 @@ fn crashed_requesters_reclaimed_while_serving(ctx: &Ctx) -> Outcome {
         asker.join().map_err(|_| "the asker panicked")??;
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A server holds nothing of clients that are done: their reply channels (a FIFO, a
+/// queue, which counts against its owner's RLIMIT_MSGQUEUE while open) are closed, but
+/// for the one of the client that asked last.
+fn finished_clients_not_held(ctx: &Ctx) -> Outcome {
+    let mut server = api::listen(ctx.endpoint("done"))?;
+    let url = server.endpoint().clone();
+    for i in 0..5 {
+        let payload = format!("ask {i}");
+        let asker = Child::spawn(Role::RequestOnce { payload }, &url);
+        let mut request = recv(&mut server)?;
+        request.reply(b"answer")?;
+        drop(request);
+        asker.finish()?;
+    }
+    let held = held_by_this_process(&url);
+    ensure!(
+        held.len() <= 1,
+        "the server holds the reply channels of finished clients open: {held:?}"
+    );
+    Ok(())
+}
+
+/// What this process has open that is named after `endpoint`, but the endpoint itself.
+fn held_by_this_process(endpoint: &Endpoint) -> Vec<String> {
+    let stem = match (path_of(endpoint), endpoint.address()) {
+        (Some(path), _) => path.display().to_string(),
+        (None, Address::Mq(name)) => format!("/{name}"),
+        (None, _) => return Vec::new(),
+    };
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    fds.flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .map(|target| target.display().to_string())
+        .filter(|target| target.starts_with(&format!("{stem}.")))
+        .collect()
 }
 
 /// Files and queues named after `endpoint` other than the endpoint itself.
