@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use ipckit::{Capabilities, Message, Server};
+use nix::sys::signal::{SigSet, Signal};
 
 #[derive(Parser)]
 #[command(
@@ -269,7 +270,9 @@ fn serve_loop(
     bounds: Bounds,
     mut handle: impl FnMut(&mut Message) -> CliResult,
 ) -> CliResult {
+    let signals = block_stop_signals()?;
     let mut server: Server = ipckit::listen(url)?;
+    stop_on(signals, server.stopper());
     if server.endpoint().to_string() != url {
         // The kernel chose the port: say which, or nobody can reach the server.
         eprintln!("ipckit: listening on {}", server.endpoint());
@@ -278,10 +281,15 @@ fn serve_loop(
     let mut received = 0u64;
     while bounds.count.is_none_or(|n| received < n) {
         let message = match deadline {
-            None => Some(server.recv()?),
+            None => server.recv().map(Some),
             Some(deadline) => {
-                server.recv_timeout(deadline.saturating_duration_since(Instant::now()))?
+                server.recv_timeout(deadline.saturating_duration_since(Instant::now()))
             }
+        };
+        let message = match message {
+            // Stopped by a signal: dropping the server removes what it made.
+            Err(ipckit::Error::Stopped { .. }) => return Ok(()),
+            other => other?,
         };
         let Some(mut message) = message else {
             return match bounds.count {
@@ -293,6 +301,28 @@ fn serve_loop(
         received += 1;
     }
     Ok(())
+}
+
+/// Blocks SIGINT, SIGTERM and SIGHUP in this thread, and so in every thread it starts,
+/// so that they are taken by the one thread that waits for them (`stop_on`) rather than
+/// kill the process before it removes what it made.
+fn block_stop_signals() -> io::Result<SigSet> {
+    let mut signals = SigSet::empty();
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        signals.add(signal);
+    }
+    signals.thread_block().map_err(io::Error::from)?;
+    Ok(signals)
+}
+
+/// Stops the server when one of `signals` comes; the command then cleans up and exits 0.
+fn stop_on(signals: SigSet, stopper: ipckit::Stopper) {
+    std::thread::spawn(move || {
+        if let Ok(signal) = signals.wait() {
+            log::info!("{signal}: stopping");
+            stopper.stop();
+        }
+    });
 }
 
 fn print_message(

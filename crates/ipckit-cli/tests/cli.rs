@@ -169,6 +169,62 @@ fn serve_keeps_serving_when_one_answer_cannot_be_delivered() {
     }
 }
 
+/// `listen` and `serve` stopped by SIGINT, SIGTERM or SIGHUP remove what they made (a
+/// socket file, a FIFO, a shared-memory segment) and exit 0.
+#[test]
+fn stopped_by_a_signal_a_server_cleans_up_and_exits_0() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let dir = Scratch::new("signals");
+    let shm = format!("ipckit-cli-signals-{}", std::process::id());
+    let cases = [
+        (
+            "serve",
+            format!("uds://{}", dir.sock("x.sock")),
+            dir.sock("x.sock"),
+            Signal::SIGTERM,
+        ),
+        (
+            "listen",
+            format!("fifo://{}", dir.sock("x.fifo")),
+            dir.sock("x.fifo"),
+            Signal::SIGINT,
+        ),
+        (
+            "serve",
+            format!("shm://{shm}"),
+            format!("/dev/shm/ipckit.{shm}"),
+            Signal::SIGHUP,
+        ),
+    ];
+    for (verb, url, made, signal) in cases {
+        let mut args = vec![verb, url.as_str()];
+        if verb == "serve" {
+            args.push("--echo");
+        }
+        let server = Background::start(IPCKIT, &args);
+        if verb == "serve" {
+            assert!(
+                request_until_served(&url, "hello").status.success(),
+                "{url}"
+            );
+        } else {
+            wait_for_socket_file(&made);
+        }
+        assert!(
+            std::path::Path::new(&made).exists(),
+            "{url}: {made} was not made"
+        );
+        kill(Pid::from_raw(server.0.id() as i32), signal).unwrap();
+        let out = server.output();
+        assert!(out.status.success(), "{url} stopped by {signal}: {out:?}");
+        assert!(
+            !std::path::Path::new(&made).exists(),
+            "{url} stopped by {signal} left {made}"
+        );
+    }
+}
+
 #[test]
 fn socat_lines_reach_a_line_framed_listener() {
     let dir = Scratch::new("socat-in");

@@ -129,6 +129,14 @@ pub enum Error {
         reason: String,
     },
 
+    /// The server was stopped through a [`Stopper`](crate::Stopper): its receiving calls
+    /// end with this, and [`Server::incoming`](crate::Server::incoming) ends.
+    #[error("{endpoint}: the server was stopped")]
+    Stopped {
+        /// The endpoint's URL.
+        endpoint: String,
+    },
+
     /// The operation is not available on this transport or endpoint.
     #[error("{endpoint}: {what}")]
     Unsupported {
@@ -207,6 +215,7 @@ impl Error {
             | Error::Protocol { endpoint, .. }
             | Error::Remote { endpoint, .. }
             | Error::Unsupported { endpoint, .. }
+            | Error::Stopped { endpoint }
             | Error::Codec { endpoint, .. }
             | Error::NoReplyExpected { endpoint }
             | Error::Io { endpoint, .. } => endpoint,

@@ -204,6 +204,7 @@ pub fn listen(endpoint: impl ToEndpoint) -> Result<Server> {
     Ok(Server {
         capabilities: transport.capabilities(backend.endpoint()),
         backend,
+        stopped: Arc::new(AtomicBool::new(false)),
     })
 }
 
@@ -380,16 +381,43 @@ fn decode_value<R: DeserializeOwned>(endpoint: &Endpoint, payload: &[u8]) -> Res
 pub struct Server {
     backend: ServerBackend,
     capabilities: Capabilities,
+    stopped: Arc<AtomicBool>,
 }
 
 impl Server {
-    /// Waits for the next message.
+    /// Waits for the next message; [`Error::Stopped`] once a [`Stopper`] stopped it.
     #[inline]
     pub fn recv(&mut self) -> Result<Message> {
         loop {
+            self.check_stopped()?;
             if let Some(message) = self.backend.recv(None)? {
                 return Ok(message);
             }
+        }
+    }
+
+    /// A handle that stops this server's receiving from another thread (a signal-handling
+    /// thread, say): see [`Stopper`].
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            stopped: self.stopped.clone(),
+            wake: self.backend.waker(),
+        }
+    }
+
+    /// [`Error::Stopped`] once a [`Stopper`] stopped the server.
+    #[inline(always)]
+    fn check_stopped(&self) -> Result<()> {
+        if self.stopped.load(Ordering::Acquire) {
+            return Err(self.stopped_error());
+        }
+        Ok(())
+    }
+
+    #[cold]
+    fn stopped_error(&self) -> Error {
+        Error::Stopped {
+            endpoint: self.endpoint().to_string(),
         }
     }
 
@@ -404,6 +432,7 @@ impl Server {
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<Message>> {
         let deadline = Instant::now() + timeout;
         loop {
+            self.check_stopped()?;
             match self.backend.recv(Some(deadline))? {
                 Some(message) => return Ok(Some(message)),
                 None if Instant::now() >= deadline => return Ok(None),
@@ -441,6 +470,7 @@ impl Server {
     pub fn recv_with<R>(&mut self, handle: impl FnOnce(&mut MessageRef<'_>) -> R) -> Result<R> {
         let mut handle = Some(handle);
         loop {
+            self.check_stopped()?;
             if let Some(handled) = self.backend.recv_with(None, &mut handle)? {
                 return Ok(handled);
             }
@@ -466,6 +496,7 @@ impl Server {
         let deadline = Instant::now() + timeout;
         let mut handle = Some(handle);
         loop {
+            self.check_stopped()?;
             if let Some(handled) = self.backend.recv_with(Some(deadline), &mut handle)? {
                 return Ok(Some(handled));
             }
@@ -515,12 +546,19 @@ impl Server {
         &mut self,
         handle: impl FnMut(&mut MessageRef<'_>) -> ControlFlow<B>,
     ) -> Result<B> {
-        self.backend.serve_with(handle)
+        self.check_stopped()?;
+        match self.backend.serve_with(&self.stopped, handle)? {
+            Some(value) => Ok(value),
+            None => Err(self.stopped_error()),
+        }
     }
 
-    /// The messages, as an endless iterator.
+    /// The messages, until a [`Stopper`] stops the server.
     pub fn incoming(&mut self) -> impl Iterator<Item = Result<Message>> + '_ {
-        std::iter::repeat_with(move || self.recv())
+        std::iter::from_fn(move || match self.recv() {
+            Err(Error::Stopped { .. }) => None,
+            received => Some(received),
+        })
     }
 
     /// Serves on a thread of its own, calling `handler` for every message; what it
@@ -583,6 +621,49 @@ impl Server {
 }
 
 debug_by_endpoint!(Server);
+
+/// Stops a [`Server`]'s receiving from another thread, from [`Server::stopper`]: its
+/// blocking calls (`recv`, `recv_timeout`, `recv_with`, `serve_with`) return
+/// [`Error::Stopped`], at once if one is waiting, and [`Server::incoming`] ends. Dropping
+/// the server then removes its endpoint, as always.
+///
+/// A program stopped by a signal does that cleanup by stopping its server from a thread
+/// that waits for the signal (block the signals in every thread first, and `sigwait` in
+/// that one); the `ipckit` command does so for SIGINT, SIGTERM and SIGHUP. (On the tokio
+/// API, drop the receiving future instead, in a `select!` with the signal: every
+/// receive there is cancel-safe.)
+///
+/// ```
+/// let mut server = ipckit::listen("tcp://127.0.0.1:0")?;
+/// let stopper = server.stopper();
+/// std::thread::spawn(move || stopper.stop());
+/// for message in server.incoming() {
+///     println!("{:?}", message?.payload());
+/// }
+/// // Stopped: the loop ended, and dropping the server cleans up.
+/// # Ok::<(), ipckit::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Stopper {
+    stopped: Arc<AtomicBool>,
+    wake: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl Stopper {
+    /// Stops the server; its receiving calls return [`Error::Stopped`] from now on.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        (self.wake)();
+    }
+}
+
+impl std::fmt::Debug for Stopper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stopper")
+            .field("stopped", &self.stopped.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
 
 /// A running [`Server::spawn`]: stops the server and cleans up when dropped.
 ///

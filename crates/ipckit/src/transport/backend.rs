@@ -11,6 +11,7 @@
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::shm::{Lease, ReplyChannel, ShmConnection, ShmExclusive, ShmListener, ShmLoan};
@@ -46,11 +47,13 @@ pub(crate) trait ServerSide {
         deadline: Option<Instant>,
         handle: &mut Option<H>,
     ) -> Result<Option<R>>;
-    /// Lends every message to `handle` until it breaks; what it broke with.
+    /// Lends every message to `handle` until it breaks; what it broke with. `None` once
+    /// the waker was called with `stopped` set.
     fn serve_with<B>(
         &mut self,
+        stopped: &AtomicBool,
         handle: impl FnMut(&mut MessageRef<'_>) -> ControlFlow<B>,
-    ) -> Result<B>;
+    ) -> Result<Option<B>>;
     fn waker(&self) -> Arc<dyn Fn() + Send + Sync>;
     fn endpoint(&self) -> &Endpoint;
 }
@@ -105,13 +108,15 @@ impl ServerSide for dyn Listener {
 
     fn serve_with<B>(
         &mut self,
+        stopped: &AtomicBool,
         mut handle: impl FnMut(&mut MessageRef<'_>) -> ControlFlow<B>,
-    ) -> Result<B> {
+    ) -> Result<Option<B>> {
         loop {
-            if let Some(ControlFlow::Break(value)) =
-                ServerSide::recv_with(self, None, &mut Some(&mut handle))?
-            {
-                return Ok(value);
+            match ServerSide::recv_with(self, None, &mut Some(&mut handle))? {
+                Some(ControlFlow::Break(value)) => return Ok(Some(value)),
+                Some(ControlFlow::Continue(())) => {}
+                None if stopped.load(Ordering::Acquire) => return Ok(None),
+                None => {}
             }
         }
     }
@@ -250,9 +255,10 @@ impl ServerBackend {
     #[inline(always)]
     pub(crate) fn serve_with<B>(
         &mut self,
+        stopped: &AtomicBool,
         handle: impl FnMut(&mut MessageRef<'_>) -> ControlFlow<B>,
-    ) -> Result<B> {
-        each_flavor!(mut self, l => ServerSide::serve_with(l, handle))
+    ) -> Result<Option<B>> {
+        each_flavor!(mut self, l => ServerSide::serve_with(l, stopped, handle))
     }
 
     pub(crate) fn waker(&self) -> Arc<dyn Fn() + Send + Sync> {

@@ -2,6 +2,7 @@
 //! mid-message, servers that die or restart, endpoints that are missing, and the files
 //! endpoints live in: private, removed after use, closed to other users.
 
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -32,6 +33,67 @@ pub const CHECKS: &[Check] = checks![
     has_path => endpoint_file_private_and_removed,
     has_path => other_user_refused,
 ];
+
+pub const BLOCKING_CHECKS: &[Check] = checks![
+    always => stopper_ends_a_blocked_loop,
+];
+
+/// A `Stopper` used from another thread ends a loop blocked in `recv`, `recv_with` or
+/// `serve_with` with `Stopped`; `incoming` ends; dropping the server then cleans up.
+fn stopper_ends_a_blocked_loop(ctx: &Ctx) -> Outcome {
+    let mut server = ipckit::listen(ctx.endpoint("stopped"))?;
+    let url = server.endpoint().clone();
+    let stop_soon = |stopper: ipckit::Stopper| {
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            stopper.stop();
+        })
+    };
+    let stopping = stop_soon(server.stopper());
+    let received = server.incoming().count();
+    stopping
+        .join()
+        .map_err(|_| "the stopping thread panicked")?;
+    ensure!(
+        received == 0,
+        "incoming yielded {received} items, then ended"
+    );
+    for (call, ended) in [
+        ("recv", server.recv().map(drop)),
+        ("recv_with", server.recv_with(|_| ())),
+        (
+            "serve_with",
+            server.serve_with(|_| ControlFlow::<()>::Continue(())),
+        ),
+    ] {
+        ensure!(
+            matches!(ended, Err(Error::Stopped { .. })),
+            "{call} on a stopped server gave {ended:?}"
+        );
+    }
+    // Stopped while blocked in serve_with, on a fresh server: it returns at once.
+    drop(server);
+    let mut server = ipckit::listen(&url)?;
+    let stopping = stop_soon(server.stopper());
+    let ended = server.serve_with(|_| ControlFlow::<()>::Continue(()));
+    stopping
+        .join()
+        .map_err(|_| "the stopping thread panicked")?;
+    ensure!(
+        matches!(ended, Err(Error::Stopped { .. })),
+        "serve_with stopped while blocked gave {ended:?}"
+    );
+    let path = path_of(&url);
+    drop(server);
+    if let Some(path) = path {
+        ensure!(
+            !path.exists(),
+            "{} is left after the stopped server was dropped",
+            path.display()
+        );
+    }
+    Ok(())
+}
 
 /// Requests that a server has not answered when it stops get an error at once, rather
 /// than wait out their timeout. (On mq they stay queued for the next server: durable.)

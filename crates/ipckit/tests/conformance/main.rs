@@ -48,6 +48,10 @@ const CHECKS: &[&[Check]] = &[
 /// What only futures can do: be dropped halfway. Run through the async API alone.
 const ASYNC_CHECKS: &[&[Check]] = &[cancellation::ASYNC_CHECKS];
 
+/// What only the blocking API needs: a way to end a blocked loop from another thread
+/// (futures are dropped instead). Run through the blocking API alone.
+const BLOCKING_CHECKS: &[&[Check]] = &[lifecycle::BLOCKING_CHECKS];
+
 fn main() -> ExitCode {
     if std::env::var_os(PEER_ENV).is_some() {
         return peer::run(std::env::args().skip(1).collect());
@@ -63,8 +67,11 @@ fn main() -> ExitCode {
                 Api::Blocking => transport.scheme().to_owned(),
                 Api::Async => format!("{}::async", transport.scheme()),
             };
-            let async_checks = if api == Api::Async { ASYNC_CHECKS } else { &[] };
-            for check in CHECKS.iter().chain(async_checks).copied().flatten() {
+            let own_checks = match api {
+                Api::Async => ASYNC_CHECKS,
+                Api::Blocking => BLOCKING_CHECKS,
+            };
+            for check in CHECKS.iter().chain(own_checks).copied().flatten() {
                 let name = format!("{prefix}::{}", check.name.replace(' ', ""));
                 let run = check.run;
                 let applies = (check.applies)(transport, &caps);

@@ -436,23 +436,28 @@ impl ShmListener {
         })
     }
 
-    /// Lends every message to `handle` until it breaks; what it broke with. The loop never
-    /// leaves [`wait_for`](Self::wait_for) between messages: returning from it and
-    /// entering it again for each message, as a loop over `recv_in_place` does, costs a
-    /// measurable share of a round trip (docs/DESIGN.md).
+    /// Lends every message to `handle` until it breaks; what it broke with, or `None` once
+    /// woken with `stopped` set. The loop never leaves [`wait_for`](Self::wait_for)
+    /// between messages: returning from it and entering it again for each message, as a
+    /// loop over `recv_in_place` does, costs a measurable share of a round trip
+    /// (docs/DESIGN.md).
     #[inline(always)]
     pub(crate) fn serve_in_place<B>(
         &mut self,
+        stopped: &AtomicBool,
         mut handle: impl FnMut(&mut MessageRef<'_>) -> ControlFlow<B>,
-    ) -> B {
+    ) -> Option<B> {
         loop {
             let served = self.wait_for(None, |listener| {
                 listener.poll_with(|client, max, url| {
                     lend_next(client, max, url, &mut Some(&mut handle))
                 })
             });
-            if let Some(value) = served {
-                return value;
+            if served.is_some() {
+                return served;
+            }
+            if stopped.load(Ordering::Acquire) {
+                return None;
             }
         }
     }
@@ -705,9 +710,10 @@ impl ServerSide for ShmListener {
     #[inline(always)]
     fn serve_with<B>(
         &mut self,
+        stopped: &AtomicBool,
         handle: impl FnMut(&mut MessageRef<'_>) -> ControlFlow<B>,
-    ) -> Result<B> {
-        Ok(self.serve_in_place(handle))
+    ) -> Result<Option<B>> {
+        Ok(self.serve_in_place(stopped, handle))
     }
 
     fn waker(&self) -> Arc<dyn Fn() + Send + Sync> {
