@@ -24,6 +24,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Print every message that arrives at URL
+    ///
+    /// Stopped by SIGINT, SIGTERM or SIGHUP, it removes what it made (a socket file, a
+    /// FIFO, a shared-memory segment) and exits 0; an mq queue stays, with its messages,
+    /// as queues are durable.
     Listen {
         /// The endpoint to listen on
         url: String,
@@ -52,6 +56,10 @@ enum Command {
         output: Output,
     },
     /// Answer requests at URL
+    ///
+    /// A client that cannot take its answer (gone, or with a smaller max_message) is
+    /// logged and the others are still served. Stopped by SIGINT, SIGTERM or SIGHUP, it
+    /// removes what it made and exits 0, as `listen` does.
     Serve {
         /// The endpoint to serve
         url: String,
