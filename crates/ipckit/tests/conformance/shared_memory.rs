@@ -20,6 +20,7 @@ pub const CHECKS: &[Check] = checks![in shared_memory:
     zero_copy => record_over_limit,
     zero_copy => garbage_in_reply_ring,
     zero_copy => killed_client_slot_reclaimed,
+    zero_copy => client_waits_for_a_free_slot,
     zero_copy => dead_server_segment_removed,
 ];
 
@@ -217,7 +218,9 @@ pub fn killed_client_slot_reclaimed(ctx: &Ctx) -> Outcome {
         holder.line()? == "connected",
         "the first client did not connect"
     );
-    match api::connect(url.as_str()) {
+    // Asked not to wait for a slot to free.
+    let impatient = format!("{url}&send_timeout_ms=0");
+    match api::connect(impatient.as_str()) {
         Err(Error::Full { .. }) => {}
         other => return Err(format!("a second client of a one-slot server: {other:?}").into()),
     }
@@ -225,7 +228,7 @@ pub fn killed_client_slot_reclaimed(ctx: &Ctx) -> Outcome {
     let killed = Instant::now();
     loop {
         server.recv_timeout(Duration::from_millis(20))?;
-        match api::connect(url.as_str()) {
+        match api::connect(impatient.as_str()) {
             Ok(_) => return Ok(()),
             Err(Error::Full { .. }) if killed.elapsed() < Duration::from_secs(1) => {}
             other => {
@@ -237,6 +240,42 @@ pub fn killed_client_slot_reclaimed(ctx: &Ctx) -> Outcome {
             }
         }
     }
+}
+
+/// A client that finds every slot taken waits for one, up to its send timeout: the slot
+/// frees when another client goes.
+pub fn client_waits_for_a_free_slot(ctx: &Ctx) -> Outcome {
+    let mut server = api::listen(ctx.endpoint_with("one-slot-wait", "clients", "1"))?;
+    let url = server.endpoint().to_string();
+    let mut holder = Child::spawn(Role::ConnectAndWait, &url);
+    let connected = holder.line_serving(&mut server)?;
+    ensure!(
+        connected == "connected",
+        "the first client said {connected}"
+    );
+    let waiter = std::thread::spawn({
+        let patient = format!("{url}&send_timeout_ms={}", PATIENCE.as_millis());
+        move || api::connect(patient.as_str())?.send(b"waited")
+    });
+    // Whether the waiter is waiting already or comes later, it must get the slot.
+    std::thread::sleep(Duration::from_millis(50));
+    holder.kill();
+    let killed = Instant::now();
+    let message = loop {
+        if let Some(message) = server.recv_timeout(Duration::from_millis(20))? {
+            break message;
+        }
+        ensure!(
+            killed.elapsed() < PATIENCE,
+            "no message from the waiting client within {PATIENCE:?} of the other's death"
+        );
+    };
+    ensure!(
+        message.payload() == b"waited",
+        "the server got {message:?} from the waiting client"
+    );
+    waiter.join().map_err(|_| "the waiting client panicked")??;
+    Ok(())
 }
 
 /// A server killed with SIGKILL: its client learns it, and removes the segment the

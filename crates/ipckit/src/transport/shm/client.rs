@@ -65,21 +65,40 @@ impl ShmConnection {
         }
         let header: Shared<Header> = found.header.get(0);
         let me = std::process::id();
-        let slot_index = (0..found.geometry.slots)
-            .find(|&i| {
+        let claim = || {
+            (0..found.geometry.slots).find(|&i| {
                 let owner: &AtomicU32 = found.header.at(segment::OWNERS + 4 * i);
                 owner
                     .compare_exchange(0, me, Ordering::SeqCst, Ordering::Relaxed)
                     .is_ok()
             })
-            .ok_or_else(|| Error::Full {
-                endpoint: url.clone(),
-                detail: format!(
-                    "all {} client slots of the server (its ?clients= option sets how many)",
-                    found.geometry.slots
-                ),
-                after: Duration::ZERO,
-            })?;
+        };
+        // Every slot taken: one frees when a client leaves and the server has taken what
+        // it sent, so wait for it as a send waits for room, up to `send_timeout_ms`.
+        let patience = endpoint.send_timeout();
+        let deadline = Instant::now() + patience;
+        let mut pause = Duration::from_micros(100);
+        let slot_index = loop {
+            if let Some(i) = claim() {
+                break i;
+            }
+            if !segment::server_alive(&found.fd) {
+                return Err(gone("the server process is gone"));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::Full {
+                    endpoint: url.clone(),
+                    detail: format!(
+                        "all {} client slots of the server (its ?clients= option sets how many)",
+                        found.geometry.slots
+                    ),
+                    after: patience,
+                });
+            }
+            std::thread::sleep(pause.min(deadline - now));
+            pause = (pause * 2).min(Duration::from_millis(10));
+        };
         let release_claim = || {
             let owner: &AtomicU32 = found.header.at(segment::OWNERS + 4 * slot_index);
             owner.store(0, Ordering::SeqCst);

@@ -14,7 +14,8 @@
 //! apply to each side on its own.
 //!
 //! - `?clients=N`: how many clients the server takes at once, up to 4096; 64 unless set.
-//!   A client that finds every slot taken fails with [`Error::Full`].
+//!   A client that finds every slot taken waits for one to free up to its
+//!   `send_timeout_ms`, then fails with [`Error::Full`].
 //! - `?ring=N`: the bytes of each ring, a power of two from 64 KiB to 1 GiB; 1 MiB unless
 //!   set. A message up to half a ring goes as one record, written and read in place; a
 //!   larger one goes as a sequence of records, copied in and out, and arrives whole.
@@ -23,7 +24,8 @@
 //!   server's limit applies to what clients send, a client's to the replies it gets. The
 //!   sender learns [`Error::MessageTooLarge`] before anything is written.
 //! - `?send_timeout_ms=N`: how long a send, a request or a reply waits while the ring it
-//!   writes to is full, 10 s unless set; then it fails with [`Error::Full`].
+//!   writes to is full, and a connect while every slot is taken, 10 s unless set; then it
+//!   fails with [`Error::Full`].
 //!
 //! **Zero copy.** [`Client::loan`](crate::Client::loan) hands out space inside the ring:
 //! the message is written once, where the server reads it.
@@ -153,7 +155,16 @@ impl Transport for Shm {
         &'a self,
         endpoint: &'a Endpoint,
     ) -> super::BoxFuture<'a, Result<Box<dyn super::AsyncConnection>>> {
-        super::connected(on_tokio::AsyncShmConnection::connect(endpoint))
+        // Connecting may wait for a free slot: not on one of the runtime's workers.
+        let endpoint = endpoint.clone();
+        Box::pin(async move {
+            let url = endpoint.to_string();
+            let connect = move || on_tokio::AsyncShmConnection::connect(&endpoint);
+            let made = tokio::task::spawn_blocking(connect)
+                .await
+                .map_err(|e| Error::io(&url, "connecting", std::io::Error::other(e)))??;
+            Ok(Box::new(made) as Box<dyn super::AsyncConnection>)
+        })
     }
 
     #[cfg(feature = "tokio")]
