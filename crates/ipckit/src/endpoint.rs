@@ -369,7 +369,8 @@ impl Endpoint {
         )
     }
 
-    /// How many clients a shared-memory server takes at once (`?clients=`); 64 unless set.
+    /// How many clients a shared-memory server takes at once (`?clients=`); 1024 unless
+    /// set. A slot's memory is used only while a client holds it.
     ///
     /// ```
     /// let ep: ipckit::Endpoint = "shm://app?clients=8&ring=65536".parse()?;
@@ -379,7 +380,7 @@ impl Endpoint {
     pub fn clients(&self) -> usize {
         self.param(Param::Clients)
             .map(|n| n.parse().expect("validated when parsed"))
-            .unwrap_or(64)
+            .unwrap_or(1024)
     }
 
     /// The bytes of each shared-memory ring (`?ring=`, a power of two); 1 MiB unless set.

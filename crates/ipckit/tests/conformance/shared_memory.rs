@@ -21,6 +21,7 @@ pub const CHECKS: &[Check] = checks![in shared_memory:
     zero_copy => garbage_in_reply_ring,
     zero_copy => killed_client_slot_reclaimed,
     zero_copy => client_waits_for_a_free_slot,
+    zero_copy => takes_1024_clients_mapping_only_theirs,
     zero_copy => dead_server_segment_removed,
 ];
 
@@ -275,6 +276,28 @@ pub fn client_waits_for_a_free_slot(ctx: &Ctx) -> Outcome {
         "the server got {message:?} from the waiting client"
     );
     waiter.join().map_err(|_| "the waiting client panicked")??;
+    Ok(())
+}
+
+/// A server takes 1024 clients unless told otherwise, and maps (and pays memory for) only
+/// the slots its clients hold: here, in 1 GiB of address space, where all 1024 slots of
+/// 1 MiB rings would not fit.
+pub fn takes_1024_clients_mapping_only_theirs(ctx: &Ctx) -> Outcome {
+    let mut endpoint = ctx.endpoint("default-slots");
+    endpoint.set_option("ring", "1048576")?;
+    let mut server = Child::spawn(Role::Print, &endpoint);
+    let url = server.ready()?;
+    let mut slots = [0u8; 4];
+    std::fs::File::open(path_of(&url).expect("a segment path"))?.read_exact_at(&mut slots, 20)?;
+    let slots = u32::from_le_bytes(slots);
+    ensure!(
+        slots == 1024,
+        "a server with no ?clients= takes {slots} clients"
+    );
+    api::connect(&url)?.send(b"one of 1024")?;
+    let heard = server.line()?;
+    ensure!(heard == "msg one of 1024", "the server said {heard}");
+    server.kill();
     Ok(())
 }
 

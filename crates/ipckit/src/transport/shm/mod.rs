@@ -13,7 +13,8 @@
 //! and a client takes the segment as it finds it. `max_message` and `send_timeout_ms`
 //! apply to each side on its own.
 //!
-//! - `?clients=N`: how many clients the server takes at once, up to 4096; 64 unless set.
+//! - `?clients=N`: how many clients the server takes at once, up to 4096; 1024 unless
+//!   set. A server maps a slot, and its pages are used, only while a client holds it.
 //!   A client that finds every slot taken waits for one to free up to its
 //!   `send_timeout_ms`, then fails with [`Error::Full`].
 //! - `?ring=N`: the bytes of each ring, a power of two from 64 KiB to 1 GiB; 1 MiB unless

@@ -151,7 +151,7 @@ pub fn path(name: &str) -> PathBuf {
 pub struct Created {
     /// Holds the flock that says the server lives.
     pub fd: OwnedFd,
-    /// The whole segment.
+    /// The header page, with the owner table.
     pub map: Mapping,
     /// Its inode, to tell whether the name still refers to it at drop.
     pub inode: u64,
@@ -190,8 +190,8 @@ pub fn create(
             .map_err(|e| io("locking the segment", e.into()))?;
         rustix::fs::ftruncate(&fd, geometry.total() as u64)
             .map_err(|e| io("sizing the segment", e.into()))?;
-        let mut map =
-            Mapping::new(&fd, 0, geometry.total()).map_err(|e| io("mapping the segment", e))?;
+        // The header page alone: the server maps each slot when a client claims it.
+        let mut map = Mapping::new(&fd, 0, ALIGN).map_err(|e| io("mapping the segment", e))?;
         // SAFETY: nobody else can reach the segment yet: it was just created, exclusively,
         // under a private temporary name, and this is its only mapping.
         unsafe {

@@ -146,8 +146,12 @@ pub(super) struct Client {
 pub(crate) struct ShmListener {
     pub(super) endpoint: Endpoint,
     url: Arc<str>,
+    /// The header page, with the owner table.
     map: Arc<Mapping>,
     pub(super) header: Shared<Header>,
+    /// Each slot's pages, mapped while a client holds the slot: a server pays address
+    /// space and memory for the clients it has, not for the ones it could take.
+    slots: Vec<Option<Arc<Mapping>>>,
     _fd: OwnedFd,
     inode: u64,
     name: String,
@@ -179,6 +183,7 @@ impl ShmListener {
             url: url.into(),
             header: map.get(0),
             map,
+            slots: (0..geometry.slots).map(|_| None).collect(),
             _fd: created.fd,
             inode: created.inode,
             name,
@@ -199,8 +204,26 @@ impl ShmListener {
         &self.header
     }
 
+    /// Slot `i` of a client being served, whose pages are mapped.
     fn slot(&self, i: usize) -> &Slot {
-        self.map.at(self.geometry.slot_offset(i))
+        self.slots[i]
+            .as_ref()
+            .expect("a client's slot is mapped while it is served")
+            .at(0)
+    }
+
+    /// Slot `i`'s pages, mapped now if they were not; `None` (logged) if they cannot be.
+    fn map_slot(&mut self, i: usize) -> Option<Arc<Mapping>> {
+        if self.slots[i].is_none() {
+            match segment::map_slot(&self._fd, self.geometry, i) {
+                Ok(map) => self.slots[i] = Some(map),
+                Err(e) => {
+                    log::error!("{}: mapping slot {i}: {e}", self.url);
+                    return None;
+                }
+            }
+        }
+        self.slots[i].clone()
     }
 
     fn owner(&self, i: usize) -> &AtomicU32 {
@@ -211,7 +234,13 @@ impl ShmListener {
     fn rescan(&mut self) {
         for i in 0..self.geometry.slots {
             let owner = self.owner(i).load(Ordering::Acquire);
-            let state = self.slot(i).state.load(Ordering::Acquire);
+            if owner == 0 && self.clients[i].is_none() {
+                continue;
+            }
+            let Some(map) = self.map_slot(i) else {
+                continue;
+            };
+            let state = map.at::<Slot>(0).state.load(Ordering::Acquire);
             match &mut self.clients[i] {
                 Some(client) if state == segment::LEFT => client.leaving = true,
                 Some(_) => {}
@@ -225,7 +254,10 @@ impl ShmListener {
 
     fn accept(&mut self, i: usize, owner: u32, left: bool) {
         let capacity = self.geometry.capacity;
-        let slot: Shared<Slot> = self.map.get(self.geometry.slot_offset(i));
+        let map = self.slots[i]
+            .clone()
+            .expect("mapped when its claim was seen");
+        let slot: Shared<Slot> = map.get(0);
         let _ = slot.state.compare_exchange(
             segment::OPEN,
             segment::ACCEPTED,
@@ -235,8 +267,7 @@ impl ShmListener {
         let client_max = (slot.client_max.load(Ordering::Acquire) as usize).max(1);
         let process = Process::watch(owner);
         let leaving = left || process.is_none();
-        let offset = self.geometry.slot_offset(i) + segment::ALIGN;
-        let area = |at| Area::new(self.map.bytes(offset + at, capacity));
+        let area = |at| Area::new(map.bytes(segment::ALIGN + at, capacity));
         // SAFETY: one consumer of the client's requests, this server; one producer of its
         // replies, the channel's sender.
         let (consumer, sender) = unsafe {
@@ -295,9 +326,13 @@ impl ShmListener {
         }
         for i in 0..self.geometry.slots {
             let owner = self.owner(i).load(Ordering::Acquire);
-            if self.clients[i].is_none()
-                && owner != 0
-                && self.slot(i).state.load(Ordering::Acquire) == segment::FREE
+            if self.clients[i].is_some() || owner == 0 {
+                continue;
+            }
+            let Some(map) = self.map_slot(i) else {
+                continue;
+            };
+            if map.at::<Slot>(0).state.load(Ordering::Acquire) == segment::FREE
                 && Process::watch(owner).is_none()
             {
                 log::debug!(
@@ -336,12 +371,14 @@ impl ShmListener {
         }
     }
 
-    fn free_slot(&self, i: usize) {
-        let slot = self.slot(i);
-        slot.requests.reset();
-        slot.replies.reset();
-        slot.client_max.store(0, Ordering::Relaxed);
-        slot.state.store(segment::FREE, Ordering::Release);
+    fn free_slot(&mut self, i: usize) {
+        if let Some(map) = self.slots[i].take() {
+            let slot: &Slot = map.at(0);
+            slot.requests.reset();
+            slot.replies.reset();
+            slot.client_max.store(0, Ordering::Relaxed);
+            slot.state.store(segment::FREE, Ordering::Release);
+        }
         // Give the ring pages back to the system; a slot's next client starts clean.
         let offset = self.geometry.slot_offset(i) + segment::ALIGN;
         let _ = rustix::fs::fallocate(
@@ -758,12 +795,10 @@ impl Listener for ShmListener {
 impl Drop for ShmListener {
     fn drop(&mut self) {
         self.header().state.store(segment::CLOSED, Ordering::SeqCst);
-        for i in 0..self.geometry.slots {
-            if self.owner(i).load(Ordering::Acquire) != 0 {
-                let slot = self.slot(i);
-                wait::wake_all(&slot.replies.consumer_sleeps, &slot.bell);
-                wait::wake_all(&slot.requests.producer_sleeps, &slot.room_bell);
-            }
+        for map in self.slots.iter().flatten() {
+            let slot: &Slot = map.at(0);
+            wait::wake_all(&slot.replies.consumer_sleeps, &slot.bell);
+            wait::wake_all(&slot.requests.producer_sleeps, &slot.room_bell);
         }
         let path = segment::path(&self.name);
         use std::os::unix::fs::MetadataExt;
