@@ -60,10 +60,7 @@ impl Mapping {
                 offset as u64,
             )?
         };
-        Ok(Mapping {
-            ptr: NonNull::new(ptr.cast()).expect("mmap never returns null on success"),
-            len,
-        })
+        Ok(Mapping::mapped(ptr, len))
     }
 
     /// Anonymous shared memory of `len` bytes, zeroed: for tests of what lives in a mapping.
@@ -78,10 +75,15 @@ impl Mapping {
                 MapFlags::SHARED,
             )?
         };
-        Ok(Mapping {
+        Ok(Mapping::mapped(ptr, len))
+    }
+
+    /// The mapping `mmap` just made of `len` bytes at `ptr`, to unmap on drop.
+    fn mapped(ptr: *mut c_void, len: usize) -> Mapping {
+        Mapping {
             ptr: NonNull::new(ptr.cast()).expect("mmap never returns null on success"),
             len,
-        })
+        }
     }
 
     /// The `T` at `offset`. Panics unless it lies inside the mapping and is aligned.

@@ -49,6 +49,11 @@ pub(crate) struct ShmConnection {
 
 impl ShmConnection {
     pub(crate) fn connect(endpoint: &Endpoint) -> Result<ShmConnection> {
+        Self::connect_within(endpoint, endpoint.send_timeout())
+    }
+
+    /// Connects, waiting up to `patience` for a free slot while every one is taken.
+    pub(super) fn connect_within(endpoint: &Endpoint, patience: Duration) -> Result<ShmConnection> {
         let url = endpoint.to_string();
         let name = name_of(endpoint).to_owned();
         let found = segment::find(&url, &name)?;
@@ -75,7 +80,6 @@ impl ShmConnection {
         };
         // Every slot taken: one frees when a client leaves and the server has taken what
         // it sent, so wait for it as a send waits for room, up to `send_timeout_ms`.
-        let patience = endpoint.send_timeout();
         let deadline = Instant::now() + patience;
         let mut pause = Duration::from_micros(100);
         let slot_index = loop {

@@ -156,11 +156,17 @@ impl Transport for Shm {
         &'a self,
         endpoint: &'a Endpoint,
     ) -> super::BoxFuture<'a, Result<Box<dyn super::AsyncConnection>>> {
-        // Connecting may wait for a free slot: not on one of the runtime's workers.
+        // A slot free now is taken at once; waiting for one to free is done off the
+        // runtime's workers.
+        match on_tokio::AsyncShmConnection::connect(endpoint, std::time::Duration::ZERO) {
+            Err(Error::Full { .. }) => {}
+            made => return super::connected(made),
+        }
         let endpoint = endpoint.clone();
         Box::pin(async move {
             let url = endpoint.to_string();
-            let connect = move || on_tokio::AsyncShmConnection::connect(&endpoint);
+            let patience = endpoint.send_timeout();
+            let connect = move || on_tokio::AsyncShmConnection::connect(&endpoint, patience);
             let made = tokio::task::spawn_blocking(connect)
                 .await
                 .map_err(|e| Error::io(&url, "connecting", std::io::Error::other(e)))??;

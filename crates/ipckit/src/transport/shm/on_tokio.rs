@@ -159,10 +159,14 @@ pub(in crate::transport) struct AsyncShmConnection {
 }
 
 impl AsyncShmConnection {
-    pub(in crate::transport) fn connect(endpoint: &Endpoint) -> Result<AsyncShmConnection> {
+    /// Connects, waiting up to `patience` for a free slot while every one is taken.
+    pub(in crate::transport) fn connect(
+        endpoint: &Endpoint,
+        patience: Duration,
+    ) -> Result<AsyncShmConnection> {
         let url = endpoint.to_string();
         let (room_bell, answers_bell) = (Bell::new(&url)?, Bell::new(&url)?);
-        let connection = ShmConnection::connect(endpoint)?;
+        let connection = ShmConnection::connect_within(endpoint, patience)?;
         let max_record = lock(&connection.requests).producer.max_record();
         // Published before this side ever sleeps on a bell.
         let slot = connection.slot();

@@ -204,16 +204,17 @@ impl ShmListener {
         &self.header
     }
 
-    /// Slot `i` of a client being served, whose pages are mapped.
+    /// Slot `i`, whose pages are mapped while a client holds it.
     fn slot(&self, i: usize) -> &Slot {
         self.slots[i]
             .as_ref()
-            .expect("a client's slot is mapped while it is served")
+            .expect("a claimed slot is mapped")
             .at(0)
     }
 
-    /// Slot `i`'s pages, mapped now if they were not; `None` (logged) if they cannot be.
-    fn map_slot(&mut self, i: usize) -> Option<Arc<Mapping>> {
+    /// The state of slot `i`, whose pages are mapped now if they were not; `None` (logged)
+    /// if they cannot be.
+    fn slot_state(&mut self, i: usize) -> Option<u32> {
         if self.slots[i].is_none() {
             match segment::map_slot(&self._fd, self.geometry, i) {
                 Ok(map) => self.slots[i] = Some(map),
@@ -223,7 +224,7 @@ impl ShmListener {
                 }
             }
         }
-        self.slots[i].clone()
+        Some(self.slot(i).state.load(Ordering::Acquire))
     }
 
     fn owner(&self, i: usize) -> &AtomicU32 {
@@ -237,10 +238,9 @@ impl ShmListener {
             if owner == 0 && self.clients[i].is_none() {
                 continue;
             }
-            let Some(map) = self.map_slot(i) else {
+            let Some(state) = self.slot_state(i) else {
                 continue;
             };
-            let state = map.at::<Slot>(0).state.load(Ordering::Acquire);
             match &mut self.clients[i] {
                 Some(client) if state == segment::LEFT => client.leaving = true,
                 Some(_) => {}
@@ -329,12 +329,7 @@ impl ShmListener {
             if self.clients[i].is_some() || owner == 0 {
                 continue;
             }
-            let Some(map) = self.map_slot(i) else {
-                continue;
-            };
-            if map.at::<Slot>(0).state.load(Ordering::Acquire) == segment::FREE
-                && Process::watch(owner).is_none()
-            {
+            if self.slot_state(i) == Some(segment::FREE) && Process::watch(owner).is_none() {
                 log::debug!(
                     "{}: slot {i} was claimed by pid {owner}, which died",
                     self.url
