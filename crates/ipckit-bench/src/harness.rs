@@ -173,7 +173,7 @@ pub fn check(options: &Options) -> Result<Vec<&'static dyn ipckit::transport::Tr
 pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Vec<Row>, String> {
     let chosen = check(options)?;
     pin_to(0);
-    let dir = std::env::temp_dir().join(format!("ipckit-bench-{}", std::process::id()));
+    let dir = scratch_dir("bench");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let plan = Plan::new(options);
     let mut rows = Vec::new();
@@ -237,6 +237,28 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Vec<Row>
     raw::remove_leftovers();
     let _ = std::fs::remove_dir_all(&dir);
     Ok(rows)
+}
+
+/// The directory a run of `kind` keeps its sockets and FIFOs in, removed when it ends.
+fn scratch_dir(kind: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("ipckit-{kind}-{}", std::process::id()))
+}
+
+/// Stops a run from another thread, as when a signal comes: stops its servers and
+/// removes what it made (their endpoints, its temp dirs, the hand-written loops' queues
+/// and segments). The caller then exits, as the run's own thread goes on.
+///
+/// ```no_run
+/// // In the thread that waits for SIGINT, SIGTERM and SIGHUP:
+/// ipckit_bench::harness::abandon();
+/// std::process::exit(0);
+/// ```
+pub fn abandon() {
+    crate::peer::abandon();
+    for kind in ["bench", "scaling"] {
+        let _ = std::fs::remove_dir_all(scratch_dir(kind));
+    }
+    raw::remove_leftovers();
 }
 
 /// How much of each measurement to do.
@@ -665,7 +687,7 @@ pub fn run_scaling(
 ) -> Result<Vec<ScalePoint>, String> {
     let chosen = check(options)?;
     pin_to(0);
-    let dir = std::env::temp_dir().join(format!("ipckit-scaling-{}", std::process::id()));
+    let dir = scratch_dir("scaling");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut points = Vec::new();
     for transport in chosen {

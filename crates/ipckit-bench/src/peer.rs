@@ -3,6 +3,7 @@
 
 use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::{pin_to, raw};
@@ -104,6 +105,47 @@ fn sink(address: &str) {
     }
 }
 
+/// The peers running now, by process id and address, so that a run stopped by a signal
+/// can stop them and remove what they made ([`abandon`]); `None` once abandoned, so that
+/// no peer starts after.
+static RUNNING: Mutex<Option<Vec<(u32, String)>>> = Mutex::new(Some(Vec::new()));
+
+/// Stops every running peer and removes what it made, for a run that is stopping (from a
+/// signal, while the measurement goes on in another thread); no peer starts after.
+///
+/// ```no_run
+/// // On SIGINT, from the thread that waits for it:
+/// ipckit_bench::peer::abandon();
+/// std::process::exit(0);
+/// ```
+pub fn abandon() {
+    let running = RUNNING
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
+        .unwrap_or_default();
+    for (pid, address) in running {
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        // Dead, its descriptors closed, but left for its `Child` to reap: a pid reaped
+        // here could be reused before that `Child` kills it.
+        let _ = nix::sys::wait::waitid(
+            nix::sys::wait::Id::Pid(pid),
+            nix::sys::wait::WaitPidFlag::WEXITED | nix::sys::wait::WaitPidFlag::WNOWAIT,
+        );
+        destroy_endpoint(&address);
+    }
+}
+
+/// Removes what a server at `address` leaves when killed (a segment, a queue).
+fn destroy_endpoint(address: &str) {
+    if let Ok(endpoint) = address.parse::<ipckit::Endpoint>() {
+        if let Some(transport) = ipckit::transport::find(endpoint.scheme()) {
+            let _ = transport.destroy(&endpoint);
+        }
+    }
+}
+
 /// A running peer, stopped (and its endpoint cleaned up) when dropped.
 pub struct Peer {
     child: Child,
@@ -148,11 +190,23 @@ impl Peer {
                 said.join(" ")
             )));
         }
-        Ok(Peer {
+        let mut peer = Peer {
             child,
             address: line.trim().to_owned(),
             stdout,
-        })
+        };
+        match RUNNING
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+        {
+            Some(running) => running.push((peer.pid(), peer.address.clone())),
+            None => {
+                let _ = peer.child.kill();
+                return Err(std::io::Error::other("the run is stopping"));
+            }
+        }
+        Ok(peer)
     }
 
     /// Where the peer listens.
@@ -209,17 +263,21 @@ pub fn thread_cpu_time() -> Duration {
 
 impl Drop for Peer {
     fn drop(&mut self) {
+        // Out of the registry before it is reaped, so that `abandon` never signals a pid
+        // that could be reused.
+        if let Some(running) = RUNNING
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+        {
+            running.retain(|(pid, _)| *pid != self.child.id());
+        }
         // Peers end when their stdin closes (iceoryx2's then removes its files); one
         // that does not within a moment is killed.
         drop(self.child.stdin.take());
         self.alive_after(Duration::from_millis(500));
         let _ = self.child.kill();
         let _ = self.child.wait();
-        // A killed server leaves what a stopping one would remove (a segment, a queue).
-        if let Ok(endpoint) = self.address.parse::<ipckit::Endpoint>() {
-            if let Some(transport) = ipckit::transport::find(endpoint.scheme()) {
-                let _ = transport.destroy(&endpoint);
-            }
-        }
+        destroy_endpoint(&self.address);
     }
 }

@@ -27,7 +27,7 @@ enum Command {
     ///
     /// Stopped by SIGINT, SIGTERM or SIGHUP, it removes what it made (a socket file, a
     /// FIFO, a shared-memory segment) and exits 0; an mq queue stays, with its messages,
-    /// as queues are durable.
+    /// as queues are durable (`ipckit rm mq://NAME` removes one).
     Listen {
         /// The endpoint to listen on
         url: String,
@@ -69,6 +69,15 @@ enum Command {
         #[command(flatten)]
         bounds: Bounds,
     },
+    /// Remove what an endpoint keeps after its parties are gone
+    ///
+    /// An mq queue outlives its processes, with its messages, by design: this removes it
+    /// and its clients' reply queues (refused while a receiver reads it). It also removes
+    /// the shared-memory segment of a killed shm server; other transports keep nothing.
+    Rm {
+        /// The endpoint, e.g. mq://jobs
+        url: String,
+    },
     /// List the transports this build has and what each promises
     Transports {
         /// Print JSON instead of a table
@@ -76,6 +85,9 @@ enum Command {
         json: bool,
     },
     /// Measure every transport between two processes, beside a hand-written baseline
+    ///
+    /// Stopped by SIGINT, SIGTERM or SIGHUP, it stops its servers, removes what the run
+    /// made (temp dir, sockets, queues, segments) and exits 0.
     Bench {
         /// A run under 20 seconds, with fewer round trips and messages
         #[arg(long)]
@@ -164,6 +176,14 @@ fn run(cli: Cli) -> CliResult {
             scaling,
         } => {
             use ipckit_bench::harness;
+            let signals = block_stop_signals()?;
+            std::thread::spawn(move || {
+                if let Ok(signal) = signals.wait() {
+                    log::info!("{signal}: stopping the servers and removing what the run made");
+                    harness::abandon();
+                    std::process::exit(0);
+                }
+            });
             let options = harness::Options {
                 transports,
                 size,
@@ -264,6 +284,14 @@ fn run(cli: Cli) -> CliResult {
                 }
                 Ok(())
             })
+        }
+        Command::Rm { url } => {
+            let endpoint: ipckit::Endpoint = url.parse()?;
+            let transport = ipckit::transport::find(endpoint.scheme()).ok_or_else(|| {
+                format!("{url}: this build has no {} transport", endpoint.scheme())
+            })?;
+            transport.destroy(&endpoint)?;
+            Ok(())
         }
         Command::Transports { json } => {
             print_transports(json);

@@ -225,6 +225,121 @@ fn stopped_by_a_signal_a_server_cleans_up_and_exits_0() {
     }
 }
 
+/// `ipckit bench` stopped by a signal mid-run stops its servers, removes its temp dir and
+/// the queues and segments of the run, and exits 0.
+#[test]
+fn bench_stopped_by_a_signal_cleans_up_and_exits_0() {
+    use nix::sys::signal::{Signal, kill};
+    let tmp = Scratch::new("bench-signal");
+    let mut bench = Background(
+        Command::new(IPCKIT)
+            .args(["bench", "--quick", "--transports", "uds,fifo,mq,shm"])
+            .env("TMPDIR", &tmp.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+        None,
+    );
+    let pid = bench.0.id();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let servers = loop {
+        let servers = children(pid);
+        if !servers.is_empty() {
+            break servers;
+        }
+        assert!(Instant::now() < deadline, "bench started no server");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = bench.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "bench did not stop");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "bench stopped by SIGTERM: {status}");
+    let left: Vec<_> = std::fs::read_dir(&tmp.0).unwrap().flatten().collect();
+    assert!(left.is_empty(), "bench left {left:?}");
+    for server in servers {
+        let state = std::fs::read_to_string(format!("/proc/{server}/stat")).unwrap_or_default();
+        let running = state
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'));
+        assert!(!running, "bench left its server {server} running");
+    }
+    for dir in ["/dev/shm", "/dev/mqueue"] {
+        let ours: Vec<_> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.contains(&format!("-{pid}-")) || name.contains(&format!("-{pid}.")))
+            .collect();
+        assert!(ours.is_empty(), "bench left {ours:?} in {dir}");
+    }
+}
+
+/// The processes `pid` started, from every one of its threads.
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// An mq queue outlives its processes, with its messages; `ipckit rm` removes it, but not
+/// from under a receiver.
+#[test]
+fn rm_removes_a_queue_that_no_one_reads() {
+    let name = format!("ipckit-cli-rm-{}", std::process::id());
+    let url = format!("mq://{name}");
+    let queue = std::path::PathBuf::from(format!("/dev/mqueue/{name}"));
+    let shown = std::path::Path::new("/dev/mqueue").is_dir();
+    assert!(ipckit(&["send", &url, "dropped"]).status.success());
+    assert!(!shown || queue.exists(), "send made no queue");
+    let removed = ipckit(&["rm", &url]);
+    assert!(removed.status.success(), "{removed:?}");
+    assert!(!queue.exists(), "rm left {}", queue.display());
+
+    assert!(ipckit(&["send", &url, "kept"]).status.success());
+    let mut listener = Background::start(IPCKIT, &["listen", &url, "--count", "2"]);
+    let mut first = String::new();
+    BufReader::new(listener.0.stdout.as_mut().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(
+        first, "kept\n",
+        "the message sent before rm was not the one kept"
+    );
+    let refused = ipckit(&["rm", &url]);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && said.contains("stop it"),
+        "rm under a receiver: {refused:?}"
+    );
+    assert!(ipckit(&["send", &url, "second"]).status.success());
+    let out = listener.output();
+    assert!(out.status.success(), "{out:?}");
+    assert!(!shown || queue.exists(), "the queue went with its receiver");
+    let removed = ipckit(&["rm", &url]);
+    assert!(removed.status.success(), "{removed:?}");
+    assert!(!queue.exists(), "rm left {}", queue.display());
+    assert!(
+        ipckit(&["rm", &url]).status.success(),
+        "rm of a removed queue"
+    );
+}
+
 #[test]
 fn socat_lines_reach_a_line_framed_listener() {
     let dir = Scratch::new("socat-in");

@@ -264,7 +264,19 @@ impl Transport for Mq {
     }
 
     fn destroy(&self, endpoint: &Endpoint) -> Result<()> {
-        match nix::mqueue::mq_unlink(queue_name(endpoint).as_str()) {
+        let name = queue_name(endpoint);
+        // A receiver's queue stays: removing its name would leave it reading a queue that
+        // new senders no longer find.
+        let _lock = hold_receiver_lock(endpoint, &name).map_err(|e| match e {
+            Error::AddrInUse { endpoint, .. } => Error::AddrInUse {
+                endpoint,
+                detail: "a receiver is reading this queue; stop it before removing the queue"
+                    .into(),
+            },
+            other => other,
+        })?;
+        remove_reply_queues(&name, |_| true);
+        match nix::mqueue::mq_unlink(name.as_str()) {
             Ok(()) | Err(Errno::ENOENT) => Ok(()),
             Err(e) => Err(mq_error(endpoint, "removing the queue", e)),
         }
@@ -355,6 +367,16 @@ fn hold_receiver_lock(endpoint: &Endpoint, name: &str) -> Result<OwnedFd> {
 
 /// Removes the reply queues of clients that died, when /dev/mqueue shows them.
 fn reclaim_reply_queues(name: &str) {
+    remove_reply_queues(name, |pid| {
+        let alive = rustix::process::Pid::from_raw(pid)
+            .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok());
+        !alive
+    });
+}
+
+/// Removes the reply queues of the queue `name` whose client process `doomed` picks, when
+/// /dev/mqueue shows them. A client that still holds its queue open keeps using it.
+fn remove_reply_queues(name: &str, doomed: impl Fn(i32) -> bool) {
     let Ok(entries) = std::fs::read_dir("/dev/mqueue") else {
         return;
     };
@@ -367,11 +389,9 @@ fn reclaim_reply_queues(name: &str) {
         let Some(pid) = rest.split('.').next().and_then(|p| p.parse::<i32>().ok()) else {
             continue;
         };
-        let alive = rustix::process::Pid::from_raw(pid)
-            .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok());
-        if !alive {
+        if doomed(pid) {
             log::info!(
-                "mq:/{}: removing the reply queue of a client that is gone",
+                "mq:/{}: removing the reply queue of client {pid}",
                 file.to_string_lossy()
             );
             let _ = nix::mqueue::mq_unlink(format!("/{}", file.to_string_lossy()).as_str());
