@@ -169,6 +169,102 @@ fn serve_keeps_serving_when_one_answer_cannot_be_delivered() {
     }
 }
 
+/// Clients that die with a request pending, or send a valid request and then garbage, are
+/// logged and dropped: `serve` goes on serving the others.
+#[test]
+fn serve_survives_clients_that_die_or_break() {
+    use nix::sys::signal::{Signal, kill};
+    let dir = Scratch::new("dying-clients");
+    let mut servers = Vec::new();
+    for url in [
+        format!("uds://{}", dir.sock("x.sock")),
+        format!("fifo://{}", dir.sock("x.fifo")),
+    ] {
+        let server = Background::start(IPCKIT, &["serve", &url, "--echo", "--timeout", "60s"]);
+        servers.push((server, url));
+    }
+    servers.push(Background::on_any_port(&[
+        "serve",
+        "tcp://127.0.0.1:0",
+        "--echo",
+        "--timeout",
+        "60s",
+    ]));
+    let big = "x".repeat(20_000);
+    for (server, url) in &mut servers {
+        assert!(request_until_served(url, "hello").status.success(), "{url}");
+        for i in 0..30 {
+            let mut requester = Command::new(IPCKIT)
+                .args(["request", url, &big, "--timeout", "5s"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            // At different points of its request: connecting, sending, waiting.
+            std::thread::sleep(Duration::from_micros(300 * (i % 10)));
+            kill(
+                nix::unistd::Pid::from_raw(requester.id() as i32),
+                Signal::SIGKILL,
+            )
+            .unwrap();
+            requester.wait().unwrap();
+        }
+        if let Some(connect) = raw_stream(url) {
+            let hello = [
+                b"IPCK".as_slice(),
+                &[1, 1, 0, 0],
+                &(1u32 << 20).to_le_bytes(),
+            ]
+            .concat();
+            let request = |id: u64, payload: &[u8]| {
+                let len = (payload.len() as u32).to_le_bytes();
+                [&len[..], &[2, 0, 0, 0], &id.to_le_bytes(), payload].concat()
+            };
+            // Gone with its request pending.
+            let mut quitter = connect();
+            quitter
+                .write_all(&[hello.clone(), request(1, &[b'q'; 100_000])].concat())
+                .unwrap();
+            drop(quitter);
+            // A valid request, then garbage: the server closes the connection.
+            let mut breaker = connect();
+            breaker
+                .write_all(&[hello.clone(), request(1, b"valid"), vec![0xEE; 16]].concat())
+                .unwrap();
+            let mut rest = Vec::new();
+            let _ = breaker.read_to_end(&mut rest);
+        }
+        assert!(
+            server.0.try_wait().unwrap().is_none(),
+            "{url}: the server stopped"
+        );
+        let out = ipckit(&["request", url, "after", "--timeout", "5s"]);
+        assert_eq!(stdout(&out), "after\n", "{url}: {out:?}");
+    }
+}
+
+/// A raw connection to a stream endpoint, for peers that break the protocol.
+fn raw_stream(url: &str) -> Option<Box<dyn Fn() -> Box<dyn ReadWrite>>> {
+    let timeout = Some(Duration::from_secs(10));
+    if let Some(path) = url.strip_prefix("uds://") {
+        let path = path.to_owned();
+        return Some(Box::new(move || {
+            let s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+            s.set_read_timeout(timeout).unwrap();
+            Box::new(s)
+        }));
+    }
+    let address = url.strip_prefix("tcp://")?.to_owned();
+    Some(Box::new(move || {
+        let s = std::net::TcpStream::connect(&address).unwrap();
+        s.set_read_timeout(timeout).unwrap();
+        Box::new(s)
+    }))
+}
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
 /// `listen` and `serve` stopped by SIGINT, SIGTERM or SIGHUP remove what they made (a
 /// socket file, a FIFO, a shared-memory segment) and exit 0.
 #[test]
