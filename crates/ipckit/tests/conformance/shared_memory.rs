@@ -23,6 +23,7 @@ pub const CHECKS: &[Check] = checks![in shared_memory:
     zero_copy => client_waits_for_a_free_slot,
     zero_copy => takes_1024_clients_mapping_only_theirs,
     zero_copy => dead_server_segment_removed,
+    zero_copy => truncated_segment_fails_both_sides,
 ];
 
 const RING: usize = 65536;
@@ -324,4 +325,32 @@ pub fn dead_server_segment_removed(ctx: &Ctx) -> Outcome {
         path.display()
     );
     Ok(())
+}
+
+/// Another process shrinks the segment under a server and its client (`truncate`, or `dd`
+/// without `conv=notrunc`): neither dies of SIGBUS; each fails with an error saying so.
+pub fn truncated_segment_fails_both_sides(ctx: &Ctx) -> Outcome {
+    let mut server = api::listen(ctx.endpoint_with("shrunk", RING_OPTION.0, RING_OPTION.1))?;
+    let url = server.endpoint().clone();
+    let mut client = Child::spawn(Role::RequestWhenTold, &url);
+    ensure!(
+        client.line_serving(&mut server)? == "connected",
+        "the client did not connect"
+    );
+    let path = path_of(&url).expect("a segment path");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)?
+        .set_len(0)?;
+    client.say("go")?;
+    ensure!(client.line()? == "requesting", "the client did not ask");
+    let said = client.line()?;
+    ensure!(
+        said.starts_with("Disconnected") && said.contains("shrank"),
+        "the client's request over a shrunk segment ended with {said:?}"
+    );
+    match server.recv_timeout(PATIENCE) {
+        Err(Error::Protocol { reason, .. }) if reason.contains("shrank") => Ok(()),
+        other => Err(format!("a server whose segment was shrunk: {other:?}").into()),
+    }
 }

@@ -15,10 +15,15 @@ use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64};
 
 use rustix::mm::{MapFlags, ProtFlags};
 
+use super::fault::{self, Region};
+
 /// A shared mapping, unmapped on drop.
 pub struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
+    /// Where the SIGBUS handler marks a file shrunk under the mapping; `None` for
+    /// anonymous memory, which no one can shrink.
+    region: Option<&'static Region>,
 }
 
 // SAFETY: the mapping is plain memory, reached only as `Plain` values (atomics and
@@ -46,7 +51,9 @@ unsafe impl Plain for AtomicU64 {}
 unsafe impl Plain for super::spsc::Control {}
 
 impl Mapping {
-    /// Maps `len` bytes of `fd` from `offset`, shared and writable.
+    /// Maps `len` bytes of `fd` from `offset`, shared and writable. A process that
+    /// shrinks the file under the mapping does not kill this one: see
+    /// [`truncated`](Self::truncated).
     pub fn new(fd: impl AsFd, offset: usize, len: usize) -> std::io::Result<Mapping> {
         // SAFETY: a fresh shared mapping of a file we opened read-write; nothing else in
         // this process is placed at the address the kernel picks.
@@ -60,7 +67,17 @@ impl Mapping {
                 offset as u64,
             )?
         };
-        Ok(Mapping::mapped(ptr, len))
+        let mut map = Mapping::mapped(ptr, len);
+        map.region = Some(fault::watch(map.ptr.as_ptr(), len));
+        Ok(map)
+    }
+
+    /// Whether another process shrank the file under the mapping: what lay past its new
+    /// end now reads as zeroes, private to this process. A transport that sees it closes
+    /// what lives in the mapping with an error.
+    #[inline]
+    pub fn truncated(&self) -> bool {
+        self.region.is_some_and(Region::truncated)
     }
 
     /// Anonymous shared memory of `len` bytes, zeroed: for tests of what lives in a mapping.
@@ -83,6 +100,7 @@ impl Mapping {
         Mapping {
             ptr: NonNull::new(ptr.cast()).expect("mmap never returns null on success"),
             len,
+            region: None,
         }
     }
 
@@ -142,6 +160,9 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
+        if let Some(region) = self.region {
+            region.release();
+        }
         // SAFETY: unmaps exactly what `new` mapped; every reference into it borrows `self`,
         // and every `Shared` and `SharedBytes` holds it.
         unsafe {
@@ -158,6 +179,12 @@ pub struct Shared<T> {
 }
 
 impl<T> Shared<T> {
+    /// Whether the file was shrunk under its mapping: see [`Mapping::truncated`].
+    #[inline]
+    pub fn truncated(&self) -> bool {
+        self.map.truncated()
+    }
+
     /// A part of the `T`, holding the same mapping: `slot.project(|s| &s.replies)`.
     pub fn project<U: Plain>(&self, part: impl for<'a> FnOnce(&'a T) -> &'a U) -> Shared<U> {
         Shared {

@@ -5,6 +5,7 @@
 //! lives ([`liveness`]).
 
 pub(crate) mod bell;
+mod fault;
 pub(crate) mod liveness;
 mod mapping;
 pub(crate) mod spsc;

@@ -369,9 +369,14 @@ impl ShmConnection {
     /// Why the connection cannot be used, judging by the shared states alone (no syscall).
     #[inline(always)]
     pub(super) fn closed(&self) -> Result<()> {
-        let detail = if self.header().state.load(Ordering::Acquire) != segment::LISTENING {
+        let listening = self.header().state.load(Ordering::Acquire) == segment::LISTENING;
+        let refused = self.slot().state.load(Ordering::Acquire) == segment::REFUSED;
+        // Read after the states: touching a lost page is what marks the mapping.
+        let detail = if self.header.truncated() || self.slot.truncated() {
+            "another process shrank the shared-memory segment (truncate, or dd without conv=notrunc)"
+        } else if !listening {
             "the server stopped"
-        } else if self.slot().state.load(Ordering::Acquire) == segment::REFUSED {
+        } else if refused {
             "the server dropped this connection for breaking the protocol; see its log"
         } else {
             return Ok(());

@@ -75,7 +75,13 @@
 //! [`Error::Protocol`] naming the violation, and never makes the other side read out of
 //! bounds, allocate what it claims, or hang. A peer can still change the bytes of a
 //! message while the receiver reads them in place; only processes of the owner (or those
-//! `?mode=` admits) can map the segment at all.
+//! `?mode=` admits) can map the segment at all. A process that shrinks the segment's file
+//! (`truncate`, a `dd` without `conv=notrunc`) kills no one: a SIGBUS handler that
+//! ipckit installs (passing on every fault outside its mappings to the handler before it)
+//! puts zeroed private pages in place of the lost ones, and the server's `recv` fails
+//! with [`Error::Protocol`], and its clients' calls with [`Error::Disconnected`], saying
+//! the segment was shrunk. A memfd with `F_SEAL_SHRINK` would forbid the shrinking
+//! instead, but a client could not open it by name.
 //!
 //! **No peer credentials.** A client writes its pid into the segment, and the server
 //! gives it as [`Peer::pid`](crate::Peer::pid) once it has checked that the process

@@ -452,6 +452,7 @@ impl AsyncShmListener {
     ) -> Poll<Result<R>> {
         let AsyncShmListener { server, waiting } = self;
         loop {
+            server.intact()?;
             let changes = server.header().changes.load(Ordering::Acquire);
             server.rounds = server.rounds.wrapping_add(1);
             // The clock only now and then, as on the blocking side.

@@ -317,8 +317,14 @@ impl ShmListener {
     /// Notices dead clients, frees slots whose clients are done, and slots claimed by a
     /// process that died before it attached.
     fn check_clients(&mut self) {
-        for &i in &self.serving {
+        for k in 0..self.serving.len() {
+            let i = self.serving[k];
+            let shrunk = self.slots[i].as_ref().is_some_and(|map| map.truncated());
             let client = self.clients[i].as_mut().expect("serving");
+            if shrunk && !client.refused {
+                self.refuse(i, "another process shrank the segment under its slot");
+                continue;
+            }
             if !client.leaving && client.process.as_ref().is_none_or(Process::exited) {
                 log::debug!("{}: client pid {} died", self.url, client.pid);
                 client.leaving = true;
@@ -385,7 +391,27 @@ impl ShmListener {
         self.owner(i).store(0, Ordering::Release);
     }
 
+    /// Err once another process shrank the segment under the header: nothing in it can
+    /// be trusted or reached any more.
+    pub(super) fn intact(&self) -> Result<()> {
+        if !self.map.truncated() {
+            return Ok(());
+        }
+        Err(Error::Protocol {
+            endpoint: self.url.to_string(),
+            reason: format!(
+                "another process shrank the segment /dev/shm/ipckit.{} (truncate, or dd without conv=notrunc): it cannot be served any more; restart the server",
+                self.name
+            ),
+        })
+    }
+
     pub(super) fn housekeeping(&mut self, changes: u32) {
+        if self.map.truncated() {
+            // Ends the wait, so that the receiving call returns what `intact` says.
+            self.woken.store(true, Ordering::Relaxed);
+            return;
+        }
         self.changes_seen = changes;
         self.rescan();
         let now = Instant::now();
@@ -432,23 +458,27 @@ impl ShmListener {
                     return Some(taken);
                 }
                 Ok(None) => {}
-                Err(c) => {
-                    log::error!(
-                        "{}: closing the connection of client pid {} (slot {i}): it broke the shared ring: {}",
-                        self.url,
-                        client.pid,
-                        c.0
-                    );
-                    client.refused = true;
-                    client.partial = None;
-                    let slot = self.slot(i);
-                    slot.state.store(segment::REFUSED, Ordering::SeqCst);
-                    wait::wake_all(&slot.replies.consumer_sleeps, &slot.bell);
-                    wait::wake_all(&slot.requests.producer_sleeps, &slot.room_bell);
-                }
+                Err(c) => self.refuse(i, &format!("it broke the shared ring: {}", c.0)),
             }
         }
         None
+    }
+
+    /// Closes the connection of the client in slot `i`, for `why`: nothing more of it is
+    /// read, and it is woken to learn so.
+    fn refuse(&mut self, i: usize, why: &str) {
+        let client = self.clients[i].as_mut().expect("a client in the slot");
+        log::error!(
+            "{}: closing the connection of client pid {} (slot {i}): {why}",
+            self.url,
+            client.pid
+        );
+        client.refused = true;
+        client.partial = None;
+        let slot = self.slot(i);
+        slot.state.store(segment::REFUSED, Ordering::SeqCst);
+        wait::wake_all(&slot.replies.consumer_sleeps, &slot.bell);
+        wait::wake_all(&slot.requests.producer_sleeps, &slot.room_bell);
     }
 
     /// Waits until `deadline` for a message and lends it to `handle` (taken when called),
@@ -488,7 +518,7 @@ impl ShmListener {
             if served.is_some() {
                 return served;
             }
-            if stopped.load(Ordering::Acquire) {
+            if stopped.load(Ordering::Acquire) || self.map.truncated() {
                 return None;
             }
         }
@@ -727,7 +757,10 @@ impl Drop for Returned<'_> {
 impl ServerSide for ShmListener {
     #[inline(always)]
     fn recv(&mut self, deadline: Option<Instant>) -> Result<Option<Message>> {
-        Ok(self.wait_for(deadline, |listener| listener.poll().map(ControlFlow::Break)))
+        self.intact()?;
+        let received = self.wait_for(deadline, |listener| listener.poll().map(ControlFlow::Break));
+        self.intact()?;
+        Ok(received)
     }
 
     #[inline(always)]
@@ -736,7 +769,10 @@ impl ServerSide for ShmListener {
         deadline: Option<Instant>,
         handle: &mut Option<H>,
     ) -> Result<Option<R>> {
-        Ok(self.recv_in_place(deadline, handle))
+        self.intact()?;
+        let received = self.recv_in_place(deadline, handle);
+        self.intact()?;
+        Ok(received)
     }
 
     #[inline(always)]
@@ -745,7 +781,10 @@ impl ServerSide for ShmListener {
         stopped: &AtomicBool,
         handle: impl FnMut(&mut MessageRef<'_>) -> ControlFlow<B>,
     ) -> Result<Option<B>> {
-        Ok(self.serve_in_place(stopped, handle))
+        self.intact()?;
+        let served = self.serve_in_place(stopped, handle);
+        self.intact()?;
+        Ok(served)
     }
 
     fn waker(&self) -> Arc<dyn Fn() + Send + Sync> {
