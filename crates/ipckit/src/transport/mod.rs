@@ -102,7 +102,7 @@ pub trait Transport: Sealed + Send + Sync {
     fn listen(&self, endpoint: &Endpoint) -> Result<Box<dyn Listener>>;
     /// Removes what an endpoint keeps once every party is gone: a message queue with the
     /// messages in it and its clients' reply queues (refused with
-    /// [`Error::AddrInUse`](crate::Error::AddrInUse) while a receiver reads it), the
+    /// [`Error::AddrInUse`] while a receiver reads it), the
     /// segment of a shared-memory server that was killed. Other transports clean up after
     /// themselves.
     fn destroy(&self, endpoint: &Endpoint) -> Result<()> {
