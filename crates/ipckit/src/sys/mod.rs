@@ -146,3 +146,124 @@ impl Process {
         }
     }
 }
+
+/// Set by the kernel in a [`DeathNotice`]'s word when the process that held it died
+/// (`FUTEX_OWNER_DIED`).
+pub(crate) const OWNER_DIED: u32 = 0x4000_0000;
+
+/// A word in shared memory that the kernel marks with [`OWNER_DIED`] the moment this
+/// process dies, however it dies: a robust futex (set_robust_list(2)) held by a thread of
+/// its own that does nothing else, so that others learn of the death with one load,
+/// where a pidfd costs a system call. The word is 0 again once the notice is dropped.
+pub(crate) struct DeathNotice {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The kernel's `struct robust_list`.
+#[repr(C)]
+struct RobustList {
+    next: *const RobustList,
+}
+
+/// The kernel's `struct robust_list_head`.
+#[repr(C)]
+struct RobustListHead {
+    list: RobustList,
+    futex_offset: std::ffi::c_long,
+    list_op_pending: *const RobustList,
+}
+
+impl DeathNotice {
+    /// Holds `word` until dropped. The word must stay mapped for as long.
+    pub(crate) fn hold(
+        word: crate::transport::ring::Shared<std::sync::atomic::AtomicU32>,
+    ) -> io::Result<DeathNotice> {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let (held, holding) = std::sync::mpsc::channel::<io::Result<()>>();
+        let thread = std::thread::Builder::new()
+            .name("ipckit death notice".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                use std::sync::atomic::Ordering;
+                let futex: *const std::sync::atomic::AtomicU32 = &*word;
+                // Boxed, so that the kernel's pointers to them stay valid however the
+                // thread's stack moves on.
+                let mut entry = Box::new(RobustList {
+                    next: std::ptr::null(),
+                });
+                let head = Box::new(RobustListHead {
+                    list: RobustList { next: &*entry },
+                    futex_offset: (futex as isize - (&*entry as *const RobustList as isize))
+                        as std::ffi::c_long,
+                    list_op_pending: std::ptr::null(),
+                });
+                entry.next = &head.list;
+                let Some(previous) = swap_robust_list(&head) else {
+                    let _ = held.send(Err(io::Error::last_os_error()));
+                    return;
+                };
+                word.store(
+                    rustix::thread::gettid().as_raw_nonzero().get() as u32,
+                    Ordering::Release,
+                );
+                let _ = held.send(Ok(()));
+                // Until dropped (or the process dies, in this wait).
+                let _ = stopped.recv();
+                word.store(0, Ordering::Release);
+                // The thread's own list again (the C library's), before `head` goes.
+                // SAFETY: `previous` is the list this thread had, which its owner keeps.
+                let _ = unsafe { set_robust_list(previous) };
+                drop((head, entry));
+            })?;
+        holding
+            .recv()
+            .unwrap_or_else(|_| Err(io::Error::other("the death notice's thread ended")))?;
+        Ok(DeathNotice {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for DeathNotice {
+    fn drop(&mut self) {
+        let _ = self.stop.send(());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Registers `head` as the calling thread's robust list; the list it replaces, or `None`
+/// if the kernel refused.
+fn swap_robust_list(head: &RobustListHead) -> Option<*const RobustListHead> {
+    let mut previous: *const RobustListHead = std::ptr::null();
+    let mut len: nix::libc::size_t = 0;
+    // SAFETY: get_robust_list(0, ...) writes the calling thread's head and its size into
+    // the two locals.
+    let got = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_get_robust_list,
+            0,
+            &mut previous as *mut *const RobustListHead,
+            &mut len as *mut nix::libc::size_t,
+        )
+    };
+    // SAFETY: `head` is a well-formed circular list that the caller keeps alive until it
+    // registers another.
+    (got == 0 && unsafe { set_robust_list(head) } == 0).then_some(previous)
+}
+
+/// # Safety
+/// `head` is null or a robust list head that stays valid while registered.
+unsafe fn set_robust_list(head: *const RobustListHead) -> std::ffi::c_long {
+    // SAFETY: per the contract; the kernel reads the list only when the thread exits.
+    unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_set_robust_list,
+            head,
+            size_of::<RobustListHead>(),
+        )
+    }
+}

@@ -24,6 +24,7 @@ pub const CHECKS: &[Check] = checks![in shared_memory:
     zero_copy => takes_1024_clients_mapping_only_theirs,
     zero_copy => dead_server_segment_removed,
     zero_copy => truncated_segment_fails_both_sides,
+    zero_copy => send_fails_once_the_server_is_gone,
 ];
 
 const RING: usize = 65536;
@@ -352,5 +353,24 @@ pub fn truncated_segment_fails_both_sides(ctx: &Ctx) -> Outcome {
     match server.recv_timeout(PATIENCE) {
         Err(Error::Protocol { reason, .. }) if reason.contains("shrank") => Ok(()),
         other => Err(format!("a server whose segment was shrunk: {other:?}").into()),
+    }
+}
+
+/// The first one-way send after the server was killed and reaped fails: the kernel marked
+/// the server's death in the segment before the reaping, and a send reads the mark.
+pub fn send_fails_once_the_server_is_gone(ctx: &Ctx) -> Outcome {
+    let mut server = Child::spawn(Role::Print, ctx.endpoint("reaped"));
+    let url = server.ready()?;
+    let client = api::connect(&url)?;
+    client.send(b"alive")?;
+    ensure!(
+        server.line()? == "msg alive",
+        "the server did not hear the client"
+    );
+    client.send(b"warm")?;
+    server.kill();
+    match client.send(b"into the void") {
+        Err(Error::Disconnected { detail, .. }) if detail.contains("died") => Ok(()),
+        other => Err(format!("the first send after the server was reaped: {other:?}").into()),
     }
 }

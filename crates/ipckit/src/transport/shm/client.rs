@@ -11,7 +11,7 @@ use super::segment::{self, Header, Slot};
 use super::{corrupt, name_of};
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
-use crate::sys::{Process, lock};
+use crate::sys::{OWNER_DIED, Process, lock};
 use crate::transport::Connection;
 use crate::transport::backend::ClientSide;
 use crate::transport::correlate::{Correlator, NoAnswer};
@@ -371,9 +371,13 @@ impl ShmConnection {
     pub(super) fn closed(&self) -> Result<()> {
         let listening = self.header().state.load(Ordering::Acquire) == segment::LISTENING;
         let refused = self.slot().state.load(Ordering::Acquire) == segment::REFUSED;
+        let died = self.header().keeper.load(Ordering::Relaxed) & OWNER_DIED != 0;
         // Read after the states: touching a lost page is what marks the mapping.
         let detail = if self.header.truncated() || self.slot.truncated() {
             "another process shrank the shared-memory segment (truncate, or dd without conv=notrunc)"
+        } else if died {
+            segment::remove_abandoned(&self.name, &self.fd);
+            "the server process died"
         } else if !listening {
             "the server stopped"
         } else if refused {

@@ -65,7 +65,10 @@ pub struct Header {
     pub max_message: u64,
     /// Bumped by a client that attaches or leaves, so that the server rescans the slots.
     pub changes: AtomicU32,
-    _pad: u32,
+    /// The thread id of the server's [`DeathNotice`](crate::sys::DeathNotice): the kernel
+    /// sets [`OWNER_DIED`](crate::sys::OWNER_DIED) here when the server dies; 0 when it
+    /// holds none (it stopped, or predates this word).
+    pub keeper: AtomicU32,
     /// The server's bell, when it waits through an async runtime (see `bell`).
     pub bell: AtomicU64,
     _line: [u8; 72],
@@ -206,7 +209,7 @@ pub fn create(
                     ring_capacity: geometry.capacity as u64,
                     max_message: max_message as u64,
                     changes: AtomicU32::new(0),
-                    _pad: 0,
+                    keeper: AtomicU32::new(0),
                     bell: AtomicU64::new(0),
                     _line: [0; 72],
                     doorbell: AtomicU32::new(0),

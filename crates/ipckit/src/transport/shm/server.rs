@@ -12,7 +12,7 @@ use super::segment::{self, Geometry, Header, Slot};
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
 use crate::message::{Message, MessageRef, Peer, ReplySink, ReplyTo};
-use crate::sys::{Process, lock};
+use crate::sys::{DeathNotice, Process, lock};
 use crate::transport::Listener;
 use crate::transport::backend::{Payload, ReplyBackend, ServerSide};
 use crate::transport::ring::liveness::{LIVENESS_INTERVAL, Link};
@@ -165,6 +165,9 @@ pub(crate) struct ShmListener {
     pub(super) rounds: u32,
     spinner: Spinner,
     pub(super) woken: Arc<AtomicBool>,
+    /// Marks the header's keeper word when this process dies, so that clients stop
+    /// sending at once; dropped after `Drop` closed the segment.
+    _death_notice: Option<DeathNotice>,
 }
 
 impl ShmListener {
@@ -178,10 +181,15 @@ impl ShmListener {
         let max_message = endpoint.max_message();
         let created = segment::create(&url, &name, endpoint.mode(), geometry, max_message)?;
         let map = Arc::new(created.map);
+        let header: Shared<Header> = map.get(0);
+        // Without it, clients learn of a death by polling the server's pid, a little later.
+        let death_notice = DeathNotice::hold(header.project(|h| &h.keeper))
+            .inspect_err(|e| log::warn!("{url}: cannot hold a robust futex: {e}"))
+            .ok();
         Ok(ShmListener {
             endpoint: endpoint.clone(),
             url: url.into(),
-            header: map.get(0),
+            header,
             map,
             slots: (0..geometry.slots).map(|_| None).collect(),
             _fd: created.fd,
@@ -197,6 +205,7 @@ impl ShmListener {
             rounds: 0,
             spinner: Spinner::default(),
             woken: Arc::new(AtomicBool::new(false)),
+            _death_notice: death_notice,
         })
     }
 
