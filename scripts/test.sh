@@ -32,5 +32,8 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features --lock
 # The tests turn on the async API (feature tokio) themselves: see crates/ipckit/Cargo.toml.
 cargo test --workspace --locked
 
+# A short soak of every transport, peers killed at random (scripts/soak.sh runs longer).
+SOAK_DEBUG=1 scripts/soak.sh 2
+
 # The lock-free shared-memory ring, model-checked: its own build with loom's atomics.
 RUSTFLAGS="--cfg ipckit_loom" cargo test -p ipckit --release --locked --test loom_ring --target-dir target/loom
