@@ -44,6 +44,31 @@ pub(crate) fn wait_ready(
     }
 }
 
+/// mq_timedsend, which nix lacks: sends `message` on the queue `queue`, waiting for room
+/// until `deadline` on CLOCK_REALTIME (ETIMEDOUT after it; EAGAIN at once on a
+/// non-blocking queue).
+pub(crate) fn mq_timedsend(
+    queue: BorrowedFd<'_>,
+    message: &[u8],
+    priority: u32,
+    deadline: &nix::sys::time::TimeSpec,
+) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: on Linux a queue descriptor is a file descriptor, here borrowed and so open
+    // for the call; the message pointer and length come from one live slice, which the
+    // kernel only reads; the deadline is a valid timespec borrowed for the call.
+    let sent = unsafe {
+        nix::libc::mq_timedsend(
+            queue.as_raw_fd(),
+            message.as_ptr().cast(),
+            message.len(),
+            priority,
+            deadline.as_ref(),
+        )
+    };
+    nix::errno::Errno::result(sent).map(drop)
+}
+
 /// How far past its deadline a blocking receive may return; the price of not setting
 /// SO_RCVTIMEO before every receive.
 const TIMEOUT_SLACK: Duration = Duration::from_millis(2);

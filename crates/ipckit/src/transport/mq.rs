@@ -11,7 +11,8 @@
 //! Limits are the kernel's: a message may be at most fs.mqueue.msgsize_max bytes and a
 //! queue holds fs.mqueue.msg_max of them (/proc/sys/fs/mqueue/; 8192 and 10 by default).
 //! A full queue makes a send wait, up to `?send_timeout_ms=` (10 s), then fail with
-//! [`Error::Full`].
+//! [`Error::Full`]. Senders wait in the kernel's line, which each receive lets the first
+//! of through (by priority, then in the order they came), however many are waiting.
 //!
 //! One receiver per queue: a server holds an abstract socket named after the queue as its
 //! lock, which the kernel removes with the process, so a crashed server never blocks the
@@ -35,6 +36,7 @@ use std::time::{Duration, Instant, SystemTime};
 use nix::errno::Errno;
 use nix::mqueue::{MQ_OFlag, MqAttr, MqdT};
 use nix::sys::stat::Mode;
+use nix::sys::time::TimeSpec;
 use rustix::event::PollFlags;
 
 use super::pool::Pool;
@@ -180,7 +182,45 @@ fn queue_full(endpoint: &Endpoint, queue: &MqdT, patience: Duration) -> Error {
     }
 }
 
-/// Sends on a non-blocking queue, waiting for room until `patience` runs out.
+/// `after` from now on CLOCK_REALTIME, the clock of mq_timedsend's and mq_timedreceive's
+/// deadlines; the end of time when that is past what the clock can say.
+fn realtime_deadline(after: Duration) -> TimeSpec {
+    SystemTime::now()
+        .checked_add(after)
+        .and_then(|d| d.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map_or(TimeSpec::new(i64::MAX, 0), TimeSpec::from_duration)
+}
+
+/// A deadline already past: mq_timedsend then returns at once if the queue is full.
+const NOW_OR_NEVER: TimeSpec = TimeSpec::new(0, 0);
+
+/// Sends on a blocking queue, waiting for room until `deadline` (CLOCK_REALTIME); false
+/// when it passed with the queue still full.
+///
+/// The wait is the kernel's: senders blocked in mq_timedsend wait in line (by priority,
+/// then in the order they came), and a receive hands its free slot to the first of them,
+/// waking that one alone. Waiting in `poll` for POLLOUT instead, every waiting sender
+/// woke at each receive to race for the one slot: with 200 senders, 50 times as long as
+/// plain `mq_send`, nearly all of it in the kernel.
+fn send_by(
+    endpoint: &Endpoint,
+    queue: &MqdT,
+    message: &[u8],
+    priority: u32,
+    deadline: &TimeSpec,
+) -> Result<bool> {
+    loop {
+        match crate::sys::mq_timedsend(queue.as_fd(), message, priority, deadline) {
+            Ok(()) => return Ok(true),
+            Err(Errno::EINTR) => {}
+            Err(Errno::ETIMEDOUT) => return Ok(false),
+            Err(e) => return Err(mq_error(endpoint, "sending", e)),
+        }
+    }
+}
+
+/// Sends on a blocking queue, waiting for room up to `patience`, then failing with
+/// [`Error::Full`].
 fn put(
     endpoint: &Endpoint,
     queue: &MqdT,
@@ -188,21 +228,16 @@ fn put(
     priority: u32,
     patience: Duration,
 ) -> Result<()> {
-    let mut deadline = None;
-    loop {
-        match nix::mqueue::mq_send(queue, message, priority) {
-            Ok(()) => return Ok(()),
-            Err(Errno::EINTR) => {}
-            Err(Errno::EAGAIN) => {
-                let deadline = *deadline.get_or_insert_with(|| Instant::now() + patience);
-                let room = wait_ready(queue.as_fd(), PollFlags::OUT, Some(deadline))
-                    .map_err(|e| Error::io(endpoint, "waiting for room in the queue", e))?;
-                if !room {
-                    return Err(queue_full(endpoint, queue, patience));
-                }
-            }
-            Err(e) => return Err(mq_error(endpoint, "sending", e)),
-        }
+    if send_by(
+        endpoint,
+        queue,
+        message,
+        priority,
+        &realtime_deadline(patience),
+    )? {
+        Ok(())
+    } else {
+        Err(queue_full(endpoint, queue, patience))
     }
 }
 
@@ -283,13 +318,14 @@ impl Transport for Mq {
     }
 }
 
-/// A client of the endpoint's queue (created if missing), non-blocking.
+/// A client of the endpoint's queue (created if missing). The queue blocks: a full one is
+/// waited on in mq_timedsend (see [`send_by`]).
 fn client(endpoint: &Endpoint) -> Result<MqConnection> {
     let (max, limit) = max_message(endpoint);
     let queue = open_queue(
         endpoint,
         &queue_name(endpoint),
-        MQ_OFlag::O_WRONLY | MQ_OFlag::O_NONBLOCK,
+        MQ_OFlag::O_WRONLY,
         (limits().msg_max, max),
     )?;
     // The queue may have been created before, with a smaller size.
@@ -524,12 +560,7 @@ impl MqConnection {
         timeout: Duration,
     ) -> Result<Vec<u8>> {
         self.put(request)?;
-        // mq_timedreceive takes a CLOCK_REALTIME deadline.
-        let deadline = SystemTime::now() + timeout;
-        let since_epoch = deadline
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
-        let abstime = nix::sys::time::TimeSpec::from_duration(since_epoch);
+        let abstime = realtime_deadline(timeout);
         loop {
             let mut priority = 0;
             match nix::mqueue::mq_timedreceive(
@@ -606,10 +637,11 @@ struct MqReplySink {
 impl MqReplySink {
     fn reply_queue(&self) -> Result<Arc<(Queue, usize)>> {
         let open = || {
-            // Never O_CREAT: a reply queue that is gone means its client is gone.
+            // Never O_CREAT: a reply queue that is gone means its client is gone. Blocking,
+            // as a client's: a full one is waited on in mq_timedsend.
             let queue = nix::mqueue::mq_open(
                 self.name.as_str(),
-                MQ_OFlag::O_WRONLY | MQ_OFlag::O_NONBLOCK | MQ_OFlag::O_CLOEXEC,
+                MQ_OFlag::O_WRONLY | MQ_OFlag::O_CLOEXEC,
                 Mode::empty(),
                 None,
             )
@@ -848,10 +880,14 @@ impl Drop for MqListener {
         // The queue outlives the server: take back the wake messages nobody received, so
         // the next receiver does not find them. They have the highest priority, so they
         // are at the head of the queue.
-        let past = nix::sys::time::TimeSpec::new(0, 0);
         while self.waker.in_queue.load(Ordering::Acquire) > 0 {
             let mut priority = 0;
-            match nix::mqueue::mq_timedreceive(&self.queue, &mut self.buf, &mut priority, &past) {
+            match nix::mqueue::mq_timedreceive(
+                &self.queue,
+                &mut self.buf,
+                &mut priority,
+                &NOW_OR_NEVER,
+            ) {
                 Ok(_) => {
                     self.waker.in_queue.fetch_sub(1, Ordering::AcqRel);
                 }
@@ -861,13 +897,16 @@ impl Drop for MqListener {
     }
 }
 
-/// The same client and server driven by tokio: the queue descriptors are non-blocking
-/// and registered with its reactor (Linux can poll a queue descriptor). Requests, replies,
-/// limits and reply queues are the blocking side's.
+/// The same client and server driven by tokio: the queue descriptors they receive from
+/// are non-blocking and registered with its reactor (Linux can poll a queue descriptor);
+/// a send that must wait for room waits in the blocking pool. Requests, replies, limits
+/// and reply queues are the blocking side's.
 ///
 /// Cancellation: a queue message is sent whole or not at all, so a dropped `send` leaves
-/// nothing half-sent; a dropped `request` drops (and removes) its reply queue, so a late
-/// reply cannot be taken for another request's.
+/// nothing half-sent. One dropped while it waits for room is finished on its own, as a
+/// stream's dropped send is: its message is queued whole if room comes before the send
+/// timeout, and before any later message of the same client. A dropped `request` drops
+/// (and removes) its reply queue, so a late reply cannot be taken for another request's.
 #[cfg(feature = "tokio")]
 mod on_tokio {
     use std::future::poll_fn;
@@ -894,37 +933,69 @@ mod on_tokio {
 
     pub(super) struct AsyncMqConnection {
         client: MqConnection,
-        queue: AsyncFd<Arc<Queue>>,
         replies: Pool<ReplyQueue<AsyncFd<Queue>>>,
+        /// Held by the send that waits for room, until its message is queued or its
+        /// deadline passes, even when its future was dropped: the next send waits its
+        /// turn, so that this client's messages stay in the order it sent them.
+        turn: Arc<tokio::sync::Mutex<()>>,
     }
 
     impl AsyncMqConnection {
         pub(super) fn new(client: MqConnection) -> Result<AsyncMqConnection> {
-            let queue = register(&client.url, client.queue.clone(), Interest::WRITABLE)?;
             Ok(AsyncMqConnection {
                 client,
-                queue,
                 replies: Pool::new(),
+                turn: Default::default(),
             })
         }
 
         /// Sends into the endpoint's queue, waiting for room up to the send timeout.
+        ///
+        /// A queue with room takes the message at once, on the runtime. A full one is
+        /// waited on as the blocking side does, in the kernel's line of senders (see
+        /// [`send_by`]), on a thread of tokio's blocking pool: a runtime's reactor can
+        /// only poll, which wakes every waiting sender at each receive.
         async fn put(&self, message: &[u8]) -> Result<()> {
             let client = &self.client;
-            let wait_for_room = async {
-                reactor::when_ready(&self.queue, Interest::WRITABLE, |queue| {
-                    Ok(nix::mqueue::mq_send(
-                        queue.get_ref(),
-                        message,
-                        client.priority,
-                    )?)
-                })
-                .await
-                .map_err(|e| errno_error(&client.endpoint, "sending", e))
+            let patience = client.send_timeout;
+            let full = || queue_full(&client.endpoint, &client.queue, patience);
+            // The time spent waiting for this client's earlier send counts against this
+            // one's timeout too.
+            let (turn, deadline) = match self.turn.clone().try_lock_owned() {
+                Ok(turn) => (turn, None),
+                Err(_) => {
+                    let deadline = realtime_deadline(patience);
+                    let turn = tokio::time::timeout(patience, self.turn.clone().lock_owned())
+                        .await
+                        .map_err(|_| full())?;
+                    (turn, Some(deadline))
+                }
             };
-            tokio::time::timeout(client.send_timeout, wait_for_room)
-                .await
-                .map_err(|_| queue_full(&client.endpoint, &client.queue, client.send_timeout))?
+            if send_by(
+                &client.endpoint,
+                &client.queue,
+                message,
+                client.priority,
+                &NOW_OR_NEVER,
+            )? {
+                return Ok(());
+            }
+            let deadline = deadline.unwrap_or_else(|| realtime_deadline(patience));
+            let (endpoint, queue, message, priority) = (
+                client.endpoint.clone(),
+                client.queue.clone(),
+                message.to_vec(),
+                client.priority,
+            );
+            tokio::task::spawn_blocking(move || {
+                let _turn = turn;
+                match send_by(&endpoint, &queue, &message, priority, &deadline)? {
+                    true => Ok(()),
+                    false => Err(queue_full(&endpoint, &queue, patience)),
+                }
+            })
+            .await
+            .map_err(|e| Error::io(&client.endpoint, "sending", io::Error::other(e)))?
         }
 
         async fn send(&self, payload: &[u8]) -> Result<()> {
@@ -967,7 +1038,8 @@ mod on_tokio {
     crate::transport::sealed!(AsyncMqConnection, AsyncMqListener);
 
     impl AsyncConnection for AsyncMqConnection {
-        /// Dropped before it completes, the message was queued whole or not at all.
+        /// Dropped before it completes, the message is queued whole or not at all; one
+        /// dropped while it waits for room may still be queued, until its send timeout.
         fn send<'a>(&'a self, payload: &'a [u8]) -> BoxFuture<'a, Result<()>> {
             Box::pin(AsyncMqConnection::send(self, payload))
         }

@@ -26,6 +26,9 @@ pub enum Role {
     /// Sends `count` messages, [`numbered`] as from `client`, of the sizes [`size_for`]
     /// gives.
     Send { client: u32, count: u32 },
+    /// Prints `sending` and sends one message numbered as from `client`; then prints
+    /// `slept N`: how often its threads slept (voluntary context switches) meanwhile.
+    SendCountingSleeps { client: u32 },
     /// Async: starts a large send and drops it, printing `dropped true` if it was
     /// unfinished; then, once told on stdin, sends a small one.
     SendDropped,
@@ -82,6 +85,9 @@ impl Role {
     pub fn to_args(&self, url: &str) -> Vec<String> {
         let (name, own): (&str, Vec<String>) = match self {
             Role::Send { client, count } => ("send", vec![client.to_string(), count.to_string()]),
+            Role::SendCountingSleeps { client } => {
+                ("send-counting-sleeps", vec![client.to_string()])
+            }
             Role::SendDropped => ("send-dropped", vec![]),
             Role::ServeEchoSlowly => ("serve-echo-slowly", vec![]),
             Role::SendRandom { writer, count } => {
@@ -130,6 +136,9 @@ impl Role {
             "send" => Role::Send {
                 client: arg(args, 2)?,
                 count: arg(args, 3)?,
+            },
+            "send-counting-sleeps" => Role::SendCountingSleeps {
+                client: arg(args, 2)?,
             },
             "send-dropped" => Role::SendDropped,
             "serve-echo-slowly" => Role::ServeEchoSlowly,
@@ -245,6 +254,36 @@ fn play(role: Role, url: &str) -> Result<(), Failure> {
                 let size = size_for(seq).min(client.max_message());
                 client.send(&numbered(sender, seq, size))?;
             }
+        }
+        Role::SendCountingSleeps { client: sender } => {
+            let message = numbered(sender, 0, 16);
+            // The whole process's count: an async send may wait on a thread of its own.
+            let sleeps = || {
+                nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+                    .map(|usage| usage.voluntary_context_switches())
+            };
+            let before = match api::current() {
+                api::Api::Blocking => {
+                    let client = ipckit::connect(url)?;
+                    say("sending");
+                    let before = sleeps()?;
+                    client.send(&message)?;
+                    before
+                }
+                // On a runtime of one thread, whose idle workers cannot add sleeps of
+                // their own to the count.
+                api::Api::Async => tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(async {
+                        let client = ipckit::tokio::connect(url).await?;
+                        say("sending");
+                        let before = sleeps()?;
+                        client.send(&message).await?;
+                        Ok::<_, Failure>(before)
+                    })?,
+            };
+            say(&format!("slept {}", sleeps()? - before));
         }
         Role::SendDropped => {
             // A large send dropped once it has begun; once told, a small one.

@@ -324,6 +324,34 @@ impl Child {
         }
     }
 
+    /// Waits until every thread of the peer sleeps, or the peer has exited: until what
+    /// woke it has run its course. (Read from /proc; a thread that sleeps is in state S.)
+    pub fn settled(&self) -> Outcome {
+        let tasks = format!("/proc/{}/task", self.pid());
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let states: Vec<char> = std::fs::read_dir(&tasks)
+                .map(|tasks| {
+                    tasks
+                        .flatten()
+                        .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
+                        // The state follows the command name, which is in parentheses.
+                        .filter_map(|stat| stat.rsplit_once(") ")?.1.chars().next())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if states.iter().all(|&state| matches!(state, 'S' | 'Z' | 'X')) {
+                return Ok(());
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "peer {} did not settle within {PATIENCE:?}: its threads are {states:?}",
+                self.pid()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     pub fn kill(&mut self) {
         let _ = self.process.kill();
         let _ = self.process.wait();
