@@ -15,6 +15,7 @@ use ipckit::transport::{Capabilities, Transport};
 
 pub const CHECKS: &[Check] = checks![in access:
     strangers => abstract_refuses_a_stranger,
+    strangers => abstract_mode_0660_admits_the_group,
     strangers => abstract_mode_0666_admits_a_stranger,
     strangers => abstract_allow_uid_admits_a_stranger,
     strangers => abstract_allow_gid_admits_a_stranger,
@@ -55,9 +56,14 @@ fn abstract_endpoint(ctx: &Ctx, options: &[(&str, &str)]) -> Endpoint {
     endpoint
 }
 
-/// A stranger of `uid` sends a message; the server must receive it, from that uid.
+/// A stranger of `uid` (in the group of the same number) sends a message; the server
+/// must receive it, from that uid.
 fn admitted(server: &mut api::Server, uid: u32) -> Outcome {
-    let mut stranger = Child::spawn(Role::SendAs { uid }, server.endpoint());
+    admitted_in(server, uid, uid)
+}
+
+fn admitted_in(server: &mut api::Server, uid: u32, gid: u32) -> Outcome {
+    let mut stranger = Child::spawn(Role::SendAs { uid, gid }, server.endpoint());
     let message = recv(server)?;
     let (client, _) = parse_numbered(message.payload())?;
     ensure!(client == uid, "a message from client {client} came first");
@@ -77,7 +83,8 @@ fn admitted(server: &mut api::Server, uid: u32) -> Outcome {
 /// owner's message, sent after, must be the first the server receives.
 fn refused(ctx: &Ctx, server: &mut api::Server, uid: u32) -> Outcome {
     let caps = ctx.transport.capabilities(server.endpoint());
-    let mut stranger = Child::spawn(Role::SendAs { uid }, server.endpoint());
+    let gid = uid;
+    let mut stranger = Child::spawn(Role::SendAs { uid, gid }, server.endpoint());
     let line = stranger.line_serving(server)?;
     if caps.connection {
         ensure!(
@@ -112,6 +119,14 @@ fn refused(ctx: &Ctx, server: &mut api::Server, uid: u32) -> Outcome {
 fn abstract_refuses_a_stranger(ctx: &Ctx) -> Outcome {
     let mut server = api::listen(abstract_endpoint(ctx, &[]))?;
     refused(ctx, &mut server, STRANGER)
+}
+
+fn abstract_mode_0660_admits_the_group(ctx: &Ctx) -> Outcome {
+    let mut server = api::listen(abstract_endpoint(ctx, &[("mode", "0660")]))?;
+    // The server's group is root's: a stranger in it is admitted, one outside is not.
+    let group = rustix::process::getegid().as_raw();
+    admitted_in(&mut server, STRANGER, group)?;
+    refused(ctx, &mut server, OTHER_STRANGER)
 }
 
 fn abstract_mode_0666_admits_a_stranger(ctx: &Ctx) -> Outcome {
