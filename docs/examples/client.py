@@ -10,6 +10,7 @@ import sys
 
 MAGIC = b"IPCK"
 MESSAGE, REQUEST, REPLY, ERROR = 1, 2, 3, 4
+REFUSED = 2  # welcome status: this client is not admitted
 
 
 def recv_exact(sock, n):
@@ -36,8 +37,14 @@ class Client:
         else:
             raise ValueError("only uds:// and tcp:// are stream endpoints")
         self.max_message = max_message
-        self.sock.sendall(struct.pack("<4sBBHI", MAGIC, 1, 1, 0, max_message))
+        try:
+            self.sock.sendall(struct.pack("<4sBBHI", MAGIC, 1, 1, 0, max_message))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # a server that refuses us closes without reading the hello; read why
         magic, version, status, _, server_max = struct.unpack("<4sBBHI", recv_exact(self.sock, 12))
+        if magic == MAGIC and status == REFUSED:
+            reason = recv_exact(self.sock, min(server_max, 1024))
+            raise PermissionError("the server refused this connection: " + reason.decode("utf-8", "replace"))
         if magic != MAGIC or status != 0:
             raise ConnectionError(f"refused: version {version}, status {status}")
         self.server_max = server_max

@@ -137,10 +137,12 @@ enum Param {
     SendTimeoutMs,
     Clients,
     Ring,
+    AllowUid,
+    AllowGid,
 }
 
 impl Param {
-    const ALL: [Param; 8] = [
+    const ALL: [Param; 10] = [
         Param::Framing,
         Param::Mode,
         Param::MaxMessage,
@@ -149,6 +151,8 @@ impl Param {
         Param::SendTimeoutMs,
         Param::Clients,
         Param::Ring,
+        Param::AllowUid,
+        Param::AllowGid,
     ];
 
     fn key(self) -> &'static str {
@@ -161,6 +165,8 @@ impl Param {
             Param::SendTimeoutMs => "send_timeout_ms",
             Param::Clients => "clients",
             Param::Ring => "ring",
+            Param::AllowUid => "allow_uid",
+            Param::AllowGid => "allow_gid",
         }
     }
 
@@ -176,6 +182,9 @@ impl Param {
             Param::Priority => scheme == "mq",
             Param::SendTimeoutMs => matches!(scheme, "mq" | "fifo" | "shm"),
             Param::Clients | Param::Ring => scheme == "shm",
+            // Every scheme parses them; a server whose transport cannot learn its peers'
+            // credentials refuses them when it starts, saying why.
+            Param::AllowUid | Param::AllowGid => true,
         }
     }
 
@@ -234,6 +243,29 @@ impl Param {
                     "ring must be a power of two from {MIN_SHM_RING} to {MAX_SHM_RING} bytes, not '{value}'"
                 )),
             },
+            Param::AllowUid | Param::AllowGid => {
+                let (key, what) = match self {
+                    Param::AllowUid => ("allow_uid", "user"),
+                    _ => ("allow_gid", "group"),
+                };
+                let ids: Option<Vec<u64>> = value.split(',').map(canonical_decimal).collect();
+                match ids {
+                    // u32::MAX is (uid_t)-1, which names nobody.
+                    Some(ids) if ids.iter().all(|&id| id < u32::MAX as u64) => {
+                        let mut sorted = ids.clone();
+                        sorted.sort_unstable();
+                        sorted.dedup();
+                        if sorted.len() == ids.len() {
+                            Ok(())
+                        } else {
+                            Err(format!("{key} names a {what} twice in '{value}'"))
+                        }
+                    }
+                    _ => Err(format!(
+                        "{key} must be numeric {what} ids separated by commas, such as 1000,1001, not '{value}'"
+                    )),
+                }
+            }
         }
     }
 }
@@ -339,6 +371,12 @@ impl Endpoint {
     }
 
     /// The permission bits for the endpoint's file or object (`?mode=`); 0600 unless set.
+    ///
+    /// An abstract socket (`uds://@name`, `unixgram://@name`) has no file, so its server
+    /// applies the mode to each peer's credentials as the kernel applies a socket file's
+    /// mode: a peer needs the write bit of its class (owner, group, others), where the
+    /// owner is the server's effective uid and the group its effective gid. Root is
+    /// admitted, as root passes a socket file's mode.
     pub fn mode(&self) -> u32 {
         self.param(Param::Mode)
             .map(|m| u32::from_str_radix(m, 8).expect("validated when parsed"))
@@ -389,6 +427,36 @@ impl Endpoint {
         self.param(Param::Ring)
             .map(|n| n.parse().expect("validated when parsed"))
             .unwrap_or(1 << 20)
+    }
+
+    /// Users admitted besides the owner (`?allow_uid=1000,1001`): a server checks each
+    /// peer's uid as the kernel gives it (SO_PEERCRED, SCM_CREDENTIALS). Only transports
+    /// whose [`Capabilities::peer_credentials`](crate::transport::Capabilities) is true take
+    /// it; the others refuse it when listening. Empty unless set.
+    ///
+    /// ```
+    /// let ep: ipckit::Endpoint = "uds://@app?allow_uid=1000,1001&allow_gid=100".parse()?;
+    /// assert_eq!((ep.allow_uid(), ep.allow_gid()), (vec![1000, 1001], vec![100]));
+    /// assert!("uds://@app?allow_uid=alice".parse::<ipckit::Endpoint>().is_err());
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
+    pub fn allow_uid(&self) -> Vec<u32> {
+        self.ids(Param::AllowUid)
+    }
+
+    /// Groups admitted besides the owner (`?allow_gid=100`): a peer is admitted when its
+    /// gid is one of them, or, over a stream socket, when it is a member of one (the
+    /// kernel gives a datagram's sender's gid alone). Empty unless set.
+    pub fn allow_gid(&self) -> Vec<u32> {
+        self.ids(Param::AllowGid)
+    }
+
+    fn ids(&self, param: Param) -> Vec<u32> {
+        self.param(param).map_or_else(Vec::new, |ids| {
+            ids.split(',')
+                .map(|id| id.parse().expect("validated when parsed"))
+                .collect()
+        })
     }
 
     /// Whether a network endpoint may be bound to a non-loopback address (`?public=`).
@@ -907,6 +975,11 @@ mod tests {
         assert!(reason("mq://x?framing=line").contains("does not apply"));
         assert!(reason("uds:///x?framing=line&framing=line").contains("twice"));
         assert!(reason("uds:///x?mode=777").contains("four octal digits"));
+        assert!(reason("uds://@x?allow_uid=1000,").contains("numeric user ids"));
+        assert!(reason("uds://@x?allow_uid=01000").contains("numeric user ids"));
+        assert!(reason("uds://@x?allow_uid=4294967295").contains("numeric user ids"));
+        assert!(reason("uds://@x?allow_gid=root").contains("numeric group ids"));
+        assert!(reason("uds://@x?allow_gid=5,5").contains("names a group twice"));
         assert!(reason("uds:///x?max_message=0").contains("max_message"));
         assert!(reason("uds:///tmp/%41.sock").contains("write it as '/tmp/A.sock'"));
         assert!(reason("uds:///tmp/%4").contains("bad escape"));

@@ -35,6 +35,11 @@ pub const HEADER_LEN: usize = 16;
 pub const STATUS_OK: u8 = 0;
 /// Welcome status: no version in the client's range is spoken here.
 pub const STATUS_UNSUPPORTED_VERSION: u8 = 1;
+/// Welcome status: the server does not admit this peer. The welcome's `max_message`
+/// field is then the length of a UTF-8 reason that follows it, and the server closes.
+pub const STATUS_REFUSED: u8 = 2;
+/// The longest reason a refusing server sends, and a client reads.
+pub const MAX_REFUSAL: usize = 1024;
 
 /// The staging buffer's size; payloads larger than half of it are read into a buffer of
 /// their own instead, so they are copied once, from the kernel, and never again.
@@ -195,6 +200,35 @@ impl Welcome {
     /// The 12 bytes on the wire.
     pub fn encode(&self) -> [u8; HELLO_LEN] {
         encode_opening(self.version, self.status, self.max_message)
+    }
+
+    /// What a server sends a peer it does not admit, in place of a welcome: a refusal and
+    /// `reason`, cut to [`MAX_REFUSAL`] bytes.
+    ///
+    /// ```
+    /// use ipckit::frame::{HELLO_LEN, Welcome};
+    /// let wire = Welcome::refusal("uid 65534 is not admitted");
+    /// let opening: [u8; HELLO_LEN] = wire[..HELLO_LEN].try_into().unwrap();
+    /// assert_eq!(Welcome::refused(&opening), Some(wire.len() - HELLO_LEN));
+    /// assert!(Welcome::decode(&opening).is_err());
+    /// ```
+    pub fn refusal(reason: &str) -> Vec<u8> {
+        let mut cut = reason.len().min(MAX_REFUSAL);
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let mut out = encode_opening(0, STATUS_REFUSED, cut as u32).to_vec();
+        out.extend_from_slice(&reason.as_bytes()[..cut]);
+        out
+    }
+
+    /// The length of the reason that follows, if `bytes` is a refusal; at most
+    /// [`MAX_REFUSAL`], whatever the server claims.
+    pub fn refused(bytes: &[u8; HELLO_LEN]) -> Option<usize> {
+        match decode_opening(bytes) {
+            Ok((0, STATUS_REFUSED, len)) => Some((len as usize).min(MAX_REFUSAL)),
+            _ => None,
+        }
     }
 
     /// Reads a welcome.
@@ -382,6 +416,18 @@ impl Decoder {
             self.start = 0;
             self.end = 0;
         }
+    }
+
+    /// Up to `max` of the bytes read so far that no frame has taken, such as the reason
+    /// after a refusal; `max` must not exceed the staging buffer (64 KiB).
+    pub fn take_available(&mut self, max: usize) -> Vec<u8> {
+        if self.large.is_some() {
+            return Vec::new();
+        }
+        let n = max.min(self.end - self.start);
+        let out = self.buf[self.start..self.start + n].to_vec();
+        self.consume(n);
+        out
     }
 
     /// The next whole frame, if one has arrived.

@@ -200,6 +200,7 @@ pub fn connect(endpoint: impl ToEndpoint) -> Result<Client> {
 pub fn listen(endpoint: impl ToEndpoint) -> Result<Server> {
     let endpoint = endpoint.to_endpoint()?;
     let transport = transport::for_endpoint(&endpoint)?;
+    transport::check_listen(transport, &endpoint)?;
     let backend = ServerBackend::listen(transport, &endpoint)?;
     Ok(Server {
         capabilities: transport.capabilities(backend.endpoint()),

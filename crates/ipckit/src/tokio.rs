@@ -78,6 +78,7 @@ pub async fn connect(endpoint: impl ToEndpoint) -> Result<Client> {
 pub fn listen(endpoint: impl ToEndpoint) -> Result<Server> {
     let endpoint = endpoint.to_endpoint()?;
     let transport = transport::for_endpoint(&endpoint)?;
+    transport::check_listen(transport, &endpoint)?;
     let listener = transport.listen_async(&endpoint)?;
     Ok(Server {
         capabilities: transport.capabilities(listener.endpoint()),

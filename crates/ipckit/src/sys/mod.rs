@@ -292,3 +292,36 @@ unsafe fn set_robust_list(head: *const RobustListHead) -> std::ffi::c_long {
         )
     }
 }
+
+/// The supplementary groups of the process at the other end of a connected AF_UNIX stream
+/// socket, as they were when it connected (SO_PEERGROUPS, Linux 4.13).
+pub(crate) fn peer_groups(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Vec<u32>> {
+    use std::os::fd::AsRawFd;
+    // NGROUPS_MAX is 65536; start small and grow to what the kernel says it needs.
+    let mut groups: Vec<nix::libc::gid_t> = vec![0; 32];
+    loop {
+        let mut len =
+            (groups.len() * std::mem::size_of::<nix::libc::gid_t>()) as nix::libc::socklen_t;
+        // SAFETY: `groups` is a live buffer of `len` bytes that the kernel fills, and `len`
+        // is a valid socklen_t it updates with the bytes written or needed.
+        let rc = unsafe {
+            nix::libc::getsockopt(
+                fd.as_raw_fd(),
+                nix::libc::SOL_SOCKET,
+                nix::libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let count = len as usize / std::mem::size_of::<nix::libc::gid_t>();
+        if rc == 0 {
+            groups.truncate(count);
+            return Ok(groups);
+        }
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() != Some(nix::libc::ERANGE) || count <= groups.len() {
+            return Err(error);
+        }
+        groups.resize(count, 0);
+    }
+}

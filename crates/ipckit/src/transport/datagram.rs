@@ -22,6 +22,7 @@ use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendFlag
 
 use super::Connection;
 use super::Listener;
+use super::access::Access;
 use super::pool::Pool;
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
@@ -257,6 +258,11 @@ pub(super) struct DatagramListener {
     waker_addr: SocketAddrAny,
     /// The last sender, whose peer and reply sink are reused while it keeps sending.
     last: Option<LastSender>,
+    /// Whom the server admits, where the kernel does not decide it already.
+    access: Option<Access>,
+    /// The last sender refused, whose further datagrams are dropped without a warning
+    /// each: a stranger sending in a loop must not flood the log.
+    last_refused: Option<Option<rustix::net::UCred>>,
     _cleanup: Option<Box<dyn Send>>,
 }
 
@@ -270,6 +276,7 @@ impl DatagramListener {
         cleanup: Option<Box<dyn Send>>,
     ) -> Result<DatagramListener> {
         let url: Arc<str> = endpoint.to_string().into();
+        let access = Access::for_endpoint(&endpoint);
         rustix::net::sockopt::set_socket_timeout(
             &fd,
             rustix::net::sockopt::Timeout::Send,
@@ -291,6 +298,8 @@ impl DatagramListener {
             waker: Arc::new(waker),
             waker_addr,
             last: None,
+            access,
+            last_refused: None,
             _cleanup: cleanup,
         })
     }
@@ -345,6 +354,26 @@ impl DatagramListener {
             RecvAncillaryMessage::ScmCredentials(creds) => Some(creds),
             _ => None,
         });
+        if let Some(access) = &self.access {
+            let verdict = match creds {
+                Some(c) => access.admit(c.uid.as_raw(), c.gid.as_raw(), Vec::new),
+                None => Err("the kernel gave no credentials for it".to_owned()),
+            };
+            if let Err(reason) = verdict {
+                // A datagram has no way to say "refused": the sender's request times out.
+                let from = creds.map_or_else(
+                    || "a sender".to_owned(),
+                    |c| format!("pid {}", c.pid.as_raw_nonzero()),
+                );
+                if self.last_refused == Some(creds) {
+                    log::debug!("{}: dropped a datagram from {from}: {reason}", self.url);
+                } else {
+                    log::warn!("{}: dropped a datagram from {from}: {reason}", self.url);
+                    self.last_refused = Some(creds);
+                }
+                return Ok(None);
+            }
+        }
         let (peer, sink) = self.sender(received.address, creds);
         if received.bytes > self.max {
             log::warn!(

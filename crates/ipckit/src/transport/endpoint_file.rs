@@ -54,11 +54,13 @@ pub(super) struct Kind<'a> {
     pub is: fn(&FileType) -> bool,
     /// Whether a live server owns the existing file.
     pub alive: &'a dyn Fn() -> Result<bool>,
+    /// The file's permission bits.
+    pub mode: u32,
 }
 
 /// Makes the endpoint file at `path` with `create`, replacing a dead server's file of the
-/// same kind, and sets the endpoint's mode exactly. `create` must make the file no wider
-/// than the endpoint's mode.
+/// same kind, and sets the kind's mode exactly. `create` must make the file no wider
+/// than that mode.
 pub(super) fn claim_path(
     endpoint: &Endpoint,
     path: &Path,
@@ -115,7 +117,7 @@ pub(super) fn claim_path(
     }
     create()?;
     // Undo what the umask took away from a mode that asked for more.
-    rustix::fs::chmod(path, Mode::from_raw_mode(endpoint.mode()))
+    rustix::fs::chmod(path, Mode::from_raw_mode(kind.mode))
         .map_err(|e| io_err("setting the endpoint file's mode", e.into()))?;
     let meta =
         std::fs::symlink_metadata(path).map_err(|e| io_err("inspecting the endpoint file", e))?;
@@ -126,8 +128,8 @@ pub(super) fn claim_path(
     })
 }
 
-/// Binds `fd` (a socket of type `kind`) at `path` with the endpoint's mode, replacing a
-/// dead server's file.
+/// Binds `fd` (a socket of type `kind`) at `path` with the endpoint's mode (widened for
+/// an allow-list, see `access`), replacing a dead server's file.
 pub(super) fn bind_path(
     endpoint: &Endpoint,
     fd: &OwnedFd,
@@ -135,13 +137,15 @@ pub(super) fn bind_path(
     kind: SocketType,
 ) -> Result<EndpointFile> {
     let alive = || somebody_answers(endpoint, path, kind);
+    let file_mode = super::access::socket_file_mode(endpoint);
     let socket = Kind {
         name: "socket",
         is: FileType::is_socket,
         alive: &alive,
+        mode: file_mode,
     };
     claim_path(endpoint, path, socket, || {
-        let mode = Mode::from_raw_mode(endpoint.mode());
+        let mode = Mode::from_raw_mode(file_mode);
         let io_err = |op, e: rustix::io::Errno| Error::io(endpoint, op, e.into());
         // Linux creates the socket file with the socket inode's mode less the umask, so
         // setting it before bind means the file is never wider than asked, even for a

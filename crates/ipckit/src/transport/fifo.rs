@@ -723,6 +723,7 @@ fn server(endpoint: &Endpoint) -> Result<FifoListener> {
         name: "FIFO",
         is: FileType::is_fifo,
         alive: &alive,
+        mode: endpoint.mode(),
     };
     let file = claim_path(endpoint, path, fifo, || {
         mkfifo(endpoint, path, endpoint.mode() & 0o600)

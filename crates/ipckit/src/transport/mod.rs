@@ -11,6 +11,9 @@ use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
 use crate::message::{Message, MessageRef};
 
+pub(crate) use access::check_listen;
+
+mod access;
 pub(crate) mod backend;
 mod correlate;
 mod datagram;

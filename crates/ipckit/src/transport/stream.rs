@@ -32,6 +32,7 @@ use crate::error::{Error, Result};
 use crate::frame::{Decoder, Frame, HELLO_LEN, Header, Hello, Kind, Violation, Welcome};
 use crate::message::{Message, Peer, ReplySink, ReplyTo};
 use crate::sys::{ReceiveTimeout, lock, wait_ready};
+use crate::transport::access::Access;
 use crate::transport::correlate::{Correlator, NoAnswer};
 use crate::transport::{Connection, Listener};
 
@@ -177,18 +178,38 @@ impl StreamConnection {
         let peer_max = match framing {
             Framing::Line => own_max,
             Framing::Length => {
-                send_all(fd.as_fd(), &[&Hello::new(own_max).encode()], None)
-                    .map_err(|e| Error::io(&url, "sending the hello", e))?;
+                let sent = hello_sent(
+                    &url,
+                    send_all(fd.as_fd(), &[&Hello::new(own_max).encode()], None),
+                )?;
                 let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
                 let welcome = loop {
                     if let Some(bytes) = reader.decoder.take_exact::<HELLO_LEN>() {
+                        if let Some(len) = Welcome::refused(&bytes) {
+                            let mut reason = Vec::new();
+                            while reason.len() < len {
+                                reason.extend(reader.decoder.take_available(len - reason.len()));
+                                if reason.len() == len
+                                    || !matches!(fill(&fd, &mut reader, deadline, &url), Ok(true))
+                                {
+                                    break;
+                                }
+                            }
+                            return Err(refused_by_server(&url, &reason));
+                        }
+                        sent?;
                         break Welcome::decode(&bytes).map_err(|v| protocol_error(endpoint, v))?;
                     }
-                    if !fill(&fd, &mut reader, deadline, &url)? {
-                        return Err(Error::Timeout {
-                            endpoint: url,
-                            after: HANDSHAKE_TIMEOUT,
-                        });
+                    match fill(&fd, &mut reader, deadline, &url) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            sent?;
+                            return Err(Error::Timeout {
+                                endpoint: url,
+                                after: HANDSHAKE_TIMEOUT,
+                            });
+                        }
+                        Err(e) => return Err(sent.err().unwrap_or(e)),
                     }
                 };
                 welcome.max_message as usize
@@ -282,6 +303,66 @@ impl StreamConnection {
             }),
         }
     }
+}
+
+/// What a client makes of a failed hello: a server that refuses a peer closes without
+/// reading it, so a hello that meets a closed connection may still have a refusal to
+/// read (`Ok(Err(..))`: read on, and fail with this only if there is none).
+pub(super) fn hello_sent(url: &str, sent: io::Result<()>) -> Result<Result<()>> {
+    match sent {
+        Ok(()) => Ok(Ok(())),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            Ok(Err(Error::io(url, "sending the hello", e)))
+        }
+        Err(e) => Err(Error::io(url, "sending the hello", e)),
+    }
+}
+
+/// The client's error for a server's refusal with `reason` (docs/PROTOCOL.md).
+pub(super) fn refused_by_server(url: &str, reason: &[u8]) -> Error {
+    let reason = if reason.is_empty() {
+        "no reason given".into()
+    } else {
+        String::from_utf8_lossy(reason)
+    };
+    Error::PermissionDenied {
+        endpoint: url.to_owned(),
+        detail: format!("the server refused this connection: {reason}"),
+    }
+}
+
+/// Whether the server admits the peer of an accepted socket. A refused peer is told why
+/// (with length framing; a line has no way to say it) before the caller drops its socket,
+/// and the refusal is logged. The refusal is written before the hello is read, so that a
+/// refused peer holds nothing of the server; it goes whole into the new socket's empty
+/// buffer.
+pub(super) fn admitted(
+    access: Option<&Access>,
+    url: &str,
+    framing: Framing,
+    fd: BorrowedFd<'_>,
+    peer: &Peer,
+) -> bool {
+    let Some(access) = access else {
+        return true;
+    };
+    let Err(reason) = access.admit_connection(fd, peer) else {
+        return true;
+    };
+    log::warn!(
+        "{url}: refused the connection of {}: {reason}",
+        describe(peer)
+    );
+    if framing == Framing::Length {
+        let refusal = Welcome::refusal(&reason);
+        let _ = rustix::net::send(fd, &refusal, SendFlags::NOSIGNAL | SendFlags::DONTWAIT);
+    }
+    false
 }
 
 /// The answer among the frames a server sends its client, with the request it answers;
@@ -601,6 +682,8 @@ pub(super) struct StreamListener {
     events: Events,
     listener: OwnedFd,
     on_accept: OnAccept,
+    /// Whom the server admits, where the kernel does not decide it already.
+    access: Option<Access>,
     conns: Slab<Conn>,
     /// Messages parsed but not yet returned by `recv`.
     ready: VecDeque<Message>,
@@ -630,6 +713,7 @@ impl StreamListener {
             .map_err(|e| io_err("registering the listening socket", e))?;
         let waker =
             Waker::new(poll.registry(), WAKER).map_err(|e| io_err("creating the waker", e))?;
+        let access = Access::for_endpoint(&endpoint);
         Ok(StreamListener {
             framing: endpoint.framing(),
             max: endpoint.max_message(),
@@ -639,6 +723,7 @@ impl StreamListener {
             events: Events::with_capacity(256),
             listener,
             on_accept,
+            access,
             conns: Slab::new(),
             ready: VecDeque::new(),
             unread: VecDeque::new(),
@@ -670,6 +755,15 @@ impl StreamListener {
                     continue;
                 }
             };
+            if !admitted(
+                self.access.as_ref(),
+                &self.url,
+                self.framing,
+                fd.as_fd(),
+                &peer,
+            ) {
+                continue;
+            }
             let raw = fd.as_raw_fd();
             let entry = self.conns.vacant_entry();
             let key = entry.key();

@@ -36,11 +36,12 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use super::access::Access;
 use super::correlate::{Correlator, NoAnswer};
 use super::reactor::{poll_read, register, runtime, when_ready};
 use super::stream::{
-    ConnWrite, InFlight, OnAccept, Session, answer_result, as_answer, check_outgoing,
-    closed_by_server, describe, protocol_error, went_away, write_reply,
+    ConnWrite, InFlight, OnAccept, Session, admitted, answer_result, as_answer, check_outgoing,
+    closed_by_server, describe, protocol_error, refused_by_server, went_away, write_reply,
 };
 use super::{AsyncConnection, AsyncListener, BoxFuture};
 use crate::endpoint::{Endpoint, Framing};
@@ -240,20 +241,54 @@ impl AsyncStreamConnection {
         let peer_max = match framing {
             Framing::Line => own_max,
             Framing::Length => {
-                writer.put(&[&Hello::new(own_max).encode()])?;
+                let queued = writer.put(&[&Hello::new(own_max).encode()]).map(drop);
                 let welcome = async {
-                    writer.flush().await?;
+                    let sent = match queued {
+                        Ok(()) => writer.flush().await,
+                        Err(e) => Err(e),
+                    };
+                    // A server that refuses a peer closes without reading its hello: read
+                    // on for the refusal, and fail with this only if there is none.
+                    if let Err(e) = &sent {
+                        if !matches!(e, Error::Disconnected { .. }) {
+                            return Err(sent.unwrap_err());
+                        }
+                    }
                     loop {
                         if let Some(bytes) = decoder.take_exact::<HELLO_LEN>() {
+                            if let Some(len) = Welcome::refused(&bytes) {
+                                let mut reason = Vec::new();
+                                while reason.len() < len {
+                                    reason.extend(decoder.take_available(len - reason.len()));
+                                    if reason.len() == len {
+                                        break;
+                                    }
+                                    let read = when_ready(&fd, Interest::READABLE, |fd| {
+                                        read_into(fd, &mut decoder)
+                                    });
+                                    match read.await {
+                                        Ok(n) if n > 0 => decoder.advance(n),
+                                        _ => break,
+                                    }
+                                }
+                                return Err(refused_by_server(&url, &reason));
+                            }
+                            sent?;
                             return Welcome::decode(&bytes)
                                 .map_err(|v| protocol_error(endpoint, v));
                         }
                         let read =
                             when_ready(&fd, Interest::READABLE, |fd| read_into(fd, &mut decoder));
                         match read.await {
-                            Ok(0) => return Err(closed_by_server(&url, decoder.pending())),
+                            Ok(0) => {
+                                sent?;
+                                return Err(closed_by_server(&url, decoder.pending()));
+                            }
                             Ok(n) => decoder.advance(n),
-                            Err(e) => return Err(Error::io(&url, "receiving", e)),
+                            Err(e) => {
+                                sent?;
+                                return Err(Error::io(&url, "receiving", e));
+                            }
                         }
                     }
                 };
@@ -536,6 +571,8 @@ pub(super) struct AsyncStreamListener {
     url: Arc<str>,
     listener: AsyncFd<OwnedFd>,
     on_accept: OnAccept,
+    /// Whom the server admits, where the kernel does not decide it already.
+    access: Option<Access>,
     runtime: Handle,
     /// Dropped with the server: aborts the connection tasks.
     connections: JoinSet<()>,
@@ -560,6 +597,7 @@ impl AsyncStreamListener {
         let listener = register(&url, listener, Interest::READABLE)?;
         let (deliver, messages) = mpsc::channel(QUEUED_MESSAGES);
         Ok(AsyncStreamListener {
+            access: Access::for_endpoint(&endpoint),
             endpoint,
             url,
             listener,
@@ -609,11 +647,15 @@ impl AsyncStreamListener {
             Ok(peer) => Arc::new(peer),
             Err(e) => return log::warn!("{}: dropping a new connection: {e}", self.url),
         };
+        let framing = self.endpoint.framing();
+        let fd_ref = std::os::fd::AsFd::as_fd(&fd);
+        if !admitted(self.access.as_ref(), &self.url, framing, fd_ref, &peer) {
+            return;
+        }
         let fd = match register_duplex(&self.url, fd) {
             Ok(fd) => fd,
             Err(e) => return log::error!("{e}"),
         };
-        let framing = self.endpoint.framing();
         let max = self.endpoint.max_message();
         let sink = Arc::new(AsyncConnSink {
             out: Arc::new(Replies {

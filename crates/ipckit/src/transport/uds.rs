@@ -9,6 +9,12 @@
 //!
 //! Socket files are private, replace a dead server's leftovers and are removed on drop:
 //! see the module `endpoint_file`.
+//!
+//! Who may connect: the owner (and root) unless `?mode=` widens it. An abstract name has
+//! no file, so the server applies the mode to each client's SO_PEERCRED instead, and
+//! `?allow_uid=` and `?allow_gid=` admit more users and groups on either kind (the
+//! module `access`). A refused client is told why before it is closed, and fails to
+//! connect with [`crate::Error::PermissionDenied`]; the server logs the refusal.
 
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};

@@ -6,14 +6,16 @@
 //! transport under test. The peer reports on stdout, one line at a time.
 //!
 //! One file per behaviour, each with its list of checks: `delivery`, `request_reply`,
-//! `lifecycle`, `durable`, `bad_input`, `shared_memory`, and `cancellation` (through the
-//! async API alone). `support` holds what they share, `api` the two APIs a check drives,
+//! `lifecycle`, `durable`, `bad_input`, `shared_memory`, `access`, and `cancellation`
+//! (through the async API alone). `support` holds what they share, `api` the two APIs a check drives,
 //! `peer` the peer processes. A new behaviour's list goes in [`CHECKS`] below.
 //!
 //! A trial is named `scheme::check` through the blocking API and `scheme::async::check`
-//! through the async one; the checks of `bad_input`, `shared_memory` and `cancellation`
-//! carry their module in their name (`uds::bad_input::random_bytes`). Run one transport,
-//! one check, or one check on one transport with the usual filters:
+//! through the async one; the checks of `bad_input`, `shared_memory`, `access` and
+//! `cancellation` carry their module in their name (`uds::bad_input::random_bytes`).
+//! Checks that need a peer of another user run only as root, and are listed as ignored
+//! otherwise. Run one transport, one check, or one check on one transport with the usual
+//! filters:
 //! `cargo test -p ipckit --test conformance -- uds::`, `… -- request_reply_concurrent`,
 //! `… -- --exact uds::async::request_reply_concurrent`.
 
@@ -21,6 +23,7 @@ use std::process::ExitCode;
 
 use libtest_mimic::{Arguments, Trial};
 
+mod access;
 mod api;
 mod bad_input;
 mod cancellation;
@@ -43,6 +46,7 @@ const CHECKS: &[&[Check]] = &[
     durable::CHECKS,
     bad_input::CHECKS,
     shared_memory::CHECKS,
+    access::CHECKS,
 ];
 
 /// What only futures can do: be dropped halfway. Run through the async API alone.
@@ -57,6 +61,11 @@ fn main() -> ExitCode {
         return peer::run(std::env::args().skip(1).collect());
     }
     let args = Arguments::from_args();
+    if !rustix::process::geteuid().is_root() {
+        eprintln!(
+            "note: not running as root, so no peer can become another user: the access::* checks that need one are ignored, not passed"
+        );
+    }
     let mut trials = Vec::new();
     for &transport in ipckit::transport::all() {
         let dir = std::env::temp_dir();

@@ -58,6 +58,10 @@ pub enum Role {
     /// Connects, as user nobody if `as_nobody`, expecting to be refused: prints
     /// `PermissionDenied`.
     ConnectExpectDenied { as_nobody: bool },
+    /// As user `uid` and group `gid` with no other groups, connects and sends one
+    /// message, [`numbered`] as from client `uid`; prints `sent`, or `refused MESSAGE`
+    /// when the server refuses it, or the error's variant and message.
+    SendAs { uid: u32, gid: u32 },
     /// Requests `payload` and prints the reply.
     RequestOnce { payload: String },
     /// Connects and prints `connected`; once told on stdin, prints `requesting`, makes a
@@ -109,6 +113,7 @@ impl Role {
                 let whom = if *as_nobody { "as-nobody" } else { "as-self" };
                 ("connect-expect-denied", vec![whom.to_owned()])
             }
+            Role::SendAs { uid, gid } => ("send-as", vec![uid.to_string(), gid.to_string()]),
             Role::RequestOnce { payload } => ("request-once", vec![payload.clone()]),
             Role::RequestWhenTold => ("request-when-told", vec![]),
             Role::ConnectAndWait => ("connect-and-wait", vec![]),
@@ -171,6 +176,10 @@ impl Role {
                     }
                 },
             },
+            "send-as" => Role::SendAs {
+                uid: arg(args, 2)?,
+                gid: arg(args, 3)?,
+            },
             "request-once" => Role::RequestOnce {
                 payload: arg(args, 2)?,
             },
@@ -225,8 +234,15 @@ fn restore_default_sigpipe() {
 
 /// Credentials are per thread in the kernel: the calling thread becomes nobody.
 fn become_nobody() -> rustix::io::Result<()> {
-    let uid = rustix::process::Uid::from_raw(65534);
-    let gid = rustix::process::Gid::from_raw(65534);
+    become_user(65534, 65534)
+}
+
+/// The calling thread becomes user `uid` and group `gid`, in no other group: the
+/// credentials the kernel then reports for its connections and datagrams.
+fn become_user(uid: u32, gid: u32) -> rustix::io::Result<()> {
+    let uid = rustix::process::Uid::from_raw(uid);
+    let gid = rustix::process::Gid::from_raw(gid);
+    rustix::thread::set_thread_groups(&[])?;
     rustix::thread::set_thread_res_gid(gid, gid, gid)?;
     rustix::thread::set_thread_res_uid(uid, uid, uid)
 }
@@ -441,6 +457,16 @@ fn play(role: Role, url: &str) -> Result<(), Failure> {
                     say("PermissionDenied")
                 }
                 other => say(&format!("unexpected {other:?}")),
+            }
+        }
+        Role::SendAs { uid, gid } => {
+            become_user(uid, gid)?;
+            match api::connect(url).and_then(|client| client.send(&numbered(uid, 0, 12))) {
+                Ok(()) => say("sent"),
+                Err(Error::PermissionDenied { endpoint, detail }) if endpoint == url => {
+                    say(&format!("refused {detail}"))
+                }
+                Err(e) => say(&format!("{} {e}", variant(&e))),
             }
         }
         Role::RequestOnce { payload } => {
