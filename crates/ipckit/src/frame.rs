@@ -3,7 +3,7 @@
 //! A [`Decoder`] is handed the bytes a stream delivers and gives back whole frames; the
 //! blocking transports drive it with `read(2)`, and an async driver can feed it the same
 //! way. It never allocates what a peer merely claims: a length is checked against the
-//! limit first, and a large payload's buffer grows with the bytes that actually arrive.
+//! limit first, and every buffer grows with the bytes that actually arrive.
 //!
 //! ```
 //! use ipckit::frame::{Decoder, Header, Kind};
@@ -19,6 +19,8 @@
 //! let frame = decoder.next_frame().unwrap().unwrap();
 //! assert_eq!((frame.kind, frame.id, &frame.payload[..]), (Kind::Request, 1, &b"ping"[..]));
 //! ```
+
+use std::cell::RefCell;
 
 use crate::endpoint::Framing;
 
@@ -36,10 +38,43 @@ pub const STATUS_OK: u8 = 0;
 /// Welcome status: no version in the client's range is spoken here.
 pub const STATUS_UNSUPPORTED_VERSION: u8 = 1;
 
-/// The staging buffer's size; payloads larger than half of it are read into a buffer of
-/// their own instead, so they are copied once, from the kernel, and never again.
+/// The staging buffer's size at first; it grows (doubling) while reads fill it.
+const SMALL: usize = 4 * 1024;
+/// How many drained staging buffers a thread keeps for the next decoder that reads.
+const SPARES_KEPT: usize = 16;
+
+thread_local! {
+    /// Staging buffers given back by drained decoders ([`Decoder::shrink`]): a connection
+    /// between messages holds none, and one that is read takes one here, without
+    /// allocating or zeroing, so that the cost of idling is not paid on every message.
+    static SPARES: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A staging buffer of [`SMALL`] bytes, from this thread's spares if it has one.
+fn spare_buffer() -> Vec<u8> {
+    SPARES
+        .try_with(|spares| spares.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| vec![0; SMALL])
+}
+
+/// Keeps a staging buffer of [`SMALL`] bytes for the next decoder on this thread.
+fn give_back(buf: Vec<u8>) {
+    let _ = SPARES.try_with(|spares| {
+        let mut spares = spares.borrow_mut();
+        if spares.len() < SPARES_KEPT {
+            spares.push(buf);
+        }
+    });
+}
+/// How large the staging buffer grows for frames; payloads larger than half of it are
+/// read into a buffer of their own instead, so they are copied once, from the kernel,
+/// and never again.
 const STAGING: usize = 64 * 1024;
 const LARGE: usize = STAGING / 2;
+/// The least room a read is offered: less makes the buffer grow.
+const MIN_READ: usize = 1024;
 
 /// What a frame carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -296,26 +331,37 @@ struct LargePayload {
 
 /// Turns a stream of bytes into frames. Feed it with [`read_buf`](Decoder::read_buf) and
 /// [`advance`](Decoder::advance), then take frames with [`next_frame`](Decoder::next_frame).
+///
+/// Its memory follows what has arrived, never what a header claims: it starts with none,
+/// reads into a few KiB, grows while reads fill what it offers, and gives it all back
+/// through [`shrink`](Decoder::shrink) once the stream is drained.
 pub struct Decoder {
     framing: Framing,
     max: usize,
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// What the last [`read_buf`](Decoder::read_buf) offered, and whether the read that
+    /// followed took all of it (more is likely waiting).
+    offered: usize,
+    filled: bool,
     /// With line framing: how far from `start` no newline was found yet.
     scanned: usize,
     large: Option<LargePayload>,
 }
 
 impl Decoder {
-    /// A decoder that accepts payloads up to `max` bytes.
+    /// A decoder that accepts payloads up to `max` bytes. It allocates nothing until it
+    /// is first read into.
     pub fn new(framing: Framing, max: usize) -> Decoder {
         Decoder {
             framing,
             max,
-            buf: vec![0; STAGING],
+            buf: Vec::new(),
             start: 0,
             end: 0,
+            offered: 0,
+            filled: false,
             scanned: 0,
             large: None,
         }
@@ -327,33 +373,63 @@ impl Decoder {
             if large.filled == large.payload.len() {
                 // Grow with what has arrived, never by what was claimed: at most double.
                 let remaining = large.header.len as usize - large.filled;
-                let grow = remaining.min(large.filled.max(STAGING));
+                let grow = remaining.min(large.filled.max(SMALL));
                 large.payload.resize(large.filled + grow, 0);
             }
+            self.offered = large.payload.len() - large.filled;
             return &mut large.payload[large.filled..];
         }
-        if self.buf.len() - self.end < STAGING / 2 {
-            if self.start > 0 {
-                self.buf.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
-            }
-            // Only a long line outgrows the staging buffer, and only up to the limit.
-            if self.buf.len() - self.end < STAGING / 2 {
-                let cap = (self.max + 1).max(STAGING);
-                let grown = (self.buf.len() * 2).min(cap + STAGING);
-                self.buf.resize(grown, 0);
-            }
+        if self.buf.is_empty() {
+            self.buf = spare_buffer();
         }
+        if self.start > 0 && self.buf.len() - self.end < MIN_READ {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let free = self.buf.len() - self.end;
+        if free < MIN_READ || (self.filled && self.buf.len() < STAGING) {
+            // Frames never need more than a large payload's start beside a whole staging
+            // buffer; only a long line outgrows it, and only up to the limit.
+            let limit = match self.framing {
+                Framing::Length => 2 * STAGING,
+                Framing::Line => (self.max + 1).max(STAGING) + STAGING,
+            };
+            let grown = (self.buf.len() * 2).clamp(SMALL, limit);
+            self.buf.resize(grown, 0);
+        }
+        self.offered = self.buf.len() - self.end;
         &mut self.buf[self.end..]
     }
 
     /// Records that `n` bytes were written at the start of [`read_buf`](Decoder::read_buf).
     pub fn advance(&mut self, n: usize) {
+        self.filled = n == self.offered;
         match &mut self.large {
             Some(large) => large.filled += n,
             None => self.end += n,
         }
+    }
+
+    /// Gives the staging buffer back (to be reused by the next decoder on this thread
+    /// that reads) when no bytes are pending and the last read did not fill what it was
+    /// offered (the stream is drained); otherwise does nothing. Call it after taking the
+    /// frames of a read: a connection between messages then holds no buffer at all.
+    pub fn shrink(&mut self) {
+        if self.filled || self.large.is_some() || self.start != self.end || self.buf.is_empty() {
+            return;
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        if buf.len() > SMALL {
+            buf.truncate(SMALL);
+            buf.shrink_to_fit();
+        }
+        give_back(buf);
+    }
+
+    /// The bytes of memory this decoder holds, for those who bound it.
+    pub fn allocated(&self) -> usize {
+        self.buf.capacity() + self.large.as_ref().map_or(0, |l| l.payload.capacity())
     }
 
     /// Bytes received that are not yet part of a whole frame.
@@ -523,6 +599,48 @@ mod tests {
         assert!(feed(&mut decoder, &wire, 1 << 20).is_empty());
         let buffered = decoder.read_buf().len() + decoder.pending();
         assert!(buffered < 200_000, "buffer grew to {buffered}");
+    }
+
+    #[test]
+    fn a_frame_claiming_16_mib_with_1_byte_holds_little() {
+        let mut decoder = Decoder::new(Framing::Length, 16 << 20);
+        let mut wire = Header::new(Kind::Message, 0, 16 << 20).encode().to_vec();
+        wire.push(1);
+        assert!(feed(&mut decoder, &wire, 1 << 20).is_empty());
+        decoder.read_buf(); // as a reader waiting for the rest would
+        let held = decoder.allocated();
+        assert!(
+            held <= 16 * 1024,
+            "a 1-byte start of a frame holds {held} bytes"
+        );
+    }
+
+    #[test]
+    fn a_drained_decoder_holds_no_buffer() {
+        let mut decoder = Decoder::new(Framing::Length, 1 << 20);
+        assert_eq!(decoder.allocated(), 0, "nothing before the first read");
+        // A burst of frames in full reads grows the buffer...
+        let mut wire = Vec::new();
+        for i in 1..=200 {
+            wire.extend(encoded(Kind::Request, i, &[5u8; 1000]));
+        }
+        let frames = feed(&mut decoder, &wire, usize::MAX);
+        assert_eq!(frames.len(), 200);
+        assert!(decoder.allocated() > SMALL);
+        // ...and a short read that drains the stream gives the growth back.
+        let buf = decoder.read_buf();
+        let n = encoded(Kind::Message, 0, b"last").len();
+        buf[..n].copy_from_slice(&encoded(Kind::Message, 0, b"last"));
+        decoder.advance(n);
+        assert!(decoder.next_frame().unwrap().is_some());
+        decoder.shrink();
+        assert_eq!(decoder.allocated(), 0, "a drained decoder holds a buffer");
+        // The next read reuses the buffer given back.
+        let mut other = Decoder::new(Framing::Length, 1 << 20);
+        let given_back = other.read_buf().as_ptr();
+        assert_eq!(other.allocated(), SMALL);
+        decoder.read_buf();
+        assert_ne!(decoder.read_buf().as_ptr(), given_back);
     }
 
     #[test]

@@ -575,6 +575,7 @@ impl Session {
                 url.clone(),
             ));
         }
+        self.decoder.shrink();
         Ok(())
     }
 }
@@ -741,6 +742,11 @@ impl StreamListener {
 
     fn close(&mut self, key: usize, reason: Option<String>) {
         let conn = self.conns.remove(key);
+        // Give back the table's room once most of it is vacant: a burst of connections
+        // must not leave its high-water mark behind.
+        if self.conns.capacity() > 64 && self.conns.len() < self.conns.capacity() / 4 {
+            self.conns.shrink_to_fit();
+        }
         let _ = self
             .poll
             .registry()

@@ -64,7 +64,13 @@ fn register_duplex(url: &str, fd: OwnedFd) -> Result<Arc<AsyncFd<OwnedFd>>> {
 
 /// Reads once from a non-blocking socket into `decoder`.
 fn read_into(fd: &AsyncFd<OwnedFd>, decoder: &mut Decoder) -> io::Result<usize> {
-    rustix::io::read(fd.get_ref(), decoder.read_buf()).map_err(io::Error::from)
+    let read = rustix::io::read(fd.get_ref(), decoder.read_buf());
+    if read == Err(rustix::io::Errno::AGAIN) {
+        // Nothing came: a connection must not hold a buffer while it waits for more.
+        decoder.advance(0);
+        decoder.shrink();
+    }
+    read.map_err(io::Error::from)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -576,7 +582,7 @@ impl AsyncStreamListener {
     /// Accepts every connection waiting, starting a task for each; `Pending` once none
     /// is left (registered for the next).
     fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        while self.connections.try_join_next().is_some() {}
+        self.reap();
         loop {
             let mut ready = ready!(self.listener.poll_read_ready(cx))
                 .map_err(|e| Error::io(&*self.url, "waiting for connections", e))?;
@@ -601,6 +607,15 @@ impl AsyncStreamListener {
                     ready.clear_ready();
                 }
             }
+        }
+    }
+
+    /// Forgets the connections that have ended.
+    fn reap(&mut self) {
+        while self.connections.try_join_next().is_some() {}
+        if self.sinks.len() > 64 && self.sinks.len() > 2 * self.connections.len() {
+            self.sinks.retain(|sink| sink.strong_count() > 0);
+            self.sinks.shrink_to(2 * self.connections.len());
         }
     }
 
