@@ -37,6 +37,11 @@ pub const HEADER_LEN: usize = 16;
 pub const STATUS_OK: u8 = 0;
 /// Welcome status: no version in the client's range is spoken here.
 pub const STATUS_UNSUPPORTED_VERSION: u8 = 1;
+/// Welcome status: the server takes no more connections now (it holds as many as it
+/// may, or has no descriptor left); a UTF-8 reason follows, up to the end of the stream.
+pub const STATUS_REFUSED: u8 = 2;
+/// The longest reason a refusing server writes after its welcome.
+pub const MAX_REFUSAL: usize = 1024;
 
 /// The staging buffer's size at first; it grows (doubling) while reads fill it.
 const SMALL: usize = 4 * 1024;
@@ -114,6 +119,10 @@ pub enum Violation {
         /// This side's limit.
         max: usize,
     },
+    /// The server refused the connection ([`STATUS_REFUSED`]); its reason follows the
+    /// welcome.
+    #[error("the server refused the connection")]
+    Refused,
     /// A frame kind this version does not know.
     #[error("unknown frame kind {0}")]
     UnknownKind(u8),
@@ -232,9 +241,21 @@ impl Welcome {
         encode_opening(self.version, self.status, self.max_message)
     }
 
+    /// The welcome of a server that takes no more connections; the reason follows it.
+    pub fn refusal() -> Welcome {
+        Welcome {
+            version: 0,
+            status: STATUS_REFUSED,
+            max_message: 0,
+        }
+    }
+
     /// Reads a welcome.
     pub fn decode(bytes: &[u8; HELLO_LEN]) -> Result<Welcome, Violation> {
         let (version, status, max_message) = decode_opening(bytes)?;
+        if status == STATUS_REFUSED {
+            return Err(Violation::Refused);
+        }
         if status != STATUS_OK || version != VERSION {
             return Err(Violation::Version {
                 min: version,
@@ -450,6 +471,14 @@ impl Decoder {
             .expect("N bytes");
         self.consume(N);
         Some(out)
+    }
+
+    /// Takes every byte received and not yet taken (what a refusing server wrote after
+    /// its welcome).
+    pub fn take_all(&mut self) -> Vec<u8> {
+        let out = self.buf[self.start..self.end].to_vec();
+        self.consume(self.end - self.start);
+        out
     }
 
     fn consume(&mut self, n: usize) {

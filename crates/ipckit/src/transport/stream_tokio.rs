@@ -39,13 +39,15 @@ use tokio::task::JoinSet;
 use super::correlate::{Correlator, NoAnswer};
 use super::reactor::{poll_read, register, runtime, when_ready};
 use super::stream::{
-    ConnWrite, InFlight, OnAccept, Session, answer_result, as_answer, check_outgoing,
-    closed_by_server, describe, protocol_error, went_away, write_reply,
+    Accepted, ConnWrite, InFlight, OnAccept, Session, Spare, accept_one, answer_result, as_answer,
+    check_outgoing, closed_by_server, describe, protocol_error, refused, went_away, write_reply,
 };
 use super::{AsyncConnection, AsyncListener, BoxFuture};
 use crate::endpoint::{Endpoint, Framing};
 use crate::error::{Error, Result};
-use crate::frame::{Decoder, Frame, HELLO_LEN, Header, Hello, Kind, Welcome};
+use crate::frame::{
+    Decoder, Frame, HELLO_LEN, Header, Hello, Kind, MAX_REFUSAL, Violation, Welcome,
+};
 use crate::message::{Message, Peer, ReplySink};
 use crate::sys::lock;
 
@@ -251,8 +253,24 @@ impl AsyncStreamConnection {
                     writer.flush().await?;
                     loop {
                         if let Some(bytes) = decoder.take_exact::<HELLO_LEN>() {
-                            return Welcome::decode(&bytes)
-                                .map_err(|v| protocol_error(endpoint, v));
+                            match Welcome::decode(&bytes) {
+                                Err(Violation::Refused) => {}
+                                other => return other.map_err(|v| protocol_error(endpoint, v)),
+                            }
+                            let mut reason = decoder.take_all();
+                            while reason.len() < MAX_REFUSAL {
+                                let read = when_ready(&fd, Interest::READABLE, |fd| {
+                                    read_into(fd, &mut decoder)
+                                });
+                                match read.await {
+                                    Ok(n) if n > 0 => {
+                                        decoder.advance(n);
+                                        reason.extend(decoder.take_all());
+                                    }
+                                    _ => break,
+                                }
+                            }
+                            return Err(refused(&url, &reason));
                         }
                         let read =
                             when_ready(&fd, Interest::READABLE, |fd| read_into(fd, &mut decoder));
@@ -541,6 +559,7 @@ pub(super) struct AsyncStreamListener {
     endpoint: Endpoint,
     url: Arc<str>,
     listener: AsyncFd<OwnedFd>,
+    spare: Spare,
     on_accept: OnAccept,
     runtime: Handle,
     /// Dropped with the server: aborts the connection tasks.
@@ -569,6 +588,7 @@ impl AsyncStreamListener {
             endpoint,
             url,
             listener,
+            spare: Spare::new(),
             on_accept,
             runtime,
             connections: JoinSet::new(),
@@ -583,26 +603,34 @@ impl AsyncStreamListener {
     /// is left (registered for the next).
     fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
         self.reap();
+        let framing = self.endpoint.framing();
+        let max = self.endpoint.max_connections();
         loop {
+            // Connections that ended since are not counted against the limit.
+            if self.connections.len() >= max {
+                self.reap();
+            }
             let mut ready = ready!(self.listener.poll_read_ready(cx))
                 .map_err(|e| Error::io(&*self.url, "waiting for connections", e))?;
+            let (spare, url, held) = (&mut self.spare, &self.url, self.connections.len());
             let accepted = ready.try_io(|fd| {
-                rustix::net::accept_with(
-                    fd.get_ref(),
-                    rustix::net::SocketFlags::NONBLOCK | rustix::net::SocketFlags::CLOEXEC,
+                accept_one(
+                    std::os::fd::AsFd::as_fd(fd.get_ref()),
+                    spare,
+                    url,
+                    framing,
+                    held,
+                    max,
                 )
-                .map_err(io::Error::from)
             });
             match accepted {
                 Err(_would_block) => {}
-                Ok(Ok(fd)) => self.start(fd),
-                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                Ok(Err(e))
-                    if e.raw_os_error() == Some(rustix::io::Errno::CONNABORTED.raw_os_error()) => {}
+                Ok(Ok(Accepted::Conn(fd))) => self.start(fd),
+                Ok(Ok(Accepted::Again)) => {}
                 Ok(Err(e)) => {
-                    // Out of descriptors or memory: the client waits in the backlog and
-                    // the next connection's event brings us back here, as on the
-                    // blocking side.
+                    // Out of memory, or of descriptors with none in reserve: the client
+                    // waits in the backlog and the next connection's event brings us
+                    // back here, as on the blocking side.
                     log::error!("{}: cannot accept a connection: {e}", self.url);
                     ready.clear_ready();
                 }
@@ -630,6 +658,7 @@ impl AsyncStreamListener {
         };
         let framing = self.endpoint.framing();
         let max = self.endpoint.max_message();
+        let session = Session::new(&self.endpoint);
         let sink = Arc::new(AsyncConnSink {
             out: Arc::new(Replies {
                 writer: Writer::new(fd.clone(), self.url.clone()),
@@ -650,7 +679,7 @@ impl AsyncStreamListener {
                 fd,
                 sink,
                 peer,
-                Session::new(framing, max),
+                session,
                 self.deliver.clone(),
                 self.url.clone(),
             ),
@@ -680,10 +709,24 @@ async fn serve_connection(
     let _close = CloseOnDrop(sink.clone());
     let mut batch = Vec::new();
     loop {
+        let deadline = session.deadline();
         let read = when_ready(&fd, Interest::READABLE, |fd| {
             read_into(fd, &mut session.decoder)
         });
-        let n = match read.await {
+        let read = match deadline {
+            None => read.await,
+            Some(deadline) => match tokio::time::timeout_at(deadline.into(), read).await {
+                Ok(read) => read,
+                Err(_) => {
+                    return log::warn!(
+                        "{url}: closed the connection of {}: {}",
+                        describe(&peer),
+                        session.expired()
+                    );
+                }
+            },
+        };
+        let n = match read {
             Ok(0) => {
                 return match went_away(session.decoder.pending()) {
                     Some(reason) => {
