@@ -160,7 +160,10 @@ fn main() -> Result<(), Failure> {
     let requests: u32 = args.next().map_or(Ok(3), |a| a.parse())?;
     let dir = std::env::temp_dir().join(format!("ipckit-echo-10k-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let url = format!("uds://{}/echo.sock", dir.display());
+    let url = format!(
+        "uds://{}/echo.sock?max_connections={connections}",
+        dir.display()
+    );
     let report = drive(&url, connections, requests);
     std::fs::remove_dir_all(&dir)?;
     let report = report?;

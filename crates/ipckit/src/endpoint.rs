@@ -21,6 +21,12 @@ pub const MAX_NAME_LEN: usize = 200;
 
 /// The most clients a `shm://` server takes (`?clients=`).
 pub const MAX_SHM_CLIENTS: usize = 4096;
+/// The most connections a `uds://` or `tcp://` server may be told to hold
+/// (`?max_connections=`).
+pub const MAX_CONNECTIONS: usize = 1 << 20;
+/// How many connections a `uds://` or `tcp://` server holds unless told otherwise.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
 /// The smallest `shm://` ring (`?ring=`): the largest page size Linux uses.
 pub const MIN_SHM_RING: usize = 64 * 1024;
 /// The largest `shm://` ring.
@@ -139,10 +145,13 @@ enum Param {
     Ring,
     AllowUid,
     AllowGid,
+    HandshakeTimeoutMs,
+    FrameTimeoutMs,
+    MaxConnections,
 }
 
 impl Param {
-    const ALL: [Param; 10] = [
+    const ALL: [Param; 13] = [
         Param::Framing,
         Param::Mode,
         Param::MaxMessage,
@@ -153,6 +162,9 @@ impl Param {
         Param::Ring,
         Param::AllowUid,
         Param::AllowGid,
+        Param::HandshakeTimeoutMs,
+        Param::FrameTimeoutMs,
+        Param::MaxConnections,
     ];
 
     fn key(self) -> &'static str {
@@ -167,6 +179,9 @@ impl Param {
             Param::Ring => "ring",
             Param::AllowUid => "allow_uid",
             Param::AllowGid => "allow_gid",
+            Param::HandshakeTimeoutMs => "handshake_timeout_ms",
+            Param::FrameTimeoutMs => "frame_timeout_ms",
+            Param::MaxConnections => "max_connections",
         }
     }
 
@@ -185,6 +200,9 @@ impl Param {
             // Every scheme parses them; a server whose transport cannot learn its peers'
             // credentials refuses them when it starts, saying why.
             Param::AllowUid | Param::AllowGid => true,
+            Param::HandshakeTimeoutMs | Param::FrameTimeoutMs | Param::MaxConnections => {
+                matches!(scheme, "uds" | "tcp")
+            }
         }
     }
 
@@ -230,6 +248,19 @@ impl Param {
                 Some(n) if (1..=MAX_SHM_CLIENTS as u64).contains(&n) => Ok(()),
                 _ => Err(format!(
                     "clients must be a number from 1 to {MAX_SHM_CLIENTS}, not '{value}'"
+                )),
+            },
+            Param::HandshakeTimeoutMs | Param::FrameTimeoutMs => match canonical_decimal(value) {
+                Some(n) if n >= 1 => Ok(()),
+                _ => Err(format!(
+                    "{} must be a whole number of milliseconds from 1, not '{value}'",
+                    self.key()
+                )),
+            },
+            Param::MaxConnections => match canonical_decimal(value) {
+                Some(n) if (1..=MAX_CONNECTIONS as u64).contains(&n) => Ok(()),
+                _ => Err(format!(
+                    "max_connections must be a number from 1 to {MAX_CONNECTIONS}, not '{value}'"
                 )),
             },
             Param::Ring => match canonical_decimal(value) {
@@ -419,6 +450,47 @@ impl Endpoint {
         self.param(Param::Clients)
             .map(|n| n.parse().expect("validated when parsed"))
             .unwrap_or(1024)
+    }
+
+    /// How long a stream server waits for a new connection's hello
+    /// (`?handshake_timeout_ms=`, `uds` and `tcp`); 5 s unless set. A connection that has
+    /// not sent it by then is closed, so that silent connections cannot pile up.
+    pub fn handshake_timeout(&self) -> std::time::Duration {
+        self.millis(Param::HandshakeTimeoutMs, 5_000)
+    }
+
+    /// How long a stream server waits for the rest of a frame (or, with
+    /// `framing=line`, of a line) once its first byte has been read
+    /// (`?frame_timeout_ms=`, `uds` and `tcp`); 30 s unless set. A connection that has
+    /// not finished it by then is closed and the frame dropped, so that unfinished
+    /// frames cannot hold the server's memory. A connection between frames is never
+    /// timed out. Raise it for very large messages over slow links.
+    ///
+    /// ```
+    /// let ep: ipckit::Endpoint = "uds://@app?frame_timeout_ms=500".parse()?;
+    /// assert_eq!(ep.frame_timeout(), std::time::Duration::from_millis(500));
+    /// assert_eq!(ep.handshake_timeout(), std::time::Duration::from_secs(5));
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
+    pub fn frame_timeout(&self) -> std::time::Duration {
+        self.millis(Param::FrameTimeoutMs, 30_000)
+    }
+
+    fn millis(&self, param: Param, default: u64) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.param(param)
+                .map(|t| t.parse().expect("validated when parsed"))
+                .unwrap_or(default),
+        )
+    }
+
+    /// How many connections a stream server holds at once (`?max_connections=`, `uds`
+    /// and `tcp`); 4096 unless set. A client beyond it is refused at once with an error
+    /// that names the limit.
+    pub fn max_connections(&self) -> usize {
+        self.param(Param::MaxConnections)
+            .map(|n| n.parse().expect("validated when parsed"))
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS)
     }
 
     /// The bytes of each shared-memory ring (`?ring=`, a power of two); 1 MiB unless set.

@@ -100,6 +100,16 @@ pub enum Error {
         after: Duration,
     },
 
+    /// The server took no more connections and said why (`reason`): it holds as many
+    /// as it may (`?max_connections=`), or it is out of file descriptors.
+    #[error("{endpoint}: the server refused the connection: {reason}")]
+    Refused {
+        /// The endpoint's URL.
+        endpoint: String,
+        /// The server's reason.
+        reason: String,
+    },
+
     /// The peer went away.
     #[error(
         "{endpoint}: the connection was closed ({detail}); check that the peer is still running, then reconnect"
@@ -211,6 +221,7 @@ impl Error {
             | Error::MessageTooLarge { endpoint, .. }
             | Error::Timeout { endpoint, .. }
             | Error::Full { endpoint, .. }
+            | Error::Refused { endpoint, .. }
             | Error::Disconnected { endpoint, .. }
             | Error::Protocol { endpoint, .. }
             | Error::Remote { endpoint, .. }

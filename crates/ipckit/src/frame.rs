@@ -3,7 +3,7 @@
 //! A [`Decoder`] is handed the bytes a stream delivers and gives back whole frames; the
 //! blocking transports drive it with `read(2)`, and an async driver can feed it the same
 //! way. It never allocates what a peer merely claims: a length is checked against the
-//! limit first, and a large payload's buffer grows with the bytes that actually arrive.
+//! limit first, and every buffer grows with the bytes that actually arrive.
 //!
 //! ```
 //! use ipckit::frame::{Decoder, Header, Kind};
@@ -19,6 +19,8 @@
 //! let frame = decoder.next_frame().unwrap().unwrap();
 //! assert_eq!((frame.kind, frame.id, &frame.payload[..]), (Kind::Request, 1, &b"ping"[..]));
 //! ```
+
+use std::cell::RefCell;
 
 use crate::endpoint::Framing;
 
@@ -38,13 +40,49 @@ pub const STATUS_UNSUPPORTED_VERSION: u8 = 1;
 /// Welcome status: the server does not admit this peer. The welcome's `max_message`
 /// field is then the length of a UTF-8 reason that follows it, and the server closes.
 pub const STATUS_REFUSED: u8 = 2;
+/// Welcome status: the server takes no more connections now (it holds as many as it may,
+/// or has no descriptor left). A reason follows, as after [`STATUS_REFUSED`].
+pub const STATUS_BUSY: u8 = 3;
 /// The longest reason a refusing server sends, and a client reads.
 pub const MAX_REFUSAL: usize = 1024;
 
-/// The staging buffer's size; payloads larger than half of it are read into a buffer of
-/// their own instead, so they are copied once, from the kernel, and never again.
+/// The staging buffer's size at first; it grows (doubling) while reads fill it.
+const SMALL: usize = 4 * 1024;
+/// How many drained staging buffers a thread keeps for the next decoder that reads.
+const SPARES_KEPT: usize = 16;
+
+thread_local! {
+    /// Staging buffers given back by drained decoders ([`Decoder::shrink`]): a connection
+    /// between messages holds none, and one that is read takes one here, without
+    /// allocating or zeroing, so that the cost of idling is not paid on every message.
+    static SPARES: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A staging buffer of [`SMALL`] bytes, from this thread's spares if it has one.
+fn spare_buffer() -> Vec<u8> {
+    SPARES
+        .try_with(|spares| spares.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| vec![0; SMALL])
+}
+
+/// Keeps a staging buffer of [`SMALL`] bytes for the next decoder on this thread.
+fn give_back(buf: Vec<u8>) {
+    let _ = SPARES.try_with(|spares| {
+        let mut spares = spares.borrow_mut();
+        if spares.len() < SPARES_KEPT {
+            spares.push(buf);
+        }
+    });
+}
+/// How large the staging buffer grows for frames; payloads larger than half of it are
+/// read into a buffer of their own instead, so they are copied once, from the kernel,
+/// and never again.
 const STAGING: usize = 64 * 1024;
 const LARGE: usize = STAGING / 2;
+/// The least room a read is offered: less makes the buffer grow.
+const MIN_READ: usize = 1024;
 
 /// What a frame carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +122,10 @@ pub enum Violation {
         /// This side's limit.
         max: usize,
     },
+    /// The server refused the connection ([`STATUS_REFUSED`]); its reason follows the
+    /// welcome.
+    #[error("the server refused the connection")]
+    Refused,
     /// A frame kind this version does not know.
     #[error("unknown frame kind {0}")]
     UnknownKind(u8),
@@ -202,31 +244,36 @@ impl Welcome {
         encode_opening(self.version, self.status, self.max_message)
     }
 
-    /// What a server sends a peer it does not admit, in place of a welcome: a refusal and
-    /// `reason`, cut to [`MAX_REFUSAL`] bytes.
+    /// What a server sends a peer it turns away, in place of a welcome: `status`
+    /// ([`STATUS_REFUSED`] or [`STATUS_BUSY`]) and `reason`, cut to [`MAX_REFUSAL`] bytes.
     ///
     /// ```
-    /// use ipckit::frame::{HELLO_LEN, Welcome};
-    /// let wire = Welcome::refusal("uid 65534 is not admitted");
+    /// use ipckit::frame::{HELLO_LEN, STATUS_REFUSED, Welcome};
+    /// let wire = Welcome::refusal(STATUS_REFUSED, "uid 65534 is not admitted");
     /// let opening: [u8; HELLO_LEN] = wire[..HELLO_LEN].try_into().unwrap();
-    /// assert_eq!(Welcome::refused(&opening), Some(wire.len() - HELLO_LEN));
+    /// assert_eq!(
+    ///     Welcome::refused(&opening),
+    ///     Some((STATUS_REFUSED, wire.len() - HELLO_LEN))
+    /// );
     /// assert!(Welcome::decode(&opening).is_err());
     /// ```
-    pub fn refusal(reason: &str) -> Vec<u8> {
+    pub fn refusal(status: u8, reason: &str) -> Vec<u8> {
         let mut cut = reason.len().min(MAX_REFUSAL);
         while !reason.is_char_boundary(cut) {
             cut -= 1;
         }
-        let mut out = encode_opening(0, STATUS_REFUSED, cut as u32).to_vec();
+        let mut out = encode_opening(0, status, cut as u32).to_vec();
         out.extend_from_slice(&reason.as_bytes()[..cut]);
         out
     }
 
-    /// The length of the reason that follows, if `bytes` is a refusal; at most
-    /// [`MAX_REFUSAL`], whatever the server claims.
-    pub fn refused(bytes: &[u8; HELLO_LEN]) -> Option<usize> {
+    /// The status and the length of the reason that follows, if `bytes` turns the client
+    /// away; the length at most [`MAX_REFUSAL`], whatever the server claims.
+    pub fn refused(bytes: &[u8; HELLO_LEN]) -> Option<(u8, usize)> {
         match decode_opening(bytes) {
-            Ok((0, STATUS_REFUSED, len)) => Some((len as usize).min(MAX_REFUSAL)),
+            Ok((0, status @ (STATUS_REFUSED | STATUS_BUSY), len)) => {
+                Some((status, (len as usize).min(MAX_REFUSAL)))
+            }
             _ => None,
         }
     }
@@ -234,6 +281,9 @@ impl Welcome {
     /// Reads a welcome.
     pub fn decode(bytes: &[u8; HELLO_LEN]) -> Result<Welcome, Violation> {
         let (version, status, max_message) = decode_opening(bytes)?;
+        if matches!(status, STATUS_REFUSED | STATUS_BUSY) {
+            return Err(Violation::Refused);
+        }
         if status != STATUS_OK || version != VERSION {
             return Err(Violation::Version {
                 min: version,
@@ -330,26 +380,37 @@ struct LargePayload {
 
 /// Turns a stream of bytes into frames. Feed it with [`read_buf`](Decoder::read_buf) and
 /// [`advance`](Decoder::advance), then take frames with [`next_frame`](Decoder::next_frame).
+///
+/// Its memory follows what has arrived, never what a header claims: it starts with none,
+/// reads into a few KiB, grows while reads fill what it offers, and gives it all back
+/// through [`shrink`](Decoder::shrink) once the stream is drained.
 pub struct Decoder {
     framing: Framing,
     max: usize,
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// What the last [`read_buf`](Decoder::read_buf) offered, and whether the read that
+    /// followed took all of it (more is likely waiting).
+    offered: usize,
+    filled: bool,
     /// With line framing: how far from `start` no newline was found yet.
     scanned: usize,
     large: Option<LargePayload>,
 }
 
 impl Decoder {
-    /// A decoder that accepts payloads up to `max` bytes.
+    /// A decoder that accepts payloads up to `max` bytes. It allocates nothing until it
+    /// is first read into.
     pub fn new(framing: Framing, max: usize) -> Decoder {
         Decoder {
             framing,
             max,
-            buf: vec![0; STAGING],
+            buf: Vec::new(),
             start: 0,
             end: 0,
+            offered: 0,
+            filled: false,
             scanned: 0,
             large: None,
         }
@@ -361,33 +422,63 @@ impl Decoder {
             if large.filled == large.payload.len() {
                 // Grow with what has arrived, never by what was claimed: at most double.
                 let remaining = large.header.len as usize - large.filled;
-                let grow = remaining.min(large.filled.max(STAGING));
+                let grow = remaining.min(large.filled.max(SMALL));
                 large.payload.resize(large.filled + grow, 0);
             }
+            self.offered = large.payload.len() - large.filled;
             return &mut large.payload[large.filled..];
         }
-        if self.buf.len() - self.end < STAGING / 2 {
-            if self.start > 0 {
-                self.buf.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
-            }
-            // Only a long line outgrows the staging buffer, and only up to the limit.
-            if self.buf.len() - self.end < STAGING / 2 {
-                let cap = (self.max + 1).max(STAGING);
-                let grown = (self.buf.len() * 2).min(cap + STAGING);
-                self.buf.resize(grown, 0);
-            }
+        if self.buf.is_empty() {
+            self.buf = spare_buffer();
         }
+        if self.start > 0 && self.buf.len() - self.end < MIN_READ {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let free = self.buf.len() - self.end;
+        if free < MIN_READ || (self.filled && self.buf.len() < STAGING) {
+            // Frames never need more than a large payload's start beside a whole staging
+            // buffer; only a long line outgrows it, and only up to the limit.
+            let limit = match self.framing {
+                Framing::Length => 2 * STAGING,
+                Framing::Line => (self.max + 1).max(STAGING) + STAGING,
+            };
+            let grown = (self.buf.len() * 2).clamp(SMALL, limit);
+            self.buf.resize(grown, 0);
+        }
+        self.offered = self.buf.len() - self.end;
         &mut self.buf[self.end..]
     }
 
     /// Records that `n` bytes were written at the start of [`read_buf`](Decoder::read_buf).
     pub fn advance(&mut self, n: usize) {
+        self.filled = n == self.offered;
         match &mut self.large {
             Some(large) => large.filled += n,
             None => self.end += n,
         }
+    }
+
+    /// Gives the staging buffer back (to be reused by the next decoder on this thread
+    /// that reads) when no bytes are pending and the last read did not fill what it was
+    /// offered (the stream is drained); otherwise does nothing. Call it after taking the
+    /// frames of a read: a connection between messages then holds no buffer at all.
+    pub fn shrink(&mut self) {
+        if self.filled || self.large.is_some() || self.start != self.end || self.buf.is_empty() {
+            return;
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        if buf.len() > SMALL {
+            buf.truncate(SMALL);
+            buf.shrink_to_fit();
+        }
+        give_back(buf);
+    }
+
+    /// The bytes of memory this decoder holds, for those who bound it.
+    pub fn allocated(&self) -> usize {
+        self.buf.capacity() + self.large.as_ref().map_or(0, |l| l.payload.capacity())
     }
 
     /// Bytes received that are not yet part of a whole frame.
@@ -408,6 +499,14 @@ impl Decoder {
             .expect("N bytes");
         self.consume(N);
         Some(out)
+    }
+
+    /// Takes every byte received and not yet taken (what a refusing server wrote after
+    /// its welcome).
+    pub fn take_all(&mut self) -> Vec<u8> {
+        let out = self.buf[self.start..self.end].to_vec();
+        self.consume(self.end - self.start);
+        out
     }
 
     fn consume(&mut self, n: usize) {
@@ -569,6 +668,48 @@ mod tests {
         assert!(feed(&mut decoder, &wire, 1 << 20).is_empty());
         let buffered = decoder.read_buf().len() + decoder.pending();
         assert!(buffered < 200_000, "buffer grew to {buffered}");
+    }
+
+    #[test]
+    fn a_frame_claiming_16_mib_with_1_byte_holds_little() {
+        let mut decoder = Decoder::new(Framing::Length, 16 << 20);
+        let mut wire = Header::new(Kind::Message, 0, 16 << 20).encode().to_vec();
+        wire.push(1);
+        assert!(feed(&mut decoder, &wire, 1 << 20).is_empty());
+        decoder.read_buf(); // as a reader waiting for the rest would
+        let held = decoder.allocated();
+        assert!(
+            held <= 16 * 1024,
+            "a 1-byte start of a frame holds {held} bytes"
+        );
+    }
+
+    #[test]
+    fn a_drained_decoder_holds_no_buffer() {
+        let mut decoder = Decoder::new(Framing::Length, 1 << 20);
+        assert_eq!(decoder.allocated(), 0, "nothing before the first read");
+        // A burst of frames in full reads grows the buffer...
+        let mut wire = Vec::new();
+        for i in 1..=200 {
+            wire.extend(encoded(Kind::Request, i, &[5u8; 1000]));
+        }
+        let frames = feed(&mut decoder, &wire, usize::MAX);
+        assert_eq!(frames.len(), 200);
+        assert!(decoder.allocated() > SMALL);
+        // ...and a short read that drains the stream gives the growth back.
+        let buf = decoder.read_buf();
+        let n = encoded(Kind::Message, 0, b"last").len();
+        buf[..n].copy_from_slice(&encoded(Kind::Message, 0, b"last"));
+        decoder.advance(n);
+        assert!(decoder.next_frame().unwrap().is_some());
+        decoder.shrink();
+        assert_eq!(decoder.allocated(), 0, "a drained decoder holds a buffer");
+        // The next read reuses the buffer given back.
+        let mut other = Decoder::new(Framing::Length, 1 << 20);
+        let given_back = other.read_buf().as_ptr();
+        assert_eq!(other.allocated(), SMALL);
+        decoder.read_buf();
+        assert_ne!(decoder.read_buf().as_ptr(), given_back);
     }
 
     #[test]

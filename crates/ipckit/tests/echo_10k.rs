@@ -11,7 +11,10 @@ fn main() {
     example::serve_if_asked();
     let dir = std::env::temp_dir().join(format!("ipckit-echo-10k-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a scratch directory");
-    let url = format!("uds://{}/echo.sock", dir.display());
+    let url = format!(
+        "uds://{}/echo.sock?max_connections={CONNECTIONS}",
+        dir.display()
+    );
     let report = example::drive(&url, CONNECTIONS, REQUESTS);
     std::fs::remove_dir_all(&dir).ok();
     let report = report.unwrap_or_else(|e| panic!("the 10k-connection example failed: {e}"));

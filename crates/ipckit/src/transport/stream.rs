@@ -14,7 +14,7 @@
 //! waits for it; a lone caller therefore pays one `write` and one `read`, as a
 //! hand-written ping-pong does.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -29,7 +29,10 @@ use slab::Slab;
 
 use crate::endpoint::{Endpoint, Framing};
 use crate::error::{Error, Result};
-use crate::frame::{Decoder, Frame, HELLO_LEN, Header, Hello, Kind, Violation, Welcome};
+use crate::frame::{
+    Decoder, Frame, HELLO_LEN, Header, Hello, Kind, MAX_REFUSAL, STATUS_BUSY, STATUS_REFUSED,
+    Violation, Welcome,
+};
 use crate::message::{Message, Peer, ReplySink, ReplyTo};
 use crate::sys::{ReceiveTimeout, lock, wait_ready};
 use crate::transport::access::Access;
@@ -113,6 +116,28 @@ pub(super) fn protocol_error(endpoint: &Endpoint, violation: Violation) -> Error
     }
 }
 
+/// The error of a client whose server refused it, with the reason it wrote.
+/// The error for a server that turned this client away with `status` and `reason`.
+pub(super) fn turned_away(url: &str, status: u8, reason: &[u8]) -> Error {
+    match status {
+        STATUS_BUSY => refused(url, reason),
+        _ => refused_by_server(url, reason),
+    }
+}
+
+/// The error for a server that took no more connections.
+fn refused(url: &str, reason: &[u8]) -> Error {
+    let reason = String::from_utf8_lossy(&reason[..reason.len().min(MAX_REFUSAL)]);
+    let reason = match reason.trim() {
+        "" => "it gave no reason; retry later".to_owned(),
+        reason => reason.to_owned(),
+    };
+    Error::Refused {
+        endpoint: url.to_owned(),
+        reason,
+    }
+}
+
 /// Refuses what cannot be framed before a byte is written.
 pub(super) fn check_outgoing(
     endpoint: &str,
@@ -185,7 +210,7 @@ impl StreamConnection {
                 let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
                 let welcome = loop {
                     if let Some(bytes) = reader.decoder.take_exact::<HELLO_LEN>() {
-                        if let Some(len) = Welcome::refused(&bytes) {
+                        if let Some((status, len)) = Welcome::refused(&bytes) {
                             let mut reason = Vec::new();
                             while reason.len() < len {
                                 reason.extend(reader.decoder.take_available(len - reason.len()));
@@ -195,7 +220,7 @@ impl StreamConnection {
                                     break;
                                 }
                             }
-                            return Err(refused_by_server(&url, &reason));
+                            return Err(turned_away(&url, status, &reason));
                         }
                         sent?;
                         break Welcome::decode(&bytes).map_err(|v| protocol_error(endpoint, v))?;
@@ -359,7 +384,7 @@ pub(super) fn admitted(
         describe(peer)
     );
     if framing == Framing::Length {
-        let refusal = Welcome::refusal(&reason);
+        let refusal = Welcome::refusal(STATUS_REFUSED, &reason);
         let _ = rustix::net::send(fd, &refusal, SendFlags::NOSIGNAL | SendFlags::DONTWAIT);
     }
     false
@@ -586,22 +611,68 @@ pub(super) fn write_reply(
 }
 
 /// The server's side of one connection's protocol, whatever drives its I/O: the hello,
-/// then frames turned into messages.
+/// then frames turned into messages, each within its deadline.
 pub(super) struct Session {
     pub(super) decoder: Decoder,
     framing: Framing,
     max: usize,
     greeted: bool,
+    frame_timeout: Duration,
+    handshake_timeout: Duration,
+    /// When the connection must have sent its hello, or finished the frame under way;
+    /// `None` between frames, where a connection may idle as long as it likes.
+    deadline: Option<Instant>,
 }
 
 impl Session {
-    pub(super) fn new(framing: Framing, max: usize) -> Session {
+    /// The session of a connection accepted now on the server at `endpoint`.
+    pub(super) fn new(endpoint: &Endpoint) -> Session {
+        let framing = endpoint.framing();
+        let handshake_timeout = endpoint.handshake_timeout();
+        let greeted = framing == Framing::Line;
         Session {
-            decoder: Decoder::new(framing, max),
+            decoder: Decoder::new(framing, endpoint.max_message()),
             framing,
-            max,
-            greeted: framing == Framing::Line,
+            max: endpoint.max_message(),
+            greeted,
+            frame_timeout: endpoint.frame_timeout(),
+            handshake_timeout,
+            deadline: (!greeted).then(|| Instant::now() + handshake_timeout),
         }
+    }
+
+    /// When the connection must have finished what it started, if it started anything.
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Why a connection whose [`deadline`](Session::deadline) passed is closed.
+    pub(super) fn expired(&self) -> String {
+        if self.greeted {
+            format!(
+                "it did not finish a frame within {:?} (frame_timeout_ms; {} bytes of it came); nothing of it was delivered",
+                self.frame_timeout,
+                self.decoder.pending()
+            )
+        } else {
+            format!(
+                "it sent no hello within {:?} (handshake_timeout_ms)",
+                self.handshake_timeout
+            )
+        }
+    }
+
+    /// After a read: a frame left unfinished must be finished in time, counted from its
+    /// first byte or from the end of the frame before it, whichever came later.
+    fn time_frame(&mut self, delivered: bool) {
+        if !self.greeted {
+            return;
+        }
+        self.deadline = match self.decoder.pending() {
+            0 => None,
+            _ if delivered || self.deadline.is_none() => Some(Instant::now() + self.frame_timeout),
+            _ => self.deadline,
+        };
     }
 
     /// Turns every whole frame read so far into a message for `deliver`; `Err` is why the
@@ -631,8 +702,11 @@ impl Session {
             }
             sink.set_peer_max(hello.max_message as usize);
             self.greeted = true;
+            self.deadline = None;
         }
+        let mut delivered = false;
         while let Some(frame) = self.decoder.next_frame().map_err(|v| v.to_string())? {
+            delivered = true;
             let reply_to = match (self.framing, frame.kind) {
                 (Framing::Line, _) => Some(ReplyTo::new(sink.clone(), 0)),
                 (Framing::Length, Kind::Message) => None,
@@ -656,7 +730,99 @@ impl Session {
                 url.clone(),
             ));
         }
+        self.time_frame(delivered);
+        self.decoder.shrink();
         Ok(())
+    }
+}
+
+/// A descriptor held in reserve so that a server out of descriptors can still accept a
+/// client, to refuse it, as libuv and nginx do: otherwise the client would wait in the
+/// backlog until its handshake timed out, and the listener would stay readable forever.
+pub(super) struct Spare(Option<OwnedFd>);
+
+impl Spare {
+    pub(super) fn new() -> Spare {
+        Spare(Self::open())
+    }
+
+    fn open() -> Option<OwnedFd> {
+        rustix::fs::open(
+            "/dev/null",
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .ok()
+    }
+}
+
+/// What [`accept_one`] did.
+pub(super) enum Accepted {
+    /// A connection to serve.
+    Conn(OwnedFd),
+    /// Nothing to serve, but there may be more to accept (a client refused or gone).
+    Again,
+}
+
+/// Accepts one connection on `listener`, which holds `held` of its `max` connections; a
+/// client beyond them, or arriving when the process is out of descriptors, is refused
+/// at once. `WouldBlock` when nobody waits; any other error is the listener's.
+pub(super) fn accept_one(
+    listener: BorrowedFd<'_>,
+    spare: &mut Spare,
+    url: &str,
+    framing: Framing,
+    held: usize,
+    max: usize,
+) -> io::Result<Accepted> {
+    let flags = rustix::net::SocketFlags::NONBLOCK | rustix::net::SocketFlags::CLOEXEC;
+    match rustix::net::accept_with(listener, flags) {
+        Ok(fd) if held >= max => {
+            let reason = format!(
+                "it holds its limit of {max} connections (max_connections); retry later, or raise ?max_connections= on the server"
+            );
+            refuse(fd, url, framing, &reason);
+            Ok(Accepted::Again)
+        }
+        Ok(fd) => Ok(Accepted::Conn(fd)),
+        Err(rustix::io::Errno::INTR | rustix::io::Errno::CONNABORTED) => Ok(Accepted::Again),
+        Err(e @ (rustix::io::Errno::MFILE | rustix::io::Errno::NFILE)) => {
+            let Some(reserve) = spare.0.take() else {
+                // The reserve could not be reopened: the client waits in the backlog.
+                log::error!("{url}: cannot accept a connection: {e}");
+                return Err(e.into());
+            };
+            drop(reserve);
+            let accepted = rustix::net::accept_with(listener, flags).map(|fd| {
+                let reason = format!(
+                    "it is out of file descriptors ({e}) with {held} connections; retry later, or raise the server's descriptor limit (ulimit -n) or lower its ?max_connections="
+                );
+                refuse(fd, url, framing, &reason);
+            });
+            spare.0 = Spare::open();
+            accepted.map(|()| Accepted::Again).map_err(io::Error::from)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Tells a client it is refused (docs/PROTOCOL.md) and closes its connection; a client
+/// with line framing, which has no way to be told, is only closed.
+fn refuse(fd: OwnedFd, url: &str, framing: Framing, reason: &str) {
+    log::warn!("{url}: refused a connection: {reason}");
+    if framing == Framing::Length {
+        let refusal = Welcome::refusal(STATUS_BUSY, reason);
+        // The first bytes on a new socket fit its empty buffer: this never waits.
+        let _ = rustix::net::send(&fd, &refusal, SendFlags::NOSIGNAL | SendFlags::DONTWAIT);
+    }
+    let _ = rustix::net::shutdown(&fd, Shutdown::Write);
+    // Read what the client sent (its hello): closing a TCP socket with unread bytes
+    // resets the connection, which could discard the refusal before the client reads it.
+    let mut sink = [0u8; 256];
+    for _ in 0..4 {
+        if !matches!(rustix::io::read(&fd, &mut sink), Ok(n) if n > 0) {
+            break;
+        }
     }
 }
 
@@ -667,6 +833,8 @@ struct Conn {
     /// epoll reported the peer's end (or an error): read on to EOF, since no further
     /// edge will come to say so.
     hung_up: bool,
+    /// The session's deadline as entered in the listener's `deadlines`.
+    deadline: Option<Instant>,
 }
 
 /// How a transport learns who is on the other end of an accepted socket, and prepares it.
@@ -678,13 +846,17 @@ pub(super) struct StreamListener {
     url: Arc<str>,
     framing: Framing,
     max: usize,
+    max_connections: usize,
     poll: Poll,
     events: Events,
     listener: OwnedFd,
+    spare: Spare,
     on_accept: OnAccept,
     /// Whom the server admits, where the kernel does not decide it already.
     access: Option<Access>,
     conns: Slab<Conn>,
+    /// The connections that must finish a hello or a frame in time, soonest first.
+    deadlines: BTreeSet<(Instant, usize)>,
     /// Messages parsed but not yet returned by `recv`.
     ready: VecDeque<Message>,
     /// Connections that may still hold unread bytes (edge-triggered: nobody will say so).
@@ -717,14 +889,17 @@ impl StreamListener {
         Ok(StreamListener {
             framing: endpoint.framing(),
             max: endpoint.max_message(),
+            max_connections: endpoint.max_connections(),
             endpoint,
             url,
             poll,
             events: Events::with_capacity(256),
             listener,
+            spare: Spare::new(),
             on_accept,
             access,
             conns: Slab::new(),
+            deadlines: BTreeSet::new(),
             ready: VecDeque::new(),
             unread: VecDeque::new(),
             waker: Arc::new(waker),
@@ -734,16 +909,22 @@ impl StreamListener {
 
     fn accept_all(&mut self) {
         loop {
-            let fd = match rustix::net::accept_with(
-                &self.listener,
-                rustix::net::SocketFlags::NONBLOCK | rustix::net::SocketFlags::CLOEXEC,
-            ) {
-                Ok(fd) => fd,
-                Err(rustix::io::Errno::AGAIN) => return,
-                Err(rustix::io::Errno::INTR | rustix::io::Errno::CONNABORTED) => continue,
+            let accepted = accept_one(
+                self.listener.as_fd(),
+                &mut self.spare,
+                &self.url,
+                self.framing,
+                self.conns.len(),
+                self.max_connections,
+            );
+            let fd = match accepted {
+                Ok(Accepted::Conn(fd)) => fd,
+                Ok(Accepted::Again) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    // Out of descriptors or memory: the client waits in the backlog and
-                    // the next connection's event brings us back here.
+                    // Out of memory, or of descriptors with none in reserve: the client
+                    // waits in the backlog and the next connection's event brings us
+                    // back here.
                     log::error!("{}: cannot accept a connection: {e}", self.url);
                     return;
                 }
@@ -786,10 +967,45 @@ impl StreamListener {
                     closed: AtomicBool::new(false),
                     in_flight: InFlight::default(),
                 }),
-                session: Session::new(self.framing, self.max),
+                session: Session::new(&self.endpoint),
                 peer,
                 hung_up: false,
+                deadline: None,
             });
+            self.time(key);
+        }
+    }
+
+    /// Enters connection `key`'s deadline, if it changed, in `deadlines`.
+    fn time(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        let deadline = conn.session.deadline();
+        if conn.deadline == deadline {
+            return;
+        }
+        if let Some(old) = std::mem::replace(&mut conn.deadline, deadline) {
+            self.deadlines.remove(&(old, key));
+        }
+        if let Some(new) = deadline {
+            self.deadlines.insert((new, key));
+        }
+    }
+
+    /// Closes the connections whose deadline has passed.
+    fn expire(&mut self) {
+        let Some(&(first, _)) = self.deadlines.first() else {
+            return;
+        };
+        let now = Instant::now();
+        if first > now {
+            return;
+        }
+        while let Some(&(deadline, key)) = self.deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            let reason = self.conns[key].session.expired();
+            self.close(key, Some(reason));
         }
     }
 
@@ -811,6 +1027,7 @@ impl StreamListener {
                     if let Err(violation) = self.parse(key) {
                         return self.close(key, Some(violation));
                     }
+                    self.time(key);
                     // A short read emptied the socket; Linux raises a new edge for any
                     // later data or hang-up, so there is no need to read until EAGAIN.
                     if n < wanted && !self.conns[key].hung_up {
@@ -835,6 +1052,14 @@ impl StreamListener {
 
     fn close(&mut self, key: usize, reason: Option<String>) {
         let conn = self.conns.remove(key);
+        if let Some(deadline) = conn.deadline {
+            self.deadlines.remove(&(deadline, key));
+        }
+        // Give back the table's room once most of it is vacant: a burst of connections
+        // must not leave its high-water mark behind.
+        if self.conns.capacity() > 64 && self.conns.len() < self.conns.capacity() / 4 {
+            self.conns.shrink_to_fit();
+        }
         let _ = self
             .poll
             .registry()
@@ -873,7 +1098,13 @@ impl Listener for StreamListener {
                 return Ok(Some(message));
             }
             let timeout = if self.unread.is_empty() {
-                deadline.map(|d| d.saturating_duration_since(Instant::now()))
+                // Wake for the soonest of the caller's and the connections' deadlines.
+                let first = self.deadlines.first().map(|&(d, _)| d);
+                let wake = match (deadline, first) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                wake.map(|d| d.saturating_duration_since(Instant::now()))
             } else {
                 Some(Duration::ZERO)
             };
@@ -906,6 +1137,7 @@ impl Listener for StreamListener {
                 let key = self.unread.pop_front().expect("counted");
                 self.service(key);
             }
+            self.expire();
             if !self.ready.is_empty() {
                 continue;
             }

@@ -40,8 +40,9 @@ use super::access::Access;
 use super::correlate::{Correlator, NoAnswer};
 use super::reactor::{poll_read, register, runtime, when_ready};
 use super::stream::{
-    ConnWrite, InFlight, OnAccept, Session, admitted, answer_result, as_answer, check_outgoing,
-    closed_by_server, describe, protocol_error, refused_by_server, went_away, write_reply,
+    Accepted, ConnWrite, InFlight, OnAccept, Session, Spare, accept_one, admitted, answer_result,
+    as_answer, check_outgoing, closed_by_server, describe, protocol_error, turned_away, went_away,
+    write_reply,
 };
 use super::{AsyncConnection, AsyncListener, BoxFuture};
 use crate::endpoint::{Endpoint, Framing};
@@ -65,7 +66,13 @@ fn register_duplex(url: &str, fd: OwnedFd) -> Result<Arc<AsyncFd<OwnedFd>>> {
 
 /// Reads once from a non-blocking socket into `decoder`.
 fn read_into(fd: &AsyncFd<OwnedFd>, decoder: &mut Decoder) -> io::Result<usize> {
-    rustix::io::read(fd.get_ref(), decoder.read_buf()).map_err(io::Error::from)
+    let read = rustix::io::read(fd.get_ref(), decoder.read_buf());
+    if read == Err(rustix::io::Errno::AGAIN) {
+        // Nothing came: a connection must not hold a buffer while it waits for more.
+        decoder.advance(0);
+        decoder.shrink();
+    }
+    read.map_err(io::Error::from)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -256,7 +263,7 @@ impl AsyncStreamConnection {
                     }
                     loop {
                         if let Some(bytes) = decoder.take_exact::<HELLO_LEN>() {
-                            if let Some(len) = Welcome::refused(&bytes) {
+                            if let Some((status, len)) = Welcome::refused(&bytes) {
                                 let mut reason = Vec::new();
                                 while reason.len() < len {
                                     reason.extend(decoder.take_available(len - reason.len()));
@@ -271,7 +278,7 @@ impl AsyncStreamConnection {
                                         _ => break,
                                     }
                                 }
-                                return Err(refused_by_server(&url, &reason));
+                                return Err(turned_away(&url, status, &reason));
                             }
                             sent?;
                             return Welcome::decode(&bytes)
@@ -570,6 +577,7 @@ pub(super) struct AsyncStreamListener {
     endpoint: Endpoint,
     url: Arc<str>,
     listener: AsyncFd<OwnedFd>,
+    spare: Spare,
     on_accept: OnAccept,
     /// Whom the server admits, where the kernel does not decide it already.
     access: Option<Access>,
@@ -601,6 +609,7 @@ impl AsyncStreamListener {
             endpoint,
             url,
             listener,
+            spare: Spare::new(),
             on_accept,
             runtime,
             connections: JoinSet::new(),
@@ -614,31 +623,48 @@ impl AsyncStreamListener {
     /// Accepts every connection waiting, starting a task for each; `Pending` once none
     /// is left (registered for the next).
     fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        while self.connections.try_join_next().is_some() {}
+        self.reap();
+        let framing = self.endpoint.framing();
+        let max = self.endpoint.max_connections();
         loop {
+            // Connections that ended since are not counted against the limit.
+            if self.connections.len() >= max {
+                self.reap();
+            }
             let mut ready = ready!(self.listener.poll_read_ready(cx))
                 .map_err(|e| Error::io(&*self.url, "waiting for connections", e))?;
+            let (spare, url, held) = (&mut self.spare, &self.url, self.connections.len());
             let accepted = ready.try_io(|fd| {
-                rustix::net::accept_with(
-                    fd.get_ref(),
-                    rustix::net::SocketFlags::NONBLOCK | rustix::net::SocketFlags::CLOEXEC,
+                accept_one(
+                    std::os::fd::AsFd::as_fd(fd.get_ref()),
+                    spare,
+                    url,
+                    framing,
+                    held,
+                    max,
                 )
-                .map_err(io::Error::from)
             });
             match accepted {
                 Err(_would_block) => {}
-                Ok(Ok(fd)) => self.start(fd),
-                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                Ok(Err(e))
-                    if e.raw_os_error() == Some(rustix::io::Errno::CONNABORTED.raw_os_error()) => {}
+                Ok(Ok(Accepted::Conn(fd))) => self.start(fd),
+                Ok(Ok(Accepted::Again)) => {}
                 Ok(Err(e)) => {
-                    // Out of descriptors or memory: the client waits in the backlog and
-                    // the next connection's event brings us back here, as on the
-                    // blocking side.
+                    // Out of memory, or of descriptors with none in reserve: the client
+                    // waits in the backlog and the next connection's event brings us
+                    // back here, as on the blocking side.
                     log::error!("{}: cannot accept a connection: {e}", self.url);
                     ready.clear_ready();
                 }
             }
+        }
+    }
+
+    /// Forgets the connections that have ended.
+    fn reap(&mut self) {
+        while self.connections.try_join_next().is_some() {}
+        if self.sinks.len() > 64 && self.sinks.len() > 2 * self.connections.len() {
+            self.sinks.retain(|sink| sink.strong_count() > 0);
+            self.sinks.shrink_to(2 * self.connections.len());
         }
     }
 
@@ -657,6 +683,7 @@ impl AsyncStreamListener {
             Err(e) => return log::error!("{e}"),
         };
         let max = self.endpoint.max_message();
+        let session = Session::new(&self.endpoint);
         let sink = Arc::new(AsyncConnSink {
             out: Arc::new(Replies {
                 writer: Writer::new(fd.clone(), self.url.clone()),
@@ -677,7 +704,7 @@ impl AsyncStreamListener {
                 fd,
                 sink,
                 peer,
-                Session::new(framing, max),
+                session,
                 self.deliver.clone(),
                 self.url.clone(),
             ),
@@ -707,10 +734,24 @@ async fn serve_connection(
     let _close = CloseOnDrop(sink.clone());
     let mut batch = Vec::new();
     loop {
+        let deadline = session.deadline();
         let read = when_ready(&fd, Interest::READABLE, |fd| {
             read_into(fd, &mut session.decoder)
         });
-        let n = match read.await {
+        let read = match deadline {
+            None => read.await,
+            Some(deadline) => match tokio::time::timeout_at(deadline.into(), read).await {
+                Ok(read) => read,
+                Err(_) => {
+                    return log::warn!(
+                        "{url}: closed the connection of {}: {}",
+                        describe(&peer),
+                        session.expired()
+                    );
+                }
+            },
+        };
+        let n = match read {
             Ok(0) => {
                 return match went_away(session.decoder.pending()) {
                     Some(reason) => {

@@ -63,7 +63,7 @@ pub fn raw_greeted(endpoint: &Endpoint) -> Result<Box<dyn RawStream>, Failed> {
 }
 
 /// True when the server ended the connection (EOF or reset) rather than going quiet.
-fn closed_by_server(stream: &mut dyn RawStream) -> Result<(), Failed> {
+pub fn closed_by_server(stream: &mut dyn RawStream) -> Result<(), Failed> {
     let mut buf = [0u8; 256];
     loop {
         match stream.read(&mut buf) {

@@ -6,13 +6,14 @@
 //! transport under test. The peer reports on stdout, one line at a time.
 //!
 //! One file per behaviour, each with its list of checks: `delivery`, `request_reply`,
-//! `lifecycle`, `durable`, `bad_input`, `shared_memory`, `access`, and `cancellation`
-//! (through the async API alone). `support` holds what they share, `api` the two APIs a check drives,
-//! `peer` the peer processes. A new behaviour's list goes in [`CHECKS`] below.
+//! `lifecycle`, `durable`, `bad_input`, `limits`, `shared_memory`, `access`, and
+//! `cancellation` (through the async API alone). `support` holds what they share, `api`
+//! the two APIs a check drives, `peer` the peer processes. A new behaviour's list goes in
+//! [`CHECKS`] below.
 //!
 //! A trial is named `scheme::check` through the blocking API and `scheme::async::check`
-//! through the async one; the checks of `bad_input`, `shared_memory`, `access` and
-//! `cancellation` carry their module in their name (`uds::bad_input::random_bytes`).
+//! through the async one; the checks of `bad_input`, `limits`, `shared_memory`, `access`
+//! and `cancellation` carry their module in their name (`uds::bad_input::random_bytes`).
 //! Checks that need a peer of another user run only as root, and are listed as ignored
 //! otherwise. Run one transport, one check, or one check on one transport with the usual
 //! filters:
@@ -30,6 +31,7 @@ mod cancellation;
 mod delivery;
 mod durable;
 mod lifecycle;
+mod limits;
 mod peer;
 mod request_reply;
 mod shared_memory;
@@ -45,6 +47,7 @@ const CHECKS: &[&[Check]] = &[
     lifecycle::CHECKS,
     durable::CHECKS,
     bad_input::CHECKS,
+    limits::CHECKS,
     shared_memory::CHECKS,
     access::CHECKS,
 ];

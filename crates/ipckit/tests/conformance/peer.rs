@@ -79,6 +79,9 @@ pub enum Role {
     /// A server, in 1 GiB of address space, that prints `ready URL` and then `msg
     /// PAYLOAD` for every message.
     Print,
+    /// As [`Role::Print`], but once listening with room for only `spare` more file
+    /// descriptors.
+    PrintWithFds { spare: u64 },
     /// On a raw byte stream: the handshake, then a frame that claims `len` bytes and holds
     /// half of them; prints `half-written` and waits.
     HalfFrame { len: usize },
@@ -121,6 +124,7 @@ impl Role {
             Role::ServeEcho => ("serve-echo", vec![]),
             Role::DieOnRequest => ("die-on-request", vec![]),
             Role::Print => ("print", vec![]),
+            Role::PrintWithFds { spare } => ("print-with-fds", vec![spare.to_string()]),
             Role::HalfFrame { len } => ("half-frame", vec![len.to_string()]),
         };
         let args: Vec<String> = [name.to_owned(), url.to_owned()]
@@ -189,6 +193,9 @@ impl Role {
             "serve-echo" => Role::ServeEcho,
             "die-on-request" => Role::DieOnRequest,
             "print" => Role::Print,
+            "print-with-fds" => Role::PrintWithFds {
+                spare: arg(args, 2)?,
+            },
             "half-frame" => Role::HalfFrame { len: arg(args, 2)? },
             other => return Err(format!("unknown role {other}").into()),
         };
@@ -522,7 +529,7 @@ fn play(role: Role, url: &str) -> Result<(), Failure> {
                 std::process::abort(); // dies with the request unanswered
             }
         }
-        Role::Print => {
+        Role::Print | Role::PrintWithFds { .. } => {
             // Room for the runtime, not for a multi-gigabyte allocation.
             rustix::process::setrlimit(
                 rustix::process::Resource::As,
@@ -532,6 +539,9 @@ fn play(role: Role, url: &str) -> Result<(), Failure> {
                 },
             )?;
             let mut server = api::listen(url)?;
+            if let Role::PrintWithFds { spare } = role {
+                leave_fds(spare)?;
+            }
             say(&format!("ready {}", server.endpoint()));
             exit_when_parent_goes();
             loop {
@@ -551,6 +561,28 @@ fn play(role: Role, url: &str) -> Result<(), Failure> {
             std::thread::sleep(PATIENCE);
         }
     }
+    Ok(())
+}
+
+/// Lowers the descriptor limit so that `spare` more descriptors can be opened. The
+/// limit bounds descriptor numbers, and a new descriptor takes the lowest free one: the
+/// free numbers below the highest open one are taken first, and held.
+fn leave_fds(spare: u64) -> Result<(), Failure> {
+    let listed: Vec<u64> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    // The listing's own descriptor is closed by now.
+    let open = listed
+        .into_iter()
+        .filter(|fd| std::fs::read_link(format!("/proc/self/fd/{fd}")).is_ok())
+        .collect::<Vec<u64>>();
+    let highest = open.iter().copied().max().unwrap_or(0);
+    for _ in 0..highest + 1 - open.len() as u64 {
+        std::mem::forget(std::fs::File::open("/dev/null")?);
+    }
+    let mut limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    limit.current = Some(highest + 1 + spare);
+    rustix::process::setrlimit(rustix::process::Resource::Nofile, limit)?;
     Ok(())
 }
 
