@@ -11,6 +11,7 @@ import sys
 MAGIC = b"IPCK"
 MESSAGE, REQUEST, REPLY, ERROR = 1, 2, 3, 4
 REFUSED = 2  # welcome status: this client is not admitted
+BUSY = 3  # welcome status: the server takes no more connections now
 
 
 def recv_exact(sock, n):
@@ -45,6 +46,9 @@ class Client:
         if magic == MAGIC and status == REFUSED:
             reason = recv_exact(self.sock, min(server_max, 1024))
             raise PermissionError("the server refused this connection: " + reason.decode("utf-8", "replace"))
+        if magic == MAGIC and status == BUSY:
+            reason = recv_exact(self.sock, min(server_max, 1024))
+            raise ConnectionRefusedError("the server refused the connection: " + reason.decode("utf-8", "replace"))
         if magic != MAGIC or status != 0:
             raise ConnectionError(f"refused: version {version}, status {status}")
         self.server_max = server_max
