@@ -364,6 +364,12 @@ impl Decoder {
         }
     }
 
+    /// Bytes of buffer held, for checking that they follow what arrived.
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn allocated(&self) -> usize {
+        self.buf.len() + self.large.as_ref().map_or(0, |l| l.payload.capacity())
+    }
+
     /// Takes `N` raw bytes (a hello) if that many have arrived.
     pub fn take_exact<const N: usize>(&mut self) -> Option<[u8; N]> {
         if self.large.is_some() || self.end - self.start < N {

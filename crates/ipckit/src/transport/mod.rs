@@ -14,7 +14,7 @@ use crate::message::{Message, MessageRef};
 pub(crate) mod backend;
 mod correlate;
 mod datagram;
-mod endpoint_file;
+pub(crate) mod endpoint_file;
 pub mod fifo;
 pub mod mq;
 mod pool;
