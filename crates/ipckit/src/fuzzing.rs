@@ -738,6 +738,8 @@ mod tests {
 
     /// Inputs on which a fuzz target failed, each with what it found.
     const FOUND: &[(&str, &[u8])] = &[
+        // A port with a sign parsed, as 80, and printed back without it.
+        ("endpoint", b"ws://1ZZZZZ:+080/app"),
         // Padding at the end of the area, passed over by a read that found no record
         // after it (the reader was right; the target's check was wrong).
         (
