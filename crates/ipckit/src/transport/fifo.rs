@@ -47,7 +47,7 @@ use crate::sys::wait_ready;
 
 const CHUNK: usize = rustix::pipe::PIPE_BUF;
 const HEADER: usize = 20;
-pub(crate) const CHUNK_DATA: usize = CHUNK - HEADER;
+const CHUNK_DATA: usize = CHUNK - HEADER;
 const MAGIC: [u8; 2] = *b"IQ";
 /// The first chunk of a message; its data starts with the message's length (u32).
 pub(crate) const FIRST: u8 = 1;
