@@ -746,6 +746,9 @@ mod tests {
     const FOUND: &[(&str, &[u8])] = &[
         // A port with a sign parsed, as 80, and printed back without it.
         ("endpoint", b"ws://1ZZZZZ:+080/app"),
+        // Writers' first chunks reserved what their messages claimed, up to 64 KiB each,
+        // before any more of them arrived.
+        ("fifo", b"\x01\x5b\x09\x00\x04\x78\x79\x7a\x81"),
         // Padding at the end of the area, passed over by a read that found no record
         // after it (the reader was right; the target's check was wrong).
         (

@@ -464,8 +464,9 @@ impl Reassembly {
                     seq: header.seq,
                     total,
                     flags: header.flags,
-                    // Grows with what arrives, never by what was claimed.
-                    data: Vec::with_capacity(if oversize { 0 } else { total.min(CHUNK * 16) }),
+                    // Grows with what arrives, never by what was claimed: a writer can
+                    // open any number of messages with a few bytes each.
+                    data: Vec::new(),
                     oversize,
                     arrived: 0,
                 },
@@ -1429,5 +1430,42 @@ mod on_tokio {
         fn endpoint(&self) -> &Endpoint {
             &self.server.endpoint
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first chunk of a message claims its length; the reader holds what arrived. A
+    /// thousand writers each opening a 1 MiB message with 4 bytes of it made the reader
+    /// reserve 64 KiB for each.
+    #[test]
+    fn unfinished_messages_hold_what_arrived() {
+        let mut pipe = Vec::new();
+        for n in 0..1000 {
+            let mut chunk = [0u8; HEADER + 8];
+            ChunkHeader {
+                flags: FIRST,
+                len: 8,
+                writer: (1, n),
+                seq: 0,
+            }
+            .encode(&mut chunk);
+            chunk[HEADER..HEADER + 4].copy_from_slice(&(1u32 << 20).to_le_bytes());
+            pipe.extend_from_slice(&chunk);
+        }
+        let mut reassembly = Reassembly::new(usize::MAX);
+        for piece in pipe.chunks(4096) {
+            reassembly.spare()[..piece.len()].copy_from_slice(piece);
+            reassembly.filled(piece.len());
+            assert!(reassembly.next("fifo:///test").is_none());
+        }
+        assert!(
+            reassembly.held() <= 3 * pipe.len(),
+            "{} bytes held for {} received",
+            reassembly.held(),
+            pipe.len()
+        );
     }
 }
