@@ -65,6 +65,7 @@ for target in "${targets[@]}"; do
     before=$(find "$artifacts" -type f | wc -l)
     log=$logs/$target.log
     status=0
+    started=$SECONDS
     # -timeout: one input running 10 s is a hang; -rss_limit_mb: a decoder that allocates
     # what a peer claims fails here rather than fills the machine.
     run_fuzz run -s "$sanitizer" "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -- \
@@ -73,7 +74,7 @@ for target in "${targets[@]}"; do
     executions=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     inputs=$(find "$corpus" -type f | wc -l)
     crashes=$(($(find "$artifacts" -type f | wc -l) - before))
-    echo "fuzz: $target: ${executions:-?} executions in ${seconds} s, corpus $inputs inputs, $crashes crashes"
+    echo "fuzz: $target: ${executions:-?} executions in $((SECONDS - started)) s, corpus $inputs inputs, $crashes crashes"
     if ((status != 0 || crashes > 0)); then
         crashed=1
         grep -m1 -A3 -E "panicked at|ERROR: libFuzzer|SUMMARY" "$log" | sed 's/^/    /' || true
