@@ -13,6 +13,8 @@
 # (default none: the unsafe code reads shared memory, which AddressSanitizer does not
 # watch; the build keeps debug assertions and overflow checks). The corpus grows in
 # crates/ipckit/fuzz/corpus/TARGET/ (not committed), starting from fuzz/seeds/TARGET/.
+# FUZZ_TARGET_DIR builds elsewhere than crates/ipckit/fuzz/target: a cache kept between
+# clones, as CI's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,8 +48,16 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked --quiet
 fi
 
+target_dir=()
+if [ -n "${FUZZ_TARGET_DIR:-}" ]; then
+    target_dir=(--target-dir "$FUZZ_TARGET_DIR")
+fi
+
+# cargo fuzz SUBCOMMAND [ARGS...], from the crate that holds fuzz/.
 run_fuzz() {
-    (cd crates/ipckit && cargo "${toolchain[@]}" fuzz "$@")
+    local subcommand=$1
+    shift
+    (cd crates/ipckit && cargo "${toolchain[@]}" fuzz "$subcommand" "${target_dir[@]}" "$@")
 }
 
 mkdir -p "$logs"
