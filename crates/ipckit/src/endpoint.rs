@@ -916,7 +916,9 @@ fn parse_query(scheme: &str, query: &str) -> Parsed<Vec<(Param, String)>> {
 
 /// A decimal number spelled canonically (no sign, no leading zeros).
 fn canonical_decimal(s: &str) -> Option<u64> {
-    let canonical = !s.is_empty() && (s == "0" || !s.starts_with('0'));
+    // Digits alone: `u64::from_str` also takes a leading '+'.
+    let canonical =
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
     canonical.then(|| s.parse().ok()).flatten()
 }
 
@@ -1037,6 +1039,8 @@ mod tests {
         assert!(reason("uds://tmp/x.sock").contains("uds:///tmp/x.sock"));
         assert!(reason("tcp://127.0.0.1:99999").contains("bad port"));
         assert!(reason("tcp://127.0.0.1:07000").contains("leading zeros"));
+        assert!(reason("ws://127.0.0.1:+80/app").contains("bad port"));
+        assert!(reason("uds:///x?max_message=+5").contains("max_message"));
         assert!(reason("tcp://127.0.0.1").contains("missing port"));
         assert!(reason("tcp://:7000").contains("missing host"));
         assert!(reason("tcp://300.1.1.1:7").contains("bad host"));

@@ -148,6 +148,9 @@ pub mod endpoint;
 pub mod error;
 mod exclusive;
 pub mod frame;
+#[cfg(any(test, fuzzing))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod loan;
 mod message;
 mod sys;

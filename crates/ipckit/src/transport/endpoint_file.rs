@@ -21,7 +21,7 @@ use crate::endpoint::{Endpoint, UnixAddr};
 use crate::error::{Error, Result};
 
 /// The kernel's address for `addr`.
-pub(super) fn socket_addr(endpoint: &Endpoint, addr: &UnixAddr) -> Result<SocketAddrUnix> {
+pub(crate) fn socket_addr(endpoint: &Endpoint, addr: &UnixAddr) -> Result<SocketAddrUnix> {
     let addr = match addr {
         UnixAddr::Path(path) => SocketAddrUnix::new(path.as_path()),
         UnixAddr::Abstract(name) => SocketAddrUnix::new_abstract_name(name.as_bytes()),

@@ -50,16 +50,16 @@ const HEADER: usize = 20;
 const CHUNK_DATA: usize = CHUNK - HEADER;
 const MAGIC: [u8; 2] = *b"IQ";
 /// The first chunk of a message; its data starts with the message's length (u32).
-const FIRST: u8 = 1;
-const LAST: u8 = 2;
-const REQUEST: u8 = 4;
+pub(crate) const FIRST: u8 = 1;
+pub(crate) const LAST: u8 = 2;
+pub(crate) const REQUEST: u8 = 4;
 /// On a reply: the request was refused; the data is the reason.
-const REFUSED: u8 = 8;
+pub(crate) const REFUSED: u8 = 8;
 /// A header-only chunk a server writes into its own FIFO to end a blocking read.
-const WAKE: u8 = 16;
+pub(crate) const WAKE: u8 = 16;
 /// A header-only chunk the deadline keeper writes into a reply FIFO: the request with
 /// this `seq` timed out.
-const TIMED_OUT: u8 = 32;
+pub(crate) const TIMED_OUT: u8 = 32;
 /// The server asks the kernel for a pipe this large, for throughput.
 const PIPE_SIZE: usize = 1 << 20;
 /// How often partial messages are checked for writers that died.
@@ -68,7 +68,7 @@ const REAP_INTERVAL: Duration = Duration::from_millis(500);
 const REPLY_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A writer: the pid of its process and a number unique within it.
-type WriterId = (u32, u32);
+pub(crate) type WriterId = (u32, u32);
 
 fn next_writer() -> WriterId {
     static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -181,7 +181,7 @@ impl Drop for SigpipeBlocked {
 
 /// One message cut into chunks of at most PIPE_BUF bytes, each written in one `write` and
 /// so never split by the kernel, whatever other writers do.
-struct Chunks<'a> {
+pub(crate) struct Chunks<'a> {
     id: (WriterId, u32, u8),
     total: [u8; 4],
     rest: &'a [u8],
@@ -193,7 +193,7 @@ struct Chunks<'a> {
 }
 
 impl<'a> Chunks<'a> {
-    fn new(id: (WriterId, u32, u8), payload: &'a [u8]) -> Chunks<'a> {
+    pub(crate) fn new(id: (WriterId, u32, u8), payload: &'a [u8]) -> Chunks<'a> {
         Chunks {
             id,
             total: (payload.len() as u32).to_le_bytes(),
@@ -206,7 +206,7 @@ impl<'a> Chunks<'a> {
     }
 
     /// The next chunk to write, encoded; `None` after the last.
-    fn next_chunk(&mut self) -> Option<&[u8]> {
+    pub(crate) fn next_chunk(&mut self) -> Option<&[u8]> {
         if self.done {
             return None;
         }
@@ -313,19 +313,19 @@ struct Partial {
 }
 
 /// A whole message.
-struct Whole {
-    writer: WriterId,
-    seq: u32,
-    flags: u8,
-    payload: Vec<u8>,
+pub(crate) struct Whole {
+    pub(crate) writer: WriterId,
+    pub(crate) seq: u32,
+    pub(crate) flags: u8,
+    pub(crate) payload: Vec<u8>,
     /// The size of a message over the reader's limit, whose bytes were not kept: a reader
     /// of replies turns it into an error for its request rather than wait out its timeout.
-    oversize: Option<usize>,
+    pub(crate) oversize: Option<usize>,
 }
 
 /// Turns the bytes of a pipe into whole messages, whatever chunks of other writers and
 /// foreign bytes come between.
-struct Reassembly {
+pub(crate) struct Reassembly {
     max: usize,
     buf: Vec<u8>,
     start: usize,
@@ -336,7 +336,7 @@ struct Reassembly {
 }
 
 impl Reassembly {
-    fn new(max: usize) -> Reassembly {
+    pub(crate) fn new(max: usize) -> Reassembly {
         Reassembly {
             max,
             buf: vec![0; 256 * 1024],
@@ -349,15 +349,10 @@ impl Reassembly {
 
     /// Reads what `fd` has; false when it had nothing.
     fn fill(&mut self, fd: BorrowedFd<'_>) -> io::Result<bool> {
-        if self.start > 0 {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        }
         loop {
-            match rustix::io::read(fd, &mut self.buf[self.end..]) {
+            match rustix::io::read(fd, self.spare()) {
                 Ok(n) => {
-                    self.end += n;
+                    self.filled(n);
                     return Ok(n > 0);
                 }
                 Err(rustix::io::Errno::INTR) => {}
@@ -367,8 +362,30 @@ impl Reassembly {
         }
     }
 
+    /// Bytes held for unfinished messages, for checking that they follow what arrived.
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn held(&self) -> usize {
+        self.partial.values().map(|p| p.data.capacity()).sum()
+    }
+
+    /// Where the next bytes read go: the room after what is buffered, which `next` leaves
+    /// short of one chunk, so never empty.
+    pub(crate) fn spare(&mut self) -> &mut [u8] {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        &mut self.buf[self.end..]
+    }
+
+    /// Records that `n` bytes were written at the start of [`spare`](Self::spare).
+    pub(crate) fn filled(&mut self, n: usize) {
+        self.end += n;
+    }
+
     /// The next whole message in what was read; `url` names the endpoint in warnings.
-    fn next(&mut self, url: &str) -> Option<Whole> {
+    pub(crate) fn next(&mut self, url: &str) -> Option<Whole> {
         while self.end - self.start >= HEADER {
             let Some(header) = ChunkHeader::decode(&self.buf[self.start..]) else {
                 self.start += 1;
@@ -447,8 +464,9 @@ impl Reassembly {
                     seq: header.seq,
                     total,
                     flags: header.flags,
-                    // Grows with what arrives, never by what was claimed.
-                    data: Vec::with_capacity(if oversize { 0 } else { total.min(CHUNK * 16) }),
+                    // Grows with what arrives, never by what was claimed: a writer can
+                    // open any number of messages with a few bytes each.
+                    data: Vec::new(),
                     oversize,
                     arrived: 0,
                 },
@@ -1413,5 +1431,42 @@ mod on_tokio {
         fn endpoint(&self) -> &Endpoint {
             &self.server.endpoint
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first chunk of a message claims its length; the reader holds what arrived. A
+    /// thousand writers each opening a 1 MiB message with 4 bytes of it made the reader
+    /// reserve 64 KiB for each.
+    #[test]
+    fn unfinished_messages_hold_what_arrived() {
+        let mut pipe = Vec::new();
+        for n in 0..1000 {
+            let mut chunk = [0u8; HEADER + 8];
+            ChunkHeader {
+                flags: FIRST,
+                len: 8,
+                writer: (1, n),
+                seq: 0,
+            }
+            .encode(&mut chunk);
+            chunk[HEADER..HEADER + 4].copy_from_slice(&(1u32 << 20).to_le_bytes());
+            pipe.extend_from_slice(&chunk);
+        }
+        let mut reassembly = Reassembly::new(usize::MAX);
+        for piece in pipe.chunks(4096) {
+            reassembly.spare()[..piece.len()].copy_from_slice(piece);
+            reassembly.filled(piece.len());
+            assert!(reassembly.next("fifo:///test").is_none());
+        }
+        assert!(
+            reassembly.held() <= 3 * pipe.len(),
+            "{} bytes held for {} received",
+            reassembly.held(),
+            pipe.len()
+        );
     }
 }

@@ -17,7 +17,7 @@ mod access;
 pub(crate) mod backend;
 mod correlate;
 mod datagram;
-mod endpoint_file;
+pub(crate) mod endpoint_file;
 pub mod fifo;
 pub mod mq;
 mod pool;

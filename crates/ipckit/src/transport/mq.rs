@@ -47,9 +47,9 @@ use crate::message::{Message, Peer, ReplySink, ReplyTo};
 use crate::sys::wait_ready;
 
 /// The first bytes of a request: a one-way message cannot start with them.
-const REQUEST_MAGIC: &[u8; 8] = b"\0IPCKRQ1";
+pub(crate) const REQUEST_MAGIC: &[u8; 8] = b"\0IPCKRQ1";
 /// A reply's first byte.
-const REPLY_OK: u8 = 0;
+pub(crate) const REPLY_OK: u8 = 0;
 const REPLY_REFUSED: u8 = 1;
 /// How long a reply may wait for room in a reply queue.
 const REPLY_SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -495,11 +495,7 @@ impl MqConnection {
             return Err(self.too_large(payload.len(), self.max.saturating_sub(header)));
         }
         let mut request = std::mem::take(&mut reply.request);
-        request.clear();
-        request.extend_from_slice(REQUEST_MAGIC);
-        request.push(reply.name.len() as u8);
-        request.extend_from_slice(reply.name.as_bytes());
-        request.extend_from_slice(payload);
+        encode_request(&mut request, &reply.name, payload);
         Ok(request)
     }
 
@@ -583,8 +579,50 @@ impl MqConnection {
     }
 }
 
+/// Writes into `out` the request for `payload` whose answer goes to the queue `name`
+/// (at most 255 bytes: NAME_MAX).
+pub(crate) fn encode_request(out: &mut Vec<u8>, name: &str, payload: &[u8]) {
+    out.clear();
+    out.extend_from_slice(REQUEST_MAGIC);
+    out.push(u8::try_from(name.len()).expect("a queue name is at most NAME_MAX bytes"));
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// Splits a request into its reply queue's name and its payload; `None` for a one-way
+/// message. The name must start with `reply_prefix`, the prefix of this endpoint's reply
+/// queues, followed by digits and dots.
+pub(crate) fn parse_request<'a>(
+    message: &'a [u8],
+    reply_prefix: &str,
+) -> std::result::Result<Option<(&'a str, &'a [u8])>, String> {
+    let Some(rest) = message.strip_prefix(REQUEST_MAGIC) else {
+        return Ok(None);
+    };
+    let (&len, rest) = rest
+        .split_first()
+        .ok_or("a request without its reply queue")?;
+    let len = len as usize;
+    if rest.len() < len {
+        return Err("a request cut short in its reply queue's name".into());
+    }
+    let name =
+        std::str::from_utf8(&rest[..len]).map_err(|_| "a reply queue name that is not UTF-8")?;
+    // Only this endpoint's reply queues: a sender must not make the server write into any
+    // queue it can name.
+    let valid = name
+        .strip_prefix(reply_prefix)
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit() || b == b'.'));
+    if !valid {
+        return Err(format!(
+            "a reply queue '{name}' that is not this endpoint's"
+        ));
+    }
+    Ok(Some((name, &rest[len..])))
+}
+
 /// The caller's result from a reply: a status byte, then the payload or the reason.
-fn answer(url: &str, reply: &[u8]) -> Result<Vec<u8>> {
+pub(crate) fn answer(url: &str, reply: &[u8]) -> Result<Vec<u8>> {
     match reply.split_first() {
         None => Err(Error::Protocol {
             endpoint: url.to_owned(),
@@ -732,37 +770,6 @@ struct MqListener {
 }
 
 impl MqListener {
-    /// Splits a request into its reply queue's name and its payload; `None` for a
-    /// one-way message.
-    fn parse_request<'a>(
-        &self,
-        message: &'a [u8],
-    ) -> std::result::Result<Option<(&'a str, &'a [u8])>, String> {
-        let Some(rest) = message.strip_prefix(REQUEST_MAGIC) else {
-            return Ok(None);
-        };
-        let (&len, rest) = rest
-            .split_first()
-            .ok_or("a request without its reply queue")?;
-        let len = len as usize;
-        if rest.len() < len {
-            return Err("a request cut short in its reply queue's name".into());
-        }
-        let name = std::str::from_utf8(&rest[..len])
-            .map_err(|_| "a reply queue name that is not UTF-8")?;
-        // Only this endpoint's reply queues: a sender must not make the server write into
-        // any queue it can name.
-        let valid = name
-            .strip_prefix(&self.reply_prefix)
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit() || b == b'.'));
-        if !valid {
-            return Err(format!(
-                "a reply queue '{name}' that is not this endpoint's"
-            ));
-        }
-        Ok(Some((name, &rest[len..])))
-    }
-
     fn sink_for(&mut self, name: &str) -> Arc<MqReplySink> {
         match &self.last_sink {
             Some(sink) if sink.name == name => sink.clone(),
@@ -824,7 +831,7 @@ impl MqListener {
             self.waker.in_queue.fetch_sub(1, Ordering::AcqRel);
             return Received::Wake;
         }
-        let (reply_name, payload) = match self.parse_request(message) {
+        let (reply_name, payload) = match parse_request(message, &self.reply_prefix) {
             Ok(None) => (None, message),
             Ok(Some((name, payload))) => (Some(name.to_owned()), payload),
             Err(reason) => {

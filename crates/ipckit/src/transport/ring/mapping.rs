@@ -81,7 +81,7 @@ impl Mapping {
     }
 
     /// Anonymous shared memory of `len` bytes, zeroed: for tests of what lives in a mapping.
-    #[cfg(test)]
+    #[cfg(any(test, fuzzing))]
     pub fn anonymous(len: usize) -> std::io::Result<Mapping> {
         // SAFETY: a fresh anonymous mapping; nothing else is placed at its address.
         let ptr = unsafe {

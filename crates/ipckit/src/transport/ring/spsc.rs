@@ -88,6 +88,19 @@ impl Control {
         }
     }
 
+    /// The producer's counter, for a test or fuzz target playing a peer that writes
+    /// anything there.
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn tail_word(&self) -> &AtomicU64 {
+        &self.tail
+    }
+
+    /// The consumer's counter, as [`tail_word`](Self::tail_word).
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn head_word(&self) -> &AtomicU64 {
+        &self.head
+    }
+
     /// Empties the ring; only while neither side is attached.
     pub fn reset(&self) {
         self.tail.store(0, Ordering::Relaxed);

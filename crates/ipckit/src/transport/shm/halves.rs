@@ -192,10 +192,10 @@ impl Sender {
 }
 
 /// A message being put together from several records.
-pub(super) struct Partial {
-    pub(super) kind: Kind,
-    pub(super) id: u64,
-    pub(super) bytes: Vec<u8>,
+pub(crate) struct Partial {
+    pub(crate) kind: Kind,
+    pub(crate) id: u64,
+    pub(crate) bytes: Vec<u8>,
 }
 
 /// A caller that reads the reply to its request `id` where it lies in the ring
@@ -241,7 +241,7 @@ impl<F: FnOnce(&[u8]) -> R, R> InPlace<F, R> {
 /// Adds `record` to the message being assembled, checking it belongs there and that the
 /// whole stays within `max`; the finished message once the last piece arrived.
 #[inline(always)]
-pub(super) fn assemble(
+pub(crate) fn assemble(
     partial: &mut Option<Partial>,
     consumer: &Consumer,
     record: &spsc::Record,

@@ -102,7 +102,7 @@ use crate::transport::ring::spsc::Corrupt;
 use crate::transport::{Capabilities, Connection, Listener, Transport};
 
 mod client;
-mod halves;
+pub(crate) mod halves;
 #[cfg(feature = "tokio")]
 mod on_tokio;
 mod segment;
