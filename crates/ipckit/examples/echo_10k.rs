@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 const SERVER_ENV: &str = "IPCKIT_ECHO_10K_SERVER";
 const PATIENCE: Duration = Duration::from_secs(60);
 
+mod common;
+use common::allow_descriptors;
+
 type Failure = Box<dyn std::error::Error + Send + Sync>;
 
 /// What the driver saw.
@@ -58,22 +61,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("a tokio runtime")
-}
-
-/// Raises the soft descriptor limit so that `needed` sockets fit.
-fn allow_descriptors(needed: u64) -> Result<(), Failure> {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let mut limit = getrlimit(Resource::Nofile);
-    let hard = limit.maximum.unwrap_or(u64::MAX);
-    if hard < needed {
-        return Err(format!(
-            "{needed} descriptors are needed but the hard limit is {hard}; raise it (ulimit -Hn) or ask for fewer connections"
-        )
-        .into());
-    }
-    limit.current = Some(hard);
-    setrlimit(Resource::Nofile, limit)?;
-    Ok(())
 }
 
 /// Starts the server process at `url`, then opens `connections` connections to it, waits

@@ -22,6 +22,9 @@ const SERVER_API_ENV: &str = "IPCKIT_STREAM_MEMORY_API";
 /// Time for the server to take in what the clients did before its memory is read.
 const SETTLE: Duration = Duration::from_millis(500);
 
+mod common;
+use common::allow_descriptors;
+
 type Failure = Box<dyn std::error::Error + Send + Sync>;
 
 fn main() -> Result<(), Failure> {
@@ -192,20 +195,4 @@ fn rss_kib(pid: u32) -> Result<u64, Failure> {
         .nth(1)
         .ok_or("no VmRSS value")?
         .parse()?)
-}
-
-/// Raises the soft descriptor limit so that `needed` sockets fit.
-fn allow_descriptors(needed: u64) -> Result<(), Failure> {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let mut limit = getrlimit(Resource::Nofile);
-    let hard = limit.maximum.unwrap_or(u64::MAX);
-    if hard < needed {
-        return Err(format!(
-            "{needed} descriptors are needed but the hard limit is {hard}; raise it (ulimit -Hn) or ask for fewer connections"
-        )
-        .into());
-    }
-    limit.current = Some(hard);
-    setrlimit(Resource::Nofile, limit)?;
-    Ok(())
 }

@@ -13,8 +13,9 @@ use ipckit::{Endpoint, Error};
 use crate::api;
 use crate::peer::{self, Role};
 use crate::support::{
-    Check, Child, Ctx, Outcome, PATIENCE, always, checks, duplex, ensure, has_path, parse_numbered,
-    path_of, recv, refuses_transient, reliable, reliable_transient, transient,
+    Check, Child, Ctx, Outcome, PATIENCE, always, checks, duplex, ensure, has_path,
+    heard_by_a_printer, parse_numbered, path_of, recv, refuses_transient, reliable,
+    reliable_transient, transient,
 };
 
 pub const CHECKS: &[Check] = checks![
@@ -158,14 +159,7 @@ fn peer_disconnects(ctx: &Ctx) -> Outcome {
 }
 
 fn send_fails_once_receiver_killed(ctx: &Ctx) -> Outcome {
-    let mut server = Child::spawn(Role::Print, ctx.endpoint("killed"));
-    let url = server.ready()?;
-    let client = api::connect(&url)?;
-    client.send(b"before")?;
-    ensure!(
-        server.line()? == "msg before",
-        "the first message did not arrive"
-    );
+    let (mut server, client, _) = heard_by_a_printer(ctx, "killed")?;
     server.kill();
     // A stream may take one more send to hear the reset; after that every send fails.
     let outcomes: Vec<_> = (0..3)

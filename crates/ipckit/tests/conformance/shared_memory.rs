@@ -10,7 +10,8 @@ use crate::api;
 use crate::bad_input;
 use crate::peer::Role;
 use crate::support::{
-    Check, Child, Ctx, Outcome, PATIENCE, checks, ensure, path_of, recv, zero_copy,
+    Check, Child, Ctx, Outcome, PATIENCE, checks, ensure, heard_by_a_printer, path_of, recv,
+    zero_copy,
 };
 
 pub const CHECKS: &[Check] = checks![in shared_memory:
@@ -306,14 +307,7 @@ pub fn takes_1024_clients_mapping_only_theirs(ctx: &Ctx) -> Outcome {
 /// A server killed with SIGKILL: its client learns it, and removes the segment the
 /// server left, so nothing stays in /dev/shm.
 pub fn dead_server_segment_removed(ctx: &Ctx) -> Outcome {
-    let mut server = Child::spawn(Role::Print, ctx.endpoint("doomed"));
-    let url = server.ready()?;
-    let client = api::connect(&url)?;
-    client.send(b"alive")?;
-    ensure!(
-        server.line()? == "msg alive",
-        "the server did not hear the client"
-    );
+    let (mut server, client, url) = heard_by_a_printer(ctx, "doomed")?;
     server.kill();
     match client.request(b"anyone?", PATIENCE) {
         Err(Error::Disconnected { .. }) => {}
@@ -359,14 +353,7 @@ pub fn truncated_segment_fails_both_sides(ctx: &Ctx) -> Outcome {
 /// The first one-way send after the server was killed and reaped fails: the kernel marked
 /// the server's death in the segment before the reaping, and a send reads the mark.
 pub fn send_fails_once_the_server_is_gone(ctx: &Ctx) -> Outcome {
-    let mut server = Child::spawn(Role::Print, ctx.endpoint("reaped"));
-    let url = server.ready()?;
-    let client = api::connect(&url)?;
-    client.send(b"alive")?;
-    ensure!(
-        server.line()? == "msg alive",
-        "the server did not hear the client"
-    );
+    let (mut server, client, _) = heard_by_a_printer(ctx, "reaped")?;
     client.send(b"warm")?;
     server.kill();
     match client.send(b"into the void") {

@@ -95,6 +95,20 @@ pub fn has_path(t: &dyn Transport, _: &Capabilities) -> bool {
     path_of(&t.scratch_endpoint(&std::env::temp_dir(), "probe")).is_some()
 }
 
+/// A `Role::Print` server at `ctx`'s endpoint `name`, with a client whose first message
+/// it printed: a live pair, for checks of what happens when the server goes.
+pub fn heard_by_a_printer(ctx: &Ctx, name: &str) -> Result<(Child, api::Client, Endpoint), Failed> {
+    let mut server = Child::spawn(Role::Print, ctx.endpoint(name));
+    let url = server.ready()?;
+    let client = api::connect(&url)?;
+    client.send(b"alive")?;
+    let heard = server.line()?;
+    if heard != "msg alive" {
+        return Err(format!("the server did not hear the client: it said {heard:?}").into());
+    }
+    Ok((server, client, url))
+}
+
 pub fn path_of(endpoint: &Endpoint) -> Option<PathBuf> {
     match endpoint.address() {
         Address::Uds(UnixAddr::Path(p)) | Address::Unixgram(UnixAddr::Path(p)) => Some(p.clone()),
