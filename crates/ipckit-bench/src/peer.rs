@@ -110,6 +110,18 @@ fn sink(address: &str) {
 /// no peer starts after.
 static RUNNING: Mutex<Option<Vec<(u32, String)>>> = Mutex::new(Some(Vec::new()));
 
+static ABANDONED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether [`abandon`] was called: the run's own thread then fails as its servers go,
+/// and should wait for the process to end rather than report it.
+///
+/// ```
+/// assert!(!ipckit_bench::peer::abandoned());
+/// ```
+pub fn abandoned() -> bool {
+    ABANDONED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// Stops every running peer and removes what it made, for a run that is stopping (from a
 /// signal, while the measurement goes on in another thread); no peer starts after.
 ///
@@ -119,6 +131,7 @@ static RUNNING: Mutex<Option<Vec<(u32, String)>>> = Mutex::new(Some(Vec::new()))
 /// std::process::exit(0);
 /// ```
 pub fn abandon() {
+    ABANDONED.store(true, std::sync::atomic::Ordering::SeqCst);
     let running = RUNNING
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -264,13 +277,14 @@ pub fn thread_cpu_time() -> Duration {
 impl Drop for Peer {
     fn drop(&mut self) {
         // Out of the registry before it is reaped, so that `abandon` never signals a pid
-        // that could be reused.
-        if let Some(running) = RUNNING
+        // that could be reused; once abandoned, `abandon` does it all.
+        match RUNNING
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .as_mut()
         {
-            running.retain(|(pid, _)| *pid != self.child.id());
+            Some(running) => running.retain(|(pid, _)| *pid != self.child.id()),
+            None => return,
         }
         // Peers end when their stdin closes (iceoryx2's then removes its files); one
         // that does not within a moment is killed.

@@ -72,7 +72,7 @@ enum Command {
     /// Remove what an endpoint keeps after its parties are gone
     ///
     /// An mq queue outlives its processes, with its messages, by design: this removes it
-    /// and its clients' reply queues (refused while a receiver reads it). It also removes
+    /// and the reply queues of its clients that died (refused while a receiver reads it). It also removes
     /// the shared-memory segment of a killed shm server; other transports keep nothing.
     Rm {
         /// The endpoint, e.g. mq://jobs
@@ -152,7 +152,14 @@ fn main() -> ExitCode {
         .format_timestamp(None)
         .format_target(false)
         .init();
-    match run(Cli::parse()) {
+    let outcome = std::panic::catch_unwind(|| run(Cli::parse()));
+    if ipckit_bench::peer::abandoned() {
+        // Stopped by a signal mid-run: the thread that took it exits when it has cleaned up.
+        loop {
+            std::thread::park();
+        }
+    }
+    match outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ipckit: {e}");
@@ -177,6 +184,14 @@ fn run(cli: Cli) -> CliResult {
         } => {
             use ipckit_bench::harness;
             let signals = block_stop_signals()?;
+            // Once the run is abandoned, its own thread fails or panics as its servers
+            // go: it waits, silent, while the signal's thread cleans up and exits 0.
+            let report = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                if !ipckit_bench::peer::abandoned() {
+                    report(info);
+                }
+            }));
             std::thread::spawn(move || {
                 if let Ok(signal) = signals.wait() {
                     log::info!("{signal}: stopping the servers and removing what the run made");

@@ -181,6 +181,8 @@ pub(crate) const OWNER_DIED: u32 = 0x4000_0000;
 /// its own that does nothing else, so that others learn of the death with one load,
 /// where a pidfd costs a system call. The word is 0 again once the notice is dropped.
 pub(crate) struct DeathNotice {
+    /// The process the thread runs in: a child forked since has no such thread.
+    pid: u32,
     stop: std::sync::mpsc::Sender<()>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -219,7 +221,9 @@ impl DeathNotice {
                 });
                 let head = Box::new(RobustListHead {
                     list: RobustList { next: &*entry },
-                    futex_offset: (futex as isize - (&*entry as *const RobustList as isize))
+                    // The kernel adds it to the entry's address, modulo the word size.
+                    futex_offset: (futex as isize)
+                        .wrapping_sub(&*entry as *const RobustList as isize)
                         as std::ffi::c_long,
                     list_op_pending: std::ptr::null(),
                 });
@@ -245,6 +249,7 @@ impl DeathNotice {
             .recv()
             .unwrap_or_else(|_| Err(io::Error::other("the death notice's thread ended")))?;
         Ok(DeathNotice {
+            pid: std::process::id(),
             stop,
             thread: Some(thread),
         })
@@ -253,6 +258,9 @@ impl DeathNotice {
 
 impl Drop for DeathNotice {
     fn drop(&mut self) {
+        if self.pid != std::process::id() {
+            return;
+        }
         let _ = self.stop.send(());
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();

@@ -104,7 +104,7 @@ pub trait Transport: Sealed + Send + Sync {
     /// Starts a server.
     fn listen(&self, endpoint: &Endpoint) -> Result<Box<dyn Listener>>;
     /// Removes what an endpoint keeps once every party is gone: a message queue with the
-    /// messages in it and its clients' reply queues (refused with
+    /// messages in it and the reply queues of clients that died (refused with
     /// [`Error::AddrInUse`] while a receiver reads it), the
     /// segment of a shared-memory server that was killed. Other transports clean up after
     /// themselves.

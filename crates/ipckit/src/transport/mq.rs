@@ -310,7 +310,8 @@ impl Transport for Mq {
             },
             other => other,
         })?;
-        remove_reply_queues(&name, |_| true);
+        // Those of live clients are theirs: each goes when its client is done with it.
+        reclaim_reply_queues(&name);
         match nix::mqueue::mq_unlink(name.as_str()) {
             Ok(()) | Err(Errno::ENOENT) => Ok(()),
             Err(e) => Err(mq_error(endpoint, "removing the queue", e)),
@@ -403,16 +404,6 @@ fn hold_receiver_lock(endpoint: &Endpoint, name: &str) -> Result<OwnedFd> {
 
 /// Removes the reply queues of clients that died, when /dev/mqueue shows them.
 fn reclaim_reply_queues(name: &str) {
-    remove_reply_queues(name, |pid| {
-        let alive = rustix::process::Pid::from_raw(pid)
-            .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok());
-        !alive
-    });
-}
-
-/// Removes the reply queues of the queue `name` whose client process `doomed` picks, when
-/// /dev/mqueue shows them. A client that still holds its queue open keeps using it.
-fn remove_reply_queues(name: &str, doomed: impl Fn(i32) -> bool) {
     let Ok(entries) = std::fs::read_dir("/dev/mqueue") else {
         return;
     };
@@ -425,9 +416,11 @@ fn remove_reply_queues(name: &str, doomed: impl Fn(i32) -> bool) {
         let Some(pid) = rest.split('.').next().and_then(|p| p.parse::<i32>().ok()) else {
             continue;
         };
-        if doomed(pid) {
+        let alive = rustix::process::Pid::from_raw(pid)
+            .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok());
+        if !alive {
             log::info!(
-                "mq:/{}: removing the reply queue of client {pid}",
+                "mq:/{}: removing the reply queue of a client that is gone",
                 file.to_string_lossy()
             );
             let _ = nix::mqueue::mq_unlink(format!("/{}", file.to_string_lossy()).as_str());

@@ -18,7 +18,7 @@
 use std::ffi::c_void;
 use std::ptr;
 use std::sync::Once;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize, Ordering, fence};
 
 use nix::libc;
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal};
@@ -27,6 +27,10 @@ use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal};
 pub(crate) struct Region {
     /// Taken by a mapping (set before `start` and `end`, cleared after them).
     claimed: AtomicBool,
+    /// Odd while `start` and `end` change: the handler, which cannot wait, takes a range
+    /// only from a snapshot that no change overlapped (a seqlock), so never one whose
+    /// start is of one mapping and end of the next.
+    version: AtomicU32,
     start: AtomicUsize,
     /// The end of the range's last page; 0 while the region is free.
     end: AtomicUsize,
@@ -37,6 +41,7 @@ impl Region {
     const fn free() -> Region {
         Region {
             claimed: AtomicBool::new(false),
+            version: AtomicU32::new(0),
             start: AtomicUsize::new(0),
             end: AtomicUsize::new(0),
             truncated: AtomicBool::new(false),
@@ -52,10 +57,35 @@ impl Region {
 
     /// Stops watching the range; called before it is unmapped.
     pub(crate) fn release(&'static self) {
-        self.end.store(0, Ordering::Release);
-        self.start.store(0, Ordering::Release);
+        self.set(0, 0);
         self.truncated.store(false, Ordering::Relaxed);
         self.claimed.store(false, Ordering::Release);
+    }
+
+    /// Writes the range, by its one writer (the mapping that claimed the region).
+    fn set(&self, start: usize, end: usize) {
+        // SYNC POINT: the odd version is seen before the new range, and the new range
+        // before the even version (paired with `range`).
+        self.version.fetch_add(1, Ordering::AcqRel);
+        fence(Ordering::Release);
+        self.start.store(start, Ordering::Relaxed);
+        self.end.store(end, Ordering::Relaxed);
+        self.version.fetch_add(1, Ordering::Release);
+    }
+
+    /// The range, if no change overlapped reading it; `None` while the region is free or
+    /// changing.
+    fn range(&self) -> Option<(usize, usize)> {
+        // SYNC POINT: paired with `set`.
+        let before = self.version.load(Ordering::Acquire);
+        if before % 2 == 1 {
+            return None;
+        }
+        let start = self.start.load(Ordering::Relaxed);
+        let end = self.end.load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        let after = self.version.load(Ordering::Relaxed);
+        (after == before && start != 0 && end > start).then_some((start, end))
     }
 }
 
@@ -96,8 +126,7 @@ pub(crate) fn watch(start: *const u8, len: usize) -> &'static Region {
                     .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
                 {
-                    region.start.store(start as usize, Ordering::Release);
-                    region.end.store(end, Ordering::Release);
+                    region.set(start as usize, end);
                     return region;
                 }
             }
@@ -142,54 +171,78 @@ fn install() {
     }
 }
 
+/// `si_code` of a SIGBUS the kernel raised for an access past the end of a mapped file
+/// (asm-generic/siginfo.h); `kill` and `sigqueue` say otherwise.
+const BUS_ADRERR: libc::c_int = 2;
+
 extern "C" fn on_sigbus(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut c_void) {
     // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
-    let address = unsafe { (*info).si_addr() } as usize;
-    if let Some(region) = region_of(address) {
-        let page = address & !(PAGE.load(Ordering::Relaxed) - 1);
-        let end = region.end.load(Ordering::Acquire);
-        // SAFETY: [page, end) lies inside a mapping this process made and still holds
-        // (the region is released before it is unmapped); replacing its pages with
-        // zeroed private ones changes what a peer can write into, never what Rust
-        // references may assume, as everything in a mapping is `Plain` or ring bytes.
-        let replaced = unsafe {
-            rustix::mm::mmap_anonymous(
-                page as *mut c_void,
-                end - page,
-                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-                rustix::mm::MapFlags::PRIVATE | rustix::mm::MapFlags::FIXED,
-            )
-        };
-        if replaced.is_ok() {
-            region.truncated.store(true, Ordering::Relaxed);
-            return;
+    let (code, address) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
+    // Only a fault the kernel raised names an address; a signal another process sent
+    // could name any, and must not make this one zero its memory.
+    if code == BUS_ADRERR {
+        if let Some((region, end)) = region_of(address) {
+            let page = address & !(PAGE.load(Ordering::Relaxed) - 1);
+            // SAFETY: [page, end) lies inside a mapping this process made and still
+            // holds: the range was read whole (`Region::range`), and it contains the
+            // faulting address, which only a live mapping can (a region is released
+            // before its mapping is unmapped). Replacing its pages with zeroed private
+            // ones changes what a peer can write into, never what Rust references may
+            // assume, as everything in a mapping is `Plain` or ring bytes.
+            let replaced = unsafe {
+                rustix::mm::mmap_anonymous(
+                    page as *mut c_void,
+                    end - page,
+                    rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                    rustix::mm::MapFlags::PRIVATE | rustix::mm::MapFlags::FIXED,
+                )
+            };
+            if replaced.is_ok() {
+                region.truncated.store(true, Ordering::Relaxed);
+                return;
+            }
         }
     }
-    pass_on(signal, info, context);
+    pass_on(signal, code, info, context);
 }
 
-/// The watched region holding `address`, if any.
-fn region_of(address: usize) -> Option<&'static Region> {
-    chunks().flat_map(|chunk| &chunk.regions).find(|region| {
-        let start = region.start.load(Ordering::Acquire);
-        let end = region.end.load(Ordering::Acquire);
-        start != 0 && (start..end).contains(&address)
-    })
+/// The watched region holding `address`, with the end of its range, if any.
+fn region_of(address: usize) -> Option<(&'static Region, usize)> {
+    chunks()
+        .flat_map(|chunk| &chunk.regions)
+        .find_map(|region| match region.range() {
+            Some((start, end)) if (start..end).contains(&address) => Some((region, end)),
+            _ => None,
+        })
 }
 
-/// Hands a fault that is not ours to the handler before ours; when that was the default,
-/// puts the default back, so that returning repeats the fault and it kills the process
-/// (with the core dump it would have had).
-fn pass_on(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut c_void) {
+/// Hands a signal that is not ours to the handler before ours, or does what the default
+/// or ignoring would have done: a fault the kernel raised is repeated on return, killing
+/// the process (with the core dump it would have had); a signal another process sent is
+/// raised again under the default, or dropped if it was ignored.
+fn pass_on(
+    signal: libc::c_int,
+    code: libc::c_int,
+    info: *mut libc::siginfo_t,
+    context: *mut c_void,
+) {
     // SAFETY: `PREVIOUS` is set once, before any mapping is watched, to a leaked action.
     let previous = unsafe { PREVIOUS.load(Ordering::Acquire).as_ref() };
+    let sent = code <= 0; // SI_USER, SI_QUEUE, SI_TKILL and the like
     match previous.map(SigAction::handler) {
         Some(SigHandler::SigAction(handler)) => handler(signal, info, context),
         Some(SigHandler::Handler(handler)) => handler(signal),
+        Some(SigHandler::SigIgn) if sent => {}
         _ => {
             let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
-            // SAFETY: restoring the default disposition is async-signal-safe.
-            let _ = unsafe { nix::sys::signal::sigaction(Signal::SIGBUS, &default) };
+            // SAFETY: sigaction and raise are async-signal-safe; the default action of
+            // SIGBUS ends the process (SA_NODEFER: the signal is not blocked here).
+            unsafe {
+                let _ = nix::sys::signal::sigaction(Signal::SIGBUS, &default);
+                if sent {
+                    libc::raise(libc::SIGBUS);
+                }
+            }
         }
     }
 }
@@ -241,11 +294,9 @@ mod tests {
                         // Never touched: watching does not map.
                         let start = (t << 40 | i << 16) as *const u8;
                         let region = watch(start, 4096);
-                        assert_eq!(region.start.load(Ordering::Acquire), start as usize);
-                        assert_eq!(
-                            region_of(start as usize + 100).map(ptr::from_ref),
-                            Some(ptr::from_ref(region))
-                        );
+                        assert_eq!(region.range().map(|r| r.0), Some(start as usize));
+                        let found = region_of(start as usize + 100).map(|(r, _)| ptr::from_ref(r));
+                        assert_eq!(found, Some(ptr::from_ref(region)));
                         region.release();
                     }
                 })
