@@ -169,6 +169,37 @@ fn serve_keeps_serving_when_one_answer_cannot_be_delivered() {
     }
 }
 
+/// A SIGBUS another process sends does what it would without ipckit (a Rust program
+/// survives the first: std's handler takes it for a fault and lets it repeat), and does
+/// not take away ipckit's handler: a segment shrunk afterwards still does not kill.
+#[test]
+fn a_sent_sigbus_leaves_the_truncation_guard_in_place() {
+    let name = format!("ipckit-cli-sigbus-{}", std::process::id());
+    let url = format!("shm://{name}");
+    let server = Background::start(IPCKIT, &["serve", &url, "--echo", "--timeout", "30s"]);
+    assert!(request_until_served(&url, "hello").status.success());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.0.id() as i32),
+        nix::sys::signal::Signal::SIGBUS,
+    )
+    .unwrap();
+    let out = ipckit(&["request", &url, "after", "--timeout", "5s"]);
+    assert_eq!(stdout(&out), "after\n", "after a sent SIGBUS: {out:?}");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/dev/shm/ipckit.{name}"))
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let out = server.output();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(1) && said.contains("shrank"),
+        "a server whose segment was shrunk after a sent SIGBUS: {out:?}"
+    );
+    let _ = std::fs::remove_file(format!("/dev/shm/ipckit.{name}"));
+}
+
 /// Clients that die with a request pending, or send a valid request and then garbage, are
 /// logged and dropped: `serve` goes on serving the others.
 #[test]

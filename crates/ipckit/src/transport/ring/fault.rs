@@ -154,13 +154,18 @@ static PREVIOUS: AtomicPtr<SigAction> = AtomicPtr::new(ptr::null_mut());
 /// The page size, read before the handler may need it.
 static PAGE: AtomicUsize = AtomicUsize::new(0);
 
-fn install() {
-    PAGE.store(rustix::param::page_size(), Ordering::Relaxed);
-    let ours = SigAction::new(
+/// Our disposition of SIGBUS.
+fn ours() -> SigAction {
+    SigAction::new(
         SigHandler::SigAction(on_sigbus),
         SaFlags::SA_SIGINFO | SaFlags::SA_ONSTACK | SaFlags::SA_NODEFER,
         SigSet::empty(),
-    );
+    )
+}
+
+fn install() {
+    PAGE.store(rustix::param::page_size(), Ordering::Relaxed);
+    let ours = ours();
     // SAFETY: the handler only reads atomics, calls mmap and sigaction, and calls the
     // previous handler, which was installed to run in a signal handler.
     match unsafe { nix::sys::signal::sigaction(Signal::SIGBUS, &ours) } {
@@ -219,7 +224,9 @@ fn region_of(address: usize) -> Option<(&'static Region, usize)> {
 /// Hands a signal that is not ours to the handler before ours, or does what the default
 /// or ignoring would have done: a fault the kernel raised is repeated on return, killing
 /// the process (with the core dump it would have had); a signal another process sent is
-/// raised again under the default, or dropped if it was ignored.
+/// raised again under the default, or dropped if it was ignored. A sent signal leaves
+/// ours in place, even when the handler before ours reset the disposition (as Rust's
+/// own, which watches for stack overflows, does with whatever is not one).
 fn pass_on(
     signal: libc::c_int,
     code: libc::c_int,
@@ -230,8 +237,20 @@ fn pass_on(
     let previous = unsafe { PREVIOUS.load(Ordering::Acquire).as_ref() };
     let sent = code <= 0; // SI_USER, SI_QUEUE, SI_TKILL and the like
     match previous.map(SigAction::handler) {
-        Some(SigHandler::SigAction(handler)) => handler(signal, info, context),
-        Some(SigHandler::Handler(handler)) => handler(signal),
+        Some(SigHandler::SigAction(handler)) => {
+            handler(signal, info, context);
+            if sent {
+                // SAFETY: sigaction is async-signal-safe.
+                let _ = unsafe { nix::sys::signal::sigaction(Signal::SIGBUS, &ours()) };
+            }
+        }
+        Some(SigHandler::Handler(handler)) => {
+            handler(signal);
+            if sent {
+                // SAFETY: as above.
+                let _ = unsafe { nix::sys::signal::sigaction(Signal::SIGBUS, &ours()) };
+            }
+        }
         Some(SigHandler::SigIgn) if sent => {}
         _ => {
             let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
