@@ -1,0 +1,342 @@
+//! The server's side of a stream connection, whatever drives its I/O (the blocking
+//! server's mio loop, or tokio): accepting within bounds and refusing what is over them,
+//! admitting peers by their credentials, the hello, the ids in flight, the deadlines, and
+//! writing replies.
+
+use std::collections::HashSet;
+use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustix::net::{SendFlags, Shutdown};
+
+use crate::endpoint::{Endpoint, Framing};
+use crate::error::Result;
+use crate::frame::{
+    Decoder, HELLO_LEN, Header, Hello, Kind, STATUS_BUSY, STATUS_REFUSED, Violation, Welcome,
+};
+use crate::message::{Message, Peer, ReplySink, ReplyTo};
+use crate::sys::lock;
+use crate::transport::access::Access;
+use crate::transport::stream::check_outgoing;
+
+/// Whether the server admits the peer of an accepted socket. A refused peer is told why
+/// (with length framing; a line has no way to say it) before the caller drops its socket,
+/// and the refusal is logged. The refusal is written before the hello is read, so that a
+/// refused peer holds nothing of the server; it goes whole into the new socket's empty
+/// buffer.
+pub(super) fn admitted(
+    access: Option<&Access>,
+    url: &str,
+    framing: Framing,
+    fd: BorrowedFd<'_>,
+    peer: &Peer,
+) -> bool {
+    let Some(access) = access else {
+        return true;
+    };
+    let Err(reason) = access.admit_connection(fd, peer) else {
+        return true;
+    };
+    log::warn!(
+        "{url}: refused the connection of {}: {reason}",
+        describe(peer)
+    );
+    if framing == Framing::Length {
+        let refusal = Welcome::refusal(STATUS_REFUSED, &reason);
+        let _ = rustix::net::send(fd, &refusal, SendFlags::NOSIGNAL | SendFlags::DONTWAIT);
+    }
+    false
+}
+
+/// How a server's side of a connection writes: whole frames, never interleaved.
+pub(super) trait ConnWrite {
+    /// Writes all of `parts` as one unit.
+    fn write(&self, parts: &[&[u8]]) -> Result<()>;
+    /// Records the largest payload the client accepts, from its hello.
+    fn set_peer_max(&self, max: usize);
+    /// The connection's requests not answered yet.
+    fn in_flight(&self) -> &InFlight;
+}
+
+/// The ids of a connection's requests that are not answered yet: a REQUEST with one of
+/// them breaks the protocol (docs/PROTOCOL.md), as its answer could not be told apart.
+#[derive(Default)]
+pub(super) struct InFlight(Mutex<HashSet<u64>>);
+
+impl InFlight {
+    /// Counts request `id` in; false if it is in already.
+    fn begin(&self, id: u64) -> bool {
+        lock(&self.0).insert(id)
+    }
+
+    /// Counts request `id` out: before its answer is written, since the client may reuse
+    /// the id the moment the answer reaches it.
+    pub(super) fn end(&self, id: u64) {
+        lock(&self.0).remove(&id);
+    }
+}
+
+/// Frames and writes the answer to request `id`, as the framing allows.
+pub(super) fn write_reply(
+    url: &str,
+    framing: Framing,
+    peer_max: usize,
+    id: u64,
+    payload: &[u8],
+    ok: bool,
+    write: impl FnOnce(&[&[u8]]) -> Result<()>,
+) -> Result<()> {
+    match framing {
+        Framing::Line => {
+            if !ok {
+                return Ok(()); // Lines have no way to say "refused"; the caller times out.
+            }
+            check_outgoing(url, Framing::Line, payload, usize::MAX)?;
+            write(&[payload, b"\n"])
+        }
+        Framing::Length => {
+            let payload = if ok {
+                check_outgoing(url, Framing::Length, payload, peer_max)?;
+                payload
+            } else {
+                &payload[..payload.len().min(peer_max)]
+            };
+            let kind = if ok { Kind::Reply } else { Kind::Error };
+            let header = Header::new(kind, id, payload.len()).encode();
+            write(&[&header, payload])
+        }
+    }
+}
+
+/// The server's side of one connection's protocol, whatever drives its I/O: the hello,
+/// then frames turned into messages, each within its deadline.
+pub(super) struct Session {
+    pub(super) decoder: Decoder,
+    framing: Framing,
+    max: usize,
+    greeted: bool,
+    frame_timeout: Duration,
+    handshake_timeout: Duration,
+    /// When the connection must have sent its hello, or finished the frame under way;
+    /// `None` between frames, where a connection may idle as long as it likes.
+    deadline: Option<Instant>,
+}
+
+impl Session {
+    /// The session of a connection accepted now on the server at `endpoint`.
+    pub(super) fn new(endpoint: &Endpoint) -> Session {
+        let framing = endpoint.framing();
+        let handshake_timeout = endpoint.handshake_timeout();
+        let greeted = framing == Framing::Line;
+        Session {
+            decoder: Decoder::new(framing, endpoint.max_message()),
+            framing,
+            max: endpoint.max_message(),
+            greeted,
+            frame_timeout: endpoint.frame_timeout(),
+            handshake_timeout,
+            deadline: (!greeted).then(|| Instant::now() + handshake_timeout),
+        }
+    }
+
+    /// When the connection must have finished what it started, if it started anything.
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Why a connection whose [`deadline`](Session::deadline) passed is closed.
+    pub(super) fn expired(&self) -> String {
+        if self.greeted {
+            format!(
+                "it did not finish a frame within {:?} (frame_timeout_ms; {} bytes of it came); nothing of it was delivered",
+                self.frame_timeout,
+                self.decoder.pending()
+            )
+        } else {
+            format!(
+                "it sent no hello within {:?} (handshake_timeout_ms)",
+                self.handshake_timeout
+            )
+        }
+    }
+
+    /// After a read: a frame left unfinished must be finished in time, counted from its
+    /// first byte or from the end of the frame before it, whichever came later.
+    fn time_frame(&mut self, delivered: bool) {
+        if !self.greeted {
+            return;
+        }
+        self.deadline = match self.decoder.pending() {
+            0 => None,
+            _ if delivered || self.deadline.is_none() => Some(Instant::now() + self.frame_timeout),
+            _ => self.deadline,
+        };
+    }
+
+    /// Turns every whole frame read so far into a message for `deliver`; `Err` is why the
+    /// connection must be closed.
+    pub(super) fn parse<S: ConnWrite + ReplySink + 'static>(
+        &mut self,
+        sink: &Arc<S>,
+        peer: &Arc<Peer>,
+        url: &Arc<str>,
+        mut deliver: impl FnMut(Message),
+    ) -> std::result::Result<(), String> {
+        if !self.greeted {
+            let Some(bytes) = self.decoder.take_exact::<HELLO_LEN>() else {
+                return Ok(());
+            };
+            let hello = Hello::decode(&bytes).map_err(|v| v.to_string())?;
+            let welcome = hello.answer(self.max);
+            // The welcome is the first thing written, so it fits the empty socket buffer.
+            sink.write(&[&welcome.encode()])
+                .map_err(|e| format!("cannot answer the hello: {e}"))?;
+            if welcome.status != crate::frame::STATUS_OK {
+                return Err(Violation::Version {
+                    min: hello.min_version,
+                    max: hello.max_version,
+                }
+                .to_string());
+            }
+            sink.set_peer_max(hello.max_message as usize);
+            self.greeted = true;
+            self.deadline = None;
+        }
+        let mut delivered = false;
+        while let Some(frame) = self.decoder.next_frame().map_err(|v| v.to_string())? {
+            delivered = true;
+            let reply_to = match (self.framing, frame.kind) {
+                (Framing::Line, _) => Some(ReplyTo::new(sink.clone(), 0)),
+                (Framing::Length, Kind::Message) => None,
+                (Framing::Length, Kind::Request) => {
+                    if !sink.in_flight().begin(frame.id) {
+                        return Err(format!(
+                            "a REQUEST with id {}, which is still in flight",
+                            frame.id
+                        ));
+                    }
+                    Some(ReplyTo::new(sink.clone(), frame.id))
+                }
+                (Framing::Length, kind) => {
+                    return Err(format!("a client may not send {kind:?} frames"));
+                }
+            };
+            deliver(Message::new(
+                frame.payload,
+                peer.clone(),
+                reply_to,
+                url.clone(),
+            ));
+        }
+        self.time_frame(delivered);
+        self.decoder.shrink();
+        Ok(())
+    }
+}
+
+/// A descriptor held in reserve so that a server out of descriptors can still accept a
+/// client, to refuse it, as libuv and nginx do: otherwise the client would wait in the
+/// backlog until its handshake timed out, and the listener would stay readable forever.
+pub(super) struct Spare(Option<OwnedFd>);
+
+impl Spare {
+    pub(super) fn new() -> Spare {
+        Spare(Self::open())
+    }
+
+    fn open() -> Option<OwnedFd> {
+        rustix::fs::open(
+            "/dev/null",
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .ok()
+    }
+}
+
+/// What [`accept_one`] did.
+pub(super) enum Accepted {
+    /// A connection to serve.
+    Conn(OwnedFd),
+    /// Nothing to serve, but there may be more to accept (a client refused or gone).
+    Again,
+}
+
+/// Accepts one connection on `listener`, which holds `held` of its `max` connections; a
+/// client beyond them, or arriving when the process is out of descriptors, is refused
+/// at once. `WouldBlock` when nobody waits; any other error is the listener's.
+pub(super) fn accept_one(
+    listener: BorrowedFd<'_>,
+    spare: &mut Spare,
+    url: &str,
+    framing: Framing,
+    held: usize,
+    max: usize,
+) -> io::Result<Accepted> {
+    let flags = rustix::net::SocketFlags::NONBLOCK | rustix::net::SocketFlags::CLOEXEC;
+    match rustix::net::accept_with(listener, flags) {
+        Ok(fd) if held >= max => {
+            let reason = format!(
+                "it holds its limit of {max} connections (max_connections); retry later, or raise ?max_connections= on the server"
+            );
+            refuse(fd, url, framing, &reason);
+            Ok(Accepted::Again)
+        }
+        Ok(fd) => Ok(Accepted::Conn(fd)),
+        Err(rustix::io::Errno::INTR | rustix::io::Errno::CONNABORTED) => Ok(Accepted::Again),
+        Err(e @ (rustix::io::Errno::MFILE | rustix::io::Errno::NFILE)) => {
+            let Some(reserve) = spare.0.take() else {
+                // The reserve could not be reopened: the client waits in the backlog.
+                log::error!("{url}: cannot accept a connection: {e}");
+                return Err(e.into());
+            };
+            drop(reserve);
+            let accepted = rustix::net::accept_with(listener, flags).map(|fd| {
+                let reason = format!(
+                    "it is out of file descriptors ({e}) with {held} connections; retry later, or raise the server's descriptor limit (ulimit -n) or lower its ?max_connections="
+                );
+                refuse(fd, url, framing, &reason);
+            });
+            spare.0 = Spare::open();
+            accepted.map(|()| Accepted::Again).map_err(io::Error::from)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Tells a client it is refused (docs/PROTOCOL.md) and closes its connection; a client
+/// with line framing, which has no way to be told, is only closed.
+fn refuse(fd: OwnedFd, url: &str, framing: Framing, reason: &str) {
+    log::warn!("{url}: refused a connection: {reason}");
+    if framing == Framing::Length {
+        let refusal = Welcome::refusal(STATUS_BUSY, reason);
+        // The first bytes on a new socket fit its empty buffer: this never waits.
+        let _ = rustix::net::send(&fd, &refusal, SendFlags::NOSIGNAL | SendFlags::DONTWAIT);
+    }
+    let _ = rustix::net::shutdown(&fd, Shutdown::Write);
+    // Read what the client sent (its hello): closing a TCP socket with unread bytes
+    // resets the connection, which could discard the refusal before the client reads it.
+    let mut sink = [0u8; 256];
+    for _ in 0..4 {
+        if !matches!(rustix::io::read(&fd, &mut sink), Ok(n) if n > 0) {
+            break;
+        }
+    }
+}
+
+/// Why a connection that ended `pending` bytes into a frame is worth a warning.
+pub(super) fn went_away(pending: usize) -> Option<String> {
+    (pending > 0).then(|| {
+        format!("the peer went away {pending} bytes into a frame; nothing of it was delivered")
+    })
+}
+
+pub(super) fn describe(peer: &Peer) -> String {
+    match (&peer.addr, peer.pid) {
+        (Some(addr), _) => addr.clone(),
+        (None, Some(pid)) => format!("pid {pid}"),
+        (None, None) => "a client".to_owned(),
+    }
+}
