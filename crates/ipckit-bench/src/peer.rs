@@ -150,6 +150,33 @@ pub fn abandon() {
     }
 }
 
+/// Enters a peer in [`RUNNING`]; false once the run is abandoned.
+fn registered(pid: u32, address: &str) -> bool {
+    match RUNNING
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_mut()
+    {
+        Some(running) => {
+            running.push((pid, address.to_owned()));
+            true
+        }
+        None => false,
+    }
+}
+
+/// Takes a peer out of [`RUNNING`], before it is reaped, so that `abandon` never signals
+/// a pid that could be reused.
+fn forget(pid: u32) {
+    if let Some(running) = RUNNING
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_mut()
+    {
+        running.retain(|(p, _)| *p != pid);
+    }
+}
+
 /// Removes what a server at `address` leaves when killed (a segment, a queue).
 fn destroy_endpoint(address: &str) {
     if let Ok(endpoint) = address.parse::<ipckit::Endpoint>() {
@@ -184,14 +211,24 @@ impl Peer {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
+        // Known to `abandon` from the start: a signal may come while it starts up.
+        let pid = child.id();
+        if !registered(pid, address) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(std::io::Error::other("the run is stopping"));
+        }
         let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
         let mut line = String::new();
-        stdout.read_line(&mut line)?;
-        if line.is_empty() {
+        let read = stdout.read_line(&mut line);
+        if read.is_err() || line.is_empty() {
+            forget(pid);
             let mut err = String::new();
             let _ =
                 std::io::Read::read_to_string(&mut child.stderr.take().expect("piped"), &mut err);
+            let _ = child.kill();
             let _ = child.wait();
+            read?;
             // A panic's message, without the backtrace.
             let said: Vec<&str> = err
                 .lines()
@@ -203,23 +240,22 @@ impl Peer {
                 said.join(" ")
             )));
         }
-        let mut peer = Peer {
-            child,
-            address: line.trim().to_owned(),
-            stdout,
-        };
-        match RUNNING
+        let address = line.trim().to_owned();
+        // Where it really listens (a port the kernel chose), for `abandon` to clean up.
+        if let Some(running) = RUNNING
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .as_mut()
         {
-            Some(running) => running.push((peer.pid(), peer.address.clone())),
-            None => {
-                let _ = peer.child.kill();
-                return Err(std::io::Error::other("the run is stopping"));
+            for entry in running.iter_mut().filter(|(p, _)| *p == pid) {
+                entry.1 = address.clone();
             }
         }
-        Ok(peer)
+        Ok(Peer {
+            child,
+            address,
+            stdout,
+        })
     }
 
     /// Where the peer listens.

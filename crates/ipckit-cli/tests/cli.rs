@@ -34,6 +34,13 @@ struct Background(Child, Option<BufReader<std::process::ChildStderr>>);
 
 impl Drop for Background {
     fn drop(&mut self) {
+        // Asked to stop first, as a server then removes what it made (a segment, say).
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

@@ -180,7 +180,16 @@ impl Ctx {
 impl Drop for Ctx {
     fn drop(&mut self) {
         for endpoint in self.made.borrow().iter() {
-            let _ = self.transport.destroy(endpoint);
+            // An async server may let go of its endpoint a moment after it is dropped,
+            // and a queue is not removed from under its receiver.
+            for _ in 0..100 {
+                match self.transport.destroy(endpoint) {
+                    Err(ipckit::Error::AddrInUse { .. }) => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    _ => break,
+                }
+            }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
