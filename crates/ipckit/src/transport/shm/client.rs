@@ -370,9 +370,13 @@ impl ShmConnection {
     #[inline(always)]
     pub(super) fn closed(&self) -> Result<()> {
         let listening = self.header().state.load(Ordering::Acquire) == segment::LISTENING;
-        let refused = self.slot().state.load(Ordering::Acquire) == segment::REFUSED;
         let died = self.header().keeper.load(Ordering::Relaxed) & OWNER_DIED != 0;
-        // Read after the states: touching a lost page is what marks the mapping.
+        let slot = self.slot().state.load(Ordering::Acquire);
+        // A slot reads FREE only once its page is lost: the client holds it open.
+        if listening && !died && slot != segment::REFUSED && slot != segment::FREE {
+            return Ok(());
+        }
+        // Asked after the states: touching a lost page is what marks the mapping.
         let detail = if self.header.truncated() || self.slot.truncated() {
             "another process shrank the shared-memory segment (truncate, or dd without conv=notrunc)"
         } else if died {
@@ -380,7 +384,7 @@ impl ShmConnection {
             "the server process died"
         } else if !listening {
             "the server stopped"
-        } else if refused {
+        } else if slot == segment::REFUSED {
             "the server dropped this connection for breaking the protocol; see its log"
         } else {
             return Ok(());

@@ -401,7 +401,8 @@ impl ShmListener {
     }
 
     /// Err once another process shrank the segment under the header: nothing in it can
-    /// be trusted or reached any more.
+    /// be trusted or reached any more. Asked when a wait ends, which housekeeping ends
+    /// as soon as it sees the mark (a shrunk header reads as changed).
     pub(super) fn intact(&self) -> Result<()> {
         if !self.map.truncated() {
             return Ok(());
@@ -766,7 +767,6 @@ impl Drop for Returned<'_> {
 impl ServerSide for ShmListener {
     #[inline(always)]
     fn recv(&mut self, deadline: Option<Instant>) -> Result<Option<Message>> {
-        self.intact()?;
         let received = self.wait_for(deadline, |listener| listener.poll().map(ControlFlow::Break));
         self.intact()?;
         Ok(received)
@@ -778,7 +778,6 @@ impl ServerSide for ShmListener {
         deadline: Option<Instant>,
         handle: &mut Option<H>,
     ) -> Result<Option<R>> {
-        self.intact()?;
         let received = self.recv_in_place(deadline, handle);
         self.intact()?;
         Ok(received)
@@ -790,7 +789,6 @@ impl ServerSide for ShmListener {
         stopped: &AtomicBool,
         handle: impl FnMut(&mut MessageRef<'_>) -> ControlFlow<B>,
     ) -> Result<Option<B>> {
-        self.intact()?;
         let served = self.serve_in_place(stopped, handle);
         self.intact()?;
         Ok(served)
