@@ -178,7 +178,11 @@ fn forget(pid: u32) {
 }
 
 /// Removes what a server at `address` leaves when killed (a segment, a queue).
-fn destroy_endpoint(address: &str) {
+///
+/// ```
+/// ipckit_bench::peer::destroy_endpoint("mq://ipckit-doc-gone");
+/// ```
+pub fn destroy_endpoint(address: &str) {
     if let Ok(endpoint) = address.parse::<ipckit::Endpoint>() {
         if let Some(transport) = ipckit::transport::find(endpoint.scheme()) {
             let _ = transport.destroy(&endpoint);

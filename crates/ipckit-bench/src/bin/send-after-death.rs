@@ -121,11 +121,7 @@ fn measure() {
             windows[k].push(fields.next().and_then(|f| f.parse().ok()).unwrap_or(0u64));
         }
         last_error = fields.next().unwrap_or("").to_owned();
-        if let Ok(endpoint) = url.parse::<ipckit::Endpoint>() {
-            if let Some(transport) = ipckit::transport::find(endpoint.scheme()) {
-                let _ = transport.destroy(&endpoint);
-            }
-        }
+        ipckit_bench::peer::destroy_endpoint(&url);
     }
     let us = |ns: u64| ns as f64 / 1000.0;
     println!("{prefix} over {kills} kills, sends that returned Ok:");
