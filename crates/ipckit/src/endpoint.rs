@@ -241,8 +241,10 @@ impl Param {
             Param::SendTimeoutMs => "how long a send waits for room in a full queue, pipe or ring",
             Param::Clients => "how many clients a server takes at once",
             Param::Ring => "bytes of each ring, a power of two",
-            Param::AllowUid => "user ids admitted besides the owner, e.g. 1000,1001",
-            Param::AllowGid => "group ids admitted besides the owner",
+            Param::AllowUid => {
+                "user ids admitted besides the owner, e.g. 1000,1001 (servers that learn their peers: creds in `ipckit transports`)"
+            }
+            Param::AllowGid => "group ids admitted besides the owner (as allow_uid)",
             Param::HandshakeTimeoutMs => "how long a server waits for a new connection's hello",
             Param::FrameTimeoutMs => {
                 "how long a server waits for the rest of a started frame or line"

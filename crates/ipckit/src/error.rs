@@ -29,7 +29,7 @@ pub enum Error {
     },
 
     /// Nothing is listening at the endpoint.
-    #[error("{endpoint}: nothing is listening there ({detail}); start its server first")]
+    #[error("{endpoint}: nothing is listening there ({detail}); is its server running?")]
     NotFound {
         /// The endpoint's URL.
         endpoint: String,
