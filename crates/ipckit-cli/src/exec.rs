@@ -4,6 +4,7 @@
 use std::io::{Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -12,6 +13,21 @@ use ipckit::Message;
 /// The most of CMD's first line of stderr that a refusal carries: a reason is cut to the
 /// client's limit anyway, and one line says what went wrong.
 const REASON_LINE: usize = 200;
+
+/// The process group of the command running now, 0 when none: a server asked to stop
+/// ends it rather than wait for it, or leave it running once the server is gone.
+static RUNNING: AtomicI32 = AtomicI32::new(0);
+
+/// Ends the command running now, if any, with SIGTERM: its request is refused, saying so.
+pub fn stop_running() {
+    let group = RUNNING.load(Ordering::Acquire);
+    if group != 0 {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(group),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+}
 
 /// Runs `cmd` for `message` and answers it: the reply is what `cmd` printed, or a refusal
 /// saying how `cmd` failed. A one-way message gets no answer; a failure is logged.
@@ -58,6 +74,7 @@ fn run(cmd: &str, timeout: Duration, message: &Message) -> Result<Vec<u8>, Strin
         .spawn()
         .map_err(|e| format!("its command could not start: {e}"))?;
     let group = nix::unistd::Pid::from_raw(child.id() as i32);
+    RUNNING.store(group.as_raw(), Ordering::Release);
     let mut stdin = child.stdin.take().expect("piped");
     let payload = message.payload().to_vec();
     // Written and read on threads of their own, so that a CMD that prints before it has
@@ -79,7 +96,10 @@ fn run(cmd: &str, timeout: Duration, message: &Message) -> Result<Vec<u8>, Strin
     std::thread::spawn(move || {
         let _ = done.send(child.wait());
     });
-    let status = match exited.recv_timeout(timeout) {
+    let status = exited.recv_timeout(timeout);
+    // A stop that comes from here on finds the server's loop free, and stops it at once.
+    RUNNING.store(0, Ordering::Release);
+    let status = match status {
         Ok(status) => status,
         Err(_) => {
             // The group's id stays ours while sh is unreaped or anything of the group

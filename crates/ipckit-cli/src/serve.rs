@@ -85,6 +85,7 @@ fn stop_on(signals: SigSet, stopper: ipckit::Stopper) {
         if let Ok(signal) = signals.wait() {
             log::info!("{signal}: stopping");
             stopper.stop();
+            crate::exec::stop_running();
         }
     });
 }

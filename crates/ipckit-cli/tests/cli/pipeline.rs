@@ -321,3 +321,77 @@ fn help_urls_lists_every_form_and_option() {
         }
     }
 }
+
+/// A `serve --exec` stopped by a signal ends the command it is running, whose client is
+/// told, rather than wait for it or leave it behind.
+#[test]
+fn stopped_serve_exec_ends_its_command() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let dir = Scratch::new("exec-stop");
+    let url = format!("uds://{}", dir.sock("s.sock"));
+    let server = Background::start(IPCKIT, &["serve", &url, "--exec", "sleep 60"]);
+    wait_for_socket(&dir.sock("s.sock"));
+    let request = Background::start(IPCKIT, &["request", &url, "x", "--timeout", "30s"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let group = loop {
+        if let Some(&pid) = children(server.0.id()).first() {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the command never started");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    kill(Pid::from_raw(server.0.id() as i32), Signal::SIGTERM).unwrap();
+    let out = server.output();
+    assert!(out.status.success(), "{out:?}");
+    let out = request.output();
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("SIGTERM"),
+        "{out:?}"
+    );
+    // Killed, its last members are reaped by init in a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while kill(Pid::from_raw(-(group as i32)), None) != Err(nix::errno::Errno::ESRCH) {
+        assert!(
+            Instant::now() < deadline,
+            "the command's process group outlived its server"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Output into a pipe nobody reads is no failure: the command ends with status 0 and
+/// says nothing, as `yes | head -1` does; a listener ends without waiting for a message.
+#[test]
+fn writing_into_a_closed_pipe_is_no_failure() {
+    let dir = Scratch::new("closed-pipe");
+    let url = format!("uds://{}", dir.sock("p.sock"));
+    let _server = Background::start(IPCKIT, &["serve", &url, "--echo", "--timeout", "30s"]);
+    assert!(request_until_served(&url, "ready?").status.success());
+    let listened = format!("uds://{}", dir.sock("l.sock"));
+    for args in [
+        &["request", url.as_str(), "x"][..],
+        &["transports"][..],
+        &["completions", "bash"][..],
+        &["listen", listened.as_str(), "--timeout", "20s"][..],
+    ] {
+        let (read, write) = nix::unistd::pipe().unwrap();
+        drop(read);
+        let out = Background(
+            Command::new(IPCKIT)
+                .args(args)
+                .stdout(Stdio::from(write))
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+            None,
+        )
+        .output();
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "{args:?} into a closed pipe: {out:?}"
+        );
+    }
+    assert!(!std::path::Path::new(&dir.sock("l.sock")).exists());
+}
