@@ -29,11 +29,11 @@ use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
     )
 )]
 pub struct Cli {
-    /// Print less: only errors; twice, nothing but what the command outputs
-    #[arg(short, long, global = true, action = ArgAction::Count, conflicts_with = "verbose")]
+    /// Log errors only, not warnings; twice, nothing (a command's own failure is still said)
+    #[arg(short, long, global = true, action = ArgAction::Count, conflicts_with = "verbose", display_order = 100)]
     pub quiet: u8,
-    /// Print more: what servers do (info); twice, debug; three times, trace
-    #[arg(short, long, global = true, action = ArgAction::Count)]
+    /// Log what servers do (info); twice, debug; three times, trace
+    #[arg(short, long, global = true, action = ArgAction::Count, display_order = 100)]
     pub verbose: u8,
     #[command(subcommand)]
     pub command: Command,
@@ -183,6 +183,8 @@ pub struct Answer {
     /// Run CMD through `sh -c` for each message, as socat's EXEC does: the payload on its
     /// standard input, its standard output the reply
     ///
+    /// The reply is the output byte for byte, a final newline included (`printf` leaves
+    /// none). Each run is in a process group of its own, ended when the server is stopped.
     /// A CMD that exits non-zero, is killed by a signal or runs past --exec-timeout (then
     /// killed, with its process group) refuses the request with its exit status and the
     /// first line of its standard error; the client exits with status 5. A one-way message
