@@ -7,6 +7,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+// The shell-facing behaviours, in a file of their own (not a test target of its own).
+#[path = "cli/pipeline.rs"]
+mod pipeline;
+
 const IPCKIT: &str = env!("CARGO_BIN_EXE_ipckit");
 
 struct Scratch(PathBuf);

@@ -206,6 +206,53 @@ impl Param {
         }
     }
 
+    /// The value an endpoint has when the option is not given, as the option would be
+    /// spelled; `None` where the default is an absence (no extra ids admitted).
+    fn default(self) -> Option<&'static str> {
+        match self {
+            Param::Framing => Some("length"),
+            Param::Mode => Some("0600"),
+            Param::MaxMessage => Some("16777216"),
+            Param::Public => Some("false"),
+            Param::Priority => Some("0"),
+            Param::SendTimeoutMs => Some("10000"),
+            Param::Clients => Some("1024"),
+            Param::Ring => Some("1048576"),
+            Param::AllowUid | Param::AllowGid => None,
+            Param::HandshakeTimeoutMs => Some("5000"),
+            Param::FrameTimeoutMs => Some("30000"),
+            Param::MaxConnections => Some("4096"),
+        }
+    }
+
+    fn about(self) -> &'static str {
+        match self {
+            Param::Framing => {
+                "length: ipckit frames with a handshake; line: one message per line, for socat and nc"
+            }
+            Param::Mode => {
+                "permission bits of the endpoint's file or object (abstract sockets check peers against them)"
+            }
+            Param::MaxMessage => "the largest message this side accepts, in bytes",
+            Param::Public => "true lets a server bind an address other than loopback",
+            Param::Priority => {
+                "the priority of messages sent, 0 to 32767; higher is received first"
+            }
+            Param::SendTimeoutMs => "how long a send waits for room in a full queue, pipe or ring",
+            Param::Clients => "how many clients a server takes at once",
+            Param::Ring => "bytes of each ring, a power of two",
+            Param::AllowUid => {
+                "user ids admitted besides the owner, e.g. 1000,1001 (servers that learn their peers: creds in `ipckit transports`)"
+            }
+            Param::AllowGid => "group ids admitted besides the owner (as allow_uid)",
+            Param::HandshakeTimeoutMs => "how long a server waits for a new connection's hello",
+            Param::FrameTimeoutMs => {
+                "how long a server waits for the rest of a started frame or line"
+            }
+            Param::MaxConnections => "how many connections a server holds at once",
+        }
+    }
+
     /// Checks that `value` is the canonical spelling of a valid value.
     fn check(self, value: &str) -> std::result::Result<(), String> {
         match self {
@@ -298,6 +345,80 @@ impl Param {
                 }
             }
         }
+    }
+}
+
+/// A `?key=value` option of endpoint URLs, as the parser knows it: for help texts that
+/// must not drift from what the parser takes, such as `ipckit help urls`.
+///
+/// ```
+/// use ipckit::endpoint::UrlOption;
+/// let framing = UrlOption::all().find(|o| o.key() == "framing").unwrap();
+/// assert_eq!(framing.default(), Some("length"));
+/// assert!(framing.applies_to("uds") && !framing.applies_to("shm"));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UrlOption(Param);
+
+impl UrlOption {
+    /// Every option the parser takes.
+    pub fn all() -> impl Iterator<Item = UrlOption> {
+        Param::ALL.into_iter().map(UrlOption)
+    }
+
+    /// The key, as in `?key=value`.
+    pub fn key(self) -> &'static str {
+        self.0.key()
+    }
+
+    /// The value an endpoint has without the option, spelled as the option; `None` where
+    /// the default is an absence (`allow_uid`, `allow_gid`).
+    pub fn default(self) -> Option<&'static str> {
+        self.0.default()
+    }
+
+    /// What the option sets, in a line.
+    pub fn about(self) -> &'static str {
+        self.0.about()
+    }
+
+    /// Whether endpoints of `scheme` take the option.
+    pub fn applies_to(self, scheme: &str) -> bool {
+        self.0.applies_to(scheme)
+    }
+}
+
+/// Example URLs of `scheme`, one for each form its addresses take (path and abstract
+/// name, IPv4 and IPv6, …); empty for a scheme the parser does not know.
+///
+/// ```
+/// for url in ipckit::endpoint::examples("uds") {
+///     assert!(url.parse::<ipckit::Endpoint>().is_ok());
+/// }
+/// ```
+pub fn examples(scheme: &str) -> &'static [&'static str] {
+    match scheme {
+        "uds" => &["uds:///run/user/1000/app.sock", "uds://@app"],
+        "tcp" => &[
+            "tcp://127.0.0.1:7000",
+            "tcp://[::1]:7000",
+            "tcp://localhost:7000",
+        ],
+        "udp" => &["udp://127.0.0.1:9000", "udp://[::1]:9000"],
+        "unixgram" => &["unixgram:///tmp/app.dgram", "unixgram://@app"],
+        "fifo" => &["fifo:///tmp/app.fifo"],
+        "mq" => &["mq://app"],
+        "shm" => &["shm://app"],
+        "events" => &["events://app"],
+        "spool" => &["spool:///var/spool/app"],
+        "dbus" => &[
+            "dbus://session/org.example.App",
+            "dbus://system/org.example.App",
+        ],
+        "x11" => &["x11://App%20Window"],
+        "ws" => &["ws://127.0.0.1:8080/app"],
+        "nats" => &["nats://127.0.0.1:4222/app"],
+        _ => &[],
     }
 }
 
@@ -978,6 +1099,48 @@ fn unescape(text: &str) -> Parsed<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What an endpoint's accessors say, for comparing endpoints option by option.
+    fn settings(ep: &Endpoint) -> String {
+        format!(
+            "{:?}",
+            (
+                ep.framing(),
+                ep.mode(),
+                ep.max_message(),
+                ep.public(),
+                ep.priority(),
+                ep.send_timeout(),
+                ep.clients(),
+                ep.ring(),
+                ep.allow_uid(),
+                ep.allow_gid(),
+                (ep.handshake_timeout(), ep.frame_timeout()),
+                ep.max_connections(),
+            )
+        )
+    }
+
+    /// `ipckit help urls` prints these: every scheme has examples that parse, and every
+    /// option's documented default is what an endpoint has without it.
+    #[test]
+    fn url_options_and_examples_match_the_parser() {
+        for scheme in SCHEMES {
+            assert!(!examples(scheme).is_empty(), "{scheme} has no example");
+            for url in examples(scheme) {
+                let ep = Endpoint::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+                assert_eq!(ep.scheme(), scheme);
+                for option in UrlOption::all().filter(|o| o.applies_to(scheme)) {
+                    let Some(default) = option.default() else {
+                        continue;
+                    };
+                    let mut set = ep.clone();
+                    set.set_option(option.key(), default).unwrap();
+                    assert_eq!(settings(&set), settings(&ep), "{set}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn every_design_form_round_trips() {

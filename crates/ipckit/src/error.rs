@@ -29,9 +29,7 @@ pub enum Error {
     },
 
     /// Nothing is listening at the endpoint.
-    #[error(
-        "{endpoint}: nothing is listening there ({detail}); start a server first, e.g. `ipckit listen '{endpoint}'`"
-    )]
+    #[error("{endpoint}: nothing is listening there ({detail}); is its server running?")]
     NotFound {
         /// The endpoint's URL.
         endpoint: String,

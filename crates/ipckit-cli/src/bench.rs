@@ -1,0 +1,86 @@
+//! `ipckit bench`: the harness of ipckit-bench, with a progress bar and a clean stop.
+
+use crate::args::Bench;
+use crate::exit::CliResult;
+use crate::serve::block_stop_signals;
+
+pub fn run(bench: Bench) -> CliResult {
+    let Bench {
+        quick,
+        transports,
+        size,
+        count,
+        json,
+        csv,
+        chart,
+        scaling,
+    } = bench;
+    use ipckit_bench::harness;
+    let signals = block_stop_signals()?;
+    // Once the run is abandoned, its own thread fails or panics as its servers
+    // go: it waits, silent, while the signal's thread cleans up and exits 0.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !ipckit_bench::peer::abandoned() {
+            report(info);
+        }
+    }));
+    std::thread::spawn(move || {
+        if let Ok(signal) = signals.wait() {
+            log::info!("{signal}: stopping the servers and removing what the run made");
+            harness::abandon();
+            std::process::exit(0);
+        }
+    });
+    let options = harness::Options {
+        transports,
+        size,
+        count,
+        quick,
+    };
+    let per_transport = 3 + if scaling { 11 } else { 0 };
+    let steps = harness::check(&options)?.len() as u64 * per_transport;
+    let bar = indicatif::ProgressBar::new(steps).with_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
+            .expect("a valid template"),
+    );
+    let mut step = |what: &str| {
+        bar.inc(1);
+        bar.set_message(what.to_owned());
+    };
+    let rows = harness::run(&options, &mut step);
+    let points = match (&rows, scaling) {
+        (Ok(_), true) => harness::run_scaling(&options, &mut step),
+        _ => Ok(Vec::new()),
+    };
+    bar.finish_and_clear();
+    let (rows, points) = (rows?, points?);
+    if let Some(path) = &chart {
+        ipckit_bench::chart::draw(&rows, &points, path)
+            .map_err(|e| format!("drawing {}: {e}", path.display()))?;
+    }
+    if json {
+        let report = serde_json::json!({
+            "machine": harness::Machine::here(),
+            "rows": rows,
+            "scaling": points,
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if csv {
+        print!("{}", harness::csv(&rows));
+        if scaling {
+            print!("\n{}", harness::scaling_csv(&points));
+        }
+    } else {
+        let machine = harness::Machine::here();
+        println!(
+            "{} CPUs ({}), Linux {}; client on CPU 0, servers on CPU 1\n",
+            machine.cpus, machine.cpu, machine.kernel
+        );
+        print!("{}", harness::table(&rows));
+        if scaling {
+            print!("\n{}", harness::scaling_table(&points));
+        }
+    }
+    Ok(())
+}

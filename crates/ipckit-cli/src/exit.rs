@@ -1,0 +1,140 @@
+//! How a command fails: the message on stderr and the exit status, which `--help` lists
+//! (the `after_help` in args.rs), so that a script can tell nothing listening, a timeout
+//! and a refusal apart as it can curl's failures.
+
+use std::fmt;
+use std::process::ExitCode;
+
+/// Any failure not listed below.
+pub const OTHER: u8 = 1;
+/// Bad usage: clap's own status for arguments it rejects, and ours for an invalid URL.
+pub const USAGE: u8 = 2;
+/// Nothing listens at the endpoint (`Error::NotFound`).
+pub const NOT_LISTENING: u8 = 3;
+/// No answer, room or message in time (`Error::Timeout`, `Error::Full`, a `--count` not
+/// reached within `--timeout`).
+pub const TIMED_OUT: u8 = 4;
+/// The server or the system said no (`Error::Refused`, `Error::Remote`,
+/// `Error::PermissionDenied`).
+pub const REFUSED: u8 = 5;
+
+/// Why a command did not succeed.
+#[derive(Debug)]
+pub enum Failure {
+    /// An ipckit call failed; `hint` is the CLI's own advice, for the command that failed.
+    Ipc {
+        error: ipckit::Error,
+        hint: Option<String>,
+    },
+    /// The command's own bound ran out (`--count` within `--timeout`).
+    TimedOut(String),
+    /// Arguments that clap cannot tell are at odds.
+    Usage(String),
+    /// Anything else, said in full.
+    Other(String),
+    /// Whoever read standard output went away: the output is no longer wanted, which is no
+    /// failure (`ipckit listen URL | head -1`).
+    ReaderGone,
+}
+
+impl Failure {
+    /// Adds the advice a client command gives when nothing listens: the library's text
+    /// names no command, as an application's users have none to run.
+    pub fn for_client(self, server_command: &str) -> Failure {
+        match self {
+            Failure::Ipc {
+                error: error @ ipckit::Error::NotFound { .. },
+                hint: None,
+            } => {
+                let hint = format!(
+                    "To start one: `ipckit {server_command} '{}'`",
+                    error.endpoint()
+                );
+                Failure::Ipc {
+                    error,
+                    hint: Some(hint),
+                }
+            }
+            other => other,
+        }
+    }
+
+    fn code(&self) -> u8 {
+        use ipckit::Error;
+        match self {
+            Failure::Ipc { error, .. } => match error {
+                Error::InvalidUrl { .. } => USAGE,
+                Error::NotFound { .. } => NOT_LISTENING,
+                Error::Timeout { .. } | Error::Full { .. } => TIMED_OUT,
+                Error::Refused { .. } | Error::Remote { .. } | Error::PermissionDenied { .. } => {
+                    REFUSED
+                }
+                _ => OTHER,
+            },
+            Failure::TimedOut(_) => TIMED_OUT,
+            Failure::Usage(_) => USAGE,
+            Failure::Other(_) => OTHER,
+            Failure::ReaderGone => 0,
+        }
+    }
+
+    /// Says what failed, on one line of stderr, and gives the status to exit with.
+    pub fn report(self) -> ExitCode {
+        if !matches!(self, Failure::ReaderGone) {
+            eprintln!("ipckit: {self}");
+        }
+        ExitCode::from(self.code())
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Ipc { error, hint: None } => write!(f, "{error}"),
+            Failure::Ipc {
+                error,
+                hint: Some(hint),
+            } => write!(f, "{error} {hint}"),
+            Failure::TimedOut(what) | Failure::Usage(what) | Failure::Other(what) => {
+                f.write_str(what)
+            }
+            Failure::ReaderGone => f.write_str("the reader of standard output went away"),
+        }
+    }
+}
+
+impl From<ipckit::Error> for Failure {
+    fn from(error: ipckit::Error) -> Failure {
+        Failure::Ipc { error, hint: None }
+    }
+}
+
+impl From<String> for Failure {
+    fn from(what: String) -> Failure {
+        Failure::Other(what)
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Failure {
+        Failure::Other(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for Failure {
+    fn from(e: serde_json::Error) -> Failure {
+        Failure::Other(e.to_string())
+    }
+}
+
+/// What a command returns.
+pub type CliResult = Result<(), Failure>;
+
+/// Maps a failed write to standard output: a reader gone is [`Failure::ReaderGone`].
+pub fn stdout_error(e: std::io::Error) -> Failure {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        Failure::ReaderGone
+    } else {
+        Failure::Other(format!("writing to standard output: {e}"))
+    }
+}

@@ -1,0 +1,115 @@
+//! The receiving loop of `listen` and `serve`, and what stops it cleanly: a signal, a
+//! bound, or the reader of standard output going away.
+
+use std::io;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use ipckit::{Message, Server};
+use nix::sys::signal::{SigSet, Signal};
+
+use crate::args::Bounds;
+use crate::exit::{CliResult, Failure};
+
+/// Receives at `url` within `bounds`, handing each message to `handle`. With
+/// `stdout_read`, the loop also ends when whoever reads standard output goes away, at once
+/// rather than at the next message, so that `listen URL | head -1` ends with `head`.
+pub fn serve_loop(
+    url: &str,
+    bounds: Bounds,
+    stdout_read: bool,
+    mut handle: impl FnMut(&mut Message) -> CliResult,
+) -> CliResult {
+    let signals = block_stop_signals()?;
+    let mut server: Server = ipckit::listen(url)?;
+    stop_on(signals, server.stopper());
+    let reader_gone = Arc::new(AtomicBool::new(false));
+    if stdout_read {
+        stop_when_stdout_closes(server.stopper(), reader_gone.clone());
+    }
+    if server.endpoint().to_string() != url {
+        // The kernel chose the port: say which, or nobody can reach the server.
+        eprintln!("ipckit: listening on {}", server.endpoint());
+    }
+    log::info!("{}: listening", server.endpoint());
+    let deadline = bounds.timeout.map(|t| Instant::now() + t);
+    let mut received = 0u64;
+    while bounds.count.is_none_or(|n| received < n) {
+        let message = match deadline {
+            None => server.recv().map(Some),
+            Some(deadline) => {
+                server.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            }
+        };
+        let message = match message {
+            // Stopped: dropping the server removes what it made.
+            Err(ipckit::Error::Stopped { .. }) if reader_gone.load(Ordering::Acquire) => {
+                return Err(Failure::ReaderGone);
+            }
+            Err(ipckit::Error::Stopped { .. }) => return Ok(()),
+            other => other?,
+        };
+        let Some(mut message) = message else {
+            return match bounds.count {
+                Some(n) => Err(Failure::TimedOut(format!(
+                    "{url}: timed out after {received} of {n} messages"
+                ))),
+                None => Ok(()),
+            };
+        };
+        // A failure here (standard output gone, say) returns through the server's drop,
+        // which removes what it made.
+        handle(&mut message)?;
+        received += 1;
+    }
+    Ok(())
+}
+
+/// Blocks SIGINT, SIGTERM and SIGHUP in this thread, and so in every thread it starts,
+/// so that they are taken by the one thread that waits for them (`stop_on`) rather than
+/// kill the process before it removes what it made.
+pub fn block_stop_signals() -> io::Result<SigSet> {
+    let mut signals = SigSet::empty();
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        signals.add(signal);
+    }
+    signals.thread_block().map_err(io::Error::from)?;
+    Ok(signals)
+}
+
+/// Stops the server when one of `signals` comes; the command then cleans up and exits 0.
+fn stop_on(signals: SigSet, stopper: ipckit::Stopper) {
+    std::thread::spawn(move || {
+        if let Ok(signal) = signals.wait() {
+            log::info!("{signal}: stopping");
+            stopper.stop();
+            crate::exec::stop_running();
+        }
+    });
+}
+
+/// Stops the server when standard output is a pipe or socket whose reader has gone: the
+/// kernel reports POLLERR (a pipe) or POLLHUP (a socket) on the writing end, even to a
+/// poll that asks for nothing else, so this thread sleeps until then.
+fn stop_when_stdout_closes(stopper: ipckit::Stopper, gone: Arc<AtomicBool>) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    std::thread::spawn(move || {
+        let stdout = io::stdout();
+        let mut fds = [PollFd::new(stdout.as_fd(), PollFlags::empty())];
+        loop {
+            match poll(&mut fds, PollTimeout::NONE) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return,
+                Ok(_) => break,
+            }
+        }
+        let revents = fds[0].revents().unwrap_or(PollFlags::empty());
+        if revents.intersects(PollFlags::POLLERR | PollFlags::POLLHUP) {
+            log::info!("the reader of standard output went away: stopping");
+            gone.store(true, Ordering::Release);
+            stopper.stop();
+        }
+    });
+}
