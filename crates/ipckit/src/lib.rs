@@ -5,11 +5,17 @@
 //! picks: a [`Client`] sends messages and requests, a [`Server`] receives them, with who
 //! sent each, and answers.
 //!
+//! ipckit grew from a well-known article that compares ten IPC techniques in .NET on
+//! Windows, each behind one small contract: a client that sends, a server that starts,
+//! stops and is told of each message received. ipckit keeps that contract, brings each
+//! technique to its Linux counterpart, and adds requests with replies, typed messages,
+//! peer credentials and zero copy.
+//!
 //! # Brief overview
 //!
 //! [`connect`] opens a [`Client`] to an endpoint and [`listen`] starts a [`Server`] at one.
 //! Both take anything that is [`ToEndpoint`]: a URL string, or an [`Endpoint`] already
-//! parsed (the [`endpoint`] module documents every form and option).
+//! parsed (the [endpoints](#endpoints) below list every form and option).
 //!
 //! - A [`Client`] sends one-way messages and requests with a timeout. Every method takes
 //!   `&self`, so one client can be shared between threads, each reply reaching the thread
@@ -34,6 +40,8 @@
 //! - [`Capabilities`], from [`Client::capabilities`], [`Server::capabilities`] or a
 //!   [`transport::Transport`], says what a transport promises: whether it is reliable,
 //!   ordered, durable, connected, the largest message, peer credentials, zero copy.
+//!   `ipckit transports` prints them, and [`transport::all`] lists this build's
+//!   transports.
 //! - With the `tokio` feature, [`tokio::connect`](tokio/fn.connect.html) and
 //!   [`tokio::listen`](tokio/fn.listen.html) give a
 //!   [`tokio::Client`](tokio/struct.Client.html) and a
@@ -53,7 +61,7 @@
 //! std::fs::create_dir_all(&dir).unwrap();
 //! let url = format!("uds://{}/echo.sock", dir.display());
 //!
-//! // The article's Start / Received / Stop: a handler on a thread of its own.
+//! // Start, receive, stop: a handler on a thread of its own, stopped by a guard.
 //! let server = ipckit::listen(&url)?.spawn(|msg| Some(msg.payload().to_vec()));
 //!
 //! let client = ipckit::connect(&url)?;
@@ -66,25 +74,21 @@
 //! # Ok::<(), ipckit::Error>(())
 //! ```
 //!
-//! # Transports
+//! # Which transport to pick
 //!
-//! Every transport takes requests (all are duplex) and none broadcasts yet. Beyond that
-//! they differ as their [`Capabilities`] say, and as `ipckit transports` prints:
+#![doc = include_str!("docs/which_transport.md")]
 //!
-//! | scheme | URL | underneath | promises |
-//! |---|---|---|---|
-//! | [`uds`](transport::uds) | `uds:///run/app.sock`, `uds://@app` | AF_UNIX stream sockets, at a path or an abstract name | reliable, ordered, connected, peer credentials (SO_PEERCRED); 16 MiB |
-//! | [`tcp`](transport::tcp) | `tcp://127.0.0.1:7000` | TCP over loopback, TCP_NODELAY | reliable, ordered, connected; 16 MiB |
-//! | [`udp`](transport::udp) | `udp://127.0.0.1:9000` | UDP datagrams, payload as is | may drop and reorder; 65507 bytes |
-//! | [`unixgram`](transport::unixgram) | `unixgram:///tmp/app.dgram`, `unixgram://@app` | AF_UNIX datagram sockets | reliable, ordered, peer credentials (SCM_CREDENTIALS); what one datagram holds, at most 4 MiB |
-//! | [`fifo`](transport::fifo) | `fifo:///tmp/app.fifo` | named pipes (mkfifo), written in atomic chunks | reliable, ordered; 16 MiB |
-//! | [`mq`](transport::mq) | `mq://app` | POSIX message queues | reliable, ordered, durable: messages wait for a receiver; the kernel's msgsize_max (8 KiB by default) |
-//! | [`shm`](transport::shm) | `shm://app` | rings in a shared-memory segment, futex wake-ups | reliable, ordered, connected, zero copy; 16 MiB |
+//! # Endpoints
 //!
-//! "Connected" is [`Capabilities::connection`]: a client learns at once when its server
-//! goes away, where a connectionless client's request may only time out. The 16 MiB limits
-//! are the default of `?max_message=`. [`transport::all`] lists the transports of this
-//! build.
+#![doc = include_str!("docs/endpoints.md")]
+//!
+//! [uds]: transport::uds
+//! [tcp]: transport::tcp
+//! [udp]: transport::udp
+//! [unixgram]: transport::unixgram
+//! [fifo]: transport::fifo
+//! [mq]: transport::mq
+//! [shm]: transport::shm
 //!
 //! # Which call to use when
 //!
@@ -122,13 +126,12 @@
 //! # Features
 //!
 //! - Default: the kernel transports above, `uds`, `tcp`, `udp`, `unixgram`, `fifo`, `mq`
-//!   and `shm`, with no async runtime. The URLs of the transports still to come
-//!   (`events`, `spool`, `dbus`, `x11`, `ws`, `nats`) parse already, and connecting to one
-//!   fails with [`Error::Unsupported`].
+//!   and `shm`, with no async runtime.
 //! - `tokio`: adds the [`tokio`](tokio/index.html) module, the async client and server
 //!   for every transport, driven by tokio's reactor on the same descriptors as the
 //!   blocking API.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 
 /// `Debug` for a client or server: which endpoint it is on.
@@ -144,6 +147,8 @@ macro_rules! debug_by_endpoint {
     };
 }
 
+#[cfg(test)]
+mod docs;
 pub mod endpoint;
 pub mod error;
 mod exclusive;
@@ -155,6 +160,7 @@ mod loan;
 mod message;
 mod sys;
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod tokio;
 pub mod transport;
 
