@@ -225,6 +225,27 @@ pub struct ReadmeDoctests;
 
 /// The sending side of a connection. Every method takes `&self`: share one client between
 /// threads, and their requests are in flight together, each reply reaching its caller.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+///
+/// let url = format!("uds://@ipckit-doc-client-{}", std::process::id());
+/// let _server = ipckit::listen(&url)?.spawn(|msg| Some(msg.payload().to_ascii_uppercase()));
+///
+/// let client = Arc::new(ipckit::connect(&url)?);
+/// let askers: Vec<_> = ["one", "two", "three"]
+///     .into_iter()
+///     .map(|word| {
+///         let client = Arc::clone(&client);
+///         std::thread::spawn(move || client.request(word.as_bytes(), Duration::from_secs(5)))
+///     })
+///     .collect();
+/// for (asker, word) in askers.into_iter().zip(["ONE", "TWO", "THREE"]) {
+///     assert_eq!(asker.join().unwrap()?, word.as_bytes());
+/// }
+/// # Ok::<(), ipckit::Error>(())
+/// ```
 pub struct Client {
     backend: ClientBackend,
     capabilities: Capabilities,
@@ -233,6 +254,24 @@ pub struct Client {
 impl Client {
     /// Sends one message. Larger than the server accepts is [`Error::MessageTooLarge`],
     /// before anything is written.
+    ///
+    /// A one-way message: `send` returns once the transport has it (each transport's
+    /// module says exactly what that promises), without waiting for the server to read
+    /// it, and nobody answers. [`request`](Client::request) waits for an answer.
+    ///
+    /// ```
+    /// let url = format!("uds://@ipckit-doc-send-{}", std::process::id());
+    /// let mut server = ipckit::listen(&url)?;
+    /// let sender = std::thread::spawn({
+    ///     let url = url.clone();
+    ///     move || ipckit::connect(&url)?.send(b"job 42")
+    /// });
+    /// let msg = server.recv()?;
+    /// assert_eq!(msg.payload(), b"job 42");
+    /// assert!(!msg.wants_reply()); // one-way: nobody waits for an answer
+    /// sender.join().unwrap()?;
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
     pub fn send(&self, payload: &[u8]) -> Result<()> {
         self.backend.send(payload)
     }
@@ -310,7 +349,30 @@ impl Client {
         self.send(&self.encode(value)?)
     }
 
-    /// Sends a serde value as a request and decodes the reply.
+    /// Sends a serde value as a request and decodes the reply. Both are encoded with
+    /// postcard, which the server reads with [`Message::decode`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// struct Add {
+    ///     a: i64,
+    ///     b: i64,
+    /// }
+    ///
+    /// let url = format!("uds://@ipckit-doc-request-value-{}", std::process::id());
+    /// let _server = ipckit::listen(&url)?.spawn(|msg| {
+    ///     let Add { a, b } = msg.decode().ok()?; // None refuses what is not an Add
+    ///     postcard::to_allocvec(&(a + b)).ok()
+    /// });
+    ///
+    /// let client = ipckit::connect(&url)?;
+    /// let sum: i64 = client.request_value(&Add { a: 2, b: 40 }, Duration::from_secs(5))?;
+    /// assert_eq!(sum, 42);
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
     pub fn request_value<T: Serialize, R: DeserializeOwned>(
         &self,
         value: &T,
@@ -388,6 +450,35 @@ fn decode_value<R: DeserializeOwned>(endpoint: &Endpoint, payload: &[u8]) -> Res
 /// There is no thread behind a `Server`: connections are accepted and greeted while it
 /// waits in [`recv`](Server::recv) (or [`spawn`](Server::spawn) does so), so a client's
 /// `connect` completes when the server next waits for messages.
+///
+/// A server's loop: one-way messages to take in, requests to answer.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let url = format!("uds://@ipckit-doc-server-{}", std::process::id());
+/// let mut server = ipckit::listen(&url)?;
+///
+/// let client = std::thread::spawn({
+///     let url = url.clone();
+///     move || -> ipckit::Result<Vec<u8>> {
+///         let client = ipckit::connect(&url)?;
+///         client.send(b"hello")?;
+///         client.request(b"how are you?", Duration::from_secs(5))
+///     }
+/// });
+///
+/// for msg in server.incoming() {
+///     let mut msg = msg?;
+///     if msg.wants_reply() {
+///         msg.reply(b"fine")?;
+///         break;
+///     }
+///     assert_eq!(msg.payload(), b"hello");
+/// }
+/// assert_eq!(client.join().unwrap()?, b"fine");
+/// # Ok::<(), ipckit::Error>(())
+/// ```
 pub struct Server {
     backend: ServerBackend,
     capabilities: Capabilities,
@@ -396,6 +487,20 @@ pub struct Server {
 
 impl Server {
     /// Waits for the next message; [`Error::Stopped`] once a [`Stopper`] stopped it.
+    ///
+    /// ```
+    /// let url = format!("uds://@ipckit-doc-recv-{}", std::process::id());
+    /// let mut server = ipckit::listen(&url)?;
+    /// std::thread::spawn({
+    ///     let url = url.clone();
+    ///     move || ipckit::connect(&url)?.send(b"hi")
+    /// });
+    /// let msg = server.recv()?;
+    /// assert_eq!(msg.payload(), b"hi");
+    /// // Over uds the kernel says who sent it: here, this very process.
+    /// assert_eq!(msg.peer().pid, Some(std::process::id()));
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
     #[inline]
     pub fn recv(&mut self) -> Result<Message> {
         loop {
@@ -564,6 +669,24 @@ impl Server {
     }
 
     /// The messages, until a [`Stopper`] stops the server.
+    ///
+    /// ```
+    /// let url = format!("uds://@ipckit-doc-incoming-{}", std::process::id());
+    /// let mut server = ipckit::listen(&url)?;
+    /// std::thread::spawn({
+    ///     let url = url.clone();
+    ///     move || -> ipckit::Result<()> {
+    ///         let client = ipckit::connect(&url)?;
+    ///         (1..=3).try_for_each(|n| client.send(&[n]))
+    ///     }
+    /// });
+    /// let mut total = 0;
+    /// for msg in server.incoming().take(3) {
+    ///     total += msg?.payload()[0];
+    /// }
+    /// assert_eq!(total, 6);
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
     pub fn incoming(&mut self) -> impl Iterator<Item = Result<Message>> + '_ {
         std::iter::from_fn(move || match self.recv() {
             Err(Error::Stopped { .. }) => None,
