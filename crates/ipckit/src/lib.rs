@@ -74,6 +74,11 @@
 //! # Ok::<(), ipckit::Error>(())
 //! ```
 //!
+//! The crate's `examples/` go further, each a server and a client in two processes:
+//! `server.rs` and `client.rs` (the blocking pair), `typed.rs` (serde values both ways),
+//! `oneway.rs` (one-way messages against requests) and `async_pair.rs` (the same on
+//! tokio). Each file says how to run it.
+//!
 //! # Which transport to pick
 //!
 #![doc = include_str!("docs/which_transport.md")]
