@@ -188,8 +188,12 @@ use transport::backend::{ClientBackend, ServerBackend};
 
 /// Connects to the server at `endpoint`.
 ///
-/// ```no_run
-/// let client = ipckit::connect("tcp://127.0.0.1:7000")?;
+/// ```
+/// let server = ipckit::listen("tcp://127.0.0.1:0")?; // port 0: the kernel picks one
+/// let url = server.endpoint().clone(); // the port it picked
+/// let _serving = server.spawn(|_| None);
+///
+/// let client = ipckit::connect(&url)?;
 /// client.send(b"hello")?;
 /// # Ok::<(), ipckit::Error>(())
 /// ```
@@ -204,10 +208,23 @@ pub fn connect(endpoint: impl ToEndpoint) -> Result<Client> {
 
 /// Starts a server at `endpoint`.
 ///
-/// ```no_run
-/// let mut server = ipckit::listen("uds://@my-app")?;
+/// ```
+/// let url = format!("uds://@ipckit-doc-listen-{}", std::process::id());
+/// let mut server = ipckit::listen(&url)?;
+/// # std::thread::spawn({
+/// #     let url = url.clone();
+/// #     move || -> ipckit::Result<()> {
+/// #         let client = ipckit::connect(&url)?;
+/// #         client.send(b"hi")?;
+/// #         client.send(b"quit")
+/// #     }
+/// # });
 /// for msg in server.incoming() {
-///     println!("{:?}", msg?.payload());
+///     let msg = msg?;
+///     if msg.payload() == b"quit" {
+///         break;
+///     }
+///     println!("{:?}", msg.payload());
 /// }
 /// # Ok::<(), ipckit::Error>(())
 /// ```
@@ -283,10 +300,18 @@ impl Client {
 
     /// Sends a request and waits up to `timeout` for the reply.
     ///
-    /// ```no_run
-    /// # use std::time::Duration;
-    /// let client = ipckit::connect("uds:///tmp/app.sock")?;
-    /// let answer = client.request(b"2+2", Duration::from_secs(1))?;
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let url = format!("uds://@ipckit-doc-request-{}", std::process::id());
+    /// let _server = ipckit::listen(&url)?.spawn(|msg| match msg.payload() {
+    ///     b"2+2" => Some(b"4".to_vec()),
+    ///     _ => None, // refused: the caller gets Error::Remote at once
+    /// });
+    ///
+    /// let client = ipckit::connect(&url)?;
+    /// assert_eq!(client.request(b"2+2", Duration::from_secs(1))?, b"4");
+    /// assert!(client.request(b"2/0", Duration::from_secs(1)).is_err());
     /// # Ok::<(), ipckit::Error>(())
     /// ```
     #[inline]
@@ -703,10 +728,14 @@ impl Server {
     /// returns for a request is the reply (`None` refuses it). Dropping the guard stops
     /// the thread and then the server, which removes its endpoint.
     ///
-    /// ```no_run
-    /// let guard = ipckit::listen("uds:///tmp/upper.sock")?
-    ///     .spawn(|msg| Some(msg.payload().to_ascii_uppercase()));
-    /// // ... serve until the guard is dropped
+    /// ```
+    /// # use std::time::Duration;
+    /// let url = format!("uds://@ipckit-doc-spawn-{}", std::process::id());
+    /// let guard = ipckit::listen(&url)?.spawn(|msg| Some(msg.payload().to_ascii_uppercase()));
+    /// // ... serving until the guard is dropped
+    /// # let reply = ipckit::connect(&url)?.request(b"upper", Duration::from_secs(5))?;
+    /// # assert_eq!(reply, b"UPPER");
+    /// drop(guard);
     /// # Ok::<(), ipckit::Error>(())
     /// ```
     pub fn spawn<F>(mut self, mut handler: F) -> ServerGuard

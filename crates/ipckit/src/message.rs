@@ -126,8 +126,14 @@ impl<S: ReplySink> Drop for ReplyTo<S> {
 
 /// One message received by a server.
 ///
-/// ```no_run
-/// let mut server = ipckit::listen("uds:///tmp/doc-message.sock")?;
+/// ```
+/// # use std::time::Duration;
+/// let url = format!("uds://@ipckit-doc-message-{}", std::process::id());
+/// let mut server = ipckit::listen(&url)?;
+/// # std::thread::spawn({
+/// #     let url = url.clone();
+/// #     move || ipckit::connect(&url)?.request(b"hi", Duration::from_secs(5))
+/// # });
 /// let mut msg = server.recv()?;
 /// println!("{} bytes from pid {:?}", msg.payload().len(), msg.peer().pid);
 /// if msg.wants_reply() {

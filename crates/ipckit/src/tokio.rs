@@ -47,9 +47,14 @@ use crate::{Endpoint, Message, MessageRef, Result, ToEndpoint, decode_value, enc
 /// Connects to the server at `endpoint`. Dropped before it completes, nothing is left
 /// behind but a connection the server sees closed.
 ///
-/// ```no_run
-/// # async fn run() -> ipckit::Result<()> {
-/// let client = ipckit::tokio::connect("tcp://127.0.0.1:7000").await?;
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> ipckit::Result<()> {
+/// let server = ipckit::tokio::listen("tcp://127.0.0.1:0")?; // port 0: the kernel picks one
+/// let url = server.endpoint().clone(); // the port it picked
+/// tokio::spawn(server.serve(|_| async {}));
+///
+/// let client = ipckit::tokio::connect(&url).await?;
 /// client.send(b"hello").await?;
 /// # Ok(())
 /// # }
@@ -66,13 +71,27 @@ pub async fn connect(endpoint: impl ToEndpoint) -> Result<Client> {
 /// Starts a server at `endpoint`, whose tasks run on the current tokio runtime: call it
 /// from within one.
 ///
-/// ```no_run
-/// # async fn run() -> ipckit::Result<()> {
-/// let mut server = ipckit::tokio::listen("uds://@my-app")?;
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> ipckit::Result<()> {
+/// let url = format!("uds://@ipckit-doc-async-listen-{}", std::process::id());
+/// let mut server = ipckit::tokio::listen(&url)?;
+/// # tokio::spawn({
+/// #     let url = url.clone();
+/// #     async move {
+/// #         let client = ipckit::tokio::connect(&url).await?;
+/// #         client.send(b"hi").await?;
+/// #         client.send(b"quit").await
+/// #     }
+/// # });
 /// loop {
 ///     let msg = server.recv().await?;
+///     if msg.payload() == b"quit" {
+///         break;
+///     }
 ///     println!("{:?}", msg.payload());
 /// }
+/// # Ok(())
 /// # }
 /// ```
 pub fn listen(endpoint: impl ToEndpoint) -> Result<Server> {

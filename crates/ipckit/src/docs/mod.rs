@@ -9,9 +9,13 @@ use crate::transport;
 const WHICH_TRANSPORT: &str = include_str!("which_transport.md");
 const ENDPOINTS: &str = include_str!("endpoints.md");
 
+/// The workspace's README, or the copy `cargo package` puts beside the manifest.
 fn readme() -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md");
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {path}: {e}"))
+    let workspace = concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md");
+    let packaged = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+    std::fs::read_to_string(workspace)
+        .or_else(|_| std::fs::read_to_string(packaged))
+        .unwrap_or_else(|e| panic!("reading {workspace} or {packaged}: {e}"))
 }
 
 fn built() -> BTreeSet<&'static str> {
