@@ -4,6 +4,9 @@
 //! endpoint gives back exactly the string it came from. Where a spelling is valid but not
 //! canonical (a port with a leading zero, a needless `%41` escape) the error says which
 //! spelling to use instead.
+//!
+//! Every form and option, with its default, is in [the crate's endpoint
+//! table](crate#endpoints).
 
 use std::fmt;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
