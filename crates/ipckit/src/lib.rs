@@ -5,11 +5,17 @@
 //! picks: a [`Client`] sends messages and requests, a [`Server`] receives them, with who
 //! sent each, and answers.
 //!
+//! ipckit grew from a well-known article that compares ten IPC techniques in .NET on
+//! Windows, each behind one small contract: a client that sends, a server that starts,
+//! stops and is told of each message received. ipckit keeps that contract, brings each
+//! technique to its Linux counterpart, and adds requests with replies, typed messages,
+//! peer credentials and zero copy.
+//!
 //! # Brief overview
 //!
 //! [`connect`] opens a [`Client`] to an endpoint and [`listen`] starts a [`Server`] at one.
 //! Both take anything that is [`ToEndpoint`]: a URL string, or an [`Endpoint`] already
-//! parsed (the [`endpoint`] module documents every form and option).
+//! parsed (the [endpoints](#endpoints) below list every form and option).
 //!
 //! - A [`Client`] sends one-way messages and requests with a timeout. Every method takes
 //!   `&self`, so one client can be shared between threads, each reply reaching the thread
@@ -34,6 +40,8 @@
 //! - [`Capabilities`], from [`Client::capabilities`], [`Server::capabilities`] or a
 //!   [`transport::Transport`], says what a transport promises: whether it is reliable,
 //!   ordered, durable, connected, the largest message, peer credentials, zero copy.
+//!   `ipckit transports` prints them, and [`transport::all`] lists this build's
+//!   transports.
 //! - With the `tokio` feature, [`tokio::connect`](tokio/fn.connect.html) and
 //!   [`tokio::listen`](tokio/fn.listen.html) give a
 //!   [`tokio::Client`](tokio/struct.Client.html) and a
@@ -53,7 +61,7 @@
 //! std::fs::create_dir_all(&dir).unwrap();
 //! let url = format!("uds://{}/echo.sock", dir.display());
 //!
-//! // The article's Start / Received / Stop: a handler on a thread of its own.
+//! // Start, receive, stop: a handler on a thread of its own, stopped by a guard.
 //! let server = ipckit::listen(&url)?.spawn(|msg| Some(msg.payload().to_vec()));
 //!
 //! let client = ipckit::connect(&url)?;
@@ -66,25 +74,26 @@
 //! # Ok::<(), ipckit::Error>(())
 //! ```
 //!
-//! # Transports
+//! The crate's `examples/` go further, each a server and a client in two processes:
+//! `server.rs` and `client.rs` (the blocking pair), `typed.rs` (serde values both ways),
+//! `oneway.rs` (one-way messages against requests) and `async_pair.rs` (the same on
+//! tokio). Each file says how to run it.
 //!
-//! Every transport takes requests (all are duplex) and none broadcasts yet. Beyond that
-//! they differ as their [`Capabilities`] say, and as `ipckit transports` prints:
+//! # Which transport to pick
 //!
-//! | scheme | URL | underneath | promises |
-//! |---|---|---|---|
-//! | [`uds`](transport::uds) | `uds:///run/app.sock`, `uds://@app` | AF_UNIX stream sockets, at a path or an abstract name | reliable, ordered, connected, peer credentials (SO_PEERCRED); 16 MiB |
-//! | [`tcp`](transport::tcp) | `tcp://127.0.0.1:7000` | TCP over loopback, TCP_NODELAY | reliable, ordered, connected; 16 MiB |
-//! | [`udp`](transport::udp) | `udp://127.0.0.1:9000` | UDP datagrams, payload as is | may drop and reorder; 65507 bytes |
-//! | [`unixgram`](transport::unixgram) | `unixgram:///tmp/app.dgram`, `unixgram://@app` | AF_UNIX datagram sockets | reliable, ordered, peer credentials (SCM_CREDENTIALS); what one datagram holds, at most 4 MiB |
-//! | [`fifo`](transport::fifo) | `fifo:///tmp/app.fifo` | named pipes (mkfifo), written in atomic chunks | reliable, ordered; 16 MiB |
-//! | [`mq`](transport::mq) | `mq://app` | POSIX message queues | reliable, ordered, durable: messages wait for a receiver; the kernel's msgsize_max (8 KiB by default) |
-//! | [`shm`](transport::shm) | `shm://app` | rings in a shared-memory segment, futex wake-ups | reliable, ordered, connected, zero copy; 16 MiB |
+#![doc = include_str!("docs/which_transport.md")]
 //!
-//! "Connected" is [`Capabilities::connection`]: a client learns at once when its server
-//! goes away, where a connectionless client's request may only time out. The 16 MiB limits
-//! are the default of `?max_message=`. [`transport::all`] lists the transports of this
-//! build.
+//! # Endpoints
+//!
+#![doc = include_str!("docs/endpoints.md")]
+//!
+//! [uds]: transport::uds
+//! [tcp]: transport::tcp
+//! [udp]: transport::udp
+//! [unixgram]: transport::unixgram
+//! [fifo]: transport::fifo
+//! [mq]: transport::mq
+//! [shm]: transport::shm
 //!
 //! # Which call to use when
 //!
@@ -122,13 +131,12 @@
 //! # Features
 //!
 //! - Default: the kernel transports above, `uds`, `tcp`, `udp`, `unixgram`, `fifo`, `mq`
-//!   and `shm`, with no async runtime. The URLs of the transports still to come
-//!   (`events`, `spool`, `dbus`, `x11`, `ws`, `nats`) parse already, and connecting to one
-//!   fails with [`Error::Unsupported`].
+//!   and `shm`, with no async runtime.
 //! - `tokio`: adds the [`tokio`](tokio/index.html) module, the async client and server
 //!   for every transport, driven by tokio's reactor on the same descriptors as the
 //!   blocking API.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 
 /// `Debug` for a client or server: which endpoint it is on.
@@ -144,6 +152,8 @@ macro_rules! debug_by_endpoint {
     };
 }
 
+#[cfg(test)]
+mod docs;
 pub mod endpoint;
 pub mod error;
 mod exclusive;
@@ -155,6 +165,7 @@ mod loan;
 mod message;
 mod sys;
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod tokio;
 pub mod transport;
 
@@ -177,8 +188,12 @@ use transport::backend::{ClientBackend, ServerBackend};
 
 /// Connects to the server at `endpoint`.
 ///
-/// ```no_run
-/// let client = ipckit::connect("tcp://127.0.0.1:7000")?;
+/// ```
+/// let server = ipckit::listen("tcp://127.0.0.1:0")?; // port 0: the kernel picks one
+/// let url = server.endpoint().clone(); // the port it picked
+/// let _serving = server.spawn(|_| None);
+///
+/// let client = ipckit::connect(&url)?;
 /// client.send(b"hello")?;
 /// # Ok::<(), ipckit::Error>(())
 /// ```
@@ -193,10 +208,23 @@ pub fn connect(endpoint: impl ToEndpoint) -> Result<Client> {
 
 /// Starts a server at `endpoint`.
 ///
-/// ```no_run
-/// let mut server = ipckit::listen("uds://@my-app")?;
+/// ```
+/// let url = format!("uds://@ipckit-doc-listen-{}", std::process::id());
+/// let mut server = ipckit::listen(&url)?;
+/// # std::thread::spawn({
+/// #     let url = url.clone();
+/// #     move || -> ipckit::Result<()> {
+/// #         let client = ipckit::connect(&url)?;
+/// #         client.send(b"hi")?;
+/// #         client.send(b"quit")
+/// #     }
+/// # });
 /// for msg in server.incoming() {
-///     println!("{:?}", msg?.payload());
+///     let msg = msg?;
+///     if msg.payload() == b"quit" {
+///         break;
+///     }
+///     println!("{:?}", msg.payload());
 /// }
 /// # Ok::<(), ipckit::Error>(())
 /// ```
@@ -219,6 +247,27 @@ pub struct ReadmeDoctests;
 
 /// The sending side of a connection. Every method takes `&self`: share one client between
 /// threads, and their requests are in flight together, each reply reaching its caller.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+///
+/// let url = format!("uds://@ipckit-doc-client-{}", std::process::id());
+/// let _server = ipckit::listen(&url)?.spawn(|msg| Some(msg.payload().to_ascii_uppercase()));
+///
+/// let client = Arc::new(ipckit::connect(&url)?);
+/// let askers: Vec<_> = ["one", "two", "three"]
+///     .into_iter()
+///     .map(|word| {
+///         let client = Arc::clone(&client);
+///         std::thread::spawn(move || client.request(word.as_bytes(), Duration::from_secs(5)))
+///     })
+///     .collect();
+/// for (asker, word) in askers.into_iter().zip(["ONE", "TWO", "THREE"]) {
+///     assert_eq!(asker.join().unwrap()?, word.as_bytes());
+/// }
+/// # Ok::<(), ipckit::Error>(())
+/// ```
 pub struct Client {
     backend: ClientBackend,
     capabilities: Capabilities,
@@ -227,16 +276,42 @@ pub struct Client {
 impl Client {
     /// Sends one message. Larger than the server accepts is [`Error::MessageTooLarge`],
     /// before anything is written.
+    ///
+    /// A one-way message: `send` returns once the transport has it (each transport's
+    /// module says exactly what that promises), without waiting for the server to read
+    /// it, and nobody answers. [`request`](Client::request) waits for an answer.
+    ///
+    /// ```
+    /// let url = format!("uds://@ipckit-doc-send-{}", std::process::id());
+    /// let mut server = ipckit::listen(&url)?;
+    /// let sender = std::thread::spawn({
+    ///     let url = url.clone();
+    ///     move || ipckit::connect(&url)?.send(b"job 42")
+    /// });
+    /// let msg = server.recv()?;
+    /// assert_eq!(msg.payload(), b"job 42");
+    /// assert!(!msg.wants_reply()); // one-way: nobody waits for an answer
+    /// sender.join().unwrap()?;
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
     pub fn send(&self, payload: &[u8]) -> Result<()> {
         self.backend.send(payload)
     }
 
     /// Sends a request and waits up to `timeout` for the reply.
     ///
-    /// ```no_run
-    /// # use std::time::Duration;
-    /// let client = ipckit::connect("uds:///tmp/app.sock")?;
-    /// let answer = client.request(b"2+2", Duration::from_secs(1))?;
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let url = format!("uds://@ipckit-doc-request-{}", std::process::id());
+    /// let _server = ipckit::listen(&url)?.spawn(|msg| match msg.payload() {
+    ///     b"2+2" => Some(b"4".to_vec()),
+    ///     _ => None, // refused: the caller gets Error::Remote at once
+    /// });
+    ///
+    /// let client = ipckit::connect(&url)?;
+    /// assert_eq!(client.request(b"2+2", Duration::from_secs(1))?, b"4");
+    /// assert!(client.request(b"2/0", Duration::from_secs(1)).is_err());
     /// # Ok::<(), ipckit::Error>(())
     /// ```
     #[inline]
@@ -304,7 +379,30 @@ impl Client {
         self.send(&self.encode(value)?)
     }
 
-    /// Sends a serde value as a request and decodes the reply.
+    /// Sends a serde value as a request and decodes the reply. Both are encoded with
+    /// postcard, which the server reads with [`Message::decode`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// struct Add {
+    ///     a: i64,
+    ///     b: i64,
+    /// }
+    ///
+    /// let url = format!("uds://@ipckit-doc-request-value-{}", std::process::id());
+    /// let _server = ipckit::listen(&url)?.spawn(|msg| {
+    ///     let Add { a, b } = msg.decode().ok()?; // None refuses what is not an Add
+    ///     postcard::to_allocvec(&(a + b)).ok()
+    /// });
+    ///
+    /// let client = ipckit::connect(&url)?;
+    /// let sum: i64 = client.request_value(&Add { a: 2, b: 40 }, Duration::from_secs(5))?;
+    /// assert_eq!(sum, 42);
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
     pub fn request_value<T: Serialize, R: DeserializeOwned>(
         &self,
         value: &T,
@@ -382,6 +480,35 @@ fn decode_value<R: DeserializeOwned>(endpoint: &Endpoint, payload: &[u8]) -> Res
 /// There is no thread behind a `Server`: connections are accepted and greeted while it
 /// waits in [`recv`](Server::recv) (or [`spawn`](Server::spawn) does so), so a client's
 /// `connect` completes when the server next waits for messages.
+///
+/// A server's loop: one-way messages to take in, requests to answer.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let url = format!("uds://@ipckit-doc-server-{}", std::process::id());
+/// let mut server = ipckit::listen(&url)?;
+///
+/// let client = std::thread::spawn({
+///     let url = url.clone();
+///     move || -> ipckit::Result<Vec<u8>> {
+///         let client = ipckit::connect(&url)?;
+///         client.send(b"hello")?;
+///         client.request(b"how are you?", Duration::from_secs(5))
+///     }
+/// });
+///
+/// for msg in server.incoming() {
+///     let mut msg = msg?;
+///     if msg.wants_reply() {
+///         msg.reply(b"fine")?;
+///         break;
+///     }
+///     assert_eq!(msg.payload(), b"hello");
+/// }
+/// assert_eq!(client.join().unwrap()?, b"fine");
+/// # Ok::<(), ipckit::Error>(())
+/// ```
 pub struct Server {
     backend: ServerBackend,
     capabilities: Capabilities,
@@ -390,6 +517,20 @@ pub struct Server {
 
 impl Server {
     /// Waits for the next message; [`Error::Stopped`] once a [`Stopper`] stopped it.
+    ///
+    /// ```
+    /// let url = format!("uds://@ipckit-doc-recv-{}", std::process::id());
+    /// let mut server = ipckit::listen(&url)?;
+    /// std::thread::spawn({
+    ///     let url = url.clone();
+    ///     move || ipckit::connect(&url)?.send(b"hi")
+    /// });
+    /// let msg = server.recv()?;
+    /// assert_eq!(msg.payload(), b"hi");
+    /// // Over uds the kernel says who sent it: here, this very process.
+    /// assert_eq!(msg.peer().pid, Some(std::process::id()));
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
     #[inline]
     pub fn recv(&mut self) -> Result<Message> {
         loop {
@@ -558,6 +699,24 @@ impl Server {
     }
 
     /// The messages, until a [`Stopper`] stops the server.
+    ///
+    /// ```
+    /// let url = format!("uds://@ipckit-doc-incoming-{}", std::process::id());
+    /// let mut server = ipckit::listen(&url)?;
+    /// std::thread::spawn({
+    ///     let url = url.clone();
+    ///     move || -> ipckit::Result<()> {
+    ///         let client = ipckit::connect(&url)?;
+    ///         (1..=3).try_for_each(|n| client.send(&[n]))
+    ///     }
+    /// });
+    /// let mut total = 0;
+    /// for msg in server.incoming().take(3) {
+    ///     total += msg?.payload()[0];
+    /// }
+    /// assert_eq!(total, 6);
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
     pub fn incoming(&mut self) -> impl Iterator<Item = Result<Message>> + '_ {
         std::iter::from_fn(move || match self.recv() {
             Err(Error::Stopped { .. }) => None,
@@ -569,10 +728,14 @@ impl Server {
     /// returns for a request is the reply (`None` refuses it). Dropping the guard stops
     /// the thread and then the server, which removes its endpoint.
     ///
-    /// ```no_run
-    /// let guard = ipckit::listen("uds:///tmp/upper.sock")?
-    ///     .spawn(|msg| Some(msg.payload().to_ascii_uppercase()));
-    /// // ... serve until the guard is dropped
+    /// ```
+    /// # use std::time::Duration;
+    /// let url = format!("uds://@ipckit-doc-spawn-{}", std::process::id());
+    /// let guard = ipckit::listen(&url)?.spawn(|msg| Some(msg.payload().to_ascii_uppercase()));
+    /// // ... serving until the guard is dropped
+    /// # let reply = ipckit::connect(&url)?.request(b"upper", Duration::from_secs(5))?;
+    /// # assert_eq!(reply, b"UPPER");
+    /// drop(guard);
     /// # Ok::<(), ipckit::Error>(())
     /// ```
     pub fn spawn<F>(mut self, mut handler: F) -> ServerGuard

@@ -126,8 +126,14 @@ impl<S: ReplySink> Drop for ReplyTo<S> {
 
 /// One message received by a server.
 ///
-/// ```no_run
-/// let mut server = ipckit::listen("uds:///tmp/doc-message.sock")?;
+/// ```
+/// # use std::time::Duration;
+/// let url = format!("uds://@ipckit-doc-message-{}", std::process::id());
+/// let mut server = ipckit::listen(&url)?;
+/// # std::thread::spawn({
+/// #     let url = url.clone();
+/// #     move || ipckit::connect(&url)?.request(b"hi", Duration::from_secs(5))
+/// # });
 /// let mut msg = server.recv()?;
 /// println!("{} bytes from pid {:?}", msg.payload().len(), msg.peer().pid);
 /// if msg.wants_reply() {
@@ -195,12 +201,46 @@ impl Message {
     /// Answers the request. Works from any thread; answering twice, or answering a
     /// one-way message, is [`Error::NoReplyExpected`]. A request dropped unanswered is
     /// refused on the wire, so its caller learns at once instead of timing out.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let url = format!("uds://@ipckit-doc-reply-{}", std::process::id());
+    /// let mut server = ipckit::listen(&url)?;
+    /// let client = std::thread::spawn({
+    ///     let url = url.clone();
+    ///     move || ipckit::connect(&url)?.request(b"ping", Duration::from_secs(5))
+    /// });
+    /// let mut msg = server.recv()?;
+    /// assert!(msg.wants_reply());
+    /// // The message carries its way back: answer from another thread, or later.
+    /// std::thread::spawn(move || msg.reply(b"pong")).join().unwrap()?;
+    /// assert_eq!(client.join().unwrap()?, b"pong");
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
     #[inline]
     pub fn reply(&mut self, payload: &[u8]) -> Result<()> {
         self.take_reply_to()?.answer(payload, true)
     }
 
     /// Refuses the request: the caller's `request` returns [`Error::Remote`] with `reason`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let url = format!("uds://@ipckit-doc-refuse-{}", std::process::id());
+    /// let mut server = ipckit::listen(&url)?;
+    /// let client = std::thread::spawn({
+    ///     let url = url.clone();
+    ///     move || ipckit::connect(&url)?.request(b"format disk", Duration::from_secs(5))
+    /// });
+    /// server.recv()?.refuse("unknown command")?;
+    /// match client.join().unwrap() {
+    ///     Err(ipckit::Error::Remote { reason, .. }) => assert_eq!(reason, "unknown command"),
+    ///     other => panic!("expected the refusal, got {other:?}"),
+    /// }
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
     pub fn refuse(&mut self, reason: &str) -> Result<()> {
         self.take_reply_to()?.answer(reason.as_bytes(), false)
     }

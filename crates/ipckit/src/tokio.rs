@@ -47,9 +47,14 @@ use crate::{Endpoint, Message, MessageRef, Result, ToEndpoint, decode_value, enc
 /// Connects to the server at `endpoint`. Dropped before it completes, nothing is left
 /// behind but a connection the server sees closed.
 ///
-/// ```no_run
-/// # async fn run() -> ipckit::Result<()> {
-/// let client = ipckit::tokio::connect("tcp://127.0.0.1:7000").await?;
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> ipckit::Result<()> {
+/// let server = ipckit::tokio::listen("tcp://127.0.0.1:0")?; // port 0: the kernel picks one
+/// let url = server.endpoint().clone(); // the port it picked
+/// tokio::spawn(server.serve(|_| async {}));
+///
+/// let client = ipckit::tokio::connect(&url).await?;
 /// client.send(b"hello").await?;
 /// # Ok(())
 /// # }
@@ -66,13 +71,27 @@ pub async fn connect(endpoint: impl ToEndpoint) -> Result<Client> {
 /// Starts a server at `endpoint`, whose tasks run on the current tokio runtime: call it
 /// from within one.
 ///
-/// ```no_run
-/// # async fn run() -> ipckit::Result<()> {
-/// let mut server = ipckit::tokio::listen("uds://@my-app")?;
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> ipckit::Result<()> {
+/// let url = format!("uds://@ipckit-doc-async-listen-{}", std::process::id());
+/// let mut server = ipckit::tokio::listen(&url)?;
+/// # tokio::spawn({
+/// #     let url = url.clone();
+/// #     async move {
+/// #         let client = ipckit::tokio::connect(&url).await?;
+/// #         client.send(b"hi").await?;
+/// #         client.send(b"quit").await
+/// #     }
+/// # });
 /// loop {
 ///     let msg = server.recv().await?;
+///     if msg.payload() == b"quit" {
+///         break;
+///     }
 ///     println!("{:?}", msg.payload());
 /// }
+/// # Ok(())
 /// # }
 /// ```
 pub fn listen(endpoint: impl ToEndpoint) -> Result<Server> {
@@ -89,6 +108,31 @@ pub fn listen(endpoint: impl ToEndpoint) -> Result<Server> {
 /// The async sending side of a connection. Every method takes `&self`: share one client
 /// between tasks, and their requests are in flight together, each reply reaching its
 /// caller.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> ipckit::Result<()> {
+/// use std::time::Duration;
+///
+/// let url = format!("uds://@ipckit-doc-async-client-{}", std::process::id());
+/// let server = ipckit::tokio::listen(&url)?;
+/// tokio::spawn(server.serve(|mut msg| async move {
+///     let echo = msg.payload().to_vec();
+///     let _ = msg.reply(&echo);
+/// }));
+///
+/// let client = ipckit::tokio::connect(&url).await?;
+/// client.send(b"one-way").await?;
+/// let timeout = Duration::from_secs(5);
+/// // Two requests in flight at once on one connection, each answer to its own caller.
+/// let (one, two) = tokio::join!(
+///     client.request(b"one", timeout),
+///     client.request(b"two", timeout),
+/// );
+/// assert_eq!((one?, two?), (b"one".to_vec(), b"two".to_vec()));
+/// # Ok(())
+/// # }
+/// ```
 pub struct Client {
     connection: Box<dyn AsyncConnection>,
     capabilities: Capabilities,
@@ -183,6 +227,32 @@ debug_by_endpoint!(Client);
 /// The async receiving side: messages from any number of clients, each connection
 /// served by a task of its own. Dropping it stops those tasks, closes the connections and
 /// removes the endpoint.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> ipckit::Result<()> {
+/// use std::time::Duration;
+///
+/// let url = format!("uds://@ipckit-doc-async-server-{}", std::process::id());
+/// let mut server = ipckit::tokio::listen(&url)?;
+///
+/// let client = tokio::spawn({
+///     let url = url.clone();
+///     async move {
+///         let client = ipckit::tokio::connect(&url).await?;
+///         client.send(b"hello").await?;
+///         client.request(b"2+2", Duration::from_secs(5)).await
+///     }
+/// });
+///
+/// let hello = server.recv().await?;
+/// assert_eq!(hello.payload(), b"hello");
+/// let mut question = server.recv().await?;
+/// question.reply(b"4")?;
+/// assert_eq!(client.await.unwrap()?, b"4");
+/// # Ok(())
+/// # }
+/// ```
 pub struct Server {
     listener: Box<dyn AsyncListener>,
     capabilities: Capabilities,

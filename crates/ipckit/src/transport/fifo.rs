@@ -1,4 +1,4 @@
-//! `fifo`: named pipes (`fifo:///tmp/app.fifo`), the article's named pipes.
+//! `fifo`: named pipes (`fifo:///tmp/app.fifo`), made with mkfifo.
 //!
 //! The server makes the FIFO (mkfifo, with the endpoint's mode) and reads it; any number
 //! of clients write to it at once. A pipe makes a write atomic only up to PIPE_BUF (4096
@@ -10,7 +10,7 @@
 //! it. Bytes that are not chunks (`echo hi > app.fifo`) are skipped, with a warning, up to
 //! the next chunk header, which carries a check byte to be found again.
 //!
-//! Duplex, as the article's PipeDirection.InOut: a client that makes a request creates a
+//! Duplex: a client that makes a request creates a
 //! reply FIFO beside the server's (`app.fifo.PID.N.reply`), named after its writer id,
 //! and removes it when dropped; a server removes those left by clients that crashed.
 //! Concurrent requests each use a writer id and reply FIFO of their own.
@@ -23,6 +23,33 @@
 //!
 //! What a successful `send` promises: the whole message is in the pipe. If the server
 //! dies, the pipe and what is in it go with it.
+//!
+//! # URL and options
+//!
+//! `fifo:///tmp/app.fifo`: the FIFO at that absolute path, made by the server. Options:
+//! `mode`, `send_timeout_ms` and `max_message`, described in
+//! [the crate's endpoint table](crate#endpoints).
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! let dir = std::env::temp_dir().join(format!("ipckit-doc-fifo-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir).unwrap();
+//! let url = format!("fifo://{}/app.fifo", dir.display());
+//!
+//! let server = ipckit::listen(&url)?.spawn(|msg| Some(msg.payload().to_ascii_uppercase()));
+//! let client = ipckit::connect(&url)?;
+//! client.send(b"a one-way message")?;
+//! // A request makes the client a reply FIFO beside the server's, removed with the client.
+//! assert_eq!(client.request(b"duplex", Duration::from_secs(5))?, b"DUPLEX");
+//!
+//! drop(client);
+//! drop(server); // stops it and removes the FIFO
+//! # std::fs::remove_dir_all(&dir).ok();
+//! # Ok::<(), ipckit::Error>(())
+//! ```
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::FileType;

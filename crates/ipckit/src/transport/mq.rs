@@ -1,8 +1,6 @@
-//! `mq`: POSIX message queues (`mq://app` is the queue `/app`), the article's Message
-//! Queuing.
+//! `mq`: POSIX message queues (`mq://app` is the queue `/app`).
 //!
-//! The queue is created by whoever opens it first, client or server, as the article's
-//! client does; messages sent while no receiver runs wait in it and are received when one
+//! The queue is created by whoever opens it first, client or server; messages sent while no receiver runs wait in it and are received when one
 //! starts, until the queue is removed ([`Transport::destroy`]) or the machine restarts.
 //! One-way messages are the payload exactly as sent, so a program that calls `mq_send`
 //! itself is heard by `ipckit listen mq://NAME`, in priority order (`?priority=` sets
@@ -26,6 +24,29 @@
 //!
 //! What a successful `send` promises: the message is in the kernel's queue. It survives
 //! the receiver's death and waits for the next receiver.
+//!
+//! # URL and options
+//!
+//! `mq://app`: the queue `/app`. Options: `priority`, `mode`, `send_timeout_ms` and
+//! `max_message`, described in [the crate's endpoint table](crate#endpoints).
+//!
+//! # Example
+//!
+//! A message sent before any server runs waits in the queue for the first one:
+//!
+//! ```
+//! let url = format!("mq://ipckit-doc-mq-{}", std::process::id());
+//! let client = ipckit::connect(url.as_str())?; // creates the queue
+//! client.send(b"wait for me")?;
+//!
+//! let mut server = ipckit::listen(url.as_str())?;
+//! assert_eq!(server.recv()?.payload(), b"wait for me");
+//!
+//! drop(server);
+//! // A queue outlives its processes, durable, until it is removed.
+//! ipckit::transport::find("mq").unwrap().destroy(&url.parse()?)?;
+//! # Ok::<(), ipckit::Error>(())
+//! ```
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;

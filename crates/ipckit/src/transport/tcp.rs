@@ -8,6 +8,27 @@
 //! A server binds only to a loopback address unless the endpoint says `?public=true`:
 //! local IPC should not become reachable from the network by a typo. Port 0 lets the
 //! kernel choose; the server's [`Listener::endpoint`] reports the port it got.
+//!
+//! # URL and options
+//!
+//! `tcp://127.0.0.1:7000`, `tcp://[::1]:7000` or `tcp://localhost:7000`; port 0 when
+//! listening lets the kernel choose. Options: `public`, `framing`, `max_message`,
+//! `max_connections`, `handshake_timeout_ms` and `frame_timeout_ms`, each described in
+//! [the crate's endpoint table](crate#endpoints).
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! let server = ipckit::listen("tcp://127.0.0.1:0")?;
+//! let url = server.endpoint().clone(); // the port the kernel chose
+//! let _serving = server.spawn(|msg| Some(msg.payload().len().to_string().into_bytes()));
+//!
+//! let client = ipckit::connect(&url)?;
+//! assert_eq!(client.request(b"four", Duration::from_secs(5))?, b"4");
+//! # Ok::<(), ipckit::Error>(())
+//! ```
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};

@@ -8,6 +8,32 @@
 //!
 //! What a successful `send` promises: the datagram was handed to the kernel. Nothing
 //! more: not that anybody received it. A request is answered or times out.
+//!
+//! # URL and options
+//!
+//! `udp://127.0.0.1:9000` (or an IPv6 literal in brackets, or a host name); port 0 when
+//! listening lets the kernel choose. Options: `public` and `max_message`, described in
+//! [the crate's endpoint table](crate#endpoints).
+//!
+//! # Example
+//!
+//! Any program that sends a datagram is heard: here, a plain [`std::net::UdpSocket`].
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! let mut server = ipckit::listen("udp://127.0.0.1:0")?;
+//! let at = server.endpoint().to_string();
+//! let addr = at.trim_start_matches("udp://");
+//!
+//! let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+//! socket.send_to(b"hello from anywhere", addr).unwrap();
+//!
+//! // UDP may drop a datagram, even on loopback when a queue overflows: wait, but not forever.
+//! let msg = server.recv_timeout(Duration::from_secs(5))?.expect("the datagram");
+//! assert_eq!(msg.payload(), b"hello from anywhere");
+//! # Ok::<(), ipckit::Error>(())
+//! ```
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::OwnedFd;

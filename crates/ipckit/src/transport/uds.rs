@@ -15,6 +15,30 @@
 //! `?allow_uid=` and `?allow_gid=` admit more users and groups on either kind (the
 //! module `access`). A refused client is told why before it is closed, and fails to
 //! connect with [`crate::Error::PermissionDenied`]; the server logs the refusal.
+//!
+//! # URL and options
+//!
+//! `uds:///run/app.sock` (a socket file at that absolute path) or `uds://@app` (the abstract
+//! name `app`). Options: `framing`, `mode`, `allow_uid`, `allow_gid`, `max_message`,
+//! `max_connections`, `handshake_timeout_ms` and `frame_timeout_ms`, each described in
+//! [the crate's endpoint table](crate#endpoints).
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! let url = format!("uds://@ipckit-doc-uds-{}", std::process::id());
+//! let server = ipckit::listen(&url)?.spawn(|msg| {
+//!     // SO_PEERCRED: the kernel vouches for the asker's uid.
+//!     Some(format!("hello, uid {}", msg.peer().uid?).into_bytes())
+//! });
+//! let client = ipckit::connect(&url)?;
+//! let reply = client.request(b"who am I?", Duration::from_secs(5))?;
+//! assert!(reply.starts_with(b"hello, uid "));
+//! drop(server); // stops it (a socket file would be removed)
+//! # Ok::<(), ipckit::Error>(())
+//! ```
 
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};

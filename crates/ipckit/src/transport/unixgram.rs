@@ -22,6 +22,29 @@
 //! What a successful `send` promises: the datagram is in the receiver's queue. A receiver
 //! killed before reading it loses it with the socket; after that, sends fail with
 //! [`crate::Error::NotFound`] instead of succeeding into the void.
+//!
+//! # URL and options
+//!
+//! `unixgram:///tmp/app.dgram` (a socket file at that absolute path) or `unixgram://@app`
+//! (an abstract name). Options: `mode`, `allow_uid`, `allow_gid` and `max_message`,
+//! described in [the crate's endpoint table](crate#endpoints).
+//!
+//! # Example
+//!
+//! A send needs no answer from the server, so one thread can send and then receive:
+//!
+//! ```
+//! let url = format!("unixgram://@ipckit-doc-unixgram-{}", std::process::id());
+//! let mut server = ipckit::listen(&url)?;
+//! let client = ipckit::connect(&url)?;
+//! client.send(b"one datagram")?;
+//!
+//! let msg = server.recv()?;
+//! assert_eq!(msg.payload(), b"one datagram");
+//! // SCM_CREDENTIALS: the kernel says which process sent it.
+//! assert_eq!(msg.peer().pid, Some(std::process::id()));
+//! # Ok::<(), ipckit::Error>(())
+//! ```
 
 use std::os::fd::OwnedFd;
 use std::path::Path;

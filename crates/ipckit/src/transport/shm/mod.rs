@@ -1,4 +1,4 @@
-//! `shm://NAME`: shared memory, the article's memory-mapped file and named event done as
+//! `shm://NAME`: shared memory, a memory-mapped segment with futex wake-ups, done as
 //! zero-copy libraries do it.
 //!
 //! **The segment.** A server creates one shared-memory segment, `/dev/shm/ipckit.NAME`
@@ -93,6 +93,25 @@
 //! gives it as [`Peer::pid`](crate::Peer::pid) once it has checked that the process
 //! lives; but the kernel does not vouch for it, so [`Capabilities::peer_credentials`] is
 //! false, and uid and gid are unknown.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! let url = format!("shm://ipckit-doc-shm-{}", std::process::id());
+//! let server = ipckit::listen(url.as_str())?.spawn(|msg| Some(msg.payload().to_ascii_uppercase()));
+//! let client = ipckit::connect(url.as_str())?;
+//!
+//! // Written in place: the loan is space in the ring the server reads from.
+//! let mut loan = client.loan(5)?;
+//! loan.copy_from_slice(b"hello");
+//! assert_eq!(loan.request(Duration::from_secs(5))?, b"HELLO");
+//!
+//! drop(client);
+//! drop(server); // stops it and removes the segment
+//! # Ok::<(), ipckit::Error>(())
+//! ```
 
 use std::path::Path;
 

@@ -1,0 +1,200 @@
+//! The examples a newcomer copies from (`examples/`), run as their files say: each server
+//! in a process of its own, and its client in another, every pair over a socket in a
+//! scratch directory. The examples are compiled into this test as modules, and it runs
+//! itself as each of them, so `cargo test --test examples` needs no example binaries
+//! built beforehand.
+
+#[path = "../examples/async_pair.rs"]
+mod async_pair;
+#[path = "../examples/client.rs"]
+mod client;
+#[path = "../examples/oneway.rs"]
+mod oneway;
+#[path = "../examples/server.rs"]
+mod server;
+#[path = "../examples/typed.rs"]
+mod typed;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Arguments, Failed, Trial};
+
+/// Set in a child to the example it is to be, given the example's own arguments.
+const BE: &str = "IPCKIT_TEST_EXAMPLE";
+/// Only turns a hang into a failure.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn main() {
+    if let Ok(example) = std::env::var(BE) {
+        // Each prints its error and exits 1 when it fails.
+        match example.as_str() {
+            "server" => server::main(),
+            "client" => client::main(),
+            "typed" => typed::main(),
+            "oneway" => oneway::main(),
+            "async_pair" => async_pair::main(),
+            other => panic!("no example {other}"),
+        }
+        return;
+    }
+
+    let trials = vec![
+        Trial::test("server_and_client", || {
+            let out = pair(("server", &[]), ("client", &[]), 2)?;
+            expect(&out.server, "received \"hello\" from pid Some(")?;
+            expect(&out.server, "answered \"how are you?\"")?;
+            expect(&out.client, "the server answered \"HOW ARE YOU?\"")
+        }),
+        Trial::test("typed", || {
+            let out = pair(("typed", &["server"]), ("typed", &["client"]), 2)?;
+            expect(&out.client, "Receipt { order_id: 1, total_cents: 105 }")?;
+            expect(&out.client, "refused: no pear in stock")?;
+            expect(
+                &out.server,
+                "order 1: Order { item: \"apple\", quantity: 3 }",
+            )
+        }),
+        Trial::test("oneway", || {
+            let count = oneway::READINGS as usize + 1;
+            let out = pair(("oneway", &["server"]), ("oneway", &["client"]), count)?;
+            expect(&out.client, "the server had 1000 readings")?;
+            expect(&out.server, "asked after 1000 readings")
+        }),
+        Trial::test("async_pair", || {
+            let out = pair(("async_pair", &["server"]), ("async_pair", &["client"]), 4)?;
+            expect(&out.server, "received \"hello\"")?;
+            for line in ["3 squared is 9", "2 squared is 4", "1 squared is 1"] {
+                expect(&out.client, line)?;
+            }
+            Ok(())
+        }),
+    ];
+    libtest_mimic::run(&Arguments::from_args(), trials).exit_code();
+}
+
+/// What the two processes printed.
+struct Printed {
+    server: String,
+    client: String,
+}
+
+/// Runs a server example until it has served `count` messages, and its client against
+/// it; both must succeed.
+fn pair(
+    (server, server_args): (&str, &[&str]),
+    (client, client_args): (&str, &[&str]),
+    count: usize,
+) -> Result<Printed, Failed> {
+    let dir = Scratch::new(server)?;
+    let url = format!("uds://{}/example.sock", dir.0.display());
+
+    let mut server = Reaped(
+        be(server)
+            .args(server_args)
+            .args([url.as_str(), &count.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting the server: {e}"))?,
+    );
+    // The client starts once the server says it listens, as a person at two terminals would.
+    let mut lines = BufReader::new(server.0.stdout.take().expect("piped"));
+    let mut first = String::new();
+    lines
+        .read_line(&mut first)
+        .map_err(|e| format!("reading the server: {e}"))?;
+    if !first.starts_with("listening on uds://") {
+        return Err(format!("the server printed {first:?}, not where it listens").into());
+    }
+
+    let client = be(client)
+        .args(client_args)
+        .arg(&url)
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting the client: {e}"))?;
+    // Read on a thread, so that a server that hangs meets the deadline in `finish` (which
+    // kills it, ending the read) rather than blocking the read forever.
+    let rest = std::thread::spawn(move || {
+        let mut rest = String::new();
+        lines.read_to_string(&mut rest).map(|_| rest)
+    });
+    let client = finish(Reaped(client), "the client")?;
+    finish(server, "the server")?;
+    let rest = rest
+        .join()
+        .expect("the reading thread")
+        .map_err(|e| format!("reading the server: {e}"))?;
+    Ok(Printed {
+        server: first + &rest,
+        client,
+    })
+}
+
+fn be(example: &str) -> Command {
+    let mut command = Command::new(std::env::current_exe().expect("this test's path"));
+    command.env(BE, example);
+    command
+}
+
+/// Waits for `child` to exit 0 and returns what it printed.
+fn finish(mut child: Reaped, what: &str) -> Result<String, Failed> {
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        match child.0.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => return Err(format!("{what} did not finish within {PATIENCE:?}").into()),
+            Err(e) => return Err(format!("waiting for {what}: {e}").into()),
+        }
+    };
+    let mut printed = String::new();
+    if let Some(mut out) = child.0.stdout.take() {
+        out.read_to_string(&mut printed)
+            .map_err(|e| format!("reading {what}: {e}"))?;
+    }
+    if !status.success() {
+        return Err(format!("{what} exited with {status}, having printed:\n{printed}").into());
+    }
+    Ok(printed)
+}
+
+fn expect(printed: &str, line: &str) -> Result<(), Failed> {
+    if printed.contains(line) {
+        Ok(())
+    } else {
+        Err(format!("expected {line:?} in:\n{printed}").into())
+    }
+}
+
+/// A child killed and reaped if the trial ends before it does.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// A directory for one trial's socket, removed afterwards.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Result<Scratch, Failed> {
+        let dir =
+            std::env::temp_dir().join(format!("ipckit-examples-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("making {}: {e}", dir.display()))?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
