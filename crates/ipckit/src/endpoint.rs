@@ -809,15 +809,6 @@ fn built_schemes() -> String {
     schemes.join(", ")
 }
 
-/// Every option the parser accepts, with the schemes it applies to: for the test that the
-/// crate's endpoint table documents each one.
-#[cfg(test)]
-pub(crate) fn options() -> impl Iterator<Item = (&'static str, impl Fn(&str) -> bool)> {
-    Param::ALL
-        .into_iter()
-        .map(|p| (p.key(), move |scheme: &str| p.applies_to(scheme)))
-}
-
 type Parsed<T> = std::result::Result<T, String>;
 
 fn parse_address(scheme: &str, body: &str) -> Parsed<Address> {
@@ -1155,7 +1146,7 @@ mod tests {
     /// option's documented default is what an endpoint has without it.
     #[test]
     fn url_options_and_examples_match_the_parser() {
-        for scheme in SCHEMES {
+        for scheme in crate::transport::all().iter().map(|t| t.scheme()) {
             assert!(!examples(scheme).is_empty(), "{scheme} has no example");
             for url in examples(scheme) {
                 let ep = Endpoint::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));

@@ -43,7 +43,8 @@ fn endpoint_table_documents_every_option() {
         .lines()
         .filter(|line| line.starts_with("- `"))
         .collect();
-    for (key, applies_to) in endpoint::options() {
+    for option in endpoint::UrlOption::all() {
+        let key = option.key();
         let needle = format!("`{key}=");
         let bullet = bullets
             .iter()
@@ -57,7 +58,7 @@ fn endpoint_table_documents_every_option() {
         };
         for scheme in listed {
             assert!(
-                applies_to(scheme),
+                option.applies_to(scheme),
                 "src/docs/endpoints.md offers ?{key}= on {scheme}, whose URLs refuse it"
             );
         }
