@@ -659,7 +659,7 @@ fn open_fifo(endpoint: &Endpoint, path: &Path, flags: OFlags) -> Result<OwnedFd>
 /// Makes a FIFO no wider than `mode` (the umask only narrows it).
 fn mkfifo(endpoint: &Endpoint, path: &Path, mode: u32) -> Result<()> {
     rustix::fs::mkfifoat(rustix::fs::CWD, path, Mode::from_raw_mode(mode))
-        .map_err(|e| Error::io(endpoint, "making the FIFO", e.into()))
+        .map_err(|e| Error::listen_io(endpoint, "making the FIFO", e.into()))
 }
 
 /// The `fifo` transport.
