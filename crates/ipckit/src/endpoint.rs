@@ -148,10 +148,11 @@ enum Param {
     HandshakeTimeoutMs,
     FrameTimeoutMs,
     MaxConnections,
+    ConnectTimeout,
 }
 
 impl Param {
-    const ALL: [Param; 13] = [
+    const ALL: [Param; 14] = [
         Param::Framing,
         Param::Mode,
         Param::MaxMessage,
@@ -165,6 +166,7 @@ impl Param {
         Param::HandshakeTimeoutMs,
         Param::FrameTimeoutMs,
         Param::MaxConnections,
+        Param::ConnectTimeout,
     ];
 
     fn key(self) -> &'static str {
@@ -182,6 +184,7 @@ impl Param {
             Param::HandshakeTimeoutMs => "handshake_timeout_ms",
             Param::FrameTimeoutMs => "frame_timeout_ms",
             Param::MaxConnections => "max_connections",
+            Param::ConnectTimeout => "connect_timeout",
         }
     }
 
@@ -192,7 +195,7 @@ impl Param {
                 scheme,
                 "uds" | "unixgram" | "fifo" | "mq" | "shm" | "events" | "spool"
             ),
-            Param::MaxMessage => true,
+            Param::MaxMessage | Param::ConnectTimeout => true,
             Param::Public => matches!(scheme, "tcp" | "udp" | "ws"),
             Param::Priority => scheme == "mq",
             Param::SendTimeoutMs => matches!(scheme, "mq" | "fifo" | "shm"),
@@ -255,6 +258,12 @@ impl Param {
                 _ => Err(format!(
                     "{} must be a whole number of milliseconds from 1, not '{value}'",
                     self.key()
+                )),
+            },
+            Param::ConnectTimeout => match parse_duration(value) {
+                Some(_) => Ok(()),
+                None => Err(format!(
+                    "connect_timeout must be a whole number with its unit, ms or s, such as 500ms or 5s, not '{value}'"
                 )),
             },
             Param::MaxConnections => match canonical_decimal(value) {
@@ -491,6 +500,58 @@ impl Endpoint {
         self.param(Param::MaxConnections)
             .map(|n| n.parse().expect("validated when parsed"))
             .unwrap_or(DEFAULT_MAX_CONNECTIONS)
+    }
+
+    /// How long [`connect`](crate::connect) waits for a server that is not there yet
+    /// (`?connect_timeout=`, a whole number with its unit: `500ms`, `5s`); zero unless
+    /// set, so that a missing server is [`Error::NotFound`] at once.
+    ///
+    /// While nothing listens, connect tries again (after 1 ms, then twice as long each
+    /// time, up to 100 ms apart) until the server appears or the time is up, as ZeroMQ's
+    /// connect does: a client started before its server need not poll by hand. Any other
+    /// error ends the wait at once. A transport whose connect needs no server changes
+    /// nothing: `mq` creates the queue, whose messages wait for their receiver (its
+    /// durable promise), and a `udp` client has no connection to wait for, so what it
+    /// sends before its server binds is lost.
+    ///
+    /// The other timeouts are whole milliseconds (`send_timeout_ms`,
+    /// `handshake_timeout_ms`), as they were first written; this one, for people to
+    /// type, carries its unit.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let ep: ipckit::Endpoint = "uds:///run/app.sock?connect_timeout=5s".parse()?;
+    /// assert_eq!(ep.connect_timeout(), Duration::from_secs(5));
+    /// let ep = ep.with_connect_timeout(Duration::from_millis(1500));
+    /// assert_eq!(ep.to_string(), "uds:///run/app.sock?connect_timeout=1500ms");
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
+    pub fn connect_timeout(&self) -> std::time::Duration {
+        self.param(Param::ConnectTimeout)
+            .map(|t| parse_duration(t).expect("validated when parsed"))
+            .unwrap_or_default()
+    }
+
+    /// The endpoint with `?connect_timeout=` set to `timeout` (rounded up to whole
+    /// milliseconds): a client connecting to it waits that long for its server to appear.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// let endpoint = ipckit::Endpoint::parse("uds:///run/app.sock")?
+    ///     .with_connect_timeout(Duration::from_secs(5));
+    /// let client = ipckit::connect(&endpoint)?; // waits up to 5 s for the server
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
+    pub fn with_connect_timeout(mut self, timeout: std::time::Duration) -> Endpoint {
+        let millis = timeout.as_nanos().div_ceil(1_000_000);
+        let value = if millis % 1000 == 0 {
+            format!("{}s", millis / 1000)
+        } else {
+            format!("{millis}ms")
+        };
+        self.set_option("connect_timeout", &value)
+            .expect("a canonical duration");
+        self
     }
 
     /// The bytes of each shared-memory ring (`?ring=`, a power of two); 1 MiB unless set.
@@ -914,6 +975,18 @@ fn parse_query(scheme: &str, query: &str) -> Parsed<Vec<(Param, String)>> {
     Ok(params)
 }
 
+/// A duration spelled canonically: a whole number of milliseconds (`500ms`) or of
+/// seconds (`5s`).
+fn parse_duration(s: &str) -> Option<std::time::Duration> {
+    if let Some(ms) = s.strip_suffix("ms") {
+        canonical_decimal(ms).map(std::time::Duration::from_millis)
+    } else {
+        s.strip_suffix('s')
+            .and_then(canonical_decimal)
+            .map(std::time::Duration::from_secs)
+    }
+}
+
 /// A decimal number spelled canonically (no sign, no leading zeros).
 fn canonical_decimal(s: &str) -> Option<u64> {
     // Digits alone: `u64::from_str` also takes a leading '+'.
@@ -1003,6 +1076,8 @@ mod tests {
             "x11://App%20Window",
             "ws://127.0.0.1:8080/app",
             "nats://127.0.0.1:4222/app",
+            "tcp://127.0.0.1:7000?connect_timeout=5s",
+            "mq://app?connect_timeout=250ms",
         ] {
             let ep = Endpoint::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
             assert_eq!(ep.to_string(), url);
@@ -1062,6 +1137,10 @@ mod tests {
         assert!(reason("dbus://bus/org.x.Y").contains("unknown bus"));
         assert!(reason("dbus://session/nodots").contains("well-known name"));
         assert!(reason("ws://127.0.0.1:80").contains("missing path"));
+        for bad in ["5", "5 s", "05s", "1.5s", "5m", "s", "ms", "-1s"] {
+            let url = format!("uds:///x?connect_timeout={bad}");
+            assert!(reason(&url).contains("such as 500ms or 5s"), "{url}");
+        }
     }
 
     #[test]
@@ -1071,6 +1150,7 @@ mod tests {
         assert_eq!(ep.mode(), 0o600);
         assert_eq!(ep.max_message(), DEFAULT_MAX_MESSAGE);
         assert!(!ep.public());
+        assert_eq!(ep.connect_timeout(), std::time::Duration::ZERO);
         let ep = Endpoint::parse("uds://@x?mode=0660&max_message=10").unwrap();
         assert_eq!(ep.mode(), 0o660);
         assert_eq!(ep.max_message(), 10);

@@ -42,24 +42,40 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::transport::{self, AsyncConnection, AsyncListener, Capabilities};
-use crate::{Endpoint, Message, MessageRef, Result, ToEndpoint, decode_value, encode_value};
+use crate::{
+    ConnectWait, Endpoint, Message, MessageRef, Result, ToEndpoint, decode_value, encode_value,
+};
 
 /// Connects to the server at `endpoint`. Dropped before it completes, nothing is left
 /// behind but a connection the server sees closed.
+///
+/// With nothing listening there it fails at once with
+/// [`Error::NotFound`](crate::Error::NotFound), or, given `?connect_timeout=` (see
+/// [`Endpoint::connect_timeout`]), waits that long for the server to appear, sleeping on
+/// the runtime's timer between attempts.
 ///
 /// ```no_run
 /// # async fn run() -> ipckit::Result<()> {
 /// let client = ipckit::tokio::connect("tcp://127.0.0.1:7000").await?;
 /// client.send(b"hello").await?;
+/// // A client that may start before its server:
+/// let client = ipckit::tokio::connect("uds:///run/app.sock?connect_timeout=5s").await?;
 /// # Ok(())
 /// # }
 /// ```
 pub async fn connect(endpoint: impl ToEndpoint) -> Result<Client> {
     let endpoint = endpoint.to_endpoint()?;
     let transport = transport::for_endpoint(&endpoint)?;
+    let mut wait = ConnectWait::new(&endpoint);
+    let connection = loop {
+        match transport.connect_async(&endpoint).await {
+            Ok(connection) => break connection,
+            Err(e) => ::tokio::time::sleep(wait.after(e)?).await,
+        }
+    };
     Ok(Client {
         capabilities: transport.capabilities(&endpoint),
-        connection: transport.connect_async(&endpoint).await?,
+        connection,
     })
 }
 

@@ -29,6 +29,7 @@ pub const CHECKS: &[Check] = checks![
     duplex => finished_clients_not_held,
     always => restart_on_same_endpoint,
     transient => missing_endpoint,
+    reliable => connect_waits_for_its_server_when_asked,
     placed => listen_where_it_cannot,
     duplex => server_dies_during_request,
     refuses_transient => pending_requests_fail_when_the_server_stops,
@@ -424,6 +425,47 @@ fn missing_endpoint(ctx: &Ctx) -> Outcome {
         said.contains("start the server first") && !said.contains("ipckit "),
         "connecting to a missing endpoint said: {said}"
     );
+    // Asked to wait, a client that still finds nothing says how long it waited. (A udp
+    // client has no connection to wait for: it learns at its request, as above.)
+    let patient = url.with_connect_timeout(Duration::from_millis(20));
+    if let Err(e) = api::connect(&patient) {
+        let said = e.to_string();
+        ensure!(
+            matches!(e, Error::NotFound { .. }) && said.contains("after waiting 20ms"),
+            "connecting with ?connect_timeout=20ms to a missing endpoint said: {said}"
+        );
+    }
+    Ok(())
+}
+
+/// A client asked to wait for its server (`?connect_timeout=`) and started before it
+/// connects once the server appears, and what it sends arrives.
+fn connect_waits_for_its_server_when_asked(ctx: &Ctx) -> Outcome {
+    let mut endpoint = ctx.endpoint("late");
+    if let Address::Tcp(at) = endpoint.address() {
+        // The client must know the port before the server has it: a free one, now.
+        let free = std::net::TcpListener::bind((at.bare_host(), 0))?.local_addr()?;
+        endpoint = endpoint.with_address(Address::Tcp(HostPort {
+            host: at.host.clone(),
+            port: free.port(),
+        }));
+    }
+    let endpoint = endpoint.with_connect_timeout(PATIENCE);
+    let mut client = Child::spawn(Role::ConnectEarly, &endpoint);
+    let connecting = client.line()?;
+    ensure!(connecting == "connecting", "the client said {connecting}");
+    // Only makes it likely that the client has found nothing at least once; nothing
+    // here depends on how long it took.
+    std::thread::sleep(Duration::from_millis(100));
+    let mut server = api::listen(&endpoint)?;
+    let early = recv(&mut server)?;
+    ensure!(
+        early.payload() == b"early",
+        "the server received {:?}",
+        early.payload()
+    );
+    ensure!(client.line()? == "sent", "the client did not say it sent");
+    client.finish()?;
     Ok(())
 }
 
