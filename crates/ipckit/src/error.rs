@@ -303,6 +303,23 @@ impl Error {
         }
     }
 
+    /// What went wrong, for another error of the same endpoint to carry as its detail
+    /// (a connection broken by it, say), which names the endpoint itself: a
+    /// [`Disconnected`](Error::Disconnected)'s own detail, or the text after the endpoint.
+    pub(crate) fn as_detail(&self) -> String {
+        if let Error::Disconnected { detail, .. } = self {
+            return detail.clone();
+        }
+        let text = self.to_string();
+        match text
+            .strip_prefix(self.endpoint())
+            .and_then(|t| t.strip_prefix(": "))
+        {
+            Some(rest) => rest.to_owned(),
+            None => text,
+        }
+    }
+
     /// The URL of the endpoint the error concerns.
     pub fn endpoint(&self) -> &str {
         match self {
@@ -422,6 +439,24 @@ mod tests {
             let text = error.to_string();
             let url = error.endpoint();
             assert_eq!(text.matches(url).count(), 1, "{error:?} says: {text}");
+        }
+    }
+
+    #[test]
+    fn an_error_carried_by_another_names_no_endpoint() {
+        // An invalid URL never gets as far as a connection.
+        let connected = every_variant()
+            .into_iter()
+            .filter(|e| !matches!(e, Error::InvalidUrl { .. }));
+        for error in connected {
+            let url = error.endpoint().to_owned();
+            let debug = format!("{error:?}");
+            let carried = Error::Disconnected {
+                endpoint: url.clone(),
+                detail: error.as_detail(),
+            };
+            let text = carried.to_string();
+            assert_eq!(text.matches(&url).count(), 1, "{debug} carried: {text}");
         }
     }
 

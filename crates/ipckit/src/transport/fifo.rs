@@ -1017,8 +1017,9 @@ impl FifoReplySink {
             open_fifo(&self.endpoint, &path, OFlags::WRONLY).map_err(|e| Error::Disconnected {
                 endpoint: self.url.to_string(),
                 detail: format!(
-                    "opening the reply FIFO {}: {e}; the requester has gone",
-                    path.display()
+                    "opening the reply FIFO {}: {}; the requester has gone",
+                    path.display(),
+                    e.as_detail()
                 ),
             })?;
         let fd = Arc::new(fd);

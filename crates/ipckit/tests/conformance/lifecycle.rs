@@ -521,7 +521,15 @@ fn server_dies_during_request(ctx: &Ctx) -> Outcome {
     let client = api::connect(&url)?;
     if ctx.transport.capabilities(&url).connection {
         match client.request(b"are you there?", PATIENCE) {
-            Err(Error::Disconnected { .. }) => {}
+            // Why it broke is told once, with the endpoint once.
+            Err(e @ Error::Disconnected { .. }) => {
+                let said = e.to_string();
+                let url = url.to_string();
+                ensure!(
+                    said.matches(url.as_str()).count() == 1,
+                    "a request whose server died said: {said}"
+                );
+            }
             other => return Err(format!("expected Disconnected, got {other:?}").into()),
         }
         server.kill();
