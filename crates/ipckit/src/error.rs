@@ -2,6 +2,12 @@
 //!
 //! Every variant carries the endpoint it concerns (as its URL) and its message says what
 //! the user can do about it, so that a CLI can print it as the whole explanation.
+//!
+//! The advice is for the side that met the error: a server that cannot start is told
+//! where it may listen ([`Error::CannotListen`], or what it cannot create), a client
+//! that finds nothing is told to start the server ([`Error::NotFound`]) or to ask its
+//! owner for access. It names no command: the program around the library knows its own
+//! (the `ipckit` CLI adds its hints, matching on the variant).
 
 use std::io;
 use std::path::Path;
