@@ -60,6 +60,9 @@ pub struct Endpoint {
 /// assert_eq!(ep.address(), &Address::Uds(UnixAddr::Abstract("app".into())));
 /// # Ok::<(), ipckit::Error>(())
 /// ```
+/// The URL forms of the transports still to come (`events`, `spool`, `dbus`, `x11`,
+/// `ws`, `nats`) parse already, into variants hidden here until their transport is
+/// built; connecting to one fails with [`Error::Unsupported`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Address {
@@ -77,35 +80,33 @@ pub enum Address {
     Mq(String),
     /// `shm://name`: a shared-memory segment with rings.
     Shm(String),
-    // The URL forms of transports still to come parse already, so that their endpoints
-    // round-trip when they come; hidden until then, as connecting to one is Unsupported.
-    #[doc(hidden)]
     /// `events://name`: a one-to-many broadcast ring in shared memory.
+    #[doc(hidden)]
     Events(String),
-    #[doc(hidden)]
     /// `spool:///dir`: a Maildir-style spool directory.
-    Spool(PathBuf),
     #[doc(hidden)]
+    Spool(PathBuf),
     /// `dbus://session/org.example.App`: a well-known name on a D-Bus bus.
+    #[doc(hidden)]
     Dbus {
         /// Which bus.
         bus: Bus,
         /// The well-known bus name.
         name: String,
     },
-    #[doc(hidden)]
     /// `x11://Window%20Title`: an X11 window found by its title.
-    X11(String),
     #[doc(hidden)]
+    X11(String),
     /// `ws://host:port/path`: a WebSocket.
+    #[doc(hidden)]
     Ws {
         /// Where the server listens.
         at: HostPort,
         /// The path of the WebSocket, starting with `/`.
         path: String,
     },
-    #[doc(hidden)]
     /// `nats://host:port/subject`: a subject on a NATS server.
+    #[doc(hidden)]
     Nats {
         /// Where the NATS server listens.
         at: HostPort,
@@ -132,7 +133,7 @@ pub struct HostPort {
     pub port: u16,
 }
 
-/// A D-Bus bus.
+/// A D-Bus bus, for the `dbus` transport still to come.
 #[doc(hidden)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Bus {
@@ -167,10 +168,11 @@ enum Param {
     HandshakeTimeoutMs,
     FrameTimeoutMs,
     MaxConnections,
+    ConnectTimeout,
 }
 
 impl Param {
-    const ALL: [Param; 13] = [
+    const ALL: [Param; 14] = [
         Param::Framing,
         Param::Mode,
         Param::MaxMessage,
@@ -184,6 +186,7 @@ impl Param {
         Param::HandshakeTimeoutMs,
         Param::FrameTimeoutMs,
         Param::MaxConnections,
+        Param::ConnectTimeout,
     ];
 
     fn key(self) -> &'static str {
@@ -201,6 +204,7 @@ impl Param {
             Param::HandshakeTimeoutMs => "handshake_timeout_ms",
             Param::FrameTimeoutMs => "frame_timeout_ms",
             Param::MaxConnections => "max_connections",
+            Param::ConnectTimeout => "connect_timeout",
         }
     }
 
@@ -211,7 +215,7 @@ impl Param {
                 scheme,
                 "uds" | "unixgram" | "fifo" | "mq" | "shm" | "events" | "spool"
             ),
-            Param::MaxMessage => true,
+            Param::MaxMessage | Param::ConnectTimeout => true,
             Param::Public => matches!(scheme, "tcp" | "udp" | "ws"),
             Param::Priority => scheme == "mq",
             Param::SendTimeoutMs => matches!(scheme, "mq" | "fifo" | "shm"),
@@ -237,7 +241,7 @@ impl Param {
             Param::SendTimeoutMs => Some("10000"),
             Param::Clients => Some("1024"),
             Param::Ring => Some("1048576"),
-            Param::AllowUid | Param::AllowGid => None,
+            Param::AllowUid | Param::AllowGid | Param::ConnectTimeout => None,
             Param::HandshakeTimeoutMs => Some("5000"),
             Param::FrameTimeoutMs => Some("30000"),
             Param::MaxConnections => Some("4096"),
@@ -269,6 +273,9 @@ impl Param {
                 "how long a server waits for the rest of a started frame or line"
             }
             Param::MaxConnections => "how many connections a server holds at once",
+            Param::ConnectTimeout => {
+                "how long a client waits for its server to appear, e.g. 5s or 500ms; unset, it fails at once"
+            }
         }
     }
 
@@ -321,6 +328,12 @@ impl Param {
                 _ => Err(format!(
                     "{} must be a whole number of milliseconds from 1, not '{value}'",
                     self.key()
+                )),
+            },
+            Param::ConnectTimeout => match parse_duration(value) {
+                Some(_) => Ok(()),
+                None => Err(format!(
+                    "connect_timeout must be a whole number with its unit, ms or s, such as 500ms or 5s, not '{value}'"
                 )),
             },
             Param::MaxConnections => match canonical_decimal(value) {
@@ -457,7 +470,7 @@ impl Endpoint {
         };
         let (scheme, rest) = url.split_once("://").ok_or_else(|| {
             invalid(format!(
-                "expected SCHEME://ADDRESS, e.g. uds:///run/app.sock; this build has: {}",
+                "expected SCHEME://ADDRESS, e.g. uds:///run/app.sock; schemes of this build: {}",
                 built_schemes()
             ))
         })?;
@@ -633,6 +646,58 @@ impl Endpoint {
             .unwrap_or(DEFAULT_MAX_CONNECTIONS)
     }
 
+    /// How long [`connect`](crate::connect) waits for a server that is not there yet
+    /// (`?connect_timeout=`, a whole number with its unit: `500ms`, `5s`); zero unless
+    /// set, so that a missing server is [`Error::NotFound`] at once.
+    ///
+    /// While nothing listens, connect tries again (after 1 ms, then twice as long each
+    /// time, up to 100 ms apart) until the server appears or the time is up, as ZeroMQ's
+    /// connect does: a client started before its server need not poll by hand. Any other
+    /// error ends the wait at once. A transport whose connect needs no server changes
+    /// nothing: `mq` creates the queue, whose messages wait for their receiver (its
+    /// durable promise), and a `udp` client has no connection to wait for, so what it
+    /// sends before its server binds is lost.
+    ///
+    /// The other timeouts are whole milliseconds (`send_timeout_ms`,
+    /// `handshake_timeout_ms`), as they were first written; this one, for people to
+    /// type, carries its unit.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let ep: ipckit::Endpoint = "uds:///run/app.sock?connect_timeout=5s".parse()?;
+    /// assert_eq!(ep.connect_timeout(), Duration::from_secs(5));
+    /// let ep = ep.with_connect_timeout(Duration::from_millis(1500));
+    /// assert_eq!(ep.to_string(), "uds:///run/app.sock?connect_timeout=1500ms");
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
+    pub fn connect_timeout(&self) -> std::time::Duration {
+        self.param(Param::ConnectTimeout)
+            .map(|t| parse_duration(t).expect("validated when parsed"))
+            .unwrap_or_default()
+    }
+
+    /// The endpoint with `?connect_timeout=` set to `timeout` (rounded up to whole
+    /// milliseconds): a client connecting to it waits that long for its server to appear.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// let endpoint = ipckit::Endpoint::parse("uds:///run/app.sock")?
+    ///     .with_connect_timeout(Duration::from_secs(5));
+    /// let client = ipckit::connect(&endpoint)?; // waits up to 5 s for the server
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
+    pub fn with_connect_timeout(mut self, timeout: std::time::Duration) -> Endpoint {
+        let millis = timeout.as_nanos().div_ceil(1_000_000);
+        let value = if millis % 1000 == 0 {
+            format!("{}s", millis / 1000)
+        } else {
+            format!("{millis}ms")
+        };
+        self.set_option("connect_timeout", &value)
+            .expect("a canonical duration");
+        self
+    }
+
     /// The bytes of each shared-memory ring (`?ring=`, a power of two); 1 MiB unless set.
     /// A message up to half of it is written in place; a larger one goes in pieces.
     pub fn ring(&self) -> usize {
@@ -802,11 +867,14 @@ impl<T: ToEndpoint + ?Sized> ToEndpoint for &T {
     }
 }
 
-/// The schemes an error may suggest: the transports this build has, not every URL form
-/// the parser knows.
+/// The schemes whose transports this build has, for error texts: those of transports
+/// still to come parse, but naming them would invite a URL that cannot be served.
 fn built_schemes() -> String {
-    let schemes: Vec<_> = crate::transport::all().iter().map(|t| t.scheme()).collect();
-    schemes.join(", ")
+    crate::transport::all()
+        .iter()
+        .map(|t| t.scheme())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 type Parsed<T> = std::result::Result<T, String>;
@@ -879,7 +947,7 @@ fn parse_address(scheme: &str, body: &str) -> Parsed<Address> {
         "" => return Err("missing scheme before '://'".to_owned()),
         other => {
             return Err(format!(
-                "unknown scheme '{other}'; this build has: {}",
+                "unknown scheme '{other}'; schemes of this build: {}",
                 built_schemes()
             ));
         }
@@ -1056,6 +1124,18 @@ fn parse_query(scheme: &str, query: &str) -> Parsed<Vec<(Param, String)>> {
     Ok(params)
 }
 
+/// A duration spelled canonically: a whole number of milliseconds (`500ms`) or of
+/// seconds (`5s`).
+fn parse_duration(s: &str) -> Option<std::time::Duration> {
+    if let Some(ms) = s.strip_suffix("ms") {
+        canonical_decimal(ms).map(std::time::Duration::from_millis)
+    } else {
+        s.strip_suffix('s')
+            .and_then(canonical_decimal)
+            .map(std::time::Duration::from_secs)
+    }
+}
+
 /// A decimal number spelled canonically (no sign, no leading zeros).
 fn canonical_decimal(s: &str) -> Option<u64> {
     // Digits alone: `u64::from_str` also takes a leading '+'.
@@ -1187,6 +1267,8 @@ mod tests {
             "x11://App%20Window",
             "ws://127.0.0.1:8080/app",
             "nats://127.0.0.1:4222/app",
+            "tcp://127.0.0.1:7000?connect_timeout=5s",
+            "mq://app?connect_timeout=250ms",
         ] {
             let ep = Endpoint::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
             assert_eq!(ep.to_string(), url);
@@ -1227,6 +1309,9 @@ mod tests {
     #[test]
     fn bad_urls_say_which_part_is_wrong() {
         assert!(reason("foo://x").contains("unknown scheme 'foo'"));
+        let built = "schemes of this build: uds, tcp, udp, unixgram, fifo, mq, shm";
+        assert!(reason("foo://x").ends_with(built), "{}", reason("foo://x"));
+        assert!(reason("uds:/tmp/x").ends_with(built));
         assert!(reason("uds:/tmp/x").contains("SCHEME://"));
         assert!(reason("uds://").contains("missing path"));
         assert!(reason("uds://tmp/x.sock").contains("uds:///tmp/x.sock"));
@@ -1255,6 +1340,10 @@ mod tests {
         assert!(reason("dbus://bus/org.x.Y").contains("unknown bus"));
         assert!(reason("dbus://session/nodots").contains("well-known name"));
         assert!(reason("ws://127.0.0.1:80").contains("missing path"));
+        for bad in ["5", "5 s", "05s", "1.5s", "5m", "s", "ms", "-1s"] {
+            let url = format!("uds:///x?connect_timeout={bad}");
+            assert!(reason(&url).contains("such as 500ms or 5s"), "{url}");
+        }
     }
 
     #[test]
@@ -1264,6 +1353,7 @@ mod tests {
         assert_eq!(ep.mode(), 0o600);
         assert_eq!(ep.max_message(), DEFAULT_MAX_MESSAGE);
         assert!(!ep.public());
+        assert_eq!(ep.connect_timeout(), std::time::Duration::ZERO);
         let ep = Endpoint::parse("uds://@x?mode=0660&max_message=10").unwrap();
         assert_eq!(ep.mode(), 0o660);
         assert_eq!(ep.max_message(), 10);

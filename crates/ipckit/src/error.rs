@@ -2,9 +2,18 @@
 //!
 //! Every variant carries the endpoint it concerns (as its URL) and its message says what
 //! the user can do about it, so that a CLI can print it as the whole explanation.
+//!
+//! The advice is for the side that met the error: a server that cannot start is told
+//! where it may listen ([`Error::CannotListen`], or what it cannot create), a client
+//! that finds nothing is told to start the server ([`Error::NotFound`]) or to ask its
+//! owner for access. It names no command: the program around the library knows its own
+//! (the `ipckit` CLI adds its hints, matching on the variant).
 
 use std::io;
+use std::path::Path;
 use std::time::Duration;
+
+use crate::endpoint::{Address, Endpoint, UnixAddr};
 
 /// A specialised `Result` for ipckit operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -28,13 +37,26 @@ pub enum Error {
         reason: String,
     },
 
-    /// Nothing is listening at the endpoint.
-    #[error("{endpoint}: nothing is listening there ({detail}); is its server running?")]
+    /// Nothing is listening at the endpoint: a client's error (a server that cannot
+    /// start where it was asked to fails with [`Error::CannotListen`]).
+    #[error(
+        "{endpoint}: nothing is listening there ({detail}); start the server first, or let the client wait for it with ?connect_timeout="
+    )]
     NotFound {
         /// The endpoint's URL.
         endpoint: String,
-        /// What the operating system said.
+        /// What the operating system said, and how long the client waited if it did.
         detail: String,
+    },
+
+    /// A server cannot listen at the endpoint: its directory does not exist, or the
+    /// address is not one of this machine's. `reason` says which and what to do.
+    #[error("{endpoint}: cannot listen there: {reason}")]
+    CannotListen {
+        /// The endpoint's URL.
+        endpoint: String,
+        /// What is wrong with the place, and what to choose instead.
+        reason: String,
     },
 
     /// Another live server already owns the endpoint.
@@ -48,14 +70,14 @@ pub enum Error {
         detail: String,
     },
 
-    /// The operating system refused access.
-    #[error(
-        "{endpoint}: permission denied ({detail}); run as the endpoint's owner or have the server widen its mode (?mode=0660)"
-    )]
+    /// The operating system, or the server's access rule, refused access.
+    #[error("{endpoint}: permission denied: {detail}")]
     PermissionDenied {
         /// The endpoint's URL.
         endpoint: String,
-        /// What was refused.
+        /// What was refused, and what the side that failed can do about it: a client is
+        /// told to have the server's owner admit it, a server where it may create its
+        /// endpoint.
         detail: String,
     },
 
@@ -110,7 +132,7 @@ pub enum Error {
 
     /// The peer went away.
     #[error(
-        "{endpoint}: the connection was closed ({detail}); check that the peer is still running, then reconnect"
+        "{endpoint}: the connection was closed ({detail}); is the peer still running? a client can connect again once its server is back"
     )]
     Disconnected {
         /// The endpoint's URL.
@@ -186,7 +208,9 @@ pub enum Error {
 }
 
 impl Error {
-    /// Maps an OS error from `op` at `endpoint` to the most telling variant.
+    /// Maps an OS error from `op` at `endpoint` to the most telling variant, with the
+    /// advice for a client, or for a server already running. A server starting up uses
+    /// [`Error::listen_io`], whose advice is a server's.
     pub(crate) fn io(endpoint: impl ToString, op: &'static str, source: io::Error) -> Self {
         let endpoint = endpoint.to_string();
         let detail = format!("{op}: {source}");
@@ -194,7 +218,12 @@ impl Error {
             io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
                 Error::NotFound { endpoint, detail }
             }
-            io::ErrorKind::PermissionDenied => Error::PermissionDenied { endpoint, detail },
+            io::ErrorKind::PermissionDenied => Error::PermissionDenied {
+                endpoint,
+                detail: format!(
+                    "{detail}; ask the server's owner to widen its mode (?mode=0660) or to admit this user (?allow_uid=)"
+                ),
+            },
             io::ErrorKind::AddrInUse => Error::AddrInUse { endpoint, detail },
             io::ErrorKind::BrokenPipe
             | io::ErrorKind::ConnectionReset
@@ -209,12 +238,101 @@ impl Error {
         }
     }
 
+    /// Maps an OS error from `op` while a server starts at `endpoint` to the most telling
+    /// variant, with a server's advice: where it may listen instead, never that a server
+    /// should be started.
+    pub(crate) fn listen_io(endpoint: &Endpoint, op: &'static str, source: io::Error) -> Self {
+        let url = endpoint.to_string();
+        let path = match endpoint.address() {
+            Address::Uds(UnixAddr::Path(path))
+            | Address::Unixgram(UnixAddr::Path(path))
+            | Address::Fifo(path)
+            | Address::Spool(path) => Some(path.as_path()),
+            _ => None,
+        };
+        let dir = path.map(|p| match p.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("/"),
+        });
+        let host_port = match endpoint.address() {
+            Address::Tcp(at) | Address::Udp(at) => Some(at),
+            _ => None,
+        };
+        match (source.kind(), path, dir) {
+            (io::ErrorKind::NotFound, Some(_), Some(dir)) if !dir.exists() => Error::CannotListen {
+                endpoint: url,
+                reason: format!(
+                    "the directory {} does not exist; create it or choose another path",
+                    dir.display()
+                ),
+            },
+            // A directory that exists and still says ENOENT makes no files (procfs).
+            (io::ErrorKind::NotFound, Some(_), Some(_)) => Error::CannotListen {
+                endpoint: url,
+                reason: format!("{op}: {source}; choose a path in an ordinary directory"),
+            },
+            (io::ErrorKind::PermissionDenied, Some(path), Some(dir)) => Error::PermissionDenied {
+                endpoint: url,
+                detail: format!(
+                    "the server cannot create {}: the directory {} is not writable by this user ({op}: {source}); choose a directory this user can write to",
+                    path.display(),
+                    dir.display()
+                ),
+            },
+            (io::ErrorKind::PermissionDenied, None, _) => {
+                let advice = match host_port {
+                    Some(at) => format!(
+                        "this user may not bind port {} (ports below 1024 need CAP_NET_BIND_SERVICE); choose a port from 1024 up",
+                        at.port
+                    ),
+                    None => "it is held by another user; choose another name, or have its owner remove it".to_owned(),
+                };
+                Error::PermissionDenied {
+                    endpoint: url,
+                    detail: format!("{op}: {source}; {advice}"),
+                }
+            }
+            (io::ErrorKind::AddrNotAvailable, _, _) if host_port.is_some() => {
+                let host = host_port.map_or("", |at| at.bare_host());
+                Error::CannotListen {
+                    endpoint: url,
+                    reason: format!(
+                        "this machine has no address {host}; listen on 127.0.0.1 or an address of this host"
+                    ),
+                }
+            }
+            (io::ErrorKind::NotFound, _, _) => Error::CannotListen {
+                endpoint: url,
+                reason: format!("{op}: {source}"),
+            },
+            _ => Error::io(url, op, source),
+        }
+    }
+
+    /// What went wrong, for another error of the same endpoint to carry as its detail
+    /// (a connection broken by it, say), which names the endpoint itself: a
+    /// [`Disconnected`](Error::Disconnected)'s own detail, or the text after the endpoint.
+    pub(crate) fn as_detail(&self) -> String {
+        if let Error::Disconnected { detail, .. } = self {
+            return detail.clone();
+        }
+        let text = self.to_string();
+        match text
+            .strip_prefix(self.endpoint())
+            .and_then(|t| t.strip_prefix(": "))
+        {
+            Some(rest) => rest.to_owned(),
+            None => text,
+        }
+    }
+
     /// The URL of the endpoint the error concerns.
     pub fn endpoint(&self) -> &str {
         match self {
             Error::InvalidUrl { url, .. } => url,
             Error::NotFound { endpoint, .. }
             | Error::AddrInUse { endpoint, .. }
+            | Error::CannotListen { endpoint, .. }
             | Error::PermissionDenied { endpoint, .. }
             | Error::MessageTooLarge { endpoint, .. }
             | Error::Timeout { endpoint, .. }
@@ -229,5 +347,172 @@ impl Error {
             | Error::NoReplyExpected { endpoint }
             | Error::Io { endpoint, .. } => endpoint,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One error of every variant, as the library makes them.
+    fn every_variant() -> Vec<Error> {
+        let at = "uds:///run/app.sock";
+        let s = || at.to_owned();
+        let ep: Endpoint = at.parse().unwrap();
+        let os = |kind: io::ErrorKind| io::Error::new(kind, "what the OS said");
+        let mut errors = vec![
+            Error::InvalidUrl {
+                url: s(),
+                reason: "a reason".into(),
+            },
+            Error::MessageTooLarge {
+                endpoint: s(),
+                size: 2,
+                max: 1,
+                limit: "the server's max_message".into(),
+            },
+            Error::Timeout {
+                endpoint: s(),
+                after: Duration::from_secs(1),
+            },
+            Error::Full {
+                endpoint: s(),
+                detail: "the queue".into(),
+                after: Duration::from_secs(1),
+            },
+            Error::Refused {
+                endpoint: s(),
+                reason: "a reason".into(),
+            },
+            Error::Protocol {
+                endpoint: s(),
+                reason: "a reason".into(),
+            },
+            Error::Remote {
+                endpoint: s(),
+                reason: "a reason".into(),
+            },
+            Error::Stopped { endpoint: s() },
+            Error::Unsupported {
+                endpoint: s(),
+                what: "a reason".into(),
+            },
+            Error::Codec {
+                endpoint: s(),
+                op: "decode",
+                detail: "a reason".into(),
+            },
+            Error::NoReplyExpected { endpoint: s() },
+        ];
+        for kind in [
+            io::ErrorKind::NotFound,
+            io::ErrorKind::ConnectionRefused,
+            io::ErrorKind::PermissionDenied,
+            io::ErrorKind::AddrInUse,
+            io::ErrorKind::AddrNotAvailable,
+            io::ErrorKind::BrokenPipe,
+            io::ErrorKind::Other,
+        ] {
+            errors.push(Error::io(&ep, "connecting", os(kind)));
+            for server in [
+                "uds:///nonexistent-dir/x.sock",
+                "tcp://8.8.8.8:0",
+                "mq://app",
+            ] {
+                errors.push(Error::listen_io(
+                    &server.parse().unwrap(),
+                    "binding",
+                    os(kind),
+                ));
+            }
+        }
+        errors
+    }
+
+    #[test]
+    fn no_error_tells_users_to_run_ipckit() {
+        for error in every_variant() {
+            let text = error.to_string();
+            for command in ["ipckit listen", "`ipckit", "ipckit serve", "'ipckit"] {
+                assert!(!text.contains(command), "{error:?} says: {text}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_error_names_its_endpoint_once() {
+        for error in every_variant() {
+            let text = error.to_string();
+            let url = error.endpoint();
+            assert_eq!(text.matches(url).count(), 1, "{error:?} says: {text}");
+        }
+    }
+
+    #[test]
+    fn an_error_carried_by_another_names_no_endpoint() {
+        // An invalid URL never gets as far as a connection.
+        let connected = every_variant()
+            .into_iter()
+            .filter(|e| !matches!(e, Error::InvalidUrl { .. }));
+        for error in connected {
+            let url = error.endpoint().to_owned();
+            let debug = format!("{error:?}");
+            let carried = Error::Disconnected {
+                endpoint: url.clone(),
+                detail: error.as_detail(),
+            };
+            let text = carried.to_string();
+            assert_eq!(text.matches(&url).count(), 1, "{debug} carried: {text}");
+        }
+    }
+
+    #[test]
+    fn a_server_that_cannot_start_gets_a_servers_advice() {
+        let missing: Endpoint = "uds:///nonexistent-dir/x.sock".parse().unwrap();
+        let error = Error::listen_io(&missing, "binding", io::ErrorKind::NotFound.into());
+        assert!(matches!(error, Error::CannotListen { .. }), "{error:?}");
+        let text = error.to_string();
+        assert!(
+            text.contains(
+                "the directory /nonexistent-dir does not exist; create it or choose another path"
+            ),
+            "{text}"
+        );
+        let elsewhere: Endpoint = "tcp://8.8.8.8:0".parse().unwrap();
+        let text = Error::listen_io(
+            &elsewhere,
+            "binding",
+            io::ErrorKind::AddrNotAvailable.into(),
+        )
+        .to_string();
+        assert!(
+            text.contains("this machine has no address 8.8.8.8; listen on 127.0.0.1"),
+            "{text}"
+        );
+        let denied = Error::listen_io(&missing, "binding", io::ErrorKind::PermissionDenied.into())
+            .to_string();
+        assert!(
+            denied.contains("the server cannot create /nonexistent-dir/x.sock")
+                && !denied.contains("?mode"),
+            "{denied}"
+        );
+        for text in [text, denied] {
+            assert!(!text.contains("start the server"), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_client_gets_a_clients_advice() {
+        let ep: Endpoint = "uds:///run/app.sock".parse().unwrap();
+        let missing = Error::io(&ep, "connecting", io::ErrorKind::NotFound.into()).to_string();
+        assert!(missing.contains("start the server first"), "{missing}");
+        let denied =
+            Error::io(&ep, "connecting", io::ErrorKind::PermissionDenied.into()).to_string();
+        assert!(
+            denied.contains("server's owner")
+                && denied.contains("?mode=0660")
+                && denied.contains("?allow_uid="),
+            "{denied}"
+        );
     }
 }

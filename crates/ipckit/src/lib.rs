@@ -186,7 +186,9 @@ pub use message::{Message, MessageRef, Peer};
 pub use transport::Capabilities;
 use transport::backend::{ClientBackend, ServerBackend};
 
-/// Connects to the server at `endpoint`.
+/// Connects to the server at `endpoint`. With nothing listening there it fails at once
+/// with [`Error::NotFound`], or, given `?connect_timeout=` (see
+/// [`Endpoint::connect_timeout`]), waits that long for the server to appear.
 ///
 /// ```
 /// let server = ipckit::listen("tcp://127.0.0.1:0")?; // port 0: the kernel picks one
@@ -195,15 +197,66 @@ use transport::backend::{ClientBackend, ServerBackend};
 ///
 /// let client = ipckit::connect(&url)?;
 /// client.send(b"hello")?;
+/// // A client that may start before its server:
+/// let client = ipckit::connect("uds:///run/app.sock?connect_timeout=5s")?;
 /// # Ok::<(), ipckit::Error>(())
 /// ```
 pub fn connect(endpoint: impl ToEndpoint) -> Result<Client> {
     let endpoint = endpoint.to_endpoint()?;
     let transport = transport::for_endpoint(&endpoint)?;
+    let mut wait = ConnectWait::new(&endpoint);
+    let backend = loop {
+        match ClientBackend::connect(transport, &endpoint) {
+            Ok(backend) => break backend,
+            Err(e) => std::thread::sleep(wait.after(e)?),
+        }
+    };
     Ok(Client {
         capabilities: transport.capabilities(&endpoint),
-        backend: ClientBackend::connect(transport, &endpoint)?,
+        backend,
     })
+}
+
+/// How a connect waits for a server that is not there yet (`?connect_timeout=`): one
+/// policy for both APIs, which differ only in how they pause.
+pub(crate) struct ConnectWait {
+    timeout: Duration,
+    started: Instant,
+    pause: Duration,
+}
+
+impl ConnectWait {
+    /// The longest pause between attempts: a server that appears is found within it.
+    const MAX_PAUSE: Duration = Duration::from_millis(100);
+
+    pub(crate) fn new(endpoint: &Endpoint) -> ConnectWait {
+        ConnectWait {
+            timeout: endpoint.connect_timeout(),
+            started: Instant::now(),
+            pause: Duration::from_millis(1),
+        }
+    }
+
+    /// After a failed attempt, how long to pause before the next one; or the error to
+    /// return: any but [`Error::NotFound`] at once, that one when the time is up.
+    pub(crate) fn after(&mut self, error: Error) -> Result<Duration> {
+        let Error::NotFound { endpoint, detail } = error else {
+            return Err(error);
+        };
+        if self.timeout.is_zero() {
+            return Err(Error::NotFound { endpoint, detail });
+        }
+        let waited = self.started.elapsed();
+        if waited >= self.timeout {
+            return Err(Error::NotFound {
+                endpoint,
+                detail: format!("{detail}, still after waiting {:?}", self.timeout),
+            });
+        }
+        let pause = self.pause.min(self.timeout - waited);
+        self.pause = (self.pause * 2).min(Self::MAX_PAUSE);
+        Ok(pause)
+    }
 }
 
 /// Starts a server at `endpoint`.

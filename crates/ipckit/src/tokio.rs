@@ -42,10 +42,17 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::transport::{self, AsyncConnection, AsyncListener, Capabilities};
-use crate::{Endpoint, Message, MessageRef, Result, ToEndpoint, decode_value, encode_value};
+use crate::{
+    ConnectWait, Endpoint, Message, MessageRef, Result, ToEndpoint, decode_value, encode_value,
+};
 
 /// Connects to the server at `endpoint`. Dropped before it completes, nothing is left
 /// behind but a connection the server sees closed.
+///
+/// With nothing listening there it fails at once with
+/// [`Error::NotFound`](crate::Error::NotFound), or, given `?connect_timeout=` (see
+/// [`Endpoint::connect_timeout`]), waits that long for the server to appear, sleeping on
+/// the runtime's timer between attempts.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -56,15 +63,26 @@ use crate::{Endpoint, Message, MessageRef, Result, ToEndpoint, decode_value, enc
 ///
 /// let client = ipckit::tokio::connect(&url).await?;
 /// client.send(b"hello").await?;
+///
+/// // A client that may start before its server gives it time to appear, here 5 s:
+/// let patient = ipckit::tokio::connect(format!("{url}?connect_timeout=5s")).await?;
+/// patient.send(b"hello").await?;
 /// # Ok(())
 /// # }
 /// ```
 pub async fn connect(endpoint: impl ToEndpoint) -> Result<Client> {
     let endpoint = endpoint.to_endpoint()?;
     let transport = transport::for_endpoint(&endpoint)?;
+    let mut wait = ConnectWait::new(&endpoint);
+    let connection = loop {
+        match transport.connect_async(&endpoint).await {
+            Ok(connection) => break connection,
+            Err(e) => ::tokio::time::sleep(wait.after(e)?).await,
+        }
+    };
     Ok(Client {
         capabilities: transport.capabilities(&endpoint),
-        connection: transport.connect_async(&endpoint).await?,
+        connection,
     })
 }
 

@@ -67,22 +67,10 @@ pub(super) fn claim_path(
     kind: Kind<'_>,
     create: impl FnOnce() -> Result<()>,
 ) -> Result<EndpointFile> {
-    let io_err = |op, e: io::Error| Error::io(endpoint, op, e);
+    let io_err = |op, e: io::Error| Error::listen_io(endpoint, op, e);
     let parent = path.parent().filter(|d| !d.as_os_str().is_empty());
     let parent = parent.unwrap_or(Path::new("/"));
-    let dir = File::open(parent).map_err(|e| {
-        if e.kind() == io::ErrorKind::NotFound {
-            Error::NotFound {
-                endpoint: endpoint.to_string(),
-                detail: format!(
-                    "the directory {} does not exist; create it first",
-                    parent.display()
-                ),
-            }
-        } else {
-            io_err("opening the endpoint's directory", e)
-        }
-    })?;
+    let dir = File::open(parent).map_err(|e| io_err("opening the endpoint's directory", e))?;
     // Two servers starting together must not both decide a file is stale and each delete
     // the other's: the check, removal and creation happen under a lock on the directory.
     rustix::fs::flock(&dir, FlockOperation::LockExclusive)
@@ -146,7 +134,7 @@ pub(super) fn bind_path(
     };
     claim_path(endpoint, path, socket, || {
         let mode = Mode::from_raw_mode(file_mode);
-        let io_err = |op, e: rustix::io::Errno| Error::io(endpoint, op, e.into());
+        let io_err = |op, e: rustix::io::Errno| Error::listen_io(endpoint, op, e.into());
         // Linux creates the socket file with the socket inode's mode less the umask, so
         // setting it before bind means the file is never wider than asked, even for a
         // datagram socket, which receives from the moment it is bound.
@@ -164,13 +152,17 @@ fn somebody_answers(endpoint: &Endpoint, path: &Path, kind: SocketType) -> Resul
         SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
         None,
     )
-    .map_err(|e| Error::io(endpoint, "creating a socket", e.into()))?;
+    .map_err(|e| Error::listen_io(endpoint, "creating a socket", e.into()))?;
     let addr = SocketAddrUnix::new(path)
-        .map_err(|e| Error::io(endpoint, "making the socket address", e.into()))?;
+        .map_err(|e| Error::listen_io(endpoint, "making the socket address", e.into()))?;
     match rustix::net::connect(probe.as_fd(), &addr) {
         // A full backlog (EAGAIN) also means a live server.
         Ok(()) | Err(rustix::io::Errno::AGAIN) => Ok(true),
         Err(rustix::io::Errno::CONNREFUSED) => Ok(false),
-        Err(e) => Err(Error::io(endpoint, "probing the existing socket", e.into())),
+        Err(e) => Err(Error::listen_io(
+            endpoint,
+            "probing the existing socket",
+            e.into(),
+        )),
     }
 }

@@ -686,7 +686,7 @@ fn open_fifo(endpoint: &Endpoint, path: &Path, flags: OFlags) -> Result<OwnedFd>
 /// Makes a FIFO no wider than `mode` (the umask only narrows it).
 fn mkfifo(endpoint: &Endpoint, path: &Path, mode: u32) -> Result<()> {
     rustix::fs::mkfifoat(rustix::fs::CWD, path, Mode::from_raw_mode(mode))
-        .map_err(|e| Error::io(endpoint, "making the FIFO", e.into()))
+        .map_err(|e| Error::listen_io(endpoint, "making the FIFO", e.into()))
 }
 
 /// The `fifo` transport.
@@ -1044,8 +1044,9 @@ impl FifoReplySink {
             open_fifo(&self.endpoint, &path, OFlags::WRONLY).map_err(|e| Error::Disconnected {
                 endpoint: self.url.to_string(),
                 detail: format!(
-                    "opening the reply FIFO {}: {e}; the requester has gone",
-                    path.display()
+                    "opening the reply FIFO {}: {}; the requester has gone",
+                    path.display(),
+                    e.as_detail()
                 ),
             })?;
         let fd = Arc::new(fd);

@@ -151,6 +151,20 @@ fn queue_name(endpoint: &Endpoint) -> String {
 }
 
 fn mq_error(endpoint: &Endpoint, op: &'static str, errno: Errno) -> Error {
+    side_error(endpoint, op, errno, |e, op, io| Error::io(e, op, io))
+}
+
+/// [`mq_error`] for the receiver starting up, with a server's advice.
+fn mq_listen_error(endpoint: &Endpoint, op: &'static str, errno: Errno) -> Error {
+    side_error(endpoint, op, errno, Error::listen_io)
+}
+
+fn side_error(
+    endpoint: &Endpoint,
+    op: &'static str,
+    errno: Errno,
+    io_error: impl FnOnce(&Endpoint, &'static str, std::io::Error) -> Error,
+) -> Error {
     let io = std::io::Error::from_raw_os_error(errno as i32);
     match errno {
         Errno::EMFILE | Errno::ENOMEM => Error::Io {
@@ -161,16 +175,18 @@ fn mq_error(endpoint: &Endpoint, op: &'static str, errno: Errno) -> Error {
                 format!("{io}; the user's queues may have reached RLIMIT_MSGQUEUE (ulimit -q)"),
             ),
         },
-        _ => Error::io(endpoint, op, io),
+        _ => io_error(endpoint, op, io),
     }
 }
 
-/// Opens (creating when missing) a queue holding `maxmsg` messages of `msgsize` bytes.
+/// Opens (creating when missing) a queue holding `maxmsg` messages of `msgsize` bytes;
+/// `as_error` makes its error, with a client's or a server's advice.
 fn open_queue(
     endpoint: &Endpoint,
     name: &str,
     flags: MQ_OFlag,
     (maxmsg, msgsize): (usize, usize),
+    as_error: fn(&Endpoint, &'static str, Errno) -> Error,
 ) -> Result<Queue> {
     let attr = MqAttr::new(0, maxmsg as _, msgsize as _, 0);
     let mode = Mode::from_bits_truncate(endpoint.mode() as _);
@@ -181,7 +197,7 @@ fn open_queue(
         Some(&attr),
     )
     .map(|queue| Queue(Some(queue)))
-    .map_err(|e| mq_error(endpoint, "opening the queue", e))
+    .map_err(|e| as_error(endpoint, "opening the queue", e))
 }
 
 /// The message size of an open queue: the creator's, whatever this side asked for.
@@ -349,6 +365,7 @@ fn client(endpoint: &Endpoint) -> Result<MqConnection> {
         &queue_name(endpoint),
         MQ_OFlag::O_WRONLY,
         (limits().msg_max, max),
+        mq_error,
     )?;
     // The queue may have been created before, with a smaller size.
     let max = max.min(msgsize(endpoint, &queue)?);
@@ -375,6 +392,7 @@ fn server(endpoint: &Endpoint) -> Result<MqListener> {
         &name,
         MQ_OFlag::O_RDONLY | MQ_OFlag::O_NONBLOCK,
         (limits().msg_max, max),
+        mq_listen_error,
     )?;
     let size = msgsize(endpoint, &queue)?;
     let waker = Waker {
@@ -383,6 +401,7 @@ fn server(endpoint: &Endpoint) -> Result<MqListener> {
             &name,
             MQ_OFlag::O_WRONLY | MQ_OFlag::O_NONBLOCK,
             (limits().msg_max, max),
+            mq_listen_error,
         )?,
         stop: AtomicBool::new(false),
         in_queue: Default::default(),
@@ -409,17 +428,21 @@ fn hold_receiver_lock(endpoint: &Endpoint, name: &str) -> Result<OwnedFd> {
         rustix::net::SocketFlags::CLOEXEC,
         None,
     )
-    .map_err(|e| Error::io(endpoint, "creating the receiver lock", e.into()))?;
+    .map_err(|e| Error::listen_io(endpoint, "creating the receiver lock", e.into()))?;
     let addr =
         rustix::net::SocketAddrUnix::new_abstract_name(format!("ipckit.mq{name}").as_bytes())
-            .map_err(|e| Error::io(endpoint, "naming the receiver lock", e.into()))?;
+            .map_err(|e| Error::listen_io(endpoint, "naming the receiver lock", e.into()))?;
     match rustix::net::bind(&fd, &addr) {
         Ok(()) => Ok(fd),
         Err(rustix::io::Errno::ADDRINUSE) => Err(Error::AddrInUse {
             endpoint: endpoint.to_string(),
             detail: "another receiver is reading this queue".into(),
         }),
-        Err(e) => Err(Error::io(endpoint, "taking the receiver lock", e.into())),
+        Err(e) => Err(Error::listen_io(
+            endpoint,
+            "taking the receiver lock",
+            e.into(),
+        )),
     }
 }
 
@@ -542,6 +565,7 @@ impl MqConnection {
             MQ_OFlag::O_RDONLY | MQ_OFlag::O_EXCL,
             // A reply is its status byte and then up to `max` bytes of payload.
             (1, (self.max + 1).min(limits().msgsize_max)),
+            mq_error,
         )?;
         let wrapped = msgsize(&self.endpoint, &queue).and_then(|size| Ok((size, wrap(queue)?)));
         let (size, queue) = match wrapped {

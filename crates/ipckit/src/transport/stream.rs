@@ -318,7 +318,7 @@ impl StreamConnection {
                     Ok(ReadOutcome::TimedOut) => Ok(None),
                     Err(e) => {
                         let _ = rustix::net::shutdown(&self.fd, Shutdown::Both);
-                        Err(e.to_string())
+                        Err(e.as_detail())
                     }
                 }
             });

@@ -455,7 +455,7 @@ fn read_answer(
         ))) {
             Ok(0) => {
                 let pending = reader.decoder.pending();
-                return broken(closed_by_server(&shared.url, pending).to_string());
+                return broken(closed_by_server(&shared.url, pending).as_detail());
             }
             Ok(n) => reader.decoder.advance(n),
             Err(e) => return broken(format!("receiving failed: {e}")),

@@ -134,16 +134,16 @@ impl Transport for Tcp {
 /// A non-blocking socket listening at the endpoint, and the endpoint with the port the
 /// kernel chose.
 fn bind_listening(endpoint: &Endpoint) -> Result<(OwnedFd, Endpoint)> {
-    let addrs = resolve(endpoint)?;
+    let addrs = resolve_to_listen(endpoint)?;
     refuse_public_unless_asked(endpoint, &addrs)?;
-    let listener =
-        TcpListener::bind(addrs.as_slice()).map_err(|e| Error::io(endpoint, "binding", e))?;
+    let listener = TcpListener::bind(addrs.as_slice())
+        .map_err(|e| Error::listen_io(endpoint, "binding", e))?;
     listener
         .set_nonblocking(true)
-        .map_err(|e| Error::io(endpoint, "making the socket non-blocking", e))?;
+        .map_err(|e| Error::listen_io(endpoint, "making the socket non-blocking", e))?;
     let bound = listener
         .local_addr()
-        .map_err(|e| Error::io(endpoint, "reading the bound address", e))?;
+        .map_err(|e| Error::listen_io(endpoint, "reading the bound address", e))?;
     let Address::Tcp(asked) = endpoint.address() else {
         unreachable!("the registry hands tcp endpoints only to tcp")
     };
@@ -159,7 +159,14 @@ pub(super) fn refuse_public_unless_asked(endpoint: &Endpoint, addrs: &[SocketAdd
     if endpoint.public() {
         return Ok(());
     }
-    match addrs.iter().find(|a| !a.ip().is_loopback()) {
+    let open = addrs.iter().find(|a| !a.ip().is_loopback());
+    // An address of another machine cannot be listened on, public or not: say that,
+    // rather than ask for ?public=true, which would only fail at bind. Binding a
+    // throwaway UDP socket to port 0 tells, and listens on nothing.
+    if let Some(Err(e)) = open.map(|a| std::net::UdpSocket::bind((a.ip(), 0))) {
+        return Err(Error::listen_io(endpoint, "binding", e));
+    }
+    match open {
         Some(open) => Err(Error::PermissionDenied {
             endpoint: endpoint.to_string(),
             detail: format!(
@@ -169,6 +176,17 @@ pub(super) fn refuse_public_unless_asked(endpoint: &Endpoint, addrs: &[SocketAdd
         }),
         None => Ok(()),
     }
+}
+
+/// [`resolve`] for a server: a host that does not resolve is no place to listen.
+pub(super) fn resolve_to_listen(endpoint: &Endpoint) -> Result<Vec<SocketAddr>> {
+    resolve(endpoint).map_err(|e| match e {
+        Error::NotFound { endpoint, detail } => Error::CannotListen {
+            endpoint,
+            reason: format!("{detail}; listen on 127.0.0.1 or an address of this host"),
+        },
+        other => other,
+    })
 }
 
 /// The addresses of a `tcp://` or `udp://` endpoint's host and port.

@@ -163,13 +163,13 @@ impl Transport for Udp {
 
 /// The server: its socket bound at the endpoint, shared by both APIs.
 fn server(endpoint: &Endpoint) -> Result<DatagramListener> {
-    let addrs = tcp::resolve(endpoint)?;
+    let addrs = tcp::resolve_to_listen(endpoint)?;
     tcp::refuse_public_unless_asked(endpoint, &addrs)?;
     let socket =
-        UdpSocket::bind(addrs.as_slice()).map_err(|e| Error::io(endpoint, "binding", e))?;
+        UdpSocket::bind(addrs.as_slice()).map_err(|e| Error::listen_io(endpoint, "binding", e))?;
     let bound = socket
         .local_addr()
-        .map_err(|e| Error::io(endpoint, "reading the bound address", e))?;
+        .map_err(|e| Error::listen_io(endpoint, "reading the bound address", e))?;
     let fd = OwnedFd::from(socket);
     // Best effort: the kernel caps it at rmem_max, which is fine too.
     let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&fd, SERVER_RECEIVE_BUFFER);

@@ -159,11 +159,12 @@ fn bind_listening(endpoint: &Endpoint) -> Result<(OwnedFd, Option<Box<dyn Send>>
             // An abstract name vanishes with the last socket bound to it, so one that
             // is taken belongs to a live process.
             rustix::net::bind(&fd, &unix_addr(endpoint)?)
-                .map_err(|e| Error::io(endpoint, "binding", e.into()))?;
+                .map_err(|e| Error::listen_io(endpoint, "binding", e.into()))?;
             None
         }
     };
-    rustix::net::listen(&fd, 1024).map_err(|e| Error::io(endpoint, "listening", e.into()))?;
+    rustix::net::listen(&fd, 1024)
+        .map_err(|e| Error::listen_io(endpoint, "listening", e.into()))?;
     Ok((fd, cleanup))
 }
 

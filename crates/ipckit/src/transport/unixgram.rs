@@ -215,12 +215,12 @@ fn server(endpoint: &Endpoint) -> Result<DatagramListener> {
         UnixAddr::Path(path) => Some(Box::new(bind_path(endpoint, &fd, path, SocketType::DGRAM)?)),
         addr => {
             rustix::net::bind(&fd, &socket_addr(endpoint, addr)?)
-                .map_err(|e| Error::io(endpoint, "binding", e.into()))?;
+                .map_err(|e| Error::listen_io(endpoint, "binding", e.into()))?;
             None
         }
     };
     rustix::net::sockopt::set_socket_passcred(&fd, true)
-        .map_err(|e| Error::io(endpoint, "asking for sender credentials", e.into()))?;
+        .map_err(|e| Error::listen_io(endpoint, "asking for sender credentials", e.into()))?;
     DatagramListener::new(
         endpoint.clone(),
         fd,

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use ipckit::endpoint::Address;
+use ipckit::endpoint::{Address, HostPort, UnixAddr};
+use ipckit::transport::{Capabilities, Transport};
 use ipckit::{Endpoint, Error};
 
 use crate::api;
@@ -28,6 +29,8 @@ pub const CHECKS: &[Check] = checks![
     duplex => finished_clients_not_held,
     always => restart_on_same_endpoint,
     transient => missing_endpoint,
+    reliable => connect_waits_for_its_server_when_asked,
+    placed => listen_where_it_cannot,
     duplex => server_dies_during_request,
     refuses_transient => pending_requests_fail_when_the_server_stops,
     always => spawn_serves_and_stops_on_drop,
@@ -412,6 +415,103 @@ fn missing_endpoint(ctx: &Ctx) -> Outcome {
         "connecting to a missing endpoint said: {line}"
     );
     child.finish()?;
+    // What it says is a client's advice, in the library's words, not a command's.
+    let said = api::connect(&url)
+        .and_then(|client| client.request(b"probe", PATIENCE))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    ensure!(
+        said.contains("start the server first") && !said.contains("ipckit "),
+        "connecting to a missing endpoint said: {said}"
+    );
+    // Asked to wait, a client that still finds nothing says how long it waited. (A udp
+    // client has no connection to wait for: it learns at its request, as above.)
+    let patient = url.with_connect_timeout(Duration::from_millis(20));
+    if let Err(e) = api::connect(&patient) {
+        let said = e.to_string();
+        ensure!(
+            matches!(e, Error::NotFound { .. }) && said.contains("after waiting 20ms"),
+            "connecting with ?connect_timeout=20ms to a missing endpoint said: {said}"
+        );
+    }
+    Ok(())
+}
+
+/// A client asked to wait for its server (`?connect_timeout=`) and started before it
+/// connects once the server appears, and what it sends arrives.
+fn connect_waits_for_its_server_when_asked(ctx: &Ctx) -> Outcome {
+    let mut endpoint = ctx.endpoint("late");
+    if let Address::Tcp(at) = endpoint.address() {
+        // The client must know the port before the server has it: a free one, now.
+        let free = std::net::TcpListener::bind((at.bare_host(), 0))?.local_addr()?;
+        endpoint = endpoint.with_address(Address::Tcp(HostPort {
+            host: at.host.clone(),
+            port: free.port(),
+        }));
+    }
+    let endpoint = endpoint.with_connect_timeout(PATIENCE);
+    let mut client = Child::spawn(Role::ConnectEarly, &endpoint);
+    let connecting = client.line()?;
+    ensure!(connecting == "connecting", "the client said {connecting}");
+    // Only makes it likely that the client has found nothing at least once; nothing
+    // here depends on how long it took.
+    std::thread::sleep(Duration::from_millis(100));
+    let mut server = api::listen(&endpoint)?;
+    let early = recv(&mut server)?;
+    ensure!(
+        early.payload() == b"early",
+        "the server received {:?}",
+        early.payload()
+    );
+    ensure!(client.line()? == "sent", "the client did not say it sent");
+    client.finish()?;
+    Ok(())
+}
+
+/// Endpoints a server places: at a path, whose directory may be missing, or at a host,
+/// which may not be this machine.
+fn placed(t: &dyn Transport, _: &Capabilities) -> bool {
+    unusable(&t.scratch_endpoint(&std::env::temp_dir(), "probe")).is_some()
+}
+
+/// Where a server cannot listen, for an endpoint placed as `endpoint` is.
+fn unusable(endpoint: &Endpoint) -> Option<Endpoint> {
+    let missing = PathBuf::from("/nonexistent-ipckit-dir/x");
+    let elsewhere = HostPort {
+        host: "8.8.8.8".into(),
+        port: 0,
+    };
+    Some(endpoint.with_address(match endpoint.address() {
+        Address::Uds(UnixAddr::Path(_)) => Address::Uds(UnixAddr::Path(missing)),
+        Address::Unixgram(UnixAddr::Path(_)) => Address::Unixgram(UnixAddr::Path(missing)),
+        Address::Fifo(_) => Address::Fifo(missing),
+        Address::Tcp(_) => Address::Tcp(elsewhere),
+        Address::Udp(_) => Address::Udp(elsewhere),
+        _ => return None,
+    }))
+}
+
+/// A server asked to listen in a missing directory, or at an address of another machine,
+/// is told so with a server's advice: never to start a server, never an `ipckit` command.
+fn listen_where_it_cannot(ctx: &Ctx) -> Outcome {
+    let endpoint = unusable(&ctx.endpoint("nowhere")).expect("a placed endpoint");
+    let said = match api::listen(&endpoint) {
+        Err(e @ Error::CannotListen { .. }) => e.to_string(),
+        other => return Err(format!("listening at {endpoint} gave {other:?}").into()),
+    };
+    ensure!(
+        !said.contains("ipckit ") && !said.contains("start the server") && !said.contains("?mode"),
+        "listening at {endpoint} said: {said}"
+    );
+    let advice = match endpoint.address() {
+        Address::Tcp(_) | Address::Udp(_) => "this machine has no address 8.8.8.8",
+        _ => "the directory /nonexistent-ipckit-dir does not exist",
+    };
+    ensure!(
+        said.contains(advice),
+        "listening at {endpoint} said: {said}"
+    );
     Ok(())
 }
 
@@ -421,7 +521,15 @@ fn server_dies_during_request(ctx: &Ctx) -> Outcome {
     let client = api::connect(&url)?;
     if ctx.transport.capabilities(&url).connection {
         match client.request(b"are you there?", PATIENCE) {
-            Err(Error::Disconnected { .. }) => {}
+            // Why it broke is told once, with the endpoint once.
+            Err(e @ Error::Disconnected { .. }) => {
+                let said = e.to_string();
+                let url = url.to_string();
+                ensure!(
+                    said.matches(url.as_str()).count() == 1,
+                    "a request whose server died said: {said}"
+                );
+            }
             other => return Err(format!("expected Disconnected, got {other:?}").into()),
         }
         server.kill();

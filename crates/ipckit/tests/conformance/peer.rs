@@ -55,6 +55,9 @@ pub enum Role {
     RequestExclusive,
     /// Connects and requests, printing `NotFound URL` where there is no endpoint.
     Connect,
+    /// Prints `connecting`, connects (waiting for the server as its URL's
+    /// `?connect_timeout=` says), sends `early` and prints `sent`.
+    ConnectEarly,
     /// Connects, as user nobody if `as_nobody`, expecting to be refused: prints
     /// `PermissionDenied`.
     ConnectExpectDenied { as_nobody: bool },
@@ -112,6 +115,7 @@ impl Role {
             } => ("request", vec![threads.to_string(), per_thread.to_string()]),
             Role::RequestExclusive => ("request-exclusive", vec![]),
             Role::Connect => ("connect", vec![]),
+            Role::ConnectEarly => ("connect-early", vec![]),
             Role::ConnectExpectDenied { as_nobody } => {
                 let whom = if *as_nobody { "as-nobody" } else { "as-self" };
                 ("connect-expect-denied", vec![whom.to_owned()])
@@ -171,6 +175,7 @@ impl Role {
             },
             "request-exclusive" => Role::RequestExclusive,
             "connect" => Role::Connect,
+            "connect-early" => Role::ConnectEarly,
             "connect-expect-denied" => Role::ConnectExpectDenied {
                 as_nobody: match arg::<String>(args, 2)?.as_str() {
                     "as-nobody" => true,
@@ -446,6 +451,11 @@ fn play(role: Role, url: &str) -> Result<(), Failure> {
             expect_reversed(&large, &reply)?;
             drop(held);
             expect_reversed(b"shared again", &client.request(b"shared again", PATIENCE)?)?;
+        }
+        Role::ConnectEarly => {
+            say("connecting");
+            api::connect(url)?.send(b"early")?;
+            say("sent");
         }
         Role::Connect => {
             // Connectionless transports learn of a missing server at the first request.

@@ -20,6 +20,7 @@ pub const CHECKS: &[Check] = checks![
     duplex => request_reply_concurrent,
     refuses => lent_request_answered_or_refused,
     refuses => answer_over_the_client_limit_refused,
+    refuses => refusal_names_the_endpoint_once,
     reliable_ordered => served_until_the_handler_stops,
     duplex => exclusive_client,
 ];
@@ -182,6 +183,32 @@ fn answer_over_the_client_limit_refused(ctx: &Ctx) -> Outcome {
         }
         other => Err(format!("the client of an answer too large for it got {other:?}").into()),
     }
+}
+
+/// A refused caller's error names the endpoint once, then the server's reason as given.
+fn refusal_names_the_endpoint_once(ctx: &Ctx) -> Outcome {
+    let mut server = api::listen(ctx.endpoint("refusing"))?;
+    let url = server.endpoint().to_string();
+    let mut asker = Child::spawn(Role::RequestWhenTold, &url);
+    let connected = asker.line_serving(&mut server)?;
+    ensure!(connected == "connected", "the asker said {connected}");
+    asker.say("go")?;
+    let mut request = recv(&mut server)?;
+    request.refuse("not today")?;
+    let requesting = asker.line()?;
+    ensure!(requesting == "requesting", "the asker said {requesting}");
+    let refused = asker.line()?;
+    ensure!(
+        refused.starts_with("Remote ") && refused.ends_with("not today"),
+        "a refused request ended with: {refused}"
+    );
+    ensure!(
+        refused.matches(url.as_str()).count() == 1,
+        "a refusal names its endpoint {} times: {refused}",
+        refused.matches(url.as_str()).count()
+    );
+    asker.finish()?;
+    Ok(())
 }
 
 /// `serve_with` lends messages until its handler breaks and takes none after that one;

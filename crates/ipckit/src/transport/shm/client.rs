@@ -210,7 +210,7 @@ impl ShmConnection {
                     &mut InPlace::copied(),
                 )
                 .map(|answer| answer.map(|a| (a.id, a)))
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.as_detail())
             });
         match answer {
             Ok(answer) => self.outcome(answer),

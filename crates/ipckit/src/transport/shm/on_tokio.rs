@@ -216,7 +216,7 @@ impl AsyncShmConnection {
                                 }
                                 Ok(None) => {}
                                 Err(e) => {
-                                    let detail = e.to_string();
+                                    let detail = e.as_detail();
                                     failure = Some(e);
                                     return Poll::Ready(Err(detail));
                                 }
@@ -228,11 +228,11 @@ impl AsyncShmConnection {
                                 Poll::Ready(Ok(())) => {
                                     if !replies.consumer.has_data() {
                                         if let Err(e) = connection.trouble() {
-                                            return Poll::Ready(Err(e.to_string()));
+                                            return Poll::Ready(Err(e.as_detail()));
                                         }
                                     }
                                 }
-                                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.to_string())),
+                                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.as_detail())),
                                 Poll::Pending => return Poll::Pending,
                             }
                         }

@@ -143,7 +143,7 @@ impl Geometry {
     }
 }
 
-use crate::endpoint::{MAX_SHM_CLIENTS as MAX_SLOTS, MAX_SHM_RING as MAX_RING};
+use crate::endpoint::{Endpoint, MAX_SHM_CLIENTS as MAX_SLOTS, MAX_SHM_RING as MAX_RING};
 
 /// The file behind the POSIX name `/ipckit.NAME` (glibc's shm_open opens it there too).
 pub fn path(name: &str) -> PathBuf {
@@ -162,7 +162,7 @@ pub struct Created {
 
 /// Creates and names the segment for `name`, replacing one a dead server left.
 pub fn create(
-    url: &str,
+    endpoint: &Endpoint,
     name: &str,
     mode: u32,
     geometry: Geometry,
@@ -178,7 +178,8 @@ pub fn create(
         NEXT.fetch_add(1, Ordering::Relaxed)
     );
     let temp_path = PathBuf::from(format!("/dev/shm/{temp_name}"));
-    let io = |op, e: std::io::Error| Error::io(url, op, e);
+    let url = &endpoint.to_string();
+    let io = |op, e: std::io::Error| Error::listen_io(endpoint, op, e);
     let fd = rustix::shm::open(
         temp_name.as_str(),
         OFlags::CREATE | OFlags::EXCL | OFlags::RDWR,
@@ -438,7 +439,9 @@ mod tests {
             slots: 1,
             capacity: ALIGN,
         };
-        let segment = |name: &str| create("shm://test", name, 0o600, geometry, 1024).unwrap();
+        let segment = |name: &str| {
+            create(&"shm://test".parse().unwrap(), name, 0o600, geometry, 1024).unwrap()
+        };
         let dying = segment(&name);
         let client = std::thread::spawn({
             let name = name.clone();

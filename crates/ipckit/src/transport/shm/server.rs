@@ -179,7 +179,7 @@ impl ShmListener {
             capacity: endpoint.ring(),
         };
         let max_message = endpoint.max_message();
-        let created = segment::create(&url, &name, endpoint.mode(), geometry, max_message)?;
+        let created = segment::create(endpoint, &name, endpoint.mode(), geometry, max_message)?;
         let map = Arc::new(created.map);
         let header: Shared<Header> = map.get(0);
         // Without it, clients learn of a death by polling the server's pid, a little later.
