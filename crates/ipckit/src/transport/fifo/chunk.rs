@@ -50,6 +50,14 @@ pub(super) fn check_byte(header: &[u8]) -> u8 {
         .fold(header[2] ^ 0x5a, |acc, b| acc.rotate_left(1) ^ b)
 }
 
+/// Whether `bytes`, however few, may be the start of a chunk's header: its magic and a
+/// flags byte with only known flags.
+fn may_begin_chunk(bytes: &[u8]) -> bool {
+    const KNOWN: u8 = FIRST | LAST | REQUEST | REFUSED | WAKE | TIMED_OUT;
+    let magic = bytes.len().min(MAGIC.len());
+    bytes[..magic] == MAGIC[..magic] && bytes.get(2).is_none_or(|flags| flags & !KNOWN == 0)
+}
+
 impl ChunkHeader {
     pub(super) fn encode(&self, out: &mut [u8]) {
         out[..2].copy_from_slice(&MAGIC);
@@ -293,7 +301,7 @@ pub(crate) struct Reassembly {
     start: usize,
     end: usize,
     pub(super) partial: HashMap<WriterId, Partial>,
-    /// Foreign bytes skipped since the last chunk, reported once per run.
+    /// Foreign bytes skipped and not yet reported, which `next` reports before it returns.
     skipped: usize,
 }
 
@@ -348,21 +356,37 @@ impl Reassembly {
 
     /// The next whole message in what was read; `url` names the endpoint in warnings.
     pub(crate) fn next(&mut self, url: &str) -> Option<Whole> {
-        while self.end - self.start >= HEADER {
-            let Some(header) = ChunkHeader::decode(&self.buf[self.start..]) else {
+        let whole = self.next_chunk_message(url);
+        // Foreign bytes are reported as they arrive, not when a later chunk does: a plain
+        // writer's `echo hi` may be the last thing the pipe ever carries.
+        if self.skipped > 0 {
+            log::warn!(
+                "{url}: skipped {} bytes that are not ipckit chunks (a plain writer, such as `echo hi > FIFO`?); a server that takes lines from plain writers listens with ?framing=line",
+                self.skipped
+            );
+            self.skipped = 0;
+        }
+        whole
+    }
+
+    fn next_chunk_message(&mut self, url: &str) -> Option<Whole> {
+        while self.start < self.end {
+            let available = &self.buf[self.start..self.end];
+            if !may_begin_chunk(available) {
+                self.start += 1;
+                self.skipped += 1;
+                continue;
+            }
+            if available.len() < HEADER {
+                return None; // perhaps a chunk's header, cut by the read
+            }
+            let Some(header) = ChunkHeader::decode(available) else {
                 self.start += 1;
                 self.skipped += 1;
                 continue;
             };
-            if self.end - self.start < HEADER + header.len {
+            if available.len() < HEADER + header.len {
                 return None;
-            }
-            if self.skipped > 0 {
-                log::warn!(
-                    "{url}: skipped {} bytes that were not ipckit chunks",
-                    self.skipped
-                );
-                self.skipped = 0;
             }
             let data_at = self.start + HEADER;
             self.start = data_at + header.len;
@@ -526,5 +550,30 @@ mod tests {
             reassembly.held(),
             pipe.len()
         );
+    }
+
+    /// A plain writer's line is skipped as soon as it is read, with nothing after it, and
+    /// a chunk cut by a read after its first bytes is waited for.
+    #[test]
+    fn foreign_bytes_skipped_on_arrival() {
+        let mut reassembly = Reassembly::new(100);
+        let mut pipe = b"hi\n".to_vec();
+        let mut chunks = Chunks::new(((1, 1), 1, 0), b"whole");
+        pipe.extend_from_slice(chunks.next_chunk().expect("one chunk"));
+        let (line, chunk) = pipe.split_at(3 + 2);
+        reassembly.spare()[..line.len()].copy_from_slice(line);
+        reassembly.filled(line.len());
+        assert!(reassembly.next("fifo:///test").is_none());
+        assert_eq!(
+            reassembly.end - reassembly.start,
+            2,
+            "the chunk's magic is kept"
+        );
+        reassembly.spare()[..chunk.len()].copy_from_slice(chunk);
+        reassembly.filled(chunk.len());
+        let whole = reassembly
+            .next("fifo:///test")
+            .expect("the chunk's message");
+        assert_eq!(whole.payload, b"whole");
     }
 }

@@ -7,8 +7,9 @@
 //! chunk is ever split, and the server puts each writer's message back together. A writer
 //! killed in the middle of a message leaves whole chunks behind and never a torn one; the
 //! server drops the unfinished message once the writer's pid is gone, and never delivers
-//! it. Bytes that are not chunks (`echo hi > app.fifo`) are skipped, with a warning, up to
-//! the next chunk header, which carries a check byte to be found again.
+//! it. Bytes that are not chunks (`echo hi > app.fifo`) are skipped up to the next chunk
+//! header, which carries a check byte to be found again, and reported in a warning as
+//! they arrive; the server goes on serving.
 //!
 //! Duplex, as the article's PipeDirection.InOut: a client that makes a request creates a
 //! reply FIFO beside the server's (`app.fifo.PID.N.reply`), named after its writer id,
