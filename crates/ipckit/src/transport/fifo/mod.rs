@@ -24,9 +24,19 @@
 //!
 //! What a successful `send` promises: the whole message is in the pipe. If the server
 //! dies, the pipe and what is in it go with it.
+//!
+//! With `?framing=line` (`fifo:///tmp/app.fifo?framing=line`) the FIFO takes plain lines
+//! instead, one message per line, from any program that can open a file (`echo hi >
+//! app.fifo`); it is one-way then, as a line carries no return address, and the client's
+//! `request` is refused. Lines of up to PIPE_BUF bytes from several writers at once each
+//! arrive whole; longer lines written at the same time may interleave. A line over
+//! `?max_message=` is dropped and reported, and the server goes on serving. A last line
+//! without a newline (`printf hi > app.fifo`) is delivered once every writer has closed
+//! the FIFO.
 
 mod chunk;
 mod client;
+mod line;
 #[cfg(feature = "tokio")]
 mod on_tokio;
 mod server;
@@ -47,9 +57,9 @@ pub(crate) use self::chunk::{Chunks, FIRST, LAST, REFUSED, REQUEST, TIMED_OUT, W
 pub(crate) use self::chunk::{Reassembly, WriterId};
 use self::client::FifoConnection;
 use self::server::FifoListener;
-use super::endpoint_file::{Kind, claim_path};
+use super::endpoint_file::{EndpointFile, Kind, claim_path};
 use super::{Capabilities, Connection, Listener, Reclaim, Transport};
-use crate::endpoint::{Address, Endpoint};
+use crate::endpoint::{Address, Endpoint, Framing};
 use crate::error::{Error, Result};
 use crate::message::Peer;
 
@@ -110,7 +120,8 @@ impl Transport for Fifo {
 
     fn capabilities(&self, endpoint: &Endpoint) -> Capabilities {
         Capabilities {
-            duplex: true,
+            // A line carries no return address (see `line`).
+            duplex: endpoint.framing() == Framing::Length,
             reliable: true,
             ordered: true,
             durable: false,
@@ -127,10 +138,16 @@ impl Transport for Fifo {
     }
 
     fn connect(&self, endpoint: &Endpoint) -> Result<Box<dyn Connection>> {
+        if endpoint.framing() == Framing::Line {
+            return Ok(Box::new(line::LineConnection::new(endpoint)?));
+        }
         Ok(Box::new(FifoConnection::new(endpoint)?))
     }
 
     fn listen(&self, endpoint: &Endpoint) -> Result<Box<dyn Listener>> {
+        if endpoint.framing() == Framing::Line {
+            return Ok(Box::new(line::LineListener::new(endpoint)?));
+        }
         let server = server(endpoint)?;
         // Reads block, as a hand-written reader's do; see `recv`.
         rustix::fs::fcntl_setfl(&*server.fd, OFlags::RDWR)
@@ -143,19 +160,26 @@ impl Transport for Fifo {
         &'a self,
         endpoint: &'a Endpoint,
     ) -> super::BoxFuture<'a, Result<Box<dyn super::AsyncConnection>>> {
+        if endpoint.framing() == Framing::Line {
+            return super::connected(line::on_tokio::AsyncLineConnection::new(endpoint));
+        }
         super::connected(on_tokio::AsyncFifoConnection::new(endpoint))
     }
 
     #[cfg(feature = "tokio")]
     fn listen_async(&self, endpoint: &Endpoint) -> Result<Box<dyn super::AsyncListener>> {
+        if endpoint.framing() == Framing::Line {
+            return Ok(Box::new(line::on_tokio::AsyncLineListener::new(endpoint)?));
+        }
         Ok(Box::new(on_tokio::AsyncFifoListener::new(server(
             endpoint,
         )?)?))
     }
 }
 
-/// The server, its FIFO made (or a dead server's taken over) and open non-blocking.
-fn server(endpoint: &Endpoint) -> Result<FifoListener> {
+/// The server's FIFO, made (or a dead server's taken over), without the reply FIFOs of
+/// clients that are gone.
+fn claim(endpoint: &Endpoint) -> Result<EndpointFile> {
     let path = fifo_path(endpoint);
     // Opening for writing succeeds only while somebody reads: a live server.
     let alive = || Ok(open_fifo(endpoint, path, OFlags::WRONLY).is_ok());
@@ -169,6 +193,13 @@ fn server(endpoint: &Endpoint) -> Result<FifoListener> {
         mkfifo(endpoint, path, endpoint.mode() & 0o600)
     })?;
     remove_dead_reply_fifos(path);
+    Ok(file)
+}
+
+/// The server of the default framing, its FIFO open non-blocking.
+fn server(endpoint: &Endpoint) -> Result<FifoListener> {
+    let file = claim(endpoint)?;
+    let path = fifo_path(endpoint);
     // Read and write: the pipe then never reads as ended when writers come and go, and
     // opening does not wait for a writer.
     let fd = open_fifo(endpoint, path, OFlags::RDWR)?;
