@@ -64,7 +64,7 @@ fn foreign_bytes_reported_on_arrival(ctx: &Ctx) -> Outcome {
     let url = server.ready()?;
     let path = path_of(&url).expect("a path");
     sh(r#"echo hi > "$1""#, &path)?;
-    server.logged("3 bytes that are not ipckit chunks")?;
+    server.logged("3 bytes that were not ipckit chunks")?;
     server.logged("?framing=line")?;
     ensure!(
         server.stderr().contains(&url.to_string()),

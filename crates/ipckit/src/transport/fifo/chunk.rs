@@ -361,7 +361,7 @@ impl Reassembly {
         // writer's `echo hi` may be the last thing the pipe ever carries.
         if self.skipped > 0 {
             log::warn!(
-                "{url}: skipped {} bytes that are not ipckit chunks (a plain writer, such as `echo hi > FIFO`?); a server that takes lines from plain writers listens with ?framing=line",
+                "{url}: skipped {} bytes that were not ipckit chunks (a plain writer, such as `echo hi > FIFO`?); a server that takes lines from plain writers listens with ?framing=line",
                 self.skipped
             );
             self.skipped = 0;
