@@ -21,6 +21,7 @@ pub const CHECKS: &[Check] = checks![in plain_writers:
     opened_as_file => over_long_line_dropped_and_reported,
     opened_as_file => ipckit_client_writes_lines,
     opened_as_file => line_server_started_and_stopped,
+    opened_as_file => default_framing_client_of_a_line_server_named,
 ];
 
 /// Runs `script` in `sh` with `$1` the endpoint's path, and waits for it.
@@ -202,5 +203,20 @@ fn line_server_started_and_stopped(ctx: &Ctx) -> Outcome {
         .recv_timeout(PATIENCE)
         .map_err(|_| "the server did not stop")?;
     ensure!(!path.exists(), "the stopped server left {}", path.display());
+    Ok(())
+}
+
+/// A client of the default framing writing into a line-framed FIFO is named in the
+/// server's log with the option it lacks; the server goes on serving.
+fn default_framing_client_of_a_line_server_named(ctx: &Ctx) -> Outcome {
+    let (mut server, url) = line_server(ctx, &[])?;
+    let path = path_of(&url).expect("a path");
+    let chunky: Endpoint = ipckit::endpoint::Address::Fifo(path).into();
+    api::connect(&chunky)?.send(b"in chunks")?;
+    server.logged("an ipckit client of the default framing writes into this line-framed FIFO")?;
+    api::connect(&url)?.send(b"after")?;
+    // What the chunks were taken for comes first, in as many lines as they held newlines.
+    while server.line()? != "msg after" {}
+    server.finish()?;
     Ok(())
 }

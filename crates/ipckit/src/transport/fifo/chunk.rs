@@ -71,7 +71,7 @@ impl ChunkHeader {
     }
 
     /// A header, if `bytes` start with a valid one.
-    fn decode(bytes: &[u8]) -> Option<ChunkHeader> {
+    pub(super) fn decode(bytes: &[u8]) -> Option<ChunkHeader> {
         let valid = bytes[..2] == MAGIC && bytes[3] == check_byte(&bytes[..HEADER]);
         let len = u16::from_le_bytes([bytes[4], bytes[5]]) as usize;
         (valid && len <= CHUNK_DATA && bytes[6..8] == [0, 0]).then(|| ChunkHeader {

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use rustix::event::{EventfdFlags, PollFd, PollFlags};
 use rustix::fs::OFlags;
 
-use super::chunk::{SigpipeBlocked, pipe_full};
+use super::chunk::{ChunkHeader, HEADER, SigpipeBlocked, pipe_full};
 use super::{PIPE_SIZE, check_size, claim, fifo_path, open_fifo};
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
@@ -259,7 +259,16 @@ impl LineReader {
                     return Ok(Read::Ended(fresh));
                 }
                 Ok(n) => {
-                    self.lines.push(&self.url, &self.buf[..n], &mut self.ready);
+                    let read = &self.buf[..n];
+                    if read.len() >= HEADER && ChunkHeader::decode(read).is_some() {
+                        // A client of the default framing: its chunks make no sense as
+                        // lines, and its author would not know why.
+                        log::warn!(
+                            "{}: an ipckit client of the default framing writes into this line-framed FIFO, and its chunks are taken as lines; connect with ?framing=line",
+                            self.url
+                        );
+                    }
+                    self.lines.push(&self.url, read, &mut self.ready);
                     return Ok(Read::Some);
                 }
                 Err(rustix::io::Errno::INTR) => {}
@@ -516,6 +525,50 @@ mod tests {
         assert_eq!(got, [&b"one"[..], b"two", b""]);
         let got = cut(10, &[b"one\ntw", b"o\n\nthr", b"ee"], true);
         assert_eq!(got, [&b"one"[..], b"two", b"", b"three"]);
+    }
+
+    /// However the pipe's bytes are cut into reads, the lines within the limit come out
+    /// as written, and the others not at all.
+    #[test]
+    fn lines_survive_any_cutting() {
+        let mut rng = fastrand::Rng::with_seed(18);
+        for _ in 0..200 {
+            let max = rng.usize(0..40);
+            let written: Vec<Vec<u8>> = (0..rng.usize(0..30))
+                .map(|_| {
+                    let len = rng.usize(0..60);
+                    (0..len).map(|_| rng.alphanumeric() as u8).collect()
+                })
+                .collect();
+            let mut pipe = written.join(&b'\n');
+            let ended = rng.bool();
+            if ended && !written.is_empty() {
+                pipe.push(b'\n');
+            }
+            let mut reads = Vec::new();
+            let mut rest = &pipe[..];
+            while !rest.is_empty() {
+                let n = rng.usize(1..=rest.len());
+                reads.push(&rest[..n]);
+                rest = &rest[n..];
+            }
+            // Every line within the limit, but an empty last one without its newline,
+            // which is no line.
+            let last = written.len().saturating_sub(1);
+            let expected: Vec<Vec<u8>> = written
+                .iter()
+                .enumerate()
+                .filter(|(i, line)| line.len() <= max && (ended || *i < last || !line.is_empty()))
+                .map(|(_, line)| line.clone())
+                .collect();
+            let got = cut(max, &reads, true);
+            assert_eq!(
+                got,
+                expected,
+                "max {max}, pipe {:?}",
+                String::from_utf8_lossy(&pipe)
+            );
+        }
     }
 
     /// A line over the limit is dropped to its newline, however it is cut, and holds
