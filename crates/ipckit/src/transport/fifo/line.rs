@@ -201,6 +201,8 @@ pub(super) struct LineReader {
     ready: VecDeque<Vec<u8>>,
     buf: Box<[u8]>,
     anonymous: Arc<Peer>,
+    /// A client of the default framing was reported since the FIFO last read as ended.
+    chunks_reported: bool,
     _file: EndpointFile,
 }
 
@@ -229,6 +231,7 @@ impl LineReader {
             ready: VecDeque::new(),
             buf: vec![0; READ_SIZE].into_boxed_slice(),
             anonymous: Arc::new(Peer::default()),
+            chunks_reported: false,
             _file: file,
         };
         Ok((reader, fd))
@@ -251,6 +254,7 @@ impl LineReader {
             match rustix::io::read(fd, &mut self.buf[..]) {
                 Ok(0) => {
                     self.lines.ended(&mut self.ready);
+                    self.chunks_reported = false;
                     // A descriptor opened now reads as ended only after a writer comes and
                     // goes again; opened before the old one closes, the FIFO always has a
                     // reader, so no writer is refused meanwhile.
@@ -260,7 +264,8 @@ impl LineReader {
                 }
                 Ok(n) => {
                     let read = &self.buf[..n];
-                    if read.len() >= HEADER && ChunkHeader::decode(read).is_some() {
+                    let chunk = read.len() >= HEADER && ChunkHeader::decode(read).is_some();
+                    if chunk && !std::mem::replace(&mut self.chunks_reported, true) {
                         // A client of the default framing: its chunks make no sense as
                         // lines, and its author would not know why.
                         log::warn!(
