@@ -1129,3 +1129,37 @@ fn bench_reports_a_server_that_dies_and_goes_on() {
     );
     assert!(row("shm", "ipckit").starts_with("shm,ipckit,ok,"), "{csv}");
 }
+
+/// `ipckit listen` on a line-framed FIFO prints what a shell writes into it: `echo`'s
+/// lines, and `printf`'s last line without a newline once the writer closes the FIFO.
+#[test]
+fn listen_prints_lines_echoed_into_a_line_framed_fifo() {
+    let dir = Scratch::new("fifo-lines");
+    let path = dir.sock("app.fifo");
+    let listener = Background::start(
+        IPCKIT,
+        &[
+            "listen",
+            &format!("fifo://{path}?framing=line"),
+            "--count",
+            "3",
+            "--timeout",
+            "20s",
+        ],
+    );
+    wait_for_socket_file(&path);
+    // A shell's open of a FIFO waits for its reader: no race with the listener.
+    let status = Command::new("sh")
+        .args([
+            "-c",
+            r#"echo hi > "$1"; printf 'two\nthree' > "$1""#,
+            "sh",
+            &path,
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = listener.output();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout(&out), "hi\ntwo\nthree\n");
+}

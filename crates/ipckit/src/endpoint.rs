@@ -143,7 +143,7 @@ pub enum Bus {
     System,
 }
 
-/// How a stream endpoint cuts its bytes into messages.
+/// How a byte stream (`uds`, `tcp`) or a FIFO (`fifo`) cuts its bytes into messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Framing {
     /// ipckit's length-prefixed frames with a handshake (docs/PROTOCOL.md).
@@ -210,7 +210,7 @@ impl Param {
 
     fn applies_to(self, scheme: &str) -> bool {
         match self {
-            Param::Framing => matches!(scheme, "uds" | "tcp"),
+            Param::Framing => matches!(scheme, "uds" | "tcp" | "fifo"),
             Param::Mode => matches!(
                 scheme,
                 "uds" | "unixgram" | "fifo" | "mq" | "shm" | "events" | "spool"
@@ -546,7 +546,8 @@ impl Endpoint {
             .map(|(_, v)| v.as_str())
     }
 
-    /// How a stream endpoint frames messages (`?framing=`); `Length` unless set.
+    /// How a `uds`, `tcp` or `fifo` endpoint frames messages (`?framing=`); `Length`
+    /// (ipckit's own framing) unless set.
     pub fn framing(&self) -> Framing {
         match self.param(Param::Framing) {
             Some("line") => Framing::Line,

@@ -6,14 +6,15 @@
 //! transport under test. The peer reports on stdout, one line at a time.
 //!
 //! One file per behaviour, each with its list of checks: `delivery`, `request_reply`,
-//! `lifecycle`, `durable`, `bad_input`, `limits`, `shared_memory`, `access`, and
-//! `cancellation` (through the async API alone). `support` holds what they share, `api`
-//! the two APIs a check drives, `peer` the peer processes. A new behaviour's list goes in
-//! [`CHECKS`] below.
+//! `lifecycle`, `durable`, `bad_input`, `limits`, `plain_writers`, `shared_memory`,
+//! `access`, and `cancellation` (through the async API alone). `support` holds what they
+//! share, `api` the two APIs a check drives, `peer` the peer processes. A new behaviour's
+//! list goes in [`CHECKS`] below.
 //!
 //! A trial is named `scheme::check` through the blocking API and `scheme::async::check`
-//! through the async one; the checks of `bad_input`, `limits`, `shared_memory`, `access`
-//! and `cancellation` carry their module in their name (`uds::bad_input::random_bytes`).
+//! through the async one; the checks of `bad_input`, `limits`, `plain_writers`,
+//! `shared_memory`, `access` and `cancellation` carry their module in their name
+//! (`uds::bad_input::random_bytes`).
 //! Checks that need a peer of another user run only as root, and are listed as ignored
 //! otherwise. Run one transport, one check, or one check on one transport with the usual
 //! filters:
@@ -33,6 +34,7 @@ mod durable;
 mod lifecycle;
 mod limits;
 mod peer;
+mod plain_writers;
 mod request_reply;
 mod shared_memory;
 mod support;
@@ -48,6 +50,7 @@ const CHECKS: &[&[Check]] = &[
     durable::CHECKS,
     bad_input::CHECKS,
     limits::CHECKS,
+    plain_writers::CHECKS,
     shared_memory::CHECKS,
     access::CHECKS,
 ];

@@ -71,6 +71,12 @@ pub fn byte_stream(t: &dyn Transport, _: &Capabilities) -> bool {
     matches!(ep.address(), Address::Uds(_) | Address::Tcp(_))
 }
 
+/// Endpoints a plain program writes to by opening a file (`echo hi > PATH`): FIFOs.
+pub fn opened_as_file(t: &dyn Transport, _: &Capabilities) -> bool {
+    let ep = t.scratch_endpoint(&std::env::temp_dir(), "probe");
+    matches!(ep.address(), Address::Fifo(_))
+}
+
 /// Transports whose large messages go out in several writes that a future can be
 /// dropped between, and are finished after it: byte streams and shared-memory rings.
 pub fn in_pieces(t: &dyn Transport, caps: &Capabilities) -> bool {

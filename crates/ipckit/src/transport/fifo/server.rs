@@ -1,0 +1,229 @@
+//! The server: reads its FIFO, puts messages back together and answers requests through
+//! their clients' reply FIFOs.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use rustix::event::PollFlags;
+use rustix::fs::OFlags;
+
+use super::chunk::{
+    ChunkHeader, HEADER, REFUSED, REQUEST, Reassembly, WAKE, WriterId, write_message,
+};
+use super::{REAP_INTERVAL, REPLY_SEND_TIMEOUT, open_fifo, remove_dead_reply_fifos, reply_path};
+use crate::endpoint::Endpoint;
+use crate::error::{Error, Result};
+use crate::message::{Message, Peer, ReplySink, ReplyTo};
+use crate::sys::wait_ready;
+use crate::transport::Listener;
+use crate::transport::Reclaim;
+use crate::transport::endpoint_file::EndpointFile;
+
+/// Reply FIFOs a server has open, by writer.
+pub(super) struct FifoReplySink {
+    endpoint: Endpoint,
+    url: Arc<str>,
+    path: PathBuf,
+    writer: WriterId,
+    /// The reply FIFO once opened, for later replies through this sink. It is closed with
+    /// the sink, when no request of that client is held and another client has asked:
+    /// a server holds nothing of clients that are done.
+    fd: OnceLock<Arc<OwnedFd>>,
+}
+
+impl FifoReplySink {
+    fn reply_fifo(&self) -> Result<Arc<OwnedFd>> {
+        if let Some(fd) = self.fd.get() {
+            return Ok(fd.clone());
+        }
+        let path = reply_path(&self.path, self.writer);
+        let fd =
+            open_fifo(&self.endpoint, &path, OFlags::WRONLY).map_err(|e| Error::Disconnected {
+                endpoint: self.url.to_string(),
+                detail: format!(
+                    "opening the reply FIFO {}: {}; the requester has gone",
+                    path.display(),
+                    e.as_detail()
+                ),
+            })?;
+        let fd = Arc::new(fd);
+        let _ = self.fd.set(fd.clone());
+        Ok(fd)
+    }
+}
+
+impl ReplySink for FifoReplySink {
+    /// `id` is the request's message number, which the reply carries back.
+    fn send_reply(&self, id: u64, payload: &[u8], ok: bool) -> Result<()> {
+        let fd = self.reply_fifo()?;
+        let flags = if ok { 0 } else { REFUSED };
+        let id = ((std::process::id(), 0), id as u32, flags);
+        write_message(&self.url, fd.as_fd(), id, payload, REPLY_SEND_TIMEOUT)
+    }
+}
+
+pub(super) struct FifoListener {
+    pub(super) endpoint: Endpoint,
+    pub(super) url: Arc<str>,
+    pub(super) path: PathBuf,
+    /// The FIFO, read blocking (or through tokio): a [`WAKE`] chunk or a writer's data
+    /// ends the wait.
+    pub(super) fd: Arc<OwnedFd>,
+    pub(super) reassembly: Reassembly,
+    pub(super) ready: VecDeque<Message>,
+    pub(super) stop: Arc<AtomicBool>,
+    /// The FIFO again, for writing wake chunks into it.
+    pub(super) waker_fd: Arc<OwnedFd>,
+    /// The sink of the last request, reused while requests come from the same writer.
+    pub(super) last_sink: Option<Arc<FifoReplySink>>,
+    /// A pipe says nothing about who wrote: every message has this same nobody.
+    pub(super) anonymous: Arc<Peer>,
+    pub(super) last_reap: Instant,
+    pub(super) reclaim: Reclaim,
+    pub(super) _file: EndpointFile,
+}
+
+impl FifoListener {
+    fn sink_for(&mut self, writer: WriterId) -> Arc<FifoReplySink> {
+        match &self.last_sink {
+            Some(sink) if sink.writer == writer => sink.clone(),
+            _ => {
+                // A new client: those that crashed leave reply FIFOs to remove.
+                if self.reclaim.due() {
+                    remove_dead_reply_fifos(&self.path);
+                }
+                let sink = Arc::new(FifoReplySink {
+                    endpoint: self.endpoint.clone(),
+                    url: self.url.clone(),
+                    path: self.path.clone(),
+                    writer,
+                    fd: OnceLock::new(),
+                });
+                self.last_sink = Some(sink.clone());
+                sink
+            }
+        }
+    }
+
+    /// Moves whole messages into `ready`; true when a wake chunk came.
+    pub(super) fn deliver(&mut self) -> bool {
+        let mut woken = false;
+        while let Some(whole) = self.reassembly.next(&self.url) {
+            if whole.flags & WAKE != 0 {
+                woken = true;
+                continue;
+            }
+            if let Some(size) = whole.oversize {
+                log::warn!(
+                    "{}: writer {:?} sent a message of {size} bytes, over the limit of {}; dropped",
+                    self.url,
+                    whole.writer,
+                    self.reassembly.max
+                );
+                continue;
+            }
+            let reply_to = (whole.flags & REQUEST != 0)
+                .then(|| ReplyTo::new(self.sink_for(whole.writer), whole.seq.into()));
+            self.ready.push_back(Message::new(
+                whole.payload,
+                self.anonymous.clone(),
+                reply_to,
+                self.url.clone(),
+            ));
+        }
+        woken
+    }
+
+    /// Waits until the FIFO is readable or `wait` passes; false when it passed.
+    fn wait_readable(&self, wait: Duration) -> Result<bool> {
+        wait_ready(self.fd.as_fd(), PollFlags::IN, Some(Instant::now() + wait))
+            .map_err(|e| Error::io(&*self.url, "waiting for messages", e))
+    }
+}
+
+impl Drop for FifoListener {
+    /// Requests still in the pipe would wait out their callers' timeouts: they are taken
+    /// and refused, so that each caller learns at once that the server stopped. (One
+    /// written between this and the end of the drop is lost with the pipe.)
+    fn drop(&mut self) {
+        let fd = self.fd.clone();
+        let nonblocking = rustix::fs::fcntl_getfl(&*fd)
+            .and_then(|flags| rustix::fs::fcntl_setfl(&*fd, flags | OFlags::NONBLOCK));
+        if nonblocking.is_err() {
+            return;
+        }
+        while self.reassembly.fill(fd.as_fd()).unwrap_or(false) {
+            self.deliver();
+        }
+        self.deliver();
+        for mut message in self.ready.drain(..) {
+            if message.wants_reply() {
+                let _ = message.refuse("the server stopped before it read this request");
+            }
+        }
+    }
+}
+
+impl Listener for FifoListener {
+    fn recv(&mut self, deadline: Option<Instant>) -> Result<Option<Message>> {
+        loop {
+            if let Some(message) = self.ready.pop_front() {
+                return Ok(Some(message));
+            }
+            if self.stop.swap(false, Ordering::AcqRel) || self.deliver() {
+                return Ok(None);
+            }
+            if !self.ready.is_empty() {
+                continue;
+            }
+            let unfinished = !self.reassembly.partial.is_empty();
+            if unfinished && self.last_reap.elapsed() >= REAP_INTERVAL {
+                self.reassembly.reap(&self.url);
+                self.last_reap = Instant::now();
+            }
+            // Block in read, as a hand-written reader does, unless there is a deadline to
+            // keep or unfinished messages whose writers must be watched.
+            if deadline.is_some() || unfinished {
+                let now = Instant::now();
+                if deadline.is_some_and(|d| now >= d) {
+                    return Ok(None);
+                }
+                let mut wait = deadline.map_or(REAP_INTERVAL, |d| d - now);
+                if unfinished {
+                    wait = wait.min(REAP_INTERVAL);
+                }
+                if !self.wait_readable(wait)? {
+                    continue;
+                }
+            }
+            self.reassembly
+                .fill(self.fd.as_fd())
+                .map_err(|e| Error::io(&*self.url, "reading", e))?;
+        }
+    }
+
+    fn waker(&self) -> Arc<dyn Fn() + Send + Sync> {
+        let (stop, fd) = (self.stop.clone(), self.waker_fd.clone());
+        Arc::new(move || {
+            stop.store(true, Ordering::Release);
+            let mut chunk = [0u8; HEADER];
+            let wake = ChunkHeader {
+                flags: WAKE,
+                len: 0,
+                writer: (0, 0),
+                seq: 0,
+            };
+            wake.encode(&mut chunk);
+            // A full pipe means a busy server, which sees the flag before it blocks again.
+            let _ = rustix::io::write(&*fd, &chunk);
+        })
+    }
+
+    fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+}
