@@ -24,8 +24,9 @@
 //! - A server receives each message as a [`Message`], which it owns: the payload, the
 //!   sender's [`Peer`] (pid, uid, gid or address, as far as the operating system tells),
 //!   and, for a request, the way to [`reply`](Message::reply) or
-//!   [`refuse`](Message::refuse), from any thread. A request dropped unanswered is refused,
-//!   so its caller does not wait for its timeout. The lending calls
+//!   [`refuse`](Message::refuse), from any thread. A request dropped unanswered is refused
+//!   (except on `udp` and `unixgram`: see [`Message::reply`]), so its caller does not wait
+//!   for its timeout. The lending calls
 //!   ([`Server::recv_with`], [`Server::serve_with`]) instead hand a [`MessageRef`] to a
 //!   handler for the length of the call: the same accessors and answers, with nothing
 //!   copied or allocated to hand it over.

@@ -39,12 +39,26 @@ pub(crate) trait ReplySink: Send + Sync {
     /// Sends `payload` as the answer to request `id`; `ok == false` makes it a refusal
     /// whose payload is the UTF-8 reason.
     fn send_reply(&self, id: u64, payload: &[u8], ok: bool) -> Result<()>;
+
+    /// Request `id` was dropped unanswered: refused by default, so that its caller learns
+    /// at once rather than at its timeout. Best effort: the client may be gone.
+    fn unanswered(&self, id: u64) {
+        let _ = self.send_reply(
+            id,
+            b"the server dropped the request without replying",
+            false,
+        );
+    }
 }
 
 impl<T: ReplySink + ?Sized> ReplySink for Arc<T> {
     #[inline(always)]
     fn send_reply(&self, id: u64, payload: &[u8], ok: bool) -> Result<()> {
         (**self).send_reply(id, payload, ok)
+    }
+
+    fn unanswered(&self, id: u64) {
+        (**self).unanswered(id)
     }
 }
 
@@ -103,15 +117,11 @@ impl<S: ReplySink> ReplyTo<S> {
     }
 
     /// A request nobody answers would leave its caller waiting for its whole timeout;
-    /// tell it at once instead. Best effort: the client may be gone.
+    /// the transport tells it at once instead, where it can.
     #[cold]
     #[inline(never)]
     fn refuse_unanswered(&self) {
-        let _ = self.sink.send_reply(
-            self.id,
-            b"the server dropped the request without replying",
-            false,
-        );
+        self.sink.unanswered(self.id);
     }
 }
 
@@ -193,14 +203,32 @@ impl Message {
     }
 
     /// Answers the request. Works from any thread; answering twice, or answering a
-    /// one-way message, is [`Error::NoReplyExpected`]. A request dropped unanswered is
-    /// refused on the wire, so its caller learns at once instead of timing out.
+    /// one-way message, is [`Error::NoReplyExpected`].
+    ///
+    /// Every request is answered once, and what its caller learns when the server does
+    /// not answer it depends on what the transport can tell:
+    ///
+    /// - A request dropped unanswered is refused at once ("the server dropped the request
+    ///   without replying") on `uds` and `tcp` (with the default `?framing=length`),
+    ///   `fifo`, `mq` and `shm`: its caller's `request` returns [`Error::Remote`].
+    /// - On `udp` and `unixgram` every message from a bound socket can be answered and the
+    ///   server cannot tell a request from a one-way message, so one dropped unanswered is
+    ///   not refused: its caller waits out its timeout.
+    /// - With `?framing=line` a line cannot say "refused": neither a refusal nor a dropped
+    ///   request reaches the caller, which waits out its timeout.
+    /// - An answer too large for its client is refused instead, naming both sizes, where
+    ///   the server knows the client's limit (`uds`, `tcp`, `mq`, `shm`: `reply` returns
+    ///   [`Error::MessageTooLarge`]); elsewhere the client fails the request as the answer
+    ///   arrives.
     #[inline]
     pub fn reply(&mut self, payload: &[u8]) -> Result<()> {
         self.take_reply_to()?.answer(payload, true)
     }
 
-    /// Refuses the request: the caller's `request` returns [`Error::Remote`] with `reason`.
+    /// Refuses the request: the caller's `request` returns [`Error::Remote`] with `reason`,
+    /// at once, on every transport but `?framing=line` streams (whose caller times out; see
+    /// [`reply`](Self::reply)). A reason longer than the client takes reaches it cut to fit
+    /// (on `shm` and `fifo`, the caller learns instead that the answer was too large).
     pub fn refuse(&mut self, reason: &str) -> Result<()> {
         self.take_reply_to()?.answer(reason.as_bytes(), false)
     }

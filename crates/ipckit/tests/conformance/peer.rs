@@ -64,6 +64,9 @@ pub enum Role {
     SendAs { uid: u32, gid: u32 },
     /// Requests `payload` and prints the reply.
     RequestOnce { payload: String },
+    /// Requests `payload` with a timeout of [`PATIENCE`] and prints `reply PAYLOAD` (its
+    /// bytes escaped), `Remote REASON`, or the error's variant and message.
+    RequestPrinting { payload: String },
     /// Connects and prints `connected`; once told on stdin, prints `requesting`, makes a
     /// request with a long timeout and prints `reply` or the error's variant and message.
     RequestWhenTold,
@@ -118,6 +121,7 @@ impl Role {
             }
             Role::SendAs { uid, gid } => ("send-as", vec![uid.to_string(), gid.to_string()]),
             Role::RequestOnce { payload } => ("request-once", vec![payload.clone()]),
+            Role::RequestPrinting { payload } => ("request-printing", vec![payload.clone()]),
             Role::RequestWhenTold => ("request-when-told", vec![]),
             Role::ConnectAndWait => ("connect-and-wait", vec![]),
             Role::CorruptReplies => ("corrupt-replies", vec![]),
@@ -185,6 +189,9 @@ impl Role {
                 gid: arg(args, 3)?,
             },
             "request-once" => Role::RequestOnce {
+                payload: arg(args, 2)?,
+            },
+            "request-printing" => Role::RequestPrinting {
                 payload: arg(args, 2)?,
             },
             "request-when-told" => Role::RequestWhenTold,
@@ -479,6 +486,13 @@ fn play(role: Role, url: &str) -> Result<(), Failure> {
         Role::RequestOnce { payload } => {
             let reply = api::connect(url)?.request(payload.as_bytes(), PATIENCE)?;
             say(&String::from_utf8_lossy(&reply));
+        }
+        Role::RequestPrinting { payload } => {
+            match api::connect(url)?.request(payload.as_bytes(), PATIENCE) {
+                Ok(reply) => say(&format!("reply {}", reply.escape_ascii())),
+                Err(Error::Remote { reason, .. }) => say(&format!("Remote {reason}")),
+                Err(e) => say(&format!("{} {e}", variant(&e))),
+            }
         }
         Role::RequestWhenTold => {
             let client = api::connect(url)?;

@@ -12,14 +12,17 @@ use crate::api;
 use crate::peer::Role;
 use crate::support::{
     Check, Child, Ctx, Outcome, PATIENCE, byte_stream, checks, duplex, ensure, parse_numbered,
-    recv, refuses, reliable_ordered, reversed,
+    recv, refuses_unanswered, reliable_ordered, reversed,
 };
 
 pub const CHECKS: &[Check] = checks![
     byte_stream => line_framing_in_order,
     duplex => request_reply_concurrent,
-    refuses => lent_request_answered_or_refused,
-    refuses => answer_over_the_client_limit_refused,
+    duplex => refusal_reaches_the_caller,
+    refuses_unanswered => dropped_request_refused,
+    duplex => reply_that_looks_like_a_refusal_is_a_reply,
+    refuses_unanswered => lent_request_answered_or_refused,
+    duplex => answer_over_the_client_limit_refused,
     reliable_ordered => served_until_the_handler_stops,
     duplex => exclusive_client,
 ];
@@ -107,6 +110,62 @@ fn request_reply_concurrent(ctx: &Ctx) -> Outcome {
         out_of_order,
         "requests never overlapped, so correlation was not exercised"
     );
+    Ok(())
+}
+
+/// A refused request fails its caller with the reason as the server gave it, at once: the
+/// caller waits up to [`PATIENCE`], so a refusal lost on the way shows as a `Timeout`.
+fn refusal_reaches_the_caller(ctx: &Ctx) -> Outcome {
+    let mut server = api::listen(ctx.endpoint("refuse"))?;
+    let payload = "may I?".to_owned();
+    let mut asker = Child::spawn(Role::RequestPrinting { payload }, server.endpoint());
+    let mut request = recv(&mut server)?;
+    ensure!(
+        request.wants_reply(),
+        "a request arrived as a one-way message"
+    );
+    request.refuse("no: the answer is Ünïcode, and final")?;
+    let said = asker.line()?;
+    ensure!(
+        said == "Remote no: the answer is Ünïcode, and final",
+        "a refused request gave its caller: {said}"
+    );
+    asker.finish()?;
+    Ok(())
+}
+
+/// A request received and dropped unanswered is refused, so that its caller learns at
+/// once instead of at its timeout.
+fn dropped_request_refused(ctx: &Ctx) -> Outcome {
+    let mut server = api::listen(ctx.endpoint("drop"))?;
+    let payload = "ignore me".to_owned();
+    let mut asker = Child::spawn(Role::RequestPrinting { payload }, server.endpoint());
+    drop(recv(&mut server)?);
+    let said = asker.line()?;
+    ensure!(
+        said.starts_with("Remote ") && said.contains("without replying"),
+        "a request dropped unanswered gave its caller: {said}"
+    );
+    asker.finish()?;
+    Ok(())
+}
+
+/// A reply is delivered as it is, even one that starts as a refusal does on the wire of a
+/// transport that marks refusals in the answer's first bytes.
+fn reply_that_looks_like_a_refusal_is_a_reply(ctx: &Ctx) -> Outcome {
+    let mut server = api::listen(ctx.endpoint("lookalike"))?;
+    for answer in [&b"\0IPCKNO1not refused"[..], b"\0IPCKOK1", b"\0IPCK", b""] {
+        let payload = "ask".to_owned();
+        let mut asker = Child::spawn(Role::RequestPrinting { payload }, server.endpoint());
+        recv(&mut server)?.reply(answer)?;
+        let said = asker.line()?;
+        ensure!(
+            said == format!("reply {}", answer.escape_ascii()),
+            "the reply {:?} reached its caller as: {said}",
+            answer.escape_ascii().to_string()
+        );
+        asker.finish()?;
+    }
     Ok(())
 }
 
