@@ -118,7 +118,9 @@
 //!   message is never copied. Send it with [`Loan::send`], [`Loan::request`] or
 //!   [`Loan::request_with`].
 //! - [`Client::send_value`] and [`Client::request_value`] for serde values (postcard); the
-//!   server reads them with [`Message::decode`] or [`MessageRef::decode`].
+//!   server reads them with [`Message::decode`] or [`MessageRef::decode`] and answers with
+//!   [`Message::reply_value`]. A payload that is not a whole value of the type asked for
+//!   (another type, bytes left over, plain bytes) is [`Error::Codec`].
 //!
 //! # Features
 //!
@@ -158,6 +160,7 @@ mod sys;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 pub mod transport;
+mod typed;
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -292,8 +295,8 @@ impl Client {
         Exclusive::new(self.backend.exclusive())
     }
 
-    /// Sends a serde value (encoded with postcard); the server reads it with
-    /// [`Message::decode`].
+    /// Sends a serde value (encoded with postcard, behind a byte naming its shape); the
+    /// server reads it with [`Message::decode`].
     ///
     /// ```no_run
     /// #[derive(serde::Serialize)]
@@ -305,7 +308,20 @@ impl Client {
         self.send(&self.encode(value)?)
     }
 
-    /// Sends a serde value as a request and decodes the reply.
+    /// Sends a serde value as a request and decodes the reply, which the server gives with
+    /// [`Message::reply_value`]. A reply that is not a whole `R` (another type, bytes left
+    /// over, or a plain [`reply`](Message::reply)) is [`Error::Codec`].
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Job { id: u32 }
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// enum Done { Ok, Failed(String) }
+    /// let client = ipckit::connect("uds:///tmp/jobs.sock")?;
+    /// let done: Done = client.request_value(&Job { id: 7 }, Duration::from_secs(5))?;
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
     pub fn request_value<T: Serialize, R: DeserializeOwned>(
         &self,
         value: &T,
@@ -361,21 +377,15 @@ impl Client {
 
 debug_by_endpoint!(Client);
 
-/// A serde value as a payload (postcard), for [`Client::send_value`] and its kin.
+/// A serde value as a typed payload (its shape byte, then postcard), for
+/// [`Client::send_value`] and its kin.
 fn encode_value<T: Serialize>(endpoint: &Endpoint, value: &T) -> Result<Vec<u8>> {
-    postcard::to_allocvec(value).map_err(|e| Error::Codec {
-        endpoint: endpoint.to_string(),
-        op: "encode",
-        detail: e.to_string(),
-    })
+    typed::encode(value, endpoint)
 }
 
+/// The value in a typed payload, which must be a whole `R` (see [`Message::decode`]).
 fn decode_value<R: DeserializeOwned>(endpoint: &Endpoint, payload: &[u8]) -> Result<R> {
-    postcard::from_bytes(payload).map_err(|e| Error::Codec {
-        endpoint: endpoint.to_string(),
-        op: "decode",
-        detail: e.to_string(),
-    })
+    typed::decode(payload, endpoint)
 }
 
 /// The receiving side: messages from any number of clients, through one loop.

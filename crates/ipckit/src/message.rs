@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
@@ -233,12 +234,35 @@ impl Message {
         self.take_reply_to()?.answer(reason.as_bytes(), false)
     }
 
+    /// Answers the request with a serde value, for the caller's
+    /// [`request_value`](crate::Client::request_value); otherwise as [`reply`](Self::reply)
+    /// does.
+    ///
+    /// ```no_run
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Job { id: u32 }
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// enum Done { Ok, Failed(String) }
+    /// let mut server = ipckit::listen("uds:///tmp/jobs.sock")?;
+    /// let mut msg = server.recv()?;
+    /// let job: Job = msg.decode()?;
+    /// msg.reply_value(&if job.id > 0 { Done::Ok } else { Done::Failed("no id".into()) })?;
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
+    pub fn reply_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
+        let payload = crate::typed::encode(value, &self.endpoint)?;
+        self.reply(&payload)
+    }
+
     #[inline]
     fn take_reply_to(&mut self) -> Result<ReplyTo> {
         take_reply_to(&mut self.reply_to, &self.endpoint)
     }
 
-    /// Decodes a payload sent with [`Client::send_value`](crate::Client::send_value).
+    /// Decodes a payload sent with [`Client::send_value`](crate::Client::send_value) or
+    /// [`request_value`](crate::Client::request_value). The payload must hold a whole `T`:
+    /// a value of another shape (an enum where a `String` is expected), bytes left over, or
+    /// a payload sent with plain `send` is [`Error::Codec`], never a wrong value.
     ///
     /// ```no_run
     /// #[derive(serde::Deserialize)]
@@ -353,7 +377,20 @@ impl<'a> MessageRef<'a> {
         take_reply_to(&mut self.reply_to, self.endpoint)?.answer(reason.as_bytes(), false)
     }
 
-    /// Decodes a payload sent with [`Client::send_value`](crate::Client::send_value).
+    /// Answers the request with a serde value, as [`Message::reply_value`] does.
+    ///
+    /// ```no_run
+    /// let mut server = ipckit::listen("uds:///tmp/doc-lent-value.sock")?;
+    /// server.recv_with(|msg| msg.reply_value(&(msg.payload().len() as u64, "bytes")))??;
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
+    pub fn reply_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
+        let payload = crate::typed::encode(value, &self.endpoint)?;
+        self.reply(&payload)
+    }
+
+    /// Decodes a payload sent with [`Client::send_value`](crate::Client::send_value), as
+    /// [`Message::decode`] does.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
         decode(self.payload, self.endpoint)
     }
@@ -385,11 +422,7 @@ fn take_reply_to<S: ReplySink>(
 }
 
 fn decode<T: DeserializeOwned>(payload: &[u8], endpoint: &str) -> Result<T> {
-    postcard::from_bytes(payload).map_err(|e| Error::Codec {
-        endpoint: endpoint.to_owned(),
-        op: "decode",
-        detail: e.to_string(),
-    })
+    crate::typed::decode(payload, &endpoint)
 }
 
 impl fmt::Debug for Message {

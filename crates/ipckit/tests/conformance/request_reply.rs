@@ -9,7 +9,7 @@ use std::time::Duration;
 use ipckit::Error;
 
 use crate::api;
-use crate::peer::Role;
+use crate::peer::{Role, TypedJob, TypedReply};
 use crate::support::{
     Check, Child, Ctx, Outcome, PATIENCE, byte_stream, checks, duplex, ensure, parse_numbered,
     recv, refuses_unanswered, reliable_ordered, reversed,
@@ -21,6 +21,7 @@ pub const CHECKS: &[Check] = checks![
     duplex => refusal_reaches_the_caller,
     refuses_unanswered => dropped_request_refused,
     duplex => reply_that_looks_like_a_refusal_is_a_reply,
+    duplex => typed_request_and_reply,
     refuses_unanswered => lent_request_answered_or_refused,
     duplex => answer_over_the_client_limit_refused,
     reliable_ordered => served_until_the_handler_stops,
@@ -166,6 +167,40 @@ fn reply_that_looks_like_a_refusal_is_a_reply(ctx: &Ctx) -> Outcome {
         );
         asker.finish()?;
     }
+    Ok(())
+}
+
+/// Typed requests answered with `reply_value` reach their caller as the value sent, and a
+/// reply of another type is an error there, not a wrong value: an enum read as a `String`
+/// was `Ok("")` for a unit variant.
+fn typed_request_and_reply(ctx: &Ctx) -> Outcome {
+    let mut server = api::listen(ctx.endpoint("typed"))?;
+    let mut asker = Child::spawn(Role::RequestValues, server.endpoint());
+    for _ in 0..3 {
+        let mut request = recv(&mut server)?;
+        let job: TypedJob = request.decode()?;
+        ensure!(job.tags == ["typed"], "the server decoded {job:?}");
+        request.reply_value(&match job.id {
+            0 => TypedReply::Done,
+            1 => TypedReply::Failed("a String in an enum".into()),
+            id => TypedReply::Moved {
+                to: u64::from(id) * 2,
+            },
+        })?;
+    }
+    let said = asker.line()?;
+    ensure!(
+        said == "ok Moved { to: 14 }",
+        "a typed reply reached its caller as: {said}"
+    );
+    for _ in 0..2 {
+        let said = asker.line()?;
+        ensure!(
+            said.starts_with("Codec ") && said.contains("holds an enum"),
+            "an enum read as a String gave: {said}"
+        );
+    }
+    asker.finish()?;
     Ok(())
 }
 
