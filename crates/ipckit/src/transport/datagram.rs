@@ -38,11 +38,11 @@ use crate::sys::ReceiveTimeout;
 /// How long a reply may wait for room in a client's receive queue (unixgram).
 const REPLY_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// The start of every answer that is not a plain reply, as mq marks its own messages.
-const RESERVED: &[u8; 5] = b"\0IPCK";
+pub(crate) const RESERVED: &[u8; 5] = b"\0IPCK";
 /// A refusal: these 8 bytes, then the UTF-8 reason.
-const REFUSED: &[u8; 8] = b"\0IPCKNO1";
+pub(crate) const REFUSED: &[u8; 8] = b"\0IPCKNO1";
 /// Put before a reply that begins with [`RESERVED`], and taken off by the client.
-const ESCAPED: &[u8; 8] = b"\0IPCKOK1";
+pub(crate) const ESCAPED: &[u8; 8] = b"\0IPCKOK1";
 /// What differs between the datagram transports.
 pub(super) trait Family: Send + Sync + 'static {
     /// A new client socket, connected to the server (and bound where replies need it).
@@ -217,7 +217,7 @@ struct DatagramSink {
 
 /// The caller's result from an answer of `len` bytes, of which `received` are what a
 /// buffer one byte over the client's limit `max` took.
-fn answer(url: &str, max: usize, received: &[u8], len: usize) -> Result<Vec<u8>> {
+pub(crate) fn answer(url: &str, max: usize, received: &[u8], len: usize) -> Result<Vec<u8>> {
     if let Some(reason) = received.strip_prefix(REFUSED) {
         // Cut to this client's limit, as a stream client's ERROR is: a refusal longer
         // than that is still a refusal, not an oversized reply.
@@ -296,11 +296,12 @@ impl ReplySink for DatagramSink {
             true => ESCAPED,
             false => &[],
         };
-        if payload.len() > self.max - escape.len() {
+        let max = self.max.saturating_sub(escape.len());
+        if payload.len() > max {
             return Err(Error::MessageTooLarge {
                 endpoint: self.url.to_string(),
                 size: payload.len(),
-                max: self.max - escape.len(),
+                max,
                 limit: "the largest datagram this endpoint carries".into(),
             });
         }
