@@ -8,7 +8,8 @@
 //!
 //! Both sides must agree on the types: share them in a crate both depend on, as this
 //! file shares them between its two roles. Values travel as postcard, a compact binary
-//! encoding of serde's data model.
+//! encoding of serde's data model, behind a byte naming the value's shape, so that a
+//! payload of another type is an error rather than a wrong value (docs/PROTOCOL.md).
 
 use std::time::Duration;
 
@@ -80,9 +81,7 @@ fn serve(url: &str, count: usize) -> ipckit::Result<()> {
             order_id,
             total_cents: 35 * u64::from(order.quantity),
         };
-        // Encoded as `request_value` decodes it: postcard.
-        let reply = postcard::to_allocvec(&receipt).expect("a receipt encodes");
-        msg.reply(&reply)?;
+        msg.reply_value(&receipt)?;
         println!("order {order_id}: {order:?}");
     }
     Ok(())

@@ -21,7 +21,7 @@ use crate::transport::ring::spsc::{self, Area, Consumer, Control, MORE, Producer
 use crate::transport::shm::halves::{Partial, assemble};
 
 /// The fuzz targets, by name: what `scripts/fuzz.sh` runs and `fuzz/seeds/` holds.
-pub const TARGETS: [&str; 5] = ["frame", "endpoint", "fifo", "mq", "ring"];
+pub const TARGETS: [&str; 6] = ["frame", "endpoint", "fifo", "mq", "ring", "typed"];
 
 /// Runs the target `name` on `data`; panics on a broken promise.
 pub fn run(name: &str, data: &[u8]) {
@@ -31,6 +31,7 @@ pub fn run(name: &str, data: &[u8]) {
         "fifo" => fifo(data),
         "mq" => mq(data),
         "ring" => ring(data),
+        "typed" => typed(data),
         _ => panic!("no fuzz target {name}"),
     }
 }
@@ -405,6 +406,71 @@ pub fn fifo(data: &[u8]) {
     }
 }
 
+// --- typed payloads and datagram answers -------------------------------------------------
+
+/// What a typed payload may hold in [`typed`]: a shape of each kind that postcard can
+/// confuse with another.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+enum Answer {
+    Done,
+    Failed(String),
+    Moved { to: u64, why: Option<String> },
+}
+
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Job {
+    id: u32,
+    tags: Vec<String>,
+    answer: Answer,
+}
+
+/// Typed payloads and datagram answers, as a receiver reads them. Input: a payload, read
+/// as several types (each decode is a whole value of that type, or a codec error) and as
+/// a datagram answer to a client whose limit the first byte gives.
+pub fn typed(data: &[u8]) {
+    fn whole<T>(data: &[u8])
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+    {
+        match crate::typed::decode::<T>(data, &"fuzz://") {
+            Ok(value) => {
+                let again = crate::typed::encode(&value, &"fuzz://").expect("re-encoding");
+                assert_eq!(again[0], data[0], "{value:?} decoded from another shape");
+                let back = crate::typed::decode::<T>(&again, &"fuzz://").expect("decoding");
+                assert_eq!(back, value);
+            }
+            Err(crate::Error::Codec { op: "decode", .. }) => {}
+            Err(e) => panic!("a typed payload read as {e:?}"),
+        }
+    }
+    whole::<String>(data);
+    whole::<u32>(data);
+    whole::<Option<u16>>(data);
+    whole::<Vec<u8>>(data);
+    whole::<(u8, String)>(data);
+    whole::<Answer>(data);
+    whole::<Job>(data);
+    whole::<()>(data);
+
+    use crate::transport::datagram::{ESCAPED, REFUSED, answer};
+    let max = usize::from(data.first().copied().unwrap_or(0));
+    let received = &data[..data.len().min(max + 1)];
+    match answer("udp://fuzz", max, received, data.len()) {
+        Ok(reply) => {
+            assert!(!data.starts_with(REFUSED) && data.len() <= max);
+            assert!(reply == data || (data.starts_with(ESCAPED) && reply == data[8..]));
+        }
+        Err(crate::Error::Remote { reason, .. }) => {
+            assert!(received.starts_with(REFUSED));
+            if let Ok(text) = std::str::from_utf8(&received[REFUSED.len()..]) {
+                assert!(text.starts_with(&reason) && reason.len() <= max.saturating_sub(8));
+            }
+        }
+        Err(crate::Error::Protocol { .. }) => assert!(data.len() > max),
+        Err(e) => panic!("a datagram answer read as {e:?}"),
+    }
+}
+
 // --- mq: request parsing ------------------------------------------------------------------
 
 /// mq request parsing, on both sides. Input: a queue message as the server receives it;
@@ -735,7 +801,40 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
                 3, 0x00, 0x04, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 10, 0, 4, 0, 0, 0, 0, 0, 0, 0x10, 0, 7,
             ],
         ],
+        "typed" => {
+            let job = Job {
+                id: 7,
+                tags: vec!["a".into()],
+                answer: Answer::Moved {
+                    to: 9,
+                    why: Some("full".into()),
+                },
+            };
+            let encode = |value: &dyn erased::Encode| value.encode();
+            vec![
+                encode(&job),
+                encode(&Answer::Done),
+                encode(&"text".to_owned()),
+                encode(&(1u8, "x".to_owned())),
+                encode(&Some(3u16)),
+                b"\0IPCKNO1refused".to_vec(),
+                b"\x10\0IPCKOK1\0IPCK".to_vec(),
+            ]
+        }
         _ => panic!("no fuzz target {name}"),
+    }
+}
+
+/// Seeds of several types through one closure.
+mod erased {
+    pub trait Encode {
+        fn encode(&self) -> Vec<u8>;
+    }
+
+    impl<T: serde::Serialize> Encode for T {
+        fn encode(&self) -> Vec<u8> {
+            crate::typed::encode(self, &"fuzz://").expect("encoding a seed")
+        }
     }
 }
 

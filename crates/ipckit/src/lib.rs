@@ -30,8 +30,9 @@
 //! - A server receives each message as a [`Message`], which it owns: the payload, the
 //!   sender's [`Peer`] (pid, uid, gid or address, as far as the operating system tells),
 //!   and, for a request, the way to [`reply`](Message::reply) or
-//!   [`refuse`](Message::refuse), from any thread. A request dropped unanswered is refused,
-//!   so its caller does not wait for its timeout. The lending calls
+//!   [`refuse`](Message::refuse), from any thread. A request dropped unanswered is refused
+//!   (except on `udp` and `unixgram`: see [`Message::reply`]), so its caller does not wait
+//!   for its timeout. The lending calls
 //!   ([`Server::recv_with`], [`Server::serve_with`]) instead hand a [`MessageRef`] to a
 //!   handler for the length of the call: the same accessors and answers, with nothing
 //!   copied or allocated to hand it over.
@@ -126,7 +127,9 @@
 //!   message is never copied. Send it with [`Loan::send`], [`Loan::request`] or
 //!   [`Loan::request_with`].
 //! - [`Client::send_value`] and [`Client::request_value`] for serde values (postcard); the
-//!   server reads them with [`Message::decode`] or [`MessageRef::decode`].
+//!   server reads them with [`Message::decode`] or [`MessageRef::decode`] and answers with
+//!   [`Message::reply_value`]. A payload that is not a whole value of the type asked for
+//!   (another type, bytes left over, plain bytes) is [`Error::Codec`].
 //!
 //! # Features
 //!
@@ -168,6 +171,7 @@ mod sys;
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod tokio;
 pub mod transport;
+mod typed;
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -419,8 +423,8 @@ impl Client {
         Exclusive::new(self.backend.exclusive())
     }
 
-    /// Sends a serde value (encoded with postcard); the server reads it with
-    /// [`Message::decode`].
+    /// Sends a serde value (encoded with postcard, behind a byte naming its shape); the
+    /// server reads it with [`Message::decode`].
     ///
     /// ```no_run
     /// #[derive(serde::Serialize)]
@@ -432,8 +436,9 @@ impl Client {
         self.send(&self.encode(value)?)
     }
 
-    /// Sends a serde value as a request and decodes the reply. Both are encoded with
-    /// postcard, which the server reads with [`Message::decode`].
+    /// Sends a serde value as a request and decodes the reply, which the server gives with
+    /// [`Message::reply_value`]. A reply that is not a whole `R` (another type, bytes left
+    /// over, or a plain [`reply`](Message::reply)) is [`Error::Codec`].
     ///
     /// ```
     /// use std::time::Duration;
@@ -446,9 +451,11 @@ impl Client {
     /// }
     ///
     /// let url = format!("uds://@ipckit-doc-request-value-{}", std::process::id());
-    /// let _server = ipckit::listen(&url)?.spawn(|msg| {
-    ///     let Add { a, b } = msg.decode().ok()?; // None refuses what is not an Add
-    ///     postcard::to_allocvec(&(a + b)).ok()
+    /// let mut server = ipckit::listen(&url)?;
+    /// std::thread::spawn(move || -> ipckit::Result<()> {
+    ///     let mut msg = server.recv()?;
+    ///     let Add { a, b } = msg.decode()?;
+    ///     msg.reply_value(&(a + b))
     /// });
     ///
     /// let client = ipckit::connect(&url)?;
@@ -511,21 +518,15 @@ impl Client {
 
 debug_by_endpoint!(Client);
 
-/// A serde value as a payload (postcard), for [`Client::send_value`] and its kin.
+/// A serde value as a typed payload (its shape byte, then postcard), for
+/// [`Client::send_value`] and its kin.
 fn encode_value<T: Serialize>(endpoint: &Endpoint, value: &T) -> Result<Vec<u8>> {
-    postcard::to_allocvec(value).map_err(|e| Error::Codec {
-        endpoint: endpoint.to_string(),
-        op: "encode",
-        detail: e.to_string(),
-    })
+    typed::encode(value, endpoint)
 }
 
+/// The value in a typed payload, which must be a whole `R` (see [`Message::decode`]).
 fn decode_value<R: DeserializeOwned>(endpoint: &Endpoint, payload: &[u8]) -> Result<R> {
-    postcard::from_bytes(payload).map_err(|e| Error::Codec {
-        endpoint: endpoint.to_string(),
-        op: "decode",
-        detail: e.to_string(),
-    })
+    typed::decode(payload, endpoint)
 }
 
 /// The receiving side: messages from any number of clients, through one loop.

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
@@ -39,12 +40,26 @@ pub(crate) trait ReplySink: Send + Sync {
     /// Sends `payload` as the answer to request `id`; `ok == false` makes it a refusal
     /// whose payload is the UTF-8 reason.
     fn send_reply(&self, id: u64, payload: &[u8], ok: bool) -> Result<()>;
+
+    /// Request `id` was dropped unanswered: refused by default, so that its caller learns
+    /// at once rather than at its timeout. Best effort: the client may be gone.
+    fn unanswered(&self, id: u64) {
+        let _ = self.send_reply(
+            id,
+            b"the server dropped the request without replying",
+            false,
+        );
+    }
 }
 
 impl<T: ReplySink + ?Sized> ReplySink for Arc<T> {
     #[inline(always)]
     fn send_reply(&self, id: u64, payload: &[u8], ok: bool) -> Result<()> {
         (**self).send_reply(id, payload, ok)
+    }
+
+    fn unanswered(&self, id: u64) {
+        (**self).unanswered(id)
     }
 }
 
@@ -103,15 +118,11 @@ impl<S: ReplySink> ReplyTo<S> {
     }
 
     /// A request nobody answers would leave its caller waiting for its whole timeout;
-    /// tell it at once instead. Best effort: the client may be gone.
+    /// the transport tells it at once instead, where it can.
     #[cold]
     #[inline(never)]
     fn refuse_unanswered(&self) {
-        let _ = self.sink.send_reply(
-            self.id,
-            b"the server dropped the request without replying",
-            false,
-        );
+        self.sink.unanswered(self.id);
     }
 }
 
@@ -199,8 +210,23 @@ impl Message {
     }
 
     /// Answers the request. Works from any thread; answering twice, or answering a
-    /// one-way message, is [`Error::NoReplyExpected`]. A request dropped unanswered is
-    /// refused on the wire, so its caller learns at once instead of timing out.
+    /// one-way message, is [`Error::NoReplyExpected`].
+    ///
+    /// Every request is answered once, and what its caller learns when the server does
+    /// not answer it depends on what the transport can tell:
+    ///
+    /// - A request dropped unanswered is refused at once ("the server dropped the request
+    ///   without replying") on `uds` and `tcp` (with the default `?framing=length`),
+    ///   `fifo`, `mq` and `shm`: its caller's `request` returns [`Error::Remote`].
+    /// - On `udp` and `unixgram` every message from a bound socket can be answered and the
+    ///   server cannot tell a request from a one-way message, so one dropped unanswered is
+    ///   not refused: its caller waits out its timeout.
+    /// - With `?framing=line` a line cannot say "refused": neither a refusal nor a dropped
+    ///   request reaches the caller, which waits out its timeout.
+    /// - An answer too large for its client is refused instead, naming both sizes, where
+    ///   the server knows the client's limit (`uds`, `tcp`, `mq`, `shm`: `reply` returns
+    ///   [`Error::MessageTooLarge`]); elsewhere the client fails the request as the answer
+    ///   arrives.
     ///
     /// ```
     /// use std::time::Duration;
@@ -223,7 +249,10 @@ impl Message {
         self.take_reply_to()?.answer(payload, true)
     }
 
-    /// Refuses the request: the caller's `request` returns [`Error::Remote`] with `reason`.
+    /// Refuses the request: the caller's `request` returns [`Error::Remote`] with `reason`,
+    /// at once, on every transport but `?framing=line` streams (whose caller times out; see
+    /// [`reply`](Self::reply)). A reason longer than the client takes reaches it cut to fit
+    /// (on `shm` and `fifo`, the caller learns instead that the answer was too large).
     ///
     /// ```
     /// use std::time::Duration;
@@ -245,12 +274,35 @@ impl Message {
         self.take_reply_to()?.answer(reason.as_bytes(), false)
     }
 
+    /// Answers the request with a serde value, for the caller's
+    /// [`request_value`](crate::Client::request_value); otherwise as [`reply`](Self::reply)
+    /// does.
+    ///
+    /// ```no_run
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Job { id: u32 }
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// enum Done { Ok, Failed(String) }
+    /// let mut server = ipckit::listen("uds:///tmp/jobs.sock")?;
+    /// let mut msg = server.recv()?;
+    /// let job: Job = msg.decode()?;
+    /// msg.reply_value(&if job.id > 0 { Done::Ok } else { Done::Failed("no id".into()) })?;
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
+    pub fn reply_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
+        let payload = crate::typed::encode(value, &self.endpoint)?;
+        self.reply(&payload)
+    }
+
     #[inline]
     fn take_reply_to(&mut self) -> Result<ReplyTo> {
         take_reply_to(&mut self.reply_to, &self.endpoint)
     }
 
-    /// Decodes a payload sent with [`Client::send_value`](crate::Client::send_value).
+    /// Decodes a payload sent with [`Client::send_value`](crate::Client::send_value) or
+    /// [`request_value`](crate::Client::request_value). The payload must hold a whole `T`:
+    /// a value of another shape (an enum where a `String` is expected), bytes left over, or
+    /// a payload sent with plain `send` is [`Error::Codec`], never a wrong value.
     ///
     /// ```no_run
     /// #[derive(serde::Deserialize)]
@@ -365,7 +417,20 @@ impl<'a> MessageRef<'a> {
         take_reply_to(&mut self.reply_to, self.endpoint)?.answer(reason.as_bytes(), false)
     }
 
-    /// Decodes a payload sent with [`Client::send_value`](crate::Client::send_value).
+    /// Answers the request with a serde value, as [`Message::reply_value`] does.
+    ///
+    /// ```no_run
+    /// let mut server = ipckit::listen("uds:///tmp/doc-lent-value.sock")?;
+    /// server.recv_with(|msg| msg.reply_value(&(msg.payload().len() as u64, "bytes")))??;
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
+    pub fn reply_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
+        let payload = crate::typed::encode(value, &self.endpoint)?;
+        self.reply(&payload)
+    }
+
+    /// Decodes a payload sent with [`Client::send_value`](crate::Client::send_value), as
+    /// [`Message::decode`] does.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
         decode(self.payload, self.endpoint)
     }
@@ -397,11 +462,7 @@ fn take_reply_to<S: ReplySink>(
 }
 
 fn decode<T: DeserializeOwned>(payload: &[u8], endpoint: &str) -> Result<T> {
-    postcard::from_bytes(payload).map_err(|e| Error::Codec {
-        endpoint: endpoint.to_owned(),
-        op: "decode",
-        detail: e.to_string(),
-    })
+    crate::typed::decode(payload, &endpoint)
 }
 
 impl fmt::Debug for Message {

@@ -286,6 +286,13 @@ impl ReplySink for ReplyBackend<'_> {
             Self::Boxed(sink) => sink.send_reply(id, payload, ok),
         }
     }
+
+    fn unanswered(&self, id: u64) {
+        match self {
+            Self::Shm(ring) => ring.unanswered(id),
+            Self::Boxed(sink) => sink.unanswered(id),
+        }
+    }
 }
 
 /// Where a received message's bytes are: copied out, or in place in a sender's ring.

@@ -2,6 +2,12 @@
 //!
 //! One datagram is one message, its payload exactly as sent: no ipckit header, so any
 //! program that sends a datagram is heard, and anything ipckit sends reads as plain data.
+//! The one exception is an answer that is not a plain reply: a refusal is [`REFUSED`]
+//! and then its reason, and a reply that itself begins with [`RESERVED`] goes out behind
+//! [`ESCAPED`] so that it cannot be read as a refusal (docs/PROTOCOL.md, *Datagrams*).
+//! The server cannot tell a request from a one-way message (both come from a bound
+//! socket), so a message dropped unanswered is not refused: a refusal to every one-way
+//! message would flood its sender's socket, which nobody reads.
 //!
 //! Requests: a datagram carries no correlation id, so each request in flight has a client
 //! socket of its own. Sockets come from a pool: a lone caller reuses one and pays one
@@ -31,6 +37,12 @@ use crate::sys::ReceiveTimeout;
 
 /// How long a reply may wait for room in a client's receive queue (unixgram).
 const REPLY_SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// The start of every answer that is not a plain reply, as mq marks its own messages.
+pub(crate) const RESERVED: &[u8; 5] = b"\0IPCK";
+/// A refusal: these 8 bytes, then the UTF-8 reason.
+pub(crate) const REFUSED: &[u8; 8] = b"\0IPCKNO1";
+/// Put before a reply that begins with [`RESERVED`], and taken off by the client.
+pub(crate) const ESCAPED: &[u8; 8] = b"\0IPCKOK1";
 /// What differs between the datagram transports.
 pub(super) trait Family: Send + Sync + 'static {
     /// A new client socket, connected to the server (and bound where replies need it).
@@ -85,15 +97,9 @@ impl ClientCore {
         vec![0; self.max + 1]
     }
 
-    /// The reply in `buf`, of which the datagram was `len` bytes (`recv` with TRUNC).
+    /// The answer in `buf`, of which the datagram was `len` bytes (`recv` with TRUNC).
     fn reply(&self, buf: &[u8], len: usize) -> Result<Vec<u8>> {
-        if len > buf.len() {
-            return Err(Error::Protocol {
-                endpoint: self.url.clone(),
-                reason: format!("a reply of {len} bytes exceeds the limit of {}", self.max),
-            });
-        }
-        Ok(buf[..len].to_vec())
+        answer(&self.url, self.max, &buf[..len.min(buf.len())], len)
     }
 
     /// Whether a failed send means the server went (or restarted): a datagram socket
@@ -209,21 +215,59 @@ struct DatagramSink {
     max: usize,
 }
 
-impl ReplySink for DatagramSink {
-    fn send_reply(&self, _id: u64, payload: &[u8], ok: bool) -> Result<()> {
-        if !ok {
-            return Ok(()); // A datagram cannot say "refused"; the caller times out.
+/// The caller's result from an answer of `len` bytes, of which `received` are what a
+/// buffer one byte over the client's limit `max` took.
+pub(crate) fn answer(url: &str, max: usize, received: &[u8], len: usize) -> Result<Vec<u8>> {
+    if let Some(reason) = received.strip_prefix(REFUSED) {
+        // Cut to this client's limit, as a stream client's ERROR is: a refusal longer
+        // than that is still a refusal, not an oversized reply.
+        let reason = &reason[..reason.len().min(max.saturating_sub(REFUSED.len()))];
+        return Err(Error::Remote {
+            endpoint: url.to_owned(),
+            reason: utf8_prefix(reason),
+        });
+    }
+    if len > max {
+        return Err(Error::Protocol {
+            endpoint: url.to_owned(),
+            reason: format!("a reply of {len} bytes, over this client's limit of {max} bytes"),
+        });
+    }
+    Ok(received.strip_prefix(ESCAPED).unwrap_or(received).to_vec())
+}
+
+/// The longest prefix of `bytes` that is whole UTF-8 (a reason cut mid-character loses
+/// that character), with anything invalid before it replaced.
+fn utf8_prefix(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_owned(),
+        Err(e) if e.error_len().is_none() => {
+            String::from_utf8_lossy(&bytes[..e.valid_up_to()]).into_owned()
         }
-        if payload.len() > self.max {
-            return Err(Error::MessageTooLarge {
-                endpoint: self.url.to_string(),
-                size: payload.len(),
-                max: self.max,
-                limit: "the largest datagram this endpoint carries".into(),
-            });
-        }
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
+}
+
+impl DatagramSink {
+    /// Sends `marker` and then `payload` as one datagram; a plain reply (no marker) in one
+    /// `sendto`, as a hand-written server would.
+    fn send_to(&self, marker: &[u8], payload: &[u8]) -> Result<()> {
         loop {
-            match rustix::net::sendto(&*self.fd, payload, SendFlags::NOSIGNAL, &self.to) {
+            let sent = if marker.is_empty() {
+                rustix::net::sendto(&*self.fd, payload, SendFlags::NOSIGNAL, &self.to)
+            } else {
+                rustix::net::sendmsg_addr(
+                    &*self.fd,
+                    &self.to,
+                    &[
+                        std::io::IoSlice::new(marker),
+                        std::io::IoSlice::new(payload),
+                    ],
+                    &mut rustix::net::SendAncillaryBuffer::default(),
+                    SendFlags::NOSIGNAL,
+                )
+            };
+            match sent {
                 Ok(_) => return Ok(()),
                 Err(rustix::io::Errno::INTR) => {}
                 Err(e) => {
@@ -235,6 +279,37 @@ impl ReplySink for DatagramSink {
             }
         }
     }
+}
+
+impl ReplySink for DatagramSink {
+    fn send_reply(&self, _id: u64, payload: &[u8], ok: bool) -> Result<()> {
+        if !ok {
+            // Cut to what one datagram of this endpoint carries (the server cannot learn
+            // its client's limit; the client cuts it again to its own).
+            let mut cut = payload.len().min(self.max.saturating_sub(REFUSED.len()));
+            while std::str::from_utf8(&payload[..cut]).is_err_and(|e| e.valid_up_to() < cut) {
+                cut -= 1;
+            }
+            return self.send_to(REFUSED, &payload[..cut]);
+        }
+        let escape: &[u8] = match payload.starts_with(RESERVED) {
+            true => ESCAPED,
+            false => &[],
+        };
+        let max = self.max.saturating_sub(escape.len());
+        if payload.len() > max {
+            return Err(Error::MessageTooLarge {
+                endpoint: self.url.to_string(),
+                size: payload.len(),
+                max,
+                limit: "the largest datagram this endpoint carries".into(),
+            });
+        }
+        self.send_to(escape, payload)
+    }
+
+    /// Not refused: the server cannot tell a one-way message from a request (module docs).
+    fn unanswered(&self, _id: u64) {}
 }
 
 struct LastSender {
@@ -360,7 +435,8 @@ impl DatagramListener {
                 None => Err("the kernel gave no credentials for it".to_owned()),
             };
             if let Err(reason) = verdict {
-                // A datagram has no way to say "refused": the sender's request times out.
+                // Not answered: this may be a one-way message, and a stranger sending in a
+                // loop must not be sent a refusal for each. A request times out.
                 let from = creds.map_or_else(
                     || "a sender".to_owned(),
                     |c| format!("pid {}", c.pid.as_raw_nonzero()),
@@ -613,6 +689,54 @@ mod on_tokio {
 
         fn endpoint(&self) -> &Endpoint {
             &self.server.endpoint
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered(max: usize, datagram: &[u8]) -> Result<Vec<u8>> {
+        answer(
+            "udp://test",
+            max,
+            &datagram[..datagram.len().min(max + 1)],
+            datagram.len(),
+        )
+    }
+
+    #[test]
+    fn answers_read_as_replies_refusals_and_escaped_replies() {
+        assert_eq!(answered(100, b"plain").unwrap(), b"plain");
+        assert_eq!(answered(100, b"").unwrap(), b"");
+        assert_eq!(
+            answered(100, b"\0IPCKOK1\0IPCKNO1x").unwrap(),
+            b"\0IPCKNO1x"
+        );
+        match answered(100, b"\0IPCKNO1why not") {
+            Err(Error::Remote { reason, .. }) => assert_eq!(reason, "why not"),
+            other => panic!("a refusal read as {other:?}"),
+        }
+        match answered(5, b"toolong") {
+            Err(Error::Protocol { reason, .. }) => {
+                assert!(
+                    reason.contains("7 bytes") && reason.contains("5 bytes"),
+                    "{reason}"
+                )
+            }
+            other => panic!("an oversized reply read as {other:?}"),
+        }
+    }
+
+    /// A refusal over the client's limit is cut to it, never mid-character.
+    #[test]
+    fn long_refusal_cut_to_the_client_limit() {
+        let mut datagram = REFUSED.to_vec();
+        datagram.extend_from_slice("é".repeat(100).as_bytes());
+        match answered(8 + 11, &datagram) {
+            Err(Error::Remote { reason, .. }) => assert_eq!(reason, "é".repeat(5)),
+            other => panic!("a long refusal read as {other:?}"),
         }
     }
 }

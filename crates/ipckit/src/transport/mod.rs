@@ -16,7 +16,7 @@ pub(crate) use access::check_listen;
 mod access;
 pub(crate) mod backend;
 mod correlate;
-mod datagram;
+pub(crate) mod datagram;
 pub(crate) mod endpoint_file;
 pub mod fifo;
 pub mod mq;

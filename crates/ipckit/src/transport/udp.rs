@@ -7,7 +7,7 @@
 //! unless the endpoint says `?public=true`.
 //!
 //! What a successful `send` promises: the datagram was handed to the kernel. Nothing
-//! more: not that anybody received it. A request is answered or times out.
+//! more: not that anybody received it. A request is answered, refused, or times out.
 //!
 //! # URL and options
 //!

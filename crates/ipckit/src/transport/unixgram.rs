@@ -12,8 +12,9 @@
 //! file, so the server applies the mode to each datagram's SCM_CREDENTIALS instead, and
 //! `?allow_uid=` and `?allow_gid=` admit more users and groups on either kind (the
 //! module `access`; a group is the sender's gid alone, as the kernel gives no more). A
-//! refused datagram is dropped and logged: it cannot be answered "refused", so a
-//! refused request meets its caller's timeout.
+//! refused datagram is dropped and logged, not answered: the server cannot tell a request
+//! from a one-way message, and a stranger sending in a loop must not be sent a refusal
+//! for each, so a refused request meets its caller's timeout.
 //!
 //! The largest message is what the kernel takes in one datagram: the send buffer (raised
 //! to net.core.wmem_max) less 32 bytes, and never over 4 MiB, which this kernel's

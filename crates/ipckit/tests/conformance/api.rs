@@ -91,6 +91,17 @@ impl Client {
         }
     }
 
+    pub fn request_value<T: serde::Serialize, R: serde::de::DeserializeOwned>(
+        &self,
+        value: &T,
+        timeout: Duration,
+    ) -> Result<R, Error> {
+        match self {
+            Client::Blocking(c) => c.request_value(value, timeout),
+            Client::Async(c) => block_on(c.request_value(value, timeout)),
+        }
+    }
+
     /// A request whose reply `read` reads (in place, where the transport can); the
     /// async API has no such call and reads a copy.
     pub fn request_with<R>(

@@ -67,6 +67,13 @@ pub enum Role {
     SendAs { uid: u32, gid: u32 },
     /// Requests `payload` and prints the reply.
     RequestOnce { payload: String },
+    /// Asks [`TypedJob`]s 7, 0 and 1 with `request_value`, the first expecting a
+    /// [`TypedReply`] and the others a `String`, and prints `ok VALUE` (its Debug form) or
+    /// the error's variant and message for each.
+    RequestValues,
+    /// Requests `payload` with a timeout of [`PATIENCE`] and prints `reply PAYLOAD` (its
+    /// bytes escaped), `Remote REASON`, or the error's variant and message.
+    RequestPrinting { payload: String },
     /// Connects and prints `connected`; once told on stdin, prints `requesting`, makes a
     /// request with a long timeout and prints `reply` or the error's variant and message.
     RequestWhenTold,
@@ -122,6 +129,8 @@ impl Role {
             }
             Role::SendAs { uid, gid } => ("send-as", vec![uid.to_string(), gid.to_string()]),
             Role::RequestOnce { payload } => ("request-once", vec![payload.clone()]),
+            Role::RequestPrinting { payload } => ("request-printing", vec![payload.clone()]),
+            Role::RequestValues => ("request-values", vec![]),
             Role::RequestWhenTold => ("request-when-told", vec![]),
             Role::ConnectAndWait => ("connect-and-wait", vec![]),
             Role::CorruptReplies => ("corrupt-replies", vec![]),
@@ -192,6 +201,10 @@ impl Role {
             "request-once" => Role::RequestOnce {
                 payload: arg(args, 2)?,
             },
+            "request-values" => Role::RequestValues,
+            "request-printing" => Role::RequestPrinting {
+                payload: arg(args, 2)?,
+            },
             "request-when-told" => Role::RequestWhenTold,
             "connect-and-wait" => Role::ConnectAndWait,
             "corrupt-replies" => Role::CorruptReplies,
@@ -206,6 +219,21 @@ impl Role {
         };
         Ok((role, url))
     }
+}
+
+/// What [`Role::RequestValues`] asks.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TypedJob {
+    pub id: u32,
+    pub tags: Vec<String>,
+}
+
+/// What a server answers a [`TypedJob`] with.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum TypedReply {
+    Done,
+    Failed(String),
+    Moved { to: u64 },
 }
 
 /// Argument `i` of a peer's arguments, parsed.
@@ -489,6 +517,30 @@ fn play(role: Role, url: &str) -> Result<(), Failure> {
         Role::RequestOnce { payload } => {
             let reply = api::connect(url)?.request(payload.as_bytes(), PATIENCE)?;
             say(&String::from_utf8_lossy(&reply));
+        }
+        Role::RequestValues => {
+            let client = api::connect(url)?;
+            let job = |id| TypedJob {
+                id,
+                tags: vec!["typed".into()],
+            };
+            match client.request_value::<_, TypedReply>(&job(7), PATIENCE) {
+                Ok(reply) => say(&format!("ok {reply:?}")),
+                Err(e) => say(&format!("{} {e}", variant(&e))),
+            }
+            for id in [0, 1] {
+                match client.request_value::<_, String>(&job(id), PATIENCE) {
+                    Ok(reply) => say(&format!("ok {reply:?}")),
+                    Err(e) => say(&format!("{} {e}", variant(&e))),
+                }
+            }
+        }
+        Role::RequestPrinting { payload } => {
+            match api::connect(url)?.request(payload.as_bytes(), PATIENCE) {
+                Ok(reply) => say(&format!("reply {}", reply.escape_ascii())),
+                Err(Error::Remote { reason, .. }) => say(&format!("Remote {reason}")),
+                Err(e) => say(&format!("{} {e}", variant(&e))),
+            }
         }
         Role::RequestWhenTold => {
             let client = api::connect(url)?;

@@ -9,18 +9,22 @@ use std::time::Duration;
 use ipckit::Error;
 
 use crate::api;
-use crate::peer::Role;
+use crate::peer::{Role, TypedJob, TypedReply};
 use crate::support::{
     Check, Child, Ctx, Outcome, PATIENCE, byte_stream, checks, duplex, ensure, parse_numbered,
-    recv, refuses, reliable_ordered, reversed,
+    recv, refuses_unanswered, reliable_ordered, reversed,
 };
 
 pub const CHECKS: &[Check] = checks![
     byte_stream => line_framing_in_order,
     duplex => request_reply_concurrent,
-    refuses => lent_request_answered_or_refused,
-    refuses => answer_over_the_client_limit_refused,
-    refuses => refusal_names_the_endpoint_once,
+    duplex => refusal_reaches_the_caller,
+    refuses_unanswered => dropped_request_refused,
+    duplex => reply_that_looks_like_a_refusal_is_a_reply,
+    duplex => typed_request_and_reply,
+    refuses_unanswered => lent_request_answered_or_refused,
+    duplex => answer_over_the_client_limit_refused,
+    duplex => refusal_names_the_endpoint_once,
     reliable_ordered => served_until_the_handler_stops,
     duplex => exclusive_client,
 ];
@@ -108,6 +112,96 @@ fn request_reply_concurrent(ctx: &Ctx) -> Outcome {
         out_of_order,
         "requests never overlapped, so correlation was not exercised"
     );
+    Ok(())
+}
+
+/// A refused request fails its caller with the reason as the server gave it, at once: the
+/// caller waits up to [`PATIENCE`], so a refusal lost on the way shows as a `Timeout`.
+fn refusal_reaches_the_caller(ctx: &Ctx) -> Outcome {
+    let mut server = api::listen(ctx.endpoint("refuse"))?;
+    let payload = "may I?".to_owned();
+    let mut asker = Child::spawn(Role::RequestPrinting { payload }, server.endpoint());
+    let mut request = recv(&mut server)?;
+    ensure!(
+        request.wants_reply(),
+        "a request arrived as a one-way message"
+    );
+    request.refuse("no: the answer is Ünïcode, and final")?;
+    let said = asker.line()?;
+    ensure!(
+        said == "Remote no: the answer is Ünïcode, and final",
+        "a refused request gave its caller: {said}"
+    );
+    asker.finish()?;
+    Ok(())
+}
+
+/// A request received and dropped unanswered is refused, so that its caller learns at
+/// once instead of at its timeout.
+fn dropped_request_refused(ctx: &Ctx) -> Outcome {
+    let mut server = api::listen(ctx.endpoint("drop"))?;
+    let payload = "ignore me".to_owned();
+    let mut asker = Child::spawn(Role::RequestPrinting { payload }, server.endpoint());
+    drop(recv(&mut server)?);
+    let said = asker.line()?;
+    ensure!(
+        said.starts_with("Remote ") && said.contains("without replying"),
+        "a request dropped unanswered gave its caller: {said}"
+    );
+    asker.finish()?;
+    Ok(())
+}
+
+/// A reply is delivered as it is, even one that starts as a refusal does on the wire of a
+/// transport that marks refusals in the answer's first bytes.
+fn reply_that_looks_like_a_refusal_is_a_reply(ctx: &Ctx) -> Outcome {
+    let mut server = api::listen(ctx.endpoint("lookalike"))?;
+    for answer in [&b"\0IPCKNO1not refused"[..], b"\0IPCKOK1", b"\0IPCK", b""] {
+        let payload = "ask".to_owned();
+        let mut asker = Child::spawn(Role::RequestPrinting { payload }, server.endpoint());
+        recv(&mut server)?.reply(answer)?;
+        let said = asker.line()?;
+        ensure!(
+            said == format!("reply {}", answer.escape_ascii()),
+            "the reply {:?} reached its caller as: {said}",
+            answer.escape_ascii().to_string()
+        );
+        asker.finish()?;
+    }
+    Ok(())
+}
+
+/// Typed requests answered with `reply_value` reach their caller as the value sent, and a
+/// reply of another type is an error there, not a wrong value: an enum read as a `String`
+/// was `Ok("")` for a unit variant.
+fn typed_request_and_reply(ctx: &Ctx) -> Outcome {
+    let mut server = api::listen(ctx.endpoint("typed"))?;
+    let mut asker = Child::spawn(Role::RequestValues, server.endpoint());
+    for _ in 0..3 {
+        let mut request = recv(&mut server)?;
+        let job: TypedJob = request.decode()?;
+        ensure!(job.tags == ["typed"], "the server decoded {job:?}");
+        request.reply_value(&match job.id {
+            0 => TypedReply::Done,
+            1 => TypedReply::Failed("a String in an enum".into()),
+            id => TypedReply::Moved {
+                to: u64::from(id) * 2,
+            },
+        })?;
+    }
+    let said = asker.line()?;
+    ensure!(
+        said == "ok Moved { to: 14 }",
+        "a typed reply reached its caller as: {said}"
+    );
+    for _ in 0..2 {
+        let said = asker.line()?;
+        ensure!(
+            said.starts_with("Codec ") && said.contains("holds an enum"),
+            "an enum read as a String gave: {said}"
+        );
+    }
+    asker.finish()?;
     Ok(())
 }
 

@@ -45,16 +45,17 @@ pub fn always(_: &dyn Transport, _: &Capabilities) -> bool {
 pub fn duplex(_: &dyn Transport, caps: &Capabilities) -> bool {
     caps.duplex
 }
-/// Duplex transports whose answers can say "refused": all but datagrams, whose replies
-/// carry only a payload (an unanswered caller times out).
-pub fn refuses(t: &dyn Transport, caps: &Capabilities) -> bool {
+/// Duplex transports whose server tells a request from a one-way message, and so can
+/// refuse one it drops unanswered: all but datagrams, where both come from a bound socket
+/// and only the application knows which it was.
+pub fn refuses_unanswered(t: &dyn Transport, caps: &Capabilities) -> bool {
     let ep = t.scratch_endpoint(&std::env::temp_dir(), "probe");
     caps.duplex && !matches!(ep.address(), Address::Udp(_) | Address::Unixgram(_))
 }
-/// Duplex transports whose answers can say "refused" and whose messages do not outlive
-/// their server.
+/// Duplex transports that refuse what is left unanswered and whose messages do not
+/// outlive their server.
 pub fn refuses_transient(t: &dyn Transport, caps: &Capabilities) -> bool {
-    refuses(t, caps) && !caps.durable
+    refuses_unanswered(t, caps) && !caps.durable
 }
 pub fn reliable_ordered(_: &dyn Transport, caps: &Capabilities) -> bool {
     caps.reliable && caps.ordered
