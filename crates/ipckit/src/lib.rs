@@ -201,8 +201,16 @@ use transport::backend::{ClientBackend, ServerBackend};
 ///
 /// let client = ipckit::connect(&url)?;
 /// client.send(b"hello")?;
-/// // A client that may start before its server:
-/// let client = ipckit::connect("uds:///run/app.sock?connect_timeout=5s")?;
+///
+/// // A client that may start before its server waits for it, here up to 5 s:
+/// let url = format!("uds://@ipckit-doc-late-{}", std::process::id());
+/// let early = std::thread::spawn({
+///     let url = format!("{url}?connect_timeout=5s");
+///     move || ipckit::connect(url)?.send(b"I was here first")
+/// });
+/// let mut server = ipckit::listen(&url)?;
+/// assert_eq!(server.recv()?.payload(), b"I was here first");
+/// early.join().unwrap()?;
 /// # Ok::<(), ipckit::Error>(())
 /// ```
 pub fn connect(endpoint: impl ToEndpoint) -> Result<Client> {
