@@ -14,7 +14,8 @@ use rustix::net::{SendFlags, Shutdown};
 use crate::endpoint::{Endpoint, Framing};
 use crate::error::Result;
 use crate::frame::{
-    Decoder, HELLO_LEN, Header, Hello, Kind, STATUS_BUSY, STATUS_REFUSED, Violation, Welcome,
+    Decoder, HELLO_LEN, Header, Hello, Kind, STATUS_BUSY, STATUS_LINE, STATUS_REFUSED, Violation,
+    Welcome, may_open, sniff_hello,
 };
 use crate::message::{Message, Peer, ReplySink, ReplyTo};
 use crate::sys::lock;
@@ -54,8 +55,13 @@ pub(super) fn admitted(
 pub(super) trait ConnWrite {
     /// Writes all of `parts` as one unit.
     fn write(&self, parts: &[&[u8]]) -> Result<()>;
+    /// Writes what goes out just before the connection is closed, if the socket takes
+    /// it at once; never waits.
+    fn write_now(&self, parts: &[&[u8]]);
     /// Records the largest payload the client accepts, from its hello.
     fn set_peer_max(&self, max: usize);
+    /// The largest payload the client accepts.
+    fn peer_max(&self) -> usize;
     /// The connection's requests not answered yet.
     fn in_flight(&self) -> &InFlight;
 }
@@ -117,6 +123,8 @@ pub(super) struct Session {
     framing: Framing,
     max: usize,
     greeted: bool,
+    /// With line framing: the first bytes are still looked at for an ipckit hello.
+    sniffing: bool,
     frame_timeout: Duration,
     handshake_timeout: Duration,
     /// When the connection must have sent its hello, or finished the frame under way;
@@ -135,6 +143,7 @@ impl Session {
             framing,
             max: endpoint.max_message(),
             greeted,
+            sniffing: framing == Framing::Line,
             frame_timeout: endpoint.frame_timeout(),
             handshake_timeout,
             deadline: (!greeted).then(|| Instant::now() + handshake_timeout),
@@ -182,17 +191,66 @@ impl Session {
         sink: &Arc<S>,
         peer: &Arc<Peer>,
         url: &Arc<str>,
+        deliver: impl FnMut(Message),
+    ) -> std::result::Result<(), String> {
+        let parsed = self.parse_frames(sink, peer, url, deliver);
+        if let Err(reason) = &parsed {
+            if self.greeted && self.framing == Framing::Length {
+                // Tell the client why (an ERROR with id 0, docs/PROTOCOL.md): a message
+                // it sent before it knew this server's limit would else vanish unseen.
+                let reason = reason.as_bytes();
+                let reason = &reason[..reason.len().min(sink.peer_max())];
+                let header = Header::new(Kind::Error, 0, reason.len()).encode();
+                sink.write_now(&[&header, reason]);
+            }
+        }
+        parsed
+    }
+
+    fn parse_frames<S: ConnWrite + ReplySink + 'static>(
+        &mut self,
+        sink: &Arc<S>,
+        peer: &Arc<Peer>,
+        url: &Arc<str>,
         mut deliver: impl FnMut(Message),
     ) -> std::result::Result<(), String> {
+        if self.sniffing {
+            match sniff_hello(self.decoder.peek()) {
+                None => return Ok(()),
+                Some(false) => self.sniffing = false,
+                Some(true) => {
+                    // A framed client at a line endpoint: tell it so, or it would wait
+                    // for a welcome that never comes.
+                    let refusal = Welcome::refusal(
+                        STATUS_LINE,
+                        "this endpoint speaks ?framing=line (text lines, no ipckit handshake); add ?framing=line to the client's URL",
+                    );
+                    sink.write_now(&[&refusal]);
+                    return Err(
+                        "it opened with the ipckit hello, and this endpoint speaks ?framing=line; it was told so".into(),
+                    );
+                }
+            }
+        }
         if !self.greeted {
+            if !may_open(self.decoder.peek()) {
+                let mut first = [0u8; 4];
+                let peek = self.decoder.peek();
+                let n = peek.len().min(4);
+                first[..n].copy_from_slice(&peek[..n]);
+                return Err(Violation::BadMagic(first).to_string());
+            }
             let Some(bytes) = self.decoder.take_exact::<HELLO_LEN>() else {
                 return Ok(());
             };
             let hello = Hello::decode(&bytes).map_err(|v| v.to_string())?;
             let welcome = hello.answer(self.max);
             // The welcome is the first thing written, so it fits the empty socket buffer.
-            sink.write(&[&welcome.encode()])
-                .map_err(|e| format!("cannot answer the hello: {e}"))?;
+            // A client that sent its messages and closed before it came (it does not wait
+            // for it) cannot read it, but its messages are still delivered.
+            if let Err(e) = sink.write(&[&welcome.encode()]) {
+                log::debug!("{url}: the client left before its welcome: {e}");
+            }
             if welcome.status != crate::frame::STATUS_OK {
                 return Err(Violation::Version {
                     min: hello.min_version,

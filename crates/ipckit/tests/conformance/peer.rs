@@ -468,7 +468,19 @@ fn play(role: Role, url: &str) -> Result<(), Failure> {
         }
         Role::SendAs { uid, gid } => {
             become_user(uid, gid)?;
-            match api::connect(url).and_then(|client| client.send(&numbered(uid, 0, 12))) {
+            // A connection's refusal comes with its welcome, which a client does not
+            // wait for: a request reads it (the server drops the admitted one unanswered).
+            let sent = api::connect(url).and_then(|client| {
+                let message = numbered(uid, 0, 12);
+                match client.capabilities().connection {
+                    true => match client.request(&message, PATIENCE) {
+                        Err(Error::Remote { .. }) => Ok(()),
+                        other => other.map(drop),
+                    },
+                    false => client.send(&message),
+                }
+            });
+            match sent {
                 Ok(()) => say("sent"),
                 Err(Error::PermissionDenied { endpoint, detail }) if endpoint == url => {
                     say(&format!("refused {detail}"))
