@@ -6,7 +6,7 @@
 //! transport under test. The peer reports on stdout, one line at a time.
 //!
 //! One file per behaviour, each with its list of checks: `delivery`, `request_reply`,
-//! `lifecycle`, `durable`, `bad_input`, `limits`, `shared_memory`, `access`, and
+//! `lifecycle`, `durable`, `bad_input`, `limits`, `shared_memory`, `access`, `handshake`, and
 //! `cancellation` (through the async API alone). `support` holds what they share, `api`
 //! the two APIs a check drives, `peer` the peer processes. A new behaviour's list goes in
 //! [`CHECKS`] below.
@@ -30,6 +30,7 @@ mod bad_input;
 mod cancellation;
 mod delivery;
 mod durable;
+mod handshake;
 mod lifecycle;
 mod limits;
 mod peer;
@@ -50,6 +51,7 @@ const CHECKS: &[&[Check]] = &[
     limits::CHECKS,
     shared_memory::CHECKS,
     access::CHECKS,
+    handshake::CHECKS,
 ];
 
 /// What only futures can do: be dropped halfway. Run through the async API alone.
