@@ -34,7 +34,7 @@ use crate::message::{Message, Peer, ReplySink};
 use crate::sys::{ReceiveTimeout, lock, wait_ready};
 use crate::transport::access::Access;
 use crate::transport::correlate::{Correlator, NoAnswer};
-use crate::transport::stream_greeting::Greeting;
+use crate::transport::stream_greeting::{Greeting, drain_before_close};
 pub(super) use crate::transport::stream_session::{
     Accepted, ConnWrite, InFlight, Session, Spare, accept_one, admitted, describe, went_away,
     write_reply,
@@ -477,6 +477,13 @@ fn fill(fd: &OwnedFd, reader: &mut Reader, deadline: Instant, url: &str) -> Resu
             Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
             Err(e) => return Err(Error::io(url, "receiving", e.into())),
         }
+    }
+}
+
+impl Drop for StreamConnection {
+    fn drop(&mut self) {
+        let tcp = matches!(self.endpoint.address(), crate::endpoint::Address::Tcp(_));
+        drain_before_close(self.fd.as_fd(), tcp && !self.greeting.known());
     }
 }
 

@@ -231,3 +231,35 @@ impl Greeting {
         }
     }
 }
+
+/// How long a closing TCP client waits for a welcome that has not come.
+const CLOSING_WAIT: Duration = Duration::from_secs(1);
+
+/// Reads and drops what the server sent and the client did not read (a welcome, most
+/// often), before the socket is closed: over TCP, closing with unread bytes, or being
+/// sent a welcome once closed, resets the connection, and the reset discards what the
+/// client wrote and the server has not read. So a TCP client whose welcome has not come
+/// ends its writing (the server reads all of it, then the end) and waits a little for
+/// the welcome before it closes.
+pub(super) fn drain_before_close(fd: std::os::fd::BorrowedFd<'_>, tcp_unwelcomed: bool) {
+    let deadline = tcp_unwelcomed.then(|| {
+        let _ = rustix::net::shutdown(fd, rustix::net::Shutdown::Write);
+        std::time::Instant::now() + CLOSING_WAIT
+    });
+    let mut scratch = [0u8; 1024];
+    for _ in 0..64 {
+        match rustix::net::recv(fd, &mut scratch, rustix::net::RecvFlags::DONTWAIT) {
+            Ok((n, _)) if n > 0 => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::AGAIN) if deadline.is_some() => {
+                if !matches!(
+                    crate::sys::wait_ready(fd, rustix::event::PollFlags::IN, deadline),
+                    Ok(true)
+                ) {
+                    return;
+                }
+            }
+            _ => return,
+        }
+    }
+}

@@ -125,6 +125,8 @@ pub(super) struct Session {
     greeted: bool,
     /// With line framing: the first bytes are still looked at for an ipckit hello.
     sniffing: bool,
+    /// The welcome, until written.
+    welcome: Option<[u8; HELLO_LEN]>,
     frame_timeout: Duration,
     handshake_timeout: Duration,
     /// When the connection must have sent its hello, or finished the frame under way;
@@ -144,6 +146,7 @@ impl Session {
             max: endpoint.max_message(),
             greeted,
             sniffing: framing == Framing::Line,
+            welcome: None,
             frame_timeout: endpoint.frame_timeout(),
             handshake_timeout,
             deadline: (!greeted).then(|| Instant::now() + handshake_timeout),
@@ -201,7 +204,10 @@ impl Session {
                 let reason = reason.as_bytes();
                 let reason = &reason[..reason.len().min(sink.peer_max())];
                 let header = Header::new(Kind::Error, 0, reason.len()).encode();
-                sink.write_now(&[&header, reason]);
+                // A welcome still due goes first: the client reads one before frames.
+                let welcome = self.welcome.take();
+                let welcome = welcome.as_ref().map_or(&[][..], |w| &w[..]);
+                sink.write_now(&[welcome, &header, reason]);
             }
         }
         parsed
@@ -245,13 +251,8 @@ impl Session {
             };
             let hello = Hello::decode(&bytes).map_err(|v| v.to_string())?;
             let welcome = hello.answer(self.max);
-            // The welcome is the first thing written, so it fits the empty socket buffer.
-            // A client that sent its messages and closed before it came (it does not wait
-            // for it) cannot read it, but its messages are still delivered.
-            if let Err(e) = sink.write(&[&welcome.encode()]) {
-                log::debug!("{url}: the client left before its welcome: {e}");
-            }
             if welcome.status != crate::frame::STATUS_OK {
+                let _ = sink.write(&[&welcome.encode()]);
                 return Err(Violation::Version {
                     min: hello.min_version,
                     max: hello.max_version,
@@ -259,6 +260,8 @@ impl Session {
                 .to_string());
             }
             sink.set_peer_max(hello.max_message as usize);
+            self.welcome = Some(welcome.encode());
+            self.send_welcome(sink, url);
             self.greeted = true;
             self.deadline = None;
         }
@@ -291,6 +294,19 @@ impl Session {
         self.time_frame(delivered);
         self.decoder.shrink();
         Ok(())
+    }
+
+    /// Writes the welcome, if still due: at once, so that a client (which does not wait
+    /// for it) reads it with its next call, and closes with nothing unread: over TCP a
+    /// close with unread bytes resets the connection, discarding what the client wrote
+    /// and the server has not read yet (the client also drains its socket as it closes).
+    fn send_welcome<S: ConnWrite>(&mut self, sink: &Arc<S>, url: &str) {
+        if let Some(welcome) = self.welcome.take() {
+            // The first thing written: it fits the empty socket buffer.
+            if let Err(e) = sink.write(&[&welcome]) {
+                log::debug!("{url}: the client left before its welcome: {e}");
+            }
+        }
     }
 }
 

@@ -44,7 +44,7 @@ use super::stream::{
     admitted, answer_result, as_answer, closed_by_server, closing_reason, describe, protocol_error,
     went_away, write_reply,
 };
-use super::stream_greeting::Greeting;
+use super::stream_greeting::{Greeting, drain_before_close};
 use super::{AsyncConnection, AsyncListener, BoxFuture};
 use crate::endpoint::{Endpoint, Framing};
 use crate::error::{Error, Result};
@@ -224,6 +224,14 @@ struct ClientShared {
     next_id: AtomicU64,
     reader: Mutex<Reader>,
     answers: Correlator<Frame>,
+}
+
+impl Drop for ClientShared {
+    fn drop(&mut self) {
+        let tcp = matches!(self.endpoint.address(), crate::endpoint::Address::Tcp(_));
+        let fd = std::os::fd::AsFd::as_fd(self.fd.get_ref());
+        drain_before_close(fd, tcp && !self.greeting.known());
+    }
 }
 
 /// An async client connection on a connected, non-blocking stream socket.
