@@ -12,6 +12,7 @@ MAGIC = b"IPCK"
 MESSAGE, REQUEST, REPLY, ERROR = 1, 2, 3, 4
 REFUSED = 2  # welcome status: this client is not admitted
 BUSY = 3  # welcome status: the server takes no more connections now
+LINE = 4  # welcome status: the endpoint speaks ?framing=line, not this handshake
 
 
 def recv_exact(sock, n):
@@ -38,6 +39,8 @@ class Client:
         else:
             raise ValueError("only uds:// and tcp:// are stream endpoints")
         self.max_message = max_message
+        # The protocol lets a client send frames before the welcome; this one simply
+        # reads the welcome first, which is also allowed.
         try:
             self.sock.sendall(struct.pack("<4sBBHI", MAGIC, 1, 1, 0, max_message))
         except (BrokenPipeError, ConnectionResetError):
@@ -49,6 +52,9 @@ class Client:
         if magic == MAGIC and status == BUSY:
             reason = recv_exact(self.sock, min(server_max, 1024))
             raise ConnectionRefusedError("the server refused the connection: " + reason.decode("utf-8", "replace"))
+        if magic == MAGIC and status == LINE:
+            reason = recv_exact(self.sock, min(server_max, 1024))
+            raise ConnectionError("the server does not speak the ipckit handshake: " + reason.decode("utf-8", "replace"))
         if magic != MAGIC or status != 0:
             raise ConnectionError(f"refused: version {version}, status {status}")
         self.server_max = server_max
@@ -70,6 +76,8 @@ class Client:
             if length > self.max_message:
                 raise ConnectionError("the server broke the protocol: frame too large")
             body = recv_exact(self.sock, length)
+            if kind == ERROR and reply_id == 0:
+                raise ConnectionError("the server ended the connection: " + body.decode("utf-8", "replace"))
             if reply_id != ident or kind not in (REPLY, ERROR):
                 continue  # another request's answer, or server push: not ours
             if kind == ERROR:

@@ -43,6 +43,10 @@ pub const STATUS_REFUSED: u8 = 2;
 /// Welcome status: the server takes no more connections now (it holds as many as it may,
 /// or has no descriptor left). A reason follows, as after [`STATUS_REFUSED`].
 pub const STATUS_BUSY: u8 = 3;
+/// Welcome status: this endpoint speaks `?framing=line`, not the ipckit handshake; a
+/// line server sends it to a peer that opened with a whole hello, with a reason as after
+/// [`STATUS_REFUSED`], so that a framed client learns at once what to change.
+pub const STATUS_LINE: u8 = 4;
 /// The longest reason a refusing server sends, and a client reads.
 pub const MAX_REFUSAL: usize = 1024;
 
@@ -94,7 +98,8 @@ pub enum Kind {
     Request = 2,
     /// The reply to the request with the same id.
     Reply = 3,
-    /// A refusal of the request with the same id; the payload is a UTF-8 reason.
+    /// A refusal of the request with the same id; the payload is a UTF-8 reason. With id
+    /// 0, from a server: why it is closing the connection.
     Error = 4,
 }
 
@@ -106,6 +111,11 @@ pub enum Violation {
         "the peer did not open with the ipckit hello (first bytes {0:02x?}); is it an ipckit peer, or does it want ?framing=line?"
     )]
     BadMagic([u8; 4]),
+    /// The server's first bytes are not a welcome (a client's view of [`Violation::BadMagic`]).
+    #[error(
+        "the server did not answer with the ipckit welcome (first bytes {0:02x?}): it does not speak the ipckit handshake; if it is a ?framing=line listener or a plain socket, add ?framing=line to the URL"
+    )]
+    NotWelcome(Vec<u8>),
     /// No common protocol version.
     #[error("the peer speaks protocol versions {min}..={max}, this side only {VERSION}")]
     Version {
@@ -271,7 +281,7 @@ impl Welcome {
     /// away; the length at most [`MAX_REFUSAL`], whatever the server claims.
     pub fn refused(bytes: &[u8; HELLO_LEN]) -> Option<(u8, usize)> {
         match decode_opening(bytes) {
-            Ok((0, status @ (STATUS_REFUSED | STATUS_BUSY), len)) => {
+            Ok((0, status @ (STATUS_REFUSED | STATUS_BUSY | STATUS_LINE), len)) => {
                 Some((status, (len as usize).min(MAX_REFUSAL)))
             }
             _ => None,
@@ -281,7 +291,7 @@ impl Welcome {
     /// Reads a welcome.
     pub fn decode(bytes: &[u8; HELLO_LEN]) -> Result<Welcome, Violation> {
         let (version, status, max_message) = decode_opening(bytes)?;
-        if matches!(status, STATUS_REFUSED | STATUS_BUSY) {
+        if matches!(status, STATUS_REFUSED | STATUS_BUSY | STATUS_LINE) {
             return Err(Violation::Refused);
         }
         if status != STATUS_OK || version != VERSION {
@@ -296,6 +306,28 @@ impl Welcome {
             max_message,
         })
     }
+}
+
+/// Whether `bytes`, the first a peer sent, may still begin an opening (a hello or a
+/// welcome): the magic, then two version bytes, then two zero bytes. False as soon as
+/// they cannot, so that a peer speaking something else is told at once rather than
+/// after twelve bytes that may never come.
+pub fn may_open(bytes: &[u8]) -> bool {
+    let magic = bytes.len().min(MAGIC.len());
+    bytes[..magic] == MAGIC[..magic] && bytes.iter().take(8).skip(6).all(|&b| b == 0)
+}
+
+/// Whether the first bytes of a connection are an ipckit hello: `Some(true)` when they
+/// are (twelve bytes, well formed), `Some(false)` when they cannot be, `None` while too
+/// few have come to tell. A line server asks, to answer a framed client with
+/// [`STATUS_LINE`]. A hello has no newline before its limit (byte 8): text that has
+/// one there is a line.
+pub fn sniff_hello(bytes: &[u8]) -> Option<bool> {
+    if !may_open(bytes) || bytes.iter().take(8).any(|&b| b == b'\n') {
+        return Some(false);
+    }
+    let opening: &[u8; HELLO_LEN] = bytes.get(..HELLO_LEN)?.try_into().expect("HELLO_LEN bytes");
+    Some(Hello::decode(opening).is_ok())
 }
 
 fn clamp_u32(n: usize) -> u32 {
@@ -348,7 +380,8 @@ impl Header {
             return Err(Violation::Reserved(reserved));
         }
         let id = u64::from_le_bytes(bytes[8..].try_into().expect("8 bytes"));
-        if (kind == Kind::Message) != (id == 0) {
+        // An ERROR with id 0 answers no request: the server says why it ends the connection.
+        if kind != Kind::Error && (kind == Kind::Message) != (id == 0) {
             return Err(Violation::BadId { kind, id });
         }
         if len as u64 > max as u64 {
@@ -487,6 +520,15 @@ impl Decoder {
             Some(large) => HEADER_LEN + large.filled,
             None => self.end - self.start,
         }
+    }
+
+    /// The bytes received and not yet taken, as far as the staging buffer holds them (a
+    /// hello or welcome being looked at before it is whole).
+    pub fn peek(&self) -> &[u8] {
+        if self.large.is_some() {
+            return &[];
+        }
+        &self.buf[self.start..self.end]
     }
 
     /// Takes `N` raw bytes (a hello) if that many have arrived.

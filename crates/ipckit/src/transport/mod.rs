@@ -26,6 +26,7 @@ mod reactor;
 pub(crate) mod ring;
 pub mod shm;
 mod stream;
+mod stream_greeting;
 mod stream_session;
 #[cfg(feature = "tokio")]
 mod stream_tokio;

@@ -29,21 +29,18 @@ use slab::Slab;
 
 use crate::endpoint::{Endpoint, Framing};
 use crate::error::{Error, Result};
-use crate::frame::{
-    Decoder, Frame, HELLO_LEN, Header, Hello, Kind, MAX_REFUSAL, STATUS_BUSY, Violation, Welcome,
-};
+use crate::frame::{Decoder, Frame, Header, Hello, Kind, MAX_REFUSAL, STATUS_BUSY, Violation};
 use crate::message::{Message, Peer, ReplySink};
 use crate::sys::{ReceiveTimeout, lock, wait_ready};
 use crate::transport::access::Access;
 use crate::transport::correlate::{Correlator, NoAnswer};
+use crate::transport::stream_greeting::{Greeting, drain_before_close};
 pub(super) use crate::transport::stream_session::{
     Accepted, ConnWrite, InFlight, Session, Spare, accept_one, admitted, describe, went_away,
     write_reply,
 };
 use crate::transport::{Connection, Listener};
 
-/// How long a client waits for the server's welcome.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a reply may wait for a client that does not read before its connection is
 /// given up: one stuck client must not hold a replying thread forever.
 const REPLY_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -173,6 +170,8 @@ pub(super) fn check_outgoing(
 struct Reader {
     decoder: Decoder,
     timeout: ReceiveTimeout,
+    /// With line framing: the lines read so far.
+    lines: u64,
 }
 
 /// A client connection on a connected, blocking stream socket.
@@ -181,7 +180,7 @@ pub(super) struct StreamConnection {
     url: String,
     fd: OwnedFd,
     framing: Framing,
-    peer_max: usize,
+    greeting: Greeting,
     write_lock: Mutex<()>,
     reader: Mutex<Reader>,
     answers: Correlator<Frame>,
@@ -194,70 +193,72 @@ enum ReadOutcome {
 }
 
 impl StreamConnection {
-    /// Takes a connected blocking socket and, with length framing, performs the handshake.
+    /// Takes a connected blocking socket and, with length framing, sends the hello. The
+    /// welcome is not waited for (see `stream_greeting`); a refusal already there fails
+    /// the connect.
     pub(super) fn establish(endpoint: &Endpoint, fd: OwnedFd) -> Result<StreamConnection> {
         let framing = endpoint.framing();
         let own_max = endpoint.max_message();
-        let mut reader = Reader {
-            decoder: Decoder::new(framing, own_max),
-            timeout: ReceiveTimeout::default(),
-        };
         let url = endpoint.to_string();
-        let peer_max = match framing {
-            Framing::Line => own_max,
-            Framing::Length => {
-                let sent = hello_sent(
-                    &url,
-                    send_all(fd.as_fd(), &[&Hello::new(own_max).encode()], None),
-                )?;
-                let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
-                let welcome = loop {
-                    if let Some(bytes) = reader.decoder.take_exact::<HELLO_LEN>() {
-                        if let Some((status, len)) = Welcome::refused(&bytes) {
-                            let mut reason = Vec::new();
-                            while reason.len() < len {
-                                reason.extend(reader.decoder.take_available(len - reason.len()));
-                                if reason.len() == len
-                                    || !matches!(fill(&fd, &mut reader, deadline, &url), Ok(true))
-                                {
-                                    break;
-                                }
-                            }
-                            return Err(turned_away(&url, status, &reason));
-                        }
-                        sent?;
-                        break Welcome::decode(&bytes).map_err(|v| protocol_error(endpoint, v))?;
-                    }
-                    match fill(&fd, &mut reader, deadline, &url) {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            sent?;
-                            return Err(Error::Timeout {
-                                endpoint: url,
-                                after: HANDSHAKE_TIMEOUT,
-                            });
-                        }
-                        Err(e) => return Err(sent.err().unwrap_or(e)),
-                    }
-                };
-                welcome.max_message as usize
-            }
-        };
-        Ok(StreamConnection {
+        let conn = StreamConnection {
             endpoint: endpoint.clone(),
             answers: Correlator::new(&url),
+            greeting: Greeting::new(framing, own_max),
             url,
             fd,
             framing,
-            peer_max,
             write_lock: Mutex::new(()),
-            reader: Mutex::new(reader),
+            reader: Mutex::new(Reader {
+                decoder: Decoder::new(framing, own_max),
+                timeout: ReceiveTimeout::default(),
+                lines: 0,
+            }),
             next_id: AtomicU64::new(1),
-        })
+        };
+        if framing == Framing::Length {
+            let sent = send_all(conn.fd.as_fd(), &[&Hello::new(own_max).encode()], None);
+            let sent = hello_sent(&conn.url, sent)?;
+            let mut reader = lock(&conn.reader);
+            conn.poll_welcome(&mut reader)?;
+            if let Err(e) = sent {
+                return Err(conn.greeting.refusal_or(&conn.url, &mut reader.decoder, e));
+            }
+        }
+        Ok(conn)
+    }
+
+    /// Takes the welcome if it has come, without waiting: what each call does until
+    /// the welcome is known, when nobody else is reading.
+    fn poll_welcome(&self, reader: &mut Reader) -> Result<()> {
+        loop {
+            if self.greeting.take(&self.url, &mut reader.decoder)? {
+                return Ok(());
+            }
+            let buf = reader.decoder.read_buf();
+            match rustix::net::recv(&self.fd, buf, rustix::net::RecvFlags::DONTWAIT) {
+                Ok((0, _)) => return Err(self.greeting.ended(&self.url, &mut reader.decoder)),
+                Ok((n, _)) => reader.decoder.advance(n),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => return Ok(()),
+                Err(e) => return Err(Error::io(&self.url, "receiving", e.into())),
+            }
+        }
+    }
+
+    /// Before a call: the welcome, if it has come and nobody else is reading.
+    fn check_welcome(&self) -> Result<()> {
+        if self.greeting.known() {
+            return Ok(());
+        }
+        match self.reader.try_lock() {
+            Ok(mut reader) => self.poll_welcome(&mut reader),
+            // Whoever reads takes the welcome; a failure is on the books for us.
+            Err(_) => self.greeting.failure(&self.url).map_or(Ok(()), Err),
+        }
     }
 
     fn write_frame(&self, kind: Kind, id: u64, payload: &[u8]) -> Result<()> {
-        check_outgoing(&self.url, self.framing, payload, self.peer_max)?;
+        self.greeting.before_send(&self.url, payload)?;
         let _writing = lock(&self.write_lock);
         let result = match self.framing {
             Framing::Length => {
@@ -266,28 +267,56 @@ impl StreamConnection {
             }
             Framing::Line => send_all(self.fd.as_fd(), &[payload, b"\n"], None),
         };
-        result.map_err(|e| Error::io(&self.url, "sending", e))
+        result.map_err(|e| {
+            let e = Error::io(&self.url, "sending", e);
+            if self.greeting.known() {
+                return e;
+            }
+            // A server that refused this client wrote why before it closed.
+            match self.reader.try_lock() {
+                Ok(mut reader) => {
+                    let _ = self.poll_welcome(&mut reader);
+                    self.greeting.refusal_or(&self.url, &mut reader.decoder, e)
+                }
+                Err(_) => e,
+            }
+        })
     }
 
     fn broken_error(&self, detail: &str) -> Error {
+        if let Some(e) = self.greeting.failure(&self.url) {
+            return e;
+        }
         Error::Disconnected {
             endpoint: self.url.clone(),
             detail: detail.to_owned(),
         }
     }
 
-    /// Reads the next frame the server sends, until `deadline`.
+    /// Reads the next frame the server sends, until `deadline`, taking the welcome first.
     fn read_frame(&self, reader: &mut Reader, deadline: Instant) -> Result<ReadOutcome> {
         loop {
-            if let Some(frame) = reader
-                .decoder
-                .next_frame()
-                .map_err(|v| protocol_error(&self.endpoint, v))?
-            {
-                return Ok(ReadOutcome::Frame(frame));
+            if self.greeting.take(&self.url, &mut reader.decoder)? {
+                if let Some(frame) = reader
+                    .decoder
+                    .next_frame()
+                    .map_err(|v| protocol_error(&self.endpoint, v))?
+                {
+                    return Ok(ReadOutcome::Frame(frame));
+                }
             }
-            if !fill(&self.fd, reader, deadline, &self.url)? {
-                return Ok(ReadOutcome::TimedOut);
+            match fill(&self.fd, reader, deadline, &self.url) {
+                Ok(true) => {}
+                Ok(false) => return Ok(ReadOutcome::TimedOut),
+                Err(e) if !self.greeting.known() => {
+                    return Err(match e {
+                        Error::Disconnected { .. } => {
+                            self.greeting.ended(&self.url, &mut reader.decoder)
+                        }
+                        e => e,
+                    });
+                }
+                Err(e) => return Err(e),
             }
         }
     }
@@ -297,12 +326,22 @@ impl StreamConnection {
         let mut reader = lock(&self.reader);
         let deadline = Instant::now() + timeout;
         self.write_frame(Kind::Request, 0, payload)?;
-        match self.read_frame(&mut reader, deadline)? {
-            ReadOutcome::Frame(frame) => Ok(frame.payload),
-            ReadOutcome::TimedOut => Err(Error::Timeout {
+        match self.read_frame(&mut reader, deadline) {
+            Ok(ReadOutcome::Frame(frame)) => {
+                reader.lines += 1;
+                Ok(frame.payload)
+            }
+            Ok(ReadOutcome::TimedOut) => Err(Error::Timeout {
                 endpoint: self.url.clone(),
                 after: timeout,
             }),
+            Err(Error::Disconnected { endpoint, detail }) if reader.lines == 0 => {
+                Err(Error::Disconnected {
+                    endpoint,
+                    detail: format!("{detail} {LINE_CLOSED_HINT}"),
+                })
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -313,24 +352,43 @@ impl StreamConnection {
         let answer = self
             .answers
             .await_answer(id, deadline, &self.reader, |reader, deadline| {
-                match self.read_frame(reader, deadline) {
-                    Ok(ReadOutcome::Frame(frame)) => Ok(as_answer(&self.url, frame)),
-                    Ok(ReadOutcome::TimedOut) => Ok(None),
-                    Err(e) => {
-                        let _ = rustix::net::shutdown(&self.fd, Shutdown::Both);
-                        Err(e.as_detail())
+                let read = self.read_frame(reader, deadline).and_then(|outcome| {
+                    let ReadOutcome::Frame(frame) = outcome else {
+                        return Ok(None);
+                    };
+                    match closing_reason(&frame) {
+                        Some(reason) => Err(Error::Disconnected {
+                            endpoint: self.url.clone(),
+                            detail: reason,
+                        }),
+                        None => Ok(as_answer(&self.url, frame)),
                     }
-                }
+                });
+                read.map_err(|e| {
+                    let _ = rustix::net::shutdown(&self.fd, Shutdown::Both);
+                    e.as_detail()
+                })
             });
         match answer {
             Ok(frame) => answer_result(&self.url, frame),
             Err(NoAnswer::Broken(detail)) => Err(self.broken_error(&detail)),
-            Err(NoAnswer::TimedOut) => Err(Error::Timeout {
-                endpoint: self.url.clone(),
-                after: timeout,
-            }),
+            Err(NoAnswer::TimedOut) => Err(self.greeting.timed_out(&self.url, timeout)),
         }
     }
+}
+
+/// What a line client that got no line before the server closed is told: the server may
+/// have been waiting for a hello, which a line is not.
+pub(super) const LINE_CLOSED_HINT: &str = "before answering any line; if the server expects the ipckit handshake (no ?framing=line on its side), drop ?framing=line from the URL";
+
+/// Why the server is ending the connection, if `frame` says so (an ERROR with id 0).
+pub(super) fn closing_reason(frame: &Frame) -> Option<String> {
+    (frame.kind == Kind::Error && frame.id == 0).then(|| {
+        format!(
+            "the server ended it: {}",
+            String::from_utf8_lossy(&frame.payload)
+        )
+    })
 }
 
 /// What a client makes of a failed hello: a server that refuses a peer closes without
@@ -422,6 +480,13 @@ fn fill(fd: &OwnedFd, reader: &mut Reader, deadline: Instant, url: &str) -> Resu
     }
 }
 
+impl Drop for StreamConnection {
+    fn drop(&mut self) {
+        let tcp = matches!(self.endpoint.address(), crate::endpoint::Address::Tcp(_));
+        drain_before_close(self.fd.as_fd(), tcp && !self.greeting.known());
+    }
+}
+
 crate::transport::sealed!(StreamConnection, StreamListener);
 
 impl Connection for StreamConnection {
@@ -429,6 +494,7 @@ impl Connection for StreamConnection {
         if let Some(detail) = self.answers.broken() {
             return Err(self.broken_error(&detail));
         }
+        self.check_welcome()?;
         self.write_frame(Kind::Message, 0, payload)
     }
 
@@ -436,7 +502,7 @@ impl Connection for StreamConnection {
         if self.framing == Framing::Line {
             return self.line_request(payload, timeout);
         }
-        check_outgoing(&self.url, self.framing, payload, self.peer_max)?;
+        self.check_welcome()?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         if let Some(detail) = self.answers.broken() {
             return Err(self.broken_error(&detail));
@@ -450,7 +516,8 @@ impl Connection for StreamConnection {
     }
 
     fn max_message(&self) -> usize {
-        self.peer_max
+        let _ = self.check_welcome();
+        self.greeting.limit()
     }
 
     fn endpoint(&self) -> &Endpoint {
@@ -505,8 +572,21 @@ impl ConnWrite for ConnSink {
         })
     }
 
+    fn write_now(&self, parts: &[&[u8]]) {
+        // Never waits: the server's loop calls this, about a connection it is closing.
+        let Ok(_writing) = self.write_lock.try_lock() else {
+            return;
+        };
+        let bytes = parts.concat();
+        let _ = rustix::net::send(&self.fd, &bytes, SendFlags::NOSIGNAL | SendFlags::DONTWAIT);
+    }
+
     fn set_peer_max(&self, max: usize) {
         self.peer_max.store(max, Ordering::Relaxed);
+    }
+
+    fn peer_max(&self) -> usize {
+        self.peer_max.load(Ordering::Relaxed)
     }
 
     fn in_flight(&self) -> &InFlight {

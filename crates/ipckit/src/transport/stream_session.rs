@@ -14,7 +14,8 @@ use rustix::net::{SendFlags, Shutdown};
 use crate::endpoint::{Endpoint, Framing};
 use crate::error::Result;
 use crate::frame::{
-    Decoder, HELLO_LEN, Header, Hello, Kind, STATUS_BUSY, STATUS_REFUSED, Violation, Welcome,
+    Decoder, HELLO_LEN, Header, Hello, Kind, STATUS_BUSY, STATUS_LINE, STATUS_REFUSED, Violation,
+    Welcome, may_open, sniff_hello,
 };
 use crate::message::{Message, Peer, ReplySink, ReplyTo};
 use crate::sys::lock;
@@ -54,8 +55,13 @@ pub(super) fn admitted(
 pub(super) trait ConnWrite {
     /// Writes all of `parts` as one unit.
     fn write(&self, parts: &[&[u8]]) -> Result<()>;
+    /// Writes what goes out just before the connection is closed, if the socket takes
+    /// it at once; never waits.
+    fn write_now(&self, parts: &[&[u8]]);
     /// Records the largest payload the client accepts, from its hello.
     fn set_peer_max(&self, max: usize);
+    /// The largest payload the client accepts.
+    fn peer_max(&self) -> usize;
     /// The connection's requests not answered yet.
     fn in_flight(&self) -> &InFlight;
 }
@@ -117,6 +123,10 @@ pub(super) struct Session {
     framing: Framing,
     max: usize,
     greeted: bool,
+    /// With line framing: the first bytes are still looked at for an ipckit hello.
+    sniffing: bool,
+    /// The welcome, until written.
+    welcome: Option<[u8; HELLO_LEN]>,
     frame_timeout: Duration,
     handshake_timeout: Duration,
     /// When the connection must have sent its hello, or finished the frame under way;
@@ -135,6 +145,8 @@ impl Session {
             framing,
             max: endpoint.max_message(),
             greeted,
+            sniffing: framing == Framing::Line,
+            welcome: None,
             frame_timeout: endpoint.frame_timeout(),
             handshake_timeout,
             deadline: (!greeted).then(|| Instant::now() + handshake_timeout),
@@ -182,18 +194,65 @@ impl Session {
         sink: &Arc<S>,
         peer: &Arc<Peer>,
         url: &Arc<str>,
+        deliver: impl FnMut(Message),
+    ) -> std::result::Result<(), String> {
+        let parsed = self.parse_frames(sink, peer, url, deliver);
+        if let Err(reason) = &parsed {
+            if self.greeted && self.framing == Framing::Length {
+                // Tell the client why (an ERROR with id 0, docs/PROTOCOL.md): a message
+                // it sent before it knew this server's limit would else vanish unseen.
+                let reason = reason.as_bytes();
+                let reason = &reason[..reason.len().min(sink.peer_max())];
+                let header = Header::new(Kind::Error, 0, reason.len()).encode();
+                // A welcome still due goes first: the client reads one before frames.
+                let welcome = self.welcome.take();
+                let welcome = welcome.as_ref().map_or(&[][..], |w| &w[..]);
+                sink.write_now(&[welcome, &header, reason]);
+            }
+        }
+        parsed
+    }
+
+    fn parse_frames<S: ConnWrite + ReplySink + 'static>(
+        &mut self,
+        sink: &Arc<S>,
+        peer: &Arc<Peer>,
+        url: &Arc<str>,
         mut deliver: impl FnMut(Message),
     ) -> std::result::Result<(), String> {
+        if self.sniffing {
+            match sniff_hello(self.decoder.peek()) {
+                None => return Ok(()),
+                Some(false) => self.sniffing = false,
+                Some(true) => {
+                    // A framed client at a line endpoint: tell it so, or it would wait
+                    // for a welcome that never comes.
+                    let refusal = Welcome::refusal(
+                        STATUS_LINE,
+                        "this endpoint speaks ?framing=line (text lines, no ipckit handshake); add ?framing=line to the client's URL",
+                    );
+                    sink.write_now(&[&refusal]);
+                    return Err(
+                        "it opened with the ipckit hello, and this endpoint speaks ?framing=line; it was told so".into(),
+                    );
+                }
+            }
+        }
         if !self.greeted {
+            if !may_open(self.decoder.peek()) {
+                let mut first = [0u8; 4];
+                let peek = self.decoder.peek();
+                let n = peek.len().min(4);
+                first[..n].copy_from_slice(&peek[..n]);
+                return Err(Violation::BadMagic(first).to_string());
+            }
             let Some(bytes) = self.decoder.take_exact::<HELLO_LEN>() else {
                 return Ok(());
             };
             let hello = Hello::decode(&bytes).map_err(|v| v.to_string())?;
             let welcome = hello.answer(self.max);
-            // The welcome is the first thing written, so it fits the empty socket buffer.
-            sink.write(&[&welcome.encode()])
-                .map_err(|e| format!("cannot answer the hello: {e}"))?;
             if welcome.status != crate::frame::STATUS_OK {
+                let _ = sink.write(&[&welcome.encode()]);
                 return Err(Violation::Version {
                     min: hello.min_version,
                     max: hello.max_version,
@@ -201,6 +260,8 @@ impl Session {
                 .to_string());
             }
             sink.set_peer_max(hello.max_message as usize);
+            self.welcome = Some(welcome.encode());
+            self.send_welcome(sink, url);
             self.greeted = true;
             self.deadline = None;
         }
@@ -233,6 +294,19 @@ impl Session {
         self.time_frame(delivered);
         self.decoder.shrink();
         Ok(())
+    }
+
+    /// Writes the welcome, if still due: at once, so that a client (which does not wait
+    /// for it) reads it with its next call, and closes with nothing unread: over TCP a
+    /// close with unread bytes resets the connection, discarding what the client wrote
+    /// and the server has not read yet (the client also drains its socket as it closes).
+    fn send_welcome<S: ConnWrite>(&mut self, sink: &Arc<S>, url: &str) {
+        if let Some(welcome) = self.welcome.take() {
+            // The first thing written: it fits the empty socket buffer.
+            if let Err(e) = sink.write(&[&welcome]) {
+                log::debug!("{url}: the client left before its welcome: {e}");
+            }
+        }
     }
 }
 

@@ -40,19 +40,18 @@ use super::access::Access;
 use super::correlate::{Correlator, NoAnswer};
 use super::reactor::{poll_read, register, runtime, when_ready};
 use super::stream::{
-    Accepted, ConnWrite, InFlight, OnAccept, Session, Spare, accept_one, admitted, answer_result,
-    as_answer, check_outgoing, closed_by_server, describe, protocol_error, turned_away, went_away,
-    write_reply,
+    Accepted, ConnWrite, InFlight, LINE_CLOSED_HINT, OnAccept, Session, Spare, accept_one,
+    admitted, answer_result, as_answer, closed_by_server, closing_reason, describe, protocol_error,
+    went_away, write_reply,
 };
+use super::stream_greeting::{Greeting, drain_before_close};
 use super::{AsyncConnection, AsyncListener, BoxFuture};
 use crate::endpoint::{Endpoint, Framing};
 use crate::error::{Error, Result};
-use crate::frame::{Decoder, Frame, HELLO_LEN, Header, Hello, Kind, Welcome};
+use crate::frame::{Decoder, Frame, Header, Hello, Kind};
 use crate::message::{Message, Peer, ReplySink};
 use crate::sys::lock;
 
-/// How long a client waits for the server's welcome.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long replies may wait for a client that does not read before its connection is
 /// given up, as on the blocking side.
 const REPLY_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -218,7 +217,7 @@ struct ClientShared {
     url: String,
     fd: Arc<AsyncFd<OwnedFd>>,
     framing: Framing,
-    peer_max: usize,
+    greeting: Greeting,
     writer: Writer,
     /// With line framing, ids must follow the order requests are written in.
     id_order: Mutex<()>,
@@ -227,14 +226,23 @@ struct ClientShared {
     answers: Correlator<Frame>,
 }
 
+impl Drop for ClientShared {
+    fn drop(&mut self) {
+        let tcp = matches!(self.endpoint.address(), crate::endpoint::Address::Tcp(_));
+        let fd = std::os::fd::AsFd::as_fd(self.fd.get_ref());
+        drain_before_close(fd, tcp && !self.greeting.known());
+    }
+}
+
 /// An async client connection on a connected, non-blocking stream socket.
 pub(super) struct AsyncStreamConnection {
     shared: Arc<ClientShared>,
 }
 
 impl AsyncStreamConnection {
-    /// Takes a connected non-blocking socket and, with length framing, performs the
-    /// handshake.
+    /// Takes a connected non-blocking socket and, with length framing, sends the hello.
+    /// The welcome is not waited for (see `stream_greeting`); a refusal already there
+    /// fails the connect.
     pub(super) async fn establish(
         endpoint: &Endpoint,
         fd: OwnedFd,
@@ -244,87 +252,94 @@ impl AsyncStreamConnection {
         let own_max = endpoint.max_message();
         let fd = register_duplex(&url, fd)?;
         let writer = Writer::new(fd.clone(), url.as_str().into());
-        let mut decoder = Decoder::new(framing, own_max);
-        let peer_max = match framing {
-            Framing::Line => own_max,
-            Framing::Length => {
-                let queued = writer.put(&[&Hello::new(own_max).encode()]).map(drop);
-                let welcome = async {
-                    let sent = match queued {
-                        Ok(()) => writer.flush().await,
-                        Err(e) => Err(e),
-                    };
-                    // A server that refuses a peer closes without reading its hello: read
-                    // on for the refusal, and fail with this only if there is none.
-                    if let Err(e) = &sent {
-                        if !matches!(e, Error::Disconnected { .. }) {
-                            return Err(sent.unwrap_err());
-                        }
-                    }
-                    loop {
-                        if let Some(bytes) = decoder.take_exact::<HELLO_LEN>() {
-                            if let Some((status, len)) = Welcome::refused(&bytes) {
-                                let mut reason = Vec::new();
-                                while reason.len() < len {
-                                    reason.extend(decoder.take_available(len - reason.len()));
-                                    if reason.len() == len {
-                                        break;
-                                    }
-                                    let read = when_ready(&fd, Interest::READABLE, |fd| {
-                                        read_into(fd, &mut decoder)
-                                    });
-                                    match read.await {
-                                        Ok(n) if n > 0 => decoder.advance(n),
-                                        _ => break,
-                                    }
-                                }
-                                return Err(turned_away(&url, status, &reason));
-                            }
-                            sent?;
-                            return Welcome::decode(&bytes)
-                                .map_err(|v| protocol_error(endpoint, v));
-                        }
-                        let read =
-                            when_ready(&fd, Interest::READABLE, |fd| read_into(fd, &mut decoder));
-                        match read.await {
-                            Ok(0) => {
-                                sent?;
-                                return Err(closed_by_server(&url, decoder.pending()));
-                            }
-                            Ok(n) => decoder.advance(n),
-                            Err(e) => {
-                                sent?;
-                                return Err(Error::io(&url, "receiving", e));
-                            }
-                        }
-                    }
-                };
-                let welcome = tokio::time::timeout(HANDSHAKE_TIMEOUT, welcome)
-                    .await
-                    .map_err(|_| Error::Timeout {
-                        endpoint: url.clone(),
-                        after: HANDSHAKE_TIMEOUT,
-                    })??;
-                welcome.max_message as usize
-            }
-        };
-        Ok(AsyncStreamConnection {
+        let conn = AsyncStreamConnection {
             shared: Arc::new(ClientShared {
                 endpoint: endpoint.clone(),
                 answers: Correlator::new(&url),
+                greeting: Greeting::new(framing, own_max),
                 url,
                 fd,
                 framing,
-                peer_max,
                 writer,
                 id_order: Mutex::new(()),
                 next_id: AtomicU64::new(1),
-                reader: Mutex::new(Reader { decoder, lines: 0 }),
+                reader: Mutex::new(Reader {
+                    decoder: Decoder::new(framing, own_max),
+                    lines: 0,
+                }),
             }),
-        })
+        };
+        if framing == Framing::Length {
+            let shared = &conn.shared;
+            // Twelve bytes into a new socket: they go at once.
+            let sent = match shared.writer.put(&[&Hello::new(own_max).encode()]) {
+                Ok(0) => Ok(()),
+                Ok(_) => shared.writer.flush().await,
+                Err(e) => Err(e),
+            };
+            let mut reader = lock(&shared.reader);
+            conn.poll_welcome(&mut reader)?;
+            if let Err(e) = sent {
+                // A server that refuses a peer closes without reading its hello: the
+                // refusal may be waiting.
+                return Err(shared
+                    .greeting
+                    .refusal_or(&shared.url, &mut reader.decoder, e));
+            }
+        }
+        Ok(conn)
+    }
+
+    /// Takes the welcome if it has come, without waiting.
+    fn poll_welcome(&self, reader: &mut Reader) -> Result<()> {
+        let shared = &self.shared;
+        loop {
+            if shared.greeting.take(&shared.url, &mut reader.decoder)? {
+                return Ok(());
+            }
+            match read_into(&shared.fd, &mut reader.decoder) {
+                Ok(0) => return Err(shared.greeting.ended(&shared.url, &mut reader.decoder)),
+                Ok(n) => reader.decoder.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(Error::io(&shared.url, "receiving", e)),
+            }
+        }
+    }
+
+    /// Before a call: the welcome, if it has come and nobody else is reading.
+    fn check_welcome(&self) -> Result<()> {
+        let shared = &self.shared;
+        if shared.greeting.known() {
+            return Ok(());
+        }
+        match shared.reader.try_lock() {
+            Ok(mut reader) => self.poll_welcome(&mut reader),
+            Err(_) => shared.greeting.failure(&shared.url).map_or(Ok(()), Err),
+        }
+    }
+
+    /// A failed write's error, or the refusal it met.
+    fn write_failed(&self, e: Error) -> Error {
+        let shared = &self.shared;
+        if shared.greeting.known() {
+            return e;
+        }
+        match shared.reader.try_lock() {
+            Ok(mut reader) => {
+                let _ = self.poll_welcome(&mut reader);
+                shared
+                    .greeting
+                    .refusal_or(&shared.url, &mut reader.decoder, e)
+            }
+            Err(_) => e,
+        }
     }
 
     fn broken_error(&self, detail: &str) -> Error {
+        if let Some(e) = self.shared.greeting.failure(&self.shared.url) {
+            return e;
+        }
         Error::Disconnected {
             endpoint: self.shared.url.clone(),
             detail: detail.to_owned(),
@@ -334,14 +349,15 @@ impl AsyncStreamConnection {
     /// Queues one frame; `Ok(true)` when part of it still waits in the outbox.
     fn put_frame(&self, kind: Kind, id: u64, payload: &[u8]) -> Result<bool> {
         let shared = &self.shared;
+        shared.greeting.before_send(&shared.url, payload)?;
         let queued = match shared.framing {
             Framing::Length => {
                 let header = Header::new(kind, id, payload.len()).encode();
-                shared.writer.put(&[&header, payload])?
+                shared.writer.put(&[&header, payload])
             }
-            Framing::Line => shared.writer.put(&[payload, b"\n"])?,
+            Framing::Line => shared.writer.put(&[payload, b"\n"]),
         };
-        Ok(queued > 0)
+        queued.map(|n| n > 0).map_err(|e| self.write_failed(e))
     }
 
     /// Waits until what this future queued has left, finishing it in a task if the
@@ -352,7 +368,7 @@ impl AsyncStreamConnection {
         };
         let flushed = self.shared.writer.flush().await;
         on_drop.disarm();
-        flushed
+        flushed.map_err(|e| self.write_failed(e))
     }
 
     async fn send(&self, payload: &[u8]) -> Result<()> {
@@ -360,7 +376,7 @@ impl AsyncStreamConnection {
         if let Some(detail) = shared.answers.broken() {
             return Err(self.broken_error(&detail));
         }
-        check_outgoing(&shared.url, shared.framing, payload, shared.peer_max)?;
+        self.check_welcome()?;
         if self.put_frame(Kind::Message, 0, payload)? {
             self.flush().await?;
         }
@@ -369,10 +385,10 @@ impl AsyncStreamConnection {
 
     async fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
         let shared = &self.shared;
-        check_outgoing(&shared.url, shared.framing, payload, shared.peer_max)?;
         if let Some(detail) = shared.answers.broken() {
             return Err(self.broken_error(&detail));
         }
+        self.check_welcome()?;
         let deadline = tokio::time::Instant::now() + timeout;
         let (id, queued) = {
             // Only lines need ids in the order requests are written: frames carry theirs.
@@ -404,10 +420,9 @@ impl AsyncStreamConnection {
         match tokio::time::timeout_at(deadline, answer).await {
             Ok(Ok(frame)) => answer_result(&shared.url, frame),
             Ok(Err(NoAnswer::Broken(detail))) => Err(self.broken_error(&detail)),
-            Ok(Err(NoAnswer::TimedOut)) | Err(_) => Err(Error::Timeout {
-                endpoint: shared.url.clone(),
-                after: timeout,
-            }),
+            Ok(Err(NoAnswer::TimedOut)) | Err(_) => {
+                Err(shared.greeting.timed_out(&shared.url, timeout))
+            }
         }
     }
 }
@@ -435,27 +450,44 @@ fn read_answer(
         Poll::Ready(Err(detail))
     };
     loop {
-        match reader.decoder.next_frame() {
-            Err(v) => return broken(protocol_error(&shared.endpoint, v).to_string()),
-            Ok(Some(mut frame)) if shared.framing == Framing::Line => {
+        let welcomed = match shared.greeting.take(&shared.url, &mut reader.decoder) {
+            Ok(welcomed) => welcomed,
+            Err(e) => return broken(e.as_detail()),
+        };
+        match welcomed.then(|| reader.decoder.next_frame()) {
+            None | Some(Ok(None)) => {}
+            Some(Err(v)) => return broken(protocol_error(&shared.endpoint, v).as_detail()),
+            Some(Ok(Some(mut frame))) if shared.framing == Framing::Line => {
                 // A line answers whatever came before it; it cannot say "refused".
                 frame.kind = Kind::Reply;
                 reader.lines += 1;
                 return Poll::Ready(Ok((reader.lines, frame)));
             }
-            Ok(Some(frame)) => match as_answer(&shared.url, frame) {
-                Some(answer) => return Poll::Ready(Ok(answer)),
-                None => continue,
-            },
-            Ok(None) => {}
+            Some(Ok(Some(frame))) => {
+                if let Some(reason) = closing_reason(&frame) {
+                    return broken(reason);
+                }
+                match as_answer(&shared.url, frame) {
+                    Some(answer) => return Poll::Ready(Ok(answer)),
+                    None => continue,
+                }
+            }
         }
         match ready!(poll_read(&shared.fd, cx, |fd| read_into(
             fd,
             &mut reader.decoder
         ))) {
+            Ok(0) if !shared.greeting.known() => {
+                let ended = shared.greeting.ended(&shared.url, &mut reader.decoder);
+                return broken(ended.as_detail());
+            }
             Ok(0) => {
                 let pending = reader.decoder.pending();
-                return broken(closed_by_server(&shared.url, pending).as_detail());
+                let closed = closed_by_server(&shared.url, pending).as_detail();
+                if shared.framing == Framing::Line && reader.lines == 0 {
+                    return broken(format!("{closed} {LINE_CLOSED_HINT}"));
+                }
+                return broken(closed);
             }
             Ok(n) => reader.decoder.advance(n),
             Err(e) => return broken(format!("receiving failed: {e}")),
@@ -483,7 +515,8 @@ impl AsyncConnection for AsyncStreamConnection {
     }
 
     fn max_message(&self) -> usize {
-        self.shared.peer_max
+        let _ = self.check_welcome();
+        self.shared.greeting.limit()
     }
 
     fn endpoint(&self) -> &Endpoint {
@@ -548,8 +581,17 @@ impl ConnWrite for AsyncConnSink {
         Ok(())
     }
 
+    fn write_now(&self, parts: &[&[u8]]) {
+        // What the socket takes at once goes out; the connection's end drops the rest.
+        let _ = self.out.writer.put(parts);
+    }
+
     fn set_peer_max(&self, max: usize) {
         self.peer_max.store(max, Ordering::Relaxed);
+    }
+
+    fn peer_max(&self) -> usize {
+        self.peer_max.load(Ordering::Relaxed)
     }
 
     fn in_flight(&self) -> &InFlight {

@@ -72,6 +72,8 @@ fn admitted_in(server: &mut api::Server, uid: u32, gid: u32) -> Outcome {
         "the message came from uid {:?}, not {uid}",
         message.peer().uid
     );
+    // Dropped unanswered, a request (as the stranger sends it on a connection) ends.
+    drop(message);
     let line = stranger.line()?;
     ensure!(line == "sent", "the admitted stranger said: {line}");
     stranger.finish()?;

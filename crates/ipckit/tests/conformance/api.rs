@@ -122,6 +122,13 @@ impl Client {
             Client::Async(c) => c.max_message(),
         }
     }
+
+    pub fn capabilities(&self) -> Capabilities {
+        match self {
+            Client::Blocking(c) => c.capabilities(),
+            Client::Async(c) => c.capabilities(),
+        }
+    }
 }
 
 #[derive(Debug)]

@@ -19,7 +19,25 @@ pub const CHECKS: &[Check] = checks![
     byte_stream => server_limit_learned_in_handshake,
     credentials => peer_credentials,
     reliable => many_writers_random_sizes,
+    always => connect_then_send_from_the_servers_thread,
 ];
+
+/// A client is usable as soon as `connect` returns, whether or not its server is inside
+/// `recv`: here the server's own thread connects and sends before it receives (a client
+/// that waited for a stream server's welcome hung here). The peer process is not needed:
+/// the point is one thread.
+fn connect_then_send_from_the_servers_thread(ctx: &Ctx) -> Outcome {
+    let mut server = api::listen(ctx.endpoint("same-thread"))?;
+    let client = api::connect(server.endpoint())?;
+    client.send(b"hi")?;
+    let message = recv(&mut server)?;
+    ensure!(
+        message.payload() == b"hi",
+        "the server received {:?}",
+        String::from_utf8_lossy(message.payload())
+    );
+    Ok(())
+}
 
 fn order_from_one_client(ctx: &Ctx) -> Outcome {
     let mut server = api::listen(ctx.endpoint("order"))?;

@@ -7,9 +7,9 @@
 //!
 //! One file per behaviour, each with its list of checks: `delivery`, `request_reply`,
 //! `lifecycle`, `durable`, `bad_input`, `limits`, `plain_writers`, `shared_memory`,
-//! `access`, and `cancellation` (through the async API alone). `support` holds what they
-//! share, `api` the two APIs a check drives, `peer` the peer processes. A new behaviour's
-//! list goes in [`CHECKS`] below.
+//! `access`, `handshake`, and `cancellation` (through the async API alone). `support`
+//! holds what they share, `api` the two APIs a check drives, `peer` the peer processes. A
+//! new behaviour's list goes in [`CHECKS`] below.
 //!
 //! A trial is named `scheme::check` through the blocking API and `scheme::async::check`
 //! through the async one; the checks of `bad_input`, `limits`, `plain_writers`,
@@ -31,6 +31,7 @@ mod bad_input;
 mod cancellation;
 mod delivery;
 mod durable;
+mod handshake;
 mod lifecycle;
 mod limits;
 mod peer;
@@ -53,6 +54,7 @@ const CHECKS: &[&[Check]] = &[
     plain_writers::CHECKS,
     shared_memory::CHECKS,
     access::CHECKS,
+    handshake::CHECKS,
 ];
 
 /// What only futures can do: be dropped halfway. Run through the async API alone.

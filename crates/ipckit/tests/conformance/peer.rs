@@ -95,6 +95,9 @@ pub enum Role {
     /// On a raw byte stream: the handshake, then a frame that claims `len` bytes and holds
     /// half of them; prints `half-written` and waits.
     HalfFrame { len: usize },
+    /// A plain stream socket at the endpoint, no ipckit: prints `ready URL`, accepts and
+    /// reads, and never writes.
+    Mute,
 }
 
 impl Role {
@@ -139,6 +142,7 @@ impl Role {
             Role::Print => ("print", vec![]),
             Role::PrintWithFds { spare } => ("print-with-fds", vec![spare.to_string()]),
             Role::HalfFrame { len } => ("half-frame", vec![len.to_string()]),
+            Role::Mute => ("mute", vec![]),
         };
         let args: Vec<String> = [name.to_owned(), url.to_owned()]
             .into_iter()
@@ -215,6 +219,7 @@ impl Role {
                 spare: arg(args, 2)?,
             },
             "half-frame" => Role::HalfFrame { len: arg(args, 2)? },
+            "mute" => Role::Mute,
             other => return Err(format!("unknown role {other}").into()),
         };
         Ok((role, url))
@@ -506,7 +511,19 @@ fn play(role: Role, url: &str) -> Result<(), Failure> {
         }
         Role::SendAs { uid, gid } => {
             become_user(uid, gid)?;
-            match api::connect(url).and_then(|client| client.send(&numbered(uid, 0, 12))) {
+            // A connection's refusal comes with its welcome, which a client does not
+            // wait for: a request reads it (the server drops the admitted one unanswered).
+            let sent = api::connect(url).and_then(|client| {
+                let message = numbered(uid, 0, 12);
+                match client.capabilities().connection {
+                    true => match client.request(&message, PATIENCE) {
+                        Err(Error::Remote { .. }) => Ok(()),
+                        other => other.map(drop),
+                    },
+                    false => client.send(&message),
+                }
+            });
+            match sent {
                 Ok(()) => say("sent"),
                 Err(Error::PermissionDenied { endpoint, detail }) if endpoint == url => {
                     say(&format!("refused {detail}"))
@@ -612,6 +629,31 @@ fn play(role: Role, url: &str) -> Result<(), Failure> {
                     "msg {}",
                     String::from_utf8_lossy(message.payload())
                 ));
+            }
+        }
+        Role::Mute => {
+            let endpoint: Endpoint = url.parse()?;
+            type Accept = Box<dyn Fn() -> std::io::Result<Box<dyn Read + Send>>>;
+            let (accept, url): (Accept, String) = match endpoint.address() {
+                ipckit::endpoint::Address::Uds(ipckit::endpoint::UnixAddr::Path(path)) => {
+                    let listener = std::os::unix::net::UnixListener::bind(path)?;
+                    let accept = move || Ok(Box::new(listener.accept()?.0) as Box<_>);
+                    (Box::new(accept), url.to_owned())
+                }
+                ipckit::endpoint::Address::Tcp(at) => {
+                    let listener = std::net::TcpListener::bind((at.bare_host(), at.port))?;
+                    // Port 0 asks for any: the URL names the one given.
+                    let url = format!("tcp://{}", listener.local_addr()?);
+                    let accept = move || Ok(Box::new(listener.accept()?.0) as Box<_>);
+                    (Box::new(accept), url)
+                }
+                other => return Err(format!("no plain socket for {other:?}").into()),
+            };
+            exit_when_parent_goes();
+            say(&format!("ready {url}"));
+            loop {
+                let mut conn = accept()?;
+                std::thread::spawn(move || std::io::copy(&mut conn, &mut std::io::sink()));
             }
         }
         Role::HalfFrame { len } => {
