@@ -183,6 +183,10 @@ fn run(cli: Cli) -> CliResult {
             scaling,
         } => {
             use ipckit_bench::harness;
+            // Refused before the run, rather than after measuring what it cannot keep.
+            if let Some(path) = &chart {
+                ipckit_bench::chart::check_path(path)?;
+            }
             let signals = block_stop_signals()?;
             // Once the run is abandoned, its own thread fails or panics as its servers
             // go: it waits, silent, while the signal's thread cleans up and exits 0.

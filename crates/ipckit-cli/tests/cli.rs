@@ -1125,3 +1125,36 @@ fn bench_reports_a_server_that_dies_and_goes_on() {
     );
     assert!(row("shm", "ipckit").starts_with("shm,ipckit,ok,"), "{csv}");
 }
+
+// --- ipckit bench: options honoured and checked before the run ---
+
+/// A short `ipckit bench` over `transports`, with `args` added.
+fn short_bench(transports: &str, args: &[&str]) -> Output {
+    let base = [
+        "bench",
+        "--quick",
+        "--count",
+        "100",
+        "--transports",
+        transports,
+    ];
+    ipckit(&[&base[..], args].concat())
+}
+
+#[test]
+fn bench_refuses_a_bad_chart_path_before_the_run() {
+    let dir = Scratch::new("bench-chart");
+    let missing = dir.0.join("no-such-dir").join("bench.svg");
+    for (path, says) in [
+        (dir.0.join("bench.png"), "must end in .svg"),
+        (dir.0.clone(), "is a directory"),
+        (missing, "does not exist"),
+    ] {
+        let out = short_bench("uds", &["--chart", path.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{path:?} was accepted");
+        assert!(stderr.contains(says), "{path:?}: {stderr}");
+        // Nothing measured: the run did not start.
+        assert!(out.stdout.is_empty(), "{path:?} ran: {}", stdout(&out));
+    }
+}
