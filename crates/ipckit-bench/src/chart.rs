@@ -96,9 +96,12 @@ pub fn draw(rows: &[Row], scaling: &[ScalePoint], path: &std::path::Path) -> Res
             .find(|r| r.transport == transport && r.variant == variant)
             .and_then(get)
     };
+    let size = rows.first().map_or(crate::raw::SIZE, |r| r.size);
     bars(
         &areas[0],
-        "64-byte round trip, median (log scale): ipckit (blue) beside the hand-written baseline (grey)",
+        &format!(
+            "{size}-byte round trip, median (log scale): ipckit (blue) beside the hand-written baseline (grey)"
+        ),
         &transports,
         nanoseconds,
         |t| {

@@ -187,7 +187,7 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Vec<Row>
         ));
         let mut ours = Row::new(scheme, "ipckit", options.size);
         ours.stream_size = STREAM_SIZE.min(caps.max_message);
-        let mut hand = Row::new(scheme, "baseline", raw::SIZE);
+        let mut hand = Row::new(scheme, "baseline", options.size);
         let mut contenders = Vec::new();
         match ipckit_contender(&endpoint, options.size) {
             Ok(c) => contenders.push((c, &mut ours)),
@@ -198,13 +198,8 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Vec<Row>
                 "unavailable",
                 "no hand-written baseline for this transport".into(),
             );
-        } else if options.size != raw::SIZE {
-            hand = hand.failed(
-                "unavailable",
-                format!("the hand-written loops send {} bytes", raw::SIZE),
-            );
         } else {
-            match baseline_contender(scheme, &dir) {
+            match baseline_contender(scheme, &dir, options.size) {
                 Ok(c) => contenders.push((c, &mut hand)),
                 Err(f) => hand = hand.failed(f.status, f.reason),
             }
@@ -287,6 +282,15 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// Messages of `size` bytes for the messages/s figure: no more bytes than the
+    /// bandwidth measurement moves, so that a large --size does not send gigabytes.
+    fn small_messages(&self) -> usize {
+        self.messages
+            .min((self.stream_bytes / self.size.max(1)).max(10))
+    }
+}
+
 struct Failure {
     status: &'static str,
     reason: String,
@@ -340,10 +344,14 @@ fn ipckit_contender(endpoint: &ipckit::Endpoint, size: usize) -> Result<Contende
     })
 }
 
-fn baseline_contender(scheme: &str, dir: &std::path::Path) -> Result<Contender, Failure> {
-    let peer =
-        Peer::start(&format!("raw:{scheme}"), &raw::address(scheme, dir)).map_err(unavailable)?;
-    let mut round_trip = raw::client(scheme, peer.address());
+fn baseline_contender(
+    scheme: &str,
+    dir: &std::path::Path,
+    size: usize,
+) -> Result<Contender, Failure> {
+    let role = format!("raw:{scheme}:{size}");
+    let peer = Peer::start(&role, &raw::address(scheme, dir)).map_err(unavailable)?;
+    let mut round_trip = raw::client(scheme, peer.address(), size);
     Ok(Contender {
         peer,
         round_trip: Box::new(move || {
@@ -447,7 +455,7 @@ fn measure_throughput(
         let (delivered, bytes) = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
         Ok((delivered, bytes, elapsed))
     };
-    let (delivered, _, elapsed) = stream(plan.size, plan.messages)?;
+    let (delivered, _, elapsed) = stream(plan.size, plan.small_messages())?;
     row.msgs_per_sec = Some(delivered as f64 / elapsed.as_secs_f64());
     let messages = (plan.stream_bytes / row.stream_size).max(10);
     let (_, bytes, elapsed) = stream(row.stream_size, messages)?;
@@ -481,7 +489,7 @@ fn measure_raw_throughput(
         }
         Ok((got, Duration::from_nanos(nanos.max(1))))
     };
-    let (got, over) = through(plan.size, plan.messages as u64)?;
+    let (got, over) = through(plan.size, plan.small_messages() as u64)?;
     row.msgs_per_sec = Some(got as f64 / over.as_secs_f64());
     let count = (plan.stream_bytes / row.stream_size).max(10) as u64;
     let (got, over) = through(row.stream_size, count)?;

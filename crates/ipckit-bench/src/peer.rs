@@ -37,8 +37,10 @@ pub fn run_if_peer(extra: impl FnOnce(&str, &str) -> bool) -> bool {
             std::process::exit(0);
         });
     }
-    if let Some(scheme) = role.strip_prefix("raw:") {
-        raw::serve(scheme, &address);
+    if let Some(spec) = role.strip_prefix("raw:") {
+        // raw:SCHEME or raw:SCHEME:SIZE
+        let (scheme, size) = spec.split_once(':').unwrap_or((spec, ""));
+        raw::serve(scheme, &address, size.parse().unwrap_or(raw::SIZE));
     } else if let Some(spec) = role.strip_prefix("rawsink:") {
         // rawsink:SCHEME:SIZE:COUNT
         let mut parts = spec.split(':');

@@ -1158,3 +1158,15 @@ fn bench_refuses_a_bad_chart_path_before_the_run() {
         assert!(out.stdout.is_empty(), "{path:?} ran: {}", stdout(&out));
     }
 }
+
+#[test]
+fn bench_keeps_the_baselines_at_any_size() {
+    let all = "uds,tcp,udp,unixgram,fifo,mq,shm";
+    let out = short_bench(all, &["--size", "1024", "--csv"]);
+    assert!(out.status.success(), "{out:?}");
+    let csv = stdout(&out);
+    for scheme in all.split(',') {
+        let row = format!("{scheme},baseline,ok,,1024,");
+        assert!(csv.contains(&row), "no {row} in\n{csv}");
+    }
+}
