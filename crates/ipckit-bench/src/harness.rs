@@ -32,6 +32,9 @@ pub struct Options {
     pub count: usize,
     /// A run under 20 s: fewer round trips and messages.
     pub quick: bool,
+    /// The CPUs to run on (`--cpus`), among those this process may use; empty for all
+    /// of those. The client takes the first, the servers the second.
+    pub cpus: Vec<usize>,
 }
 
 impl Default for Options {
@@ -41,6 +44,7 @@ impl Default for Options {
             size: 64,
             count: 10_000,
             quick: false,
+            cpus: Vec::new(),
         }
     }
 }
@@ -113,8 +117,10 @@ impl Row {
 pub const STREAM_SIZE: usize = 64 * 1024;
 
 /// Checks the options against the registered transports: unknown names, a size over a
-/// transport's maximum and a zero count are errors, each saying what to do.
+/// transport's maximum, a zero count and CPUs this process may not use are errors, each
+/// saying what to do. The CPUs are the run's from then on ([`choose_cpus`](crate::choose_cpus)).
 pub fn check(options: &Options) -> Result<Vec<&'static dyn ipckit::transport::Transport>, String> {
+    crate::choose_cpus(&options.cpus)?;
     if options.count == 0 {
         return Err("--count must be at least 1".into());
     }
@@ -873,10 +879,16 @@ pub struct Machine {
     pub cpus: usize,
     /// The kernel release.
     pub kernel: String,
+    /// Where the client and the servers ran ([`placement`](crate::placement)).
+    pub placement: String,
+    /// The CPU the client ran on.
+    pub client_cpu: usize,
+    /// The CPU the servers ran on.
+    pub server_cpu: usize,
 }
 
 impl Machine {
-    /// This machine.
+    /// This machine, and the CPUs of this run.
     pub fn here() -> Machine {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let cpu = cpuinfo
@@ -890,10 +902,14 @@ impl Machine {
             .unwrap_or_default()
             .trim()
             .to_owned();
+        let allowed = crate::allowed_cpus();
         Machine {
             cpu,
             cpus: crate::online_cpus(),
             kernel,
+            placement: crate::placement(),
+            client_cpu: allowed[0],
+            server_cpu: allowed[1 % allowed.len()],
         }
     }
 }

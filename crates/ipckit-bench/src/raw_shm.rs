@@ -135,9 +135,7 @@ impl Rings {
     fn send(&self, ring: usize, tail: &mut u64, bytes: &[u8]) {
         debug_assert_eq!(bytes.len(), self.size);
         let r = self.ring(ring);
-        while *tail - r.head.load(Ordering::Acquire) == self.slots as u64 {
-            std::hint::spin_loop();
-        }
+        spin_until(|| *tail - r.head.load(Ordering::Acquire) < self.slots as u64);
         let at = self.message(ring, *tail);
         // SAFETY: the slot lies between head and tail + slots: only the producer touches
         // it, and `stride` bytes from `at` lie inside the ring.
@@ -202,7 +200,12 @@ impl Rings {
             spins += 1;
             if spins == 1 {
                 idle_since = Instant::now();
-            } else if spins % 1024 == 0 && idle_since.elapsed() > Duration::from_micros(200) {
+            } else if spins % 1024 == 0 {
+                // The client may share this CPU (taskset -c 0): it runs if it can.
+                std::thread::yield_now();
+                if idle_since.elapsed() <= Duration::from_micros(200) {
+                    continue;
+                }
                 // Idle: nap, and look again after each nap without spinning.
                 while !self.ready(0, head) {
                     std::thread::sleep(Duration::from_micros(50));
@@ -218,15 +221,27 @@ impl Rings {
         let mut buf = vec![0u8; self.size];
         move || {
             self.send(0, &mut tail, &payload);
-            while !self.try_recv(1, &mut head, &mut buf) {
-                std::hint::spin_loop();
-            }
+            spin_until(|| self.try_recv(1, &mut head, &mut buf));
         }
     }
 }
 
 // SAFETY: the mapping is shared memory guarded by the ring protocol.
 unsafe impl Send for Rings {}
+
+/// Spins until `ready`; after many fruitless spins, yields at each, so that a peer that
+/// shares the CPU (`taskset -c 0`, `--cpus 0`) runs rather than waiting out a time slice.
+/// On cores of their own, an answer comes long before.
+fn spin_until(mut ready: impl FnMut() -> bool) {
+    let mut spins = 0u32;
+    while !ready() {
+        std::hint::spin_loop();
+        spins = spins.saturating_add(1);
+        if spins > 4096 {
+            std::thread::yield_now();
+        }
+    }
+}
 
 /// Copies `bytes` to `to`; a 64-byte message as one fixed-size move, as the floor's
 /// one-line message has always been copied, so that the default size measures the same.
@@ -301,9 +316,7 @@ impl Stream {
         assert_eq!(source.len(), self.slot);
         let (tail, head) = (self.counter(0), self.counter(1));
         for n in 0..count {
-            while n - head.load(Ordering::Acquire) == self.slots as u64 {
-                std::hint::spin_loop();
-            }
+            spin_until(|| n - head.load(Ordering::Acquire) < self.slots as u64);
             // SAFETY: slot `n` is free (the consumer is past it) until the tail moves.
             unsafe { std::ptr::copy_nonoverlapping(source.as_ptr(), self.slot(n), self.slot) };
             tail.store(n + 1, Ordering::Release);
@@ -315,9 +328,7 @@ impl Stream {
         assert_eq!(sink.len(), self.slot);
         let (tail, head) = (self.counter(0), self.counter(1));
         for n in 0..count {
-            while tail.load(Ordering::Acquire) == n {
-                std::hint::spin_loop();
-            }
+            spin_until(|| tail.load(Ordering::Acquire) != n);
             // SAFETY: slot `n` was published by the tail store (Acquire above).
             unsafe { std::ptr::copy_nonoverlapping(self.slot(n), sink.as_mut_ptr(), self.slot) };
             head.store(n + 1, Ordering::Release);

@@ -113,6 +113,10 @@ enum Command {
         /// Also measure as messages grow from 16 B to 16 MiB and clients from 1 to 64
         #[arg(long)]
         scaling: bool,
+        /// Run on these CPUs, as taskset -c lists them (e.g. 2,3): the client on the first,
+        /// the servers on the second. By default, the CPUs the command may use (taskset's)
+        #[arg(long, value_name = "LIST")]
+        cpus: Option<String>,
     },
 }
 
@@ -181,6 +185,7 @@ fn run(cli: Cli) -> CliResult {
             csv,
             chart,
             scaling,
+            cpus,
         } => {
             use ipckit_bench::harness;
             // Refused before the run, rather than after measuring what it cannot keep.
@@ -203,11 +208,18 @@ fn run(cli: Cli) -> CliResult {
                     std::process::exit(0);
                 }
             });
+            let cpus = match cpus {
+                Some(list) => {
+                    ipckit_bench::parse_cpus(&list).map_err(|e| format!("--cpus: {e}"))?
+                }
+                None => Vec::new(),
+            };
             let options = harness::Options {
                 transports,
                 size,
                 count,
                 quick,
+                cpus,
             };
             let per_transport = 3 + if scaling { 11 } else { 0 };
             let steps = harness::check(&options)?.len() as u64 * per_transport;
@@ -245,8 +257,8 @@ fn run(cli: Cli) -> CliResult {
             } else {
                 let machine = harness::Machine::here();
                 println!(
-                    "{} CPUs ({}), Linux {}; client on CPU 0, servers on CPU 1\n",
-                    machine.cpus, machine.cpu, machine.kernel
+                    "{} CPUs ({}), Linux {}; {}\n",
+                    machine.cpus, machine.cpu, machine.kernel, machine.placement
                 );
                 print!("{}", harness::table(&rows));
                 if scaling {

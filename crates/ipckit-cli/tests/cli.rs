@@ -1170,3 +1170,40 @@ fn bench_keeps_the_baselines_at_any_size() {
         assert!(csv.contains(&row), "no {row} in\n{csv}");
     }
 }
+
+#[test]
+fn bench_keeps_the_cpus_taskset_allows_and_says_so() {
+    let out = Command::new("taskset")
+        .args(["-c", "0", IPCKIT, "bench", "--quick", "--count", "100"])
+        .args(["--transports", "uds,shm"])
+        .output()
+        .expect("taskset (util-linux)");
+    assert!(out.status.success(), "{out:?}");
+    let header = stdout(&out).lines().next().unwrap_or_default().to_owned();
+    assert!(
+        header.contains("client and servers on CPU 0"),
+        "under taskset -c 0: {header}"
+    );
+    // --cpus chooses among the CPUs allowed, and refuses others.
+    let out = short_bench("uds", &["--cpus", "0"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout(&out).contains("client and servers on CPU 0, of 0 (--cpus)"));
+    let out = Command::new("taskset")
+        .args([
+            "-c",
+            "0",
+            IPCKIT,
+            "bench",
+            "--cpus",
+            "1",
+            "--transports",
+            "uds",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("CPU 1 is not one this process may use (0)"),
+        "{stderr}"
+    );
+}
