@@ -6,6 +6,7 @@ pub mod harness;
 pub mod peer;
 pub mod raw;
 pub mod raw_shm;
+mod report;
 
 /// Set in a peer's environment to the CPUs its run may use, as `0,1`: the peer's own
 /// affinity is the one its parent pinned itself to, a single CPU.

@@ -12,7 +12,7 @@ use crate::{pin_to, raw};
 pub const PEER_ENV: &str = "IPCKIT_BENCH_PEER";
 
 /// When this process was started as a peer, plays the role (on the second of its run's
-/// CPUs, see [`pin_to`](crate::pin_to)) and returns true;
+/// CPUs, see [`pin_to`]) and returns true;
 /// the caller then exits. `extra` handles roles that only one program knows.
 ///
 /// ```no_run
