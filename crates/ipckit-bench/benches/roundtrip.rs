@@ -23,7 +23,7 @@ fn bench(c: &mut Criterion) {
     for transport in ipckit::transport::all() {
         let scheme = transport.scheme();
         let raw_peer = Peer::start(&format!("raw:{scheme}"), &raw::address(scheme, &dir)).unwrap();
-        let mut round_trip = raw::client(scheme, raw_peer.address());
+        let mut round_trip = raw::client(scheme, raw_peer.address(), raw::SIZE);
         group.bench_function(format!("{scheme}/baseline"), |b| {
             b.iter_custom(|iters| time_iters(iters, &mut round_trip))
         });
@@ -82,7 +82,7 @@ fn interleaved() {
         let endpoint = transport.scratch_endpoint(&dir, "ipckit");
         let server = Peer::start("echo", &endpoint.to_string()).unwrap();
         let mut contenders: Vec<Box<dyn FnMut()>> = vec![
-            raw::client(scheme, raw_peer.address()),
+            raw::client(scheme, raw_peer.address(), raw::SIZE),
             ipckit_round_trip(server.address()),
         ];
         let mut blocks = [Vec::new(), Vec::new()];

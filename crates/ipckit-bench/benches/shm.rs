@@ -264,11 +264,16 @@ fn round_trips(tag: &str) {
     let mut contenders: Vec<Contender> = vec![
         (
             "bare spin over two rings (the floor)",
-            Box::new(raw_shm::Rings::open(raw.address(), false, Framing::Slots).client()),
+            Box::new(
+                raw_shm::Rings::open(raw.address(), false, Framing::Slots, raw_shm::SLOT).client(),
+            ),
         ),
         (
             "bare spin, messages framed as ipckit's",
-            Box::new(raw_shm::Rings::open(framed.address(), false, Framing::Records).client()),
+            Box::new(
+                raw_shm::Rings::open(framed.address(), false, Framing::Records, raw_shm::SLOT)
+                    .client(),
+            ),
         ),
         ("ipckit shm", ipckit_round_trip(ours.address())),
         (

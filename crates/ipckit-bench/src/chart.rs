@@ -19,6 +19,59 @@ const PALETTE: [RGBColor; 8] = [
 
 type Failure = Box<dyn std::error::Error>;
 
+/// Checks that [`draw`] can write an SVG chart at `path`, so that a run is not measured
+/// only to be lost for a typo: the name ends in `.svg`, it is not a directory, and its
+/// directory exists and is writable (as is the file, if it exists). The error says what
+/// is wrong and what to do.
+///
+/// ```
+/// use std::path::Path;
+/// let dir = std::env::temp_dir();
+/// assert!(ipckit_bench::chart::check_path(&dir.join("bench.svg")).is_ok());
+/// assert!(ipckit_bench::chart::check_path(&dir.join("bench.png")).is_err());
+/// assert!(ipckit_bench::chart::check_path(Path::new("/no/such/dir/bench.svg")).is_err());
+/// ```
+pub fn check_path(path: &std::path::Path) -> Result<(), String> {
+    use rustix::fs::{Access, AtFlags, CWD, accessat};
+    let shown = path.display();
+    if path.is_dir() {
+        return Err(format!(
+            "--chart {shown} is a directory; name a file in it, e.g. {}",
+            path.join("bench.svg").display()
+        ));
+    }
+    let is_svg = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("svg"));
+    if !is_svg {
+        return Err(format!(
+            "--chart {shown}: the chart is an SVG drawing, so its name must end in .svg"
+        ));
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => std::path::Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(format!(
+            "--chart {shown}: the directory {} does not exist; create it or choose another path",
+            dir.display()
+        ));
+    }
+    let writable = |p: &std::path::Path| accessat(CWD, p, Access::WRITE_OK, AtFlags::EACCESS);
+    if path.exists() {
+        writable(path)
+            .map_err(|e| format!("--chart {shown} cannot be replaced ({e}); choose another path"))
+    } else {
+        writable(dir).map_err(|e| {
+            format!(
+                "--chart {shown}: cannot create a file in {} ({e}); choose another directory",
+                dir.display()
+            )
+        })
+    }
+}
+
 /// Draws the round-trip medians (ipckit beside the baseline) and the one-way throughput of
 /// every transport, and, when `scaling` has points, latency against message size and
 /// against the number of clients.
@@ -43,9 +96,12 @@ pub fn draw(rows: &[Row], scaling: &[ScalePoint], path: &std::path::Path) -> Res
             .find(|r| r.transport == transport && r.variant == variant)
             .and_then(get)
     };
+    let size = rows.first().map_or(crate::raw::SIZE, |r| r.size);
     bars(
         &areas[0],
-        "64-byte round trip, median (log scale): ipckit (blue) beside the hand-written baseline (grey)",
+        &format!(
+            "{size}-byte round trip, median (log scale): ipckit (blue) beside the hand-written baseline (grey)"
+        ),
         &transports,
         nanoseconds,
         |t| {

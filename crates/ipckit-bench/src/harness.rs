@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use crate::peer::{Peer, thread_cpu_time};
 use crate::{pin_to, raw};
 
+pub use crate::report::{csv, scaling_csv, scaling_table, table};
+
 /// What to measure.
 ///
 /// ```
@@ -32,6 +34,9 @@ pub struct Options {
     pub count: usize,
     /// A run under 20 s: fewer round trips and messages.
     pub quick: bool,
+    /// The CPUs to run on (`--cpus`), among those this process may use; empty for all
+    /// of those. The client takes the first, the servers the second.
+    pub cpus: Vec<usize>,
 }
 
 impl Default for Options {
@@ -41,6 +46,7 @@ impl Default for Options {
             size: 64,
             count: 10_000,
             quick: false,
+            cpus: Vec::new(),
         }
     }
 }
@@ -82,7 +88,7 @@ pub struct Row {
 }
 
 impl Row {
-    fn new(transport: &str, variant: &'static str, size: usize) -> Row {
+    pub(crate) fn new(transport: &str, variant: &'static str, size: usize) -> Row {
         Row {
             transport: transport.to_owned(),
             variant,
@@ -102,7 +108,7 @@ impl Row {
         }
     }
 
-    fn failed(mut self, status: &'static str, reason: String) -> Row {
+    pub(crate) fn failed(mut self, status: &'static str, reason: String) -> Row {
         self.status = status;
         self.reason = Some(reason);
         self
@@ -113,8 +119,10 @@ impl Row {
 pub const STREAM_SIZE: usize = 64 * 1024;
 
 /// Checks the options against the registered transports: unknown names, a size over a
-/// transport's maximum and a zero count are errors, each saying what to do.
+/// transport's maximum, a zero count and CPUs this process may not use are errors, each
+/// saying what to do. The CPUs are the run's from then on ([`choose_cpus`](crate::choose_cpus)).
 pub fn check(options: &Options) -> Result<Vec<&'static dyn ipckit::transport::Transport>, String> {
+    crate::choose_cpus(&options.cpus)?;
     if options.count == 0 {
         return Err("--count must be at least 1".into());
     }
@@ -187,7 +195,7 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Vec<Row>
         ));
         let mut ours = Row::new(scheme, "ipckit", options.size);
         ours.stream_size = STREAM_SIZE.min(caps.max_message);
-        let mut hand = Row::new(scheme, "baseline", raw::SIZE);
+        let mut hand = Row::new(scheme, "baseline", options.size);
         let mut contenders = Vec::new();
         match ipckit_contender(&endpoint, options.size) {
             Ok(c) => contenders.push((c, &mut ours)),
@@ -198,13 +206,8 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Vec<Row>
                 "unavailable",
                 "no hand-written baseline for this transport".into(),
             );
-        } else if options.size != raw::SIZE {
-            hand = hand.failed(
-                "unavailable",
-                format!("the hand-written loops send {} bytes", raw::SIZE),
-            );
         } else {
-            match baseline_contender(scheme, &dir) {
+            match baseline_contender(scheme, &dir, options.size) {
                 Ok(c) => contenders.push((c, &mut hand)),
                 Err(f) => hand = hand.failed(f.status, f.reason),
             }
@@ -287,6 +290,15 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// Messages of `size` bytes for the messages/s figure: no more bytes than the
+    /// bandwidth measurement moves, so that a large --size does not send gigabytes.
+    fn small_messages(&self) -> usize {
+        self.messages
+            .min((self.stream_bytes / self.size.max(1)).max(10))
+    }
+}
+
 struct Failure {
     status: &'static str,
     reason: String,
@@ -340,10 +352,14 @@ fn ipckit_contender(endpoint: &ipckit::Endpoint, size: usize) -> Result<Contende
     })
 }
 
-fn baseline_contender(scheme: &str, dir: &std::path::Path) -> Result<Contender, Failure> {
-    let peer =
-        Peer::start(&format!("raw:{scheme}"), &raw::address(scheme, dir)).map_err(unavailable)?;
-    let mut round_trip = raw::client(scheme, peer.address());
+fn baseline_contender(
+    scheme: &str,
+    dir: &std::path::Path,
+    size: usize,
+) -> Result<Contender, Failure> {
+    let role = format!("raw:{scheme}:{size}");
+    let peer = Peer::start(&role, &raw::address(scheme, dir)).map_err(unavailable)?;
+    let mut round_trip = raw::client(scheme, peer.address(), size);
     Ok(Contender {
         peer,
         round_trip: Box::new(move || {
@@ -447,7 +463,7 @@ fn measure_throughput(
         let (delivered, bytes) = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
         Ok((delivered, bytes, elapsed))
     };
-    let (delivered, _, elapsed) = stream(plan.size, plan.messages)?;
+    let (delivered, _, elapsed) = stream(plan.size, plan.small_messages())?;
     row.msgs_per_sec = Some(delivered as f64 / elapsed.as_secs_f64());
     let messages = (plan.stream_bytes / row.stream_size).max(10);
     let (_, bytes, elapsed) = stream(row.stream_size, messages)?;
@@ -481,173 +497,12 @@ fn measure_raw_throughput(
         }
         Ok((got, Duration::from_nanos(nanos.max(1))))
     };
-    let (got, over) = through(plan.size, plan.messages as u64)?;
+    let (got, over) = through(plan.size, plan.small_messages() as u64)?;
     row.msgs_per_sec = Some(got as f64 / over.as_secs_f64());
     let count = (plan.stream_bytes / row.stream_size).max(10) as u64;
     let (got, over) = through(row.stream_size, count)?;
     row.gb_per_sec = Some((got * row.stream_size as u64) as f64 / over.as_secs_f64() / 1e9);
     Ok(())
-}
-
-/// The results as an aligned table.
-pub fn table(rows: &[Row]) -> String {
-    let ns = |v: Option<u64>| v.map_or("-".to_owned(), format_duration);
-    let header = [
-        "transport",
-        "variant",
-        "rtt p50",
-        "p99",
-        "p99.9",
-        "ratio",
-        "cpu/rtt",
-        "msg/s",
-        "GB/s",
-        "note",
-    ];
-    let mut lines: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
-    for row in rows {
-        let note = match (&row.reason, row.stream_size) {
-            (Some(reason), _) => format!("{}: {reason}", row.status),
-            (None, s) if s > 0 && s < STREAM_SIZE => format!("GB/s with {s}-byte messages"),
-            _ => String::new(),
-        };
-        lines.push(vec![
-            row.transport.clone(),
-            row.variant.to_owned(),
-            ns(row.rtt_median_ns),
-            ns(row.rtt_p99_ns),
-            ns(row.rtt_p999_ns),
-            row.ratio.map_or("-".into(), |r| format!("{r:.2}")),
-            ns(row.cpu_ns_per_rtt),
-            row.msgs_per_sec.map_or("-".into(), format_rate),
-            row.gb_per_sec.map_or("-".into(), |g| format!("{g:.2}")),
-            note,
-        ]);
-    }
-    let widths: Vec<usize> = (0..header.len())
-        .map(|c| {
-            lines
-                .iter()
-                .map(|l| l[c].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for line in lines {
-        let cells: Vec<String> = line
-            .iter()
-            .enumerate()
-            .map(|(c, cell)| {
-                // Names left, figures right, the note as it comes.
-                if c < 2 || c == header.len() - 1 {
-                    format!("{cell:<w$}", w = widths[c])
-                } else {
-                    format!("{cell:>w$}", w = widths[c])
-                }
-            })
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-/// The results as CSV, one row per line, with a header; every figure of the table.
-pub fn csv(rows: &[Row]) -> String {
-    let mut out = String::from(
-        "transport,variant,status,reason,size,rtt_median_ns,rtt_p99_ns,rtt_p999_ns,ratio,cpu_ns_per_rtt,msgs_per_sec,msgs_ratio,stream_size,gb_per_sec,gb_ratio\n",
-    );
-    for r in rows {
-        out.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
-            r.transport,
-            r.variant,
-            r.status,
-            quoted(r.reason.as_deref()),
-            r.size,
-            cell(r.rtt_median_ns),
-            cell(r.rtt_p99_ns),
-            cell(r.rtt_p999_ns),
-            fixed(r.ratio, 4),
-            cell(r.cpu_ns_per_rtt),
-            fixed(r.msgs_per_sec, 0),
-            fixed(r.msgs_ratio, 4),
-            r.stream_size,
-            fixed(r.gb_per_sec, 4),
-            fixed(r.gb_ratio, 4),
-        ));
-    }
-    out
-}
-
-/// A CSV text field, always quoted; empty when absent.
-fn quoted(text: Option<&str>) -> String {
-    text.map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
-        .unwrap_or_default()
-}
-
-/// A CSV number; empty when absent.
-fn cell(n: Option<u64>) -> String {
-    n.map(|n| n.to_string()).unwrap_or_default()
-}
-
-/// A CSV number with `digits` decimals; empty when absent.
-fn fixed(x: Option<f64>, digits: usize) -> String {
-    x.map(|x| format!("{x:.digits$}")).unwrap_or_default()
-}
-
-fn format_duration(ns: u64) -> String {
-    match ns {
-        0..=9_999 => format!("{ns} ns"),
-        10_000..=9_999_999 => format!("{:.1} µs", ns as f64 / 1e3),
-        _ => format!("{:.1} ms", ns as f64 / 1e6),
-    }
-}
-
-fn format_rate(per_sec: f64) -> String {
-    if per_sec >= 1e6 {
-        format!("{:.2} M", per_sec / 1e6)
-    } else if per_sec >= 1e4 {
-        format!("{:.0} k", per_sec / 1e3)
-    } else {
-        format!("{per_sec:.0}")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bad_options_are_refused_with_what_to_do() {
-        let with = |f: fn(&mut Options)| {
-            let mut o = Options::default();
-            f(&mut o);
-            check(&o).err().unwrap_or_default()
-        };
-        assert!(with(|o| o.count = 0).contains("--count"));
-        assert!(with(|o| o.transports = vec!["pigeon".into()]).contains("available: uds"));
-        let too_big = with(|o| {
-            o.transports = vec!["udp".into()];
-            o.size = 100_000;
-        });
-        assert!(too_big.contains("65507"), "{too_big}");
-    }
-
-    #[test]
-    fn table_and_csv_carry_every_row() {
-        let mut ok = Row::new("uds", "ipckit", 64);
-        ok.rtt_median_ns = Some(12_345);
-        ok.gb_per_sec = Some(1.5);
-        let broken = Row::new("tcp", "baseline", 64).failed("failed", "it \"broke\"".into());
-        let rows = [ok, broken];
-        let table = table(&rows);
-        assert!(table.contains("12.3 µs") && table.contains("failed: it \"broke\""));
-        let csv = csv(&rows);
-        assert_eq!(csv.lines().count(), 3);
-        assert!(csv.contains(",\"it \"\"broke\"\"\","));
-    }
 }
 
 /// One point of a scaling run (`--scaling`): a transport at one message size or one
@@ -805,57 +660,6 @@ fn scale_point(
     point
 }
 
-/// A scaling run as an aligned table.
-pub fn scaling_table(points: &[ScalePoint]) -> String {
-    let mut out = format!(
-        "{:<9} {:>8} {:>10} {:>10} {:>10} {:>12} {:>8}  note\n",
-        "transport", "axis", "x", "rtt p50", "p99", "rtt/s", "GB/s"
-    );
-    for p in points {
-        let ns = |v: Option<u64>| v.map_or("-".to_owned(), format_duration);
-        out.push_str(
-            format!(
-                "{:<9} {:>8} {:>10} {:>10} {:>10} {:>12} {:>8}  {}\n",
-                p.transport,
-                p.axis,
-                p.x,
-                ns(p.rtt_median_ns),
-                ns(p.rtt_p99_ns),
-                p.round_trips_per_sec.map_or("-".into(), format_rate),
-                p.gb_per_sec.map_or("-".into(), |g| format!("{g:.3}")),
-                p.reason
-                    .as_deref()
-                    .map_or(String::new(), |r| format!("failed: {r}")),
-            )
-            .trim_end(),
-        );
-        out.push('\n');
-    }
-    out
-}
-
-/// A scaling run as CSV.
-pub fn scaling_csv(points: &[ScalePoint]) -> String {
-    let mut out = String::from(
-        "transport,axis,x,status,reason,rtt_median_ns,rtt_p99_ns,round_trips_per_sec,gb_per_sec\n",
-    );
-    for p in points {
-        out.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{}\n",
-            p.transport,
-            p.axis,
-            p.x,
-            p.status,
-            quoted(p.reason.as_deref()),
-            cell(p.rtt_median_ns),
-            cell(p.rtt_p99_ns),
-            fixed(p.round_trips_per_sec, 0),
-            fixed(p.gb_per_sec, 4),
-        ));
-    }
-    out
-}
-
 /// What the run was measured on, for the report.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Machine {
@@ -865,10 +669,16 @@ pub struct Machine {
     pub cpus: usize,
     /// The kernel release.
     pub kernel: String,
+    /// Where the client and the servers ran ([`placement`](crate::placement)).
+    pub placement: String,
+    /// The CPU the client ran on.
+    pub client_cpu: usize,
+    /// The CPU the servers ran on.
+    pub server_cpu: usize,
 }
 
 impl Machine {
-    /// This machine.
+    /// This machine, and the CPUs of this run.
     pub fn here() -> Machine {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let cpu = cpuinfo
@@ -882,10 +692,35 @@ impl Machine {
             .unwrap_or_default()
             .trim()
             .to_owned();
+        let allowed = crate::allowed_cpus();
         Machine {
             cpu,
             cpus: crate::online_cpus(),
             kernel,
+            placement: crate::placement(),
+            client_cpu: allowed[0],
+            server_cpu: allowed[1 % allowed.len()],
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_options_are_refused_with_what_to_do() {
+        let with = |f: fn(&mut Options)| {
+            let mut o = Options::default();
+            f(&mut o);
+            check(&o).err().unwrap_or_default()
+        };
+        assert!(with(|o| o.count = 0).contains("--count"));
+        assert!(with(|o| o.transports = vec!["pigeon".into()]).contains("available: uds"));
+        let too_big = with(|o| {
+            o.transports = vec!["udp".into()];
+            o.size = 100_000;
+        });
+        assert!(too_big.contains("65507"), "{too_big}");
     }
 }

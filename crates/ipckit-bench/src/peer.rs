@@ -11,7 +11,8 @@ use crate::{pin_to, raw};
 /// Set in a peer's environment to its role.
 pub const PEER_ENV: &str = "IPCKIT_BENCH_PEER";
 
-/// When this process was started as a peer, plays the role (on CPU 1) and returns true;
+/// When this process was started as a peer, plays the role (on the second of its run's
+/// CPUs, see [`pin_to`]) and returns true;
 /// the caller then exits. `extra` handles roles that only one program knows.
 ///
 /// ```no_run
@@ -37,8 +38,10 @@ pub fn run_if_peer(extra: impl FnOnce(&str, &str) -> bool) -> bool {
             std::process::exit(0);
         });
     }
-    if let Some(scheme) = role.strip_prefix("raw:") {
-        raw::serve(scheme, &address);
+    if let Some(spec) = role.strip_prefix("raw:") {
+        // raw:SCHEME or raw:SCHEME:SIZE
+        let (scheme, size) = spec.split_once(':').unwrap_or((spec, ""));
+        raw::serve(scheme, &address, size.parse().unwrap_or(raw::SIZE));
     } else if let Some(spec) = role.strip_prefix("rawsink:") {
         // rawsink:SCHEME:SIZE:COUNT
         let mut parts = spec.split(':');
@@ -208,8 +211,13 @@ impl Peer {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn start(role: &str, address: &str) -> std::io::Result<Peer> {
+        let cpus: Vec<String> = crate::allowed_cpus()
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
         let mut child = Command::new(std::env::current_exe()?)
             .env(PEER_ENV, role)
+            .env(crate::CPUS_ENV, cpus.join(","))
             .arg(address)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -9,7 +9,7 @@ use std::os::unix::net::{SocketAddr, UnixDatagram, UnixListener, UnixStream};
 
 use crate::raw_shm;
 
-/// Bytes in each hand-written message.
+/// Bytes in each hand-written message, unless a run asks for another size.
 pub const SIZE: usize = 64;
 
 /// Whether there is a hand-written baseline for `scheme`.
@@ -25,10 +25,11 @@ pub fn has_baseline(scheme: &str) -> bool {
     )
 }
 
-/// Runs the hand-written echo server of `scheme` at `address`: prints the address
-/// clients should use, then serves one client until it goes away.
-pub fn serve(scheme: &str, address: &str) {
-    let mut buf = [0u8; SIZE];
+/// Runs the hand-written echo server of `scheme` at `address` for messages of `size`
+/// bytes: prints the address clients should use, then serves one client until it goes
+/// away.
+pub fn serve(scheme: &str, address: &str, size: usize) {
+    let mut buf = vec![0u8; size];
     match scheme {
         "uds" => {
             let listener = UnixListener::bind(address).expect("bind");
@@ -62,7 +63,8 @@ pub fn serve(scheme: &str, address: &str) {
             }
         }
         "mq" => {
-            let (requests, replies) = raw_queues(address);
+            // The server comes first: queues left with another size are replaced.
+            let (requests, replies) = queues_of(address, size, true);
             println!("{address}");
             let mut priority = 0;
             while let Ok(n) = nix::mqueue::mq_receive(&requests, &mut buf, &mut priority) {
@@ -87,7 +89,7 @@ pub fn serve(scheme: &str, address: &str) {
             } else {
                 raw_shm::Framing::Records
             };
-            let rings = raw_shm::Rings::open(address, true, framing);
+            let rings = raw_shm::Rings::open(address, true, framing, size);
             println!("{address}");
             rings.serve()
         }
@@ -106,11 +108,6 @@ pub(crate) fn raw_fifos(address: &str) -> (String, String) {
         );
     }
     (requests, replies)
-}
-
-/// The two queues of the hand-written mq ping-pong: requests and replies.
-pub(crate) fn raw_queues(address: &str) -> (nix::mqueue::MqdT, nix::mqueue::MqdT) {
-    queues_of(address, SIZE, false)
 }
 
 /// The request and reply queues at `address`, for messages of `size` bytes; `fresh`
@@ -139,10 +136,11 @@ fn queues_of(address: &str, size: usize, fresh: bool) -> (nix::mqueue::MqdT, nix
     (open("req"), open("rep"))
 }
 
-/// The hand-written client of each baseline: one write or send, one read or recv.
-pub fn client(scheme: &str, address: &str) -> Box<dyn FnMut()> {
-    let payload = [7u8; SIZE];
-    let mut buf = [0u8; SIZE];
+/// The hand-written client of each baseline, for messages of `size` bytes (as its server
+/// was started with): one write or send, one read or recv.
+pub fn client(scheme: &str, address: &str, size: usize) -> Box<dyn FnMut()> {
+    let payload = vec![7u8; size];
+    let mut buf = vec![0u8; size];
     match scheme {
         "uds" => {
             let mut s = UnixStream::connect(address).unwrap();
@@ -178,7 +176,7 @@ pub fn client(scheme: &str, address: &str) -> Box<dyn FnMut()> {
             })
         }
         "mq" => {
-            let (requests, replies) = raw_queues(address);
+            let (requests, replies) = queues_of(address, size, false);
             Box::new(move || {
                 nix::mqueue::mq_send(&requests, &payload, 0).unwrap();
                 nix::mqueue::mq_receive(&replies, &mut buf, &mut 0).unwrap();
@@ -191,9 +189,11 @@ pub fn client(scheme: &str, address: &str) -> Box<dyn FnMut()> {
                 replies.read_exact(&mut buf).unwrap();
             })
         }
-        "shm" => Box::new(raw_shm::Rings::open(address, false, raw_shm::Framing::Slots).client()),
+        "shm" => {
+            Box::new(raw_shm::Rings::open(address, false, raw_shm::Framing::Slots, size).client())
+        }
         "shm-records" => {
-            Box::new(raw_shm::Rings::open(address, false, raw_shm::Framing::Records).client())
+            Box::new(raw_shm::Rings::open(address, false, raw_shm::Framing::Records, size).client())
         }
         other => panic!("no baseline for {other}"),
     }

@@ -1,6 +1,7 @@
 //! The hardware floor for shared memory: a bare busy-spin ping-pong over two
-//! single-producer/single-consumer rings of fixed 64-byte slots in a shared mapping. No
-//! framing, no wake-ups, no checks: what any shared-memory IPC costs at the least.
+//! single-producer/single-consumer rings of fixed-size slots (64 bytes, one cache line,
+//! unless a run asks for another size) in a shared mapping. No framing, no wake-ups, no
+//! checks: what any shared-memory IPC costs at the least.
 //!
 //! The same ping-pong can also frame its messages as ipckit does ([`Framing::Records`]),
 //! so that a run shows what the record format alone costs, apart from any software.
@@ -9,15 +10,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 const SLOTS: usize = 64;
-/// Bytes in a message.
+/// Bytes in a message, unless a run asks for another size.
 pub const SLOT: usize = 64;
+/// The most a ring's slots take: large messages get fewer slots (a ping-pong has one
+/// message in flight), not a mapping of 64 of them.
+const RING_BYTES: usize = 4 << 20;
 /// Bytes in an ipckit record header (`ipckit`'s shm ring: length, kind, flags, id).
 const HEADER: usize = 16;
 
-/// How a bare ring lays out its 64-byte messages.
+/// How a bare ring lays out its messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Framing {
-    /// A 64-byte slot per message: each message is exactly one cache line.
+    /// A slot per message, whole cache lines: a 64-byte message is exactly one line.
     Slots,
     /// As ipckit's shm rings frame them: a 16-byte header before the payload, records
     /// one after the other at 16-byte alignment, so that a 64-byte message spans two
@@ -26,21 +30,23 @@ pub enum Framing {
 }
 
 impl Framing {
-    fn stride(self) -> usize {
+    /// Bytes from one message of `size` bytes to the next.
+    fn stride(self, size: usize) -> usize {
         match self {
-            Framing::Slots => SLOT,
-            Framing::Records => HEADER + SLOT,
+            Framing::Slots => size.next_multiple_of(64),
+            Framing::Records => HEADER + size.next_multiple_of(HEADER),
         }
     }
 }
 
+/// A ring's counters, each on a line (a pair of lines, for the prefetcher) of its own;
+/// the slots follow them in the mapping.
 #[repr(C, align(128))]
-struct Ring {
+struct Counters {
     tail: AtomicU64,
     _tail_line: [u8; 120],
     head: AtomicU64,
     _head_line: [u8; 120],
-    data: [u8; SLOTS * (HEADER + SLOT)],
 }
 
 /// Maps `len` bytes of `/dev/shm/NAME`, created (zeroed) when `create`. The mapping lives
@@ -77,59 +83,72 @@ fn map(name: &str, len: usize, create: bool) -> *mut u8 {
 /// The mapping: requests, then replies.
 ///
 /// ```no_run
-/// use ipckit_bench::raw_shm::{Framing, Rings};
-/// let server = std::thread::spawn(|| Rings::open("doc-raw", true, Framing::Slots).serve());
-/// let mut round_trip = Rings::open("doc-raw", false, Framing::Slots).client();
+/// use ipckit_bench::raw_shm::{Framing, Rings, SLOT};
+/// let server =
+///     std::thread::spawn(|| Rings::open("doc-raw", true, Framing::Slots, SLOT).serve());
+/// let mut round_trip = Rings::open("doc-raw", false, Framing::Slots, SLOT).client();
 /// round_trip();
 /// ```
 pub struct Rings {
-    ptr: *mut Ring,
+    ptr: *mut u8,
     framing: Framing,
+    /// Bytes in a message.
+    size: usize,
+    /// Slots in each ring.
+    slots: usize,
+    /// Bytes from one ring's counters to the next's.
+    ring_len: usize,
 }
 
 impl Rings {
-    /// Maps `/dev/shm/NAME`, creating it when `create`; both sides must use the same
-    /// framing.
-    pub fn open(name: &str, create: bool, framing: Framing) -> Rings {
+    /// Maps `/dev/shm/NAME` for messages of `size` bytes, creating it when `create`;
+    /// both sides must use the same framing and size.
+    pub fn open(name: &str, create: bool, framing: Framing, size: usize) -> Rings {
+        let stride = framing.stride(size.max(1));
+        let slots = (RING_BYTES / stride).clamp(1, SLOTS);
+        let ring_len = (size_of::<Counters>() + slots * stride).next_multiple_of(128);
         Rings {
-            ptr: map(name, 2 * size_of::<Ring>(), create).cast(),
+            ptr: map(name, 2 * ring_len, create),
             framing,
+            size,
+            slots,
+            ring_len,
         }
     }
 
-    fn ring(&self, i: usize) -> &Ring {
-        // SAFETY: the mapping holds two rings and lives as long as the process.
-        unsafe { &*self.ptr.add(i) }
+    fn ring(&self, i: usize) -> &Counters {
+        // SAFETY: the mapping holds two rings, each starting 128-aligned (a page-aligned
+        // mapping, `ring_len` a multiple of 128) with its counters, and lives as long as
+        // the process.
+        unsafe { &*self.ptr.add(i * self.ring_len).cast::<Counters>() }
     }
 
     /// Where message number `n` of ring `ring` lies.
     fn message(&self, ring: usize, n: u64) -> *mut u8 {
-        // SAFETY: the mapping holds two rings; the offset is less than SLOTS strides,
-        // which `data` holds.
-        unsafe {
-            std::ptr::addr_of_mut!((*self.ptr.add(ring)).data)
-                .cast::<u8>()
-                .add(n as usize % SLOTS * self.framing.stride())
-        }
+        let offset =
+            size_of::<Counters>() + n as usize % self.slots * self.framing.stride(self.size);
+        // SAFETY: the mapping holds two rings of `ring_len` bytes, each the counters and
+        // `slots` strides.
+        unsafe { self.ptr.add(ring * self.ring_len + offset) }
     }
 
-    fn send(&self, ring: usize, tail: &mut u64, bytes: &[u8; SLOT]) {
+    fn send(&self, ring: usize, tail: &mut u64, bytes: &[u8]) {
+        debug_assert_eq!(bytes.len(), self.size);
         let r = self.ring(ring);
-        while *tail - r.head.load(Ordering::Acquire) == SLOTS as u64 {
-            std::hint::spin_loop();
-        }
+        spin_until(|| *tail - r.head.load(Ordering::Acquire) < self.slots as u64);
         let at = self.message(ring, *tail);
-        // SAFETY: the slot lies between head and tail + SLOTS: only the producer touches
-        // it, and `stride` bytes from `at` lie inside `data`.
+        // SAFETY: the slot lies between head and tail + slots: only the producer touches
+        // it, and `stride` bytes from `at` lie inside the ring.
         unsafe {
-            match self.framing {
-                Framing::Slots => at.cast::<[u8; SLOT]>().write_unaligned(*bytes),
+            let payload = match self.framing {
+                Framing::Slots => at,
                 Framing::Records => {
-                    let header = [SLOT as u64, *tail];
+                    let header = [self.size as u64, *tail];
                     at.cast::<[u64; 2]>().write_unaligned(header);
-                    at.add(HEADER).cast::<[u8; SLOT]>().write_unaligned(*bytes);
+                    at.add(HEADER)
                 }
-            }
+            };
+            copy_in(payload, bytes);
         }
         *tail += 1;
         r.tail.store(*tail, Ordering::Release);
@@ -139,7 +158,7 @@ impl Rings {
         self.ring(ring).tail.load(Ordering::Acquire) != head
     }
 
-    fn try_recv(&self, ring: usize, head: &mut u64, out: &mut [u8; SLOT]) -> bool {
+    fn try_recv(&self, ring: usize, head: &mut u64, out: &mut [u8]) -> bool {
         let r = self.ring(ring);
         if r.tail.load(Ordering::Acquire) == *head {
             return false;
@@ -147,17 +166,18 @@ impl Rings {
         let at = self.message(ring, *head);
         // SAFETY: published by the tail store (Acquire above); the producer does not
         // reuse it before head moves past it. In bounds as in `send`.
-        *out = unsafe {
-            match self.framing {
-                Framing::Slots => at.cast::<[u8; SLOT]>().read_unaligned(),
+        unsafe {
+            let payload = match self.framing {
+                Framing::Slots => at,
                 Framing::Records => {
                     // The header is read, as a receiver must; the payload's place does
                     // not depend on it, so both lines are fetched at once.
                     std::hint::black_box(at.cast::<[u64; 2]>().read_unaligned());
-                    at.add(HEADER).cast::<[u8; SLOT]>().read_unaligned()
+                    at.add(HEADER)
                 }
-            }
-        };
+            };
+            copy_out(out, payload);
+        }
         *head += 1;
         r.head.store(*head, Ordering::Release);
         true
@@ -167,7 +187,7 @@ impl Rings {
     /// steal the core from a contender measured in between.
     pub fn serve(&self) -> ! {
         let (mut head, mut tail) = (0, 0);
-        let mut buf = [0u8; SLOT];
+        let mut buf = vec![0u8; self.size];
         let mut idle_since = Instant::now();
         let mut spins = 0u32;
         loop {
@@ -180,7 +200,12 @@ impl Rings {
             spins += 1;
             if spins == 1 {
                 idle_since = Instant::now();
-            } else if spins % 1024 == 0 && idle_since.elapsed() > Duration::from_micros(200) {
+            } else if spins % 1024 == 0 {
+                // The client may share this CPU (taskset -c 0): it runs if it can.
+                std::thread::yield_now();
+                if idle_since.elapsed() <= Duration::from_micros(200) {
+                    continue;
+                }
                 // Idle: nap, and look again after each nap without spinning.
                 while !self.ready(0, head) {
                     std::thread::sleep(Duration::from_micros(50));
@@ -192,19 +217,60 @@ impl Rings {
     /// A client's round trip.
     pub fn client(self) -> impl FnMut() {
         let (mut head, mut tail) = (0, 0);
-        let payload = [7u8; SLOT];
-        let mut buf = [0u8; SLOT];
+        let payload = vec![7u8; self.size];
+        let mut buf = vec![0u8; self.size];
         move || {
             self.send(0, &mut tail, &payload);
-            while !self.try_recv(1, &mut head, &mut buf) {
-                std::hint::spin_loop();
-            }
+            spin_until(|| self.try_recv(1, &mut head, &mut buf));
         }
     }
 }
 
 // SAFETY: the mapping is shared memory guarded by the ring protocol.
 unsafe impl Send for Rings {}
+
+/// Spins until `ready`; after many fruitless spins, yields at each, so that a peer that
+/// shares the CPU (`taskset -c 0`, `--cpus 0`) runs rather than waiting out a time slice.
+/// On cores of their own, an answer comes long before.
+fn spin_until(mut ready: impl FnMut() -> bool) {
+    let mut spins = 0u32;
+    while !ready() {
+        std::hint::spin_loop();
+        spins = spins.saturating_add(1);
+        if spins > 4096 {
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// Copies `bytes` to `to`; a 64-byte message as one fixed-size move, as the floor's
+/// one-line message has always been copied, so that the default size measures the same.
+///
+/// # Safety
+/// `to` is valid for `bytes.len()` bytes of writes.
+unsafe fn copy_in(to: *mut u8, bytes: &[u8]) {
+    // SAFETY: the caller's promise.
+    unsafe {
+        match <&[u8; SLOT]>::try_from(bytes) {
+            Ok(line) => to.cast::<[u8; SLOT]>().write_unaligned(*line),
+            Err(_) => std::ptr::copy_nonoverlapping(bytes.as_ptr(), to, bytes.len()),
+        }
+    }
+}
+
+/// Copies `out.len()` bytes from `from` into `out`, as [`copy_in`] does.
+///
+/// # Safety
+/// `from` is valid for `out.len()` bytes of reads.
+unsafe fn copy_out(out: &mut [u8], from: *const u8) {
+    // SAFETY: the caller's promise.
+    unsafe {
+        match <&mut [u8; SLOT]>::try_from(&mut *out) {
+            Ok(line) => *line = from.cast::<[u8; SLOT]>().read_unaligned(),
+            Err(_) => std::ptr::copy_nonoverlapping(from, out.as_mut_ptr(), out.len()),
+        }
+    }
+}
 
 /// The floor for streaming: a bare ring of fixed-size slots in shared memory, filled with
 /// memcpy by one process and emptied with memcpy by another, both spinning.
@@ -220,14 +286,15 @@ const STREAM_HEADER: usize = 256;
 unsafe impl Send for Stream {}
 
 impl Stream {
-    /// Maps `/dev/shm/NAME` with room for `bytes` of `slot`-byte slots, creating it when
-    /// `create`.
+    /// Maps `/dev/shm/NAME` with room for `bytes` of `slot`-byte slots (one slot at
+    /// least, however large), creating it when `create`.
     pub fn open(name: &str, bytes: usize, slot: usize, create: bool) -> Stream {
-        let ptr = map(name, STREAM_HEADER + bytes, create);
+        let slots = (bytes / slot).max(1);
+        let ptr = map(name, STREAM_HEADER + slots * slot, create);
         Stream {
             ptr: ptr.cast(),
             slot,
-            slots: (bytes / slot).max(1),
+            slots,
         }
     }
 
@@ -249,9 +316,7 @@ impl Stream {
         assert_eq!(source.len(), self.slot);
         let (tail, head) = (self.counter(0), self.counter(1));
         for n in 0..count {
-            while n - head.load(Ordering::Acquire) == self.slots as u64 {
-                std::hint::spin_loop();
-            }
+            spin_until(|| n - head.load(Ordering::Acquire) < self.slots as u64);
             // SAFETY: slot `n` is free (the consumer is past it) until the tail moves.
             unsafe { std::ptr::copy_nonoverlapping(source.as_ptr(), self.slot(n), self.slot) };
             tail.store(n + 1, Ordering::Release);
@@ -263,9 +328,7 @@ impl Stream {
         assert_eq!(sink.len(), self.slot);
         let (tail, head) = (self.counter(0), self.counter(1));
         for n in 0..count {
-            while tail.load(Ordering::Acquire) == n {
-                std::hint::spin_loop();
-            }
+            spin_until(|| tail.load(Ordering::Acquire) != n);
             // SAFETY: slot `n` was published by the tail store (Acquire above).
             unsafe { std::ptr::copy_nonoverlapping(self.slot(n), sink.as_mut_ptr(), self.slot) };
             head.store(n + 1, Ordering::Release);

@@ -157,6 +157,10 @@ pub struct Bench {
     /// Also measure as messages grow from 16 B to 16 MiB and clients from 1 to 64
     #[arg(long)]
     pub scaling: bool,
+    /// Run on these CPUs, as taskset -c lists them (e.g. 2,3): the client on the first,
+    /// the servers on the second. By default, the CPUs the command may use (taskset's)
+    #[arg(long, value_name = "LIST")]
+    pub cpus: Option<String>,
 }
 
 /// How `send` cuts standard input into messages: by lines unless told otherwise.

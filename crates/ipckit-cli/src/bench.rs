@@ -14,8 +14,13 @@ pub fn run(bench: Bench) -> CliResult {
         csv,
         chart,
         scaling,
+        cpus,
     } = bench;
     use ipckit_bench::harness;
+    // Refused before the run, rather than after measuring what it cannot keep.
+    if let Some(path) = &chart {
+        ipckit_bench::chart::check_path(path)?;
+    }
     let signals = block_stop_signals()?;
     // Once the run is abandoned, its own thread fails or panics as its servers
     // go: it waits, silent, while the signal's thread cleans up and exits 0.
@@ -32,11 +37,16 @@ pub fn run(bench: Bench) -> CliResult {
             std::process::exit(0);
         }
     });
+    let cpus = match cpus {
+        Some(list) => ipckit_bench::parse_cpus(&list).map_err(|e| format!("--cpus: {e}"))?,
+        None => Vec::new(),
+    };
     let options = harness::Options {
         transports,
         size,
         count,
         quick,
+        cpus,
     };
     let per_transport = 3 + if scaling { 11 } else { 0 };
     let steps = harness::check(&options)?.len() as u64 * per_transport;
@@ -74,8 +84,8 @@ pub fn run(bench: Bench) -> CliResult {
     } else {
         let machine = harness::Machine::here();
         println!(
-            "{} CPUs ({}), Linux {}; client on CPU 0, servers on CPU 1\n",
-            machine.cpus, machine.cpu, machine.kernel
+            "{} CPUs ({}), Linux {}; {}\n",
+            machine.cpus, machine.cpu, machine.kernel, machine.placement
         );
         print!("{}", harness::table(&rows));
         if scaling {

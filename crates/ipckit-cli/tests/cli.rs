@@ -1163,3 +1163,85 @@ fn listen_prints_lines_echoed_into_a_line_framed_fifo() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(stdout(&out), "hi\ntwo\nthree\n");
 }
+
+// --- ipckit bench: options honoured and checked before the run ---
+
+/// A short `ipckit bench` over `transports`, with `args` added.
+fn short_bench(transports: &str, args: &[&str]) -> Output {
+    let base = [
+        "bench",
+        "--quick",
+        "--count",
+        "100",
+        "--transports",
+        transports,
+    ];
+    ipckit(&[&base[..], args].concat())
+}
+
+#[test]
+fn bench_refuses_a_bad_chart_path_before_the_run() {
+    let dir = Scratch::new("bench-chart");
+    let missing = dir.0.join("no-such-dir").join("bench.svg");
+    for (path, says) in [
+        (dir.0.join("bench.png"), "must end in .svg"),
+        (dir.0.clone(), "is a directory"),
+        (missing, "does not exist"),
+    ] {
+        let out = short_bench("uds", &["--chart", path.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{path:?} was accepted");
+        assert!(stderr.contains(says), "{path:?}: {stderr}");
+        // Nothing measured: the run did not start.
+        assert!(out.stdout.is_empty(), "{path:?} ran: {}", stdout(&out));
+    }
+}
+
+#[test]
+fn bench_keeps_the_baselines_at_any_size() {
+    let all = "uds,tcp,udp,unixgram,fifo,mq,shm";
+    let out = short_bench(all, &["--size", "1024", "--csv"]);
+    assert!(out.status.success(), "{out:?}");
+    let csv = stdout(&out);
+    for scheme in all.split(',') {
+        let row = format!("{scheme},baseline,ok,,1024,");
+        assert!(csv.contains(&row), "no {row} in\n{csv}");
+    }
+}
+
+#[test]
+fn bench_keeps_the_cpus_taskset_allows_and_says_so() {
+    let out = Command::new("taskset")
+        .args(["-c", "0", IPCKIT, "bench", "--quick", "--count", "100"])
+        .args(["--transports", "uds,shm"])
+        .output()
+        .expect("taskset (util-linux)");
+    assert!(out.status.success(), "{out:?}");
+    let header = stdout(&out).lines().next().unwrap_or_default().to_owned();
+    assert!(
+        header.contains("client and servers on CPU 0"),
+        "under taskset -c 0: {header}"
+    );
+    // --cpus chooses among the CPUs allowed, and refuses others.
+    let out = short_bench("uds", &["--cpus", "0"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout(&out).contains("client and servers on CPU 0, of 0 (--cpus)"));
+    let out = Command::new("taskset")
+        .args([
+            "-c",
+            "0",
+            IPCKIT,
+            "bench",
+            "--cpus",
+            "1",
+            "--transports",
+            "uds",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("CPU 1 is not one this process may use (0)"),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,314 @@
+//! The figures of `ipckit bench` as text: aligned tables, each column of figures in one
+//! unit named in its header, and CSV.
+
+use crate::harness::{Row, STREAM_SIZE, ScalePoint};
+
+/// The results as an aligned table, each column of figures in one unit, named in its
+/// header.
+pub fn table(rows: &[Row]) -> String {
+    let nanos = |get: fn(&Row) -> Option<u64>| {
+        rows.iter()
+            .map(|r| get(r).map(|n| n as f64))
+            .collect::<Vec<_>>()
+    };
+    let columns = [
+        column("rtt p50", &nanos(|r| r.rtt_median_ns), &DURATION),
+        column("p99", &nanos(|r| r.rtt_p99_ns), &DURATION),
+        column("p99.9", &nanos(|r| r.rtt_p999_ns), &DURATION),
+        fixed_column("ratio", rows.iter().map(|r| r.ratio), 2),
+        column("cpu/rtt", &nanos(|r| r.cpu_ns_per_rtt), &DURATION),
+        column(
+            "msg/s",
+            &rows.iter().map(|r| r.msgs_per_sec).collect::<Vec<_>>(),
+            &RATE,
+        ),
+        fixed_column("GB/s", rows.iter().map(|r| r.gb_per_sec), 2),
+    ];
+    let mut lines: Vec<Vec<String>> = vec![
+        ["transport", "variant"]
+            .into_iter()
+            .map(String::from)
+            .chain(columns.iter().map(|c| c.0.clone()))
+            .chain(["note".to_owned()])
+            .collect(),
+    ];
+    for (i, row) in rows.iter().enumerate() {
+        let note = match (&row.reason, row.stream_size) {
+            (Some(reason), _) => format!("{}: {reason}", row.status),
+            (None, s) if s > 0 && s < STREAM_SIZE => format!("GB/s with {s}-byte messages"),
+            _ => String::new(),
+        };
+        lines.push(
+            [row.transport.clone(), row.variant.to_owned()]
+                .into_iter()
+                .chain(columns.iter().map(|c| c.1[i].clone()))
+                .chain([note])
+                .collect(),
+        );
+    }
+    aligned(&lines, 2)
+}
+
+/// `lines` as a table: the first `names` columns and the last left-aligned, the figures
+/// between right-aligned, two spaces apart.
+fn aligned(lines: &[Vec<String>], names: usize) -> String {
+    let count = lines.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..count)
+        .map(|c| {
+            lines
+                .iter()
+                .map(|l| l[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for line in lines {
+        let cells: Vec<String> = line
+            .iter()
+            .enumerate()
+            .map(|(c, cell)| {
+                if c < names || c == count - 1 {
+                    format!("{cell:<w$}", w = widths[c])
+                } else {
+                    format!("{cell:>w$}", w = widths[c])
+                }
+            })
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Units of time, from nanoseconds.
+const DURATION: [(f64, &str); 4] = [(1.0, "ns"), (1e3, "µs"), (1e6, "ms"), (1e9, "s")];
+/// Units of a rate, from one per second.
+const RATE: [(f64, &str); 3] = [(1.0, ""), (1e3, "k"), (1e6, "M")];
+
+/// A column of figures in one unit: the smallest of `units` (scale, name; ascending) in
+/// which the column's largest value is under a million (so that a scaling run's 3 µs and
+/// 500 ms both keep their digits), with the decimals that give its smallest value three
+/// significant digits (at most three). The header names the unit; an absent value is `-`.
+///
+/// ```text
+/// [850 ns, 12.3 µs, 2.5 ms] -> "rtt p50 (µs)": 0.850, 12.345, 2500.000
+/// ```
+fn column(name: &str, values: &[Option<f64>], units: &[(f64, &str)]) -> (String, Vec<String>) {
+    let present = || values.iter().flatten().copied();
+    let largest = present().fold(0.0, f64::max);
+    let (scale, unit) = units
+        .iter()
+        .copied()
+        .find(|&(scale, _)| largest / scale < 1e6)
+        .unwrap_or(units[units.len() - 1]);
+    let smallest = present().filter(|&v| v > 0.0).fold(f64::INFINITY, f64::min) / scale;
+    let decimals = if smallest.is_finite() {
+        (2 - smallest.log10().floor() as i32).clamp(0, 3) as usize
+    } else {
+        0
+    };
+    let header = if unit.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{name} ({unit})")
+    };
+    let cells = values
+        .iter()
+        .map(|v| v.map_or("-".to_owned(), |v| format!("{:.decimals$}", v / scale)))
+        .collect();
+    (header, cells)
+}
+
+/// A column of figures with a fixed number of decimals, in the unit its name says.
+fn fixed_column(
+    name: &str,
+    values: impl Iterator<Item = Option<f64>>,
+    decimals: usize,
+) -> (String, Vec<String>) {
+    let cells = values
+        .map(|v| v.map_or("-".to_owned(), |v| format!("{v:.decimals$}")))
+        .collect();
+    (name.to_owned(), cells)
+}
+
+/// The results as CSV, one row per line, with a header; every figure of the table.
+pub fn csv(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "transport,variant,status,reason,size,rtt_median_ns,rtt_p99_ns,rtt_p999_ns,ratio,cpu_ns_per_rtt,msgs_per_sec,msgs_ratio,stream_size,gb_per_sec,gb_ratio\n",
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            r.transport,
+            r.variant,
+            r.status,
+            quoted(r.reason.as_deref()),
+            r.size,
+            cell(r.rtt_median_ns),
+            cell(r.rtt_p99_ns),
+            cell(r.rtt_p999_ns),
+            fixed(r.ratio, 4),
+            cell(r.cpu_ns_per_rtt),
+            fixed(r.msgs_per_sec, 0),
+            fixed(r.msgs_ratio, 4),
+            r.stream_size,
+            fixed(r.gb_per_sec, 4),
+            fixed(r.gb_ratio, 4),
+        ));
+    }
+    out
+}
+
+/// A CSV text field, always quoted; empty when absent.
+fn quoted(text: Option<&str>) -> String {
+    text.map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
+        .unwrap_or_default()
+}
+
+/// A CSV number; empty when absent.
+fn cell(n: Option<u64>) -> String {
+    n.map(|n| n.to_string()).unwrap_or_default()
+}
+
+/// A CSV number with `digits` decimals; empty when absent.
+fn fixed(x: Option<f64>, digits: usize) -> String {
+    x.map(|x| format!("{x:.digits$}")).unwrap_or_default()
+}
+
+/// A scaling run as an aligned table, each column of figures in one unit, named in its
+/// header.
+pub fn scaling_table(points: &[ScalePoint]) -> String {
+    let nanos = |get: fn(&ScalePoint) -> Option<u64>| {
+        points
+            .iter()
+            .map(|p| get(p).map(|n| n as f64))
+            .collect::<Vec<_>>()
+    };
+    let columns = [
+        column("rtt p50", &nanos(|p| p.rtt_median_ns), &DURATION),
+        column("p99", &nanos(|p| p.rtt_p99_ns), &DURATION),
+        column(
+            "rtt/s",
+            &points
+                .iter()
+                .map(|p| p.round_trips_per_sec)
+                .collect::<Vec<_>>(),
+            &RATE,
+        ),
+        fixed_column("GB/s", points.iter().map(|p| p.gb_per_sec), 3),
+    ];
+    let mut lines: Vec<Vec<String>> = vec![
+        ["transport", "axis", "x"]
+            .into_iter()
+            .map(String::from)
+            .chain(columns.iter().map(|c| c.0.clone()))
+            .chain(["note".to_owned()])
+            .collect(),
+    ];
+    for (i, p) in points.iter().enumerate() {
+        let note = p
+            .reason
+            .as_deref()
+            .map_or(String::new(), |r| format!("failed: {r}"));
+        lines.push(
+            [p.transport.clone(), p.axis.to_owned(), p.x.to_string()]
+                .into_iter()
+                .chain(columns.iter().map(|c| c.1[i].clone()))
+                .chain([note])
+                .collect(),
+        );
+    }
+    aligned(&lines, 2)
+}
+
+/// A scaling run as CSV.
+pub fn scaling_csv(points: &[ScalePoint]) -> String {
+    let mut out = String::from(
+        "transport,axis,x,status,reason,rtt_median_ns,rtt_p99_ns,round_trips_per_sec,gb_per_sec\n",
+    );
+    for p in points {
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{}\n",
+            p.transport,
+            p.axis,
+            p.x,
+            p.status,
+            quoted(p.reason.as_deref()),
+            cell(p.rtt_median_ns),
+            cell(p.rtt_p99_ns),
+            fixed(p.round_trips_per_sec, 0),
+            fixed(p.gb_per_sec, 4),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::harness::{Row, ScalePoint};
+
+    #[test]
+    fn table_and_csv_carry_every_row() {
+        let mut ok = Row::new("uds", "ipckit", 64);
+        ok.rtt_median_ns = Some(12_345);
+        ok.gb_per_sec = Some(1.5);
+        let broken = Row::new("tcp", "baseline", 64).failed("failed", "it \"broke\"".into());
+        let rows = [ok, broken];
+        let table = table(&rows);
+        assert!(table.contains("12345") && table.contains("failed: it \"broke\""));
+        let csv = csv(&rows);
+        assert_eq!(csv.lines().count(), 3);
+        assert!(csv.contains(",\"it \"\"broke\"\"\","));
+    }
+
+    #[test]
+    fn a_column_keeps_one_unit() {
+        let ns = [Some(850.0), None, Some(12_345.0), Some(2_500_000.0)];
+        let (header, cells) = column("rtt p50", &ns, &DURATION);
+        assert_eq!(header, "rtt p50 (µs)");
+        assert_eq!(cells, ["0.850", "-", "12.345", "2500.000"]);
+        let (header, cells) = column("p99", &[Some(850.0), Some(90_000.0)], &DURATION);
+        assert_eq!(header, "p99 (ns)");
+        assert_eq!(cells, ["850", "90000"]);
+        let rates = [Some(466_000.0), Some(3_980_000.0)];
+        let (header, cells) = column("msg/s", &rates, &RATE);
+        assert_eq!(header, "msg/s (k)");
+        assert_eq!(cells, ["466", "3980"]);
+    }
+
+    #[test]
+    fn the_scaling_table_keeps_one_unit_per_column() {
+        let point = |x: u64, ns: u64, rate: f64| ScalePoint {
+            transport: "uds".into(),
+            axis: "size",
+            x,
+            status: "ok",
+            reason: None,
+            rtt_median_ns: Some(ns),
+            rtt_p99_ns: Some(ns * 2),
+            round_trips_per_sec: Some(rate),
+            gb_per_sec: Some(0.5),
+        };
+        let table = scaling_table(&[
+            point(16, 3_000, 2_500_000.0),
+            point(1 << 24, 4_000_000_000, 25.0),
+        ]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(
+            lines[0].contains("rtt p50 (ms)") && lines[0].contains("rtt/s (k)"),
+            "{table}"
+        );
+        // Three significant digits of the smallest, at most three decimals.
+        assert!(
+            lines[1].contains(" 0.003 ") && lines[2].contains(" 4000.000 "),
+            "{table}"
+        );
+        assert!(
+            lines[1].contains(" 2500.000") && lines[2].contains(" 0.025"),
+            "{table}"
+        );
+        assert!(!table.contains("µs") && !table.contains(" M"), "{table}");
+    }
+}
