@@ -1245,3 +1245,33 @@ fn bench_keeps_the_cpus_taskset_allows_and_says_so() {
         "{stderr}"
     );
 }
+
+/// A framed `request` at a line listener, or at a plain socket that never answers, is told
+/// that the peer does not speak the ipckit handshake, within its own `--timeout`, and is
+/// shown `?framing=line`; it is not told that the server is busy.
+#[test]
+fn a_framing_mismatch_is_named_within_the_request_timeout() {
+    let dir = Scratch::new("mismatch");
+    let line = dir.sock("line.sock");
+    let _line = Background::start(
+        IPCKIT,
+        &[
+            "listen",
+            &format!("uds://{line}?framing=line"),
+            "--timeout",
+            "30s",
+        ],
+    );
+    wait_for_socket(&line);
+    let plain = dir.sock("plain.sock");
+    let _plain = Background::start("socat", &["-u", &format!("UNIX-LISTEN:{plain}"), "-"]);
+    wait_for_socket_file(&plain);
+    for path in [&line, &plain] {
+        let out = ipckit(&["request", &format!("uds://{path}"), "hi", "--timeout", "2s"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{path}: {out:?}");
+        assert!(stderr.contains("handshake"), "{path}: {stderr}");
+        assert!(stderr.contains("?framing=line"), "{path}: {stderr}");
+        assert!(!stderr.contains("busy"), "{path}: {stderr}");
+    }
+}
