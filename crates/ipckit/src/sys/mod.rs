@@ -18,6 +18,12 @@ pub(crate) fn wait_ready(
     flags: PollFlags,
     deadline: Option<Instant>,
 ) -> io::Result<bool> {
+    poll_until(&mut [PollFd::new(&fd, flags)], deadline)
+}
+
+/// Polls `fds` until one is ready (their `revents` say which), through interruptions;
+/// false when `deadline` passed first.
+pub(crate) fn poll_until(fds: &mut [PollFd<'_>], deadline: Option<Instant>) -> io::Result<bool> {
     loop {
         let timeout = match deadline {
             Some(d) => {
@@ -34,8 +40,7 @@ pub(crate) fn wait_ready(
             }
             None => None,
         };
-        let mut fds = [PollFd::new(&fd, flags)];
-        match rustix::event::poll(&mut fds, timeout.as_ref()) {
+        match rustix::event::poll(fds, timeout.as_ref()) {
             Ok(0) => {}
             Ok(_) => return Ok(true),
             Err(rustix::io::Errno::INTR) => {}

@@ -308,40 +308,17 @@ impl LineListener {
 
     /// Waits until the FIFO or the waker is ready, or `deadline` passes; false then.
     fn wait(&self, deadline: Option<Instant>) -> Result<bool> {
-        let url = &*self.reader.url;
-        loop {
-            let timeout = match deadline {
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Ok(false);
-                    }
-                    Some(
-                        rustix::time::Timespec::try_from(left).unwrap_or(rustix::time::Timespec {
-                            tv_sec: i64::MAX,
-                            tv_nsec: 0,
-                        }),
-                    )
-                }
-                None => None,
-            };
-            let mut fds = [
-                PollFd::new(&self.fd, PollFlags::IN),
-                PollFd::new(&*self.wake, PollFlags::IN),
-            ];
-            match rustix::event::poll(&mut fds, timeout.as_ref()) {
-                Ok(0) => {}
-                Ok(_) => {
-                    if !fds[1].revents().is_empty() {
-                        let mut count = [0u8; 8];
-                        let _ = rustix::io::read(&*self.wake, &mut count);
-                    }
-                    return Ok(true);
-                }
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(Error::io(url, "waiting for lines", e.into())),
-            }
+        let mut fds = [
+            PollFd::new(&self.fd, PollFlags::IN),
+            PollFd::new(&*self.wake, PollFlags::IN),
+        ];
+        let ready = crate::sys::poll_until(&mut fds, deadline)
+            .map_err(|e| Error::io(&*self.reader.url, "waiting for lines", e))?;
+        if ready && !fds[1].revents().is_empty() {
+            let mut count = [0u8; 8];
+            let _ = rustix::io::read(&*self.wake, &mut count);
         }
+        Ok(ready)
     }
 }
 
