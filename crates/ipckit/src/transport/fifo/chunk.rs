@@ -219,12 +219,23 @@ pub(super) fn write_chunk(
     chunk: &[u8],
     sigpipe: &SigpipeBlocked,
 ) -> Result<bool> {
+    // PIPE_BUF makes a write of a chunk all or nothing.
+    Ok(write_pipe(url, fd, chunk, sigpipe)?.is_some())
+}
+
+/// Writes what of `bytes` a non-blocking pipe takes: how much, or `None` when it has no
+/// room; a pipe nobody reads any more is [`Error::Disconnected`], its SIGPIPE taken back.
+pub(super) fn write_pipe(
+    url: &str,
+    fd: BorrowedFd<'_>,
+    bytes: &[u8],
+    sigpipe: &SigpipeBlocked,
+) -> Result<Option<usize>> {
     loop {
-        match rustix::io::write(fd, chunk) {
-            // PIPE_BUF makes a write of a chunk all or nothing.
-            Ok(_) => return Ok(true),
+        match rustix::io::write(fd, bytes) {
+            Ok(n) => return Ok(Some(n)),
             Err(rustix::io::Errno::INTR) => {}
-            Err(rustix::io::Errno::AGAIN) => return Ok(false),
+            Err(rustix::io::Errno::AGAIN) => return Ok(None),
             Err(rustix::io::Errno::PIPE) => {
                 sigpipe.consume_pending();
                 return Err(Error::Disconnected {

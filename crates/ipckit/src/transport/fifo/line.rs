@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use rustix::event::{EventfdFlags, PollFd, PollFlags};
 use rustix::fs::OFlags;
 
-use super::chunk::{ChunkHeader, HEADER, SigpipeBlocked, pipe_full};
+use super::chunk::{ChunkHeader, HEADER, SigpipeBlocked, pipe_full, write_pipe};
 use super::{PIPE_SIZE, check_size, claim, fifo_path, open_fifo};
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
@@ -121,18 +121,9 @@ fn one_way(url: &str) -> Error {
 fn write_some(url: &str, fd: BorrowedFd<'_>, line: &mut &[u8]) -> Result<bool> {
     let sigpipe = SigpipeBlocked::new();
     while !line.is_empty() {
-        match rustix::io::write(fd, line) {
-            Ok(n) => *line = &line[n..],
-            Err(rustix::io::Errno::INTR) => {}
-            Err(rustix::io::Errno::AGAIN) => return Ok(false),
-            Err(rustix::io::Errno::PIPE) => {
-                sigpipe.consume_pending();
-                return Err(Error::Disconnected {
-                    endpoint: url.to_owned(),
-                    detail: "nobody reads the pipe any more".into(),
-                });
-            }
-            Err(e) => return Err(Error::io(url, "writing", e.into())),
+        match write_pipe(url, fd, line, &sigpipe)? {
+            Some(n) => *line = &line[n..],
+            None => return Ok(false),
         }
     }
     Ok(true)
