@@ -87,8 +87,9 @@ const DURATION: [(f64, &str); 4] = [(1.0, "ns"), (1e3, "µs"), (1e6, "ms"), (1e9
 const RATE: [(f64, &str); 3] = [(1.0, ""), (1e3, "k"), (1e6, "M")];
 
 /// A column of figures in one unit: the smallest of `units` (scale, name; ascending) in
-/// which the column's largest value is under a million (so that a scaling run's 3 µs and
-/// 500 ms both keep their digits), with the decimals that give its smallest value three
+/// which the column's largest value has at most five digits before the point (so that a
+/// round trip of 127 µs reads as such, not as 127448 ns, and a scaling run's 34 ms beside
+/// shm's 0.4 µs keeps both), with the decimals that give its smallest value three
 /// significant digits (at most three). The header names the unit; an absent value is `-`.
 ///
 /// ```text
@@ -100,7 +101,7 @@ fn column(name: &str, values: &[Option<f64>], units: &[(f64, &str)]) -> (String,
     let (scale, unit) = units
         .iter()
         .copied()
-        .find(|&(scale, _)| largest / scale < 1e6)
+        .find(|&(scale, _)| largest / scale < 1e5)
         .unwrap_or(units[units.len() - 1]);
     let smallest = present().filter(|&v| v > 0.0).fold(f64::INFINITY, f64::min) / scale;
     let decimals = if smallest.is_finite() {
@@ -252,12 +253,13 @@ mod tests {
     #[test]
     fn table_and_csv_carry_every_row() {
         let mut ok = Row::new("uds", "ipckit", 64);
-        ok.rtt_median_ns = Some(12_345);
+        ok.rtt_median_ns = Some(123_456);
         ok.gb_per_sec = Some(1.5);
         let broken = Row::new("tcp", "baseline", 64).failed("failed", "it \"broke\"".into());
         let rows = [ok, broken];
         let table = table(&rows);
-        assert!(table.contains("12345") && table.contains("failed: it \"broke\""));
+        assert!(table.contains("rtt p50 (µs)") && table.contains(" 123 "));
+        assert!(table.contains("failed: it \"broke\""));
         let csv = csv(&rows);
         assert_eq!(csv.lines().count(), 3);
         assert!(csv.contains(",\"it \"\"broke\"\"\","));
