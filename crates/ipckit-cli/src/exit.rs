@@ -37,6 +37,23 @@ pub enum Failure {
     ReaderGone,
 }
 
+/// The URL a server would listen at for a client's `url`: without the options only a
+/// client takes.
+fn server_url(url: &str) -> String {
+    let Some((address, query)) = url.split_once('?') else {
+        return url.to_owned();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|option| !option.starts_with("connect_timeout="))
+        .collect();
+    if kept.is_empty() {
+        address.to_owned()
+    } else {
+        format!("{address}?{}", kept.join("&"))
+    }
+}
+
 impl Failure {
     /// Adds the advice a client command gives when nothing listens: the library's text
     /// names no command, as an application's users have none to run.
@@ -48,7 +65,7 @@ impl Failure {
             } => {
                 let hint = format!(
                     "To start one: `ipckit {server_command} '{}'`",
-                    error.endpoint()
+                    server_url(error.endpoint())
                 );
                 Failure::Ipc {
                     error,
@@ -94,7 +111,7 @@ impl fmt::Display for Failure {
             Failure::Ipc {
                 error,
                 hint: Some(hint),
-            } => write!(f, "{error} {hint}"),
+            } => write!(f, "{error}. {hint}"),
             Failure::TimedOut(what) | Failure::Usage(what) | Failure::Other(what) => {
                 f.write_str(what)
             }

@@ -40,7 +40,7 @@ pub enum Error {
     /// Nothing is listening at the endpoint: a client's error (a server that cannot
     /// start where it was asked to fails with [`Error::CannotListen`]).
     #[error(
-        "{endpoint}: nothing is listening there ({detail}); start the server first, or let the client wait for it with ?connect_timeout="
+        "{endpoint}: nothing is listening there ({detail}); start the server first (a client given ?connect_timeout= waits for it)"
     )]
     NotFound {
         /// The endpoint's URL.

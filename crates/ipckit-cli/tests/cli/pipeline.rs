@@ -204,6 +204,13 @@ fn exit_codes_tell_nothing_listening_timed_out_and_refused_apart() {
         said.contains(&format!("`ipckit listen '{missing}'`")),
         "{said}"
     );
+    // The server's URL in the hint drops what only a client takes.
+    let waited = format!("{missing}?connect_timeout=10ms");
+    let said = String::from_utf8_lossy(&ipckit(&["send", &waited, "x"]).stderr).into_owned();
+    assert!(
+        said.contains(&format!("). To start one: `ipckit listen '{missing}'`")),
+        "{said}"
+    );
     let out = ipckit(&["request", &missing, "x"]);
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("`ipckit serve --echo '"));
