@@ -230,7 +230,21 @@ impl Drop for ClientShared {
     fn drop(&mut self) {
         let tcp = matches!(self.endpoint.address(), crate::endpoint::Address::Tcp(_));
         let fd = std::os::fd::AsFd::as_fd(self.fd.get_ref());
-        drain_before_close(fd, tcp && !self.greeting.known());
+        let unwelcomed = tcp && !self.greeting.known();
+        // Waiting for the welcome blocks: it is done off the runtime's threads, on a
+        // duplicate of the socket, which keeps the connection open until the wait ends.
+        if unwelcomed {
+            if let (Ok(handle), Ok(dup)) = (
+                Handle::try_current(),
+                rustix::io::fcntl_dupfd_cloexec(fd, 0),
+            ) {
+                handle.spawn_blocking(move || {
+                    drain_before_close(std::os::fd::AsFd::as_fd(&dup), true)
+                });
+                return;
+            }
+        }
+        drain_before_close(fd, unwelcomed);
     }
 }
 
