@@ -1246,7 +1246,8 @@ fn bench_keeps_the_cpus_taskset_allows_and_says_so() {
     );
 }
 
-/// A framed `request` at a line listener, or at a plain socket that never answers, is told
+/// A framed `request` at a line listener, at a plain socket that never answers, or at one
+/// that echoes what it is sent, is told
 /// that the peer does not speak the ipckit handshake, within its own `--timeout`, and is
 /// shown `?framing=line`; it is not told that the server is busy.
 #[test]
@@ -1266,7 +1267,10 @@ fn a_framing_mismatch_is_named_within_the_request_timeout() {
     let plain = dir.sock("plain.sock");
     let _plain = Background::start("socat", &["-u", &format!("UNIX-LISTEN:{plain}"), "-"]);
     wait_for_socket_file(&plain);
-    for path in [&line, &plain] {
+    let echo = dir.sock("echo.sock");
+    let _echo = Background::start("socat", &[&format!("UNIX-LISTEN:{echo},fork"), "EXEC:cat"]);
+    wait_for_socket_file(&echo);
+    for path in [&line, &plain, &echo] {
         let out = ipckit(&["request", &format!("uds://{path}"), "hi", "--timeout", "2s"]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{path}: {out:?}");

@@ -162,6 +162,16 @@ impl Greeting {
             return Err(self.fail(url, Unwelcome::TurnedAway { status, reason }));
         }
         decoder.take_exact::<HELLO_LEN>();
+        if bytes == crate::frame::Hello::new(self.own_max).encode() {
+            // An echo server (`socat … SYSTEM:cat`) sends the hello back, which reads as
+            // a welcome declining every version.
+            return Err(self.fail(
+                url,
+                Unwelcome::Protocol(
+                    "the peer sent this client's own hello back: it echoes what it is sent and does not speak the ipckit handshake; if it is a plain socket, add ?framing=line to the URL".into(),
+                ),
+            ));
+        }
         let welcome = match Welcome::decode(&bytes) {
             Ok(welcome) => welcome,
             Err(v) => return Err(self.fail(url, Unwelcome::Protocol(v.to_string()))),
