@@ -221,7 +221,7 @@ impl Error {
             io::ErrorKind::PermissionDenied => Error::PermissionDenied {
                 endpoint,
                 detail: format!(
-                    "{detail}; ask the server's owner to widen its mode (?mode=0660) or to admit this user (?allow_uid=)"
+                    "{detail}; ask the server's owner to widen its mode (?mode=0660), or, where its transport knows its peers (uds, unixgram), to admit this user (?allow_uid=)"
                 ),
             },
             io::ErrorKind::AddrInUse => Error::AddrInUse { endpoint, detail },

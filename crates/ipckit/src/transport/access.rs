@@ -151,11 +151,18 @@ pub(super) fn socket_file_mode(endpoint: &Endpoint) -> u32 {
 pub(crate) fn check_listen(transport: &dyn super::Transport, endpoint: &Endpoint) -> Result<()> {
     let lists = !endpoint.allow_uid().is_empty() || !endpoint.allow_gid().is_empty();
     if lists && !transport.capabilities(endpoint).peer_credentials {
+        let scheme = transport.scheme();
+        let has_mode = crate::endpoint::UrlOption::all()
+            .any(|option| option.key() == "mode" && option.applies_to(scheme));
+        let instead = if has_mode {
+            "remove them and choose who may open the endpoint with ?mode=, or use uds or unixgram"
+        } else {
+            "remove them, or use uds or unixgram, whose servers admit peers by user"
+        };
         return Err(Error::Unsupported {
             endpoint: endpoint.to_string(),
             what: format!(
-                "{} cannot learn who its peers are, so it cannot admit them by ?allow_uid= or ?allow_gid=; remove them and choose who may open the endpoint with ?mode=, or use uds or unixgram",
-                transport.scheme()
+                "{scheme} cannot learn who its peers are, so it cannot admit them by ?allow_uid= or ?allow_gid=; {instead}"
             ),
         });
     }
@@ -170,6 +177,24 @@ mod tests {
         let mut access = Access::for_endpoint(&url.parse().unwrap()).expect("a rule");
         (access.owner_uid, access.owner_gid) = (1000, 100);
         access
+    }
+
+    /// A transport that cannot keep an allow-list says what to use instead, and offers
+    /// ?mode= only where the endpoint takes it.
+    #[test]
+    fn allow_lists_refused_with_advice_that_applies() {
+        let refusal = |url: &str| {
+            let endpoint: Endpoint = url.parse().unwrap();
+            let transport = crate::transport::for_endpoint(&endpoint).unwrap();
+            check_listen(transport, &endpoint).unwrap_err().to_string()
+        };
+        let tcp = refusal("tcp://127.0.0.1:0?allow_uid=1000");
+        assert!(
+            tcp.contains("use uds or unixgram") && !tcp.contains("?mode="),
+            "{tcp}"
+        );
+        let mq = refusal("mq://x?allow_uid=1000");
+        assert!(mq.contains("?mode="), "{mq}");
     }
 
     #[test]

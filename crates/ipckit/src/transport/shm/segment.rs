@@ -178,7 +178,6 @@ pub fn create(
         NEXT.fetch_add(1, Ordering::Relaxed)
     );
     let temp_path = PathBuf::from(format!("/dev/shm/{temp_name}"));
-    let url = &endpoint.to_string();
     let io = |op, e: std::io::Error| Error::listen_io(endpoint, op, e);
     let fd = rustix::shm::open(
         temp_name.as_str(),
@@ -224,7 +223,7 @@ pub fn create(
         let inode = rustix::fs::fstat(&fd)
             .map_err(|e| io("inspecting the segment", e.into()))?
             .st_ino;
-        put_in_place(url, &temp_path, &final_path)?;
+        put_in_place(endpoint, &temp_path, &final_path)?;
         Ok(Created { fd, map, inode })
     })();
     if result.is_err() {
@@ -235,8 +234,10 @@ pub fn create(
 }
 
 /// Renames the finished segment to its real name unless a live server holds that name.
-fn put_in_place(url: &str, temp: &PathBuf, target: &PathBuf) -> Result<()> {
-    let io = |op, e: std::io::Error| Error::io(url, op, e);
+fn put_in_place(endpoint: &Endpoint, temp: &PathBuf, target: &PathBuf) -> Result<()> {
+    let url = &endpoint.to_string();
+    // A server's errors, with a server's advice: this is how it starts.
+    let io = |op, e: std::io::Error| Error::listen_io(endpoint, op, e);
     loop {
         match rustix::fs::renameat_with(
             rustix::fs::CWD,
