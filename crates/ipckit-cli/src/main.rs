@@ -40,7 +40,11 @@ fn main() -> ExitCode {
 
 /// The command line, with the parts of its help made from the library's own lists.
 fn command() -> clap::Command {
-    Cli::command().mut_subcommand("urls", |urls| urls.long_about(output::urls()))
+    Cli::command().mut_subcommand("urls", |urls| {
+        urls.long_about(output::urls())
+            // `help urls` is the text alone: the command has no options to list.
+            .help_template("{about-with-newline}")
+    })
 }
 
 /// Logs at what `-q`/`-v` ask, or else at what IPCKIT_LOG says (warnings by default):

@@ -130,7 +130,7 @@ pub fn urls() -> String {
         .map(|t| t.scheme())
         .collect();
     let mut text = String::from(
-        "An endpoint is a URL: SCHEME://ADDRESS[?KEY=VALUE[&KEY=VALUE...]][#OBJECT]\n\
+        "An endpoint is a URL: SCHEME://ADDRESS[?KEY=VALUE[&KEY=VALUE...]]\n\
          Bytes outside printable ASCII, and %, ? and #, are written as %XX in an address.\n\n\
          Transports in this build, with a URL for each form of address:\n",
     );

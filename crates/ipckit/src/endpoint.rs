@@ -265,7 +265,7 @@ impl Param {
             Param::Clients => "how many clients a server takes at once",
             Param::Ring => "bytes of each ring, a power of two",
             Param::AllowUid => {
-                "user ids admitted besides the owner, e.g. 1000,1001 (servers that learn their peers: creds in `ipckit transports`)"
+                "user ids admitted besides the owner, e.g. 1000,1001; taken by the servers that learn their peers' credentials (uds, unixgram), refused by the others as they start"
             }
             Param::AllowGid => "group ids admitted besides the owner (as allow_uid)",
             Param::HandshakeTimeoutMs => "how long a server waits for a new connection's hello",
