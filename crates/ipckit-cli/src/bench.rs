@@ -1,7 +1,7 @@
 //! `ipckit bench`: the harness of ipckit-bench, with a progress bar and a clean stop.
 
 use crate::args::Bench;
-use crate::exit::CliResult;
+use crate::exit::{CliResult, Failure};
 use crate::serve::block_stop_signals;
 
 pub fn run(bench: Bench) -> CliResult {
@@ -17,9 +17,17 @@ pub fn run(bench: Bench) -> CliResult {
         cpus,
     } = bench;
     use ipckit_bench::harness;
+    if cfg!(debug_assertions) {
+        // The figures of an unoptimised build are not ipckit's: say so, rather than let
+        // them stand beside the README's.
+        log::warn!(
+            "this ipckit is a debug build: its figures are slower than a release build's and do not compare with them; measure with `cargo run --release -p ipckit-cli -- bench`"
+        );
+    }
     // Refused before the run, rather than after measuring what it cannot keep.
     if let Some(path) = &chart {
-        ipckit_bench::chart::check_path(path)?;
+        ipckit_bench::chart::check_path(path)
+            .map_err(|e| Failure::Usage(format!("--chart: {e}")))?;
     }
     let signals = block_stop_signals()?;
     // Once the run is abandoned, its own thread fails or panics as its servers

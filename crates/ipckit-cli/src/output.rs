@@ -34,8 +34,12 @@ fn write_message(
 ) -> io::Result<()> {
     match format {
         Format::Text => {
+            // One message a line; one that ends its own line (a reply from `tr`, a line
+            // from a file) is not given a blank one after it.
             out.write_all(payload)?;
-            out.write_all(b"\n")?;
+            if !payload.ends_with(b"\n") {
+                out.write_all(b"\n")?;
+            }
         }
         Format::Hex => {
             writeln!(out, "{}", hex(payload))?;
