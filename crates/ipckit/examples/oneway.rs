@@ -1,7 +1,10 @@
 //! One-way messages against requests. The client sends a thousand readings one way, each
 //! `send` returning as soon as the transport has it, then asks one question, which waits
 //! for the server's answer: how many readings it has. On a reliable, ordered transport
-//! (all but udp) the answer is all of them, as the question came after them.
+//! that tells a one-way message from a request (uds, tcp, fifo, mq, shm) the answer is all
+//! of them, as the question came after them. Over udp and unixgram every datagram may be
+//! answered (`Message::wants_reply` is true for each), so there the server answers the
+//! first reading, and the example does not apply.
 //!
 //! ```text
 //! cargo run -p ipckit --example oneway -- server [URL [COUNT]]   # stop after COUNT messages

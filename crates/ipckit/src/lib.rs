@@ -344,7 +344,9 @@ impl Client {
     ///
     /// A one-way message: `send` returns once the transport has it (each transport's
     /// module says exactly what that promises), without waiting for the server to read
-    /// it, and nobody answers. [`request`](Client::request) waits for an answer.
+    /// it, and nobody answers. [`request`](Client::request) waits for an answer. (Over
+    /// `udp` and `unixgram` the server cannot tell the two apart: see
+    /// [`Message::wants_reply`].)
     ///
     /// ```
     /// let url = format!("uds://@ipckit-doc-send-{}", std::process::id());

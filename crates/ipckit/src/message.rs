@@ -205,6 +205,11 @@ impl Message {
     }
 
     /// Whether the sender waits for an answer (it called `request`) that was not given yet.
+    ///
+    /// Over `udp` and `unixgram` a datagram carries no mark of one-way or request, so that
+    /// any program's datagram is heard as it is: every datagram from a socket with an
+    /// address can be answered, and this is true for a one-way [`send`](crate::Client::send)
+    /// too. A server that must tell them apart there does so by what the payload says.
     pub fn wants_reply(&self) -> bool {
         self.reply_to.is_some()
     }
@@ -401,7 +406,8 @@ impl<'a> MessageRef<'a> {
         self.peer
     }
 
-    /// Whether the sender waits for an answer that was not given yet.
+    /// Whether the sender waits for an answer that was not given yet, as
+    /// [`Message::wants_reply`] says (true for every datagram over `udp` and `unixgram`).
     pub fn wants_reply(&self) -> bool {
         self.reply_to.is_some()
     }
