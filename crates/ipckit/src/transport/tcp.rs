@@ -5,6 +5,13 @@
 //! server that dies before reading it loses it; the client learns at its next send or
 //! the one after, when the reset has come back.
 //!
+//! A client dropped before its server's welcome came waits for it, up to a second (the
+//! tokio client on the blocking pool, not on the runtime's threads): a TCP socket closed
+//! with bytes unread, or sent bytes once closed, resets the connection, and the reset
+//! discards what the client sent and the server has not read yet. A server in its loop
+//! welcomes within microseconds; the wait is felt only when the server is not taking
+//! connections (busy, or the very thread that would).
+//!
 //! A server binds only to a loopback address unless the endpoint says `?public=true`:
 //! local IPC should not become reachable from the network by a typo. Port 0 lets the
 //! kernel choose; the server's [`Listener::endpoint`] reports the port it got.
