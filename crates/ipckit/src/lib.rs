@@ -443,7 +443,7 @@ impl Client {
     /// # Ok::<(), ipckit::Error>(())
     /// ```
     pub fn send_value<T: Serialize>(&self, value: &T) -> Result<()> {
-        self.send(&self.encode(value)?)
+        self.send(&typed::encode(value, self.endpoint())?)
     }
 
     /// Sends a serde value as a request and decodes the reply, which the server gives with
@@ -478,12 +478,8 @@ impl Client {
         value: &T,
         timeout: Duration,
     ) -> Result<R> {
-        let reply = self.request(&self.encode(value)?, timeout)?;
-        decode_value(self.endpoint(), &reply)
-    }
-
-    fn encode<T: Serialize>(&self, value: &T) -> Result<Vec<u8>> {
-        encode_value(self.endpoint(), value)
+        let reply = self.request(&typed::encode(value, self.endpoint())?, timeout)?;
+        typed::decode(&reply, self.endpoint())
     }
 
     /// A buffer for a message of `len` bytes, to write into and then
@@ -527,17 +523,6 @@ impl Client {
 }
 
 debug_by_endpoint!(Client);
-
-/// A serde value as a typed payload (its shape byte, then postcard), for
-/// [`Client::send_value`] and its kin.
-fn encode_value<T: Serialize>(endpoint: &Endpoint, value: &T) -> Result<Vec<u8>> {
-    typed::encode(value, endpoint)
-}
-
-/// The value in a typed payload, which must be a whole `R` (see [`Message::decode`]).
-fn decode_value<R: DeserializeOwned>(endpoint: &Endpoint, payload: &[u8]) -> Result<R> {
-    typed::decode(payload, endpoint)
-}
 
 /// The receiving side: messages from any number of clients, through one loop.
 ///

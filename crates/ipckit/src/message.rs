@@ -317,7 +317,7 @@ impl Message {
     /// # Ok::<(), ipckit::Error>(())
     /// ```
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
-        decode(self.payload(), &self.endpoint)
+        crate::typed::decode(self.payload(), &self.endpoint)
     }
 
     /// The endpoint the message arrived on.
@@ -438,7 +438,7 @@ impl<'a> MessageRef<'a> {
     /// Decodes a payload sent with [`Client::send_value`](crate::Client::send_value), as
     /// [`Message::decode`] does.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
-        decode(self.payload, self.endpoint)
+        crate::typed::decode(self.payload, &self.endpoint)
     }
 
     /// The endpoint the message arrived on.
@@ -465,10 +465,6 @@ fn take_reply_to<S: ReplySink>(
     reply_to.take().ok_or_else(|| Error::NoReplyExpected {
         endpoint: endpoint.to_owned(),
     })
-}
-
-fn decode<T: DeserializeOwned>(payload: &[u8], endpoint: &str) -> Result<T> {
-    crate::typed::decode(payload, &endpoint)
 }
 
 impl fmt::Debug for Message {

@@ -42,9 +42,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::transport::{self, AsyncConnection, AsyncListener, Capabilities};
-use crate::{
-    ConnectWait, Endpoint, Message, MessageRef, Result, ToEndpoint, decode_value, encode_value,
-};
+use crate::{ConnectWait, Endpoint, Message, MessageRef, Result, ToEndpoint, typed};
 
 /// Connects to the server at `endpoint`. Dropped before it completes, nothing is left
 /// behind but a connection the server sees closed.
@@ -200,7 +198,7 @@ impl Client {
     /// # }
     /// ```
     pub async fn send_value<T: Serialize>(&self, value: &T) -> Result<()> {
-        self.send(&encode_value(self.endpoint(), value)?).await
+        self.send(&typed::encode(value, self.endpoint())?).await
     }
 
     /// Sends a serde value as a request and decodes the reply, as
@@ -219,9 +217,9 @@ impl Client {
         value: &T,
         timeout: Duration,
     ) -> Result<R> {
-        let request = encode_value(self.endpoint(), value)?;
+        let request = typed::encode(value, self.endpoint())?;
         let reply = self.request(&request, timeout).await?;
-        decode_value(self.endpoint(), &reply)
+        typed::decode(&reply, self.endpoint())
     }
 
     /// The largest message the server accepts.
