@@ -50,6 +50,17 @@ pub const STATUS_LINE: u8 = 4;
 /// The longest reason a refusing server sends, and a client reads.
 pub const MAX_REFUSAL: usize = 1024;
 
+/// Where to cut UTF-8 `text` to at most `max` bytes without splitting a character: a
+/// reason cut to fit a limit stays text.
+pub(crate) fn char_cut(text: &[u8], max: usize) -> usize {
+    let mut cut = text.len().min(max);
+    // A continuation byte (0b10xx_xxxx) at the cut means a character straddles it.
+    while cut > 0 && cut < text.len() && text[cut] & 0xC0 == 0x80 {
+        cut -= 1;
+    }
+    cut
+}
+
 /// The staging buffer's size at first; it grows (doubling) while reads fill it.
 const SMALL: usize = 4 * 1024;
 /// How many drained staging buffers a thread keeps for the next decoder that reads.
@@ -268,10 +279,7 @@ impl Welcome {
     /// assert!(Welcome::decode(&opening).is_err());
     /// ```
     pub fn refusal(status: u8, reason: &str) -> Vec<u8> {
-        let mut cut = reason.len().min(MAX_REFUSAL);
-        while !reason.is_char_boundary(cut) {
-            cut -= 1;
-        }
+        let cut = char_cut(reason.as_bytes(), MAX_REFUSAL);
         let mut out = encode_opening(0, status, cut as u32).to_vec();
         out.extend_from_slice(&reason.as_bytes()[..cut]);
         out

@@ -286,10 +286,7 @@ impl ReplySink for DatagramSink {
         if !ok {
             // Cut to what one datagram of this endpoint carries (the server cannot learn
             // its client's limit; the client cuts it again to its own).
-            let mut cut = payload.len().min(self.max.saturating_sub(REFUSED.len()));
-            while std::str::from_utf8(&payload[..cut]).is_err_and(|e| e.valid_up_to() < cut) {
-                cut -= 1;
-            }
+            let cut = crate::frame::char_cut(payload, self.max.saturating_sub(REFUSED.len()));
             return self.send_to(REFUSED, &payload[..cut]);
         }
         let escape: &[u8] = match payload.starts_with(RESERVED) {
