@@ -91,8 +91,9 @@ pub fn transports(json: bool) -> String {
     fn yes(b: bool) -> String {
         if b { "yes" } else { "-" }.to_owned()
     }
-    let columns: [Column; 9] = [
+    let columns: [Column; 10] = [
         ("duplex", |c| yes(c.duplex)),
+        ("push", |c| yes(c.push)),
         ("reliable", |c| yes(c.reliable)),
         ("ordered", |c| yes(c.ordered)),
         ("durable", |c| yes(c.durable)),

@@ -153,6 +153,17 @@ pub enum Framing {
     Line,
 }
 
+/// What a broadcast does to a client whose outbox is full (`?overflow=`), as ZeroMQ's
+/// PUB socket at its high-water mark: a broadcast never waits for one slow client.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Overflow {
+    /// Skips that client for this message and counts the drop (the default).
+    #[default]
+    Drop,
+    /// Disconnects that client: it learns it missed messages by losing its connection.
+    Disconnect,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Param {
     Framing,
@@ -169,10 +180,12 @@ enum Param {
     FrameTimeoutMs,
     MaxConnections,
     ConnectTimeout,
+    Outbox,
+    Overflow,
 }
 
 impl Param {
-    const ALL: [Param; 14] = [
+    const ALL: [Param; 16] = [
         Param::Framing,
         Param::Mode,
         Param::MaxMessage,
@@ -187,6 +200,8 @@ impl Param {
         Param::FrameTimeoutMs,
         Param::MaxConnections,
         Param::ConnectTimeout,
+        Param::Outbox,
+        Param::Overflow,
     ];
 
     fn key(self) -> &'static str {
@@ -205,6 +220,8 @@ impl Param {
             Param::FrameTimeoutMs => "frame_timeout_ms",
             Param::MaxConnections => "max_connections",
             Param::ConnectTimeout => "connect_timeout",
+            Param::Outbox => "outbox",
+            Param::Overflow => "overflow",
         }
     }
 
@@ -218,7 +235,15 @@ impl Param {
             Param::MaxMessage | Param::ConnectTimeout => true,
             Param::Public => matches!(scheme, "tcp" | "udp" | "ws"),
             Param::Priority => scheme == "mq",
-            Param::SendTimeoutMs => matches!(scheme, "mq" | "fifo" | "shm"),
+            Param::SendTimeoutMs => matches!(
+                scheme,
+                "uds" | "tcp" | "udp" | "unixgram" | "mq" | "fifo" | "shm"
+            ),
+            Param::Outbox => matches!(scheme, "uds" | "tcp"),
+            Param::Overflow => matches!(
+                scheme,
+                "uds" | "tcp" | "udp" | "unixgram" | "mq" | "fifo" | "shm"
+            ),
             Param::Clients | Param::Ring => scheme == "shm",
             // Every scheme parses them; a server whose transport cannot learn its peers'
             // credentials refuses them when it starts, saying why.
@@ -245,6 +270,8 @@ impl Param {
             Param::HandshakeTimeoutMs => Some("5000"),
             Param::FrameTimeoutMs => Some("30000"),
             Param::MaxConnections => Some("4096"),
+            Param::Outbox => Some("1000"),
+            Param::Overflow => Some("drop"),
         }
     }
 
@@ -261,7 +288,15 @@ impl Param {
             Param::Priority => {
                 "the priority of messages sent, 0 to 32767; higher is received first"
             }
-            Param::SendTimeoutMs => "how long a send waits for room in a full queue, pipe or ring",
+            Param::SendTimeoutMs => {
+                "how long a send, or a server's push to one client, waits for room in a full queue, pipe, ring or outbox"
+            }
+            Param::Outbox => {
+                "how many pushed messages a server queues for one client beyond what the kernel buffers"
+            }
+            Param::Overflow => {
+                "what a broadcast does to a client whose outbox is full: drop (skip it, counting the drop) or disconnect"
+            }
             Param::Clients => "how many clients a server takes at once",
             Param::Ring => "bytes of each ring, a power of two",
             Param::AllowUid => {
@@ -334,6 +369,19 @@ impl Param {
                 Some(_) => Ok(()),
                 None => Err(format!(
                     "connect_timeout must be a whole number with its unit, ms or s, such as 500ms or 5s, not '{value}'"
+                )),
+            },
+            Param::Outbox => match canonical_decimal(value) {
+                Some(n) if n >= 1 && n <= u32::MAX as u64 => Ok(()),
+                _ => Err(format!(
+                    "outbox must be a number of messages from 1 to {}, not '{value}'",
+                    u32::MAX
+                )),
+            },
+            Param::Overflow => match value {
+                "drop" | "disconnect" => Ok(()),
+                _ => Err(format!(
+                    "overflow must be 'drop' or 'disconnect', not '{value}'"
                 )),
             },
             Param::MaxConnections => match canonical_decimal(value) {
@@ -590,6 +638,31 @@ impl Endpoint {
                 .map(|t| t.parse().expect("validated when parsed"))
                 .unwrap_or(10_000),
         )
+    }
+
+    /// How many pushed messages a stream server queues for one client beyond what the
+    /// kernel buffers (`?outbox=`, `uds` and `tcp`); 1000 unless set, as ZeroMQ's
+    /// high-water mark.
+    pub fn outbox(&self) -> usize {
+        self.param(Param::Outbox)
+            .map(|n| n.parse().expect("validated when parsed"))
+            .unwrap_or(1000)
+    }
+
+    /// What a broadcast does to a client whose outbox is full (`?overflow=`): skip it and
+    /// count the drop, unless set to `disconnect`.
+    ///
+    /// ```
+    /// use ipckit::endpoint::Overflow;
+    /// let ep: ipckit::Endpoint = "uds:///run/app.sock?overflow=disconnect".parse()?;
+    /// assert_eq!(ep.overflow(), Overflow::Disconnect);
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
+    pub fn overflow(&self) -> Overflow {
+        match self.param(Param::Overflow) {
+            Some("disconnect") => Overflow::Disconnect,
+            _ => Overflow::Drop,
+        }
     }
 
     /// How many clients a shared-memory server takes at once (`?clients=`); 1024 unless

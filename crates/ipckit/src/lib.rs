@@ -166,6 +166,7 @@ pub mod frame;
 pub mod fuzzing;
 mod loan;
 mod message;
+mod push;
 mod sys;
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
@@ -187,6 +188,7 @@ pub use error::{Error, Result};
 pub use exclusive::Exclusive;
 pub use loan::Loan;
 pub use message::{Message, MessageRef, Peer};
+pub use push::{Broadcaster, ClientHandle, Delivery, Event};
 pub use transport::Capabilities;
 use transport::backend::{ClientBackend, ServerBackend};
 
@@ -298,9 +300,14 @@ pub fn listen(endpoint: impl ToEndpoint) -> Result<Server> {
     let transport = transport::for_endpoint(&endpoint)?;
     transport::check_listen(transport, &endpoint)?;
     let backend = ServerBackend::listen(transport, &endpoint)?;
+    let broadcaster = backend.broadcaster();
+    if let Some(broadcaster) = &broadcaster {
+        broadcaster.roster().set_waker(backend.waker());
+    }
     Ok(Server {
         capabilities: transport.capabilities(backend.endpoint()),
         backend,
+        broadcaster,
         stopped: Arc::new(AtomicBool::new(false)),
     })
 }
@@ -506,6 +513,83 @@ impl Client {
         Ok(Loan::new(self.backend.loan(len)?))
     }
 
+    /// Waits for the next message the server pushed to this client
+    /// ([`ClientHandle::send`], [`Server::broadcast`]). Pushed messages are never taken
+    /// for replies, nor replies for them, however they interleave; threads may call
+    /// `recv` and `request` on one client at once. [`Error::Disconnected`] once the
+    /// server has gone and every message it pushed was taken; [`Error::Unsupported`] on a
+    /// transport that cannot push ([`Capabilities::push`]).
+    ///
+    /// The message has no way back ([`Message::wants_reply`] is false): answer with
+    /// [`send`](Client::send) or [`request`](Client::request).
+    ///
+    /// ```no_run
+    /// let url = format!("uds://@ipckit-doc-client-recv-{}", std::process::id());
+    /// let mut server = ipckit::listen(&url)?;
+    /// let client = ipckit::connect(&url)?;
+    /// client.send(b"subscribe")?;
+    /// server.recv()?.client().unwrap().send(b"news")?;
+    /// let pushed = client.recv()?;
+    /// assert_eq!(pushed.payload(), b"news");
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
+    pub fn recv(&self) -> Result<Message> {
+        loop {
+            if let Some(message) = self.recv_until(None)? {
+                return Ok(message);
+            }
+        }
+    }
+
+    /// [`recv`](Client::recv), waiting up to `timeout`; `Ok(None)` when nothing came.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<Message>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.recv_until(Some(deadline))? {
+                Some(message) => return Ok(Some(message)),
+                None if Instant::now() >= deadline => return Ok(None),
+                None => {}
+            }
+        }
+    }
+
+    /// The messages the server pushes, until it goes away.
+    ///
+    /// ```no_run
+    /// let client = ipckit::connect("uds:///run/app.sock")?;
+    /// client.send(b"subscribe")?;
+    /// for pushed in client.incoming() {
+    ///     println!("{:?}", pushed?.payload());
+    /// }
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
+    pub fn incoming(&self) -> impl Iterator<Item = Result<Message>> + '_ {
+        let mut ended = false;
+        std::iter::from_fn(move || {
+            if ended {
+                return None;
+            }
+            match self.recv() {
+                Err(Error::Disconnected { .. }) => None,
+                received => {
+                    ended = received.is_err();
+                    Some(received)
+                }
+            }
+        })
+    }
+
+    fn recv_until(&self, deadline: Option<Instant>) -> Result<Option<Message>> {
+        Ok(self.backend.recv(deadline)?.map(|payload| {
+            Message::new(
+                payload,
+                Arc::default(),
+                None,
+                self.endpoint().to_string().into(),
+            )
+        }))
+    }
+
     /// The largest message the server accepts.
     pub fn max_message(&self) -> usize {
         self.backend.max_message()
@@ -561,6 +645,7 @@ debug_by_endpoint!(Client);
 pub struct Server {
     backend: ServerBackend,
     capabilities: Capabilities,
+    broadcaster: Option<Broadcaster>,
     stopped: Arc<AtomicBool>,
 }
 
@@ -599,13 +684,127 @@ impl Server {
         }
     }
 
-    /// [`Error::Stopped`] once a [`Stopper`] stopped the server.
+    /// [`Error::Stopped`] once a [`Stopper`] stopped the server. Called before every
+    /// wait for messages only, which also forgets the departures that a push found out
+    /// (they are reported to [`recv_event`](Server::recv_event) alone).
     #[inline(always)]
     fn check_stopped(&self) -> Result<()> {
         if self.stopped.load(Ordering::Acquire) {
             return Err(self.stopped_error());
         }
+        if let Some(broadcaster) = &self.broadcaster {
+            while broadcaster.roster().take_departed().is_some() {}
+        }
         Ok(())
+    }
+
+    /// Waits for the next message, or for a client to connect or leave: see [`Event`].
+    /// [`recv`](Server::recv) and the other receiving calls skip the comings and goings;
+    /// this is the loop for a server that greets its subscribers or forgets them.
+    ///
+    /// ```no_run
+    /// use ipckit::Event;
+    ///
+    /// let url = format!("uds://@ipckit-doc-recv-event-{}", std::process::id());
+    /// let mut server = ipckit::listen(&url)?;
+    /// std::thread::spawn({
+    ///     let url = url.clone();
+    ///     move || -> ipckit::Result<()> {
+    ///         let client = ipckit::connect(&url)?;
+    ///         let welcome = client.recv()?;
+    ///         client.send(welcome.payload())
+    ///     }
+    /// });
+    /// loop {
+    ///     match server.recv_event()? {
+    ///         Event::Connected(client) => client.send(b"welcome")?,
+    ///         Event::Message(msg) => {
+    ///             assert_eq!(msg.payload(), b"welcome");
+    ///         }
+    ///         Event::Disconnected(_) => break,
+    ///     }
+    /// }
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
+    pub fn recv_event(&mut self) -> Result<Event> {
+        loop {
+            if let Some(event) = self.next_event(None)? {
+                return Ok(event);
+            }
+        }
+    }
+
+    /// [`recv_event`](Server::recv_event), waiting up to `timeout`; `Ok(None)` when
+    /// nothing happened.
+    pub fn recv_event_timeout(&mut self, timeout: Duration) -> Result<Option<Event>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.next_event(Some(deadline))? {
+                Some(event) => return Ok(Some(event)),
+                None if Instant::now() >= deadline => return Ok(None),
+                None => {}
+            }
+        }
+    }
+
+    fn next_event(&mut self, deadline: Option<Instant>) -> Result<Option<Event>> {
+        if self.stopped.load(Ordering::Acquire) {
+            return Err(self.stopped_error());
+        }
+        if let Some(broadcaster) = &self.broadcaster {
+            if let Some(departed) = broadcaster.roster().take_departed() {
+                return Ok(Some(Event::Disconnected(departed)));
+            }
+        }
+        self.backend.recv_event(deadline)
+    }
+
+    /// Sends `payload` to every connected client, never waiting on a slow one: see
+    /// [`Broadcaster::broadcast`]. Clients are accepted while the server receives, so a
+    /// server that broadcasts keeps a loop receiving too (on another thread, through a
+    /// [`broadcaster`](Server::broadcaster)). [`Error::Unsupported`] on a transport that
+    /// cannot push ([`Capabilities::push`]).
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// let url = format!("uds://@ipckit-doc-broadcast-{}", std::process::id());
+    /// let mut server = ipckit::listen(&url)?;
+    /// let client = ipckit::connect(&url)?;
+    /// client.send(b"hello")?;
+    /// server.recv()?; // the client is connected once the server has seen it
+    /// let delivery = server.broadcast(b"to all")?;
+    /// assert_eq!((delivery.sent, delivery.dropped), (1, 0));
+    /// assert_eq!(client.recv()?.payload(), b"to all");
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
+    pub fn broadcast(&self, payload: &[u8]) -> Result<Delivery> {
+        self.pushing()?.broadcast(payload)
+    }
+
+    /// Broadcasts `value` serialized; clients decode it with
+    /// [`Message::decode`] on what [`Client::recv`] returns.
+    pub fn broadcast_value<T: Serialize + ?Sized>(&self, value: &T) -> Result<Delivery> {
+        self.pushing()?.broadcast_value(value)
+    }
+
+    /// The clients connected now, oldest first (empty on a transport that cannot push).
+    pub fn clients(&self) -> Vec<ClientHandle> {
+        self.broadcaster
+            .as_ref()
+            .map(Broadcaster::clients)
+            .unwrap_or_default()
+    }
+
+    /// A handle that broadcasts and lists clients from other threads while this server
+    /// receives. [`Error::Unsupported`] on a transport that cannot push.
+    pub fn broadcaster(&self) -> Result<Broadcaster> {
+        self.pushing().cloned()
+    }
+
+    fn pushing(&self) -> Result<&Broadcaster> {
+        self.broadcaster
+            .as_ref()
+            .ok_or_else(|| transport::cannot_push(self.endpoint()))
     }
 
     #[cold]

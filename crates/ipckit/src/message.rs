@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
+use crate::push::ClientHandle;
 use crate::transport::backend::{Payload, ReplyBackend};
 
 /// Who sent a message, as far as the operating system tells.
@@ -156,6 +157,7 @@ pub struct Message {
     payload: Payload,
     peer: Arc<Peer>,
     reply_to: Option<ReplyTo>,
+    client: Option<ClientHandle>,
     endpoint: Arc<str>,
 }
 
@@ -170,8 +172,28 @@ impl Message {
             payload: payload.into(),
             peer,
             reply_to,
+            client: None,
             endpoint,
         }
+    }
+
+    /// The message, from the client behind `client`: for a transport that pushes.
+    #[inline]
+    #[allow(
+        dead_code,
+        reason = "the transports learn to push in the commits that follow"
+    )]
+    pub(crate) fn with_client(mut self, client: ClientHandle) -> Message {
+        self.client = Some(client);
+        self
+    }
+
+    /// The client that sent it, to push messages to later from any thread (see
+    /// [`ClientHandle`]); `None` where the transport cannot push
+    /// ([`Capabilities::push`](crate::Capabilities::push)), and on a message a client
+    /// received from its server.
+    pub fn client(&self) -> Option<&ClientHandle> {
+        self.client.as_ref()
     }
 
     /// The bytes that were sent. On `shm` they are read in place, in the sender's ring:
@@ -339,6 +361,7 @@ impl Message {
                 .reply_to
                 .as_ref()
                 .map(|r| ReplyTo::to(ReplyBackend::Boxed(&*r.sink), r.id)),
+            client: self.client.as_ref(),
             endpoint: &self.endpoint,
         }
     }
@@ -370,6 +393,7 @@ pub struct MessageRef<'a> {
     in_place: bool,
     peer: &'a Peer,
     reply_to: Option<ReplyTo<ReplyBackend<'a>>>,
+    client: Option<&'a ClientHandle>,
     endpoint: &'a str,
 }
 
@@ -387,8 +411,25 @@ impl<'a> MessageRef<'a> {
             in_place,
             peer,
             reply_to,
+            client: None,
             endpoint,
         }
+    }
+
+    /// The message, from the client behind `client`: for a transport that pushes.
+    #[inline(always)]
+    #[allow(
+        dead_code,
+        reason = "the transports learn to push in the commits that follow"
+    )]
+    pub(crate) fn with_client(mut self, client: &'a ClientHandle) -> MessageRef<'a> {
+        self.client = Some(client);
+        self
+    }
+
+    /// The client that sent it, as [`Message::client`] says; clone the handle to keep it.
+    pub fn client(&self) -> Option<&ClientHandle> {
+        self.client
     }
 
     /// The bytes that were sent; on `shm`, where they lie in the sender's ring.

@@ -36,13 +36,19 @@
 
 use std::future::Future;
 use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::transport::{self, AsyncConnection, AsyncListener, Capabilities};
-use crate::{ConnectWait, Endpoint, Message, MessageRef, Result, ToEndpoint, typed};
+use tokio::sync::Notify;
+
+use crate::{
+    Broadcaster, ClientHandle, ConnectWait, Delivery, Endpoint, Event, Message, MessageRef, Result,
+    ToEndpoint, typed,
+};
 
 /// Connects to the server at `endpoint`. Dropped before it completes, nothing is left
 /// behind but a connection the server sees closed.
@@ -115,9 +121,19 @@ pub fn listen(endpoint: impl ToEndpoint) -> Result<Server> {
     let transport = transport::for_endpoint(&endpoint)?;
     transport::check_listen(transport, &endpoint)?;
     let listener = transport.listen_async(&endpoint)?;
+    let broadcaster = listener.broadcaster();
+    let departed = Arc::new(Notify::new());
+    if let Some(broadcaster) = &broadcaster {
+        let departed = departed.clone();
+        broadcaster
+            .roster()
+            .set_waker(Arc::new(move || departed.notify_one()));
+    }
     Ok(Server {
         capabilities: transport.capabilities(listener.endpoint()),
         listener,
+        broadcaster,
+        departed,
     })
 }
 
@@ -222,6 +238,29 @@ impl Client {
         typed::decode(&reply, self.endpoint())
     }
 
+    /// Waits for the next message the server pushed to this client, apart from any
+    /// reply, as [`crate::Client::recv`] does. Cancel-safe: dropped before it completes,
+    /// no message is taken (wrap it in `tokio::time::timeout` or `select!` freely).
+    ///
+    /// ```no_run
+    /// # async fn run(client: ipckit::tokio::Client) -> ipckit::Result<()> {
+    /// client.send(b"subscribe").await?;
+    /// loop {
+    ///     let pushed = client.recv().await?;
+    ///     println!("{:?}", pushed.payload());
+    /// }
+    /// # }
+    /// ```
+    pub async fn recv(&self) -> Result<Message> {
+        let payload = self.connection.recv().await?;
+        Ok(Message::new(
+            payload,
+            Arc::default(),
+            None,
+            self.endpoint().to_string().into(),
+        ))
+    }
+
     /// The largest message the server accepts.
     pub fn max_message(&self) -> usize {
         self.connection.max_message()
@@ -272,6 +311,9 @@ debug_by_endpoint!(Client);
 pub struct Server {
     listener: Box<dyn AsyncListener>,
     capabilities: Capabilities,
+    broadcaster: Option<Broadcaster>,
+    /// Told when a push finds a client gone, which the listener did not see.
+    departed: Arc<Notify>,
 }
 
 impl Server {
@@ -288,7 +330,78 @@ impl Server {
     /// # }
     /// ```
     pub async fn recv(&mut self) -> Result<Message> {
+        self.forget_departed();
         self.listener.recv().await
+    }
+
+    /// Waits for the next message, or for a client to connect or leave, as
+    /// [`crate::Server::recv_event`] does. Cancel-safe: dropped before it completes, no
+    /// event is taken.
+    ///
+    /// ```no_run
+    /// use ipckit::Event;
+    /// # async fn run(mut server: ipckit::tokio::Server) -> ipckit::Result<()> {
+    /// let mut subscribers = Vec::new();
+    /// loop {
+    ///     match server.recv_event().await? {
+    ///         Event::Connected(client) => subscribers.push(client),
+    ///         Event::Disconnected(client) => subscribers.retain(|c| c != &client),
+    ///         Event::Message(msg) => println!("{:?}", msg.payload()),
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub async fn recv_event(&mut self) -> Result<Event> {
+        loop {
+            if let Some(departed) = self.take_departed() {
+                return Ok(Event::Disconnected(departed));
+            }
+            tokio::select! {
+                event = self.listener.recv_event() => return event,
+                () = self.departed.notified() => {}
+            }
+        }
+    }
+
+    fn take_departed(&self) -> Option<ClientHandle> {
+        self.broadcaster.as_ref()?.roster().take_departed()
+    }
+
+    /// Departures found by pushes are reported to `recv_event` alone.
+    fn forget_departed(&self) {
+        while self.take_departed().is_some() {}
+    }
+
+    /// Sends `payload` to every connected client without waiting on any, as
+    /// [`crate::Server::broadcast`] does.
+    pub fn broadcast(&self, payload: &[u8]) -> Result<Delivery> {
+        self.pushing()?.broadcast(payload)
+    }
+
+    /// Broadcasts `value` serialized, as [`crate::Server::broadcast_value`] does.
+    pub fn broadcast_value<T: Serialize + ?Sized>(&self, value: &T) -> Result<Delivery> {
+        self.pushing()?.broadcast_value(value)
+    }
+
+    /// The clients connected now, oldest first (empty on a transport that cannot push).
+    pub fn clients(&self) -> Vec<ClientHandle> {
+        self.broadcaster
+            .as_ref()
+            .map(Broadcaster::clients)
+            .unwrap_or_default()
+    }
+
+    /// A handle that broadcasts and lists clients from other tasks and threads while this
+    /// server receives; [`Error::Unsupported`](crate::Error::Unsupported) on a transport
+    /// that cannot push.
+    pub fn broadcaster(&self) -> Result<Broadcaster> {
+        self.pushing().cloned()
+    }
+
+    fn pushing(&self) -> Result<&Broadcaster> {
+        self.broadcaster
+            .as_ref()
+            .ok_or_else(|| transport::cannot_push(self.endpoint()))
     }
 
     /// Waits for the next message and lends it to `handle`, returning what `handle`

@@ -19,6 +19,7 @@ use super::{Connection, Listener, Transport};
 use crate::endpoint::{Address, Endpoint};
 use crate::error::Result;
 use crate::message::{Message, MessageRef, ReplySink};
+use crate::push::{Broadcaster, Event};
 
 /// A client's calls, as each flavor makes them.
 pub(crate) trait ClientSide {
@@ -31,6 +32,11 @@ pub(crate) trait ClientSide {
         timeout: Duration,
         read: impl FnOnce(&[u8]) -> R,
     ) -> Result<R>;
+    /// The next message the server pushed, until `deadline`.
+    fn recv(&self, deadline: Option<Instant>) -> Result<Option<Vec<u8>>> {
+        let _ = deadline;
+        Err(super::cannot_push(self.endpoint()))
+    }
     fn max_message(&self) -> usize;
     fn endpoint(&self) -> &Endpoint;
 }
@@ -40,6 +46,14 @@ pub(crate) trait ServerSide {
     /// One wait, until `deadline`, for a message; `None` when the deadline passed or the
     /// waker was called.
     fn recv(&mut self, deadline: Option<Instant>) -> Result<Option<Message>>;
+    /// One wait, as [`recv`](Self::recv), for a message or a client coming or going.
+    fn recv_event(&mut self, deadline: Option<Instant>) -> Result<Option<Event>> {
+        Ok(self.recv(deadline)?.map(Event::Message))
+    }
+    /// The clients connected, where the flavor pushes.
+    fn broadcaster(&self) -> Option<Broadcaster> {
+        None
+    }
     /// One wait, as [`recv`](Self::recv), for a message to lend to `handle` (taken when
     /// called); what it returned.
     fn recv_with<R, H: FnOnce(&mut MessageRef<'_>) -> R>(
@@ -68,6 +82,10 @@ impl ClientSide for dyn Connection {
         Connection::request(self, payload, timeout)
     }
 
+    fn recv(&self, deadline: Option<Instant>) -> Result<Option<Vec<u8>>> {
+        Connection::recv(self, deadline)
+    }
+
     fn request_with<R>(
         &self,
         payload: &[u8],
@@ -90,6 +108,14 @@ impl ClientSide for dyn Connection {
 impl ServerSide for dyn Listener {
     fn recv(&mut self, deadline: Option<Instant>) -> Result<Option<Message>> {
         Listener::recv(self, deadline)
+    }
+
+    fn recv_event(&mut self, deadline: Option<Instant>) -> Result<Option<Event>> {
+        Listener::recv_event(self, deadline)
+    }
+
+    fn broadcaster(&self) -> Option<Broadcaster> {
+        Listener::broadcaster(self)
     }
 
     fn recv_with<R, H: FnOnce(&mut MessageRef<'_>) -> R>(
@@ -193,6 +219,11 @@ impl ClientBackend {
         each_flavor!(self, c => ClientSide::request_with(c, payload, timeout, read))
     }
 
+    #[inline]
+    pub(crate) fn recv(&self, deadline: Option<Instant>) -> Result<Option<Vec<u8>>> {
+        each_flavor!(self, c => ClientSide::recv(c, deadline))
+    }
+
     pub(crate) fn max_message(&self) -> usize {
         each_flavor!(self, c => ClientSide::max_message(c))
     }
@@ -259,6 +290,15 @@ impl ServerBackend {
         handle: impl FnMut(&mut MessageRef<'_>) -> ControlFlow<B>,
     ) -> Result<Option<B>> {
         each_flavor!(mut self, l => ServerSide::serve_with(l, stopped, handle))
+    }
+
+    #[inline]
+    pub(crate) fn recv_event(&mut self, deadline: Option<Instant>) -> Result<Option<Event>> {
+        each_flavor!(mut self, l => ServerSide::recv_event(l, deadline))
+    }
+
+    pub(crate) fn broadcaster(&self) -> Option<Broadcaster> {
+        each_flavor!(self, l => ServerSide::broadcaster(l))
     }
 
     pub(crate) fn waker(&self) -> Arc<dyn Fn() + Send + Sync> {

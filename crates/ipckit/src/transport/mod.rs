@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
 use crate::message::{Message, MessageRef};
+use crate::push::{Broadcaster, Event};
 
 pub(crate) use access::check_listen;
 
@@ -64,6 +65,12 @@ pub(crate) use sealed;
 pub struct Capabilities {
     /// A client can send a request and get its reply.
     pub duplex: bool,
+    /// A server can send to a client at any time and broadcast to all of them
+    /// ([`ClientHandle`](crate::ClientHandle), [`Server::broadcast`](crate::Server::broadcast)),
+    /// and sees clients come and go ([`Event`](crate::Event)); a client takes those messages
+    /// with [`Client::recv`](crate::Client::recv). Each transport's module says what bounds
+    /// a client's outbox there.
+    pub push: bool,
     /// A message that `send` accepted is delivered unless the receiver dies.
     pub reliable: bool,
     /// One client's messages arrive in the order it sent them.
@@ -150,10 +157,27 @@ pub trait AsyncConnection: Sealed + Send + Sync {
         payload: &'a [u8],
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Vec<u8>>>;
+    /// Waits for the next message the server pushed, apart from any reply. Dropping the
+    /// future loses nothing: a message is taken only by the call that returns it.
+    /// [`Error::Disconnected`] once the server has gone and every pushed message was taken.
+    fn recv(&self) -> BoxFuture<'_, Result<Vec<u8>>> {
+        Box::pin(std::future::ready(Err(cannot_push(self.endpoint()))))
+    }
     /// The largest payload the server accepts.
     fn max_message(&self) -> usize;
     /// Where it is connected.
     fn endpoint(&self) -> &Endpoint;
+}
+
+/// The error of a client's `recv` on a transport that does not push.
+pub(crate) fn cannot_push(endpoint: &Endpoint) -> Error {
+    Error::Unsupported {
+        endpoint: endpoint.to_string(),
+        what: format!(
+            "the {} transport cannot push messages to a client; use a transport whose capabilities say push (ipckit transports)",
+            endpoint.scheme()
+        ),
+    }
 }
 
 /// A transport's async server side; [`crate::tokio::Server`] wraps it.
@@ -172,6 +196,17 @@ pub trait AsyncListener: Sealed + Send {
             Ok(())
         })
     }
+    /// Waits for the next message or client arriving or leaving (see [`Event`]). Dropping
+    /// the future loses nothing. Transports that push override it; the others only have
+    /// messages.
+    fn recv_event(&mut self) -> BoxFuture<'_, Result<Event>> {
+        Box::pin(async move { Ok(Event::Message(self.recv().await?)) })
+    }
+    /// The clients connected to it, for pushing and broadcasting; `None` where the
+    /// transport does not push.
+    fn broadcaster(&self) -> Option<Broadcaster> {
+        None
+    }
     /// The endpoint it listens on, with the real address where the kernel chose it.
     fn endpoint(&self) -> &Endpoint;
 }
@@ -182,6 +217,13 @@ pub trait Connection: Sealed + Send + Sync {
     fn send(&self, payload: &[u8]) -> Result<()>;
     /// Sends a request and waits up to `timeout` for its reply.
     fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>>;
+    /// Waits until `deadline` (forever when `None`) for the next message the server
+    /// pushed, apart from any reply; `Ok(None)` when the deadline passed.
+    /// [`Error::Disconnected`] once the server has gone and every pushed message was taken.
+    fn recv(&self, deadline: Option<Instant>) -> Result<Option<Vec<u8>>> {
+        let _ = deadline;
+        Err(cannot_push(self.endpoint()))
+    }
     /// The largest payload the server accepts.
     fn max_message(&self) -> usize;
     /// Where it is connected.
@@ -208,6 +250,17 @@ pub trait Listener: Sealed + Send {
             }
             None => Ok(false),
         }
+    }
+    /// Waits as [`recv`](Listener::recv) does for the next message or client arriving or
+    /// leaving (see [`Event`]). Transports that push override it (and make `recv` skip
+    /// the other events); the others only have messages.
+    fn recv_event(&mut self, deadline: Option<Instant>) -> Result<Option<Event>> {
+        Ok(self.recv(deadline)?.map(Event::Message))
+    }
+    /// The clients connected to it, for pushing and broadcasting; `None` where the
+    /// transport does not push.
+    fn broadcaster(&self) -> Option<Broadcaster> {
+        None
     }
     /// A function that makes a blocked or the next `recv` return `Ok(None)`.
     fn waker(&self) -> Arc<dyn Fn() + Send + Sync>;

@@ -307,6 +307,7 @@ impl Transport for Mq {
             max_message: max_message(endpoint).0,
             peer_credentials: false,
             zero_copy: false,
+            push: false,
         }
     }
 

@@ -75,6 +75,7 @@ impl Transport for Tcp {
             max_message: endpoint.max_message(),
             peer_credentials: false,
             zero_copy: false,
+            push: false,
         }
     }
 

@@ -122,6 +122,7 @@ impl Transport for Udp {
             max_message: max_message(endpoint).0,
             peer_credentials: false,
             zero_copy: false,
+            push: false,
         }
     }
 

@@ -80,6 +80,7 @@ impl Transport for Uds {
             max_message: endpoint.max_message(),
             peer_credentials: true,
             zero_copy: false,
+            push: false,
         }
     }
 

@@ -169,6 +169,7 @@ impl Transport for Unixgram {
             max_message: max_message(endpoint).0,
             peer_credentials: true,
             zero_copy: false,
+            push: false,
         }
     }
 

@@ -157,6 +157,7 @@ impl Transport for Fifo {
             max_message: endpoint.max_message(),
             peer_credentials: false,
             zero_copy: false,
+            push: false,
         }
     }
 
