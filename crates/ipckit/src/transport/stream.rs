@@ -1126,9 +1126,9 @@ impl StreamListener {
             .deregister(&mut SourceFd(&conn.sink.fd.as_raw_fd()));
         conn.sink.close();
         if let Some(client) = conn.handle {
-            if self.roster.leave(&client) {
-                self.ready.push_back(Event::Disconnected(client));
-            }
+            // Taken out of the roster only as the event is taken: a server that lists
+            // its clients while it handles the arrival still finds this one there.
+            self.ready.push_back(Event::Disconnected(client));
         }
         match reason {
             Some(reason) => log::warn!(
@@ -1151,6 +1151,12 @@ impl StreamListener {
     ) -> Result<Option<Event>> {
         loop {
             while let Some(event) = self.ready.pop_front() {
+                if let Event::Disconnected(client) = &event {
+                    // Not if a push found it gone first: the roster reports it then.
+                    if !self.roster.leave(client) {
+                        continue;
+                    }
+                }
                 if !messages_only || matches!(event, Event::Message(_)) {
                     return Ok(Some(event));
                 }

@@ -967,9 +967,8 @@ async fn serve_connection(
     read_connection(&fd, conn, session, &mut client).await;
     drop(close);
     if let Some(client) = client {
-        if roster.leave(&client) {
-            let _ = deliver.send(Event::Disconnected(client)).await;
-        }
+        // Taken out of the roster as the event is taken, by `recv_event`.
+        let _ = deliver.send(Event::Disconnected(client)).await;
     }
 }
 
@@ -1077,6 +1076,9 @@ impl Drop for AsyncStreamListener {
         for sink in self.sinks.iter().filter_map(std::sync::Weak::upgrade) {
             sink.out.writer.close("the server closed the connection");
         }
+        for client in self.roster.clients() {
+            self.roster.leave(&client);
+        }
     }
 }
 
@@ -1091,7 +1093,10 @@ impl AsyncListener for AsyncStreamListener {
             loop {
                 match self.events.poll_recv(cx) {
                     Poll::Ready(Some(Event::Message(message))) => return Poll::Ready(Ok(message)),
-                    Poll::Ready(Some(_)) => {}
+                    Poll::Ready(Some(Event::Disconnected(client))) => {
+                        self.roster.leave(&client);
+                    }
+                    Poll::Ready(Some(Event::Connected(_))) => {}
                     // The server holds a sender itself, so the queue never closes.
                     Poll::Ready(None) | Poll::Pending => return Poll::Pending,
                 }
@@ -1105,9 +1110,14 @@ impl AsyncListener for AsyncStreamListener {
             if let Poll::Ready(Err(e)) = self.poll_accept(cx) {
                 return Poll::Ready(Err(e));
             }
-            match self.events.poll_recv(cx) {
-                Poll::Ready(Some(event)) => Poll::Ready(Ok(event)),
-                Poll::Ready(None) | Poll::Pending => Poll::Pending,
+            loop {
+                match self.events.poll_recv(cx) {
+                    // Not if a push found it gone first: the roster reports it then.
+                    Poll::Ready(Some(Event::Disconnected(client)))
+                        if !self.roster.leave(&client) => {}
+                    Poll::Ready(Some(event)) => return Poll::Ready(Ok(event)),
+                    Poll::Ready(None) | Poll::Pending => return Poll::Pending,
+                }
             }
         }))
     }

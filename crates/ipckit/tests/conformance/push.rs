@@ -240,7 +240,7 @@ fn a_killed_client_is_disconnected(ctx: &Ctx) -> Outcome {
     }
     victim.kill();
     let pushing = doomed.clone();
-    let outcome = serve_while(&mut server, move || {
+    let (outcome, departed) = serve_while_seeing(&mut server, move || {
         let deadline = Instant::now() + PATIENCE;
         let mut seq = 10;
         loop {
@@ -258,7 +258,11 @@ fn a_killed_client_is_disconnected(ctx: &Ctx) -> Outcome {
     );
     // The server's loop hears of it once, whoever found out.
     let deadline = Instant::now() + PATIENCE;
-    loop {
+    ensure!(
+        departed.len() <= 1 && departed.iter().all(|left| left == &doomed),
+        "{departed:?} left, not the killed client once"
+    );
+    while departed.is_empty() {
         ensure!(
             Instant::now() < deadline,
             "the server's loop never said the killed client left"
@@ -353,7 +357,7 @@ fn a_broadcast_skips_or_disconnects_a_full_client(ctx: &Ctx) -> Outcome {
             .expect("greeted");
         let broadcaster = server.broadcaster()?;
         let started = Instant::now();
-        let (totals, first_miss) = serve_while(&mut server, move || {
+        let (broadcasts, departed) = serve_while_seeing(&mut server, move || {
             let mut totals = ipckit::Delivery::default();
             let mut seq = 0;
             while started.elapsed() < PATIENCE {
@@ -367,7 +371,8 @@ fn a_broadcast_skips_or_disconnects_a_full_client(ctx: &Ctx) -> Outcome {
                 }
             }
             Ok::<_, Error>((totals, None))
-        })??;
+        })?;
+        let (totals, first_miss) = broadcasts?;
         let miss = first_miss.ok_or_else(|| {
             format!(
                 "{overflow}: a client that does not read took {} broadcasts",
@@ -399,7 +404,11 @@ fn a_broadcast_skips_or_disconnects_a_full_client(ctx: &Ctx) -> Outcome {
                     server.clients()
                 );
                 let deadline = Instant::now() + PATIENCE;
-                loop {
+                ensure!(
+                    departed.len() <= 1 && departed.iter().all(|left| left == &handle),
+                    "{departed:?} left, not the full client once"
+                );
+                while departed.is_empty() {
                     ensure!(
                         Instant::now() < deadline,
                         "disconnect: the server's loop never said the client left"
@@ -632,12 +641,26 @@ fn serve_while<R: Send>(
     server: &mut api::Server,
     work: impl FnOnce() -> R + Send,
 ) -> Result<R, Failed> {
+    Ok(serve_while_seeing(server, work)?.0)
+}
+
+/// [`serve_while`], returning the clients that the server's loop said left meanwhile: a
+/// transport may notice a departure before the push that finds it gone.
+fn serve_while_seeing<R: Send>(
+    server: &mut api::Server,
+    work: impl FnOnce() -> R + Send,
+) -> Result<(R, Vec<ClientHandle>), Failed> {
     std::thread::scope(|scope| {
         let worker = scope.spawn(work);
+        let mut departed = Vec::new();
         while !worker.is_finished() {
-            server.recv_event_timeout(Duration::from_millis(5))?;
+            if let Some(Event::Disconnected(client)) =
+                server.recv_event_timeout(Duration::from_millis(5))?
+            {
+                departed.push(client);
+            }
         }
-        Ok(worker.join().expect("the worker does not panic"))
+        Ok((worker.join().expect("the worker does not panic"), departed))
     })
 }
 
