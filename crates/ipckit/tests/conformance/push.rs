@@ -263,6 +263,9 @@ fn a_killed_client_is_disconnected(ctx: &Ctx) -> Outcome {
             Instant::now() < deadline,
             "the server's loop never said the killed client left"
         );
+        if left_while_serving(&doomed) {
+            break;
+        }
         match server.recv_event_timeout(Duration::from_millis(20))? {
             Some(Event::Disconnected(left)) => {
                 ensure!(left == doomed, "{left:?} left, not the killed client");
@@ -404,6 +407,9 @@ fn a_broadcast_skips_or_disconnects_a_full_client(ctx: &Ctx) -> Outcome {
                         Instant::now() < deadline,
                         "disconnect: the server's loop never said the client left"
                     );
+                    if left_while_serving(&handle) {
+                        break;
+                    }
                     if let Some(Event::Disconnected(left)) =
                         server.recv_event_timeout(Duration::from_millis(20))?
                     {
@@ -625,6 +631,21 @@ fn greeted(
     Ok(greeted)
 }
 
+thread_local! {
+    /// Clients whose leaving `serve_while` heard of, for a check that waits for it after.
+    static LEFT: std::cell::RefCell<Vec<ClientHandle>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Whether `serve_while` heard of `client` leaving (forgetting it).
+fn left_while_serving(client: &ClientHandle) -> bool {
+    LEFT.with(|left| {
+        let mut left = left.borrow_mut();
+        let before = left.len();
+        left.retain(|c| c != client);
+        left.len() < before
+    })
+}
+
 /// Runs `work` on another thread while this one keeps the server's loop going (which is
 /// where clients are accepted and outboxes flushed); messages that arrive meanwhile are
 /// dropped.
@@ -635,7 +656,11 @@ fn serve_while<R: Send>(
     std::thread::scope(|scope| {
         let worker = scope.spawn(work);
         while !worker.is_finished() {
-            server.recv_event_timeout(Duration::from_millis(5))?;
+            if let Some(Event::Disconnected(client)) =
+                server.recv_event_timeout(Duration::from_millis(5))?
+            {
+                LEFT.with(|left| left.borrow_mut().push(client));
+            }
         }
         Ok(worker.join().expect("the worker does not panic"))
     })

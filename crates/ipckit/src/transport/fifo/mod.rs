@@ -63,12 +63,14 @@
 
 mod chunk;
 mod client;
+mod inbox;
 mod line;
 #[cfg(feature = "tokio")]
 mod on_tokio;
+mod outbox;
 mod server;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fs::FileType;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileTypeExt;
@@ -157,7 +159,8 @@ impl Transport for Fifo {
             max_message: endpoint.max_message(),
             peer_credentials: false,
             zero_copy: false,
-            push: false,
+            // A line names no client to push to (see `line`).
+            push: endpoint.framing() == Framing::Length,
         }
     }
 
@@ -239,13 +242,16 @@ fn server(endpoint: &Endpoint) -> Result<FifoListener> {
         path: path.to_owned(),
         fd: Arc::new(fd),
         reassembly: Reassembly::new(endpoint.max_message()),
-        ready: VecDeque::new(),
+        events: VecDeque::new(),
         stop: Arc::new(AtomicBool::new(false)),
         waker_fd: Arc::new(waker_fd),
         last_sink: None,
         anonymous: Arc::new(Peer::default()),
         last_reap: Instant::now(),
         reclaim: Reclaim::new(),
+        roster: crate::push::Roster::new(endpoint),
+        clients: HashMap::new(),
+        watcher: None,
         _file: file,
     })
 }
