@@ -1,11 +1,12 @@
 //! The same client and server driven by tokio: the FIFOs stay non-blocking and tokio's
-//! reactor says when they are readable or have room. Chunks, reassembly, reply FIFOs and
+//! reactor says when they are readable or have room. Chunks, reassembly, inbound FIFOs and
 //! their names are the blocking side's.
 //!
 //! Cancellation: a dropped `send` may have written some chunks of its message; the
 //! server never delivers them (the writer's next message, or its death, discards them),
-//! so the message arrives whole or not at all. A dropped `request` drops its reply FIFO
-//! with it, so a late reply cannot be taken for another request's.
+//! so the message arrives whole or not at all. A dropped `request` forgets its `seq`, so a
+//! late reply is dropped as it is read, never taken for another request's. A dropped
+//! `recv` loses nothing: what a read brought is in the shared state before the next await.
 //!
 //! A reply larger than the client's reply pipe (64 KiB) waits in [`Message::reply`] while
 //! the client reads it, as on the blocking side.

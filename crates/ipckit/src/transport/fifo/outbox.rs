@@ -45,6 +45,8 @@ pub(super) struct FifoOutbox {
     /// The client's `max_message`, from its hello.
     max: usize,
     pipe_size: usize,
+    /// [`server_writer`], asked once: getpid is a syscall.
+    writer: WriterId,
     /// How long a message already partly in the pipe may wait for room for its rest before
     /// the client is disconnected: a half-written message would hold its reader forever.
     stall: Duration,
@@ -61,6 +63,7 @@ impl FifoOutbox {
             full: AtomicBool::new(false),
             max,
             pipe_size,
+            writer: server_writer(),
             stall,
         }
     }
@@ -93,7 +96,7 @@ impl FifoOutbox {
             self.wait_for_room(size + CHUNK, patience)?;
         }
         let sigpipe = SigpipeBlocked::new();
-        let mut chunks = Chunks::new((server_writer(), seq, flags), payload);
+        let mut chunks = Chunks::new((self.writer, seq, flags), payload);
         let mut first = true;
         while let Some(chunk) = chunks.next_chunk() {
             let mut deadline = None;
@@ -156,7 +159,7 @@ impl FifoOutbox {
     fn close(&self) {
         self.closed.store(true, Ordering::Release);
         let sigpipe = SigpipeBlocked::new();
-        let bye = control_chunk(BYE, server_writer(), &[]);
+        let bye = control_chunk(BYE, self.writer, &[]);
         let _ = write_pipe(&self.url, self.fd.as_fd(), &bye, &sigpipe);
     }
 }
