@@ -206,7 +206,8 @@ impl FifoConnection {
     /// expected before anything is written, as another thread may read it first.
     fn write(&self, payload: &[u8], flags: u8) -> Result<u32> {
         let mut sender = crate::sys::lock(&self.sender);
-        sender.1 = sender.1.wrapping_add(1);
+        // 0 is the keeper's wake-up of a `recv`, never a request's.
+        sender.1 = sender.1.checked_add(1).unwrap_or(1);
         let (writer, seq) = *sender;
         let request = flags & REQUEST != 0;
         if request {
@@ -248,10 +249,21 @@ impl FifoConnection {
                 continue;
             }
             state.reading = true;
-            // Before the welcome, a server that died is seen only by polling its FIFO.
             let unwelcomed = state.unwelcomed();
             drop(state);
-            let read = self.read(want, deadline, unwelcomed);
+            // A push's deadline is kept as a request's is, by the keeper, so that each
+            // wake-up costs one read rather than a poll and a read.
+            let keeper = match (want, deadline) {
+                (Want::Push, Some(d)) if !unwelcomed => {
+                    let keeper = DeadlineKeeper::get();
+                    Some((keeper, keeper.register(d, self.inbox.path.clone(), 0)))
+                }
+                _ => None,
+            };
+            let read = self.read(deadline, unwelcomed);
+            if let Some((keeper, ticket)) = keeper {
+                keeper.cancel(ticket);
+            }
             state = crate::sys::lock(&self.inbox.state);
             state.reading = false;
             if state.waiting > 0 {
@@ -265,26 +277,17 @@ impl FifoConnection {
     }
 
     /// One read of the inbox, whose whole messages go where their callers take them.
-    fn read(&self, want: Want, deadline: Option<Instant>, unwelcomed: bool) -> Result<()> {
+    fn read(&self, deadline: Option<Instant>, unwelcomed: bool) -> Result<()> {
         let mut reader = crate::sys::lock(&self.inbox.reader);
         let fd = self.inbox.fd.as_fd();
-        // A request's deadline is kept by the keeper; a push's, and a server's death
-        // before its welcome, by poll.
-        let deadline = match want {
-            Want::Push => deadline,
-            Want::Reply(_) => None,
-        };
-        if deadline.is_some() || unwelcomed {
+        if unwelcomed {
+            // Before the welcome, a server that died is seen only by polling its FIFO.
             let mut fds = [
                 PollFd::new(&fd, PollFlags::IN),
                 PollFd::new(&self.fd, PollFlags::empty()),
             ];
-            let waited = if unwelcomed {
-                let soon = Instant::now() + super::REAP_INTERVAL;
-                Some(deadline.map_or(soon, |d| d.min(soon)))
-            } else {
-                deadline
-            };
+            let soon = Instant::now() + super::REAP_INTERVAL;
+            let waited = Some(deadline.map_or(soon, |d| d.min(soon)));
             poll_until(&mut fds, waited)
                 .map_err(|e| Error::io(&self.url, "waiting for the server", e))?;
             if fds[1].revents().intersects(PollFlags::ERR | PollFlags::HUP) {

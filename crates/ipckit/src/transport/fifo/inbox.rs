@@ -17,6 +17,9 @@ use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
 use crate::sys::lock;
 
+/// The size a client asks the kernel for its inbound pipe (where refused, 64 KiB).
+const INBOX_PIPE_SIZE: usize = 256 * 1024;
+
 /// What a caller waits for.
 #[derive(Clone, Copy)]
 pub(super) enum Want {
@@ -85,6 +88,10 @@ impl Inbox {
         let opened = (|| {
             // Read-only, so that the end of every writer reads as the server gone.
             let fd = open_fifo(endpoint, &path, OFlags::RDONLY)?;
+            // The outbox the server pushes into: large enough that a reader that a busy
+            // machine schedules late takes many messages per wake-up; small enough that
+            // many clients stay within the kernel's per-user pipe allowance.
+            let _ = rustix::pipe::fcntl_setpipe_size(&fd, INBOX_PIPE_SIZE);
             let placeholder = open_fifo(endpoint, &path, OFlags::WRONLY)?;
             Ok((fd, placeholder))
         })();

@@ -21,8 +21,8 @@
 //! threads request and receive at once. The server writes one message at a time into a
 //! client's FIFO, so a push and a reply of several chunks never interleave.
 //!
-//! A client's outbox is its inbound pipe's buffer (64 KiB unless raised with
-//! F_SETPIPE_SZ): a push finds room there or waits up to `?send_timeout_ms=` for it, then
+//! A client's outbox is its inbound pipe's buffer (256 KiB, which the client asks the
+//! kernel for; 64 KiB where it refuses): a push finds room there or waits up to `?send_timeout_ms=` for it, then
 //! fails with [`Error::Full`] having written nothing; from then on the client counts as
 //! full until it has read half of its pipe. A message of several chunks is begun only
 //! once all of it fits, where it can: one that is larger than the pipe, and that the

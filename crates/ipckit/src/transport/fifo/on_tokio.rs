@@ -283,10 +283,8 @@ impl AsyncFifoListener {
             loop {
                 let server = &mut self.server;
                 server.deliver(); // wake chunks are the blocking side's alone
-                while let Some(event) = server.events.pop_front() {
-                    if events || matches!(event, Event::Message(_)) {
-                        return Poll::Ready(Ok(event));
-                    }
+                if let Some(event) = server.pop(events) {
+                    return Poll::Ready(Ok(event));
                 }
                 if !server.reassembly.partial.is_empty() && self.reap.as_mut().poll(cx).is_ready() {
                     self.server.reassembly.reap(&self.server.url);

@@ -2,7 +2,7 @@
 //! replies and the server's pushes, and the watcher that notices a client whose FIFO
 //! nobody reads any more.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -34,7 +34,8 @@ fn encoded_len(len: usize) -> usize {
 /// raised it).
 pub(super) struct FifoOutbox {
     url: Arc<str>,
-    pub(super) fd: Arc<OwnedFd>,
+    /// `None` for a client that had gone by the time its hello was read.
+    pub(super) fd: Option<Arc<OwnedFd>>,
     /// Held for a whole message: pushes and replies go under one writer id, so the chunks
     /// of two messages must never interleave.
     write: Mutex<()>,
@@ -53,11 +54,19 @@ pub(super) struct FifoOutbox {
 }
 
 impl FifoOutbox {
-    pub(super) fn new(url: Arc<str>, fd: OwnedFd, max: usize, stall: Duration) -> FifoOutbox {
-        let pipe_size = rustix::pipe::fcntl_getpipe_size(&fd).unwrap_or(CHUNK * 16);
+    pub(super) fn new(
+        url: Arc<str>,
+        fd: Option<OwnedFd>,
+        max: usize,
+        stall: Duration,
+    ) -> FifoOutbox {
+        let pipe_size = fd
+            .as_ref()
+            .and_then(|fd| rustix::pipe::fcntl_getpipe_size(fd).ok())
+            .unwrap_or(CHUNK * 16);
         FifoOutbox {
             url,
-            fd: Arc::new(fd),
+            fd: fd.map(Arc::new),
             write: Mutex::new(()),
             closed: AtomicBool::new(false),
             full: AtomicBool::new(false),
@@ -79,21 +88,25 @@ impl FifoOutbox {
     /// message begun is finished, or the client disconnected.
     fn write_whole(&self, flags: u8, seq: u32, payload: &[u8], patience: Duration) -> Result<()> {
         let _turn = lock(&self.write);
-        if self.closed.load(Ordering::Acquire) {
+        let Some(fd) = self
+            .fd
+            .as_deref()
+            .filter(|_| !self.closed.load(Ordering::Acquire))
+        else {
             return Err(self.gone("the client has gone, or was disconnected"));
-        }
-        let fd = self.fd.as_fd();
+        };
+        let fd = fd.as_fd();
         let size = encoded_len(payload.len());
         if self.full.load(Ordering::Relaxed) {
             // Counted in bytes: a pipe whose pages are partly used may refuse even a small
             // chunk, which then finds it full again.
-            self.wait_for_room(self.pipe_size / 2, patience)?;
+            self.wait_for_room(fd, self.pipe_size / 2, patience)?;
             self.full.store(false, Ordering::Relaxed);
         }
         if size > CHUNK && size + CHUNK <= self.pipe_size {
             // Begun only once all of it fits, so that a client that stopped reading costs
             // a broadcast nothing and holds no message half-written.
-            self.wait_for_room(size + CHUNK, patience)?;
+            self.wait_for_room(fd, size + CHUNK, patience)?;
         }
         let sigpipe = SigpipeBlocked::new();
         let mut chunks = Chunks::new((self.writer, seq, flags), payload);
@@ -127,7 +140,7 @@ impl FifoOutbox {
                     self.full.store(true, Ordering::Relaxed);
                     return Err(pipe_full(&self.url, patience));
                 }
-                self.close();
+                self.close(fd);
                 return Err(self.gone(&format!(
                     "the client read nothing of a message half-written into its FIFO for {wait:?}; it was disconnected"
                 )));
@@ -138,10 +151,10 @@ impl FifoOutbox {
     }
 
     /// Waits up to `patience` until the pipe has room for `size` bytes.
-    fn wait_for_room(&self, size: usize, patience: Duration) -> Result<()> {
+    fn wait_for_room(&self, fd: BorrowedFd<'_>, size: usize, patience: Duration) -> Result<()> {
         let deadline = Instant::now() + patience;
         loop {
-            let unread = rustix::io::ioctl_fionread(&*self.fd)
+            let unread = rustix::io::ioctl_fionread(fd)
                 .map_err(|e| Error::io(&*self.url, "measuring the client's FIFO", e.into()))?;
             if self.pipe_size.saturating_sub(unread as usize) >= size {
                 return Ok(());
@@ -156,11 +169,11 @@ impl FifoOutbox {
     }
 
     /// Marks the client gone and tells it so, if its FIFO has room for that.
-    fn close(&self) {
+    fn close(&self, fd: BorrowedFd<'_>) {
         self.closed.store(true, Ordering::Release);
         let sigpipe = SigpipeBlocked::new();
         let bye = control_chunk(BYE, self.writer, &[]);
-        let _ = write_pipe(&self.url, self.fd.as_fd(), &bye, &sigpipe);
+        let _ = write_pipe(&self.url, fd, &bye, &sigpipe);
     }
 }
 
@@ -179,8 +192,9 @@ impl Outbox for FifoOutbox {
 
     fn disconnect(&self) {
         let _turn = lock(&self.write);
-        if !self.closed.load(Ordering::Acquire) {
-            self.close();
+        match &self.fd {
+            Some(fd) if !self.closed.load(Ordering::Acquire) => self.close(fd.as_fd()),
+            _ => self.closed.store(true, Ordering::Release),
         }
     }
 }

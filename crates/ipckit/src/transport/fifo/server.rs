@@ -182,40 +182,38 @@ impl FifoListener {
             remove_dead_reply_fifos(&self.path);
         }
         let path = reply_path(&self.path, writer);
-        let fd = match open_fifo(&self.endpoint, &path, OFlags::WRONLY) {
-            Ok(fd) => fd,
-            Err(e) => {
-                log::info!(
-                    "{}: a client said hello and left before it was seen ({})",
-                    self.url,
-                    e.as_detail()
-                );
-                return;
-            }
-        };
         let max = match max.try_into() {
             Ok(max) => u32::from_le_bytes(max) as usize,
             Err(_) => self.endpoint.max_message(),
         };
-        let outbox = Arc::new(FifoOutbox::new(
-            self.url.clone(),
-            fd,
-            max,
-            self.endpoint.send_timeout(),
-        ));
+        let send_timeout = self.endpoint.send_timeout();
         let sigpipe = SigpipeBlocked::new();
         let welcome = control_chunk(WELCOME, server_writer(), &[]);
-        if write_pipe(&self.url, outbox.fd.as_fd(), &welcome, &sigpipe).is_err() {
-            return;
-        }
-        if self.watcher.is_none() {
-            match Watcher::start(self.url.clone(), self.waker_fd.clone()) {
-                Ok(watcher) => self.watcher = Some(watcher),
-                Err(e) => log::warn!("{e}; a client that crashes is noticed by a push to it"),
+        let fd = open_fifo(&self.endpoint, &path, OFlags::WRONLY)
+            .ok()
+            .filter(|fd| write_pipe(&self.url, fd.as_fd(), &welcome, &sigpipe).is_ok());
+        let outbox = Arc::new(FifoOutbox::new(self.url.clone(), fd, max, send_timeout));
+        match &outbox.fd {
+            Some(fd) => {
+                if self.watcher.is_none() {
+                    match Watcher::start(self.url.clone(), self.waker_fd.clone()) {
+                        Ok(watcher) => self.watcher = Some(watcher),
+                        Err(e) => {
+                            log::warn!("{e}; a client that crashes is noticed by a push to it")
+                        }
+                    }
+                }
+                if let Some(watcher) = &self.watcher {
+                    watcher.watch(writer, fd.clone());
+                }
             }
-        }
-        if let Some(watcher) = &self.watcher {
-            watcher.watch(writer, outbox.fd.clone());
+            None => {
+                // Gone already (it left, or crashed, before its hello was read): still seen
+                // coming, its messages with it, and going, after them. What it wrote is in
+                // the pipe before this, and its goodbye, if it said one, too.
+                let gone = control_chunk(GONE, writer, &[]);
+                let _ = write_pipe(&self.url, self.waker_fd.as_fd(), &gone, &sigpipe);
+            }
         }
         let handle = self.roster.join(self.anonymous.clone(), outbox.clone());
         self.clients.insert(writer, (handle.clone(), outbox));
@@ -231,19 +229,33 @@ impl FifoListener {
         if crashed {
             let _ = std::fs::remove_file(reply_path(&self.path, writer));
         }
-        if self.roster.leave(&handle) {
-            self.events.push_back(Event::Disconnected(handle));
+        // Taken off the roster as the event is returned, not before: the server's list
+        // agrees with the events it has seen.
+        self.events.push_back(Event::Disconnected(handle));
+    }
+
+    /// The next event that was read, or only the next message.
+    pub(super) fn pop(&mut self, events: bool) -> Option<Event> {
+        while let Some(event) = self.events.pop_front() {
+            if let Event::Disconnected(handle) = &event {
+                // Reported already if a push found it gone.
+                if !self.roster.leave(handle) {
+                    continue;
+                }
+            }
+            if events || matches!(event, Event::Message(_)) {
+                return Some(event);
+            }
         }
+        None
     }
 
     /// The next event, or only the next message, until `deadline`; `None` when it passed
     /// or the waker was called.
     fn next(&mut self, deadline: Option<Instant>, events: bool) -> Result<Option<Event>> {
         loop {
-            while let Some(event) = self.events.pop_front() {
-                if events || matches!(event, Event::Message(_)) {
-                    return Ok(Some(event));
-                }
+            if let Some(event) = self.pop(events) {
+                return Ok(Some(event));
             }
             if self.stop.swap(false, Ordering::AcqRel) || self.deliver() {
                 return Ok(None);
