@@ -25,7 +25,7 @@ pub(crate) const REQUEST: u8 = 4;
 pub(crate) const REFUSED: u8 = 8;
 /// A header-only chunk a server writes into its own FIFO to end a blocking read.
 pub(crate) const WAKE: u8 = 16;
-/// A header-only chunk the deadline keeper writes into a reply FIFO: the request with
+/// A header-only chunk the deadline keeper writes into a client's FIFO: the request with
 /// this `seq` timed out.
 pub(crate) const TIMED_OUT: u8 = 32;
 /// On a message in a client's inbound FIFO: the server pushed it; it answers no request.

@@ -123,7 +123,7 @@ use crate::message::Peer;
 const PIPE_SIZE: usize = 1 << 20;
 /// How often partial messages are checked for writers that died.
 const REAP_INTERVAL: Duration = Duration::from_millis(500);
-/// How long a reply may wait for room in a reply FIFO.
+/// How long a reply may wait for room in a client's FIFO.
 const REPLY_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn fifo_path(endpoint: &Endpoint) -> &Path {
@@ -235,7 +235,7 @@ impl Transport for Fifo {
     }
 }
 
-/// The server's FIFO, made (or a dead server's taken over), without the reply FIFOs of
+/// The server's FIFO, made (or a dead server's taken over), without the FIFOs of
 /// clients that are gone.
 fn claim(endpoint: &Endpoint) -> Result<EndpointFile> {
     let path = fifo_path(endpoint);
@@ -283,7 +283,7 @@ fn server(endpoint: &Endpoint) -> Result<FifoListener> {
     })
 }
 
-/// Removes the reply FIFOs of clients whose process is gone.
+/// Removes the FIFOs of clients whose process is gone.
 fn remove_dead_reply_fifos(fifo: &Path) {
     let (Some(dir), Some(name)) = (fifo.parent(), fifo.file_name()) else {
         return;
@@ -308,7 +308,7 @@ fn remove_dead_reply_fifos(fifo: &Path) {
             .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok());
         if !alive && entry.file_type().is_ok_and(|t| t.is_fifo()) {
             log::info!(
-                "{}: removing the reply FIFO of a client that is gone",
+                "{}: removing the FIFO of a client that is gone",
                 entry.path().display()
             );
             let _ = std::fs::remove_file(entry.path());

@@ -229,7 +229,7 @@ impl AsyncConnection for AsyncFifoConnection {
         Box::pin(AsyncFifoConnection::send(self, payload))
     }
 
-    /// Dropped at any point, the request's reply FIFO goes with it.
+    /// Dropped at any point, the request's `seq` is forgotten: a late reply is dropped.
     fn request<'a>(
         &'a self,
         payload: &'a [u8],
