@@ -168,7 +168,8 @@ impl Inbox {
     pub(super) fn server_gone(&self) -> Error {
         Error::Disconnected {
             endpoint: self.url.clone(),
-            detail: "the server closed this client's FIFO (it stopped, or disconnected this client); connect again once it is back".into(),
+            detail: "the server closed this client's FIFO: it stopped, or disconnected this client"
+                .into(),
         }
     }
 }

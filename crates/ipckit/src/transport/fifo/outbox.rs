@@ -4,7 +4,7 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use rustix::event::{EventfdFlags, PollFd, PollFlags};
@@ -43,6 +43,9 @@ pub(super) struct FifoOutbox {
     /// A push found no room: the outbox counts as full, whatever small message might
     /// still squeeze in, until the client has read half of the pipe.
     full: AtomicBool,
+    /// Disconnected while full: the goodbye waits for room, which the watcher waits for.
+    bye_owed: AtomicBool,
+    watched: OnceLock<Weak<Watched>>,
     /// The client's `max_message`, from its hello.
     max: usize,
     pipe_size: usize,
@@ -70,6 +73,8 @@ impl FifoOutbox {
             write: Mutex::new(()),
             closed: AtomicBool::new(false),
             full: AtomicBool::new(false),
+            bye_owed: AtomicBool::new(false),
+            watched: OnceLock::new(),
             max,
             pipe_size,
             writer: server_writer(),
@@ -168,12 +173,23 @@ impl FifoOutbox {
         }
     }
 
-    /// Marks the client gone and tells it so, if its FIFO has room for that.
+    /// Marks the client gone and tells it so; where its FIFO has no room for that (it
+    /// was disconnected for not reading), the watcher does once it has.
     fn close(&self, fd: BorrowedFd<'_>) {
         self.closed.store(true, Ordering::Release);
+        if !self.say_bye(fd) {
+            self.bye_owed.store(true, Ordering::Release);
+            if let Some(watched) = self.watched.get().and_then(Weak::upgrade) {
+                watched.wake();
+            }
+        }
+    }
+
+    /// Writes the goodbye; false when the FIFO has no room for it.
+    fn say_bye(&self, fd: BorrowedFd<'_>) -> bool {
         let sigpipe = SigpipeBlocked::new();
         let bye = control_chunk(BYE, self.writer, &[]);
-        let _ = write_pipe(&self.url, fd, &bye, &sigpipe);
+        !matches!(write_pipe(&self.url, fd, &bye, &sigpipe), Ok(None))
     }
 }
 
@@ -218,7 +234,7 @@ pub(super) struct Watcher {
 
 struct Watched {
     url: Arc<str>,
-    clients: Mutex<Vec<(WriterId, Arc<OwnedFd>)>>,
+    clients: Mutex<Vec<(WriterId, Arc<FifoOutbox>)>>,
     /// An eventfd that wakes the thread when a client is added or the server stops.
     nudge: OwnedFd,
     stop: AtomicBool,
@@ -247,9 +263,10 @@ impl Watcher {
         Ok(Watcher { shared })
     }
 
-    /// Watches the inbound FIFO of the client `writer`, held open for writing by `fd`.
-    pub(super) fn watch(&self, writer: WriterId, fd: Arc<OwnedFd>) {
-        lock(&self.shared.clients).push((writer, fd));
+    /// Watches the inbound FIFO of the client `writer`, which `outbox` holds open.
+    pub(super) fn watch(&self, writer: WriterId, outbox: Arc<FifoOutbox>) {
+        let _ = outbox.watched.set(Arc::downgrade(&self.shared));
+        lock(&self.shared.clients).push((writer, outbox));
         self.shared.wake();
     }
 }
@@ -272,17 +289,35 @@ impl Watched {
             let mut fds = Vec::with_capacity(watched.len() + 1);
             fds.push(PollFd::new(&self.nudge, PollFlags::IN));
             // A pipe's writing end reports POLLERR, asked or not, once nobody reads.
-            fds.extend(
-                watched
-                    .iter()
-                    .map(|(_, fd)| PollFd::new(&**fd, PollFlags::empty())),
-            );
+            // A goodbye owed waits for room.
+            fds.extend(watched.iter().filter_map(|(_, outbox)| {
+                let fd = outbox.fd.as_deref()?;
+                let owed = outbox.bye_owed.load(Ordering::Acquire);
+                Some(PollFd::new(
+                    fd,
+                    if owed {
+                        PollFlags::OUT
+                    } else {
+                        PollFlags::empty()
+                    },
+                ))
+            }));
             if poll_until(&mut fds, None).is_err() {
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
             if !fds[0].revents().is_empty() {
                 let _ = rustix::io::read(&self.nudge, &mut [0u8; 8]);
+            }
+            let watched: Vec<_> = watched.iter().filter(|(_, o)| o.fd.is_some()).collect();
+            for ((_, outbox), fd) in watched.iter().zip(&fds[1..]) {
+                if fd.revents().contains(PollFlags::OUT) {
+                    let fd = outbox.fd.as_deref().expect("watched").as_fd();
+                    let _turn = lock(&outbox.write);
+                    if outbox.say_bye(fd) {
+                        outbox.bye_owed.store(false, Ordering::Release);
+                    }
+                }
             }
             let gone: Vec<WriterId> = watched
                 .iter()

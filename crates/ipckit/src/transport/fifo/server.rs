@@ -194,7 +194,7 @@ impl FifoListener {
             .filter(|fd| write_pipe(&self.url, fd.as_fd(), &welcome, &sigpipe).is_ok());
         let outbox = Arc::new(FifoOutbox::new(self.url.clone(), fd, max, send_timeout));
         match &outbox.fd {
-            Some(fd) => {
+            Some(_) => {
                 if self.watcher.is_none() {
                     match Watcher::start(self.url.clone(), self.waker_fd.clone()) {
                         Ok(watcher) => self.watcher = Some(watcher),
@@ -204,7 +204,7 @@ impl FifoListener {
                     }
                 }
                 if let Some(watcher) = &self.watcher {
-                    watcher.watch(writer, fd.clone());
+                    watcher.watch(writer, outbox.clone());
                 }
             }
             None => {
