@@ -167,7 +167,7 @@ impl Transport for Shm {
             max_message: endpoint.max_message(),
             peer_credentials: false,
             zero_copy: true,
-            push: false,
+            push: true,
         }
     }
 
