@@ -16,6 +16,7 @@
 //! reads their answer, and a future that ends hands the channel on.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 
 use crate::sys::lock;
@@ -84,6 +85,9 @@ impl<A> Waiters<A> {
 pub(super) struct Correlator<A> {
     url: String,
     waiters: Mutex<Waiters<A>>,
+    /// Whether `pushes` holds any: read without the lock by a reader that holds the
+    /// channel (only a reader files pushes, so none arrive meanwhile).
+    queued: AtomicBool,
     answered: Condvar,
 }
 
@@ -102,8 +106,15 @@ impl<A> Correlator<A> {
                 #[cfg(feature = "tokio")]
                 push_wakers: Vec::new(),
             }),
+            queued: AtomicBool::new(false),
             answered: Condvar::new(),
         }
+    }
+
+    /// Whether pushes wait to be taken. Exact for a caller that holds the channel.
+    #[inline(always)]
+    pub(super) fn has_pushes(&self) -> bool {
+        self.queued.load(Ordering::Acquire)
     }
 
     /// Why the channel can no longer be used, if it can't.
@@ -132,9 +143,18 @@ impl<A> Correlator<A> {
     pub(super) fn file_push(&self, push: A) {
         let mut waiters = lock(&self.waiters);
         waiters.pushes.push_back(push);
+        self.queued.store(true, Ordering::Release);
         self.notify(&waiters);
         #[cfg(feature = "tokio")]
         wake_pushes(&waiters, |_| true);
+    }
+
+    fn pop_push(&self, waiters: &mut Waiters<A>) -> Option<A> {
+        let push = waiters.pushes.pop_front()?;
+        if waiters.pushes.is_empty() {
+            self.queued.store(false, Ordering::Release);
+        }
+        Some(push)
     }
 
     /// Waits until `deadline` (without end when `None`) for the next pushed message,
@@ -150,7 +170,7 @@ impl<A> Correlator<A> {
     ) -> Result<Option<A>, String> {
         let mut waiters = lock(&self.waiters);
         loop {
-            if let Some(push) = waiters.pushes.pop_front() {
+            if let Some(push) = self.pop_push(&mut waiters) {
                 return Ok(Some(push));
             }
             if let Some(detail) = &waiters.broken {
@@ -325,7 +345,7 @@ impl<A> Correlator<A> {
         use std::task::Poll;
         let mut waiters = lock(&self.waiters);
         loop {
-            if let Some(push) = waiters.pushes.pop_front() {
+            if let Some(push) = self.pop_push(&mut waiters) {
                 return Poll::Ready(Ok(push));
             }
             if let Some(detail) = &waiters.broken {

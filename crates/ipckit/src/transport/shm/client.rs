@@ -259,22 +259,52 @@ impl ShmConnection {
     pub(super) fn recv(&self, deadline: Option<Instant>) -> Result<Option<Vec<u8>>> {
         // Counted as in flight, so that a request made meanwhile takes the general path
         // and, when it ends, hands the reply ring back to this thread.
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-        let pushed = self
-            .answers
-            .await_push(deadline, &self.replies, |replies, until| {
-                let timeout = until.saturating_duration_since(Instant::now());
-                self.read_for_others(replies, until, timeout)
-            });
+        let alone = self.in_flight.fetch_add(1, Ordering::SeqCst) == 0;
+        let pushed = match self.replies.try_lock() {
+            // Nothing filed and nobody else reading: the next push is in the ring.
+            Ok(mut replies) if alone && !self.answers.has_pushes() => {
+                self.lone_push(&mut replies, deadline)
+            }
+            not_alone => {
+                drop(not_alone);
+                self.answers
+                    .await_push(deadline, &self.replies, |replies, until| {
+                        let timeout = until.saturating_duration_since(Instant::now());
+                        self.read_for_others(replies, until, timeout)
+                    })
+                    .map(|push| push.map(|p| p.bytes))
+                    .map_err(|detail| Error::Disconnected {
+                        endpoint: self.url.clone(),
+                        detail,
+                    })
+            }
+        };
         if self.in_flight.fetch_sub(1, Ordering::SeqCst) > 1 {
             self.answers.release_followers();
         }
-        match pushed {
-            Ok(push) => Ok(push.map(|p| p.bytes)),
-            Err(detail) => Err(Error::Disconnected {
-                endpoint: self.url.clone(),
-                detail,
-            }),
+        pushed
+    }
+
+    /// Waits for the next push holding the reply ring, as [`lone_answer`](Self::lone_answer)
+    /// waits for a reply: answers read meanwhile (late ones, or to a request made since)
+    /// go to their requests.
+    #[inline(always)]
+    fn lone_push(
+        &self,
+        replies: &mut Replies,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Vec<u8>>> {
+        // A wait without end is cut every so often: the ring's wait wants a deadline.
+        const A_WHILE: Duration = Duration::from_secs(3600);
+        let timeout = deadline.map_or(A_WHILE, |d| d.saturating_duration_since(Instant::now()));
+        loop {
+            let mut until = deadline;
+            match self.read_answer(replies, &mut until, timeout, &mut InPlace::copied())? {
+                Some(push) if push.kind == Kind::Push => return Ok(Some(push.bytes)),
+                Some(answer) => self.file(answer),
+                None if deadline.is_some() => return Ok(None),
+                None => {}
+            }
         }
     }
 
