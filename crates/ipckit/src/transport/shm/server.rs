@@ -910,8 +910,8 @@ pub(super) fn next_message(
     };
     let reply_to = (kind == Kind::Request).then(|| ReplyTo::new(client.replies.clone(), id));
     Ok(Some(
-        Message::new(payload, client.peer.clone(), reply_to, url.clone())
-            .with_client(client.handle.clone()),
+        // The handle says who sent it, in place of a peer of its own.
+        Message::from_client(payload, client.handle.clone(), reply_to, url.clone()),
     ))
 }
 
