@@ -65,8 +65,8 @@
 //!   client's replies; `?outbox=` does not apply. A push goes in whole or not at all.
 //! - *When it is full*, a send waits for room up to `?send_timeout_ms=` and fails with
 //!   [`Error::Full`]; a broadcast does not wait, and skips the client or disconnects it
-//!   as `?overflow=` says. A client whose ring was found full counts as full until it has
-//!   emptied half of it, for messages of every size.
+//!   as `?overflow=` says. A client whose ring was found full counts as full, for
+//!   messages of every size, until it has taken as much as the push that failed needed.
 //! - *A departed client* is noticed as it leaves (it marks its slot), or, killed, by the
 //!   server's look at its pidfd every [`LIVENESS_INTERVAL`]; a push also checks, within
 //!   10 ms of pushing, and at once while the ring is full. From then on pushes to it fail

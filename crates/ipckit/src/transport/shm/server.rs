@@ -89,10 +89,10 @@ pub(crate) struct ReplyChannel {
     /// Set, under the sender's lock, before the server frees the slot: a push that got
     /// this far must not write into a ring the next client will use.
     freed: AtomicBool,
-    /// A push found the ring full: it counts as full until the client has emptied half
-    /// of it, for pushes of every size (a high-water mark with hysteresis, so that a
-    /// client that does not read is full, not full only for large messages).
-    congested: AtomicBool,
+    /// The room a push found missing, 0 while none did: the ring counts as full until
+    /// the client has freed that much, for pushes of every size, so that a client that
+    /// does not read is full, not full only for messages larger than what is left.
+    congested: AtomicU64,
     client_max: usize,
     client: Option<Process>,
     slot: Shared<Slot>,
@@ -175,22 +175,24 @@ impl ReplyChannel {
         self.closed()?;
         let pushed = self.push_by(&mut sender, payload, patience);
         if let Err(Error::Full { .. }) = pushed {
-            self.congested.store(true, Ordering::Relaxed);
+            let wanted =
+                (payload.len().min(sender.producer.capacity() / 2) + 2 * RECORD_ALIGN) as u64;
+            self.congested.fetch_max(wanted, Ordering::Relaxed);
         }
         pushed
     }
 
     #[inline(always)]
     fn push_by(&self, sender: &mut Sender, payload: &[u8], patience: Duration) -> Result<()> {
-        if self.congested.load(Ordering::Relaxed) {
-            let half = sender.producer.capacity() as u64 / 2;
-            if sender.producer.free() < half {
+        let wanted = self.congested.load(Ordering::Relaxed);
+        if wanted > 0 {
+            if sender.producer.free() < wanted {
                 if patience.is_zero() {
                     return Err(sender.full(self, patience));
                 }
-                sender.wait_until(patience, self, |p| Ok((p.free() >= half).then_some(())))?;
+                sender.wait_until(patience, self, |p| Ok((p.free() >= wanted).then_some(())))?;
             }
-            self.congested.store(false, Ordering::Relaxed);
+            self.congested.store(0, Ordering::Relaxed);
         }
         let max_record = sender.producer.max_record();
         if payload.len() <= max_record {
@@ -485,7 +487,7 @@ impl ShmListener {
             url: self.url.to_string(),
             sender: Mutex::new(sender),
             freed: AtomicBool::new(false),
-            congested: AtomicBool::new(false),
+            congested: AtomicU64::new(0),
             client_max,
             client: process.as_ref().map(Process::try_clone),
             slot,
