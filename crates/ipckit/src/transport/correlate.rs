@@ -420,6 +420,49 @@ mod tests {
     use std::sync::mpsc;
     use std::time::Duration;
 
+    /// Whoever reads the channel sorts what it reads: an answer read while waiting for a
+    /// push goes to its request, a push read while waiting for an answer goes to `recv`.
+    #[test]
+    fn pushes_and_answers_reach_their_own_callers() {
+        let correlator = &Correlator::<&str>::new("test://correlate");
+        let channel = &Mutex::new(0u32);
+        let later = Instant::now() + Duration::from_secs(10);
+        correlator.register(1);
+        let pushed = correlator.await_push(Some(later), channel, |reads, _| {
+            *reads += 1;
+            match *reads {
+                1 => Ok(Some((1, "answer"))),
+                _ => {
+                    correlator.file_push("push");
+                    Ok(None)
+                }
+            }
+        });
+        assert_eq!(pushed, Ok(Some("push")));
+        assert!(!correlator.has_pushes());
+        let unread = |_: &mut u32, _| -> Result<Option<(u64, &str)>, String> {
+            panic!("the answer was filed: nothing to read")
+        };
+        assert!(matches!(
+            correlator.await_answer(1, later, channel, unread),
+            Ok("answer")
+        ));
+        correlator.register(2);
+        let answered = correlator.await_answer(2, later, channel, |_, _| {
+            correlator.file_push("second push");
+            Ok(Some((2, "second answer")))
+        });
+        assert!(matches!(answered, Ok("second answer")));
+        assert!(correlator.has_pushes());
+        let none = |_: &mut u32, _| -> Result<Option<(u64, &str)>, String> { Ok(None) };
+        assert_eq!(
+            correlator.await_push(Some(later), channel, none),
+            Ok(Some("second push"))
+        );
+        let now = Some(Instant::now());
+        assert_eq!(correlator.await_push(now, channel, none), Ok(None));
+    }
+
     /// A reader lets go of the channel only once the answer it read is on the books. Else
     /// the thread that answer is for could take the channel in between and block reading
     /// for data that never comes (this made a conformance check hang now and then).
