@@ -2,9 +2,10 @@
 //!
 //! The queue is created by whoever opens it first, client or server; messages sent while no receiver runs wait in it and are received when one
 //! starts, until the queue is removed ([`Transport::destroy`]) or the machine restarts.
-//! One-way messages are the payload exactly as sent, so a program that calls `mq_send`
-//! itself is heard by `ipckit listen mq://NAME`, in priority order (`?priority=` sets
-//! ipckit's).
+//! A program that calls `mq_send` itself is heard by `ipckit listen mq://NAME`: its
+//! message is the payload exactly as sent, in priority order (`?priority=` sets
+//! ipckit's). An ipckit client's one-way message names the client's inbound queue before
+//! the payload, so that the server knows who sent it (see docs/PROTOCOL.md).
 //!
 //! Limits are the kernel's: a message may be at most fs.mqueue.msgsize_max bytes and a
 //! queue holds fs.mqueue.msg_max of them (/proc/sys/fs/mqueue/; 8192 and 10 by default).
@@ -21,6 +22,42 @@
 //! one per request in flight, and removes them when dropped. Queues of clients that
 //! crashed are removed by the next server to start, where the mqueue filesystem is
 //! mounted at /dev/mqueue to list them.
+//!
+//! # Pushes
+//!
+//! A server pushes into each client's **inbound queue**, which the client creates at
+//! connect and removes when dropped. It is the client's outbox: 4 messages of 2 KiB by
+//! default, a larger push taking several (a push of up to `max_message` always fits an
+//! empty queue). A push waits for room up to `?send_timeout_ms=` (10 s), then fails with
+//! [`Error::Full`]; once full, the queue takes no more pushes until the client has read
+//! half of it, so a client that does not read is full for small pushes and large alike. A
+//! broadcast never waits: a full client is skipped and the drop counted, or disconnected
+//! (`?overflow=`). The queue is the kernel's memory, not the server's, and a pushing
+//! server grows by nothing per client that does not read.
+//!
+//! Replies keep queues of their own: a reply never waits behind pushes the client has not
+//! read, so a client that stops reading pushes still gets its answers, and stalls no
+//! reply of the server's.
+//!
+//! A queue has no connection, so a client announces itself: with a hello at connect, when
+//! a server runs then (without waiting, and never into a full queue), or else with its
+//! first message, which names its inbound queue. The server reports
+//! [`Event::Connected`](crate::Event) before that first message. A client's goodbye, as
+//! it is dropped, is its [`Event::Disconnected`](crate::Event). A client that crashed says
+//! no goodbye: a server with clients looks each second whether each one's process still
+//! runs and its inbound queue is still there, and reports the departures it finds
+//! (removing the inbound queue of a client whose process is gone); a push that finds the
+//! queue full looks at once. A server that stops tells each client, so that
+//! [`Client::recv`](crate::Client::recv) returns [`Error::Disconnected`] once it has
+//! taken the pushes before; a client also looks each second whether the server it has
+//! seen still holds its lock. A client of a queue that no server reads yet waits for one.
+//!
+//! Each inbound queue costs its owner RLIMIT_MSGQUEUE (`ulimit -q`, 819,200 bytes per
+//! user by default), charged for its size, full or empty: some 8.6 KB, where the
+//! endpoint's queue takes 83 KB. The depth above is what lets some 85 clients of one user
+//! share the default limit; with a larger limit, an inbound queue holds up to
+//! fs.mqueue.msg_max messages. A client that cannot have its queue fails to connect
+//! with an error that names the limit.
 //!
 //! What a successful `send` promises: the message is in the kernel's queue. It survives
 //! the receiver's death and waits for the next receiver.
@@ -51,7 +88,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::errno::Errno;
@@ -75,6 +112,7 @@ pub(crate) use wire::{REPLY_OK, REQUEST_MAGIC, answer, encode_request, parse_req
 mod client;
 #[cfg(feature = "tokio")]
 mod on_tokio;
+mod outbox;
 mod server;
 mod wire;
 
@@ -310,7 +348,7 @@ impl Transport for Mq {
             max_message: max_message(endpoint).0,
             peer_credentials: false,
             zero_copy: false,
-            push: false,
+            push: true,
         }
     }
 
@@ -369,9 +407,8 @@ fn hold_receiver_lock(endpoint: &Endpoint, name: &str) -> Result<OwnedFd> {
         None,
     )
     .map_err(|e| Error::listen_io(endpoint, "creating the receiver lock", e.into()))?;
-    let addr =
-        rustix::net::SocketAddrUnix::new_abstract_name(format!("ipckit.mq{name}").as_bytes())
-            .map_err(|e| Error::listen_io(endpoint, "naming the receiver lock", e.into()))?;
+    let addr = rustix::net::SocketAddrUnix::new_abstract_name(lock_name(name).as_bytes())
+        .map_err(|e| Error::listen_io(endpoint, "naming the receiver lock", e.into()))?;
     match rustix::net::bind(&fd, &addr) {
         Ok(()) => Ok(fd),
         Err(rustix::io::Errno::ADDRINUSE) => Err(Error::AddrInUse {
@@ -383,6 +420,28 @@ fn hold_receiver_lock(endpoint: &Endpoint, name: &str) -> Result<OwnedFd> {
             "taking the receiver lock",
             e.into(),
         )),
+    }
+}
+
+/// The abstract socket a receiver of the queue `name` binds.
+fn lock_name(name: &str) -> String {
+    format!("ipckit.mq{name}")
+}
+
+/// Whether a receiver holds `endpoint`'s lock: a datagram socket connects to a bound name
+/// only.
+fn receiver_running(endpoint: &Endpoint) -> bool {
+    let socket = rustix::net::socket_with(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::DGRAM,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    );
+    let addr =
+        rustix::net::SocketAddrUnix::new_abstract_name(lock_name(&queue_name(endpoint)).as_bytes());
+    match (socket, addr) {
+        (Ok(socket), Ok(addr)) => rustix::net::connect(&socket, &addr).is_ok(),
+        _ => false,
     }
 }
 

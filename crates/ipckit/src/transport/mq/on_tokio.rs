@@ -11,15 +11,16 @@
 
 use std::future::poll_fn;
 use std::io;
-use std::task::{Poll, ready};
+use std::task::{Context, Poll, ready};
 
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-use super::client::ReplyQueue;
+use super::client::{ReplyQueue, SERVER_CHECK_INTERVAL};
 use super::server::Received;
 use super::wire::answer;
 use super::*;
+use crate::push::{Broadcaster, Event};
 use crate::transport::reactor::{self, register};
 use crate::transport::{AsyncConnection, AsyncListener, BoxFuture};
 
@@ -41,15 +42,64 @@ pub(super) struct AsyncMqConnection {
     /// deadline passes, even when its future was dropped: the next send waits its
     /// turn, so that this client's messages stay in the order it sent them.
     turn: Arc<tokio::sync::Mutex<()>>,
+    /// The inbound queue, non-blocking, for `recv`.
+    inbound: Option<AsyncFd<Queue>>,
 }
 
 impl AsyncMqConnection {
     pub(super) fn new(client: MqConnection) -> Result<AsyncMqConnection> {
+        let inbound = match &client.inbound {
+            Ok(inbound) => {
+                let queue = inbound.reopen_nonblocking(&client.endpoint)?;
+                Some(register(&client.url, queue, Interest::READABLE)?)
+            }
+            Err(_) => None,
+        };
         Ok(AsyncMqConnection {
             client,
             replies: Pool::new(),
             turn: Default::default(),
+            inbound,
         })
+    }
+
+    /// The next message the server pushed. Cancel-safe: a message is taken from the
+    /// inbound queue only by the poll that returns it.
+    async fn recv(&self) -> Result<Vec<u8>> {
+        let (endpoint, inbound) = (&self.client.endpoint, self.client.inbound()?);
+        let queue = self
+            .inbound
+            .as_ref()
+            .expect("opened with the inbound queue");
+        let mut gone = inbound.closed();
+        loop {
+            // Each piece is received and put with the others under the lock, in one poll:
+            // a future dropped between pieces leaves them for the next receiver.
+            let receive_one = |queue: &AsyncFd<Queue>| {
+                let mut assembly = crate::sys::lock(&inbound.assembly);
+                let n = nix::mqueue::mq_receive(queue.get_ref(), &mut assembly.buf, &mut 0)?;
+                Ok(inbound.take(endpoint, &mut assembly, n))
+            };
+            if gone {
+                // Only what the server pushed before it went is left to take.
+                return match receive_one(queue) {
+                    Ok(Some(pushed)) => pushed,
+                    Ok(None) => continue,
+                    Err(Errno::EAGAIN) => Err(inbound.gone(endpoint)),
+                    Err(e) => Err(mq_error(endpoint, "receiving a pushed message", e)),
+                };
+            }
+            let received = reactor::when_ready(queue, Interest::READABLE, |queue| {
+                receive_one(queue).map_err(io::Error::from)
+            });
+            // Now and then, to look whether the server is still there.
+            match tokio::time::timeout(SERVER_CHECK_INTERVAL, received).await {
+                Ok(Ok(Some(pushed))) => return pushed,
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => return Err(errno_error(endpoint, "receiving a pushed message", e)),
+                Err(_) => gone = inbound.server_gone(endpoint),
+            }
+        }
     }
 
     /// Sends into the endpoint's queue, waiting for room up to the send timeout.
@@ -102,12 +152,17 @@ impl AsyncMqConnection {
     }
 
     async fn send(&self, payload: &[u8]) -> Result<()> {
-        self.client.check_one_way(payload)?;
-        self.put(payload).await
+        let mut message = None;
+        self.client.one_way(payload, |m| {
+            message = Some(m.to_vec());
+            Ok(())
+        })?;
+        self.put(&message.expect("set by one_way")).await
     }
 
     async fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
         let client = &self.client;
+        client.announced.store(true, Ordering::Release);
         let mut reply = self.replies.take(|| {
             client.new_reply_queue_with(|queue| {
                 nonblocking(&client.endpoint, &queue)?;
@@ -156,6 +211,11 @@ impl AsyncConnection for AsyncMqConnection {
         Box::pin(AsyncMqConnection::request(self, payload, timeout))
     }
 
+    /// Cancel-safe: a pushed message is taken only by the call that returns it.
+    fn recv(&self) -> BoxFuture<'_, Result<Vec<u8>>> {
+        Box::pin(AsyncMqConnection::recv(self))
+    }
+
     fn max_message(&self) -> usize {
         self.client.max
     }
@@ -178,31 +238,76 @@ impl AsyncMqListener {
     }
 }
 
+impl AsyncMqListener {
+    /// Receives from the queue once it has messages: a message, or `None` when what came
+    /// waits in the server's events (or was nothing to return).
+    fn poll_take(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Message>>> {
+        let AsyncMqListener { server, queue } = self;
+        loop {
+            let received = reactor::poll_read(queue, cx, |queue| {
+                Ok(nix::mqueue::mq_receive(
+                    queue.get_ref(),
+                    &mut server.buf,
+                    &mut 0,
+                )?)
+            });
+            match ready!(received) {
+                Ok(n) => match server.take(n) {
+                    Received::Message(message) => return Poll::Ready(Ok(Some(message))),
+                    Received::Nothing if !server.events.is_empty() => return Poll::Ready(Ok(None)),
+                    // A waker's message is the blocking side's business.
+                    Received::Wake | Received::Nothing => {}
+                },
+                Err(e) => {
+                    return Poll::Ready(Err(errno_error(&server.endpoint, "receiving", e)));
+                }
+            }
+        }
+    }
+
+    /// The next message or client coming or going. Cancel-safe: what was taken from the
+    /// queue is returned, or waits in the server's events.
+    async fn next_event(&mut self) -> Result<Event> {
+        loop {
+            if let Some(event) = self.server.pending_event() {
+                return Ok(event);
+            }
+            let check = self.server.clients.next_check();
+            let taken = poll_fn(|cx| self.poll_take(cx));
+            let taken = match check {
+                // Until it is time to look for clients that left without a word.
+                Some(at) => match tokio::time::timeout_at(at.into(), taken).await {
+                    Ok(taken) => taken,
+                    Err(_) => continue,
+                },
+                None => taken.await,
+            };
+            if let Some(message) = taken? {
+                return Ok(Event::Message(message));
+            }
+        }
+    }
+}
+
 impl AsyncListener for AsyncMqListener {
     /// Cancel-safe: a message is taken from the queue only when it is returned.
     fn recv(&mut self) -> BoxFuture<'_, Result<Message>> {
-        let AsyncMqListener { server, queue } = self;
-        Box::pin(poll_fn(move |cx| {
+        Box::pin(async move {
             loop {
-                let received = reactor::poll_read(queue, cx, |queue| {
-                    Ok(nix::mqueue::mq_receive(
-                        queue.get_ref(),
-                        &mut server.buf,
-                        &mut 0,
-                    )?)
-                });
-                match ready!(received) {
-                    // A waker's message is the blocking side's business.
-                    Ok(n) => match server.take(n) {
-                        Received::Message(message) => return Poll::Ready(Ok(message)),
-                        Received::Wake | Received::Dropped => {}
-                    },
-                    Err(e) => {
-                        return Poll::Ready(Err(errno_error(&server.endpoint, "receiving", e)));
-                    }
+                if let Event::Message(message) = self.next_event().await? {
+                    return Ok(message);
                 }
             }
-        }))
+        })
+    }
+
+    /// Cancel-safe, as `recv`.
+    fn recv_event(&mut self) -> BoxFuture<'_, Result<Event>> {
+        Box::pin(self.next_event())
+    }
+
+    fn broadcaster(&self) -> Option<Broadcaster> {
+        Listener::broadcaster(&self.server)
     }
 
     fn endpoint(&self) -> &Endpoint {

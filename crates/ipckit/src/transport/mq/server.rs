@@ -1,8 +1,12 @@
 //! The server side: the endpoint's one receiver, the sink of each requester's replies, and
 //! the waker.
 
+use std::collections::VecDeque;
+
+use super::outbox::Clients;
 use super::wire::*;
 use super::*;
+use crate::push::{Broadcaster, Event};
 
 /// How long a reply may wait for room in a reply queue.
 pub(super) const REPLY_SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,6 +36,7 @@ pub(super) fn server(endpoint: &Endpoint) -> Result<MqListener> {
         stop: AtomicBool::new(false),
         in_queue: Default::default(),
     };
+    let anonymous = Arc::new(Peer::default());
     Ok(MqListener {
         url: endpoint.to_string().into(),
         reply_prefix: format!("{name}.r."),
@@ -40,7 +45,9 @@ pub(super) fn server(endpoint: &Endpoint) -> Result<MqListener> {
         buf: vec![0; size],
         waker: Arc::new(waker),
         last_sink: None,
-        anonymous: Arc::new(Peer::default()),
+        clients: Clients::new(endpoint, format!("{name}.r."), anonymous.clone()),
+        events: VecDeque::new(),
+        anonymous,
         reclaim: Reclaim::new(),
         _lock: lock,
     })
@@ -144,6 +151,11 @@ pub(super) struct MqListener {
     /// A queue says nothing about senders: every message has this same nobody.
     pub(super) anonymous: Arc<Peer>,
     pub(super) reclaim: Reclaim,
+    /// The clients known by their inbound queues, for pushing.
+    pub(super) clients: Clients,
+    /// What the last message meant, in order, when it was more than a message (a client
+    /// arriving before its first message).
+    pub(super) events: VecDeque<Event>,
     pub(super) _lock: OwnedFd,
 }
 
@@ -197,50 +209,119 @@ pub(super) enum Received {
     Message(Message),
     /// A waker's: `recv` returns.
     Wake,
-    /// Malformed, and logged: nothing to return.
-    Dropped,
+    /// Nothing to return, or what there is waits in `events`.
+    Nothing,
 }
 
 impl MqListener {
-    /// Makes the `n` bytes just received into a message.
+    /// Makes the `n` bytes just received into a message, or into the events they mean.
     pub(super) fn take(&mut self, n: usize) -> Received {
         let message = &self.buf[..n];
-        if message == WAKE {
-            self.waker.in_queue.fetch_sub(1, Ordering::AcqRel);
-            return Received::Wake;
-        }
-        let (reply_name, payload) = match parse_request(message, &self.reply_prefix) {
-            Ok(None) => (None, message),
-            Ok(Some((name, payload))) => (Some(name.to_owned()), payload),
+        let (payload, reply, client) = match classify(message, &self.reply_prefix) {
+            Ok(Kind::Plain(payload)) => (payload, None, None),
+            Ok(Kind::Request { reply, payload }) => {
+                let client = inbound_of_reply(reply, &self.reply_prefix)
+                    .and_then(|inbound| self.clients.of(inbound, &mut self.events));
+                (payload, Some(reply), client)
+            }
+            Ok(Kind::From { inbound, payload }) => {
+                let client = self.clients.of(inbound, &mut self.events);
+                (payload, None, client)
+            }
+            Ok(Kind::Hello(inbound)) => {
+                self.clients.of(inbound, &mut self.events);
+                return Received::Nothing;
+            }
+            Ok(Kind::Bye(inbound)) => {
+                self.clients.bye(inbound, &mut self.events);
+                return Received::Nothing;
+            }
+            Ok(Kind::Wake) => {
+                self.waker.in_queue.fetch_sub(1, Ordering::AcqRel);
+                return Received::Wake;
+            }
             Err(reason) => {
-                log::warn!("{}: dropped a malformed request: {reason}", self.url);
-                return Received::Dropped;
+                log::warn!("{}: dropped a malformed message: {reason}", self.url);
+                return Received::Nothing;
             }
         };
         let payload = payload.to_vec();
-        let reply_to = reply_name.map(|name| ReplyTo::new(self.sink_for(&name), 0));
+        let reply = reply.map(str::to_owned);
+        let reply_to = reply.map(|name| ReplyTo::new(self.sink_for(&name), 0));
         let peer = self.anonymous.clone();
-        Received::Message(Message::new(payload, peer, reply_to, self.url.clone()))
+        let mut message = Message::new(payload, peer, reply_to, self.url.clone());
+        if let Some(client) = client {
+            message = message.with_client(client);
+        }
+        if self.events.is_empty() {
+            Received::Message(message)
+        } else {
+            // After the client's `Connected`.
+            self.events.push_back(Event::Message(message));
+            Received::Nothing
+        }
+    }
+
+    /// The next event already known: one the last message meant, or a client found gone.
+    pub(super) fn pending_event(&mut self) -> Option<Event> {
+        if self.events.is_empty() {
+            self.clients.check(&mut self.events);
+        }
+        self.events.pop_front()
+    }
+
+    /// The deadline of one wait: the caller's, or sooner when clients are to be looked at.
+    pub(super) fn wait_until(&self, deadline: Option<Instant>) -> Option<Instant> {
+        match (deadline, self.clients.next_check()) {
+            (Some(deadline), Some(check)) => Some(deadline.min(check)),
+            (deadline, check) => deadline.or(check),
+        }
+    }
+
+    /// One wait for an event, until `deadline`.
+    fn next_event(&mut self, deadline: Option<Instant>) -> Result<Option<Event>> {
+        loop {
+            if let Some(event) = self.pending_event() {
+                return Ok(Some(event));
+            }
+            if self.waker.stop.swap(false, Ordering::AcqRel) {
+                return Ok(None);
+            }
+            let n = match self.receive(self.wait_until(deadline))? {
+                None if deadline.is_some_and(|d| Instant::now() >= d) => return Ok(None),
+                None => continue,             // time to look at the clients
+                Some(usize::MAX) => continue, // interrupted
+                Some(n) => n,
+            };
+            match self.take(n) {
+                Received::Message(message) => return Ok(Some(Event::Message(message))),
+                Received::Wake => return Ok(None),
+                Received::Nothing => {}
+            }
+        }
     }
 }
 
 impl Listener for MqListener {
     fn recv(&mut self, deadline: Option<Instant>) -> Result<Option<Message>> {
         loop {
-            if self.waker.stop.swap(false, Ordering::AcqRel) {
-                return Ok(None);
-            }
-            let n = match self.receive(deadline)? {
+            match self.next_event(deadline)? {
+                Some(Event::Message(message)) => return Ok(Some(message)),
+                Some(_) => {}
                 None => return Ok(None),
-                Some(usize::MAX) => continue, // interrupted
-                Some(n) => n,
-            };
-            match self.take(n) {
-                Received::Message(message) => return Ok(Some(message)),
-                Received::Wake => return Ok(None),
-                Received::Dropped => {}
             }
         }
+    }
+
+    fn recv_event(&mut self, deadline: Option<Instant>) -> Result<Option<Event>> {
+        self.next_event(deadline)
+    }
+
+    fn broadcaster(&self) -> Option<Broadcaster> {
+        Some(Broadcaster::new(
+            self.clients.roster.clone(),
+            max_message(&self.endpoint).0,
+        ))
     }
 
     fn waker(&self) -> Arc<dyn Fn() + Send + Sync> {
@@ -262,6 +343,8 @@ impl Listener for MqListener {
 
 impl Drop for MqListener {
     fn drop(&mut self) {
+        // The clients wait for pushes no one will send: each learns it at its next receive.
+        self.clients.close_all();
         // The queue outlives the server: take back the wake messages nobody received, so
         // the next receiver does not find them. They have the highest priority, so they
         // are at the head of the queue.
