@@ -416,6 +416,9 @@ fn a_client_that_never_reads_stalls_nothing(ctx: &Ctx) -> Outcome {
     let reader = api::connect(&url)?;
     let reliable = reader.capabilities().reliable;
     reader.send(&hello("reader"))?;
+    // Requests only once the server has greeted both: it takes no request before.
+    let greeted = server.line()?;
+    ensure!(greeted == "greeted", "the push server said {greeted:?}");
     let reading = std::thread::scope(|scope| -> Result<String, Failed> {
         let reading = scope.spawn(|| receive_until_end(&reader, "reader"));
         // The server answers requests while it pushes.
@@ -956,6 +959,7 @@ fn push_server(url: &str, count: u32, size: usize) -> Result<(), Box<dyn std::er
     let mut clients = greeted(&mut server, &["slow", "reader"]).map_err(|e| format!("{e:?}"))?;
     let slow = clients.remove("slow").expect("greeted");
     let reader = clients.remove("reader").expect("greeted");
+    say("greeted");
     let before = rss_kib();
     let pushing = std::thread::spawn(move || -> Result<String, Error> {
         let (mut full, mut gone, mut peak) = (0u64, 0u64, 0u64);
