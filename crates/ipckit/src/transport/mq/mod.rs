@@ -59,11 +59,6 @@
 //! fs.mqueue.msg_max messages. A client that cannot have its queue still connects,
 //! sends and requests; its `recv` fails with an error that names the limit.
 //!
-//! `capabilities().push` stays false until every push check of the conformance suite
-//! passes for `mq`: the broadcast checks end with one broadcast `end`, which a client
-//! with a full inbound queue of 4 messages misses, and count as gaps only the drops
-//! before a client's last message.
-//!
 //! What a successful `send` promises: the message is in the kernel's queue. It survives
 //! the receiver's death and waits for the next receiver.
 //!
@@ -353,9 +348,7 @@ impl Transport for Mq {
             max_message: max_message(endpoint).0,
             peer_credentials: false,
             zero_copy: false,
-            // Pushes work through both APIs, but the broadcast checks of the conformance
-            // suite do not pass yet (see the module's Pushes section).
-            push: false,
+            push: true,
         }
     }
 
