@@ -5,7 +5,7 @@
 use super::*;
 
 /// Whether this build's `scheme` pushes, as `ipckit transports --json` says.
-fn pushes(scheme: &str) -> bool {
+pub(super) fn pushes(scheme: &str) -> bool {
     let out = ipckit(&["transports", "--json"]);
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let pushes = list
