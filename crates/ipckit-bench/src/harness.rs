@@ -219,7 +219,9 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Vec<Row>
         // A server's push answered by its client, timed in the same blocks as the request.
         let mut push = caps.push.then(|| Row::new(scheme, "push", options.size));
         if let Some(push) = &mut push {
-            match crate::push::contender(&endpoint, options.size) {
+            // An endpoint of its own: the echo server holds the other while they take turns.
+            let at = transport.scratch_endpoint(&dir, "push");
+            match crate::push::contender(&at, options.size) {
                 Ok(c) => contenders.push((c, push)),
                 Err(f) => *push = push.clone().failed(f.status, f.reason),
             }
