@@ -237,6 +237,7 @@ pub fn connect(endpoint: impl ToEndpoint) -> Result<Client> {
     };
     Ok(Client {
         capabilities: transport.capabilities(&endpoint),
+        pushed_from: (Arc::default(), endpoint.to_string().into()),
         backend,
     })
 }
@@ -353,6 +354,9 @@ pub struct ReadmeDoctests;
 pub struct Client {
     backend: ClientBackend,
     capabilities: Capabilities,
+    /// The sender and endpoint of every pushed message, made once: a push must not cost
+    /// more than a reply (the endpoint's text, formatted per message, alone would).
+    pushed_from: (Arc<Peer>, Arc<str>),
 }
 
 impl Client {
@@ -593,9 +597,9 @@ impl Client {
         Ok(self.backend.recv(deadline)?.map(|payload| {
             Message::new(
                 payload,
-                Arc::default(),
+                self.pushed_from.0.clone(),
                 None,
-                self.endpoint().to_string().into(),
+                self.pushed_from.1.clone(),
             )
         }))
     }

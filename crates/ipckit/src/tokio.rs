@@ -86,6 +86,7 @@ pub async fn connect(endpoint: impl ToEndpoint) -> Result<Client> {
     };
     Ok(Client {
         capabilities: transport.capabilities(&endpoint),
+        pushed_from: (Arc::default(), endpoint.to_string().into()),
         connection,
     })
 }
@@ -168,6 +169,9 @@ pub fn listen(endpoint: impl ToEndpoint) -> Result<Server> {
 pub struct Client {
     connection: Box<dyn AsyncConnection>,
     capabilities: Capabilities,
+    /// The sender and endpoint of every pushed message, made once, as the blocking
+    /// client's are.
+    pushed_from: (Arc<crate::Peer>, Arc<str>),
 }
 
 impl Client {
@@ -255,9 +259,9 @@ impl Client {
         let payload = self.connection.recv().await?;
         Ok(Message::new(
             payload,
-            Arc::default(),
+            self.pushed_from.0.clone(),
             None,
-            self.endpoint().to_string().into(),
+            self.pushed_from.1.clone(),
         ))
     }
 
