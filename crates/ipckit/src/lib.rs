@@ -537,7 +537,7 @@ impl Client {
     /// The message has no way back ([`Message::wants_reply`] is false): answer with
     /// [`send`](Client::send) or [`request`](Client::request).
     ///
-    /// ```no_run
+    /// ```
     /// let url = format!("uds://@ipckit-doc-client-recv-{}", std::process::id());
     /// let mut server = ipckit::listen(&url)?;
     /// let client = ipckit::connect(&url)?;
@@ -716,7 +716,7 @@ impl Server {
     /// [`recv`](Server::recv) and the other receiving calls skip the comings and goings;
     /// this is the loop for a server that greets its subscribers or forgets them.
     ///
-    /// ```no_run
+    /// ```
     /// use ipckit::Event;
     ///
     /// let url = format!("uds://@ipckit-doc-recv-event-{}", std::process::id());
@@ -779,7 +779,7 @@ impl Server {
     /// [`broadcaster`](Server::broadcaster)). [`Error::Unsupported`] on a transport that
     /// cannot push ([`Capabilities::push`]).
     ///
-    /// ```no_run
+    /// ```
     /// # use std::time::Duration;
     /// let url = format!("uds://@ipckit-doc-broadcast-{}", std::process::id());
     /// let mut server = ipckit::listen(&url)?;

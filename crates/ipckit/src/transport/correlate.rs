@@ -110,6 +110,25 @@ impl<A> Correlator<A> {
         let mut waiters = lock(&self.waiters);
         self.fill(&mut waiters, id, answer);
         self.notify(&waiters);
+        #[cfg(feature = "tokio")]
+        wake(&waiters, |i| i == id);
+    }
+
+    /// The channel broke, as a reader outside [`await_answer`](Self::await_answer) found:
+    /// every request waiting fails with `detail`.
+    pub(super) fn break_off(&self, detail: String) {
+        let mut waiters = lock(&self.waiters);
+        waiters.broken.get_or_insert(detail);
+        self.notify(&waiters);
+        #[cfg(feature = "tokio")]
+        wake(&waiters, |_| true);
+    }
+
+    /// Wakes every request future, so that one of them watches the channel: for a reader
+    /// outside the books that let go of it.
+    #[cfg(feature = "tokio")]
+    pub(super) fn wake_all(&self) {
+        wake(&lock(&self.waiters), |_| true);
     }
 
     /// Wakes the followers, if any: for a reader that lets go of the channel.

@@ -5,24 +5,29 @@
 //!
 //! Server: one mio loop waits on the listening socket and every connection at once, and
 //! `recv` returns messages parsed on the caller's own thread; nothing is handed between
-//! threads on the way in. Replies are written by whoever calls `Message::reply`, under a
-//! per-connection write lock.
+//! threads on the way in. Replies and pushes are written by whoever calls
+//! `Message::reply` or `ClientHandle::send`, under the connection's outbox lock: straight
+//! into the socket when nothing waits, else queued whole behind what does, which the loop
+//! writes on when epoll says the socket takes more (it asks for EPOLLOUT only then, so a
+//! client's reads do not wake the loop otherwise).
 //!
 //! Client: a request is written under a write lock, then the caller reads the socket
 //! itself. When several threads have requests in flight, one of them at a time (the
 //! leader, holding the read half) reads frames and hands each reply to the thread that
 //! waits for it; a lone caller therefore pays one `write` and one `read`, as a
-//! hand-written ping-pong does.
+//! hand-written ping-pong does. Messages the server pushes are read the same way, by
+//! whoever holds the read half (a requesting thread, or a thread in `recv`), and kept in
+//! a queue for `recv`.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use rustix::event::PollFlags;
 use rustix::net::{SendAncillaryBuffer, SendFlags, Shutdown};
 use slab::Slab;
@@ -31,13 +36,14 @@ use crate::endpoint::{Endpoint, Framing};
 use crate::error::{Error, Result};
 use crate::frame::{Decoder, Frame, Header, Hello, Kind, MAX_REFUSAL, STATUS_BUSY, Violation};
 use crate::message::{Message, Peer, ReplySink};
+use crate::push::{Broadcaster, ClientHandle, Event, Outbox, Roster};
 use crate::sys::{ReceiveTimeout, lock, wait_ready};
 use crate::transport::access::Access;
 use crate::transport::correlate::{Correlator, NoAnswer};
 use crate::transport::stream_greeting::{Greeting, drain_before_close};
 pub(super) use crate::transport::stream_session::{
-    Accepted, ConnWrite, InFlight, Session, Spare, accept_one, admitted, describe, went_away,
-    write_reply,
+    Accepted, ConnWrite, InFlight, Pending, Session, Spare, accept_one, admitted, describe,
+    send_now, went_away, write_reply,
 };
 use crate::transport::{Connection, Listener};
 
@@ -185,6 +191,17 @@ pub(super) struct StreamConnection {
     reader: Mutex<Reader>,
     answers: Correlator<Frame>,
     next_id: AtomicU64,
+    /// Messages the server pushed, until `recv` takes them.
+    pushes: Mutex<Pushes>,
+    pushed: Condvar,
+}
+
+/// A client's pushed messages not taken yet.
+#[derive(Default)]
+struct Pushes {
+    queue: VecDeque<Vec<u8>>,
+    /// Threads in `recv` waiting on `pushed`, for a message or for the socket to read.
+    waiting: usize,
 }
 
 enum ReadOutcome {
@@ -214,6 +231,8 @@ impl StreamConnection {
                 lines: 0,
             }),
             next_id: AtomicU64::new(1),
+            pushes: Mutex::default(),
+            pushed: Condvar::new(),
         };
         if framing == Framing::Length {
             let sent = send_all(conn.fd.as_fd(), &[&Hello::new(own_max).encode()], None);
@@ -293,8 +312,47 @@ impl StreamConnection {
         }
     }
 
+    /// Keeps a message the server pushed for `recv`.
+    fn file_push(&self, payload: Vec<u8>) {
+        let mut pushes = lock(&self.pushes);
+        pushes.queue.push_back(payload);
+        if pushes.waiting > 0 {
+            self.pushed.notify_all();
+        }
+    }
+
+    /// Wakes the threads in `recv`: the socket is free for one of them to read.
+    fn wake_receivers(&self) {
+        if lock(&self.pushes).waiting > 0 {
+            self.pushed.notify_all();
+        }
+    }
+
+    /// `recv`'s turn at the socket, which nobody else reads: reads until a message comes
+    /// or `deadline`, handing the answers it meets to their requests.
+    fn read_pushes(&self, reader: &mut Reader, deadline: Option<Instant>) -> Result<()> {
+        loop {
+            let frame = match self.read_frame(reader, deadline)? {
+                ReadOutcome::Frame(frame) => frame,
+                ReadOutcome::TimedOut => return Ok(()),
+            };
+            if let Some(reason) = closing_reason(&frame) {
+                return Err(self.broken_error(&reason));
+            }
+            // With line framing every line read here is a push: a request holds the
+            // socket from its line to its answer.
+            if self.framing == Framing::Line || frame.kind == Kind::Message {
+                self.file_push(frame.payload);
+                return Ok(());
+            }
+            if let Some((id, answer)) = as_answer(&self.url, frame) {
+                self.answers.deliver(id, answer);
+            }
+        }
+    }
+
     /// Reads the next frame the server sends, until `deadline`, taking the welcome first.
-    fn read_frame(&self, reader: &mut Reader, deadline: Instant) -> Result<ReadOutcome> {
+    fn read_frame(&self, reader: &mut Reader, deadline: Option<Instant>) -> Result<ReadOutcome> {
         loop {
             if self.greeting.take(&self.url, &mut reader.decoder)? {
                 if let Some(frame) = reader
@@ -325,17 +383,30 @@ impl StreamConnection {
         // Lines carry no ids: one request at a time, its answer is the next line.
         let mut reader = lock(&self.reader);
         let deadline = Instant::now() + timeout;
-        self.write_frame(Kind::Request, 0, payload)?;
-        match self.read_frame(&mut reader, deadline) {
-            Ok(ReadOutcome::Frame(frame)) => {
-                reader.lines += 1;
-                Ok(frame.payload)
-            }
+        // Lines read before the request are pushes; the first after it is its answer.
+        while let Some(line) = reader
+            .decoder
+            .next_frame()
+            .map_err(|v| protocol_error(&self.endpoint, v))?
+        {
+            self.file_push(line.payload);
+        }
+        let answered = self
+            .write_frame(Kind::Request, 0, payload)
+            .and_then(|()| self.read_frame(&mut reader, Some(deadline)));
+        if let Ok(ReadOutcome::Frame(_)) = answered {
+            reader.lines += 1;
+        }
+        let lines = reader.lines;
+        drop(reader);
+        self.wake_receivers();
+        match answered {
+            Ok(ReadOutcome::Frame(frame)) => Ok(frame.payload),
             Ok(ReadOutcome::TimedOut) => Err(Error::Timeout {
                 endpoint: self.url.clone(),
                 after: timeout,
             }),
-            Err(Error::Disconnected { endpoint, detail }) if reader.lines == 0 => {
+            Err(Error::Disconnected { endpoint, detail }) if lines == 0 => {
                 Err(Error::Disconnected {
                     endpoint,
                     detail: format!("{detail} {LINE_CLOSED_HINT}"),
@@ -352,7 +423,7 @@ impl StreamConnection {
         let answer = self
             .answers
             .await_answer(id, deadline, &self.reader, |reader, deadline| {
-                let read = self.read_frame(reader, deadline).and_then(|outcome| {
+                let read = self.read_frame(reader, Some(deadline)).and_then(|outcome| {
                     let ReadOutcome::Frame(frame) = outcome else {
                         return Ok(None);
                     };
@@ -361,6 +432,10 @@ impl StreamConnection {
                             endpoint: self.url.clone(),
                             detail: reason,
                         }),
+                        None if frame.kind == Kind::Message => {
+                            self.file_push(frame.payload);
+                            Ok(None)
+                        }
                         None => Ok(as_answer(&self.url, frame)),
                     }
                 });
@@ -369,6 +444,8 @@ impl StreamConnection {
                     e.as_detail()
                 })
             });
+        // A thread in `recv` may read the socket now.
+        self.wake_receivers();
         match answer {
             Ok(frame) => answer_result(&self.url, frame),
             Err(NoAnswer::Broken(detail)) => Err(self.broken_error(&detail)),
@@ -460,9 +537,9 @@ pub(super) fn closed_by_server(url: &str, pending: usize) -> Error {
 
 /// Reads once into the decoder, waiting until `deadline`; false on timeout. End of stream
 /// is an error: the caller wanted more.
-fn fill(fd: &OwnedFd, reader: &mut Reader, deadline: Instant, url: &str) -> Result<bool> {
+fn fill(fd: &OwnedFd, reader: &mut Reader, deadline: Option<Instant>, url: &str) -> Result<bool> {
     loop {
-        let armed = reader.timeout.arm(fd, Some(deadline));
+        let armed = reader.timeout.arm(fd, deadline);
         if !armed.map_err(|e| Error::io(url, "setting the receive timeout", e))? {
             return Ok(false);
         }
@@ -515,6 +592,53 @@ impl Connection for StreamConnection {
         self.await_answer(id, timeout)
     }
 
+    /// Whoever reads the socket files what it reads: a thread here reads it itself when
+    /// no request does, and otherwise waits for the requests' reader to hand it a message
+    /// or the socket. No thread reads in the background: pushes wait in the kernel's
+    /// buffers (and then in the server's outbox) until a call reads them.
+    fn recv(&self, deadline: Option<Instant>) -> Result<Option<Vec<u8>>> {
+        self.check_welcome()?;
+        let mut pushes = lock(&self.pushes);
+        loop {
+            if let Some(payload) = pushes.queue.pop_front() {
+                return Ok(Some(payload));
+            }
+            if let Some(detail) = self.answers.broken() {
+                return Err(self.broken_error(&detail));
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Ok(None);
+            }
+            // Tried while holding `pushes`, as the correlator does with its books: a
+            // reader that lets go (and then wakes us under `pushes`) cannot slip between.
+            let Ok(mut reader) = self.reader.try_lock() else {
+                pushes.waiting += 1;
+                pushes = match deadline {
+                    Some(d) => {
+                        let waited = self.pushed.wait_timeout(pushes, d - now);
+                        waited.unwrap_or_else(|e| e.into_inner()).0
+                    }
+                    None => self.pushed.wait(pushes).unwrap_or_else(|e| e.into_inner()),
+                };
+                pushes.waiting -= 1;
+                continue;
+            };
+            drop(pushes);
+            if let Err(e) = self.read_pushes(&mut reader, deadline) {
+                let _ = rustix::net::shutdown(&self.fd, Shutdown::Both);
+                self.answers.break_off(e.as_detail());
+            }
+            drop(reader);
+            // The socket is free: for a request, or another thread here, to read.
+            self.answers.release_followers();
+            pushes = lock(&self.pushes);
+            if pushes.waiting > 0 {
+                self.pushed.notify_all();
+            }
+        }
+    }
+
     fn max_message(&self) -> usize {
         let _ = self.check_welcome();
         self.greeting.limit()
@@ -529,16 +653,23 @@ impl Connection for StreamConnection {
 // Server
 // ---------------------------------------------------------------------------------------
 
-/// The writing half of one accepted connection, shared with the messages it delivered.
+/// The writing half of one accepted connection, shared with the messages it delivered
+/// and with the handle that pushes to its client.
 struct ConnSink {
     fd: OwnedFd,
     url: Arc<str>,
     framing: Framing,
     /// The largest payload the client accepts; known after its hello.
     peer_max: AtomicUsize,
-    write_lock: Mutex<()>,
+    /// What the socket has not taken yet; held while writing, which keeps frames whole.
+    out: Mutex<Pending>,
+    /// How many pushes may wait in `out` (`?outbox=`).
+    outbox: usize,
     closed: AtomicBool,
     in_flight: InFlight,
+    /// To ask the server's loop to finish writing `out` once the socket takes more.
+    registry: Arc<Registry>,
+    token: Token,
 }
 
 impl ConnSink {
@@ -546,39 +677,117 @@ impl ConnSink {
         self.closed.store(true, Ordering::Release);
         let _ = rustix::net::shutdown(&self.fd, Shutdown::Both);
     }
+
+    fn gone(&self, detail: &str) -> Error {
+        Error::Disconnected {
+            endpoint: self.url.to_string(),
+            detail: detail.to_owned(),
+        }
+    }
+
+    /// A write failed: the stream may hold half a frame, so it ends here.
+    fn failed(&self, op: &'static str, e: io::Error) -> Error {
+        self.close();
+        Error::io(&*self.url, op, e)
+    }
+
+    /// Writes one frame behind what waits, asking the server's loop to finish it if the
+    /// socket is full; where the frame ends.
+    fn put(&self, out: &mut Pending, parts: &[&[u8]], push: bool) -> Result<u64> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(self.gone("the client's connection was closed"));
+        }
+        let op = if push { "pushing" } else { "replying" };
+        let end = out
+            .write(self.fd.as_fd(), parts, push)
+            .map_err(|e| self.failed(op, e))?;
+        if !out.is_empty() && !out.watching {
+            self.watch(out, true);
+        }
+        Ok(end)
+    }
+
+    /// Asks the server's loop to say (or no longer) when the socket takes more.
+    fn watch(&self, out: &mut Pending, writable: bool) {
+        let interest = if writable {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        // Fails only for a connection the loop has closed, which is then past caring.
+        let _ = self
+            .registry
+            .reregister(&mut SourceFd(&self.fd.as_raw_fd()), self.token, interest);
+        out.watching = writable;
+    }
+
+    /// The server's loop: the socket takes more of what waits.
+    fn flush_waiting(&self) {
+        let mut out = lock(&self.out);
+        match out.flush(self.fd.as_fd()) {
+            Ok(true) if out.watching => self.watch(&mut out, false),
+            Ok(_) => {}
+            Err(e) => {
+                log::debug!("{}: writing to a client failed: {e}", self.url);
+                self.close();
+            }
+        }
+    }
+
+    /// Waits until the socket may take more, or `deadline`, without holding `out`.
+    fn wait_writable(&self, deadline: Instant) {
+        let now = Instant::now();
+        // Looked at again after a while: the server's loop may have made room in `out`
+        // while the socket stayed full.
+        let _ = wait_ready(
+            self.fd.as_fd(),
+            PollFlags::OUT,
+            Some(deadline.min(now + ROOM_RECHECK)),
+        );
+    }
 }
 
+/// How long a thread waiting for a client to read sleeps before looking again.
+const ROOM_RECHECK: Duration = Duration::from_millis(20);
+
 impl ConnWrite for ConnSink {
+    /// Returns once the frame is in the socket's buffer, as a reply did before there were
+    /// pushes: a client that sends requests without reading answers thus holds its
+    /// replying threads back, never the server's memory.
     fn write(&self, parts: &[&[u8]]) -> Result<()> {
-        let _writing = lock(&self.write_lock);
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Disconnected {
-                endpoint: self.url.to_string(),
-                detail: "the client's connection was closed before the reply".into(),
-            });
-        }
-        send_all(self.fd.as_fd(), parts, Some(REPLY_WRITE_TIMEOUT)).map_err(|e| {
-            if e.kind() == io::ErrorKind::TimedOut {
+        let mut out = lock(&self.out);
+        let end = self.put(&mut out, parts, false)?;
+        let deadline = Instant::now() + REPLY_WRITE_TIMEOUT;
+        while !out.written(end) {
+            if Instant::now() >= deadline {
                 // The client stopped reading; a half-written frame leaves the stream
                 // unusable, so end it.
                 self.close();
-                Error::Timeout {
+                return Err(Error::Timeout {
                     endpoint: self.url.to_string(),
                     after: REPLY_WRITE_TIMEOUT,
-                }
-            } else {
-                Error::io(&*self.url, "replying", e)
+                });
             }
-        })
+            drop(out);
+            self.wait_writable(deadline);
+            out = lock(&self.out);
+            if self.closed.load(Ordering::Acquire) {
+                return Err(self.gone("the client's connection was closed before the reply"));
+            }
+            out.flush(self.fd.as_fd())
+                .map_err(|e| self.failed("replying", e))?;
+        }
+        Ok(())
     }
 
     fn write_now(&self, parts: &[&[u8]]) {
         // Never waits: the server's loop calls this, about a connection it is closing.
-        let Ok(_writing) = self.write_lock.try_lock() else {
+        let Ok(out) = self.out.try_lock() else {
             return;
         };
-        let bytes = parts.concat();
-        let _ = rustix::net::send(&self.fd, &bytes, SendFlags::NOSIGNAL | SendFlags::DONTWAIT);
+        if out.is_empty() {
+            let _ = send_now(self.fd.as_fd(), parts);
+        }
     }
 
     fn set_peer_max(&self, max: usize) {
@@ -604,6 +813,48 @@ impl ReplySink for ConnSink {
     }
 }
 
+impl Outbox for ConnSink {
+    fn push(&self, payload: &[u8], patience: Duration) -> Result<()> {
+        check_outgoing(&self.url, self.framing, payload, self.peer_max())?;
+        let header = Header::new(Kind::Message, 0, payload.len()).encode();
+        let parts: [&[u8]; 2] = match self.framing {
+            Framing::Length => [&header, payload],
+            Framing::Line => [payload, b"\n"],
+        };
+        let mut out = lock(&self.out);
+        let mut deadline = None;
+        while out.pushes() >= self.outbox {
+            if self.closed.load(Ordering::Acquire) {
+                return Err(self.gone("the client's connection was closed"));
+            }
+            out.flush(self.fd.as_fd())
+                .map_err(|e| self.failed("pushing", e))?;
+            if out.pushes() < self.outbox {
+                break;
+            }
+            let deadline = *deadline.get_or_insert_with(|| Instant::now() + patience);
+            if Instant::now() >= deadline {
+                return Err(Error::Full {
+                    endpoint: self.url.to_string(),
+                    detail: format!(
+                        "the client's outbox holds its {} messages (?outbox=) and the client is not reading them",
+                        self.outbox
+                    ),
+                    after: patience,
+                });
+            }
+            drop(out);
+            self.wait_writable(deadline);
+            out = lock(&self.out);
+        }
+        self.put(&mut out, &parts, true).map(drop)
+    }
+
+    fn disconnect(&self) {
+        self.close();
+    }
+}
+
 struct Conn {
     sink: Arc<ConnSink>,
     session: Session,
@@ -613,6 +864,8 @@ struct Conn {
     hung_up: bool,
     /// The session's deadline as entered in the listener's `deadlines`.
     deadline: Option<Instant>,
+    /// The client in the roster, once its handshake is done.
+    handle: Option<ClientHandle>,
 }
 
 /// How a transport learns who is on the other end of an accepted socket, and prepares it.
@@ -635,8 +888,11 @@ pub(super) struct StreamListener {
     conns: Slab<Conn>,
     /// The connections that must finish a hello or a frame in time, soonest first.
     deadlines: BTreeSet<(Instant, usize)>,
-    /// Messages parsed but not yet returned by `recv`.
-    ready: VecDeque<Message>,
+    /// Messages parsed, and clients come and gone, not yet returned by `recv_event`.
+    ready: VecDeque<Event>,
+    roster: Arc<Roster>,
+    /// For the connections to ask for EPOLLOUT from any thread.
+    registry: Arc<Registry>,
     /// Connections that may still hold unread bytes (edge-triggered: nobody will say so).
     unread: VecDeque<usize>,
     waker: Arc<Waker>,
@@ -664,7 +920,13 @@ impl StreamListener {
         let waker =
             Waker::new(poll.registry(), WAKER).map_err(|e| io_err("creating the waker", e))?;
         let access = Access::for_endpoint(&endpoint);
+        let registry = poll
+            .registry()
+            .try_clone()
+            .map_err(|e| io_err("sharing the epoll instance", e))?;
         Ok(StreamListener {
+            roster: Roster::new(&endpoint),
+            registry: Arc::new(registry),
             framing: endpoint.framing(),
             max: endpoint.max_message(),
             max_connections: endpoint.max_connections(),
@@ -741,16 +1003,22 @@ impl StreamListener {
                     url: self.url.clone(),
                     framing: self.framing,
                     peer_max: AtomicUsize::new(self.max),
-                    write_lock: Mutex::new(()),
+                    out: Mutex::default(),
+                    outbox: self.endpoint.outbox(),
                     closed: AtomicBool::new(false),
                     in_flight: InFlight::default(),
+                    registry: self.registry.clone(),
+                    token: Token(key + FIRST_CONNECTION),
                 }),
                 session: Session::new(&self.endpoint),
                 peer,
                 hung_up: false,
                 deadline: None,
+                handle: None,
             });
             self.time(key);
+            // A line client has no handshake: it may be pushed to at once.
+            self.announce(key);
         }
     }
 
@@ -820,12 +1088,26 @@ impl StreamListener {
         self.unread.push_back(key);
     }
 
-    /// Moves every whole frame of connection `key` into `ready`.
+    /// Moves every whole frame of connection `key` into `ready`, after the client's
+    /// arrival once its handshake is done.
     fn parse(&mut self, key: usize) -> std::result::Result<(), String> {
         let conn = &mut self.conns[key];
-        let ready = &mut self.ready;
-        conn.session
-            .parse(&conn.sink, &conn.peer, &self.url, |m| ready.push_back(m))
+        let (ready, roster) = (&mut self.ready, &self.roster);
+        let (sink, peer, handle) = (&conn.sink, &conn.peer, &mut conn.handle);
+        conn.session.parse(sink, peer, &self.url, |m| {
+            let client = handle.get_or_insert_with(|| join(roster, peer, sink, ready));
+            ready.push_back(Event::Message(m.with_client(client.clone())));
+        })?;
+        self.announce(key);
+        Ok(())
+    }
+
+    /// Puts connection `key`'s client in the roster once its handshake is done.
+    fn announce(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        if conn.handle.is_none() && conn.session.greeted() {
+            conn.handle = Some(join(&self.roster, &conn.peer, &conn.sink, &mut self.ready));
+        }
     }
 
     fn close(&mut self, key: usize, reason: Option<String>) {
@@ -843,6 +1125,11 @@ impl StreamListener {
             .registry()
             .deregister(&mut SourceFd(&conn.sink.fd.as_raw_fd()));
         conn.sink.close();
+        if let Some(client) = conn.handle {
+            if self.roster.leave(&client) {
+                self.ready.push_back(Event::Disconnected(client));
+            }
+        }
         match reason {
             Some(reason) => log::warn!(
                 "{}: closed the connection of {}: {reason}",
@@ -854,11 +1141,19 @@ impl StreamListener {
     }
 }
 
-impl Listener for StreamListener {
-    fn recv(&mut self, deadline: Option<Instant>) -> Result<Option<Message>> {
+impl StreamListener {
+    /// One wait, until `deadline`, for the next event; with `messages_only`, clients
+    /// coming and going are passed over.
+    fn next_event(
+        &mut self,
+        deadline: Option<Instant>,
+        messages_only: bool,
+    ) -> Result<Option<Event>> {
         loop {
-            if let Some(message) = self.ready.pop_front() {
-                return Ok(Some(message));
+            while let Some(event) = self.ready.pop_front() {
+                if !messages_only || matches!(event, Event::Message(_)) {
+                    return Ok(Some(event));
+                }
             }
             let timeout = if self.unread.is_empty() {
                 // Wake for the soonest of the caller's and the connections' deadlines.
@@ -884,10 +1179,18 @@ impl Listener for StreamListener {
                     WAKER => woken = true,
                     Token(t) => {
                         let key = t - FIRST_CONNECTION;
-                        if event.is_read_closed() || event.is_error() {
-                            if let Some(conn) = self.conns.get_mut(key) {
-                                conn.hung_up = true;
+                        let Some(conn) = self.conns.get_mut(key) else {
+                            continue;
+                        };
+                        if event.is_writable() {
+                            conn.sink.flush_waiting();
+                            if !(event.is_readable() || event.is_read_closed() || event.is_error())
+                            {
+                                continue;
                             }
+                        }
+                        if event.is_read_closed() || event.is_error() {
+                            conn.hung_up = true;
                         }
                         self.unread.push_back(key);
                     }
@@ -909,6 +1212,35 @@ impl Listener for StreamListener {
             }
         }
     }
+}
+
+/// Puts a connection's client in `roster` and announces it in `ready`.
+fn join(
+    roster: &Arc<Roster>,
+    peer: &Arc<Peer>,
+    sink: &Arc<ConnSink>,
+    ready: &mut VecDeque<Event>,
+) -> ClientHandle {
+    let client = roster.join(peer.clone(), sink.clone());
+    ready.push_back(Event::Connected(client.clone()));
+    client
+}
+
+impl Listener for StreamListener {
+    fn recv(&mut self, deadline: Option<Instant>) -> Result<Option<Message>> {
+        match self.next_event(deadline, true)? {
+            Some(Event::Message(message)) => Ok(Some(message)),
+            _ => Ok(None),
+        }
+    }
+
+    fn recv_event(&mut self, deadline: Option<Instant>) -> Result<Option<Event>> {
+        self.next_event(deadline, false)
+    }
+
+    fn broadcaster(&self) -> Option<Broadcaster> {
+        Some(Broadcaster::new(self.roster.clone(), self.max))
+    }
 
     fn waker(&self) -> Arc<dyn Fn() + Send + Sync> {
         let waker = self.waker.clone();
@@ -928,6 +1260,9 @@ impl Drop for StreamListener {
         // sockets down now so every client sees the end at once.
         for conn in self.conns.drain() {
             conn.sink.close();
+            if let Some(client) = conn.handle {
+                self.roster.leave(&client);
+            }
         }
     }
 }

@@ -14,22 +14,28 @@
 //! - Bytes read are kept in the connection's decoder, not in a future: a dropped read
 //!   loses nothing, and an answer read for a request whose future was dropped is
 //!   discarded by the correlator.
-//! - The server reads each connection in a task of its own and hands whole messages to
-//!   `recv` through a bounded channel, whose receive is cancel-safe.
+//! - The server reads each connection in a task of its own and hands whole messages, and
+//!   the client's arrival and departure, to `recv_event` through a bounded channel, whose
+//!   receive is cancel-safe.
+//! - Pushes from the server are read by whichever future reads the socket (a request's
+//!   or a `recv`'s) and queued for `recv`, which takes one only in the poll that returns
+//!   it.
 //!
 //! That channel is the one hand-off here, where the blocking server has none: a task per
 //! connection is how a runtime serves ten thousand of them, and the hand-off is a task
 //! wake-up on the same runtime, not a thread hop (docs/DESIGN.md has the measurement).
 
+use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::io::{self, IoSlice};
+use std::io;
+use std::os::fd::AsFd;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Context, Poll, Waker, ready};
+use std::time::{Duration, Instant};
 
-use rustix::net::{SendAncillaryBuffer, SendFlags, Shutdown};
+use rustix::net::Shutdown;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::runtime::Handle;
@@ -40,9 +46,9 @@ use super::access::Access;
 use super::correlate::{Correlator, NoAnswer};
 use super::reactor::{poll_read, register, runtime, when_ready};
 use super::stream::{
-    Accepted, ConnWrite, InFlight, LINE_CLOSED_HINT, OnAccept, Session, Spare, accept_one,
-    admitted, answer_result, as_answer, closed_by_server, closing_reason, describe, protocol_error,
-    went_away, write_reply,
+    Accepted, ConnWrite, InFlight, LINE_CLOSED_HINT, OnAccept, Pending, Session, Spare, accept_one,
+    admitted, answer_result, as_answer, check_outgoing, closed_by_server, closing_reason, describe,
+    protocol_error, went_away, write_reply,
 };
 use super::stream_greeting::{Greeting, drain_before_close};
 use super::{AsyncConnection, AsyncListener, BoxFuture};
@@ -50,6 +56,7 @@ use crate::endpoint::{Endpoint, Framing};
 use crate::error::{Error, Result};
 use crate::frame::{Decoder, Frame, Header, Hello, Kind};
 use crate::message::{Message, Peer, ReplySink};
+use crate::push::{Broadcaster, ClientHandle, Event, Outbox, Roster};
 use crate::sys::lock;
 
 /// How long replies may wait for a client that does not read before its connection is
@@ -78,19 +85,13 @@ fn read_into(fd: &AsyncFd<OwnedFd>, decoder: &mut Decoder) -> io::Result<usize> 
 // Writing whole frames
 // ---------------------------------------------------------------------------------------
 
-#[derive(Default)]
-struct Outbox {
-    /// What the socket has not taken yet, always ending on a frame boundary.
-    bytes: Vec<u8>,
-    /// Why nothing more can be written.
-    broken: Option<String>,
-}
-
 /// The writing half of a connection: frames go out whole, in the order they were put.
 struct Writer {
     fd: Arc<AsyncFd<OwnedFd>>,
     url: Arc<str>,
-    outbox: Mutex<Outbox>,
+    out: Mutex<Pending>,
+    /// Told when frames leave, for pushes waiting for room.
+    room: Condvar,
 }
 
 impl Writer {
@@ -98,7 +99,8 @@ impl Writer {
         Writer {
             fd,
             url,
-            outbox: Mutex::default(),
+            out: Mutex::default(),
+            room: Condvar::new(),
         }
     }
 
@@ -110,62 +112,51 @@ impl Writer {
     }
 
     /// Queues `parts` as one unit and writes what the socket takes at once; never waits.
-    /// Returns the bytes still queued, to be written by [`flush`](Self::flush).
-    fn put(&self, parts: &[&[u8]]) -> Result<usize> {
-        let mut outbox = lock(&self.outbox);
-        if let Some(detail) = &outbox.broken {
+    /// True when some of it waits, to be written by [`flush`](Self::flush).
+    fn put(&self, parts: &[&[u8]]) -> Result<bool> {
+        self.put_locked(&mut lock(&self.out), parts, false)
+    }
+
+    fn put_locked(&self, out: &mut Pending, parts: &[&[u8]], push: bool) -> Result<bool> {
+        if let Some(detail) = &out.broken {
             return Err(self.broken(detail));
         }
-        let mut written = 0;
-        if outbox.bytes.is_empty() {
-            let slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
-            match rustix::net::sendmsg(
-                self.fd.get_ref(),
-                &slices,
-                &mut SendAncillaryBuffer::default(),
-                SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
-            ) {
-                Ok(n) => written = n,
-                Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => {}
-                Err(e) => {
-                    let detail = format!("sending failed: {e}");
-                    outbox.broken = Some(detail.clone());
-                    return Err(Error::io(&*self.url, "sending", e.into()));
-                }
+        match out.write(self.fd.get_ref().as_fd(), parts, push) {
+            Ok(_) => Ok(!out.is_empty()),
+            Err(e) => {
+                out.broken = Some(format!("sending failed: {e}"));
+                Err(Error::io(&*self.url, "sending", e))
             }
         }
-        for part in parts {
-            let skip = written.min(part.len());
-            written -= skip;
-            outbox.bytes.extend_from_slice(&part[skip..]);
-        }
-        Ok(outbox.bytes.len())
     }
 
     /// Writes out the queue, waiting for room as long as it takes.
     async fn flush(&self) -> Result<()> {
         loop {
             {
-                let outbox = lock(&self.outbox);
-                if let Some(detail) = &outbox.broken {
+                let out = lock(&self.out);
+                if let Some(detail) = &out.broken {
                     return Err(self.broken(detail));
                 }
-                if outbox.bytes.is_empty() {
+                if out.is_empty() {
                     return Ok(());
                 }
             }
             let sent = when_ready(&self.fd, Interest::WRITABLE, |fd| {
-                let mut outbox = lock(&self.outbox);
-                if outbox.bytes.is_empty() {
-                    return Ok(());
+                let mut out = lock(&self.out);
+                let flushed = out.flush(fd.get_ref().as_fd());
+                if out.waiting > 0 {
+                    self.room.notify_all();
                 }
-                let n = rustix::net::send(fd.get_ref(), &outbox.bytes, SendFlags::NOSIGNAL)?;
-                outbox.bytes.drain(..n);
-                Ok(())
+                match flushed? {
+                    true => Ok(()),
+                    false => Err(io::ErrorKind::WouldBlock.into()),
+                }
             })
             .await;
             if let Err(e) = sent {
-                lock(&self.outbox).broken = Some(format!("sending failed: {e}"));
+                lock(&self.out).broken = Some(format!("sending failed: {e}"));
+                self.room.notify_all();
                 return Err(Error::io(&*self.url, "sending", e));
             }
         }
@@ -173,9 +164,10 @@ impl Writer {
 
     /// Ends the connection for both directions; later writes fail with `detail`.
     fn close(&self, detail: &str) {
-        let mut outbox = lock(&self.outbox);
-        outbox.broken.get_or_insert_with(|| detail.to_owned());
-        outbox.bytes.clear();
+        let mut out = lock(&self.out);
+        out.broken.get_or_insert_with(|| detail.to_owned());
+        out.clear();
+        self.room.notify_all();
         let _ = rustix::net::shutdown(self.fd.get_ref(), Shutdown::Both);
     }
 }
@@ -224,6 +216,35 @@ struct ClientShared {
     next_id: AtomicU64,
     reader: Mutex<Reader>,
     answers: Correlator<Frame>,
+    /// Messages the server pushed, until `recv` takes them.
+    pushes: Mutex<Pushes>,
+}
+
+/// A client's pushed messages not taken yet, and the `recv` futures waiting for one.
+#[derive(Default)]
+struct Pushes {
+    queue: VecDeque<Vec<u8>>,
+    wakers: Vec<Waker>,
+}
+
+impl ClientShared {
+    /// Keeps a message the server pushed for `recv`.
+    fn file_push(&self, payload: Vec<u8>) {
+        let mut pushes = lock(&self.pushes);
+        pushes.queue.push_back(payload);
+        wake_all(&mut pushes.wakers);
+    }
+
+    /// Wakes the `recv` futures: the socket may need one of them to watch it.
+    fn wake_receivers(&self) {
+        wake_all(&mut lock(&self.pushes).wakers);
+    }
+}
+
+fn wake_all(wakers: &mut Vec<Waker>) {
+    for waker in wakers.drain(..) {
+        waker.wake();
+    }
 }
 
 impl Drop for ClientShared {
@@ -281,14 +302,15 @@ impl AsyncStreamConnection {
                     decoder: Decoder::new(framing, own_max),
                     lines: 0,
                 }),
+                pushes: Mutex::default(),
             }),
         };
         if framing == Framing::Length {
             let shared = &conn.shared;
             // Twelve bytes into a new socket: they go at once.
             let sent = match shared.writer.put(&[&Hello::new(own_max).encode()]) {
-                Ok(0) => Ok(()),
-                Ok(_) => shared.writer.flush().await,
+                Ok(false) => Ok(()),
+                Ok(true) => shared.writer.flush().await,
                 Err(e) => Err(e),
             };
             let mut reader = lock(&shared.reader);
@@ -371,7 +393,7 @@ impl AsyncStreamConnection {
             }
             Framing::Line => shared.writer.put(&[payload, b"\n"]),
         };
-        queued.map(|n| n > 0).map_err(|e| self.write_failed(e))
+        queued.map_err(|e| self.write_failed(e))
     }
 
     /// Waits until what this future queued has left, finishing it in a task if the
@@ -417,10 +439,7 @@ impl AsyncStreamConnection {
                 }
             }
         };
-        let _leave = Leave {
-            answers: &shared.answers,
-            id,
-        };
+        let _leave = Leave { shared, id };
         if queued {
             self.flush().await?;
         }
@@ -428,7 +447,13 @@ impl AsyncStreamConnection {
             shared
                 .answers
                 .poll_answer(id, cx, &shared.reader, |reader, cx| {
-                    read_answer(shared, reader, cx)
+                    loop {
+                        match ready!(read_frame(shared, reader, cx)) {
+                            Ok(Read::Answer(id, frame)) => return Poll::Ready(Ok((id, frame))),
+                            Ok(Read::Push) => {}
+                            Err(detail) => return Poll::Ready(Err(detail)),
+                        }
+                    }
                 })
         });
         match tokio::time::timeout_at(deadline, answer).await {
@@ -441,24 +466,92 @@ impl AsyncStreamConnection {
     }
 }
 
-/// Takes a request out of the correlator's books when its future ends, however it ends.
+impl AsyncStreamConnection {
+    /// Cancel-safe: a message is taken from the queue only by the poll that returns it,
+    /// and a future that was watching the socket wakes the others as it ends.
+    async fn recv(&self) -> Result<Vec<u8>> {
+        self.check_welcome()?;
+        let shared = &*self.shared;
+        let _hand_on = HandOn(shared);
+        poll_fn(|cx| {
+            loop {
+                let mut pushes = lock(&shared.pushes);
+                if let Some(payload) = pushes.queue.pop_front() {
+                    return Poll::Ready(Ok(payload));
+                }
+                if let Some(detail) = shared.answers.broken() {
+                    return Poll::Ready(Err(self.broken_error(&detail)));
+                }
+                if !pushes.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                    pushes.wakers.push(cx.waker().clone());
+                }
+                // Held only while polling: a failed try means another future is reading
+                // this instant and files (and wakes us for) whatever it finds.
+                let Ok(mut reader) = shared.reader.try_lock() else {
+                    return Poll::Pending;
+                };
+                drop(pushes);
+                let read = loop {
+                    match read_frame(shared, &mut reader, cx) {
+                        Poll::Ready(Ok(Read::Answer(id, frame))) => {
+                            shared.answers.deliver(id, frame);
+                        }
+                        Poll::Ready(Ok(Read::Push)) => break Poll::Ready(Ok(())),
+                        Poll::Ready(Err(detail)) => break Poll::Ready(Err(detail)),
+                        Poll::Pending => break Poll::Pending,
+                    }
+                };
+                drop(reader);
+                match read {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(detail)) => shared.answers.break_off(detail),
+                }
+            }
+        })
+        .await
+    }
+}
+
+/// When a `recv` future ends, however it ends: it may have been the one watching the
+/// socket, so the requests and the other `recv`s are woken for one of them to take over.
+struct HandOn<'a>(&'a ClientShared);
+
+impl Drop for HandOn<'_> {
+    fn drop(&mut self) {
+        self.0.answers.wake_all();
+        self.0.wake_receivers();
+    }
+}
+
+/// Takes a request out of the correlator's books when its future ends, however it ends,
+/// and wakes the `recv` futures, as it may have been the one watching the socket.
 struct Leave<'a> {
-    answers: &'a Correlator<Frame>,
+    shared: &'a ClientShared,
     id: u64,
 }
 
 impl Drop for Leave<'_> {
     fn drop(&mut self) {
-        self.answers.leave(self.id);
+        self.shared.answers.leave(self.id);
+        self.shared.wake_receivers();
     }
 }
 
-/// Reads the socket until an answer is whole, or registers for readiness.
-fn read_answer(
+/// What [`read_frame`] read.
+enum Read {
+    /// The answer to a request.
+    Answer(u64, Frame),
+    /// A message the server pushed, now in the queue.
+    Push,
+}
+
+/// Reads the socket until a frame is whole, or registers for readiness.
+fn read_frame(
     shared: &ClientShared,
     reader: &mut Reader,
     cx: &mut Context<'_>,
-) -> Poll<std::result::Result<(u64, Frame), String>> {
+) -> Poll<std::result::Result<Read, String>> {
     let broken = |detail: String| {
         let _ = rustix::net::shutdown(shared.fd.get_ref(), Shutdown::Both);
         Poll::Ready(Err(detail))
@@ -472,17 +565,27 @@ fn read_answer(
             None | Some(Ok(None)) => {}
             Some(Err(v)) => return broken(protocol_error(&shared.endpoint, v).as_detail()),
             Some(Ok(Some(mut frame))) if shared.framing == Framing::Line => {
-                // A line answers whatever came before it; it cannot say "refused".
+                // A line answers the oldest request written that has had no line yet (it
+                // cannot say "refused"); with none, it is a push.
+                let requested = shared.next_id.load(Ordering::Acquire) - 1;
+                if requested == reader.lines {
+                    shared.file_push(frame.payload);
+                    return Poll::Ready(Ok(Read::Push));
+                }
                 frame.kind = Kind::Reply;
                 reader.lines += 1;
-                return Poll::Ready(Ok((reader.lines, frame)));
+                return Poll::Ready(Ok(Read::Answer(reader.lines, frame)));
             }
             Some(Ok(Some(frame))) => {
                 if let Some(reason) = closing_reason(&frame) {
                     return broken(reason);
                 }
+                if frame.kind == Kind::Message {
+                    shared.file_push(frame.payload);
+                    return Poll::Ready(Ok(Read::Push));
+                }
                 match as_answer(&shared.url, frame) {
-                    Some(answer) => return Poll::Ready(Ok(answer)),
+                    Some((id, answer)) => return Poll::Ready(Ok(Read::Answer(id, answer))),
                     None => continue,
                 }
             }
@@ -528,6 +631,10 @@ impl AsyncConnection for AsyncStreamConnection {
         Box::pin(AsyncStreamConnection::request(self, payload, timeout))
     }
 
+    fn recv(&self) -> BoxFuture<'_, Result<Vec<u8>>> {
+        Box::pin(AsyncStreamConnection::recv(self))
+    }
+
     fn max_message(&self) -> usize {
         let _ = self.check_welcome();
         self.shared.greeting.limit()
@@ -548,6 +655,8 @@ struct AsyncConnSink {
     framing: Framing,
     peer_max: AtomicUsize,
     in_flight: InFlight,
+    /// How many pushes may wait in the writer (`?outbox=`).
+    outbox: usize,
 }
 
 /// Replies on their way out: what the socket does not take at once is written by a task.
@@ -570,6 +679,11 @@ impl Replies {
             loop {
                 let flushed = tokio::time::timeout(REPLY_WRITE_TIMEOUT, out.writer.flush()).await;
                 if flushed.is_err() {
+                    if !lock(&out.writer.out).holds_reply() {
+                        // Only pushes wait: they wait as long as the client stays, and
+                        // its outbox's bound (?outbox=) holds the server's memory.
+                        continue;
+                    }
                     log::warn!(
                         "{}: closed a connection whose client read no reply for {REPLY_WRITE_TIMEOUT:?}",
                         out.writer.url
@@ -577,8 +691,8 @@ impl Replies {
                     out.writer.close("the client stopped reading its replies");
                 }
                 out.flushing.store(false, Ordering::Release);
-                // A reply queued while this task finished found it still flushing.
-                let more = !lock(&out.writer.outbox).bytes.is_empty();
+                // A frame queued while this task finished found it still flushing.
+                let more = !lock(&out.writer.out).is_empty();
                 if !more || out.flushing.swap(true, Ordering::AcqRel) {
                     return;
                 }
@@ -589,7 +703,7 @@ impl Replies {
 
 impl ConnWrite for AsyncConnSink {
     fn write(&self, parts: &[&[u8]]) -> Result<()> {
-        if self.out.writer.put(parts)? > 0 {
+        if self.out.writer.put(parts)? {
             self.out.flush_later();
         }
         Ok(())
@@ -610,6 +724,53 @@ impl ConnWrite for AsyncConnSink {
 
     fn in_flight(&self) -> &InFlight {
         &self.in_flight
+    }
+}
+
+impl Outbox for AsyncConnSink {
+    /// What the socket does not take at once is written by a task; a push waiting for
+    /// room blocks the calling thread (async code calls `try_send`, which never waits).
+    fn push(&self, payload: &[u8], patience: Duration) -> Result<()> {
+        let writer = &self.out.writer;
+        check_outgoing(&writer.url, self.framing, payload, self.peer_max())?;
+        let header = Header::new(Kind::Message, 0, payload.len()).encode();
+        let parts: [&[u8]; 2] = match self.framing {
+            Framing::Length => [&header, payload],
+            Framing::Line => [payload, b"\n"],
+        };
+        let mut out = lock(&writer.out);
+        let mut deadline = None;
+        while out.pushes() >= self.outbox && out.broken.is_none() {
+            let deadline = *deadline.get_or_insert_with(|| Instant::now() + patience);
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::Full {
+                    endpoint: writer.url.to_string(),
+                    detail: format!(
+                        "the client's outbox holds its {} messages (?outbox=) and the client is not reading them",
+                        self.outbox
+                    ),
+                    after: patience,
+                });
+            }
+            out.waiting += 1;
+            out = writer
+                .room
+                .wait_timeout(out, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            out.waiting -= 1;
+        }
+        let queued = writer.put_locked(&mut out, &parts, true)?;
+        drop(out);
+        if queued {
+            self.out.flush_later();
+        }
+        Ok(())
+    }
+
+    fn disconnect(&self) {
+        self.out.writer.close("the server disconnected this client");
     }
 }
 
@@ -643,8 +804,9 @@ pub(super) struct AsyncStreamListener {
     /// Shut down when the server is dropped, at once rather than when the aborted tasks
     /// next run: clients learn that the server has gone before it has finished going.
     sinks: Vec<std::sync::Weak<AsyncConnSink>>,
-    deliver: mpsc::Sender<Message>,
-    messages: mpsc::Receiver<Message>,
+    deliver: mpsc::Sender<Event>,
+    events: mpsc::Receiver<Event>,
+    roster: Arc<Roster>,
     /// Removes the endpoint's file when the server goes.
     _cleanup: Option<Box<dyn Send>>,
 }
@@ -659,9 +821,10 @@ impl AsyncStreamListener {
         let url: Arc<str> = endpoint.to_string().into();
         let runtime = runtime(&url)?;
         let listener = register(&url, listener, Interest::READABLE)?;
-        let (deliver, messages) = mpsc::channel(QUEUED_MESSAGES);
+        let (deliver, events) = mpsc::channel(QUEUED_MESSAGES);
         Ok(AsyncStreamListener {
             access: Access::for_endpoint(&endpoint),
+            roster: Roster::new(&endpoint),
             endpoint,
             url,
             listener,
@@ -671,7 +834,7 @@ impl AsyncStreamListener {
             connections: JoinSet::new(),
             sinks: Vec::new(),
             deliver,
-            messages,
+            events,
             _cleanup: cleanup,
         })
     }
@@ -749,6 +912,7 @@ impl AsyncStreamListener {
             framing,
             peer_max: AtomicUsize::new(max),
             in_flight: InFlight::default(),
+            outbox: self.endpoint.outbox(),
         });
         // Pruned when it has doubled: amortised, since `recv` passes here for every message.
         if self.sinks.len() == self.sinks.capacity() {
@@ -763,6 +927,7 @@ impl AsyncStreamListener {
                 session,
                 self.deliver.clone(),
                 self.url.clone(),
+                self.roster.clone(),
             ),
             &self.runtime,
         );
@@ -779,19 +944,77 @@ impl Drop for CloseOnDrop {
     }
 }
 
+/// Serves one connection: its client joins the roster once its handshake is done, and
+/// leaves it when the connection ends.
 async fn serve_connection(
     fd: Arc<AsyncFd<OwnedFd>>,
     sink: Arc<AsyncConnSink>,
     peer: Arc<Peer>,
-    mut session: Session,
-    deliver: mpsc::Sender<Message>,
+    session: Session,
+    deliver: mpsc::Sender<Event>,
     url: Arc<str>,
+    roster: Arc<Roster>,
 ) {
-    let _close = CloseOnDrop(sink.clone());
+    let close = CloseOnDrop(sink.clone());
+    let mut client = None;
+    let conn = Conn {
+        sink: &sink,
+        peer: &peer,
+        deliver: &deliver,
+        url: &url,
+        roster: &roster,
+    };
+    read_connection(&fd, conn, session, &mut client).await;
+    drop(close);
+    if let Some(client) = client {
+        if roster.leave(&client) {
+            let _ = deliver.send(Event::Disconnected(client)).await;
+        }
+    }
+}
+
+/// What a connection's task shares with its reading.
+struct Conn<'a> {
+    sink: &'a Arc<AsyncConnSink>,
+    peer: &'a Arc<Peer>,
+    deliver: &'a mpsc::Sender<Event>,
+    url: &'a Arc<str>,
+    roster: &'a Arc<Roster>,
+}
+
+impl Conn<'_> {
+    /// Puts the client in the roster once its handshake is done; false if the server
+    /// has gone.
+    async fn announce(&self, session: &Session, client: &mut Option<ClientHandle>) -> bool {
+        if client.is_some() || !session.greeted() {
+            return true;
+        }
+        let joined = self.roster.join(self.peer.clone(), self.sink.clone());
+        *client = Some(joined.clone());
+        self.deliver.send(Event::Connected(joined)).await.is_ok()
+    }
+}
+
+async fn read_connection(
+    fd: &Arc<AsyncFd<OwnedFd>>,
+    conn: Conn<'_>,
+    mut session: Session,
+    client: &mut Option<ClientHandle>,
+) {
+    let Conn {
+        sink,
+        peer,
+        deliver,
+        url,
+        ..
+    } = &conn;
     let mut batch = Vec::new();
     loop {
+        if !conn.announce(&session, client).await {
+            return; // The server is gone.
+        }
         let deadline = session.deadline();
-        let read = when_ready(&fd, Interest::READABLE, |fd| {
+        let read = when_ready(fd, Interest::READABLE, |fd| {
             read_into(fd, &mut session.decoder)
         });
         let read = match deadline {
@@ -801,7 +1024,7 @@ async fn serve_connection(
                 Err(_) => {
                     return log::warn!(
                         "{url}: closed the connection of {}: {}",
-                        describe(&peer),
+                        describe(peer),
                         session.expired()
                     );
                 }
@@ -813,29 +1036,36 @@ async fn serve_connection(
                     Some(reason) => {
                         log::warn!(
                             "{url}: closed the connection of {}: {reason}",
-                            describe(&peer)
+                            describe(peer)
                         )
                     }
-                    None => log::debug!("{url}: {} disconnected", describe(&peer)),
+                    None => log::debug!("{url}: {} disconnected", describe(peer)),
                 };
             }
             Ok(n) => n,
             Err(e) => {
                 return log::warn!(
                     "{url}: closed the connection of {}: reading failed: {e}",
-                    describe(&peer)
+                    describe(peer)
                 );
             }
         };
         session.decoder.advance(n);
-        if let Err(violation) = session.parse(&sink, &peer, &url, |m| batch.push(m)) {
+        if let Err(violation) = session.parse(sink, peer, url, |m| batch.push(m)) {
             return log::warn!(
                 "{url}: closed the connection of {}: {violation}",
-                describe(&peer)
+                describe(peer)
             );
         }
+        if !conn.announce(&session, client).await {
+            return;
+        }
         for message in batch.drain(..) {
-            if deliver.send(message).await.is_err() {
+            let message = match client {
+                Some(client) => message.with_client(client.clone()),
+                None => message,
+            };
+            if deliver.send(Event::Message(message)).await.is_err() {
                 return; // The server is gone.
             }
         }
@@ -858,12 +1088,35 @@ impl AsyncListener for AsyncStreamListener {
             if let Poll::Ready(Err(e)) = self.poll_accept(cx) {
                 return Poll::Ready(Err(e));
             }
-            match self.messages.poll_recv(cx) {
-                Poll::Ready(Some(message)) => Poll::Ready(Ok(message)),
-                // The server holds a sender itself, so the queue never closes.
+            loop {
+                match self.events.poll_recv(cx) {
+                    Poll::Ready(Some(Event::Message(message))) => return Poll::Ready(Ok(message)),
+                    Poll::Ready(Some(_)) => {}
+                    // The server holds a sender itself, so the queue never closes.
+                    Poll::Ready(None) | Poll::Pending => return Poll::Pending,
+                }
+            }
+        }))
+    }
+
+    /// Cancel-safe, as `recv`.
+    fn recv_event(&mut self) -> BoxFuture<'_, Result<Event>> {
+        Box::pin(poll_fn(move |cx| {
+            if let Poll::Ready(Err(e)) = self.poll_accept(cx) {
+                return Poll::Ready(Err(e));
+            }
+            match self.events.poll_recv(cx) {
+                Poll::Ready(Some(event)) => Poll::Ready(Ok(event)),
                 Poll::Ready(None) | Poll::Pending => Poll::Pending,
             }
         }))
+    }
+
+    fn broadcaster(&self) -> Option<Broadcaster> {
+        Some(Broadcaster::new(
+            self.roster.clone(),
+            self.endpoint.max_message(),
+        ))
     }
 
     fn endpoint(&self) -> &Endpoint {
