@@ -183,7 +183,7 @@ pub fn run_broadcast(
                 status: "ok",
                 reason: None,
                 size: options.size,
-                messages: plan.broadcasts,
+                messages: plan.deliveries / subscribers,
                 msgs_per_sec: None,
                 delivered_per_sec: None,
                 delivered: None,

@@ -193,6 +193,9 @@ fn subscribe_exits_as_the_cli_says() {
     );
     let mut waiting = subscribe(&url, &[]);
     let mut publisher = publisher;
+    // The first "connected" was the subscriber that timed out; the second is this one,
+    // which has its signals in hand by then.
+    publisher.wait_for("connected");
     publisher.wait_for("connected");
     let pid = nix::unistd::Pid::from_raw(waiting.0.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
