@@ -122,8 +122,9 @@ pub enum Command {
     /// broadcast never waits for a slow client: one whose outbox is full misses that line,
     /// and the misses are said on standard error (with ?overflow=disconnect in URL, such a
     /// client is disconnected instead). At the end of standard input it exits 0, once
-    /// every line was handed to the clients connected then; SIGINT, SIGTERM or SIGHUP stop
-    /// it too, with status 0. Either way it removes what it made, as `listen` does.
+    /// every line was handed to the clients connected then (a client that had fallen
+    /// behind loses what its outbox still held); SIGINT, SIGTERM or SIGHUP stop it too,
+    /// with status 0. Either way it removes what it made, as `listen` does.
     Publish {
         /// The endpoint to serve
         url: String,
