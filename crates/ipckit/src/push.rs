@@ -274,6 +274,31 @@ pub(crate) struct Roster {
 )]
 static NEXT_CLIENT: AtomicU64 = AtomicU64::new(1);
 
+/// How many pushed messages a client keeps that it has not taken with `recv`, when its
+/// requests read them on the way to their replies. A client in `recv` stops reading at one
+/// message, so that the server's outbox policy applies to it; but a reply may lie behind
+/// any number of pushes, so a requester must read them, and a client that never calls
+/// `recv` would hold them all. Beyond this many, newer pushes are dropped (logged), as
+/// ZeroMQ's SUB socket drops at its receive high-water mark.
+pub(crate) const UNREAD_PUSHES: usize = 4096;
+
+/// A pushed message read for a client: queued for its `recv`, or dropped once
+/// [`UNREAD_PUSHES`] wait (`dropped` counts them, logged at the first and every 1024th).
+pub(crate) fn keep_unread<A>(queue: &mut VecDeque<A>, push: A, dropped: &mut u64, url: &str) {
+    if queue.len() < UNREAD_PUSHES {
+        queue.push_back(push);
+        return;
+    }
+    if *dropped % 1024 == 0 {
+        log::warn!(
+            "{url}: {} pushed messages wait unread (call recv to take them); dropping newer ones ({} so far)",
+            UNREAD_PUSHES,
+            *dropped + 1
+        );
+    }
+    *dropped += 1;
+}
+
 #[allow(
     dead_code,
     reason = "the transports learn to push in the commits that follow"
@@ -578,6 +603,18 @@ mod tests {
         assert_eq!(roster.take_departed(), None);
         // The transport noticing the same client closing later reports nothing twice.
         assert!(!roster.leave(&slow));
+    }
+
+    #[test]
+    fn a_client_keeps_a_bounded_number_of_unread_pushes_and_counts_the_rest() {
+        let mut queue = VecDeque::new();
+        let mut dropped = 0;
+        for n in 0..UNREAD_PUSHES + 10 {
+            keep_unread(&mut queue, n, &mut dropped, "uds:///tmp/x.sock");
+        }
+        assert_eq!((queue.len(), dropped), (UNREAD_PUSHES, 10));
+        // The oldest are kept, in order: what was dropped is the newest, as a gap.
+        assert_eq!(queue.back(), Some(&(UNREAD_PUSHES - 1)));
     }
 
     #[test]
