@@ -30,6 +30,7 @@ pub(super) fn client(endpoint: &Endpoint) -> Result<MqConnection> {
         max,
         limit,
         replies: Pool::new(),
+        live_replies: Default::default(),
         priority: endpoint.priority(),
         send_timeout: endpoint.send_timeout(),
         announced: AtomicBool::new(false),
@@ -257,13 +258,20 @@ pub(super) struct ReplyQueue<Q = Queue> {
     pub(super) buf: Vec<u8>,
     /// The request being sent, kept to reuse its allocation.
     pub(super) request: Vec<u8>,
+    /// Its client's count of reply queues, this one among them.
+    live: Arc<AtomicUsize>,
 }
 
 impl<Q> Drop for ReplyQueue<Q> {
     fn drop(&mut self) {
         let _ = nix::mqueue::mq_unlink(self.name.as_str());
+        self.live.fetch_sub(1, Ordering::AcqRel);
     }
 }
+
+/// How often a request that found no room for another reply queue looks for one of its
+/// client's given back.
+pub(super) const REPLY_QUEUE_RETRY: Duration = Duration::from_millis(1);
 
 pub(super) struct MqConnection {
     pub(super) endpoint: Endpoint,
@@ -272,6 +280,8 @@ pub(super) struct MqConnection {
     pub(super) max: usize,
     pub(super) limit: String,
     pub(super) replies: Pool<ReplyQueue>,
+    /// How many reply queues this client has, in use or pooled, through either API.
+    pub(super) live_replies: Arc<AtomicUsize>,
     /// The endpoint's options, read once.
     pub(super) priority: u32,
     pub(super) send_timeout: Duration,
@@ -331,11 +341,15 @@ impl MqConnection {
         )
     }
 
-    /// A new reply queue, its queue made by `wrap` from the one just created.
+    /// A new reply queue, its queue made by `wrap` from the one just created; `None` when
+    /// the user or the process has no room for another queue (RLIMIT_MSGQUEUE,
+    /// fs.mqueue.queues_max, descriptors) but this client has reply queues of its own:
+    /// one of them, given back by the request using it, will do. Concurrent requests take
+    /// as many reply queues as there is room for, and share them, instead of failing.
     pub(super) fn new_reply_queue_with<Q>(
         &self,
         wrap: impl FnOnce(Queue) -> Result<Q>,
-    ) -> Result<ReplyQueue<Q>> {
+    ) -> Result<Option<ReplyQueue<Q>>> {
         // Named after the inbound queue, so that the server knows whose request it is.
         let name = match &self.inbound {
             Ok(inbound) => format!(
@@ -345,14 +359,25 @@ impl MqConnection {
             ),
             Err(_) => new_queue_name(&self.endpoint),
         };
+        let mut no_room = false;
         let queue = open_queue(
             &self.endpoint,
             &name,
             MQ_OFlag::O_RDONLY | MQ_OFlag::O_EXCL,
             // A reply is its status byte and then up to `max` bytes of payload.
             (1, (self.max + 1).min(limits().msgsize_max)),
-            mq_error,
-        )?;
+            |endpoint, op, errno| {
+                no_room = matches!(
+                    errno,
+                    Errno::EMFILE | Errno::ENFILE | Errno::ENOSPC | Errno::ENOMEM
+                );
+                mq_error(endpoint, op, errno)
+            },
+        );
+        let queue = match queue {
+            Err(_) if no_room && self.live_replies.load(Ordering::Acquire) > 0 => return Ok(None),
+            queue => queue?,
+        };
         let wrapped = msgsize(&self.endpoint, &queue).and_then(|size| Ok((size, wrap(queue)?)));
         let (size, queue) = match wrapped {
             Ok(wrapped) => wrapped,
@@ -361,16 +386,35 @@ impl MqConnection {
                 return Err(e);
             }
         };
-        Ok(ReplyQueue {
+        self.live_replies.fetch_add(1, Ordering::AcqRel);
+        Ok(Some(ReplyQueue {
             name,
             queue,
             buf: vec![0; size],
             request: Vec::new(),
-        })
+            live: self.live_replies.clone(),
+        }))
     }
 
-    pub(super) fn new_reply_queue(&self) -> Result<ReplyQueue> {
-        self.new_reply_queue_with(Ok)
+    /// A reply queue for a request that must be sent by `deadline`: a pooled one, a new
+    /// one, or one of this client's given back while there is no room for more.
+    fn reply_queue(&self, timeout: Duration) -> Result<ReplyQueue> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(pooled) = self.replies.pop() {
+                return Ok(pooled);
+            }
+            if let Some(made) = self.new_reply_queue_with(Ok)? {
+                return Ok(made);
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    endpoint: self.url.clone(),
+                    after: timeout,
+                });
+            }
+            std::thread::sleep(REPLY_QUEUE_RETRY);
+        }
     }
 
     /// Sends a one-way message, naming this client when the queue has room for its name.
@@ -476,15 +520,14 @@ impl Connection for MqConnection {
 
     fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
         self.announced.store(true, Ordering::Release);
-        self.replies.with(
-            || self.new_reply_queue(),
-            |reply| {
-                let request = self.request_for(reply, payload)?;
-                let answer = self.exchange(reply, &request, timeout);
-                reply.request = request;
-                answer
-            },
-        )
+        let started = Instant::now();
+        let mut reply = self.reply_queue(timeout)?;
+        let request = self.request_for(&mut reply, payload)?;
+        let left = timeout.saturating_sub(started.elapsed());
+        let answer = self.exchange(&mut reply, &request, left)?;
+        reply.request = request;
+        self.replies.give_back(reply);
+        Ok(answer)
     }
 
     fn recv(&self, deadline: Option<Instant>) -> Result<Option<Vec<u8>>> {
