@@ -29,10 +29,12 @@ use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendFlag
 use super::Connection;
 use super::Listener;
 use super::access::Access;
+use super::datagram_clients::Clients;
 use super::pool::Pool;
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
 use crate::message::{Message, Peer, ReplySink, ReplyTo};
+use crate::push::{Broadcaster, Event, Roster};
 use crate::sys::ReceiveTimeout;
 
 /// How long a reply may wait for room in a client's receive queue (unixgram).
@@ -41,8 +43,18 @@ const REPLY_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const RESERVED: &[u8; 5] = b"\0IPCK";
 /// A refusal: these 8 bytes, then the UTF-8 reason.
 pub(crate) const REFUSED: &[u8; 8] = b"\0IPCKNO1";
-/// Put before a reply that begins with [`RESERVED`], and taken off by the client.
+/// Put before a reply or a client's message that begins with [`RESERVED`], and taken
+/// off by the receiver.
 pub(crate) const ESCAPED: &[u8; 8] = b"\0IPCKOK1";
+/// A client's home socket introducing itself: these 8 bytes, then the client's token.
+pub(crate) const HELLO: &[u8; 8] = b"\0IPCKHI1";
+/// A client's request socket introducing itself: these 8 bytes, then the client's token.
+pub(crate) const ALSO: &[u8; 8] = b"\0IPCKAS1";
+/// A socket closing: from a client, it leaves (its home) or is done (a request socket);
+/// from the server, it has stopped or forgotten the client.
+pub(crate) const BYE: &[u8; 8] = b"\0IPCKBY1";
+/// A push, from the server to a client's home: these 8 bytes, then the payload.
+pub(crate) const PUSHED: &[u8; 8] = b"\0IPCKPU1";
 /// What differs between the datagram transports.
 pub(super) trait Family: Send + Sync + 'static {
     /// A new client socket, connected to the server (and bound where replies need it).
@@ -58,6 +70,28 @@ struct RequestSocket {
     buf: Vec<u8>,
 }
 
+impl Drop for RequestSocket {
+    fn drop(&mut self) {
+        say_bye(&self.fd);
+    }
+}
+
+/// Tells the server a socket closes, best effort: it forgets the address (or, for a
+/// client's home, the client) at once instead of when a push finds it gone.
+fn say_bye(fd: &OwnedFd) {
+    let _ = rustix::net::send(fd, BYE, SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
+}
+
+/// What a datagram that reached a client's home is.
+enum AtHome {
+    /// A push: its payload.
+    Pushed(Vec<u8>),
+    /// The server's goodbye.
+    Bye,
+    /// Nothing for this client: a reply to a one-way message, or an oversized push.
+    Other,
+}
+
 /// What every datagram client, blocking or async, knows and checks.
 struct ClientCore {
     endpoint: Endpoint,
@@ -66,6 +100,18 @@ struct ClientCore {
     max: usize,
     /// What `max` is, for errors.
     limit: String,
+    /// Names this client to the server from each of its sockets.
+    token: [u8; 8],
+}
+
+/// A token no other client of the same server is likely to have.
+fn new_token() -> [u8; 8] {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(COUNT.fetch_add(1, Ordering::Relaxed));
+    hasher.write_u32(std::process::id());
+    hasher.finish().to_le_bytes()
 }
 
 impl ClientCore {
@@ -76,6 +122,51 @@ impl ClientCore {
             family,
             max,
             limit,
+            token: new_token(),
+        }
+    }
+
+    /// A new socket to the server, introduced with `mark` and this client's token.
+    fn introduced(&self, mark: &[u8; 8]) -> Result<OwnedFd> {
+        let fd = self.family.client_socket(&self.endpoint)?;
+        let mut hello = [0; 16];
+        hello[..8].copy_from_slice(mark);
+        hello[8..].copy_from_slice(&self.token);
+        send_datagram(&fd, &[], &hello, &self.url)?;
+        Ok(fd)
+    }
+
+    /// A receive buffer for pushes: the mark, the largest payload, and one byte to tell an
+    /// oversized push.
+    fn push_buffer(&self) -> Vec<u8> {
+        vec![0; PUSHED.len() + self.max + 1]
+    }
+
+    /// What the `len`-byte datagram in `buf`, read at home, is.
+    fn at_home(&self, buf: &[u8], len: usize) -> AtHome {
+        let datagram = &buf[..len.min(buf.len())];
+        if let Some(payload) = datagram.strip_prefix(PUSHED) {
+            if len - PUSHED.len() > self.max {
+                log::warn!(
+                    "{}: dropped a push of {} bytes, over this client's limit of {} bytes",
+                    self.url,
+                    len - PUSHED.len(),
+                    self.max
+                );
+                return AtHome::Other;
+            }
+            return AtHome::Pushed(payload.to_vec());
+        }
+        match datagram == BYE {
+            true => AtHome::Bye,
+            false => AtHome::Other,
+        }
+    }
+
+    fn server_gone(&self) -> Error {
+        Error::Disconnected {
+            endpoint: self.url.clone(),
+            detail: "the server closed or forgot this client; connect again to go on".into(),
         }
     }
 
@@ -112,9 +203,20 @@ impl ClientCore {
 /// A datagram client.
 pub(super) struct DatagramConnection {
     core: ClientCore,
-    /// One-way messages leave here; replaced when the server it was connected to is gone.
-    sender: Mutex<OwnedFd>,
+    /// The client's home: one-way messages leave here and pushes arrive here; replaced
+    /// (and introduced again) when the server it was connected to is gone.
+    sender: Mutex<Arc<OwnedFd>>,
     pool: Pool<RequestSocket>,
+    /// Where pushes are read.
+    inbox: Mutex<Vec<u8>>,
+    /// The server said goodbye to this home.
+    gone: AtomicBool,
+}
+
+impl Drop for DatagramConnection {
+    fn drop(&mut self) {
+        say_bye(&crate::sys::lock(&self.sender));
+    }
 }
 
 impl DatagramConnection {
@@ -123,10 +225,13 @@ impl DatagramConnection {
         family: Arc<dyn Family>,
         max: (usize, String),
     ) -> Result<DatagramConnection> {
+        let core = ClientCore::new(endpoint, family, max);
         Ok(DatagramConnection {
-            sender: Mutex::new(family.client_socket(endpoint)?),
-            core: ClientCore::new(endpoint, family, max),
+            sender: Mutex::new(Arc::new(core.introduced(HELLO)?)),
+            inbox: Mutex::new(core.push_buffer()),
+            core,
             pool: Pool::new(),
+            gone: AtomicBool::new(false),
         })
     }
 
@@ -138,7 +243,7 @@ impl DatagramConnection {
     ) -> Result<Vec<u8>> {
         let url = &self.core.url;
         let deadline = Instant::now() + timeout;
-        send_datagram(&socket.fd, payload, url)?;
+        send_datagram(&socket.fd, escape(payload), payload, url)?;
         loop {
             let armed = socket.timeout.arm(&socket.fd, Some(deadline));
             if !armed.map_err(|e| Error::io(url, "setting the receive timeout", e))? {
@@ -148,6 +253,7 @@ impl DatagramConnection {
                 });
             }
             match rustix::net::recv(&socket.fd, &mut socket.buf[..], RecvFlags::TRUNC) {
+                Ok((_, len)) if !is_answer(&socket.buf[..len.min(socket.buf.len())]) => {}
                 Ok((_, len)) => return self.core.reply(&socket.buf, len),
                 Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
                 Err(e) => return Err(Error::io(url, "receiving the reply", e.into())),
@@ -156,9 +262,41 @@ impl DatagramConnection {
     }
 }
 
-fn send_datagram(fd: &OwnedFd, payload: &[u8], url: &str) -> Result<()> {
+/// What goes before a client's `payload`: [`ESCAPED`] where the server would read its
+/// start as a mark.
+#[inline]
+fn escape(payload: &[u8]) -> &'static [u8] {
+    match payload.starts_with(RESERVED) {
+        true => ESCAPED,
+        false => &[],
+    }
+}
+
+/// Whether a datagram a request socket received can be its answer: a push (which reaches
+/// a request socket only if the server took it for a stranger's home) or a goodbye is not.
+#[inline]
+fn is_answer(datagram: &[u8]) -> bool {
+    !(datagram.starts_with(RESERVED) && (datagram.starts_with(PUSHED) || datagram == BYE))
+}
+
+/// Sends `marker` and then `payload` as one datagram on a connected socket; a plain
+/// payload in one `send`.
+fn send_datagram(fd: &OwnedFd, marker: &[u8], payload: &[u8], url: &str) -> Result<()> {
     loop {
-        match rustix::net::send(fd, payload, SendFlags::NOSIGNAL) {
+        let sent = if marker.is_empty() {
+            rustix::net::send(fd, payload, SendFlags::NOSIGNAL)
+        } else {
+            rustix::net::sendmsg(
+                fd,
+                &[
+                    std::io::IoSlice::new(marker),
+                    std::io::IoSlice::new(payload),
+                ],
+                &mut rustix::net::SendAncillaryBuffer::default(),
+                SendFlags::NOSIGNAL,
+            )
+        };
+        match sent {
             Ok(_) => return Ok(()),
             Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(Error::io(url, "sending", e.into())),
@@ -173,13 +311,51 @@ impl Connection for DatagramConnection {
         let core = &self.core;
         core.check_size(payload)?;
         let mut sender = crate::sys::lock(&self.sender);
-        match send_datagram(&sender, payload, &core.url) {
+        match send_datagram(&sender, escape(payload), payload, &core.url) {
             // A missing server is NotFound from connecting the fresh socket.
             Err(e) if ClientCore::server_replaced(&e) => {
-                *sender = core.family.client_socket(&core.endpoint)?;
-                send_datagram(&sender, payload, &core.url)
+                *sender = Arc::new(core.introduced(HELLO)?);
+                self.gone.store(false, Ordering::Release);
+                send_datagram(&sender, escape(payload), payload, &core.url)
             }
             sent => sent,
+        }
+    }
+
+    fn recv(&self, deadline: Option<Instant>) -> Result<Option<Vec<u8>>> {
+        let core = &self.core;
+        let url = &core.url;
+        let mut buf = crate::sys::lock(&self.inbox);
+        loop {
+            if self.gone.load(Ordering::Acquire) {
+                return Err(core.server_gone());
+            }
+            let home = crate::sys::lock(&self.sender).clone();
+            let flags = match deadline {
+                None => RecvFlags::TRUNC,
+                Some(_) => {
+                    let ready = crate::sys::wait_ready(
+                        std::os::fd::AsFd::as_fd(&*home),
+                        rustix::event::PollFlags::IN,
+                        deadline,
+                    );
+                    if !ready.map_err(|e| Error::io(url, "waiting for a push", e))? {
+                        return Ok(None);
+                    }
+                    RecvFlags::TRUNC | RecvFlags::DONTWAIT
+                }
+            };
+            match rustix::net::recv(&*home, &mut buf[..], flags) {
+                Ok((_, len)) => match core.at_home(&buf, len) {
+                    AtHome::Pushed(payload) => return Ok(Some(payload)),
+                    AtHome::Bye => self.gone.store(true, Ordering::Release),
+                    AtHome::Other => {}
+                },
+                Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
+                // udp: a one-way message met a closed port.
+                Err(rustix::io::Errno::CONNREFUSED) => self.gone.store(true, Ordering::Release),
+                Err(e) => return Err(Error::io(url, "receiving a push", e.into())),
+            }
         }
     }
 
@@ -189,7 +365,7 @@ impl Connection for DatagramConnection {
         self.pool.with(
             || {
                 Ok(RequestSocket {
-                    fd: core.family.client_socket(&core.endpoint)?,
+                    fd: core.introduced(ALSO)?,
                     timeout: ReceiveTimeout::default(),
                     buf: core.reply_buffer(),
                 })
@@ -208,7 +384,7 @@ impl Connection for DatagramConnection {
 }
 
 /// The way back to one sender: the server's socket and the sender's address.
-struct DatagramSink {
+pub(super) struct DatagramSink {
     fd: Arc<OwnedFd>,
     to: SocketAddrAny,
     url: Arc<str>,
@@ -249,6 +425,10 @@ fn utf8_prefix(bytes: &[u8]) -> String {
 }
 
 impl DatagramSink {
+    pub(super) fn new(fd: Arc<OwnedFd>, to: SocketAddrAny, url: Arc<str>, max: usize) -> Self {
+        DatagramSink { fd, to, url, max }
+    }
+
     /// Sends `marker` and then `payload` as one datagram; a plain reply (no marker) in one
     /// `sendto`, as a hand-written server would.
     fn send_to(&self, marker: &[u8], payload: &[u8]) -> Result<()> {
@@ -309,13 +489,6 @@ impl ReplySink for DatagramSink {
     fn unanswered(&self, _id: u64) {}
 }
 
-struct LastSender {
-    addr: SocketAddrAny,
-    creds: Option<rustix::net::UCred>,
-    peer: Arc<Peer>,
-    sink: Arc<DatagramSink>,
-}
-
 /// A datagram server on a bound socket.
 pub(super) struct DatagramListener {
     endpoint: Endpoint,
@@ -328,8 +501,9 @@ pub(super) struct DatagramListener {
     stop: Arc<AtomicBool>,
     waker: Arc<OwnedFd>,
     waker_addr: SocketAddrAny,
-    /// The last sender, whose peer and reply sink are reused while it keeps sending.
-    last: Option<LastSender>,
+    clients: Clients,
+    /// A message held back behind the `Connected` of the client it introduced.
+    held: Option<Message>,
     /// Whom the server admits, where the kernel does not decide it already.
     access: Option<Access>,
     /// The last sender refused, whose further datagrams are dropped without a warning
@@ -358,10 +532,13 @@ impl DatagramListener {
         let waker = family.client_socket(&endpoint)?;
         let waker_addr = rustix::net::getsockname(&waker)
             .map_err(|e| Error::io(&*url, "reading the waker's address", e.into()))?;
-        Ok(DatagramListener {
+        let fd = Arc::new(fd);
+        let roster = Roster::new(&endpoint);
+        let clients = Clients::new(roster, fd.clone(), url.clone(), max, family.clone());
+        let listener = DatagramListener {
             url,
             endpoint,
-            fd: Arc::new(fd),
+            fd,
             family,
             max,
             buf: vec![0; max + 1],
@@ -369,48 +546,25 @@ impl DatagramListener {
             stop: Arc::new(AtomicBool::new(false)),
             waker: Arc::new(waker),
             waker_addr,
-            last: None,
+            clients,
+            held: None,
             access,
             last_refused: None,
             _cleanup: cleanup,
-        })
-    }
-
-    fn sender(
-        &mut self,
-        from: Option<SocketAddrAny>,
-        creds: Option<rustix::net::UCred>,
-    ) -> (Arc<Peer>, Option<Arc<DatagramSink>>) {
-        let Some(from) = from else {
-            // An unbound unix socket: it can be heard but not answered.
-            return (Arc::new(self.family.peer(None, creds)), None);
         };
-        if let Some(last) = &self.last {
-            if last.addr == from && last.creds == creds {
-                return (last.peer.clone(), Some(last.sink.clone()));
-            }
-        }
-        let peer = Arc::new(self.family.peer(Some(&from), creds));
-        let sink = Arc::new(DatagramSink {
-            fd: self.fd.clone(),
-            to: from.clone(),
-            url: self.url.clone(),
-            max: self.max,
-        });
-        self.last = Some(LastSender {
-            addr: from,
-            creds,
-            peer: peer.clone(),
-            sink: sink.clone(),
-        });
-        (peer, Some(sink))
+        // A push that finds a client gone wakes the loop, which reports it.
+        listener.clients.roster().set_waker(listener.waker());
+        Ok(listener)
     }
 }
 
 impl DatagramListener {
-    /// Receives one datagram: `Ok(None)` for one that is not a message (the waker's, or
-    /// one over the limit, which is logged).
-    fn receive(&mut self) -> rustix::io::Result<Option<Message>> {
+    /// Receives one datagram: `Ok(None)` for one that is nothing to report (the waker's,
+    /// one over the limit, which is logged, or a request socket introducing itself).
+    fn receive(&mut self) -> rustix::io::Result<Option<Event>> {
+        if let Some(message) = self.held.take() {
+            return Ok(Some(Event::Message(message)));
+        }
         let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmCredentials(1))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let received = rustix::net::recvmsg(
@@ -447,46 +601,139 @@ impl DatagramListener {
                 return Ok(None);
             }
         }
-        let (peer, sink) = self.sender(received.address, creds);
-        if received.bytes > self.max {
-            log::warn!(
-                "{}: dropped a datagram of {} bytes from {}: it exceeds the limit of {} bytes",
-                self.url,
-                received.bytes,
-                peer.addr
-                    .as_deref()
-                    .map_or_else(|| format!("pid {:?}", peer.pid), str::to_owned),
-                self.max
-            );
-            return Ok(None);
+        let Some(from) = received.address else {
+            // An unbound unix socket: it can be heard but neither answered nor pushed to.
+            return Ok(self.within_limit(received.bytes, None).then(|| {
+                let peer = Arc::new(self.family.peer(None, creds));
+                let payload = self.buf[..received.bytes].to_vec();
+                Event::Message(Message::new(payload, peer, None, self.url.clone()))
+            }));
+        };
+        let mut start = 0;
+        if self.buf[..received.bytes.min(self.buf.len())].starts_with(RESERVED) {
+            match self.control(&from, creds, received.bytes) {
+                Control::Event(event) => return Ok(event),
+                Control::Escaped => start = ESCAPED.len(),
+                Control::Message => {}
+            }
         }
-        let payload = self.buf[..received.bytes].to_vec();
-        let reply_to = sink.map(|sink| ReplyTo::new(sink, 0));
-        Ok(Some(Message::new(
+        let (known, joined) = self.clients.sender(&from, creds);
+        if !self.within_limit(received.bytes, Some(&known.peer)) {
+            return Ok(joined.map(Event::Connected));
+        }
+        let payload = self.buf[start..received.bytes].to_vec();
+        let reply_to = ReplyTo::new(known.sink.clone(), 0);
+        let message = Message::new(
             payload,
-            peer,
-            reply_to,
+            known.peer.clone(),
+            Some(reply_to),
             self.url.clone(),
-        )))
+        )
+        .with_client(known.client.clone());
+        Ok(Some(match joined {
+            Some(client) => {
+                self.held = Some(message);
+                Event::Connected(client)
+            }
+            None => Event::Message(message),
+        }))
     }
+
+    /// Whether a datagram of `bytes` is within the limit; logged when it is not.
+    fn within_limit(&self, bytes: usize, peer: Option<&Peer>) -> bool {
+        if bytes <= self.max {
+            return true;
+        }
+        log::warn!(
+            "{}: dropped a datagram of {} bytes from {}: it exceeds the limit of {} bytes",
+            self.url,
+            bytes,
+            peer.and_then(|p| p.addr.clone().or_else(|| p.pid.map(|p| format!("pid {p}"))))
+                .unwrap_or_else(|| "a sender".into()),
+            self.max
+        );
+        false
+    }
+
+    /// What a datagram of `bytes` beginning with [`RESERVED`] from `from` is.
+    #[cold]
+    fn control(
+        &mut self,
+        from: &SocketAddrAny,
+        creds: Option<rustix::net::UCred>,
+        bytes: usize,
+    ) -> Control {
+        let datagram = &self.buf[..bytes.min(self.buf.len())];
+        let token =
+            |mark: &[u8; 8]| -> Option<[u8; 8]> { datagram.strip_prefix(mark)?.try_into().ok() };
+        if let Some(token) = token(HELLO) {
+            return Control::Event(self.clients.hello(from, creds, token).map(Event::Connected));
+        }
+        if let Some(token) = token(ALSO) {
+            self.clients.also(from, creds, token);
+            return Control::Event(None);
+        }
+        if datagram == BYE {
+            return Control::Event(self.clients.bye(from).map(Event::Disconnected));
+        }
+        match datagram.starts_with(ESCAPED) {
+            true => Control::Escaped,
+            // A stranger's message that happens to begin so: delivered as it is.
+            false => Control::Message,
+        }
+    }
+
+    /// One wait, until `deadline`, for the next event.
+    fn next_event(&mut self, deadline: Option<Instant>) -> Result<Option<Event>> {
+        loop {
+            if self.held.is_none() {
+                if self.stop.swap(false, Ordering::AcqRel) {
+                    return Ok(None);
+                }
+                let armed = self.timeout.arm(&*self.fd, deadline);
+                if !armed.map_err(|e| Error::io(&*self.url, "setting the receive timeout", e))? {
+                    return Ok(None);
+                }
+            }
+            match self.receive() {
+                Ok(Some(event)) => return Ok(Some(event)),
+                Ok(None) | Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
+                Err(e) => return Err(Error::io(&*self.url, "receiving", e.into())),
+            }
+        }
+    }
+}
+
+/// What a datagram beginning with [`RESERVED`] is.
+enum Control {
+    /// A client coming, going or introducing a request socket: what to report, if any.
+    Event(Option<Event>),
+    /// A client's message behind [`ESCAPED`].
+    Escaped,
+    /// A message as it is.
+    Message,
 }
 
 impl Listener for DatagramListener {
     fn recv(&mut self, deadline: Option<Instant>) -> Result<Option<Message>> {
         loop {
-            if self.stop.swap(false, Ordering::AcqRel) {
-                return Ok(None);
-            }
-            let armed = self.timeout.arm(&*self.fd, deadline);
-            if !armed.map_err(|e| Error::io(&*self.url, "setting the receive timeout", e))? {
-                return Ok(None);
-            }
-            match self.receive() {
-                Ok(Some(message)) => return Ok(Some(message)),
-                Ok(None) | Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
-                Err(e) => return Err(Error::io(&*self.url, "receiving", e.into())),
+            match self.next_event(deadline)? {
+                Some(Event::Message(message)) => return Ok(Some(message)),
+                Some(_) => {}
+                None => return Ok(None),
             }
         }
+    }
+
+    fn recv_event(&mut self, deadline: Option<Instant>) -> Result<Option<Event>> {
+        self.next_event(deadline)
+    }
+
+    fn broadcaster(&self) -> Option<Broadcaster> {
+        Some(Broadcaster::new(
+            self.clients.roster().clone(),
+            self.max.saturating_sub(PUSHED.len()),
+        ))
     }
 
     fn waker(&self) -> Arc<dyn Fn() + Send + Sync> {
@@ -537,19 +784,29 @@ mod on_tokio {
         reactor::register(url, fd, interest)
     }
 
-    fn new_socket(core: &ClientCore) -> Result<Arc<AsyncFd<OwnedFd>>> {
-        let fd = core.family.client_socket(&core.endpoint)?;
+    /// A new socket to the server, introduced (while still blocking, so that the
+    /// introduction is never dropped for want of room) with `mark`.
+    fn new_socket(core: &ClientCore, mark: &[u8; 8]) -> Result<Arc<AsyncFd<OwnedFd>>> {
+        let fd = core.introduced(mark)?;
         register(&core.url, fd).map(Arc::new)
     }
 
     /// Sends one datagram, waiting for room in the socket's buffer.
     async fn send_on(fd: &AsyncFd<OwnedFd>, payload: &[u8], url: &str) -> Result<()> {
+        let marker = escape(payload);
         reactor::when_ready(fd, Interest::WRITABLE, |fd| {
-            Ok(rustix::net::send(
-                fd.get_ref(),
-                payload,
-                SendFlags::NOSIGNAL,
-            )?)
+            Ok(match marker.is_empty() {
+                true => rustix::net::send(fd.get_ref(), payload, SendFlags::NOSIGNAL)?,
+                false => rustix::net::sendmsg(
+                    fd.get_ref(),
+                    &[
+                        std::io::IoSlice::new(marker),
+                        std::io::IoSlice::new(payload),
+                    ],
+                    &mut rustix::net::SendAncillaryBuffer::default(),
+                    SendFlags::NOSIGNAL,
+                )?,
+            })
         })
         .await
         .map(drop)
@@ -561,10 +818,25 @@ mod on_tokio {
         buf: Vec<u8>,
     }
 
+    impl Drop for AsyncRequestSocket {
+        fn drop(&mut self) {
+            say_bye(self.fd.get_ref());
+        }
+    }
+
     pub(in crate::transport) struct AsyncDatagramConnection {
         core: ClientCore,
+        /// The client's home, as the blocking client's `sender`.
         sender: Mutex<Arc<AsyncFd<OwnedFd>>>,
         pool: Pool<AsyncRequestSocket>,
+        inbox: Mutex<Vec<u8>>,
+        gone: AtomicBool,
+    }
+
+    impl Drop for AsyncDatagramConnection {
+        fn drop(&mut self) {
+            say_bye(crate::sys::lock(&self.sender).get_ref());
+        }
     }
 
     impl AsyncDatagramConnection {
@@ -575,10 +847,40 @@ mod on_tokio {
         ) -> Result<AsyncDatagramConnection> {
             let core = ClientCore::new(endpoint, family, max);
             Ok(AsyncDatagramConnection {
-                sender: Mutex::new(new_socket(&core)?),
+                sender: Mutex::new(new_socket(&core, HELLO)?),
+                inbox: Mutex::new(core.push_buffer()),
                 core,
                 pool: Pool::new(),
+                gone: AtomicBool::new(false),
             })
+        }
+
+        /// Cancel-safe: a datagram is read only by the poll that returns it.
+        async fn recv(&self) -> Result<Vec<u8>> {
+            let core = &self.core;
+            loop {
+                if self.gone.load(Ordering::Acquire) {
+                    return Err(core.server_gone());
+                }
+                let home = crate::sys::lock(&self.sender).clone();
+                let read = reactor::when_ready(&home, Interest::READABLE | Interest::ERROR, |fd| {
+                    let mut buf = crate::sys::lock(&self.inbox);
+                    let (_, len) = rustix::net::recv(fd.get_ref(), &mut buf[..], RecvFlags::TRUNC)?;
+                    Ok(core.at_home(&buf, len))
+                });
+                match read.await {
+                    Ok(AtHome::Pushed(payload)) => return Ok(payload),
+                    Ok(AtHome::Bye) => self.gone.store(true, Ordering::Release),
+                    Ok(AtHome::Other) => {}
+                    Err(e)
+                        if e.raw_os_error()
+                            == Some(rustix::io::Errno::CONNREFUSED.raw_os_error()) =>
+                    {
+                        self.gone.store(true, Ordering::Release)
+                    }
+                    Err(e) => return Err(Error::io(&core.url, "receiving a push", e)),
+                }
+            }
         }
 
         async fn send(&self, payload: &[u8]) -> Result<()> {
@@ -587,8 +889,9 @@ mod on_tokio {
             let sender = crate::sys::lock(&self.sender).clone();
             match send_on(&sender, payload, &core.url).await {
                 Err(e) if ClientCore::server_replaced(&e) => {
-                    let fresh = new_socket(core)?;
+                    let fresh = new_socket(core, HELLO)?;
                     *crate::sys::lock(&self.sender) = fresh.clone();
+                    self.gone.store(false, Ordering::Release);
                     send_on(&fresh, payload, &core.url).await
                 }
                 sent => sent,
@@ -600,7 +903,7 @@ mod on_tokio {
             core.check_size(payload)?;
             let mut socket = self.pool.take(|| {
                 Ok(AsyncRequestSocket {
-                    fd: new_socket(core)?,
+                    fd: new_socket(core, ALSO)?,
                     buf: core.reply_buffer(),
                 })
             })?;
@@ -610,7 +913,13 @@ mod on_tokio {
                 let buf = &mut socket.buf;
                 let received =
                     reactor::when_ready(&fd, Interest::READABLE | Interest::ERROR, |fd| {
-                        Ok(rustix::net::recv(fd.get_ref(), &mut buf[..], RecvFlags::TRUNC)?.1)
+                        let (_, len) =
+                            rustix::net::recv(fd.get_ref(), &mut buf[..], RecvFlags::TRUNC)?;
+                        match is_answer(&buf[..len.min(buf.len())]) {
+                            true => Ok(len),
+                            // Not for this request: read on.
+                            false => Err(std::io::ErrorKind::WouldBlock.into()),
+                        }
                     });
                 match received.await {
                     Ok(len) => core.reply(&socket.buf, len),
@@ -646,6 +955,10 @@ mod on_tokio {
             Box::pin(AsyncDatagramConnection::request(self, payload, timeout))
         }
 
+        fn recv(&self) -> BoxFuture<'_, Result<Vec<u8>>> {
+            Box::pin(AsyncDatagramConnection::recv(self))
+        }
+
         fn max_message(&self) -> usize {
             self.core.max
         }
@@ -668,20 +981,49 @@ mod on_tokio {
         }
     }
 
+    impl AsyncDatagramListener {
+        /// The next event. Cancel-safe: a datagram is read only when what it says is
+        /// returned (a message behind a `Connected` is held by the server itself).
+        fn poll_event(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<Event>> {
+            let AsyncDatagramListener { server, fd } = self;
+            loop {
+                if let Some(message) = server.held.take() {
+                    return Poll::Ready(Ok(Event::Message(message)));
+                }
+                // A push found a client gone and woke this loop through the waker.
+                if let Some(departed) = server.clients.roster().take_departed() {
+                    return Poll::Ready(Ok(Event::Disconnected(departed)));
+                }
+                let received = reactor::poll_read(fd, cx, |_| Ok(server.receive()?));
+                match ready!(received) {
+                    Ok(Some(event)) => return Poll::Ready(Ok(event)),
+                    Ok(None) => {} // nothing to report: the next one
+                    Err(e) => return Poll::Ready(Err(Error::io(&*server.url, "receiving", e))),
+                }
+            }
+        }
+    }
+
     impl AsyncListener for AsyncDatagramListener {
         /// Cancel-safe: a datagram is read only when it is returned.
         fn recv(&mut self) -> BoxFuture<'_, Result<Message>> {
-            let AsyncDatagramListener { server, fd } = self;
             Box::pin(poll_fn(move |cx| {
                 loop {
-                    let received = reactor::poll_read(fd, cx, |_| Ok(server.receive()?));
-                    match ready!(received) {
-                        Ok(Some(message)) => return Poll::Ready(Ok(message)),
-                        Ok(None) => {} // not a message: the next one
-                        Err(e) => return Poll::Ready(Err(Error::io(&*server.url, "receiving", e))),
+                    match ready!(self.poll_event(cx)) {
+                        Ok(Event::Message(message)) => return Poll::Ready(Ok(message)),
+                        Ok(_) => {}
+                        Err(e) => return Poll::Ready(Err(e)),
                     }
                 }
             }))
+        }
+
+        fn recv_event(&mut self) -> BoxFuture<'_, Result<Event>> {
+            Box::pin(poll_fn(move |cx| self.poll_event(cx)))
+        }
+
+        fn broadcaster(&self) -> Option<Broadcaster> {
+            Listener::broadcaster(&self.server)
         }
 
         fn endpoint(&self) -> &Endpoint {
