@@ -36,11 +36,21 @@
 //!   ([`Server::recv_with`], [`Server::serve_with`]) instead hand a [`MessageRef`] to a
 //!   handler for the length of the call: the same accessors and answers, with nothing
 //!   copied or allocated to hand it over.
+//! - A server also speaks first, where the transport can ([`Capabilities::push`]): every
+//!   message carries a [`ClientHandle`] to its sender ([`Message::client`]), to push
+//!   messages to later from any thread; [`Server::broadcast`] sends to every connected
+//!   client (a [`Broadcaster`] does so from other threads), never waiting on a slow one;
+//!   [`Server::recv_event`] also says when a client connects or leaves ([`Event`]). A
+//!   client takes what is pushed with [`Client::recv`], apart from its replies. Each
+//!   client has a bounded outbox: a push to a full one waits up to `?send_timeout_ms=`
+//!   and fails with [`Error::Full`]; a broadcast skips it and counts the drop, or
+//!   disconnects it (`?overflow=`).
 //! - Every call that can fail returns [`Result`], with the one [`Error`] type, whose
 //!   message names the endpoint and says what to do.
 //! - [`Capabilities`], from [`Client::capabilities`], [`Server::capabilities`] or a
 //!   [`transport::Transport`], says what a transport promises: whether it is reliable,
-//!   ordered, durable, connected, the largest message, peer credentials, zero copy.
+//!   ordered, durable, connected, whether it pushes, the largest message, peer
+//!   credentials, zero copy.
 //!   `ipckit transports` prints them, and [`transport::all`] lists this build's
 //!   transports.
 //! - With the `tokio` feature, [`tokio::connect`](tokio/fn.connect.html) and

@@ -68,7 +68,7 @@ pub struct Capabilities {
     pub duplex: bool,
     /// A server can send to a client at any time and broadcast to all of them
     /// ([`ClientHandle`](crate::ClientHandle), [`Server::broadcast`](crate::Server::broadcast)),
-    /// and sees clients come and go ([`Event`](crate::Event)); a client takes those messages
+    /// and sees clients come and go ([`Event`]); a client takes those messages
     /// with [`Client::recv`](crate::Client::recv). Each transport's module says what bounds
     /// a client's outbox there.
     pub push: bool,

@@ -12,7 +12,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use ipckit::transport::Capabilities;
-use ipckit::{Endpoint, Error, Message, ToEndpoint};
+use ipckit::{Broadcaster, ClientHandle, Endpoint, Error, Event, Message, ToEndpoint};
 
 /// Names the API for a peer process.
 pub const API_ENV: &str = "IPCKIT_CONFORMANCE_API";
@@ -116,6 +116,19 @@ impl Client {
         }
     }
 
+    /// The next message the server pushed, within `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<Message>, Error> {
+        match self {
+            Client::Blocking(c) => c.recv_timeout(timeout),
+            Client::Async(c) => block_on(async {
+                tokio::time::timeout(timeout, c.recv())
+                    .await
+                    .ok()
+                    .transpose()
+            }),
+        }
+    }
+
     pub fn max_message(&self) -> usize {
         match self {
             Client::Blocking(c) => c.max_message(),
@@ -159,6 +172,33 @@ impl Server {
         match self {
             Server::Blocking(s) => s.recv_timeout(timeout),
             Server::Async(s) => block_on(s.recv_timeout(timeout)),
+        }
+    }
+
+    /// The next message or client coming or going, within `timeout`.
+    pub fn recv_event_timeout(&mut self, timeout: Duration) -> Result<Option<Event>, Error> {
+        match self {
+            Server::Blocking(s) => s.recv_event_timeout(timeout),
+            Server::Async(s) => block_on(async {
+                tokio::time::timeout(timeout, s.recv_event())
+                    .await
+                    .ok()
+                    .transpose()
+            }),
+        }
+    }
+
+    pub fn broadcaster(&self) -> Result<Broadcaster, Error> {
+        match self {
+            Server::Blocking(s) => s.broadcaster(),
+            Server::Async(s) => s.broadcaster(),
+        }
+    }
+
+    pub fn clients(&self) -> Vec<ClientHandle> {
+        match self {
+            Server::Blocking(s) => s.clients(),
+            Server::Async(s) => s.clients(),
         }
     }
 

@@ -7,7 +7,7 @@
 //!
 //! One file per behaviour, each with its list of checks: `delivery`, `request_reply`,
 //! `lifecycle`, `durable`, `bad_input`, `limits`, `plain_writers`, `shared_memory`,
-//! `access`, `handshake`, and `cancellation` (through the async API alone). `support`
+//! `access`, `handshake`, `push`, and `cancellation` (through the async API alone). `support`
 //! holds what they share, `api` the two APIs a check drives, `peer` the peer processes. A
 //! new behaviour's list goes in [`CHECKS`] below.
 //!
@@ -36,6 +36,7 @@ mod lifecycle;
 mod limits;
 mod peer;
 mod plain_writers;
+mod push;
 mod request_reply;
 mod shared_memory;
 mod support;
@@ -55,14 +56,15 @@ const CHECKS: &[&[Check]] = &[
     shared_memory::CHECKS,
     access::CHECKS,
     handshake::CHECKS,
+    push::CHECKS,
 ];
 
 /// What only futures can do: be dropped halfway. Run through the async API alone.
-const ASYNC_CHECKS: &[&[Check]] = &[cancellation::ASYNC_CHECKS];
+const ASYNC_CHECKS: &[&[Check]] = &[cancellation::ASYNC_CHECKS, push::ASYNC_CHECKS];
 
 /// What only the blocking API needs: a way to end a blocked loop from another thread
 /// (futures are dropped instead). Run through the blocking API alone.
-const BLOCKING_CHECKS: &[&[Check]] = &[lifecycle::BLOCKING_CHECKS];
+const BLOCKING_CHECKS: &[&[Check]] = &[lifecycle::BLOCKING_CHECKS, push::BLOCKING_CHECKS];
 
 fn main() -> ExitCode {
     if std::env::var_os(PEER_ENV).is_some() {

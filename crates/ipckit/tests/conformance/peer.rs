@@ -98,6 +98,21 @@ pub enum Role {
     /// A plain stream socket at the endpoint, no ipckit: prints `ready URL`, accepts and
     /// reads, and never writes.
     Mute,
+    /// Connects `connections` clients, each saying `hello NAME-C`, and receives what is
+    /// pushed to each until `end` (see `push`).
+    Subscribe { connections: u32, name: String },
+    /// Async: says `hello NAME` and receives pushes until `end` through waits that are
+    /// mostly dropped before a message comes.
+    SubscribeCancelling { name: String },
+    /// Says `hello NAME` and reads nothing until told `read` on stdin; then receives
+    /// until `end`.
+    HelloAndWait { name: String },
+    /// Says `hello NAME` and `bye`, drops its client, and waits, still running.
+    HelloAndLeave { name: String },
+    /// The server of `push::a_client_that_never_reads_stalls_nothing`.
+    PushServer { count: u32, size: usize },
+    /// One client: requests from `threads` threads while another receives pushes.
+    RequestAndReceive { threads: u32, per_thread: u32 },
 }
 
 impl Role {
@@ -143,6 +158,22 @@ impl Role {
             Role::PrintWithFds { spare } => ("print-with-fds", vec![spare.to_string()]),
             Role::HalfFrame { len } => ("half-frame", vec![len.to_string()]),
             Role::Mute => ("mute", vec![]),
+            Role::Subscribe { connections, name } => {
+                ("subscribe", vec![connections.to_string(), name.clone()])
+            }
+            Role::SubscribeCancelling { name } => ("subscribe-cancelling", vec![name.clone()]),
+            Role::HelloAndWait { name } => ("hello-and-wait", vec![name.clone()]),
+            Role::HelloAndLeave { name } => ("hello-and-leave", vec![name.clone()]),
+            Role::PushServer { count, size } => {
+                ("push-server", vec![count.to_string(), size.to_string()])
+            }
+            Role::RequestAndReceive {
+                threads,
+                per_thread,
+            } => (
+                "request-and-receive",
+                vec![threads.to_string(), per_thread.to_string()],
+            ),
         };
         let args: Vec<String> = [name.to_owned(), url.to_owned()]
             .into_iter()
@@ -220,6 +251,27 @@ impl Role {
             },
             "half-frame" => Role::HalfFrame { len: arg(args, 2)? },
             "mute" => Role::Mute,
+            "subscribe" => Role::Subscribe {
+                connections: arg(args, 2)?,
+                name: arg(args, 3)?,
+            },
+            "subscribe-cancelling" => Role::SubscribeCancelling {
+                name: arg(args, 2)?,
+            },
+            "hello-and-wait" => Role::HelloAndWait {
+                name: arg(args, 2)?,
+            },
+            "hello-and-leave" => Role::HelloAndLeave {
+                name: arg(args, 2)?,
+            },
+            "push-server" => Role::PushServer {
+                count: arg(args, 2)?,
+                size: arg(args, 3)?,
+            },
+            "request-and-receive" => Role::RequestAndReceive {
+                threads: arg(args, 2)?,
+                per_thread: arg(args, 3)?,
+            },
             other => return Err(format!("unknown role {other}").into()),
         };
         Ok((role, url))
@@ -306,6 +358,12 @@ pub fn run(args: Vec<String>) -> ExitCode {
 /// Plays `role` on the endpoint `url`.
 fn play(role: Role, url: &str) -> Result<(), Failure> {
     match role {
+        Role::Subscribe { .. }
+        | Role::SubscribeCancelling { .. }
+        | Role::HelloAndWait { .. }
+        | Role::HelloAndLeave { .. }
+        | Role::PushServer { .. }
+        | Role::RequestAndReceive { .. } => return crate::push::play(role, url),
         Role::Send {
             client: sender,
             count,
