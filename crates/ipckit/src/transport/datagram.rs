@@ -62,6 +62,69 @@ pub(super) trait Family: Send + Sync + 'static {
     /// Who sent a datagram, from its address and, where the kernel adds them, its
     /// credentials.
     fn peer(&self, from: Option<&SocketAddrAny>, creds: Option<rustix::net::UCred>) -> Peer;
+    /// A client's home socket, and the server's address where the socket is not connected
+    /// to the server (so that a socket of the server's own can push to it).
+    fn home_socket(&self, endpoint: &Endpoint) -> Result<(OwnedFd, Option<SocketAddrAny>)> {
+        Ok((self.client_socket(endpoint)?, None))
+    }
+    /// A socket of the server's own to push to the client at `home` from, connected there;
+    /// `None` where pushes leave from the server's socket.
+    fn push_socket(&self, home: &SocketAddrAny) -> Option<OwnedFd> {
+        let _ = home;
+        None
+    }
+}
+
+/// A client's home socket: its one-way messages leave from here, and its pushes arrive.
+pub(super) struct Home<F = OwnedFd> {
+    fd: F,
+    /// The server's address, where `fd` is not connected to it.
+    server: Option<SocketAddrAny>,
+    /// Where pushes come from, once the server's welcome named it (where `server` is set).
+    pusher: std::sync::OnceLock<SocketAddrAny>,
+}
+
+impl<F: std::os::fd::AsFd> Home<F> {
+    fn send(&self, marker: &[u8], payload: &[u8], flags: SendFlags) -> rustix::io::Result<usize> {
+        let iov = [
+            std::io::IoSlice::new(marker),
+            std::io::IoSlice::new(payload),
+        ];
+        let control = &mut rustix::net::SendAncillaryBuffer::default();
+        match (&self.server, marker.is_empty()) {
+            (None, true) => rustix::net::send(&self.fd, payload, flags),
+            (None, false) => rustix::net::sendmsg(&self.fd, &iov, control, flags),
+            (Some(to), true) => rustix::net::sendto(&self.fd, payload, flags, to),
+            (Some(to), false) => rustix::net::sendmsg_addr(&self.fd, to, &iov, control, flags),
+        }
+    }
+
+    /// What the `len`-byte datagram in `buf` from `from` is: pushes are taken only from
+    /// where the server's welcome came from (a stranger may write to an unconnected
+    /// socket), and that welcome connects the home there.
+    fn classify(
+        &self,
+        core: &ClientCore,
+        buf: &[u8],
+        len: usize,
+        from: Option<SocketAddrAny>,
+    ) -> AtHome {
+        if self.server.is_some() {
+            match (self.pusher.get(), from) {
+                (Some(pusher), Some(from)) if *pusher == from => {}
+                (None, Some(from)) if buf[..len.min(buf.len())] == core.greeting(HELLO) => {
+                    // The outbox is then this socket's queue as the server's push socket
+                    // fills it, bounded by that socket's send buffer (module `unixgram`).
+                    if rustix::net::connect(&self.fd, &from).is_ok() {
+                        let _ = self.pusher.set(from);
+                    }
+                    return AtHome::Other;
+                }
+                _ => return AtHome::Other,
+            }
+        }
+        core.at_home(buf, len)
+    }
 }
 
 struct RequestSocket {
@@ -126,14 +189,32 @@ impl ClientCore {
         }
     }
 
-    /// A new socket to the server, introduced with `mark` and this client's token.
-    fn introduced(&self, mark: &[u8; 8]) -> Result<OwnedFd> {
+    /// `mark` and this client's token.
+    fn greeting(&self, mark: &[u8; 8]) -> [u8; 16] {
+        let mut greeting = [0; 16];
+        greeting[..8].copy_from_slice(mark);
+        greeting[8..].copy_from_slice(&self.token);
+        greeting
+    }
+
+    /// A new request socket, introduced to the server.
+    fn introduced(&self) -> Result<OwnedFd> {
         let fd = self.family.client_socket(&self.endpoint)?;
-        let mut hello = [0; 16];
-        hello[..8].copy_from_slice(mark);
-        hello[8..].copy_from_slice(&self.token);
-        send_datagram(&fd, &[], &hello, &self.url)?;
+        send_datagram(&fd, &[], &self.greeting(ALSO), &self.url)?;
         Ok(fd)
+    }
+
+    /// A new home socket, introduced to the server (while still blocking, so that the
+    /// introduction is never dropped for want of room).
+    fn home(&self) -> Result<Home> {
+        let (fd, server) = self.family.home_socket(&self.endpoint)?;
+        let home = Home {
+            fd,
+            server,
+            pusher: std::sync::OnceLock::new(),
+        };
+        home.send_all(&[], &self.greeting(HELLO), &self.url)?;
+        Ok(home)
     }
 
     /// A receive buffer for pushes: the mark, the largest payload, and one byte to tell an
@@ -205,7 +286,7 @@ pub(super) struct DatagramConnection {
     core: ClientCore,
     /// The client's home: one-way messages leave here and pushes arrive here; replaced
     /// (and introduced again) when the server it was connected to is gone.
-    sender: Mutex<Arc<OwnedFd>>,
+    sender: Mutex<Arc<Home>>,
     pool: Pool<RequestSocket>,
     /// Where pushes are read.
     inbox: Mutex<Vec<u8>>,
@@ -215,7 +296,21 @@ pub(super) struct DatagramConnection {
 
 impl Drop for DatagramConnection {
     fn drop(&mut self) {
-        say_bye(&crate::sys::lock(&self.sender));
+        let home = crate::sys::lock(&self.sender);
+        let _ = home.send(&[], BYE, SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
+    }
+}
+
+impl Home {
+    /// Sends one datagram, waiting for room.
+    fn send_all(&self, marker: &[u8], payload: &[u8], url: &str) -> Result<()> {
+        loop {
+            match self.send(marker, payload, SendFlags::NOSIGNAL) {
+                Ok(_) => return Ok(()),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(Error::io(url, "sending", e.into())),
+            }
+        }
     }
 }
 
@@ -227,7 +322,7 @@ impl DatagramConnection {
     ) -> Result<DatagramConnection> {
         let core = ClientCore::new(endpoint, family, max);
         Ok(DatagramConnection {
-            sender: Mutex::new(Arc::new(core.introduced(HELLO)?)),
+            sender: Mutex::new(Arc::new(core.home()?)),
             inbox: Mutex::new(core.push_buffer()),
             core,
             pool: Pool::new(),
@@ -311,12 +406,12 @@ impl Connection for DatagramConnection {
         let core = &self.core;
         core.check_size(payload)?;
         let mut sender = crate::sys::lock(&self.sender);
-        match send_datagram(&sender, escape(payload), payload, &core.url) {
-            // A missing server is NotFound from connecting the fresh socket.
+        match sender.send_all(escape(payload), payload, &core.url) {
+            // A missing server is NotFound from introducing the fresh socket.
             Err(e) if ClientCore::server_replaced(&e) => {
-                *sender = Arc::new(core.introduced(HELLO)?);
+                *sender = Arc::new(core.home()?);
                 self.gone.store(false, Ordering::Release);
-                send_datagram(&sender, escape(payload), payload, &core.url)
+                sender.send_all(escape(payload), payload, &core.url)
             }
             sent => sent,
         }
@@ -335,7 +430,7 @@ impl Connection for DatagramConnection {
                 None => RecvFlags::TRUNC,
                 Some(_) => {
                     let ready = crate::sys::wait_ready(
-                        std::os::fd::AsFd::as_fd(&*home),
+                        std::os::fd::AsFd::as_fd(&home.fd),
                         rustix::event::PollFlags::IN,
                         deadline,
                     );
@@ -345,8 +440,8 @@ impl Connection for DatagramConnection {
                     RecvFlags::TRUNC | RecvFlags::DONTWAIT
                 }
             };
-            match rustix::net::recv(&*home, &mut buf[..], flags) {
-                Ok((_, len)) => match core.at_home(&buf, len) {
+            match rustix::net::recvfrom(&home.fd, &mut buf[..], flags) {
+                Ok((_, len, from)) => match home.classify(core, &buf, len, from) {
                     AtHome::Pushed(payload) => return Ok(Some(payload)),
                     AtHome::Bye => self.gone.store(true, Ordering::Release),
                     AtHome::Other => {}
@@ -365,7 +460,7 @@ impl Connection for DatagramConnection {
         self.pool.with(
             || {
                 Ok(RequestSocket {
-                    fd: core.introduced(ALSO)?,
+                    fd: core.introduced()?,
                     timeout: ReceiveTimeout::default(),
                     buf: core.reply_buffer(),
                 })
@@ -535,7 +630,7 @@ impl DatagramListener {
         let fd = Arc::new(fd);
         let roster = Roster::new(&endpoint);
         let clients = Clients::new(roster, fd.clone(), url.clone(), max, family.clone());
-        let listener = DatagramListener {
+        Ok(DatagramListener {
             url,
             endpoint,
             fd,
@@ -551,10 +646,7 @@ impl DatagramListener {
             access,
             last_refused: None,
             _cleanup: cleanup,
-        };
-        // A push that finds a client gone wakes the loop, which reports it.
-        listener.clients.roster().set_waker(listener.waker());
-        Ok(listener)
+        })
     }
 }
 
@@ -784,11 +876,19 @@ mod on_tokio {
         reactor::register(url, fd, interest)
     }
 
-    /// A new socket to the server, introduced (while still blocking, so that the
-    /// introduction is never dropped for want of room) with `mark`.
-    fn new_socket(core: &ClientCore, mark: &[u8; 8]) -> Result<Arc<AsyncFd<OwnedFd>>> {
-        let fd = core.introduced(mark)?;
-        register(&core.url, fd).map(Arc::new)
+    /// A new request socket, introduced to the server while still blocking.
+    fn new_socket(core: &ClientCore) -> Result<Arc<AsyncFd<OwnedFd>>> {
+        register(&core.url, core.introduced()?).map(Arc::new)
+    }
+
+    /// A new home socket, introduced to the server while still blocking.
+    fn new_home(core: &ClientCore) -> Result<Arc<Home<AsyncFd<OwnedFd>>>> {
+        let Home { fd, server, pusher } = core.home()?;
+        Ok(Arc::new(Home {
+            fd: register(&core.url, fd)?,
+            server,
+            pusher,
+        }))
     }
 
     /// Sends one datagram, waiting for room in the socket's buffer.
@@ -813,6 +913,17 @@ mod on_tokio {
         .map_err(|e| Error::io(url, "sending", e))
     }
 
+    /// Sends one datagram from a client's home, waiting for room.
+    async fn send_home(home: &Home<AsyncFd<OwnedFd>>, payload: &[u8], url: &str) -> Result<()> {
+        let marker = escape(payload);
+        reactor::when_ready(&home.fd, Interest::WRITABLE, |_| {
+            Ok(home.send(marker, payload, SendFlags::NOSIGNAL)?)
+        })
+        .await
+        .map(drop)
+        .map_err(|e| Error::io(url, "sending", e))
+    }
+
     struct AsyncRequestSocket {
         fd: Arc<AsyncFd<OwnedFd>>,
         buf: Vec<u8>,
@@ -827,7 +938,7 @@ mod on_tokio {
     pub(in crate::transport) struct AsyncDatagramConnection {
         core: ClientCore,
         /// The client's home, as the blocking client's `sender`.
-        sender: Mutex<Arc<AsyncFd<OwnedFd>>>,
+        sender: Mutex<Arc<Home<AsyncFd<OwnedFd>>>>,
         pool: Pool<AsyncRequestSocket>,
         inbox: Mutex<Vec<u8>>,
         gone: AtomicBool,
@@ -835,7 +946,8 @@ mod on_tokio {
 
     impl Drop for AsyncDatagramConnection {
         fn drop(&mut self) {
-            say_bye(crate::sys::lock(&self.sender).get_ref());
+            let home = crate::sys::lock(&self.sender);
+            let _ = home.send(&[], BYE, SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
         }
     }
 
@@ -847,7 +959,7 @@ mod on_tokio {
         ) -> Result<AsyncDatagramConnection> {
             let core = ClientCore::new(endpoint, family, max);
             Ok(AsyncDatagramConnection {
-                sender: Mutex::new(new_socket(&core, HELLO)?),
+                sender: Mutex::new(new_home(&core)?),
                 inbox: Mutex::new(core.push_buffer()),
                 core,
                 pool: Pool::new(),
@@ -863,11 +975,13 @@ mod on_tokio {
                     return Err(core.server_gone());
                 }
                 let home = crate::sys::lock(&self.sender).clone();
-                let read = reactor::when_ready(&home, Interest::READABLE | Interest::ERROR, |fd| {
-                    let mut buf = crate::sys::lock(&self.inbox);
-                    let (_, len) = rustix::net::recv(fd.get_ref(), &mut buf[..], RecvFlags::TRUNC)?;
-                    Ok(core.at_home(&buf, len))
-                });
+                let read =
+                    reactor::when_ready(&home.fd, Interest::READABLE | Interest::ERROR, |fd| {
+                        let mut buf = crate::sys::lock(&self.inbox);
+                        let (_, len, from) =
+                            rustix::net::recvfrom(fd.get_ref(), &mut buf[..], RecvFlags::TRUNC)?;
+                        Ok(home.classify(core, &buf, len, from))
+                    });
                 match read.await {
                     Ok(AtHome::Pushed(payload)) => return Ok(payload),
                     Ok(AtHome::Bye) => self.gone.store(true, Ordering::Release),
@@ -887,12 +1001,12 @@ mod on_tokio {
             let core = &self.core;
             core.check_size(payload)?;
             let sender = crate::sys::lock(&self.sender).clone();
-            match send_on(&sender, payload, &core.url).await {
+            match send_home(&sender, payload, &core.url).await {
                 Err(e) if ClientCore::server_replaced(&e) => {
-                    let fresh = new_socket(core, HELLO)?;
+                    let fresh = new_home(core)?;
                     *crate::sys::lock(&self.sender) = fresh.clone();
                     self.gone.store(false, Ordering::Release);
-                    send_on(&fresh, payload, &core.url).await
+                    send_home(&fresh, payload, &core.url).await
                 }
                 sent => sent,
             }
@@ -903,7 +1017,7 @@ mod on_tokio {
             core.check_size(payload)?;
             let mut socket = self.pool.take(|| {
                 Ok(AsyncRequestSocket {
-                    fd: new_socket(core, ALSO)?,
+                    fd: new_socket(core)?,
                     buf: core.reply_buffer(),
                 })
             })?;
@@ -1066,6 +1180,34 @@ mod tests {
             }
             other => panic!("an oversized reply read as {other:?}"),
         }
+    }
+
+    /// At a client's home, a push is its payload, the server's goodbye ends `recv`, and
+    /// anything else (a reply to a one-way message, a push over the limit) is not for it;
+    /// at a request socket, neither a push nor a goodbye is taken for the answer.
+    #[test]
+    fn pushes_and_answers_are_told_apart() {
+        let endpoint: Endpoint = "udp://127.0.0.1:9".parse().unwrap();
+        struct NoFamily;
+        impl Family for NoFamily {
+            fn client_socket(&self, _: &Endpoint) -> Result<OwnedFd> {
+                unreachable!()
+            }
+            fn peer(&self, _: Option<&SocketAddrAny>, _: Option<rustix::net::UCred>) -> Peer {
+                Peer::default()
+            }
+        }
+        let core = ClientCore::new(&endpoint, Arc::new(NoFamily), (5, "test".into()));
+        let home = |datagram: &[u8]| core.at_home(datagram, datagram.len());
+        assert!(matches!(home(b"\0IPCKPU1hello"), AtHome::Pushed(p) if p == b"hello"));
+        assert!(matches!(home(b"\0IPCKPU1"), AtHome::Pushed(p) if p.is_empty()));
+        assert!(matches!(home(b"\0IPCKPU1toolong"), AtHome::Other));
+        assert!(matches!(home(BYE), AtHome::Bye));
+        assert!(matches!(home(b"a reply"), AtHome::Other));
+        assert!(!is_answer(b"\0IPCKPU1x") && !is_answer(BYE));
+        assert!(is_answer(b"\0IPCKNO1no") && is_answer(b"\0IPCKOK1x") && is_answer(b"x"));
+        assert_eq!(escape(b"\0IPCKBY1"), ESCAPED);
+        assert!(escape(b"plain").is_empty());
     }
 
     /// A refusal over the client's limit is cut to it, never mid-character.

@@ -10,14 +10,14 @@
 //! ([`ClientHandle::disconnect`]); the server then says [`BYE`] to it.
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rustix::net::{SendFlags, SocketAddrAny, UCred};
 
-use super::datagram::{BYE, DatagramSink, Family, PUSHED};
+use super::datagram::{BYE, DatagramSink, Family, HELLO, PUSHED};
 use crate::error::{Error, Result};
 use crate::message::Peer;
 use crate::push::{ClientHandle, Outbox, Roster};
@@ -33,8 +33,9 @@ pub(super) struct Known {
     pub(super) peer: Arc<Peer>,
     pub(super) sink: Arc<DatagramSink>,
     pub(super) client: ClientHandle,
-    /// Whether this is the client's home (where pushes go) rather than a request socket.
-    home: bool,
+    /// The way to the client, on its home's entry (where pushes go); `None` on a request
+    /// socket's.
+    home: Option<Arc<DatagramOutbox>>,
 }
 
 impl Known {
@@ -126,7 +127,7 @@ impl Clients {
         let Some(client) = self.by_token.get(&token).filter(|c| c.is_connected()) else {
             return;
         };
-        let known = self.known(from, creds, client.clone(), false);
+        let known = self.known(from, creds, client.clone(), None);
         self.by_addr.insert(from.clone(), known);
     }
 
@@ -137,9 +138,8 @@ impl Clients {
         if self.last.as_ref().is_some_and(|(addr, _)| addr == from) {
             self.last = None;
         }
-        if !known.home {
-            return None;
-        }
+        // A request socket's goodbye: the client stays.
+        known.home.as_ref()?;
         let client = known.client.clone();
         self.forget(&client);
         self.roster.leave(&client).then_some(client)
@@ -165,18 +165,32 @@ impl Clients {
             }
         }
         let peer = Arc::new(self.family.peer(Some(from), creds));
+        // A client that introduced itself takes pushes from a socket of its own, where the
+        // family has them; a stranger, from the server's socket.
+        let own = token.and_then(|_| self.family.push_socket(from));
+        let via = match own {
+            Some(fd) => Via::Own(fd),
+            None => Via::Shared(self.fd.clone(), from.clone()),
+        };
         let outbox = Arc::new(DatagramOutbox {
-            fd: self.fd.clone(),
-            to: from.clone(),
+            via,
             url: self.url.clone(),
             max: self.max.saturating_sub(PUSHED.len()),
             closed: AtomicBool::new(false),
         });
-        let client = self.roster.join(peer, outbox);
+        if let (Some(token), Via::Own(fd)) = (token, &outbox.via) {
+            // The welcome names the push socket to the client, which takes pushes from
+            // nowhere else; it carries the token, which strangers do not know.
+            let mut welcome = [0; 16];
+            welcome[..8].copy_from_slice(HELLO);
+            welcome[8..].copy_from_slice(&token);
+            let _ = rustix::net::send(fd, &welcome, SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
+        }
+        let client = self.roster.join(peer, outbox.clone());
         if let Some(token) = token {
             self.by_token.insert(token, client.clone());
         }
-        let known = self.known(from, creds, client, true);
+        let known = self.known(from, creds, client, Some(outbox));
         self.by_addr.insert(from.clone(), known.clone());
         self.last = Some((from.clone(), known.clone()));
         known
@@ -187,7 +201,7 @@ impl Clients {
         from: &SocketAddrAny,
         creds: Option<UCred>,
         client: ClientHandle,
-        home: bool,
+        home: Option<Arc<DatagramOutbox>>,
     ) -> Arc<Known> {
         Arc::new(Known {
             creds,
@@ -207,30 +221,62 @@ impl Clients {
 impl Drop for Clients {
     /// Says goodbye to every client still here, so that their `recv` ends.
     fn drop(&mut self) {
-        for (addr, known) in &self.by_addr {
-            if known.home && known.client.is_connected() {
-                let _ = rustix::net::sendto(
-                    &*self.fd,
-                    BYE,
-                    SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
-                    addr,
-                );
+        for known in self.by_addr.values() {
+            if let Some(outbox) = &known.home {
+                if known.client.is_connected() {
+                    outbox.say_bye();
+                }
             }
         }
     }
 }
 
 /// The way to one client's home socket.
-struct DatagramOutbox {
-    fd: Arc<OwnedFd>,
-    to: SocketAddrAny,
+pub(super) struct DatagramOutbox {
+    via: Via,
     url: Arc<str>,
     /// The largest push: a datagram less the mark.
     max: usize,
     closed: AtomicBool,
 }
 
+/// Which socket pushes leave from.
+enum Via {
+    /// A socket of the server's own for this client, connected to its home: the client's
+    /// queue is bounded by this socket's send buffer alone, and `poll` says when it has
+    /// room.
+    Own(OwnedFd),
+    /// The server's socket, to the client's address: the kernel does not wake a sender
+    /// waiting on an unconnected datagram socket when the receiver reads, so a full
+    /// client is tried again after a pause.
+    Shared(Arc<OwnedFd>, SocketAddrAny),
+}
+
+impl Via {
+    fn send(&self, payload: &[u8]) -> rustix::io::Result<usize> {
+        let iov = [
+            std::io::IoSlice::new(PUSHED),
+            std::io::IoSlice::new(payload),
+        ];
+        let control = &mut rustix::net::SendAncillaryBuffer::default();
+        let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
+        match self {
+            Via::Own(fd) => rustix::net::sendmsg(fd, &iov, control, flags),
+            Via::Shared(fd, to) => rustix::net::sendmsg_addr(&**fd, to, &iov, control, flags),
+        }
+    }
+}
+
 impl DatagramOutbox {
+    /// Tells the client this server is done with it, best effort.
+    fn say_bye(&self) {
+        let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
+        let _ = match &self.via {
+            Via::Own(fd) => rustix::net::send(fd, BYE, flags),
+            Via::Shared(fd, to) => rustix::net::sendto(&**fd, BYE, flags, to),
+        };
+    }
+
     fn gone(&self, why: impl std::fmt::Display) -> Error {
         Error::Disconnected {
             endpoint: self.url.to_string(),
@@ -256,17 +302,7 @@ impl Outbox for DatagramOutbox {
         let mut deadline = None::<Instant>;
         let mut backoff = Duration::from_micros(20);
         loop {
-            let sent = rustix::net::sendmsg_addr(
-                &*self.fd,
-                &self.to,
-                &[
-                    std::io::IoSlice::new(PUSHED),
-                    std::io::IoSlice::new(payload),
-                ],
-                &mut rustix::net::SendAncillaryBuffer::default(),
-                SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
-            );
-            match sent {
+            match self.via.send(payload) {
                 Ok(_) => return Ok(()),
                 Err(rustix::io::Errno::INTR) => {}
                 Err(rustix::io::Errno::AGAIN) => {
@@ -279,8 +315,17 @@ impl Outbox for DatagramOutbox {
                             after: patience,
                         });
                     }
-                    std::thread::sleep(backoff.min(deadline - now));
-                    backoff = (backoff * 2).min(MOST_BACKOFF);
+                    match &self.via {
+                        Via::Own(fd) => {
+                            let flags = rustix::event::PollFlags::OUT;
+                            crate::sys::wait_ready(fd.as_fd(), flags, Some(deadline))
+                                .map_err(|e| Error::io(&*self.url, "waiting for room", e))?;
+                        }
+                        Via::Shared(..) => {
+                            std::thread::sleep(backoff.min(deadline - now));
+                            backoff = (backoff * 2).min(MOST_BACKOFF);
+                        }
+                    }
                 }
                 // The client's socket is closed (unixgram: its name is unbound, or its
                 // file removed; udp: an ICMP port unreachable came back for it).
@@ -296,13 +341,7 @@ impl Outbox for DatagramOutbox {
 
     fn disconnect(&self) {
         if !self.closed.swap(true, Ordering::AcqRel) {
-            // Best effort: tells the client's `recv` that this server is done with it.
-            let _ = rustix::net::sendto(
-                &*self.fd,
-                BYE,
-                SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
-                &self.to,
-            );
+            self.say_bye();
         }
     }
 }

@@ -9,6 +9,20 @@
 //! What a successful `send` promises: the datagram was handed to the kernel. Nothing
 //! more: not that anybody received it. A request is answered, refused, or times out.
 //!
+//! # Pushes
+//!
+//! A client introduces itself when it connects, and the server pushes to the socket its
+//! one-way messages leave from (docs/PROTOCOL.md, *Datagrams*). The outbox is the
+//! client's receive queue in the kernel: a push never waits and never fails `Full`; when
+//! the queue is full the kernel drops the datagram silently, so a subscriber that does
+//! not keep up sees gaps, which it can count by numbering the messages. A client that
+//! leaves says goodbye; one that crashed stays listed until the server forgets it
+//! ([`ClientHandle::disconnect`](crate::ClientHandle::disconnect)), as UDP tells a sender
+//! nothing of a closed port unless the socket asks for ICMP errors, which this server
+//! does not yet. A foreign program that sends a datagram becomes a client of its own,
+//! and its pushes arrive with an 8-byte mark. `capabilities().push` stays false until
+//! every push check of the conformance suite passes over udp.
+//!
 //! # URL and options
 //!
 //! `udp://127.0.0.1:9000` (or an IPv6 literal in brackets, or a host name); port 0 when
