@@ -240,7 +240,7 @@ fn a_killed_client_is_disconnected(ctx: &Ctx) -> Outcome {
     }
     victim.kill();
     let pushing = doomed.clone();
-    let outcome = serve_while(&mut server, move || {
+    let (outcome, departed) = serve_while_departing(&mut server, move || {
         let deadline = Instant::now() + PATIENCE;
         let mut seq = 10;
         loop {
@@ -257,23 +257,13 @@ fn a_killed_client_is_disconnected(ctx: &Ctx) -> Outcome {
         "pushing to a killed client ended in {outcome:?}, not Disconnected"
     );
     // The server's loop hears of it once, whoever found out.
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        ensure!(
-            Instant::now() < deadline,
-            "the server's loop never said the killed client left"
-        );
-        match server.recv_event_timeout(Duration::from_millis(20))? {
-            Some(Event::Disconnected(left)) => {
-                ensure!(left == doomed, "{left:?} left, not the killed client");
-                break;
-            }
-            Some(Event::Message(message)) => {
-                return Err(format!("unexpected message {:?}", message.payload()).into());
-            }
-            _ => {}
-        }
-    }
+    ensure!(
+        departed.len() <= 1,
+        "the loop reported {} departures",
+        departed.len()
+    );
+    let left = departure(&mut server, departed)?;
+    ensure!(left == doomed, "{left:?} left, not the killed client");
     ensure!(
         server.clients() == [survivor_handle.clone()],
         "the server lists {:?}",
@@ -353,7 +343,7 @@ fn a_broadcast_skips_or_disconnects_a_full_client(ctx: &Ctx) -> Outcome {
             .expect("greeted");
         let broadcaster = server.broadcaster()?;
         let started = Instant::now();
-        let (totals, first_miss) = serve_while(&mut server, move || {
+        let (delivered, departed) = serve_while_departing(&mut server, move || {
             let mut totals = ipckit::Delivery::default();
             let mut seq = 0;
             while started.elapsed() < PATIENCE {
@@ -367,7 +357,8 @@ fn a_broadcast_skips_or_disconnects_a_full_client(ctx: &Ctx) -> Outcome {
                 }
             }
             Ok::<_, Error>((totals, None))
-        })??;
+        })?;
+        let (totals, first_miss) = delivered?;
         let miss = first_miss.ok_or_else(|| {
             format!(
                 "{overflow}: a client that does not read took {} broadcasts",
@@ -398,19 +389,8 @@ fn a_broadcast_skips_or_disconnects_a_full_client(ctx: &Ctx) -> Outcome {
                     "disconnect: the server still lists {:?}",
                     server.clients()
                 );
-                let deadline = Instant::now() + PATIENCE;
-                loop {
-                    ensure!(
-                        Instant::now() < deadline,
-                        "disconnect: the server's loop never said the client left"
-                    );
-                    if let Some(Event::Disconnected(left)) =
-                        server.recv_event_timeout(Duration::from_millis(20))?
-                    {
-                        ensure!(left == handle, "{left:?} left, not the full client");
-                        break;
-                    }
-                }
+                let left = departure(&mut server, departed)?;
+                ensure!(left == handle, "{left:?} left, not the full client");
             }
         }
     }
@@ -632,13 +612,49 @@ fn serve_while<R: Send>(
     server: &mut api::Server,
     work: impl FnOnce() -> R + Send,
 ) -> Result<R, Failed> {
-    std::thread::scope(|scope| {
+    Ok(serve_while_departing(server, work)?.0)
+}
+
+/// [`serve_while`], returning also the clients the loop saw leave meanwhile (a push that
+/// finds its client gone wakes the loop to report it at once).
+fn serve_while_departing<R: Send>(
+    server: &mut api::Server,
+    work: impl FnOnce() -> R + Send,
+) -> Result<(R, Vec<ClientHandle>), Failed> {
+    let mut departed = Vec::new();
+    let done = std::thread::scope(|scope| -> Result<R, Failed> {
         let worker = scope.spawn(work);
         while !worker.is_finished() {
-            server.recv_event_timeout(Duration::from_millis(5))?;
+            if let Some(Event::Disconnected(client)) =
+                server.recv_event_timeout(Duration::from_millis(5))?
+            {
+                departed.push(client);
+            }
         }
         Ok(worker.join().expect("the worker does not panic"))
-    })
+    })?;
+    Ok((done, departed))
+}
+
+/// The first client to leave: one the loop already saw, or the next it sees.
+fn departure(server: &mut api::Server, seen: Vec<ClientHandle>) -> Result<ClientHandle, Failed> {
+    if let Some(first) = seen.into_iter().next() {
+        return Ok(first);
+    }
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        ensure!(
+            Instant::now() < deadline,
+            "the server's loop never said the client left"
+        );
+        match server.recv_event_timeout(Duration::from_millis(20))? {
+            Some(Event::Disconnected(left)) => return Ok(left),
+            Some(Event::Message(message)) => {
+                return Err(format!("unexpected message {:?}", message.payload()).into());
+            }
+            _ => {}
+        }
+    }
 }
 
 /// The subscriber's `done` line, serving meanwhile.
@@ -716,10 +732,12 @@ fn request_patiently(
 /// Receives pushes until `end`: `done NAME got G gaps X`, or what went wrong.
 pub fn receive_until_end(client: &api::Client, name: &str) -> String {
     let mut tally = Tally::default();
-    let deadline = Instant::now() + PATIENCE;
+    // A hang guard, not a time limit: PATIENCE without a message.
+    let mut deadline = Instant::now() + PATIENCE;
     while Instant::now() < deadline {
         match client.recv_timeout(Duration::from_millis(100)) {
             Ok(Some(message)) => {
+                deadline = Instant::now() + PATIENCE;
                 if message.wants_reply() {
                     return format!("error {name}: a pushed message wants a reply");
                 }
@@ -735,7 +753,7 @@ pub fn receive_until_end(client: &api::Client, name: &str) -> String {
         }
     }
     format!(
-        "error {name}: no end within {PATIENCE:?} after {}",
+        "error {name}: nothing for {PATIENCE:?} after {}",
         tally.done(name)
     )
 }
