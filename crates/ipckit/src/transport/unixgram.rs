@@ -36,8 +36,7 @@
 //! holds up no other. A client that leaves says goodbye; one that crashed is noticed by
 //! the next push to it (its socket is gone: `Disconnected`). A foreign program that
 //! sends from a bound socket becomes a client of its own, pushed to from the server's
-//! socket. `capabilities().push` stays false until every push check of the conformance
-//! suite passes over unixgram.
+//! socket.
 //!
 //! # URL and options
 //!
@@ -201,7 +200,7 @@ impl Transport for Unixgram {
             max_message: max_message(endpoint).0,
             peer_credentials: true,
             zero_copy: false,
-            push: false,
+            push: true,
         }
     }
 
