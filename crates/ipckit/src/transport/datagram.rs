@@ -53,7 +53,8 @@ pub(crate) const ALSO: &[u8; 8] = b"\0IPCKAS1";
 /// A socket closing: from a client, it leaves (its home) or is done (a request socket);
 /// from the server, it has stopped or forgotten the client.
 pub(crate) const BYE: &[u8; 8] = b"\0IPCKBY1";
-/// A push, from the server to a client's home: these 8 bytes, then the payload.
+/// A push from the server's own socket to a client's home: these 8 bytes, then the
+/// payload (a push from a socket of the client's own is the payload as it is).
 pub(crate) const PUSHED: &[u8; 8] = b"\0IPCKPU1";
 /// What differs between the datagram transports.
 pub(super) trait Family: Send + Sync + 'static {
@@ -111,7 +112,7 @@ impl<F: std::os::fd::AsFd> Home<F> {
     ) -> AtHome {
         if self.server.is_some() {
             match (self.pusher.get(), from) {
-                (Some(pusher), Some(from)) if *pusher == from => {}
+                (Some(pusher), Some(from)) if *pusher == from => return core.pushed(buf, len),
                 (None, Some(from)) if buf[..len.min(buf.len())] == core.greeting(HELLO) => {
                     // The outbox is then this socket's queue as the server's push socket
                     // fills it, bounded by that socket's send buffer (module `unixgram`).
@@ -242,6 +243,31 @@ impl ClientCore {
             true => AtHome::Bye,
             false => AtHome::Other,
         }
+    }
+
+    /// What the `len`-byte datagram in `buf` from the client's own push socket is: a
+    /// push as it is, or escaped where it begins with [`RESERVED`], or the goodbye.
+    fn pushed(&self, buf: &[u8], len: usize) -> AtHome {
+        let datagram = &buf[..len.min(buf.len())];
+        let payload = match datagram.starts_with(RESERVED) {
+            false => datagram,
+            true if datagram == BYE => return AtHome::Bye,
+            true => match datagram.strip_prefix(ESCAPED) {
+                Some(payload) => payload,
+                // The welcome again, or a mark of a later version: not for this client.
+                None => return AtHome::Other,
+            },
+        };
+        let size = len - (datagram.len() - payload.len());
+        if size > self.max {
+            log::warn!(
+                "{}: dropped a push of {size} bytes, over this client's limit of {} bytes",
+                self.url,
+                self.max
+            );
+            return AtHome::Other;
+        }
+        AtHome::Pushed(payload.to_vec())
     }
 
     fn server_gone(&self) -> Error {
@@ -829,10 +855,7 @@ impl Listener for DatagramListener {
     }
 
     fn broadcaster(&self) -> Option<Broadcaster> {
-        Some(Broadcaster::new(
-            self.clients.roster().clone(),
-            self.max.saturating_sub(PUSHED.len()),
-        ))
+        Some(Broadcaster::new(self.clients.roster().clone(), self.max))
     }
 
     fn waker(&self) -> Arc<dyn Fn() + Send + Sync> {
@@ -1211,6 +1234,17 @@ mod tests {
         assert!(matches!(home(b"\0IPCKPU1toolong"), AtHome::Other));
         assert!(matches!(home(BYE), AtHome::Bye));
         assert!(matches!(home(b"a reply"), AtHome::Other));
+        // From the client's own push socket: the payload as it is, escaped where it
+        // begins with a mark.
+        let own = |datagram: &[u8]| core.pushed(datagram, datagram.len());
+        assert!(matches!(own(b"hello"), AtHome::Pushed(p) if p == b"hello"));
+        assert!(matches!(own(b""), AtHome::Pushed(p) if p.is_empty()));
+        assert!(matches!(own(b"\0IPCKOK1\0IPCK"), AtHome::Pushed(p) if p == RESERVED));
+        assert!(matches!(own(b"\0IPCKOK112345"), AtHome::Pushed(p) if p == b"12345"));
+        assert!(matches!(own(b"123456"), AtHome::Other));
+        assert!(matches!(own(b"\0IPCKOK1123456"), AtHome::Other));
+        assert!(matches!(own(BYE), AtHome::Bye));
+        assert!(matches!(own(b"\0IPCKHI1token..."), AtHome::Other));
         assert!(!is_answer(b"\0IPCKPU1x") && !is_answer(BYE));
         assert!(is_answer(b"\0IPCKNO1no") && is_answer(b"\0IPCKOK1x") && is_answer(b"x"));
         assert_eq!(escape(b"\0IPCKBY1"), ESCAPED);

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use rustix::net::{SendFlags, SocketAddrAny, UCred};
 
-use super::datagram::{BYE, DatagramSink, Family, HELLO, PUSHED};
+use super::datagram::{BYE, DatagramSink, ESCAPED, Family, HELLO, PUSHED, RESERVED};
 use crate::error::{Error, Result};
 use crate::message::Peer;
 use crate::push::{ClientHandle, Outbox, Roster};
@@ -175,7 +175,7 @@ impl Clients {
         let outbox = Arc::new(DatagramOutbox {
             via,
             url: self.url.clone(),
-            max: self.max.saturating_sub(PUSHED.len()),
+            max: self.max,
             closed: AtomicBool::new(false),
         });
         if let (Some(token), Via::Own(fd)) = (token, &outbox.via) {
@@ -235,7 +235,7 @@ impl Drop for Clients {
 pub(super) struct DatagramOutbox {
     via: Via,
     url: Arc<str>,
-    /// The largest push: a datagram less the mark.
+    /// The largest datagram, mark included.
     max: usize,
     closed: AtomicBool,
 }
@@ -253,13 +253,32 @@ enum Via {
 }
 
 impl Via {
+    /// What goes before `payload`: from a socket of the client's own, everything is a
+    /// push, so only a payload the client would read as a mark is escaped (as a reply
+    /// is), and a push carries as much as any datagram; from the server's socket, the
+    /// push mark tells it from a reply.
+    #[inline]
+    fn marker(&self, payload: &[u8]) -> &'static [u8] {
+        match self {
+            Via::Own(_) if payload.starts_with(RESERVED) => ESCAPED,
+            Via::Own(_) => &[],
+            Via::Shared(..) => PUSHED,
+        }
+    }
+
     fn send(&self, payload: &[u8]) -> rustix::io::Result<usize> {
+        let marker = self.marker(payload);
+        let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
+        if marker.is_empty() {
+            if let Via::Own(fd) = self {
+                return rustix::net::send(fd, payload, flags);
+            }
+        }
         let iov = [
-            std::io::IoSlice::new(PUSHED),
+            std::io::IoSlice::new(marker),
             std::io::IoSlice::new(payload),
         ];
         let control = &mut rustix::net::SendAncillaryBuffer::default();
-        let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
         match self {
             Via::Own(fd) => rustix::net::sendmsg(fd, &iov, control, flags),
             Via::Shared(fd, to) => rustix::net::sendmsg_addr(&**fd, to, &iov, control, flags),
@@ -290,13 +309,16 @@ impl Outbox for DatagramOutbox {
         if self.closed.load(Ordering::Acquire) {
             return Err(self.gone("the server disconnected it"));
         }
-        if payload.len() > self.max {
+        let marker = self.via.marker(payload);
+        if payload.len() + marker.len() > self.max {
             return Err(Error::MessageTooLarge {
                 endpoint: self.url.to_string(),
                 size: payload.len(),
-                max: self.max,
-                limit: "the largest datagram this endpoint carries, less the 8-byte push mark"
-                    .into(),
+                max: self.max - marker.len(),
+                limit: match marker.is_empty() {
+                    true => "the largest datagram this endpoint carries".into(),
+                    false => "the largest datagram this endpoint carries, less the 8-byte mark this push needs".into(),
+                },
             });
         }
         let mut deadline = None::<Instant>;
