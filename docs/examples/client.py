@@ -3,7 +3,10 @@
 
     python3 client.py uds:///tmp/x.sock hello        # prints the reply
     python3 client.py tcp://127.0.0.1:7000 hello
+    python3 client.py uds:///tmp/x.sock --pushes     # subscribes, asks "ping", then
+                                                     # prints the reply and two pushes
 """
+import collections
 import socket
 import struct
 import sys
@@ -59,6 +62,8 @@ class Client:
             raise ConnectionError(f"refused: version {version}, status {status}")
         self.server_max = server_max
         self.next_id = 1
+        # Messages the server pushed that came while a request waited for its reply.
+        self.pushed = collections.deque()
 
     def _send(self, kind, ident, payload):
         if len(payload) > self.server_max:
@@ -68,25 +73,49 @@ class Client:
     def send(self, payload):
         self._send(MESSAGE, 0, payload)
 
+    def _read_frame(self):
+        length, kind, ident = struct.unpack("<IB3xQ", recv_exact(self.sock, 16))
+        if length > self.max_message:
+            raise ConnectionError("the server broke the protocol: frame too large")
+        body = recv_exact(self.sock, length)
+        if kind == ERROR and ident == 0:
+            raise ConnectionError("the server ended the connection: " + body.decode("utf-8", "replace"))
+        return kind, ident, body
+
     def request(self, payload):
         ident, self.next_id = self.next_id, self.next_id + 1
         self._send(REQUEST, ident, payload)
         while True:
-            length, kind, reply_id = struct.unpack("<IB3xQ", recv_exact(self.sock, 16))
-            if length > self.max_message:
-                raise ConnectionError("the server broke the protocol: frame too large")
-            body = recv_exact(self.sock, length)
-            if kind == ERROR and reply_id == 0:
-                raise ConnectionError("the server ended the connection: " + body.decode("utf-8", "replace"))
+            kind, reply_id, body = self._read_frame()
+            if kind == MESSAGE:
+                self.pushed.append(body)  # a server push, kept for recv()
+                continue
             if reply_id != ident or kind not in (REPLY, ERROR):
-                continue  # another request's answer, or server push: not ours
+                continue  # another request's answer, or a REQUEST (reserved): not ours
             if kind == ERROR:
                 raise RuntimeError(body.decode("utf-8", "replace"))
             return body
+
+    def recv(self):
+        """The next message the server pushed (a MESSAGE frame), waiting for it."""
+        if self.pushed:
+            return self.pushed.popleft()
+        while True:
+            kind, _, body = self._read_frame()
+            if kind == MESSAGE:
+                return body
+            # An answer to no request of ours (this client waits for each), or a
+            # REQUEST (reserved): ignored.
 
 
 if __name__ == "__main__":
     url, text = sys.argv[1], sys.argv[2]
     client = Client(url)
-    client.send(b"hello from python")
-    sys.stdout.write(client.request(text.encode()).decode() + "\n")
+    if text == "--pushes":
+        client.send(b"subscribe")
+        sys.stdout.write(client.request(b"ping").decode() + "\n")
+        sys.stdout.write(client.recv().decode() + "\n")
+        sys.stdout.write(client.recv().decode() + "\n")
+    else:
+        client.send(b"hello from python")
+        sys.stdout.write(client.request(text.encode()).decode() + "\n")

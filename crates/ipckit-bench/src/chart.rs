@@ -6,6 +6,7 @@ use crate::harness::{Row, ScalePoint};
 
 const IPCKIT: RGBColor = RGBColor(0x1f, 0x77, 0xb4);
 const BASELINE: RGBColor = RGBColor(0xbb, 0xbb, 0xbb);
+const PUSH: RGBColor = RGBColor(0xff, 0x7f, 0x0e);
 const PALETTE: [RGBColor; 8] = [
     RGBColor(0x1f, 0x77, 0xb4),
     RGBColor(0xff, 0x7f, 0x0e),
@@ -100,7 +101,7 @@ pub fn draw(rows: &[Row], scaling: &[ScalePoint], path: &std::path::Path) -> Res
     bars(
         &areas[0],
         &format!(
-            "{size}-byte round trip, median (log scale): ipckit (blue) beside the hand-written baseline (grey)"
+            "{size}-byte round trip, median (log scale): ipckit's request (blue), its push where it pushes (orange), the hand-written baseline (grey)"
         ),
         &transports,
         nanoseconds,
@@ -109,6 +110,10 @@ pub fn draw(rows: &[Row], scaling: &[ScalePoint], path: &std::path::Path) -> Res
                 (
                     value(t, "ipckit", |r| r.rtt_median_ns.map(|n| n as f64)),
                     IPCKIT,
+                ),
+                (
+                    value(t, "push", |r| r.rtt_median_ns.map(|n| n as f64)),
+                    PUSH,
                 ),
                 (
                     value(t, "baseline", |r| r.rtt_median_ns.map(|n| n as f64)),
@@ -125,6 +130,7 @@ pub fn draw(rows: &[Row], scaling: &[ScalePoint], path: &std::path::Path) -> Res
         |t| {
             [
                 (value(t, "ipckit", |r| r.msgs_per_sec), IPCKIT),
+                (None, PUSH),
                 (None, BASELINE),
             ]
         },
@@ -147,13 +153,13 @@ pub fn draw(rows: &[Row], scaling: &[ScalePoint], path: &std::path::Path) -> Res
     Ok(())
 }
 
-/// Grouped bars, two per transport, on a log scale.
+/// Grouped bars, three per transport (a gap where one has no value), on a log scale.
 fn bars(
     area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
     caption: &str,
     transports: &[&str],
     unit: fn(&f64) -> String,
-    values: impl Fn(&str) -> [(Option<f64>, RGBColor); 2],
+    values: impl Fn(&str) -> [(Option<f64>, RGBColor); 3],
 ) -> Result<(), Failure> {
     let all: Vec<f64> = transports
         .iter()
@@ -185,9 +191,9 @@ fn bars(
     for (i, transport) in transports.iter().enumerate() {
         for (k, (v, color)) in values(transport).into_iter().enumerate() {
             if let Some(v) = v.filter(|v| *v > 0.0) {
-                let x = i as f64 + 0.15 + 0.35 * k as f64;
+                let x = i as f64 + 0.1 + 0.27 * k as f64;
                 chart.draw_series(std::iter::once(Rectangle::new(
-                    [(x, low), (x + 0.33, v)],
+                    [(x, low), (x + 0.25, v)],
                     color.filled(),
                 )))?;
             }

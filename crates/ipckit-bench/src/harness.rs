@@ -2,7 +2,8 @@
 //! hand-written baseline over the same mechanism.
 //!
 //! For each transport: the round-trip latency of a request/reply (median, p99, p99.9 of a
-//! fixed count after a warm-up), one-way throughput in messages/s and in GB/s for 64 KiB
+//! fixed count after a warm-up), and of a server's push answered by its client where the
+//! transport pushes, one-way throughput in messages/s and in GB/s for 64 KiB
 //! messages (or the transport's largest, if smaller), and the CPU time both processes
 //! spent per round trip. A transport that cannot run here, or whose server dies during
 //! the run, is reported with the reason and the run goes on.
@@ -12,7 +13,8 @@ use std::time::{Duration, Instant};
 use crate::peer::{Peer, thread_cpu_time};
 use crate::{pin_to, raw};
 
-pub use crate::report::{csv, scaling_csv, scaling_table, table};
+pub use crate::push::{BroadcastPoint, SUBSCRIBERS as BROADCAST_SUBSCRIBERS, run_broadcast};
+pub use crate::report::{broadcast_csv, broadcast_table, csv, scaling_csv, scaling_table, table};
 
 /// What to measure.
 ///
@@ -57,7 +59,8 @@ impl Default for Options {
 pub struct Row {
     /// The scheme.
     pub transport: String,
-    /// `"ipckit"` or `"baseline"` (the hand-written loop).
+    /// `"ipckit"`, `"push"` (a server's push to a client, answered by a send: only for
+    /// transports that push) or `"baseline"` (the hand-written loop).
     pub variant: &'static str,
     /// `"ok"`, `"failed"` (it started but broke) or `"unavailable"` (it cannot run here).
     pub status: &'static str,
@@ -71,7 +74,8 @@ pub struct Row {
     pub rtt_p99_ns: Option<u64>,
     /// Round-trip latency, 99.9th percentile.
     pub rtt_p999_ns: Option<u64>,
-    /// ipckit's median round trip over the baseline's, on ipckit's row.
+    /// ipckit's median round trip over the baseline's, on ipckit's row; on the push row,
+    /// the push round trip's median over ipckit's request round trip's.
     pub ratio: Option<f64>,
     /// ipckit's messages/s over the baseline's, on ipckit's row.
     pub msgs_ratio: Option<f64>,
@@ -212,6 +216,16 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Vec<Row>
                 Err(f) => hand = hand.failed(f.status, f.reason),
             }
         }
+        // A server's push answered by its client, timed in the same blocks as the request.
+        let mut push = caps.push.then(|| Row::new(scheme, "push", options.size));
+        if let Some(push) = &mut push {
+            // An endpoint of its own: the echo server holds the other while they take turns.
+            let at = transport.scratch_endpoint(&dir, "push");
+            match crate::push::contender(&at, options.size) {
+                Ok(c) => contenders.push((c, push)),
+                Err(f) => *push = push.clone().failed(f.status, f.reason),
+            }
+        }
         interleave(&plan, contenders);
         progress(&format!("{scheme}: one-way throughput"));
         if ours.status == "ok" {
@@ -234,7 +248,13 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Vec<Row>
         if let (Some(a), Some(b)) = (ours.gb_per_sec, hand.gb_per_sec) {
             ours.gb_ratio = Some(a / b);
         }
+        if let Some(push) = &mut push {
+            if let (Some(a), Some(b)) = (push.rtt_median_ns, ours.rtt_median_ns) {
+                push.ratio = Some(a as f64 / b.max(1) as f64);
+            }
+        }
         rows.push(ours);
+        rows.extend(push);
         rows.push(hand);
     }
     raw::remove_leftovers();
@@ -243,7 +263,7 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Vec<Row>
 }
 
 /// The directory a run of `kind` keeps its sockets and FIFOs in, removed when it ends.
-fn scratch_dir(kind: &str) -> std::path::PathBuf {
+pub(crate) fn scratch_dir(kind: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("ipckit-{kind}-{}", std::process::id()))
 }
 
@@ -258,23 +278,26 @@ fn scratch_dir(kind: &str) -> std::path::PathBuf {
 /// ```
 pub fn abandon() {
     crate::peer::abandon();
-    for kind in ["bench", "scaling"] {
+    for kind in ["bench", "scaling", "broadcast"] {
         let _ = std::fs::remove_dir_all(scratch_dir(kind));
     }
     raw::remove_leftovers();
 }
 
 /// How much of each measurement to do.
-struct Plan {
+pub(crate) struct Plan {
     size: usize,
     round_trips: usize,
     warm_up: usize,
     messages: usize,
     stream_bytes: usize,
+    /// Deliveries of each broadcast measurement, all subscribers together: the
+    /// subscribers' reading bounds its time, so more subscribers get fewer messages.
+    pub(crate) deliveries: usize,
 }
 
 impl Plan {
-    fn new(options: &Options) -> Plan {
+    pub(crate) fn new(options: &Options) -> Plan {
         let quick = options.quick;
         Plan {
             size: options.size,
@@ -286,6 +309,7 @@ impl Plan {
             warm_up: (options.count / 10).clamp(1, 1_000),
             messages: if quick { 10_000 } else { 100_000 },
             stream_bytes: if quick { 32 << 20 } else { 256 << 20 },
+            deliveries: if quick { 2_000 } else { 8_000 },
         }
     }
 }
@@ -299,13 +323,13 @@ impl Plan {
     }
 }
 
-struct Failure {
-    status: &'static str,
-    reason: String,
+pub(crate) struct Failure {
+    pub(crate) status: &'static str,
+    pub(crate) reason: String,
 }
 
 /// A step that broke: its server died, or an operation failed.
-fn broke(peer: &mut Peer, what: &str, error: impl std::fmt::Display) -> Failure {
+pub(crate) fn broke(peer: &mut Peer, what: &str, error: impl std::fmt::Display) -> Failure {
     // A peer killed mid-run closes its sockets a moment before it can be reaped: the
     // client may see the failure first.
     let reason = if peer.alive_after(Duration::from_millis(500)) {
@@ -319,7 +343,7 @@ fn broke(peer: &mut Peer, what: &str, error: impl std::fmt::Display) -> Failure 
     }
 }
 
-fn unavailable(reason: impl std::fmt::Display) -> Failure {
+pub(crate) fn unavailable(reason: impl std::fmt::Display) -> Failure {
     Failure {
         status: "unavailable",
         reason: reason.to_string(),
@@ -327,11 +351,11 @@ fn unavailable(reason: impl std::fmt::Display) -> Failure {
 }
 
 /// One side of a latency comparison: a server, and a round trip to it.
-struct Contender {
-    peer: Peer,
-    round_trip: Box<dyn FnMut() -> Result<(), String>>,
-    took: Vec<Duration>,
-    cpu: Duration,
+pub(crate) struct Contender {
+    pub(crate) peer: Peer,
+    pub(crate) round_trip: Box<dyn FnMut() -> Result<(), String>>,
+    pub(crate) took: Vec<Duration>,
+    pub(crate) cpu: Duration,
 }
 
 fn ipckit_contender(endpoint: &ipckit::Endpoint, size: usize) -> Result<Contender, Failure> {

@@ -4,6 +4,7 @@
 pub mod chart;
 pub mod harness;
 pub mod peer;
+mod push;
 pub mod raw;
 pub mod raw_shm;
 mod report;

@@ -30,7 +30,9 @@ pub fn run_if_peer(extra: impl FnOnce(&str, &str) -> bool) -> bool {
     let builtin = role.starts_with("raw:")
         || role.starts_with("rawsink:")
         || role == "echo"
-        || role == "sink";
+        || role == "sink"
+        || role == "answer"
+        || role == "subscriber";
     if builtin {
         // Ends when the parent closes our stdin or goes away, whatever it was doing.
         std::thread::spawn(|| {
@@ -56,6 +58,10 @@ pub fn run_if_peer(extra: impl FnOnce(&str, &str) -> bool) -> bool {
         echo(&address);
     } else if role == "sink" {
         sink(&address);
+    } else if role == "answer" {
+        crate::push::answer(&address);
+    } else if role == "subscriber" {
+        crate::push::subscriber(&address);
     } else if !extra(&role, &address) {
         panic!("unknown peer role {role}");
     }

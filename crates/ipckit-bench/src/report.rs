@@ -1,7 +1,7 @@
 //! The figures of `ipckit bench` as text: aligned tables, each column of figures in one
 //! unit named in its header, and CSV.
 
-use crate::harness::{Row, STREAM_SIZE, ScalePoint};
+use crate::harness::{BroadcastPoint, Row, STREAM_SIZE, ScalePoint};
 
 /// The results as an aligned table, each column of figures in one unit, named in its
 /// header.
@@ -35,6 +35,9 @@ pub fn table(rows: &[Row]) -> String {
     for (i, row) in rows.iter().enumerate() {
         let note = match (&row.reason, row.stream_size) {
             (Some(reason), _) => format!("{}: {reason}", row.status),
+            (None, _) if row.variant == "push" => {
+                "server pushes, client answers; ratio over the request's".to_owned()
+            }
             (None, s) if s > 0 && s < STREAM_SIZE => format!("GB/s with {s}-byte messages"),
             _ => String::new(),
         };
@@ -223,6 +226,76 @@ pub fn scaling_table(points: &[ScalePoint]) -> String {
     aligned(&lines, 2)
 }
 
+/// Broadcast throughput as an aligned table: one line per transport and number of
+/// subscribers.
+pub fn broadcast_table(points: &[BroadcastPoint]) -> String {
+    let columns = [
+        column(
+            "msg/s",
+            &points.iter().map(|p| p.msgs_per_sec).collect::<Vec<_>>(),
+            &RATE,
+        ),
+        column(
+            "delivered/s",
+            &points
+                .iter()
+                .map(|p| p.delivered_per_sec)
+                .collect::<Vec<_>>(),
+            &RATE,
+        ),
+        fixed_column(
+            "dropped",
+            points.iter().map(|p| p.dropped.map(|n| n as f64)),
+            0,
+        ),
+    ];
+    let mut lines: Vec<Vec<String>> = vec![
+        ["transport", "subscribers"]
+            .into_iter()
+            .map(String::from)
+            .chain(columns.iter().map(|c| c.0.clone()))
+            .chain(["note".to_owned()])
+            .collect(),
+    ];
+    for (i, p) in points.iter().enumerate() {
+        let note = match &p.reason {
+            Some(r) => format!("failed: {r}"),
+            None => format!("{} broadcasts of {} bytes", p.messages, p.size),
+        };
+        lines.push(
+            [p.transport.clone(), p.subscribers.to_string()]
+                .into_iter()
+                .chain(columns.iter().map(|c| c.1[i].clone()))
+                .chain([note])
+                .collect(),
+        );
+    }
+    aligned(&lines, 1)
+}
+
+/// Broadcast throughput as CSV.
+pub fn broadcast_csv(points: &[BroadcastPoint]) -> String {
+    let mut out = String::from(
+        "transport,subscribers,status,reason,size,messages,msgs_per_sec,delivered_per_sec,delivered,dropped\n",
+    );
+    for p in points {
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{},{}\n",
+            p.transport,
+            p.subscribers,
+            p.status,
+            quoted(p.reason.as_deref()),
+            p.size,
+            p.messages,
+            fixed(p.msgs_per_sec, 0),
+            fixed(p.delivered_per_sec, 0),
+            cell(p.delivered),
+            cell(p.dropped),
+        ));
+    }
+    out
+}
+
 /// A scaling run as CSV.
 pub fn scaling_csv(points: &[ScalePoint]) -> String {
     let mut out = String::from(
@@ -248,7 +321,7 @@ pub fn scaling_csv(points: &[ScalePoint]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::harness::{Row, ScalePoint};
+    use crate::harness::{BroadcastPoint, Row, ScalePoint};
 
     #[test]
     fn table_and_csv_carry_every_row() {
@@ -263,6 +336,38 @@ mod tests {
         let csv = csv(&rows);
         assert_eq!(csv.lines().count(), 3);
         assert!(csv.contains(",\"it \"\"broke\"\"\","));
+    }
+
+    #[test]
+    fn the_push_row_and_broadcast_points_say_what_they_measured() {
+        let mut push = Row::new("uds", "push", 64);
+        push.rtt_median_ns = Some(20_000);
+        push.ratio = Some(1.04);
+        let table = table(&[push]);
+        assert!(table.contains("ratio over the request's"), "{table}");
+        let point = |subscribers, dropped| BroadcastPoint {
+            transport: "uds".into(),
+            subscribers,
+            status: "ok",
+            reason: None,
+            size: 64,
+            messages: 10_000,
+            msgs_per_sec: Some(250_000.0),
+            delivered_per_sec: Some(250_000.0 * subscribers as f64),
+            delivered: Some(10_000 * subscribers as u64 - dropped),
+            dropped: Some(dropped),
+        };
+        let table = broadcast_table(&[point(1, 0), point(16, 1234)]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(
+            lines[0].contains("msg/s (k)") && lines[0].contains("dropped"),
+            "{table}"
+        );
+        assert!(
+            lines[2].contains(" 1234 ") && lines[2].contains("4000"),
+            "{table}"
+        );
+        assert_eq!(broadcast_csv(&[point(4, 7)]).lines().count(), 2);
     }
 
     #[test]

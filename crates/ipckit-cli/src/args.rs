@@ -97,6 +97,46 @@ pub enum Command {
         #[command(flatten)]
         bounds: Bounds,
     },
+    /// Print every message the server at URL pushes to this client
+    ///
+    /// Connecting subscribes: the server sees the client arrive and its broadcasts reach
+    /// it from then on (`ipckit publish URL` is such a server). Ends after --count
+    /// messages, after --timeout, when the server goes away (status 0, having printed
+    /// everything the server sent; status 1 if --count was not reached), or when SIGINT,
+    /// SIGTERM or SIGHUP comes or the reader of standard output goes away (status 0). A
+    /// subscriber that does not keep up misses messages rather than slowing the server:
+    /// see `publish`.
+    Subscribe {
+        /// The endpoint to subscribe to
+        url: String,
+        #[command(flatten)]
+        output: Output,
+        #[command(flatten)]
+        bounds: Bounds,
+    },
+    /// Serve URL, sending each line of standard input to every connected client
+    ///
+    /// Clients connecting and leaving are said on standard error, with their pid or
+    /// address where the transport knows it; what they send is printed on standard
+    /// output as `listen` prints it (a request is refused: publish answers none). A
+    /// broadcast never waits for a slow client: one whose outbox is full misses that line,
+    /// and the misses are said on standard error (with ?overflow=disconnect in URL, such a
+    /// client is disconnected instead). At the end of standard input it exits 0, once
+    /// every line was handed to the clients connected then (a client that had fallen
+    /// behind loses what its outbox still held); SIGINT, SIGTERM or SIGHUP stop it too,
+    /// with status 0. Either way it removes what it made, as `listen` does.
+    Publish {
+        /// The endpoint to serve
+        url: String,
+        /// Wait until this many clients are connected before reading standard input (a
+        /// line read while none is connected reaches nobody)
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        wait_for: usize,
+        #[command(flatten)]
+        split: Split,
+        #[command(flatten)]
+        output: Output,
+    },
     /// Remove what an endpoint keeps after its parties are gone
     ///
     /// An mq queue outlives its processes, with its messages, by design: this removes it

@@ -57,7 +57,14 @@ pub fn run(bench: Bench) -> CliResult {
         cpus,
     };
     let per_transport = 3 + if scaling { 11 } else { 0 };
-    let steps = harness::check(&options)?.len() as u64 * per_transport;
+    let chosen = harness::check(&options)?;
+    let dir = std::env::temp_dir();
+    let pushing = chosen
+        .iter()
+        .filter(|t| t.capabilities(&t.scratch_endpoint(&dir, "steps")).push)
+        .count();
+    let steps = chosen.len() as u64 * per_transport
+        + (pushing * harness::BROADCAST_SUBSCRIBERS.len()) as u64;
     let bar = indicatif::ProgressBar::new(steps).with_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
             .expect("a valid template"),
@@ -67,12 +74,16 @@ pub fn run(bench: Bench) -> CliResult {
         bar.set_message(what.to_owned());
     };
     let rows = harness::run(&options, &mut step);
+    let broadcast = match &rows {
+        Ok(_) => harness::run_broadcast(&options, &mut step),
+        Err(_) => Ok(Vec::new()),
+    };
     let points = match (&rows, scaling) {
         (Ok(_), true) => harness::run_scaling(&options, &mut step),
         _ => Ok(Vec::new()),
     };
     bar.finish_and_clear();
-    let (rows, points) = (rows?, points?);
+    let (rows, broadcast, points) = (rows?, broadcast?, points?);
     if let Some(path) = &chart {
         ipckit_bench::chart::draw(&rows, &points, path)
             .map_err(|e| format!("drawing {}: {e}", path.display()))?;
@@ -81,11 +92,15 @@ pub fn run(bench: Bench) -> CliResult {
         let report = serde_json::json!({
             "machine": harness::Machine::here(),
             "rows": rows,
+            "broadcast": broadcast,
             "scaling": points,
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else if csv {
         print!("{}", harness::csv(&rows));
+        if !broadcast.is_empty() {
+            print!("\n{}", harness::broadcast_csv(&broadcast));
+        }
         if scaling {
             print!("\n{}", harness::scaling_csv(&points));
         }
@@ -96,6 +111,9 @@ pub fn run(bench: Bench) -> CliResult {
             machine.cpus, machine.cpu, machine.kernel, machine.placement
         );
         print!("{}", harness::table(&rows));
+        if !broadcast.is_empty() {
+            print!("\n{}", harness::broadcast_table(&broadcast));
+        }
         if scaling {
             print!("\n{}", harness::scaling_table(&points));
         }

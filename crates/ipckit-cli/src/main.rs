@@ -5,6 +5,7 @@ mod bench;
 mod exec;
 mod exit;
 mod output;
+mod pubsub;
 mod serve;
 
 use std::io::{self, BufRead, Read};
@@ -113,6 +114,17 @@ fn run(cli: Cli) -> CliResult {
             exec_timeout,
             bounds,
         } => serve(&url, answer, exec_timeout, bounds),
+        Command::Subscribe {
+            url,
+            output,
+            bounds,
+        } => pubsub::subscribe(&url, output, bounds),
+        Command::Publish {
+            url,
+            wait_for,
+            split,
+            output,
+        } => pubsub::publish(&url, wait_for, split, output),
         Command::Rm { url } => {
             let endpoint: ipckit::Endpoint = url.parse()?;
             let transport = ipckit::transport::find(endpoint.scheme()).ok_or_else(|| {

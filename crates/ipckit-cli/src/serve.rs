@@ -24,10 +24,15 @@ pub fn serve_loop(
 ) -> CliResult {
     let signals = block_stop_signals()?;
     let mut server: Server = ipckit::listen(url)?;
-    stop_on(signals, server.stopper());
+    let stopper = server.stopper();
+    on_stop_signal(signals, move || stopper.stop());
     let reader_gone = Arc::new(AtomicBool::new(false));
     if stdout_read {
-        stop_when_stdout_closes(server.stopper(), reader_gone.clone());
+        let (stopper, gone) = (server.stopper(), reader_gone.clone());
+        when_stdout_closes(move || {
+            gone.store(true, Ordering::Release);
+            stopper.stop();
+        });
     }
     if server.endpoint().to_string() != url {
         // The kernel chose the port: say which, or nobody can reach the server.
@@ -68,7 +73,7 @@ pub fn serve_loop(
 }
 
 /// Blocks SIGINT, SIGTERM and SIGHUP in this thread, and so in every thread it starts,
-/// so that they are taken by the one thread that waits for them (`stop_on`) rather than
+/// so that they are taken by the one thread that waits for them (`on_stop_signal`) rather than
 /// kill the process before it removes what it made.
 pub fn block_stop_signals() -> io::Result<SigSet> {
     let mut signals = SigSet::empty();
@@ -79,21 +84,22 @@ pub fn block_stop_signals() -> io::Result<SigSet> {
     Ok(signals)
 }
 
-/// Stops the server when one of `signals` comes; the command then cleans up and exits 0.
-fn stop_on(signals: SigSet, stopper: ipckit::Stopper) {
+/// Calls `stop` when one of `signals` comes (it stops a server, which then cleans up and
+/// exits 0).
+pub fn on_stop_signal(signals: SigSet, stop: impl FnOnce() + Send + 'static) {
     std::thread::spawn(move || {
         if let Ok(signal) = signals.wait() {
             log::info!("{signal}: stopping");
-            stopper.stop();
+            stop();
             crate::exec::stop_running();
         }
     });
 }
 
-/// Stops the server when standard output is a pipe or socket whose reader has gone: the
+/// Calls `stop` when standard output is a pipe or socket whose reader has gone: the
 /// kernel reports POLLERR (a pipe) or POLLHUP (a socket) on the writing end, even to a
 /// poll that asks for nothing else, so this thread sleeps until then.
-fn stop_when_stdout_closes(stopper: ipckit::Stopper, gone: Arc<AtomicBool>) {
+pub fn when_stdout_closes(stop: impl FnOnce() + Send + 'static) {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     std::thread::spawn(move || {
         let stdout = io::stdout();
@@ -108,8 +114,7 @@ fn stop_when_stdout_closes(stopper: ipckit::Stopper, gone: Arc<AtomicBool>) {
         let revents = fds[0].revents().unwrap_or(PollFlags::empty());
         if revents.intersects(PollFlags::POLLERR | PollFlags::POLLHUP) {
             log::info!("the reader of standard output went away: stopping");
-            gone.store(true, Ordering::Release);
-            stopper.stop();
+            stop();
         }
     });
 }

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 // The shell-facing behaviours, in a file of their own (not a test target of its own).
 #[path = "cli/pipeline.rs"]
 mod pipeline;
+#[path = "cli/pubsub.rs"]
+mod pubsub;
 
 const IPCKIT: &str = env!("CARGO_BIN_EXE_ipckit");
 
@@ -970,9 +972,35 @@ fn bench_json_carries_every_figure() {
         "{report}"
     );
     let rows = report["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 4, "{rows:?}");
+    // A push row beside the request rows, and broadcast points, for each that pushes.
+    let pushing: Vec<&str> = ["uds", "shm"]
+        .into_iter()
+        .filter(|s| pubsub::pushes(s))
+        .collect();
+    assert_eq!(rows.len(), 4 + pushing.len(), "{rows:?}");
+    let broadcast = report["broadcast"].as_array().unwrap();
+    assert_eq!(broadcast.len(), 3 * pushing.len(), "{broadcast:?}");
+    for point in broadcast {
+        assert_eq!(point["status"], "ok", "{point}");
+        assert!(
+            point["msgs_per_sec"].as_f64().is_some_and(|x| x > 0.0),
+            "{point}"
+        );
+        assert!(point["dropped"].as_u64().is_some(), "{point}");
+    }
     for row in rows {
         assert_eq!(row["status"], "ok", "{row}");
+        if row["variant"] == "push" {
+            assert!(pushing.contains(&row["transport"].as_str().unwrap()));
+            for figure in ["rtt_median_ns", "rtt_p99_ns", "cpu_ns_per_rtt"] {
+                assert!(
+                    row[figure].as_u64().is_some_and(|n| n > 0),
+                    "{figure}: {row}"
+                );
+            }
+            assert!(row["ratio"].as_f64().is_some_and(|x| x > 0.0), "{row}");
+            continue;
+        }
         for figure in [
             "rtt_median_ns",
             "rtt_p99_ns",

@@ -237,6 +237,7 @@ pub fn connect(endpoint: impl ToEndpoint) -> Result<Client> {
     };
     Ok(Client {
         capabilities: transport.capabilities(&endpoint),
+        pushed_from: Pushed::from(&endpoint),
         backend,
     })
 }
@@ -353,6 +354,28 @@ pub struct ReadmeDoctests;
 pub struct Client {
     backend: ClientBackend,
     capabilities: Capabilities,
+    /// What every pushed message carries, made once rather than on every message.
+    pushed_from: Pushed,
+}
+
+/// Who a client's pushed messages come from, and where, for its every [`Message`].
+#[derive(Clone)]
+pub(crate) struct Pushed {
+    server: Arc<Peer>,
+    url: Arc<str>,
+}
+
+impl Pushed {
+    pub(crate) fn from(endpoint: &Endpoint) -> Pushed {
+        Pushed {
+            server: Arc::default(),
+            url: endpoint.to_string().into(),
+        }
+    }
+
+    pub(crate) fn message(&self, payload: Vec<u8>) -> Message {
+        Message::new(payload, self.server.clone(), None, self.url.clone())
+    }
 }
 
 impl Client {
@@ -533,7 +556,7 @@ impl Client {
     /// The message has no way back ([`Message::wants_reply`] is false): answer with
     /// [`send`](Client::send) or [`request`](Client::request).
     ///
-    /// ```no_run
+    /// ```
     /// let url = format!("uds://@ipckit-doc-client-recv-{}", std::process::id());
     /// let mut server = ipckit::listen(&url)?;
     /// let client = ipckit::connect(&url)?;
@@ -590,14 +613,10 @@ impl Client {
     }
 
     fn recv_until(&self, deadline: Option<Instant>) -> Result<Option<Message>> {
-        Ok(self.backend.recv(deadline)?.map(|payload| {
-            Message::new(
-                payload,
-                Arc::default(),
-                None,
-                self.endpoint().to_string().into(),
-            )
-        }))
+        Ok(self
+            .backend
+            .recv(deadline)?
+            .map(|payload| self.pushed_from.message(payload)))
     }
 
     /// The largest message the server accepts.
@@ -712,7 +731,7 @@ impl Server {
     /// [`recv`](Server::recv) and the other receiving calls skip the comings and goings;
     /// this is the loop for a server that greets its subscribers or forgets them.
     ///
-    /// ```no_run
+    /// ```
     /// use ipckit::Event;
     ///
     /// let url = format!("uds://@ipckit-doc-recv-event-{}", std::process::id());
@@ -775,7 +794,7 @@ impl Server {
     /// [`broadcaster`](Server::broadcaster)). [`Error::Unsupported`] on a transport that
     /// cannot push ([`Capabilities::push`]).
     ///
-    /// ```no_run
+    /// ```
     /// # use std::time::Duration;
     /// let url = format!("uds://@ipckit-doc-broadcast-{}", std::process::id());
     /// let mut server = ipckit::listen(&url)?;

@@ -155,7 +155,8 @@ impl<S: ReplySink> Drop for ReplyTo<S> {
 /// ```
 pub struct Message {
     payload: Payload,
-    peer: Arc<Peer>,
+    /// `None` when `client` says who sent it: one reference count fewer per message.
+    peer: Option<Arc<Peer>>,
     reply_to: Option<ReplyTo>,
     client: Option<ClientHandle>,
     endpoint: Arc<str>,
@@ -170,9 +171,27 @@ impl Message {
     ) -> Message {
         Message {
             payload: payload.into(),
-            peer,
+            peer: Some(peer),
             reply_to,
             client: None,
+            endpoint,
+        }
+    }
+
+    /// A message from the client behind `client`, who says who sent it: for a transport
+    /// that pushes, in place of [`new`](Message::new) and [`with_client`](Message::with_client).
+    #[inline]
+    pub(crate) fn from_client(
+        payload: impl Into<Payload>,
+        client: ClientHandle,
+        reply_to: Option<ReplyTo>,
+        endpoint: Arc<str>,
+    ) -> Message {
+        Message {
+            payload: payload.into(),
+            peer: None,
+            reply_to,
+            client: Some(client),
             endpoint,
         }
     }
@@ -223,7 +242,11 @@ impl Message {
 
     /// Who sent it.
     pub fn peer(&self) -> &Peer {
-        &self.peer
+        match (&self.peer, &self.client) {
+            (Some(peer), _) => peer,
+            (None, Some(client)) => client.peer(),
+            (None, None) => unreachable!("a message without a peer has a client"),
+        }
     }
 
     /// Whether the sender waits for an answer (it called `request`) that was not given yet.
@@ -356,7 +379,7 @@ impl Message {
         MessageRef {
             payload: self.payload(),
             in_place: self.is_in_place(),
-            peer: &self.peer,
+            peer: Message::peer(self),
             reply_to: self
                 .reply_to
                 .as_ref()
@@ -512,7 +535,7 @@ impl fmt::Debug for Message {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Message")
             .field("len", &self.payload().len())
-            .field("peer", &self.peer)
+            .field("peer", self.peer())
             .field("wants_reply", &self.wants_reply())
             .finish()
     }

@@ -46,7 +46,7 @@ pub(crate) trait Outbox: Send + Sync {
 /// what a broadcast does when this client does not keep up, is the server endpoint's
 /// policy: see [`send`](ClientHandle::send) and [`Broadcaster::broadcast`].
 ///
-/// ```no_run
+/// ```
 /// # use std::time::Duration;
 /// let url = format!("uds://@ipckit-doc-client-handle-{}", std::process::id());
 /// let mut server = ipckit::listen(&url)?;
@@ -374,7 +374,7 @@ impl Roster {
 /// Broadcasts and lists clients for a [`Server`](crate::Server) from any thread, while the
 /// server's own loop receives: a handle from [`Server::broadcaster`](crate::Server::broadcaster).
 ///
-/// ```no_run
+/// ```
 /// let url = format!("uds://@ipckit-doc-broadcaster-{}", std::process::id());
 /// let mut server = ipckit::listen(&url)?;
 /// let broadcaster = server.broadcaster()?;

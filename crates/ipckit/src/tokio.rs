@@ -86,6 +86,7 @@ pub async fn connect(endpoint: impl ToEndpoint) -> Result<Client> {
     };
     Ok(Client {
         capabilities: transport.capabilities(&endpoint),
+        pushed_from: crate::Pushed::from(&endpoint),
         connection,
     })
 }
@@ -168,6 +169,8 @@ pub fn listen(endpoint: impl ToEndpoint) -> Result<Server> {
 pub struct Client {
     connection: Box<dyn AsyncConnection>,
     capabilities: Capabilities,
+    /// What every pushed message carries, made once rather than on every message.
+    pushed_from: crate::Pushed,
 }
 
 impl Client {
@@ -253,12 +256,7 @@ impl Client {
     /// ```
     pub async fn recv(&self) -> Result<Message> {
         let payload = self.connection.recv().await?;
-        Ok(Message::new(
-            payload,
-            Arc::default(),
-            None,
-            self.endpoint().to_string().into(),
-        ))
+        Ok(self.pushed_from.message(payload))
     }
 
     /// The largest message the server accepts.

@@ -71,8 +71,58 @@ fn main() {
             }
             Ok(())
         }),
+        Trial::test(
+            "python_client_receives_pushes",
+            python_client_receives_pushes,
+        ),
     ];
     libtest_mimic::run(&Arguments::from_args(), trials).exit_code();
+}
+
+/// docs/PROTOCOL.md's server push is enough for the Python client written from it
+/// (docs/examples/client.py) to take pushes apart from a reply they come before, over both
+/// stream transports: the server pushes "one" when it subscribes, and "two" just before
+/// answering its request.
+fn python_client_receives_pushes() -> Result<(), Failed> {
+    use ipckit::Event;
+    let client = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/examples/client.py");
+    let dir = Scratch::new("python-pushes")?;
+    let uds = format!("uds://{}/py.sock", dir.0.display());
+    for url in [uds.as_str(), "tcp://127.0.0.1:0"] {
+        let mut server = ipckit::listen(url)?;
+        let url = server.endpoint().to_string();
+        let python = Command::new("python3")
+            .args([client, &url, "--pushes"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting python3 (scripts/test.sh installs it): {e}"))?;
+        let python = Reaped(python);
+        loop {
+            let event = server
+                .recv_event_timeout(PATIENCE)?
+                .ok_or_else(|| format!("{url}: the Python client went silent"))?;
+            let mut msg = match event {
+                Event::Message(msg) => msg,
+                Event::Connected(_) => continue,
+                Event::Disconnected(_) => break,
+            };
+            let to_client = msg
+                .client()
+                .ok_or("a stream message has its client")?
+                .clone();
+            if msg.wants_reply() {
+                to_client.send(b"two")?;
+                msg.reply(b"pong")?;
+            } else {
+                to_client.send(b"one")?;
+            }
+        }
+        let printed = finish(python, "the Python client")?;
+        if printed != "pong\none\ntwo\n" {
+            return Err(format!("{url}: the Python client printed {printed:?}").into());
+        }
+    }
+    Ok(())
 }
 
 /// What the two processes printed.

@@ -4,10 +4,19 @@
 //! waits for it; the others sleep until an answer or the channel comes their way. A lone
 //! caller takes no condition variable and pays no wake-up.
 //!
+//! The channel may also carry messages the server pushes, which none of the requests
+//! waits for: whoever reads one files it with [`Correlator::file_push`], and the client's
+//! `recv` takes them in order ([`Correlator::await_push`]), reading the channel itself
+//! when nobody else does. So a thread in `recv` and threads in `request` share one
+//! reader, whichever it is, and a push is never taken for an answer nor an answer for a
+//! push.
+//!
 //! The async side keeps the same books and adds a waker per request: a future that finds
 //! the channel free reads it (registering for readiness), the others wait for whoever
 //! reads their answer, and a future that ends hands the channel on.
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 
 use crate::sys::lock;
@@ -25,6 +34,8 @@ struct Waiters<A> {
     /// Requests in flight, and the answer once read. Rarely more than a few, so a vector
     /// beats hashing.
     answers: Vec<(u64, Option<A>)>,
+    /// Pushed messages read and not yet taken, oldest first.
+    pushes: VecDeque<A>,
     /// Why the channel can no longer be used.
     broken: Option<String>,
     /// Threads waiting on `answered`: std's `notify_all` makes a syscall even when
@@ -33,6 +44,9 @@ struct Waiters<A> {
     /// The futures waiting for answers, by request.
     #[cfg(feature = "tokio")]
     wakers: Vec<(u64, std::task::Waker)>,
+    /// The futures waiting for pushes, each by a number of its own.
+    #[cfg(feature = "tokio")]
+    push_wakers: Vec<(u64, std::task::Waker)>,
 }
 
 impl<A> Waiters<A> {
@@ -71,6 +85,9 @@ impl<A> Waiters<A> {
 pub(super) struct Correlator<A> {
     url: String,
     waiters: Mutex<Waiters<A>>,
+    /// Whether `pushes` holds any: read without the lock by a reader that holds the
+    /// channel (only a reader files pushes, so none arrive meanwhile).
+    queued: AtomicBool,
     answered: Condvar,
 }
 
@@ -81,13 +98,23 @@ impl<A> Correlator<A> {
             url: url.to_owned(),
             waiters: Mutex::new(Waiters {
                 answers: Vec::new(),
+                pushes: VecDeque::new(),
                 broken: None,
                 followers: 0,
                 #[cfg(feature = "tokio")]
                 wakers: Vec::new(),
+                #[cfg(feature = "tokio")]
+                push_wakers: Vec::new(),
             }),
+            queued: AtomicBool::new(false),
             answered: Condvar::new(),
         }
+    }
+
+    /// Whether pushes wait to be taken. Exact for a caller that holds the channel.
+    #[inline(always)]
+    pub(super) fn has_pushes(&self) -> bool {
+        self.queued.load(Ordering::Acquire)
     }
 
     /// Why the channel can no longer be used, if it can't.
@@ -110,6 +137,92 @@ impl<A> Correlator<A> {
         let mut waiters = lock(&self.waiters);
         self.fill(&mut waiters, id, answer);
         self.notify(&waiters);
+        #[cfg(feature = "tokio")]
+        wake(&waiters, |i| i == id);
+    }
+
+    /// The channel broke, as a reader outside [`await_answer`](Self::await_answer) found:
+    /// every request waiting fails with `detail`.
+    pub(super) fn break_off(&self, detail: String) {
+        let mut waiters = lock(&self.waiters);
+        waiters.broken.get_or_insert(detail);
+        self.notify(&waiters);
+        #[cfg(feature = "tokio")]
+        wake(&waiters, |_| true);
+    }
+
+    /// Wakes every request future, so that one of them watches the channel: for a reader
+    /// outside the books that let go of it.
+    #[cfg(feature = "tokio")]
+    pub(super) fn wake_all(&self) {
+        wake(&lock(&self.waiters), |_| true);
+    }
+
+    /// Files a message the server pushed, read from the channel, for `recv` to take.
+    pub(super) fn file_push(&self, push: A) {
+        let mut waiters = lock(&self.waiters);
+        waiters.pushes.push_back(push);
+        self.queued.store(true, Ordering::Release);
+        self.notify(&waiters);
+        #[cfg(feature = "tokio")]
+        wake_pushes(&waiters, |_| true);
+    }
+
+    fn pop_push(&self, waiters: &mut Waiters<A>) -> Option<A> {
+        let push = waiters.pushes.pop_front()?;
+        if waiters.pushes.is_empty() {
+            self.queued.store(false, Ordering::Release);
+        }
+        Some(push)
+    }
+
+    /// Waits until `deadline` (without end when `None`) for the next pushed message,
+    /// reading the channel with `read` while nobody else holds it, as
+    /// [`await_answer`](Self::await_answer) does: `read` files the pushes it reads and
+    /// returns the answers, which go to their requests. `Ok(None)` once the deadline
+    /// passed; why the channel broke once it did and every push was taken.
+    pub(super) fn await_push<R>(
+        &self,
+        deadline: Option<Instant>,
+        channel: &Mutex<R>,
+        mut read: impl FnMut(&mut R, Instant) -> Result<Option<(u64, A)>, String>,
+    ) -> Result<Option<A>, String> {
+        let mut waiters = lock(&self.waiters);
+        loop {
+            if let Some(push) = self.pop_push(&mut waiters) {
+                return Ok(Some(push));
+            }
+            if let Some(detail) = &waiters.broken {
+                return Err(detail.clone());
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Ok(None);
+            }
+            // A read without end is cut every so often, to look at the books again.
+            let until = deadline.unwrap_or(now + std::time::Duration::from_secs(60));
+            let Ok(mut reader) = channel.try_lock() else {
+                waiters.followers += 1;
+                waiters = self
+                    .answered
+                    .wait_timeout(waiters, until - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+                waiters.followers -= 1;
+                continue;
+            };
+            drop(waiters);
+            let outcome = read(&mut reader, until);
+            // As in `await_answer`: the books first, then the channel.
+            waiters = lock(&self.waiters);
+            drop(reader);
+            match outcome {
+                Ok(Some((answered, answer))) => self.fill(&mut waiters, answered, answer),
+                Ok(None) => {}
+                Err(detail) => waiters.broken = Some(detail),
+            }
+            self.notify(&waiters);
+        }
     }
 
     /// Wakes the followers, if any: for a reader that lets go of the channel.
@@ -225,9 +338,73 @@ impl<A> Correlator<A> {
                 Poll::Ready(Err(detail)) => {
                     waiters.broken = Some(detail);
                     wake(&waiters, |i| i != id);
+                    wake_pushes(&waiters, |_| true);
                 }
             }
         }
+    }
+
+    /// The async [`await_push`](Self::await_push): polls for the next pushed message for
+    /// the future numbered `me`. While nobody else is reading `channel`, this task reads
+    /// it with `read`, which files the pushes it reads (returning `Ready(Ok(None))`) and
+    /// returns the answers, or why the channel broke, or `Pending` having registered for
+    /// readiness. A push leaves the books only in the poll that returns it. Call
+    /// [`leave_push`](Self::leave_push) when the future ends, however it ends.
+    #[cfg(feature = "tokio")]
+    pub(super) fn poll_push<R>(
+        &self,
+        me: u64,
+        cx: &mut std::task::Context<'_>,
+        channel: &Mutex<R>,
+        mut read: impl FnMut(
+            &mut R,
+            &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<Option<(u64, A)>, String>>,
+    ) -> std::task::Poll<Result<A, String>> {
+        use std::task::Poll;
+        let mut waiters = lock(&self.waiters);
+        loop {
+            if let Some(push) = self.pop_push(&mut waiters) {
+                return Poll::Ready(Ok(push));
+            }
+            if let Some(detail) = &waiters.broken {
+                return Poll::Ready(Err(detail.clone()));
+            }
+            match waiters.push_wakers.iter_mut().find(|(i, _)| *i == me) {
+                Some((_, waker)) => waker.clone_from(cx.waker()),
+                None => waiters.push_wakers.push((me, cx.waker().clone())),
+            }
+            let Ok(mut reader) = channel.try_lock() else {
+                return Poll::Pending;
+            };
+            drop(waiters);
+            let outcome = read(&mut reader, cx);
+            waiters = lock(&self.waiters);
+            drop(reader);
+            match outcome {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(None)) => {}
+                Poll::Ready(Ok(Some((answered, answer)))) => {
+                    self.fill(&mut waiters, answered, answer);
+                    wake(&waiters, |i| i == answered);
+                }
+                Poll::Ready(Err(detail)) => {
+                    waiters.broken = Some(detail);
+                    wake(&waiters, |_| true);
+                    wake_pushes(&waiters, |i| i != me);
+                }
+            }
+        }
+    }
+
+    /// The `recv` future numbered `me` ended: the others are woken so that one of them
+    /// watches the channel, as [`leave`](Self::leave) does for a request.
+    #[cfg(feature = "tokio")]
+    pub(super) fn leave_push(&self, me: u64) {
+        let mut waiters = lock(&self.waiters);
+        waiters.push_wakers.retain(|(i, _)| *i != me);
+        wake(&waiters, |_| true);
+        wake_pushes(&waiters, |_| true);
     }
 
     /// The future of request `id` ended, answered or not: its answer is no longer
@@ -238,6 +415,14 @@ impl<A> Correlator<A> {
         let mut waiters = lock(&self.waiters);
         waiters.forget(id);
         wake(&waiters, |_| true);
+        wake_pushes(&waiters, |_| true);
+    }
+}
+
+#[cfg(feature = "tokio")]
+fn wake_pushes<A>(waiters: &Waiters<A>, which: impl Fn(u64) -> bool) {
+    for (_, waker) in waiters.push_wakers.iter().filter(|(i, _)| which(*i)) {
+        waker.wake_by_ref();
     }
 }
 
@@ -253,6 +438,49 @@ mod tests {
     use super::*;
     use std::sync::mpsc;
     use std::time::Duration;
+
+    /// Whoever reads the channel sorts what it reads: an answer read while waiting for a
+    /// push goes to its request, a push read while waiting for an answer goes to `recv`.
+    #[test]
+    fn pushes_and_answers_reach_their_own_callers() {
+        let correlator = &Correlator::<&str>::new("test://correlate");
+        let channel = &Mutex::new(0u32);
+        let later = Instant::now() + Duration::from_secs(10);
+        correlator.register(1);
+        let pushed = correlator.await_push(Some(later), channel, |reads, _| {
+            *reads += 1;
+            match *reads {
+                1 => Ok(Some((1, "answer"))),
+                _ => {
+                    correlator.file_push("push");
+                    Ok(None)
+                }
+            }
+        });
+        assert_eq!(pushed, Ok(Some("push")));
+        assert!(!correlator.has_pushes());
+        let unread = |_: &mut u32, _| -> Result<Option<(u64, &str)>, String> {
+            panic!("the answer was filed: nothing to read")
+        };
+        assert!(matches!(
+            correlator.await_answer(1, later, channel, unread),
+            Ok("answer")
+        ));
+        correlator.register(2);
+        let answered = correlator.await_answer(2, later, channel, |_, _| {
+            correlator.file_push("second push");
+            Ok(Some((2, "second answer")))
+        });
+        assert!(matches!(answered, Ok("second answer")));
+        assert!(correlator.has_pushes());
+        let none = |_: &mut u32, _| -> Result<Option<(u64, &str)>, String> { Ok(None) };
+        assert_eq!(
+            correlator.await_push(Some(later), channel, none),
+            Ok(Some("second push"))
+        );
+        let now = Some(Instant::now());
+        assert_eq!(correlator.await_push(now, channel, none), Ok(None));
+    }
 
     /// A reader lets go of the channel only once the answer it read is on the books. Else
     /// the thread that answer is for could take the channel in between and block reading

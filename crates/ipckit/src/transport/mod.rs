@@ -29,9 +29,12 @@ pub(crate) mod ring;
 pub mod shm;
 mod stream;
 mod stream_greeting;
+mod stream_server;
 mod stream_session;
 #[cfg(feature = "tokio")]
 mod stream_tokio;
+#[cfg(feature = "tokio")]
+mod stream_tokio_server;
 pub mod tcp;
 pub mod udp;
 pub mod uds;

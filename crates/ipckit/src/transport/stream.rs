@@ -5,51 +5,38 @@
 //!
 //! Server: one mio loop waits on the listening socket and every connection at once, and
 //! `recv` returns messages parsed on the caller's own thread; nothing is handed between
-//! threads on the way in. Replies are written by whoever calls `Message::reply`, under a
-//! per-connection write lock.
+//! threads on the way in. Replies and pushes are written by whoever calls
+//! `Message::reply` or `ClientHandle::send`, under the connection's outbox lock: straight
+//! into the socket when nothing waits, else queued whole behind what does, which the loop
+//! writes on when epoll says the socket takes more (it asks for EPOLLOUT only then, so a
+//! client's reads do not wake the loop otherwise).
 //!
 //! Client: a request is written under a write lock, then the caller reads the socket
 //! itself. When several threads have requests in flight, one of them at a time (the
 //! leader, holding the read half) reads frames and hands each reply to the thread that
 //! waits for it; a lone caller therefore pays one `write` and one `read`, as a
-//! hand-written ping-pong does.
+//! hand-written ping-pong does. Messages the server pushes are read the same way, by
+//! whoever holds the read half (a requesting thread, or a thread in `recv`), and kept in
+//! a queue for `recv`.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token, Waker};
 use rustix::event::PollFlags;
 use rustix::net::{SendAncillaryBuffer, SendFlags, Shutdown};
-use slab::Slab;
 
 use crate::endpoint::{Endpoint, Framing};
 use crate::error::{Error, Result};
 use crate::frame::{Decoder, Frame, Header, Hello, Kind, MAX_REFUSAL, STATUS_BUSY, Violation};
-use crate::message::{Message, Peer, ReplySink};
 use crate::sys::{ReceiveTimeout, lock, wait_ready};
-use crate::transport::access::Access;
+use crate::transport::Connection;
 use crate::transport::correlate::{Correlator, NoAnswer};
 use crate::transport::stream_greeting::{Greeting, drain_before_close};
-pub(super) use crate::transport::stream_session::{
-    Accepted, ConnWrite, InFlight, Session, Spare, accept_one, admitted, describe, went_away,
-    write_reply,
-};
-use crate::transport::{Connection, Listener};
-
-/// How long a reply may wait for a client that does not read before its connection is
-/// given up: one stuck client must not hold a replying thread forever.
-const REPLY_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Reads from one connection before the loop turns to the others.
-const READS_PER_TURN: usize = 16;
-
-const LISTENER: Token = Token(0);
-const WAKER: Token = Token(1);
-const FIRST_CONNECTION: usize = 2;
+pub(super) use crate::transport::stream_server::StreamListener;
 
 /// Frames up to this size are copied into one buffer and sent with `send(2)`, which
 /// costs less than `sendmsg(2)` with an iovec per part; larger ones go out as they are.
@@ -185,6 +172,17 @@ pub(super) struct StreamConnection {
     reader: Mutex<Reader>,
     answers: Correlator<Frame>,
     next_id: AtomicU64,
+    /// Messages the server pushed, until `recv` takes them.
+    pushes: Mutex<Pushes>,
+    pushed: Condvar,
+}
+
+/// A client's pushed messages not taken yet.
+#[derive(Default)]
+struct Pushes {
+    queue: VecDeque<Vec<u8>>,
+    /// Threads in `recv` waiting on `pushed`, for a message or for the socket to read.
+    waiting: usize,
 }
 
 enum ReadOutcome {
@@ -214,6 +212,8 @@ impl StreamConnection {
                 lines: 0,
             }),
             next_id: AtomicU64::new(1),
+            pushes: Mutex::default(),
+            pushed: Condvar::new(),
         };
         if framing == Framing::Length {
             let sent = send_all(conn.fd.as_fd(), &[&Hello::new(own_max).encode()], None);
@@ -293,8 +293,47 @@ impl StreamConnection {
         }
     }
 
+    /// Keeps a message the server pushed for `recv`.
+    fn file_push(&self, payload: Vec<u8>) {
+        let mut pushes = lock(&self.pushes);
+        pushes.queue.push_back(payload);
+        if pushes.waiting > 0 {
+            self.pushed.notify_all();
+        }
+    }
+
+    /// Wakes the threads in `recv`: the socket is free for one of them to read.
+    fn wake_receivers(&self) {
+        if lock(&self.pushes).waiting > 0 {
+            self.pushed.notify_all();
+        }
+    }
+
+    /// `recv`'s turn at the socket, which nobody else reads: reads until a message comes
+    /// or `deadline`, handing the answers it meets to their requests.
+    fn read_pushes(&self, reader: &mut Reader, deadline: Option<Instant>) -> Result<()> {
+        loop {
+            let frame = match self.read_frame(reader, deadline)? {
+                ReadOutcome::Frame(frame) => frame,
+                ReadOutcome::TimedOut => return Ok(()),
+            };
+            if let Some(reason) = closing_reason(&frame) {
+                return Err(self.broken_error(&reason));
+            }
+            // With line framing every line read here is a push: a request holds the
+            // socket from its line to its answer.
+            if self.framing == Framing::Line || frame.kind == Kind::Message {
+                self.file_push(frame.payload);
+                return Ok(());
+            }
+            if let Some((id, answer)) = as_answer(&self.url, frame) {
+                self.answers.deliver(id, answer);
+            }
+        }
+    }
+
     /// Reads the next frame the server sends, until `deadline`, taking the welcome first.
-    fn read_frame(&self, reader: &mut Reader, deadline: Instant) -> Result<ReadOutcome> {
+    fn read_frame(&self, reader: &mut Reader, deadline: Option<Instant>) -> Result<ReadOutcome> {
         loop {
             if self.greeting.take(&self.url, &mut reader.decoder)? {
                 if let Some(frame) = reader
@@ -325,17 +364,30 @@ impl StreamConnection {
         // Lines carry no ids: one request at a time, its answer is the next line.
         let mut reader = lock(&self.reader);
         let deadline = Instant::now() + timeout;
-        self.write_frame(Kind::Request, 0, payload)?;
-        match self.read_frame(&mut reader, deadline) {
-            Ok(ReadOutcome::Frame(frame)) => {
-                reader.lines += 1;
-                Ok(frame.payload)
-            }
+        // Lines read before the request are pushes; the first after it is its answer.
+        while let Some(line) = reader
+            .decoder
+            .next_frame()
+            .map_err(|v| protocol_error(&self.endpoint, v))?
+        {
+            self.file_push(line.payload);
+        }
+        let answered = self
+            .write_frame(Kind::Request, 0, payload)
+            .and_then(|()| self.read_frame(&mut reader, Some(deadline)));
+        if let Ok(ReadOutcome::Frame(_)) = answered {
+            reader.lines += 1;
+        }
+        let lines = reader.lines;
+        drop(reader);
+        self.wake_receivers();
+        match answered {
+            Ok(ReadOutcome::Frame(frame)) => Ok(frame.payload),
             Ok(ReadOutcome::TimedOut) => Err(Error::Timeout {
                 endpoint: self.url.clone(),
                 after: timeout,
             }),
-            Err(Error::Disconnected { endpoint, detail }) if reader.lines == 0 => {
+            Err(Error::Disconnected { endpoint, detail }) if lines == 0 => {
                 Err(Error::Disconnected {
                     endpoint,
                     detail: format!("{detail} {LINE_CLOSED_HINT}"),
@@ -352,7 +404,7 @@ impl StreamConnection {
         let answer = self
             .answers
             .await_answer(id, deadline, &self.reader, |reader, deadline| {
-                let read = self.read_frame(reader, deadline).and_then(|outcome| {
+                let read = self.read_frame(reader, Some(deadline)).and_then(|outcome| {
                     let ReadOutcome::Frame(frame) = outcome else {
                         return Ok(None);
                     };
@@ -361,6 +413,10 @@ impl StreamConnection {
                             endpoint: self.url.clone(),
                             detail: reason,
                         }),
+                        None if frame.kind == Kind::Message => {
+                            self.file_push(frame.payload);
+                            Ok(None)
+                        }
                         None => Ok(as_answer(&self.url, frame)),
                     }
                 });
@@ -369,6 +425,8 @@ impl StreamConnection {
                     e.as_detail()
                 })
             });
+        // A thread in `recv` may read the socket now.
+        self.wake_receivers();
         match answer {
             Ok(frame) => answer_result(&self.url, frame),
             Err(NoAnswer::Broken(detail)) => Err(self.broken_error(&detail)),
@@ -460,9 +518,9 @@ pub(super) fn closed_by_server(url: &str, pending: usize) -> Error {
 
 /// Reads once into the decoder, waiting until `deadline`; false on timeout. End of stream
 /// is an error: the caller wanted more.
-fn fill(fd: &OwnedFd, reader: &mut Reader, deadline: Instant, url: &str) -> Result<bool> {
+fn fill(fd: &OwnedFd, reader: &mut Reader, deadline: Option<Instant>, url: &str) -> Result<bool> {
     loop {
-        let armed = reader.timeout.arm(fd, Some(deadline));
+        let armed = reader.timeout.arm(fd, deadline);
         if !armed.map_err(|e| Error::io(url, "setting the receive timeout", e))? {
             return Ok(false);
         }
@@ -515,6 +573,53 @@ impl Connection for StreamConnection {
         self.await_answer(id, timeout)
     }
 
+    /// Whoever reads the socket files what it reads: a thread here reads it itself when
+    /// no request does, and otherwise waits for the requests' reader to hand it a message
+    /// or the socket. No thread reads in the background: pushes wait in the kernel's
+    /// buffers (and then in the server's outbox) until a call reads them.
+    fn recv(&self, deadline: Option<Instant>) -> Result<Option<Vec<u8>>> {
+        self.check_welcome()?;
+        let mut pushes = lock(&self.pushes);
+        loop {
+            if let Some(payload) = pushes.queue.pop_front() {
+                return Ok(Some(payload));
+            }
+            if let Some(detail) = self.answers.broken() {
+                return Err(self.broken_error(&detail));
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Ok(None);
+            }
+            // Tried while holding `pushes`, as the correlator does with its books: a
+            // reader that lets go (and then wakes us under `pushes`) cannot slip between.
+            let Ok(mut reader) = self.reader.try_lock() else {
+                pushes.waiting += 1;
+                pushes = match deadline {
+                    Some(d) => {
+                        let waited = self.pushed.wait_timeout(pushes, d - now);
+                        waited.unwrap_or_else(|e| e.into_inner()).0
+                    }
+                    None => self.pushed.wait(pushes).unwrap_or_else(|e| e.into_inner()),
+                };
+                pushes.waiting -= 1;
+                continue;
+            };
+            drop(pushes);
+            if let Err(e) = self.read_pushes(&mut reader, deadline) {
+                let _ = rustix::net::shutdown(&self.fd, Shutdown::Both);
+                self.answers.break_off(e.as_detail());
+            }
+            drop(reader);
+            // The socket is free: for a request, or another thread here, to read.
+            self.answers.release_followers();
+            pushes = lock(&self.pushes);
+            if pushes.waiting > 0 {
+                self.pushed.notify_all();
+            }
+        }
+    }
+
     fn max_message(&self) -> usize {
         let _ = self.check_welcome();
         self.greeting.limit()
@@ -522,412 +627,5 @@ impl Connection for StreamConnection {
 
     fn endpoint(&self) -> &Endpoint {
         &self.endpoint
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Server
-// ---------------------------------------------------------------------------------------
-
-/// The writing half of one accepted connection, shared with the messages it delivered.
-struct ConnSink {
-    fd: OwnedFd,
-    url: Arc<str>,
-    framing: Framing,
-    /// The largest payload the client accepts; known after its hello.
-    peer_max: AtomicUsize,
-    write_lock: Mutex<()>,
-    closed: AtomicBool,
-    in_flight: InFlight,
-}
-
-impl ConnSink {
-    fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-        let _ = rustix::net::shutdown(&self.fd, Shutdown::Both);
-    }
-}
-
-impl ConnWrite for ConnSink {
-    fn write(&self, parts: &[&[u8]]) -> Result<()> {
-        let _writing = lock(&self.write_lock);
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Disconnected {
-                endpoint: self.url.to_string(),
-                detail: "the client's connection was closed before the reply".into(),
-            });
-        }
-        send_all(self.fd.as_fd(), parts, Some(REPLY_WRITE_TIMEOUT)).map_err(|e| {
-            if e.kind() == io::ErrorKind::TimedOut {
-                // The client stopped reading; a half-written frame leaves the stream
-                // unusable, so end it.
-                self.close();
-                Error::Timeout {
-                    endpoint: self.url.to_string(),
-                    after: REPLY_WRITE_TIMEOUT,
-                }
-            } else {
-                Error::io(&*self.url, "replying", e)
-            }
-        })
-    }
-
-    fn write_now(&self, parts: &[&[u8]]) {
-        // Never waits: the server's loop calls this, about a connection it is closing.
-        let Ok(_writing) = self.write_lock.try_lock() else {
-            return;
-        };
-        let bytes = parts.concat();
-        let _ = rustix::net::send(&self.fd, &bytes, SendFlags::NOSIGNAL | SendFlags::DONTWAIT);
-    }
-
-    fn set_peer_max(&self, max: usize) {
-        self.peer_max.store(max, Ordering::Relaxed);
-    }
-
-    fn peer_max(&self) -> usize {
-        self.peer_max.load(Ordering::Relaxed)
-    }
-
-    fn in_flight(&self) -> &InFlight {
-        &self.in_flight
-    }
-}
-
-impl ReplySink for ConnSink {
-    fn send_reply(&self, id: u64, payload: &[u8], ok: bool) -> Result<()> {
-        self.in_flight.end(id);
-        let max = self.peer_max.load(Ordering::Relaxed);
-        write_reply(&self.url, self.framing, max, id, payload, ok, |parts| {
-            self.write(parts)
-        })
-    }
-}
-
-struct Conn {
-    sink: Arc<ConnSink>,
-    session: Session,
-    peer: Arc<Peer>,
-    /// epoll reported the peer's end (or an error): read on to EOF, since no further
-    /// edge will come to say so.
-    hung_up: bool,
-    /// The session's deadline as entered in the listener's `deadlines`.
-    deadline: Option<Instant>,
-}
-
-/// How a transport learns who is on the other end of an accepted socket, and prepares it.
-pub(super) type OnAccept = fn(BorrowedFd<'_>) -> io::Result<Peer>;
-
-/// A server on a listening, non-blocking stream socket.
-pub(super) struct StreamListener {
-    endpoint: Endpoint,
-    url: Arc<str>,
-    framing: Framing,
-    max: usize,
-    max_connections: usize,
-    poll: Poll,
-    events: Events,
-    listener: OwnedFd,
-    spare: Spare,
-    on_accept: OnAccept,
-    /// Whom the server admits, where the kernel does not decide it already.
-    access: Option<Access>,
-    conns: Slab<Conn>,
-    /// The connections that must finish a hello or a frame in time, soonest first.
-    deadlines: BTreeSet<(Instant, usize)>,
-    /// Messages parsed but not yet returned by `recv`.
-    ready: VecDeque<Message>,
-    /// Connections that may still hold unread bytes (edge-triggered: nobody will say so).
-    unread: VecDeque<usize>,
-    waker: Arc<Waker>,
-    /// Removes the endpoint's file when the server goes.
-    _cleanup: Option<Box<dyn Send>>,
-}
-
-impl StreamListener {
-    pub(super) fn new(
-        endpoint: Endpoint,
-        listener: OwnedFd,
-        on_accept: OnAccept,
-        cleanup: Option<Box<dyn Send>>,
-    ) -> Result<StreamListener> {
-        let url: Arc<str> = endpoint.to_string().into();
-        let io_err = |op, e| Error::io(&*url, op, e);
-        let poll = Poll::new().map_err(|e| io_err("creating the epoll instance", e))?;
-        poll.registry()
-            .register(
-                &mut SourceFd(&listener.as_raw_fd()),
-                LISTENER,
-                Interest::READABLE,
-            )
-            .map_err(|e| io_err("registering the listening socket", e))?;
-        let waker =
-            Waker::new(poll.registry(), WAKER).map_err(|e| io_err("creating the waker", e))?;
-        let access = Access::for_endpoint(&endpoint);
-        Ok(StreamListener {
-            framing: endpoint.framing(),
-            max: endpoint.max_message(),
-            max_connections: endpoint.max_connections(),
-            endpoint,
-            url,
-            poll,
-            events: Events::with_capacity(256),
-            listener,
-            spare: Spare::new(),
-            on_accept,
-            access,
-            conns: Slab::new(),
-            deadlines: BTreeSet::new(),
-            ready: VecDeque::new(),
-            unread: VecDeque::new(),
-            waker: Arc::new(waker),
-            _cleanup: cleanup,
-        })
-    }
-
-    fn accept_all(&mut self) {
-        loop {
-            let accepted = accept_one(
-                self.listener.as_fd(),
-                &mut self.spare,
-                &self.url,
-                self.framing,
-                self.conns.len(),
-                self.max_connections,
-            );
-            let fd = match accepted {
-                Ok(Accepted::Conn(fd)) => fd,
-                Ok(Accepted::Again) => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    // Out of memory, or of descriptors with none in reserve: the client
-                    // waits in the backlog and the next connection's event brings us
-                    // back here.
-                    log::error!("{}: cannot accept a connection: {e}", self.url);
-                    return;
-                }
-            };
-            let peer = match (self.on_accept)(fd.as_fd()) {
-                Ok(peer) => Arc::new(peer),
-                Err(e) => {
-                    log::warn!("{}: dropping a new connection: {e}", self.url);
-                    continue;
-                }
-            };
-            if !admitted(
-                self.access.as_ref(),
-                &self.url,
-                self.framing,
-                fd.as_fd(),
-                &peer,
-            ) {
-                continue;
-            }
-            let raw = fd.as_raw_fd();
-            let entry = self.conns.vacant_entry();
-            let key = entry.key();
-            let registered = self.poll.registry().register(
-                &mut SourceFd(&raw),
-                Token(key + FIRST_CONNECTION),
-                Interest::READABLE,
-            );
-            if let Err(e) = registered {
-                log::error!("{}: cannot watch a new connection: {e}", self.url);
-                continue;
-            }
-            entry.insert(Conn {
-                sink: Arc::new(ConnSink {
-                    fd,
-                    url: self.url.clone(),
-                    framing: self.framing,
-                    peer_max: AtomicUsize::new(self.max),
-                    write_lock: Mutex::new(()),
-                    closed: AtomicBool::new(false),
-                    in_flight: InFlight::default(),
-                }),
-                session: Session::new(&self.endpoint),
-                peer,
-                hung_up: false,
-                deadline: None,
-            });
-            self.time(key);
-        }
-    }
-
-    /// Enters connection `key`'s deadline, if it changed, in `deadlines`.
-    fn time(&mut self, key: usize) {
-        let conn = &mut self.conns[key];
-        let deadline = conn.session.deadline();
-        if conn.deadline == deadline {
-            return;
-        }
-        if let Some(old) = std::mem::replace(&mut conn.deadline, deadline) {
-            self.deadlines.remove(&(old, key));
-        }
-        if let Some(new) = deadline {
-            self.deadlines.insert((new, key));
-        }
-    }
-
-    /// Closes the connections whose deadline has passed.
-    fn expire(&mut self) {
-        let Some(&(first, _)) = self.deadlines.first() else {
-            return;
-        };
-        let now = Instant::now();
-        if first > now {
-            return;
-        }
-        while let Some(&(deadline, key)) = self.deadlines.first() {
-            if deadline > now {
-                break;
-            }
-            let reason = self.conns[key].session.expired();
-            self.close(key, Some(reason));
-        }
-    }
-
-    /// Reads what connection `key` has, parsing messages into `ready`.
-    fn service(&mut self, key: usize) {
-        for _ in 0..READS_PER_TURN {
-            let Some(conn) = self.conns.get_mut(key) else {
-                return;
-            };
-            let buf = conn.session.decoder.read_buf();
-            let wanted = buf.len();
-            match rustix::io::read(&conn.sink.fd, buf) {
-                Ok(0) => {
-                    let reason = went_away(conn.session.decoder.pending());
-                    return self.close(key, reason);
-                }
-                Ok(n) => {
-                    conn.session.decoder.advance(n);
-                    if let Err(violation) = self.parse(key) {
-                        return self.close(key, Some(violation));
-                    }
-                    self.time(key);
-                    // A short read emptied the socket; Linux raises a new edge for any
-                    // later data or hang-up, so there is no need to read until EAGAIN.
-                    if n < wanted && !self.conns[key].hung_up {
-                        return;
-                    }
-                }
-                Err(rustix::io::Errno::AGAIN) => return,
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return self.close(key, Some(format!("reading failed: {e}"))),
-            }
-        }
-        self.unread.push_back(key);
-    }
-
-    /// Moves every whole frame of connection `key` into `ready`.
-    fn parse(&mut self, key: usize) -> std::result::Result<(), String> {
-        let conn = &mut self.conns[key];
-        let ready = &mut self.ready;
-        conn.session
-            .parse(&conn.sink, &conn.peer, &self.url, |m| ready.push_back(m))
-    }
-
-    fn close(&mut self, key: usize, reason: Option<String>) {
-        let conn = self.conns.remove(key);
-        if let Some(deadline) = conn.deadline {
-            self.deadlines.remove(&(deadline, key));
-        }
-        // Give back the table's room once most of it is vacant: a burst of connections
-        // must not leave its high-water mark behind.
-        if self.conns.capacity() > 64 && self.conns.len() < self.conns.capacity() / 4 {
-            self.conns.shrink_to_fit();
-        }
-        let _ = self
-            .poll
-            .registry()
-            .deregister(&mut SourceFd(&conn.sink.fd.as_raw_fd()));
-        conn.sink.close();
-        match reason {
-            Some(reason) => log::warn!(
-                "{}: closed the connection of {}: {reason}",
-                self.url,
-                describe(&conn.peer)
-            ),
-            None => log::debug!("{}: {} disconnected", self.url, describe(&conn.peer)),
-        }
-    }
-}
-
-impl Listener for StreamListener {
-    fn recv(&mut self, deadline: Option<Instant>) -> Result<Option<Message>> {
-        loop {
-            if let Some(message) = self.ready.pop_front() {
-                return Ok(Some(message));
-            }
-            let timeout = if self.unread.is_empty() {
-                // Wake for the soonest of the caller's and the connections' deadlines.
-                let first = self.deadlines.first().map(|&(d, _)| d);
-                let wake = match (deadline, first) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-                wake.map(|d| d.saturating_duration_since(Instant::now()))
-            } else {
-                Some(Duration::ZERO)
-            };
-            match self.poll.poll(&mut self.events, timeout) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::io(&*self.url, "waiting for messages", e)),
-            }
-            let mut woken = false;
-            let mut accept = false;
-            for event in self.events.iter() {
-                match event.token() {
-                    LISTENER => accept = true,
-                    WAKER => woken = true,
-                    Token(t) => {
-                        let key = t - FIRST_CONNECTION;
-                        if event.is_read_closed() || event.is_error() {
-                            if let Some(conn) = self.conns.get_mut(key) {
-                                conn.hung_up = true;
-                            }
-                        }
-                        self.unread.push_back(key);
-                    }
-                }
-            }
-            if accept {
-                self.accept_all();
-            }
-            for _ in 0..self.unread.len() {
-                let key = self.unread.pop_front().expect("counted");
-                self.service(key);
-            }
-            self.expire();
-            if !self.ready.is_empty() {
-                continue;
-            }
-            if woken || deadline.is_some_and(|d| Instant::now() >= d) {
-                return Ok(None);
-            }
-        }
-    }
-
-    fn waker(&self) -> Arc<dyn Fn() + Send + Sync> {
-        let waker = self.waker.clone();
-        Arc::new(move || {
-            let _ = waker.wake();
-        })
-    }
-
-    fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
-    }
-}
-
-impl Drop for StreamListener {
-    fn drop(&mut self) {
-        // Messages still held elsewhere keep their connection's descriptor open; shut the
-        // sockets down now so every client sees the end at once.
-        for conn in self.conns.drain() {
-            conn.sink.close();
-        }
     }
 }

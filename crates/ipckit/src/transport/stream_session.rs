@@ -3,13 +3,13 @@
 //! admitting peers by their credentials, the hello, the ids in flight, the deadlines, and
 //! writing replies.
 
-use std::collections::HashSet;
-use std::io;
+use std::collections::{HashSet, VecDeque};
+use std::io::{self, IoSlice};
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rustix::net::{SendFlags, Shutdown};
+use rustix::net::{SendAncillaryBuffer, SendFlags, Shutdown};
 
 use crate::endpoint::{Endpoint, Framing};
 use crate::error::Result;
@@ -151,6 +151,12 @@ impl Session {
             handshake_timeout,
             deadline: (!greeted).then(|| Instant::now() + handshake_timeout),
         }
+    }
+
+    /// Whether the handshake is done (at once with line framing): the client may be
+    /// announced and pushed to.
+    pub(super) fn greeted(&self) -> bool {
+        self.greeted
     }
 
     /// When the connection must have finished what it started, if it started anything.
@@ -412,5 +418,177 @@ pub(super) fn describe(peer: &Peer) -> String {
         (Some(addr), _) => addr.clone(),
         (None, Some(pid)) => format!("pid {pid}"),
         (None, None) => "a client".to_owned(),
+    }
+}
+
+/// What the server has written to one connection that its socket has not taken yet:
+/// whole frames in order, the first perhaps partly sent, so that frames never interleave
+/// on the wire. Pushed frames are counted against the connection's `?outbox=`; replies
+/// are not (their number is bounded by the requests the client has in flight).
+#[derive(Default)]
+pub(super) struct Pending {
+    bytes: Vec<u8>,
+    /// Where the unsent bytes start in `bytes`.
+    head: usize,
+    /// Bytes ever handed to the socket, and the end of every frame ever written, counted
+    /// from the start of the connection: a frame has left once `sent` reaches its end.
+    sent: u64,
+    end: u64,
+    /// The end of each queued frame, and whether it is a push.
+    frames: VecDeque<(u64, bool)>,
+    pushes: usize,
+    /// Why nothing more can be written (the async side; the blocking one has `closed`).
+    #[cfg(feature = "tokio")]
+    pub(super) broken: Option<String>,
+    /// The server's loop was asked to say when the socket takes more (EPOLLOUT).
+    pub(super) watching: bool,
+    /// Threads waiting for room for a push.
+    #[cfg(feature = "tokio")]
+    pub(super) waiting: usize,
+}
+
+/// Writes what the socket takes of `parts` at once; never waits. MSG_NOSIGNAL: a closed
+/// peer is an error here, never a SIGPIPE.
+pub(super) fn send_now(fd: BorrowedFd<'_>, parts: &[&[u8]]) -> io::Result<usize> {
+    /// Frames up to this size are copied into one buffer and sent with `send(2)`, which
+    /// costs less than `sendmsg(2)` with an iovec per part.
+    const COALESCE: usize = 512;
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let flags = SendFlags::NOSIGNAL | SendFlags::DONTWAIT;
+    let mut written = 0;
+    if total <= COALESCE {
+        let mut joined = [0u8; COALESCE];
+        for part in parts {
+            joined[written..written + part.len()].copy_from_slice(part);
+            written += part.len();
+        }
+        let mut at = 0;
+        while at < total {
+            match rustix::net::send(fd, &joined[at..total], flags) {
+                Ok(n) => at += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        return Ok(at);
+    }
+    let mut storage: Vec<IoSlice<'_>> = parts
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| IoSlice::new(p))
+        .collect();
+    let mut slices = &mut storage[..];
+    while !slices.is_empty() {
+        match rustix::net::sendmsg(fd, slices, &mut SendAncillaryBuffer::default(), flags) {
+            Ok(n) => {
+                written += n;
+                IoSlice::advance_slices(&mut slices, n);
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::AGAIN) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(written)
+}
+
+impl Pending {
+    pub(super) fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Pushed frames waiting.
+    pub(super) fn pushes(&self) -> usize {
+        self.pushes
+    }
+
+    /// Whether a reply waits behind the socket.
+    #[cfg(feature = "tokio")]
+    pub(super) fn holds_reply(&self) -> bool {
+        self.frames.len() > self.pushes
+    }
+
+    /// Whether the frame ending at `end` has left.
+    pub(super) fn written(&self, end: u64) -> bool {
+        self.sent >= end
+    }
+
+    /// Writes `parts` as one frame: at once if nothing waits and the socket takes it,
+    /// else queued behind what waits. Returns where the frame ends.
+    pub(super) fn write(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        parts: &[&[u8]],
+        push: bool,
+    ) -> io::Result<u64> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let behind = !self.is_empty();
+        let mut skip = 0;
+        if !behind {
+            skip = send_now(fd, parts)?;
+            self.sent += skip as u64;
+        }
+        self.end += total as u64;
+        if skip < total {
+            for part in parts {
+                let taken = skip.min(part.len());
+                skip -= taken;
+                self.bytes.extend_from_slice(&part[taken..]);
+            }
+            self.frames.push_back((self.end, push));
+            self.pushes += usize::from(push);
+            if behind {
+                // The socket may have taken some of what waits since.
+                self.flush(fd)?;
+            }
+        }
+        Ok(self.end)
+    }
+
+    /// Writes what waits, as far as the socket takes it; never waits. True once all has
+    /// gone.
+    pub(super) fn flush(&mut self, fd: BorrowedFd<'_>) -> io::Result<bool> {
+        while self.head < self.bytes.len() {
+            let flags = SendFlags::NOSIGNAL | SendFlags::DONTWAIT;
+            match rustix::net::send(fd, &self.bytes[self.head..], flags) {
+                Ok(n) => {
+                    self.head += n;
+                    self.sent += n as u64;
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        while let Some(&(end, push)) = self.frames.front() {
+            if self.sent < end {
+                break;
+            }
+            self.frames.pop_front();
+            self.pushes -= usize::from(push);
+        }
+        if self.head == self.bytes.len() {
+            self.head = 0;
+            if self.bytes.capacity() > 64 << 10 {
+                // A burst must not leave its high-water mark behind.
+                self.bytes = Vec::new();
+            } else {
+                self.bytes.clear();
+            }
+        } else if self.head > self.bytes.len() / 2 {
+            self.bytes.drain(..self.head);
+            self.head = 0;
+        }
+        Ok(self.is_empty())
+    }
+
+    /// Drops what waits: the connection is ending.
+    #[cfg(feature = "tokio")]
+    pub(super) fn clear(&mut self) {
+        self.bytes = Vec::new();
+        self.head = 0;
+        self.frames.clear();
+        self.pushes = 0;
     }
 }

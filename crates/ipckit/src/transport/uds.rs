@@ -16,11 +16,43 @@
 //! module `access`). A refused client is told why before it is closed, and fails to
 //! connect with [`crate::Error::PermissionDenied`]; the server logs the refusal.
 //!
+//! # Pushing to clients
+//!
+//! A server pushes to a client ([`crate::ClientHandle`], [`crate::Server::broadcast`]) with
+//! a MESSAGE frame on its connection (docs/PROTOCOL.md, *Server push*; with `?framing=line`,
+//! a line). Each client's connection has an outbox: a push first goes straight into the
+//! kernel's socket buffer; what does not fit (the rest of a frame included: frames never
+//! interleave) waits in the outbox, which the next write to that client and the server's
+//! loop (blocking: on EPOLLOUT; tokio: a task) send on as the client reads.
+//!
+//! - **What bounds it:** `?outbox=` pushed messages (1000 unless set, ZeroMQ's high-water
+//!   mark) beyond the socket buffer, so a client that stops reading holds at most
+//!   `outbox × max_message` of the server's memory. Replies wait there too, in order, but
+//!   are not counted: a reply returns once it is in the socket buffer, and a client that
+//!   reads nothing for 10 s while a reply waits is disconnected.
+//! - **When it is full:** [`ClientHandle::send`](crate::ClientHandle::send) waits up to
+//!   `?send_timeout_ms=` (10 s) for the client to read, then fails with
+//!   [`crate::Error::Full`], having sent nothing; a broadcast skips that client and counts
+//!   the drop, or disconnects it (`?overflow=disconnect`).
+//! - **Departure:** a client that closes or crashes is seen by the server's loop at once
+//!   (the connection's end), and reported as [`crate::Event::Disconnected`]; a push that
+//!   finds the connection closed fails with [`crate::Error::Disconnected`].
+//! - **The client side:** nothing reads in the background. [`crate::Client::recv`] reads
+//!   the socket itself, and a thread waiting for a reply files the pushes it meets for
+//!   `recv`; a client that never calls `recv` leaves pushes in the kernel's buffers, and
+//!   the server's outbox policy applies to it. (A client that makes requests but never
+//!   calls `recv` keeps the pushes read on the way to its replies.)
+//! - **With `?framing=line`:** lines carry no mark, so the first line after a request is
+//!   its reply and every other line a push; a push that the server writes between a
+//!   request and its reply is taken for the reply. A subscriber that only reads (socat,
+//!   nc) prints every line pushed.
+//!
 //! # URL and options
 //!
 //! `uds:///run/app.sock` (a socket file at that absolute path) or `uds://@app` (the abstract
 //! name `app`). Options: `framing`, `mode`, `allow_uid`, `allow_gid`, `max_message`,
-//! `max_connections`, `handshake_timeout_ms` and `frame_timeout_ms`, each described in
+//! `max_connections`, `handshake_timeout_ms`, `frame_timeout_ms`, `outbox`, `overflow` and
+//! `send_timeout_ms`, each described in
 //! [the crate's endpoint table](crate#endpoints).
 //!
 //! # Example
@@ -80,7 +112,7 @@ impl Transport for Uds {
             max_message: endpoint.max_message(),
             peer_credentials: true,
             zero_copy: false,
-            push: false,
+            push: true,
         }
     }
 

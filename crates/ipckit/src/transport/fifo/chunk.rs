@@ -25,9 +25,24 @@ pub(crate) const REQUEST: u8 = 4;
 pub(crate) const REFUSED: u8 = 8;
 /// A header-only chunk a server writes into its own FIFO to end a blocking read.
 pub(crate) const WAKE: u8 = 16;
-/// A header-only chunk the deadline keeper writes into a reply FIFO: the request with
+/// A header-only chunk the deadline keeper writes into a client's FIFO: the request with
 /// this `seq` timed out.
 pub(crate) const TIMED_OUT: u8 = 32;
+/// On a message in a client's inbound FIFO: the server pushed it; it answers no request.
+pub(crate) const PUSH: u8 = 64;
+/// A chunk that carries no message but says something about the connection, its `seq`
+/// naming what: [`HELLO`], [`BYE`], [`WELCOME`] or [`GONE`].
+pub(crate) const CONTROL: u8 = 128;
+/// Control, client to server: the client made its inbound FIFO, named after the writer id
+/// of this chunk; the data is the client's `max_message` (u32).
+pub(crate) const HELLO: u32 = 1;
+/// Control, either way: the sender closes the connection (a client dropped, or a server
+/// that stops or disconnects the client).
+pub(crate) const BYE: u32 = 2;
+/// Control, server to client: the server holds the client's inbound FIFO open.
+pub(crate) const WELCOME: u32 = 3;
+/// Control, a server to its own FIFO: the client of this writer id no longer reads.
+pub(crate) const GONE: u32 = 4;
 
 /// A writer: the pid of its process and a number unique within it.
 pub(crate) type WriterId = (u32, u32);
@@ -50,12 +65,11 @@ pub(super) fn check_byte(header: &[u8]) -> u8 {
         .fold(header[2] ^ 0x5a, |acc, b| acc.rotate_left(1) ^ b)
 }
 
-/// Whether `bytes`, however few, may be the start of a chunk's header: its magic and a
-/// flags byte with only known flags.
+/// Whether `bytes`, however few, may be the start of a chunk's header: its magic (every
+/// flags byte has a meaning).
 fn may_begin_chunk(bytes: &[u8]) -> bool {
-    const KNOWN: u8 = FIRST | LAST | REQUEST | REFUSED | WAKE | TIMED_OUT;
     let magic = bytes.len().min(MAGIC.len());
-    bytes[..magic] == MAGIC[..magic] && bytes.get(2).is_none_or(|flags| flags & !KNOWN == 0)
+    bytes[..magic] == MAGIC[..magic]
 }
 
 impl ChunkHeader {
@@ -256,6 +270,20 @@ pub(super) fn pipe_full(url: &str, patience: Duration) -> Error {
     }
 }
 
+/// A control chunk of `kind` (see [`CONTROL`]) from `writer`, carrying `data`.
+pub(super) fn control_chunk(kind: u32, writer: WriterId, data: &[u8]) -> Vec<u8> {
+    let mut chunk = vec![0u8; HEADER + data.len()];
+    ChunkHeader {
+        flags: CONTROL,
+        len: data.len(),
+        writer,
+        seq: kind,
+    }
+    .encode(&mut chunk);
+    chunk[HEADER..].copy_from_slice(data);
+    chunk
+}
+
 /// Writes one message as atomic chunks to a non-blocking pipe, waiting for room up to
 /// `patience`.
 pub(super) fn write_message(
@@ -330,14 +358,20 @@ impl Reassembly {
 
     /// Reads what `fd` has; false when it had nothing.
     pub(super) fn fill(&mut self, fd: BorrowedFd<'_>) -> io::Result<bool> {
+        Ok(self.read(fd)?.is_some_and(|n| n > 0))
+    }
+
+    /// Reads what `fd` has: how many bytes (0 at the end: no writer holds the FIFO), or
+    /// `None` when a non-blocking `fd` had nothing.
+    pub(super) fn read(&mut self, fd: BorrowedFd<'_>) -> io::Result<Option<usize>> {
         loop {
             match rustix::io::read(fd, self.spare()) {
                 Ok(n) => {
                     self.filled(n);
-                    return Ok(n > 0);
+                    return Ok(Some(n));
                 }
                 Err(rustix::io::Errno::INTR) => {}
-                Err(rustix::io::Errno::AGAIN) => return Ok(false),
+                Err(rustix::io::Errno::AGAIN) => return Ok(None),
                 Err(e) => return Err(e.into()),
             }
         }
@@ -410,12 +444,12 @@ impl Reassembly {
 
     fn take_chunk(&mut self, url: &str, header: &ChunkHeader, data_at: usize) -> Option<Whole> {
         let mut data = &self.buf[data_at..data_at + header.len];
-        if header.flags & (WAKE | TIMED_OUT) != 0 {
+        if header.flags & (WAKE | TIMED_OUT | CONTROL) != 0 {
             return Some(Whole {
                 writer: header.writer,
                 seq: header.seq,
                 flags: header.flags,
-                payload: Vec::new(),
+                payload: data.to_vec(),
                 oversize: None,
             });
         }

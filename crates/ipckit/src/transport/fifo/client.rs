@@ -1,27 +1,30 @@
-//! The client: one-way messages into the server's FIFO, and requests whose replies come
-//! back through a reply FIFO of the client's own.
+//! The client: messages into the server's FIFO, and what the server writes back (replies
+//! and pushes) out of the client's inbound FIFO.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use rustix::fs::OFlags;
+use rustix::event::{PollFd, PollFlags};
+use rustix::fs::{Mode, OFlags};
 
 use super::chunk::{
-    ChunkHeader, HEADER, REFUSED, REQUEST, Reassembly, TIMED_OUT, Whole, WriterId, next_writer,
-    write_message,
+    ChunkHeader, HEADER, REFUSED, REQUEST, SigpipeBlocked, TIMED_OUT, Whole, WriterId, pipe_full,
+    write_message, write_pipe,
 };
-use super::{check_size, fifo_path, mkfifo, open_fifo, reply_path};
+use super::inbox::{Inbox, Taken, Want};
+use super::{check_size, fifo_path, open_fifo};
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
+use crate::sys::{poll_until, wait_ready};
 use crate::transport::Connection;
-use crate::transport::pool::Pool;
 
 /// Ends a client's blocking read at its request's deadline. A pipe has no receive
 /// timeout, and polling before every read would cost a syscall per request; instead the
 /// keeper, one thread per process started on first use, writes a [`TIMED_OUT`] chunk into
-/// the reply FIFO of a request still waiting at its deadline. Registering and cancelling
+/// the inbound FIFO of a request still waiting at its deadline (opening it for that
+/// moment only: a writer held open would hide the server's going). Registering and cancelling
 /// take a mutex and make no syscall; the thread is woken only for a deadline earlier than
 /// the one it sleeps until, which a caller that keeps using one timeout never asks for.
 pub(super) struct DeadlineKeeper {
@@ -40,7 +43,7 @@ pub(super) struct KeeperState {
 pub(super) struct Pending {
     ticket: u64,
     deadline: Instant,
-    fd: Arc<OwnedFd>,
+    path: Arc<PathBuf>,
     seq: u32,
 }
 
@@ -61,14 +64,14 @@ impl DeadlineKeeper {
     }
 
     /// Arranges for a [`TIMED_OUT`] chunk for `seq` to be written to `fd` at `deadline`.
-    fn register(&self, deadline: Instant, fd: Arc<OwnedFd>, seq: u32) -> u64 {
+    fn register(&self, deadline: Instant, path: Arc<PathBuf>, seq: u32) -> u64 {
         let mut state = crate::sys::lock(&self.state);
         let ticket = state.next_ticket;
         state.next_ticket += 1;
         state.pending.push(Pending {
             ticket,
             deadline,
-            fd,
+            path,
             seq,
         });
         if state.sleeping_until.is_none_or(|t| deadline < t) {
@@ -100,8 +103,12 @@ impl DeadlineKeeper {
                     seq: p.seq,
                 };
                 header.encode(&mut chunk);
-                // A full reply pipe means a reply is being read; the request is answered.
-                let _ = rustix::io::write(&*p.fd, &chunk);
+                // A full pipe means a reply is being read; the request is answered. A FIFO
+                // gone means its client is.
+                let flags = OFlags::WRONLY | OFlags::NONBLOCK | OFlags::CLOEXEC;
+                if let Ok(fd) = rustix::fs::open(&**p.path, flags, Mode::empty()) {
+                    let _ = rustix::io::write(&fd, &chunk);
+                }
                 false
             });
             state.sleeping_until = state.pending.iter().map(|p| p.deadline).min();
@@ -112,21 +119,6 @@ impl DeadlineKeeper {
                     waited.unwrap_or_else(|e| e.into_inner()).0
                 }
             };
-        }
-    }
-}
-
-/// A new writer id and its reply FIFO beside the server's, open for reading and writing
-/// (so that it never reads as ended) and non-blocking.
-pub(super) fn make_reply_fifo(endpoint: &Endpoint) -> Result<(WriterId, PathBuf, OwnedFd)> {
-    let writer = next_writer();
-    let path = reply_path(fifo_path(endpoint), writer);
-    mkfifo(endpoint, &path, 0o600)?;
-    match open_fifo(endpoint, &path, OFlags::RDWR) {
-        Ok(fd) => Ok((writer, path, fd)),
-        Err(e) => {
-            let _ = std::fs::remove_file(&path);
-            Err(e)
         }
     }
 }
@@ -168,32 +160,17 @@ pub(super) fn answer(
     Some(Ok(reply.payload))
 }
 
-/// What one request at a time needs: a writer id and the reply FIFO named after it.
-struct Channel {
-    writer: WriterId,
-    seq: u32,
-    path: PathBuf,
-    /// The reply FIFO, read blocking.
-    fd: OwnedFd,
-    /// The reply FIFO again, for the deadline keeper to write into.
-    timeout_fd: Arc<OwnedFd>,
-    replies: Reassembly,
-}
-
-impl Drop for Channel {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
 pub(super) struct FifoConnection {
     endpoint: Endpoint,
     url: String,
+    /// The server's FIFO, for writing.
     fd: OwnedFd,
-    /// One-way messages: their writer, and the last message number; locked for a whole
-    /// message so that one writer's messages follow each other.
+    /// The writer id and the last message number; locked for a whole message, since the
+    /// server puts a writer's chunks together one message at a time.
     sender: Mutex<(WriterId, u32)>,
-    channels: Pool<Channel>,
+    inbox: Inbox,
+    /// Wakes the threads waiting for what the reader of the inbox read for them.
+    turn: Condvar,
     /// The endpoint's options, read once.
     max: usize,
     send_timeout: Duration,
@@ -202,14 +179,22 @@ pub(super) struct FifoConnection {
 impl FifoConnection {
     pub(super) fn new(endpoint: &Endpoint) -> Result<FifoConnection> {
         let fd = open_fifo(endpoint, fifo_path(endpoint), OFlags::WRONLY)?;
+        let inbox = Inbox::open(endpoint)?;
+        let url = endpoint.to_string();
+        let send_timeout = endpoint.send_timeout();
+        write_pipe_whole(&url, fd.as_fd(), &inbox.hello(), send_timeout)?;
+        // Reads block from here on, as a hand-written reader's do.
+        rustix::fs::fcntl_setfl(&*inbox.fd, OFlags::RDONLY)
+            .map_err(|e| Error::io(&url, "making the inbound FIFO blocking", e.into()))?;
         Ok(FifoConnection {
             endpoint: endpoint.clone(),
-            url: endpoint.to_string(),
+            url,
             fd,
-            sender: Mutex::new((next_writer(), 0)),
-            channels: Pool::new(),
+            sender: Mutex::new((inbox.writer, 0)),
+            inbox,
+            turn: Condvar::new(),
             max: endpoint.max_message(),
-            send_timeout: endpoint.send_timeout(),
+            send_timeout,
         })
     }
 
@@ -217,87 +202,170 @@ impl FifoConnection {
         check_size(&self.url, self.max, payload)
     }
 
-    fn new_channel(&self) -> Result<Channel> {
-        let (writer, path, fd) = make_reply_fifo(&self.endpoint)?;
-        let opened = (|| {
-            rustix::fs::fcntl_setfl(&fd, OFlags::RDWR)
-                .map_err(|e| Error::io(&self.url, "making the reply FIFO blocking", e.into()))?;
-            open_fifo(&self.endpoint, &path, OFlags::WRONLY)
-        })();
-        match opened {
-            Ok(timeout_fd) => Ok(Channel {
-                writer,
-                seq: 0,
-                path,
-                fd,
-                timeout_fd: Arc::new(timeout_fd),
-                replies: Reassembly::new(self.max),
-            }),
-            Err(e) => {
-                let _ = std::fs::remove_file(&path);
-                Err(e)
-            }
+    /// Writes one message under the next `seq`, which it returns; a request's reply is
+    /// expected before anything is written, as another thread may read it first.
+    fn write(&self, payload: &[u8], flags: u8) -> Result<u32> {
+        let mut sender = crate::sys::lock(&self.sender);
+        // 0 is the keeper's wake-up of a `recv`, never a request's.
+        sender.1 = sender.1.checked_add(1).unwrap_or(1);
+        let (writer, seq) = *sender;
+        let request = flags & REQUEST != 0;
+        if request {
+            self.inbox.expect(seq);
         }
+        let id = (writer, seq, flags);
+        let written = write_message(&self.url, self.fd.as_fd(), id, payload, self.send_timeout);
+        if written.is_err() && request {
+            self.inbox.forget(seq);
+        }
+        written.map(|()| seq)
     }
 
-    fn exchange(
-        &self,
-        channel: &mut Channel,
-        payload: &[u8],
-        timeout: Duration,
-    ) -> Result<Vec<u8>> {
-        channel.seq = channel.seq.wrapping_add(1);
-        let seq = channel.seq;
-        let keeper = DeadlineKeeper::get();
-        let ticket = keeper.register(Instant::now() + timeout, channel.timeout_fd.clone(), seq);
-        let answer = self.await_reply(channel, payload, timeout);
-        keeper.cancel(ticket);
-        answer
-    }
-
-    fn await_reply(
-        &self,
-        channel: &mut Channel,
-        payload: &[u8],
-        timeout: Duration,
-    ) -> Result<Vec<u8>> {
-        let seq = channel.seq;
-        write_message(
-            &self.url,
-            self.fd.as_fd(),
-            (channel.writer, seq, REQUEST),
-            payload,
-            self.send_timeout,
-        )?;
+    /// Waits until `deadline` for what `want` names, reading the inbox when no other
+    /// thread does.
+    fn wait(&self, want: Want, deadline: Option<Instant>) -> Result<Option<Taken>> {
+        let mut state = crate::sys::lock(&self.inbox.state);
         loop {
-            while let Some(reply) = channel.replies.next(&self.url) {
-                if let Some(answer) = answer(&self.url, reply, seq, timeout, self.max) {
-                    return answer;
-                }
+            if let Some(taken) = state.take(want) {
+                return Ok(Some(taken));
             }
-            channel
-                .replies
-                .fill(channel.fd.as_fd())
-                .map_err(|e| Error::io(&self.url, "reading the reply", e))?;
+            if state.closed {
+                return Err(self.inbox.server_gone());
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Ok(None);
+            }
+            if state.reading {
+                state.waiting += 1;
+                state = match deadline {
+                    None => self.turn.wait(state).unwrap_or_else(|e| e.into_inner()),
+                    Some(d) => {
+                        let waited = self.turn.wait_timeout(state, d - now);
+                        waited.unwrap_or_else(|e| e.into_inner()).0
+                    }
+                };
+                state.waiting -= 1;
+                continue;
+            }
+            state.reading = true;
+            let unwelcomed = state.unwelcomed();
+            drop(state);
+            // A push's deadline is kept as a request's is, by the keeper, so that each
+            // wake-up costs one read rather than a poll and a read.
+            let keeper = match (want, deadline) {
+                (Want::Push, Some(d)) if !unwelcomed => {
+                    let keeper = DeadlineKeeper::get();
+                    Some((keeper, keeper.register(d, self.inbox.path.clone(), 0)))
+                }
+                _ => None,
+            };
+            let read = self.read(deadline, unwelcomed);
+            if let Some((keeper, ticket)) = keeper {
+                keeper.cancel(ticket);
+            }
+            state = crate::sys::lock(&self.inbox.state);
+            state.reading = false;
+            if state.waiting > 0 {
+                self.turn.notify_all();
+            }
+            if let Err(e) = read {
+                state.closed = true;
+                return Err(e);
+            }
         }
     }
+
+    /// One read of the inbox, whose whole messages go where their callers take them.
+    fn read(&self, deadline: Option<Instant>, unwelcomed: bool) -> Result<()> {
+        let mut reader = crate::sys::lock(&self.inbox.reader);
+        let fd = self.inbox.fd.as_fd();
+        if unwelcomed {
+            // Before the welcome, a server that died is seen only by polling its FIFO.
+            let mut fds = [
+                PollFd::new(&fd, PollFlags::IN),
+                PollFd::new(&self.fd, PollFlags::empty()),
+            ];
+            let soon = Instant::now() + super::REAP_INTERVAL;
+            let waited = Some(deadline.map_or(soon, |d| d.min(soon)));
+            poll_until(&mut fds, waited)
+                .map_err(|e| Error::io(&self.url, "waiting for the server", e))?;
+            if fds[1].revents().intersects(PollFlags::ERR | PollFlags::HUP) {
+                crate::sys::lock(&self.inbox.state).closed = true;
+            }
+            if fds[0].revents().is_empty() {
+                return Ok(());
+            }
+        }
+        let read = reader
+            .read(fd)
+            .map_err(|e| Error::io(&self.url, "reading the inbound FIFO", e))?;
+        let mut state = crate::sys::lock(&self.inbox.state);
+        self.inbox
+            .dispatch(&mut reader, &mut state, read == Some(0));
+        Ok(())
+    }
+}
+
+impl Drop for FifoConnection {
+    fn drop(&mut self) {
+        // Best effort: a server that misses it sees the inbound FIFO go unread.
+        let sigpipe = SigpipeBlocked::new();
+        let _ = write_pipe(&self.url, self.fd.as_fd(), &self.inbox.bye(), &sigpipe);
+    }
+}
+
+/// Writes `bytes` (one chunk) to a non-blocking pipe, waiting up to `patience` for room.
+pub(super) fn write_pipe_whole(
+    url: &str,
+    fd: BorrowedFd<'_>,
+    bytes: &[u8],
+    patience: Duration,
+) -> Result<()> {
+    let sigpipe = SigpipeBlocked::new();
+    let deadline = Instant::now() + patience;
+    while write_pipe(url, fd, bytes, &sigpipe)?.is_none() {
+        let room = wait_ready(fd, PollFlags::OUT, Some(deadline))
+            .map_err(|e| Error::io(url, "waiting for room in the pipe", e))?;
+        if !room {
+            return Err(pipe_full(url, patience));
+        }
+    }
+    Ok(())
 }
 
 impl Connection for FifoConnection {
     fn send(&self, payload: &[u8]) -> Result<()> {
         self.check_size(payload)?;
-        let mut sender = crate::sys::lock(&self.sender);
-        sender.1 = sender.1.wrapping_add(1);
-        let id = (sender.0, sender.1, 0);
-        write_message(&self.url, self.fd.as_fd(), id, payload, self.send_timeout)
+        self.write(payload, 0).map(drop)
     }
 
     fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
         self.check_size(payload)?;
-        self.channels.with(
-            || self.new_channel(),
-            |channel| self.exchange(channel, payload, timeout),
-        )
+        let deadline = Instant::now() + timeout;
+        let seq = self.write(payload, REQUEST)?;
+        let keeper = DeadlineKeeper::get();
+        let ticket = keeper.register(deadline, self.inbox.path.clone(), seq);
+        let waited = self.wait(Want::Reply(seq), Some(deadline));
+        keeper.cancel(ticket);
+        self.inbox.forget(seq);
+        let timed_out = || Error::Timeout {
+            endpoint: self.url.clone(),
+            after: timeout,
+        };
+        match waited? {
+            Some(Taken::Reply(reply)) => {
+                answer(&self.url, reply, seq, timeout, self.max).unwrap_or_else(|| Err(timed_out()))
+            }
+            _ => Err(timed_out()),
+        }
+    }
+
+    fn recv(&self, deadline: Option<Instant>) -> Result<Option<Vec<u8>>> {
+        match self.wait(Want::Push, deadline)? {
+            Some(Taken::Push(payload)) => Ok(Some(payload)),
+            _ => Ok(None),
+        }
     }
 
     fn max_message(&self) -> usize {

@@ -11,10 +11,34 @@
 //! header, which carries a check byte to be found again, and reported in a warning as
 //! they arrive; the server goes on serving.
 //!
-//! Duplex: a client that makes a request creates a
-//! reply FIFO beside the server's (`app.fifo.PID.N.reply`), named after its writer id,
-//! and removes it when dropped; a server removes those left by clients that crashed.
-//! Concurrent requests each use a writer id and reply FIFO of their own.
+//! Duplex and push: each client makes an inbound FIFO of its own beside the server's
+//! when it connects (`app.fifo.PID.N.reply`, mode 0600), named after its writer id, and
+//! announces it with a hello; the server opens it, and reports the client as
+//! [`Event::Connected`](crate::Event) before any message of its. The server writes both
+//! the replies to the client's requests and its pushes there, pushes marked as such: one
+//! thread of the client at a time reads the FIFO, and hands each reply to the caller
+//! waiting for it and each push to [`Client::recv`](crate::Client::recv), whatever
+//! threads request and receive at once. The server writes one message at a time into a
+//! client's FIFO, so a push and a reply of several chunks never interleave.
+//!
+//! A client's outbox is its inbound pipe's buffer (256 KiB, which the client asks the
+//! kernel for; 64 KiB where it refuses): a push finds room there or waits up to `?send_timeout_ms=` for it, then
+//! fails with [`Error::Full`] having written nothing; from then on the client counts as
+//! full until it has read half of its pipe. A message of several chunks is begun only
+//! once all of it fits, where it can: one that is larger than the pipe, and that the
+//! client stops reading halfway, is given `?send_timeout_ms=` more, after which the
+//! client is disconnected rather than left with half a message. A broadcast never
+//! waits: a full client is skipped or disconnected, per `?overflow=`.
+//!
+//! A client that is dropped says goodbye, and removes its FIFO; the server reports
+//! [`Event::Disconnected`](crate::Event). A client that crashed leaves its FIFO without a
+//! reader: a push to it fails with [`Error::Disconnected`] at once (EPIPE), and a thread
+//! of the server, asleep in `poll` on the clients' FIFOs, wakes the server's loop to
+//! report it and remove the FIFO, whether or not anything was pushed. A server that
+//! starts removes the FIFOs of clients whose process is gone, as one that serves does
+//! now and then. A client learns that its server stopped, crashed or disconnected it when
+//! the server's end of its FIFO closes: its `recv`, and a request waiting for its reply,
+//! fail with [`Error::Disconnected`] once what was pushed before is taken.
 //!
 //! A writer with no reader gets [`Error::NotFound`] when connecting and
 //! [`Error::Disconnected`] when the reader goes, never a fatal SIGPIPE: where the process
@@ -28,7 +52,9 @@
 //! With `?framing=line` (`fifo:///tmp/app.fifo?framing=line`) the FIFO takes plain lines
 //! instead, one message per line, from any program that can open a file (`echo hi >
 //! app.fifo`); it is one-way then, as a line carries no return address, and the client's
-//! `request` is refused. Lines of up to PIPE_BUF bytes from several writers at once each
+//! `request` is refused. Nor does such a server push (`capabilities().push` is false for
+//! it): its writers are any program, with no inbound FIFO, and a line does not say whose
+//! it is. Lines of up to PIPE_BUF bytes from several writers at once each
 //! arrive whole; longer lines written at the same time may interleave. A line over
 //! `?max_message=` is dropped and reported, and the server goes on serving. A last line
 //! without a newline (`printf hi > app.fifo`) is delivered once every writer has closed
@@ -52,7 +78,8 @@
 //! let server = ipckit::listen(&url)?.spawn(|msg| Some(msg.payload().to_ascii_uppercase()));
 //! let client = ipckit::connect(&url)?;
 //! client.send(b"a one-way message")?;
-//! // A request makes the client a reply FIFO beside the server's, removed with the client.
+//! // The client's inbound FIFO, beside the server's, brings the reply; it is removed with
+//! // the client.
 //! assert_eq!(client.request(b"duplex", Duration::from_secs(5))?, b"DUPLEX");
 //!
 //! drop(client);
@@ -63,12 +90,14 @@
 
 mod chunk;
 mod client;
+mod inbox;
 mod line;
 #[cfg(feature = "tokio")]
 mod on_tokio;
+mod outbox;
 mod server;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fs::FileType;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileTypeExt;
@@ -94,7 +123,7 @@ use crate::message::Peer;
 const PIPE_SIZE: usize = 1 << 20;
 /// How often partial messages are checked for writers that died.
 const REAP_INTERVAL: Duration = Duration::from_millis(500);
-/// How long a reply may wait for room in a reply FIFO.
+/// How long a reply may wait for room in a client's FIFO.
 const REPLY_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn fifo_path(endpoint: &Endpoint) -> &Path {
@@ -157,7 +186,8 @@ impl Transport for Fifo {
             max_message: endpoint.max_message(),
             peer_credentials: false,
             zero_copy: false,
-            push: false,
+            // A line names no client to push to (see `line`).
+            push: endpoint.framing() == Framing::Length,
         }
     }
 
@@ -205,7 +235,7 @@ impl Transport for Fifo {
     }
 }
 
-/// The server's FIFO, made (or a dead server's taken over), without the reply FIFOs of
+/// The server's FIFO, made (or a dead server's taken over), without the FIFOs of
 /// clients that are gone.
 fn claim(endpoint: &Endpoint) -> Result<EndpointFile> {
     let path = fifo_path(endpoint);
@@ -239,18 +269,21 @@ fn server(endpoint: &Endpoint) -> Result<FifoListener> {
         path: path.to_owned(),
         fd: Arc::new(fd),
         reassembly: Reassembly::new(endpoint.max_message()),
-        ready: VecDeque::new(),
+        events: VecDeque::new(),
         stop: Arc::new(AtomicBool::new(false)),
         waker_fd: Arc::new(waker_fd),
         last_sink: None,
         anonymous: Arc::new(Peer::default()),
         last_reap: Instant::now(),
         reclaim: Reclaim::new(),
+        roster: crate::push::Roster::new(endpoint),
+        clients: HashMap::new(),
+        watcher: None,
         _file: file,
     })
 }
 
-/// Removes the reply FIFOs of clients whose process is gone.
+/// Removes the FIFOs of clients whose process is gone.
 fn remove_dead_reply_fifos(fifo: &Path) {
     let (Some(dir), Some(name)) = (fifo.parent(), fifo.file_name()) else {
         return;
@@ -275,7 +308,7 @@ fn remove_dead_reply_fifos(fifo: &Path) {
             .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok());
         if !alive && entry.file_type().is_ok_and(|t| t.is_fifo()) {
             log::info!(
-                "{}: removing the reply FIFO of a client that is gone",
+                "{}: removing the FIFO of a client that is gone",
                 entry.path().display()
             );
             let _ = std::fs::remove_file(entry.path());

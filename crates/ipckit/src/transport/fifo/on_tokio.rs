@@ -1,11 +1,12 @@
 //! The same client and server driven by tokio: the FIFOs stay non-blocking and tokio's
-//! reactor says when they are readable or have room. Chunks, reassembly, reply FIFOs and
+//! reactor says when they are readable or have room. Chunks, reassembly, inbound FIFOs and
 //! their names are the blocking side's.
 //!
 //! Cancellation: a dropped `send` may have written some chunks of its message; the
 //! server never delivers them (the writer's next message, or its death, discards them),
-//! so the message arrives whole or not at all. A dropped `request` drops its reply FIFO
-//! with it, so a late reply cannot be taken for another request's.
+//! so the message arrives whole or not at all. A dropped `request` forgets its `seq`, so a
+//! late reply is dropped as it is read, never taken for another request's. A dropped
+//! `recv` loses nothing: what a read brought is in the shared state before the next await.
 //!
 //! A reply larger than the client's reply pipe (64 KiB) waits in [`Message::reply`] while
 //! the client reads it, as on the blocking side.
@@ -19,20 +20,20 @@ use tokio::io::unix::AsyncFd;
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::chunk::{
-    Chunks, REQUEST, Reassembly, SigpipeBlocked, WriterId, next_writer, pipe_full, write_chunk,
+    Chunks, REQUEST, Reassembly, SigpipeBlocked, WriterId, pipe_full, write_chunk, write_pipe,
 };
-use super::client::{answer, make_reply_fifo};
+use super::client::{answer, write_pipe_whole};
+use super::inbox::{Inbox, Taken, Want};
 use super::server::FifoListener;
 use super::{REAP_INTERVAL, check_size, fifo_path, open_fifo};
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
 use crate::message::Message;
-use crate::transport::pool::Pool;
+use crate::push::{Broadcaster, Event};
 use crate::transport::{AsyncConnection, AsyncListener, BoxFuture, reactor};
 use rustix::fs::OFlags;
 
@@ -79,42 +80,44 @@ fn fill(reassembly: &mut Reassembly, fd: &OwnedFd) -> io::Result<()> {
     }
 }
 
-struct AsyncChannel {
-    writer: WriterId,
-    seq: u32,
-    path: PathBuf,
-    fd: AsyncFd<OwnedFd>,
-    replies: Reassembly,
-}
-
-impl Drop for AsyncChannel {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
 pub(super) struct AsyncFifoConnection {
     endpoint: Endpoint,
     url: String,
     fd: AsyncFd<OwnedFd>,
-    /// One-way messages: their writer and last message number, held for a whole
-    /// message so that its chunks follow the previous message's.
+    /// The writer id and last message number, held for a whole message so that its
+    /// chunks follow the previous message's.
     sender: tokio::sync::Mutex<(WriterId, u32)>,
-    channels: Pool<AsyncChannel>,
+    inbox: Inbox,
+    inbox_fd: AsyncFd<Arc<OwnedFd>>,
+    /// Wakes the callers waiting for what another read for them.
+    dispatched: tokio::sync::Notify,
     max: usize,
     send_timeout: Duration,
+}
+
+/// Forgets the reply to a request whose caller is done with it, or dropped the future.
+struct Expected<'a>(&'a Inbox, u32);
+
+impl Drop for Expected<'_> {
+    fn drop(&mut self) {
+        self.0.forget(self.1);
+    }
 }
 
 impl AsyncFifoConnection {
     pub(super) fn new(endpoint: &Endpoint) -> Result<AsyncFifoConnection> {
         let url = endpoint.to_string();
         let fd = open_fifo(endpoint, fifo_path(endpoint), OFlags::WRONLY)?;
+        let inbox = Inbox::open(endpoint)?;
+        write_pipe_whole(&url, fd.as_fd(), &inbox.hello(), endpoint.send_timeout())?;
         Ok(AsyncFifoConnection {
             fd: register(&url, fd)?,
+            inbox_fd: reactor::register(&url, inbox.fd.clone(), Interest::READABLE)?,
             endpoint: endpoint.clone(),
             url,
-            sender: tokio::sync::Mutex::new((next_writer(), 0)),
-            channels: Pool::new(),
+            sender: tokio::sync::Mutex::new((inbox.writer, 0)),
+            inbox,
+            dispatched: tokio::sync::Notify::new(),
             max: endpoint.max_message(),
             send_timeout: endpoint.send_timeout(),
         })
@@ -130,43 +133,91 @@ impl AsyncFifoConnection {
 
     async fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
         check_size(&self.url, self.max, payload)?;
-        let mut channel = self.channels.take(|| {
-            let (writer, path, fd) = make_reply_fifo(&self.endpoint)?;
-            Ok(AsyncChannel {
-                writer,
-                seq: 0,
-                fd: register(&self.url, fd)?,
-                path,
-                replies: Reassembly::new(self.max),
-            })
-        })?;
-        channel.seq = channel.seq.wrapping_add(1);
         let exchange = async {
-            let seq = channel.seq;
-            let id = (channel.writer, seq, REQUEST);
-            write_message(&self.url, &self.fd, id, payload, self.send_timeout).await?;
-            loop {
-                while let Some(reply) = channel.replies.next(&self.url) {
-                    if let Some(answer) = answer(&self.url, reply, seq, timeout, self.max) {
-                        return answer;
-                    }
-                }
-                let replies = &mut channel.replies;
-                reactor::when_ready(&channel.fd, Interest::READABLE, |fd| {
-                    fill(replies, fd.get_ref())
-                })
-                .await
-                .map_err(|e| Error::io(&self.url, "reading the reply", e))?;
+            let expected = {
+                let mut sender = self.sender.lock().await;
+                sender.1 = sender.1.wrapping_add(1);
+                let (writer, seq) = *sender;
+                // Expected before it is written: the reply may be read by another caller.
+                self.inbox.expect(seq);
+                let expected = Expected(&self.inbox, seq);
+                let id = (writer, seq, REQUEST);
+                write_message(&self.url, &self.fd, id, payload, self.send_timeout).await?;
+                expected
+            };
+            let seq = expected.1;
+            match self.wait(Want::Reply(seq)).await? {
+                Taken::Reply(reply) => answer(&self.url, reply, seq, timeout, self.max),
+                Taken::Push(_) => None,
             }
+            .unwrap_or_else(|| {
+                Err(Error::io(
+                    &self.url,
+                    "reading the reply",
+                    io::ErrorKind::InvalidData.into(),
+                ))
+            })
         };
-        let answer = tokio::time::timeout(timeout, exchange)
+        tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| Error::Timeout {
                 endpoint: self.url.clone(),
                 after: timeout,
-            })??;
-        self.channels.give_back(channel);
-        Ok(answer)
+            })?
+    }
+
+    /// Waits for what `want` names, reading the inbox when it is readable. Cancel-safe:
+    /// what a read brings is in the shared state before the next await.
+    async fn wait(&self, want: Want) -> Result<Taken> {
+        loop {
+            let dispatched = self.dispatched.notified();
+            tokio::pin!(dispatched);
+            dispatched.as_mut().enable();
+            {
+                let mut state = crate::sys::lock(&self.inbox.state);
+                if let Some(taken) = state.take(want) {
+                    return Ok(taken);
+                }
+                if state.closed {
+                    return Err(self.inbox.server_gone());
+                }
+            }
+            tokio::select! {
+                biased;
+                () = &mut dispatched => {}
+                ready = self.inbox_fd.readable() => {
+                    let mut ready = ready
+                        .map_err(|e| Error::io(&self.url, "waiting for the inbound FIFO", e))?;
+                    let mut reader = crate::sys::lock(&self.inbox.reader);
+                    let read = ready.try_io(|fd| match reader.read(fd.get_ref().as_fd()) {
+                        Ok(Some(n)) => Ok(n),
+                        Ok(None) => Err(io::ErrorKind::WouldBlock.into()),
+                        Err(e) => Err(e),
+                    });
+                    let Ok(read) = read else {
+                        continue; // read by another caller meanwhile
+                    };
+                    let read = read.map_err(|e| Error::io(&self.url, "reading the inbound FIFO", e))?;
+                    let mut state = crate::sys::lock(&self.inbox.state);
+                    self.inbox.dispatch(&mut reader, &mut state, read == 0);
+                    drop((state, reader));
+                    self.dispatched.notify_waiters();
+                }
+            }
+        }
+    }
+}
+
+impl Drop for AsyncFifoConnection {
+    fn drop(&mut self) {
+        // Best effort: a server that misses it sees the inbound FIFO go unread.
+        let sigpipe = SigpipeBlocked::new();
+        let _ = write_pipe(
+            &self.url,
+            self.fd.get_ref().as_fd(),
+            &self.inbox.bye(),
+            &sigpipe,
+        );
     }
 }
 
@@ -178,13 +229,23 @@ impl AsyncConnection for AsyncFifoConnection {
         Box::pin(AsyncFifoConnection::send(self, payload))
     }
 
-    /// Dropped at any point, the request's reply FIFO goes with it.
+    /// Dropped at any point, the request's `seq` is forgotten: a late reply is dropped.
     fn request<'a>(
         &'a self,
         payload: &'a [u8],
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Vec<u8>>> {
         Box::pin(AsyncFifoConnection::request(self, payload, timeout))
+    }
+
+    /// Cancel-safe: a push read by a dropped call waits for the next.
+    fn recv(&self) -> BoxFuture<'_, Result<Vec<u8>>> {
+        Box::pin(async move {
+            match self.wait(Want::Push).await? {
+                Taken::Push(payload) => Ok(payload),
+                Taken::Reply(_) => unreachable!("a push is taken only as a push"),
+            }
+        })
     }
 
     fn max_message(&self) -> usize {
@@ -214,15 +275,16 @@ impl AsyncFifoListener {
     }
 }
 
-impl AsyncListener for AsyncFifoListener {
-    /// Cancel-safe: messages read but not returned wait for the next call.
-    fn recv(&mut self) -> BoxFuture<'_, Result<Message>> {
-        Box::pin(poll_fn(move |cx| {
+impl AsyncFifoListener {
+    /// The next event, or only the next message. Cancel-safe: what was read but not
+    /// returned waits for the next call.
+    fn next(&mut self, events: bool) -> impl Future<Output = Result<Event>> + '_ {
+        poll_fn(move |cx| {
             loop {
                 let server = &mut self.server;
                 server.deliver(); // wake chunks are the blocking side's alone
-                if let Some(message) = server.ready.pop_front() {
-                    return Poll::Ready(Ok(message));
+                if let Some(event) = server.pop(events) {
+                    return Poll::Ready(Ok(event));
                 }
                 if !server.reassembly.partial.is_empty() && self.reap.as_mut().poll(cx).is_ready() {
                     self.server.reassembly.reap(&self.server.url);
@@ -236,7 +298,29 @@ impl AsyncListener for AsyncFifoListener {
                     return Poll::Ready(Err(Error::io(&**url, "reading", e)));
                 }
             }
-        }))
+        })
+    }
+}
+
+impl AsyncListener for AsyncFifoListener {
+    fn recv(&mut self) -> BoxFuture<'_, Result<Message>> {
+        Box::pin(async move {
+            match self.next(false).await? {
+                Event::Message(message) => Ok(message),
+                _ => unreachable!("only messages were asked for"),
+            }
+        })
+    }
+
+    fn recv_event(&mut self) -> BoxFuture<'_, Result<Event>> {
+        Box::pin(self.next(true))
+    }
+
+    fn broadcaster(&self) -> Option<Broadcaster> {
+        Some(Broadcaster::new(
+            self.server.roster.clone(),
+            self.server.endpoint.max_message(),
+        ))
     }
 
     fn endpoint(&self) -> &Endpoint {

@@ -1,7 +1,7 @@
-//! The server: reads its FIFO, puts messages back together and answers requests through
-//! their clients' reply FIFOs.
+//! The server: reads its FIFO, puts messages back together, and answers requests and
+//! pushes through its clients' inbound FIFOs.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,18 +12,22 @@ use rustix::event::PollFlags;
 use rustix::fs::OFlags;
 
 use super::chunk::{
-    ChunkHeader, HEADER, REFUSED, REQUEST, Reassembly, WAKE, WriterId, write_message,
+    BYE, CONTROL, ChunkHeader, GONE, HEADER, HELLO, REFUSED, REQUEST, Reassembly, SigpipeBlocked,
+    WAKE, WELCOME, Whole, WriterId, control_chunk, write_message, write_pipe,
 };
+use super::outbox::{FifoOutbox, Watcher, server_writer};
 use super::{REAP_INTERVAL, REPLY_SEND_TIMEOUT, open_fifo, remove_dead_reply_fifos, reply_path};
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
 use crate::message::{Message, Peer, ReplySink, ReplyTo};
+use crate::push::{Broadcaster, ClientHandle, Event, Roster};
 use crate::sys::wait_ready;
 use crate::transport::Listener;
 use crate::transport::Reclaim;
 use crate::transport::endpoint_file::EndpointFile;
 
-/// Reply FIFOs a server has open, by writer.
+/// The reply FIFO of a writer that did not say hello (a client of an earlier version, or
+/// of another language), opened when it first asks.
 pub(super) struct FifoReplySink {
     endpoint: Endpoint,
     url: Arc<str>,
@@ -74,7 +78,9 @@ pub(super) struct FifoListener {
     /// ends the wait.
     pub(super) fd: Arc<OwnedFd>,
     pub(super) reassembly: Reassembly,
-    pub(super) ready: VecDeque<Message>,
+    /// What was read and not yet returned, in order: a client's `Connected` before its
+    /// messages, its `Disconnected` after them.
+    pub(super) events: VecDeque<Event>,
     pub(super) stop: Arc<AtomicBool>,
     /// The FIFO again, for writing wake chunks into it.
     pub(super) waker_fd: Arc<OwnedFd>,
@@ -84,6 +90,11 @@ pub(super) struct FifoListener {
     pub(super) anonymous: Arc<Peer>,
     pub(super) last_reap: Instant,
     pub(super) reclaim: Reclaim,
+    pub(super) roster: Arc<Roster>,
+    /// The clients that said hello, by their writer id.
+    pub(super) clients: HashMap<WriterId, (ClientHandle, Arc<FifoOutbox>)>,
+    /// Started with the first client.
+    pub(super) watcher: Option<Watcher>,
     pub(super) _file: EndpointFile,
 }
 
@@ -109,12 +120,17 @@ impl FifoListener {
         }
     }
 
-    /// Moves whole messages into `ready`; true when a wake chunk came.
+    /// Moves whole messages and clients' comings and goings into `events`; true when a
+    /// wake chunk came.
     pub(super) fn deliver(&mut self) -> bool {
         let mut woken = false;
         while let Some(whole) = self.reassembly.next(&self.url) {
             if whole.flags & WAKE != 0 {
                 woken = true;
+                continue;
+            }
+            if whole.flags & CONTROL != 0 {
+                self.control(whole);
                 continue;
             }
             if let Some(size) = whole.oversize {
@@ -126,58 +142,125 @@ impl FifoListener {
                 );
                 continue;
             }
-            let reply_to = (whole.flags & REQUEST != 0)
-                .then(|| ReplyTo::new(self.sink_for(whole.writer), whole.seq.into()));
-            self.ready.push_back(Message::new(
+            let client = self.clients.get(&whole.writer).cloned();
+            let reply_to = (whole.flags & REQUEST != 0).then(|| {
+                let sink: Arc<dyn ReplySink> = match &client {
+                    Some((_, outbox)) => outbox.clone(),
+                    None => self.sink_for(whole.writer),
+                };
+                ReplyTo::new(sink, whole.seq.into())
+            });
+            let message = Message::new(
                 whole.payload,
                 self.anonymous.clone(),
                 reply_to,
                 self.url.clone(),
-            ));
+            );
+            self.events.push_back(Event::Message(match client {
+                Some((handle, _)) => message.with_client(handle),
+                None => message,
+            }));
         }
         woken
     }
 
-    /// Waits until the FIFO is readable or `wait` passes; false when it passed.
-    fn wait_readable(&self, wait: Duration) -> Result<bool> {
-        wait_ready(self.fd.as_fd(), PollFlags::IN, Some(Instant::now() + wait))
-            .map_err(|e| Error::io(&*self.url, "waiting for messages", e))
+    fn control(&mut self, chunk: Whole) {
+        match chunk.seq {
+            HELLO => self.hello(chunk.writer, &chunk.payload),
+            BYE => self.forget(chunk.writer, false),
+            GONE => self.forget(chunk.writer, true),
+            _ => {}
+        }
     }
-}
 
-impl Drop for FifoListener {
-    /// Requests still in the pipe would wait out their callers' timeouts: they are taken
-    /// and refused, so that each caller learns at once that the server stopped. (One
-    /// written between this and the end of the drop is lost with the pipe.)
-    fn drop(&mut self) {
-        let fd = self.fd.clone();
-        let nonblocking = rustix::fs::fcntl_getfl(&*fd)
-            .and_then(|flags| rustix::fs::fcntl_setfl(&*fd, flags | OFlags::NONBLOCK));
-        if nonblocking.is_err() {
+    /// A client made its inbound FIFO: the server opens it and welcomes the client.
+    fn hello(&mut self, writer: WriterId, max: &[u8]) {
+        if self.clients.contains_key(&writer) {
             return;
         }
-        while self.reassembly.fill(fd.as_fd()).unwrap_or(false) {
-            self.deliver();
+        if self.reclaim.due() {
+            remove_dead_reply_fifos(&self.path);
         }
-        self.deliver();
-        for mut message in self.ready.drain(..) {
-            if message.wants_reply() {
-                let _ = message.refuse("the server stopped before it read this request");
+        let path = reply_path(&self.path, writer);
+        let max = match max.try_into() {
+            Ok(max) => u32::from_le_bytes(max) as usize,
+            Err(_) => self.endpoint.max_message(),
+        };
+        let send_timeout = self.endpoint.send_timeout();
+        let sigpipe = SigpipeBlocked::new();
+        let welcome = control_chunk(WELCOME, server_writer(), &[]);
+        let fd = open_fifo(&self.endpoint, &path, OFlags::WRONLY)
+            .ok()
+            .filter(|fd| write_pipe(&self.url, fd.as_fd(), &welcome, &sigpipe).is_ok());
+        let outbox = Arc::new(FifoOutbox::new(self.url.clone(), fd, max, send_timeout));
+        match &outbox.fd {
+            Some(_) => {
+                if self.watcher.is_none() {
+                    match Watcher::start(self.url.clone(), self.waker_fd.clone()) {
+                        Ok(watcher) => self.watcher = Some(watcher),
+                        Err(e) => {
+                            log::warn!("{e}; a client that crashes is noticed by a push to it")
+                        }
+                    }
+                }
+                if let Some(watcher) = &self.watcher {
+                    watcher.watch(writer, outbox.clone());
+                }
+            }
+            None => {
+                // Gone already (it left, or crashed, before its hello was read): still seen
+                // coming, its messages with it, and going, after them. What it wrote is in
+                // the pipe before this, and its goodbye, if it said one, too.
+                let gone = control_chunk(GONE, writer, &[]);
+                let _ = write_pipe(&self.url, self.waker_fd.as_fd(), &gone, &sigpipe);
             }
         }
+        let handle = self.roster.join(self.anonymous.clone(), outbox.clone());
+        self.clients.insert(writer, (handle.clone(), outbox));
+        self.events.push_back(Event::Connected(handle));
     }
-}
 
-impl Listener for FifoListener {
-    fn recv(&mut self, deadline: Option<Instant>) -> Result<Option<Message>> {
+    /// A client left: it said goodbye, or its FIFO went unread (`crashed`: then the server
+    /// removes the FIFO, as the client could not).
+    fn forget(&mut self, writer: WriterId, crashed: bool) {
+        let Some((handle, _)) = self.clients.remove(&writer) else {
+            return;
+        };
+        if crashed {
+            let _ = std::fs::remove_file(reply_path(&self.path, writer));
+        }
+        // Taken off the roster as the event is returned, not before: the server's list
+        // agrees with the events it has seen.
+        self.events.push_back(Event::Disconnected(handle));
+    }
+
+    /// The next event that was read, or only the next message.
+    pub(super) fn pop(&mut self, events: bool) -> Option<Event> {
+        while let Some(event) = self.events.pop_front() {
+            if let Event::Disconnected(handle) = &event {
+                // Reported already if a push found it gone.
+                if !self.roster.leave(handle) {
+                    continue;
+                }
+            }
+            if events || matches!(event, Event::Message(_)) {
+                return Some(event);
+            }
+        }
+        None
+    }
+
+    /// The next event, or only the next message, until `deadline`; `None` when it passed
+    /// or the waker was called.
+    fn next(&mut self, deadline: Option<Instant>, events: bool) -> Result<Option<Event>> {
         loop {
-            if let Some(message) = self.ready.pop_front() {
-                return Ok(Some(message));
+            if let Some(event) = self.pop(events) {
+                return Ok(Some(event));
             }
             if self.stop.swap(false, Ordering::AcqRel) || self.deliver() {
                 return Ok(None);
             }
-            if !self.ready.is_empty() {
+            if !self.events.is_empty() {
                 continue;
             }
             let unfinished = !self.reassembly.partial.is_empty();
@@ -204,6 +287,62 @@ impl Listener for FifoListener {
                 .fill(self.fd.as_fd())
                 .map_err(|e| Error::io(&*self.url, "reading", e))?;
         }
+    }
+
+    /// Waits until the FIFO is readable or `wait` passes; false when it passed.
+    fn wait_readable(&self, wait: Duration) -> Result<bool> {
+        wait_ready(self.fd.as_fd(), PollFlags::IN, Some(Instant::now() + wait))
+            .map_err(|e| Error::io(&*self.url, "waiting for messages", e))
+    }
+}
+
+impl Drop for FifoListener {
+    /// Requests still in the pipe would wait out their callers' timeouts: they are taken
+    /// and refused, so that each caller learns at once that the server stopped. (One
+    /// written between this and the end of the drop is lost with the pipe.)
+    fn drop(&mut self) {
+        let fd = self.fd.clone();
+        let nonblocking = rustix::fs::fcntl_getfl(&*fd)
+            .and_then(|flags| rustix::fs::fcntl_setfl(&*fd, flags | OFlags::NONBLOCK));
+        if nonblocking.is_err() {
+            return;
+        }
+        while self.reassembly.fill(fd.as_fd()).unwrap_or(false) {
+            self.deliver();
+        }
+        self.deliver();
+        for event in self.events.drain(..) {
+            if let Event::Message(mut message) = event {
+                if message.wants_reply() {
+                    let _ = message.refuse("the server stopped before it read this request");
+                }
+            }
+        }
+        // Clients waiting for pushes learn at once, even while their handles live on.
+        for (handle, outbox) in self.clients.values() {
+            crate::push::Outbox::disconnect(&**outbox);
+            self.roster.leave(handle);
+        }
+    }
+}
+
+impl Listener for FifoListener {
+    fn recv(&mut self, deadline: Option<Instant>) -> Result<Option<Message>> {
+        match self.next(deadline, false)? {
+            Some(Event::Message(message)) => Ok(Some(message)),
+            _ => Ok(None),
+        }
+    }
+
+    fn recv_event(&mut self, deadline: Option<Instant>) -> Result<Option<Event>> {
+        self.next(deadline, true)
+    }
+
+    fn broadcaster(&self) -> Option<Broadcaster> {
+        Some(Broadcaster::new(
+            self.roster.clone(),
+            self.endpoint.max_message(),
+        ))
     }
 
     fn waker(&self) -> Arc<dyn Fn() + Send + Sync> {

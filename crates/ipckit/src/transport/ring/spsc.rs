@@ -36,6 +36,8 @@ pub enum Kind {
     Reply = 3,
     /// A refused request; the payload is the reason, in UTF-8.
     Refusal = 4,
+    /// A message the server sent of its own accord (id 0), in the reply ring.
+    Push = 5,
 }
 
 impl Kind {
@@ -46,6 +48,7 @@ impl Kind {
             2 => Kind::Request,
             3 => Kind::Reply,
             4 => Kind::Refusal,
+            5 => Kind::Push,
             _ => return None,
         })
     }
@@ -350,6 +353,11 @@ impl Producer {
         self.area.capacity / 2 - RECORD_HEADER
     }
 
+    /// The bytes of the data area.
+    pub fn capacity(&self) -> usize {
+        self.area.capacity
+    }
+
     /// The data area.
     pub fn area(&self) -> &Area {
         &self.area
@@ -453,6 +461,11 @@ impl Producer {
     /// takes nothing any more.
     pub fn pending(&self) -> u64 {
         self.tail - self.control().head.load(Ordering::Acquire)
+    }
+
+    /// Bytes free in the ring now: only the consumer frees more meanwhile.
+    pub fn free(&self) -> u64 {
+        (self.area.capacity as u64).saturating_sub(self.pending())
     }
 }
 

@@ -1,5 +1,7 @@
 //! A client's connection: a claimed slot in the server's segment, its request ring to
-//! write and its reply ring to read.
+//! write and its reply ring to read. The reply ring carries the server's pushes too;
+//! whoever reads it (a requester, or a thread in `recv` when no requester does) files
+//! each push with the correlator, where `recv` takes it.
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -203,14 +205,7 @@ impl ShmConnection {
         let answer = self
             .answers
             .await_answer(id, deadline, &self.replies, |replies, deadline| {
-                self.read_answer(
-                    replies,
-                    &mut Some(deadline),
-                    timeout,
-                    &mut InPlace::copied(),
-                )
-                .map(|answer| answer.map(|a| (a.id, a)))
-                .map_err(|e| e.as_detail())
+                self.read_for_others(replies, deadline, timeout)
             });
         match answer {
             Ok(answer) => self.outcome(answer),
@@ -225,9 +220,97 @@ impl ShmConnection {
         }
     }
 
-    /// Reads the next complete answer, waiting until `deadline` (set, from `timeout`, when
-    /// the first spin runs out: a busy exchange never reads the clock) and checking that
-    /// the server lives while it sleeps.
+    /// Reads the reply ring for the correlator: the next answer, for whichever request it
+    /// is, or `None` having filed a push (or waited until `deadline` for nothing).
+    fn read_for_others(
+        &self,
+        replies: &mut Replies,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> std::result::Result<Option<(u64, Partial)>, String> {
+        match self.read_answer(
+            replies,
+            &mut Some(deadline),
+            timeout,
+            &mut InPlace::copied(),
+        ) {
+            Ok(Some(push)) if push.kind == Kind::Push => {
+                self.answers.file_push(push);
+                Ok(None)
+            }
+            Ok(answer) => Ok(answer.map(|a| (a.id, a))),
+            Err(e) => Err(e.as_detail()),
+        }
+    }
+
+    /// Hands what was read outside the correlator's wait to whom it is for: a push to
+    /// `recv`, an answer to its request.
+    #[cold]
+    pub(super) fn file(&self, read: Partial) {
+        if read.kind == Kind::Push {
+            self.answers.file_push(read);
+        } else {
+            self.answers.deliver(read.id, read);
+        }
+    }
+
+    /// The next message the server pushed, waiting until `deadline` (without end when
+    /// `None`), reading the reply ring itself when no requester does.
+    pub(super) fn recv(&self, deadline: Option<Instant>) -> Result<Option<Vec<u8>>> {
+        // Counted as in flight, so that a request made meanwhile takes the general path
+        // and, when it ends, hands the reply ring back to this thread.
+        let alone = self.in_flight.fetch_add(1, Ordering::SeqCst) == 0;
+        let pushed = match self.replies.try_lock() {
+            // Nothing filed and nobody else reading: the next push is in the ring.
+            Ok(mut replies) if alone && !self.answers.has_pushes() => {
+                self.lone_push(&mut replies, deadline)
+            }
+            not_alone => {
+                drop(not_alone);
+                self.answers
+                    .await_push(deadline, &self.replies, |replies, until| {
+                        let timeout = until.saturating_duration_since(Instant::now());
+                        self.read_for_others(replies, until, timeout)
+                    })
+                    .map(|push| push.map(|p| p.bytes))
+                    .map_err(|detail| Error::Disconnected {
+                        endpoint: self.url.clone(),
+                        detail,
+                    })
+            }
+        };
+        if self.in_flight.fetch_sub(1, Ordering::SeqCst) > 1 {
+            self.answers.release_followers();
+        }
+        pushed
+    }
+
+    /// Waits for the next push holding the reply ring, as [`lone_answer`](Self::lone_answer)
+    /// waits for a reply: answers read meanwhile (late ones, or to a request made since)
+    /// go to their requests.
+    #[inline(always)]
+    fn lone_push(
+        &self,
+        replies: &mut Replies,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Vec<u8>>> {
+        // A wait without end is cut every so often: the ring's wait wants a deadline.
+        const A_WHILE: Duration = Duration::from_secs(3600);
+        let timeout = deadline.map_or(A_WHILE, |d| d.saturating_duration_since(Instant::now()));
+        loop {
+            let mut until = deadline;
+            match self.read_answer(replies, &mut until, timeout, &mut InPlace::copied())? {
+                Some(push) if push.kind == Kind::Push => return Ok(Some(push.bytes)),
+                Some(answer) => self.file(answer),
+                None if deadline.is_some() => return Ok(None),
+                None => {}
+            }
+        }
+    }
+
+    /// Reads the next complete answer or push, waiting until `deadline` (set, from
+    /// `timeout`, when the first spin runs out: a busy exchange never reads the clock) and
+    /// checking that the server lives while it sleeps.
     #[inline(always)]
     fn read_answer<F: FnOnce(&[u8]) -> R, R>(
         &self,
@@ -275,10 +358,14 @@ impl ShmConnection {
     pub(super) fn reply_or_closed(&self, consumer: &Consumer) -> bool {
         consumer.has_data()
             || self.header().state.load(Ordering::Relaxed) != segment::LISTENING
-            || self.slot().state.load(Ordering::Relaxed) == segment::REFUSED
+            || matches!(
+                self.slot().state.load(Ordering::Relaxed),
+                segment::REFUSED | segment::DISCONNECTED
+            )
     }
 
-    /// The next complete answer already in the reply ring; `None` once the ring is empty.
+    /// The next complete answer or push already in the reply ring; `None` once the ring is
+    /// empty.
     /// The reply `in_place` waits for, if it lies whole in one record, is handed to its
     /// reader before the record is released, and comes back without its bytes.
     #[inline(always)]
@@ -292,7 +379,7 @@ impl ShmConnection {
             .peek()
             .map_err(|c| corrupt(&self.url, "server", c))?
         {
-            if !matches!(record.kind, Kind::Reply | Kind::Refusal) {
+            if !matches!(record.kind, Kind::Reply | Kind::Refusal | Kind::Push) {
                 return Err(corrupt(
                     &self.url,
                     "server",
@@ -316,8 +403,14 @@ impl ShmConnection {
                 }
                 not_now => {
                     in_place.read = not_now;
-                    assemble(partial, consumer, &record, self.own_max)
-                        .map_err(|c| corrupt(&self.url, "server", c))?
+                    let done = assemble(partial, consumer, &record, self.own_max)
+                        .map_err(|c| corrupt(&self.url, "server", c))?;
+                    // A push answers no request: numbered, it could pass for an answer.
+                    if record.kind == Kind::Push && record.id != 0 {
+                        let c = Corrupt(format!("it sent a push numbered {}", record.id));
+                        return Err(corrupt(&self.url, "server", c));
+                    }
+                    done
                 }
             };
             consumer.release(record.end);
@@ -342,9 +435,11 @@ impl ShmConnection {
         let mut deadline = None;
         loop {
             match self.read_answer(replies, &mut deadline, timeout, in_place)? {
+                // A push is numbered 0, which no request is.
                 Some(answer) if answer.id == id => return self.outcome(answer),
-                // Another thread's request went out meanwhile, by the general path.
-                Some(other) => self.answers.deliver(other.id, other),
+                // A push, or the answer to another thread's request, which went out
+                // meanwhile by the general path.
+                Some(other) => self.file(other),
                 None => {
                     return Err(Error::Timeout {
                         endpoint: self.url.clone(),
@@ -372,8 +467,9 @@ impl ShmConnection {
         let listening = self.header().state.load(Ordering::Acquire) == segment::LISTENING;
         let died = self.header().keeper.load(Ordering::Relaxed) & OWNER_DIED != 0;
         let slot = self.slot().state.load(Ordering::Acquire);
-        // A slot reads FREE only once its page is lost: the client holds it open.
-        if listening && !died && slot != segment::REFUSED && slot != segment::FREE {
+        // A slot reads FREE only once its page is lost: the client holds it open. LEFT is
+        // this client's own, set as it drops.
+        if listening && !died && matches!(slot, segment::OPEN | segment::ACCEPTED | segment::LEFT) {
             return Ok(());
         }
         // Asked after the states: touching a lost page is what marks the mapping.
@@ -386,6 +482,8 @@ impl ShmConnection {
             "the server stopped"
         } else if slot == segment::REFUSED {
             "the server dropped this connection for breaking the protocol; see its log"
+        } else if slot == segment::DISCONNECTED {
+            "the server disconnected this client (it did not keep up with the server's messages, or the server chose to); connect again"
         } else {
             return Ok(());
         };
@@ -609,6 +707,10 @@ impl ClientSide for ShmConnection {
         self.request_in_place(payload, timeout, read)
     }
 
+    fn recv(&self, deadline: Option<Instant>) -> Result<Option<Vec<u8>>> {
+        ShmConnection::recv(self, deadline)
+    }
+
     fn max_message(&self) -> usize {
         self.server_max
     }
@@ -627,6 +729,10 @@ impl Connection for ShmConnection {
 
     fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
         ClientSide::request(self, payload, timeout)
+    }
+
+    fn recv(&self, deadline: Option<Instant>) -> Result<Option<Vec<u8>>> {
+        ClientSide::recv(self, deadline)
     }
 
     fn max_message(&self) -> usize {

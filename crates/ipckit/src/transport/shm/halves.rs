@@ -79,12 +79,25 @@ impl Sender {
     /// into a ring with room stays short.
     #[cold]
     #[inline(never)]
-    fn wait_for_room(
+    pub(super) fn wait_for_room(
         &mut self,
         len: usize,
         patience: Duration,
         link: &dyn Link,
     ) -> Result<Reservation> {
+        self.wait_until(patience, link, |producer| producer.try_reserve(len))
+    }
+
+    /// Waits up to `patience` for `take` to find what it needs in the ring (woken as the
+    /// consumer frees space), checking meanwhile that the peer lives; then
+    /// [`Error::Full`].
+    #[cold]
+    pub(super) fn wait_until<T>(
+        &mut self,
+        patience: Duration,
+        link: &dyn Link,
+        mut take: impl FnMut(&mut Producer) -> std::result::Result<Option<T>, Corrupt>,
+    ) -> Result<T> {
         let deadline = Instant::now() + patience;
         loop {
             let mut outcome = None;
@@ -97,7 +110,7 @@ impl Sender {
             let slice = (Instant::now() + LIVENESS_INTERVAL).min(deadline);
             spinner.wait(
                 room,
-                || match producer.try_reserve(len) {
+                || match take(producer) {
                     Ok(None) => false,
                     other => {
                         outcome = Some(other);
@@ -113,15 +126,21 @@ impl Sender {
             }
             link.check()?;
             if Instant::now() >= deadline {
-                return Err(Error::Full {
-                    endpoint: link.url().to_owned(),
-                    detail: format!(
-                        "the shared ring ({} bytes pending)",
-                        self.producer.pending()
-                    ),
-                    after: patience,
-                });
+                return Err(self.full(link, patience));
             }
+        }
+    }
+
+    /// The ring stayed full for `patience`.
+    #[cold]
+    pub(super) fn full(&self, link: &dyn Link, patience: Duration) -> Error {
+        Error::Full {
+            endpoint: link.url().to_owned(),
+            detail: format!(
+                "the shared ring ({} bytes pending)",
+                self.producer.pending()
+            ),
+            after: patience,
         }
     }
 

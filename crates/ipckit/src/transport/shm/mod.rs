@@ -5,7 +5,7 @@
 //! (the POSIX name `/ipckit.NAME`), and removes it when it stops. Its mode is 0600, so
 //! only processes of the same user can connect, unless `?mode=` widens it. It holds a slot
 //! per client, and a slot holds two rings: requests and one-way messages from the client,
-//! replies from the server. A second server on the name of a live one fails with
+//! replies and pushes from the server. A second server on the name of a live one fails with
 //! [`Error::AddrInUse`]; a file there that is not an ipckit segment is left untouched.
 //! The layout is in `docs/PROTOCOL.md`.
 //!
@@ -54,6 +54,25 @@
 //! reads the reply where it lies; and [`Client::exclusive`](crate::Client::exclusive) lets
 //! one thread make its requests without coordinating with others. Why these are fast,
 //! with the measurements, is in `docs/DESIGN.md`.
+//!
+//! **Pushes.** The server's own messages to a client
+//! ([`ClientHandle::send`](crate::ClientHandle::send), [`Server::broadcast`](crate::Server::broadcast))
+//! go into the client's reply ring, marked as pushes, from any thread; the client's
+//! [`Client::recv`](crate::Client::recv) takes them, and a reply never passes for a push
+//! nor a push for a reply, however many threads request and receive at once.
+//!
+//! - *The outbox* is that ring: `?ring=` bytes (1 MiB unless set), shared with the
+//!   client's replies; `?outbox=` does not apply. A push goes in whole or not at all.
+//! - *When it is full*, a send waits for room up to `?send_timeout_ms=` and fails with
+//!   [`Error::Full`]; a broadcast does not wait, and skips the client or disconnects it
+//!   as `?overflow=` says. A client whose ring was found full counts as full, for
+//!   messages of every size, until it has taken as much as the push that failed needed.
+//! - *A departed client* is noticed as it leaves (it marks its slot), or, killed, by the
+//!   server's look at its pidfd every [`LIVENESS_INTERVAL`]; a push also checks, within
+//!   10 ms of pushing, and at once while the ring is full. From then on pushes to it fail
+//!   with [`Error::Disconnected`], and the server's
+//!   [`recv_event`](crate::Server::recv_event) says it left after its last message.
+//!   A client that connects is announced before its first message.
 //!
 //! **What a successful `send` promises:** the message is whole in the client's request
 //! ring, and the server lived when it was written there; not that the server read it. A
@@ -112,6 +131,20 @@
 //! drop(server); // stops it and removes the segment
 //! # Ok::<(), ipckit::Error>(())
 //! ```
+//!
+//! A server speaking first, to a client that said hello:
+//!
+//! ```
+//! let url = format!("shm://ipckit-doc-shm-push-{}", std::process::id());
+//! let mut server = ipckit::listen(url.as_str())?;
+//! let client = ipckit::connect(url.as_str())?;
+//! client.send(b"hello")?;
+//! let hello = server.recv()?;
+//! let handle = hello.client().expect("shm pushes").clone();
+//! handle.send(b"news")?; // from any thread, for as long as the client stays
+//! assert_eq!(client.recv()?.payload(), b"news");
+//! # Ok::<(), ipckit::Error>(())
+//! ```
 
 use std::path::Path;
 
@@ -167,7 +200,7 @@ impl Transport for Shm {
             max_message: endpoint.max_message(),
             peer_credentials: false,
             zero_copy: true,
-            push: false,
+            push: true,
         }
     }
 

@@ -37,6 +37,7 @@ use super::{LIVENESS_INTERVAL, ShmConnection, ShmListener, segment};
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
 use crate::message::{Message, MessageRef};
+use crate::push::{Broadcaster, Event};
 use crate::sys::lock;
 use crate::transport::correlate::NoAnswer;
 use crate::transport::ring::bell::Bell;
@@ -210,6 +211,10 @@ impl AsyncShmConnection {
                                 &mut InPlace::copied(),
                             );
                             match next {
+                                Ok(Some(push)) if push.kind == Kind::Push => {
+                                    connection.answers.file_push(push);
+                                    continue;
+                                }
                                 Ok(Some(answer)) => {
                                     waiting.done();
                                     return Poll::Ready(Ok((answer.id, answer)));
@@ -258,6 +263,82 @@ impl AsyncShmConnection {
                 after: timeout,
             })
         })
+    }
+}
+
+impl AsyncShmConnection {
+    /// The next message the server pushed. Cancel-safe: a push leaves the books only in
+    /// the poll that returns it; one read from the ring by this future stays filed.
+    async fn recv(&self) -> Result<Vec<u8>> {
+        let shared = &*self.shared;
+        let connection = &shared.connection;
+        let me = connection.next_id.fetch_add(1, Ordering::Relaxed);
+        let _leave = LeavePush { shared, me };
+        let mut failure = None;
+        let pushed = poll_fn(|cx| {
+            connection
+                .answers
+                .poll_push(me, cx, &connection.replies, |replies, cx| {
+                    let mut waiting = lock(&shared.answers);
+                    loop {
+                        let next = connection.next_answer(
+                            &mut replies.consumer,
+                            &mut replies.partial,
+                            &mut InPlace::copied(),
+                        );
+                        match next {
+                            Ok(Some(push)) if push.kind == Kind::Push => {
+                                waiting.done();
+                                connection.answers.file_push(push);
+                                return Poll::Ready(Ok(None));
+                            }
+                            Ok(Some(answer)) => {
+                                waiting.done();
+                                return Poll::Ready(Ok(Some((answer.id, answer))));
+                            }
+                            Ok(None) => {}
+                            Err(e) => {
+                                let detail = e.as_detail();
+                                failure = Some(e);
+                                return Poll::Ready(Err(detail));
+                            }
+                        }
+                        let consumer = &replies.consumer;
+                        let ready = || connection.reply_or_closed(consumer);
+                        let word = &connection.slot().replies.consumer_sleeps;
+                        match waiting.poll_ready(cx, word, ready, || connection.trouble()) {
+                            Poll::Ready(Ok(())) => {
+                                if !replies.consumer.has_data() {
+                                    if let Err(e) = connection.trouble() {
+                                        return Poll::Ready(Err(e.as_detail()));
+                                    }
+                                }
+                            }
+                            Poll::Ready(Err(e)) => return Poll::Ready(Err(e.as_detail())),
+                            Poll::Pending => return Poll::Pending,
+                        }
+                    }
+                })
+        })
+        .await;
+        pushed.map(|push| push.bytes).map_err(|detail| {
+            failure.unwrap_or(Error::Disconnected {
+                endpoint: connection.url.clone(),
+                detail,
+            })
+        })
+    }
+}
+
+/// Takes a `recv` future out of the correlator's books when it ends, however it ends.
+struct LeavePush<'a> {
+    shared: &'a Shared,
+    me: u64,
+}
+
+impl Drop for LeavePush<'_> {
+    fn drop(&mut self) {
+        self.shared.connection.answers.leave_push(self.me);
     }
 }
 
@@ -413,6 +494,12 @@ impl AsyncConnection for AsyncShmConnection {
         Box::pin(AsyncShmConnection::request(self, payload, timeout))
     }
 
+    /// Dropped at any point, nothing is lost: a push read meanwhile waits for the next
+    /// `recv`.
+    fn recv(&self) -> BoxFuture<'_, Result<Vec<u8>>> {
+        Box::pin(AsyncShmConnection::recv(self))
+    }
+
     fn max_message(&self) -> usize {
         self.shared.connection.server_max
     }
@@ -483,7 +570,20 @@ impl AsyncShmListener {
 impl AsyncListener for AsyncShmListener {
     /// Cancel-safe: a message leaves its client's ring only when it is returned.
     fn recv(&mut self) -> BoxFuture<'_, Result<Message>> {
+        self.server.want_events(false);
         Box::pin(poll_fn(move |cx| self.poll_take(cx, ShmListener::poll)))
+    }
+
+    /// Cancel-safe as `recv`: an event leaves the server's books only when returned.
+    fn recv_event(&mut self) -> BoxFuture<'_, Result<Event>> {
+        self.server.want_events(true);
+        Box::pin(poll_fn(move |cx| {
+            self.poll_take(cx, ShmListener::poll_event)
+        }))
+    }
+
+    fn broadcaster(&self) -> Option<Broadcaster> {
+        Some(self.server.broadcaster())
     }
 
     /// Cancel-safe too: a message is taken and lent within one poll.
@@ -491,6 +591,7 @@ impl AsyncListener for AsyncShmListener {
         &'a mut self,
         handle: &'a mut (dyn FnMut(&mut MessageRef<'_>) + Send),
     ) -> BoxFuture<'a, Result<()>> {
+        self.server.want_events(false);
         let mut handle = Some(handle);
         Box::pin(poll_fn(move |cx| {
             self.poll_take(cx, |server| {

@@ -24,8 +24,9 @@ use crate::transport::ring::{Mapping, Plain};
 /// The first bytes of every segment.
 pub const MAGIC: [u8; 8] = *b"ipckshm\0";
 /// The layout version; a client refuses any other. 2: sleep words may say "ring my bell"
-/// ([`BELL`](crate::transport::ring::wait::BELL)), and the header and slots hold bells.
-pub const VERSION: u32 = 2;
+/// ([`BELL`](crate::transport::ring::wait::BELL)), and the header and slots hold bells. 3:
+/// the reply ring carries the server's pushes, and the server may disconnect a client.
+pub const VERSION: u32 = 3;
 /// Everything is placed at multiples of this, the largest page size Linux uses, so that a
 /// slot can be mapped on its own.
 pub const ALIGN: usize = 64 * 1024;
@@ -45,6 +46,9 @@ pub const ACCEPTED: u32 = 2;
 pub const LEFT: u32 = 3;
 /// [`Slot::state`]: the server dropped the client for breaking the protocol.
 pub const REFUSED: u32 = 4;
+/// [`Slot::state`]: the server disconnected the client (`ClientHandle::disconnect`, or
+/// `?overflow=disconnect`).
+pub const DISCONNECTED: u32 = 5;
 
 /// The header at offset 0.
 #[repr(C)]
@@ -86,7 +90,7 @@ pub const OWNERS: usize = 4096;
 /// The control page of a client slot.
 #[repr(C)]
 pub struct Slot {
-    /// [`FREE`], [`OPEN`], [`ACCEPTED`], [`LEFT`] or [`REFUSED`].
+    /// [`FREE`], [`OPEN`], [`ACCEPTED`], [`LEFT`], [`REFUSED`] or [`DISCONNECTED`].
     pub state: AtomicU32,
     _reserved: u32,
     /// The largest reply the client accepts.

@@ -1,9 +1,10 @@
 //! A server: the segment, and the clients in its slots, served round robin.
 
+use std::collections::VecDeque;
 use std::ops::ControlFlow;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use super::halves::{Partial, Sender, assemble};
@@ -12,11 +13,14 @@ use super::segment::{self, Geometry, Header, Slot};
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
 use crate::message::{Message, MessageRef, Peer, ReplySink, ReplyTo};
+use crate::push::{Broadcaster, ClientHandle, Event, Outbox, Roster};
 use crate::sys::{DeathNotice, Process, lock};
 use crate::transport::Listener;
 use crate::transport::backend::{Payload, ReplyBackend, ServerSide};
 use crate::transport::ring::liveness::{LIVENESS_INTERVAL, Link};
-use crate::transport::ring::spsc::{self, Area, Consumer, Control, Corrupt, Kind, MORE};
+use crate::transport::ring::spsc::{
+    self, Area, Consumer, Control, Corrupt, Kind, MORE, RECORD_ALIGN,
+};
 use crate::transport::ring::wait::{self, Spinner};
 use crate::transport::ring::{Mapping, Shared};
 
@@ -76,10 +80,19 @@ impl Drop for Lease {
     }
 }
 
-/// The way back to one client: its reply ring.
+/// The way back to one client: its reply ring, which carries the replies and the server's
+/// pushes. Replies come from whichever thread answers, pushes from any thread: the lock
+/// on the sender makes them one producer at a time, a message in pieces included.
 pub(crate) struct ReplyChannel {
     url: String,
     sender: Mutex<Sender>,
+    /// Set, under the sender's lock, before the server frees the slot: a push that got
+    /// this far must not write into a ring the next client will use.
+    freed: AtomicBool,
+    /// The room a push found missing, 0 while none did: the ring counts as full until
+    /// the client has freed that much, for pushes of every size, so that a client that
+    /// does not read is full, not full only for messages larger than what is left.
+    congested: AtomicU64,
     client_max: usize,
     client: Option<Process>,
     slot: Shared<Slot>,
@@ -101,6 +114,8 @@ impl Link for ReplyChannel {
             "the client went away"
         } else if state == segment::REFUSED {
             "the connection was closed for breaking the protocol"
+        } else if state == segment::DISCONNECTED {
+            "the server disconnected the client"
         } else {
             return Ok(());
         };
@@ -127,6 +142,160 @@ impl ReplySink for ReplyChannel {
     }
 }
 
+impl ReplyChannel {
+    /// The states that say the client cannot be pushed to, read from shared memory (no
+    /// syscall): one that left, was refused or disconnected, or a server that stopped.
+    #[inline(always)]
+    fn closed(&self) -> Result<()> {
+        let state = self.slot.state.load(Ordering::Acquire);
+        if matches!(state, segment::OPEN | segment::ACCEPTED)
+            && self.header.state.load(Ordering::Relaxed) == segment::LISTENING
+        {
+            return Ok(());
+        }
+        self.check()
+    }
+
+    /// Writes `payload` into the reply ring as a push, all of it or nothing: a message in
+    /// pieces starts only once the ring has room for the whole (or is empty, for one
+    /// larger than the ring), so that a full ring never leaves half a message in it.
+    fn push(&self, payload: &[u8], patience: Duration) -> Result<()> {
+        if payload.len() > self.client_max {
+            return Err(Error::MessageTooLarge {
+                endpoint: self.url.clone(),
+                size: payload.len(),
+                max: self.client_max,
+                limit: "the client's max_message".into(),
+            });
+        }
+        let mut sender = lock(&self.sender);
+        if self.freed.load(Ordering::Acquire) {
+            return Err(self.gone());
+        }
+        self.closed()?;
+        let pushed = self.push_by(&mut sender, payload, patience);
+        if let Err(Error::Full { .. }) = pushed {
+            let wanted =
+                (payload.len().min(sender.producer.capacity() / 2) + 2 * RECORD_ALIGN) as u64;
+            self.congested.fetch_max(wanted, Ordering::Relaxed);
+        }
+        pushed
+    }
+
+    #[inline(always)]
+    fn push_by(&self, sender: &mut Sender, payload: &[u8], patience: Duration) -> Result<()> {
+        let wanted = self.congested.load(Ordering::Relaxed);
+        if wanted > 0 {
+            if sender.producer.free() < wanted {
+                if patience.is_zero() {
+                    return Err(sender.full(self, patience));
+                }
+                sender.wait_until(patience, self, |p| Ok((p.free() >= wanted).then_some(())))?;
+            }
+            self.congested.store(0, Ordering::Relaxed);
+        }
+        let max_record = sender.producer.max_record();
+        if payload.len() <= max_record {
+            // A client that died is seen by the probe within LIVENESS_PROBE of pushing,
+            // and at once while its ring stays full.
+            let r = match sender.try_reserve(payload.len(), self, true)? {
+                Some(r) => r,
+                None if patience.is_zero() => return Err(sender.full(self, patience)),
+                None => sender.wait_for_room(payload.len(), patience, self)?,
+            };
+            sender.producer.write(&r, 0, payload);
+            sender.commit(r, payload.len(), Kind::Push, 0, 0);
+            return Ok(());
+        }
+        // In quarter-ring pieces, as `Sender::send` cuts them; each costs its header and
+        // padding, and the wrap at the end of the ring at most one piece more.
+        let piece = max_record / 2;
+        let capacity = sender.producer.capacity() as u64;
+        let pieces = payload.len().div_ceil(piece);
+        let whole = ((pieces + 1) * (piece + 2 * RECORD_ALIGN)) as u64;
+        let want = whole.min(capacity);
+        sender.probe(self)?;
+        if sender.producer.free() < want {
+            if patience.is_zero() {
+                return Err(sender.full(self, patience));
+            }
+            sender.wait_until(patience, self, |p| Ok((p.free() >= want).then_some(())))?;
+        }
+        let mut chunks = payload.chunks(piece).peekable();
+        while let Some(chunk) = chunks.next() {
+            let flags = if chunks.peek().is_some() { MORE } else { 0 };
+            let r = match sender.reserve(chunk.len(), patience, self, false) {
+                Ok(r) => r,
+                Err(e) => {
+                    // Larger than the ring, and the client stopped taking it halfway: what
+                    // is in the ring cannot be finished, so the client cannot go on.
+                    if matches!(e, Error::Full { .. }) {
+                        self.disconnect();
+                    }
+                    return Err(e);
+                }
+            };
+            sender.producer.write(&r, 0, chunk);
+            sender.commit(r, chunk.len(), Kind::Push, flags, 0);
+        }
+        Ok(())
+    }
+
+    /// Closes the client's connection from the server's side: its calls fail with
+    /// [`Error::Disconnected`], and the server stops reading what it sends. A client
+    /// that left already is left alone.
+    fn disconnect(&self) {
+        let slot = &self.slot;
+        for from in [segment::OPEN, segment::ACCEPTED] {
+            let to = segment::DISCONNECTED;
+            if slot
+                .state
+                .compare_exchange(from, to, Ordering::SeqCst, Ordering::Relaxed)
+                .is_ok()
+            {
+                break;
+            }
+        }
+        wait::wake_all(&slot.replies.consumer_sleeps, &slot.bell);
+        wait::wake_all(&slot.requests.producer_sleeps, &slot.room_bell);
+        // The server's loop looks at the slot as it does when a client leaves.
+        self.header.changes.fetch_add(1, Ordering::SeqCst);
+        wait::wake(&self.header.doorbell, &self.header.bell);
+    }
+
+    fn gone(&self) -> Error {
+        Error::Disconnected {
+            endpoint: self.url.clone(),
+            detail: "the client went away".into(),
+        }
+    }
+}
+
+/// A client's outbox: its reply ring. Held weakly, so that a handle kept by the
+/// application keeps neither the slot nor its mapping once the client has gone.
+struct ShmOutbox {
+    channel: Weak<ReplyChannel>,
+    url: Arc<str>,
+}
+
+impl Outbox for ShmOutbox {
+    fn push(&self, payload: &[u8], patience: Duration) -> Result<()> {
+        match self.channel.upgrade() {
+            Some(channel) => channel.push(payload, patience),
+            None => Err(Error::Disconnected {
+                endpoint: self.url.to_string(),
+                detail: "the client went away".into(),
+            }),
+        }
+    }
+
+    fn disconnect(&self) {
+        if let Some(channel) = self.channel.upgrade() {
+            channel.disconnect();
+        }
+    }
+}
+
 /// A client the server serves.
 pub(super) struct Client {
     pid: u32,
@@ -136,6 +305,10 @@ pub(super) struct Client {
     releases: Arc<Releases>,
     replies: Arc<ReplyChannel>,
     peer: Arc<Peer>,
+    /// Its handle, which the server's pushes go through and its messages carry.
+    handle: ClientHandle,
+    /// Its departure was reported (or a push found it gone): nothing more to say of it.
+    departed: bool,
     /// It left or died: take what it sent, then free the slot.
     leaving: bool,
     /// Dropped for breaking the protocol: nothing more is read.
@@ -165,6 +338,13 @@ pub(crate) struct ShmListener {
     pub(super) rounds: u32,
     spinner: Spinner,
     pub(super) woken: Arc<AtomicBool>,
+    /// The clients, for pushes and broadcasts from any thread.
+    roster: Arc<Roster>,
+    /// Clients come and gone, for `recv_event` to return before the next message.
+    pub(super) events: VecDeque<Event>,
+    /// Whether the events are kept: only while the server's loop asks for events, so
+    /// that a loop that only receives messages keeps none.
+    pub(super) events_wanted: bool,
     /// Marks the header's keeper word when this process dies, so that clients stop
     /// sending at once; dropped after `Drop` closed the segment.
     _death_notice: Option<DeathNotice>,
@@ -205,6 +385,9 @@ impl ShmListener {
             rounds: 0,
             spinner: Spinner::default(),
             woken: Arc::new(AtomicBool::new(false)),
+            roster: Roster::new(endpoint),
+            events: VecDeque::new(),
+            events_wanted: false,
             _death_notice: death_notice,
         })
     }
@@ -252,6 +435,10 @@ impl ShmListener {
             };
             match &mut self.clients[i] {
                 Some(client) if state == segment::LEFT => client.leaving = true,
+                Some(client) if state == segment::DISCONNECTED && !client.refused => {
+                    client.refused = true;
+                    client.partial = None;
+                }
                 Some(_) => {}
                 None if owner != 0 && matches!(state, segment::OPEN | segment::LEFT) => {
                     self.accept(i, owner, state == segment::LEFT);
@@ -299,6 +486,8 @@ impl ShmListener {
         let replies = Arc::new(ReplyChannel {
             url: self.url.to_string(),
             sender: Mutex::new(sender),
+            freed: AtomicBool::new(false),
+            congested: AtomicU64::new(0),
             client_max,
             client: process.as_ref().map(Process::try_clone),
             slot,
@@ -306,6 +495,18 @@ impl ShmListener {
             patience: self.endpoint.send_timeout(),
         });
         log::debug!("{}: client pid {owner} attached in slot {i}", self.url);
+        let peer = Arc::new(Peer {
+            pid: Some(owner),
+            ..Peer::default()
+        });
+        let outbox = ShmOutbox {
+            channel: Arc::downgrade(&replies),
+            url: self.url.clone(),
+        };
+        let handle = self.roster.join(peer.clone(), Arc::new(outbox));
+        if self.events_wanted {
+            self.events.push_back(Event::Connected(handle.clone()));
+        }
         self.clients[i] = Some(Client {
             pid: owner,
             process,
@@ -313,10 +514,9 @@ impl ShmListener {
             partial: None,
             releases,
             replies,
-            peer: Arc::new(Peer {
-                pid: Some(owner),
-                ..Peer::default()
-            }),
+            peer,
+            handle,
+            departed: false,
             leaving,
             refused: false,
         });
@@ -359,12 +559,30 @@ impl ShmListener {
         let mut k = 0;
         while k < self.serving.len() {
             let i = self.serving[k];
-            let client = self.clients[i].as_ref().expect("serving");
+            let client = self.clients[i].as_mut().expect("serving");
             let drained = client.refused || !client.consumer.has_data();
+            if (client.leaving || client.refused) && drained && !client.departed {
+                // After its last message, and before its slot is freed (which waits for
+                // the application to drop its messages): pushes fail from now on.
+                client.departed = true;
+                if self.roster.leave(&client.handle) && self.events_wanted {
+                    self.events
+                        .push_back(Event::Disconnected(client.handle.clone()));
+                }
+            }
             // Messages still held by the application point into the slot.
             let unheld =
                 Arc::strong_count(&client.releases) == 1 && Arc::strong_count(&client.replies) == 1;
-            if client.leaving && drained && unheld {
+            // A push holding the reply ring finishes first; the slot is freed on a later
+            // look, so that the server never waits for it.
+            let quiet = || match client.replies.sender.try_lock() {
+                Ok(_sender) => {
+                    client.replies.freed.store(true, Ordering::Release);
+                    true
+                }
+                Err(_) => false,
+            };
+            if client.leaving && drained && unheld && quiet() {
                 if client.partial.is_some() {
                     log::warn!(
                         "{}: client pid {} went away in the middle of a message, which is discarded",
@@ -693,12 +911,10 @@ pub(super) fn next_message(
         Whole::Assembled(whole) => Payload::Owned(whole.bytes),
     };
     let reply_to = (kind == Kind::Request).then(|| ReplyTo::new(client.replies.clone(), id));
-    Ok(Some(Message::new(
-        payload,
-        client.peer.clone(),
-        reply_to,
-        url.clone(),
-    )))
+    Ok(Some(
+        // The handle says who sent it, in place of a peer of its own.
+        Message::from_client(payload, client.handle.clone(), reply_to, url.clone()),
+    ))
 }
 
 /// Lends the next complete message in a client's ring to `handle` (taking it), then
@@ -717,13 +933,10 @@ pub(super) fn lend_next<H: FnOnce(&mut MessageRef<'_>) -> R, R>(
             let reply_to = (whole.kind == Kind::Request)
                 .then(|| ReplyTo::to(ReplyBackend::Shm(&client.replies), whole.id));
             let handle = handle.take().expect("a message is lent to a handler once");
-            return Ok(Some(handle(&mut MessageRef::new(
-                &whole.bytes,
-                false,
-                &client.peer,
-                reply_to,
-                url,
-            ))));
+            return Ok(Some(handle(
+                &mut MessageRef::new(&whole.bytes, false, &client.peer, reply_to, url)
+                    .with_client(&client.handle),
+            )));
         }
     };
     // In this order (the payload, then the way back, then the guard, then the handler):
@@ -739,13 +952,10 @@ pub(super) fn lend_next<H: FnOnce(&mut MessageRef<'_>) -> R, R>(
         end: record.end,
     };
     let handle = handle.take().expect("a message is lent to a handler once");
-    let result = handle(&mut MessageRef::new(
-        payload,
-        true,
-        &client.peer,
-        reply_to,
-        url,
-    ));
+    let result = handle(
+        &mut MessageRef::new(payload, true, &client.peer, reply_to, url)
+            .with_client(&client.handle),
+    );
     drop(returned);
     Ok(Some(result))
 }
@@ -764,9 +974,34 @@ impl Drop for Returned<'_> {
     }
 }
 
+impl ShmListener {
+    /// Keeps the events from now on, or stops keeping them (and drops those kept).
+    #[inline(always)]
+    pub(super) fn want_events(&mut self, wanted: bool) {
+        if self.events_wanted != wanted {
+            self.events_wanted = wanted;
+            self.events.clear();
+        }
+    }
+
+    /// The next event: a client come or gone, else a message.
+    #[inline(always)]
+    pub(super) fn poll_event(&mut self) -> Option<Event> {
+        if let Some(event) = self.events.pop_front() {
+            return Some(event);
+        }
+        self.poll().map(Event::Message)
+    }
+
+    pub(super) fn broadcaster(&self) -> Broadcaster {
+        Broadcaster::new(self.roster.clone(), self.max_message)
+    }
+}
+
 impl ServerSide for ShmListener {
     #[inline(always)]
     fn recv(&mut self, deadline: Option<Instant>) -> Result<Option<Message>> {
+        self.want_events(false);
         let received = self.wait_for(deadline, |listener| listener.poll().map(ControlFlow::Break));
         self.intact()?;
         Ok(received)
@@ -778,6 +1013,7 @@ impl ServerSide for ShmListener {
         deadline: Option<Instant>,
         handle: &mut Option<H>,
     ) -> Result<Option<R>> {
+        self.want_events(false);
         let received = self.recv_in_place(deadline, handle);
         self.intact()?;
         Ok(received)
@@ -789,9 +1025,23 @@ impl ServerSide for ShmListener {
         stopped: &AtomicBool,
         handle: impl FnMut(&mut MessageRef<'_>) -> ControlFlow<B>,
     ) -> Result<Option<B>> {
+        self.want_events(false);
         let served = self.serve_in_place(stopped, handle);
         self.intact()?;
         Ok(served)
+    }
+
+    fn recv_event(&mut self, deadline: Option<Instant>) -> Result<Option<Event>> {
+        self.want_events(true);
+        let received = self.wait_for(deadline, |listener| {
+            listener.poll_event().map(ControlFlow::Break)
+        });
+        self.intact()?;
+        Ok(received)
+    }
+
+    fn broadcaster(&self) -> Option<Broadcaster> {
+        Some(ShmListener::broadcaster(self))
     }
 
     fn waker(&self) -> Arc<dyn Fn() + Send + Sync> {
@@ -822,6 +1072,14 @@ impl Listener for ShmListener {
     ) -> Result<bool> {
         let mut handle = Some(handle);
         Ok(ServerSide::recv_with(self, deadline, &mut handle)?.is_some())
+    }
+
+    fn recv_event(&mut self, deadline: Option<Instant>) -> Result<Option<Event>> {
+        ServerSide::recv_event(self, deadline)
+    }
+
+    fn broadcaster(&self) -> Option<Broadcaster> {
+        ServerSide::broadcaster(self)
     }
 
     fn waker(&self) -> Arc<dyn Fn() + Send + Sync> {
