@@ -76,27 +76,40 @@ pub(super) trait Family: Send + Sync + 'static {
     }
 }
 
-/// A client's home socket: its one-way messages leave from here, and its pushes arrive.
+/// A client's home: its inbox, where pushes arrive, and the socket its one-way messages
+/// leave from, connected to the server (a send on an unconnected unix socket looks its
+/// address up each time, which doubles the cost of a one-way message).
 pub(super) struct Home<F = OwnedFd> {
+    /// Where one-way messages leave from, introduced to the server as a request socket is.
     fd: F,
-    /// The server's address, where `fd` is not connected to it.
+    /// Where pushes arrive; it says hello and goodbye for the client.
+    inbox: F,
+    /// The server's address, where `inbox` is not connected to it.
     server: Option<SocketAddrAny>,
     /// Where pushes come from, once the server's welcome named it (where `server` is set).
     pusher: std::sync::OnceLock<SocketAddrAny>,
 }
 
 impl<F: std::os::fd::AsFd> Home<F> {
+    /// Sends a one-way message.
+    #[inline]
     fn send(&self, marker: &[u8], payload: &[u8], flags: SendFlags) -> rustix::io::Result<usize> {
+        if marker.is_empty() {
+            return rustix::net::send(&self.fd, payload, flags);
+        }
         let iov = [
             std::io::IoSlice::new(marker),
             std::io::IoSlice::new(payload),
         ];
         let control = &mut rustix::net::SendAncillaryBuffer::default();
-        match (&self.server, marker.is_empty()) {
-            (None, true) => rustix::net::send(&self.fd, payload, flags),
-            (None, false) => rustix::net::sendmsg(&self.fd, &iov, control, flags),
-            (Some(to), true) => rustix::net::sendto(&self.fd, payload, flags, to),
-            (Some(to), false) => rustix::net::sendmsg_addr(&self.fd, to, &iov, control, flags),
+        rustix::net::sendmsg(&self.fd, &iov, control, flags)
+    }
+
+    /// Sends hello or goodbye from the inbox, which is the client's address to the server.
+    fn greet(&self, greeting: &[u8], flags: SendFlags) -> rustix::io::Result<usize> {
+        match &self.server {
+            None => rustix::net::send(&self.inbox, greeting, flags),
+            Some(to) => rustix::net::sendto(&self.inbox, greeting, flags, to),
         }
     }
 
@@ -116,7 +129,7 @@ impl<F: std::os::fd::AsFd> Home<F> {
                 (None, Some(from)) if buf[..len.min(buf.len())] == core.greeting(HELLO) => {
                     // The outbox is then this socket's queue as the server's push socket
                     // fills it, bounded by that socket's send buffer (module `unixgram`).
-                    if rustix::net::connect(&self.fd, &from).is_ok() {
+                    if rustix::net::connect(&self.inbox, &from).is_ok() {
                         let _ = self.pusher.set(from);
                     }
                     return AtHome::Other;
@@ -205,16 +218,25 @@ impl ClientCore {
         Ok(fd)
     }
 
-    /// A new home socket, introduced to the server (while still blocking, so that the
-    /// introduction is never dropped for want of room).
+    /// A new home, introduced to the server (while still blocking, so that the
+    /// introductions are never dropped for want of room): the inbox first, so that the
+    /// server knows the client when its sending socket says whose it is.
     fn home(&self) -> Result<Home> {
-        let (fd, server) = self.family.home_socket(&self.endpoint)?;
+        let (inbox, server) = self.family.home_socket(&self.endpoint)?;
         let home = Home {
-            fd,
+            fd: self.family.client_socket(&self.endpoint)?,
+            inbox,
             server,
             pusher: std::sync::OnceLock::new(),
         };
-        home.send_all(&[], &self.greeting(HELLO), &self.url)?;
+        loop {
+            match home.greet(&self.greeting(HELLO), SendFlags::NOSIGNAL) {
+                Ok(_) => break,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(Error::io(&self.url, "sending", e.into())),
+            }
+        }
+        send_datagram(&home.fd, &[], &self.greeting(ALSO), &self.url)?;
         Ok(home)
     }
 
@@ -323,7 +345,7 @@ pub(super) struct DatagramConnection {
 impl Drop for DatagramConnection {
     fn drop(&mut self) {
         let home = crate::sys::lock(&self.sender);
-        let _ = home.send(&[], BYE, SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
+        let _ = home.greet(BYE, SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
     }
 }
 
@@ -354,6 +376,12 @@ impl DatagramConnection {
             pool: Pool::new(),
             gone: AtomicBool::new(false),
         })
+    }
+
+    /// Where this client's one-way messages go, as its socket is connected.
+    #[cfg(test)]
+    pub(super) fn one_way_peer(&self) -> Option<SocketAddrAny> {
+        rustix::net::getpeername(&crate::sys::lock(&self.sender).fd).ok()?
     }
 
     fn request_on(
@@ -462,7 +490,7 @@ impl Connection for DatagramConnection {
                 (Some(_), false) => {
                     waited = true;
                     let ready = crate::sys::wait_ready(
-                        std::os::fd::AsFd::as_fd(&home.fd),
+                        std::os::fd::AsFd::as_fd(&home.inbox),
                         rustix::event::PollFlags::IN,
                         deadline,
                     );
@@ -472,7 +500,7 @@ impl Connection for DatagramConnection {
                     RecvFlags::TRUNC | RecvFlags::DONTWAIT
                 }
             };
-            match rustix::net::recvfrom(&home.fd, &mut buf[..], flags) {
+            match rustix::net::recvfrom(&home.inbox, &mut buf[..], flags) {
                 Ok((_, len, from)) => match home.classify(core, &buf, len, from) {
                     AtHome::Pushed(payload) => return Ok(Some(payload)),
                     AtHome::Bye => self.gone.store(true, Ordering::Release),
@@ -913,9 +941,15 @@ mod on_tokio {
 
     /// A new home socket, introduced to the server while still blocking.
     fn new_home(core: &ClientCore) -> Result<Arc<Home<AsyncFd<OwnedFd>>>> {
-        let Home { fd, server, pusher } = core.home()?;
+        let Home {
+            fd,
+            inbox,
+            server,
+            pusher,
+        } = core.home()?;
         Ok(Arc::new(Home {
             fd: register(&core.url, fd)?,
+            inbox: register(&core.url, inbox)?,
             server,
             pusher,
         }))
@@ -977,7 +1011,7 @@ mod on_tokio {
     impl Drop for AsyncDatagramConnection {
         fn drop(&mut self) {
             let home = crate::sys::lock(&self.sender);
-            let _ = home.send(&[], BYE, SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
+            let _ = home.greet(BYE, SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
         }
     }
 
@@ -1006,7 +1040,7 @@ mod on_tokio {
                 }
                 let home = crate::sys::lock(&self.sender).clone();
                 let read =
-                    reactor::when_ready(&home.fd, Interest::READABLE | Interest::ERROR, |fd| {
+                    reactor::when_ready(&home.inbox, Interest::READABLE | Interest::ERROR, |fd| {
                         let mut buf = crate::sys::lock(&self.inbox);
                         let (_, len, from) =
                             rustix::net::recvfrom(fd.get_ref(), &mut buf[..], RecvFlags::TRUNC)?;

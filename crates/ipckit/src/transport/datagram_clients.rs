@@ -1,13 +1,13 @@
 //! Who a datagram server's clients are, so that it can push to them: a connectionless
 //! socket learns its clients from what they send (docs/PROTOCOL.md, *Datagrams*).
 //!
-//! An ipckit client says [`HELLO`] from its home socket when it connects (the socket its
-//! one-way messages leave from, and pushes reach), [`ALSO`] from each request socket it
-//! makes, with the same 8-byte token, and [`BYE`] from each socket it closes. A datagram
-//! from an address nobody introduced (a foreign program: socat, a script) makes that
-//! address a client of its own, whose home is that address. A client leaves when it says
-//! goodbye, when a push finds its socket gone, or when the server forgets it
-//! ([`ClientHandle::disconnect`]); the server then says [`BYE`] to it.
+//! An ipckit client says [`HELLO`] from its home socket when it connects (where pushes
+//! reach it), [`ALSO`] from the socket its one-way messages leave from and from each
+//! request socket it makes, with the same 8-byte token, and [`BYE`] from each socket it
+//! closes. A datagram from an address nobody introduced (a foreign program: socat, a
+//! script) makes that address a client of its own, whose home is that address. A client
+//! leaves when it says goodbye, when a push finds its socket gone, or when the server
+//! forgets it ([`ClientHandle::disconnect`]); the server then says [`BYE`] to it.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};

@@ -113,8 +113,8 @@ impl Family for UdpFamily {
     }
 
     /// Unconnected, so that it can take pushes from the server's push socket for this
-    /// client (which the server's welcome names) while its one-way messages go to the
-    /// server's socket; with a receive queue room for bursts, as a subscriber's is where
+    /// client (which the server's welcome names) after saying hello to the server's
+    /// socket; with a receive queue with room for bursts, as a subscriber's is where
     /// pushes are dropped when it falls behind.
     fn home_socket(&self, endpoint: &Endpoint) -> Result<(OwnedFd, Option<SocketAddrAny>)> {
         let server = tcp::resolve(endpoint)?[0];

@@ -262,3 +262,27 @@ fn server(endpoint: &Endpoint) -> Result<DatagramListener> {
         cleanup,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client's one-way messages leave from a socket connected to the server: a send
+    /// to an address looks a socket file up each time, which doubled the kernel's cost
+    /// of a one-way message when the home, which must stay open to the server's push
+    /// socket, sent them.
+    #[test]
+    fn one_way_messages_leave_from_a_connected_socket() {
+        let url = format!("unixgram://@ipckit-test-one-way-{}", std::process::id());
+        let endpoint = Endpoint::parse(&url).unwrap();
+        let _server = server(&endpoint).unwrap();
+        let client =
+            DatagramConnection::new(&endpoint, Arc::new(UnixgramFamily), max_message(&endpoint))
+                .unwrap();
+        let peer = client.one_way_peer().expect("a connected socket");
+        assert_eq!(
+            peer,
+            SocketAddrAny::from(socket_addr(&endpoint, server_addr(&endpoint)).unwrap())
+        );
+    }
+}
