@@ -718,6 +718,9 @@ impl DatagramListener {
         if let Some(message) = self.held.take() {
             return Ok(Some(Event::Message(message)));
         }
+        if let Some(replaced) = self.clients.take_replaced() {
+            return Ok(Some(Event::Disconnected(replaced)));
+        }
         let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmCredentials(1))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let received = rustix::net::recvmsg(

@@ -56,6 +56,9 @@ pub(super) struct Clients {
     by_token: HashMap<[u8; 8], ClientHandle>,
     /// The last sender: a client sending in a loop costs no hashing.
     last: Option<(SocketAddrAny, Arc<Known>)>,
+    /// Clients whose address a new one took over (a crashed client's port or autobound
+    /// name, reused), for the server's loop to report gone.
+    replaced: Vec<ClientHandle>,
 }
 
 impl Clients {
@@ -75,7 +78,14 @@ impl Clients {
             by_addr: HashMap::new(),
             by_token: HashMap::new(),
             last: None,
+            replaced: Vec::new(),
         }
+    }
+
+    /// A client whose address a new one took over, to report gone.
+    #[inline]
+    pub(super) fn take_replaced(&mut self) -> Option<ClientHandle> {
+        self.replaced.pop()
     }
 
     pub(super) fn roster(&self) -> &Arc<Roster> {
@@ -114,7 +124,14 @@ impl Clients {
         creds: Option<UCred>,
         token: [u8; 8],
     ) -> Option<ClientHandle> {
-        if self.by_addr.get(from).is_some_and(|k| k.current(creds)) {
+        // The same hello again; another token from the same address is a new client in a
+        // crashed one's place.
+        let said = self.by_token.get(&token);
+        if self
+            .by_addr
+            .get(from)
+            .is_some_and(|k| k.current(creds) && said == Some(&k.client))
+        {
             return None;
         }
         Some(self.join(from, creds, Some(token)).client.clone())
@@ -162,6 +179,7 @@ impl Clients {
             self.forget(&stale);
             if self.roster.leave(&stale) {
                 log::debug!("{}: {from:?} is another client now", self.url);
+                self.replaced.push(stale);
             }
         }
         let peer = Arc::new(self.family.peer(Some(from), creds));
@@ -365,5 +383,47 @@ impl Outbox for DatagramOutbox {
         if !self.closed.swap(true, Ordering::AcqRel) {
             self.say_bye();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::Endpoint;
+
+    struct NoFamily;
+
+    impl Family for NoFamily {
+        fn client_socket(&self, _: &Endpoint) -> Result<OwnedFd> {
+            unreachable!()
+        }
+        fn peer(&self, _: Option<&SocketAddrAny>, _: Option<UCred>) -> Peer {
+            Peer::default()
+        }
+    }
+
+    /// A client that says hello from an address another client still holds (a crashed
+    /// one's port, reused) is a new client, and the one it replaced is reported gone; the
+    /// same hello again is nothing new.
+    #[test]
+    fn a_new_hello_from_a_known_address_replaces_its_client() {
+        let endpoint: Endpoint = "udp://127.0.0.1:9".parse().unwrap();
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let from = SocketAddrAny::from(socket.local_addr().unwrap());
+        let mut clients = Clients::new(
+            Roster::new(&endpoint),
+            Arc::new(socket.into()),
+            "udp://127.0.0.1:9".into(),
+            100,
+            Arc::new(NoFamily),
+        );
+        let first = clients.hello(&from, None, [1; 8]).expect("a new client");
+        assert_eq!(clients.hello(&from, None, [1; 8]), None);
+        assert_eq!(clients.take_replaced(), None);
+        let second = clients.hello(&from, None, [2; 8]).expect("another client");
+        assert_ne!(first, second);
+        assert_eq!(clients.take_replaced(), Some(first.clone()));
+        assert!(!first.is_connected());
+        assert_eq!(clients.roster().clients(), [second]);
     }
 }
