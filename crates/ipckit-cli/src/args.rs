@@ -121,10 +121,10 @@ pub enum Command {
     /// output as `listen` prints it (a request is refused: publish answers none). A
     /// broadcast never waits for a slow client: one whose outbox is full misses that line,
     /// and the misses are said on standard error (with ?overflow=disconnect in URL, such a
-    /// client is disconnected instead). At the end of standard input it exits 0, once
-    /// every line was handed to the clients connected then (a client that had fallen
-    /// behind loses what its outbox still held); SIGINT, SIGTERM or SIGHUP stop it too,
-    /// with status 0. Either way it removes what it made, as `listen` does.
+    /// client is disconnected instead). At the end of standard input it gives the
+    /// clients up to ?send_timeout_ms= (10 s) to take what their outboxes still hold,
+    /// then exits 0; SIGINT, SIGTERM or SIGHUP stop it at once, with status 0. Either way
+    /// it removes what it made, as `listen` does.
     Publish {
         /// The endpoint to serve
         url: String,

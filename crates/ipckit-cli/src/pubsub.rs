@@ -73,11 +73,20 @@ pub fn publish(url: &str, wait_for: usize, split: Split, output: Output) -> CliR
     log::info!("{}: publishing standard input", server.endpoint());
     let clients = Arc::new((Mutex::new(0usize), Condvar::new()));
     let ended = Arc::new(AtomicBool::new(false));
+    let linger = server.endpoint().send_timeout();
     let reader = std::thread::spawn({
         let (clients, ended, stopper) = (clients.clone(), ended.clone(), server.stopper());
         move || {
             wait_for_clients(&clients, wait_for);
             let published = broadcast_stdin(&broadcaster, &split);
+            // What waits in the outboxes of subscribers that are behind would go with the
+            // server: give them the send timeout to take it.
+            let behind = broadcaster.flush(linger);
+            if behind > 0 {
+                eprintln!(
+                    "ipckit: {behind} subscribers did not take their last lines within {linger:?}"
+                );
+            }
             // The receiving loop ends with the server, which closes every connection.
             ended.store(true, Ordering::Release);
             stopper.stop();

@@ -556,6 +556,12 @@ impl Client {
     /// The message has no way back ([`Message::wants_reply`] is false): answer with
     /// [`send`](Client::send) or [`request`](Client::request).
     ///
+    /// A client that calls `recv` reads one message at a time, so that a slow one leaves
+    /// the rest in its server's outbox, whose policy then applies. A client that only
+    /// makes requests while its server pushes reads the pushes on the way to its replies:
+    /// over `uds`, `tcp` and `shm` it keeps the oldest 4,096 unread and drops newer ones
+    /// (logged), so that its memory stays bounded.
+    ///
     /// ```
     /// let url = format!("uds://@ipckit-doc-client-recv-{}", std::process::id());
     /// let mut server = ipckit::listen(&url)?;

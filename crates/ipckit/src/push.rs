@@ -10,7 +10,7 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -32,6 +32,16 @@ pub(crate) trait Outbox: Send + Sync {
     /// [`ClientHandle::disconnect`] ask; its later pushes are `Disconnected`, and the
     /// transport reports its departure as for any other.
     fn disconnect(&self);
+
+    /// Waits until `deadline` for what the transport holds for the client outside the
+    /// kernel's buffers and shared rings to be written there: true once nothing waits
+    /// (or the client has gone, so that nothing will). Where every push goes straight
+    /// into a buffer that outlives the server (a pipe, a queue, a socket, a ring), there
+    /// is nothing to wait for.
+    fn flush(&self, deadline: Instant) -> bool {
+        let _ = deadline;
+        true
+    }
 }
 
 /// One client connected to a server: a handle to push messages to it from any thread, for
@@ -131,6 +141,15 @@ impl ClientHandle {
     /// How many broadcasts skipped this client because its outbox was full.
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Waits up to `timeout` until every message pushed to this client so far has left
+    /// the server's process (into the kernel's buffers or a shared ring, from where the
+    /// client reads it even after the server has gone): true once it has, false if the
+    /// client did not read enough for that in time. A server that pushes and then stops
+    /// calls it first: dropping a server drops what still waits in its clients' outboxes.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        self.shared.outbox.flush(Instant::now() + timeout)
     }
 
     /// Closes the connection to this client (on connectionless transports, forgets it):
@@ -254,6 +273,31 @@ pub(crate) struct Roster {
     reason = "the transports learn to push in the commits that follow"
 )]
 static NEXT_CLIENT: AtomicU64 = AtomicU64::new(1);
+
+/// How many pushed messages a client keeps that it has not taken with `recv`, when its
+/// requests read them on the way to their replies. A client in `recv` stops reading at one
+/// message, so that the server's outbox policy applies to it; but a reply may lie behind
+/// any number of pushes, so a requester must read them, and a client that never calls
+/// `recv` would hold them all. Beyond this many, newer pushes are dropped (logged), as
+/// ZeroMQ's SUB socket drops at its receive high-water mark.
+pub(crate) const UNREAD_PUSHES: usize = 4096;
+
+/// A pushed message read for a client: queued for its `recv`, or dropped once
+/// [`UNREAD_PUSHES`] wait (`dropped` counts them, logged at the first and every 1024th).
+pub(crate) fn keep_unread<A>(queue: &mut VecDeque<A>, push: A, dropped: &mut u64, url: &str) {
+    if queue.len() < UNREAD_PUSHES {
+        queue.push_back(push);
+        return;
+    }
+    if *dropped % 1024 == 0 {
+        log::warn!(
+            "{url}: {} pushed messages wait unread (call recv to take them); dropping newer ones ({} so far)",
+            UNREAD_PUSHES,
+            *dropped + 1
+        );
+    }
+    *dropped += 1;
+}
 
 #[allow(
     dead_code,
@@ -438,6 +482,31 @@ impl Broadcaster {
     pub fn clients(&self) -> Vec<ClientHandle> {
         self.roster.clients()
     }
+
+    /// Waits up to `timeout` until what was pushed to every client has left the server's
+    /// process, as [`ClientHandle::flush`] does for one; how many clients still held
+    /// messages then (0: none). Call it before dropping a server whose last broadcasts
+    /// must reach the clients that are reading.
+    ///
+    /// ```
+    /// let url = format!("uds://@ipckit-doc-flush-{}", std::process::id());
+    /// let mut server = ipckit::listen(&url)?;
+    /// let client = ipckit::connect(&url)?;
+    /// client.send(b"subscribe")?;
+    /// server.recv()?;
+    /// server.broadcast(b"last words")?;
+    /// assert_eq!(server.broadcaster()?.flush(std::time::Duration::from_secs(5)), 0);
+    /// drop(server);
+    /// assert_eq!(client.recv()?.payload(), b"last words");
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
+    pub fn flush(&self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        self.clients()
+            .iter()
+            .filter(|client| !client.shared.outbox.flush(deadline))
+            .count()
+    }
 }
 
 impl fmt::Debug for Broadcaster {
@@ -534,6 +603,18 @@ mod tests {
         assert_eq!(roster.take_departed(), None);
         // The transport noticing the same client closing later reports nothing twice.
         assert!(!roster.leave(&slow));
+    }
+
+    #[test]
+    fn a_client_keeps_a_bounded_number_of_unread_pushes_and_counts_the_rest() {
+        let mut queue = VecDeque::new();
+        let mut dropped = 0;
+        for n in 0..UNREAD_PUSHES + 10 {
+            keep_unread(&mut queue, n, &mut dropped, "uds:///tmp/x.sock");
+        }
+        assert_eq!((queue.len(), dropped), (UNREAD_PUSHES, 10));
+        // The oldest are kept, in order: what was dropped is the newest, as a gap.
+        assert_eq!(queue.back(), Some(&(UNREAD_PUSHES - 1)));
     }
 
     #[test]

@@ -36,6 +36,8 @@ struct Waiters<A> {
     answers: Vec<(u64, Option<A>)>,
     /// Pushed messages read and not yet taken, oldest first.
     pushes: VecDeque<A>,
+    /// Pushes dropped because [`UNREAD_PUSHES`](crate::push::UNREAD_PUSHES) waited.
+    dropped_pushes: u64,
     /// Why the channel can no longer be used.
     broken: Option<String>,
     /// Threads waiting on `answered`: std's `notify_all` makes a syscall even when
@@ -99,6 +101,7 @@ impl<A> Correlator<A> {
             waiters: Mutex::new(Waiters {
                 answers: Vec::new(),
                 pushes: VecDeque::new(),
+                dropped_pushes: 0,
                 broken: None,
                 followers: 0,
                 #[cfg(feature = "tokio")]
@@ -161,7 +164,13 @@ impl<A> Correlator<A> {
     /// Files a message the server pushed, read from the channel, for `recv` to take.
     pub(super) fn file_push(&self, push: A) {
         let mut waiters = lock(&self.waiters);
-        waiters.pushes.push_back(push);
+        let waiters_now = &mut *waiters;
+        crate::push::keep_unread(
+            &mut waiters_now.pushes,
+            push,
+            &mut waiters_now.dropped_pushes,
+            &self.url,
+        );
         self.queued.store(true, Ordering::Release);
         self.notify(&waiters);
         #[cfg(feature = "tokio")]

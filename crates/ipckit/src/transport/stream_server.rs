@@ -240,6 +240,30 @@ impl Outbox for ConnSink {
     fn disconnect(&self) {
         self.close();
     }
+
+    fn flush(&self, deadline: Instant) -> bool {
+        loop {
+            let mut out = lock(&self.out);
+            if self.closed.load(Ordering::Acquire) {
+                return true;
+            }
+            match out.flush(self.fd.as_fd()) {
+                Ok(true) => return true,
+                Ok(false) => {}
+                Err(e) => {
+                    drop(out);
+                    log::debug!("{}: writing to a client failed: {e}", self.url);
+                    self.close();
+                    return true;
+                }
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            drop(out);
+            self.wait_writable(deadline);
+        }
+    }
 }
 
 struct Conn {

@@ -162,6 +162,28 @@ impl Outbox for AsyncConnSink {
     fn disconnect(&self) {
         self.out.writer.close("the server disconnected this client");
     }
+
+    /// The connection's flushing task writes the outbox; this waits for it to be empty.
+    fn flush(&self, deadline: Instant) -> bool {
+        let writer = &self.out.writer;
+        let mut out = lock(&writer.out);
+        loop {
+            if out.broken.is_some() || out.is_empty() {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            out.waiting += 1;
+            out = writer
+                .room
+                .wait_timeout(out, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            out.waiting -= 1;
+        }
+    }
 }
 
 impl ReplySink for AsyncConnSink {

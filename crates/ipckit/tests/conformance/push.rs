@@ -34,6 +34,7 @@ pub const CHECKS: &[Check] = checks![in push:
     push_reliable => a_broadcast_skips_or_disconnects_a_full_client,
     push => a_client_that_never_reads_stalls_nothing,
     push => pushes_and_replies_never_mix,
+    push => pushes_flushed_before_the_server_stops_arrive,
 ];
 
 /// 64 subscribers in four processes: through the blocking API alone, for the suite's time.
@@ -519,6 +520,33 @@ fn pushes_and_replies_never_mix(ctx: &Ctx) -> Outcome {
     }
     peer.finish()?;
     Ok(())
+}
+
+fn pushes_flushed_before_the_server_stops_arrive(ctx: &Ctx) -> Outcome {
+    let mut server = api::listen(ctx.endpoint("last"))?;
+    let reliable = server.capabilities().reliable;
+    let size = push_size(&server);
+    let mut subscriber = Child::spawn(subscribe(1, "a"), server.endpoint());
+    let handle = greeted(&mut server, &["a-0"])?
+        .remove("a-0")
+        .expect("greeted");
+    const COUNT: u32 = 500;
+    let broadcaster = server.broadcaster()?;
+    let unflushed = serve_while(&mut server, move || -> Result<usize, Error> {
+        for seq in 0..COUNT {
+            handle.send(&numbered(PUSHED, seq, size(seq)))?;
+        }
+        end(&handle, reliable)?;
+        Ok(broadcaster.flush(PATIENCE))
+    })??;
+    ensure!(
+        unflushed == 0,
+        "{unflushed} clients still held pushes after {PATIENCE:?}"
+    );
+    // The server goes at once; what it pushed is the client's to read.
+    drop(server);
+    let done = subscriber.line()?;
+    expect_all(&done, "a-0", COUNT, reliable, 0)
 }
 
 fn a_dropped_recv_loses_nothing(ctx: &Ctx) -> Outcome {
