@@ -18,6 +18,7 @@ mod access;
 pub(crate) mod backend;
 mod correlate;
 pub(crate) mod datagram;
+mod datagram_clients;
 pub(crate) mod endpoint_file;
 pub mod fifo;
 pub mod mq;

@@ -591,8 +591,13 @@ fn push_size(server: &api::Server) -> impl Fn(u32) -> usize + Send + 'static {
 
 /// Ends a stream of pushes: once where nothing is lost, a few times where it may be.
 fn end(handle: &ClientHandle, reliable: bool) -> Result<(), Error> {
-    for _ in 0..if reliable { 1 } else { 5 } {
-        handle.send(END)?;
+    handle.send(END)?;
+    for _ in 1..if reliable { 1 } else { 5 } {
+        match handle.send(END) {
+            // A subscriber that got an earlier end may have left already.
+            Err(Error::Disconnected { .. }) => return Ok(()),
+            other => other?,
+        }
     }
     Ok(())
 }
