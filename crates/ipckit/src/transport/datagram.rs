@@ -872,13 +872,7 @@ enum Control {
 
 impl Listener for DatagramListener {
     fn recv(&mut self, deadline: Option<Instant>) -> Result<Option<Message>> {
-        loop {
-            match self.next_event(deadline)? {
-                Some(Event::Message(message)) => return Ok(Some(message)),
-                Some(_) => {}
-                None => return Ok(None),
-            }
-        }
+        crate::transport::next_message(|| self.next_event(deadline))
     }
 
     fn recv_event(&mut self, deadline: Option<Instant>) -> Result<Option<Event>> {

@@ -173,6 +173,20 @@ pub trait AsyncConnection: Sealed + Send + Sync {
     fn endpoint(&self) -> &Endpoint;
 }
 
+/// The next message among the events `next` gives, skipping clients coming and going:
+/// `recv` for a listener whose `recv_event` makes both.
+pub(crate) fn next_message(
+    mut next: impl FnMut() -> Result<Option<Event>>,
+) -> Result<Option<Message>> {
+    loop {
+        match next()? {
+            Some(Event::Message(message)) => return Ok(Some(message)),
+            Some(_) => {}
+            None => return Ok(None),
+        }
+    }
+}
+
 /// The error of a client's `recv` on a transport that does not push.
 pub(crate) fn cannot_push(endpoint: &Endpoint) -> Error {
     Error::Unsupported {
