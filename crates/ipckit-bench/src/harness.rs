@@ -218,15 +218,17 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Vec<Row>
         }
         // A server's push answered by its client, timed in the same blocks as the request.
         let mut push = caps.push.then(|| Row::new(scheme, "push", options.size));
+        // An endpoint of its own: the echo server holds the other while they take turns.
+        let push_at = transport.scratch_endpoint(&dir, "push");
         if let Some(push) = &mut push {
-            // An endpoint of its own: the echo server holds the other while they take turns.
-            let at = transport.scratch_endpoint(&dir, "push");
-            match crate::push::contender(&at, options.size) {
+            match crate::push::contender(&push_at, options.size) {
                 Ok(c) => contenders.push((c, push)),
                 Err(f) => *push = push.clone().failed(f.status, f.reason),
             }
         }
         interleave(&plan, contenders);
+        // What the push's client left (an mq inbound queue) goes with its endpoint.
+        let _ = transport.destroy(&push_at);
         progress(&format!("{scheme}: one-way throughput"));
         if ours.status == "ok" {
             if let Err(f) = measure_throughput(&plan, &endpoint, &mut ours) {

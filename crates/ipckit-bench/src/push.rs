@@ -193,6 +193,9 @@ pub fn run_broadcast(
                 point.status = f.status;
                 point.reason = Some(f.reason);
             }
+            // The subscribers were killed: what they left (mq's inbound queues, charged
+            // to this user's RLIMIT_MSGQUEUE) goes before the next measurement needs room.
+            let _ = transport.destroy(&endpoint);
             points.push(point);
         }
     }

@@ -18,6 +18,7 @@ mod access;
 pub(crate) mod backend;
 mod correlate;
 pub(crate) mod datagram;
+mod datagram_clients;
 pub(crate) mod endpoint_file;
 pub mod fifo;
 pub mod mq;
@@ -170,6 +171,20 @@ pub trait AsyncConnection: Sealed + Send + Sync {
     fn max_message(&self) -> usize;
     /// Where it is connected.
     fn endpoint(&self) -> &Endpoint;
+}
+
+/// The next message among the events `next` gives, skipping clients coming and going:
+/// `recv` for a listener whose `recv_event` makes both.
+pub(crate) fn next_message(
+    mut next: impl FnMut() -> Result<Option<Event>>,
+) -> Result<Option<Message>> {
+    loop {
+        match next()? {
+            Some(Event::Message(message)) => return Ok(Some(message)),
+            Some(_) => {}
+            None => return Ok(None),
+        }
+    }
 }
 
 /// The error of a client's `recv` on a transport that does not push.

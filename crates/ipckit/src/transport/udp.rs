@@ -9,6 +9,22 @@
 //! What a successful `send` promises: the datagram was handed to the kernel. Nothing
 //! more: not that anybody received it. A request is answered, refused, or times out.
 //!
+//! # Pushes
+//!
+//! A client introduces itself when it connects; the server answers from a socket of its
+//! own for that client, connected to the client's home, and pushes from it
+//! (docs/PROTOCOL.md, *Datagrams*). The outbox is the client's receive queue in the
+//! kernel (raised to 4 MiB, capped by net.core.rmem_max): a push never waits and never
+//! fails `Full`, as a datagram to a full queue is dropped by the kernel, silently; so a
+//! subscriber that does not keep up sees gaps, which it can count by numbering the
+//! messages, and a broadcast never drops one for being full either. A client that leaves
+//! says goodbye; one that crashed is noticed by the push after the one that found its
+//! port closed: the ICMP port unreachable that comes back fails the next push from that
+//! connected socket with `Disconnected`. A foreign program that sends a datagram becomes
+//! a client of its own, pushed to from the server's socket with an 8-byte mark, and is
+//! never noticed gone (an unconnected socket is told nothing) until the server forgets
+//! it ([`ClientHandle::disconnect`](crate::ClientHandle::disconnect)).
+//!
 //! # URL and options
 //!
 //! `udp://127.0.0.1:9000` (or an IPv6 literal in brackets, or a host name); port 0 when
@@ -51,8 +67,9 @@ use crate::message::Peer;
 /// The largest UDP payload over IPv4 and over IPv6, jumbograms aside.
 const MAX_V4: usize = 65507;
 const MAX_V6: usize = 65527;
-/// Room for bursts in the server's receive queue (the kernel caps it at rmem_max).
-const SERVER_RECEIVE_BUFFER: usize = 4 << 20;
+/// Room for bursts in the server's receive queue and a client's home, where pushes
+/// arrive (the kernel caps it at rmem_max).
+const RECEIVE_BUFFER: usize = 4 << 20;
 
 /// The `udp` transport.
 pub struct Udp;
@@ -76,18 +93,47 @@ fn max_message(endpoint: &Endpoint) -> (usize, String) {
     }
 }
 
+/// Any address of `peer`'s family, any port: what a socket that talks to `peer` binds.
+fn unspecified(peer: &SocketAddr) -> SocketAddr {
+    match peer {
+        SocketAddr::V4(_) => ([0, 0, 0, 0], 0).into(),
+        SocketAddr::V6(_) => ([0u16; 8], 0).into(),
+    }
+}
+
 impl Family for UdpFamily {
     fn client_socket(&self, endpoint: &Endpoint) -> Result<OwnedFd> {
         let server = tcp::resolve(endpoint)?[0];
-        let local: SocketAddr = match server {
-            SocketAddr::V4(_) => ([0, 0, 0, 0], 0).into(),
-            SocketAddr::V6(_) => ([0u16; 8], 0).into(),
-        };
-        let socket = UdpSocket::bind(local).map_err(|e| Error::io(endpoint, "binding", e))?;
+        let socket =
+            UdpSocket::bind(unspecified(&server)).map_err(|e| Error::io(endpoint, "binding", e))?;
         socket
             .connect(server)
             .map_err(|e| Error::io(endpoint, "connecting", e))?;
         Ok(socket.into())
+    }
+
+    /// Unconnected, so that it can take pushes from the server's push socket for this
+    /// client (which the server's welcome names) after saying hello to the server's
+    /// socket; with a receive queue with room for bursts, as a subscriber's is where
+    /// pushes are dropped when it falls behind.
+    fn home_socket(&self, endpoint: &Endpoint) -> Result<(OwnedFd, Option<SocketAddrAny>)> {
+        let server = tcp::resolve(endpoint)?[0];
+        let socket =
+            UdpSocket::bind(unspecified(&server)).map_err(|e| Error::io(endpoint, "binding", e))?;
+        let fd = OwnedFd::from(socket);
+        // Best effort: the kernel caps it at rmem_max, which is fine too.
+        let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&fd, RECEIVE_BUFFER);
+        Ok((fd, Some(server.into())))
+    }
+
+    /// Connected to the client's home, so that the ICMP port unreachable a closed home
+    /// sends back fails the next push with ECONNREFUSED: the server's own socket, being
+    /// unconnected, is told nothing.
+    fn push_socket(&self, home: &SocketAddrAny) -> Option<OwnedFd> {
+        let home = SocketAddr::try_from(home.clone()).ok()?;
+        let socket = UdpSocket::bind(unspecified(&home)).ok()?;
+        socket.connect(home).ok()?;
+        Some(socket.into())
     }
 
     fn peer(&self, from: Option<&SocketAddrAny>, _: Option<rustix::net::UCred>) -> Peer {
@@ -122,7 +168,7 @@ impl Transport for Udp {
             max_message: max_message(endpoint).0,
             peer_credentials: false,
             zero_copy: false,
-            push: false,
+            push: true,
         }
     }
 
@@ -173,7 +219,7 @@ fn server(endpoint: &Endpoint) -> Result<DatagramListener> {
         .map_err(|e| Error::listen_io(endpoint, "reading the bound address", e))?;
     let fd = OwnedFd::from(socket);
     // Best effort: the kernel caps it at rmem_max, which is fine too.
-    let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&fd, SERVER_RECEIVE_BUFFER);
+    let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&fd, RECEIVE_BUFFER);
     let Address::Udp(asked) = endpoint.address() else {
         unreachable!("the registry hands udp endpoints only to udp")
     };

@@ -24,6 +24,20 @@
 //! killed before reading it loses it with the socket; after that, sends fail with
 //! [`crate::Error::NotFound`] instead of succeeding into the void.
 //!
+//! # Pushes
+//!
+//! A client introduces itself when it connects; the server answers from a socket of its
+//! own for that client, connected to the client's home socket, and pushes from it
+//! (docs/PROTOCOL.md, *Datagrams*). The outbox is what that socket's send buffer holds
+//! (net.core.wmem_max) once the client has read the server's welcome, and
+//! net.unix.max_dgram_qlen datagrams before: a push to a full client waits, by `poll`,
+//! for the client to read, up to the endpoint's `?send_timeout_ms=`, then fails `Full`;
+//! a broadcast skips it. Each client's outbox is its own, so a client that stops reading
+//! holds up no other. A client that leaves says goodbye; one that crashed is noticed by
+//! the next push to it (its socket is gone: `Disconnected`). A foreign program that
+//! sends from a bound socket becomes a client of its own, pushed to from the server's
+//! socket.
+//!
 //! # URL and options
 //!
 //! `unixgram:///tmp/app.dgram` (a socket file at that absolute path) or `unixgram://@app`
@@ -134,6 +148,23 @@ impl Family for UnixgramFamily {
         Ok(fd)
     }
 
+    fn home_socket(&self, endpoint: &Endpoint) -> Result<(OwnedFd, Option<SocketAddrAny>)> {
+        let fd = datagram_socket().map_err(|e| Error::io(endpoint, "creating a socket", e))?;
+        raise_send_buffer(&fd);
+        rustix::net::bind(&fd, &SocketAddrUnix::new_unnamed())
+            .map_err(|e| Error::io(endpoint, "binding a home address", e.into()))?;
+        let server = socket_addr(endpoint, server_addr(endpoint))?;
+        Ok((fd, Some(server.into())))
+    }
+
+    fn push_socket(&self, home: &SocketAddrAny) -> Option<OwnedFd> {
+        let fd = datagram_socket().ok()?;
+        raise_send_buffer(&fd);
+        rustix::net::bind(&fd, &SocketAddrUnix::new_unnamed()).ok()?;
+        rustix::net::connect(&fd, home).ok()?;
+        Some(fd)
+    }
+
     fn peer(&self, _: Option<&SocketAddrAny>, creds: Option<rustix::net::UCred>) -> Peer {
         match creds {
             Some(c) => Peer {
@@ -169,7 +200,7 @@ impl Transport for Unixgram {
             max_message: max_message(endpoint).0,
             peer_credentials: true,
             zero_copy: false,
-            push: false,
+            push: true,
         }
     }
 
@@ -230,4 +261,28 @@ fn server(endpoint: &Endpoint) -> Result<DatagramListener> {
         max_message(endpoint).0,
         cleanup,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client's one-way messages leave from a socket connected to the server: a send
+    /// to an address looks a socket file up each time, which doubled the kernel's cost
+    /// of a one-way message when the home, which must stay open to the server's push
+    /// socket, sent them.
+    #[test]
+    fn one_way_messages_leave_from_a_connected_socket() {
+        let url = format!("unixgram://@ipckit-test-one-way-{}", std::process::id());
+        let endpoint = Endpoint::parse(&url).unwrap();
+        let _server = server(&endpoint).unwrap();
+        let client =
+            DatagramConnection::new(&endpoint, Arc::new(UnixgramFamily), max_message(&endpoint))
+                .unwrap();
+        let peer = client.one_way_peer().expect("a connected socket");
+        assert_eq!(
+            peer,
+            SocketAddrAny::from(socket_addr(&endpoint, server_addr(&endpoint)).unwrap())
+        );
+    }
 }

@@ -106,6 +106,9 @@ pub enum Role {
     /// Connects `connections` clients, each saying `hello NAME-C`, and receives what is
     /// pushed to each until `end` (see `push`).
     Subscribe { connections: u32, name: String },
+    /// Connects `connections` clients that never send, and receives what is pushed to
+    /// each until `end`.
+    SubscribeSilently { connections: u32 },
     /// Async: says `hello NAME` and receives pushes until `end` through waits that are
     /// mostly dropped before a message comes.
     SubscribeCancelling { name: String },
@@ -173,6 +176,9 @@ impl Role {
             Role::Mute => ("mute", vec![]),
             Role::Subscribe { connections, name } => {
                 ("subscribe", vec![connections.to_string(), name.clone()])
+            }
+            Role::SubscribeSilently { connections } => {
+                ("subscribe-silently", vec![connections.to_string()])
             }
             Role::SubscribeCancelling { name } => ("subscribe-cancelling", vec![name.clone()]),
             Role::HelloAndWait { name } => ("hello-and-wait", vec![name.clone()]),
@@ -274,6 +280,9 @@ impl Role {
             "subscribe" => Role::Subscribe {
                 connections: arg(args, 2)?,
                 name: arg(args, 3)?,
+            },
+            "subscribe-silently" => Role::SubscribeSilently {
+                connections: arg(args, 2)?,
             },
             "subscribe-cancelling" => Role::SubscribeCancelling {
                 name: arg(args, 2)?,
@@ -379,6 +388,7 @@ pub fn run(args: Vec<String>) -> ExitCode {
 fn play(role: Role, url: &str) -> Result<(), Failure> {
     match role {
         Role::Subscribe { .. }
+        | Role::SubscribeSilently { .. }
         | Role::SubscribeCancelling { .. }
         | Role::HelloAndWait { .. }
         | Role::HelloAndLeave { .. }

@@ -35,6 +35,7 @@ pub const CHECKS: &[Check] = checks![in push:
     push => a_client_that_never_reads_stalls_nothing,
     push => pushes_and_replies_never_mix,
     push => pushes_flushed_before_the_server_stops_arrive,
+    push => silent_subscribers_are_seen_and_served,
 ];
 
 /// 64 subscribers in four processes: through the blocking API alone, for the suite's time.
@@ -549,6 +550,63 @@ fn pushes_flushed_before_the_server_stops_arrive(ctx: &Ctx) -> Outcome {
     expect_all(&done, "a-0", COUNT, reliable, 0)
 }
 
+/// Subscribers that never send, connecting all at once (on mq, into a queue that fills):
+/// each is seen connect, and gets what is pushed to it.
+fn silent_subscribers_are_seen_and_served(ctx: &Ctx) -> Outcome {
+    const PER_PROCESS: u32 = 8;
+    const COUNT: u32 = 100;
+    let mut server = api::listen(ctx.endpoint("silent"))?;
+    let reliable = server.capabilities().reliable;
+    let mut subscribers: Vec<Child> = (0..2)
+        .map(|_| {
+            Child::spawn(
+                Role::SubscribeSilently {
+                    connections: PER_PROCESS,
+                },
+                server.endpoint(),
+            )
+        })
+        .collect();
+    let mut connected = Vec::new();
+    let deadline = Instant::now() + PATIENCE;
+    while connected.len() < 2 * PER_PROCESS as usize {
+        ensure!(
+            Instant::now() < deadline,
+            "only {} of {} silent subscribers were seen connecting",
+            connected.len(),
+            2 * PER_PROCESS
+        );
+        match server.recv_event_timeout(Duration::from_millis(20))? {
+            Some(Event::Connected(client)) => connected.push(client),
+            Some(Event::Message(message)) => {
+                return Err(format!("a silent subscriber sent {:?}", message.payload()).into());
+            }
+            Some(Event::Disconnected(client)) => {
+                return Err(format!("{client:?} left before being served").into());
+            }
+            None => {}
+        }
+    }
+    serve_while(&mut server, move || -> Result<(), Error> {
+        for seq in 0..COUNT {
+            for client in &connected {
+                client.send(&numbered(PUSHED, seq, 64))?;
+            }
+        }
+        connected
+            .iter()
+            .try_for_each(|client| end(client, reliable))
+    })??;
+    for subscriber in &mut subscribers {
+        for _ in 0..PER_PROCESS {
+            let done = done_line(subscriber, &mut server)?;
+            let name = done.split(' ').nth(1).unwrap_or_default().to_owned();
+            expect_all(&done, &name, COUNT, reliable, 0)?;
+        }
+    }
+    Ok(())
+}
+
 fn a_dropped_recv_loses_nothing(ctx: &Ctx) -> Outcome {
     let mut server = api::listen(ctx.endpoint("cancel"))?;
     let reliable = server.capabilities().reliable;
@@ -591,8 +649,13 @@ fn push_size(server: &api::Server) -> impl Fn(u32) -> usize + Send + 'static {
 
 /// Ends a stream of pushes: once where nothing is lost, a few times where it may be.
 fn end(handle: &ClientHandle, reliable: bool) -> Result<(), Error> {
-    for _ in 0..if reliable { 1 } else { 5 } {
-        handle.send(END)?;
+    handle.send(END)?;
+    for _ in 1..if reliable { 1 } else { 5 } {
+        match handle.send(END) {
+            // A subscriber that got an earlier end may have left already.
+            Err(Error::Disconnected { .. }) => return Ok(()),
+            other => other?,
+        }
     }
     Ok(())
 }
@@ -853,6 +916,17 @@ pub fn play(role: Role, url: &str) -> Result<(), Box<dyn std::error::Error>> {
             std::thread::scope(|scope| {
                 for (c, client) in clients.iter().enumerate() {
                     let name = format!("{name}-{c}");
+                    scope.spawn(move || say(&receive_until_end(client, &name)));
+                }
+            });
+        }
+        Role::SubscribeSilently { connections } => {
+            let clients = (0..connections)
+                .map(|_| api::connect(url))
+                .collect::<Result<Vec<_>, Error>>()?;
+            std::thread::scope(|scope| {
+                for (c, client) in clients.iter().enumerate() {
+                    let name = format!("silent-{}-{c}", std::process::id());
                     scope.spawn(move || say(&receive_until_end(client, &name)));
                 }
             });

@@ -36,24 +36,7 @@ pub(super) fn client(endpoint: &Endpoint) -> Result<MqConnection> {
         announced: AtomicBool::new(false),
         inbound,
     };
-    // A server that runs learns of this client now, so that it can push before the
-    // client's first message; one that starts later learns of it from that message. The
-    // hello never waits, nor takes a place in the queue while no server reads it: a
-    // client of a full queue, or of none yet, says who it is with its first message.
-    if let (Ok(inbound), true) = (&client.inbound, receiver_running(&client.endpoint)) {
-        inbound.saw_server.store(true, Ordering::Release);
-        let mut hello = Vec::new();
-        encode_named(&mut hello, HELLO_MAGIC, &inbound.name, b"");
-        if send_by(
-            endpoint,
-            &client.queue,
-            &hello,
-            client.priority,
-            &NOW_OR_NEVER,
-        )? {
-            client.announced.store(true, Ordering::Release);
-        }
-    }
+    client.announce()?;
     Ok(client)
 }
 
@@ -449,6 +432,33 @@ impl MqConnection {
         put(message)
     }
 
+    /// Says hello to a server that runs, so that it can push before this client's first
+    /// message. The hello never waits, nor takes a place in a queue no server reads: a
+    /// client of a full queue, or of none yet, says it again from `recv`, at each of its
+    /// looks at the server (a subscriber may never send anything), and its first message
+    /// says who it is too.
+    pub(super) fn announce(&self) -> Result<()> {
+        let Ok(inbound) = &self.inbound else {
+            return Ok(());
+        };
+        if self.announced.load(Ordering::Acquire) || !receiver_running(&self.endpoint) {
+            return Ok(());
+        }
+        inbound.saw_server.store(true, Ordering::Release);
+        let mut hello = Vec::new();
+        encode_named(&mut hello, HELLO_MAGIC, &inbound.name, b"");
+        if send_by(
+            &self.endpoint,
+            &self.queue,
+            &hello,
+            self.priority,
+            &NOW_OR_NEVER,
+        )? {
+            self.announced.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
     /// The inbound queue, or the error of a client without one.
     pub(super) fn inbound(&self) -> Result<&Inbound> {
         self.inbound.as_ref().map_err(|reason| Error::Unsupported {
@@ -464,6 +474,7 @@ impl MqConnection {
         let inbound = self.inbound()?;
         let mut gone = inbound.closed();
         loop {
+            self.announce()?;
             // Once the server has gone, only what it pushed before is left to take.
             let until = match (gone, deadline) {
                 (true, _) => NOW_OR_NEVER,

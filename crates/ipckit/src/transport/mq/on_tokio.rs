@@ -73,6 +73,7 @@ impl AsyncMqConnection {
             .expect("opened with the inbound queue");
         let mut gone = inbound.closed();
         loop {
+            self.client.announce()?;
             // Each piece is received and put with the others under the lock, in one poll:
             // a future dropped between pieces leaves them for the next receiver.
             let receive_one = |queue: &AsyncFd<Queue>| {

@@ -304,13 +304,7 @@ impl MqListener {
 
 impl Listener for MqListener {
     fn recv(&mut self, deadline: Option<Instant>) -> Result<Option<Message>> {
-        loop {
-            match self.next_event(deadline)? {
-                Some(Event::Message(message)) => return Ok(Some(message)),
-                Some(_) => {}
-                None => return Ok(None),
-            }
-        }
+        crate::transport::next_message(|| self.next_event(deadline))
     }
 
     fn recv_event(&mut self, deadline: Option<Instant>) -> Result<Option<Event>> {
