@@ -254,7 +254,7 @@ impl<Q> Drop for ReplyQueue<Q> {
 
 /// How often a request that found no room for another reply queue looks for one of its
 /// client's given back.
-pub(super) const REPLY_QUEUE_RETRY: Duration = Duration::from_millis(1);
+pub(super) const REPLY_QUEUE_RETRY: Duration = Duration::from_millis(2);
 
 pub(super) struct MqConnection {
     pub(super) endpoint: Endpoint,
@@ -324,15 +324,14 @@ impl MqConnection {
         )
     }
 
-    /// A new reply queue, its queue made by `wrap` from the one just created; `None` when
-    /// the user or the process has no room for another queue (RLIMIT_MSGQUEUE,
-    /// fs.mqueue.queues_max, descriptors) but this client has reply queues of its own:
-    /// one of them, given back by the request using it, will do. Concurrent requests take
-    /// as many reply queues as there is room for, and share them, instead of failing.
+    /// A new reply queue, its queue made by `wrap` from the one just created; `no_room`
+    /// is set when the user or the process had no room for another queue
+    /// (RLIMIT_MSGQUEUE, fs.mqueue.queues_max, descriptors): see [`Self::may_wait`].
     pub(super) fn new_reply_queue_with<Q>(
         &self,
         wrap: impl FnOnce(Queue) -> Result<Q>,
-    ) -> Result<Option<ReplyQueue<Q>>> {
+        no_room: &mut bool,
+    ) -> Result<ReplyQueue<Q>> {
         // Named after the inbound queue, so that the server knows whose request it is.
         let name = match &self.inbound {
             Ok(inbound) => format!(
@@ -342,7 +341,6 @@ impl MqConnection {
             ),
             Err(_) => new_queue_name(&self.endpoint),
         };
-        let mut no_room = false;
         let queue = open_queue(
             &self.endpoint,
             &name,
@@ -350,17 +348,14 @@ impl MqConnection {
             // A reply is its status byte and then up to `max` bytes of payload.
             (1, (self.max + 1).min(limits().msgsize_max)),
             |endpoint, op, errno| {
-                no_room = matches!(
+                *no_room = matches!(
                     errno,
                     Errno::EMFILE | Errno::ENFILE | Errno::ENOSPC | Errno::ENOMEM
                 );
                 mq_error(endpoint, op, errno)
             },
         );
-        let queue = match queue {
-            Err(_) if no_room && self.live_replies.load(Ordering::Acquire) > 0 => return Ok(None),
-            queue => queue?,
-        };
+        let queue = queue?;
         let wrapped = msgsize(&self.endpoint, &queue).and_then(|size| Ok((size, wrap(queue)?)));
         let (size, queue) = match wrapped {
             Ok(wrapped) => wrapped,
@@ -370,33 +365,43 @@ impl MqConnection {
             }
         };
         self.live_replies.fetch_add(1, Ordering::AcqRel);
-        Ok(Some(ReplyQueue {
+        Ok(ReplyQueue {
             name,
             queue,
             buf: vec![0; size],
             request: Vec::new(),
             live: self.live_replies.clone(),
-        }))
+        })
+    }
+
+    /// Whether a request that found no room for another reply queue (`no_room`) since
+    /// `since` looks again rather than failing. With reply queues of its own, one given
+    /// back by the request using it will do: concurrent requests share as many as there
+    /// is room for, up to the request's `deadline`. With none, room that the user's other
+    /// queues free (RLIMIT_MSGQUEUE is shared by all the user's processes) is waited for
+    /// as room in a full queue is, up to the send timeout.
+    pub(super) fn may_wait(&self, no_room: bool, since: Instant, deadline: Instant) -> bool {
+        let now = Instant::now();
+        no_room
+            && now < deadline
+            && (self.live_replies.load(Ordering::Acquire) > 0 || now < since + self.send_timeout)
     }
 
     /// A reply queue for a request that must be sent by `deadline`: a pooled one, a new
     /// one, or one of this client's given back while there is no room for more.
-    fn reply_queue(&self, timeout: Duration) -> Result<ReplyQueue> {
-        let deadline = Instant::now() + timeout;
+    fn reply_queue(&self, since: Instant, timeout: Duration) -> Result<ReplyQueue> {
+        let deadline = since + timeout;
         loop {
             if let Some(pooled) = self.replies.pop() {
                 return Ok(pooled);
             }
-            if let Some(made) = self.new_reply_queue_with(Ok)? {
-                return Ok(made);
+            let mut no_room = false;
+            match self.new_reply_queue_with(Ok, &mut no_room) {
+                Err(_) if self.may_wait(no_room, since, deadline) => {
+                    std::thread::sleep(REPLY_QUEUE_RETRY)
+                }
+                made => return made,
             }
-            if Instant::now() >= deadline {
-                return Err(Error::Timeout {
-                    endpoint: self.url.clone(),
-                    after: timeout,
-                });
-            }
-            std::thread::sleep(REPLY_QUEUE_RETRY);
         }
     }
 
@@ -537,7 +542,7 @@ impl Connection for MqConnection {
             Some(pooled) => (pooled, timeout),
             None => {
                 let started = Instant::now();
-                let reply = self.reply_queue(timeout)?;
+                let reply = self.reply_queue(started, timeout)?;
                 (reply, timeout.saturating_sub(started.elapsed()))
             }
         };

@@ -23,7 +23,8 @@
 //! RLIMIT_MSGQUEUE, shared by all the user's processes: where no more fit (or no more
 //! descriptors), a request waits, within its timeout, for one of its client's own to be
 //! given back, so that concurrent requests share as many as there is room for instead
-//! of failing; a client with none fails at once, naming the limit. Queues of clients that
+//! of failing; a client with none waits for room up to `?send_timeout_ms=`, as a full
+//! queue is waited for, and then fails naming the limit. Queues of clients that
 //! crashed are removed by the next server to start, where the mqueue filesystem is
 //! mounted at /dev/mqueue to list them.
 //!

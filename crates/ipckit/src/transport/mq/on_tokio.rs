@@ -166,7 +166,7 @@ impl AsyncMqConnection {
         client.announced.store(true, Ordering::Release);
         let mut kept = None;
         let exchange = async {
-            let reply = kept.insert(self.reply_queue().await?);
+            let reply = kept.insert(self.reply_queue(timeout).await?);
             let request = client.request_for(reply, payload)?;
             self.put(&request).await?;
             reply.request = request;
@@ -191,20 +191,27 @@ impl AsyncMqConnection {
 
     /// A pooled reply queue, a new one, or, while there is no room for more, one of this
     /// client's given back (see [`MqConnection::new_reply_queue_with`]).
-    async fn reply_queue(&self) -> Result<ReplyQueue<AsyncFd<Queue>>> {
+    async fn reply_queue(&self, timeout: Duration) -> Result<ReplyQueue<AsyncFd<Queue>>> {
         let client = &self.client;
+        let since = Instant::now();
         loop {
             if let Some(pooled) = self.replies.pop() {
                 return Ok(pooled);
             }
-            let made = client.new_reply_queue_with(|queue| {
-                nonblocking(&client.endpoint, &queue)?;
-                register(&client.url, queue, Interest::READABLE)
-            })?;
-            if let Some(made) = made {
-                return Ok(made);
+            let mut no_room = false;
+            let made = client.new_reply_queue_with(
+                |queue| {
+                    nonblocking(&client.endpoint, &queue)?;
+                    register(&client.url, queue, Interest::READABLE)
+                },
+                &mut no_room,
+            );
+            match made {
+                Err(_) if client.may_wait(no_room, since, since + timeout) => {
+                    tokio::time::sleep(REPLY_QUEUE_RETRY).await
+                }
+                made => return made,
             }
-            tokio::time::sleep(REPLY_QUEUE_RETRY).await;
         }
     }
 }
