@@ -34,6 +34,11 @@ impl<T> Pool<T> {
         pooled.map_or_else(make, Ok)
     }
 
+    /// A pooled item, if one is free.
+    pub(super) fn pop(&self) -> Option<T> {
+        crate::sys::lock(&self.0).pop()
+    }
+
     /// Returns an item whose exchange succeeded.
     pub(super) fn give_back(&self, item: T) {
         crate::sys::lock(&self.0).push(item);

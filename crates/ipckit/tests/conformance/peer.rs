@@ -48,8 +48,13 @@ pub enum Role {
     /// Expects a message of `size` bytes to be refused as too large, then sends "after".
     SendOversized { size: usize },
     /// Requests from `threads` threads, `per_thread` each, and expects them answered with
-    /// their bytes reversed.
-    Request { threads: u32, per_thread: u32 },
+    /// their bytes reversed; once connected, with room for only `spare_fds` more file
+    /// descriptors if given.
+    Request {
+        threads: u32,
+        per_thread: u32,
+        spare_fds: Option<u64>,
+    },
     /// Through a client's exclusive handle: a one-way message, a request left to time out,
     /// requests small and large; then one through the client again.
     RequestExclusive,
@@ -140,7 +145,15 @@ impl Role {
             Role::Request {
                 threads,
                 per_thread,
-            } => ("request", vec![threads.to_string(), per_thread.to_string()]),
+                spare_fds,
+            } => (
+                "request",
+                vec![
+                    threads.to_string(),
+                    per_thread.to_string(),
+                    spare_fds.map_or("all".into(), |n| n.to_string()),
+                ],
+            ),
             Role::RequestExclusive => ("request-exclusive", vec![]),
             Role::Connect => ("connect", vec![]),
             Role::ConnectEarly => ("connect-early", vec![]),
@@ -222,6 +235,13 @@ impl Role {
             "request" => Role::Request {
                 threads: arg(args, 2)?,
                 per_thread: arg(args, 3)?,
+                spare_fds: match arg::<String>(args, 4)?.as_str() {
+                    "all" => None,
+                    n => Some(
+                        n.parse()
+                            .map_err(|e| format!("spare descriptors {n}: {e}"))?,
+                    ),
+                },
             },
             "request-exclusive" => Role::RequestExclusive,
             "connect" => Role::Connect,
@@ -500,8 +520,12 @@ fn play(role: Role, url: &str) -> Result<(), Failure> {
         Role::Request {
             threads,
             per_thread,
+            spare_fds,
         } => {
             let client = Arc::new(api::connect(url)?);
+            if let Some(spare) = spare_fds {
+                leave_fds(spare)?;
+            }
             let threads: Vec<_> = (0..threads)
                 .map(|t| {
                     let client = client.clone();

@@ -7,6 +7,8 @@ use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use ipckit::Error;
+use ipckit::endpoint::Address;
+use ipckit::transport::{Capabilities, Transport};
 
 use crate::api;
 use crate::peer::{Role, TypedJob, TypedReply};
@@ -18,6 +20,7 @@ use crate::support::{
 pub const CHECKS: &[Check] = checks![
     byte_stream => line_framing_in_order,
     duplex => request_reply_concurrent,
+    few_descriptors_suffice => concurrent_requests_with_few_descriptors,
     duplex => refusal_reaches_the_caller,
     refuses_unanswered => dropped_request_refused,
     duplex => reply_that_looks_like_a_refusal_is_a_reply,
@@ -78,40 +81,92 @@ fn request_reply_concurrent(ctx: &Ctx) -> Outcome {
         Role::Request {
             threads,
             per_thread,
+            spare_fds: None,
         },
         server.endpoint(),
     );
-    let mut answered = 0;
-    let mut out_of_order = false;
-    while answered < threads * per_thread {
-        // Gather what is in flight and answer it backwards, so replies cross on the wire.
-        let mut batch = vec![recv(&mut server)?];
-        while let Some(m) = server.recv_timeout(Duration::from_millis(2))? {
-            batch.push(m);
+    let (mut answered, mut out_of_order) = (0, false);
+    // A peer that stalls or fails says why on its stderr.
+    let mut serve = || -> Outcome {
+        while answered < threads * per_thread {
+            // Gather what is in flight and answer it backwards, so replies cross on the wire.
+            let mut batch = vec![recv(&mut server)?];
+            while let Some(m) = server.recv_timeout(Duration::from_millis(2))? {
+                batch.push(m);
+            }
+            out_of_order |= batch.len() > 1;
+            // One more, lent and answered while the batch is still held: on shm its space is
+            // given back before theirs.
+            let answer = |payload: &[u8], wants_reply: bool| wants_reply.then(|| reversed(payload));
+            if answered + (batch.len() as u32) < threads * per_thread
+                && server.answer_lent(Duration::from_millis(2), answer)?
+            {
+                answered += 1;
+            }
+            for mut message in batch.into_iter().rev() {
+                ensure!(
+                    message.wants_reply(),
+                    "a request arrived as a one-way message"
+                );
+                message.reply(&reversed(message.payload()))?;
+                answered += 1;
+            }
         }
-        out_of_order |= batch.len() > 1;
-        // One more, lent and answered while the batch is still held: on shm its space is
-        // given back before theirs.
-        let answer = |payload: &[u8], wants_reply: bool| wants_reply.then(|| reversed(payload));
-        if answered + (batch.len() as u32) < threads * per_thread
-            && server.answer_lent(Duration::from_millis(2), answer)?
-        {
-            answered += 1;
-        }
-        for mut message in batch.into_iter().rev() {
-            ensure!(
-                message.wants_reply(),
-                "a request arrived as a one-way message"
-            );
-            message.reply(&reversed(message.payload()))?;
-            answered += 1;
-        }
-    }
+        Ok(())
+    };
+    serve().map_err(|e| {
+        format!(
+            "{} (after {answered} of {} answers); the peer's stderr:\n{}",
+            e.message().unwrap_or("failed"),
+            threads * per_thread,
+            client.stderr()
+        )
+    })?;
     client.finish()?;
     ensure!(
         out_of_order,
         "requests never overlapped, so correlation was not exercised"
     );
+    Ok(())
+}
+
+/// Duplex transports whose connected client needs at most two more descriptors for any
+/// number of concurrent requests: all but datagrams for now, whose client binds sockets
+/// as its threads request (and fails with EMFILE when it cannot).
+fn few_descriptors_suffice(t: &dyn Transport, caps: &Capabilities) -> bool {
+    let ep = t.scratch_endpoint(&std::env::temp_dir(), "probe");
+    caps.duplex && !matches!(ep.address(), Address::Udp(_) | Address::Unixgram(_))
+}
+
+/// A client that can open only two more descriptors (as one whose user's queues are near
+/// RLIMIT_MSGQUEUE, on mq, can make only so many reply queues) still gets every answer to
+/// the requests of eight threads: they wait their turn instead of failing.
+fn concurrent_requests_with_few_descriptors(ctx: &Ctx) -> Outcome {
+    let mut server = api::listen(ctx.endpoint("fewfds"))?;
+    let (threads, per_thread) = (8u32, 20u32);
+    let client = Child::spawn(
+        Role::Request {
+            threads,
+            per_thread,
+            spare_fds: Some(2),
+        },
+        server.endpoint(),
+    );
+    let serve = |server: &mut api::Server| -> Outcome {
+        for _ in 0..threads * per_thread {
+            let mut message = recv(server)?;
+            message.reply(&reversed(message.payload()))?;
+        }
+        Ok(())
+    };
+    serve(&mut server).map_err(|e| {
+        format!(
+            "{}; the peer's stderr:\n{}",
+            e.message().unwrap_or("failed"),
+            client.stderr()
+        )
+    })?;
+    client.finish()?;
     Ok(())
 }
 

@@ -30,6 +30,7 @@ pub(super) fn client(endpoint: &Endpoint) -> Result<MqConnection> {
         max,
         limit,
         replies: Pool::new(),
+        live_replies: Default::default(),
         priority: endpoint.priority(),
         send_timeout: endpoint.send_timeout(),
         announced: AtomicBool::new(false),
@@ -240,13 +241,20 @@ pub(super) struct ReplyQueue<Q = Queue> {
     pub(super) buf: Vec<u8>,
     /// The request being sent, kept to reuse its allocation.
     pub(super) request: Vec<u8>,
+    /// Its client's count of reply queues, this one among them.
+    live: Arc<AtomicUsize>,
 }
 
 impl<Q> Drop for ReplyQueue<Q> {
     fn drop(&mut self) {
         let _ = nix::mqueue::mq_unlink(self.name.as_str());
+        self.live.fetch_sub(1, Ordering::AcqRel);
     }
 }
+
+/// How often a request that found no room for another reply queue looks for one of its
+/// client's given back.
+pub(super) const REPLY_QUEUE_RETRY: Duration = Duration::from_millis(2);
 
 pub(super) struct MqConnection {
     pub(super) endpoint: Endpoint,
@@ -255,6 +263,8 @@ pub(super) struct MqConnection {
     pub(super) max: usize,
     pub(super) limit: String,
     pub(super) replies: Pool<ReplyQueue>,
+    /// How many reply queues this client has, in use or pooled, through either API.
+    pub(super) live_replies: Arc<AtomicUsize>,
     /// The endpoint's options, read once.
     pub(super) priority: u32,
     pub(super) send_timeout: Duration,
@@ -314,10 +324,13 @@ impl MqConnection {
         )
     }
 
-    /// A new reply queue, its queue made by `wrap` from the one just created.
+    /// A new reply queue, its queue made by `wrap` from the one just created; `no_room`
+    /// is set when the user or the process had no room for another queue
+    /// (RLIMIT_MSGQUEUE, fs.mqueue.queues_max, descriptors): see [`Self::may_wait`].
     pub(super) fn new_reply_queue_with<Q>(
         &self,
         wrap: impl FnOnce(Queue) -> Result<Q>,
+        no_room: &mut bool,
     ) -> Result<ReplyQueue<Q>> {
         // Named after the inbound queue, so that the server knows whose request it is.
         let name = match &self.inbound {
@@ -334,8 +347,15 @@ impl MqConnection {
             MQ_OFlag::O_RDONLY | MQ_OFlag::O_EXCL,
             // A reply is its status byte and then up to `max` bytes of payload.
             (1, (self.max + 1).min(limits().msgsize_max)),
-            mq_error,
-        )?;
+            |endpoint, op, errno| {
+                *no_room = matches!(
+                    errno,
+                    Errno::EMFILE | Errno::ENFILE | Errno::ENOSPC | Errno::ENOMEM
+                );
+                mq_error(endpoint, op, errno)
+            },
+        );
+        let queue = queue?;
         let wrapped = msgsize(&self.endpoint, &queue).and_then(|size| Ok((size, wrap(queue)?)));
         let (size, queue) = match wrapped {
             Ok(wrapped) => wrapped,
@@ -344,16 +364,45 @@ impl MqConnection {
                 return Err(e);
             }
         };
+        self.live_replies.fetch_add(1, Ordering::AcqRel);
         Ok(ReplyQueue {
             name,
             queue,
             buf: vec![0; size],
             request: Vec::new(),
+            live: self.live_replies.clone(),
         })
     }
 
-    pub(super) fn new_reply_queue(&self) -> Result<ReplyQueue> {
-        self.new_reply_queue_with(Ok)
+    /// Whether a request that found no room for another reply queue (`no_room`) since
+    /// `since` looks again rather than failing. With reply queues of its own, one given
+    /// back by the request using it will do: concurrent requests share as many as there
+    /// is room for, up to the request's `deadline`. With none, room that the user's other
+    /// queues free (RLIMIT_MSGQUEUE is shared by all the user's processes) is waited for
+    /// as room in a full queue is, up to the send timeout.
+    pub(super) fn may_wait(&self, no_room: bool, since: Instant, deadline: Instant) -> bool {
+        let now = Instant::now();
+        no_room
+            && now < deadline
+            && (self.live_replies.load(Ordering::Acquire) > 0 || now < since + self.send_timeout)
+    }
+
+    /// A reply queue for a request that must be sent by `deadline`: a pooled one, a new
+    /// one, or one of this client's given back while there is no room for more.
+    fn reply_queue(&self, since: Instant, timeout: Duration) -> Result<ReplyQueue> {
+        let deadline = since + timeout;
+        loop {
+            if let Some(pooled) = self.replies.pop() {
+                return Ok(pooled);
+            }
+            let mut no_room = false;
+            match self.new_reply_queue_with(Ok, &mut no_room) {
+                Err(_) if self.may_wait(no_room, since, deadline) => {
+                    std::thread::sleep(REPLY_QUEUE_RETRY)
+                }
+                made => return made,
+            }
+        }
     }
 
     /// Sends a one-way message, naming this client when the queue has room for its name.
@@ -487,15 +536,21 @@ impl Connection for MqConnection {
 
     fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
         self.announced.store(true, Ordering::Release);
-        self.replies.with(
-            || self.new_reply_queue(),
-            |reply| {
-                let request = self.request_for(reply, payload)?;
-                let answer = self.exchange(reply, &request, timeout);
-                reply.request = request;
-                answer
-            },
-        )
+        // A pooled reply queue at once, as nearly always; the time spent waiting for one
+        // counts against the timeout.
+        let (mut reply, left) = match self.replies.pop() {
+            Some(pooled) => (pooled, timeout),
+            None => {
+                let started = Instant::now();
+                let reply = self.reply_queue(started, timeout)?;
+                (reply, timeout.saturating_sub(started.elapsed()))
+            }
+        };
+        let request = self.request_for(&mut reply, payload)?;
+        let answer = self.exchange(&mut reply, &request, left)?;
+        reply.request = request;
+        self.replies.give_back(reply);
+        Ok(answer)
     }
 
     fn recv(&self, deadline: Option<Instant>) -> Result<Option<Vec<u8>>> {

@@ -19,7 +19,12 @@
 //!
 //! Requests carry a header naming a reply queue the client created (see
 //! docs/PROTOCOL.md); the server answers into it. A client keeps a pool of reply queues,
-//! one per request in flight, and removes them when dropped. Queues of clients that
+//! one per request in flight, and removes them when dropped. Each costs some 8.3 KB of
+//! RLIMIT_MSGQUEUE, shared by all the user's processes: where no more fit (or no more
+//! descriptors), a request waits, within its timeout, for one of its client's own to be
+//! given back, so that concurrent requests share as many as there is room for instead
+//! of failing; a client with none waits for room up to `?send_timeout_ms=`, as a full
+//! queue is waited for, and then fails naming the limit. Queues of clients that
 //! crashed are removed by the next server to start, where the mqueue filesystem is
 //! mounted at /dev/mqueue to list them.
 //!
@@ -87,7 +92,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -227,7 +232,7 @@ fn open_queue(
     name: &str,
     flags: MQ_OFlag,
     (maxmsg, msgsize): (usize, usize),
-    as_error: fn(&Endpoint, &'static str, Errno) -> Error,
+    as_error: impl FnOnce(&Endpoint, &'static str, Errno) -> Error,
 ) -> Result<Queue> {
     let attr = MqAttr::new(0, maxmsg as _, msgsize as _, 0);
     let mode = Mode::from_bits_truncate(endpoint.mode() as _);

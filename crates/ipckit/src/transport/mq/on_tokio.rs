@@ -16,7 +16,7 @@ use std::task::{Context, Poll, ready};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-use super::client::{ReplyQueue, SERVER_CHECK_INTERVAL};
+use super::client::{REPLY_QUEUE_RETRY, ReplyQueue, SERVER_CHECK_INTERVAL};
 use super::server::Received;
 use super::wire::answer;
 use super::*;
@@ -164,15 +164,12 @@ impl AsyncMqConnection {
     async fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
         let client = &self.client;
         client.announced.store(true, Ordering::Release);
-        let mut reply = self.replies.take(|| {
-            client.new_reply_queue_with(|queue| {
-                nonblocking(&client.endpoint, &queue)?;
-                register(&client.url, queue, Interest::READABLE)
-            })
-        })?;
-        let request = client.request_for(&mut reply, payload)?;
+        let mut kept = None;
         let exchange = async {
+            let reply = kept.insert(self.reply_queue(timeout).await?);
+            let request = client.request_for(reply, payload)?;
             self.put(&request).await?;
+            reply.request = request;
             let buf = &mut reply.buf;
             let received = reactor::when_ready(&reply.queue, Interest::READABLE, |queue| {
                 Ok(nix::mqueue::mq_receive(queue.get_ref(), buf, &mut 0)?)
@@ -188,9 +185,34 @@ impl AsyncMqConnection {
                 endpoint: client.url.clone(),
                 after: timeout,
             })??;
-        reply.request = request;
-        self.replies.give_back(reply);
+        self.replies.give_back(kept.expect("taken by the exchange"));
         Ok(answer)
+    }
+
+    /// A pooled reply queue, a new one, or, while there is no room for more, one of this
+    /// client's given back (see [`MqConnection::new_reply_queue_with`]).
+    async fn reply_queue(&self, timeout: Duration) -> Result<ReplyQueue<AsyncFd<Queue>>> {
+        let client = &self.client;
+        let since = Instant::now();
+        loop {
+            if let Some(pooled) = self.replies.pop() {
+                return Ok(pooled);
+            }
+            let mut no_room = false;
+            let made = client.new_reply_queue_with(
+                |queue| {
+                    nonblocking(&client.endpoint, &queue)?;
+                    register(&client.url, queue, Interest::READABLE)
+                },
+                &mut no_room,
+            );
+            match made {
+                Err(_) if client.may_wait(no_room, since, since + timeout) => {
+                    tokio::time::sleep(REPLY_QUEUE_RETRY).await
+                }
+                made => return made,
+            }
+        }
     }
 }
 
