@@ -281,7 +281,16 @@ pub(crate) fn scratch_dir(kind: &str) -> std::path::PathBuf {
 pub fn abandon() {
     crate::peer::abandon();
     for kind in ["bench", "scaling", "broadcast"] {
-        let _ = std::fs::remove_dir_all(scratch_dir(kind));
+        // The run's own thread goes on meanwhile and may make a file in the directory as
+        // it is being emptied, which then fails to go: look again, briefly.
+        for _ in 0..20 {
+            match std::fs::remove_dir_all(scratch_dir(kind)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                _ => break,
+            }
+        }
     }
     raw::remove_leftovers();
 }

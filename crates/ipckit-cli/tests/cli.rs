@@ -84,7 +84,17 @@ impl Background {
     fn output(mut self) -> Output {
         let deadline = Instant::now() + Duration::from_secs(20);
         while self.0.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "the process did not finish");
+            if Instant::now() >= deadline {
+                // What it printed says where it stuck.
+                let _ = self.0.kill();
+                let child = std::mem::replace(&mut self.0, Command::new("true").spawn().unwrap());
+                let output = child.wait_with_output().unwrap();
+                panic!(
+                    "the process did not finish within 20 s; it printed {:?} and said {:?}",
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
         let child = std::mem::replace(&mut self.0, Command::new("true").spawn().unwrap());
