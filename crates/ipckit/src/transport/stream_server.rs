@@ -560,6 +560,10 @@ impl StreamListener {
         deadline: Option<Instant>,
         messages_only: bool,
     ) -> Result<Option<Event>> {
+        // Kept across turns: a wake-up that comes with events this call passes over
+        // (with `messages_only`, a client leaving) must still end the wait.
+        let mut woken = false;
+        let mut polled = false;
         loop {
             while let Some(event) = self.ready.pop_front() {
                 if let Event::Disconnected(client) = &event {
@@ -571,6 +575,9 @@ impl StreamListener {
                 if !messages_only || matches!(event, Event::Message(_)) {
                     return Ok(Some(event));
                 }
+            }
+            if woken || (polled && deadline.is_some_and(|d| Instant::now() >= d)) {
+                return Ok(None);
             }
             let timeout = if self.unread.is_empty() {
                 // Wake for the soonest of the caller's and the connections' deadlines.
@@ -588,7 +595,7 @@ impl StreamListener {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(Error::io(&*self.url, "waiting for messages", e)),
             }
-            let mut woken = false;
+            polled = true;
             let mut accept = false;
             for event in self.events.iter() {
                 match event.token() {
@@ -621,12 +628,6 @@ impl StreamListener {
                 self.service(key);
             }
             self.expire();
-            if !self.ready.is_empty() {
-                continue;
-            }
-            if woken || deadline.is_some_and(|d| Instant::now() >= d) {
-                return Ok(None);
-            }
         }
     }
 }
