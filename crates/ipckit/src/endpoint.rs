@@ -587,6 +587,14 @@ impl Endpoint {
         self.object.as_deref()
     }
 
+    /// The endpoint without its `#object`: where the server that hosts the object listens.
+    pub fn without_object(&self) -> Endpoint {
+        Endpoint {
+            object: None,
+            ..self.clone()
+        }
+    }
+
     fn param(&self, param: Param) -> Option<&str> {
         self.params
             .iter()
@@ -1113,6 +1121,11 @@ fn parse_host_port(body: &str) -> Parsed<HostPort> {
 fn parse_name(body: &str) -> Parsed<String> {
     check_name(body, "name")?;
     Ok(body.to_owned())
+}
+
+/// Whether `name` may follow `#` in a URL, to name an object; the error says why not.
+pub(crate) fn check_object_name(name: &str) -> Result<(), String> {
+    check_name(name, "object name")
 }
 
 fn check_name(name: &str, what: &str) -> Parsed<()> {

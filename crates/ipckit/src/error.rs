@@ -187,6 +187,64 @@ pub enum Error {
         detail: String,
     },
 
+    /// A contract call named an object the server does not host
+    /// ([`contract`](crate::contract)).
+    #[error(
+        "{endpoint}: no object named '{object}' is served there (served: {}); connect to the endpoint with #NAME for one of them",
+        served.join(", ")
+    )]
+    UnknownObject {
+        /// The endpoint's URL.
+        endpoint: String,
+        /// The name asked for (empty when the call named none and the server hosts more
+        /// than one object).
+        object: String,
+        /// The names the server hosts.
+        served: Vec<String>,
+    },
+
+    /// A contract call named a method its object does not have: most often a client built
+    /// from a newer version of the contract than its server's.
+    #[error(
+        "{endpoint}: the object '{object}' has no method '{method}' (it has: {}); the server may run an older version of the contract",
+        methods.join(", ")
+    )]
+    UnknownMethod {
+        /// The endpoint's URL.
+        endpoint: String,
+        /// The object called.
+        object: String,
+        /// The method asked for.
+        method: String,
+        /// The methods the object has.
+        methods: Vec<String>,
+    },
+
+    /// A contract call's arguments did not decode as the method's: `detail` names what
+    /// failed.
+    #[error("{endpoint}: the arguments of '{method}' do not fit it: {detail}")]
+    BadArguments {
+        /// The endpoint's URL.
+        endpoint: String,
+        /// The method called.
+        method: String,
+        /// What the decoder said.
+        detail: String,
+    },
+
+    /// The handler of a contract call panicked; the server caught it and serves on.
+    #[error(
+        "{endpoint}: the handler of '{method}' panicked: {detail}; the server survived, its log has more"
+    )]
+    Panicked {
+        /// The endpoint's URL.
+        endpoint: String,
+        /// The method called.
+        method: String,
+        /// The panic's message.
+        detail: String,
+    },
+
     /// The message was already answered.
     #[error("{endpoint}: this message was already answered, or its sender expects no reply")]
     NoReplyExpected {
@@ -345,6 +403,10 @@ impl Error {
             | Error::Stopped { endpoint }
             | Error::Codec { endpoint, .. }
             | Error::NoReplyExpected { endpoint }
+            | Error::UnknownObject { endpoint, .. }
+            | Error::UnknownMethod { endpoint, .. }
+            | Error::BadArguments { endpoint, .. }
+            | Error::Panicked { endpoint, .. }
             | Error::Io { endpoint, .. } => endpoint,
         }
     }
@@ -403,6 +465,27 @@ mod tests {
                 detail: "a reason".into(),
             },
             Error::NoReplyExpected { endpoint: s() },
+            Error::UnknownObject {
+                endpoint: s(),
+                object: "calculator".into(),
+                served: vec!["logger".into()],
+            },
+            Error::UnknownMethod {
+                endpoint: s(),
+                object: "calculator".into(),
+                method: "sub".into(),
+                methods: vec!["add".into()],
+            },
+            Error::BadArguments {
+                endpoint: s(),
+                method: "add".into(),
+                detail: "a reason".into(),
+            },
+            Error::Panicked {
+                endpoint: s(),
+                method: "add".into(),
+                detail: "a reason".into(),
+            },
         ];
         for kind in [
             io::ErrorKind::NotFound,

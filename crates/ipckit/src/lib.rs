@@ -165,6 +165,7 @@ macro_rules! debug_by_endpoint {
     };
 }
 
+pub mod contract;
 #[cfg(test)]
 mod docs;
 pub mod endpoint;
@@ -1132,6 +1133,20 @@ pub struct ServerGuard {
 }
 
 impl ServerGuard {
+    /// A guard that stops `thread`, serving `endpoint`, by calling `wake`.
+    pub(crate) fn new(
+        endpoint: Endpoint,
+        wake: Arc<dyn Fn() + Send + Sync>,
+        thread: JoinHandle<()>,
+    ) -> ServerGuard {
+        ServerGuard {
+            endpoint,
+            stop: Arc::default(),
+            wake,
+            thread: Some(thread),
+        }
+    }
+
     /// The endpoint it serves.
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint

@@ -93,7 +93,7 @@ impl Inbox {
             // many clients stay within the kernel's per-user pipe allowance.
             let _ = rustix::pipe::fcntl_setpipe_size(&fd, INBOX_PIPE_SIZE);
             let placeholder = open_fifo(endpoint, &path, OFlags::WRONLY)?;
-            Ok((fd, placeholder))
+            Ok::<_, Error>((fd, placeholder))
         })();
         let (fd, placeholder) = opened.inspect_err(|_| {
             let _ = std::fs::remove_file(&path);

@@ -228,7 +228,7 @@ pub fn create(
             .map_err(|e| io("inspecting the segment", e.into()))?
             .st_ino;
         put_in_place(endpoint, &temp_path, &final_path)?;
-        Ok(Created { fd, map, inode })
+        Ok::<_, Error>(Created { fd, map, inode })
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&temp_path);

@@ -1,0 +1,228 @@
+//! What a served contract says of itself when asked (`ipckit introspect`, as
+//! `busctl introspect` for D-Bus): its objects, their methods with argument names and
+//! types, one-way or not, and their events.
+
+use std::fmt;
+
+use serde::de::{self, DeserializeOwned, Visitor};
+use serde::{Deserialize, Serialize};
+
+/// An argument as a contract declares it, for [`Method::PARAMS`](super::Method::PARAMS).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Param {
+    /// Its name.
+    pub name: &'static str,
+    /// Its type, as written in Rust.
+    pub ty: &'static str,
+}
+
+/// Everything a service hosts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Description {
+    /// The objects, in the order they were added.
+    pub objects: Vec<ObjectInfo>,
+}
+
+/// One object of a service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectInfo {
+    /// Its name, after `#` in a client's URL.
+    pub name: String,
+    /// `"shared"` or `"per_connection"`.
+    pub instance: String,
+    /// Its methods, two-way and one-way, in the order they were added.
+    pub methods: Vec<MethodInfo>,
+    /// The events it pushes.
+    #[serde(default)]
+    pub events: Vec<EventInfo>,
+}
+
+/// One method of an object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MethodInfo {
+    /// Its name.
+    pub name: String,
+    /// True when nothing answers it.
+    pub oneway: bool,
+    /// Its arguments: name and type.
+    pub args: Vec<ArgInfo>,
+    /// What it returns (`()` for a one-way method).
+    pub returns: String,
+    /// Its application error's type, if it can fail.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// One event of an object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventInfo {
+    /// Its name.
+    pub name: String,
+    /// Its fields: name and type.
+    pub args: Vec<ArgInfo>,
+}
+
+/// An argument or field: its name and its type as written in Rust (`?` when the contract
+/// did not say).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArgInfo {
+    /// Its name.
+    pub name: String,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub ty: String,
+}
+
+/// The arguments of `T`: as declared, or else the names of its fields as serde has them.
+pub(super) fn args_of<T: DeserializeOwned>(declared: &[Param]) -> Vec<ArgInfo> {
+    if !declared.is_empty() {
+        return declared
+            .iter()
+            .map(|p| ArgInfo {
+                name: p.name.to_string(),
+                ty: p.ty.to_string(),
+            })
+            .collect();
+    }
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(FieldProbe(&mut fields));
+    fields
+        .iter()
+        .map(|name| ArgInfo {
+            name: name.to_string(),
+            ty: "?".to_string(),
+        })
+        .collect()
+}
+
+/// `T`'s name without its module paths: `Option<String>`, not
+/// `core::option::Option<alloc::string::String>`.
+pub(super) fn type_name<T: ?Sized>() -> String {
+    let full = std::any::type_name::<T>();
+    let mut short = String::with_capacity(full.len());
+    let mut word = String::new();
+    for c in full.chars() {
+        if c.is_alphanumeric() || c == '_' || c == ':' {
+            word.push(c);
+        } else {
+            short.push_str(word.rsplit("::").next().unwrap_or(""));
+            word.clear();
+            short.push(c);
+        }
+    }
+    short.push_str(word.rsplit("::").next().unwrap_or(""));
+    short
+}
+
+/// A deserializer that learns a struct's field names from its one `deserialize_struct`
+/// call, and stops there.
+struct FieldProbe<'a>(&'a mut &'static [&'static str]);
+
+#[derive(Debug)]
+struct Stop;
+
+impl fmt::Display for Stop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("probed")
+    }
+}
+
+impl std::error::Error for Stop {}
+
+impl de::Error for Stop {
+    fn custom<T: fmt::Display>(_: T) -> Stop {
+        Stop
+    }
+}
+
+impl<'de> de::Deserializer<'de> for FieldProbe<'_> {
+    type Error = Stop;
+
+    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
+        Err(Stop)
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        fields: &'static [&'static str],
+        _: V,
+    ) -> Result<V::Value, Stop> {
+        *self.0 = fields;
+        Err(Stop)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+        byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+        identifier ignored_any
+    }
+}
+
+impl fmt::Display for Description {
+    /// As `busctl introspect` prints an object: one line per method and event.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, object) in self.objects.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            writeln!(f, "#{} ({} instance)", object.name, object.instance)?;
+            for method in &object.methods {
+                let args = join(&method.args);
+                if method.oneway {
+                    writeln!(f, "  oneway {}({args})", method.name)?;
+                } else {
+                    let returns = match &method.error {
+                        Some(error) => format!("Result<{}, {error}>", method.returns),
+                        None => method.returns.clone(),
+                    };
+                    writeln!(f, "  method {}({args}) -> {returns}", method.name)?;
+                }
+            }
+            for event in &object.events {
+                writeln!(f, "  event  {}({})", event.name, join(&event.args))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn join(args: &[ArgInfo]) -> String {
+    args.iter()
+        .map(|a| format!("{}: {}", a.name, a.ty))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize)]
+    #[allow(dead_code)]
+    struct Add {
+        a: i64,
+        b: i64,
+    }
+
+    #[test]
+    fn field_names_come_from_serde_when_not_declared() {
+        let args = args_of::<Add>(&[]);
+        let names: Vec<_> = args.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        let declared = args_of::<Add>(&[Param {
+            name: "x",
+            ty: "i64",
+        }]);
+        assert_eq!(declared[0].ty, "i64");
+    }
+
+    #[test]
+    fn type_names_lose_their_paths() {
+        assert_eq!(type_name::<Option<String>>(), "Option<String>");
+        assert_eq!(
+            type_name::<Vec<(i64, std::path::PathBuf)>>(),
+            "Vec<(i64, PathBuf)>"
+        );
+    }
+}

@@ -1,0 +1,466 @@
+//! A service: the objects one server hosts by name, the calls it answers for them, and the
+//! clients subscribed to their events.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use super::Event;
+use super::describe::{Description, ObjectInfo};
+use super::object::{Host, Hosted, Instance, Object};
+use super::serve;
+use super::wire::{self, Call, Codec, Failure, Kind};
+use crate::push::{ClientHandle, Delivery};
+use crate::{Error, Message, Result, Server, ServerGuard};
+
+/// The objects one server hosts, by name: it answers their calls from any
+/// [`Server`](crate::Server) ([`serve`](Service::serve), [`spawn`](Service::spawn)) or
+/// tokio server ([`serve_async`](Service::serve_async)).
+///
+/// It also answers two calls of its own on every object (docs/PROTOCOL.md):
+/// `ipckit.describe`, which returns a [`Description`], and `ipckit.subscribe`, which
+/// subscribes the caller to the object's events.
+///
+/// ```
+/// use ipckit::contract::{Object, Service};
+///
+/// let mut service = Service::new();
+/// service.shared("logger", Object::<()>::new(), ());
+/// service.per_connection("session", Object::<Vec<String>>::new(), Vec::new);
+/// let names: Vec<_> = service.describe().objects.into_iter().map(|o| o.name).collect();
+/// assert_eq!(names, ["logger", "session"]);
+/// ```
+pub struct Service {
+    objects: Vec<(String, Box<dyn Hosted>)>,
+    subscriptions: Arc<Subscriptions>,
+}
+
+impl Default for Service {
+    fn default() -> Self {
+        Service::new()
+    }
+}
+
+impl Service {
+    /// A service hosting nothing yet.
+    pub fn new() -> Service {
+        Service {
+            objects: Vec::new(),
+            subscriptions: Arc::default(),
+        }
+    }
+
+    /// Hosts `object` as `name`, with its instance(s).
+    ///
+    /// # Panics
+    ///
+    /// If `name` is hosted already, or cannot follow `#` in a URL (letters, digits, `.`,
+    /// `_` and `-`).
+    pub fn host<T: Send + Sync + 'static>(
+        &mut self,
+        name: &str,
+        object: Object<T>,
+        instance: Instance<T>,
+    ) -> &mut Service {
+        if let Err(why) = crate::endpoint::check_object_name(name) {
+            panic!("cannot host an object as '{name}': {why}");
+        }
+        assert!(
+            !self.objects.iter().any(|(n, _)| n == name),
+            "an object is hosted as '{name}' already"
+        );
+        self.objects
+            .push((name.to_string(), Box::new(Host::new(object, instance))));
+        self
+    }
+
+    /// Hosts `object` as `name`, with one `instance` for every client.
+    ///
+    /// # Panics
+    ///
+    /// As [`host`](Service::host).
+    pub fn shared<T: Send + Sync + 'static>(
+        &mut self,
+        name: &str,
+        object: Object<T>,
+        instance: T,
+    ) -> &mut Service {
+        self.host(name, object, Instance::Shared(instance))
+    }
+
+    /// Hosts `object` as `name`, with an instance for each client connection, made by
+    /// `make` at its first call and dropped when it disconnects.
+    ///
+    /// # Panics
+    ///
+    /// As [`host`](Service::host).
+    pub fn per_connection<T: Send + Sync + 'static>(
+        &mut self,
+        name: &str,
+        object: Object<T>,
+        make: impl Fn() -> T + Send + Sync + 'static,
+    ) -> &mut Service {
+        self.host(name, object, Instance::per_connection(make))
+    }
+
+    /// What the service hosts, as `ipckit.describe` returns it.
+    pub fn describe(&self) -> Description {
+        Description {
+            objects: self.objects.iter().map(|(n, h)| info(n, &**h)).collect(),
+        }
+    }
+
+    /// A handle that emits the events of object `object` to the clients subscribed to
+    /// them, from any thread; the object's handlers may keep one in their state.
+    pub fn publisher(&self, object: &str) -> Publisher {
+        Publisher {
+            object: object.into(),
+            subscriptions: self.subscriptions.clone(),
+        }
+    }
+
+    /// Answers one message: runs the call it carries and replies, if its sender waits
+    /// for a reply. For a server loop of one's own; [`serve`](Service::serve) does this
+    /// for every message.
+    pub fn handle(&self, msg: &mut Message) {
+        let client = msg.client().cloned();
+        let answer = self.answer(client.as_ref(), msg.payload());
+        match answer {
+            Some(body) if msg.wants_reply() => {
+                if let Err(e) = msg.reply(&body) {
+                    log::debug!("a contract reply was not delivered: {e}");
+                }
+            }
+            Some(body) => {
+                if let Ok(wire::Reply::Failed(failure, _)) = wire::parse_reply(&body) {
+                    log::warn!(
+                        "{}: a one-way contract call failed: {}",
+                        msg.endpoint(),
+                        failure.message
+                    );
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Answers calls from `server` on this thread until it is stopped (through its
+    /// [`Stopper`](crate::Stopper)), when it returns `Ok`, or fails. A call whose handler
+    /// runs long has the server taken over by another thread meanwhile, so that one
+    /// slow or stuck handler holds up no other caller.
+    pub fn serve(self, server: Server) -> Result<()> {
+        serve::serve(self, server)
+    }
+
+    /// Answers calls from `server` on a thread of its own, until the guard is dropped.
+    ///
+    /// ```
+    /// use ipckit::contract::{Object, Proxy, Service};
+    ///
+    /// let url = format!("uds://@ipckit-doc-service-spawn-{}", std::process::id());
+    /// let mut service = Service::new();
+    /// service.shared("nothing", Object::<()>::new(), ());
+    /// let guard = service.spawn(ipckit::listen(&url)?);
+    /// let methods = Proxy::connect(&url)?.describe()?.objects[0].methods.len();
+    /// assert_eq!(methods, 0);
+    /// drop(guard);
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
+    pub fn spawn(self, server: Server) -> ServerGuard {
+        serve::spawn(self, server)
+    }
+
+    /// Forgets what the service keeps for `client`, which has gone: its instances and
+    /// subscriptions. [`serve`](Service::serve) calls it on every
+    /// [`Event::Disconnected`](crate::Event::Disconnected).
+    pub fn disconnected(&self, client: &ClientHandle) {
+        for (_, host) in &self.objects {
+            host.disconnected(client.id());
+        }
+        self.subscriptions.remove(client.id());
+    }
+
+    /// The reply body for call `body`, or `None` for a one-way call that went well.
+    fn answer(&self, client: Option<&ClientHandle>, body: &[u8]) -> Option<Vec<u8>> {
+        let call = match wire::parse_call(body) {
+            Ok(call) => call,
+            Err(message) => {
+                let kind = match Codec::of(body) {
+                    Some(_) => Kind::BadCall,
+                    None if body.is_empty() => Kind::BadCall,
+                    None => Kind::Codec,
+                };
+                let failure = Failure {
+                    kind,
+                    message,
+                    served: Vec::new(),
+                };
+                return Some(wire::failed::<()>(Codec::Json, &failure, None));
+            }
+        };
+        let codec = call.codec;
+        let failed = |kind, message, served| {
+            let failure = Failure {
+                kind,
+                message,
+                served,
+            };
+            Some(wire::failed::<()>(codec, &failure, None))
+        };
+        let (name, host) = match self.find(call.object.as_deref()) {
+            Some(found) => found,
+            None => {
+                let wanted = call.object.as_deref().unwrap_or_default();
+                let served = self.objects.iter().map(|(n, _)| n.clone()).collect();
+                let message = if wanted.is_empty() {
+                    "the call names no object and the server hosts more than one".to_string()
+                } else {
+                    format!("no object named '{wanted}' is served")
+                };
+                return failed(Kind::UnknownObject, message, served);
+            }
+        };
+        if call.method.starts_with(wire::RESERVED) {
+            return self.answer_own(client, name, host, &call);
+        }
+        let id = client.map(ClientHandle::id);
+        match catch_unwind(AssertUnwindSafe(|| {
+            host.dispatch(id, &call.method, codec, call.args)
+        })) {
+            Ok(Some(Ok(answer))) => answer,
+            Ok(Some(Err(why))) => failed(Kind::BadCall, why, Vec::new()),
+            Ok(None) => failed(
+                Kind::UnknownMethod,
+                format!("the object '{name}' has no method '{}'", call.method),
+                host.methods().iter().map(|m| m.name.clone()).collect(),
+            ),
+            Err(panic) => {
+                let why = panic_message(&*panic);
+                log::error!(
+                    "the handler of '{name}.{}' panicked: {why}; serving on",
+                    call.method
+                );
+                failed(Kind::Panicked, why, Vec::new())
+            }
+        }
+    }
+
+    /// The object a call names: the one so named, or the only one for a call that names
+    /// none.
+    fn find(&self, object: Option<&str>) -> Option<(&str, &dyn Hosted)> {
+        let found = match object {
+            Some(name) => self.objects.iter().find(|(n, _)| n == name),
+            None if self.objects.len() == 1 => self.objects.first(),
+            None => None,
+        };
+        found.map(|(n, h)| (n.as_str(), &**h))
+    }
+
+    /// The answer to one of ipckit's own calls on an object.
+    fn answer_own(
+        &self,
+        client: Option<&ClientHandle>,
+        name: &str,
+        host: &dyn Hosted,
+        call: &Call<'_>,
+    ) -> Option<Vec<u8>> {
+        let codec = call.codec;
+        let failed = |kind, message: String| {
+            let failure = Failure {
+                kind,
+                message,
+                served: Vec::new(),
+            };
+            Some(wire::failed::<()>(codec, &failure, None))
+        };
+        match &*call.method {
+            wire::DESCRIBE => {
+                // Named, an object describes itself; unnamed, the whole service.
+                let described = match call.object {
+                    Some(_) => Description {
+                        objects: vec![info(name, host)],
+                    },
+                    None => self.describe(),
+                };
+                wire::ok(codec, &described).ok()
+            }
+            wire::SUBSCRIBE => {
+                let Some(client) = client else {
+                    return failed(
+                        Kind::BadCall,
+                        "this transport cannot push, so it has no events".to_string(),
+                    );
+                };
+                let wanted: Subscribe = match codec.decode(call.args) {
+                    Ok(wanted) => wanted,
+                    Err(detail) => {
+                        return failed(
+                            Kind::BadArguments,
+                            format!(
+                                "'{}' takes {{\"events\": [names]}}: {detail}",
+                                wire::SUBSCRIBE
+                            ),
+                        );
+                    }
+                };
+                let declared: Vec<String> = host.events().iter().map(|e| e.name.clone()).collect();
+                if let Some(unknown) = wanted.events.iter().find(|e| !declared.contains(e)) {
+                    let failure = Failure {
+                        kind: Kind::UnknownMethod,
+                        message: format!("the object '{name}' has no event '{unknown}'"),
+                        served: declared,
+                    };
+                    return Some(wire::failed::<()>(codec, &failure, None));
+                }
+                let events = if wanted.events.is_empty() {
+                    declared
+                } else {
+                    wanted.events
+                };
+                self.subscriptions
+                    .add(name, client.clone(), codec, events.clone());
+                wire::ok(codec, &events).ok()
+            }
+            other => failed(
+                Kind::UnknownMethod,
+                format!(
+                    "'{other}' is no call of ipckit's own (they are {} and {})",
+                    wire::DESCRIBE,
+                    wire::SUBSCRIBE
+                ),
+            ),
+        }
+    }
+}
+
+fn info(name: &str, host: &dyn Hosted) -> ObjectInfo {
+    ObjectInfo {
+        name: name.to_string(),
+        instance: host.instance().to_string(),
+        methods: host.methods().to_vec(),
+        events: host.events().to_vec(),
+    }
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(s), _) => s.to_string(),
+        (_, Some(s)) => s.clone(),
+        _ => "a panic with no message".to_string(),
+    }
+}
+
+/// The arguments of `ipckit.subscribe`: the events wanted, all the object's when empty.
+#[derive(Serialize, Deserialize, Default)]
+pub(super) struct Subscribe {
+    #[serde(default)]
+    pub events: Vec<String>,
+}
+
+/// The clients subscribed to each object's events.
+#[derive(Default)]
+struct Subscriptions {
+    by_object: Mutex<HashMap<String, Vec<Subscriber>>>,
+}
+
+struct Subscriber {
+    client: ClientHandle,
+    codec: Codec,
+    events: Vec<String>,
+}
+
+impl Subscriptions {
+    fn add(&self, object: &str, client: ClientHandle, codec: Codec, events: Vec<String>) {
+        let mut by_object = self.by_object.lock().unwrap_or_else(|e| e.into_inner());
+        let subscribers = by_object.entry(object.to_string()).or_default();
+        subscribers.retain(|s| s.client != client);
+        subscribers.push(Subscriber {
+            client,
+            codec,
+            events,
+        });
+    }
+
+    fn remove(&self, client: u64) {
+        let mut by_object = self.by_object.lock().unwrap_or_else(|e| e.into_inner());
+        for subscribers in by_object.values_mut() {
+            subscribers.retain(|s| s.client.id() != client);
+        }
+    }
+}
+
+/// Emits one object's events to the clients subscribed to them (from
+/// [`Service::publisher`]); cheap to clone, usable from any thread.
+///
+/// An event is pushed as the transport pushes ([`ClientHandle::try_send`]): it never
+/// waits, and skips a client whose outbox is full, counting it in the [`Delivery`].
+#[derive(Clone)]
+pub struct Publisher {
+    object: Arc<str>,
+    subscriptions: Arc<Subscriptions>,
+}
+
+impl Publisher {
+    /// Pushes `event` to every client subscribed to it.
+    pub fn emit<E: Event>(&self, event: &E) -> Result<Delivery, Error> {
+        let mut delivery = Delivery::default();
+        let mut bodies: [Option<Vec<u8>>; 2] = [None, None];
+        let mut by_object = self
+            .subscriptions
+            .by_object
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let Some(subscribers) = by_object.get_mut(&*self.object) else {
+            return Ok(delivery);
+        };
+        let mut gone = Vec::new();
+        for (i, subscriber) in subscribers.iter().enumerate() {
+            if !subscriber.events.iter().any(|e| e == E::NAME) {
+                continue;
+            }
+            let slot = &mut bodies[subscriber.codec as usize];
+            if slot.is_none() {
+                let body = wire::event(subscriber.codec, &self.object, E::NAME, event).map_err(
+                    |detail| Error::Codec {
+                        endpoint: subscriber.client.endpoint().to_string(),
+                        op: "encode",
+                        detail: format!("the event '{}': {detail}", E::NAME),
+                    },
+                )?;
+                *slot = Some(body);
+            }
+            let body = slot.as_deref().unwrap_or_default();
+            match subscriber.client.try_send(body) {
+                Ok(()) => delivery.sent += 1,
+                Err(Error::Full { .. }) => delivery.dropped += 1,
+                Err(e) => {
+                    log::debug!("an event subscriber has gone: {e}");
+                    delivery.disconnected += 1;
+                    gone.push(i);
+                }
+            }
+        }
+        for i in gone.into_iter().rev() {
+            subscribers.swap_remove(i);
+        }
+        Ok(delivery)
+    }
+
+    /// How many clients are subscribed to event `E`.
+    pub fn subscribers<E: Event>(&self) -> usize {
+        let by_object = self
+            .subscriptions
+            .by_object
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        by_object.get(&*self.object).map_or(0, |subscribers| {
+            subscribers
+                .iter()
+                .filter(|s| s.events.iter().any(|e| e == E::NAME))
+                .count()
+        })
+    }
+}

@@ -1,0 +1,478 @@
+//! The bodies of calls, replies and events (docs/PROTOCOL.md, *Contracts*), in both
+//! codecs. A body's first byte says its codec: `{` (or JSON's whitespace) is JSON, 0x01
+//! is postcard; so a server answers each call in the codec it came in, and a client
+//! learns a JSON-only server from its answer.
+
+use std::borrow::Cow;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// How a contract's calls, replies and events are encoded.
+///
+/// JSON is the default: readable, spoken by shells and every language, and tolerant of
+/// change (a new optional argument, a new field, is missing or ignored). postcard is
+/// compact and fast, but positional: both sides must have the same arguments and fields
+/// in the same order, so keep it for clients built with their server's contract. A
+/// [`Proxy`](super::Proxy) that asks for postcard falls back to JSON for the rest of its
+/// connection when its server does not speak it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Codec {
+    /// JSON text (the default).
+    #[default]
+    Json,
+    /// postcard, behind a first byte of 0x01.
+    Postcard,
+}
+
+/// The first byte of a postcard body.
+const POSTCARD: u8 = 0x01;
+/// A postcard reply's status byte after [`POSTCARD`]: the result follows.
+const OK: u8 = 0x00;
+/// A postcard reply's status byte after [`POSTCARD`]: a [`Failure`] follows.
+const FAILED: u8 = 0x01;
+
+/// Names ipckit keeps for itself: no contract's method may start with it.
+pub(super) const RESERVED: &str = "ipckit.";
+/// The method that returns a [`Description`](super::Description) of the service.
+pub(super) const DESCRIBE: &str = "ipckit.describe";
+/// The method that subscribes the caller to events of the object.
+pub(super) const SUBSCRIBE: &str = "ipckit.subscribe";
+
+impl Codec {
+    /// The codec a body is in: JSON when it starts as JSON can, postcard after 0x01.
+    pub(super) fn of(body: &[u8]) -> Option<Codec> {
+        match body.first() {
+            Some(&POSTCARD) => Some(Codec::Postcard),
+            Some(b'{' | b' ' | b'\t' | b'\n' | b'\r') => Some(Codec::Json),
+            _ => None,
+        }
+    }
+
+    pub(super) fn encode_into<T: Serialize + ?Sized>(
+        self,
+        value: &T,
+        mut out: Vec<u8>,
+    ) -> Result<Vec<u8>, String> {
+        match self {
+            Codec::Json => serde_json::to_writer(&mut out, value)
+                .map(|()| out)
+                .map_err(|e| e.to_string()),
+            Codec::Postcard => postcard::to_extend(value, out).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// A `T` from the whole of `bytes`.
+    pub(super) fn decode<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T, String> {
+        match self {
+            Codec::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+            Codec::Postcard => match postcard::take_from_bytes(bytes) {
+                Ok((value, [])) => Ok(value),
+                Ok((_, rest)) => Err(format!("{} bytes were left over", rest.len())),
+                Err(e) => Err(e.to_string()),
+            },
+        }
+    }
+
+    /// The name the CLI and the docs use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::Json => "json",
+            Codec::Postcard => "postcard",
+        }
+    }
+}
+
+impl std::str::FromStr for Codec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Codec, String> {
+        match s {
+            "json" => Ok(Codec::Json),
+            "postcard" => Ok(Codec::Postcard),
+            _ => Err(format!("unknown codec '{s}': use json or postcard")),
+        }
+    }
+}
+
+/// A call as the server reads it: which object and method, and the arguments still
+/// encoded, for the method's handler to decode as its own type.
+#[derive(Debug)]
+pub(super) struct Call<'a> {
+    pub codec: Codec,
+    pub object: Option<Cow<'a, str>>,
+    pub method: Cow<'a, str>,
+    pub args: &'a [u8],
+}
+
+#[derive(Serialize, Deserialize)]
+struct JsonCall<'a> {
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    object: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    method: Cow<'a, str>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    args: Option<&'a RawValue>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Head<'a> {
+    #[serde(borrow)]
+    object: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+}
+
+/// The body of a call of `method` on `object` with `args`.
+pub(super) fn call<A: Serialize + ?Sized>(
+    codec: Codec,
+    object: Option<&str>,
+    method: &str,
+    args: &A,
+) -> Result<Vec<u8>, String> {
+    match codec {
+        Codec::Json => {
+            // Written by hand around the arguments so that they are encoded once, in
+            // place, with no intermediate value.
+            let mut out = Vec::with_capacity(64);
+            out.push(b'{');
+            if let Some(object) = object {
+                out.extend_from_slice(b"\"object\":");
+                serde_json::to_writer(&mut out, object).map_err(|e| e.to_string())?;
+                out.push(b',');
+            }
+            out.extend_from_slice(b"\"method\":");
+            serde_json::to_writer(&mut out, method).map_err(|e| e.to_string())?;
+            out.extend_from_slice(b",\"args\":");
+            let mut out = Codec::Json.encode_into(args, out)?;
+            out.push(b'}');
+            Ok(out)
+        }
+        Codec::Postcard => {
+            let head = Head {
+                object: object.map(Cow::Borrowed),
+                name: Cow::Borrowed(method),
+            };
+            let out = postcard::to_extend(&head, vec![POSTCARD]).map_err(|e| e.to_string())?;
+            Codec::Postcard.encode_into(args, out)
+        }
+    }
+}
+
+/// The call in `body`, or what is wrong with it.
+pub(super) fn parse_call(body: &[u8]) -> Result<Call<'_>, String> {
+    match Codec::of(body) {
+        Some(Codec::Json) => {
+            let call: JsonCall<'_> = serde_json::from_slice(body).map_err(|e| {
+                format!("the body is not a contract call ({e}); a call is a JSON object with \"method\", and \"object\" and \"args\" where needed")
+            })?;
+            Ok(Call {
+                codec: Codec::Json,
+                object: call.object,
+                method: call.method,
+                args: call.args.map_or(b"{}", |raw| raw.get().as_bytes()),
+            })
+        }
+        Some(Codec::Postcard) => {
+            let (head, args) = postcard::take_from_bytes::<Head<'_>>(&body[1..])
+                .map_err(|e| format!("the body is not a postcard contract call ({e})"))?;
+            Ok(Call {
+                codec: Codec::Postcard,
+                object: head.object,
+                method: head.name,
+                args,
+            })
+        }
+        None => Err(match body.first() {
+            None => "the body is empty, not a contract call".to_string(),
+            Some(byte) => format!(
+                "the body is not a contract call: it starts with {byte:#04x}, neither JSON's '{{' nor postcard's 0x01"
+            ),
+        }),
+    }
+}
+
+/// Why a call failed, as it travels back: `kind` says which [`Error`](crate::Error) or
+/// [`CallError::App`](super::CallError::App) the caller makes of it.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct Failure {
+    pub kind: Kind,
+    pub message: String,
+    /// The names served: the objects for `unknown_object`, the methods for
+    /// `unknown_method`. (Always written: postcard has no missing fields.)
+    #[serde(default)]
+    pub served: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum Kind {
+    /// The application's error: its value is the reply's `data`.
+    App,
+    UnknownObject,
+    UnknownMethod,
+    BadArguments,
+    Panicked,
+    /// The body was no call.
+    BadCall,
+    /// The server does not speak the call's codec.
+    Codec,
+}
+
+#[derive(Serialize)]
+struct JsonFailure<'a, D: Serialize + ?Sized> {
+    error: &'a Failure,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a D>,
+}
+
+/// The body of a successful reply.
+pub(super) fn ok<T: Serialize + ?Sized>(codec: Codec, value: &T) -> Result<Vec<u8>, String> {
+    match codec {
+        Codec::Json => {
+            let out = b"{\"ok\":".to_vec();
+            let mut out = Codec::Json.encode_into(value, out)?;
+            out.push(b'}');
+            Ok(out)
+        }
+        Codec::Postcard => Codec::Postcard.encode_into(value, vec![POSTCARD, OK]),
+    }
+}
+
+/// The body of a failed reply; `data` is the application's error, for [`Kind::App`].
+pub(super) fn failed<D: Serialize + ?Sized>(
+    codec: Codec,
+    failure: &Failure,
+    data: Option<&D>,
+) -> Vec<u8> {
+    let encoded = match codec {
+        Codec::Json => serde_json::to_vec(&JsonFailure {
+            error: failure,
+            data,
+        })
+        .map_err(|e| e.to_string()),
+        Codec::Postcard => postcard::to_extend(failure, vec![POSTCARD, FAILED])
+            .map_err(|e| e.to_string())
+            .and_then(|out| match data {
+                Some(data) => Codec::Postcard.encode_into(data, out),
+                None => Ok(out),
+            }),
+    };
+    encoded.unwrap_or_else(|e| {
+        // Only the application's error can fail to encode: say so instead.
+        let failure = Failure {
+            kind: Kind::Panicked,
+            message: format!("its error could not be encoded: {e}"),
+            served: Vec::new(),
+        };
+        failed::<()>(codec, &failure, None)
+    })
+}
+
+/// A reply as the client reads it: the result still encoded, or why it failed.
+pub(super) enum Reply<'a> {
+    Ok(&'a [u8]),
+    Failed(Failure, Option<&'a [u8]>),
+}
+
+#[derive(Deserialize)]
+struct JsonReply<'a> {
+    #[serde(borrow, default)]
+    ok: Option<&'a RawValue>,
+    #[serde(default)]
+    error: Option<Failure>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+/// The reply in `body`, which answers a call in `codec` (a server that does not speak
+/// postcard answers in JSON).
+pub(super) fn parse_reply(body: &[u8]) -> Result<Reply<'_>, String> {
+    match Codec::of(body) {
+        Some(Codec::Json) => {
+            let reply: JsonReply<'_> = serde_json::from_slice(body)
+                .map_err(|e| format!("the reply is not a contract reply ({e})"))?;
+            match reply.error {
+                Some(failure) => Ok(Reply::Failed(
+                    failure,
+                    reply.data.map(|raw| raw.get().as_bytes()),
+                )),
+                // `{"ok":null}` is a unit result, which serde reads as a missing field.
+                None => Ok(Reply::Ok(
+                    reply.ok.map_or(b"null", |raw| raw.get().as_bytes()),
+                )),
+            }
+        }
+        Some(Codec::Postcard) => match body.get(1) {
+            Some(&OK) => Ok(Reply::Ok(&body[2..])),
+            Some(&FAILED) => {
+                let (failure, data) = postcard::take_from_bytes::<Failure>(&body[2..])
+                    .map_err(|e| format!("the reply's error does not decode ({e})"))?;
+                Ok(Reply::Failed(failure, Some(data).filter(|d| !d.is_empty())))
+            }
+            _ => Err("the reply is not a contract reply (a bad postcard status byte)".into()),
+        },
+        None => Err("the reply is not a contract reply (neither JSON nor postcard)".into()),
+    }
+}
+
+/// An event as pushed: the object it comes from, its name, and its data still encoded.
+pub(super) struct Pushed<'a> {
+    pub codec: Codec,
+    pub object: Option<Cow<'a, str>>,
+    pub name: Cow<'a, str>,
+    pub data: &'a [u8],
+}
+
+#[derive(Serialize, Deserialize)]
+struct JsonEvent<'a> {
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    object: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    event: Cow<'a, str>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+/// The body of event `name` of `object` with `data`.
+pub(super) fn event<D: Serialize + ?Sized>(
+    codec: Codec,
+    object: &str,
+    name: &str,
+    data: &D,
+) -> Result<Vec<u8>, String> {
+    match codec {
+        Codec::Json => {
+            let mut out = b"{\"object\":".to_vec();
+            serde_json::to_writer(&mut out, object).map_err(|e| e.to_string())?;
+            out.extend_from_slice(b",\"event\":");
+            serde_json::to_writer(&mut out, name).map_err(|e| e.to_string())?;
+            out.extend_from_slice(b",\"data\":");
+            let mut out = Codec::Json.encode_into(data, out)?;
+            out.push(b'}');
+            Ok(out)
+        }
+        Codec::Postcard => {
+            let head = Head {
+                object: Some(Cow::Borrowed(object)),
+                name: Cow::Borrowed(name),
+            };
+            let out = postcard::to_extend(&head, vec![POSTCARD]).map_err(|e| e.to_string())?;
+            Codec::Postcard.encode_into(data, out)
+        }
+    }
+}
+
+/// The event in a pushed `body`, or what is wrong with it.
+pub(super) fn parse_event(body: &[u8]) -> Result<Pushed<'_>, String> {
+    match Codec::of(body) {
+        Some(Codec::Json) => {
+            let event: JsonEvent<'_> = serde_json::from_slice(body)
+                .map_err(|e| format!("the push is not a contract event ({e})"))?;
+            Ok(Pushed {
+                codec: Codec::Json,
+                object: event.object,
+                name: event.event,
+                data: event.data.get().as_bytes(),
+            })
+        }
+        Some(Codec::Postcard) => {
+            let (head, data) = postcard::take_from_bytes::<Head<'_>>(&body[1..])
+                .map_err(|e| format!("the push is not a postcard contract event ({e})"))?;
+            Ok(Pushed {
+                codec: Codec::Postcard,
+                object: head.object,
+                name: head.name,
+                data,
+            })
+        }
+        None => Err("the push is not a contract event (neither JSON nor postcard)".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_json_call_round_trips_with_its_arguments_untouched() {
+        let body = call(Codec::Json, Some("calc"), "add", &(2, 3)).unwrap();
+        assert_eq!(body, br#"{"object":"calc","method":"add","args":[2,3]}"#);
+        let parsed = parse_call(&body).unwrap();
+        assert_eq!(parsed.object.as_deref(), Some("calc"));
+        assert_eq!(parsed.method, "add");
+        assert_eq!(parsed.args, b"[2,3]");
+    }
+
+    #[test]
+    fn a_postcard_call_round_trips() {
+        let body = call(Codec::Postcard, None, "add", &(2i64, 3i64)).unwrap();
+        let parsed = parse_call(&body).unwrap();
+        assert_eq!(parsed.codec, Codec::Postcard);
+        assert_eq!(parsed.object, None);
+        assert_eq!(
+            Codec::Postcard.decode::<(i64, i64)>(parsed.args),
+            Ok((2, 3))
+        );
+    }
+
+    #[test]
+    fn a_call_without_arguments_has_an_empty_object_of_them() {
+        let parsed = parse_call(br#" {"method":"ping"}"#).unwrap();
+        assert_eq!(parsed.args, b"{}");
+    }
+
+    #[test]
+    fn bodies_that_are_no_call_say_why() {
+        for body in [
+            &b""[..],
+            b"\x00",
+            b"[1]",
+            b"{\"object\":1}",
+            b"{",
+            b"\x01\xff",
+        ] {
+            assert!(parse_call(body).is_err(), "{body:?}");
+        }
+    }
+
+    #[test]
+    fn replies_round_trip_in_both_codecs() {
+        for codec in [Codec::Json, Codec::Postcard] {
+            let body = ok(codec, &5i64).unwrap();
+            let Ok(Reply::Ok(value)) = parse_reply(&body) else {
+                panic!("{codec:?}")
+            };
+            assert_eq!(codec.decode::<i64>(value), Ok(5));
+            let failure = Failure {
+                kind: Kind::App,
+                message: "no".into(),
+                served: vec![],
+            };
+            let body = failed(codec, &failure, Some("why"));
+            let Ok(Reply::Failed(back, Some(data))) = parse_reply(&body) else {
+                panic!("{codec:?}")
+            };
+            assert_eq!(back.kind, Kind::App);
+            assert_eq!(codec.decode::<String>(data).unwrap(), "why");
+        }
+        assert!(matches!(
+            parse_reply(b"{\"ok\":null}"),
+            Ok(Reply::Ok(b"null"))
+        ));
+    }
+
+    #[test]
+    fn events_round_trip_in_both_codecs() {
+        for codec in [Codec::Json, Codec::Postcard] {
+            let body = event(codec, "calc", "computed", &7u8).unwrap();
+            let pushed = parse_event(&body).unwrap();
+            assert_eq!(
+                (pushed.object.as_deref(), &*pushed.name),
+                (Some("calc"), "computed")
+            );
+            assert_eq!(codec.decode::<u8>(pushed.data), Ok(7));
+        }
+    }
+}
