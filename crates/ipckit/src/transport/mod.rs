@@ -366,7 +366,7 @@ pub(crate) fn for_endpoint(endpoint: &Endpoint) -> Result<&'static dyn Transport
     if endpoint.object().is_some() {
         return Err(Error::Unsupported {
             endpoint: endpoint.to_string(),
-            what: "named objects (#name) are not supported yet; remove the #fragment".into(),
+            what: "#name names an object of a contract service: call it through ipckit::contract::Proxy, or connect and listen without the #name (a server hosts its objects by name in a contract::Service)".into(),
         });
     }
     Ok(transport)
