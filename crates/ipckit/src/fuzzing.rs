@@ -21,7 +21,9 @@ use crate::transport::ring::spsc::{self, Area, Consumer, Control, MORE, Producer
 use crate::transport::shm::halves::{Partial, assemble};
 
 /// The fuzz targets, by name: what `scripts/fuzz.sh` runs and `fuzz/seeds/` holds.
-pub const TARGETS: [&str; 6] = ["frame", "endpoint", "fifo", "mq", "ring", "typed"];
+pub const TARGETS: [&str; 7] = [
+    "frame", "endpoint", "fifo", "mq", "ring", "typed", "contract",
+];
 
 /// Runs the target `name` on `data`; panics on a broken promise.
 pub fn run(name: &str, data: &[u8]) {
@@ -32,6 +34,7 @@ pub fn run(name: &str, data: &[u8]) {
         "mq" => mq(data),
         "ring" => ring(data),
         "typed" => typed(data),
+        "contract" => contract(data),
         _ => panic!("no fuzz target {name}"),
     }
 }
@@ -477,6 +480,12 @@ pub fn typed(data: &[u8]) {
     }
 }
 
+/// Contract bodies, as a service answers them and a client reads them: see
+/// `contract::fuzz`.
+pub fn contract(data: &[u8]) {
+    crate::contract::fuzz::run(data);
+}
+
 // --- mq: request parsing ------------------------------------------------------------------
 
 /// mq request parsing, on both sides. Input: a queue message as the server receives it;
@@ -827,6 +836,7 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
                 b"\x10\0IPCKOK1\0IPCK".to_vec(),
             ]
         }
+        "contract" => crate::contract::fuzz::seeds(),
         _ => panic!("no fuzz target {name}"),
     }
 }

@@ -57,6 +57,8 @@
 //! transport's own errors.
 
 mod describe;
+#[cfg(any(test, fuzzing))]
+pub(crate) mod fuzz;
 mod object;
 mod proxy;
 mod serve;

@@ -184,7 +184,7 @@ impl Service {
     }
 
     /// The reply body for call `body`, or `None` for a one-way call that went well.
-    fn answer(&self, client: Option<&ClientHandle>, body: &[u8]) -> Option<Vec<u8>> {
+    pub(super) fn answer(&self, client: Option<&ClientHandle>, body: &[u8]) -> Option<Vec<u8>> {
         let call = match wire::parse_call(body) {
             Ok(call) => call,
             Err(message) => {

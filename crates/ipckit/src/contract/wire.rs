@@ -438,6 +438,22 @@ mod tests {
     }
 
     #[test]
+    fn a_deep_nesting_is_an_error_not_a_stack_overflow() {
+        for depth in [200, 100_000] {
+            let mut body = br#"{"method":"add","args":"#.to_vec();
+            body.extend(std::iter::repeat_n(b'[', depth));
+            body.extend(std::iter::repeat_n(b']', depth));
+            body.push(b'}');
+            // The call is read without recursing into its arguments (a `RawValue` is
+            // skipped iteratively); the method's decoder then refuses them, within
+            // serde_json's recursion limit, whatever their type.
+            let call = parse_call(&body).unwrap();
+            assert!(Codec::Json.decode::<(i64, i64)>(call.args).is_err());
+            assert!(Codec::Json.decode::<serde_json::Value>(call.args).is_err());
+        }
+    }
+
+    #[test]
     fn replies_round_trip_in_both_codecs() {
         for codec in [Codec::Json, Codec::Postcard] {
             let body = ok(codec, &5i64).unwrap();
