@@ -367,3 +367,49 @@ fn call_errors_are_told_with_their_own_exit_codes() {
         "5\n"
     );
 }
+
+/// docs/PROTOCOL.md's *Contracts* is enough to call a method and a one-way method from
+/// another language: the Python client written from it calls the calculator over both
+/// stream transports.
+#[test]
+fn the_python_client_calls_a_method_and_a_one_way_method() {
+    let client = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/examples/client.py");
+    let python = |args: &[&str]| {
+        Command::new("python3")
+            .arg(client)
+            .args(args)
+            .output()
+            .expect("python3 (scripts/test.sh installs it)")
+    };
+    let dir = Scratch::new("python-contract");
+    for url in [
+        format!("uds://{}", dir.sock("p.sock")),
+        "tcp://127.0.0.1:0".to_owned(),
+    ] {
+        let server = Calculator::serve(&url);
+        let url = &server.url;
+        let out = python(&[url, "--call", "calculator", "add", r#"{"a":2,"b":3}"#]);
+        assert!(out.status.success(), "{url}: {out:?}");
+        assert_eq!(stdout(&out), "5\n", "{url}");
+
+        let out = python(&[url, "--notify", "calculator", "remember", r#"{"value":9}"#]);
+        assert!(
+            out.status.success() && out.stdout.is_empty(),
+            "{url}: {out:?}"
+        );
+        call_until(&server.object("calculator"), "recall", "{}", "9\n");
+
+        let out = python(&[url, "--call", "calculator", "divide", r#"{"a":1,"b":0}"#]);
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && said.contains("app:") && said.contains("\"DivisionByZero\""),
+            "{url}: {out:?}"
+        );
+        let out = python(&[url, "--call", "calculator", "multiply", "{}"]);
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && said.contains("unknown_method"),
+            "{url}: {out:?}"
+        );
+    }
+}

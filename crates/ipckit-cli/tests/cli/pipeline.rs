@@ -322,6 +322,10 @@ fn help_urls_lists_every_form_and_option() {
                 assert!(text.contains(url), "{args:?} lacks {url}:\n{text}");
             }
         }
+        assert!(
+            text.contains("#OBJECT"),
+            "{args:?} does not name objects:\n{text}"
+        );
         for option in ipckit::endpoint::UrlOption::all() {
             let setting = format!("{}={}", option.key(), option.default().unwrap_or(""));
             assert!(text.contains(&setting), "{args:?} lacks {setting}:\n{text}");
