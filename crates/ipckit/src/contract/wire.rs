@@ -475,4 +475,38 @@ mod tests {
             assert_eq!(codec.decode::<u8>(pushed.data), Ok(7));
         }
     }
+
+    /// The bytes docs/PROTOCOL.md (*Contracts*) shows, which a client in another
+    /// language is written from.
+    #[test]
+    fn the_protocol_documents_examples_hold() {
+        #[derive(Serialize)]
+        struct Add {
+            a: i64,
+            b: i64,
+        }
+        let args = Add { a: 2, b: 3 };
+        let body = call(Codec::Json, Some("calculator"), "add", &args).unwrap();
+        assert_eq!(
+            body,
+            br#"{"object":"calculator","method":"add","args":{"a":2,"b":3}}"#
+        );
+        assert_eq!(ok(Codec::Json, &5i64).unwrap(), br#"{"ok":5}"#);
+        let body = call(Codec::Postcard, Some("calculator"), "add", &args).unwrap();
+        assert_eq!(body, b"\x01\x01\x0acalculator\x03add\x04\x06");
+        assert_eq!(ok(Codec::Postcard, &5i64).unwrap(), [0x01, 0x00, 0x0a]);
+        let failure = Failure {
+            kind: Kind::Codec,
+            message: "m".into(),
+            served: vec!["x".into()],
+        };
+        assert_eq!(
+            failed::<()>(Codec::Postcard, &failure, None),
+            [0x01, 0x01, 6, 1, b'm', 1, 1, b'x']
+        );
+        assert_eq!(
+            failed::<()>(Codec::Json, &failure, None),
+            br#"{"error":{"kind":"codec","message":"m","served":["x"]}}"#
+        );
+    }
 }
