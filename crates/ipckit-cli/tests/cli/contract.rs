@@ -358,6 +358,15 @@ fn call_errors_are_told_with_their_own_exit_codes() {
     let missing = format!("uds://{}#calculator", dir.sock("missing.sock"));
     failed(&["call", &missing, "add", "{}"], 3, &[]);
     failed(&["introspect", &missing], 3, &[]);
+    // A server that is no contract server: its echo of the call is no answer to it.
+    let echo = format!("uds://{}", dir.sock("echo.sock"));
+    let _echo = Background::start(IPCKIT, &["serve", &echo, "--echo", "--timeout", "30s"]);
+    wait_for_socket(&dir.sock("echo.sock"));
+    failed(
+        &["call", &format!("{echo}#calculator"), "add", "{}"],
+        1,
+        &["not a contract reply", "Is it a contract server"],
+    );
     // A one-way call hears of nothing, not even a method that is not there.
     let out = ipckit(&["call", "--oneway", &calculator, "multiply", "{}"]);
     assert!(out.status.success(), "{out:?}");

@@ -292,7 +292,10 @@ fn completions_for_bash_zsh_and_fish() {
         assert!(out.status.success(), "{shell}: {out:?}");
         let script = stdout(&out);
         assert!(
-            script.contains(says) && script.contains("serve"),
+            script.contains(says)
+                && ["serve", "call", "introspect"]
+                    .iter()
+                    .all(|command| script.contains(command)),
             "{shell}: {script}"
         );
     }
