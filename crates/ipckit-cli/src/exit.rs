@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 /// Any failure not listed below.
 pub const OTHER: u8 = 1;
-/// Bad usage: clap's own status for arguments it rejects, and ours for an invalid URL.
+/// Bad usage: clap's own status for arguments it rejects, and ours for an invalid URL
+/// and for a contract method's arguments that do not fit it (`Error::BadArguments`).
 pub const USAGE: u8 = 2;
 /// Nothing listens at the endpoint (`Error::NotFound`).
 pub const NOT_LISTENING: u8 = 3;

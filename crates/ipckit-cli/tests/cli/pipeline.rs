@@ -251,6 +251,8 @@ fn exit_codes_tell_nothing_listening_timed_out_and_refused_apart() {
         "  3  nothing listening",
         "  4  timed out",
         "  5  refused",
+        "  6  the method called failed",
+        "  7  no such object or method",
     ] {
         assert!(help.contains(line), "--help lacks {line:?}:\n{help}");
     }
