@@ -5,8 +5,14 @@
     python3 client.py tcp://127.0.0.1:7000 hello
     python3 client.py uds:///tmp/x.sock --pushes     # subscribes, asks "ping", then
                                                      # prints the reply and two pushes
+
+Against a contract server (docs/PROTOCOL.md, *Contracts*):
+
+    python3 client.py uds:///tmp/x.sock --call calculator add '{"a":2,"b":3}'   # prints 5
+    python3 client.py uds:///tmp/x.sock --notify calculator remember '{"value":7}'
 """
 import collections
+import json
 import socket
 import struct
 import sys
@@ -26,6 +32,25 @@ def recv_exact(sock, n):
             raise ConnectionError("the server closed the connection")
         data += chunk
     return data
+
+
+class CallFailed(Exception):
+    """A contract call that failed: `kind` says how ("app" for the method's own error,
+    whose value is `data`), `message` says why."""
+
+    def __init__(self, error, data):
+        super().__init__(f"{error['kind']}: {error['message']}")
+        self.kind = error["kind"]
+        self.message = error["message"]
+        self.served = error.get("served", [])
+        self.data = data
+
+
+def call_body(obj, method, args):
+    body = {"method": method, "args": args}
+    if obj:
+        body["object"] = obj
+    return json.dumps(body).encode()
 
 
 class Client:
@@ -96,6 +121,18 @@ class Client:
                 raise RuntimeError(body.decode("utf-8", "replace"))
             return body
 
+    def call(self, obj, method, args):
+        """Calls contract method `method` of object `obj` (None: the server's only object)
+        with `args`, a dict of the arguments by name, and returns its result."""
+        reply = json.loads(self.request(call_body(obj, method, args)))
+        if "error" in reply:
+            raise CallFailed(reply["error"], reply.get("data"))
+        return reply.get("ok")
+
+    def notify(self, obj, method, args):
+        """Sends one-way contract method `method`: nothing answers, not even an error."""
+        self.send(call_body(obj, method, args))
+
     def recv(self):
         """The next message the server pushed (a MESSAGE frame), waiting for it."""
         if self.pushed:
@@ -111,7 +148,18 @@ class Client:
 if __name__ == "__main__":
     url, text = sys.argv[1], sys.argv[2]
     client = Client(url)
-    if text == "--pushes":
+    if text in ("--call", "--notify"):
+        obj, method = sys.argv[3], sys.argv[4]
+        args = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
+        if text == "--notify":
+            client.notify(obj, method, args)
+        else:
+            try:
+                sys.stdout.write(json.dumps(client.call(obj, method, args)) + "\n")
+            except CallFailed as failed:
+                detail = "" if failed.data is None else " " + json.dumps(failed.data)
+                sys.exit(f"client.py: {method} failed: {failed}{detail}")
+    elif text == "--pushes":
         client.send(b"subscribe")
         sys.stdout.write(client.request(b"ping").decode() + "\n")
         sys.stdout.write(client.recv().decode() + "\n")

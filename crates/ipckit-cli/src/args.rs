@@ -11,7 +11,8 @@ use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
     about = "Send, receive and serve messages over local IPC transports",
     after_help = concat!(
         "Endpoints are URLs: uds:///run/app.sock, uds://@name, tcp://127.0.0.1:7000;\n",
-        "`ipckit help urls` lists every form and option.\n",
+        "`ipckit help urls` lists every form and option. URL#OBJECT names an object a\n",
+        "contract server hosts, for `call` and `introspect`.\n",
         "\n",
         "Logging: IPCKIT_LOG=info (or debug, or a filter such as ipckit=debug) shows what\n",
         "servers do with their connections; -q and -v, when given, take precedence over it.\n",
@@ -20,12 +21,15 @@ use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
         "  0  done; also when stopped by SIGINT, SIGTERM or SIGHUP, or when the reader of\n",
         "     standard output went away (`ipckit listen URL | head -1`)\n",
         "  1  any other error\n",
-        "  2  bad usage: unknown arguments or an invalid URL\n",
+        "  2  bad usage: unknown arguments, an invalid URL, or a method's arguments\n",
+        "     (`call`) that are not JSON or do not fit the method\n",
         "  3  nothing listening at the endpoint\n",
         "  4  timed out: no reply within --timeout, a queue or pipe full for its whole\n",
         "     send timeout, or fewer than --count messages within --timeout\n",
         "  5  refused: by the server (a refused connection or request, e.g. by\n",
-        "     `serve --exec`) or by the system (permission denied)",
+        "     `serve --exec`) or by the system (permission denied)\n",
+        "  6  the method called failed: its error, as JSON, is on stderr\n",
+        "  7  no such object or method at the endpoint (`ipckit introspect URL` lists them)",
     )
 )]
 pub struct Cli {
@@ -79,6 +83,44 @@ pub enum Command {
         timeout: Duration,
         #[command(flatten)]
         output: Output,
+    },
+    /// Call METHOD on the object at URL#OBJECT with ARGS, and print its result as JSON
+    ///
+    /// The arguments are a JSON object of the method's arguments by name (`ipckit
+    /// introspect URL` lists them); `-` reads them from standard input. The result is
+    /// printed as the server encoded it, on one line: `5` for `add`. A method that fails
+    /// prints its error as JSON on stderr and exits 6; an unknown object or method exits 7,
+    /// arguments that do not fit the method exit 2. Without #OBJECT, the server's only
+    /// object is called.
+    Call {
+        /// The endpoint and object, e.g. uds:///run/app.sock#calculator
+        url: String,
+        /// The method's name
+        method: String,
+        /// The arguments as a JSON object; `-` reads them from standard input
+        #[arg(default_value = "{}")]
+        args: String,
+        /// Send it as a one-way call: nothing answers, nothing is printed, and a failure
+        /// of the server's is not heard of
+        #[arg(long)]
+        oneway: bool,
+        /// How long to wait for the result
+        #[arg(long, default_value = "25s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Print the objects a contract server hosts: methods, arguments, results and events
+    ///
+    /// As `busctl introspect` does: a table with a row per object and a row per method and
+    /// event of it. URL#OBJECT describes that one object; URL alone, every object served.
+    Introspect {
+        /// The endpoint, with or without #OBJECT
+        url: String,
+        /// Print a table (text) or the description as JSON
+        #[arg(long, value_enum, default_value_t = DescribeFormat::Text)]
+        format: DescribeFormat,
+        /// How long to wait for the answer
+        #[arg(long, default_value = "25s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
     },
     /// Answer requests at URL: with the request itself, or with what a command prints
     ///
@@ -262,5 +304,14 @@ pub enum Format {
     /// The payload in hexadecimal, one message per line
     Hex,
     /// One JSON object per line, with the payload and the sender
+    Json,
+}
+
+/// How `introspect` prints a description.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum DescribeFormat {
+    /// A table, as `busctl introspect` prints one
+    Text,
+    /// The description as JSON, as `ipckit.describe` returns it
     Json,
 }

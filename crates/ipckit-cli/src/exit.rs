@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 /// Any failure not listed below.
 pub const OTHER: u8 = 1;
-/// Bad usage: clap's own status for arguments it rejects, and ours for an invalid URL.
+/// Bad usage: clap's own status for arguments it rejects, and ours for an invalid URL
+/// and for a contract method's arguments that do not fit it (`Error::BadArguments`).
 pub const USAGE: u8 = 2;
 /// Nothing listens at the endpoint (`Error::NotFound`).
 pub const NOT_LISTENING: u8 = 3;
@@ -17,6 +18,11 @@ pub const TIMED_OUT: u8 = 4;
 /// The server or the system said no (`Error::Refused`, `Error::Remote`,
 /// `Error::PermissionDenied`).
 pub const REFUSED: u8 = 5;
+/// The contract method called failed with the application's own error.
+pub const METHOD_FAILED: u8 = 6;
+/// The contract server hosts no such object, or the object has no such method
+/// (`Error::UnknownObject`, `Error::UnknownMethod`).
+pub const NO_SUCH_METHOD: u8 = 7;
 
 /// Why a command did not succeed.
 #[derive(Debug)]
@@ -28,6 +34,9 @@ pub enum Failure {
     },
     /// The command's own bound ran out (`--count` within `--timeout`).
     TimedOut(String),
+    /// A contract method failed with its own error: what was called, and the error's
+    /// JSON.
+    MethodFailed { called: String, error: String },
     /// Arguments that clap cannot tell are at odds.
     Usage(String),
     /// Anything else, said in full.
@@ -80,7 +89,8 @@ impl Failure {
         use ipckit::Error;
         match self {
             Failure::Ipc { error, .. } => match error {
-                Error::InvalidUrl { .. } => USAGE,
+                Error::InvalidUrl { .. } | Error::BadArguments { .. } => USAGE,
+                Error::UnknownObject { .. } | Error::UnknownMethod { .. } => NO_SUCH_METHOD,
                 Error::NotFound { .. } => NOT_LISTENING,
                 Error::Timeout { .. } | Error::Full { .. } => TIMED_OUT,
                 Error::Refused { .. } | Error::Remote { .. } | Error::PermissionDenied { .. } => {
@@ -89,6 +99,7 @@ impl Failure {
                 _ => OTHER,
             },
             Failure::TimedOut(_) => TIMED_OUT,
+            Failure::MethodFailed { .. } => METHOD_FAILED,
             Failure::Usage(_) => USAGE,
             Failure::Other(_) => OTHER,
             Failure::ReaderGone => 0,
@@ -112,6 +123,8 @@ impl fmt::Display for Failure {
                 error,
                 hint: Some(hint),
             } => write!(f, "{error}. {hint}"),
+            // The error's JSON ends the line, for a script to take.
+            Failure::MethodFailed { called, error } => write!(f, "{called} failed: {error}"),
             Failure::TimedOut(what) | Failure::Usage(what) | Failure::Other(what) => {
                 f.write_str(what)
             }

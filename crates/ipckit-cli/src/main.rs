@@ -2,6 +2,7 @@
 
 mod args;
 mod bench;
+mod contract;
 mod exec;
 mod exit;
 mod output;
@@ -108,6 +109,18 @@ fn run(cli: Cli) -> CliResult {
             let reply = asked().map_err(|f| f.for_client("serve --echo"))?;
             print_message(&mut io::stdout().lock(), output.format, &reply, None)
         }
+        Command::Call {
+            url,
+            method,
+            args,
+            oneway,
+            timeout,
+        } => contract::call(&url, &method, &args, oneway, timeout),
+        Command::Introspect {
+            url,
+            format,
+            timeout,
+        } => contract::introspect(&url, format, timeout),
         Command::Serve {
             url,
             answer,

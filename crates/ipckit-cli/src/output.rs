@@ -135,8 +135,11 @@ pub fn urls() -> String {
         .map(|t| t.scheme())
         .collect();
     let mut text = String::from(
-        "An endpoint is a URL: SCHEME://ADDRESS[?KEY=VALUE[&KEY=VALUE...]]\n\
-         Bytes outside printable ASCII, and %, ? and #, are written as %XX in an address.\n\n\
+        "An endpoint is a URL: SCHEME://ADDRESS[?KEY=VALUE[&KEY=VALUE...]][#OBJECT]\n\
+         Bytes outside printable ASCII, and %, ? and #, are written as %XX in an address.\n\
+         A URL may end in #OBJECT to name an object that a contract server hosts there:\n\
+         `ipckit call 'uds:///run/app.sock#calculator' add '{\"a\":2,\"b\":3}'`; `ipckit\n\
+         introspect URL` lists the objects served.\n\n\
          Transports in this build, with a URL for each form of address:\n",
     );
     for scheme in &schemes {

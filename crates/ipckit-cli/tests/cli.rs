@@ -8,6 +8,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 // The shell-facing behaviours, in a file of their own (not a test target of its own).
+#[path = "cli/contract.rs"]
+mod contract;
 #[path = "cli/pipeline.rs"]
 mod pipeline;
 #[path = "cli/pubsub.rs"]

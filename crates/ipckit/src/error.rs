@@ -189,10 +189,7 @@ pub enum Error {
 
     /// A contract call named an object the server does not host
     /// ([`contract`](crate::contract)).
-    #[error(
-        "{endpoint}: no object named '{object}' is served there (served: {}); connect to the endpoint with #NAME for one of them",
-        served.join(", ")
-    )]
+    #[error("{endpoint}: {}", unknown_object(object, served))]
     UnknownObject {
         /// The endpoint's URL.
         endpoint: String,
@@ -263,6 +260,21 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+}
+
+/// What an [`Error::UnknownObject`] says after its endpoint: a call that named no object
+/// is told to name one.
+fn unknown_object(object: &str, served: &[String]) -> String {
+    let served = served.join(", ");
+    if object.is_empty() {
+        format!(
+            "the call names no object and more than one is served there ({served}); add #NAME to the URL for one of them"
+        )
+    } else {
+        format!(
+            "no object named '{object}' is served there (served: {served}); connect to the endpoint with #NAME for one of them"
+        )
+    }
 }
 
 impl Error {

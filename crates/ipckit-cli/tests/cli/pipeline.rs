@@ -251,6 +251,8 @@ fn exit_codes_tell_nothing_listening_timed_out_and_refused_apart() {
         "  3  nothing listening",
         "  4  timed out",
         "  5  refused",
+        "  6  the method called failed",
+        "  7  no such object or method",
     ] {
         assert!(help.contains(line), "--help lacks {line:?}:\n{help}");
     }
@@ -292,7 +294,10 @@ fn completions_for_bash_zsh_and_fish() {
         assert!(out.status.success(), "{shell}: {out:?}");
         let script = stdout(&out);
         assert!(
-            script.contains(says) && script.contains("serve"),
+            script.contains(says)
+                && ["serve", "call", "introspect"]
+                    .iter()
+                    .all(|command| script.contains(command)),
             "{shell}: {script}"
         );
     }
@@ -322,6 +327,10 @@ fn help_urls_lists_every_form_and_option() {
                 assert!(text.contains(url), "{args:?} lacks {url}:\n{text}");
             }
         }
+        assert!(
+            text.contains("#OBJECT"),
+            "{args:?} does not name objects:\n{text}"
+        );
         for option in ipckit::endpoint::UrlOption::all() {
             let setting = format!("{}={}", option.key(), option.default().unwrap_or(""));
             assert!(text.contains(&setting), "{args:?} lacks {setting}:\n{text}");

@@ -160,34 +160,82 @@ impl<'de> de::Deserializer<'de> for FieldProbe<'_> {
 }
 
 impl fmt::Display for Description {
-    /// As `busctl introspect` prints an object: one line per method and event.
+    /// A table as `busctl introspect` prints one: a row per object, then a row per
+    /// method and event of it, their names, arguments and results in aligned columns.
+    ///
+    /// ```text
+    /// NAME         TYPE    ARGUMENTS       RESULT  FLAGS
+    /// #calculator  object  -               -       shared
+    /// .add         method  a: i64, b: i64  i64     -
+    /// .clear       method  -               ()      oneway
+    /// .computed    event   result: i64     -       -
+    /// ```
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, object) in self.objects.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            writeln!(f, "#{} ({} instance)", object.name, object.instance)?;
+        let dash = || "-".to_string();
+        let mut rows = vec![[
+            "NAME".to_string(),
+            "TYPE".to_string(),
+            "ARGUMENTS".to_string(),
+            "RESULT".to_string(),
+            "FLAGS".to_string(),
+        ]];
+        for object in &self.objects {
+            rows.push([
+                format!("#{}", object.name),
+                "object".to_string(),
+                dash(),
+                dash(),
+                object.instance.clone(),
+            ]);
             for method in &object.methods {
-                let args = join(&method.args);
-                if method.oneway {
-                    writeln!(f, "  oneway {}({args})", method.name)?;
-                } else {
-                    let returns = match &method.error {
-                        Some(error) => format!("Result<{}, {error}>", method.returns),
-                        None => method.returns.clone(),
-                    };
-                    writeln!(f, "  method {}({args}) -> {returns}", method.name)?;
-                }
+                let returns = match &method.error {
+                    Some(error) => format!("Result<{}, {error}>", method.returns),
+                    None => method.returns.clone(),
+                };
+                let flags = if method.oneway { "oneway" } else { "-" };
+                rows.push([
+                    format!(".{}", method.name),
+                    "method".to_string(),
+                    join(&method.args),
+                    returns,
+                    flags.to_string(),
+                ]);
             }
             for event in &object.events {
-                writeln!(f, "  event  {}({})", event.name, join(&event.args))?;
+                rows.push([
+                    format!(".{}", event.name),
+                    "event".to_string(),
+                    join(&event.args),
+                    dash(),
+                    dash(),
+                ]);
             }
+        }
+        let mut widths = [0; 5];
+        for row in &rows {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+        for row in &rows {
+            let mut line = String::new();
+            for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
+                if i + 1 == row.len() {
+                    line.push_str(cell);
+                } else {
+                    line.push_str(&format!("{cell:<width$}  "));
+                }
+            }
+            writeln!(f, "{}", line.trim_end())?;
         }
         Ok(())
     }
 }
 
 fn join(args: &[ArgInfo]) -> String {
+    if args.is_empty() {
+        return "-".to_string();
+    }
     args.iter()
         .map(|a| format!("{}: {}", a.name, a.ty))
         .collect::<Vec<_>>()
@@ -223,6 +271,40 @@ mod tests {
         assert_eq!(
             type_name::<Vec<(i64, std::path::PathBuf)>>(),
             "Vec<(i64, PathBuf)>"
+        );
+    }
+
+    #[test]
+    fn a_description_prints_as_an_aligned_table() {
+        let described = Description {
+            objects: vec![ObjectInfo {
+                name: "calculator".into(),
+                instance: "shared".into(),
+                methods: vec![
+                    MethodInfo {
+                        name: "add".into(),
+                        oneway: false,
+                        args: args_of::<Add>(&[]),
+                        returns: "i64".into(),
+                        error: None,
+                    },
+                    MethodInfo {
+                        name: "clear".into(),
+                        oneway: true,
+                        args: vec![],
+                        returns: "()".into(),
+                        error: None,
+                    },
+                ],
+                events: vec![],
+            }],
+        };
+        assert_eq!(
+            described.to_string(),
+            "NAME         TYPE    ARGUMENTS   RESULT  FLAGS\n\
+             #calculator  object  -           -       shared\n\
+             .add         method  a: ?, b: ?  i64     -\n\
+             .clear       method  -           ()      oneway\n"
         );
     }
 }

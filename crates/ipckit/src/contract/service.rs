@@ -202,6 +202,10 @@ impl Service {
             }
         };
         let codec = call.codec;
+        if call.object.is_none() && call.method == wire::DESCRIBE {
+            // The whole service, whatever it hosts: how a client learns the names to call.
+            return wire::ok(codec, &self.describe()).ok();
+        }
         let failed = |kind, message, served| {
             let failure = Failure {
                 kind,

@@ -278,12 +278,18 @@ pub(super) enum Reply<'a> {
 
 #[derive(Deserialize)]
 struct JsonReply<'a> {
-    #[serde(borrow, default)]
+    /// `Some` whenever the member is there, `null` included (a unit result), so that a
+    /// body with neither `ok` nor `error` (an echo of the call, say) is no reply.
+    #[serde(borrow, default, deserialize_with = "present")]
     ok: Option<&'a RawValue>,
     #[serde(default)]
     error: Option<Failure>,
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 /// The reply in `body`, which answers a call in `codec` (a server that does not speak
@@ -298,10 +304,13 @@ pub(super) fn parse_reply(body: &[u8]) -> Result<Reply<'_>, String> {
                     failure,
                     reply.data.map(|raw| raw.get().as_bytes()),
                 )),
-                // `{"ok":null}` is a unit result, which serde reads as a missing field.
-                None => Ok(Reply::Ok(
-                    reply.ok.map_or(b"null", |raw| raw.get().as_bytes()),
-                )),
+                None => match reply.ok {
+                    Some(raw) => Ok(Reply::Ok(raw.get().as_bytes())),
+                    None => Err(
+                        "the reply is not a contract reply (it has neither \"ok\" nor \"error\")"
+                            .into(),
+                    ),
+                },
             }
         }
         Some(Codec::Postcard) => match body.get(1) {
@@ -477,6 +486,9 @@ mod tests {
             parse_reply(b"{\"ok\":null}"),
             Ok(Reply::Ok(b"null"))
         ));
+        // An echo of the call is no answer to it.
+        let echo = call(Codec::Json, None, "add", &(2, 3)).unwrap();
+        assert!(parse_reply(&echo).is_err());
     }
 
     #[test]
@@ -490,5 +502,39 @@ mod tests {
             );
             assert_eq!(codec.decode::<u8>(pushed.data), Ok(7));
         }
+    }
+
+    /// The bytes docs/PROTOCOL.md (*Contracts*) shows, which a client in another
+    /// language is written from.
+    #[test]
+    fn the_protocol_documents_examples_hold() {
+        #[derive(Serialize)]
+        struct Add {
+            a: i64,
+            b: i64,
+        }
+        let args = Add { a: 2, b: 3 };
+        let body = call(Codec::Json, Some("calculator"), "add", &args).unwrap();
+        assert_eq!(
+            body,
+            br#"{"object":"calculator","method":"add","args":{"a":2,"b":3}}"#
+        );
+        assert_eq!(ok(Codec::Json, &5i64).unwrap(), br#"{"ok":5}"#);
+        let body = call(Codec::Postcard, Some("calculator"), "add", &args).unwrap();
+        assert_eq!(body, b"\x01\x01\x0acalculator\x03add\x04\x06");
+        assert_eq!(ok(Codec::Postcard, &5i64).unwrap(), [0x01, 0x00, 0x0a]);
+        let failure = Failure {
+            kind: Kind::Codec,
+            message: "m".into(),
+            served: vec!["x".into()],
+        };
+        assert_eq!(
+            failed::<()>(Codec::Postcard, &failure, None),
+            [0x01, 0x01, 6, 1, b'm', 1, 1, b'x']
+        );
+        assert_eq!(
+            failed::<()>(Codec::Json, &failure, None),
+            br#"{"error":{"kind":"codec","message":"m","served":["x"]}}"#
+        );
     }
 }
