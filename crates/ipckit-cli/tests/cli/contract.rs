@@ -247,6 +247,11 @@ fn call_and_introspect_over_uds_tcp_and_shm() {
             "{url}: {out:?}"
         );
         call_until(&calculator, "recall", "{}", "7\n");
+        // Called as a two-way call, a one-way method answers once it has run.
+        let out = ipckit(&["call", &calculator, "remember", r#"{"value":8}"#]);
+        assert_eq!(stdout(&out), "null\n", "{url}: {out:?}");
+        let out = ipckit(&["call", &calculator, "recall", "{}"]);
+        assert_eq!(stdout(&out), "8\n", "{url}: {out:?}");
 
         // Every object, then one, as a table.
         let table = stdout(&ipckit(&["introspect", &server.url]));

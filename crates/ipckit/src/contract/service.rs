@@ -143,6 +143,15 @@ impl Service {
                     );
                 }
             }
+            // A one-way method called as a request: say that it ran.
+            None if msg.wants_reply() => {
+                let codec = Codec::of(msg.payload()).unwrap_or_default();
+                if let Ok(body) = wire::ok(codec, &()) {
+                    if let Err(e) = msg.reply(&body) {
+                        log::debug!("a contract reply was not delivered: {e}");
+                    }
+                }
+            }
             None => {}
         }
     }
