@@ -145,6 +145,8 @@
 //!
 //! - Default: the kernel transports above, `uds`, `tcp`, `udp`, `unixgram`, `fifo`, `mq`
 //!   and `shm`, with no async runtime.
+//! - `macros` (default): [`#[ipckit::contract]`](macro@contract), which writes a
+//!   contract's types, typed clients and server from a trait (see [`contract`]).
 //! - `tokio`: adds the [`tokio`](tokio/index.html) module, the async client and server
 //!   for every transport, driven by tokio's reactor on the same descriptors as the
 //!   blocking API.
@@ -201,6 +203,35 @@ pub use loan::Loan;
 pub use message::{Message, MessageRef, Peer};
 pub use push::{Broadcaster, ClientHandle, Delivery, Event};
 pub use transport::Capabilities;
+
+#[cfg(feature = "macros")]
+#[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
+pub use ipckit_macros::contract;
+
+/// What the code `#[ipckit::contract]` writes reaches for, so that its users need not
+/// depend on the same crates themselves.
+#[doc(hidden)]
+pub mod __private {
+    pub use serde;
+}
+
+/// Expands to its input when ipckit has its `tokio` feature, and to nothing otherwise:
+/// `#[ipckit::contract]` cannot see ipckit's features, so it wraps the async client in
+/// this.
+#[cfg(feature = "tokio")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __if_tokio {
+    ($($item:tt)*) => { $($item)* };
+}
+
+/// See the other `__if_tokio`.
+#[cfg(not(feature = "tokio"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __if_tokio {
+    ($($item:tt)*) => {};
+}
 use transport::backend::{ClientBackend, ServerBackend};
 
 /// Connects to the server at `endpoint`. With nothing listening there it fails at once

@@ -6,6 +6,8 @@
 
 #[path = "../examples/async_pair.rs"]
 mod async_pair;
+#[path = "../examples/calculator.rs"]
+mod calculator;
 #[path = "../examples/client.rs"]
 mod client;
 #[path = "../examples/oneway.rs"]
@@ -36,6 +38,7 @@ fn main() {
             "typed" => typed::main(),
             "oneway" => oneway::main(),
             "async_pair" => async_pair::main(),
+            "calculator" => calculator::main(),
             other => panic!("no example {other}"),
         }
         return;
@@ -71,6 +74,7 @@ fn main() {
             }
             Ok(())
         }),
+        Trial::test("calculator", calculator_typed_clients),
         Trial::test(
             "python_client_receives_pushes",
             python_client_receives_pushes,
@@ -123,6 +127,62 @@ fn python_client_receives_pushes() -> Result<(), Failed> {
         }
     }
     Ok(())
+}
+
+/// The contract macro's code, cross-process: the calculator's typed clients, blocking
+/// and async, each call a method, get the contract's own error, make a one-way call, and
+/// receive the events those caused, typed; and each has its own `#session` instance.
+fn calculator_typed_clients() -> Result<(), Failed> {
+    let dir = Scratch::new("calculator")?;
+    let url = format!("uds://{}/calc.sock", dir.0.display());
+    let mut server = Reaped(
+        be("calculator")
+            .args(["serve", &url])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting the server: {e}"))?,
+    );
+    let mut lines = BufReader::new(server.0.stdout.take().expect("piped"));
+    let mut first = String::new();
+    lines
+        .read_line(&mut first)
+        .map_err(|e| format!("reading the server: {e}"))?;
+    if first.trim() != format!("ready {url}") {
+        return Err(format!("the server printed {first:?}, not that it is ready").into());
+    }
+    let rest = std::thread::spawn(move || {
+        let mut rest = String::new();
+        lines.read_to_string(&mut rest).map(|_| rest)
+    });
+    for role in ["call", "call-async"] {
+        let client = be("calculator")
+            .args([role, &url])
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting the client: {e}"))?;
+        let printed = finish(Reaped(client), role)?;
+        for line in [
+            "5\n",
+            "2\n",
+            "1 / 0 failed: DivisionByZero",
+            "event: 2 + 3 = 5",
+            "event: 10 / 4 = 2",
+            "event: received \"hello\"",
+            // Per connection: the first of each client's two tallies starts from 0.
+            "session tally 3",
+        ] {
+            expect(&printed, line).map_err(|e| format!("{role}: {}", e.message().unwrap_or("")))?;
+        }
+    }
+    // Its stdin closed, the server stops.
+    drop(server.0.stdin.take());
+    finish(server, "the server")?;
+    let rest = rest
+        .join()
+        .expect("the reading thread")
+        .map_err(|e| format!("reading the server: {e}"))?;
+    expect(&rest, "received \"hello\"")
 }
 
 /// What the two processes printed.
