@@ -117,8 +117,8 @@ fn op(method: &TraitItemFn) -> syn::Result<Op> {
         ));
     }
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
-        return Err(syn::Error::new(
-            sig.generics.span(),
+        return Err(syn::Error::new_spanned(
+            &sig.generics,
             "a contract method cannot be generic: its arguments and result have one type on the wire; name the types",
         ));
     }
@@ -151,8 +151,8 @@ fn op(method: &TraitItemFn) -> syn::Result<Op> {
         Some(FnArg::Receiver(receiver))
             if receiver.reference.is_some() && receiver.mutability.is_none() => {}
         Some(FnArg::Receiver(receiver)) => {
-            return Err(syn::Error::new(
-                receiver.span(),
+            return Err(syn::Error::new_spanned(
+                receiver,
                 "a contract method takes `&self`: calls may run at once on several threads, so state that changes sits behind a lock or in atomics",
             ));
         }
@@ -171,15 +171,15 @@ fn op(method: &TraitItemFn) -> syn::Result<Op> {
         let ident = match &*typed.pat {
             Pat::Ident(pat) if pat.by_ref.is_none() && pat.subpat.is_none() => pat.ident.clone(),
             other => {
-                return Err(syn::Error::new(
-                    other.span(),
+                return Err(syn::Error::new_spanned(
+                    other,
                     "name each argument of a contract method with a plain identifier: the names are the arguments' names on the wire",
                 ));
             }
         };
         if let Type::Reference(reference) = &*typed.ty {
-            return Err(syn::Error::new(
-                reference.span(),
+            return Err(syn::Error::new_spanned(
+                reference,
                 "a contract method takes its arguments by value (they are decoded from the call): write an owned type, e.g. `String` for `&str`",
             ));
         }
@@ -192,8 +192,8 @@ fn op(method: &TraitItemFn) -> syn::Result<Op> {
     let kind = if oneway.is_some() {
         if let ReturnType::Type(_, ty) = &sig.output {
             if !is_unit(ty) {
-                return Err(syn::Error::new(
-                    ty.span(),
+                return Err(syn::Error::new_spanned(
+                    ty,
                     "a #[oneway] method returns nothing: its caller does not wait, so no result can reach it (WCF requires `void` for IsOneWay); remove the return type, or make the method two-way by removing #[oneway]",
                 ));
             }
@@ -247,8 +247,8 @@ fn two_way(ty: &Type) -> syn::Result<Kind> {
                 ok: Box::new((*ok).clone()),
                 err: Some(Box::new((*err).clone())),
             }),
-            _ => Err(syn::Error::new(
-                ty.span(),
+            _ => Err(syn::Error::new_spanned(
+                ty,
                 "write a failing method's result as `Result<T, E>`, `E` being the contract's own serde error type: the caller decodes `E`, so it must be named here",
             )),
         };
