@@ -238,22 +238,23 @@ fn clients(contract: &Contract) -> TokenStream {
             let params = args.iter().map(|Arg { ident, ty, .. }| quote!(#ident: #ty));
             let names: Vec<&Ident> = args.iter().map(|a| &a.ident).collect();
             let value = quote!(&#module::#args_type { #(#names),* });
+            let docs = docs_or(docs, &format!("Calls `{}`.", op.name));
             Some(match &op.kind {
                 Kind::TwoWay { ok, err: None } => quote! {
-                    #(#docs)*
+                    #docs
                     pub #asyncness fn #ident(&self, #(#params),*) -> ::ipckit::Result<#ok> {
                         ::core::result::Result::Ok(self.proxy.call(#value) #wait ?)
                     }
                 },
                 Kind::TwoWay { ok, err: Some(err) } => quote! {
-                    #(#docs)*
+                    #docs
                     pub #asyncness fn #ident(&self, #(#params),*)
                         -> ::core::result::Result<#ok, ::ipckit::contract::CallError<#err>> {
                         self.proxy.call(#value) #wait
                     }
                 },
                 Kind::OneWay => quote! {
-                    #(#docs)*
+                    #docs
                     ///
                     /// One-way: returns once the transport has the call, and hears of no
                     /// failure of the server's.
@@ -356,8 +357,9 @@ fn publisher(contract: &Contract, events: &[&Op]) -> TokenStream {
         } = op;
         let params = args.iter().map(|Arg { ident, ty, .. }| quote!(#ident: #ty));
         let names = args.iter().map(|a| &a.ident);
+        let docs = docs_or(docs, &format!("Emits event `{}`.", op.name));
         quote! {
-            #(#docs)*
+            #docs
             ///
             /// Pushes the event to every client subscribed to it, skipping those whose
             /// outbox is full.
@@ -390,6 +392,16 @@ fn publisher(contract: &Contract, events: &[&Op]) -> TokenStream {
 
             #(#emits)*
         }
+    }
+}
+
+/// `docs`, or `fallback` when there are none: the generated items are documented
+/// whether or not the trait's are.
+fn docs_or(docs: &[syn::Attribute], fallback: &str) -> TokenStream {
+    if docs.is_empty() {
+        quote!(#[doc = #fallback])
+    } else {
+        quote!(#(#docs)*)
     }
 }
 

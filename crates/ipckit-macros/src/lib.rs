@@ -119,7 +119,7 @@ use syn::{ItemTrait, parse_macro_input};
 /// Arguments travel by name (`{"a":2,"b":3}` in JSON), so a server may gain methods,
 /// and a method may gain arguments of type `Option<T>`: such an argument is
 /// `#[serde(default)]`, `None` when an older client leaves it out. A client calling a
-/// method its server lacks gets [`Error::UnknownMethod`](ipckit::Error::UnknownMethod).
+/// method its server lacks gets `Error::UnknownMethod`.
 ///
 /// # Rules
 ///
@@ -164,8 +164,13 @@ pub fn contract(attr: TokenStream, item: TokenStream) -> TokenStream {
         .into();
     }
     let item = parse_macro_input!(item as ItemTrait);
-    match parse::contract(item) {
+    match parse::contract(item.clone()) {
         Ok(contract) => expand::contract(&contract).into(),
-        Err(e) => e.into_compile_error().into(),
+        Err(e) => {
+            // The trait stays, so that its uses meet no second error of its absence.
+            let mut errors = e.into_compile_error();
+            errors.extend(quote::ToTokens::into_token_stream(parse::as_written(item)));
+            errors.into()
+        }
     }
 }

@@ -272,6 +272,16 @@ fn helper(attrs: &[Attribute], name: &str) -> syn::Result<Option<Span>> {
     Ok(found)
 }
 
+/// The trait as written, without the helper attributes nothing else would take away.
+pub fn as_written(mut item: ItemTrait) -> ItemTrait {
+    for trait_item in &mut item.items {
+        if let TraitItem::Fn(method) = trait_item {
+            *method = without_helpers(method.clone());
+        }
+    }
+    item
+}
+
 fn without_helpers(mut method: TraitItemFn) -> TraitItemFn {
     method
         .attrs

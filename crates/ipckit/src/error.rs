@@ -188,7 +188,7 @@ pub enum Error {
     },
 
     /// A contract call named an object the server does not host
-    /// ([`contract`](crate::contract)).
+    /// ([`contract`](mod@crate::contract)).
     #[error(
         "{endpoint}: no object named '{object}' is served there (served: {}); connect to the endpoint with #NAME for one of them",
         served.join(", ")

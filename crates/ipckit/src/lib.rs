@@ -87,8 +87,10 @@
 //!
 //! The crate's `examples/` go further, each a server and a client in two processes:
 //! `server.rs` and `client.rs` (the blocking pair), `typed.rs` (serde values both ways),
-//! `oneway.rs` (one-way messages against requests) and `async_pair.rs` (the same on
-//! tokio). Each file says how to run it.
+//! `oneway.rs` (one-way messages against requests), `async_pair.rs` (the same on
+//! tokio) and `calculator.rs` (a typed [contract](mod@contract) written with
+//! `#[ipckit::contract]`: methods, an error of its own, one-way calls, events, and named
+//! objects shared or per connection). Each file says how to run it.
 //!
 //! # Which transport to pick
 //!
@@ -146,7 +148,7 @@
 //! - Default: the kernel transports above, `uds`, `tcp`, `udp`, `unixgram`, `fifo`, `mq`
 //!   and `shm`, with no async runtime.
 //! - `macros` (default): [`#[ipckit::contract]`](macro@contract), which writes a
-//!   contract's types, typed clients and server from a trait (see [`contract`]).
+//!   contract's types, typed clients and server from a trait (see [`mod@contract`]).
 //! - `tokio`: adds the [`tokio`](tokio/index.html) module, the async client and server
 //!   for every transport, driven by tokio's reactor on the same descriptors as the
 //!   blocking API.
