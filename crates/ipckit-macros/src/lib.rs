@@ -119,7 +119,9 @@ use syn::{ItemTrait, parse_macro_input};
 /// Arguments travel by name (`{"a":2,"b":3}` in JSON), so a server may gain methods,
 /// and a method may gain arguments of type `Option<T>`: such an argument is
 /// `#[serde(default)]`, `None` when an older client leaves it out. A client calling a
-/// method its server lacks gets `Error::UnknownMethod`.
+/// method its server lacks gets `Error::UnknownMethod`. This holds for JSON calls, the
+/// default: postcard's bodies are positional, so a proxy calling in postcard needs the
+/// server's own version of the contract.
 ///
 /// # Rules
 ///
