@@ -137,6 +137,10 @@ use syn::{ItemTrait, parse_macro_input};
 /// - a failing method names its error: `Result<T, E>`, with `E` the contract's own
 ///   serde type (not `ipckit::Result<T>`).
 ///
+/// Arguments, results and errors are serde types (`Serialize` and `Deserialize`); the
+/// generated argument and event structs also derive `Debug`, so their fields' types
+/// implement it.
+///
 /// The module sees the trait's surroundings through `use super::*`, so the trait stands
 /// in a module, not inside a function body.
 ///
