@@ -188,7 +188,7 @@ pub enum Error {
     },
 
     /// A contract call named an object the server does not host
-    /// ([`contract`](crate::contract)).
+    /// ([`contract`](mod@crate::contract)).
     #[error("{endpoint}: {}", unknown_object(object, served))]
     UnknownObject {
         /// The endpoint's URL.

@@ -87,8 +87,10 @@
 //!
 //! The crate's `examples/` go further, each a server and a client in two processes:
 //! `server.rs` and `client.rs` (the blocking pair), `typed.rs` (serde values both ways),
-//! `oneway.rs` (one-way messages against requests) and `async_pair.rs` (the same on
-//! tokio). Each file says how to run it.
+//! `oneway.rs` (one-way messages against requests), `async_pair.rs` (the same on
+//! tokio) and `calculator.rs` (a typed [contract](mod@contract) written with
+//! `#[ipckit::contract]`: methods, an error of its own, one-way calls, events, and named
+//! objects shared or per connection). Each file says how to run it.
 //!
 //! # Which transport to pick
 //!
@@ -145,6 +147,8 @@
 //!
 //! - Default: the kernel transports above, `uds`, `tcp`, `udp`, `unixgram`, `fifo`, `mq`
 //!   and `shm`, with no async runtime.
+//! - `macros` (default): [`#[ipckit::contract]`](macro@contract), which writes a
+//!   contract's types, typed clients and server from a trait (see [`mod@contract`]).
 //! - `tokio`: adds the [`tokio`](tokio/index.html) module, the async client and server
 //!   for every transport, driven by tokio's reactor on the same descriptors as the
 //!   blocking API.
@@ -201,6 +205,35 @@ pub use loan::Loan;
 pub use message::{Message, MessageRef, Peer};
 pub use push::{Broadcaster, ClientHandle, Delivery, Event};
 pub use transport::Capabilities;
+
+#[cfg(feature = "macros")]
+#[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
+pub use ipckit_macros::contract;
+
+/// What the code `#[ipckit::contract]` writes reaches for, so that its users need not
+/// depend on the same crates themselves.
+#[doc(hidden)]
+pub mod __private {
+    pub use serde;
+}
+
+/// Expands to its input when ipckit has its `tokio` feature, and to nothing otherwise:
+/// `#[ipckit::contract]` cannot see ipckit's features, so it wraps the async client in
+/// this.
+#[cfg(feature = "tokio")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __if_tokio {
+    ($($item:tt)*) => { $($item)* };
+}
+
+/// See the other `__if_tokio`.
+#[cfg(not(feature = "tokio"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __if_tokio {
+    ($($item:tt)*) => {};
+}
 use transport::backend::{ClientBackend, ServerBackend};
 
 /// Connects to the server at `endpoint`. With nothing listening there it fails at once

@@ -6,7 +6,8 @@
 //! returns and the application's error. Each **one-way method** implements [`OneWay`]:
 //! the caller does not wait, and hears of no failure. Each **event** implements
 //! [`Event`]: the server pushes it to the clients that subscribed. The
-//! `#[ipckit::contract]` macro writes these types from a trait; they can as well be
+//! [`#[ipckit::contract]`](macro@crate::contract) macro writes these types from a trait,
+//! with typed clients and a way to serve any implementation; they can as well be
 //! written by hand, as here (the macro-free form of lsp-types' `Request` and
 //! `Notification`).
 //!
