@@ -18,7 +18,7 @@ use crate::{Error, Message, Result, Server, ServerGuard};
 
 /// The objects one server hosts, by name: it answers their calls from any
 /// [`Server`](crate::Server) ([`serve`](Service::serve), [`spawn`](Service::spawn)) or
-/// tokio server ([`serve_async`](Service::serve_async)).
+/// tokio server (`serve_async`, with the `tokio` feature).
 ///
 /// It also answers two calls of its own on every object (docs/PROTOCOL.md):
 /// `ipckit.describe`, which returns a [`Description`], and `ipckit.subscribe`, which
