@@ -144,7 +144,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
 }
 
-fn serve(url: &str) -> Result<(), Box<dyn std::error::Error>> {
+/// Serves `#calculator` and `#session` at `url` (`pub` for the CLI's tests, which call
+/// this example's server with `ipckit call`).
+pub fn serve(url: &str) -> Result<(), Box<dyn std::error::Error>> {
     // Blocked before any thread starts, so that every thread leaves them to `wait` below.
     let signals = stop_signals()?;
     let server = ipckit::listen(url)?;

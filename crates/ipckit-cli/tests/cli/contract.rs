@@ -10,6 +10,18 @@ use super::*;
 
 /// Set, in the process that is to serve the calculator, to the URL it serves.
 const SERVE: &str = "IPCKIT_TEST_CALCULATOR";
+/// Set, in the process that is to serve crates/ipckit/examples/calculator.rs, to its URL.
+const SERVE_EXAMPLE: &str = "IPCKIT_TEST_CALCULATOR_EXAMPLE";
+
+/// The calculator example of the ipckit crate, compiled into this test so that
+/// `ipckit call` is checked against the very server the README points to.
+#[path = "../../../ipckit/examples/calculator.rs"]
+#[allow(
+    dead_code,
+    unexpected_cfgs,
+    reason = "only its server is run here, and this crate has no tokio feature for its async client"
+)]
+mod example;
 
 /// A contract server in a process of its own, serving `#calculator` and `#logger` at
 /// its URL until dropped. This is the one place that says how to start it.
@@ -46,6 +58,36 @@ impl Calculator {
             said.push_str(&line);
         };
         process.1 = Some(stderr);
+        Calculator { process, url }
+    }
+
+    /// Serves crates/ipckit/examples/calculator.rs at `url`, which prints `ready URL`.
+    fn serve_example(url: &str) -> Calculator {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "contract::calculator_example_peer",
+                "--exact",
+                "--nocapture",
+            ])
+            .env(SERVE_EXAMPLE, url)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let process = Background(child, None);
+        let url = loop {
+            let mut line = String::new();
+            if stdout.read_line(&mut line).unwrap() == 0 {
+                panic!("the calculator example at {url} did not start");
+            }
+            if let Some(url) = line.trim().strip_prefix("ready ") {
+                break url.to_owned();
+            }
+        };
+        // Read on, so that whatever else it prints never fills the pipe.
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
         Calculator { process, url }
     }
 
@@ -181,6 +223,41 @@ fn calculator_peer() {
         stopper.stop();
     });
     service.serve(server).unwrap();
+}
+
+/// Not a check: the calculator example's server, when this test binary is run with
+/// IPCKIT_TEST_CALCULATOR_EXAMPLE=URL ([`Calculator::serve_example`]); otherwise it
+/// returns at once. It serves until its standard input closes.
+#[test]
+fn calculator_example_peer() {
+    let Ok(url) = std::env::var(SERVE_EXAMPLE) else {
+        return;
+    };
+    example::serve(&url).unwrap();
+}
+
+/// The issue's promise: `ipckit call URL#calculator add '{"a":2,"b":3}'` prints `5`, and
+/// `ipckit introspect` describes the example, over uds, tcp and shm.
+#[test]
+fn the_calculator_example_answers_ipckit_call_over_uds_tcp_and_shm() {
+    let dir = Scratch::new("calculator-example");
+    let shm = format!("shm://cli-example-{}", std::process::id());
+    for url in [
+        format!("uds://{}", dir.sock("example.sock")),
+        "tcp://127.0.0.1:0".to_owned(),
+        shm,
+    ] {
+        let server = Calculator::serve_example(&url);
+        let calculator = server.object("calculator");
+        let out = ipckit(&["call", &calculator, "add", r#"{"a":2,"b":3}"#]);
+        assert_eq!(stdout(&out), "5\n", "{url}: {out:?}");
+        let out = ipckit(&["call", &calculator, "divide", r#"{"a":1,"b":0}"#]);
+        assert_eq!(out.status.code(), Some(6), "{url}: {out:?}");
+        let table = stdout(&ipckit(&["introspect", &server.url]));
+        for row in ["#calculator", "#session", ".add", ".divide"] {
+            assert!(table.contains(row), "{url}: no {row} in\n{table}");
+        }
+    }
 }
 
 /// Runs `ipckit` with `input` on its standard input.
