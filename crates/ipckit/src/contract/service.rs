@@ -210,6 +210,11 @@ impl Service {
             };
             Some(wire::failed::<()>(codec, &failure, None))
         };
+        // Asked of no object, describe answers for the whole service, however many
+        // objects it hosts.
+        if call.object.is_none() && call.method == wire::DESCRIBE {
+            return wire::ok(codec, &self.describe()).ok();
+        }
         let (name, host) = match self.find(call.object.as_deref()) {
             Some(found) => found,
             None => {
