@@ -510,6 +510,20 @@ fn postcard_and_json_clients_at_once(ctx: &Ctx) -> Outcome {
         Error::UnknownMethod { method, .. } if method == "multiply" => {}
         other => return Err(format!("multiply in postcard failed with {other:?}").into()),
     }
+    // Spoken by hand as docs/PROTOCOL.md has it, a postcard call is answered in
+    // postcard, not in JSON (to which a proxy would fall back unseen).
+    let mut body = vec![0x01];
+    body.extend(postcard::to_allocvec(&(Some("calculator"), "add"))?);
+    body.extend(postcard::to_allocvec(&v1::Add { a: 2, b: 3 })?);
+    let reply = api::connect(&url)?.request(&body, PATIENCE)?;
+    let sum = match reply.split_first_chunk() {
+        Some(([0x01, 0x00], value)) => postcard::from_bytes::<i64>(value).ok(),
+        _ => None,
+    };
+    ensure!(
+        sum == Some(5),
+        "a postcard add(2, 3) was answered with {reply:?}"
+    );
     let described = postcard.describe()?;
     ensure!(
         described.objects.len() == 1,
