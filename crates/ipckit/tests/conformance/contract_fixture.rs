@@ -229,6 +229,14 @@ impl Method for Bump {
     type Error = NoError;
 }
 
+/// One-way: makes the caller's session, if it has none yet.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Touch {}
+
+impl OneWay for Touch {
+    const NAME: &'static str = "touch";
+}
+
 /// How many session instances are alive.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Live {}
@@ -343,7 +351,8 @@ pub fn service(version: u32) -> Service {
     let live = Arc::new(AtomicUsize::new(0));
     let sessions = Object::new()
         .method(|session: &Session, _: Bump| Ok(session.count.fetch_add(1, Ordering::SeqCst) + 1))
-        .method(|session: &Session, _: Live| Ok(session.live.load(Ordering::SeqCst)));
+        .method(|session: &Session, _: Live| Ok(session.live.load(Ordering::SeqCst)))
+        .oneway(|_: &Session, _: Touch| {});
     service.per_connection("session", sessions, move || {
         live.fetch_add(1, Ordering::SeqCst);
         Session {
