@@ -1,8 +1,7 @@
 //! Contracts on tokio: an async proxy, and serving a service from a tokio server.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -13,7 +12,7 @@ use super::proxy::{Answer, Target};
 use super::service::Subscribe;
 use super::wire::{self, Codec};
 use super::{CallError, EventSet, Method, NoError, OneWay, Service};
-use crate::push::{ClientHandle, Event};
+use crate::push::Event;
 use crate::tokio::{Client, Server};
 use crate::{Error, Result, ToEndpoint};
 
@@ -165,64 +164,21 @@ impl Service {
     #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
     pub async fn serve_async(self, mut server: Server) -> Result<()> {
         let service = Arc::new(self);
-        // A client's calls still to run when it leaves: its departure waits for them,
-        // or the last would make its per-connection instance again, never to be dropped.
-        let in_flight: Arc<Mutex<HashMap<u64, InFlight>>> = Arc::default();
         loop {
             match server.recv_event().await {
                 Ok(Event::Message(mut msg)) => {
-                    let client = msg.client().map(ClientHandle::id);
-                    if let Some(id) = client {
-                        lock(&in_flight).entry(id).or_default().calls += 1;
-                    }
+                    let client = service.call_arrived(&msg);
                     let service = Arc::clone(&service);
-                    let in_flight = Arc::clone(&in_flight);
                     tokio::task::spawn_blocking(move || {
                         service.handle(&mut msg);
-                        let Some(id) = client else { return };
-                        let gone = {
-                            let mut in_flight = lock(&in_flight);
-                            match in_flight.get_mut(&id) {
-                                Some(calls) if calls.calls > 1 => {
-                                    calls.calls -= 1;
-                                    None
-                                }
-                                _ => in_flight.remove(&id).and_then(|calls| calls.gone),
-                            }
-                        };
-                        if let Some(client) = gone {
-                            service.disconnected(&client);
-                        }
+                        service.call_done(client);
                     });
                 }
-                Ok(Event::Disconnected(client)) => {
-                    let now = match lock(&in_flight).get_mut(&client.id()) {
-                        Some(calls) => {
-                            calls.gone = Some(client.clone());
-                            false
-                        }
-                        None => true,
-                    };
-                    if now {
-                        service.disconnected(&client);
-                    }
-                }
+                Ok(Event::Disconnected(client)) => service.disconnected(&client),
                 Ok(Event::Connected(_)) => {}
                 Err(Error::Stopped { .. }) => return Ok(()),
                 Err(e) => return Err(e),
             }
         }
     }
-}
-
-/// A client's calls not yet answered by [`Service::serve_async`], and its departure if
-/// it has gone meanwhile.
-#[derive(Default)]
-struct InFlight {
-    calls: usize,
-    gone: Option<ClientHandle>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
