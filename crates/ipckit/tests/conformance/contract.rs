@@ -323,6 +323,7 @@ fn per_connection_instances(ctx: &Ctx) -> Outcome {
     // its departure is seen, leaves no instance behind.
     for _ in 0..10 {
         let brief = proxy(&url, Some("session"))?;
+        bump(&brief)?;
         brief.notify(&fixture::Touch {})?;
     }
     until(
