@@ -167,8 +167,12 @@ impl Service {
         loop {
             match server.recv_event().await {
                 Ok(Event::Message(mut msg)) => {
+                    let client = service.call_arrived(&msg);
                     let service = Arc::clone(&service);
-                    tokio::task::spawn_blocking(move || service.handle(&mut msg));
+                    tokio::task::spawn_blocking(move || {
+                        service.handle(&mut msg);
+                        service.call_done(client);
+                    });
                 }
                 Ok(Event::Disconnected(client)) => service.disconnected(&client),
                 Ok(Event::Connected(_)) => {}

@@ -36,6 +36,16 @@ use crate::{Error, Message, Result, Server, ServerGuard};
 pub struct Service {
     objects: Vec<(String, Box<dyn Hosted>)>,
     subscriptions: Arc<Subscriptions>,
+    /// Each client's calls received and not yet answered, and its departure if it left
+    /// meanwhile: what is kept for it is forgotten after its last call, or that call
+    /// would make its per-connection instance again, never to be dropped.
+    in_flight: Mutex<HashMap<u64, InFlight>>,
+}
+
+#[derive(Default)]
+struct InFlight {
+    calls: usize,
+    gone: Option<ClientHandle>,
 }
 
 impl Default for Service {
@@ -50,6 +60,7 @@ impl Service {
         Service {
             objects: Vec::new(),
             subscriptions: Arc::default(),
+            in_flight: Mutex::default(),
         }
     }
 
@@ -186,6 +197,44 @@ impl Service {
     /// subscriptions. [`serve`](Service::serve) calls it on every
     /// [`Event::Disconnected`](crate::Event::Disconnected).
     pub fn disconnected(&self, client: &ClientHandle) {
+        if let Some(calls) = self.in_flight().get_mut(&client.id()) {
+            calls.gone = Some(client.clone());
+            return;
+        }
+        self.forget(client);
+    }
+
+    /// Notes a call of `msg`'s client as received, before it is handled (and before its
+    /// client's departure can be seen); [`call_done`](Service::call_done) once answered.
+    pub(super) fn call_arrived(&self, msg: &Message) -> Option<u64> {
+        let id = msg.client()?.id();
+        self.in_flight().entry(id).or_default().calls += 1;
+        Some(id)
+    }
+
+    /// Notes a call of `client` as answered; forgets the client if it has gone meanwhile.
+    pub(super) fn call_done(&self, client: Option<u64>) {
+        let Some(id) = client else { return };
+        let gone = {
+            let mut in_flight = self.in_flight();
+            match in_flight.get_mut(&id) {
+                Some(calls) if calls.calls > 1 => {
+                    calls.calls -= 1;
+                    None
+                }
+                _ => in_flight.remove(&id).and_then(|calls| calls.gone),
+            }
+        };
+        if let Some(client) = gone {
+            self.forget(&client);
+        }
+    }
+
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<u64, InFlight>> {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn forget(&self, client: &ClientHandle) {
         for (_, host) in &self.objects {
             host.disconnected(client.id());
         }
@@ -223,6 +272,11 @@ impl Service {
             };
             Some(wire::failed::<()>(codec, &failure, None))
         };
+        // Asked of no object, describe answers for the whole service, however many
+        // objects it hosts.
+        if call.object.is_none() && call.method == wire::DESCRIBE {
+            return wire::ok(codec, &self.describe()).ok();
+        }
         let (name, host) = match self.find(call.object.as_deref()) {
             Some(found) => found,
             None => {

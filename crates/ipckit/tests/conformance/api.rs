@@ -11,6 +11,7 @@ use std::ops::ControlFlow;
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use ipckit::contract::{CallError, Codec, Description, EventSet, Method, OneWay, Service};
 use ipckit::transport::Capabilities;
 use ipckit::{Broadcaster, ClientHandle, Endpoint, Error, Event, Message, ToEndpoint};
 
@@ -313,5 +314,106 @@ impl Drop for Guard {
                 let _ = block_on(task);
             }
         }
+    }
+}
+
+/// A contract proxy for one object: `ipckit::contract::Proxy`, or `AsyncProxy` on tokio.
+pub enum Proxy {
+    Blocking(ipckit::contract::Proxy),
+    Async(ipckit::contract::AsyncProxy),
+}
+
+/// A proxy for the object `url`'s `#name` names (or the server's only object).
+pub fn proxy(url: impl ToEndpoint) -> Result<Proxy, Error> {
+    match current() {
+        Api::Blocking => ipckit::contract::Proxy::connect(url).map(Proxy::Blocking),
+        Api::Async => block_on(ipckit::contract::AsyncProxy::connect(url)).map(Proxy::Async),
+    }
+}
+
+impl Proxy {
+    pub fn with_codec(self, codec: Codec) -> Proxy {
+        match self {
+            Proxy::Blocking(p) => Proxy::Blocking(p.with_codec(codec)),
+            Proxy::Async(p) => Proxy::Async(p.with_codec(codec)),
+        }
+    }
+
+    pub fn with_timeout(self, timeout: Duration) -> Proxy {
+        match self {
+            Proxy::Blocking(p) => Proxy::Blocking(p.with_timeout(timeout)),
+            Proxy::Async(p) => Proxy::Async(p.with_timeout(timeout)),
+        }
+    }
+
+    pub fn call<M: Method>(&self, args: &M) -> Result<M::Output, CallError<M::Error>> {
+        match self {
+            Proxy::Blocking(p) => p.call(args),
+            Proxy::Async(p) => block_on(p.call(args)),
+        }
+    }
+
+    pub fn notify<M: OneWay>(&self, args: &M) -> Result<(), Error> {
+        match self {
+            Proxy::Blocking(p) => p.notify(args),
+            Proxy::Async(p) => block_on(p.notify(args)),
+        }
+    }
+
+    pub fn call_json(&self, method: &str, args: &str) -> Result<String, CallError<String>> {
+        match self {
+            Proxy::Blocking(p) => p.call_json(method, args),
+            Proxy::Async(p) => block_on(p.call_json(method, args)),
+        }
+    }
+
+    pub fn describe(&self) -> Result<Description, Error> {
+        match self {
+            Proxy::Blocking(p) => p.describe(),
+            Proxy::Async(p) => block_on(p.describe()),
+        }
+    }
+
+    /// Subscribes to `E`; its events then come from [`recv_event`](Proxy::recv_event).
+    pub fn subscribe<E: EventSet>(&self) -> Result<(), Error> {
+        match self {
+            Proxy::Blocking(p) => p.subscribe::<E>().map(drop),
+            Proxy::Async(p) => block_on(p.subscribe::<E>()),
+        }
+    }
+
+    /// The next event of `E` within `timeout`.
+    pub fn recv_event<E: EventSet>(&self, timeout: Duration) -> Result<Option<E>, Error> {
+        match self {
+            Proxy::Blocking(p) => p.recv_event(Some(timeout)),
+            Proxy::Async(p) => block_on(async {
+                tokio::time::timeout(timeout, p.recv_event())
+                    .await
+                    .ok()
+                    .transpose()
+            }),
+        }
+    }
+
+    /// The next message pushed to the proxy's client, whatever it is, within `timeout`.
+    pub fn recv_push(&self, timeout: Duration) -> Result<Option<Message>, Error> {
+        match self {
+            Proxy::Blocking(p) => p.client().recv_timeout(timeout),
+            Proxy::Async(p) => block_on(async {
+                tokio::time::timeout(timeout, p.client().recv())
+                    .await
+                    .ok()
+                    .transpose()
+            }),
+        }
+    }
+}
+
+/// Serves `service` from `server` until the server stops: `Service::serve`, or
+/// `serve_async` on the shared runtime.
+pub fn serve_service(service: Service, server: Server) -> Result<(), Error> {
+    match server {
+        Server::Blocking(s) => service.serve(s),
+        Server::Async(s) => block_on(service.serve_async(s)),
     }
 }

@@ -7,14 +7,16 @@
 //!
 //! One file per behaviour, each with its list of checks: `delivery`, `request_reply`,
 //! `lifecycle`, `durable`, `bad_input`, `limits`, `plain_writers`, `shared_memory`,
-//! `access`, `handshake`, `push`, and `cancellation` (through the async API alone). `support`
-//! holds what they share, `api` the two APIs a check drives, `peer` the peer processes. A
-//! new behaviour's list goes in [`CHECKS`] below.
+//! `access`, `handshake`, `push`, `contract` and `contract_bad_input` (typed contracts,
+//! calling the contract of `contract_fixture`), and `cancellation` (through the async API
+//! alone). `support` holds what they share, `api` the two APIs a check drives, `peer` the
+//! peer processes. A new behaviour's list goes in [`CHECKS`] below.
 //!
 //! A trial is named `scheme::check` through the blocking API and `scheme::async::check`
 //! through the async one; the checks of `bad_input`, `limits`, `plain_writers`,
-//! `shared_memory`, `access` and `cancellation` carry their module in their name
-//! (`uds::bad_input::random_bytes`).
+//! `shared_memory`, `access`, `push`, `contract`, `contract_bad_input` and `cancellation`
+//! carry their module in their name (`uds::bad_input::random_bytes`; `… -- contract` runs
+//! every contract check).
 //! Checks that need a peer of another user run only as root, and are listed as ignored
 //! otherwise. Run one transport, one check, or one check on one transport with the usual
 //! filters:
@@ -29,6 +31,9 @@ mod access;
 mod api;
 mod bad_input;
 mod cancellation;
+mod contract;
+mod contract_bad_input;
+mod contract_fixture;
 mod delivery;
 mod durable;
 mod handshake;
@@ -57,6 +62,8 @@ const CHECKS: &[&[Check]] = &[
     access::CHECKS,
     handshake::CHECKS,
     push::CHECKS,
+    contract::CHECKS,
+    contract_bad_input::CHECKS,
 ];
 
 /// What only futures can do: be dropped halfway. Run through the async API alone.

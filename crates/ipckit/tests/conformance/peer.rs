@@ -121,6 +121,9 @@ pub enum Role {
     PushServer { count: u32, size: usize },
     /// One client: requests from `threads` threads while another receives pushes.
     RequestAndReceive { threads: u32, per_thread: u32 },
+    /// A server that prints `ready URL` and serves version `version` of the contract of
+    /// `contract_fixture` (see `contract`).
+    ServeContract { version: u32 },
 }
 
 impl Role {
@@ -193,6 +196,7 @@ impl Role {
                 "request-and-receive",
                 vec![threads.to_string(), per_thread.to_string()],
             ),
+            Role::ServeContract { version } => ("serve-contract", vec![version.to_string()]),
         };
         let args: Vec<String> = [name.to_owned(), url.to_owned()]
             .into_iter()
@@ -301,6 +305,9 @@ impl Role {
                 threads: arg(args, 2)?,
                 per_thread: arg(args, 3)?,
             },
+            "serve-contract" => Role::ServeContract {
+                version: arg(args, 2)?,
+            },
             other => return Err(format!("unknown role {other}").into()),
         };
         Ok((role, url))
@@ -337,14 +344,14 @@ pub fn filled(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i % 251) as u8).collect()
 }
 
-fn exit_when_parent_goes() {
+pub fn exit_when_parent_goes() {
     std::thread::spawn(|| {
         let _ = std::io::stdin().read_to_end(&mut Vec::new());
         std::process::exit(0);
     });
 }
 
-fn say(line: &str) {
+pub fn say(line: &str) {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{line}").unwrap();
     out.flush().unwrap();
@@ -394,6 +401,7 @@ fn play(role: Role, url: &str) -> Result<(), Failure> {
         | Role::HelloAndLeave { .. }
         | Role::PushServer { .. }
         | Role::RequestAndReceive { .. } => return crate::push::play(role, url),
+        Role::ServeContract { version } => return crate::contract::serve(version, url),
         Role::Send {
             client: sender,
             count,
