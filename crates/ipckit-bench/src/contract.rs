@@ -40,7 +40,7 @@ impl Method for Add {
 }
 
 /// The call measured, `add(2, 3)`.
-const ARGS: Add = Add { a: 2, b: 3 };
+pub const ARGS: Add = Add { a: 2, b: 3 };
 
 /// The body a [`Proxy`] of [`OBJECT`] sends for `add(2, 3)` in `codec`, and the body
 /// the service answers it with (docs/PROTOCOL.md, *Contracts*); a test checks them
@@ -58,7 +58,7 @@ pub fn bodies(codec: Codec) -> (&'static [u8], &'static [u8]) {
 
 /// The `calculator` peer: serves [`OBJECT`] with [`Add`] at `address` through
 /// [`Service::serve`], as an application would.
-pub(crate) fn serve_calculator(address: &str) {
+pub fn serve_calculator(address: &str) {
     let server = ipckit::listen(address).unwrap_or_else(|e| panic!("{e}"));
     println!("{}", server.endpoint());
     let mut service = Service::new();
@@ -72,7 +72,7 @@ pub(crate) fn serve_calculator(address: &str) {
 
 /// The `rawcall:CODEC` peer: answers every request with the service's reply to
 /// `add(2, 3)` in that codec, reading nothing of it.
-pub(crate) fn serve_raw(codec: &str, address: &str) {
+pub fn serve_raw(codec: &str, address: &str) {
     let codec: Codec = codec.parse().unwrap_or_else(|e| panic!("{e}"));
     let (_, reply) = bodies(codec);
     let mut server = ipckit::listen(address).unwrap_or_else(|e| panic!("{e}"));
