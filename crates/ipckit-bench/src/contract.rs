@@ -19,7 +19,7 @@ const PATIENCE: Duration = Duration::from_secs(10);
 
 /// At most this many calls of each kind per measurement: four kinds on every transport
 /// that answers requests, within a few seconds of the whole run.
-const CALLS: usize = 5_000;
+const CALLS: usize = 2_000;
 
 /// The object the calculator peer serves.
 pub const OBJECT: &str = "calculator";
