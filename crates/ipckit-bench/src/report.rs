@@ -282,14 +282,37 @@ pub fn contract_table(points: &[ContractPoint]) -> String {
             .map(|p| get(p).map(|n| n as f64))
             .collect::<Vec<_>>()
     };
+    // The typed and raw figures of a kind in one unit, to be read side by side.
+    let pair = |names: [&str; 2], typed: Vec<Option<f64>>, raw: Vec<Option<f64>>| {
+        let both: Vec<Option<f64>> = typed.iter().chain(&raw).copied().collect();
+        let (typed_header, mut cells) = column(names[0], &both, &DURATION);
+        let raw_cells = cells.split_off(typed.len());
+        let (raw_header, _) = column(names[1], &both, &DURATION);
+        [(typed_header, cells), (raw_header, raw_cells)]
+    };
+    let [typed_p50, raw_p50] = pair(
+        ["typed p50", "raw p50"],
+        nanos(|p| p.typed_median_ns),
+        nanos(|p| p.raw_median_ns),
+    );
+    let [typed_p99, raw_p99] = pair(
+        ["p99", "p99"],
+        nanos(|p| p.typed_p99_ns),
+        nanos(|p| p.raw_p99_ns),
+    );
+    let [typed_cpu, raw_cpu] = pair(
+        ["typed cpu", "raw cpu"],
+        nanos(|p| p.typed_cpu_ns),
+        nanos(|p| p.raw_cpu_ns),
+    );
     let columns = [
-        column("typed p50", &nanos(|p| p.typed_median_ns), &DURATION),
-        column("p99", &nanos(|p| p.typed_p99_ns), &DURATION),
-        column("raw p50", &nanos(|p| p.raw_median_ns), &DURATION),
-        column("p99", &nanos(|p| p.raw_p99_ns), &DURATION),
+        typed_p50,
+        typed_p99,
+        raw_p50,
+        raw_p99,
         fixed_column("ratio", points.iter().map(|p| p.ratio), 2),
-        column("typed cpu", &nanos(|p| p.typed_cpu_ns), &DURATION),
-        column("raw cpu", &nanos(|p| p.raw_cpu_ns), &DURATION),
+        typed_cpu,
+        raw_cpu,
         fixed_column("cpu ratio", points.iter().map(|p| p.cpu_ratio), 2),
     ];
     let mut lines: Vec<Vec<String>> = vec![
@@ -470,6 +493,18 @@ mod tests {
             ratio: None,
             ..point.clone()
         };
+        // Typed and raw figures share a unit, even when only one column's largest
+        // would call for a larger one.
+        let slow = ContractPoint {
+            typed_cpu_ns: Some(103_000),
+            raw_cpu_ns: Some(98_000),
+            ..point.clone()
+        };
+        let header = contract_table(&[slow]).lines().next().unwrap().to_owned();
+        assert!(
+            header.contains("typed cpu (µs)") && header.contains("raw cpu (µs)"),
+            "{header}"
+        );
         let table = contract_table(&[point.clone(), broken.clone()]);
         let lines: Vec<&str> = table.lines().collect();
         assert!(
