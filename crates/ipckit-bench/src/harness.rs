@@ -13,8 +13,12 @@ use std::time::{Duration, Instant};
 use crate::peer::{Peer, thread_cpu_time};
 use crate::{pin_to, raw};
 
+pub use crate::contract::{ContractPoint, run_contracts};
 pub use crate::push::{BroadcastPoint, SUBSCRIBERS as BROADCAST_SUBSCRIBERS, run_broadcast};
-pub use crate::report::{broadcast_csv, broadcast_table, csv, scaling_csv, scaling_table, table};
+pub use crate::report::{
+    broadcast_csv, broadcast_table, contract_csv, contract_table, csv, scaling_csv, scaling_table,
+    table,
+};
 
 /// What to measure.
 ///
@@ -280,7 +284,7 @@ pub(crate) fn scratch_dir(kind: &str) -> std::path::PathBuf {
 /// ```
 pub fn abandon() {
     crate::peer::abandon();
-    for kind in ["bench", "scaling", "broadcast"] {
+    for kind in ["bench", "scaling", "broadcast", "contracts"] {
         // The run's own thread goes on meanwhile and may make a file in the directory as
         // it is being emptied, which then fails to go: look again, briefly.
         for _ in 0..20 {
@@ -326,6 +330,17 @@ impl Plan {
 }
 
 impl Plan {
+    /// This plan with at most `calls` round trips per measurement.
+    pub(crate) fn at_most(mut self, calls: usize) -> Plan {
+        self.round_trips = self.round_trips.min(calls);
+        self
+    }
+
+    /// Round trips per measurement.
+    pub(crate) fn round_trips(&self) -> usize {
+        self.round_trips
+    }
+
     /// Messages of `size` bytes for the messages/s figure: no more bytes than the
     /// bandwidth measurement moves, so that a large --size does not send gigabytes.
     fn small_messages(&self) -> usize {
@@ -410,7 +425,7 @@ fn baseline_contender(
 /// contenders, so that drift of the machine during the run weighs on each alike; fills
 /// each row's latency and CPU figures, or marks it failed (and drops it from the
 /// rotation) when its round trip breaks.
-fn interleave(plan: &Plan, contenders: Vec<(Contender, &mut Row)>) {
+pub(crate) fn interleave(plan: &Plan, contenders: Vec<(Contender, &mut Row)>) {
     const BLOCKS: usize = 20;
     let mut live: Vec<(Contender, &mut Row)> = Vec::new();
     for (mut contender, row) in contenders {

@@ -2,6 +2,7 @@
 //! the placement of processes on CPUs. Nothing in the library depends on this crate.
 
 pub mod chart;
+pub mod contract;
 pub mod harness;
 pub mod peer;
 mod push;

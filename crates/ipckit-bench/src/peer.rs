@@ -32,7 +32,9 @@ pub fn run_if_peer(extra: impl FnOnce(&str, &str) -> bool) -> bool {
         || role == "echo"
         || role == "sink"
         || role == "answer"
-        || role == "subscriber";
+        || role == "subscriber"
+        || role == "calculator"
+        || role.starts_with("rawcall:");
     if builtin {
         // Ends when the parent closes our stdin or goes away, whatever it was doing.
         std::thread::spawn(|| {
@@ -62,6 +64,10 @@ pub fn run_if_peer(extra: impl FnOnce(&str, &str) -> bool) -> bool {
         crate::push::answer(&address);
     } else if role == "subscriber" {
         crate::push::subscriber(&address);
+    } else if role == "calculator" {
+        crate::contract::serve_calculator(&address);
+    } else if let Some(codec) = role.strip_prefix("rawcall:") {
+        crate::contract::serve_raw(codec, &address);
     } else if !extra(&role, &address) {
         panic!("unknown peer role {role}");
     }

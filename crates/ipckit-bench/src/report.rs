@@ -1,7 +1,7 @@
 //! The figures of `ipckit bench` as text: aligned tables, each column of figures in one
 //! unit named in its header, and CSV.
 
-use crate::harness::{BroadcastPoint, Row, STREAM_SIZE, ScalePoint};
+use crate::harness::{BroadcastPoint, ContractPoint, Row, STREAM_SIZE, ScalePoint};
 
 /// The results as an aligned table, each column of figures in one unit, named in its
 /// header.
@@ -273,6 +273,103 @@ pub fn broadcast_table(points: &[BroadcastPoint]) -> String {
     aligned(&lines, 1)
 }
 
+/// Typed calls against raw requests as an aligned table: one line per transport and
+/// codec, the typed call's figures, the raw request's, and their ratios.
+pub fn contract_table(points: &[ContractPoint]) -> String {
+    let nanos = |get: fn(&ContractPoint) -> Option<u64>| {
+        points
+            .iter()
+            .map(|p| get(p).map(|n| n as f64))
+            .collect::<Vec<_>>()
+    };
+    // The typed and raw figures of a kind in one unit, to be read side by side.
+    let pair = |names: [&str; 2], typed: Vec<Option<f64>>, raw: Vec<Option<f64>>| {
+        let both: Vec<Option<f64>> = typed.iter().chain(&raw).copied().collect();
+        let (typed_header, mut cells) = column(names[0], &both, &DURATION);
+        let raw_cells = cells.split_off(typed.len());
+        let (raw_header, _) = column(names[1], &both, &DURATION);
+        [(typed_header, cells), (raw_header, raw_cells)]
+    };
+    let [typed_p50, raw_p50] = pair(
+        ["typed p50", "raw p50"],
+        nanos(|p| p.typed_median_ns),
+        nanos(|p| p.raw_median_ns),
+    );
+    let [typed_p99, raw_p99] = pair(
+        ["p99", "p99"],
+        nanos(|p| p.typed_p99_ns),
+        nanos(|p| p.raw_p99_ns),
+    );
+    let [typed_cpu, raw_cpu] = pair(
+        ["typed cpu", "raw cpu"],
+        nanos(|p| p.typed_cpu_ns),
+        nanos(|p| p.raw_cpu_ns),
+    );
+    let columns = [
+        typed_p50,
+        typed_p99,
+        raw_p50,
+        raw_p99,
+        fixed_column("ratio", points.iter().map(|p| p.ratio), 2),
+        typed_cpu,
+        raw_cpu,
+        fixed_column("cpu ratio", points.iter().map(|p| p.cpu_ratio), 2),
+    ];
+    let mut lines: Vec<Vec<String>> = vec![
+        ["transport", "codec"]
+            .into_iter()
+            .map(String::from)
+            .chain(columns.iter().map(|c| c.0.clone()))
+            .chain(["note".to_owned()])
+            .collect(),
+    ];
+    for (i, p) in points.iter().enumerate() {
+        let note = match &p.reason {
+            Some(r) => format!("{}: {r}", p.status),
+            None => format!(
+                "add(2, 3): {}-byte call, {}-byte reply",
+                p.call_bytes, p.reply_bytes
+            ),
+        };
+        lines.push(
+            [p.transport.clone(), p.codec.to_owned()]
+                .into_iter()
+                .chain(columns.iter().map(|c| c.1[i].clone()))
+                .chain([note])
+                .collect(),
+        );
+    }
+    aligned(&lines, 2)
+}
+
+/// Typed calls against raw requests as CSV.
+pub fn contract_csv(points: &[ContractPoint]) -> String {
+    let mut out = String::from(
+        "transport,codec,status,reason,call_bytes,reply_bytes,calls,typed_median_ns,typed_p99_ns,typed_cpu_ns,raw_median_ns,raw_p99_ns,raw_cpu_ns,ratio,cpu_ratio\n",
+    );
+    for p in points {
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            p.transport,
+            p.codec,
+            p.status,
+            quoted(p.reason.as_deref()),
+            p.call_bytes,
+            p.reply_bytes,
+            p.calls,
+            cell(p.typed_median_ns),
+            cell(p.typed_p99_ns),
+            cell(p.typed_cpu_ns),
+            cell(p.raw_median_ns),
+            cell(p.raw_p99_ns),
+            cell(p.raw_cpu_ns),
+            fixed(p.ratio, 4),
+            fixed(p.cpu_ratio, 4),
+        ));
+    }
+    out
+}
+
 /// Broadcast throughput as CSV.
 pub fn broadcast_csv(points: &[BroadcastPoint]) -> String {
     let mut out = String::from(
@@ -321,7 +418,7 @@ pub fn scaling_csv(points: &[ScalePoint]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::harness::{BroadcastPoint, Row, ScalePoint};
+    use crate::harness::{BroadcastPoint, ContractPoint, Row, ScalePoint};
 
     #[test]
     fn table_and_csv_carry_every_row() {
@@ -368,6 +465,63 @@ mod tests {
             "{table}"
         );
         assert_eq!(broadcast_csv(&[point(4, 7)]).lines().count(), 2);
+    }
+
+    #[test]
+    fn the_contract_table_sets_typed_calls_beside_raw_requests() {
+        let point = ContractPoint {
+            transport: "uds".into(),
+            codec: "json",
+            status: "ok",
+            reason: None,
+            call_bytes: 59,
+            reply_bytes: 8,
+            calls: 5_000,
+            typed_median_ns: Some(16_500),
+            typed_p99_ns: Some(40_000),
+            typed_cpu_ns: Some(9_000),
+            raw_median_ns: Some(15_000),
+            raw_p99_ns: Some(38_000),
+            raw_cpu_ns: Some(8_000),
+            ratio: Some(1.1),
+            cpu_ratio: Some(1.25),
+        };
+        let broken = ContractPoint {
+            status: "failed",
+            reason: Some("typed: it broke".into()),
+            typed_median_ns: None,
+            ratio: None,
+            ..point.clone()
+        };
+        // Typed and raw figures share a unit, even when only one column's largest
+        // would call for a larger one.
+        let slow = ContractPoint {
+            typed_cpu_ns: Some(103_000),
+            raw_cpu_ns: Some(98_000),
+            ..point.clone()
+        };
+        let header = contract_table(&[slow]).lines().next().unwrap().to_owned();
+        assert!(
+            header.contains("typed cpu (µs)") && header.contains("raw cpu (µs)"),
+            "{header}"
+        );
+        let table = contract_table(&[point.clone(), broken.clone()]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(
+            lines[0].contains("typed p50 (ns)") && lines[0].contains("raw p50 (ns)"),
+            "{table}"
+        );
+        assert!(
+            lines[1].contains(" 16500 ")
+                && lines[1].contains(" 1.10 ")
+                && lines[1].contains(" 1.25 "),
+            "{table}"
+        );
+        assert!(lines[1].contains("59-byte call, 8-byte reply"), "{table}");
+        assert!(lines[2].contains("failed: typed: it broke"), "{table}");
+        let csv = contract_csv(&[point, broken]);
+        assert_eq!(csv.lines().count(), 3);
+        assert!(csv.contains("uds,json,ok,,59,8,5000,16500,"), "{csv}");
     }
 
     #[test]

@@ -63,8 +63,13 @@ pub fn run(bench: Bench) -> CliResult {
         .iter()
         .filter(|t| t.capabilities(&t.scratch_endpoint(&dir, "steps")).push)
         .count();
+    let duplex = chosen
+        .iter()
+        .filter(|t| t.capabilities(&t.scratch_endpoint(&dir, "steps")).duplex)
+        .count();
     let steps = chosen.len() as u64 * per_transport
-        + (pushing * harness::BROADCAST_SUBSCRIBERS.len()) as u64;
+        + (pushing * harness::BROADCAST_SUBSCRIBERS.len()) as u64
+        + duplex as u64;
     let bar = indicatif::ProgressBar::new(steps).with_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
             .expect("a valid template"),
@@ -74,6 +79,10 @@ pub fn run(bench: Bench) -> CliResult {
         bar.set_message(what.to_owned());
     };
     let rows = harness::run(&options, &mut step);
+    let contracts = match &rows {
+        Ok(_) => harness::run_contracts(&options, &mut step),
+        Err(_) => Ok(Vec::new()),
+    };
     let broadcast = match &rows {
         Ok(_) => harness::run_broadcast(&options, &mut step),
         Err(_) => Ok(Vec::new()),
@@ -83,7 +92,7 @@ pub fn run(bench: Bench) -> CliResult {
         _ => Ok(Vec::new()),
     };
     bar.finish_and_clear();
-    let (rows, broadcast, points) = (rows?, broadcast?, points?);
+    let (rows, contracts, broadcast, points) = (rows?, contracts?, broadcast?, points?);
     if let Some(path) = &chart {
         ipckit_bench::chart::draw(&rows, &points, path)
             .map_err(|e| format!("drawing {}: {e}", path.display()))?;
@@ -92,12 +101,16 @@ pub fn run(bench: Bench) -> CliResult {
         let report = serde_json::json!({
             "machine": harness::Machine::here(),
             "rows": rows,
+            "contracts": contracts,
             "broadcast": broadcast,
             "scaling": points,
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else if csv {
         print!("{}", harness::csv(&rows));
+        if !contracts.is_empty() {
+            print!("\n{}", harness::contract_csv(&contracts));
+        }
         if !broadcast.is_empty() {
             print!("\n{}", harness::broadcast_csv(&broadcast));
         }
@@ -111,6 +124,9 @@ pub fn run(bench: Bench) -> CliResult {
             machine.cpus, machine.cpu, machine.kernel, machine.placement
         );
         print!("{}", harness::table(&rows));
+        if !contracts.is_empty() {
+            print!("\n{}", harness::contract_table(&contracts));
+        }
         if !broadcast.is_empty() {
             print!("\n{}", harness::broadcast_table(&broadcast));
         }

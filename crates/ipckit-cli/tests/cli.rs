@@ -1036,6 +1036,49 @@ fn bench_json_carries_every_figure() {
             );
         }
     }
+    // A typed call beside a raw request of its bytes, in each codec, on each transport.
+    let contracts = report["contracts"].as_array().unwrap();
+    let measured: Vec<(&str, &str)> = contracts
+        .iter()
+        .map(|p| {
+            (
+                p["transport"].as_str().unwrap(),
+                p["codec"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        measured,
+        [
+            ("uds", "json"),
+            ("uds", "postcard"),
+            ("shm", "json"),
+            ("shm", "postcard")
+        ],
+        "{contracts:?}"
+    );
+    for point in contracts {
+        assert_eq!(point["status"], "ok", "{point}");
+        for figure in [
+            "typed_median_ns",
+            "typed_p99_ns",
+            "typed_cpu_ns",
+            "raw_median_ns",
+            "raw_p99_ns",
+            "raw_cpu_ns",
+        ] {
+            assert!(
+                point[figure].as_u64().is_some_and(|n| n > 0),
+                "{figure}: {point}"
+            );
+        }
+        for figure in ["ratio", "cpu_ratio"] {
+            assert!(
+                point[figure].as_f64().is_some_and(|x| x > 0.0),
+                "{figure}: {point}"
+            );
+        }
+    }
     assert_valid_svg(&chart, &["uds", "shm"]);
 }
 

@@ -8,11 +8,22 @@ use std::sync::{Arc, Mutex};
 use super::describe::{self, EventInfo, MethodInfo};
 use super::wire::{self, Codec, Failure, Kind};
 use super::{Event, Method, NoError, OneWay};
+use crate::push::ClientHandle;
 
 /// What a handler made of a call: a reply body to send (two-way), or nothing (one-way).
 pub(super) type Answer = Option<Vec<u8>>;
 
-type Handler<T> = Box<dyn Fn(&T, Codec, &[u8]) -> Answer + Send + Sync>;
+/// A handler: its answer, or why the arguments do not fit the method (for the service to
+/// read the call again, if it took a shortcut, or to say so).
+type Handler<T> = Box<dyn Fn(&T, Codec, &[u8]) -> Result<Answer, String> + Send + Sync>;
+
+/// Why an object did not run a call.
+pub(super) enum Refusal {
+    /// The arguments do not decode as the method's: what is wrong.
+    BadArguments(String),
+    /// The call cannot be run here: why.
+    BadCall(String),
+}
 
 /// The methods of an object whose state is a `T`: register a handler for each, then host
 /// it in a [`Service`](super::Service).
@@ -103,19 +114,14 @@ impl<T: Send + Sync + 'static> Object<T> {
                     }
                 },
                 Err(detail) => {
-                    let failure = Failure {
-                        kind: Kind::BadArguments,
-                        message: format!(
-                            "'{}' takes {}: {detail}",
-                            M::NAME,
-                            describe::type_name::<M>()
-                        ),
-                        served: Vec::new(),
-                    };
-                    wire::failed::<()>(codec, &failure, None)
+                    return Err(format!(
+                        "'{}' takes {}: {detail}",
+                        M::NAME,
+                        describe::type_name::<M>()
+                    ));
                 }
             };
-            Some(answer)
+            Ok(Some(answer))
         });
         self.handlers.push((M::NAME, handler));
         self
@@ -136,16 +142,18 @@ impl<T: Send + Sync + 'static> Object<T> {
             returns: "()".to_string(),
             error: None,
         });
-        let handler: Handler<T> = Box::new(move |state, codec, args| {
-            match codec.decode::<M>(args) {
-                Ok(args) => handler(state, args),
-                Err(detail) => log::warn!(
-                    "one-way call of '{}' dropped: its arguments do not fit it: {detail}",
-                    M::NAME
-                ),
-            }
-            None
-        });
+        let handler: Handler<T> =
+            Box::new(move |state, codec, args| match codec.decode::<M>(args) {
+                Ok(args) => {
+                    handler(state, args);
+                    Ok(None)
+                }
+                Err(detail) => Err(format!(
+                    "'{}' takes {}: {detail}",
+                    M::NAME,
+                    describe::type_name::<M>()
+                )),
+            });
         self.handlers.push((M::NAME, handler));
         self
     }
@@ -208,11 +216,11 @@ pub(super) trait Hosted: Send + Sync {
     /// method.
     fn dispatch(
         &self,
-        client: Option<u64>,
+        client: Option<&ClientHandle>,
         method: &str,
         codec: Codec,
         args: &[u8],
-    ) -> Option<Result<Answer, String>>;
+    ) -> Option<Result<Answer, Refusal>>;
     /// Forgets what belongs to `client`, which has gone.
     fn disconnected(&self, client: u64);
     fn methods(&self) -> &[MethodInfo];
@@ -249,23 +257,32 @@ impl<T: Send + Sync + 'static> Host<T> {
 impl<T: Send + Sync + 'static> Hosted for Host<T> {
     fn dispatch(
         &self,
-        client: Option<u64>,
+        client: Option<&ClientHandle>,
         method: &str,
         codec: Codec,
         args: &[u8],
-    ) -> Option<Result<Answer, String>> {
+    ) -> Option<Result<Answer, Refusal>> {
         let (_, handler) = self.object.handlers.iter().find(|(n, _)| *n == method)?;
         Some(match &self.instance {
-            Instances::Shared(state) => Ok(handler(state, codec, args)),
+            Instances::Shared(state) => handler(state, codec, args).map_err(Refusal::BadArguments),
             Instances::PerConnection { make, live } => match client {
                 Some(client) => {
                     let state = {
                         let mut live = live.lock().unwrap_or_else(|e| e.into_inner());
-                        live.entry(client).or_insert_with(|| Arc::new(make())).clone()
+                        live.entry(client.id())
+                            .or_insert_with(|| Arc::new(make()))
+                            .clone()
                     };
-                    Ok(handler(&state, codec, args))
+                    let answer = handler(&state, codec, args).map_err(Refusal::BadArguments);
+                    // A client whose departure was handled before or while this call ran
+                    // would leave the instance behind: the departure is marked before it
+                    // is reported, so this load sees it when the report came first.
+                    if !client.is_connected() {
+                        self.disconnected(client.id());
+                    }
+                    answer
                 }
-                None => Err("an object with one instance per connection needs a transport that tells its clients apart".to_string()),
+                None => Err(Refusal::BadCall("an object with one instance per connection needs a transport that tells its clients apart".to_string())),
             },
         })
     }

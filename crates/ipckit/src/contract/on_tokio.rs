@@ -167,12 +167,8 @@ impl Service {
         loop {
             match server.recv_event().await {
                 Ok(Event::Message(mut msg)) => {
-                    let client = service.call_arrived(&msg);
                     let service = Arc::clone(&service);
-                    tokio::task::spawn_blocking(move || {
-                        service.handle(&mut msg);
-                        service.call_done(client);
-                    });
+                    tokio::task::spawn_blocking(move || service.handle(&mut msg));
                 }
                 Ok(Event::Disconnected(client)) => service.disconnected(&client),
                 Ok(Event::Connected(_)) => {}

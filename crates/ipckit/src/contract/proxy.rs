@@ -272,6 +272,13 @@ impl Target {
                 detail: format!("the {what} of '{method}': {detail}"),
             })
         };
+        // Nearly every reply is a JSON `{"ok":…}`: its result is decoded where it lies,
+        // with no parse of the whole reply, unless it proves no result of that shape.
+        if codec == Codec::Json {
+            if let Some(Ok(result)) = wire::ok_shortcut(reply).map(|r| codec.decode::<R>(r)) {
+                return Answer::Done(Ok(result));
+            }
+        }
         let reply = match wire::parse_reply(reply) {
             Ok(reply) => reply,
             Err(reason) => {

@@ -57,11 +57,9 @@ impl Pool {
         loop {
             match server.recv_event() {
                 Ok(Event::Message(mut msg)) => {
-                    let client = self.service.call_arrived(&msg);
                     self.put_back(server);
                     self.service.handle(&mut msg);
                     drop(msg);
-                    self.service.call_done(client);
                     server = match self.slot().server.take() {
                         Some(server) => server,
                         None => return,

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Event;
 use super::describe::{Description, ObjectInfo};
-use super::object::{Host, Hosted, Instance, Object};
+use super::object::{Host, Hosted, Instance, Object, Refusal};
 use super::serve;
 use super::wire::{self, Call, Codec, Failure, Kind};
 use crate::push::{ClientHandle, Delivery};
@@ -36,16 +36,6 @@ use crate::{Error, Message, Result, Server, ServerGuard};
 pub struct Service {
     objects: Vec<(String, Box<dyn Hosted>)>,
     subscriptions: Arc<Subscriptions>,
-    /// Each client's calls received and not yet answered, and its departure if it left
-    /// meanwhile: what is kept for it is forgotten after its last call, or that call
-    /// would make its per-connection instance again, never to be dropped.
-    in_flight: Mutex<HashMap<u64, InFlight>>,
-}
-
-#[derive(Default)]
-struct InFlight {
-    calls: usize,
-    gone: Option<ClientHandle>,
 }
 
 impl Default for Service {
@@ -60,7 +50,6 @@ impl Service {
         Service {
             objects: Vec::new(),
             subscriptions: Arc::default(),
-            in_flight: Mutex::default(),
         }
     }
 
@@ -196,42 +185,13 @@ impl Service {
     /// Forgets what the service keeps for `client`, which has gone: its instances and
     /// subscriptions. [`serve`](Service::serve) calls it on every
     /// [`Event::Disconnected`](crate::Event::Disconnected).
+    ///
+    /// A call of the client's still running, or yet to run, on another thread may find
+    /// it gone: its instance is then dropped as the call ends (a departed client is
+    /// never connected again), so what a client leaves behind goes away whichever is
+    /// seen first.
     pub fn disconnected(&self, client: &ClientHandle) {
-        if let Some(calls) = self.in_flight().get_mut(&client.id()) {
-            calls.gone = Some(client.clone());
-            return;
-        }
         self.forget(client);
-    }
-
-    /// Notes a call of `msg`'s client as received, before it is handled (and before its
-    /// client's departure can be seen); [`call_done`](Service::call_done) once answered.
-    pub(super) fn call_arrived(&self, msg: &Message) -> Option<u64> {
-        let id = msg.client()?.id();
-        self.in_flight().entry(id).or_default().calls += 1;
-        Some(id)
-    }
-
-    /// Notes a call of `client` as answered; forgets the client if it has gone meanwhile.
-    pub(super) fn call_done(&self, client: Option<u64>) {
-        let Some(id) = client else { return };
-        let gone = {
-            let mut in_flight = self.in_flight();
-            match in_flight.get_mut(&id) {
-                Some(calls) if calls.calls > 1 => {
-                    calls.calls -= 1;
-                    None
-                }
-                _ => in_flight.remove(&id).and_then(|calls| calls.gone),
-            }
-        };
-        if let Some(client) = gone {
-            self.forget(&client);
-        }
-    }
-
-    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<u64, InFlight>> {
-        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn forget(&self, client: &ClientHandle) {
@@ -243,39 +203,60 @@ impl Service {
 
     /// The reply body for call `body`, or `None` for a one-way call that went well.
     pub(super) fn answer(&self, client: Option<&ClientHandle>, body: &[u8]) -> Option<Vec<u8>> {
-        let call = match wire::parse_call(body) {
-            Ok(call) => call,
-            Err(message) => {
-                let kind = match Codec::of(body) {
-                    Some(_) => Kind::BadCall,
-                    None if body.is_empty() => Kind::BadCall,
-                    None => Kind::Codec,
-                };
-                let failure = Failure {
-                    kind,
-                    message,
-                    served: Vec::new(),
-                };
-                return Some(wire::failed::<()>(Codec::Json, &failure, None));
+        let mut call = wire::parse_call(body);
+        loop {
+            let read = match call {
+                Ok(read) => read,
+                Err(message) => {
+                    let kind = match Codec::of(body) {
+                        Some(_) => Kind::BadCall,
+                        None if body.is_empty() => Kind::BadCall,
+                        None => Kind::Codec,
+                    };
+                    let failure = Failure {
+                        kind,
+                        message,
+                        served: Vec::new(),
+                    };
+                    return Some(wire::failed::<()>(Codec::Json, &failure, None));
+                }
+            };
+            match self.answer_call(client, &read) {
+                Ok(answer) => return answer,
+                // Read by the shortcut: the arguments may not be all the rest of the body.
+                Err(_) if read.shortcut => call = wire::parse_call_fully(body),
+                Err(message) => {
+                    let failure = Failure {
+                        kind: Kind::BadArguments,
+                        message,
+                        served: Vec::new(),
+                    };
+                    return Some(wire::failed::<()>(read.codec, &failure, None));
+                }
             }
-        };
-        let codec = call.codec;
-        if call.object.is_none() && call.method == wire::DESCRIBE {
-            // The whole service, whatever it hosts: how a client learns the names to call.
-            return wire::ok(codec, &self.describe()).ok();
         }
+    }
+
+    /// The reply body for `call`, `None` for a one-way call that went well, or why its
+    /// arguments do not decode.
+    fn answer_call(
+        &self,
+        client: Option<&ClientHandle>,
+        call: &Call<'_>,
+    ) -> Result<Option<Vec<u8>>, String> {
+        let codec = call.codec;
         let failed = |kind, message, served| {
             let failure = Failure {
                 kind,
                 message,
                 served,
             };
-            Some(wire::failed::<()>(codec, &failure, None))
+            Ok(Some(wire::failed::<()>(codec, &failure, None)))
         };
         // Asked of no object, describe answers for the whole service, however many
         // objects it hosts.
         if call.object.is_none() && call.method == wire::DESCRIBE {
-            return wire::ok(codec, &self.describe()).ok();
+            return Ok(wire::ok(codec, &self.describe()).ok());
         }
         let (name, host) = match self.find(call.object.as_deref()) {
             Some(found) => found,
@@ -291,14 +272,14 @@ impl Service {
             }
         };
         if call.method.starts_with(wire::RESERVED) {
-            return self.answer_own(client, name, host, &call);
+            return self.answer_own(client, name, host, call);
         }
-        let id = client.map(ClientHandle::id);
         match catch_unwind(AssertUnwindSafe(|| {
-            host.dispatch(id, &call.method, codec, call.args)
+            host.dispatch(client, &call.method, codec, call.args)
         })) {
-            Ok(Some(Ok(answer))) => answer,
-            Ok(Some(Err(why))) => failed(Kind::BadCall, why, Vec::new()),
+            Ok(Some(Ok(answer))) => Ok(answer),
+            Ok(Some(Err(Refusal::BadArguments(message)))) => Err(message),
+            Ok(Some(Err(Refusal::BadCall(why)))) => failed(Kind::BadCall, why, Vec::new()),
             Ok(None) => failed(
                 Kind::UnknownMethod,
                 format!("the object '{name}' has no method '{}'", call.method),
@@ -333,7 +314,7 @@ impl Service {
         name: &str,
         host: &dyn Hosted,
         call: &Call<'_>,
-    ) -> Option<Vec<u8>> {
+    ) -> Result<Option<Vec<u8>>, String> {
         let codec = call.codec;
         let failed = |kind, message: String| {
             let failure = Failure {
@@ -341,7 +322,7 @@ impl Service {
                 message,
                 served: Vec::new(),
             };
-            Some(wire::failed::<()>(codec, &failure, None))
+            Ok(Some(wire::failed::<()>(codec, &failure, None)))
         };
         match &*call.method {
             wire::DESCRIBE => {
@@ -352,7 +333,7 @@ impl Service {
                     },
                     None => self.describe(),
                 };
-                wire::ok(codec, &described).ok()
+                Ok(wire::ok(codec, &described).ok())
             }
             wire::SUBSCRIBE => {
                 let Some(client) = client else {
@@ -364,13 +345,10 @@ impl Service {
                 let wanted: Subscribe = match codec.decode(call.args) {
                     Ok(wanted) => wanted,
                     Err(detail) => {
-                        return failed(
-                            Kind::BadArguments,
-                            format!(
-                                "'{}' takes {{\"events\": [names]}}: {detail}",
-                                wire::SUBSCRIBE
-                            ),
-                        );
+                        return Err(format!(
+                            "'{}' takes {{\"events\": [names]}}: {detail}",
+                            wire::SUBSCRIBE
+                        ));
                     }
                 };
                 let declared: Vec<String> = host.events().iter().map(|e| e.name.clone()).collect();
@@ -380,7 +358,7 @@ impl Service {
                         message: format!("the object '{name}' has no event '{unknown}'"),
                         served: declared,
                     };
-                    return Some(wire::failed::<()>(codec, &failure, None));
+                    return Ok(Some(wire::failed::<()>(codec, &failure, None)));
                 }
                 let events = if wanted.events.is_empty() {
                     declared
@@ -389,7 +367,7 @@ impl Service {
                 };
                 self.subscriptions
                     .add(name, client.clone(), codec, events.clone());
-                wire::ok(codec, &events).ok()
+                Ok(wire::ok(codec, &events).ok())
             }
             other => failed(
                 Kind::UnknownMethod,
@@ -529,5 +507,70 @@ impl Publisher {
                 .filter(|s| s.events.iter().any(|e| e == E::NAME))
                 .count()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::{Method, NoError, OneWay};
+
+    #[derive(Serialize, Deserialize)]
+    struct Add {
+        a: i64,
+        b: i64,
+    }
+
+    impl Method for Add {
+        const NAME: &'static str = "add";
+        type Output = i64;
+        type Error = NoError;
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct Note {
+        line: String,
+    }
+
+    impl OneWay for Note {
+        const NAME: &'static str = "note";
+    }
+
+    fn calculator() -> Service {
+        let mut service = Service::new();
+        let object = Object::new()
+            .method(|_: &(), args: Add| Ok(args.a + args.b))
+            .oneway(|_: &(), _: Note| {});
+        service.shared("calc", object, ());
+        service
+    }
+
+    fn kind(reply: &[u8]) -> Kind {
+        match wire::parse_reply(reply) {
+            Ok(wire::Reply::Failed(failure, _)) => failure.kind,
+            _ => panic!("not a failure: {}", String::from_utf8_lossy(reply)),
+        }
+    }
+
+    /// A call read by the shortcut whose arguments do not decode is read again in full:
+    /// the answers are those of a full parse, whatever the body.
+    #[test]
+    fn calls_the_shortcut_misreads_are_answered_as_in_full() {
+        let service = calculator();
+        let answer = |body: &str| service.answer(None, body.as_bytes());
+        let plain = r#"{"object":"calc","method":"add","args":{"a":2,"b":3}}"#;
+        assert_eq!(answer(plain).unwrap(), br#"{"ok":5}"#);
+        let more = r#"{"object":"calc","method":"add","args":{"a":2,"b":3},"later":[1]}"#;
+        assert_eq!(answer(more).unwrap(), br#"{"ok":5}"#);
+        let wrong = r#"{"object":"calc","method":"add","args":{"a":"two","b":3}}"#;
+        assert_eq!(kind(&answer(wrong).unwrap()), Kind::BadArguments);
+        let broken = r#"{"object":"calc","method":"add","args":{"a":2,,"b":3}}"#;
+        assert_eq!(kind(&answer(broken).unwrap()), Kind::BadCall);
+        let twice = r#"{"object":"calc","method":"add","args":{"a":2,"b":3},"method":"add"}"#;
+        assert_eq!(kind(&answer(twice).unwrap()), Kind::BadCall);
+        let note = r#"{"object":"calc","method":"note","args":{"line":"hi"},"later":1}"#;
+        assert_eq!(answer(note), None);
+        let bad_note = r#"{"object":"calc","method":"note","args":{"line":7}}"#;
+        assert_eq!(kind(&answer(bad_note).unwrap()), Kind::BadArguments);
     }
 }
