@@ -81,7 +81,7 @@ pub(crate) fn run(data: &[u8]) {
                 assert!(matches!(failure.kind, Kind::BadCall | Kind::Codec))
             }
             (_, Err(e)) => panic!("an unreadable call was answered: {e}"),
-            (_, Ok(call)) if call.method == "add" => {
+            (_, Ok(call)) if *call.method == *b"add" => {
                 if let (Reply::Ok(sum), Ok(args)) = (&reply, call.codec.decode::<Add>(call.args)) {
                     assert_eq!(
                         call.codec.decode::<i64>(sum),

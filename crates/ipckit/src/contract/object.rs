@@ -217,7 +217,7 @@ pub(super) trait Hosted: Send + Sync {
     fn dispatch(
         &self,
         client: Option<&ClientHandle>,
-        method: &str,
+        method: &[u8],
         codec: Codec,
         args: &[u8],
     ) -> Option<Result<Answer, Refusal>>;
@@ -258,11 +258,15 @@ impl<T: Send + Sync + 'static> Hosted for Host<T> {
     fn dispatch(
         &self,
         client: Option<&ClientHandle>,
-        method: &str,
+        method: &[u8],
         codec: Codec,
         args: &[u8],
     ) -> Option<Result<Answer, Refusal>> {
-        let (_, handler) = self.object.handlers.iter().find(|(n, _)| *n == method)?;
+        let (_, handler) = self
+            .object
+            .handlers
+            .iter()
+            .find(|(n, _)| n.as_bytes() == method)?;
         Some(match &self.instance {
             Instances::Shared(state) => handler(state, codec, args).map_err(Refusal::BadArguments),
             Instances::PerConnection { make, live } => match client {

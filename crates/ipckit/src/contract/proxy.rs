@@ -13,6 +13,11 @@ use super::wire::{self, Codec, Failure, Kind, Reply};
 use super::{CallError, EventData, EventSet, Method, NoError, OneWay};
 use crate::{Client, Endpoint, Error, Message, Result, ToEndpoint};
 
+thread_local! {
+    /// Each thread's call body, whose room is kept from one call to the next.
+    static BODY: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// How long a call waits for its answer unless told otherwise: D-Bus's default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(25);
 
@@ -166,17 +171,19 @@ impl Proxy {
         timeout: Duration,
     ) -> Result<R, CallError<E>> {
         let codec = self.target.codec();
-        let body = self
-            .target
-            .encode(codec, method, args)
-            .map_err(CallError::Ipc)?;
+        // The thread's body buffer, taken out for the call (a call made meanwhile, from
+        // within it, finds none and makes its own): an allocation saved per call.
+        let mut body = BODY.take();
         let answer = self
-            .client
-            .request_with(&body, timeout, |reply| {
-                self.target.read(codec, method, reply)
-            })
-            .map_err(CallError::Ipc)?;
-        match answer {
+            .target
+            .encode_into(&mut body, codec, method, args)
+            .and_then(|()| {
+                self.client.request_with(&body, timeout, |reply| {
+                    self.target.read(codec, method, reply)
+                })
+            });
+        BODY.set(body);
+        match answer.map_err(CallError::Ipc)? {
             Answer::Done(result) => result,
             Answer::Again => self.invoke(method, args, timeout),
         }
@@ -212,6 +219,9 @@ pub(super) enum Answer<R, E> {
 /// long to wait, and how to read what comes back.
 pub(super) struct Target {
     pub object: Option<String>,
+    /// What each call begins with; `None` for an object name that cannot be encoded,
+    /// whose calls then fail to encode.
+    head: Option<wire::CallHead>,
     /// The URL with `#object`, for errors.
     pub url: String,
     pub postcard: AtomicBool,
@@ -226,6 +236,7 @@ impl Target {
         };
         Target {
             object: object.map(str::to_string),
+            head: wire::CallHead::new(object).ok(),
             url,
             postcard: AtomicBool::new(false),
             timeout: DEFAULT_TIMEOUT,
@@ -246,8 +257,24 @@ impl Target {
         method: &str,
         args: &A,
     ) -> Result<Vec<u8>> {
-        wire::call(codec, self.object.as_deref(), method, args)
-            .map_err(|detail| self.encode_failed(method, detail))
+        let mut out = Vec::new();
+        self.encode_into(&mut out, codec, method, args)?;
+        Ok(out)
+    }
+
+    /// As [`encode`](Target::encode), into `out`.
+    pub fn encode_into<A: Serialize + ?Sized>(
+        &self,
+        out: &mut Vec<u8>,
+        codec: Codec,
+        method: &str,
+        args: &A,
+    ) -> Result<()> {
+        match &self.head {
+            Some(head) => head.write(out, codec, method, args),
+            None => Err("the object's name cannot be encoded".to_string()),
+        }
+        .map_err(|detail| self.encode_failed(method, detail))
     }
 
     pub fn encode_failed(&self, method: &str, detail: String) -> Error {
@@ -278,6 +305,9 @@ impl Target {
             if let Some(Ok(result)) = wire::ok_shortcut(reply).map(|r| codec.decode::<R>(r)) {
                 return Answer::Done(Ok(result));
             }
+        }
+        if let Some(Ok(result)) = wire::postcard_ok(reply).map(|r| codec.decode::<R>(r)) {
+            return Answer::Done(Ok(result));
         }
         let reply = match wire::parse_reply(reply) {
             Ok(reply) => reply,

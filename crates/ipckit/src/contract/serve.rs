@@ -3,14 +3,15 @@
 //! these machines), and a call that runs long has its server taken over by another
 //! thread, so that it holds up nobody else.
 //!
-//! The server lies in a slot while its last receiver runs a handler. A watcher notes
-//! each time the server is put back; a server left there for [`TAKEOVER_AFTER`] is taken
-//! by a new thread. A thread that finds the slot empty when its handler returns is no
+//! The server sits behind a lock, held by the thread that receives and let go while it
+//! runs the handler. A watcher notes each message received; a server left unheld, with
+//! no message received, for [`TAKEOVER_AFTER`] is taken by a new thread. Every thread
+//! only ever tries the lock: one that finds it held when its handler returns is no
 //! longer needed and ends, so the threads shrink back to one once the slow calls are
-//! done.
+//! done, and no thread waits on the lock (which would make every release a wake-up).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
 use super::Service;
@@ -26,54 +27,75 @@ const MAX_THREADS: usize = 64;
 
 struct Pool {
     service: Service,
-    slot: Mutex<Slot>,
-    /// Signals the watcher (a server was put back) and the first thread (it ended).
+    /// The server; `None` once the service has ended.
+    server: Mutex<Option<Server>>,
+    /// Messages received, written by the lock's holder alone (a load and a store, no
+    /// read-modify-write on the hot path), for the watcher to see the server move.
+    received: AtomicU64,
+    /// True while a thread holds the server to receive.
+    receiving: AtomicBool,
+    /// How the service ended, once it has; with `changed`, what the watcher and the
+    /// first thread wait on.
+    ended: Mutex<Option<Result<()>>>,
     changed: Condvar,
-    /// Counts the times the server was put back, for the watcher to see it move.
-    deposits: AtomicU64,
-    /// True while the watcher sleeps until the server is put back.
+    /// True while the watcher sleeps until the server is let go.
     watcher_asleep: AtomicBool,
     threads: AtomicUsize,
 }
 
-#[derive(Default)]
-struct Slot {
-    server: Option<Server>,
-    /// How the service ended, once it has.
-    ended: Option<Result<()>>,
-}
-
 impl Pool {
-    fn slot(&self) -> MutexGuard<'_, Slot> {
-        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    fn ended(&self) -> MutexGuard<'_, Option<Result<()>>> {
+        self.ended.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Receives and answers calls until the service ends or another thread has the
     /// server.
     fn receive(&self) {
-        let Some(mut server) = self.slot().server.take() else {
-            return;
-        };
         loop {
-            match server.recv_event() {
-                Ok(Event::Message(mut msg)) => {
-                    self.put_back(server);
-                    self.service.handle(&mut msg);
-                    drop(msg);
-                    server = match self.slot().server.take() {
-                        Some(server) => server,
-                        None => return,
-                    };
+            let mut held = match self.server.try_lock() {
+                Ok(held) => held,
+                Err(TryLockError::Poisoned(e)) => e.into_inner(),
+                Err(TryLockError::WouldBlock) => return,
+            };
+            let Some(server) = held.as_mut() else {
+                return;
+            };
+            self.receiving.store(true, Ordering::Relaxed);
+            let event = loop {
+                match server.recv_event() {
+                    Ok(Event::Message(msg)) => break Ok(msg),
+                    Ok(Event::Disconnected(client)) => self.service.disconnected(&client),
+                    Ok(Event::Connected(_)) => {}
+                    Err(e) => break Err(e),
                 }
-                Ok(Event::Disconnected(client)) => self.service.disconnected(&client),
-                Ok(Event::Connected(_)) => {}
+            };
+            match event {
+                Ok(mut msg) => {
+                    let received = self.received.load(Ordering::Relaxed);
+                    self.received.store(received + 1, Ordering::Relaxed);
+                    // Sequentially consistent with the watcher's falling asleep, which
+                    // stores its flag and then loads this one: one of the two sees the
+                    // other's store, so the watcher never sleeps through a let-go.
+                    self.receiving.store(false, Ordering::SeqCst);
+                    drop(held);
+                    if self.watcher_asleep.load(Ordering::SeqCst)
+                        && self.watcher_asleep.swap(false, Ordering::AcqRel)
+                    {
+                        let _ended = self.ended();
+                        self.changed.notify_all();
+                    }
+                    self.service.handle(&mut msg);
+                }
                 Err(e) => {
-                    drop(server); // the endpoint closes before serve returns
+                    // The endpoint closes before serve returns.
+                    *held = None;
+                    self.receiving.store(false, Ordering::Release);
+                    drop(held);
                     let ended = match e {
                         Error::Stopped { .. } => Ok(()),
                         e => Err(e),
                     };
-                    self.slot().ended = Some(ended);
+                    *self.ended() = Some(ended);
                     self.changed.notify_all();
                     return;
                 }
@@ -81,50 +103,50 @@ impl Pool {
         }
     }
 
-    fn put_back(&self, server: Server) {
-        self.slot().server = Some(server);
-        self.deposits.fetch_add(1, Ordering::Release);
-        if self.watcher_asleep.swap(false, Ordering::AcqRel) {
-            self.changed.notify_all();
-        }
-    }
-
-    /// Watches for a server left in its slot, and has a new thread take it.
+    /// Watches for a server left unheld while a handler runs, and has a new thread take
+    /// it.
     fn watch(self: &Arc<Pool>) {
-        let mut slot = self.slot();
+        let mut ended = self.ended();
         loop {
-            if slot.ended.is_some() {
+            if ended.is_some() {
                 return;
             }
-            if slot.server.is_none() {
-                self.watcher_asleep.store(true, Ordering::Release);
-                slot = self.changed.wait(slot).unwrap_or_else(|e| e.into_inner());
-                continue;
-            }
-            let seen = self.deposits.load(Ordering::Acquire);
-            drop(slot);
-            std::thread::sleep(TAKEOVER_AFTER);
-            slot = self.slot();
-            let left = slot.server.is_some() && self.deposits.load(Ordering::Acquire) == seen;
-            if left && slot.ended.is_none() {
-                if self.threads.load(Ordering::Relaxed) >= MAX_THREADS {
-                    log::warn!(
-                        "{MAX_THREADS} contract calls are running at once; the next waits for one to return"
-                    );
+            if self.receiving.load(Ordering::Acquire) {
+                // Asleep until the receiver lets the server go; checked again after
+                // saying so, as the receiver checks the flag after letting go.
+                self.watcher_asleep.store(true, Ordering::SeqCst);
+                if self.receiving.load(Ordering::SeqCst) {
+                    ended = self.changed.wait(ended).unwrap_or_else(|e| e.into_inner());
                     continue;
                 }
-                self.threads.fetch_add(1, Ordering::Relaxed);
-                let pool = Arc::clone(self);
-                let spawned = std::thread::Builder::new()
-                    .name("ipckit contract".into())
-                    .spawn(move || {
-                        pool.receive();
-                        pool.threads.fetch_sub(1, Ordering::Relaxed);
-                    });
-                if let Err(e) = spawned {
-                    self.threads.fetch_sub(1, Ordering::Relaxed);
-                    log::warn!("cannot start a thread for another contract call: {e}");
-                }
+                self.watcher_asleep.store(false, Ordering::Relaxed);
+            }
+            let seen = self.received.load(Ordering::Relaxed);
+            drop(ended);
+            std::thread::sleep(TAKEOVER_AFTER);
+            ended = self.ended();
+            let left = !self.receiving.load(Ordering::Acquire)
+                && self.received.load(Ordering::Relaxed) == seen;
+            if !left || ended.is_some() {
+                continue;
+            }
+            if self.threads.load(Ordering::Relaxed) >= MAX_THREADS {
+                log::warn!(
+                    "{MAX_THREADS} contract calls are running at once; the next waits for one to return"
+                );
+                continue;
+            }
+            self.threads.fetch_add(1, Ordering::Relaxed);
+            let pool = Arc::clone(self);
+            let spawned = std::thread::Builder::new()
+                .name("ipckit contract".into())
+                .spawn(move || {
+                    pool.receive();
+                    pool.threads.fetch_sub(1, Ordering::Relaxed);
+                });
+            if let Err(e) = spawned {
+                self.threads.fetch_sub(1, Ordering::Relaxed);
+                log::warn!("cannot start a thread for another contract call: {e}");
             }
         }
     }
@@ -133,12 +155,11 @@ impl Pool {
 pub(super) fn serve(service: Service, server: Server) -> Result<()> {
     let pool = Arc::new(Pool {
         service,
-        slot: Mutex::new(Slot {
-            server: Some(server),
-            ended: None,
-        }),
+        server: Mutex::new(Some(server)),
+        received: AtomicU64::new(0),
+        receiving: AtomicBool::new(false),
+        ended: Mutex::new(None),
         changed: Condvar::new(),
-        deposits: AtomicU64::new(0),
         watcher_asleep: AtomicBool::new(false),
         threads: AtomicUsize::new(1),
     });
@@ -155,17 +176,17 @@ pub(super) fn serve(service: Service, server: Server) -> Result<()> {
         })?;
     pool.receive();
     // Another thread has the server now, or the service ended: wait for the end.
-    let mut slot = pool.slot();
-    while slot.ended.is_none() {
-        slot = pool.changed.wait(slot).unwrap_or_else(|e| e.into_inner());
+    let mut ended = pool.ended();
+    while ended.is_none() {
+        ended = pool.changed.wait(ended).unwrap_or_else(|e| e.into_inner());
     }
-    let ended = slot.ended.take().unwrap_or(Ok(()));
+    let result = ended.take().unwrap_or(Ok(()));
     // Left for the watcher to see: the service has ended.
-    slot.ended = Some(Ok(()));
-    drop(slot);
+    *ended = Some(Ok(()));
+    drop(ended);
     pool.changed.notify_all();
     let _ = watcher.join();
-    ended
+    result
 }
 
 pub(super) fn spawn(service: Service, server: Server) -> ServerGuard {

@@ -126,13 +126,13 @@ impl Service {
     /// for a reply. For a server loop of one's own; [`serve`](Service::serve) does this
     /// for every message.
     pub fn handle(&self, msg: &mut Message) {
-        let client = msg.client().cloned();
-        let answer = self.answer(client.as_ref(), msg.payload());
+        let answer = self.answer(msg.client(), msg.payload());
         match answer {
             Some(body) if msg.wants_reply() => {
                 if let Err(e) = msg.reply(&body) {
                     log::debug!("a contract reply was not delivered: {e}");
                 }
+                wire::recycle(body);
             }
             Some(body) => {
                 if let Ok(wire::Reply::Failed(failure, _)) = wire::parse_reply(&body) {
@@ -255,13 +255,13 @@ impl Service {
         };
         // Asked of no object, describe answers for the whole service, however many
         // objects it hosts.
-        if call.object.is_none() && call.method == wire::DESCRIBE {
+        if call.object.is_none() && *call.method == *wire::DESCRIBE.as_bytes() {
             return Ok(wire::ok(codec, &self.describe()).ok());
         }
         let (name, host) = match self.find(call.object.as_deref()) {
             Some(found) => found,
             None => {
-                let wanted = call.object.as_deref().unwrap_or_default();
+                let wanted = String::from_utf8_lossy(call.object.as_deref().unwrap_or_default());
                 let served = self.objects.iter().map(|(n, _)| n.clone()).collect();
                 let message = if wanted.is_empty() {
                     "the call names no object and the server hosts more than one".to_string()
@@ -271,7 +271,7 @@ impl Service {
                 return failed(Kind::UnknownObject, message, served);
             }
         };
-        if call.method.starts_with(wire::RESERVED) {
+        if call.method.starts_with(wire::RESERVED.as_bytes()) {
             return self.answer_own(client, name, host, call);
         }
         match catch_unwind(AssertUnwindSafe(|| {
@@ -282,14 +282,17 @@ impl Service {
             Ok(Some(Err(Refusal::BadCall(why)))) => failed(Kind::BadCall, why, Vec::new()),
             Ok(None) => failed(
                 Kind::UnknownMethod,
-                format!("the object '{name}' has no method '{}'", call.method),
+                format!(
+                    "the object '{name}' has no method '{}'",
+                    String::from_utf8_lossy(&call.method)
+                ),
                 host.methods().iter().map(|m| m.name.clone()).collect(),
             ),
             Err(panic) => {
                 let why = panic_message(&*panic);
                 log::error!(
                     "the handler of '{name}.{}' panicked: {why}; serving on",
-                    call.method
+                    String::from_utf8_lossy(&call.method)
                 );
                 failed(Kind::Panicked, why, Vec::new())
             }
@@ -298,9 +301,9 @@ impl Service {
 
     /// The object a call names: the one so named, or the only one for a call that names
     /// none.
-    fn find(&self, object: Option<&str>) -> Option<(&str, &dyn Hosted)> {
+    fn find(&self, object: Option<&[u8]>) -> Option<(&str, &dyn Hosted)> {
         let found = match object {
-            Some(name) => self.objects.iter().find(|(n, _)| n == name),
+            Some(name) => self.objects.iter().find(|(n, _)| n.as_bytes() == name),
             None if self.objects.len() == 1 => self.objects.first(),
             None => None,
         };
@@ -324,7 +327,8 @@ impl Service {
             };
             Ok(Some(wire::failed::<()>(codec, &failure, None)))
         };
-        match &*call.method {
+        let method = String::from_utf8_lossy(&call.method);
+        match &*method {
             wire::DESCRIBE => {
                 // Named, an object describes itself; unnamed, the whole service.
                 let described = match call.object {

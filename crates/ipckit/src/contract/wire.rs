@@ -101,8 +101,11 @@ impl std::str::FromStr for Codec {
 #[derive(Debug)]
 pub(super) struct Call<'a> {
     pub codec: Codec,
-    pub object: Option<Cow<'a, str>>,
-    pub method: Cow<'a, str>,
+    /// The object's and the method's names as bytes: compared with the names served,
+    /// never checked as UTF-8 (a cost that showed in a call's profile), and shown
+    /// lossily in an error.
+    pub object: Option<Cow<'a, [u8]>>,
+    pub method: Cow<'a, [u8]>,
     pub args: &'a [u8],
     /// Read by [`parse_call`]'s shortcut, which takes the arguments to be the rest of the
     /// body without parsing them: when they do not decode, the body may be a call of
@@ -155,37 +158,140 @@ pub(super) fn call<A: Serialize + ?Sized>(
     method: &str,
     args: &A,
 ) -> Result<Vec<u8>, String> {
-    match codec {
-        Codec::Json => {
-            // Written by hand around the arguments so that they are encoded once, in
-            // place, with no intermediate value.
-            let mut out = Vec::with_capacity(64 + object.map_or(0, str::len) + method.len());
-            out.push(b'{');
-            if let Some(object) = object {
-                out.extend_from_slice(b"\"object\":");
-                json_str(&mut out, object)?;
-                out.push(b',');
+    let mut out = Vec::new();
+    CallHead::new(object)?.write(&mut out, codec, method, args)?;
+    Ok(out)
+}
+
+/// What every call to one object begins with, in each codec, made once for a proxy's
+/// many calls: what follows is the method's name and the arguments.
+pub(super) struct CallHead {
+    /// `{"object":"NAME",` (or `{` for no object).
+    json: Vec<u8>,
+    /// 0x01, then the object as postcard writes an `Option<&str>`.
+    postcard: Vec<u8>,
+}
+
+impl CallHead {
+    pub(super) fn new(object: Option<&str>) -> Result<CallHead, String> {
+        let mut json = b"{".to_vec();
+        let mut postcard = vec![POSTCARD];
+        match object {
+            Some(object) => {
+                json.extend_from_slice(b"\"object\":");
+                json_str(&mut json, object)?;
+                json.push(b',');
+                postcard.push(1);
+                postcard_str(&mut postcard, object);
             }
-            out.extend_from_slice(b"\"method\":");
-            json_str(&mut out, method)?;
-            out.extend_from_slice(b",\"args\":");
-            let mut out = Codec::Json.encode_into(args, out)?;
-            out.push(b'}');
-            Ok(out)
+            None => postcard.push(0),
         }
-        Codec::Postcard => {
-            let head = Head {
-                object,
-                name: method,
-            };
-            // Room for the head and small arguments: growing a Vec byte by byte as
-            // postcard writes costs more than the rest of the call.
-            let mut out = Vec::with_capacity(48 + object.map_or(0, str::len) + method.len());
-            out.push(POSTCARD);
-            let out = postcard::to_extend(&head, out).map_err(|e| e.to_string())?;
-            Codec::Postcard.encode_into(args, out)
-        }
+        Ok(CallHead { json, postcard })
     }
+
+    /// The call of `method` with `args` in `codec`, written into `out` (emptied first),
+    /// whose room is kept from call to call.
+    pub(super) fn write<A: Serialize + ?Sized>(
+        &self,
+        out: &mut Vec<u8>,
+        codec: Codec,
+        method: &str,
+        args: &A,
+    ) -> Result<(), String> {
+        out.clear();
+        match codec {
+            Codec::Json => {
+                // Written by hand around the arguments so that they are encoded once, in
+                // place, with no intermediate value.
+                out.reserve(self.json.len() + method.len() + 40);
+                out.extend_from_slice(&self.json);
+                out.extend_from_slice(b"\"method\":");
+                json_str(out, method)?;
+                out.extend_from_slice(b",\"args\":");
+                serde_json::to_writer(&mut *out, args).map_err(|e| e.to_string())?;
+                out.push(b'}');
+            }
+            Codec::Postcard => {
+                // The head as postcard writes a `Head`, by hand: serde's way costs more
+                // than the call.
+                out.reserve(self.postcard.len() + method.len() + 24);
+                out.extend_from_slice(&self.postcard);
+                postcard_str(out, method);
+                let taken = std::mem::take(out);
+                *out = postcard::to_extend(args, taken).map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A name read from JSON, as the bytes a [`Call`] holds.
+fn bytes(name: Cow<'_, str>) -> Cow<'_, [u8]> {
+    match name {
+        Cow::Borrowed(name) => Cow::Borrowed(name.as_bytes()),
+        Cow::Owned(name) => Cow::Owned(name.into_bytes()),
+    }
+}
+
+/// A postcard call after its codec byte: its head (its object, if named, and method),
+/// read by hand as [`CallHead::write`] writes it, and the arguments after it.
+fn postcard_call(body: &[u8]) -> Result<Call<'_>, String> {
+    fn string(rest: &[u8]) -> Result<(&[u8], &[u8]), String> {
+        let mut len = 0usize;
+        let mut used = 0;
+        loop {
+            let Some(&byte) = rest.get(used) else {
+                return Err(
+                    "the body is not a postcard contract call (cut short in a name's length)"
+                        .into(),
+                );
+            };
+            // A name's length fits in 4 varint bytes: anything longer is no call.
+            if used == 4 {
+                return Err(
+                    "the body is not a postcard contract call (a name's length is out of range)"
+                        .into(),
+                );
+            }
+            len |= usize::from(byte & 0x7f) << (7 * used);
+            used += 1;
+            if byte < 0x80 {
+                break;
+            }
+        }
+        let rest = &rest[used..];
+        if rest.len() < len {
+            return Err("the body is not a postcard contract call (cut short in a name)".into());
+        }
+        Ok(rest.split_at(len))
+    }
+    let (object, rest) = match body.split_first() {
+        Some((0, rest)) => (None, rest),
+        Some((1, rest)) => {
+            let (object, rest) = string(rest)?;
+            (Some(object), rest)
+        }
+        _ => return Err("the body is not a postcard contract call (a bad object tag)".into()),
+    };
+    let (method, args) = string(rest)?;
+    Ok(Call {
+        codec: Codec::Postcard,
+        object: object.map(Cow::Borrowed),
+        method: Cow::Borrowed(method),
+        args,
+        shortcut: false,
+    })
+}
+
+/// `text` as postcard writes a string: its length as a varint, then its bytes.
+fn postcard_str(out: &mut Vec<u8>, text: &str) {
+    let mut len = text.len();
+    while len >= 0x80 {
+        out.push((len as u8) | 0x80);
+        len >>= 7;
+    }
+    out.push(len as u8);
+    out.extend_from_slice(text.as_bytes());
 }
 
 /// The call in `body`, or what is wrong with it.
@@ -202,13 +308,9 @@ pub(super) fn parse_call(body: &[u8]) -> Result<Call<'_>, String> {
 /// A call in the shape proxies write it, read without a parser; `None` for any other.
 fn shortcut(body: &[u8]) -> Option<Call<'_>> {
     /// A JSON string of plain bytes at the start of `rest`, and what follows it.
-    fn name(rest: &[u8]) -> Option<(&str, &[u8])> {
+    fn name(rest: &[u8]) -> Option<(&[u8], &[u8])> {
         let end = rest.iter().position(|&b| !plain(b) || b >= 0x80)?;
-        (rest[end] == b'"').then(|| {
-            // ASCII: valid UTF-8.
-            let text = std::str::from_utf8(&rest[..end]).ok()?;
-            Some((text, &rest[end + 1..]))
-        })?
+        (rest[end] == b'"').then(|| (&rest[..end], &rest[end + 1..]))
     }
     let rest = body.strip_prefix(br#"{"object":""#)?;
     let (object, rest) = name(rest)?;
@@ -233,23 +335,13 @@ pub(super) fn parse_call_fully(body: &[u8]) -> Result<Call<'_>, String> {
             })?;
             Ok(Call {
                 codec: Codec::Json,
-                object: call.object,
-                method: call.method,
+                object: call.object.map(bytes),
+                method: bytes(call.method),
                 args: call.args.map_or(b"{}", |raw| raw.get().as_bytes()),
                 shortcut: false,
             })
         }
-        Some(Codec::Postcard) => {
-            let (head, args) = postcard::take_from_bytes::<Head<'_>>(&body[1..])
-                .map_err(|e| format!("the body is not a postcard contract call ({e})"))?;
-            Ok(Call {
-                codec: Codec::Postcard,
-                object: head.object.map(Cow::Borrowed),
-                method: Cow::Borrowed(head.name),
-                args,
-                shortcut: false,
-            })
-        }
+        Some(Codec::Postcard) => postcard_call(&body[1..]),
         None => Err(match body.first() {
             None => "the body is empty, not a contract call".to_string(),
             Some(byte) => format!(
@@ -295,19 +387,33 @@ struct JsonFailure<'a, D: Serialize + ?Sized> {
 
 /// The body of a successful reply.
 pub(super) fn ok<T: Serialize + ?Sized>(codec: Codec, value: &T) -> Result<Vec<u8>, String> {
+    // The thread's last reply body, given back by `recycle` once sent: an allocation
+    // saved per call.
+    let mut out = SPARE.take();
+    out.clear();
     match codec {
         Codec::Json => {
-            let mut out = Vec::with_capacity(32);
             out.extend_from_slice(OK_JSON);
             let mut out = Codec::Json.encode_into(value, out)?;
             out.push(b'}');
             Ok(out)
         }
         Codec::Postcard => {
-            let mut out = Vec::with_capacity(32);
             out.extend_from_slice(&[POSTCARD, OK]);
             Codec::Postcard.encode_into(value, out)
         }
+    }
+}
+
+thread_local! {
+    /// A reply body's room, kept for the thread's next reply.
+    static SPARE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Keeps a sent reply's `body` for the thread's next [`ok`], unless it is large.
+pub(super) fn recycle(body: Vec<u8>) {
+    if body.capacity() <= 4096 {
+        SPARE.set(body);
     }
 }
 
@@ -350,6 +456,11 @@ const OK_JSON: &[u8] = br#"{"ok":"#;
 /// after `ok`), for [`parse_reply`] to read.
 pub(super) fn ok_shortcut(body: &[u8]) -> Option<&[u8]> {
     body.strip_prefix(OK_JSON)?.strip_suffix(b"}")
+}
+
+/// The result in a successful postcard reply, found with no parse of the reply.
+pub(super) fn postcard_ok(body: &[u8]) -> Option<&[u8]> {
+    body.strip_prefix(&[POSTCARD, OK])
 }
 
 /// A reply as the client reads it: the result still encoded, or why it failed.
@@ -491,8 +602,8 @@ mod tests {
         let body = call(Codec::Json, Some("calc"), "add", &(2, 3)).unwrap();
         assert_eq!(body, br#"{"object":"calc","method":"add","args":[2,3]}"#);
         let parsed = parse_call(&body).unwrap();
-        assert_eq!(parsed.object.as_deref(), Some("calc"));
-        assert_eq!(parsed.method, "add");
+        assert_eq!(parsed.object.as_deref(), Some(&b"calc"[..]));
+        assert_eq!(&*parsed.method, b"add");
         assert_eq!(parsed.args, b"[2,3]");
     }
 
