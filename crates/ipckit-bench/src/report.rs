@@ -24,14 +24,7 @@ pub fn table(rows: &[Row]) -> String {
         ),
         fixed_column("GB/s", rows.iter().map(|r| r.gb_per_sec), 2),
     ];
-    let mut lines: Vec<Vec<String>> = vec![
-        ["transport", "variant"]
-            .into_iter()
-            .map(String::from)
-            .chain(columns.iter().map(|c| c.0.clone()))
-            .chain(["note".to_owned()])
-            .collect(),
-    ];
+    let mut lines = vec![header(&["transport", "variant"], &columns)];
     for (i, row) in rows.iter().enumerate() {
         let note = match (&row.reason, row.stream_size) {
             (Some(reason), _) => format!("{}: {reason}", row.status),
@@ -98,6 +91,15 @@ const RATE: [(f64, &str); 3] = [(1.0, ""), (1e3, "k"), (1e6, "M")];
 /// ```text
 /// [850 ns, 12.3 µs, 2.5 ms] -> "rtt p50 (µs)": 0.850, 12.345, 2500.000
 /// ```
+/// A table's first line: its `keys`, then its columns' names, then "note".
+fn header(keys: &[&str], columns: &[(String, Vec<String>)]) -> Vec<String> {
+    keys.iter()
+        .map(|k| k.to_string())
+        .chain(columns.iter().map(|c| c.0.clone()))
+        .chain(["note".to_owned()])
+        .collect()
+}
+
 fn column(name: &str, values: &[Option<f64>], units: &[(f64, &str)]) -> (String, Vec<String>) {
     let present = || values.iter().flatten().copied();
     let largest = present().fold(0.0, f64::max);
@@ -202,14 +204,7 @@ pub fn scaling_table(points: &[ScalePoint]) -> String {
         ),
         fixed_column("GB/s", points.iter().map(|p| p.gb_per_sec), 3),
     ];
-    let mut lines: Vec<Vec<String>> = vec![
-        ["transport", "axis", "x"]
-            .into_iter()
-            .map(String::from)
-            .chain(columns.iter().map(|c| c.0.clone()))
-            .chain(["note".to_owned()])
-            .collect(),
-    ];
+    let mut lines = vec![header(&["transport", "axis", "x"], &columns)];
     for (i, p) in points.iter().enumerate() {
         let note = p
             .reason
@@ -249,14 +244,7 @@ pub fn broadcast_table(points: &[BroadcastPoint]) -> String {
             0,
         ),
     ];
-    let mut lines: Vec<Vec<String>> = vec![
-        ["transport", "subscribers"]
-            .into_iter()
-            .map(String::from)
-            .chain(columns.iter().map(|c| c.0.clone()))
-            .chain(["note".to_owned()])
-            .collect(),
-    ];
+    let mut lines = vec![header(&["transport", "subscribers"], &columns)];
     for (i, p) in points.iter().enumerate() {
         let note = match &p.reason {
             Some(r) => format!("failed: {r}"),
@@ -315,14 +303,7 @@ pub fn contract_table(points: &[ContractPoint]) -> String {
         raw_cpu,
         fixed_column("cpu ratio", points.iter().map(|p| p.cpu_ratio), 2),
     ];
-    let mut lines: Vec<Vec<String>> = vec![
-        ["transport", "codec"]
-            .into_iter()
-            .map(String::from)
-            .chain(columns.iter().map(|c| c.0.clone()))
-            .chain(["note".to_owned()])
-            .collect(),
-    ];
+    let mut lines = vec![header(&["transport", "codec"], &columns)];
     for (i, p) in points.iter().enumerate() {
         let note = match &p.reason {
             Some(r) => format!("{}: {r}", p.status),

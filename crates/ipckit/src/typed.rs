@@ -202,9 +202,10 @@ impl Probe<'_> {
 
 type Probed<T> = std::result::Result<T, Stop>;
 
-/// How a probe stops: carries nothing, so that stopping allocates nothing.
+/// How a probe stops: carries nothing, so that stopping allocates nothing. (Also the
+/// contracts' probe for a struct's field names.)
 #[derive(Debug)]
-struct Stop;
+pub(crate) struct Stop;
 
 impl fmt::Display for Stop {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

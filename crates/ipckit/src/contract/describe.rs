@@ -7,6 +7,8 @@ use std::fmt;
 use serde::de::{self, DeserializeOwned, Visitor};
 use serde::{Deserialize, Serialize};
 
+use crate::typed::Stop;
+
 /// An argument as a contract declares it, for [`Method::PARAMS`](super::Method::PARAMS).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Param {
@@ -117,23 +119,6 @@ pub(super) fn type_name<T: ?Sized>() -> String {
 /// A deserializer that learns a struct's field names from its one `deserialize_struct`
 /// call, and stops there.
 struct FieldProbe<'a>(&'a mut &'static [&'static str]);
-
-#[derive(Debug)]
-struct Stop;
-
-impl fmt::Display for Stop {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("probed")
-    }
-}
-
-impl std::error::Error for Stop {}
-
-impl de::Error for Stop {
-    fn custom<T: fmt::Display>(_: T) -> Stop {
-        Stop
-    }
-}
 
 impl<'de> de::Deserializer<'de> for FieldProbe<'_> {
     type Error = Stop;
