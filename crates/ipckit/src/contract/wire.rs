@@ -237,6 +237,16 @@ fn bytes(name: Cow<'_, str>) -> Cow<'_, [u8]> {
 /// read by hand as [`CallHead::write`] writes it, and the arguments after it.
 fn postcard_call(body: &[u8]) -> Result<Call<'_>, String> {
     fn string(rest: &[u8]) -> Result<(&[u8], &[u8]), String> {
+        // A name's length is one byte: the common case, without the loop.
+        if let Some((&len, rest)) = rest.split_first().filter(|(len, _)| **len < 0x80) {
+            let len = usize::from(len);
+            if rest.len() < len {
+                return Err(
+                    "the body is not a postcard contract call (cut short in a name)".into(),
+                );
+            }
+            return Ok(rest.split_at(len));
+        }
         let mut len = 0usize;
         let mut used = 0;
         loop {
@@ -286,6 +296,12 @@ fn postcard_call(body: &[u8]) -> Result<Call<'_>, String> {
 /// `text` as postcard writes a string: its length as a varint, then its bytes.
 fn postcard_str(out: &mut Vec<u8>, text: &str) {
     let mut len = text.len();
+    if len < 0x80 {
+        // A name's length is one byte: the common case, without the loop.
+        out.push(len as u8);
+        out.extend_from_slice(text.as_bytes());
+        return;
+    }
     while len >= 0x80 {
         out.push((len as u8) | 0x80);
         len >>= 7;
@@ -302,7 +318,10 @@ fn postcard_str(out: &mut Vec<u8>, text: &str) {
 /// shortcut of [`Call`]). Parsing the whole body as JSON cost more than the rest of the
 /// call.
 pub(super) fn parse_call(body: &[u8]) -> Result<Call<'_>, String> {
-    shortcut(body).map_or_else(|| parse_call_fully(body), Ok)
+    match body {
+        [POSTCARD, rest @ ..] => postcard_call(rest),
+        _ => shortcut(body).map_or_else(|| parse_call_fully(body), Ok),
+    }
 }
 
 /// A call in the shape proxies write it, read without a parser; `None` for any other.
@@ -399,7 +418,8 @@ pub(super) fn ok<T: Serialize + ?Sized>(codec: Codec, value: &T) -> Result<Vec<u
             Ok(out)
         }
         Codec::Postcard => {
-            out.extend_from_slice(&[POSTCARD, OK]);
+            out.push(POSTCARD);
+            out.push(OK);
             Codec::Postcard.encode_into(value, out)
         }
     }
