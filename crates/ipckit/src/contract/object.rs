@@ -210,6 +210,20 @@ impl<T> Instance<T> {
     }
 }
 
+/// Drops a departed client's per-connection instance as a call of it ends.
+struct ForgetIfGone<'a, T: Send + Sync + 'static> {
+    host: &'a Host<T>,
+    client: &'a ClientHandle,
+}
+
+impl<T: Send + Sync + 'static> Drop for ForgetIfGone<'_, T> {
+    fn drop(&mut self) {
+        if !self.client.is_connected() {
+            self.host.disconnected(self.client.id());
+        }
+    }
+}
+
 /// An object with its instance(s), as the service holds it: its types erased.
 pub(super) trait Hosted: Send + Sync {
     /// Runs method `method` for client `client`; `None` when the object has no such
@@ -271,20 +285,21 @@ impl<T: Send + Sync + 'static> Hosted for Host<T> {
             Instances::Shared(state) => handler(state, codec, args).map_err(Refusal::BadArguments),
             Instances::PerConnection { make, live } => match client {
                 Some(client) => {
+                    // Whatever way the call ends, panics included: a client whose
+                    // departure was handled before or while this call ran would leave
+                    // the instance behind. The departure is marked before it is
+                    // reported, so this load sees it when the report came first.
+                    let _forget_if_gone = ForgetIfGone {
+                        host: self,
+                        client,
+                    };
                     let state = {
                         let mut live = live.lock().unwrap_or_else(|e| e.into_inner());
                         live.entry(client.id())
                             .or_insert_with(|| Arc::new(make()))
                             .clone()
                     };
-                    let answer = handler(&state, codec, args).map_err(Refusal::BadArguments);
-                    // A client whose departure was handled before or while this call ran
-                    // would leave the instance behind: the departure is marked before it
-                    // is reported, so this load sees it when the report came first.
-                    if !client.is_connected() {
-                        self.disconnected(client.id());
-                    }
-                    answer
+                    handler(&state, codec, args).map_err(Refusal::BadArguments)
                 }
                 None => Err(Refusal::BadCall("an object with one instance per connection needs a transport that tells its clients apart".to_string())),
             },

@@ -160,7 +160,9 @@ impl AsyncProxy {
 impl Service {
     /// Answers calls from a tokio `server` until it fails or is dropped, each call on
     /// tokio's blocking threads (handlers are plain functions, which may take their time
-    /// without holding up the runtime).
+    /// without holding up the runtime). Calls run side by side, so two one-way calls of
+    /// one client may run in either order, and as many at once as tokio's blocking pool
+    /// allows (512 threads unless the runtime says otherwise).
     #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
     pub async fn serve_async(self, mut server: Server) -> Result<()> {
         let service = Arc::new(self);

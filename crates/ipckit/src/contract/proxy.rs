@@ -182,7 +182,10 @@ impl Proxy {
                     self.target.read(codec, method, reply)
                 })
             });
-        BODY.set(body);
+        // Kept for the next call unless a large one made it large.
+        if body.capacity() <= 64 << 10 {
+            BODY.set(body);
+        }
         match answer.map_err(CallError::Ipc)? {
             Answer::Done(result) => result,
             Answer::Again => self.invoke(method, args, timeout),
@@ -299,14 +302,17 @@ impl Target {
                 detail: format!("the {what} of '{method}': {detail}"),
             })
         };
-        // Nearly every reply is a JSON `{"ok":…}`: its result is decoded where it lies,
-        // with no parse of the whole reply, unless it proves no result of that shape.
-        if codec == Codec::Json {
-            if let Some(Ok(result)) = wire::ok_shortcut(reply).map(|r| codec.decode::<R>(r)) {
-                return Answer::Done(Ok(result));
-            }
-        }
-        if let Some(Ok(result)) = wire::postcard_ok(reply).map(|r| codec.decode::<R>(r)) {
+        // Read in the codec the reply is in: a server that does not speak the call's
+        // answers in JSON.
+        let answered = Codec::of(reply).unwrap_or(codec);
+        // Nearly every reply is `{"ok":…}` or its postcard twin: its result is decoded
+        // where it lies, with no parse of the whole reply, unless it proves no result of
+        // that shape.
+        let result = match answered {
+            Codec::Json => wire::ok_shortcut(reply),
+            Codec::Postcard => wire::postcard_ok(reply),
+        };
+        if let Some(Ok(result)) = result.map(|r| answered.decode::<R>(r)) {
             return Answer::Done(Ok(result));
         }
         let reply = match wire::parse_reply(reply) {
@@ -319,7 +325,7 @@ impl Target {
             }
         };
         Answer::Done(match reply {
-            Reply::Ok(bytes) => decoded(codec, bytes, "result").map_err(CallError::Ipc),
+            Reply::Ok(bytes) => decoded(answered, bytes, "result").map_err(CallError::Ipc),
             Reply::Failed(failure, data) => {
                 if failure.kind == Kind::Codec && codec == Codec::Postcard {
                     log::info!(
@@ -333,7 +339,7 @@ impl Target {
                 match failure.kind {
                     Kind::App => {
                         let data = data.unwrap_or(b"null");
-                        match codec.decode::<E>(data).map_err(|detail| Error::Codec {
+                        match answered.decode::<E>(data).map_err(|detail| Error::Codec {
                             endpoint: self.url.clone(),
                             op: "decode",
                             detail: format!("the error of '{method}': {detail}"),

@@ -106,6 +106,7 @@ impl Pool {
     /// Watches for a server left unheld while a handler runs, and has a new thread take
     /// it.
     fn watch(self: &Arc<Pool>) {
+        let mut warned = false;
         let mut ended = self.ended();
         loop {
             if ended.is_some() {
@@ -131,11 +132,15 @@ impl Pool {
                 continue;
             }
             if self.threads.load(Ordering::Relaxed) >= MAX_THREADS {
-                log::warn!(
-                    "{MAX_THREADS} contract calls are running at once; the next waits for one to return"
-                );
+                if !warned {
+                    log::warn!(
+                        "{MAX_THREADS} contract calls are running at once; the next waits for one to return"
+                    );
+                    warned = true;
+                }
                 continue;
             }
+            warned = false;
             self.threads.fetch_add(1, Ordering::Relaxed);
             let pool = Arc::clone(self);
             let spawned = std::thread::Builder::new()
@@ -175,6 +180,7 @@ pub(super) fn serve(service: Service, server: Server) -> Result<()> {
             source: e,
         })?;
     pool.receive();
+    pool.threads.fetch_sub(1, Ordering::Relaxed);
     // Another thread has the server now, or the service ended: wait for the end.
     let mut ended = pool.ended();
     while ended.is_none() {

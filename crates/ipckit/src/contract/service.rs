@@ -160,6 +160,10 @@ impl Service {
     /// [`Stopper`](crate::Stopper)), when it returns `Ok`, or fails. A call whose handler
     /// runs long has the server taken over by another thread meanwhile, so that one
     /// slow or stuck handler holds up no other caller.
+    ///
+    /// Once stopped, it returns when the handler running on this thread, if any, has
+    /// returned; handlers running on threads of its own finish on their own, and their
+    /// replies find the server gone.
     pub fn serve(self, server: Server) -> Result<()> {
         serve::serve(self, server)
     }
@@ -191,7 +195,14 @@ impl Service {
     /// never connected again), so what a client leaves behind goes away whichever is
     /// seen first.
     pub fn disconnected(&self, client: &ClientHandle) {
-        self.forget(client);
+        // An instance's Drop that panics must not end the loop that saw the departure.
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.forget(client))) {
+            log::error!(
+                "{}: dropping what a departed client left panicked: {}; serving on",
+                client.endpoint(),
+                panic_message(&*panic)
+            );
+        }
     }
 
     fn forget(&self, client: &ClientHandle) {
@@ -371,6 +382,11 @@ impl Service {
                 };
                 self.subscriptions
                     .add(name, client.clone(), codec, events.clone());
+                // A departure handled before this call ran would leave the subscription
+                // behind: the departure is marked before it is reported.
+                if !client.is_connected() {
+                    self.subscriptions.remove(client.id());
+                }
                 Ok(wire::ok(codec, &events).ok())
             }
             other => failed(

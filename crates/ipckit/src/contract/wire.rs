@@ -531,7 +531,8 @@ pub(super) fn parse_reply(body: &[u8]) -> Result<Reply<'_>, String> {
             Some(&FAILED) => {
                 let (failure, data) = postcard::take_from_bytes::<Failure>(&body[2..])
                     .map_err(|e| format!("the reply's error does not decode ({e})"))?;
-                Ok(Reply::Failed(failure, Some(data).filter(|d| !d.is_empty())))
+                // Empty data is an error that encodes to nothing (a unit struct), not none.
+                Ok(Reply::Failed(failure, Some(data)))
             }
             _ => Err("the reply is not a contract reply (a bad postcard status byte)".into()),
         },
@@ -737,6 +738,26 @@ mod tests {
         // An echo of the call is no answer to it.
         let echo = call(Codec::Json, None, "add", &(2, 3)).unwrap();
         assert!(parse_reply(&echo).is_err());
+    }
+
+    #[test]
+    fn an_application_error_that_encodes_to_nothing_comes_back() {
+        #[derive(Serialize, Deserialize, Debug, PartialEq)]
+        struct NotFound;
+        let failure = Failure {
+            kind: Kind::App,
+            message: "no".into(),
+            served: vec![],
+        };
+        for codec in [Codec::Json, Codec::Postcard] {
+            let body = failed(codec, &failure, Some(&NotFound));
+            let Ok(Reply::Failed(_, data)) = parse_reply(&body) else {
+                panic!("{codec:?}: no failure")
+            };
+            // As a proxy reads it: JSON's `"data":null` is no data, and null.
+            let data = data.unwrap_or(b"null");
+            assert_eq!(codec.decode::<NotFound>(data), Ok(NotFound), "{codec:?}");
+        }
     }
 
     #[test]
