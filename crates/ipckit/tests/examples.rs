@@ -137,26 +137,7 @@ fn python_client_receives_pushes() -> Result<(), Failed> {
 fn calculator_typed_clients() -> Result<(), Failed> {
     let dir = Scratch::new("calculator")?;
     let url = format!("uds://{}/calc.sock", dir.0.display());
-    let mut server = Reaped(
-        be("calculator")
-            .args(["serve", &url])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("starting the server: {e}"))?,
-    );
-    let mut lines = BufReader::new(server.0.stdout.take().expect("piped"));
-    let mut first = String::new();
-    lines
-        .read_line(&mut first)
-        .map_err(|e| format!("reading the server: {e}"))?;
-    if first.trim() != format!("ready {url}") {
-        return Err(format!("the server printed {first:?}, not that it is ready").into());
-    }
-    let rest = std::thread::spawn(move || {
-        let mut rest = String::new();
-        lines.read_to_string(&mut rest).map(|_| rest)
-    });
+    let server = Served::start(be("calculator").args(["serve", &url]), &url)?;
     for role in ["call", "call-async"] {
         let client = be("calculator")
             .args([role, &url])
@@ -177,13 +158,7 @@ fn calculator_typed_clients() -> Result<(), Failed> {
             expect(&printed, line).map_err(|e| format!("{role}: {}", e.message().unwrap_or("")))?;
         }
     }
-    // Its stdin closed, the server stops.
-    drop(server.0.stdin.take());
-    finish(server, "the server")?;
-    let rest = rest
-        .join()
-        .expect("the reading thread")
-        .map_err(|e| format!("reading the server: {e}"))?;
+    let rest = server.stop()?;
     expect(&rest, "received \"hello\"")
 }
 
@@ -271,14 +246,15 @@ fn calculator_versions() -> Result<(), Failed> {
             .into());
         }
     }
-    older.stop()
+    older.stop().map(drop)
 }
 
-/// A server in a child process, ready, stopped by closing its stdin; its stdout is kept
-/// open, so that what it prints later does not meet a closed pipe.
+/// A server in a child process, ready, stopped by closing its stdin; what it prints
+/// after saying it is ready is read meanwhile (it never meets a closed pipe), and is what
+/// `stop` returns.
 struct Served {
     child: Reaped,
-    _stdout: BufReader<std::process::ChildStdout>,
+    rest: std::thread::JoinHandle<std::io::Result<String>>,
 }
 
 impl Served {
@@ -298,15 +274,19 @@ impl Served {
         if first.trim() != format!("ready {url}") {
             return Err(format!("the server printed {first:?}, not that it is ready").into());
         }
-        Ok(Served {
-            child,
-            _stdout: lines,
-        })
+        let rest = std::thread::spawn(move || {
+            let mut rest = String::new();
+            lines.read_to_string(&mut rest).map(|_| rest)
+        });
+        Ok(Served { child, rest })
     }
 
-    fn stop(mut self) -> Result<(), Failed> {
+    /// Stops the server; what it printed after saying it was ready.
+    fn stop(mut self) -> Result<String, Failed> {
         drop(self.child.0.stdin.take());
-        finish(self.child, "the server").map(drop)
+        finish(self.child, "the server")?;
+        let rest = self.rest.join().expect("the reading thread");
+        Ok(rest.map_err(|e| format!("reading the server: {e}"))?)
     }
 }
 

@@ -50,7 +50,8 @@ impl Event for Said {
     const NAME: &'static str = "said";
 }
 
-fn service() -> &'static Service {
+/// The service the target answers with (and the unit tests of `service` use).
+pub(super) fn service() -> &'static Service {
     static SERVICE: OnceLock<Service> = OnceLock::new();
     SERVICE.get_or_init(|| {
         let mut service = Service::new();
