@@ -205,16 +205,20 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Vec<Row>
         ours.stream_size = STREAM_SIZE.min(caps.max_message);
         let mut hand = Row::new(scheme, "baseline", options.size);
         let mut contenders = Vec::new();
-        match ipckit_contender(&endpoint, options.size) {
-            Ok(c) => contenders.push((c, &mut ours)),
-            Err(f) => ours = ours.failed(f.status, f.reason),
+        // A one-way transport (a broadcast to listeners) has no round trip: it is
+        // measured for what it does, its throughput to one listener.
+        if caps.duplex {
+            match ipckit_contender(&endpoint, options.size) {
+                Ok(c) => contenders.push((c, &mut ours)),
+                Err(f) => ours = ours.failed(f.status, f.reason),
+            }
         }
         if !raw::has_baseline(scheme) {
             hand = hand.failed(
                 "unavailable",
                 "no hand-written baseline for this transport".into(),
             );
-        } else {
+        } else if caps.duplex {
             match baseline_contender(scheme, &dir, options.size) {
                 Ok(c) => contenders.push((c, &mut hand)),
                 Err(f) => hand = hand.failed(f.status, f.reason),
@@ -235,7 +239,12 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Vec<Row>
         let _ = transport.destroy(&push_at);
         progress(&format!("{scheme}: one-way throughput"));
         if ours.status == "ok" {
-            if let Err(f) = measure_throughput(&plan, &endpoint, &mut ours) {
+            let measured = if caps.duplex {
+                measure_throughput(&plan, &endpoint, &mut ours)
+            } else {
+                measure_one_way(&plan, &endpoint, &mut ours)
+            };
+            if let Err(f) = measured {
                 ours = ours.failed(f.status, f.reason);
             }
         }
@@ -521,6 +530,49 @@ fn measure_throughput(
     Ok(())
 }
 
+/// One-way throughput through a transport without replies: the same messages to a
+/// listener that counts them until [`END_OF_STREAM`](crate::peer::END_OF_STREAM) and
+/// says how many came, as the hand-written sinks do. Over a broadcast that overwrites, a
+/// listener that falls behind loses the oldest: what it received is what counts.
+fn measure_one_way(plan: &Plan, endpoint: &ipckit::Endpoint, row: &mut Row) -> Result<(), Failure> {
+    let through = |size: usize, messages: usize| -> Result<(u64, Duration), Failure> {
+        let mut tally = Peer::start("tally", &endpoint.to_string()).map_err(unavailable)?;
+        let client =
+            ipckit::connect(tally.address()).map_err(|e| broke(&mut tally, "connecting", e))?;
+        let payload = vec![7u8; size];
+        for _ in 0..messages {
+            client
+                .send(&payload)
+                .map_err(|e| broke(&mut tally, "sending", e))?;
+        }
+        client
+            .send(crate::peer::END_OF_STREAM)
+            .map_err(|e| broke(&mut tally, "sending", e))?;
+        read_done(&mut tally)
+    };
+    let (got, over) = through(plan.size, plan.small_messages())?;
+    row.msgs_per_sec = Some(got as f64 / over.as_secs_f64());
+    let count = (plan.stream_bytes / row.stream_size).max(10);
+    let (got, over) = through(row.stream_size, count)?;
+    row.gb_per_sec = Some((got * row.stream_size as u64) as f64 / over.as_secs_f64() / 1e9);
+    Ok(())
+}
+
+/// A sink's last line, `done MESSAGES NANOS`: how many came, and over how long.
+fn read_done(sink: &mut Peer) -> Result<(u64, Duration), Failure> {
+    let done = sink.line().map_err(|e| broke(sink, "the count", e))?;
+    let mut numbers = done
+        .strip_prefix("done ")
+        .unwrap_or_default()
+        .split(' ')
+        .map(|n| n.parse::<u64>().unwrap_or(0));
+    let (got, nanos) = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    if got == 0 {
+        return Err(broke(sink, "the count", "nothing arrived"));
+    }
+    Ok((got, Duration::from_nanos(nanos.max(1))))
+}
+
 /// One-way throughput by hand: the same messages into the hand-written sink of `scheme`,
 /// which reports how many came and over how long.
 fn measure_raw_throughput(
@@ -535,17 +587,7 @@ fn measure_raw_throughput(
         let mut sink = Peer::start(&role, &address).map_err(unavailable)?;
         raw::send(scheme, sink.address(), raw::Stream { size, count })
             .map_err(|e| broke(&mut sink, "sending", e))?;
-        let done = sink.line().map_err(|e| broke(&mut sink, "the count", e))?;
-        let mut numbers = done
-            .strip_prefix("done ")
-            .unwrap_or_default()
-            .split(' ')
-            .map(|n| n.parse::<u64>().unwrap_or(0));
-        let (got, nanos) = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
-        if got == 0 {
-            return Err(broke(&mut sink, "the count", "nothing arrived"));
-        }
-        Ok((got, Duration::from_nanos(nanos.max(1))))
+        read_done(&mut sink)
     };
     let (got, over) = through(plan.size, plan.small_messages() as u64)?;
     row.msgs_per_sec = Some(got as f64 / over.as_secs_f64());

@@ -7,6 +7,7 @@ pub mod harness;
 pub mod peer;
 mod push;
 pub mod raw;
+pub mod raw_events;
 pub mod raw_shm;
 mod report;
 

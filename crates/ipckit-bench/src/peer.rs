@@ -31,6 +31,7 @@ pub fn run_if_peer(extra: impl FnOnce(&str, &str) -> bool) -> bool {
         || role.starts_with("rawsink:")
         || role == "echo"
         || role == "sink"
+        || role == "tally"
         || role == "answer"
         || role == "subscriber"
         || role == "calculator"
@@ -60,6 +61,8 @@ pub fn run_if_peer(extra: impl FnOnce(&str, &str) -> bool) -> bool {
         echo(&address);
     } else if role == "sink" {
         sink(&address);
+    } else if role == "tally" {
+        tally(&address);
     } else if role == "answer" {
         crate::push::answer(&address);
     } else if role == "subscriber" {
@@ -117,6 +120,33 @@ fn sink(address: &str) {
             kept.extend_from_slice(message.payload());
             std::hint::black_box(&kept);
         }
+    }
+}
+
+/// The message that ends a one-way stream to a `tally` peer.
+pub const END_OF_STREAM: &[u8] = b"ipckit-bench: end of stream";
+
+/// Counts one-way messages until [`END_OF_STREAM`], copying each out as `sink` does, then
+/// prints `done MESSAGES NANOS`, the time from the first message to the end, as the
+/// hand-written sinks do: for transports that cannot reply.
+fn tally(address: &str) {
+    let mut server = listen(address);
+    let mut messages = 0u64;
+    let mut first = None;
+    let mut kept = Vec::new();
+    loop {
+        let message = server.recv().unwrap_or_else(|e| panic!("{e}"));
+        let now = Instant::now();
+        if message.payload() == END_OF_STREAM {
+            let nanos = first.map_or(0, |f: Instant| now.duration_since(f).as_nanos());
+            println!("done {messages} {nanos}");
+            return;
+        }
+        first.get_or_insert(now);
+        messages += 1;
+        kept.clear();
+        kept.extend_from_slice(message.payload());
+        std::hint::black_box(&kept);
     }
 }
 

@@ -31,6 +31,9 @@ pub fn table(rows: &[Row]) -> String {
             (None, _) if row.variant == "push" => {
                 "server pushes, client answers; ratio over the request's".to_owned()
             }
+            (None, _) if row.rtt_median_ns.is_none() && row.msgs_per_sec.is_some() => {
+                "one way, no replies: what one listener process received".to_owned()
+            }
             (None, s) if s > 0 && s < STREAM_SIZE => format!("GB/s with {s}-byte messages"),
             _ => String::new(),
         };
