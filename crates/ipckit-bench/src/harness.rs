@@ -14,10 +14,11 @@ use crate::peer::{Peer, thread_cpu_time};
 use crate::{pin_to, raw};
 
 pub use crate::contract::{ContractPoint, run_contracts};
+pub use crate::events::{EventsReport, run_events};
 pub use crate::push::{BroadcastPoint, SUBSCRIBERS as BROADCAST_SUBSCRIBERS, run_broadcast};
 pub use crate::report::{
-    broadcast_csv, broadcast_table, contract_csv, contract_table, csv, scaling_csv, scaling_table,
-    table,
+    broadcast_csv, broadcast_table, contract_csv, contract_table, csv, events_csv, events_table,
+    scaling_csv, scaling_table, table,
 };
 
 /// What to measure.
@@ -43,6 +44,12 @@ pub struct Options {
     /// The CPUs to run on (`--cpus`), among those this process may use; empty for all
     /// of those. The client takes the first, the servers the second.
     pub cpus: Vec<usize>,
+    /// How long the writer sends in each throughput measurement of the events table;
+    /// zero for the default (1 s, or 300 ms when quick).
+    pub events_time: Duration,
+    /// Events of each fan-out latency measurement; 0 for the default (1,000, or 300
+    /// when quick).
+    pub latency_samples: usize,
 }
 
 impl Default for Options {
@@ -53,6 +60,8 @@ impl Default for Options {
             count: 10_000,
             quick: false,
             cpus: Vec::new(),
+            events_time: Duration::ZERO,
+            latency_samples: 0,
         }
     }
 }
@@ -293,7 +302,7 @@ pub(crate) fn scratch_dir(kind: &str) -> std::path::PathBuf {
 /// ```
 pub fn abandon() {
     crate::peer::abandon();
-    for kind in ["bench", "scaling", "broadcast", "contracts"] {
+    for kind in ["bench", "scaling", "broadcast", "contracts", "events"] {
         // The run's own thread goes on meanwhile and may make a file in the directory as
         // it is being emptied, which then fails to go: look again, briefly.
         for _ in 0..20 {

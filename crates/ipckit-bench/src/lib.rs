@@ -3,7 +3,9 @@
 
 pub mod chart;
 pub mod contract;
+pub mod events;
 pub mod harness;
+mod iceoryx;
 pub mod peer;
 mod push;
 pub mod raw;

@@ -250,7 +250,10 @@ pub fn remove_leftovers() {
         format!("raw-shm-{pid}"),
         format!("raw-shm-{pid}-sink"),
         format!("raw-events-{pid}-sink"),
-    ] {
+    ]
+    .into_iter()
+    .chain(crate::events::LISTENERS.map(|n| format!("ipckit-bench-events-{pid}-{n}")))
+    {
         let _ = std::fs::remove_file(format!("/dev/shm/{stem}"));
     }
 }

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering, fence};
 
 /// Bytes of the ring: the events transport's default.
 pub const CAPACITY: usize = 1 << 20;
-/// Bytes before the ring: the two control words, each on a pair of lines of its own.
-const CONTROL: usize = 256;
+/// Bytes before the ring: the three control words, each on a pair of lines of its own.
+const CONTROL: usize = 384;
 /// Bytes of a record's header: the payload's length and the record's kind.
 const HEADER: usize = 8;
 const EVENT: u64 = 1;
@@ -46,6 +46,13 @@ impl Ring {
     fn tail(&self) -> &AtomicU64 {
         // SAFETY: as in `intent`, 128 bytes further.
         unsafe { &*self.ptr.add(128).cast::<AtomicU64>() }
+    }
+
+    /// Where the newest record starts: where a lapped reader goes on from, so that the
+    /// last record written is never skipped.
+    fn latest(&self) -> &AtomicU64 {
+        // SAFETY: as in `intent`, 256 bytes further.
+        unsafe { &*self.ptr.add(256).cast::<AtomicU64>() }
     }
 
     /// The header of the record at `position`, read and written whole, so that a torn
@@ -140,6 +147,7 @@ impl Writer {
         self.ring
             .header(at)
             .store(payload.len() as u64 | (kind << 32), Ordering::Relaxed);
+        self.ring.latest().store(at, Ordering::Relaxed);
         self.ring.tail().store(end, Ordering::Release);
         self.tail = end;
     }
@@ -188,8 +196,7 @@ impl Reader {
                 return Read::Empty;
             }
             if self.ring.intent().load(Ordering::Relaxed) > self.cursor + capacity {
-                self.cursor = tail;
-                return Read::Lapped;
+                return self.lapped();
             }
             let header = self.ring.header(self.cursor).load(Ordering::Relaxed);
             let (len, kind) = ((header & 0xffff_ffff) as usize, header >> 32);
@@ -213,8 +220,7 @@ impl Reader {
             // SYNC POINT: reader, pairs with the writer's fence after its intent.
             fence(Ordering::Acquire);
             if !fits || self.ring.intent().load(Ordering::Relaxed) > self.cursor + capacity {
-                self.cursor = self.ring.tail().load(Ordering::Acquire);
-                return Read::Lapped;
+                return self.lapped();
             }
             self.cursor += (HEADER + len.next_multiple_of(8)) as u64;
             match kind {
@@ -223,6 +229,13 @@ impl Reader {
                 _ => continue,
             }
         }
+    }
+
+    /// Goes on from the newest record (at worst one whose tail is still to come, then
+    /// waited for), as Agrona's receiver does: a jump to the tail would skip it.
+    fn lapped(&mut self) -> Read {
+        self.cursor = self.ring.latest().load(Ordering::Acquire);
+        Read::Lapped
     }
 
     /// Waits, spinning, for the next record that is not [`Read::Empty`].
@@ -250,7 +263,14 @@ mod tests {
 
     #[test]
     fn a_reader_gets_every_event_in_order_then_learns_it_was_lapped() {
+        struct Removed(String);
+        impl Drop for Removed {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(format!("/dev/shm/{}", self.0));
+            }
+        }
         let name = format!("ipckit-test-raw-events-{}", std::process::id());
+        let _removed = Removed(name.clone());
         let mut writer = Writer::create(&name);
         let mut reader = Reader::open(&name);
         let mut buf = Vec::new();
@@ -265,11 +285,13 @@ mod tests {
             writer.send(&n.to_le_bytes().repeat(8));
         }
         assert_eq!(reader.try_recv(&mut buf), Read::Lapped);
+        let last = (CAPACITY / 64 - 1) as u64;
+        assert_eq!(reader.try_recv(&mut buf), Read::Event, "the newest is kept");
+        assert_eq!(buf, last.to_le_bytes().repeat(8));
         writer.send(b"after");
         writer.end();
         assert_eq!(reader.try_recv(&mut buf), Read::Event);
         assert_eq!(buf, b"after");
         assert_eq!(reader.try_recv(&mut buf), Read::End);
-        let _ = std::fs::remove_file(format!("/dev/shm/{name}"));
     }
 }
