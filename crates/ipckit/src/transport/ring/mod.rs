@@ -8,6 +8,7 @@ pub(crate) mod bell;
 mod fault;
 pub(crate) mod liveness;
 mod mapping;
+pub(crate) mod segment_file;
 pub(crate) mod spsc;
 pub(crate) mod wait;
 
