@@ -105,6 +105,7 @@ pub fn publish(url: &str, wait_for: usize, split: Split, output: Output) -> CliR
             Ok(Event::Disconnected(client)) => {
                 eprintln!("ipckit: {} left", describe(&client));
             }
+            Ok(Event::Lost { count }) => eprintln!("ipckit: {count} messages were lost"),
             Ok(Event::Message(message)) => {
                 // A request is refused as the message drops: publish answers nothing.
                 print_message(&mut out, output.format, message.payload(), Some(&message))?;

@@ -179,6 +179,7 @@ pub mod frame;
 #[cfg(any(test, fuzzing))]
 #[doc(hidden)]
 pub mod fuzzing;
+mod level;
 mod loan;
 mod message;
 mod push;
@@ -201,6 +202,7 @@ use serde::de::DeserializeOwned;
 pub use endpoint::{Endpoint, Framing, ToEndpoint};
 pub use error::{Error, Result};
 pub use exclusive::Exclusive;
+pub use level::Level;
 pub use loan::Loan;
 pub use message::{Message, MessageRef, Peer};
 pub use push::{Broadcaster, ClientHandle, Delivery, Event};
@@ -437,6 +439,44 @@ impl Client {
     /// ```
     pub fn send(&self, payload: &[u8]) -> Result<()> {
         self.backend.send(payload)
+    }
+
+    /// Sends one message at `level`, as [`send`](Client::send) does. On `events` it
+    /// reaches the listeners that enabled that level (and costs one load when none did);
+    /// the other transports carry no levels and deliver it as `send` does.
+    ///
+    /// ```
+    /// use ipckit::Level;
+    ///
+    /// let url = format!("uds://@ipckit-doc-send-at-{}", std::process::id());
+    /// let mut server = ipckit::listen(&url)?;
+    /// ipckit::connect(&url)?.send_at(Level::Warning, b"disk 90% full")?;
+    /// assert_eq!(server.recv()?.payload(), b"disk 90% full");
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
+    #[inline]
+    pub fn send_at(&self, level: Level, payload: &[u8]) -> Result<()> {
+        self.backend.send_at(level, payload)
+    }
+
+    /// Whether a message at `level` may reach anyone: false only where the transport
+    /// knows that nobody enabled that level (`events`), so that a caller can skip building
+    /// the message. One load of shared memory on `events`; `true` on the others.
+    ///
+    /// ```
+    /// use ipckit::Level;
+    ///
+    /// let url = format!("uds://@ipckit-doc-is-enabled-{}", std::process::id());
+    /// let _server = ipckit::listen(&url)?;
+    /// let client = ipckit::connect(&url)?;
+    /// if client.is_enabled(Level::Verbose) {
+    ///     client.send_at(Level::Verbose, format!("state: {:?}", [1, 2, 3]).as_bytes())?;
+    /// }
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
+    #[inline]
+    pub fn is_enabled(&self, level: Level) -> bool {
+        self.backend.is_enabled(level)
     }
 
     /// Sends a request and waits up to `timeout` for the reply.
@@ -791,6 +831,7 @@ impl Server {
     ///             assert_eq!(msg.payload(), b"welcome");
     ///         }
     ///         Event::Disconnected(_) => break,
+    ///         Event::Lost { count } => eprintln!("missed {count}"), // on events only
     ///     }
     /// }
     /// # Ok::<(), ipckit::Error>(())
@@ -862,6 +903,20 @@ impl Server {
             .as_ref()
             .map(Broadcaster::clients)
             .unwrap_or_default()
+    }
+
+    /// How many messages this server missed in all because they were overwritten before
+    /// it read them: the sum of the [`Event::Lost`] counts [`recv_event`](Server::recv_event)
+    /// gave or [`recv`](Server::recv) skipped. Always 0 where nothing is overwritten
+    /// (every transport but `events`).
+    ///
+    /// ```
+    /// let server = ipckit::listen("tcp://127.0.0.1:0")?;
+    /// assert_eq!(server.lost(), 0);
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
+    pub fn lost(&self) -> u64 {
+        self.backend.lost()
     }
 
     /// A handle that broadcasts and lists clients from other threads while this server

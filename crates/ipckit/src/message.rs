@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
+use crate::level::Level;
 use crate::push::ClientHandle;
 use crate::transport::backend::{Payload, ReplyBackend};
 
@@ -160,6 +161,15 @@ pub struct Message {
     reply_to: Option<ReplyTo>,
     client: Option<ClientHandle>,
     endpoint: Arc<str>,
+    stamp: Option<Stamp>,
+}
+
+/// Where a message stands in a broadcast stream: its level and its number there, for a
+/// transport that numbers what it broadcasts (`events`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    pub(crate) level: Level,
+    pub(crate) sequence: u64,
 }
 
 impl Message {
@@ -175,6 +185,7 @@ impl Message {
             reply_to,
             client: None,
             endpoint,
+            stamp: None,
         }
     }
 
@@ -193,7 +204,43 @@ impl Message {
             reply_to,
             client: Some(client),
             endpoint,
+            stamp: None,
         }
+    }
+
+    /// The message, with its place in a broadcast stream.
+    #[allow(
+        dead_code,
+        reason = "the events transport stamps its messages in the commits that follow"
+    )]
+    pub(crate) fn with_stamp(mut self, stamp: Stamp) -> Message {
+        self.stamp = Some(stamp);
+        self
+    }
+
+    /// The level its writer gave it, where the transport carries levels (`events`; see
+    /// [`Client::send_at`](crate::Client::send_at)); `None` elsewhere.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let url = format!("uds://@ipckit-doc-message-level-{}", std::process::id());
+    /// let mut server = ipckit::listen(&url)?;
+    /// ipckit::connect(&url)?.send_at(ipckit::Level::Error, b"disk full")?;
+    /// let msg = server.recv()?;
+    /// assert_eq!(msg.level(), None); // uds carries no levels
+    /// assert_eq!(msg.sequence(), None);
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
+    pub fn level(&self) -> Option<Level> {
+        self.stamp.map(|stamp| stamp.level)
+    }
+
+    /// Its number in a broadcast stream, counting from 0 at the stream's start, where the
+    /// transport numbers what it broadcasts (`events`): consecutive for a listener that
+    /// missed nothing, so that a gap is the count of events it lost
+    /// ([`Event::Lost`](crate::Event::Lost) says so too). `None` elsewhere.
+    pub fn sequence(&self) -> Option<u64> {
+        self.stamp.map(|stamp| stamp.sequence)
     }
 
     /// The message, from the client behind `client`: for a transport that pushes.
@@ -386,6 +433,7 @@ impl Message {
                 .map(|r| ReplyTo::to(ReplyBackend::Boxed(&*r.sink), r.id)),
             client: self.client.as_ref(),
             endpoint: &self.endpoint,
+            stamp: self.stamp,
         }
     }
 }
@@ -418,6 +466,7 @@ pub struct MessageRef<'a> {
     reply_to: Option<ReplyTo<ReplyBackend<'a>>>,
     client: Option<&'a ClientHandle>,
     endpoint: &'a str,
+    stamp: Option<Stamp>,
 }
 
 impl<'a> MessageRef<'a> {
@@ -436,6 +485,7 @@ impl<'a> MessageRef<'a> {
             reply_to,
             client: None,
             endpoint,
+            stamp: None,
         }
     }
 
@@ -453,6 +503,16 @@ impl<'a> MessageRef<'a> {
     /// The client that sent it, as [`Message::client`] says; clone the handle to keep it.
     pub fn client(&self) -> Option<&ClientHandle> {
         self.client
+    }
+
+    /// The level its writer gave it, as [`Message::level`] says.
+    pub fn level(&self) -> Option<Level> {
+        self.stamp.map(|stamp| stamp.level)
+    }
+
+    /// Its number in a broadcast stream, as [`Message::sequence`] says.
+    pub fn sequence(&self) -> Option<u64> {
+        self.stamp.map(|stamp| stamp.sequence)
     }
 
     /// The bytes that were sent; on `shm`, where they lie in the sender's ring.

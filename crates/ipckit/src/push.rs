@@ -221,11 +221,14 @@ impl fmt::Debug for ClientHandle {
 }
 
 /// What a server's loop receives when it asks for events rather than messages
-/// ([`Server::recv_event`]): a message, or a client coming or going.
+/// ([`Server::recv_event`]): a message, a client coming or going, or a gap in a
+/// broadcast stream.
 ///
 /// A client's `Connected` comes before any message of its own, and its `Disconnected`
 /// after the last. Transports with connections (`uds`, `tcp`, `shm`) see a client when it
-/// connects; the others when its first datagram or message arrives.
+/// connects; the others when its first datagram or message arrives. A listener of a
+/// broadcast that overwrites what its listeners have not read (`events`) learns what it
+/// missed from `Lost`, right before the first message after the gap.
 ///
 /// [`Server::recv_event`]: crate::Server::recv_event
 #[derive(Debug)]
@@ -236,6 +239,14 @@ pub enum Event {
     Message(Message),
     /// A client left (closed, crashed, or was disconnected); its handle no longer sends.
     Disconnected(ClientHandle),
+    /// The listener fell behind and `count` messages were overwritten before it read them;
+    /// the next message is the oldest one still there. [`Server::lost`] keeps the total.
+    ///
+    /// [`Server::lost`]: crate::Server::lost
+    Lost {
+        /// How many messages it missed, counted exactly.
+        count: u64,
+    },
 }
 
 /// What one broadcast did: how many clients got the message, how many were skipped

@@ -46,8 +46,8 @@ use crate::transport::{self, AsyncConnection, AsyncListener, Capabilities};
 use tokio::sync::Notify;
 
 use crate::{
-    Broadcaster, ClientHandle, ConnectWait, Delivery, Endpoint, Event, Message, MessageRef, Result,
-    ToEndpoint, typed,
+    Broadcaster, ClientHandle, ConnectWait, Delivery, Endpoint, Event, Level, Message, MessageRef,
+    Result, ToEndpoint, typed,
 };
 
 /// Connects to the server at `endpoint`. Dropped before it completes, nothing is left
@@ -189,6 +189,33 @@ impl Client {
     /// ```
     pub async fn send(&self, payload: &[u8]) -> Result<()> {
         self.connection.send(payload).await
+    }
+
+    /// Sends one message at `level`, as [`crate::Client::send_at`] does.
+    ///
+    /// ```no_run
+    /// # async fn run(client: ipckit::tokio::Client) -> ipckit::Result<()> {
+    /// client.send_at(ipckit::Level::Error, b"disk full").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn send_at(&self, level: Level, payload: &[u8]) -> Result<()> {
+        self.connection.send_at(level, payload).await
+    }
+
+    /// Whether a message at `level` may reach anyone, as [`crate::Client::is_enabled`]
+    /// says.
+    ///
+    /// ```no_run
+    /// # async fn run(client: ipckit::tokio::Client) -> ipckit::Result<()> {
+    /// if client.is_enabled(ipckit::Level::Verbose) {
+    ///     client.send_at(ipckit::Level::Verbose, b"details").await?;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn is_enabled(&self, level: Level) -> bool {
+        self.connection.is_enabled(level)
     }
 
     /// Sends a request and waits up to `timeout` for the reply.
@@ -345,6 +372,7 @@ impl Server {
     ///         Event::Connected(client) => subscribers.push(client),
     ///         Event::Disconnected(client) => subscribers.retain(|c| c != &client),
     ///         Event::Message(msg) => println!("{:?}", msg.payload()),
+    ///         Event::Lost { count } => eprintln!("missed {count}"), // on events only
     ///     }
     /// }
     /// # }
@@ -387,6 +415,17 @@ impl Server {
             .as_ref()
             .map(Broadcaster::clients)
             .unwrap_or_default()
+    }
+
+    /// How many messages this server missed in all, as [`crate::Server::lost`] says.
+    ///
+    /// ```no_run
+    /// # fn run(server: ipckit::tokio::Server) {
+    /// println!("missed {} events", server.lost());
+    /// # }
+    /// ```
+    pub fn lost(&self) -> u64 {
+        self.listener.lost()
     }
 
     /// A handle that broadcasts and lists clients from other tasks and threads while this

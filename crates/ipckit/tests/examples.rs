@@ -109,7 +109,7 @@ fn python_client_receives_pushes() -> Result<(), Failed> {
                 .ok_or_else(|| format!("{url}: the Python client went silent"))?;
             let mut msg = match event {
                 Event::Message(msg) => msg,
-                Event::Connected(_) => continue,
+                Event::Connected(_) | Event::Lost { .. } => continue,
                 Event::Disconnected(_) => break,
             };
             let to_client = msg

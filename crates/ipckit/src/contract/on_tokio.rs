@@ -173,7 +173,7 @@ impl Service {
                     tokio::task::spawn_blocking(move || service.handle(&mut msg));
                 }
                 Ok(Event::Disconnected(client)) => service.disconnected(&client),
-                Ok(Event::Connected(_)) => {}
+                Ok(Event::Connected(_) | Event::Lost { .. }) => {}
                 Err(Error::Stopped { .. }) => return Ok(()),
                 Err(e) => return Err(e),
             }

@@ -65,7 +65,7 @@ impl Pool {
                 match server.recv_event() {
                     Ok(Event::Message(msg)) => break Ok(msg),
                     Ok(Event::Disconnected(client)) => self.service.disconnected(&client),
-                    Ok(Event::Connected(_)) => {}
+                    Ok(Event::Connected(_) | Event::Lost { .. }) => {}
                     Err(e) => break Err(e),
                 }
             };

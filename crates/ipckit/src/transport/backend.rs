@@ -18,12 +18,23 @@ use super::shm::{Lease, ReplyChannel, ShmConnection, ShmExclusive, ShmListener, 
 use super::{Connection, Listener, Transport};
 use crate::endpoint::{Address, Endpoint};
 use crate::error::Result;
+use crate::level::Level;
 use crate::message::{Message, MessageRef, ReplySink};
 use crate::push::{Broadcaster, Event};
 
 /// A client's calls, as each flavor makes them.
 pub(crate) trait ClientSide {
     fn send(&self, payload: &[u8]) -> Result<()>;
+    /// As [`Connection::send_at`]: a flavor without levels sends.
+    fn send_at(&self, level: Level, payload: &[u8]) -> Result<()> {
+        let _ = level;
+        self.send(payload)
+    }
+    /// As [`Connection::is_enabled`].
+    fn is_enabled(&self, level: Level) -> bool {
+        let _ = level;
+        true
+    }
     fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>>;
     /// Hands the reply to `read`: where it lies, on a zero-copy flavor.
     fn request_with<R>(
@@ -54,6 +65,10 @@ pub(crate) trait ServerSide {
     fn broadcaster(&self) -> Option<Broadcaster> {
         None
     }
+    /// As [`Listener::lost`].
+    fn lost(&self) -> u64 {
+        0
+    }
     /// One wait, as [`recv`](Self::recv), for a message to lend to `handle` (taken when
     /// called); what it returned.
     fn recv_with<R, H: FnOnce(&mut MessageRef<'_>) -> R>(
@@ -76,6 +91,14 @@ pub(crate) trait ServerSide {
 impl ClientSide for dyn Connection {
     fn send(&self, payload: &[u8]) -> Result<()> {
         Connection::send(self, payload)
+    }
+
+    fn send_at(&self, level: Level, payload: &[u8]) -> Result<()> {
+        Connection::send_at(self, level, payload)
+    }
+
+    fn is_enabled(&self, level: Level) -> bool {
+        Connection::is_enabled(self, level)
     }
 
     fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
@@ -116,6 +139,10 @@ impl ServerSide for dyn Listener {
 
     fn broadcaster(&self) -> Option<Broadcaster> {
         Listener::broadcaster(self)
+    }
+
+    fn lost(&self) -> u64 {
+        Listener::lost(self)
     }
 
     fn recv_with<R, H: FnOnce(&mut MessageRef<'_>) -> R>(
@@ -202,6 +229,16 @@ impl ClientBackend {
     #[inline(always)]
     pub(crate) fn send(&self, payload: &[u8]) -> Result<()> {
         each_flavor!(self, c => ClientSide::send(c, payload))
+    }
+
+    #[inline]
+    pub(crate) fn send_at(&self, level: Level, payload: &[u8]) -> Result<()> {
+        each_flavor!(self, c => ClientSide::send_at(c, level, payload))
+    }
+
+    #[inline]
+    pub(crate) fn is_enabled(&self, level: Level) -> bool {
+        each_flavor!(self, c => ClientSide::is_enabled(c, level))
     }
 
     #[inline(always)]
@@ -299,6 +336,10 @@ impl ServerBackend {
 
     pub(crate) fn broadcaster(&self) -> Option<Broadcaster> {
         each_flavor!(self, l => ServerSide::broadcaster(l))
+    }
+
+    pub(crate) fn lost(&self) -> u64 {
+        each_flavor!(self, l => ServerSide::lost(l))
     }
 
     pub(crate) fn waker(&self) -> Arc<dyn Fn() + Send + Sync> {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
+use crate::level::Level;
 use crate::message::{Message, MessageRef};
 use crate::push::{Broadcaster, Event};
 
@@ -155,6 +156,16 @@ pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T
 pub trait AsyncConnection: Sealed + Send + Sync {
     /// Sends one message.
     fn send<'a>(&'a self, payload: &'a [u8]) -> BoxFuture<'a, Result<()>>;
+    /// Sends one message at `level`, as [`Connection::send_at`].
+    fn send_at<'a>(&'a self, level: Level, payload: &'a [u8]) -> BoxFuture<'a, Result<()>> {
+        let _ = level;
+        self.send(payload)
+    }
+    /// Whether a message at `level` may reach anyone, as [`Connection::is_enabled`].
+    fn is_enabled(&self, level: Level) -> bool {
+        let _ = level;
+        true
+    }
     /// Sends a request and waits up to `timeout` for its reply.
     fn request<'a>(
         &'a self,
@@ -225,6 +236,11 @@ pub trait AsyncListener: Sealed + Send {
     fn broadcaster(&self) -> Option<Broadcaster> {
         None
     }
+    /// How many messages it missed in all (the sum of its [`Event::Lost`] counts); 0
+    /// where nothing is ever overwritten before it is read.
+    fn lost(&self) -> u64 {
+        0
+    }
     /// The endpoint it listens on, with the real address where the kernel chose it.
     fn endpoint(&self) -> &Endpoint;
 }
@@ -233,6 +249,19 @@ pub trait AsyncListener: Sealed + Send {
 pub trait Connection: Sealed + Send + Sync {
     /// Sends one message.
     fn send(&self, payload: &[u8]) -> Result<()>;
+    /// Sends one message at `level`. A transport that filters by level (`events`) skips
+    /// it when no receiver enabled that level; the others deliver it as `send` does.
+    fn send_at(&self, level: Level, payload: &[u8]) -> Result<()> {
+        let _ = level;
+        self.send(payload)
+    }
+    /// Whether a message at `level` may reach anyone: false only where the transport
+    /// knows that no receiver enabled that level. Cheap enough to ask before building
+    /// each message.
+    fn is_enabled(&self, level: Level) -> bool {
+        let _ = level;
+        true
+    }
     /// Sends a request and waits up to `timeout` for its reply.
     fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>>;
     /// Waits until `deadline` (forever when `None`) for the next message the server
@@ -279,6 +308,11 @@ pub trait Listener: Sealed + Send {
     /// transport does not push.
     fn broadcaster(&self) -> Option<Broadcaster> {
         None
+    }
+    /// How many messages it missed in all (the sum of its [`Event::Lost`] counts); 0
+    /// where nothing is ever overwritten before it is read.
+    fn lost(&self) -> u64 {
+        0
     }
     /// A function that makes a blocked or the next `recv` return `Ok(None)`.
     fn waker(&self) -> Arc<dyn Fn() + Send + Sync>;

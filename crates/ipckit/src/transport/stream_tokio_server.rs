@@ -508,7 +508,7 @@ impl AsyncListener for AsyncStreamListener {
                     Poll::Ready(Some(Event::Disconnected(client))) => {
                         self.roster.leave(&client);
                     }
-                    Poll::Ready(Some(Event::Connected(_))) => {}
+                    Poll::Ready(Some(Event::Connected(_) | Event::Lost { .. })) => {}
                     // The server holds a sender itself, so the queue never closes.
                     Poll::Ready(None) | Poll::Pending => return Poll::Pending,
                 }

@@ -584,6 +584,9 @@ fn silent_subscribers_are_seen_and_served(ctx: &Ctx) -> Outcome {
             Some(Event::Disconnected(client)) => {
                 return Err(format!("{client:?} left before being served").into());
             }
+            Some(Event::Lost { count }) => {
+                return Err(format!("a server that pushes lost {count} messages").into());
+            }
             None => {}
         }
     }
@@ -695,6 +698,9 @@ fn greeted(
             }
             Some(Event::Disconnected(client)) => {
                 return Err(format!("{client:?} left before every client said hello").into());
+            }
+            Some(Event::Lost { count }) => {
+                return Err(format!("a server that pushes lost {count} messages").into());
             }
             None => {}
         }
