@@ -5,6 +5,11 @@
 //! lives ([`liveness`]).
 
 pub(crate) mod bell;
+#[allow(
+    dead_code,
+    reason = "the events transport uses it in the commits that follow"
+)]
+pub(crate) mod broadcast;
 mod fault;
 pub(crate) mod liveness;
 mod mapping;
