@@ -636,7 +636,8 @@ pub const SCALING_SIZES: [usize; 7] = [16, 256, 4096, 65536, 1 << 20, 4 << 20, 1
 pub const SCALING_CLIENTS: [usize; 4] = [1, 4, 16, 64];
 
 /// Round trips as the message grows from 16 B to 16 MiB (up to each transport's
-/// largest) and as the clients grow from 1 to 64.
+/// largest) and as the clients grow from 1 to 64; a transport without round trips (a
+/// one-way broadcast) has no points.
 pub fn run_scaling(
     options: &Options,
     progress: &mut dyn FnMut(&str),
@@ -649,7 +650,12 @@ pub fn run_scaling(
     for transport in chosen {
         let scheme = transport.scheme();
         let endpoint = transport.scratch_endpoint(&dir, "scaling");
-        let max = transport.capabilities(&endpoint).max_message;
+        let caps = transport.capabilities(&endpoint);
+        // Round trips only: a one-way broadcast has none to scale.
+        if !caps.duplex {
+            continue;
+        }
+        let max = caps.max_message;
         for size in SCALING_SIZES.into_iter().filter(|&s| s <= max) {
             progress(&format!("{scheme}: {size}-byte round trips"));
             // Fewer round trips for large messages: each moves the message twice.

@@ -60,7 +60,7 @@ pub fn run(bench: Bench) -> CliResult {
         events_time: events_time.unwrap_or_default(),
         latency_samples: latency_samples.unwrap_or(0),
     };
-    let per_transport = 3 + if scaling { 11 } else { 0 };
+    let scaled = if scaling { 11 } else { 0 };
     let chosen = harness::check(&options)?;
     let dir = std::env::temp_dir();
     let pushing = chosen
@@ -75,7 +75,8 @@ pub fn run(bench: Bench) -> CliResult {
         .iter()
         .filter(|t| ipckit_bench::events::listened(**t, &t.scratch_endpoint(&dir, "steps")))
         .count();
-    let steps = chosen.len() as u64 * per_transport
+    let steps = chosen.len() as u64 * 3
+        + duplex as u64 * scaled
         + (pushing * harness::BROADCAST_SUBSCRIBERS.len()) as u64
         + duplex as u64
         + (listened * ipckit_bench::events::STEPS) as u64;
