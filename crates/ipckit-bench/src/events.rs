@@ -125,7 +125,7 @@ pub struct FanOut {
     pub status: &'static str,
     /// Why it failed.
     pub reason: Option<String>,
-    /// Events sent.
+    /// Events timed, after a tenth as many (at least 10) to warm up.
     pub events: usize,
     /// Events every listener received, whose latency counts.
     pub complete: usize,
@@ -133,6 +133,9 @@ pub struct FanOut {
     pub median_ns: Option<u64>,
     /// The same, 99th percentile.
     pub p99_ns: Option<u64>,
+    /// From the send to the first listener's receipt, median: the rest of the time to
+    /// the last is the listeners' turns at the CPU.
+    pub first_median_ns: Option<u64>,
 }
 
 /// Everything of the events table.
@@ -454,26 +457,15 @@ fn send_cost(endpoint: &ipckit::Endpoint, case: &'static str, listening: bool) -
         };
         let writer = ipckit::connect(endpoint).map_err(unavailable)?;
         let event = sample(0, 0);
-        let mut call: Box<dyn FnMut() -> ipckit::Result<()>> = if case.starts_with("is_enabled") {
-            Box::new(|| {
+        if case.starts_with("is_enabled") {
+            tight_loop(|| {
                 std::hint::black_box(writer.is_enabled(ipckit::Level::Informational));
                 Ok(())
             })
         } else {
-            Box::new(|| writer.send(std::hint::black_box(&event)))
-        };
-        let time = |call: &mut dyn FnMut() -> ipckit::Result<()>, calls: u64| {
-            let start = Instant::now();
-            for _ in 0..calls {
-                call()?;
-            }
-            Ok::<Duration, ipckit::Error>(start.elapsed())
-        };
-        // As many calls as fill about 0.2 s, at least a million.
-        let warm = time(&mut call, 100_000).map_err(unavailable)?;
-        let calls = ((0.2 / warm.as_secs_f64().max(1e-9)) * 100_000.0).clamp(1e6, 1e9) as u64;
-        let took = time(&mut call, calls).map_err(unavailable)?;
-        Ok((calls, took))
+            tight_loop(|| writer.send(std::hint::black_box(&event)))
+        }
+        .map_err(unavailable)
     })();
     match outcome {
         Ok((calls, took)) => {
@@ -486,6 +478,21 @@ fn send_cost(endpoint: &ipckit::Endpoint, case: &'static str, listening: bool) -
         }
     }
     cost
+}
+
+/// Times `call` back to back, inlined in the loop: as many calls as fill about 0.2 s,
+/// and at least a million.
+fn tight_loop(mut call: impl FnMut() -> ipckit::Result<()>) -> ipckit::Result<(u64, Duration)> {
+    let mut time = |calls: u64| {
+        let start = Instant::now();
+        for _ in 0..calls {
+            call()?;
+        }
+        Ok::<Duration, ipckit::Error>(start.elapsed())
+    };
+    let warm = time(100_000)?;
+    let calls = ((0.2 / warm.as_secs_f64().max(1e-9)) * 100_000.0).clamp(1e6, 1e9) as u64;
+    Ok((calls, time(calls)?))
 }
 
 /// Events `gap` apart to [`FAN_OUT`] listener processes: from the send to the last
@@ -507,13 +514,17 @@ fn fan_out(
         complete: 0,
         median_ns: None,
         p99_ns: None,
+        first_median_ns: None,
     };
-    let outcome = (|| -> Result<Vec<u64>, Failure> {
+    // Events before these are not counted: listeners that have just started may not
+    // have come to their first wait yet.
+    let warm_up = (samples / 10).max(10);
+    let outcome = (|| -> Result<Vec<(u64, u64)>, Failure> {
         let mut peers = listeners("events-latency", &endpoint.to_string(), FAN_OUT)?;
         let writer = ipckit::connect(peers[0].address())
             .map_err(|e| broke(&mut peers[0], "connecting", e))?;
         let start = Instant::now();
-        for n in 0..samples as u64 {
+        for n in 0..(warm_up + samples) as u64 {
             // Waited out spinning, so that the writer's own wake-up is not measured.
             let due = start + gap * (n as u32 + 1);
             while Instant::now() < due {
@@ -527,7 +538,8 @@ fn fan_out(
             .send(&sample(END, 0))
             .map_err(|e| broke(&mut peers[0], "sending the end", e))?;
         let _watchdog = Watchdog::over(&peers);
-        let mut last: Vec<Option<u64>> = vec![Some(0); samples];
+        // The first listener's time and the last's, per event that reached them all.
+        let mut reached: Vec<Option<(u64, u64)>> = vec![Some((u64::MAX, 0)); warm_up + samples];
         for peer in peers.iter_mut() {
             let line = peer
                 .line()
@@ -540,22 +552,26 @@ fn fan_out(
                 ));
             };
             let mut times = times.split(',');
-            for slot in &mut last {
+            for slot in &mut reached {
                 let took = times.next().and_then(|t| t.parse::<u64>().ok());
                 *slot = match (*slot, took) {
-                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (Some((first, last)), Some(t)) => Some((first.min(t), last.max(t))),
                     _ => None,
                 };
             }
         }
-        Ok(last.into_iter().flatten().collect())
+        Ok(reached.into_iter().skip(warm_up).flatten().collect())
     })();
     match outcome {
-        Ok(mut took) if !took.is_empty() => {
-            took.sort_unstable();
-            point.complete = took.len();
-            point.median_ns = Some(took[took.len() / 2]);
-            point.p99_ns = Some(took[(took.len() * 99 / 100).min(took.len() - 1)]);
+        Ok(reached) if !reached.is_empty() => {
+            let mut first: Vec<u64> = reached.iter().map(|r| r.0).collect();
+            let mut last: Vec<u64> = reached.iter().map(|r| r.1).collect();
+            first.sort_unstable();
+            last.sort_unstable();
+            point.complete = last.len();
+            point.median_ns = Some(last[last.len() / 2]);
+            point.p99_ns = Some(last[(last.len() * 99 / 100).min(last.len() - 1)]);
+            point.first_median_ns = Some(first[first.len() / 2]);
         }
         Ok(_) => {
             point.status = "failed";

@@ -345,6 +345,7 @@ pub fn events_table(report: &EventsReport) -> String {
         let columns = [
             column("p50", &nanos(|f| f.median_ns), &DURATION),
             column("p99", &nanos(|f| f.p99_ns), &DURATION),
+            column("first p50", &nanos(|f| f.first_median_ns), &DURATION),
         ];
         let mut lines = vec![header(&["transport", "to the last listener"], &columns)];
         for (i, f) in latency.iter().enumerate() {
@@ -408,7 +409,7 @@ pub fn events_csv(report: &EventsReport) -> String {
     );
     for f in &report.latency {
         out.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{},{}\n",
             f.transport,
             f.case,
             f.listeners,
@@ -419,6 +420,7 @@ pub fn events_csv(report: &EventsReport) -> String {
             f.complete,
             cell(f.median_ns),
             cell(f.p99_ns),
+            cell(f.first_median_ns),
         ));
     }
     out
@@ -758,6 +760,7 @@ mod tests {
                 complete: 998,
                 median_ns: Some(45_000),
                 p99_ns: Some(210_000),
+                first_median_ns: Some(9_000),
             }],
         };
         let table = events_table(&report);
