@@ -338,11 +338,13 @@ fn results(peers: &mut [Peer]) -> Result<Heard, Failure> {
         match (numbers.next().flatten(), numbers.next().flatten()) {
             (Some(got), Some(at)) => out.push((got, at)),
             _ => {
-                return Err(broke(
-                    peer,
-                    "a listener's count",
-                    format!("it said {line:?}, not the end within {PATIENCE:?}"),
-                ));
+                let words = peer.last_words();
+                let said = if words.is_empty() {
+                    format!("it said {line:?}, not the end within {PATIENCE:?}")
+                } else {
+                    format!("it died: {words}")
+                };
+                return Err(broke(peer, "a listener's count", said));
             }
         }
     }

@@ -539,8 +539,8 @@ fn measure_throughput(
     Ok(())
 }
 
-/// One-way throughput through a transport without replies: the same messages to a
-/// listener that counts them until [`END_OF_STREAM`](crate::peer::END_OF_STREAM) and
+/// One-way throughput through a transport without replies: the same messages (or more,
+/// for at least [`ONE_WAY_AT_LEAST`]) to a listener that counts them until [`END_OF_STREAM`](crate::peer::END_OF_STREAM) and
 /// says how many came, as the hand-written sinks do. Over a broadcast that overwrites, a
 /// listener that falls behind loses the oldest: what it received is what counts.
 fn measure_one_way(plan: &Plan, endpoint: &ipckit::Endpoint, row: &mut Row) -> Result<(), Failure> {
@@ -549,10 +549,13 @@ fn measure_one_way(plan: &Plan, endpoint: &ipckit::Endpoint, row: &mut Row) -> R
         let client =
             ipckit::connect(tally.address()).map_err(|e| broke(&mut tally, "connecting", e))?;
         let payload = vec![7u8; size];
-        for _ in 0..messages {
+        let start = Instant::now();
+        let mut sent = 0;
+        while sent < messages || start.elapsed() < ONE_WAY_AT_LEAST {
             client
                 .send(&payload)
                 .map_err(|e| broke(&mut tally, "sending", e))?;
+            sent += 1;
         }
         client
             .send(crate::peer::END_OF_STREAM)
@@ -566,6 +569,11 @@ fn measure_one_way(plan: &Plan, endpoint: &ipckit::Endpoint, row: &mut Row) -> R
     row.gb_per_sec = Some((got * row.stream_size as u64) as f64 / over.as_secs_f64() / 1e9);
     Ok(())
 }
+
+/// The shortest one-way stream to a listener of a broadcast: one that the sender ends
+/// before the listener's first turn at a CPU tells nothing, since an overwriting
+/// broadcast keeps only the newest messages for it.
+pub(crate) const ONE_WAY_AT_LEAST: Duration = Duration::from_millis(100);
 
 /// A sink's last line, `done MESSAGES NANOS`: how many came, and over how long.
 fn read_done(sink: &mut Peer) -> Result<(u64, Duration), Failure> {

@@ -283,15 +283,9 @@ impl Peer {
             let _ = child.kill();
             let _ = child.wait();
             read?;
-            // A panic's message, without the backtrace.
-            let said: Vec<&str> = err
-                .lines()
-                .take_while(|l| !l.starts_with("stack backtrace") && !l.starts_with("note:"))
-                .filter(|l| !l.trim().is_empty())
-                .collect();
             return Err(std::io::Error::other(format!(
                 "the {role} peer did not start: {}",
-                said.join(" ")
+                panic_message(&err)
             )));
         }
         let address = line.trim().to_owned();
@@ -339,6 +333,19 @@ impl Peer {
             .unwrap_or_default()
     }
 
+    /// What a peer that has ended said on its way out (a panic's message), or nothing
+    /// while it runs.
+    pub fn last_words(&mut self) -> String {
+        if self.alive_after(Duration::from_millis(500)) {
+            return String::new();
+        }
+        let mut err = String::new();
+        if let Some(stderr) = self.child.stderr.as_mut() {
+            let _ = std::io::Read::read_to_string(stderr, &mut err);
+        }
+        panic_message(&err)
+    }
+
     /// Whether the peer is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -355,6 +362,16 @@ impl Peer {
         }
         false
     }
+}
+
+/// A panic's message in what a process wrote to stderr, without the backtrace.
+fn panic_message(stderr: &str) -> String {
+    let said: Vec<&str> = stderr
+        .lines()
+        .take_while(|l| !l.starts_with("stack backtrace") && !l.starts_with("note:"))
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    said.join(" ")
 }
 
 /// CPU time used by the calling thread so far.

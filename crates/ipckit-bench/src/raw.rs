@@ -419,9 +419,14 @@ pub fn send(scheme: &str, address: &str, stream: Stream) -> std::io::Result<()> 
             Ok(())
         }
         "events" => {
+            // As the events transport is measured: for some time at least, so that the
+            // reader has had its turns.
             let mut writer = raw_events::Writer::open(address);
-            for _ in 0..stream.count {
+            let start = std::time::Instant::now();
+            let mut sent = 0;
+            while sent < stream.count || start.elapsed() < crate::harness::ONE_WAY_AT_LEAST {
                 writer.send(&payload);
+                sent += 1;
             }
             writer.end();
             Ok(())
