@@ -285,27 +285,41 @@ fn write_all<E: std::fmt::Display>(
 /// Kills `pids` unless dropped within [`PATIENCE`]: a listener that never sees the end
 /// turns into a failed measurement rather than a hung run. The peers are not reaped
 /// before their `Peer` is dropped, so a pid here is still theirs.
-struct Watchdog(Option<std::sync::mpsc::Sender<()>>);
+struct Watchdog {
+    done: Option<std::sync::mpsc::Sender<()>>,
+    fired: std::sync::Arc<AtomicBool>,
+}
 
 impl Watchdog {
     fn over(peers: &[Peer]) -> Watchdog {
         let pids: Vec<u32> = peers.iter().map(Peer::pid).collect();
         let (done, watch) = std::sync::mpsc::channel::<()>();
+        let fired = std::sync::Arc::new(AtomicBool::new(false));
+        let firing = fired.clone();
         std::thread::spawn(move || {
             if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = watch.recv_timeout(PATIENCE) {
+                firing.store(true, Ordering::SeqCst);
                 for pid in pids {
                     let pid = nix::unistd::Pid::from_raw(pid as i32);
                     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
                 }
             }
         });
-        Watchdog(Some(done))
+        Watchdog {
+            done: Some(done),
+            fired,
+        }
+    }
+
+    /// Whether it killed the peers.
+    fn fired(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
     }
 }
 
 impl Drop for Watchdog {
     fn drop(&mut self) {
-        if let Some(done) = self.0.take() {
+        if let Some(done) = self.done.take() {
             let _ = done.send(());
         }
     }
@@ -324,7 +338,7 @@ type Heard = Vec<(u64, u64)>;
 
 /// Each peer's `done RECEIVED END_NS`.
 fn results(peers: &mut [Peer]) -> Result<Heard, Failure> {
-    let _watchdog = Watchdog::over(peers);
+    let watchdog = Watchdog::over(peers);
     let mut out = Vec::new();
     for peer in peers.iter_mut() {
         let line = peer
@@ -339,8 +353,10 @@ fn results(peers: &mut [Peer]) -> Result<Heard, Failure> {
             (Some(got), Some(at)) => out.push((got, at)),
             _ => {
                 let words = peer.last_words();
-                let said = if words.is_empty() {
-                    format!("it said {line:?}, not the end within {PATIENCE:?}")
+                let said = if watchdog.fired() {
+                    format!("it had not the last event within {PATIENCE:?}, and was stopped")
+                } else if words.is_empty() {
+                    format!("it said {line:?}, not the end")
                 } else {
                     format!("it died: {words}")
                 };
@@ -403,6 +419,11 @@ fn throughput(
                     .map_err(|e| broke(&mut peers[0], "publishing", e))?;
                 let start = now_ns();
                 let written = write_all(sending, |e| publisher.send(e))
+                    .map_err(|e| broke(&mut peers[0], "publishing", e))?;
+                // A subscriber now and then never had the one end sample (one run of 16
+                // in a few dozen): the end again, to subscribers that stop at the first.
+                publisher
+                    .repeat_end(&sample(END, 0))
                     .map_err(|e| broke(&mut peers[0], "publishing", e))?;
                 (peers, written, start)
             }

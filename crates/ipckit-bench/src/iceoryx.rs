@@ -82,6 +82,19 @@ impl Publisher {
             .map(drop)
             .map_err(|e| format!("send: {e:?}"))
     }
+
+    /// Sends `end` a few more times, a millisecond apart, after looking for subscribers
+    /// again.
+    pub(crate) fn repeat_end(&self, end: &Sample) -> Result<(), String> {
+        self.publisher
+            .update_connections()
+            .map_err(|e| format!("connecting the iceoryx2 subscribers: {e:?}"))?;
+        for _ in 0..3 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            self.send(end)?;
+        }
+        Ok(())
+    }
 }
 
 /// The subscriber peer: subscribes to the service `name` made for `subscribers`, says so,

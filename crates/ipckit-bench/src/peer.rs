@@ -333,8 +333,8 @@ impl Peer {
             .unwrap_or_default()
     }
 
-    /// What a peer that has ended said on its way out (a panic's message), or nothing
-    /// while it runs.
+    /// How a peer that has ended did (its exit status, and a panic's message), or
+    /// nothing while it runs.
     pub fn last_words(&mut self) -> String {
         if self.alive_after(Duration::from_millis(500)) {
             return String::new();
@@ -343,7 +343,14 @@ impl Peer {
         if let Some(stderr) = self.child.stderr.as_mut() {
             let _ = std::io::Read::read_to_string(stderr, &mut err);
         }
-        panic_message(&err)
+        let status = match self.child.try_wait() {
+            Ok(Some(status)) => status.to_string(),
+            _ => "ended".to_owned(),
+        };
+        match panic_message(&err) {
+            said if said.is_empty() => status,
+            said => format!("{status}: {said}"),
+        }
     }
 
     /// Whether the peer is still running.
