@@ -173,6 +173,11 @@ impl<T: Send + Sync + 'static> Object<T> {
         self
     }
 
+    /// The names of its methods, in the order of their handlers' numbers.
+    pub(super) fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.handlers.iter().map(|(n, _)| *n)
+    }
+
     fn add_name(&self, name: &'static str) {
         assert!(
             !name.starts_with(wire::RESERVED),
@@ -226,15 +231,18 @@ impl<T: Send + Sync + 'static> Drop for ForgetIfGone<'_, T> {
 
 /// An object with its instance(s), as the service holds it: its types erased.
 pub(super) trait Hosted: Send + Sync {
-    /// Runs method `method` for client `client`; `None` when the object has no such
+    /// The number of the handler of method `method`; `None` when the object has no such
     /// method.
+    fn handler(&self, method: &[u8]) -> Option<usize>;
+    /// Runs handler `handler` (from [`handler`](Hosted::handler), or the position of its
+    /// method in [`Object::names`]) for client `client`.
     fn dispatch(
         &self,
         client: Option<&ClientHandle>,
-        method: &[u8],
+        handler: usize,
         codec: Codec,
         args: &[u8],
-    ) -> Option<Result<Answer, Refusal>>;
+    ) -> Result<Answer, Refusal>;
     /// Forgets what belongs to `client`, which has gone.
     fn disconnected(&self, client: u64);
     fn methods(&self) -> &[MethodInfo];
@@ -269,19 +277,22 @@ impl<T: Send + Sync + 'static> Host<T> {
 }
 
 impl<T: Send + Sync + 'static> Hosted for Host<T> {
+    fn handler(&self, method: &[u8]) -> Option<usize> {
+        self.object
+            .handlers
+            .iter()
+            .position(|(n, _)| n.as_bytes() == method)
+    }
+
     fn dispatch(
         &self,
         client: Option<&ClientHandle>,
-        method: &[u8],
+        handler: usize,
         codec: Codec,
         args: &[u8],
-    ) -> Option<Result<Answer, Refusal>> {
-        let (_, handler) = self
-            .object
-            .handlers
-            .iter()
-            .find(|(n, _)| n.as_bytes() == method)?;
-        Some(match &self.instance {
+    ) -> Result<Answer, Refusal> {
+        let (_, handler) = &self.object.handlers[handler];
+        match &self.instance {
             Instances::Shared(state) => handler(state, codec, args).map_err(Refusal::BadArguments),
             Instances::PerConnection { make, live } => match client {
                 Some(client) => {
@@ -303,7 +314,7 @@ impl<T: Send + Sync + 'static> Hosted for Host<T> {
                 }
                 None => Err(Refusal::BadCall("an object with one instance per connection needs a transport that tells its clients apart".to_string())),
             },
-        })
+        }
     }
 
     fn disconnected(&self, client: u64) {
