@@ -49,6 +49,11 @@ pub struct Service {
     subscriptions: Arc<Subscriptions>,
 }
 
+thread_local! {
+    /// A reply body's room, kept for the thread's next reply.
+    static SPARE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// A method's [`Route`](wire::Route), and where its handler is.
 struct Routed {
     route: wire::Route,
@@ -156,15 +161,18 @@ impl Service {
     /// for a reply. For a server loop of one's own; [`serve`](Service::serve) does this
     /// for every message.
     pub fn handle(&self, msg: &mut Message) {
-        let answer = self.answer(msg.client(), msg.payload());
-        match answer {
-            Some(body) if msg.wants_reply() => {
+        // The thread's last reply body, taken out for the call (a call answered
+        // meanwhile, from within it, finds none and makes its own): an allocation saved
+        // per call.
+        let mut body = SPARE.take();
+        let answered = self.answer_into(msg.client(), msg.payload(), &mut body);
+        match answered {
+            true if msg.wants_reply() => {
                 if let Err(e) = msg.reply(&body) {
                     log::debug!("a contract reply was not delivered: {e}");
                 }
-                wire::recycle(body);
             }
-            Some(body) => {
+            true => {
                 if let Ok(wire::Reply::Failed(failure, _)) = wire::parse_reply(&body) {
                     log::warn!(
                         "{}: a one-way contract call failed: {}",
@@ -174,7 +182,7 @@ impl Service {
                 }
             }
             // A one-way method called as a request: say that it ran.
-            None if msg.wants_reply() => {
+            false if msg.wants_reply() => {
                 let codec = Codec::of(msg.payload()).unwrap_or_default();
                 if let Ok(body) = wire::ok(codec, &()) {
                     if let Err(e) = msg.reply(&body) {
@@ -182,7 +190,11 @@ impl Service {
                     }
                 }
             }
-            None => {}
+            false => {}
+        }
+        // Kept for the thread's next reply unless a large one made it large.
+        if body.capacity() <= 4096 {
+            SPARE.set(body);
         }
     }
 
@@ -243,10 +255,34 @@ impl Service {
     }
 
     /// The reply body for call `body`, or `None` for a one-way call that went well.
+    #[cfg(any(test, fuzzing))]
     pub(super) fn answer(&self, client: Option<&ClientHandle>, body: &[u8]) -> Option<Vec<u8>> {
-        if let Some(answer) = self.answer_routed(client, body) {
-            return answer;
+        let mut out = Vec::new();
+        self.answer_into(client, body, &mut out).then_some(out)
+    }
+
+    /// As [`answer`](Service::answer), into `out`, whose room is kept from call to call:
+    /// whether there is a reply body.
+    pub(super) fn answer_into(
+        &self,
+        client: Option<&ClientHandle>,
+        body: &[u8],
+        out: &mut Vec<u8>,
+    ) -> bool {
+        if let Some(answered) = self.answer_routed(client, body, out) {
+            return answered;
         }
+        match self.answer_parsed(client, body) {
+            Some(answer) => {
+                *out = answer;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The reply body for call `body`, read the long way.
+    fn answer_parsed(&self, client: Option<&ClientHandle>, body: &[u8]) -> Option<Vec<u8>> {
         let mut call = wire::parse_call(body);
         loop {
             let read = match call {
@@ -336,25 +372,36 @@ impl Service {
             }
         }
         let method = String::from_utf8_lossy(&call.method);
-        self.run(client, name, host, handler, &method, codec, call.args)
+        let mut out = Vec::new();
+        let answered = self.run(
+            client, name, host, handler, &method, codec, call.args, &mut out,
+        )?;
+        Ok(answered.then_some(out))
     }
 
-    /// The answer to a call of the last route answered, if it is one; `None` for any
-    /// other call, or a JSON call whose arguments do not decode, which the long way
-    /// reads again in full.
+    /// The answer to a call of the last route answered, if it is one, into `out` (as
+    /// [`answer_into`](Service::answer_into)); `None` for any other call, or a JSON call
+    /// whose arguments do not decode, which the long way reads again in full.
     #[inline]
-    fn answer_routed(&self, client: Option<&ClientHandle>, body: &[u8]) -> Option<Option<Vec<u8>>> {
+    fn answer_routed(
+        &self,
+        client: Option<&ClientHandle>,
+        body: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Option<bool> {
         let routed = self.routes.get(self.last.load(Ordering::Relaxed))?;
         let (codec, args) = routed.route.args(body)?;
         let (name, host) = &self.objects[routed.object];
+        let method = routed.method;
         match self.run(
             client,
             name,
             &**host,
             routed.handler,
-            routed.method,
+            method,
             codec,
             args,
+            out,
         ) {
             Ok(answer) => Some(answer),
             Err(_) if codec == Codec::Json => None,
@@ -364,13 +411,14 @@ impl Service {
                     message,
                     served: Vec::new(),
                 };
-                Some(Some(wire::failed::<()>(codec, &failure, None)))
+                *out = wire::failed::<()>(codec, &failure, None);
+                Some(true)
             }
         }
     }
 
-    /// Runs handler `handler` of object `name`: the reply body, `None` for a one-way
-    /// call that went well, or why the arguments do not decode.
+    /// Runs handler `handler` of object `name`: whether it wrote a reply body into `out`
+    /// (not for a one-way call that went well), or why the arguments do not decode.
     #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
@@ -381,27 +429,27 @@ impl Service {
         method: &str,
         codec: Codec,
         args: &[u8],
-    ) -> Result<Option<Vec<u8>>, String> {
-        let failed = |kind, message| {
-            let failure = Failure {
-                kind,
-                message,
-                served: Vec::new(),
-            };
-            Ok(Some(wire::failed::<()>(codec, &failure, None)))
-        };
-        match catch_unwind(AssertUnwindSafe(|| {
-            host.dispatch(client, handler, codec, args)
+        out: &mut Vec<u8>,
+    ) -> Result<bool, String> {
+        let (kind, message) = match catch_unwind(AssertUnwindSafe(|| {
+            host.dispatch(client, handler, codec, args, &mut *out)
         })) {
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(Refusal::BadArguments(message))) => Err(message),
-            Ok(Err(Refusal::BadCall(why))) => failed(Kind::BadCall, why),
+            Ok(Ok(answer)) => return Ok(answer),
+            Ok(Err(Refusal::BadArguments(message))) => return Err(message),
+            Ok(Err(Refusal::BadCall(why))) => (Kind::BadCall, why),
             Err(panic) => {
                 let why = panic_message(&*panic);
                 log::error!("the handler of '{name}.{method}' panicked: {why}; serving on");
-                failed(Kind::Panicked, why)
+                (Kind::Panicked, why)
             }
-        }
+        };
+        let failure = Failure {
+            kind,
+            message,
+            served: Vec::new(),
+        };
+        *out = wire::failed::<()>(codec, &failure, None);
+        Ok(true)
     }
 
     /// The object a call names: the one so named, or the only one for a call that names

@@ -243,10 +243,7 @@ pub(super) fn write_args<A: Serialize + ?Sized>(
             serde_json::to_writer(&mut *out, args).map_err(|e| e.to_string())?;
             out.push(b'}');
         }
-        Codec::Postcard => {
-            let taken = std::mem::take(out);
-            *out = postcard::to_extend(args, taken).map_err(|e| e.to_string())?;
-        }
+        Codec::Postcard => postcard_into(out, args)?,
     }
     Ok(())
 }
@@ -474,34 +471,60 @@ struct JsonFailure<'a, D: Serialize + ?Sized> {
 
 /// The body of a successful reply.
 pub(super) fn ok<T: Serialize + ?Sized>(codec: Codec, value: &T) -> Result<Vec<u8>, String> {
-    // The thread's last reply body, given back by `recycle` once sent: an allocation
-    // saved per call.
-    let mut out = SPARE.take();
+    let mut out = Vec::new();
+    ok_into(&mut out, codec, value)?;
+    Ok(out)
+}
+
+/// As [`ok`], into `out` (emptied first), whose room is kept from call to call.
+pub(super) fn ok_into<T: Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    codec: Codec,
+    value: &T,
+) -> Result<(), String> {
     out.clear();
     match codec {
         Codec::Json => {
             out.extend_from_slice(OK_JSON);
-            let mut out = Codec::Json.encode_into(value, out)?;
+            serde_json::to_writer(&mut *out, value).map_err(|e| e.to_string())?;
             out.push(b'}');
-            Ok(out)
         }
         Codec::Postcard => {
             out.push(POSTCARD);
             out.push(OK);
-            Codec::Postcard.encode_into(value, out)
+            postcard_into(out, value)?;
         }
     }
+    Ok(())
 }
 
-thread_local! {
-    /// A reply body's room, kept for the thread's next reply.
-    static SPARE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+/// `value` as postcard, after what `out` holds.
+#[inline]
+fn postcard_into<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> Result<(), String> {
+    postcard::serialize_with_flavor(value, Extend(out)).map_err(|e| e.to_string())
 }
 
-/// Keeps a sent reply's `body` for the thread's next [`ok`], unless it is large.
-pub(super) fn recycle(body: Vec<u8>) {
-    if body.capacity() <= 4096 {
-        SPARE.set(body);
+/// postcard's output written straight into a buffer: `to_extend` takes the buffer and
+/// gives it back, which moved it twice a call.
+struct Extend<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Extend<'_> {
+    type Output = ();
+
+    #[inline]
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.0.push(byte);
+        Ok(())
+    }
+
+    #[inline]
+    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
     }
 }
 
