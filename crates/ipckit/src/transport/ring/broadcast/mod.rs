@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use rustix::thread::futex;
 
+/// The atomics `records` uses; `tests/loom_broadcast.rs` gives it loom's instead.
+use super::sync;
 use super::{Mapping, Plain};
 use crate::sys::OWNER_DIED;
 #[allow(
