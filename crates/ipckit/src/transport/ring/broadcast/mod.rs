@@ -510,7 +510,11 @@ impl Broadcast {
     #[cold]
     fn wake_bits(&self, bits: u32) {
         if bits & records::FUTEX_SLEEPERS != 0 {
-            let _ = futex::wake(&self.header().bell, futex::Flags::empty(), u32::MAX);
+            let _ = futex::wake(
+                &self.header().bell,
+                futex::Flags::empty(),
+                super::wait::EVERY_SLEEPER,
+            );
         }
         if bits & records::BELL_SLEEPERS != 0 {
             for i in 0..self.geometry.listeners {
@@ -529,7 +533,7 @@ impl Broadcast {
     pub fn wake_everyone(&self) {
         let bell = &self.header().bell;
         bell.fetch_add(records::BELL_ROUND, Ordering::SeqCst);
-        let _ = futex::wake(bell, futex::Flags::empty(), u32::MAX);
+        let _ = futex::wake(bell, futex::Flags::empty(), super::wait::EVERY_SLEEPER);
     }
 
     /// In block mode, whether every live listener has read far enough that a record
