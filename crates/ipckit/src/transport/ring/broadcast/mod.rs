@@ -528,14 +528,6 @@ impl Broadcast {
         }
     }
 
-    /// Wakes every reader, asleep or about to sleep, whatever the bits say: a reader's
-    /// waker, which cannot tell whether its reader sleeps.
-    pub fn wake_everyone(&self) {
-        let bell = &self.header().bell;
-        bell.fetch_add(records::BELL_ROUND, Ordering::SeqCst);
-        let _ = futex::wake(bell, futex::Flags::empty(), super::wait::EVERY_SLEEPER);
-    }
-
     /// In block mode, whether every live listener has read far enough that a record
     /// ending at `end` overwrites nothing it has not read.
     pub fn room_for(&self, end: u64) -> bool {
