@@ -344,7 +344,14 @@ fn a_writer_killed_holding_the_lock_mid_write_stops_nobody() {
     writer.send(b"before").unwrap();
     let child = Child::start("writer-dying-mid-write", &s.url());
     child.kill();
-    writer.send(b"after").unwrap();
+    // In a thread of its own, so that a lock never taken over fails the test, not hangs it.
+    let (sent, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sent.send(writer.send(b"after"));
+    });
+    done.recv_timeout(PATIENCE)
+        .expect("a dead writer's lock was never taken over")
+        .unwrap();
     assert_eq!(message(&mut listener).payload(), b"before");
     let Event::Lost { count: 1 } = event(&mut listener) else {
         panic!("the dead writer's event was not counted lost")
