@@ -116,7 +116,7 @@ impl EventsConnection {
             }
             Ok(())
         });
-        ring.unlock();
+        ring.unlock(self.entry);
         drop(turn);
         written?;
         ring.wake();
