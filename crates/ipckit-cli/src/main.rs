@@ -98,7 +98,12 @@ fn run(cli: Cli) -> CliResult {
                 true,
                 |message| {
                     let payload = message.payload();
-                    print_message(&mut *out.borrow_mut(), output.format, payload, Some(message))
+                    print_message(
+                        &mut *out.borrow_mut(),
+                        output.format,
+                        payload,
+                        Some(message),
+                    )
                 },
                 |count| print_lost(&mut *out.borrow_mut(), output.format, count),
             )

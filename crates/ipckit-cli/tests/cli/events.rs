@@ -167,12 +167,18 @@ fn a_listener_that_fell_behind_prints_what_it_lost() {
         }
         heard.push(text);
     }
-    assert!(lost > 0, "a stopped listener lost nothing of {LINES} events in 4 KiB");
+    assert!(
+        lost > 0,
+        "a stopped listener lost nothing of {LINES} events in 4 KiB"
+    );
     assert_eq!(lost as usize + heard.len(), LINES, "heard {heard:?}");
     let expected: Vec<String> = (LINES - heard.len()..LINES)
         .map(|n| format!("event {n}"))
         .collect();
-    assert_eq!(heard, expected, "what follows a loss is the newest, in order");
+    assert_eq!(
+        heard, expected,
+        "what follows a loss is the newest, in order"
+    );
 }
 
 /// `ipckit transports` lists events with the capabilities the library gives it.
