@@ -35,6 +35,12 @@ pub const MIN_SHM_RING: usize = 64 * 1024;
 /// The largest `shm://` ring.
 pub const MAX_SHM_RING: usize = 1 << 30;
 
+/// The smallest `events://` ring (`?ring=`): a page.
+pub const MIN_EVENTS_RING: usize = 4 * 1024;
+/// The most listeners an `events://` segment holds at once (`?listeners=`): each level's
+/// count of listeners is a 10-bit field of one shared word.
+pub const MAX_EVENTS_LISTENERS: usize = 1023;
+
 /// A parsed endpoint URL.
 ///
 /// ```
@@ -162,6 +168,9 @@ pub enum Overflow {
     Drop,
     /// Disconnects that client: it learns it missed messages by losing its connection.
     Disconnect,
+    /// Makes writers wait for the slowest live listener (`events` alone): back-pressure
+    /// instead of loss.
+    Block,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -182,10 +191,12 @@ enum Param {
     ConnectTimeout,
     Outbox,
     Overflow,
+    Level,
+    Listeners,
 }
 
 impl Param {
-    const ALL: [Param; 16] = [
+    const ALL: [Param; 18] = [
         Param::Framing,
         Param::Mode,
         Param::MaxMessage,
@@ -202,6 +213,8 @@ impl Param {
         Param::ConnectTimeout,
         Param::Outbox,
         Param::Overflow,
+        Param::Level,
+        Param::Listeners,
     ];
 
     fn key(self) -> &'static str {
@@ -222,6 +235,8 @@ impl Param {
             Param::ConnectTimeout => "connect_timeout",
             Param::Outbox => "outbox",
             Param::Overflow => "overflow",
+            Param::Level => "level",
+            Param::Listeners => "listeners",
         }
     }
 
@@ -237,14 +252,16 @@ impl Param {
             Param::Priority => scheme == "mq",
             Param::SendTimeoutMs => matches!(
                 scheme,
-                "uds" | "tcp" | "udp" | "unixgram" | "mq" | "fifo" | "shm"
+                "uds" | "tcp" | "udp" | "unixgram" | "mq" | "fifo" | "shm" | "events"
             ),
             Param::Outbox => matches!(scheme, "uds" | "tcp"),
             Param::Overflow => matches!(
                 scheme,
-                "uds" | "tcp" | "udp" | "unixgram" | "mq" | "fifo" | "shm"
+                "uds" | "tcp" | "udp" | "unixgram" | "mq" | "fifo" | "shm" | "events"
             ),
-            Param::Clients | Param::Ring => scheme == "shm",
+            Param::Clients => scheme == "shm",
+            Param::Ring => matches!(scheme, "shm" | "events"),
+            Param::Level | Param::Listeners => scheme == "events",
             // Every scheme parses them; a server whose transport cannot learn its peers'
             // credentials refuses them when it starts, saying why.
             Param::AllowUid | Param::AllowGid => true,
@@ -272,6 +289,9 @@ impl Param {
             Param::MaxConnections => Some("4096"),
             Param::Outbox => Some("1000"),
             Param::Overflow => Some("drop"),
+            // A writer's default (informational) is not a listener's (verbose).
+            Param::Level => None,
+            Param::Listeners => Some("64"),
         }
     }
 
@@ -295,8 +315,12 @@ impl Param {
                 "how many pushed messages a server queues for one client beyond what the kernel buffers"
             }
             Param::Overflow => {
-                "what a broadcast does to a client whose outbox is full: drop (skip it, counting the drop) or disconnect"
+                "what a broadcast does to a client whose outbox is full: drop (skip it, counting the drop) or disconnect; for events, drop (overwrite the oldest events, telling slow listeners how many they lost) or block (writers wait for the slowest listener)"
             }
+            Param::Level => {
+                "events: the level a listener enables, or that a writer's send uses: always, critical, error, warning, info or verbose"
+            }
+            Param::Listeners => "events: how many listeners the segment holds at once",
             Param::Clients => "how many clients a server takes at once",
             Param::Ring => "bytes of each ring, a power of two",
             Param::AllowUid => {
@@ -314,8 +338,8 @@ impl Param {
         }
     }
 
-    /// Checks that `value` is the canonical spelling of a valid value.
-    fn check(self, value: &str) -> std::result::Result<(), String> {
+    /// Checks that `value` is the canonical spelling of a valid value for `scheme`.
+    fn check(self, scheme: &str, value: &str) -> std::result::Result<(), String> {
         match self {
             Param::Framing => match value {
                 "length" | "line" => Ok(()),
@@ -378,10 +402,36 @@ impl Param {
                     u32::MAX
                 )),
             },
+            Param::Overflow if scheme == "events" => match value {
+                "drop" | "overwrite" | "block" => Ok(()),
+                "disconnect" => Err(
+                    "overflow=disconnect does not apply to events, which has no connections: use drop (overwrite the oldest, the default) or block".into(),
+                ),
+                _ => Err(format!(
+                    "overflow must be 'drop' (also spelled 'overwrite') or 'block' for events, not '{value}'"
+                )),
+            },
             Param::Overflow => match value {
                 "drop" | "disconnect" => Ok(()),
+                "block" => Err(
+                    "overflow=block applies to events only: a server never waits for one slow client; use drop or disconnect".into(),
+                ),
                 _ => Err(format!(
                     "overflow must be 'drop' or 'disconnect', not '{value}'"
+                )),
+            },
+            Param::Level => value
+                .parse::<crate::Level>()
+                .map(drop)
+                .map_err(|_| {
+                    format!(
+                        "level must be always, critical, error, warning, info or verbose, not '{value}'"
+                    )
+                }),
+            Param::Listeners => match canonical_decimal(value) {
+                Some(n) if (1..=MAX_EVENTS_LISTENERS as u64).contains(&n) => Ok(()),
+                _ => Err(format!(
+                    "listeners must be a number from 1 to {MAX_EVENTS_LISTENERS}, not '{value}'"
                 )),
             },
             Param::MaxConnections => match canonical_decimal(value) {
@@ -390,17 +440,23 @@ impl Param {
                     "max_connections must be a number from 1 to {MAX_CONNECTIONS}, not '{value}'"
                 )),
             },
-            Param::Ring => match canonical_decimal(value) {
-                Some(n)
-                    if n.is_power_of_two()
-                        && (MIN_SHM_RING as u64..=MAX_SHM_RING as u64).contains(&n) =>
-                {
-                    Ok(())
+            Param::Ring => {
+                let min = if scheme == "events" {
+                    MIN_EVENTS_RING
+                } else {
+                    MIN_SHM_RING
+                };
+                match canonical_decimal(value) {
+                    Some(n)
+                        if n.is_power_of_two() && (min as u64..=MAX_SHM_RING as u64).contains(&n) =>
+                    {
+                        Ok(())
+                    }
+                    _ => Err(format!(
+                        "ring must be a power of two from {min} to {MAX_SHM_RING} bytes, not '{value}'"
+                    )),
                 }
-                _ => Err(format!(
-                    "ring must be a power of two from {MIN_SHM_RING} to {MAX_SHM_RING} bytes, not '{value}'"
-                )),
-            },
+            }
             Param::AllowUid | Param::AllowGid => {
                 let (key, what) = match self {
                     Param::AllowUid => ("allow_uid", "user"),
@@ -669,8 +725,46 @@ impl Endpoint {
     pub fn overflow(&self) -> Overflow {
         match self.param(Param::Overflow) {
             Some("disconnect") => Overflow::Disconnect,
+            Some("block") => Overflow::Block,
             _ => Overflow::Drop,
         }
+    }
+
+    /// The level an `events` listener enables, or that a writer's `send` uses
+    /// (`?level=`); `None` unless set, when a listener takes everything and a writer
+    /// writes [`Level::DEFAULT_EVENT`](crate::Level::DEFAULT_EVENT).
+    ///
+    /// ```
+    /// let ep: ipckit::Endpoint = "events://app?level=warning".parse()?;
+    /// assert_eq!(ep.level(), Some(ipckit::Level::Warning));
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
+    pub fn level(&self) -> Option<crate::Level> {
+        self.param(Param::Level)
+            .map(|l| l.parse().expect("validated when parsed"))
+    }
+
+    /// How many listeners an `events` segment holds at once (`?listeners=`); 64 unless
+    /// set. The first party to open the segment chooses it.
+    ///
+    /// ```
+    /// let ep: ipckit::Endpoint = "events://app?listeners=4".parse()?;
+    /// assert_eq!(ep.listeners(), 4);
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
+    pub fn listeners(&self) -> usize {
+        self.param(Param::Listeners)
+            .map(|n| n.parse().expect("validated when parsed"))
+            .unwrap_or(64)
+    }
+
+    /// Whether the option `key` was given: a shape that a live segment must then match.
+    #[allow(
+        dead_code,
+        reason = "the events transport uses it in the commits that follow"
+    )]
+    pub(crate) fn has_option(&self, key: &str) -> bool {
+        self.params.iter().any(|(p, _)| p.key() == key)
     }
 
     /// How many clients a shared-memory server takes at once (`?clients=`); 1024 unless
@@ -838,7 +932,7 @@ impl Endpoint {
             reason,
         };
         let param = lookup_param(self.scheme(), key).map_err(invalid)?;
-        param.check(value).map_err(invalid)?;
+        param.check(self.scheme(), value).map_err(invalid)?;
         match self.params.iter_mut().find(|(p, _)| *p == param) {
             Some((_, v)) => *v = value.to_owned(),
             None => self.params.push((param, value.to_owned())),
@@ -1202,7 +1296,7 @@ fn parse_query(scheme: &str, query: &str) -> Parsed<Vec<(Param, String)>> {
             .split_once('=')
             .ok_or_else(|| format!("option '{pair}' needs a value: write KEY=VALUE"))?;
         let param = lookup_param(scheme, key)?;
-        param.check(value)?;
+        param.check(scheme, value)?;
         if params.iter().any(|(p, _)| *p == param) {
             return Err(format!("option '{key}' is given twice"));
         }

@@ -398,7 +398,8 @@ impl Roster {
             match client.push(payload, Duration::ZERO) {
                 Ok(()) => delivery.sent += 1,
                 Err(Error::Full { .. }) => match self.overflow {
-                    Overflow::Drop => {
+                    // Block is refused for servers when the endpoint is parsed.
+                    Overflow::Drop | Overflow::Block => {
                         client.shared.dropped.fetch_add(1, Ordering::Relaxed);
                         delivery.dropped += 1;
                     }

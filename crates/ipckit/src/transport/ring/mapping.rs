@@ -72,6 +72,11 @@ impl Mapping {
         Ok(map)
     }
 
+    /// Bytes mapped.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
     /// Whether another process shrank the file under the mapping: what lay past its new
     /// end now reads as zeroes, private to this process. A transport that sees it closes
     /// what lives in the mapping with an error.
@@ -122,6 +127,21 @@ impl Mapping {
         // SAFETY: in bounds and aligned (checked); nobody else reaches the memory (per the
         // contract).
         unsafe { self.ptr_to::<T>(offset).write(value) }
+    }
+
+    /// `count` values of `T` from `offset`: a ring's data area seen as words. Panics
+    /// unless they lie inside the mapping and are aligned.
+    #[inline]
+    pub fn slice<T: Plain>(&self, offset: usize, count: usize) -> &[T] {
+        let bytes = count
+            .checked_mul(size_of::<T>())
+            .expect("a slice that fits memory");
+        assert!(offset <= self.len && bytes <= self.len - offset);
+        let first = self.ptr_to::<T>(offset);
+        // SAFETY: `count` values from `first` lie in the mapping and are aligned
+        // (checked); any bits are valid `T`s (`Plain`); the borrow of `self` keeps them
+        // mapped.
+        unsafe { std::slice::from_raw_parts(first.as_ptr(), count) }
     }
 
     /// The `T` at `offset`, holding the mapping. Panics as [`at`](Self::at) does.

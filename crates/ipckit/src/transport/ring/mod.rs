@@ -5,9 +5,15 @@
 //! lives ([`liveness`]).
 
 pub(crate) mod bell;
+#[allow(
+    dead_code,
+    reason = "the events transport uses it in the commits that follow"
+)]
+pub(crate) mod broadcast;
 mod fault;
 pub(crate) mod liveness;
 mod mapping;
+pub(crate) mod segment_file;
 pub(crate) mod spsc;
 pub(crate) mod wait;
 

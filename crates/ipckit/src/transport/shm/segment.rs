@@ -9,7 +9,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -18,6 +18,7 @@ use rustix::io::Errno;
 use rustix::shm::OFlags;
 
 use crate::error::{Error, Result};
+use crate::transport::ring::segment_file::{self, lock_if_abandoned, still_named};
 use crate::transport::ring::spsc::Control;
 use crate::transport::ring::{Mapping, Plain};
 
@@ -149,9 +150,9 @@ impl Geometry {
 
 use crate::endpoint::{Endpoint, MAX_SHM_CLIENTS as MAX_SLOTS, MAX_SHM_RING as MAX_RING};
 
-/// The file behind the POSIX name `/ipckit.NAME` (glibc's shm_open opens it there too).
+/// The file behind the POSIX name `/ipckit.NAME`.
 pub fn path(name: &str) -> PathBuf {
-    PathBuf::from(format!("/dev/shm/ipckit.{name}"))
+    segment_file::path(&segment_file::posix_name(None, name))
 }
 
 /// The server's segment, locked and named.
@@ -181,7 +182,7 @@ pub fn create(
         "ipckit.{name}.{pid}.{}.new",
         NEXT.fetch_add(1, Ordering::Relaxed)
     );
-    let temp_path = PathBuf::from(format!("/dev/shm/{temp_name}"));
+    let temp_path = segment_file::path(&temp_name);
     let io = |op, e: std::io::Error| Error::listen_io(endpoint, op, e);
     let fd = rustix::shm::open(
         temp_name.as_str(),
@@ -286,29 +287,10 @@ fn put_in_place(endpoint: &Endpoint, temp: &PathBuf, target: &PathBuf) -> Result
     }
 }
 
-/// Whether `path` still names `file`.
-fn still_named(path: &Path, file: &std::fs::File) -> bool {
-    let inode = |m: std::io::Result<std::fs::Metadata>| m.map(|m| m.ino()).ok();
-    inode(std::fs::metadata(path)).is_some_and(|ino| inode(file.metadata()) == Some(ino))
-}
-
 fn is_ipckit_segment(file: &std::fs::File) -> bool {
     use std::io::Read;
     let mut magic = [0u8; 8];
     (&*file).read_exact(&mut magic).is_ok() && magic == MAGIC
-}
-
-/// Takes the lock of a segment whose server is dead; false while a server holds it.
-/// Briefly retried: a client checking liveness holds a shared lock for a moment.
-fn lock_if_abandoned(file: &std::fs::File) -> bool {
-    for attempt in 0..20 {
-        match rustix::fs::flock(file, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => return true,
-            Err(_) if attempt < 19 => std::thread::sleep(std::time::Duration::from_millis(1)),
-            Err(_) => {}
-        }
-    }
-    false
 }
 
 /// Whether a server holds the segment's lock: false once it died, however.
@@ -372,7 +354,7 @@ pub struct Found {
 
 /// Opens the segment of a live server, checking everything a client relies on.
 pub fn find(url: &str, name: &str) -> Result<Found> {
-    let object = format!("ipckit.{name}");
+    let object = segment_file::posix_name(None, name);
     let fd = rustix::shm::open(object.as_str(), OFlags::RDWR, Mode::empty())
         .map_err(|e| Error::io(url, "opening the shared-memory segment", e.into()))?;
     let not_ours = |why: String| Error::Protocol {

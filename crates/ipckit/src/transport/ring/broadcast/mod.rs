@@ -1,0 +1,567 @@
+//! A broadcast ring in shared memory: any number of writers taking turns under a write
+//! lock, any number of readers each at its own position, none of which a writer waits
+//! for (unless the segment says block). It knows nothing of endpoints or messages; the
+//! `events` transport puts it in a segment file.
+//!
+//! The memory: a header page (configuration, then one cache line each for the levels
+//! word, the write lock, the ring's control words and the bell), a table of listener
+//! entries (a cache line each), a table of writer entries, then the ring. Each party
+//! holds a [`DeathNotice`](crate::sys::DeathNotice) word in its entry, which the kernel
+//! marks when it dies: liveness in one load, for reaping a dead listener and for stealing
+//! the lock of a dead writer.
+
+pub(crate) mod records;
+#[cfg(all(test, not(ipckit_loom)))]
+mod tests;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rustix::thread::futex;
+
+use super::{Mapping, Plain};
+use crate::sys::OWNER_DIED;
+#[allow(
+    unused_imports,
+    reason = "the events transport uses them in the commits that follow"
+)]
+pub(crate) use records::{Control, Next, Reader, Ring, Stamp};
+
+/// The first bytes of a segment.
+pub const MAGIC: [u8; 8] = *b"ipckevt\0";
+/// The layout version; a party refuses any other.
+pub const VERSION: u32 = 1;
+/// Where the tables and the ring are placed.
+pub const PAGE: usize = 4096;
+/// Writer entries: how many writers may hold the segment open at once.
+pub const WRITERS: usize = 1024;
+/// [`Header::state`] once the segment is set up.
+pub const READY: u32 = 1;
+/// [`Header::overflow`]: writers overwrite what slow readers have not read.
+pub const OVERWRITE: u32 = 0;
+/// [`Header::overflow`]: writers wait for the slowest live reader.
+pub const BLOCK: u32 = 1;
+/// An entry's owner word while a party claims it, before its death notice holds it: not
+/// a thread id (those stay below 2^22).
+pub const CLAIMING: u32 = 0x2000_0000;
+/// An entry's owner word while someone reaps it.
+const REAPING: u32 = 0x1000_0000;
+/// The lock word's bit saying someone waits for it.
+const LOCK_WAITERS: u32 = 1 << 31;
+
+/// The header, at offset 0.
+#[repr(C)]
+pub struct Header {
+    pub magic: [u8; 8],
+    pub version: u32,
+    /// Listener entries.
+    pub listeners: u32,
+    /// Bytes of the ring, a power of two.
+    pub capacity: u64,
+    /// Writer entries.
+    pub writers: u32,
+    /// [`OVERWRITE`] or [`BLOCK`].
+    pub overflow: u32,
+    /// 0 while being set up, then [`READY`].
+    pub state: AtomicU32,
+    _line0: [u8; 28],
+    /// Six 10-bit counts: the live listeners at each level.
+    pub levels: AtomicU64,
+    _line1: [u8; 56],
+    /// The writer entry index + 1 of the lock's holder (0: free), and [`LOCK_WAITERS`].
+    pub lock: AtomicU32,
+    _line2: [u8; 60],
+    pub control: Control,
+    /// Readers' sleep bits and the wake-up round ([`records::must_wake`]): a futex word.
+    pub bell: AtomicU32,
+    _line4: [u8; 60],
+}
+
+/// A listener's entry: one cache line, written by its listener, read by writers.
+#[repr(C)]
+pub struct ListenerEntry {
+    /// 0 when free, [`CLAIMING`], or the death notice's word (a thread id, or
+    /// [`OWNER_DIED`] once the listener died).
+    pub owner: AtomicU32,
+    /// Its level + 1, once set (0: none yet).
+    pub level: AtomicU32,
+    /// How far it has read, for writers that block.
+    pub position: AtomicU64,
+    /// 1 once its level is counted in [`Header::levels`].
+    pub counted: AtomicU32,
+    /// [`BELL`](super::wait::BELL) while it waits for its bell.
+    pub sleep: AtomicU32,
+    /// Its bell, when it waits through an async runtime.
+    pub bell: AtomicU64,
+    /// Its process id, for the claim in progress and for logs.
+    pub pid: AtomicU32,
+    _line: [u8; 28],
+}
+
+/// A writer's entry.
+#[repr(C)]
+pub struct WriterEntry {
+    /// As [`ListenerEntry::owner`].
+    pub owner: AtomicU32,
+    pub pid: AtomicU32,
+}
+
+// SAFETY: integers, atomics, padding and the ring's control words, `repr(C)`.
+unsafe impl Plain for Header {}
+// SAFETY: as above.
+unsafe impl Plain for ListenerEntry {}
+// SAFETY: as above.
+unsafe impl Plain for WriterEntry {}
+// SAFETY: atomics and padding, `repr(C)`.
+unsafe impl Plain for Control {}
+
+const _: () = assert!(size_of::<Header>() == 320 && size_of::<Control>() == 64);
+const _: () = assert!(size_of::<ListenerEntry>() == 64 && size_of::<WriterEntry>() == 8);
+
+/// Where everything is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    pub listeners: usize,
+    /// Bytes of the ring: a power of two.
+    pub capacity: usize,
+}
+
+impl Geometry {
+    pub fn writers_at(&self) -> usize {
+        PAGE + self.listeners * size_of::<ListenerEntry>()
+    }
+
+    pub fn ring_at(&self) -> usize {
+        (self.writers_at() + WRITERS * size_of::<WriterEntry>()).next_multiple_of(PAGE)
+    }
+
+    pub fn total(&self) -> usize {
+        self.ring_at() + self.capacity
+    }
+
+    /// The largest event.
+    pub fn max_event(&self) -> usize {
+        records::max_event(self.capacity as u64) as usize
+    }
+
+    pub fn valid(&self) -> bool {
+        use crate::endpoint::{MAX_EVENTS_LISTENERS, MAX_SHM_RING, MIN_EVENTS_RING};
+        (1..=MAX_EVENTS_LISTENERS).contains(&self.listeners)
+            && self.capacity.is_power_of_two()
+            && (MIN_EVENTS_RING..=MAX_SHM_RING).contains(&self.capacity)
+    }
+}
+
+/// One level's count in [`Header::levels`].
+#[inline]
+pub const fn level_one(level: u8) -> u64 {
+    1 << (10 * level as u64)
+}
+
+/// The counts of listeners that take an event at `level`: theirs and every less
+/// important level's.
+#[inline]
+pub const fn enabled_mask(level: u8) -> u64 {
+    let mut mask = 0;
+    let mut l = level as u64;
+    while l < 6 {
+        mask |= 0x3ff << (10 * l);
+        l += 1;
+    }
+    mask
+}
+
+/// Whether an entry's owner word says its party died.
+#[inline]
+fn dead(owner: u32) -> bool {
+    owner & OWNER_DIED != 0
+}
+
+/// A broadcast ring in a mapping, with the geometry it was checked against (nothing
+/// read from shared memory later is trusted for bounds).
+pub struct Broadcast {
+    map: Arc<Mapping>,
+    geometry: Geometry,
+}
+
+/// No entry was free.
+#[derive(Debug)]
+pub struct TableFull;
+
+impl Broadcast {
+    /// Lays out a new segment in `map` (zeroed, and nobody else's yet): everything but
+    /// the state word, which [`ready`](Self::ready) sets last.
+    ///
+    /// # Safety
+    /// Nobody else reaches the memory yet (see [`Mapping::write`]).
+    pub unsafe fn initialise(map: &mut Mapping, geometry: Geometry, overflow: u32) {
+        // SAFETY: per the contract.
+        unsafe {
+            map.write(
+                0,
+                Header {
+                    magic: MAGIC,
+                    version: VERSION,
+                    listeners: geometry.listeners as u32,
+                    capacity: geometry.capacity as u64,
+                    writers: WRITERS as u32,
+                    overflow,
+                    state: AtomicU32::new(0),
+                    _line0: [0; 28],
+                    levels: AtomicU64::new(0),
+                    _line1: [0; 56],
+                    lock: AtomicU32::new(0),
+                    _line2: [0; 60],
+                    control: Control::new(),
+                    bell: AtomicU32::new(0),
+                    _line4: [0; 60],
+                },
+            )
+        };
+    }
+
+    /// A view of the ring in `map`, laid out as `geometry` says (already checked against
+    /// the header and the file's size).
+    pub fn new(map: Arc<Mapping>, geometry: Geometry) -> Broadcast {
+        assert!(geometry.valid() && geometry.total() <= map.len());
+        Broadcast { map, geometry }
+    }
+
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    pub fn mapping(&self) -> &Arc<Mapping> {
+        &self.map
+    }
+
+    #[inline]
+    pub fn header(&self) -> &Header {
+        self.map.at(0)
+    }
+
+    pub fn listener(&self, i: usize) -> &ListenerEntry {
+        assert!(i < self.geometry.listeners);
+        self.map.at(PAGE + i * size_of::<ListenerEntry>())
+    }
+
+    pub fn writer(&self, i: usize) -> &WriterEntry {
+        assert!(i < WRITERS);
+        self.map
+            .at(self.geometry.writers_at() + i * size_of::<WriterEntry>())
+    }
+
+    /// The owner word of listener `i`, to hold a death notice in.
+    pub fn listener_owner(&self, i: usize) -> super::Shared<AtomicU32> {
+        assert!(i < self.geometry.listeners);
+        self.map.get(PAGE + i * size_of::<ListenerEntry>())
+    }
+
+    /// The owner word of writer `i`.
+    pub fn writer_owner(&self, i: usize) -> super::Shared<AtomicU32> {
+        assert!(i < WRITERS);
+        self.map
+            .get(self.geometry.writers_at() + i * size_of::<WriterEntry>())
+    }
+
+    #[inline]
+    pub fn ring(&self) -> Ring<'_> {
+        Ring {
+            control: &self.header().control,
+            data: self
+                .map
+                .slice(self.geometry.ring_at(), self.geometry.capacity / 8),
+            capacity: self.geometry.capacity as u64,
+        }
+    }
+
+    /// Whether anyone listens at `level` or a less important one: one load.
+    #[inline(always)]
+    pub fn enabled(&self, level: u8) -> bool {
+        self.header().levels.load(Ordering::Relaxed) & enabled_mask(level) != 0
+    }
+
+    /// Claims a free listener entry for this process.
+    pub fn claim_listener(&self) -> Result<usize, TableFull> {
+        let pid = std::process::id();
+        for i in 0..self.geometry.listeners {
+            let entry = self.listener(i);
+            if entry
+                .owner
+                .compare_exchange(0, CLAIMING, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                entry.pid.store(pid, Ordering::Relaxed);
+                entry.counted.store(0, Ordering::Relaxed);
+                entry.level.store(0, Ordering::Relaxed);
+                entry.sleep.store(0, Ordering::Relaxed);
+                entry.bell.store(0, Ordering::Relaxed);
+                return Ok(i);
+            }
+        }
+        Err(TableFull)
+    }
+
+    /// Claims a free writer entry for this process.
+    pub fn claim_writer(&self) -> Result<usize, TableFull> {
+        let pid = std::process::id();
+        for i in 0..WRITERS {
+            let entry = self.writer(i);
+            if entry
+                .owner
+                .compare_exchange(0, CLAIMING, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                entry.pid.store(pid, Ordering::Relaxed);
+                return Ok(i);
+            }
+        }
+        Err(TableFull)
+    }
+
+    /// Gives back an entry whose death notice could not be held.
+    pub fn release_claim(owner: &AtomicU32) {
+        let _ = owner.compare_exchange(CLAIMING, 0, Ordering::AcqRel, Ordering::Relaxed);
+    }
+
+    /// Makes listener `i`, whose death notice holds its entry, a reader at `level` from
+    /// now on; the position it starts at. The cursor is read before the listener is
+    /// counted, so that every event whose send begins after this returns is seen.
+    pub fn join(&self, i: usize, level: u8) -> u64 {
+        let entry = self.listener(i);
+        let cursor = self.header().control.tail.load(Ordering::SeqCst);
+        entry.position.store(cursor, Ordering::Relaxed);
+        entry.level.store(u32::from(level) + 1, Ordering::Release);
+        self.header()
+            .levels
+            .fetch_add(level_one(level), Ordering::SeqCst);
+        entry.counted.store(1, Ordering::Release);
+        cursor
+    }
+
+    /// Stops counting listener `i` (leaving, or reaped).
+    pub fn uncount(&self, i: usize) {
+        let entry = self.listener(i);
+        let level = entry.level.load(Ordering::Acquire);
+        if entry.counted.swap(0, Ordering::AcqRel) == 1 && (1..=6).contains(&level) {
+            self.header()
+                .levels
+                .fetch_sub(level_one(level as u8 - 1), Ordering::SeqCst);
+        }
+        entry.level.store(0, Ordering::Release);
+    }
+
+    /// Reclaims the entries of listeners that died; how many.
+    pub fn reap_listeners(&self) -> usize {
+        let mut reaped = 0;
+        for i in 0..self.geometry.listeners {
+            let entry = self.listener(i);
+            let owner = entry.owner.load(Ordering::Acquire);
+            let gone = dead(owner) || (owner == CLAIMING && claimer_gone(&entry.pid));
+            if gone
+                && entry
+                    .owner
+                    .compare_exchange(owner, REAPING, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            {
+                self.uncount(i);
+                entry.sleep.store(0, Ordering::Relaxed);
+                let pid = entry.pid.swap(0, Ordering::Relaxed);
+                entry.owner.store(0, Ordering::Release);
+                log::debug!("events: reaped the entry of listener pid {pid}, which died");
+                reaped += 1;
+            }
+        }
+        reaped
+    }
+
+    /// Reclaims the entries of writers that died, except the lock's holder (whose entry
+    /// tells contenders that it died).
+    pub fn reap_writers(&self) {
+        for i in 0..WRITERS {
+            let entry = self.writer(i);
+            let owner = entry.owner.load(Ordering::Acquire);
+            let gone = dead(owner) || (owner == CLAIMING && claimer_gone(&entry.pid));
+            let holder = self.header().lock.load(Ordering::Acquire) & !LOCK_WAITERS;
+            if gone
+                && holder as usize != i + 1
+                && entry
+                    .owner
+                    .compare_exchange(owner, REAPING, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            {
+                entry.pid.store(0, Ordering::Relaxed);
+                entry.owner.store(0, Ordering::Release);
+            }
+        }
+    }
+
+    /// Takes the write lock as writer `me` (its entry index). A holder that died is
+    /// robbed and its half-written record made padding; a lock word that names no writer
+    /// (a scribble) is taken as a dead holder's.
+    pub fn lock(&self, me: usize) {
+        let lock = &self.header().lock;
+        let me = me as u32 + 1;
+        if lock
+            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            return;
+        }
+        let mut spins = 0u32;
+        loop {
+            let word = lock.load(Ordering::Acquire);
+            let holder = word & !LOCK_WAITERS;
+            if holder == 0 {
+                // Others may wait behind us: keep the bit, so that our unlock wakes them.
+                if lock
+                    .compare_exchange(
+                        word,
+                        me | LOCK_WAITERS,
+                        Ordering::Acquire,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+                {
+                    return;
+                }
+                continue;
+            }
+            if holder == me || holder as usize > WRITERS || self.writer_dead(holder as usize - 1) {
+                if lock
+                    .compare_exchange(
+                        word,
+                        me | (word & LOCK_WAITERS),
+                        Ordering::Acquire,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+                {
+                    log::warn!("events: a writer died holding the write lock; taking it over");
+                    self.ring().recover();
+                    return;
+                }
+                continue;
+            }
+            if spins < 100 {
+                spins += 1;
+                std::hint::spin_loop();
+                continue;
+            }
+            if word & LOCK_WAITERS == 0
+                && lock
+                    .compare_exchange(
+                        word,
+                        word | LOCK_WAITERS,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    )
+                    .is_err()
+            {
+                continue;
+            }
+            // Timed, to look at the holder's death word again: a holder that dies never
+            // wakes us.
+            let timeout = rustix::time::Timespec {
+                tv_sec: 0,
+                tv_nsec: 10_000_000,
+            };
+            let _ = futex::wait(
+                lock,
+                futex::Flags::empty(),
+                word | LOCK_WAITERS,
+                Some(&timeout),
+            );
+        }
+    }
+
+    /// Releases the write lock.
+    pub fn unlock(&self) {
+        let lock = &self.header().lock;
+        if lock.swap(0, Ordering::Release) & LOCK_WAITERS != 0 {
+            let _ = futex::wake(lock, futex::Flags::empty(), 1);
+        }
+    }
+
+    fn writer_dead(&self, i: usize) -> bool {
+        let owner = self.writer(i).owner.load(Ordering::Acquire);
+        owner == 0 || dead(owner)
+    }
+
+    /// After publishing: wakes the readers that sleep, if any (no syscall otherwise).
+    #[inline]
+    pub fn wake(&self) {
+        let bits = records::must_wake(&self.header().bell);
+        if bits != 0 {
+            self.wake_bits(bits);
+        }
+    }
+
+    #[cold]
+    fn wake_bits(&self, bits: u32) {
+        if bits & records::FUTEX_SLEEPERS != 0 {
+            let _ = futex::wake(&self.header().bell, futex::Flags::empty(), u32::MAX);
+        }
+        if bits & records::BELL_SLEEPERS != 0 {
+            for i in 0..self.geometry.listeners {
+                let entry = self.listener(i);
+                if entry.sleep.load(Ordering::SeqCst) == super::wait::BELL
+                    && entry.sleep.swap(0, Ordering::AcqRel) == super::wait::BELL
+                {
+                    super::bell::ring(entry.bell.load(Ordering::Acquire));
+                }
+            }
+        }
+    }
+
+    /// Wakes every reader, asleep or about to sleep, whatever the bits say: a reader's
+    /// waker, which cannot tell whether its reader sleeps.
+    pub fn wake_everyone(&self) {
+        let bell = &self.header().bell;
+        bell.fetch_add(records::BELL_ROUND, Ordering::SeqCst);
+        let _ = futex::wake(bell, futex::Flags::empty(), u32::MAX);
+    }
+
+    /// In block mode, whether every live listener has read far enough that a record
+    /// ending at `end` overwrites nothing it has not read.
+    pub fn room_for(&self, end: u64) -> bool {
+        let floor = end.saturating_sub(self.geometry.capacity as u64);
+        (0..self.geometry.listeners).all(|i| {
+            let entry = self.listener(i);
+            let owner = entry.owner.load(Ordering::Acquire);
+            owner == 0
+                || owner == CLAIMING
+                || owner == REAPING
+                || dead(owner)
+                || entry.level.load(Ordering::Acquire) == 0
+                || entry.position.load(Ordering::Acquire) >= floor
+        })
+    }
+
+    /// Waits, in block mode, until [`room_for`](Self::room_for) `end`, reaping dead
+    /// listeners as it goes; false if `deadline` passed first.
+    pub fn wait_for_room(&self, end: u64, deadline: Instant) -> bool {
+        let mut pause = Duration::from_micros(20);
+        loop {
+            if self.room_for(end) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            self.reap_listeners();
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(2));
+        }
+    }
+}
+
+/// Whether the process that began claiming an entry is gone (it died before its death
+/// notice held the entry).
+fn claimer_gone(pid: &AtomicU32) -> bool {
+    let pid = pid.load(Ordering::Acquire);
+    pid != 0
+        && rustix::process::Pid::from_raw(pid as i32)
+            .is_some_and(|p| rustix::process::test_kill_process(p) == Err(rustix::io::Errno::SRCH))
+}

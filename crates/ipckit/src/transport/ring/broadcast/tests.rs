@@ -1,0 +1,235 @@
+//! The broadcast ring over anonymous memory: records, wrapping, lapping, levels, block
+//! mode and recovery, one thread playing every party.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::records::{HEADER, record_len};
+use super::*;
+
+fn ring(capacity: usize, overflow: u32) -> Broadcast {
+    let geometry = Geometry {
+        listeners: 4,
+        capacity,
+    };
+    let mut map = Mapping::anonymous(geometry.total()).unwrap();
+    // SAFETY: fresh anonymous memory, reached by nothing else.
+    unsafe { Broadcast::initialise(&mut map, geometry, overflow) };
+    Broadcast::new(Arc::new(map), geometry)
+}
+
+fn send(b: &Broadcast, level: u8, payload: &[u8]) -> u64 {
+    b.lock(0);
+    let seq = b
+        .ring()
+        .append::<()>(level, 7, payload, |_| Ok(()))
+        .unwrap();
+    b.unlock();
+    seq
+}
+
+fn take(b: &Broadcast, r: &mut Reader) -> Option<(Vec<u8>, Stamp, u64)> {
+    let mut out = Vec::new();
+    match r.next(&b.ring(), &mut out) {
+        Next::Event { stamp, lost } => Some((out, stamp, lost)),
+        Next::Empty => None,
+    }
+}
+
+fn payload(i: u64, len: usize) -> Vec<u8> {
+    (0..len).map(|j| (i as usize * 31 + j) as u8).collect()
+}
+
+#[test]
+fn events_of_every_size_wrap_in_order() {
+    let b = ring(4096, OVERWRITE);
+    let mut r = Reader::new(0, 5);
+    // Sizes that are not multiples of 8 and records that meet the ring's end at every
+    // offset, including less than a header before it.
+    for i in 0..2000u64 {
+        let p = payload(i, (i as usize * 7) % 200);
+        assert_eq!(send(&b, 4, &p), i);
+        let (got, stamp, lost) = take(&b, &mut r).expect("an event");
+        assert_eq!(
+            (got, stamp.seq, stamp.level, stamp.pid, lost),
+            (p, i, 4, 7, 0)
+        );
+        assert!(take(&b, &mut r).is_none());
+    }
+}
+
+#[test]
+fn a_lapped_reader_learns_exactly_how_many_it_lost_and_gets_the_newest() {
+    let b = ring(4096, OVERWRITE);
+    let mut r = Reader::new(0, 5);
+    // 64-byte records, so that the reader's old position is a record's start again in
+    // every lap, where a reader that missed the lap would read on as if nothing happened.
+    send(&b, 4, &payload(0, 40));
+    assert_eq!(take(&b, &mut r).unwrap().0, payload(0, 40));
+    for i in 1..=150 {
+        send(&b, 4, &payload(i, 40));
+    }
+    let (got, stamp, lost) = take(&b, &mut r).unwrap();
+    assert_eq!((got, stamp.seq, lost), (payload(150, 40), 150, 149));
+    assert!(take(&b, &mut r).is_none());
+    send(&b, 4, b"next");
+    assert_eq!(take(&b, &mut r).unwrap().2, 0);
+}
+
+#[test]
+fn a_reader_one_record_short_of_a_lap_loses_nothing() {
+    let b = ring(4096, OVERWRITE);
+    let mut r = Reader::new(0, 5);
+    let size = record_len(64);
+    let fit = 4096 / size;
+    for i in 0..fit {
+        send(&b, 4, &payload(i, 64));
+    }
+    for i in 0..fit {
+        let (got, stamp, lost) = take(&b, &mut r).unwrap();
+        assert_eq!((got, stamp.seq, lost), (payload(i, 64), i, 0));
+    }
+}
+
+#[test]
+fn levels_filter_and_count_only_what_was_enabled() {
+    let b = ring(4096, OVERWRITE);
+    let mut warnings = Reader::new(0, Level::Warning as u8);
+    for (i, level) in [0u8, 5, 3, 4, 2, 1].into_iter().enumerate() {
+        send(&b, level, &[i as u8]);
+    }
+    let got: Vec<_> = std::iter::from_fn(|| take(&b, &mut warnings))
+        .map(|(p, s, lost)| (p[0], s.level, lost))
+        .collect();
+    assert_eq!(got, [(0, 0, 0), (2, 3, 0), (4, 2, 0), (5, 1, 0)]);
+}
+
+use crate::Level;
+
+#[test]
+fn the_levels_word_is_one_load_per_send() {
+    let b = ring(4096, OVERWRITE);
+    assert!(Level::ALL.iter().all(|l| !b.enabled(*l as u8)));
+    let i = b.claim_listener().unwrap();
+    b.join(i, Level::Warning as u8);
+    assert!(b.enabled(Level::LogAlways as u8) && b.enabled(Level::Warning as u8));
+    assert!(!b.enabled(Level::Informational as u8) && !b.enabled(Level::Verbose as u8));
+    b.uncount(i);
+    assert!(!b.enabled(Level::LogAlways as u8));
+    assert_eq!(b.header().levels.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn a_dead_listener_is_reaped_and_no_longer_counted() {
+    let b = ring(4096, OVERWRITE);
+    let i = b.claim_listener().unwrap();
+    b.listener(i).owner.store(1234, Ordering::Relaxed);
+    b.join(i, Level::Error as u8);
+    assert_eq!(b.reap_listeners(), 0);
+    // What the kernel writes in a robust futex word when its holder dies.
+    b.listener(i)
+        .owner
+        .store(crate::sys::OWNER_DIED, Ordering::Relaxed);
+    assert_eq!(b.reap_listeners(), 1);
+    assert!(!b.enabled(Level::LogAlways as u8));
+    assert_eq!(b.listener(i).owner.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn block_mode_waits_for_the_slowest_live_listener() {
+    let b = ring(4096, BLOCK);
+    let i = b.claim_listener().unwrap();
+    b.listener(i).owner.store(1234, Ordering::Relaxed);
+    let cursor = b.join(i, Level::Verbose as u8);
+    assert!(b.room_for(cursor + 4096));
+    assert!(!b.room_for(cursor + 4096 + 8));
+    b.listener(i).position.store(8, Ordering::Relaxed);
+    assert!(b.room_for(cursor + 4096 + 8));
+    // A dead listener holds nobody back.
+    b.listener(i)
+        .owner
+        .store(crate::sys::OWNER_DIED, Ordering::Relaxed);
+    assert!(b.room_for(u64::MAX / 2));
+}
+
+#[test]
+fn a_writer_that_died_mid_write_leaves_padding_and_a_counted_gap() {
+    let b = ring(4096, OVERWRITE);
+    let mut r = Reader::new(0, 5);
+    send(&b, 4, b"before");
+    // A writer (entry 1) takes the lock, reserves and half-writes, and dies.
+    b.writer(1)
+        .owner
+        .store(crate::sys::OWNER_DIED, Ordering::Relaxed);
+    b.header().lock.store(2, Ordering::Relaxed);
+    let c = &b.header().control;
+    let tail = c.tail.load(Ordering::Relaxed);
+    c.tail_intent
+        .store(tail + record_len(100), Ordering::Relaxed);
+    c.next_seq.fetch_add(1, Ordering::Relaxed);
+    b.ring()
+        .word_for_tests(tail)
+        .store(u64::MAX, Ordering::Relaxed);
+    // The next writer robs the lock and goes on.
+    b.writer(0).owner.store(99, Ordering::Relaxed);
+    send(&b, 4, b"after");
+    // Past what the dead writer reserved: a reader that copied its bytes validated them
+    // against its intent, which never moves back.
+    assert!(c.latest.load(Ordering::Relaxed) >= tail + record_len(100));
+    assert_eq!(take(&b, &mut r).unwrap().0, b"before");
+    let (got, stamp, lost) = take(&b, &mut r).unwrap();
+    assert_eq!((got.as_slice(), stamp.seq, lost), (&b"after"[..], 2, 1));
+}
+
+#[test]
+fn a_scribbled_record_is_skipped_never_delivered() {
+    let b = ring(4096, OVERWRITE);
+    let mut r = Reader::new(0, 5);
+    send(&b, 4, b"good one");
+    let bad = b.header().control.tail.load(Ordering::Relaxed);
+    send(&b, 4, b"scribbled on");
+    send(&b, 4, b"good two");
+    // A payload byte changed: the checksum fails.
+    let w = b.ring().word_for_tests(bad + HEADER);
+    w.store(w.load(Ordering::Relaxed) ^ 1, Ordering::Relaxed);
+    assert_eq!(take(&b, &mut r).unwrap().0, b"good one");
+    let (got, _, lost) = take(&b, &mut r).unwrap();
+    assert_eq!((got.as_slice(), lost), (&b"good two"[..], 1));
+    assert_eq!(r.corrupt, 1);
+    // A length past the ring: not followed, not allocated.
+    let at = b.header().control.tail.load(Ordering::Relaxed);
+    send(&b, 4, b"x");
+    b.ring()
+        .word_for_tests(at + 8)
+        .store(u64::from(u32::MAX), Ordering::Relaxed);
+    send(&b, 4, b"y");
+    let (got, _, _) = take(&b, &mut r).unwrap();
+    assert_eq!(got, b"y");
+}
+
+#[test]
+fn garbage_control_words_never_hang_read_out_of_bounds_or_make_up_events() {
+    let b = ring(4096, OVERWRITE);
+    let mut r = Reader::new(0, 5);
+    for _ in 0..50 {
+        send(&b, 4, b"steady");
+    }
+    let c = &b.header().control;
+    for (intent, tail, latest) in [
+        (u64::MAX, u64::MAX - 7, 3),
+        (5, 3, u64::MAX),
+        (0, 1 << 40, 1 << 39),
+        (1 << 40, 1 << 40, 1 << 40),
+    ] {
+        c.tail_intent.store(intent, Ordering::Relaxed);
+        c.tail.store(tail, Ordering::Relaxed);
+        c.latest.store(latest, Ordering::Relaxed);
+        let mut out = Vec::new();
+        for _ in 0..10 {
+            // A stale record may be read again, but whole: never bytes that were not sent.
+            if let Next::Event { .. } = r.next(&b.ring(), &mut out) {
+                assert_eq!(out, b"steady");
+            }
+        }
+    }
+}
