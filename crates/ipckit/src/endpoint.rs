@@ -1490,7 +1490,7 @@ mod tests {
     #[test]
     fn bad_urls_say_which_part_is_wrong() {
         assert!(reason("foo://x").contains("unknown scheme 'foo'"));
-        let built = "schemes of this build: uds, tcp, udp, unixgram, fifo, mq, shm";
+        let built = "schemes of this build: uds, tcp, udp, unixgram, fifo, mq, shm, events";
         assert!(reason("foo://x").ends_with(built), "{}", reason("foo://x"));
         assert!(reason("uds:/tmp/x").ends_with(built));
         assert!(reason("uds:/tmp/x").contains("SCHEME://"));

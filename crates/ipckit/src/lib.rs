@@ -107,6 +107,7 @@
 //! [fifo]: transport::fifo
 //! [mq]: transport::mq
 //! [shm]: transport::shm
+//! [events]: transport::events
 //!
 //! # Which call to use when
 //!

@@ -21,6 +21,7 @@ mod correlate;
 pub(crate) mod datagram;
 mod datagram_clients;
 pub(crate) mod endpoint_file;
+pub mod events;
 pub mod fifo;
 pub mod mq;
 mod pool;
@@ -320,7 +321,7 @@ pub trait Listener: Sealed + Send {
     fn endpoint(&self) -> &Endpoint;
 }
 
-static ALL: [&dyn Transport; 7] = [
+static ALL: [&dyn Transport; 8] = [
     &uds::Uds,
     &tcp::Tcp,
     &udp::Udp,
@@ -328,6 +329,7 @@ static ALL: [&dyn Transport; 7] = [
     &fifo::Fifo,
     &mq::Mq,
     &shm::Shm,
+    &events::Events,
 ];
 
 /// How often a server looks for what crashed clients left behind (reply FIFOs, reply

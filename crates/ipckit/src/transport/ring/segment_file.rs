@@ -31,7 +31,6 @@ pub fn still_named(path: &Path, file: &std::fs::File) -> bool {
 }
 
 /// Whether `path` still names the file open at `fd` (by inode).
-#[allow(dead_code, reason = "events:// uses it in the commits that follow")]
 pub fn still_names(path: &Path, fd: impl AsFd) -> bool {
     let Ok(stat) = rustix::fs::fstat(&fd) else {
         return false;
@@ -54,7 +53,6 @@ pub fn lock_if_abandoned(file: impl AsFd) -> bool {
 
 /// Refuses a segment that another user owns or whose permissions are wider than `mode`:
 /// someone else could read or write what is in it.
-#[allow(dead_code, reason = "events:// uses it in the commits that follow")]
 pub fn check_owner(url: &str, path: &Path, fd: impl AsFd, mode: u32) -> Result<()> {
     let stat =
         rustix::fs::fstat(&fd).map_err(|e| Error::io(url, "inspecting the segment", e.into()))?;

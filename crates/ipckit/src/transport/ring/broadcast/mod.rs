@@ -265,6 +265,11 @@ impl Broadcast {
             .get(self.geometry.writers_at() + i * size_of::<WriterEntry>())
     }
 
+    /// The bell word, held apart from the segment's other handles: for a waker.
+    pub fn bell_word(&self) -> super::Shared<AtomicU32> {
+        self.map.get(std::mem::offset_of!(Header, bell))
+    }
+
     #[inline]
     pub fn ring(&self) -> Ring<'_> {
         Ring {
@@ -326,18 +331,20 @@ impl Broadcast {
     }
 
     /// Makes listener `i`, whose death notice holds its entry, a reader at `level` from
-    /// now on; the position it starts at. The cursor is read before the listener is
-    /// counted, so that every event whose send begins after this returns is seen.
-    pub fn join(&self, i: usize, level: u8) -> u64 {
+    /// now on. The cursor is read before the listener is counted, so that every event
+    /// whose send begins after this returns is seen.
+    pub fn join(&self, i: usize, level: u8) -> Reader {
         let entry = self.listener(i);
-        let cursor = self.header().control.tail.load(Ordering::SeqCst);
+        let control = &self.header().control;
+        let cursor = control.tail.load(Ordering::SeqCst);
+        let expected = control.next_seq.load(Ordering::SeqCst);
         entry.position.store(cursor, Ordering::Relaxed);
         entry.level.store(u32::from(level) + 1, Ordering::Release);
         self.header()
             .levels
             .fetch_add(level_one(level), Ordering::SeqCst);
         entry.counted.store(1, Ordering::Release);
-        cursor
+        Reader::new(cursor, Some(expected), level)
     }
 
     /// Stops counting listener `i` (leaving, or reaped).

@@ -232,11 +232,12 @@ pub struct Reader {
 
 impl Reader {
     /// A reader that takes events from `cursor` (the tail when it joined) at `level` and
-    /// more important.
-    pub fn new(cursor: u64, level: u8) -> Reader {
+    /// more important; `expected` is the next sequence number, read after the tail (so
+    /// that it is never ahead of the first event the reader finds), if known.
+    pub fn new(cursor: u64, expected: Option<u64>, level: u8) -> Reader {
         Reader {
             cursor,
-            expected: None,
+            expected,
             level,
             corrupt: 0,
         }

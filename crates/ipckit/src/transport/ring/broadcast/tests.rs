@@ -43,7 +43,7 @@ fn payload(i: u64, len: usize) -> Vec<u8> {
 #[test]
 fn events_of_every_size_wrap_in_order() {
     let b = ring(4096, OVERWRITE);
-    let mut r = Reader::new(0, 5);
+    let mut r = Reader::new(0, Some(0), 5);
     // Sizes that are not multiples of 8 and records that meet the ring's end at every
     // offset, including less than a header before it.
     for i in 0..2000u64 {
@@ -61,7 +61,7 @@ fn events_of_every_size_wrap_in_order() {
 #[test]
 fn a_lapped_reader_learns_exactly_how_many_it_lost_and_gets_the_newest() {
     let b = ring(4096, OVERWRITE);
-    let mut r = Reader::new(0, 5);
+    let mut r = Reader::new(0, Some(0), 5);
     // 64-byte records, so that the reader's old position is a record's start again in
     // every lap, where a reader that missed the lap would read on as if nothing happened.
     send(&b, 4, &payload(0, 40));
@@ -79,7 +79,7 @@ fn a_lapped_reader_learns_exactly_how_many_it_lost_and_gets_the_newest() {
 #[test]
 fn a_reader_one_record_short_of_a_lap_loses_nothing() {
     let b = ring(4096, OVERWRITE);
-    let mut r = Reader::new(0, 5);
+    let mut r = Reader::new(0, Some(0), 5);
     let size = record_len(64);
     let fit = 4096 / size;
     for i in 0..fit {
@@ -94,7 +94,7 @@ fn a_reader_one_record_short_of_a_lap_loses_nothing() {
 #[test]
 fn levels_filter_and_count_only_what_was_enabled() {
     let b = ring(4096, OVERWRITE);
-    let mut warnings = Reader::new(0, Level::Warning as u8);
+    let mut warnings = Reader::new(0, Some(0), Level::Warning as u8);
     for (i, level) in [0u8, 5, 3, 4, 2, 1].into_iter().enumerate() {
         send(&b, level, &[i as u8]);
     }
@@ -140,7 +140,7 @@ fn block_mode_waits_for_the_slowest_live_listener() {
     let b = ring(4096, BLOCK);
     let i = b.claim_listener().unwrap();
     b.listener(i).owner.store(1234, Ordering::Relaxed);
-    let cursor = b.join(i, Level::Verbose as u8);
+    let cursor = b.join(i, Level::Verbose as u8).cursor;
     assert!(b.room_for(cursor + 4096));
     assert!(!b.room_for(cursor + 4096 + 8));
     b.listener(i).position.store(8, Ordering::Relaxed);
@@ -155,7 +155,7 @@ fn block_mode_waits_for_the_slowest_live_listener() {
 #[test]
 fn a_writer_that_died_mid_write_leaves_padding_and_a_counted_gap() {
     let b = ring(4096, OVERWRITE);
-    let mut r = Reader::new(0, 5);
+    let mut r = Reader::new(0, Some(0), 5);
     send(&b, 4, b"before");
     // A writer (entry 1) takes the lock, reserves and half-writes, and dies.
     b.writer(1)
@@ -184,7 +184,7 @@ fn a_writer_that_died_mid_write_leaves_padding_and_a_counted_gap() {
 #[test]
 fn a_scribbled_record_is_skipped_never_delivered() {
     let b = ring(4096, OVERWRITE);
-    let mut r = Reader::new(0, 5);
+    let mut r = Reader::new(0, Some(0), 5);
     send(&b, 4, b"good one");
     let bad = b.header().control.tail.load(Ordering::Relaxed);
     send(&b, 4, b"scribbled on");
@@ -210,7 +210,7 @@ fn a_scribbled_record_is_skipped_never_delivered() {
 #[test]
 fn garbage_control_words_never_hang_read_out_of_bounds_or_make_up_events() {
     let b = ring(4096, OVERWRITE);
-    let mut r = Reader::new(0, 5);
+    let mut r = Reader::new(0, Some(0), 5);
     for _ in 0..50 {
         send(&b, 4, b"steady");
     }

@@ -1,0 +1,223 @@
+//! A writer: `connect("events://NAME")`.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::segment::Segment;
+use crate::Level;
+use crate::endpoint::Endpoint;
+use crate::error::{Error, Result};
+use crate::sys::DeathNotice;
+use crate::transport::ring::broadcast::Broadcast;
+
+/// How many sends pass between a writer's looks at the coarse clock, to reap listeners
+/// that died once a second.
+const REAP_EVERY: u32 = 4096;
+
+/// A writer's hold on a segment.
+pub(crate) struct EventsConnection {
+    // Field order is drop order: the notice (which frees the entry) before the segment.
+    _notice: DeathNotice,
+    segment: Segment,
+    endpoint: Endpoint,
+    /// Its writer entry.
+    entry: usize,
+    /// What `send` writes at.
+    level: Level,
+    pid: u32,
+    max_event: usize,
+    /// Threads of this process take turns here before the shared lock, whose holder is
+    /// a writer entry, not a thread.
+    turn: Mutex<()>,
+    sends: AtomicU32,
+    next_reap: AtomicU64,
+}
+
+impl EventsConnection {
+    pub(crate) fn connect(endpoint: &Endpoint) -> Result<EventsConnection> {
+        let segment = Segment::open(endpoint)?;
+        let url = endpoint.to_string();
+        let ring = &segment.ring;
+        ring.reap_writers();
+        ring.reap_listeners();
+        let entry = ring.claim_writer().map_err(|_| Error::Full {
+            endpoint: url.clone(),
+            detail: format!(
+                "the table of {} writers",
+                crate::transport::ring::broadcast::WRITERS
+            ),
+            after: Duration::ZERO,
+        })?;
+        let notice = DeathNotice::hold(ring.writer_owner(entry)).map_err(|e| {
+            Broadcast::release_claim(&ring.writer(entry).owner);
+            Error::io(&url, "holding a death notice in the segment", e)
+        })?;
+        let max_event = ring.geometry().max_event();
+        Ok(EventsConnection {
+            _notice: notice,
+            segment,
+            endpoint: endpoint.clone(),
+            entry,
+            level: endpoint.level().unwrap_or(Level::DEFAULT_EVENT),
+            pid: std::process::id(),
+            max_event,
+            turn: Mutex::new(()),
+            sends: AtomicU32::new(0),
+            next_reap: AtomicU64::new(0),
+        })
+    }
+
+    /// Whether a listener takes events at `level`: one load.
+    #[inline(always)]
+    pub(crate) fn is_enabled(&self, level: Level) -> bool {
+        self.segment.ring.enabled(level as u8)
+    }
+
+    pub(crate) fn send_at(&self, level: Level, payload: &[u8]) -> Result<()> {
+        if payload.len() > self.max_event {
+            return Err(self.too_large(payload.len()));
+        }
+        if !self.is_enabled(level) {
+            return Ok(());
+        }
+        self.write(level, payload)
+    }
+
+    fn too_large(&self, size: usize) -> Error {
+        Error::MessageTooLarge {
+            endpoint: self.endpoint.to_string(),
+            size,
+            max: self.max_event,
+            limit: "a quarter of the events ring, less a 24-byte header (?ring= makes it larger)"
+                .into(),
+        }
+    }
+
+    fn write(&self, level: Level, payload: &[u8]) -> Result<()> {
+        let ring = &self.segment.ring;
+        let turn = crate::sys::lock(&self.turn);
+        ring.lock(self.entry);
+        let blocks = self.segment.blocks();
+        let written = ring.ring().append(level as u8, self.pid, payload, |end| {
+            if blocks && !ring.room_for(end) {
+                let patience = self.endpoint.send_timeout();
+                if !ring.wait_for_room(end, Instant::now() + patience) {
+                    return Err(Error::Full {
+                        endpoint: self.endpoint.to_string(),
+                        detail: "the events ring (overflow=block), which the slowest listener has not read,"
+                            .into(),
+                        after: patience,
+                    });
+                }
+            }
+            Ok(())
+        });
+        ring.unlock();
+        drop(turn);
+        written?;
+        ring.wake();
+        self.now_and_then();
+        if self.segment.truncated() {
+            return Err(shrunk(&self.endpoint));
+        }
+        Ok(())
+    }
+
+    /// Reaps dead listeners about once a second, looking at the clock every
+    /// [`REAP_EVERY`] sends.
+    fn now_and_then(&self) {
+        if self.sends.fetch_add(1, Ordering::Relaxed) % REAP_EVERY != 0 {
+            return;
+        }
+        let now = crate::sys::coarse_now().as_secs();
+        if now >= self.next_reap.load(Ordering::Relaxed) {
+            self.next_reap.store(now + 1, Ordering::Relaxed);
+            self.segment.ring.reap_listeners();
+        }
+    }
+
+    #[cfg(feature = "tokio")]
+    pub(crate) fn max_message(&self) -> usize {
+        self.max_event
+    }
+
+    #[cfg(feature = "tokio")]
+    pub(crate) fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    #[cfg(feature = "tokio")]
+    pub(crate) fn level(&self) -> Level {
+        self.level
+    }
+
+    #[cfg(test)]
+    pub(crate) fn segment_for_tests(&self) -> &crate::transport::ring::broadcast::Broadcast {
+        &self.segment.ring
+    }
+
+    #[cfg(test)]
+    pub(crate) fn entry_for_tests(&self) -> usize {
+        self.entry
+    }
+
+    #[cfg(feature = "tokio")]
+    pub(crate) fn blocks(&self) -> bool {
+        self.segment.blocks()
+    }
+}
+
+impl Drop for EventsConnection {
+    fn drop(&mut self) {
+        // Before the notice frees the entry (the fields drop in order): a pid left behind
+        // would be read as that of a claim in progress.
+        self.segment
+            .ring
+            .writer(self.entry)
+            .pid
+            .store(0, Ordering::Relaxed);
+    }
+}
+
+/// The error of a party whose segment someone shrank.
+pub(crate) fn shrunk(endpoint: &Endpoint) -> Error {
+    Error::Protocol {
+        endpoint: endpoint.to_string(),
+        reason: "someone shrank the events segment's file; open the endpoint again".into(),
+    }
+}
+
+impl crate::transport::Connection for EventsConnection {
+    fn send(&self, payload: &[u8]) -> Result<()> {
+        self.send_at(self.level, payload)
+    }
+
+    fn send_at(&self, level: Level, payload: &[u8]) -> Result<()> {
+        EventsConnection::send_at(self, level, payload)
+    }
+
+    fn is_enabled(&self, level: Level) -> bool {
+        EventsConnection::is_enabled(self, level)
+    }
+
+    fn request(&self, _payload: &[u8], _timeout: Duration) -> Result<Vec<u8>> {
+        Err(one_way(&self.endpoint))
+    }
+
+    fn max_message(&self) -> usize {
+        self.max_event
+    }
+
+    fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+}
+
+/// The error of a request on events.
+pub(crate) fn one_way(endpoint: &Endpoint) -> Error {
+    Error::Unsupported {
+        endpoint: endpoint.to_string(),
+        what: "events is a one-way broadcast: a writer sends, listeners receive, and nobody replies; use send, or a duplex transport (uds, shm) for requests".into(),
+    }
+}
