@@ -24,8 +24,8 @@ const QUICKEST: Duration = Duration::from_millis(20);
 const PACE: Duration = Duration::from_micros(300);
 /// The sender number of the marker the soak writes at the end.
 const MARKER: u32 = u32::MAX;
-/// How often a listener says how many it heard.
-const REPORT_EVERY: u64 = 1000;
+/// How often a writer says how many it wrote, and a listener how many it heard.
+const REPORT_EVERY: u64 = 100;
 
 /// Writes events, numbered and checksummed, until stdin closes.
 pub fn write(url: &str, writer: u32, incarnation: u32) {
@@ -123,11 +123,18 @@ pub fn soak(transport: &dyn Transport, dir: &Path, length: Duration) -> Tally {
     let mut dice = Dice(0x2545_F491_4F6C_DD1D ^ std::process::id() as u64 ^ fnv(url.as_bytes()));
     let mut seen = Seen::default();
     let every = (length / KILLS).max(QUICKEST);
-    let until = Instant::now() + length;
-    while Instant::now() < until {
-        // Between half and one and a half of the mean interval.
-        let pause = every.as_micros() as u64 / 2 + dice.roll(every.as_micros() as u64 + 1);
-        std::thread::sleep(Duration::from_micros(pause));
+    let began = Instant::now();
+    let until = began + length;
+    loop {
+        // Kill k falls in the k-th interval of the run, anywhere within it: a schedule of
+        // times rather than of pauses, so that restarting a process delays no kill.
+        let kills = tally.kills_of_senders + tally.kills_of_receivers;
+        let jitter = Duration::from_micros(dice.roll(every.as_micros() as u64 + 1));
+        let at = began + every * kills + jitter;
+        if at >= until {
+            break;
+        }
+        std::thread::sleep(at.saturating_duration_since(Instant::now()));
         if dice.roll(2) == 0 {
             let victim = dice.roll(WRITERS.into()) as usize;
             writers[victim].kill();
