@@ -254,7 +254,11 @@ impl crate::transport::Listener for EventsListener {
                 crate::transport::ring::broadcast::records::BELL_ROUND,
                 Ordering::SeqCst,
             );
-            let _ = futex::wake(&bell, futex::Flags::empty(), u32::MAX);
+            let _ = futex::wake(
+                &bell,
+                futex::Flags::empty(),
+                crate::transport::ring::wait::EVERY_SLEEPER,
+            );
         })
     }
 

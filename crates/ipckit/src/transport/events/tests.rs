@@ -381,3 +381,48 @@ fn writers_killed_at_random_moments_never_deliver_a_torn_event() {
     let lost = crate::transport::Listener::lost(&listener);
     assert!(received + lost > 0, "the children wrote nothing");
 }
+
+#[test]
+fn in_block_mode_writers_wait_for_the_slowest_listener_then_give_up_having_written_nothing() {
+    let s = Scratch::new("block", "?ring=4096&overflow=block&send_timeout_ms=100");
+    assert!(Events.capabilities(&s.0).reliable);
+    let mut listener = EventsListener::bind(&s.0).unwrap();
+    let writer = EventsConnection::connect(&s.0).unwrap();
+    let mut sent = 0u32;
+    let full = loop {
+        match writer.send(&sent.to_le_bytes()) {
+            Ok(()) => sent += 1,
+            Err(e) => break e,
+        }
+        assert!(
+            sent < 1000,
+            "a ring of 4 KiB took {sent} events without waiting"
+        );
+    };
+    assert!(matches!(full, crate::Error::Full { .. }), "{full}");
+    // Every event that went is there, none lost, none made up by the failed send.
+    for i in 0..sent {
+        let Event::Message(m) = event(&mut listener) else {
+            panic!("lost events in block mode")
+        };
+        assert_eq!(m.payload(), i.to_le_bytes());
+    }
+    assert!(
+        crate::transport::Listener::recv(&mut listener, Some(Instant::now()))
+            .unwrap()
+            .is_none()
+    );
+    writer.send(b"room again").unwrap();
+}
+
+#[test]
+fn in_block_mode_a_killed_listener_holds_nobody_back() {
+    let s = Scratch::new("block-killed", "?ring=4096&overflow=block");
+    let child = Child::start("listener", &s.url());
+    let writer = EventsConnection::connect(&s.0).unwrap();
+    child.kill();
+    // Twenty rings' worth: each wait reaps, and the dead listener stops counting.
+    for i in 0u32..1000 {
+        writer.send(&i.to_le_bytes()).unwrap();
+    }
+}

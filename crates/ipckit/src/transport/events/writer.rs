@@ -11,9 +11,9 @@ use crate::error::{Error, Result};
 use crate::sys::DeathNotice;
 use crate::transport::ring::broadcast::Broadcast;
 
-/// How many sends pass between a writer's looks at the coarse clock, to reap listeners
-/// that died once a second.
-const REAP_EVERY: u32 = 4096;
+/// How many sends pass between a writer's looks at the coarse clock (a few nanoseconds
+/// through the vDSO), to reap the listeners that died about once a second.
+const REAP_EVERY: u32 = 256;
 
 /// A writer's hold on a segment.
 pub(crate) struct EventsConnection {

@@ -175,9 +175,41 @@ pub fn wake(word: &AtomicU32, bell: &AtomicU64) {
     }
 }
 
+/// FUTEX_WAKE's count for "every sleeper". The kernel reads the count as an `int`:
+/// `u32::MAX` is -1 there, which wakes one sleeper and leaves the rest to their timeouts.
+pub const EVERY_SLEEPER: u32 = i32::MAX as u32;
+
 /// Wakes whoever sleeps on `word`, announced or not: for shutdown.
 pub fn wake_all(word: &AtomicU32, bell: &AtomicU64) {
     word.store(0, Ordering::SeqCst);
-    let _ = futex::wake(word, futex::Flags::empty(), u32::MAX);
+    let _ = futex::wake(word, futex::Flags::empty(), EVERY_SLEEPER);
     super::bell::ring(bell.load(Ordering::Acquire));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wake_all_wakes_every_sleeper_not_only_the_first() {
+        let word = std::sync::Arc::new(AtomicU32::new(1));
+        let sleepers: Vec<_> = (0..3)
+            .map(|_| {
+                let word = word.clone();
+                std::thread::spawn(move || {
+                    while word.load(Ordering::SeqCst) == 1 {
+                        // No timeout: a sleeper left asleep hangs the test, which the
+                        // harness's timeout turns into a failure.
+                        let _ = futex::wait(&word, futex::Flags::empty(), 1, None);
+                    }
+                })
+            })
+            .collect();
+        // Time for all three to fall asleep; one still awake only makes the test easier.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        wake_all(&word, &AtomicU64::new(0));
+        for sleeper in sleepers {
+            sleeper.join().unwrap();
+        }
+    }
 }

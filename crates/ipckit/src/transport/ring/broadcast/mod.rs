@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use rustix::thread::futex;
 
+/// The atomics `records` uses; `tests/loom_broadcast.rs` gives it loom's instead.
+use super::sync;
 use super::{Mapping, Plain};
 use crate::sys::OWNER_DIED;
 #[allow(
@@ -508,7 +510,11 @@ impl Broadcast {
     #[cold]
     fn wake_bits(&self, bits: u32) {
         if bits & records::FUTEX_SLEEPERS != 0 {
-            let _ = futex::wake(&self.header().bell, futex::Flags::empty(), u32::MAX);
+            let _ = futex::wake(
+                &self.header().bell,
+                futex::Flags::empty(),
+                super::wait::EVERY_SLEEPER,
+            );
         }
         if bits & records::BELL_SLEEPERS != 0 {
             for i in 0..self.geometry.listeners {
@@ -520,14 +526,6 @@ impl Broadcast {
                 }
             }
         }
-    }
-
-    /// Wakes every reader, asleep or about to sleep, whatever the bits say: a reader's
-    /// waker, which cannot tell whether its reader sleeps.
-    pub fn wake_everyone(&self) {
-        let bell = &self.header().bell;
-        bell.fetch_add(records::BELL_ROUND, Ordering::SeqCst);
-        let _ = futex::wake(bell, futex::Flags::empty(), u32::MAX);
     }
 
     /// In block mode, whether every live listener has read far enough that a record
