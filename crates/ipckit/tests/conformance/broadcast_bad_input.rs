@@ -42,7 +42,26 @@ fn segment_of(url: &str) -> Option<PathBuf> {
         })
 }
 
+/// Reruns a failure's damage: the seed its message gives.
+const SEED_ENV: &str = "IPCKIT_SCRIBBLE_SEED";
+
+/// Damage at random places, different each run; a failure says its seed, which
+/// [`SEED_ENV`] takes to do the same again.
 fn a_scribbled_segment_delivers_nothing_torn(ctx: &Ctx) -> Outcome {
+    let seed = std::env::var(SEED_ENV)
+        .ok()
+        .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    scribbled(ctx, seed).map_err(|failed| {
+        format!(
+            "{} ({SEED_ENV}={seed:#x} does it again)",
+            failed.message().unwrap_or("failed")
+        )
+        .into()
+    })
+}
+
+fn scribbled(ctx: &Ctx, seed: u64) -> Outcome {
     let url = ctx.endpoint_with("scribbled", "ring", "65536").to_string();
     let mut listeners: Vec<Child> = (0..2)
         .map(|_| Child::spawn(Role::ListenThroughDamage, &url))
@@ -78,7 +97,7 @@ fn a_scribbled_segment_delivers_nothing_torn(ctx: &Ctx) -> Outcome {
     let size = segment.metadata()?.len();
     ensure!(size > 0, "the segment {} is empty", path.display());
     // Header and tables (the first 64 KiB) and the ring alike, a few bytes at a time.
-    let mut rng = fastrand::Rng::with_seed(0x5c21_661e);
+    let mut rng = fastrand::Rng::with_seed(seed);
     for round in 0..400u32 {
         let at = if round % 2 == 0 {
             rng.u64(0..size.min(65536))
