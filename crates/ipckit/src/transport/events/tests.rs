@@ -426,3 +426,46 @@ fn in_block_mode_a_killed_listener_holds_nobody_back() {
         writer.send(&i.to_le_bytes()).unwrap();
     }
 }
+
+/// The async listener sleeps on its bell and a writer in another thread rings it; the
+/// async writer sends at its levels.
+#[cfg(feature = "tokio")]
+#[test]
+fn async_listeners_wake_for_writers_of_any_kind() {
+    use crate::transport::{AsyncConnection as _, AsyncListener as _};
+    let s = Scratch::new("async", "?level=warning");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut listener = on_tokio::AsyncEventsListener::bind(&s.0).unwrap();
+        let plain: Endpoint = s.url().replace("?level=warning", "").parse().unwrap();
+        let url = plain.clone();
+        // Long enough for the listener to be asleep on its bell, usually; either way
+        // the event must arrive.
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            let writer = EventsConnection::connect(&url).unwrap();
+            writer.send_at(Level::Error, b"from a thread").unwrap();
+        });
+        let got = tokio::time::timeout(PATIENCE, listener.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.payload(), b"from a thread");
+        writer.join().unwrap();
+        let writer = on_tokio::AsyncEventsConnection::connect(&plain).unwrap();
+        assert!(!writer.is_enabled(Level::Informational));
+        writer.send(b"informational: nobody").await.unwrap();
+        writer.send_at(Level::Critical, b"critical").await.unwrap();
+        let got = tokio::time::timeout(PATIENCE, listener.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (got.payload(), got.level()),
+            (&b"critical"[..], Some(Level::Critical))
+        );
+    });
+}

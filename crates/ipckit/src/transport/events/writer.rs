@@ -9,7 +9,8 @@ use crate::Level;
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
 use crate::sys::DeathNotice;
-use crate::transport::ring::broadcast::Broadcast;
+use crate::transport::ring::Shared;
+use crate::transport::ring::broadcast::{Broadcast, enabled_mask};
 
 /// How many sends pass between a writer's looks at the coarse clock (a few nanoseconds
 /// through the vDSO), to reap the listeners that died about once a second.
@@ -20,6 +21,9 @@ pub(crate) struct EventsConnection {
     // Field order is drop order: the notice (which frees the entry) before the segment.
     _notice: DeathNotice,
     segment: Segment,
+    /// The segment's levels word, reached without the segment's indirections: the one
+    /// load of a send that nobody listens to.
+    levels: Shared<AtomicU64>,
     endpoint: Endpoint,
     /// Its writer entry.
     entry: usize,
@@ -54,7 +58,9 @@ impl EventsConnection {
             Error::io(&url, "holding a death notice in the segment", e)
         })?;
         let max_event = ring.geometry().max_event();
+        let levels = ring.levels_word();
         Ok(EventsConnection {
+            levels,
             _notice: notice,
             segment,
             endpoint: endpoint.clone(),
@@ -71,9 +77,10 @@ impl EventsConnection {
     /// Whether a listener takes events at `level`: one load.
     #[inline(always)]
     pub(crate) fn is_enabled(&self, level: Level) -> bool {
-        self.segment.ring.enabled(level as u8)
+        self.levels.load(Ordering::Relaxed) & enabled_mask(level as u8) != 0
     }
 
+    #[inline(always)]
     pub(crate) fn send_at(&self, level: Level, payload: &[u8]) -> Result<()> {
         if payload.len() > self.max_event {
             return Err(self.too_large(payload.len()));
@@ -94,6 +101,7 @@ impl EventsConnection {
         }
     }
 
+    #[inline(never)]
     fn write(&self, level: Level, payload: &[u8]) -> Result<()> {
         let ring = &self.segment.ring;
         let turn = crate::sys::lock(&self.turn);
@@ -219,5 +227,45 @@ pub(crate) fn one_way(endpoint: &Endpoint) -> Error {
     Error::Unsupported {
         endpoint: endpoint.to_string(),
         what: "events is a one-way broadcast: a writer sends, listeners receive, and nobody replies; use send, or a duplex transport (uds, shm) for requests".into(),
+    }
+}
+
+/// The client flavor of the generic layer (`backend.rs`): the level check inlined into
+/// `Client::send_at` and `Client::is_enabled`.
+impl crate::transport::backend::ClientSide for EventsConnection {
+    #[inline(always)]
+    fn send(&self, payload: &[u8]) -> Result<()> {
+        self.send_at(self.level, payload)
+    }
+
+    #[inline(always)]
+    fn send_at(&self, level: Level, payload: &[u8]) -> Result<()> {
+        EventsConnection::send_at(self, level, payload)
+    }
+
+    #[inline(always)]
+    fn is_enabled(&self, level: Level) -> bool {
+        EventsConnection::is_enabled(self, level)
+    }
+
+    fn request(&self, _payload: &[u8], _timeout: Duration) -> Result<Vec<u8>> {
+        Err(one_way(&self.endpoint))
+    }
+
+    fn request_with<R>(
+        &self,
+        _payload: &[u8],
+        _timeout: Duration,
+        _read: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R> {
+        Err(one_way(&self.endpoint))
+    }
+
+    fn max_message(&self) -> usize {
+        self.max_event
+    }
+
+    fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
     }
 }

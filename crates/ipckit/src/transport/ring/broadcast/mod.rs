@@ -267,6 +267,12 @@ impl Broadcast {
             .get(self.geometry.writers_at() + i * size_of::<WriterEntry>())
     }
 
+    /// The levels word, held apart from the segment's other handles: for a writer's
+    /// hottest check.
+    pub fn levels_word(&self) -> super::Shared<AtomicU64> {
+        self.map.get(std::mem::offset_of!(Header, levels))
+    }
+
     /// The bell word, held apart from the segment's other handles: for a waker.
     pub fn bell_word(&self) -> super::Shared<AtomicU32> {
         self.map.get(std::mem::offset_of!(Header, bell))

@@ -30,6 +30,11 @@ pub const EVENT: u8 = 1;
 /// A record's `kind`: room skipped at the ring's end, or left by a writer that died.
 pub const PADDING: u8 = 2;
 
+/// Positions stay below this: a ring written at a gigabyte a second takes a century to
+/// reach it, so a position past it is a scribble, and below it no sum of a position and
+/// a record's size overflows.
+pub const POSITION_LIMIT: u64 = 1 << 62;
+
 /// The ring's control words, which writers change under the write lock.
 #[repr(C)]
 pub struct Control {
@@ -142,7 +147,11 @@ impl<'a> Ring<'a> {
         before_write: impl FnOnce(u64) -> Result<(), E>,
     ) -> Result<u64, E> {
         let c = self.control;
-        let tail = c.tail.load(Ordering::Relaxed);
+        let mut tail = c.tail.load(Ordering::Relaxed);
+        if tail % 8 != 0 || tail >= POSITION_LIMIT {
+            // Only a scribbler leaves such a tail: go on from a sound one.
+            tail = ((tail % (POSITION_LIMIT / 2)) + 7) & !7;
+        }
         let len = payload.len() as u64;
         let size = record_len(len);
         let room = self.capacity - (tail & (self.capacity - 1));
@@ -275,11 +284,21 @@ impl Reader {
                 return Next::Empty;
             }
             let intent = ring.control.tail_intent.load(Ordering::Acquire);
-            if tail < self.cursor || tail % 8 != 0 {
-                // The tail went back: only a scribbler does that. Start over from it.
+            if tail % 8 != 0 || tail >= POSITION_LIMIT {
+                // Only a scribbler puts the tail off the grid: wait at it for what
+                // writers publish next (they mend it).
                 self.corrupt += 1;
-                self.cursor = tail & !7;
+                self.cursor = tail;
                 return Next::Empty;
+            }
+            if tail < self.cursor {
+                // Nor does anyone else move it back: resume at the newest record.
+                self.corrupt += 1;
+                self.resync(ring);
+                if self.cursor > tail {
+                    self.cursor = tail;
+                }
+                continue;
             }
             if intent.saturating_sub(self.cursor) > cap {
                 self.resync(ring);
