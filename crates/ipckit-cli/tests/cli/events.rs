@@ -1,23 +1,7 @@
 //! `ipckit listen events://NAME` and `ipckit send events://NAME`: ETW from a shell, every
-//! party a process of its own. Skipped with a message while this build has no events
-//! transport.
+//! party a process of its own.
 
 use super::*;
-
-/// Whether this build has `events`, as `ipckit transports --json` says.
-fn has_events() -> bool {
-    let out = ipckit(&["transports", "--json"]);
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let has = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|t| t["scheme"] == "events");
-    if !has {
-        eprintln!("skipped: this build has no events transport yet");
-    }
-    has
-}
 
 /// A name no other test or run uses.
 fn events_url(tag: &str) -> String {
@@ -68,9 +52,6 @@ fn json_lines(out: &Output) -> Vec<serde_json::Value> {
 /// prints every event at its levels, with its level, sequence number and writer's pid.
 #[test]
 fn listeners_at_a_level_each_print_every_event_at_it() {
-    if !has_events() {
-        return;
-    }
     let url = events_url("levels");
     let warning: Vec<Background> = (0..2)
         .map(|_| {
@@ -128,9 +109,6 @@ fn listeners_at_a_level_each_print_every_event_at_it() {
 /// what was sent.
 #[test]
 fn a_listener_that_fell_behind_prints_what_it_lost() {
-    if !has_events() {
-        return;
-    }
     const LINES: usize = 500;
     let url = format!("{}?ring=4096", events_url("lost"));
     let mut slow = listener(&[&url, "--format", "json", "--timeout", "20s"]);
@@ -184,9 +162,6 @@ fn a_listener_that_fell_behind_prints_what_it_lost() {
 /// `ipckit transports` lists events with the capabilities the library gives it.
 #[test]
 fn transports_lists_events_as_it_is() {
-    if !has_events() {
-        return;
-    }
     let out = ipckit(&["transports", "--json"]);
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let listed = list
