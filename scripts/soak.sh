@@ -6,6 +6,9 @@
 #
 #   scripts/soak.sh [SECONDS per transport, 60] [TRANSPORTS, e.g. uds,shm]
 #
+# A broadcast transport (events) is soaked with writers and listeners killed about 1,000
+# times in a run of any length (at most one kill every 20 ms): `scripts/soak.sh 60 events`.
+#
 # SOAK_DEBUG=1 runs the debug build (CI's short run, which needs no release build).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -37,7 +37,7 @@ cargo test --workspace --locked
 SOAK_DEBUG=1 scripts/soak.sh 2
 
 # The lock-free shared-memory ring, model-checked: its own build with loom's atomics.
-RUSTFLAGS="--cfg ipckit_loom" cargo test -p ipckit --release --locked --test loom_ring --target-dir target/loom
+RUSTFLAGS="--cfg ipckit_loom" cargo test -p ipckit --release --locked --test loom_ring --test loom_broadcast --target-dir target/loom
 
 # Every fuzz target for a few seconds, from its seeds and the corpus grown so far: a decoder
 # change that breaks a target's checks fails here. It needs cargo fuzz's nightly flags

@@ -51,9 +51,18 @@ pub enum Command {
     /// away (`ipckit listen URL | head -1`), it removes what it made (a socket file, a
     /// FIFO, a shared-memory segment) and exits 0; an mq queue stays, with its messages,
     /// as queues are durable (`ipckit rm mq://NAME` removes one).
+    ///
+    /// Over events://, any number may listen at once, each printing every event written
+    /// after it joined; --level keeps the events at that level and more severe. One that
+    /// falls behind by more than the ring misses the oldest events, and says how many on
+    /// standard error (`{"lost":N}` on standard output with --format json).
     Listen {
         /// The endpoint to listen on
         url: String,
+        /// Only events at this level or more severe: always, critical, error, warning,
+        /// info or verbose (the URL's ?level=, for transports that take it)
+        #[arg(long, value_parser = parse_level)]
+        level: Option<ipckit::Level>,
         #[command(flatten)]
         output: Output,
         #[command(flatten)]
@@ -69,6 +78,10 @@ pub enum Command {
         url: String,
         /// The message; without it, or with `-`, standard input is read
         message: Option<String>,
+        /// The level of each message, for transports that carry one (events://):
+        /// always, critical, error, warning, info or verbose
+        #[arg(long, value_parser = parse_level)]
+        level: Option<ipckit::Level>,
         #[command(flatten)]
         split: Split,
     },
@@ -253,6 +266,12 @@ pub struct Bench {
     pub latency_samples: Option<usize>,
 }
 
+fn parse_level(text: &str) -> Result<ipckit::Level, String> {
+    text.parse().map_err(|_| {
+        format!("{text:?} is not a level: always, critical, error, warning, info or verbose")
+    })
+}
+
 /// How `send` cuts standard input into messages: by lines unless told otherwise.
 #[derive(Args)]
 pub struct Split {
@@ -311,7 +330,8 @@ pub enum Format {
     Text,
     /// The payload in hexadecimal, one message per line
     Hex,
-    /// One JSON object per line, with the payload and the sender
+    /// One JSON object per line, with the payload and the sender (and an event's level
+    /// and sequence number; `{"lost":N}` for N events a listener missed)
     Json,
 }
 

@@ -17,7 +17,7 @@ use clap::{CommandFactory, FromArgMatches};
 
 use args::{Answer, Cli, Command, Split};
 use exit::{CliResult, Failure};
-use output::{print, print_message};
+use output::{print, print_lost, print_message};
 use serve::serve_loop;
 
 fn main() -> ExitCode {
@@ -79,19 +79,41 @@ fn run(cli: Cli) -> CliResult {
         Command::Bench(options) => bench::run(options),
         Command::Listen {
             url,
+            level,
             output,
             bounds,
         } => {
-            let mut out = io::stdout().lock();
-            serve_loop(&url, bounds, true, |message| {
-                print_message(&mut out, output.format, message.payload(), Some(message))
-            })
+            let url = match level {
+                Some(level) => {
+                    let mut endpoint: ipckit::Endpoint = url.parse()?;
+                    endpoint.set_option("level", &level.to_string())?;
+                    endpoint.to_string()
+                }
+                None => url,
+            };
+            let out = std::cell::RefCell::new(io::stdout().lock());
+            serve_loop(
+                &url,
+                bounds,
+                true,
+                |message| {
+                    let payload = message.payload();
+                    print_message(
+                        &mut *out.borrow_mut(),
+                        output.format,
+                        payload,
+                        Some(message),
+                    )
+                },
+                |count| print_lost(&mut *out.borrow_mut(), output.format, count),
+            )
         }
         Command::Send {
             url,
             message,
+            level,
             split,
-        } => send(&url, message, split).map_err(|f| f.for_client("listen")),
+        } => send(&url, message, level, split).map_err(|f| f.for_client("listen")),
         Command::Request {
             url,
             message,
@@ -156,7 +178,12 @@ fn run(cli: Cli) -> CliResult {
     }
 }
 
-fn send(url: &str, message: Option<String>, split: Split) -> CliResult {
+fn send(
+    url: &str,
+    message: Option<String>,
+    level: Option<ipckit::Level>,
+    split: Split,
+) -> CliResult {
     let from_stdin = message.as_deref().is_none_or(|m| m == "-");
     if !from_stdin && (split.whole || split.null || split.crlf) {
         return Err(Failure::Usage(
@@ -164,12 +191,16 @@ fn send(url: &str, message: Option<String>, split: Split) -> CliResult {
         ));
     }
     let client = ipckit::connect(url)?;
+    let send = |payload: &[u8]| match level {
+        Some(level) => client.send_at(level, payload),
+        None => client.send(payload),
+    };
     if !from_stdin {
-        client.send(message.unwrap_or_default().as_bytes())?;
+        send(message.unwrap_or_default().as_bytes())?;
         return Ok(());
     }
     if split.whole {
-        client.send(&read_stdin()?)?;
+        send(&read_stdin()?)?;
         return Ok(());
     }
     // Messages are bytes: a piece need not be UTF-8, and with --null may hold newlines.
@@ -179,7 +210,7 @@ fn send(url: &str, message: Option<String>, split: Split) -> CliResult {
         if split.crlf && piece.last() == Some(&b'\r') {
             piece.pop();
         }
-        client.send(&piece)?;
+        send(&piece)?;
     }
     Ok(())
 }
@@ -196,13 +227,19 @@ fn read_stdin() -> Result<Vec<u8>, Failure> {
 fn serve(url: &str, answer: Answer, exec_timeout: Duration, bounds: args::Bounds) -> CliResult {
     if let Some(cmd) = answer.exec {
         // One message at a time: CMD's runs never overlap, as a shell loop's would not.
-        return serve_loop(url, bounds, false, |message| {
-            exec::answer(&cmd, exec_timeout, message);
-            Ok(())
-        });
+        return serve_loop(
+            url,
+            bounds,
+            false,
+            |message| {
+                exec::answer(&cmd, exec_timeout, message);
+                Ok(())
+            },
+            |_| Ok(()),
+        );
     }
     debug_assert!(answer.echo, "clap requires --echo or --exec");
-    serve_loop(url, bounds, false, |message| {
+    let echo = |message: &mut ipckit::Message| {
         if message.wants_reply() {
             let payload = message.take_payload();
             // One client's failure is not the server's: that client has its answer or is
@@ -212,5 +249,6 @@ fn serve(url: &str, answer: Answer, exec_timeout: Duration, bounds: args::Bounds
             }
         }
         Ok(())
-    })
+    };
+    serve_loop(url, bounds, false, echo, |_| Ok(()))
 }

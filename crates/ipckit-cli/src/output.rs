@@ -52,11 +52,32 @@ fn write_message(
             }
             if let Some(message) = message {
                 value["peer"] = serde_json::to_value(message.peer()).expect("plain data");
+                if let Some(level) = message.level() {
+                    value["level"] = level.to_string().into();
+                }
+                if let Some(sequence) = message.sequence() {
+                    value["sequence"] = sequence.into();
+                }
             }
             writeln!(out, "{value}")?;
         }
     }
     out.flush()
+}
+
+/// Says that a listener missed `count` events: a `{"lost":N}` line in JSON, where a
+/// program reads it in order with the events; otherwise on standard error, which keeps
+/// standard output to the payloads.
+pub fn print_lost(out: &mut impl Write, format: Format, count: u64) -> CliResult {
+    match format {
+        Format::Json => writeln!(out, "{}", serde_json::json!({ "lost": count }))
+            .and_then(|()| out.flush())
+            .map_err(stdout_error),
+        Format::Text | Format::Hex => {
+            eprintln!("ipckit: {count} event(s) lost: this listener fell behind the ring");
+            Ok(())
+        }
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use ipckit::{Message, Server};
+use ipckit::{Event, Message, Server};
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::args::Bounds;
 use crate::exit::{CliResult, Failure};
 
-/// Receives at `url` within `bounds`, handing each message to `handle`. With
+/// Receives at `url` within `bounds`, handing each message to `handle` and each count of
+/// events a listener missed to `lost` (only a broadcast listener misses any). With
 /// `stdout_read`, the loop also ends when whoever reads standard output goes away, at once
 /// rather than at the next message, so that `listen URL | head -1` ends with `head`.
 pub fn serve_loop(
@@ -21,6 +22,7 @@ pub fn serve_loop(
     bounds: Bounds,
     stdout_read: bool,
     mut handle: impl FnMut(&mut Message) -> CliResult,
+    mut lost: impl FnMut(u64) -> CliResult,
 ) -> CliResult {
     let signals = block_stop_signals()?;
     let mut server: Server = ipckit::listen(url)?;
@@ -42,13 +44,13 @@ pub fn serve_loop(
     let deadline = bounds.timeout.map(|t| Instant::now() + t);
     let mut received = 0u64;
     while bounds.count.is_none_or(|n| received < n) {
-        let message = match deadline {
-            None => server.recv().map(Some),
+        let event = match deadline {
+            None => server.recv_event().map(Some),
             Some(deadline) => {
-                server.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                server.recv_event_timeout(deadline.saturating_duration_since(Instant::now()))
             }
         };
-        let message = match message {
+        let event = match event {
             // Stopped: dropping the server removes what it made.
             Err(ipckit::Error::Stopped { .. }) if reader_gone.load(Ordering::Acquire) => {
                 return Err(Failure::ReaderGone);
@@ -56,13 +58,22 @@ pub fn serve_loop(
             Err(ipckit::Error::Stopped { .. }) => return Ok(()),
             other => other?,
         };
-        let Some(mut message) = message else {
-            return match bounds.count {
-                Some(n) => Err(Failure::TimedOut(format!(
-                    "{url}: timed out after {received} of {n} messages"
-                ))),
-                None => Ok(()),
-            };
+        let mut message = match event {
+            Some(Event::Message(message)) => message,
+            Some(Event::Lost { count }) => {
+                lost(count)?;
+                continue;
+            }
+            // Clients coming and going are the business of `publish`, not of these loops.
+            Some(_) => continue,
+            None => {
+                return match bounds.count {
+                    Some(n) => Err(Failure::TimedOut(format!(
+                        "{url}: timed out after {received} of {n} messages"
+                    ))),
+                    None => Ok(()),
+                };
+            }
         };
         // A failure here (standard output gone, say) returns through the server's drop,
         // which removes what it made.

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 // The shell-facing behaviours, in a file of their own (not a test target of its own).
 #[path = "cli/contract.rs"]
 mod contract;
+#[path = "cli/events.rs"]
+mod events;
 #[path = "cli/pipeline.rs"]
 mod pipeline;
 #[path = "cli/pubsub.rs"]

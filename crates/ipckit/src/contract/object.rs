@@ -10,12 +10,15 @@ use super::wire::{self, Codec, Failure, Kind};
 use super::{Event, Method, NoError, OneWay};
 use crate::push::ClientHandle;
 
-/// What a handler made of a call: a reply body to send (two-way), or nothing (one-way).
-pub(super) type Answer = Option<Vec<u8>>;
+/// What a handler made of a call: whether it wrote a reply body to send (two-way) into
+/// the buffer it was given, or nothing (one-way).
+pub(super) type Answer = bool;
 
-/// A handler: its answer, or why the arguments do not fit the method (for the service to
-/// read the call again, if it took a shortcut, or to say so).
-type Handler<T> = Box<dyn Fn(&T, Codec, &[u8]) -> Result<Answer, String> + Send + Sync>;
+/// A handler: its answer, written into the buffer it is given (which keeps its room from
+/// call to call), or why the arguments do not fit the method (for the service to read
+/// the call again, if it took a shortcut, or to say so).
+type Handler<T> =
+    Box<dyn Fn(&T, Codec, &[u8], &mut Vec<u8>) -> Result<Answer, String> + Send + Sync>;
 
 /// Why an object did not run a call.
 pub(super) enum Refusal {
@@ -89,17 +92,20 @@ impl<T: Send + Sync + 'static> Object<T> {
             returns: describe::type_name::<M::Output>(),
             error,
         });
-        let handler: Handler<T> = Box::new(move |state, codec, args| {
+        let handler: Handler<T> = Box::new(move |state, codec, args, out| {
             let answer = match codec.decode::<M>(args) {
                 Ok(args) => match handler(state, args) {
-                    Ok(output) => wire::ok(codec, &output).unwrap_or_else(|e| {
-                        let failure = Failure {
-                            kind: Kind::Panicked,
-                            message: format!("its result could not be encoded: {e}"),
-                            served: Vec::new(),
-                        };
-                        wire::failed::<()>(codec, &failure, None)
-                    }),
+                    Ok(output) => match wire::ok_into(out, codec, &output) {
+                        Ok(()) => return Ok(true),
+                        Err(e) => {
+                            let failure = Failure {
+                                kind: Kind::Panicked,
+                                message: format!("its result could not be encoded: {e}"),
+                                served: Vec::new(),
+                            };
+                            wire::failed::<()>(codec, &failure, None)
+                        }
+                    },
                     Err(error) => {
                         let failure = Failure {
                             kind: Kind::App,
@@ -121,7 +127,8 @@ impl<T: Send + Sync + 'static> Object<T> {
                     ));
                 }
             };
-            Ok(Some(answer))
+            *out = answer;
+            Ok(true)
         });
         self.handlers.push((M::NAME, handler));
         self
@@ -143,10 +150,10 @@ impl<T: Send + Sync + 'static> Object<T> {
             error: None,
         });
         let handler: Handler<T> =
-            Box::new(move |state, codec, args| match codec.decode::<M>(args) {
+            Box::new(move |state, codec, args, _| match codec.decode::<M>(args) {
                 Ok(args) => {
                     handler(state, args);
-                    Ok(None)
+                    Ok(false)
                 }
                 Err(detail) => Err(format!(
                     "'{}' takes {}: {detail}",
@@ -171,6 +178,11 @@ impl<T: Send + Sync + 'static> Object<T> {
             args: describe::args_of::<E>(E::PARAMS),
         });
         self
+    }
+
+    /// The names of its methods, in the order of their handlers' numbers.
+    pub(super) fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.handlers.iter().map(|(n, _)| *n)
     }
 
     fn add_name(&self, name: &'static str) {
@@ -226,15 +238,19 @@ impl<T: Send + Sync + 'static> Drop for ForgetIfGone<'_, T> {
 
 /// An object with its instance(s), as the service holds it: its types erased.
 pub(super) trait Hosted: Send + Sync {
-    /// Runs method `method` for client `client`; `None` when the object has no such
+    /// The number of the handler of method `method`; `None` when the object has no such
     /// method.
+    fn handler(&self, method: &[u8]) -> Option<usize>;
+    /// Runs handler `handler` (from [`handler`](Hosted::handler), or the position of its
+    /// method in [`Object::names`]) for client `client`.
     fn dispatch(
         &self,
         client: Option<&ClientHandle>,
-        method: &[u8],
+        handler: usize,
         codec: Codec,
         args: &[u8],
-    ) -> Option<Result<Answer, Refusal>>;
+        out: &mut Vec<u8>,
+    ) -> Result<Answer, Refusal>;
     /// Forgets what belongs to `client`, which has gone.
     fn disconnected(&self, client: u64);
     fn methods(&self) -> &[MethodInfo];
@@ -269,20 +285,24 @@ impl<T: Send + Sync + 'static> Host<T> {
 }
 
 impl<T: Send + Sync + 'static> Hosted for Host<T> {
+    fn handler(&self, method: &[u8]) -> Option<usize> {
+        self.object
+            .handlers
+            .iter()
+            .position(|(n, _)| n.as_bytes() == method)
+    }
+
     fn dispatch(
         &self,
         client: Option<&ClientHandle>,
-        method: &[u8],
+        handler: usize,
         codec: Codec,
         args: &[u8],
-    ) -> Option<Result<Answer, Refusal>> {
-        let (_, handler) = self
-            .object
-            .handlers
-            .iter()
-            .find(|(n, _)| n.as_bytes() == method)?;
-        Some(match &self.instance {
-            Instances::Shared(state) => handler(state, codec, args).map_err(Refusal::BadArguments),
+        out: &mut Vec<u8>,
+    ) -> Result<Answer, Refusal> {
+        let (_, handler) = &self.object.handlers[handler];
+        match &self.instance {
+            Instances::Shared(state) => handler(state, codec, args, out).map_err(Refusal::BadArguments),
             Instances::PerConnection { make, live } => match client {
                 Some(client) => {
                     // Whatever way the call ends, panics included: a client whose
@@ -299,11 +319,11 @@ impl<T: Send + Sync + 'static> Hosted for Host<T> {
                             .or_insert_with(|| Arc::new(make()))
                             .clone()
                     };
-                    handler(&state, codec, args).map_err(Refusal::BadArguments)
+                    handler(&state, codec, args, out).map_err(Refusal::BadArguments)
                 }
                 None => Err(Refusal::BadCall("an object with one instance per connection needs a transport that tells its clients apart".to_string())),
             },
-        })
+        }
     }
 
     fn disconnected(&self, client: u64) {

@@ -4,6 +4,7 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -35,7 +36,30 @@ use crate::{Error, Message, Result, Server, ServerGuard};
 /// ```
 pub struct Service {
     objects: Vec<(String, Box<dyn Hosted>)>,
+    /// Every method of every object, as its calls begin: the objects' in turn, each
+    /// object's in the order of its handlers (from `first`).
+    routes: Vec<Routed>,
+    /// Each object's first route.
+    first_route: Vec<usize>,
+    /// The route of the last call answered, tried first: a client calling one method in
+    /// a loop is answered with no parse of its calls' heads and no lookup by name.
+    /// Written only when it changes, so that threads answering the same method share
+    /// its cache line unwritten.
+    last: AtomicUsize,
     subscriptions: Arc<Subscriptions>,
+}
+
+thread_local! {
+    /// A reply body's room, kept for the thread's next reply.
+    static SPARE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// A method's [`Route`](wire::Route), and where its handler is.
+struct Routed {
+    route: wire::Route,
+    object: usize,
+    handler: usize,
+    method: &'static str,
 }
 
 impl Default for Service {
@@ -49,6 +73,9 @@ impl Service {
     pub fn new() -> Service {
         Service {
             objects: Vec::new(),
+            routes: Vec::new(),
+            first_route: Vec::new(),
+            last: AtomicUsize::new(0),
             subscriptions: Arc::default(),
         }
     }
@@ -72,6 +99,14 @@ impl Service {
             !self.objects.iter().any(|(n, _)| n == name),
             "an object is hosted as '{name}' already"
         );
+        let routes = object.names().enumerate().map(|(handler, method)| Routed {
+            route: wire::Route::new(name, method),
+            object: self.objects.len(),
+            handler,
+            method,
+        });
+        self.first_route.push(self.routes.len());
+        self.routes.extend(routes);
         self.objects
             .push((name.to_string(), Box::new(Host::new(object, instance))));
         self
@@ -126,15 +161,18 @@ impl Service {
     /// for a reply. For a server loop of one's own; [`serve`](Service::serve) does this
     /// for every message.
     pub fn handle(&self, msg: &mut Message) {
-        let answer = self.answer(msg.client(), msg.payload());
-        match answer {
-            Some(body) if msg.wants_reply() => {
+        // The thread's last reply body, taken out for the call (a call answered
+        // meanwhile, from within it, finds none and makes its own): an allocation saved
+        // per call.
+        let mut body = SPARE.take();
+        let answered = self.answer_into(msg.client(), msg.payload(), &mut body);
+        match answered {
+            true if msg.wants_reply() => {
                 if let Err(e) = msg.reply(&body) {
                     log::debug!("a contract reply was not delivered: {e}");
                 }
-                wire::recycle(body);
             }
-            Some(body) => {
+            true => {
                 if let Ok(wire::Reply::Failed(failure, _)) = wire::parse_reply(&body) {
                     log::warn!(
                         "{}: a one-way contract call failed: {}",
@@ -144,7 +182,7 @@ impl Service {
                 }
             }
             // A one-way method called as a request: say that it ran.
-            None if msg.wants_reply() => {
+            false if msg.wants_reply() => {
                 let codec = Codec::of(msg.payload()).unwrap_or_default();
                 if let Ok(body) = wire::ok(codec, &()) {
                     if let Err(e) = msg.reply(&body) {
@@ -152,7 +190,11 @@ impl Service {
                     }
                 }
             }
-            None => {}
+            false => {}
+        }
+        // Kept for the thread's next reply unless a large one made it large.
+        if body.capacity() <= 4096 {
+            SPARE.set(body);
         }
     }
 
@@ -213,7 +255,34 @@ impl Service {
     }
 
     /// The reply body for call `body`, or `None` for a one-way call that went well.
+    #[cfg(any(test, fuzzing))]
     pub(super) fn answer(&self, client: Option<&ClientHandle>, body: &[u8]) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        self.answer_into(client, body, &mut out).then_some(out)
+    }
+
+    /// As [`answer`](Service::answer), into `out`, whose room is kept from call to call:
+    /// whether there is a reply body.
+    pub(super) fn answer_into(
+        &self,
+        client: Option<&ClientHandle>,
+        body: &[u8],
+        out: &mut Vec<u8>,
+    ) -> bool {
+        if let Some(answered) = self.answer_routed(client, body, out) {
+            return answered;
+        }
+        match self.answer_parsed(client, body) {
+            Some(answer) => {
+                *out = answer;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The reply body for call `body`, read the long way.
+    fn answer_parsed(&self, client: Option<&ClientHandle>, body: &[u8]) -> Option<Vec<u8>> {
         let mut call = wire::parse_call(body);
         loop {
             let read = match call {
@@ -269,7 +338,7 @@ impl Service {
         if call.object.is_none() && *call.method == *wire::DESCRIBE.as_bytes() {
             return Ok(wire::ok(codec, &self.describe()).ok());
         }
-        let (name, host) = match self.find(call.object.as_deref()) {
+        let (object, name, host) = match self.find(call.object.as_deref()) {
             Some(found) => found,
             None => {
                 let wanted = String::from_utf8_lossy(call.object.as_deref().unwrap_or_default());
@@ -285,40 +354,113 @@ impl Service {
         if call.method.starts_with(wire::RESERVED.as_bytes()) {
             return self.answer_own(client, name, host, call);
         }
-        match catch_unwind(AssertUnwindSafe(|| {
-            host.dispatch(client, &call.method, codec, call.args)
-        })) {
-            Ok(Some(Ok(answer))) => Ok(answer),
-            Ok(Some(Err(Refusal::BadArguments(message)))) => Err(message),
-            Ok(Some(Err(Refusal::BadCall(why)))) => failed(Kind::BadCall, why, Vec::new()),
-            Ok(None) => failed(
+        let Some(handler) = host.handler(&call.method) else {
+            return failed(
                 Kind::UnknownMethod,
                 format!(
                     "the object '{name}' has no method '{}'",
                     String::from_utf8_lossy(&call.method)
                 ),
                 host.methods().iter().map(|m| m.name.clone()).collect(),
-            ),
-            Err(panic) => {
-                let why = panic_message(&*panic);
-                log::error!(
-                    "the handler of '{name}.{}' panicked: {why}; serving on",
-                    String::from_utf8_lossy(&call.method)
-                );
-                failed(Kind::Panicked, why, Vec::new())
+            );
+        };
+        if call.object.is_some() {
+            // The next call of this method is known by its head.
+            let route = self.first_route[object] + handler;
+            if self.last.load(Ordering::Relaxed) != route {
+                self.last.store(route, Ordering::Relaxed);
+            }
+        }
+        let method = String::from_utf8_lossy(&call.method);
+        let mut out = Vec::new();
+        let answered = self.run(
+            client, name, host, handler, &method, codec, call.args, &mut out,
+        )?;
+        Ok(answered.then_some(out))
+    }
+
+    /// The answer to a call of the last route answered, if it is one, into `out` (as
+    /// [`answer_into`](Service::answer_into)); `None` for any other call, or a JSON call
+    /// whose arguments do not decode, which the long way reads again in full.
+    #[inline]
+    fn answer_routed(
+        &self,
+        client: Option<&ClientHandle>,
+        body: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Option<bool> {
+        let routed = self.routes.get(self.last.load(Ordering::Relaxed))?;
+        let (codec, args) = routed.route.args(body)?;
+        let (name, host) = &self.objects[routed.object];
+        let method = routed.method;
+        match self.run(
+            client,
+            name,
+            &**host,
+            routed.handler,
+            method,
+            codec,
+            args,
+            out,
+        ) {
+            Ok(answer) => Some(answer),
+            Err(_) if codec == Codec::Json => None,
+            Err(message) => {
+                let failure = Failure {
+                    kind: Kind::BadArguments,
+                    message,
+                    served: Vec::new(),
+                };
+                *out = wire::failed::<()>(codec, &failure, None);
+                Some(true)
             }
         }
     }
 
+    /// Runs handler `handler` of object `name`: whether it wrote a reply body into `out`
+    /// (not for a one-way call that went well), or why the arguments do not decode.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        client: Option<&ClientHandle>,
+        name: &str,
+        host: &dyn Hosted,
+        handler: usize,
+        method: &str,
+        codec: Codec,
+        args: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<bool, String> {
+        let (kind, message) = match catch_unwind(AssertUnwindSafe(|| {
+            host.dispatch(client, handler, codec, args, &mut *out)
+        })) {
+            Ok(Ok(answer)) => return Ok(answer),
+            Ok(Err(Refusal::BadArguments(message))) => return Err(message),
+            Ok(Err(Refusal::BadCall(why))) => (Kind::BadCall, why),
+            Err(panic) => {
+                let why = panic_message(&*panic);
+                log::error!("the handler of '{name}.{method}' panicked: {why}; serving on");
+                (Kind::Panicked, why)
+            }
+        };
+        let failure = Failure {
+            kind,
+            message,
+            served: Vec::new(),
+        };
+        *out = wire::failed::<()>(codec, &failure, None);
+        Ok(true)
+    }
+
     /// The object a call names: the one so named, or the only one for a call that names
     /// none.
-    fn find(&self, object: Option<&[u8]>) -> Option<(&str, &dyn Hosted)> {
+    fn find(&self, object: Option<&[u8]>) -> Option<(usize, &str, &dyn Hosted)> {
         let found = match object {
-            Some(name) => self.objects.iter().find(|(n, _)| n.as_bytes() == name),
-            None if self.objects.len() == 1 => self.objects.first(),
+            Some(name) => self.objects.iter().position(|(n, _)| n.as_bytes() == name),
+            None if self.objects.len() == 1 => Some(0),
             None => None,
         };
-        found.map(|(n, h)| (n.as_str(), &**h))
+        found.map(|i| (i, self.objects[i].0.as_str(), &*self.objects[i].1))
     }
 
     /// The answer to one of ipckit's own calls on an object.
@@ -538,6 +680,101 @@ mod tests {
             Ok(wire::Reply::Failed(failure, _)) => failure.kind,
             _ => panic!("not a failure: {}", String::from_utf8_lossy(reply)),
         }
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct Add {
+        a: i64,
+        b: i64,
+    }
+
+    impl super::super::Method for Add {
+        const NAME: &'static str = "add";
+        type Output = i64;
+        type Error = super::super::NoError;
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct Neg {
+        a: i64,
+    }
+
+    impl super::super::Method for Neg {
+        const NAME: &'static str = "neg";
+        type Output = i64;
+        type Error = super::super::NoError;
+    }
+
+    /// Calls known by the head of the last one answered are answered as calls read in
+    /// full, in both codecs, whatever came before them; bodies that only begin as a
+    /// route's go the long way.
+    #[test]
+    fn calls_known_by_their_route_are_answered_as_calls_read_in_full() {
+        let mut service = Service::new();
+        service.shared(
+            "calc",
+            Object::new()
+                .method(|_: &(), args: Add| Ok(args.a + args.b))
+                .method(|_: &(), args: Neg| Ok(-args.a)),
+            (),
+        );
+        service.shared(
+            "twice",
+            Object::new().method(|_: &(), args: Add| Ok(2 * (args.a + args.b))),
+            (),
+        );
+        let route = |object: &str, method: &str| {
+            service
+                .routes
+                .iter()
+                .position(|r| service.objects[r.object].0 == object && r.method == method)
+                .unwrap()
+        };
+        for codec in [Codec::Json, Codec::Postcard] {
+            let add = wire::call(codec, Some("calc"), "add", &Add { a: 2, b: 3 }).unwrap();
+            let neg = wire::call(codec, Some("calc"), "neg", &Neg { a: 7 }).unwrap();
+            let twice = wire::call(codec, Some("twice"), "add", &Add { a: 2, b: 3 }).unwrap();
+            let unnamed = wire::call(codec, None, "add", &Add { a: 2, b: 3 }).unwrap();
+            let mut cut = add.clone();
+            cut.pop();
+            let mut longer = add.clone();
+            longer.push(b'0');
+            for _ in 0..2 {
+                let answer = |body: &[u8]| service.answer(None, body).unwrap();
+                assert_eq!(answer(&add), wire::ok(codec, &5i64).unwrap(), "{codec:?}");
+                assert_eq!(service.last.load(Ordering::Relaxed), route("calc", "add"));
+                assert_eq!(answer(&add), wire::ok(codec, &5i64).unwrap(), "{codec:?}");
+                assert_eq!(answer(&neg), wire::ok(codec, &-7i64).unwrap(), "{codec:?}");
+                assert_eq!(service.last.load(Ordering::Relaxed), route("calc", "neg"));
+                assert_eq!(
+                    answer(&twice),
+                    wire::ok(codec, &10i64).unwrap(),
+                    "{codec:?}"
+                );
+                assert_eq!(service.last.load(Ordering::Relaxed), route("twice", "add"));
+                assert_eq!(
+                    answer(&twice),
+                    wire::ok(codec, &10i64).unwrap(),
+                    "{codec:?}"
+                );
+                assert_eq!(kind(&answer(&unnamed)), Kind::UnknownObject, "{codec:?}");
+                assert_eq!(answer(&add), wire::ok(codec, &5i64).unwrap(), "{codec:?}");
+                for bad in [&cut, &longer] {
+                    // A JSON body cut or lengthened is no JSON: no call at all.
+                    let expected = match codec {
+                        Codec::Json => Kind::BadCall,
+                        Codec::Postcard => Kind::BadArguments,
+                    };
+                    assert_eq!(kind(&answer(bad)), expected, "{codec:?}");
+                }
+            }
+        }
+        // After a route's head, a JSON body may hold more than the shortcut reads.
+        let answer = |body: &str| service.answer(None, body.as_bytes()).unwrap();
+        let plain = r#"{"object":"calc","method":"add","args":{"a":2,"b":3}}"#;
+        assert_eq!(answer(plain), br#"{"ok":5}"#);
+        let more = r#"{"object":"calc","method":"add","args":{"a":2,"b":3},"later":[1]}"#;
+        assert_eq!(answer(more), br#"{"ok":5}"#);
     }
 
     /// A call read by the shortcut whose arguments do not decode is read again in full:

@@ -198,18 +198,26 @@ impl CallHead {
         method: &str,
         args: &A,
     ) -> Result<(), String> {
+        self.write_head(out, codec, method)?;
+        write_args(out, codec, args)
+    }
+
+    /// What every call of `method` in `codec` begins with, written into `out` (emptied
+    /// first): the arguments follow, by [`write_args`].
+    pub(super) fn write_head(
+        &self,
+        out: &mut Vec<u8>,
+        codec: Codec,
+        method: &str,
+    ) -> Result<(), String> {
         out.clear();
         match codec {
             Codec::Json => {
-                // Written by hand around the arguments so that they are encoded once, in
-                // place, with no intermediate value.
                 out.reserve(self.json.len() + method.len() + 40);
                 out.extend_from_slice(&self.json);
                 out.extend_from_slice(b"\"method\":");
                 json_str(out, method)?;
                 out.extend_from_slice(b",\"args\":");
-                serde_json::to_writer(&mut *out, args).map_err(|e| e.to_string())?;
-                out.push(b'}');
             }
             Codec::Postcard => {
                 // The head as postcard writes a `Head`, by hand: serde's way costs more
@@ -217,11 +225,68 @@ impl CallHead {
                 out.reserve(self.postcard.len() + method.len() + 24);
                 out.extend_from_slice(&self.postcard);
                 postcard_str(out, method);
-                let taken = std::mem::take(out);
-                *out = postcard::to_extend(args, taken).map_err(|e| e.to_string())?;
             }
         }
         Ok(())
+    }
+}
+
+/// The arguments of a call, after its head (from [`CallHead::write_head`]) in `out`:
+/// encoded once, in place, with no intermediate value.
+pub(super) fn write_args<A: Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    codec: Codec,
+    args: &A,
+) -> Result<(), String> {
+    match codec {
+        Codec::Json => {
+            serde_json::to_writer(&mut *out, args).map_err(|e| e.to_string())?;
+            out.push(b'}');
+        }
+        Codec::Postcard => postcard_into(out, args)?,
+    }
+    Ok(())
+}
+
+/// A call of one method on one object as a proxy writes its head, in each codec, for a
+/// service to know it by its first bytes: one comparison in place of reading the head
+/// and looking up the object and the method by name.
+pub(super) struct Route {
+    /// 0x01, then the object and the method as postcard writes a `Head` with an object.
+    postcard: Box<[u8]>,
+    /// `{"object":"o","method":"m","args":`, for names the [`shortcut`] reads as they
+    /// are; `None` for others, which go the long way.
+    json: Option<Box<[u8]>>,
+}
+
+impl Route {
+    pub(super) fn new(object: &str, method: &str) -> Route {
+        let mut postcard = vec![POSTCARD, 1];
+        postcard_str(&mut postcard, object);
+        postcard_str(&mut postcard, method);
+        let as_is = |name: &str| name.bytes().all(|b| plain(b) && b < 0x80);
+        let json = (as_is(object) && as_is(method)).then(|| {
+            format!(r#"{{"object":"{object}","method":"{method}","args":"#)
+                .into_bytes()
+                .into_boxed_slice()
+        });
+        Route {
+            postcard: postcard.into_boxed_slice(),
+            json,
+        }
+    }
+
+    /// The codec and the arguments of the call in `body`, if it is one of this route's:
+    /// what [`parse_call`] reads (a JSON call as its shortcut does).
+    #[inline]
+    pub(super) fn args<'a>(&self, body: &'a [u8]) -> Option<(Codec, &'a [u8])> {
+        if body.first() == Some(&POSTCARD) {
+            return Some((Codec::Postcard, body.strip_prefix(&*self.postcard)?));
+        }
+        let args = body
+            .strip_prefix(self.json.as_deref()?)?
+            .strip_suffix(b"}")?;
+        Some((Codec::Json, args))
     }
 }
 
@@ -406,34 +471,60 @@ struct JsonFailure<'a, D: Serialize + ?Sized> {
 
 /// The body of a successful reply.
 pub(super) fn ok<T: Serialize + ?Sized>(codec: Codec, value: &T) -> Result<Vec<u8>, String> {
-    // The thread's last reply body, given back by `recycle` once sent: an allocation
-    // saved per call.
-    let mut out = SPARE.take();
+    let mut out = Vec::new();
+    ok_into(&mut out, codec, value)?;
+    Ok(out)
+}
+
+/// As [`ok`], into `out` (emptied first), whose room is kept from call to call.
+pub(super) fn ok_into<T: Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    codec: Codec,
+    value: &T,
+) -> Result<(), String> {
     out.clear();
     match codec {
         Codec::Json => {
             out.extend_from_slice(OK_JSON);
-            let mut out = Codec::Json.encode_into(value, out)?;
+            serde_json::to_writer(&mut *out, value).map_err(|e| e.to_string())?;
             out.push(b'}');
-            Ok(out)
         }
         Codec::Postcard => {
             out.push(POSTCARD);
             out.push(OK);
-            Codec::Postcard.encode_into(value, out)
+            postcard_into(out, value)?;
         }
     }
+    Ok(())
 }
 
-thread_local! {
-    /// A reply body's room, kept for the thread's next reply.
-    static SPARE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+/// `value` as postcard, after what `out` holds.
+#[inline]
+fn postcard_into<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> Result<(), String> {
+    postcard::serialize_with_flavor(value, Extend(out)).map_err(|e| e.to_string())
 }
 
-/// Keeps a sent reply's `body` for the thread's next [`ok`], unless it is large.
-pub(super) fn recycle(body: Vec<u8>) {
-    if body.capacity() <= 4096 {
-        SPARE.set(body);
+/// postcard's output written straight into a buffer: `to_extend` takes the buffer and
+/// gives it back, which moved it twice a call.
+struct Extend<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Extend<'_> {
+    type Output = ();
+
+    #[inline]
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.0.push(byte);
+        Ok(())
+    }
+
+    #[inline]
+    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
     }
 }
 

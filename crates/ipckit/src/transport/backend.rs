@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use super::events::EventsConnection;
 use super::shm::{Lease, ReplyChannel, ShmConnection, ShmExclusive, ShmListener, ShmLoan};
 use super::{Connection, Listener, Transport};
 use crate::endpoint::{Address, Endpoint};
@@ -211,10 +212,33 @@ macro_rules! each_flavor {
     };
 }
 
+/// [`each_flavor`] for a client, whose flavors also include events: its writer's
+/// `is_enabled` and a send nobody listens to are a load of shared memory, which an
+/// indirect call through the `Connection` trait would double.
+macro_rules! each_client_flavor {
+    ($self:ident, $flavor:ident => $call:expr) => {
+        match $self {
+            Self::Shm($flavor) => {
+                let $flavor = &**$flavor;
+                $call
+            }
+            Self::Events($flavor) => {
+                let $flavor = &**$flavor;
+                $call
+            }
+            Self::Boxed($flavor) => {
+                let $flavor = &**$flavor;
+                $call
+            }
+        }
+    };
+}
+
 /// A client's connection. Flavors are boxed, as the others are, so that a `Client` stays
 /// small to move and to hold in a user's own enums.
 pub(crate) enum ClientBackend {
     Shm(Box<ShmConnection>),
+    Events(Box<EventsConnection>),
     Boxed(Box<dyn Connection>),
 }
 
@@ -222,28 +246,29 @@ impl ClientBackend {
     pub(crate) fn connect(transport: &dyn Transport, endpoint: &Endpoint) -> Result<Self> {
         Ok(match endpoint.address() {
             Address::Shm(_) => Self::Shm(Box::new(ShmConnection::connect(endpoint)?)),
+            Address::Events(_) => Self::Events(Box::new(EventsConnection::connect(endpoint)?)),
             _ => Self::Boxed(transport.connect(endpoint)?),
         })
     }
 
     #[inline(always)]
     pub(crate) fn send(&self, payload: &[u8]) -> Result<()> {
-        each_flavor!(self, c => ClientSide::send(c, payload))
+        each_client_flavor!(self, c => ClientSide::send(c, payload))
     }
 
     #[inline]
     pub(crate) fn send_at(&self, level: Level, payload: &[u8]) -> Result<()> {
-        each_flavor!(self, c => ClientSide::send_at(c, level, payload))
+        each_client_flavor!(self, c => ClientSide::send_at(c, level, payload))
     }
 
     #[inline]
     pub(crate) fn is_enabled(&self, level: Level) -> bool {
-        each_flavor!(self, c => ClientSide::is_enabled(c, level))
+        each_client_flavor!(self, c => ClientSide::is_enabled(c, level))
     }
 
     #[inline(always)]
     pub(crate) fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
-        each_flavor!(self, c => ClientSide::request(c, payload, timeout))
+        each_client_flavor!(self, c => ClientSide::request(c, payload, timeout))
     }
 
     #[inline(always)]
@@ -253,20 +278,20 @@ impl ClientBackend {
         timeout: Duration,
         read: impl FnOnce(&[u8]) -> R,
     ) -> Result<R> {
-        each_flavor!(self, c => ClientSide::request_with(c, payload, timeout, read))
+        each_client_flavor!(self, c => ClientSide::request_with(c, payload, timeout, read))
     }
 
     #[inline]
     pub(crate) fn recv(&self, deadline: Option<Instant>) -> Result<Option<Vec<u8>>> {
-        each_flavor!(self, c => ClientSide::recv(c, deadline))
+        each_client_flavor!(self, c => ClientSide::recv(c, deadline))
     }
 
     pub(crate) fn max_message(&self) -> usize {
-        each_flavor!(self, c => ClientSide::max_message(c))
+        each_client_flavor!(self, c => ClientSide::max_message(c))
     }
 
     pub(crate) fn endpoint(&self) -> &Endpoint {
-        each_flavor!(self, c => ClientSide::endpoint(c))
+        each_client_flavor!(self, c => ClientSide::endpoint(c))
     }
 
     /// Space for a message of `len` bytes (at most `max_message`): in the ring where the
@@ -287,7 +312,7 @@ impl ClientBackend {
     pub(crate) fn exclusive(&mut self) -> ExclusiveBackend<'_> {
         match self {
             Self::Shm(shm) => ExclusiveBackend::Shm(shm.exclusive()),
-            Self::Boxed(_) => ExclusiveBackend::Client(self),
+            Self::Events(_) | Self::Boxed(_) => ExclusiveBackend::Client(self),
         }
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use ipckit::contract::{CallError, Codec, Description, EventSet, Method, OneWay, Service};
 use ipckit::transport::Capabilities;
-use ipckit::{Broadcaster, ClientHandle, Endpoint, Error, Event, Message, ToEndpoint};
+use ipckit::{Broadcaster, ClientHandle, Endpoint, Error, Event, Level, Message, ToEndpoint};
 
 /// Names the API for a peer process.
 pub const API_ENV: &str = "IPCKIT_CONFORMANCE_API";
@@ -82,6 +82,20 @@ impl Client {
         match self {
             Client::Blocking(c) => c.send(payload),
             Client::Async(c) => block_on(c.send(payload)),
+        }
+    }
+
+    pub fn send_at(&self, level: Level, payload: &[u8]) -> Result<(), Error> {
+        match self {
+            Client::Blocking(c) => c.send_at(level, payload),
+            Client::Async(c) => block_on(c.send_at(level, payload)),
+        }
+    }
+
+    pub fn is_enabled(&self, level: Level) -> bool {
+        match self {
+            Client::Blocking(c) => c.is_enabled(level),
+            Client::Async(c) => c.is_enabled(level),
         }
     }
 
@@ -186,6 +200,14 @@ impl Server {
                     .ok()
                     .transpose()
             }),
+        }
+    }
+
+    /// How many events this listener missed, all told.
+    pub fn lost(&self) -> u64 {
+        match self {
+            Server::Blocking(s) => s.lost(),
+            Server::Async(s) => s.lost(),
         }
     }
 

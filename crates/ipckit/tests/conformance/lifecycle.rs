@@ -15,8 +15,8 @@ use crate::api;
 use crate::peer::{self, Role};
 use crate::support::{
     Check, Child, Ctx, Outcome, PATIENCE, always, checks, duplex, ensure, has_path,
-    heard_by_a_printer, parse_numbered, path_of, recv, refuses_transient, reliable,
-    reliable_transient, transient,
+    heard_by_a_printer, one_receiver, parse_numbered, path_of, recv, refuses_transient, reliable,
+    reliable_transient, transient_one_receiver,
 };
 
 pub const CHECKS: &[Check] = checks![
@@ -27,8 +27,8 @@ pub const CHECKS: &[Check] = checks![
     duplex => crashed_requester_leaves_nothing,
     duplex => crashed_requesters_reclaimed_while_serving,
     duplex => finished_clients_not_held,
-    always => restart_on_same_endpoint,
-    transient => missing_endpoint,
+    one_receiver => restart_on_same_endpoint,
+    transient_one_receiver => missing_endpoint,
     reliable => connect_waits_for_its_server_when_asked,
     placed => listen_where_it_cannot,
     duplex => server_dies_during_request,
@@ -577,7 +577,9 @@ fn spawn_serves_and_stops_on_drop(ctx: &Ctx) -> Outcome {
     }
     ensure!(rx.recv_timeout(PATIENCE).is_ok(), "the handler never ran");
     drop(guard);
-    if !ctx.transport.capabilities(&url.parse()?).durable {
+    let caps = ctx.transport.capabilities(&url.parse()?);
+    // A broadcast endpoint has no server whose absence a client would notice.
+    if !caps.durable && !caps.broadcast {
         let mut child = Child::spawn(Role::Connect, &url);
         let line = child.line()?;
         ensure!(

@@ -7,16 +7,17 @@
 //!
 //! One file per behaviour, each with its list of checks: `delivery`, `request_reply`,
 //! `lifecycle`, `durable`, `bad_input`, `limits`, `plain_writers`, `shared_memory`,
-//! `access`, `handshake`, `push`, `contract` and `contract_bad_input` (typed contracts,
+//! `access`, `handshake`, `push`, `broadcast` and `broadcast_bad_input` (one writer's
+//! events reaching many listeners), `contract` and `contract_bad_input` (typed contracts,
 //! calling the contract of `contract_fixture`), and `cancellation` (through the async API
 //! alone). `support` holds what they share, `api` the two APIs a check drives, `peer` the
 //! peer processes. A new behaviour's list goes in [`CHECKS`] below.
 //!
 //! A trial is named `scheme::check` through the blocking API and `scheme::async::check`
 //! through the async one; the checks of `bad_input`, `limits`, `plain_writers`,
-//! `shared_memory`, `access`, `push`, `contract`, `contract_bad_input` and `cancellation`
-//! carry their module in their name (`uds::bad_input::random_bytes`; `… -- contract` runs
-//! every contract check).
+//! `shared_memory`, `access`, `push`, `broadcast`, `broadcast_bad_input`, `contract`,
+//! `contract_bad_input` and `cancellation` carry their module in their name
+//! (`uds::bad_input::random_bytes`; `… -- contract` runs every contract check).
 //! Checks that need a peer of another user run only as root, and are listed as ignored
 //! otherwise. Run one transport, one check, or one check on one transport with the usual
 //! filters:
@@ -30,6 +31,8 @@ use libtest_mimic::{Arguments, Trial};
 mod access;
 mod api;
 mod bad_input;
+mod broadcast;
+mod broadcast_bad_input;
 mod cancellation;
 mod contract;
 mod contract_bad_input;
@@ -64,6 +67,8 @@ const CHECKS: &[&[Check]] = &[
     push::CHECKS,
     contract::CHECKS,
     contract_bad_input::CHECKS,
+    broadcast::CHECKS,
+    broadcast_bad_input::CHECKS,
 ];
 
 /// What only futures can do: be dropped halfway. Run through the async API alone.

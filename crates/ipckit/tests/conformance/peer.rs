@@ -124,6 +124,18 @@ pub enum Role {
     /// A server that prints `ready URL` and serves version `version` of the contract of
     /// `contract_fixture` (see `contract`).
     ServeContract { version: u32 },
+    /// A broadcast writer, numbering its events as from `writer`, told on stdin what to
+    /// write (see `broadcast`).
+    Writer { writer: u32 },
+    /// A broadcast listener that prints what it receives until `ends` writers ended, after
+    /// a line on stdin if `wait` (see `broadcast`).
+    Listener { ends: u32, wait: bool },
+    /// A broadcast writer that writes until stdin closes, taking an error as an answer
+    /// (see `broadcast_bad_input`).
+    WriteThroughDamage { writer: u32 },
+    /// A broadcast listener that prints what it receives until an error or a quiet
+    /// spell (see `broadcast_bad_input`).
+    ListenThroughDamage,
 }
 
 impl Role {
@@ -197,6 +209,12 @@ impl Role {
                 vec![threads.to_string(), per_thread.to_string()],
             ),
             Role::ServeContract { version } => ("serve-contract", vec![version.to_string()]),
+            Role::Writer { writer } => ("writer", vec![writer.to_string()]),
+            Role::Listener { ends, wait } => ("listener", vec![ends.to_string(), wait.to_string()]),
+            Role::WriteThroughDamage { writer } => {
+                ("write-through-damage", vec![writer.to_string()])
+            }
+            Role::ListenThroughDamage => ("listen-through-damage", vec![]),
         };
         let args: Vec<String> = [name.to_owned(), url.to_owned()]
             .into_iter()
@@ -308,6 +326,17 @@ impl Role {
             "serve-contract" => Role::ServeContract {
                 version: arg(args, 2)?,
             },
+            "writer" => Role::Writer {
+                writer: arg(args, 2)?,
+            },
+            "listener" => Role::Listener {
+                ends: arg(args, 2)?,
+                wait: arg(args, 3)?,
+            },
+            "write-through-damage" => Role::WriteThroughDamage {
+                writer: arg(args, 2)?,
+            },
+            "listen-through-damage" => Role::ListenThroughDamage,
             other => return Err(format!("unknown role {other}").into()),
         };
         Ok((role, url))
@@ -402,6 +431,10 @@ fn play(role: Role, url: &str) -> Result<(), Failure> {
         | Role::PushServer { .. }
         | Role::RequestAndReceive { .. } => return crate::push::play(role, url),
         Role::ServeContract { version } => return crate::contract::serve(version, url),
+        Role::Writer { .. } | Role::Listener { .. } => return crate::broadcast::play(role, url),
+        Role::WriteThroughDamage { .. } | Role::ListenThroughDamage => {
+            return crate::broadcast_bad_input::play(role, url);
+        }
         Role::Send {
             client: sender,
             count,

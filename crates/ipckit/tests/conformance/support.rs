@@ -90,6 +90,16 @@ pub fn zero_copy(_: &dyn Transport, caps: &Capabilities) -> bool {
 pub fn transient(_: &dyn Transport, caps: &Capabilities) -> bool {
     !caps.durable
 }
+/// Endpoints with one receiver, their server: a second server on a live one is refused,
+/// and a client finds nothing where no server is. A broadcast endpoint has any number of
+/// listeners and writers and no server to be missing.
+pub fn one_receiver(_: &dyn Transport, caps: &Capabilities) -> bool {
+    !caps.broadcast
+}
+/// [`transient`] endpoints with [`one_receiver`].
+pub fn transient_one_receiver(t: &dyn Transport, caps: &Capabilities) -> bool {
+    transient(t, caps) && one_receiver(t, caps)
+}
 pub fn reliable_transient(_: &dyn Transport, caps: &Capabilities) -> bool {
     caps.reliable && !caps.durable
 }

@@ -206,6 +206,10 @@ impl EventsListener {
                 .spinner
                 .spin(|| core.ready() || woken.load(Ordering::Relaxed))
             {
+                // A scribbled tail can look ready for ever: the deadline still holds.
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Ok(None);
+                }
                 continue;
             }
             let next_reap = self.core.reap_due();

@@ -38,8 +38,10 @@
 //!   to `?send_timeout_ms=` (10 s unless set), then fail with [`Error::Full`] having
 //!   written nothing. Nothing is lost while listeners live; a listener that dies stops
 //!   holding writers back within a second.
-//! - *Crashes*: a listener killed with SIGKILL is unregistered within a second (its level
-//!   no longer counts, its entry is reused). A writer killed mid-write, or while holding
+//! - *Crashes*: a listener killed with SIGKILL is unregistered within a second while
+//!   anyone writes or listens (writers and waiting listeners look for dead listeners
+//!   once a second; a writer waiting in block mode at once): its level no longer counts
+//!   and its entry is reused. A writer killed mid-write, or while holding
 //!   the write lock, never blocks the others: the next writer takes the lock over, and
 //!   the event it was writing is lost (listeners count it in a `Lost`), never delivered in
 //!   part.

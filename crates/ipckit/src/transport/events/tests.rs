@@ -344,7 +344,14 @@ fn a_writer_killed_holding_the_lock_mid_write_stops_nobody() {
     writer.send(b"before").unwrap();
     let child = Child::start("writer-dying-mid-write", &s.url());
     child.kill();
-    writer.send(b"after").unwrap();
+    // In a thread of its own, so that a lock never taken over fails the test, not hangs it.
+    let (sent, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sent.send(writer.send(b"after"));
+    });
+    done.recv_timeout(PATIENCE)
+        .expect("a dead writer's lock was never taken over")
+        .unwrap();
     assert_eq!(message(&mut listener).payload(), b"before");
     let Event::Lost { count: 1 } = event(&mut listener) else {
         panic!("the dead writer's event was not counted lost")
@@ -380,4 +387,92 @@ fn writers_killed_at_random_moments_never_deliver_a_torn_event() {
     // A listener lapped by a flood resumes at the newest event (the marker, often).
     let lost = crate::transport::Listener::lost(&listener);
     assert!(received + lost > 0, "the children wrote nothing");
+}
+
+#[test]
+fn in_block_mode_writers_wait_for_the_slowest_listener_then_give_up_having_written_nothing() {
+    let s = Scratch::new("block", "?ring=4096&overflow=block&send_timeout_ms=100");
+    assert!(Events.capabilities(&s.0).reliable);
+    let mut listener = EventsListener::bind(&s.0).unwrap();
+    let writer = EventsConnection::connect(&s.0).unwrap();
+    let mut sent = 0u32;
+    let full = loop {
+        match writer.send(&sent.to_le_bytes()) {
+            Ok(()) => sent += 1,
+            Err(e) => break e,
+        }
+        assert!(
+            sent < 1000,
+            "a ring of 4 KiB took {sent} events without waiting"
+        );
+    };
+    assert!(matches!(full, crate::Error::Full { .. }), "{full}");
+    // Every event that went is there, none lost, none made up by the failed send.
+    for i in 0..sent {
+        let Event::Message(m) = event(&mut listener) else {
+            panic!("lost events in block mode")
+        };
+        assert_eq!(m.payload(), i.to_le_bytes());
+    }
+    assert!(
+        crate::transport::Listener::recv(&mut listener, Some(Instant::now()))
+            .unwrap()
+            .is_none()
+    );
+    writer.send(b"room again").unwrap();
+}
+
+#[test]
+fn in_block_mode_a_killed_listener_holds_nobody_back() {
+    let s = Scratch::new("block-killed", "?ring=4096&overflow=block");
+    let child = Child::start("listener", &s.url());
+    let writer = EventsConnection::connect(&s.0).unwrap();
+    child.kill();
+    // Twenty rings' worth: each wait reaps, and the dead listener stops counting.
+    for i in 0u32..1000 {
+        writer.send(&i.to_le_bytes()).unwrap();
+    }
+}
+
+/// The async listener sleeps on its bell and a writer in another thread rings it; the
+/// async writer sends at its levels.
+#[cfg(feature = "tokio")]
+#[test]
+fn async_listeners_wake_for_writers_of_any_kind() {
+    use crate::transport::{AsyncConnection as _, AsyncListener as _};
+    let s = Scratch::new("async", "?level=warning");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut listener = on_tokio::AsyncEventsListener::bind(&s.0).unwrap();
+        let plain: Endpoint = s.url().replace("?level=warning", "").parse().unwrap();
+        let url = plain.clone();
+        // Long enough for the listener to be asleep on its bell, usually; either way
+        // the event must arrive.
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            let writer = EventsConnection::connect(&url).unwrap();
+            writer.send_at(Level::Error, b"from a thread").unwrap();
+        });
+        let got = tokio::time::timeout(PATIENCE, listener.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.payload(), b"from a thread");
+        writer.join().unwrap();
+        let writer = on_tokio::AsyncEventsConnection::connect(&plain).unwrap();
+        assert!(!writer.is_enabled(Level::Informational));
+        writer.send(b"informational: nobody").await.unwrap();
+        writer.send_at(Level::Critical, b"critical").await.unwrap();
+        let got = tokio::time::timeout(PATIENCE, listener.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (got.payload(), got.level()),
+            (&b"critical"[..], Some(Level::Critical))
+        );
+    });
 }

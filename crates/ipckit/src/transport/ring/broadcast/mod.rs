@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use rustix::thread::futex;
 
+/// The atomics `records` uses; `tests/loom_broadcast.rs` gives it loom's instead.
+use super::sync;
 use super::{Mapping, Plain};
 use crate::sys::OWNER_DIED;
 #[allow(
@@ -49,6 +51,12 @@ pub const CLAIMING: u32 = 0x2000_0000;
 const REAPING: u32 = 0x1000_0000;
 /// The lock word's bit saying someone waits for it.
 const LOCK_WAITERS: u32 = 1 << 31;
+/// A writer entry's `pid` bit saying it holds the write lock (pids stay below 2^22).
+pub const HOLDS_LOCK: u32 = 1 << 31;
+/// How long a lock word may name a live writer that does not say it holds the lock
+/// before contenders take the lock: only a scribble makes such a word, and a holder says
+/// so nanoseconds after it takes the lock.
+const STALE_LOCK: Duration = Duration::from_secs(2);
 
 /// The header, at offset 0.
 #[repr(C)]
@@ -104,6 +112,7 @@ pub struct ListenerEntry {
 pub struct WriterEntry {
     /// As [`ListenerEntry::owner`].
     pub owner: AtomicU32,
+    /// Its process id, with [`HOLDS_LOCK`] while it holds the write lock.
     pub pid: AtomicU32,
 }
 
@@ -265,6 +274,12 @@ impl Broadcast {
             .get(self.geometry.writers_at() + i * size_of::<WriterEntry>())
     }
 
+    /// The levels word, held apart from the segment's other handles: for a writer's
+    /// hottest check.
+    pub fn levels_word(&self) -> super::Shared<AtomicU64> {
+        self.map.get(std::mem::offset_of!(Header, levels))
+    }
+
     /// The bell word, held apart from the segment's other handles: for a waker.
     pub fn bell_word(&self) -> super::Shared<AtomicU32> {
         self.map.get(std::mem::offset_of!(Header, bell))
@@ -405,11 +420,20 @@ impl Broadcast {
     }
 
     /// Takes the write lock as writer `me` (its entry index). A holder that died is
-    /// robbed and its half-written record made padding; a lock word that names no writer
-    /// (a scribble) is taken as a dead holder's.
+    /// robbed and its half-written record made padding; a lock word that names no writer,
+    /// or a live writer that has not said it holds the lock for [`STALE_LOCK`] (both only
+    /// a scribbler makes), is taken as a dead holder's.
     pub fn lock(&self, me: usize) {
+        self.acquire(me as u32 + 1);
+        let entry = self.writer(me);
+        entry.pid.store(
+            entry.pid.load(Ordering::Relaxed) | HOLDS_LOCK,
+            Ordering::Relaxed,
+        );
+    }
+
+    fn acquire(&self, me: u32) {
         let lock = &self.header().lock;
-        let me = me as u32 + 1;
         if lock
             .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
@@ -417,6 +441,8 @@ impl Broadcast {
             return;
         }
         let mut spins = 0u32;
+        // The lock word last seen with a live holder that did not say it held the lock.
+        let mut unclaimed: Option<(u32, Instant)> = None;
         loop {
             let word = lock.load(Ordering::Acquire);
             let holder = word & !LOCK_WAITERS;
@@ -435,7 +461,11 @@ impl Broadcast {
                 }
                 continue;
             }
-            if holder == me || holder as usize > WRITERS || self.writer_dead(holder as usize - 1) {
+            let stale = holder == me
+                || holder as usize > WRITERS
+                || self.writer_dead(holder as usize - 1)
+                || self.unclaimed_for(holder as usize - 1, word, &mut unclaimed) >= STALE_LOCK;
+            if stale {
                 if lock
                     .compare_exchange(
                         word,
@@ -445,7 +475,9 @@ impl Broadcast {
                     )
                     .is_ok()
                 {
-                    log::warn!("events: a writer died holding the write lock; taking it over");
+                    log::warn!(
+                        "events: the write lock's holder died (or the lock word was scribbled on); taking it over"
+                    );
                     self.ring().recover();
                     return;
                 }
@@ -483,8 +515,34 @@ impl Broadcast {
         }
     }
 
-    /// Releases the write lock.
-    pub fn unlock(&self) {
+    /// How long the lock word has been `word` while writer `holder`, alive, has not said
+    /// it holds the lock; zero while it says so.
+    fn unclaimed_for(
+        &self,
+        holder: usize,
+        word: u32,
+        unclaimed: &mut Option<(u32, Instant)>,
+    ) -> Duration {
+        if self.writer(holder).pid.load(Ordering::Relaxed) & HOLDS_LOCK != 0 {
+            *unclaimed = None;
+            return Duration::ZERO;
+        }
+        match unclaimed {
+            Some((seen, since)) if *seen == word => since.elapsed(),
+            _ => {
+                *unclaimed = Some((word, Instant::now()));
+                Duration::ZERO
+            }
+        }
+    }
+
+    /// Releases the write lock, which writer `me` holds.
+    pub fn unlock(&self, me: usize) {
+        let entry = self.writer(me);
+        entry.pid.store(
+            entry.pid.load(Ordering::Relaxed) & !HOLDS_LOCK,
+            Ordering::Relaxed,
+        );
         let lock = &self.header().lock;
         if lock.swap(0, Ordering::Release) & LOCK_WAITERS != 0 {
             let _ = futex::wake(lock, futex::Flags::empty(), 1);
@@ -526,14 +584,6 @@ impl Broadcast {
         }
     }
 
-    /// Wakes every reader, asleep or about to sleep, whatever the bits say: a reader's
-    /// waker, which cannot tell whether its reader sleeps.
-    pub fn wake_everyone(&self) {
-        let bell = &self.header().bell;
-        bell.fetch_add(records::BELL_ROUND, Ordering::SeqCst);
-        let _ = futex::wake(bell, futex::Flags::empty(), super::wait::EVERY_SLEEPER);
-    }
-
     /// In block mode, whether every live listener has read far enough that a record
     /// ending at `end` overwrites nothing it has not read.
     pub fn room_for(&self, end: u64) -> bool {
@@ -571,7 +621,7 @@ impl Broadcast {
 /// Whether the process that began claiming an entry is gone (it died before its death
 /// notice held the entry).
 fn claimer_gone(pid: &AtomicU32) -> bool {
-    let pid = pid.load(Ordering::Acquire);
+    let pid = pid.load(Ordering::Acquire) & !HOLDS_LOCK;
     pid != 0
         && rustix::process::Pid::from_raw(pid as i32)
             .is_some_and(|p| rustix::process::test_kill_process(p) == Err(rustix::io::Errno::SRCH))

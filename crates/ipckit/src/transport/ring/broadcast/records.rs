@@ -13,13 +13,14 @@
 //!
 //! Every byte of the ring is read and written as a relaxed atomic word, so that the
 //! seqlock-style race of a reader with a lapping writer is no data race, and loom checks
-//! it (`tests/loom_broadcast.rs`); records are 8-byte aligned.
+//! it (`tests/loom_broadcast.rs`, which compiles this file alone against loom's atomics);
+//! records are 8-byte aligned.
 //!
 //! Nothing read from the ring is trusted: a length is checked against the record's room
 //! and the largest event before anything is sized, and a CRC-32C over the header and
 //! payload turns a record that anyone scribbled on into a skipped one (counted as lost).
 
-use super::super::sync::{AtomicU32, AtomicU64, Ordering, fence};
+use super::sync::{AtomicU32, AtomicU64, Ordering, fence};
 
 /// Bytes of a record's header: `seq: u64`, `len: u32`, `crc: u32`, `level: u8`,
 /// `kind: u8`, two bytes unused, `pid: u32`.
@@ -28,6 +29,11 @@ pub const HEADER: u64 = 24;
 pub const EVENT: u8 = 1;
 /// A record's `kind`: room skipped at the ring's end, or left by a writer that died.
 pub const PADDING: u8 = 2;
+
+/// Positions stay below this: a ring written at a gigabyte a second takes a century to
+/// reach it, so a position past it is a scribble, and below it no sum of a position and
+/// a record's size overflows.
+pub const POSITION_LIMIT: u64 = 1 << 62;
 
 /// The ring's control words, which writers change under the write lock.
 #[repr(C)]
@@ -141,7 +147,11 @@ impl<'a> Ring<'a> {
         before_write: impl FnOnce(u64) -> Result<(), E>,
     ) -> Result<u64, E> {
         let c = self.control;
-        let tail = c.tail.load(Ordering::Relaxed);
+        let mut tail = c.tail.load(Ordering::Relaxed);
+        if tail % 8 != 0 || tail >= POSITION_LIMIT {
+            // Only a scribbler leaves such a tail: go on from a sound one.
+            tail = ((tail % (POSITION_LIMIT / 2)) + 7) & !7;
+        }
         let len = payload.len() as u64;
         let size = record_len(len);
         let room = self.capacity - (tail & (self.capacity - 1));
@@ -177,10 +187,9 @@ impl<'a> Ring<'a> {
         }
         self.write_header(start, seq, len as u32, crc, w2);
         c.latest.store(start, Ordering::Relaxed);
-        // SYNC POINT: publication. SeqCst, not just Release: with the reader's SeqCst
-        // read-modify-write of the bell and load of the tail it forms the Dekker pair
-        // that decides who wakes whom.
-        c.tail.store(end, Ordering::SeqCst);
+        // SYNC POINT: publication. The fence in `must_wake`, after it, makes this store
+        // and the bell's load the writer's half of the sleep handshake.
+        c.tail.store(end, Ordering::Release);
         Ok(seq)
     }
 
@@ -204,7 +213,7 @@ impl<'a> Ring<'a> {
             self.write_padding(at, chunk);
             at += chunk;
         }
-        c.tail.store(intent, Ordering::SeqCst);
+        c.tail.store(intent, Ordering::Release);
     }
 }
 
@@ -275,11 +284,21 @@ impl Reader {
                 return Next::Empty;
             }
             let intent = ring.control.tail_intent.load(Ordering::Acquire);
-            if tail < self.cursor || tail % 8 != 0 {
-                // The tail went back: only a scribbler does that. Start over from it.
+            if tail % 8 != 0 || tail >= POSITION_LIMIT {
+                // Only a scribbler puts the tail off the grid: wait at it for what
+                // writers publish next (they mend it).
                 self.corrupt += 1;
-                self.cursor = tail & !7;
+                self.cursor = tail;
                 return Next::Empty;
+            }
+            if tail < self.cursor {
+                // Nor does anyone else move it back: resume at the newest record.
+                self.corrupt += 1;
+                self.resync(ring);
+                if self.cursor > tail {
+                    self.cursor = tail;
+                }
+                continue;
             }
             if intent.saturating_sub(self.cursor) > cap {
                 self.resync(ring);
@@ -383,12 +402,15 @@ impl Reader {
 /// `bit` ([`FUTEX_SLEEPERS`] or [`BELL_SLEEPERS`]) in the bell word; true if it may sleep
 /// (nothing arrived meanwhile). Returns the bell word's value to sleep on.
 ///
-/// SYNC POINT: Dekker with [`must_wake`]: the reader's SeqCst RMW of the bell then load of
-/// the tail, the writer's SeqCst store of the tail then load of the bell. One of the two
-/// sees the other's write.
+/// SYNC POINT: Dekker with [`must_wake`]: the reader writes the bell, then (SeqCst fence)
+/// reads the tail; the writer writes the tail, then (SeqCst fence) reads the bell. One of
+/// the two sees the other's write. Fences rather than SeqCst accesses: the same cost on
+/// x86 (a locked instruction or `mfence` either way), and loom checks fences exactly
+/// where it checks SeqCst accesses only as AcqRel.
 pub fn announce_sleep(bell: &AtomicU32, tail: &AtomicU64, cursor: u64, bit: u32) -> Option<u32> {
-    let word = bell.fetch_or(bit, Ordering::SeqCst) | bit;
-    (tail.load(Ordering::SeqCst) == cursor).then_some(word)
+    let word = bell.fetch_or(bit, Ordering::Relaxed) | bit;
+    fence(Ordering::SeqCst);
+    (tail.load(Ordering::Acquire) == cursor).then_some(word)
 }
 
 /// The bell word's bit for readers sleeping in FUTEX_WAIT on it.
@@ -403,7 +425,9 @@ pub const BELL_ROUND: u32 = 4;
 /// no write, when nobody sleeps.
 #[inline]
 pub fn must_wake(bell: &AtomicU32) -> u32 {
-    let word = bell.load(Ordering::SeqCst);
+    // SYNC POINT: the writer's half of the handshake in `announce_sleep`.
+    fence(Ordering::SeqCst);
+    let word = bell.load(Ordering::Relaxed);
     if word & (FUTEX_SLEEPERS | BELL_SLEEPERS) == 0 {
         return 0;
     }

@@ -24,7 +24,7 @@ fn send(b: &Broadcast, level: u8, payload: &[u8]) -> u64 {
         .ring()
         .append::<()>(level, 7, payload, |_| Ok(()))
         .unwrap();
-    b.unlock();
+    b.unlock(0);
     seq
 }
 
@@ -220,6 +220,8 @@ fn garbage_control_words_never_hang_read_out_of_bounds_or_make_up_events() {
         (5, 3, u64::MAX),
         (0, 1 << 40, 1 << 39),
         (1 << 40, 1 << 40, 1 << 40),
+        (u64::MAX, 12345, 77),
+        (0, u64::MAX, u64::MAX - 8),
     ] {
         c.tail_intent.store(intent, Ordering::Relaxed);
         c.tail.store(tail, Ordering::Relaxed);
@@ -231,5 +233,38 @@ fn garbage_control_words_never_hang_read_out_of_bounds_or_make_up_events() {
                 assert_eq!(out, b"steady");
             }
         }
+        // A writer mends what it finds, and the reader takes what it writes next.
+        send(&b, 4, b"mended");
+        let mut got = Vec::new();
+        for _ in 0..10 {
+            if let Next::Event { .. } = r.next(&b.ring(), &mut out) {
+                got = out.clone();
+            }
+        }
+        assert!(got == b"mended" || got == b"steady", "{got:?}");
     }
+}
+
+#[test]
+fn a_lock_word_naming_a_live_writer_that_does_not_hold_it_is_taken_over() {
+    let b = Arc::new(ring(4096, OVERWRITE));
+    // Writer 1 lives (its death word holds a thread id) but never took the lock: only a
+    // scribble puts its number in the lock word.
+    b.writer(1).owner.store(1234, Ordering::Relaxed);
+    b.writer(1).pid.store(42, Ordering::Relaxed);
+    b.header().lock.store(2, Ordering::Relaxed);
+    let (done, taken) = std::sync::mpsc::channel();
+    let contender = b.clone();
+    std::thread::spawn(move || {
+        send(&contender, 4, b"through");
+        let _ = done.send(());
+    });
+    taken
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("a scribbled lock word held writers for good");
+    // A holder that says it holds the lock is waited for, however long.
+    assert_eq!(b.writer(0).pid.load(Ordering::Relaxed) & HOLDS_LOCK, 0);
+    b.lock(0);
+    assert_ne!(b.writer(0).pid.load(Ordering::Relaxed) & HOLDS_LOCK, 0);
+    b.unlock(0);
 }
