@@ -104,6 +104,13 @@ fn main() {
         if !only.is_empty() && !only.iter().any(|o| o == scheme) {
             continue;
         }
+        // A one-way broadcast (events) has no round trip.
+        if !transport
+            .capabilities(&transport.scratch_endpoint(&dir, "caps"))
+            .duplex
+        {
+            continue;
+        }
         let blocking_server = Peer::start(
             "echo",
             &transport.scratch_endpoint(&dir, "blocking").to_string(),

@@ -20,7 +20,7 @@ fn bench(c: &mut Criterion) {
     let dir = std::env::temp_dir().join(format!("ipckit-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut group = c.benchmark_group("roundtrip_64B");
-    for transport in ipckit::transport::all() {
+    for transport in ipckit::transport::all().iter().filter(|t| duplex(**t)) {
         let scheme = transport.scheme();
         let raw_peer = Peer::start(&format!("raw:{scheme}"), &raw::address(scheme, &dir)).unwrap();
         let mut round_trip = raw::client(scheme, raw_peer.address(), raw::SIZE);
@@ -73,7 +73,7 @@ fn interleaved() {
         "{:<9} {:>12} {:>12} {:>7}",
         "transport", "hand-written", "ipckit", "ratio"
     );
-    for transport in ipckit::transport::all() {
+    for transport in ipckit::transport::all().iter().filter(|t| duplex(**t)) {
         let scheme = transport.scheme();
         if !only.is_empty() && !only.iter().any(|o| o == scheme) {
             continue;
@@ -113,6 +113,15 @@ fn interleaved() {
     }
     raw::remove_leftovers();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Whether `transport` has round trips: a one-way broadcast (events) has none, and is
+/// measured by `ipckit bench` instead.
+fn duplex(transport: &dyn ipckit::transport::Transport) -> bool {
+    let dir = std::env::temp_dir();
+    transport
+        .capabilities(&transport.scratch_endpoint(&dir, "caps"))
+        .duplex
 }
 
 criterion_group!(benches, bench);

@@ -14,10 +14,11 @@ use crate::peer::{Peer, thread_cpu_time};
 use crate::{pin_to, raw};
 
 pub use crate::contract::{ContractPoint, run_contracts};
+pub use crate::events::{EventsReport, run_events};
 pub use crate::push::{BroadcastPoint, SUBSCRIBERS as BROADCAST_SUBSCRIBERS, run_broadcast};
 pub use crate::report::{
-    broadcast_csv, broadcast_table, contract_csv, contract_table, csv, scaling_csv, scaling_table,
-    table,
+    broadcast_csv, broadcast_table, contract_csv, contract_table, csv, events_csv, events_table,
+    scaling_csv, scaling_table, table,
 };
 
 /// What to measure.
@@ -43,6 +44,12 @@ pub struct Options {
     /// The CPUs to run on (`--cpus`), among those this process may use; empty for all
     /// of those. The client takes the first, the servers the second.
     pub cpus: Vec<usize>,
+    /// How long the writer sends in each throughput measurement of the events table;
+    /// zero for the default (1 s, or 300 ms when quick).
+    pub events_time: Duration,
+    /// Events of each fan-out latency measurement; 0 for the default (1,000, or 300
+    /// when quick).
+    pub latency_samples: usize,
 }
 
 impl Default for Options {
@@ -53,6 +60,8 @@ impl Default for Options {
             count: 10_000,
             quick: false,
             cpus: Vec::new(),
+            events_time: Duration::ZERO,
+            latency_samples: 0,
         }
     }
 }
@@ -205,16 +214,20 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Vec<Row>
         ours.stream_size = STREAM_SIZE.min(caps.max_message);
         let mut hand = Row::new(scheme, "baseline", options.size);
         let mut contenders = Vec::new();
-        match ipckit_contender(&endpoint, options.size) {
-            Ok(c) => contenders.push((c, &mut ours)),
-            Err(f) => ours = ours.failed(f.status, f.reason),
+        // A one-way transport (a broadcast to listeners) has no round trip: it is
+        // measured for what it does, its throughput to one listener.
+        if caps.duplex {
+            match ipckit_contender(&endpoint, options.size) {
+                Ok(c) => contenders.push((c, &mut ours)),
+                Err(f) => ours = ours.failed(f.status, f.reason),
+            }
         }
         if !raw::has_baseline(scheme) {
             hand = hand.failed(
                 "unavailable",
                 "no hand-written baseline for this transport".into(),
             );
-        } else {
+        } else if caps.duplex {
             match baseline_contender(scheme, &dir, options.size) {
                 Ok(c) => contenders.push((c, &mut hand)),
                 Err(f) => hand = hand.failed(f.status, f.reason),
@@ -235,7 +248,12 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Vec<Row>
         let _ = transport.destroy(&push_at);
         progress(&format!("{scheme}: one-way throughput"));
         if ours.status == "ok" {
-            if let Err(f) = measure_throughput(&plan, &endpoint, &mut ours) {
+            let measured = if caps.duplex {
+                measure_throughput(&plan, &endpoint, &mut ours)
+            } else {
+                measure_one_way(&plan, &endpoint, &mut ours)
+            };
+            if let Err(f) = measured {
                 ours = ours.failed(f.status, f.reason);
             }
         }
@@ -284,7 +302,7 @@ pub(crate) fn scratch_dir(kind: &str) -> std::path::PathBuf {
 /// ```
 pub fn abandon() {
     crate::peer::abandon();
-    for kind in ["bench", "scaling", "broadcast", "contracts"] {
+    for kind in ["bench", "scaling", "broadcast", "contracts", "events"] {
         // The run's own thread goes on meanwhile and may make a file in the directory as
         // it is being emptied, which then fails to go: look again, briefly.
         for _ in 0..20 {
@@ -521,6 +539,57 @@ fn measure_throughput(
     Ok(())
 }
 
+/// One-way throughput through a transport without replies: the same messages (or more,
+/// for at least [`ONE_WAY_AT_LEAST`]) to a listener that counts them until [`END_OF_STREAM`](crate::peer::END_OF_STREAM) and
+/// says how many came, as the hand-written sinks do. Over a broadcast that overwrites, a
+/// listener that falls behind loses the oldest: what it received is what counts.
+fn measure_one_way(plan: &Plan, endpoint: &ipckit::Endpoint, row: &mut Row) -> Result<(), Failure> {
+    let through = |size: usize, messages: usize| -> Result<(u64, Duration), Failure> {
+        let mut tally = Peer::start("tally", &endpoint.to_string()).map_err(unavailable)?;
+        let client =
+            ipckit::connect(tally.address()).map_err(|e| broke(&mut tally, "connecting", e))?;
+        let payload = vec![7u8; size];
+        let start = Instant::now();
+        let mut sent = 0;
+        while sent < messages || start.elapsed() < ONE_WAY_AT_LEAST {
+            client
+                .send(&payload)
+                .map_err(|e| broke(&mut tally, "sending", e))?;
+            sent += 1;
+        }
+        client
+            .send(crate::peer::END_OF_STREAM)
+            .map_err(|e| broke(&mut tally, "sending", e))?;
+        read_done(&mut tally)
+    };
+    let (got, over) = through(plan.size, plan.small_messages())?;
+    row.msgs_per_sec = Some(got as f64 / over.as_secs_f64());
+    let count = (plan.stream_bytes / row.stream_size).max(10);
+    let (got, over) = through(row.stream_size, count)?;
+    row.gb_per_sec = Some((got * row.stream_size as u64) as f64 / over.as_secs_f64() / 1e9);
+    Ok(())
+}
+
+/// The shortest one-way stream to a listener of a broadcast: one that the sender ends
+/// before the listener's first turn at a CPU tells nothing, since an overwriting
+/// broadcast keeps only the newest messages for it.
+pub(crate) const ONE_WAY_AT_LEAST: Duration = Duration::from_millis(100);
+
+/// A sink's last line, `done MESSAGES NANOS`: how many came, and over how long.
+fn read_done(sink: &mut Peer) -> Result<(u64, Duration), Failure> {
+    let done = sink.line().map_err(|e| broke(sink, "the count", e))?;
+    let mut numbers = done
+        .strip_prefix("done ")
+        .unwrap_or_default()
+        .split(' ')
+        .map(|n| n.parse::<u64>().unwrap_or(0));
+    let (got, nanos) = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    if got == 0 {
+        return Err(broke(sink, "the count", "nothing arrived"));
+    }
+    Ok((got, Duration::from_nanos(nanos.max(1))))
+}
+
 /// One-way throughput by hand: the same messages into the hand-written sink of `scheme`,
 /// which reports how many came and over how long.
 fn measure_raw_throughput(
@@ -535,17 +604,7 @@ fn measure_raw_throughput(
         let mut sink = Peer::start(&role, &address).map_err(unavailable)?;
         raw::send(scheme, sink.address(), raw::Stream { size, count })
             .map_err(|e| broke(&mut sink, "sending", e))?;
-        let done = sink.line().map_err(|e| broke(&mut sink, "the count", e))?;
-        let mut numbers = done
-            .strip_prefix("done ")
-            .unwrap_or_default()
-            .split(' ')
-            .map(|n| n.parse::<u64>().unwrap_or(0));
-        let (got, nanos) = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
-        if got == 0 {
-            return Err(broke(&mut sink, "the count", "nothing arrived"));
-        }
-        Ok((got, Duration::from_nanos(nanos.max(1))))
+        read_done(&mut sink)
     };
     let (got, over) = through(plan.size, plan.small_messages() as u64)?;
     row.msgs_per_sec = Some(got as f64 / over.as_secs_f64());
@@ -585,7 +644,8 @@ pub const SCALING_SIZES: [usize; 7] = [16, 256, 4096, 65536, 1 << 20, 4 << 20, 1
 pub const SCALING_CLIENTS: [usize; 4] = [1, 4, 16, 64];
 
 /// Round trips as the message grows from 16 B to 16 MiB (up to each transport's
-/// largest) and as the clients grow from 1 to 64.
+/// largest) and as the clients grow from 1 to 64; a transport without round trips (a
+/// one-way broadcast) has no points.
 pub fn run_scaling(
     options: &Options,
     progress: &mut dyn FnMut(&str),
@@ -598,7 +658,12 @@ pub fn run_scaling(
     for transport in chosen {
         let scheme = transport.scheme();
         let endpoint = transport.scratch_endpoint(&dir, "scaling");
-        let max = transport.capabilities(&endpoint).max_message;
+        let caps = transport.capabilities(&endpoint);
+        // Round trips only: a one-way broadcast has none to scale.
+        if !caps.duplex {
+            continue;
+        }
+        let max = caps.max_message;
         for size in SCALING_SIZES.into_iter().filter(|&s| s <= max) {
             progress(&format!("{scheme}: {size}-byte round trips"));
             // Fewer round trips for large messages: each moves the message twice.

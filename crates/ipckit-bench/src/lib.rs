@@ -3,10 +3,13 @@
 
 pub mod chart;
 pub mod contract;
+pub mod events;
 pub mod harness;
+mod iceoryx;
 pub mod peer;
 mod push;
 pub mod raw;
+pub mod raw_events;
 pub mod raw_shm;
 mod report;
 

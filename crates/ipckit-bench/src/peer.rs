@@ -31,6 +31,7 @@ pub fn run_if_peer(extra: impl FnOnce(&str, &str) -> bool) -> bool {
         || role.starts_with("rawsink:")
         || role == "echo"
         || role == "sink"
+        || role == "tally"
         || role == "answer"
         || role == "subscriber"
         || role == "calculator"
@@ -60,6 +61,8 @@ pub fn run_if_peer(extra: impl FnOnce(&str, &str) -> bool) -> bool {
         echo(&address);
     } else if role == "sink" {
         sink(&address);
+    } else if role == "tally" {
+        tally(&address);
     } else if role == "answer" {
         crate::push::answer(&address);
     } else if role == "subscriber" {
@@ -68,7 +71,7 @@ pub fn run_if_peer(extra: impl FnOnce(&str, &str) -> bool) -> bool {
         crate::contract::serve_calculator(&address);
     } else if let Some(codec) = role.strip_prefix("rawcall:") {
         crate::contract::serve_raw(codec, &address);
-    } else if !extra(&role, &address) {
+    } else if !crate::events::peer(&role, &address) && !extra(&role, &address) {
         panic!("unknown peer role {role}");
     }
     true
@@ -117,6 +120,33 @@ fn sink(address: &str) {
             kept.extend_from_slice(message.payload());
             std::hint::black_box(&kept);
         }
+    }
+}
+
+/// The message that ends a one-way stream to a `tally` peer.
+pub const END_OF_STREAM: &[u8] = b"ipckit-bench: end of stream";
+
+/// Counts one-way messages until [`END_OF_STREAM`], copying each out as `sink` does, then
+/// prints `done MESSAGES NANOS`, the time from the first message to the end, as the
+/// hand-written sinks do: for transports that cannot reply.
+fn tally(address: &str) {
+    let mut server = listen(address);
+    let mut messages = 0u64;
+    let mut first = None;
+    let mut kept = Vec::new();
+    loop {
+        let message = server.recv().unwrap_or_else(|e| panic!("{e}"));
+        let now = Instant::now();
+        if message.payload() == END_OF_STREAM {
+            let nanos = first.map_or(0, |f: Instant| now.duration_since(f).as_nanos());
+            println!("done {messages} {nanos}");
+            return;
+        }
+        first.get_or_insert(now);
+        messages += 1;
+        kept.clear();
+        kept.extend_from_slice(message.payload());
+        std::hint::black_box(&kept);
     }
 }
 
@@ -253,15 +283,9 @@ impl Peer {
             let _ = child.kill();
             let _ = child.wait();
             read?;
-            // A panic's message, without the backtrace.
-            let said: Vec<&str> = err
-                .lines()
-                .take_while(|l| !l.starts_with("stack backtrace") && !l.starts_with("note:"))
-                .filter(|l| !l.trim().is_empty())
-                .collect();
             return Err(std::io::Error::other(format!(
                 "the {role} peer did not start: {}",
-                said.join(" ")
+                panic_message(&err)
             )));
         }
         let address = line.trim().to_owned();
@@ -309,6 +333,26 @@ impl Peer {
             .unwrap_or_default()
     }
 
+    /// How a peer that has ended did (its exit status, and a panic's message), or
+    /// nothing while it runs.
+    pub fn last_words(&mut self) -> String {
+        if self.alive_after(Duration::from_millis(500)) {
+            return String::new();
+        }
+        let mut err = String::new();
+        if let Some(stderr) = self.child.stderr.as_mut() {
+            let _ = std::io::Read::read_to_string(stderr, &mut err);
+        }
+        let status = match self.child.try_wait() {
+            Ok(Some(status)) => status.to_string(),
+            _ => "ended".to_owned(),
+        };
+        match panic_message(&err) {
+            said if said.is_empty() => status,
+            said => format!("{status}: {said}"),
+        }
+    }
+
     /// Whether the peer is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -325,6 +369,16 @@ impl Peer {
         }
         false
     }
+}
+
+/// A panic's message in what a process wrote to stderr, without the backtrace.
+fn panic_message(stderr: &str) -> String {
+    let said: Vec<&str> = stderr
+        .lines()
+        .take_while(|l| !l.starts_with("stack backtrace") && !l.starts_with("note:"))
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    said.join(" ")
 }
 
 /// CPU time used by the calling thread so far.

@@ -1,13 +1,14 @@
 //! The hand-written baselines: for each scheme, the plainest echo server and client over
-//! the same kernel object (or, for shm, a bare spin over two rings), so that a
-//! measurement of ipckit can be set beside the mechanism's own cost.
+//! the same kernel object (or, for shm, a bare spin over two rings; for events, a bare
+//! broadcast ring, one way only), so that a measurement of ipckit can be set beside the
+//! mechanism's own cost.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram, UnixListener, UnixStream};
 
-use crate::raw_shm;
+use crate::{raw_events, raw_shm};
 
 /// Bytes in each hand-written message, unless a run asks for another size.
 pub const SIZE: usize = 64;
@@ -21,7 +22,7 @@ pub const SIZE: usize = 64;
 pub fn has_baseline(scheme: &str) -> bool {
     matches!(
         scheme,
-        "uds" | "tcp" | "udp" | "unixgram" | "fifo" | "mq" | "shm"
+        "uds" | "tcp" | "udp" | "unixgram" | "fifo" | "mq" | "shm" | "events"
     )
 }
 
@@ -232,7 +233,7 @@ pub fn fifo_client_with_poll(address: &str) -> Box<dyn FnMut()> {
 /// Where the hand-written server of `scheme` listens: a queue name or a path in `dir`.
 pub fn address(scheme: &str, dir: &std::path::Path) -> String {
     match scheme {
-        "mq" | "shm" => format!("raw-{scheme}-{}", std::process::id()),
+        "mq" | "shm" | "events" => format!("raw-{scheme}-{}", std::process::id()),
         _ => dir.join(format!("raw-{scheme}")).display().to_string(),
     }
 }
@@ -245,7 +246,14 @@ pub fn remove_leftovers() {
             let _ = nix::mqueue::mq_unlink(format!("/{stem}.{suffix}").as_str());
         }
     }
-    for stem in [format!("raw-shm-{pid}"), format!("raw-shm-{pid}-sink")] {
+    for stem in [
+        format!("raw-shm-{pid}"),
+        format!("raw-shm-{pid}-sink"),
+        format!("raw-events-{pid}-sink"),
+    ]
+    .into_iter()
+    .chain(crate::events::LISTENERS.map(|n| format!("ipckit-bench-events-{pid}-{n}")))
+    {
         let _ = std::fs::remove_file(format!("/dev/shm/{stem}"));
     }
 }
@@ -266,8 +274,9 @@ type Receive = dyn Fn(&mut [u8]) -> std::io::Result<usize>;
 const DATAGRAM_IDLE: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// The hand-written one-way receiver of `scheme`: prints the address senders should use,
-/// takes `stream.count` messages of `stream.size` bytes (or, over udp, what arrives), then
-/// prints `done MESSAGES NANOS`, the time from the first message to the last.
+/// takes `stream.count` messages of `stream.size` bytes (or, over udp and events, what
+/// arrives), then prints `done MESSAGES NANOS`, the time from the first message to the
+/// last.
 pub fn sink(scheme: &str, address: &str, stream: Stream) {
     use std::time::Instant;
     let mut buf = vec![0u8; stream.size.max(1)];
@@ -350,6 +359,19 @@ pub fn sink(scheme: &str, address: &str, stream: Stream) {
             last = Instant::now();
             got = stream.count;
         }
+        "events" => {
+            // A broadcast ring overwrites: what arrives until the writer's end is counted.
+            let mut reader = raw_events::Reader::create(address);
+            println!("{address}");
+            let mut buf = Vec::with_capacity(stream.size);
+            loop {
+                match reader.recv(&mut buf) {
+                    raw_events::Read::Event => took!(),
+                    raw_events::Read::End => break,
+                    _ => {}
+                }
+            }
+        }
         other => panic!("no hand-written baseline for {other}"),
     }
     let nanos = first.map_or(0, |f| last.duration_since(f).as_nanos());
@@ -394,6 +416,19 @@ pub fn send(scheme: &str, address: &str, stream: Stream) -> std::io::Result<()> 
         "shm" => {
             let ring = raw_shm::Stream::open(address, 4 << 20, stream.size, false);
             ring.produce(&payload, stream.count);
+            Ok(())
+        }
+        "events" => {
+            // As the events transport is measured: for some time at least, so that the
+            // reader has had its turns.
+            let mut writer = raw_events::Writer::open(address);
+            let start = std::time::Instant::now();
+            let mut sent = 0;
+            while sent < stream.count || start.elapsed() < crate::harness::ONE_WAY_AT_LEAST {
+                writer.send(&payload);
+                sent += 1;
+            }
+            writer.end();
             Ok(())
         }
         other => Err(std::io::Error::other(format!(

@@ -51,7 +51,7 @@ struct Counters {
 
 /// Maps `len` bytes of `/dev/shm/NAME`, created (zeroed) when `create`. The mapping lives
 /// as long as the process.
-fn map(name: &str, len: usize, create: bool) -> *mut u8 {
+pub(crate) fn map(name: &str, len: usize, create: bool) -> *mut u8 {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

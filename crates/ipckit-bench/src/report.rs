@@ -1,6 +1,9 @@
 //! The figures of `ipckit bench` as text: aligned tables, each column of figures in one
 //! unit named in its header, and CSV.
 
+use std::time::Duration;
+
+use crate::events::{EventsPoint, EventsReport, FanOut};
 use crate::harness::{BroadcastPoint, ContractPoint, Row, STREAM_SIZE, ScalePoint};
 
 /// The results as an aligned table, each column of figures in one unit, named in its
@@ -30,6 +33,9 @@ pub fn table(rows: &[Row]) -> String {
             (Some(reason), _) => format!("{}: {reason}", row.status),
             (None, _) if row.variant == "push" => {
                 "server pushes, client answers; ratio over the request's".to_owned()
+            }
+            (None, _) if row.rtt_median_ns.is_none() && row.msgs_per_sec.is_some() => {
+                "one way, no replies: what one listener process received".to_owned()
             }
             (None, s) if s > 0 && s < STREAM_SIZE => format!("GB/s with {s}-byte messages"),
             _ => String::new(),
@@ -261,6 +267,165 @@ pub fn broadcast_table(points: &[BroadcastPoint]) -> String {
     aligned(&lines, 1)
 }
 
+/// The events table: throughput per contender and listener count, the cost of an event
+/// nobody receives, and fan-out latency; each part an aligned table under a line saying
+/// what it shows. Empty when there is nothing to show.
+pub fn events_table(report: &EventsReport) -> String {
+    if report.is_empty() {
+        return String::new();
+    }
+    let points = &report.points;
+    let rates = |get: fn(&EventsPoint) -> Option<f64>| points.iter().map(get).collect::<Vec<_>>();
+    let columns = [
+        column("writer cpu/event", &rates(|p| p.writer_ns), &DURATION),
+        column("events/s per listener", &rates(|p| p.per_listener), &RATE),
+        column("slowest", &rates(|p| p.slowest), &RATE),
+        fixed_column(
+            "received %",
+            points.iter().map(|p| p.received.map(|r| 100.0 * r)),
+            1,
+        ),
+    ];
+    let mut lines = vec![header(&["transport", "listeners", "variant"], &columns)];
+    for (i, p) in points.iter().enumerate() {
+        let note = match (&p.reason, p.variant) {
+            (Some(r), _) => format!("{}: {r}", p.status),
+            (None, _) if i > 0 && points[i - 1].listeners == p.listeners => String::new(),
+            (None, _) => format!("{}-byte events, back to back", p.size),
+        };
+        lines.push(
+            [
+                p.transport.clone(),
+                p.listeners.to_string(),
+                p.variant.to_owned(),
+            ]
+            .into_iter()
+            .chain(columns.iter().map(|c| c.1[i].clone()))
+            .chain([note])
+            .collect(),
+        );
+    }
+    let mut out = format!(
+        "one writer, listeners in processes of their own; baseline: a bare broadcast ring \
+         (no levels, checksum or lock); iceoryx2: publish/subscribe, a queue per subscriber\n{}",
+        aligned(&lines, 3)
+    );
+    if !report.costs.is_empty() {
+        let costs = &report.costs;
+        let columns = [column(
+            "per call",
+            &costs.iter().map(|c| c.ns_per_call).collect::<Vec<_>>(),
+            &DURATION,
+        )];
+        let mut lines = vec![header(&["transport", "an event nobody receives"], &columns)];
+        for (i, c) in costs.iter().enumerate() {
+            let note = match &c.reason {
+                Some(r) => format!("{}: {r}", c.status),
+                None => format!("{} calls back to back", c.calls),
+            };
+            lines.push(
+                [c.transport.clone(), c.case.to_owned()]
+                    .into_iter()
+                    .chain(columns.iter().map(|col| col.1[i].clone()))
+                    .chain([note])
+                    .collect(),
+            );
+        }
+        out.push('\n');
+        out.push_str(&aligned(&lines, 2));
+    }
+    if !report.latency.is_empty() {
+        let latency = &report.latency;
+        let nanos = |get: fn(&FanOut) -> Option<u64>| {
+            latency
+                .iter()
+                .map(|f| get(f).map(|n| n as f64))
+                .collect::<Vec<_>>()
+        };
+        let columns = [
+            column("p50", &nanos(|f| f.median_ns), &DURATION),
+            column("p99", &nanos(|f| f.p99_ns), &DURATION),
+            column("first p50", &nanos(|f| f.first_median_ns), &DURATION),
+        ];
+        let mut lines = vec![header(&["transport", "to the last listener"], &columns)];
+        for (i, f) in latency.iter().enumerate() {
+            let gap = Duration::from_nanos(f.gap_ns);
+            let note = match &f.reason {
+                Some(r) => format!("{}: {r}", f.status),
+                None => format!(
+                    "{} listeners, an event every {gap:?}; {} of {} reached all",
+                    f.listeners, f.complete, f.events
+                ),
+            };
+            lines.push(
+                [f.transport.clone(), f.case.to_owned()]
+                    .into_iter()
+                    .chain(columns.iter().map(|col| col.1[i].clone()))
+                    .chain([note])
+                    .collect(),
+            );
+        }
+        out.push('\n');
+        out.push_str(&aligned(&lines, 2));
+    }
+    out
+}
+
+/// The events table as CSV: its three parts one after the other, each with a header.
+pub fn events_csv(report: &EventsReport) -> String {
+    let mut out = String::from(
+        "transport,listeners,variant,status,reason,size,events,writer_ns,per_listener,slowest,received\n",
+    );
+    for p in &report.points {
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{},{},{}\n",
+            p.transport,
+            p.listeners,
+            p.variant,
+            p.status,
+            quoted(p.reason.as_deref()),
+            p.size,
+            p.events,
+            fixed(p.writer_ns, 2),
+            fixed(p.per_listener, 0),
+            fixed(p.slowest, 0),
+            fixed(p.received, 4),
+        ));
+    }
+    out.push_str("\ntransport,case,status,reason,calls,ns_per_call\n");
+    for c in &report.costs {
+        out.push_str(&format!(
+            "{},{},{},{},{},{}\n",
+            c.transport,
+            quoted(Some(c.case)),
+            c.status,
+            quoted(c.reason.as_deref()),
+            c.calls,
+            fixed(c.ns_per_call, 2),
+        ));
+    }
+    out.push_str(
+        "\ntransport,case,listeners,gap_ns,status,reason,events,complete,median_ns,p99_ns\n",
+    );
+    for f in &report.latency {
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{},{},{}\n",
+            f.transport,
+            f.case,
+            f.listeners,
+            f.gap_ns,
+            f.status,
+            quoted(f.reason.as_deref()),
+            f.events,
+            f.complete,
+            cell(f.median_ns),
+            cell(f.p99_ns),
+            cell(f.first_median_ns),
+        ));
+    }
+    out
+}
+
 /// Typed calls against raw requests as an aligned table: one line per transport and
 /// codec, the typed call's figures, the raw request's, and their ratios.
 pub fn contract_table(points: &[ContractPoint]) -> String {
@@ -399,6 +564,7 @@ pub fn scaling_csv(points: &[ScalePoint]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::SendCost;
     use crate::harness::{BroadcastPoint, ContractPoint, Row, ScalePoint};
 
     #[test]
@@ -552,5 +718,66 @@ mod tests {
             "{table}"
         );
         assert!(!table.contains("µs") && !table.contains(" M"), "{table}");
+    }
+
+    #[test]
+    fn the_events_table_shows_each_part_and_why_a_line_failed() {
+        let point = |variant, writer_ns| EventsPoint {
+            transport: "events".into(),
+            variant,
+            listeners: 16,
+            status: "ok",
+            reason: None,
+            size: 64,
+            events: 1_000_000,
+            writer_ns: Some(writer_ns),
+            per_listener: Some(2_500_000.0),
+            slowest: Some(2_000_000.0),
+            received: Some(0.25),
+        };
+        let mut broken = point("iceoryx2", 0.0);
+        broken.status = "failed";
+        broken.reason = Some("it broke".into());
+        broken.writer_ns = None;
+        let report = EventsReport {
+            points: vec![point("ipckit", 40.0), point("baseline", 6.0), broken],
+            costs: vec![SendCost {
+                transport: "events".into(),
+                case: "send, no listener",
+                status: "ok",
+                reason: None,
+                calls: 1000,
+                ns_per_call: Some(1.5),
+            }],
+            latency: vec![FanOut {
+                transport: "events".into(),
+                case: "paused",
+                listeners: 16,
+                gap_ns: 1_000_000,
+                status: "ok",
+                reason: None,
+                events: 1000,
+                complete: 998,
+                median_ns: Some(45_000),
+                p99_ns: Some(210_000),
+                first_median_ns: Some(9_000),
+            }],
+        };
+        let table = events_table(&report);
+        for part in [
+            "writer cpu/event (ns)",
+            "events/s per listener (k)",
+            "received %",
+            "25.0",
+            "failed: it broke",
+            "send, no listener",
+            "1.50",
+            "998 of 1000 reached all",
+            "an event every 1ms",
+        ] {
+            assert!(table.contains(part), "{part:?} missing from\n{table}");
+        }
+        assert_eq!(events_csv(&report).lines().count(), 4 + 1 + 2 + 1 + 2);
+        assert!(events_table(&EventsReport::default()).is_empty());
     }
 }

@@ -256,6 +256,14 @@ pub struct Bench {
     /// the servers on the second. By default, the CPUs the command may use (taskset's)
     #[arg(long, value_name = "LIST")]
     pub cpus: Option<String>,
+    /// How long the writer sends in each throughput measurement of the events table, for
+    /// a longer run [default: 1s, or 300ms with --quick]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub events_time: Option<std::time::Duration>,
+    /// Events of each fan-out latency measurement of the events table (one every 10 µs,
+    /// then one every 1 ms) [default: 1000, or 300 with --quick]
+    #[arg(long, value_name = "N")]
+    pub latency_samples: Option<usize>,
 }
 
 fn parse_level(text: &str) -> Result<ipckit::Level, String> {

@@ -15,6 +15,8 @@ pub fn run(bench: Bench) -> CliResult {
         chart,
         scaling,
         cpus,
+        events_time,
+        latency_samples,
     } = bench;
     use ipckit_bench::harness;
     if cfg!(debug_assertions) {
@@ -55,8 +57,10 @@ pub fn run(bench: Bench) -> CliResult {
         count,
         quick,
         cpus,
+        events_time: events_time.unwrap_or_default(),
+        latency_samples: latency_samples.unwrap_or(0),
     };
-    let per_transport = 3 + if scaling { 11 } else { 0 };
+    let scaled = if scaling { 11 } else { 0 };
     let chosen = harness::check(&options)?;
     let dir = std::env::temp_dir();
     let pushing = chosen
@@ -67,9 +71,15 @@ pub fn run(bench: Bench) -> CliResult {
         .iter()
         .filter(|t| t.capabilities(&t.scratch_endpoint(&dir, "steps")).duplex)
         .count();
-    let steps = chosen.len() as u64 * per_transport
+    let listened = chosen
+        .iter()
+        .filter(|t| ipckit_bench::events::listened(**t, &t.scratch_endpoint(&dir, "steps")))
+        .count();
+    let steps = chosen.len() as u64 * 3
+        + duplex as u64 * scaled
         + (pushing * harness::BROADCAST_SUBSCRIBERS.len()) as u64
-        + duplex as u64;
+        + duplex as u64
+        + (listened * ipckit_bench::events::STEPS) as u64;
     let bar = indicatif::ProgressBar::new(steps).with_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
             .expect("a valid template"),
@@ -87,12 +97,17 @@ pub fn run(bench: Bench) -> CliResult {
         Ok(_) => harness::run_broadcast(&options, &mut step),
         Err(_) => Ok(Vec::new()),
     };
+    let events = match &rows {
+        Ok(_) => harness::run_events(&options, &mut step),
+        Err(_) => Ok(harness::EventsReport::default()),
+    };
     let points = match (&rows, scaling) {
         (Ok(_), true) => harness::run_scaling(&options, &mut step),
         _ => Ok(Vec::new()),
     };
     bar.finish_and_clear();
-    let (rows, contracts, broadcast, points) = (rows?, contracts?, broadcast?, points?);
+    let (rows, contracts, broadcast, events, points) =
+        (rows?, contracts?, broadcast?, events?, points?);
     if let Some(path) = &chart {
         ipckit_bench::chart::draw(&rows, &points, path)
             .map_err(|e| format!("drawing {}: {e}", path.display()))?;
@@ -103,6 +118,7 @@ pub fn run(bench: Bench) -> CliResult {
             "rows": rows,
             "contracts": contracts,
             "broadcast": broadcast,
+            "events": events,
             "scaling": points,
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -113,6 +129,9 @@ pub fn run(bench: Bench) -> CliResult {
         }
         if !broadcast.is_empty() {
             print!("\n{}", harness::broadcast_csv(&broadcast));
+        }
+        if !events.is_empty() {
+            print!("\n{}", harness::events_csv(&events));
         }
         if scaling {
             print!("\n{}", harness::scaling_csv(&points));
@@ -129,6 +148,9 @@ pub fn run(bench: Bench) -> CliResult {
         }
         if !broadcast.is_empty() {
             print!("\n{}", harness::broadcast_table(&broadcast));
+        }
+        if !events.is_empty() {
+            print!("\n{}", harness::events_table(&events));
         }
         if scaling {
             print!("\n{}", harness::scaling_table(&points));

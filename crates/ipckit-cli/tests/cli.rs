@@ -1102,6 +1102,58 @@ fn assert_valid_svg(path: &std::path::Path, names: &[&str]) {
     }
 }
 
+/// events has no round trip: bench measures what it does (one-way throughput to one
+/// listener process, beside its hand-written ring) and fills the events table, the
+/// writer and its listeners in separate processes.
+#[test]
+fn bench_measures_a_one_way_broadcast_for_what_it_does() {
+    let out = ipckit(&[
+        "bench",
+        "--quick",
+        "--transports",
+        "events",
+        "--events-time",
+        "100ms",
+        "--latency-samples",
+        "50",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for row in rows {
+        assert_eq!(row["status"], "ok", "{row}");
+        assert!(row["rtt_median_ns"].is_null(), "{row}");
+        assert!(
+            row["msgs_per_sec"].as_f64().is_some_and(|x| x > 0.0),
+            "{row}"
+        );
+    }
+    let events = &report["events"];
+    let points = events["points"].as_array().unwrap();
+    assert_eq!(points.len(), 9, "{points:?}");
+    for point in points {
+        assert_eq!(point["status"], "ok", "{point}");
+        assert!(
+            point["writer_ns"].as_f64().is_some_and(|x| x > 0.0),
+            "{point}"
+        );
+        assert!(point["events"].as_u64().is_some_and(|n| n > 0), "{point}");
+    }
+    let costs = events["costs"].as_array().unwrap();
+    assert_eq!(costs.len(), 3, "{costs:?}");
+    for cost in costs {
+        assert!(cost["ns_per_call"].as_f64().is_some(), "{cost}");
+    }
+    let latency = events["latency"].as_array().unwrap();
+    assert_eq!(latency.len(), 2, "{latency:?}");
+    for fan_out in latency {
+        assert_eq!(fan_out["complete"], 50, "{fan_out}");
+        assert!(fan_out["median_ns"].as_u64().is_some(), "{fan_out}");
+    }
+}
+
 #[test]
 fn bench_scaling_covers_sizes_and_clients() {
     let dir = Scratch::new("bench-scaling");
