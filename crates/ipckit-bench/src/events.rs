@@ -7,7 +7,7 @@
 //! 16 listeners, busy and after a pause.
 //!
 //! The writer runs on the run's first CPU, every listener on its second (see
-//! [`pin_to`](crate::pin_to)): 16 listeners share one core, as they would share a few on
+//! [`pin_to`]): 16 listeners share one core, as they would share a few on
 //! a busy machine, and alike for every contender.
 
 use std::sync::atomic::{AtomicBool, Ordering};
