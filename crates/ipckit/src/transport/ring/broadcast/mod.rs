@@ -350,19 +350,39 @@ impl Broadcast {
     }
 
     /// Makes listener `i`, whose death notice holds its entry, a reader at `level` from
-    /// now on. The cursor is read before the listener is counted, so that every event
-    /// whose send begins after this returns is seen.
+    /// now on: it gets every event whose send begins after this returns, and none sent
+    /// before this began.
     pub fn join(&self, i: usize, level: u8) -> Reader {
+        self.join_with(i, level, || {})
+    }
+
+    /// [`join`](Self::join), with `preempted` run where a slow join may be preempted.
+    fn join_with(&self, i: usize, level: u8, preempted: impl FnOnce()) -> Reader {
         let entry = self.listener(i);
         let control = &self.header().control;
+        // Read before the listener is counted, so that no event a writer sends once it
+        // sees the count lies before the cursor; `position` holds writers that block.
         let cursor = control.tail.load(Ordering::SeqCst);
         let expected = control.next_seq.load(Ordering::SeqCst);
         entry.position.store(cursor, Ordering::Relaxed);
         entry.level.store(u32::from(level) + 1, Ordering::Release);
+        preempted();
         self.header()
             .levels
             .fetch_add(level_one(level), Ordering::SeqCst);
         entry.counted.store(1, Ordering::Release);
+        // Writers that lapped the cursor meanwhile (a join preempted long enough) wrote
+        // only events sent before this returns: start after them rather than report
+        // them lost. The new cursor is still read after the count, so nothing sent once
+        // this returns lies before it.
+        let intent = control.tail_intent.load(Ordering::SeqCst);
+        let tail = control.tail.load(Ordering::SeqCst);
+        let capacity = self.geometry.capacity as u64;
+        if intent.saturating_sub(cursor) > capacity || tail.saturating_sub(cursor) > capacity {
+            let expected = control.next_seq.load(Ordering::SeqCst);
+            entry.position.store(tail, Ordering::Release);
+            return Reader::new(tail, Some(expected), level);
+        }
         Reader::new(cursor, Some(expected), level)
     }
 

@@ -396,3 +396,21 @@ fn a_writer_waiting_for_the_lock_gives_up_at_its_deadline() {
     b.lock(0, patience()).unwrap();
     b.unlock(0);
 }
+
+#[test]
+fn a_join_preempted_while_writers_lap_it_reports_no_loss() {
+    let b = ring(4096, OVERWRITE);
+    send(&b, 4, b"long before");
+    let i = b.claim_listener().unwrap();
+    b.listener(i).owner.store(1234, Ordering::Relaxed);
+    // Writers lap the position it read, before it returns.
+    let mut r = b.join_with(i, Level::Verbose as u8, || {
+        for n in 0..150 {
+            send(&b, 4, &payload(n, 40));
+        }
+    });
+    assert!(take(&b, &mut r).is_none());
+    send(&b, 4, b"after");
+    let (got, _, lost) = take(&b, &mut r).unwrap();
+    assert_eq!((got.as_slice(), lost), (&b"after"[..], 0));
+}
