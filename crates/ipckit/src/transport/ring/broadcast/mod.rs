@@ -32,8 +32,9 @@ pub(crate) use records::{Control, Next, Reader, Ring, Stamp};
 
 /// The first bytes of a segment.
 pub const MAGIC: [u8; 8] = *b"ipckevt\0";
-/// The layout version; a party refuses any other.
-pub const VERSION: u32 = 1;
+/// The layout version; a party refuses any other. 2: claims and reaps carry a pid in
+/// the owner word, and async sleepers mark themselves in [`Header::bell_sleepers`].
+pub const VERSION: u32 = 2;
 /// Where the tables and the ring are placed.
 pub const PAGE: usize = 4096;
 /// Writer entries: how many writers may hold the segment open at once.
@@ -93,7 +94,13 @@ pub struct Header {
     /// Readers' sleep bits and the wake-up round ([`records::must_wake`]): a futex word.
     pub bell: AtomicU32,
     _line4: [u8; 60],
+    /// One bit per listener entry, set while it waits for its async bell: a writer that
+    /// wakes them reads these two cache lines, not the whole table.
+    pub bell_sleepers: [AtomicU64; BELL_SLEEPER_WORDS],
 }
+
+/// Words of [`Header::bell_sleepers`]: a bit for each of the most listeners a segment has.
+const BELL_SLEEPER_WORDS: usize = crate::endpoint::MAX_EVENTS_LISTENERS.div_ceil(64);
 
 /// A listener's entry: one cache line, written by its listener, read by writers.
 #[repr(C)]
@@ -134,7 +141,7 @@ unsafe impl Plain for WriterEntry {}
 // SAFETY: atomics and padding, `repr(C)`.
 unsafe impl Plain for Control {}
 
-const _: () = assert!(size_of::<Header>() == 320 && size_of::<Control>() == 64);
+const _: () = assert!(size_of::<Header>() == 448 && size_of::<Control>() == 64);
 const _: () = assert!(size_of::<ListenerEntry>() == 64 && size_of::<WriterEntry>() == 8);
 
 /// Where everything is.
@@ -257,6 +264,7 @@ impl Broadcast {
                     control: Control::new(),
                     bell: AtomicU32::new(0),
                     _line4: [0; 60],
+                    bell_sleepers: [const { AtomicU64::new(0) }; BELL_SLEEPER_WORDS],
                 },
             )
         };
@@ -748,6 +756,15 @@ impl Broadcast {
         }
     }
 
+    /// Marks listener `i` as about to wait for its async bell, before it announces its
+    /// sleep (whose fence orders this before its last look at the tail).
+    pub fn sleep_on_bell(&self, i: usize) {
+        self.listener(i)
+            .sleep
+            .store(super::wait::BELL, Ordering::SeqCst);
+        self.header().bell_sleepers[i / 64].fetch_or(1 << (i % 64), Ordering::SeqCst);
+    }
+
     #[cold]
     fn wake_bits(&self, bits: u32) {
         if bits & records::FUTEX_SLEEPERS != 0 {
@@ -758,12 +775,24 @@ impl Broadcast {
             );
         }
         if bits & records::BELL_SLEEPERS != 0 {
-            for i in 0..self.geometry.listeners {
-                let entry = self.listener(i);
-                if entry.sleep.load(Ordering::SeqCst) == super::wait::BELL
-                    && entry.sleep.swap(0, Ordering::AcqRel) == super::wait::BELL
-                {
-                    super::bell::ring(entry.bell.load(Ordering::Acquire));
+            // The marked entries only: a load per 64 entries, then those that sleep. A
+            // stale mark (a listener that woke by itself) costs one look, and goes.
+            let words = self.geometry.listeners.div_ceil(64);
+            for (w, word) in self.header().bell_sleepers[..words].iter().enumerate() {
+                if word.load(Ordering::SeqCst) == 0 {
+                    continue;
+                }
+                let mut marked = word.swap(0, Ordering::SeqCst);
+                while marked != 0 {
+                    let i = w * 64 + marked.trailing_zeros() as usize;
+                    marked &= marked - 1;
+                    if i >= self.geometry.listeners {
+                        break;
+                    }
+                    let entry = self.listener(i);
+                    if entry.sleep.swap(0, Ordering::AcqRel) == super::wait::BELL {
+                        super::bell::ring(entry.bell.load(Ordering::Acquire));
+                    }
                 }
             }
         }

@@ -500,3 +500,28 @@ fn a_levels_word_that_disagrees_with_the_listeners_for_a_second_is_mended() {
     b.uncount(2);
     assert_eq!(b.header().levels.load(Ordering::SeqCst), right);
 }
+
+#[test]
+fn a_write_looks_only_at_the_listeners_marked_asleep_on_their_bells() {
+    let b = ring(4096, OVERWRITE);
+    let sleeps = |i: usize| b.listener(i).sleep.load(Ordering::SeqCst);
+    // Listener 1 goes to sleep on its bell (number 0: ringing it sends nothing).
+    b.sleep_on_bell(1);
+    let bell = &b.header().bell;
+    let tail = &b.header().control.tail;
+    assert!(records::announce_sleep(bell, tail, 0, records::BELL_SLEEPERS).is_some());
+    // An entry that says it sleeps but is not marked: a writer never reads it (only the
+    // marks say who sleeps, which is what keeps a write's cost off the table's size).
+    b.listener(3)
+        .sleep
+        .store(crate::transport::ring::wait::BELL, Ordering::SeqCst);
+    send(&b, 4, b"wake up");
+    b.wake();
+    assert_eq!(
+        (sleeps(1), sleeps(3)),
+        (0, crate::transport::ring::wait::BELL)
+    );
+    assert_eq!(b.header().bell_sleepers[0].load(Ordering::SeqCst), 0);
+    // Nobody asleep: the next write makes no wake-up at all.
+    assert_eq!(records::must_wake(bell), 0);
+}
