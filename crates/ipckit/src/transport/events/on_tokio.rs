@@ -16,7 +16,6 @@ use crate::message::Message;
 use crate::push::Event;
 use crate::transport::ring::bell::Bell;
 use crate::transport::ring::broadcast::records::{BELL_SLEEPERS, announce_sleep};
-use crate::transport::ring::wait::BELL;
 use crate::transport::{AsyncConnection, AsyncListener, BoxFuture};
 
 /// How many times a listener with nothing to read lets other tasks run, looking again
@@ -109,7 +108,7 @@ impl AsyncEventsListener {
             yields = 0;
             let ring = &self.core.segment.ring;
             let entry = ring.listener(self.core.entry);
-            entry.sleep.store(BELL, Ordering::SeqCst);
+            ring.sleep_on_bell(self.core.entry);
             let header = ring.header();
             let asleep = announce_sleep(
                 &header.bell,

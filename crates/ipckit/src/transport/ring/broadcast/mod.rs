@@ -14,8 +14,8 @@ pub(crate) mod records;
 #[cfg(all(test, not(ipckit_loom)))]
 mod tests;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustix::thread::futex;
@@ -32,8 +32,9 @@ pub(crate) use records::{Control, Next, Reader, Ring, Stamp};
 
 /// The first bytes of a segment.
 pub const MAGIC: [u8; 8] = *b"ipckevt\0";
-/// The layout version; a party refuses any other.
-pub const VERSION: u32 = 1;
+/// The layout version; a party refuses any other. 2: claims and reaps carry a pid in
+/// the owner word, and async sleepers mark themselves in [`Header::bell_sleepers`].
+pub const VERSION: u32 = 2;
 /// Where the tables and the ring are placed.
 pub const PAGE: usize = 4096;
 /// Writer entries: how many writers may hold the segment open at once.
@@ -44,11 +45,20 @@ pub const READY: u32 = 1;
 pub const OVERWRITE: u32 = 0;
 /// [`Header::overflow`]: writers wait for the slowest live reader.
 pub const BLOCK: u32 = 1;
-/// An entry's owner word while a party claims it, before its death notice holds it: not
-/// a thread id (those stay below 2^22).
+/// An entry's owner word while a party claims it, before its death notice holds it, with
+/// the claimer's pid in [`PID_BITS`]: not a thread id (those stay below 2^22). The pid
+/// goes in with the state, in one step, so that a claimer killed at any moment leaves
+/// a word that says whom to ask whether it lives.
 pub const CLAIMING: u32 = 0x2000_0000;
-/// An entry's owner word while someone reaps it.
+/// An entry's owner word while someone reaps it, with the reaper's pid.
 const REAPING: u32 = 0x1000_0000;
+/// The bits of an owner word that hold a pid (or a thread id): Linux's pids stay below
+/// 2^22.
+const PID_BITS: u32 = (1 << 22) - 1;
+/// How long an entry may stay mid-claim or mid-reap, or the levels word differ from the
+/// counted entries, before a reaper takes it for a party that died between two steps:
+/// each is a few instructions, or a thread's start, apart.
+const STALE_STEP: Duration = Duration::from_secs(1);
 /// The lock word's bit saying someone waits for it.
 const LOCK_WAITERS: u32 = 1 << 31;
 /// A writer entry's `pid` bit saying it holds the write lock (pids stay below 2^22).
@@ -84,7 +94,13 @@ pub struct Header {
     /// Readers' sleep bits and the wake-up round ([`records::must_wake`]): a futex word.
     pub bell: AtomicU32,
     _line4: [u8; 60],
+    /// One bit per listener entry, set while it waits for its async bell: a writer that
+    /// wakes them reads these two cache lines, not the whole table.
+    pub bell_sleepers: [AtomicU64; BELL_SLEEPER_WORDS],
 }
+
+/// Words of [`Header::bell_sleepers`]: a bit for each of the most listeners a segment has.
+const BELL_SLEEPER_WORDS: usize = crate::endpoint::MAX_EVENTS_LISTENERS.div_ceil(64);
 
 /// A listener's entry: one cache line, written by its listener, read by writers.
 #[repr(C)]
@@ -125,7 +141,7 @@ unsafe impl Plain for WriterEntry {}
 // SAFETY: atomics and padding, `repr(C)`.
 unsafe impl Plain for Control {}
 
-const _: () = assert!(size_of::<Header>() == 320 && size_of::<Control>() == 64);
+const _: () = assert!(size_of::<Header>() == 448 && size_of::<Control>() == 64);
 const _: () = assert!(size_of::<ListenerEntry>() == 64 && size_of::<WriterEntry>() == 8);
 
 /// Where everything is.
@@ -187,16 +203,39 @@ fn dead(owner: u32) -> bool {
     owner & OWNER_DIED != 0
 }
 
+/// The pid in an owner word that says its entry is being claimed or reaped.
+#[inline]
+fn in_step(owner: u32) -> Option<u32> {
+    let state = owner & !PID_BITS;
+    (state == CLAIMING || state == REAPING).then_some(owner & PID_BITS)
+}
+
 /// A broadcast ring in a mapping, with the geometry it was checked against (nothing
 /// read from shared memory later is trusted for bounds).
 pub struct Broadcast {
     map: Arc<Mapping>,
     geometry: Geometry,
+    /// What this process's reaper saw in earlier rounds, to tell a step in progress from
+    /// one a dead party left.
+    suspects: Mutex<Suspects>,
+}
+
+/// Things a reaper saw that only a party dying between two steps leaves for long.
+#[derive(Default)]
+struct Suspects {
+    /// Entries seen mid-claim or mid-reap: (writer table?, index, owner word, since).
+    entries: Vec<(bool, usize, u32, Instant)>,
+    /// The levels word and the sum of the counted entries, when they differed, since.
+    levels: Option<(u64, u64, Instant)>,
 }
 
 /// No entry was free.
 #[derive(Debug)]
 pub struct TableFull;
+
+/// The write lock stayed held by a live writer until the deadline.
+#[derive(Debug)]
+pub struct LockBusy;
 
 impl Broadcast {
     /// Lays out a new segment in `map` (zeroed, and nobody else's yet): everything but
@@ -225,6 +264,7 @@ impl Broadcast {
                     control: Control::new(),
                     bell: AtomicU32::new(0),
                     _line4: [0; 60],
+                    bell_sleepers: [const { AtomicU64::new(0) }; BELL_SLEEPER_WORDS],
                 },
             )
         };
@@ -234,7 +274,11 @@ impl Broadcast {
     /// the header and the file's size).
     pub fn new(map: Arc<Mapping>, geometry: Geometry) -> Broadcast {
         assert!(geometry.valid() && geometry.total() <= map.len());
-        Broadcast { map, geometry }
+        Broadcast {
+            map,
+            geometry,
+            suspects: Mutex::new(Suspects::default()),
+        }
     }
 
     pub fn geometry(&self) -> Geometry {
@@ -309,7 +353,7 @@ impl Broadcast {
             let entry = self.listener(i);
             if entry
                 .owner
-                .compare_exchange(0, CLAIMING, Ordering::AcqRel, Ordering::Relaxed)
+                .compare_exchange(0, claiming(), Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
             {
                 entry.pid.store(pid, Ordering::Relaxed);
@@ -330,7 +374,7 @@ impl Broadcast {
             let entry = self.writer(i);
             if entry
                 .owner
-                .compare_exchange(0, CLAIMING, Ordering::AcqRel, Ordering::Relaxed)
+                .compare_exchange(0, claiming(), Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
             {
                 entry.pid.store(pid, Ordering::Relaxed);
@@ -342,23 +386,43 @@ impl Broadcast {
 
     /// Gives back an entry whose death notice could not be held.
     pub fn release_claim(owner: &AtomicU32) {
-        let _ = owner.compare_exchange(CLAIMING, 0, Ordering::AcqRel, Ordering::Relaxed);
+        let _ = owner.compare_exchange(claiming(), 0, Ordering::AcqRel, Ordering::Relaxed);
     }
 
     /// Makes listener `i`, whose death notice holds its entry, a reader at `level` from
-    /// now on. The cursor is read before the listener is counted, so that every event
-    /// whose send begins after this returns is seen.
+    /// now on: it gets every event whose send begins after this returns, and none sent
+    /// before this began.
     pub fn join(&self, i: usize, level: u8) -> Reader {
+        self.join_with(i, level, || {})
+    }
+
+    /// [`join`](Self::join), with `preempted` run where a slow join may be preempted.
+    fn join_with(&self, i: usize, level: u8, preempted: impl FnOnce()) -> Reader {
         let entry = self.listener(i);
         let control = &self.header().control;
+        // Read before the listener is counted, so that no event a writer sends once it
+        // sees the count lies before the cursor; `position` holds writers that block.
         let cursor = control.tail.load(Ordering::SeqCst);
         let expected = control.next_seq.load(Ordering::SeqCst);
         entry.position.store(cursor, Ordering::Relaxed);
         entry.level.store(u32::from(level) + 1, Ordering::Release);
+        preempted();
         self.header()
             .levels
             .fetch_add(level_one(level), Ordering::SeqCst);
         entry.counted.store(1, Ordering::Release);
+        // Writers that lapped the cursor meanwhile (a join preempted long enough) wrote
+        // only events sent before this returns: start after them rather than report
+        // them lost. The new cursor is still read after the count, so nothing sent once
+        // this returns lies before it.
+        let intent = control.tail_intent.load(Ordering::SeqCst);
+        let tail = control.tail.load(Ordering::SeqCst);
+        let capacity = self.geometry.capacity as u64;
+        if intent.saturating_sub(cursor) > capacity || tail.saturating_sub(cursor) > capacity {
+            let expected = control.next_seq.load(Ordering::SeqCst);
+            entry.position.store(tail, Ordering::Release);
+            return Reader::new(tail, Some(expected), level);
+        }
         Reader::new(cursor, Some(expected), level)
     }
 
@@ -367,24 +431,36 @@ impl Broadcast {
         let entry = self.listener(i);
         let level = entry.level.load(Ordering::Acquire);
         if entry.counted.swap(0, Ordering::AcqRel) == 1 && (1..=6).contains(&level) {
-            self.header()
+            // Never below zero, which would borrow from the next level's count: a reaper
+            // that mended the word may already have left this listener out.
+            let one = level_one(level as u8 - 1);
+            let field = one * 1023;
+            let _ = self
+                .header()
                 .levels
-                .fetch_sub(level_one(level as u8 - 1), Ordering::SeqCst);
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
+                    (w & field != 0).then(|| w - one)
+                });
         }
         entry.level.store(0, Ordering::Release);
     }
 
-    /// Reclaims the entries of listeners that died; how many.
+    /// Reclaims the entries of listeners that died, and mends the levels word; how many
+    /// entries.
     pub fn reap_listeners(&self) -> usize {
+        self.reap_listeners_at(Instant::now())
+    }
+
+    fn reap_listeners_at(&self, now: Instant) -> usize {
+        let mut suspects = self.suspects.lock().unwrap_or_else(|e| e.into_inner());
         let mut reaped = 0;
         for i in 0..self.geometry.listeners {
             let entry = self.listener(i);
             let owner = entry.owner.load(Ordering::Acquire);
-            let gone = dead(owner) || (owner == CLAIMING && claimer_gone(&entry.pid));
-            if gone
+            if (dead(owner) || self.left_mid_step(&mut suspects, false, i, owner, now))
                 && entry
                     .owner
-                    .compare_exchange(owner, REAPING, Ordering::AcqRel, Ordering::Relaxed)
+                    .compare_exchange(owner, reaping(), Ordering::AcqRel, Ordering::Relaxed)
                     .is_ok()
             {
                 self.uncount(i);
@@ -395,22 +471,122 @@ impl Broadcast {
                 reaped += 1;
             }
         }
+        self.mend_levels(&mut suspects, now);
         reaped
+    }
+
+    /// Whether an entry whose owner word is `owner` was left mid-claim or mid-reap by a
+    /// party that died: its pid is gone, or this reaper saw the same word a
+    /// [`STALE_STEP`] ago.
+    fn left_mid_step(
+        &self,
+        suspects: &mut Suspects,
+        writers: bool,
+        i: usize,
+        owner: u32,
+        now: Instant,
+    ) -> bool {
+        let Some(pid) = in_step(owner) else {
+            // Out of the step: what was seen of it before no longer counts.
+            if !suspects.entries.is_empty() {
+                suspects.entries.retain(|e| !(e.0 == writers && e.1 == i));
+            }
+            return false;
+        };
+        let seen = suspects
+            .entries
+            .iter()
+            .position(|e| e.0 == writers && e.1 == i);
+        if process_gone(pid) {
+            if let Some(k) = seen {
+                suspects.entries.swap_remove(k);
+            }
+            return true;
+        }
+        match seen {
+            Some(k) if suspects.entries[k].2 == owner => {
+                let stale = now.saturating_duration_since(suspects.entries[k].3) >= STALE_STEP;
+                if stale {
+                    // Whether or not this reaper wins the entry, the step is over.
+                    suspects.entries.swap_remove(k);
+                }
+                stale
+            }
+            Some(k) => {
+                suspects.entries[k] = (writers, i, owner, now);
+                false
+            }
+            None => {
+                suspects.entries.push((writers, i, owner, now));
+                false
+            }
+        }
+    }
+
+    /// Makes the levels word the sum of the counted entries' levels, when it has differed
+    /// from it by the same amount for a [`STALE_STEP`]: a party killed between counting
+    /// and saying so (or the reverse), or a scribble.
+    ///
+    /// A join adds its count, then marks its entry counted; a leaver the reverse. Between
+    /// the two steps the word and the sum differ, rightly, so a difference seen once
+    /// proves nothing. It must be seen twice, a second apart, with the same word and the
+    /// same sum, and the word is replaced only by a compare-and-swap from the value seen:
+    /// any join or leave meanwhile changes the word or the sum and starts the wait again.
+    /// What is left is a party stalled a whole second between two adjacent stores; its
+    /// count is then mended wrongly, and mended back the same way a second after it
+    /// stores the second (and `uncount` never takes a count below zero meanwhile).
+    fn mend_levels(&self, suspects: &mut Suspects, now: Instant) {
+        let word = &self.header().levels;
+        let mut sum = 0u64;
+        for i in 0..self.geometry.listeners {
+            let entry = self.listener(i);
+            let level = entry.level.load(Ordering::Acquire);
+            if entry.counted.load(Ordering::Acquire) == 1 && (1..=6).contains(&level) {
+                sum += level_one(level as u8 - 1);
+            }
+        }
+        let levels = word.load(Ordering::SeqCst);
+        if levels == sum {
+            suspects.levels = None;
+            return;
+        }
+        match suspects.levels {
+            Some((seen, seen_sum, since)) if seen == levels && seen_sum == sum => {
+                if now.saturating_duration_since(since) >= STALE_STEP
+                    && word
+                        .compare_exchange(levels, sum, Ordering::SeqCst, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    log::warn!(
+                        "events: the levels word said {levels:#x} where the listeners count {sum:#x} (a listener died while joining, or something scribbled on the segment); mended"
+                    );
+                    suspects.levels = None;
+                }
+            }
+            _ => suspects.levels = Some((levels, sum, now)),
+        }
     }
 
     /// Reclaims the entries of writers that died, except the lock's holder (whose entry
     /// tells contenders that it died).
     pub fn reap_writers(&self) {
+        self.reap_writers_at(Instant::now());
+    }
+
+    fn reap_writers_at(&self, now: Instant) {
+        let mut suspects = self.suspects.lock().unwrap_or_else(|e| e.into_inner());
         for i in 0..WRITERS {
             let entry = self.writer(i);
             let owner = entry.owner.load(Ordering::Acquire);
-            let gone = dead(owner) || (owner == CLAIMING && claimer_gone(&entry.pid));
+            if owner == 0 {
+                continue;
+            }
             let holder = self.header().lock.load(Ordering::Acquire) & !LOCK_WAITERS;
-            if gone
+            if (dead(owner) || self.left_mid_step(&mut suspects, true, i, owner, now))
                 && holder as usize != i + 1
                 && entry
                     .owner
-                    .compare_exchange(owner, REAPING, Ordering::AcqRel, Ordering::Relaxed)
+                    .compare_exchange(owner, reaping(), Ordering::AcqRel, Ordering::Relaxed)
                     .is_ok()
             {
                 entry.pid.store(0, Ordering::Relaxed);
@@ -419,26 +595,30 @@ impl Broadcast {
         }
     }
 
-    /// Takes the write lock as writer `me` (its entry index). A holder that died is
-    /// robbed and its half-written record made padding; a lock word that names no writer,
-    /// or a live writer that has not said it holds the lock for [`STALE_LOCK`] (both only
-    /// a scribbler makes), is taken as a dead holder's.
-    pub fn lock(&self, me: usize) {
-        self.acquire(me as u32 + 1);
-        let entry = self.writer(me);
-        entry.pid.store(
-            entry.pid.load(Ordering::Relaxed) | HOLDS_LOCK,
-            Ordering::Relaxed,
-        );
+    /// Takes the write lock as writer `me` (its entry index), or gives up at `deadline`.
+    /// A holder that died is robbed and its half-written record made padding; a lock
+    /// word that names no writer, or a live writer that has not said it holds the lock
+    /// for [`STALE_LOCK`] (both only a scribbler makes), is taken as a dead holder's.
+    pub fn lock(&self, me: usize, deadline: Instant) -> Result<(), LockBusy> {
+        // Said before the lock word can name it, and unsaid only after the word no
+        // longer does (in `unlock`): while the word names a live writer, that writer
+        // says so, however long it stalls between the steps, and nobody takes over.
+        let pid = &self.writer(me).pid;
+        pid.fetch_or(HOLDS_LOCK, Ordering::SeqCst);
+        let taken = self.acquire(me as u32 + 1, deadline);
+        if taken.is_err() {
+            pid.fetch_and(!HOLDS_LOCK, Ordering::SeqCst);
+        }
+        taken
     }
 
-    fn acquire(&self, me: u32) {
+    fn acquire(&self, me: u32, deadline: Instant) -> Result<(), LockBusy> {
         let lock = &self.header().lock;
         if lock
             .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
         {
-            return;
+            return Ok(());
         }
         let mut spins = 0u32;
         // The lock word last seen with a live holder that did not say it held the lock.
@@ -457,7 +637,7 @@ impl Broadcast {
                     )
                     .is_ok()
                 {
-                    return;
+                    return Ok(());
                 }
                 continue;
             }
@@ -479,7 +659,7 @@ impl Broadcast {
                         "events: the write lock's holder died (or the lock word was scribbled on); taking it over"
                     );
                     self.ring().recover();
-                    return;
+                    return Ok(());
                 }
                 continue;
             }
@@ -487,6 +667,10 @@ impl Broadcast {
                 spins += 1;
                 std::hint::spin_loop();
                 continue;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(LockBusy);
             }
             if word & LOCK_WAITERS == 0
                 && lock
@@ -500,11 +684,12 @@ impl Broadcast {
             {
                 continue;
             }
-            // Timed, to look at the holder's death word again: a holder that dies never
-            // wakes us.
+            // Timed, to look at the holder's death word again (a holder that dies never
+            // wakes us), and to give up at the deadline.
+            let pause = left.min(Duration::from_millis(10));
             let timeout = rustix::time::Timespec {
                 tv_sec: 0,
-                tv_nsec: 10_000_000,
+                tv_nsec: pause.as_nanos() as i64,
             };
             let _ = futex::wait(
                 lock,
@@ -536,17 +721,25 @@ impl Broadcast {
         }
     }
 
-    /// Releases the write lock, which writer `me` holds.
+    /// Releases the write lock, which writer `me` holds, unless another writer took it
+    /// over meanwhile (then it is that writer's to release).
     pub fn unlock(&self, me: usize) {
-        let entry = self.writer(me);
-        entry.pid.store(
-            entry.pid.load(Ordering::Relaxed) & !HOLDS_LOCK,
-            Ordering::Relaxed,
-        );
         let lock = &self.header().lock;
-        if lock.swap(0, Ordering::Release) & LOCK_WAITERS != 0 {
-            let _ = futex::wake(lock, futex::Flags::empty(), 1);
+        let me_word = me as u32 + 1;
+        let mut word = lock.load(Ordering::Relaxed);
+        while word & !LOCK_WAITERS == me_word {
+            match lock.compare_exchange_weak(word, 0, Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => {
+                    if word & LOCK_WAITERS != 0 {
+                        let _ = futex::wake(lock, futex::Flags::empty(), 1);
+                    }
+                    break;
+                }
+                Err(now) => word = now,
+            }
         }
+        // After the word stopped naming us: see `lock`.
+        self.writer(me).pid.fetch_and(!HOLDS_LOCK, Ordering::SeqCst);
     }
 
     fn writer_dead(&self, i: usize) -> bool {
@@ -563,6 +756,15 @@ impl Broadcast {
         }
     }
 
+    /// Marks listener `i` as about to wait for its async bell, before it announces its
+    /// sleep (whose fence orders this before its last look at the tail).
+    pub fn sleep_on_bell(&self, i: usize) {
+        self.listener(i)
+            .sleep
+            .store(super::wait::BELL, Ordering::SeqCst);
+        self.header().bell_sleepers[i / 64].fetch_or(1 << (i % 64), Ordering::SeqCst);
+    }
+
     #[cold]
     fn wake_bits(&self, bits: u32) {
         if bits & records::FUTEX_SLEEPERS != 0 {
@@ -573,12 +775,24 @@ impl Broadcast {
             );
         }
         if bits & records::BELL_SLEEPERS != 0 {
-            for i in 0..self.geometry.listeners {
-                let entry = self.listener(i);
-                if entry.sleep.load(Ordering::SeqCst) == super::wait::BELL
-                    && entry.sleep.swap(0, Ordering::AcqRel) == super::wait::BELL
-                {
-                    super::bell::ring(entry.bell.load(Ordering::Acquire));
+            // The marked entries only: a load per 64 entries, then those that sleep. A
+            // stale mark (a listener that woke by itself) costs one look, and goes.
+            let words = self.geometry.listeners.div_ceil(64);
+            for (w, word) in self.header().bell_sleepers[..words].iter().enumerate() {
+                if word.load(Ordering::SeqCst) == 0 {
+                    continue;
+                }
+                let mut marked = word.swap(0, Ordering::SeqCst);
+                while marked != 0 {
+                    let i = w * 64 + marked.trailing_zeros() as usize;
+                    marked &= marked - 1;
+                    if i >= self.geometry.listeners {
+                        break;
+                    }
+                    let entry = self.listener(i);
+                    if entry.sleep.swap(0, Ordering::AcqRel) == super::wait::BELL {
+                        super::bell::ring(entry.bell.load(Ordering::Acquire));
+                    }
                 }
             }
         }
@@ -592,8 +806,7 @@ impl Broadcast {
             let entry = self.listener(i);
             let owner = entry.owner.load(Ordering::Acquire);
             owner == 0
-                || owner == CLAIMING
-                || owner == REAPING
+                || in_step(owner).is_some()
                 || dead(owner)
                 || entry.level.load(Ordering::Acquire) == 0
                 || entry.position.load(Ordering::Acquire) >= floor
@@ -618,10 +831,18 @@ impl Broadcast {
     }
 }
 
-/// Whether the process that began claiming an entry is gone (it died before its death
-/// notice held the entry).
-fn claimer_gone(pid: &AtomicU32) -> bool {
-    let pid = pid.load(Ordering::Acquire) & !HOLDS_LOCK;
+/// This process's owner word for an entry it claims.
+fn claiming() -> u32 {
+    CLAIMING | (std::process::id() & PID_BITS)
+}
+
+/// This process's owner word for an entry it reaps.
+fn reaping() -> u32 {
+    REAPING | (std::process::id() & PID_BITS)
+}
+
+/// Whether process `pid` is gone (so the step it began on an entry will never end).
+fn process_gone(pid: u32) -> bool {
     pid != 0
         && rustix::process::Pid::from_raw(pid as i32)
             .is_some_and(|p| rustix::process::test_kill_process(p) == Err(rustix::io::Errno::SRCH))

@@ -18,8 +18,13 @@ fn ring(capacity: usize, overflow: u32) -> Broadcast {
     Broadcast::new(Arc::new(map), geometry)
 }
 
+/// Far enough that only a hang reaches it.
+fn patience() -> Instant {
+    Instant::now() + std::time::Duration::from_secs(20)
+}
+
 fn send(b: &Broadcast, level: u8, payload: &[u8]) -> u64 {
-    b.lock(0);
+    b.lock(0, patience()).unwrap();
     let seq = b
         .ring()
         .append::<()>(level, 7, payload, |_| Ok(()))
@@ -264,7 +269,259 @@ fn a_lock_word_naming_a_live_writer_that_does_not_hold_it_is_taken_over() {
         .expect("a scribbled lock word held writers for good");
     // A holder that says it holds the lock is waited for, however long.
     assert_eq!(b.writer(0).pid.load(Ordering::Relaxed) & HOLDS_LOCK, 0);
-    b.lock(0);
+    b.lock(0, patience()).unwrap();
     assert_ne!(b.writer(0).pid.load(Ordering::Relaxed) & HOLDS_LOCK, 0);
     b.unlock(0);
+}
+
+/// Runs `f` on another thread; a failure, not a hang, if it does not return.
+fn returns<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(f());
+    });
+    result
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .unwrap_or_else(|_| panic!("{what} never returned"))
+}
+
+#[test]
+fn a_scribbled_intent_alone_never_holds_a_reader() {
+    let b = Arc::new(ring(4096, OVERWRITE));
+    send(&b, 4, b"one");
+    send(&b, 4, b"two");
+    b.header()
+        .control
+        .tail_intent
+        .store(u64::MAX, Ordering::Relaxed);
+    let reader = b.clone();
+    let mut r = returns("next() over a scribbled intent", move || {
+        let mut r = Reader::new(0, Some(0), 5);
+        r.next(&reader.ring(), &mut Vec::new());
+        r
+    });
+    // The next writer mends the intent, and the reader goes on from there.
+    send(&b, 4, b"three");
+    assert_eq!(take(&b, &mut r).unwrap().0, b"three");
+}
+
+#[test]
+fn a_filtered_reader_lapped_onto_an_event_it_skips_is_told_the_whole_loss() {
+    let b = ring(4096, OVERWRITE);
+    let mut warnings = Reader::new(0, Some(0), Level::Warning as u8);
+    // 150 errors lap it, and the newest event, where it resumes, is verbose.
+    for i in 0..150 {
+        send(&b, Level::Error as u8, &payload(i, 40));
+    }
+    send(&b, Level::Verbose as u8, b"chatter");
+    assert!(take(&b, &mut warnings).is_none());
+    send(&b, Level::Warning as u8, b"seen");
+    let (got, stamp, lost) = take(&b, &mut warnings).unwrap();
+    assert_eq!((got.as_slice(), stamp.seq, lost), (&b"seen"[..], 151, 150));
+    send(&b, Level::Warning as u8, b"again");
+    assert_eq!(take(&b, &mut warnings).unwrap().2, 0);
+}
+
+#[test]
+fn a_writer_says_it_holds_the_lock_before_the_lock_word_can_name_it() {
+    let b = Arc::new(ring(4096, OVERWRITE));
+    for i in 0..2 {
+        b.writer(i).owner.store(1000 + i as u32, Ordering::Relaxed);
+        b.writer(i).pid.store(42, Ordering::Relaxed);
+    }
+    b.lock(1, patience()).unwrap();
+    let says = |i: usize| b.writer(i).pid.load(Ordering::SeqCst) & HOLDS_LOCK != 0;
+    assert!(says(1));
+    // Writer 0 waits for writer 1, and says so all along: the moment the word names it,
+    // no contender can find it silent and take the lock over.
+    let waiter = b.clone();
+    let (done, waited) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        waiter.lock(0, patience()).unwrap();
+        let _ = done.send(());
+    });
+    returns("writer 0 saying it takes the lock", {
+        let b = b.clone();
+        move || {
+            while b.writer(0).pid.load(Ordering::SeqCst) & HOLDS_LOCK == 0 {
+                std::thread::yield_now();
+            }
+        }
+    });
+    b.unlock(1);
+    assert!(!says(1));
+    waited
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("writer 0 never took the freed lock");
+    assert!(says(0));
+    assert_eq!(b.header().lock.load(Ordering::SeqCst) & !LOCK_WAITERS, 1);
+    b.unlock(0);
+    assert!(!says(0));
+    assert_eq!(b.header().lock.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn a_writer_whose_lock_was_taken_over_does_not_free_the_new_holders() {
+    let b = ring(4096, OVERWRITE);
+    for i in 0..2 {
+        b.writer(i).owner.store(1000 + i as u32, Ordering::Relaxed);
+        b.writer(i).pid.store(42, Ordering::Relaxed);
+    }
+    // Writer 1 holds the lock and stalls; writer 0 takes it over (as after a scribble),
+    // waiters queued behind it.
+    b.lock(1, patience()).unwrap();
+    b.writer(0).pid.fetch_or(HOLDS_LOCK, Ordering::SeqCst);
+    b.header().lock.store(1 | LOCK_WAITERS, Ordering::SeqCst);
+    // Writer 1 wakes and unlocks: the lock stays writer 0's, waiters' bit and all.
+    b.unlock(1);
+    assert_eq!(b.header().lock.load(Ordering::SeqCst), 1 | LOCK_WAITERS);
+    assert_ne!(b.writer(0).pid.load(Ordering::SeqCst) & HOLDS_LOCK, 0);
+    b.unlock(0);
+    assert_eq!(b.header().lock.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn a_writer_waiting_for_the_lock_gives_up_at_its_deadline() {
+    let b = ring(4096, OVERWRITE);
+    for i in 0..2 {
+        b.writer(i).owner.store(1000 + i as u32, Ordering::Relaxed);
+        b.writer(i).pid.store(42, Ordering::Relaxed);
+    }
+    b.lock(1, patience()).unwrap();
+    assert!(b.lock(0, Instant::now()).is_err());
+    // Giving up unsays it, or contenders would wait for a holder that is not one.
+    assert_eq!(b.writer(0).pid.load(Ordering::SeqCst) & HOLDS_LOCK, 0);
+    assert_eq!(b.header().lock.load(Ordering::SeqCst) & !LOCK_WAITERS, 2);
+    b.unlock(1);
+    b.lock(0, patience()).unwrap();
+    b.unlock(0);
+}
+
+#[test]
+fn a_join_preempted_while_writers_lap_it_reports_no_loss() {
+    let b = ring(4096, OVERWRITE);
+    send(&b, 4, b"long before");
+    let i = b.claim_listener().unwrap();
+    b.listener(i).owner.store(1234, Ordering::Relaxed);
+    // Writers lap the position it read, before it returns.
+    let mut r = b.join_with(i, Level::Verbose as u8, || {
+        for n in 0..150 {
+            send(&b, 4, &payload(n, 40));
+        }
+    });
+    assert!(take(&b, &mut r).is_none());
+    send(&b, 4, b"after");
+    let (got, _, lost) = take(&b, &mut r).unwrap();
+    assert_eq!((got.as_slice(), lost), (&b"after"[..], 0));
+}
+
+/// The pid of a process that has exited.
+fn a_dead_pid() -> u32 {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
+#[test]
+fn entries_left_mid_claim_or_mid_reap_by_killed_parties_are_reclaimed() {
+    let b = ring(4096, OVERWRITE);
+    let dead = a_dead_pid();
+    let now = Instant::now();
+    // A listener killed right after its claim, before anything else; a reaper killed
+    // after marking a counted entry; a writer killed mid-claim.
+    b.listener(0)
+        .owner
+        .store(CLAIMING | dead, Ordering::Relaxed);
+    b.listener(1).owner.store(1234, Ordering::Relaxed);
+    b.join(1, Level::Error as u8);
+    b.listener(1).owner.store(REAPING | dead, Ordering::Relaxed);
+    b.writer(3).owner.store(CLAIMING | dead, Ordering::Relaxed);
+    assert_eq!(b.reap_listeners_at(now), 2);
+    b.reap_writers_at(now);
+    assert!((0..2).all(|i| b.listener(i).owner.load(Ordering::Relaxed) == 0));
+    assert_eq!(b.writer(3).owner.load(Ordering::Relaxed), 0);
+    assert_eq!(b.header().levels.load(Ordering::Relaxed), 0);
+    // A claim by a live process that never finishes (its pid answers): taken for dead
+    // once it has stayed a second, not before.
+    let i = b.claim_listener().unwrap();
+    b.listener(i).pid.store(0, Ordering::Relaxed);
+    assert_eq!(b.reap_listeners_at(now), 0);
+    assert_eq!(b.reap_listeners_at(now + STALE_STEP / 2), 0);
+    assert_eq!(b.reap_listeners_at(now + STALE_STEP), 1);
+    assert_eq!(b.listener(i).owner.load(Ordering::Relaxed), 0);
+    // A claim that finished and a new one with the same word start the wait afresh.
+    let i = b.claim_listener().unwrap();
+    assert_eq!(b.reap_listeners_at(now + STALE_STEP * 2), 0);
+    b.listener(i).owner.store(1234, Ordering::Relaxed);
+    assert_eq!(b.reap_listeners_at(now + STALE_STEP * 3), 0);
+    b.listener(i).owner.store(claiming(), Ordering::Relaxed);
+    assert_eq!(b.reap_listeners_at(now + STALE_STEP * 4), 0);
+}
+
+#[test]
+fn a_levels_word_that_disagrees_with_the_listeners_for_a_second_is_mended() {
+    let b = ring(4096, OVERWRITE);
+    let now = Instant::now();
+    b.listener(0).owner.store(1234, Ordering::Relaxed);
+    b.join(0, Level::Warning as u8);
+    let right = level_one(Level::Warning as u8);
+    // A listener killed between adding its count and saying so, then reaped.
+    b.listener(1)
+        .owner
+        .store(crate::sys::OWNER_DIED, Ordering::Relaxed);
+    b.header()
+        .levels
+        .fetch_add(level_one(Level::Verbose as u8), Ordering::SeqCst);
+    assert_eq!(b.reap_listeners_at(now), 1);
+    assert!(b.enabled(Level::Verbose as u8));
+    assert_eq!(b.reap_listeners_at(now + STALE_STEP), 0);
+    assert_eq!(b.header().levels.load(Ordering::SeqCst), right);
+    // A scribble, likewise.
+    b.header().levels.store(u64::MAX, Ordering::SeqCst);
+    b.reap_listeners_at(now + STALE_STEP * 2);
+    b.reap_listeners_at(now + STALE_STEP * 3);
+    assert_eq!(b.header().levels.load(Ordering::SeqCst), right);
+    // A join seen between its two steps, finished by the next round: left alone.
+    b.listener(2).owner.store(1234, Ordering::Relaxed);
+    b.listener(2)
+        .level
+        .store(Level::Error as u32 + 1, Ordering::SeqCst);
+    b.header()
+        .levels
+        .fetch_add(level_one(Level::Error as u8), Ordering::SeqCst);
+    b.reap_listeners_at(now + STALE_STEP * 4);
+    b.listener(2).counted.store(1, Ordering::SeqCst);
+    b.reap_listeners_at(now + STALE_STEP * 5);
+    let both = right + level_one(Level::Error as u8);
+    assert_eq!(b.header().levels.load(Ordering::SeqCst), both);
+    // Nor does a leave ever take a count below zero.
+    b.header().levels.store(right, Ordering::SeqCst);
+    b.uncount(2);
+    assert_eq!(b.header().levels.load(Ordering::SeqCst), right);
+}
+
+#[test]
+fn a_write_looks_only_at_the_listeners_marked_asleep_on_their_bells() {
+    let b = ring(4096, OVERWRITE);
+    let sleeps = |i: usize| b.listener(i).sleep.load(Ordering::SeqCst);
+    // Listener 1 goes to sleep on its bell (number 0: ringing it sends nothing).
+    b.sleep_on_bell(1);
+    let bell = &b.header().bell;
+    let tail = &b.header().control.tail;
+    assert!(records::announce_sleep(bell, tail, 0, records::BELL_SLEEPERS).is_some());
+    // An entry that says it sleeps but is not marked: a writer never reads it (only the
+    // marks say who sleeps, which is what keeps a write's cost off the table's size).
+    b.listener(3)
+        .sleep
+        .store(crate::transport::ring::wait::BELL, Ordering::SeqCst);
+    send(&b, 4, b"wake up");
+    b.wake();
+    assert_eq!(
+        (sleeps(1), sleeps(3)),
+        (0, crate::transport::ring::wait::BELL)
+    );
+    assert_eq!(b.header().bell_sleepers[0].load(Ordering::SeqCst), 0);
+    // Nobody asleep: the next write makes no wake-up at all.
+    assert_eq!(records::must_wake(bell), 0);
 }
