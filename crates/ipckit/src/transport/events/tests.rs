@@ -170,6 +170,51 @@ fn a_live_segment_of_another_shape_or_mode_is_refused_with_a_clear_error() {
 }
 
 #[test]
+fn a_segment_enlarged_by_someone_is_mapped_at_its_header_size_and_a_shrunk_one_refused() {
+    let s = Scratch::new("enlarged", "?ring=8192");
+    let writer = EventsConnection::connect(&s.0).unwrap();
+    let total = writer.segment_for_tests().geometry().total() as u64;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(s.path())
+        .unwrap();
+    // A gigabyte more, sparse: mapping the file's size would take it all.
+    file.set_len(total + (1 << 30)).unwrap();
+    let opened = segment::Segment::open(&s.0).unwrap();
+    assert_eq!(opened.ring.mapping().len() as u64, total);
+    drop(opened);
+    file.set_len(total - 4096).unwrap();
+    let Err(e) = segment::Segment::open(&s.0) else {
+        panic!("a segment smaller than its header says was opened")
+    };
+    assert!(e.to_string().contains("needs"), "{e}");
+    drop(writer);
+}
+
+#[test]
+fn overflow_is_read_once_so_a_scribble_does_not_make_a_writer_block() {
+    let s = Scratch::new("overflow-scribbled", "?ring=4096&send_timeout_ms=100");
+    let _listener = EventsListener::bind(&s.0).unwrap();
+    let writer = EventsConnection::connect(&s.0).unwrap();
+    // The header's overflow word, after magic, version, listeners, capacity and writers.
+    let at = std::mem::offset_of!(crate::transport::ring::broadcast::Header, overflow);
+    std::os::unix::fs::FileExt::write_at(
+        &std::fs::OpenOptions::new()
+            .write(true)
+            .open(s.path())
+            .unwrap(),
+        &crate::transport::ring::broadcast::BLOCK.to_ne_bytes(),
+        at as u64,
+    )
+    .unwrap();
+    // Many rings' worth past a listener that reads nothing: a writer in drop mode never
+    // waits, whatever the word says now.
+    for i in 0u32..1000 {
+        writer.send(&i.to_le_bytes()).unwrap();
+    }
+}
+
+#[test]
 fn names_and_sizes_that_cannot_be_are_refused_when_parsed() {
     for url in [
         "events://a/b",
