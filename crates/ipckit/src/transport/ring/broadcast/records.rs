@@ -220,7 +220,10 @@ impl<'a> Ring<'a> {
 /// What a reader found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Next {
-    /// An event, its payload in the buffer; `lost` events were missed right before it.
+    /// An event, its payload in the buffer; `lost` events were missed since the one
+    /// delivered before it. The count covers events of every level, the reader's or not:
+    /// what a writer overwrote cannot say its level, so a reader with a level filter learns
+    /// of the gap, not of how much of it it would have taken.
     Event { stamp: Stamp, lost: u64 },
     /// Nothing new.
     Empty,
@@ -237,6 +240,9 @@ pub struct Reader {
     level: u8,
     /// Records it skipped for a bad checksum or shape, for the log.
     pub corrupt: u64,
+    /// Events lost in gaps found at records it skipped for their level: told with the
+    /// next event it delivers, so that no gap goes untold for landing on a filtered one.
+    untold: u64,
 }
 
 impl Reader {
@@ -249,6 +255,7 @@ impl Reader {
             expected,
             level,
             corrupt: 0,
+            untold: 0,
         }
     }
 
@@ -261,12 +268,20 @@ impl Reader {
         intent.saturating_sub(self.cursor) > ring.capacity
     }
 
-    /// Resumes at the newest record, or at the tail if `latest` cannot be one.
+    /// Resumes at the newest record, or at the tail if `latest` cannot be one, or if even
+    /// it is lapped by the intent: only a scribbled intent laps the newest record, and
+    /// resuming at it again would loop for good; at the tail the reader waits for the
+    /// next writer, which mends the intent.
     fn resync(&mut self, ring: &Ring<'_>) {
         let c = ring.control;
         let latest = c.latest.load(Ordering::Acquire);
         let tail = c.tail.load(Ordering::Acquire);
-        self.cursor = if latest % 8 == 0 && latest < tail && tail - latest <= ring.capacity {
+        let intent = c.tail_intent.load(Ordering::Acquire);
+        self.cursor = if latest % 8 == 0
+            && latest < tail
+            && tail - latest <= ring.capacity
+            && intent.saturating_sub(latest) <= ring.capacity
+        {
             latest
         } else {
             tail
@@ -278,6 +293,9 @@ impl Reader {
     /// or corrupt event, and never reads outside the ring.
     pub fn next(&mut self, ring: &Ring<'_>, out: &mut Vec<u8>) -> Next {
         let cap = ring.capacity;
+        // Resyncs left in this call: writers that lap the reader again and again, or a
+        // scribble no resync gets past, make it return, and the caller's deadline runs.
+        let mut resyncs = 4u32;
         loop {
             let tail = ring.control.tail.load(Ordering::Acquire);
             if tail == self.cursor {
@@ -301,6 +319,10 @@ impl Reader {
                 continue;
             }
             if intent.saturating_sub(self.cursor) > cap {
+                if resyncs == 0 {
+                    return Next::Empty;
+                }
+                resyncs -= 1;
                 self.resync(ring);
                 continue;
             }
@@ -326,6 +348,10 @@ impl Reader {
                 };
             if !fits {
                 if self.lapped(ring) {
+                    if resyncs == 0 {
+                        return Next::Empty;
+                    }
+                    resyncs -= 1;
                     self.resync(ring);
                     continue;
                 }
@@ -347,6 +373,10 @@ impl Reader {
                 }
             }
             if self.lapped(ring) {
+                if resyncs == 0 {
+                    return Next::Empty;
+                }
+                resyncs -= 1;
                 self.resync(ring);
                 continue;
             }
@@ -375,8 +405,10 @@ impl Reader {
             };
             self.expected = Some(w0 + 1);
             if !wanted {
+                self.untold = self.untold.saturating_add(lost);
                 continue;
             }
+            let lost = lost.saturating_add(std::mem::take(&mut self.untold));
             let stamp = Stamp {
                 seq: w0,
                 level,

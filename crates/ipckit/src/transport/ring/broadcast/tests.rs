@@ -268,3 +268,51 @@ fn a_lock_word_naming_a_live_writer_that_does_not_hold_it_is_taken_over() {
     assert_ne!(b.writer(0).pid.load(Ordering::Relaxed) & HOLDS_LOCK, 0);
     b.unlock(0);
 }
+
+/// Runs `f` on another thread; a failure, not a hang, if it does not return.
+fn returns<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(f());
+    });
+    result
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .unwrap_or_else(|_| panic!("{what} never returned"))
+}
+
+#[test]
+fn a_scribbled_intent_alone_never_holds_a_reader() {
+    let b = Arc::new(ring(4096, OVERWRITE));
+    send(&b, 4, b"one");
+    send(&b, 4, b"two");
+    b.header()
+        .control
+        .tail_intent
+        .store(u64::MAX, Ordering::Relaxed);
+    let reader = b.clone();
+    let mut r = returns("next() over a scribbled intent", move || {
+        let mut r = Reader::new(0, Some(0), 5);
+        r.next(&reader.ring(), &mut Vec::new());
+        r
+    });
+    // The next writer mends the intent, and the reader goes on from there.
+    send(&b, 4, b"three");
+    assert_eq!(take(&b, &mut r).unwrap().0, b"three");
+}
+
+#[test]
+fn a_filtered_reader_lapped_onto_an_event_it_skips_is_told_the_whole_loss() {
+    let b = ring(4096, OVERWRITE);
+    let mut warnings = Reader::new(0, Some(0), Level::Warning as u8);
+    // 150 errors lap it, and the newest event, where it resumes, is verbose.
+    for i in 0..150 {
+        send(&b, Level::Error as u8, &payload(i, 40));
+    }
+    send(&b, Level::Verbose as u8, b"chatter");
+    assert!(take(&b, &mut warnings).is_none());
+    send(&b, Level::Warning as u8, b"seen");
+    let (got, stamp, lost) = take(&b, &mut warnings).unwrap();
+    assert_eq!((got.as_slice(), stamp.seq, lost), (&b"seen"[..], 151, 150));
+    send(&b, Level::Warning as u8, b"again");
+    assert_eq!(take(&b, &mut warnings).unwrap().2, 0);
+}
