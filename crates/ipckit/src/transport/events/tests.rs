@@ -299,7 +299,11 @@ fn child() {
             let ring = writer.segment_for_tests();
             // What append does, up to the middle of a record: the lock taken, the room
             // reserved, half the bytes written, nothing published.
-            ring.lock(writer.entry_for_tests());
+            ring.lock(
+                writer.entry_for_tests(),
+                std::time::Instant::now() + std::time::Duration::from_secs(20),
+            )
+            .unwrap();
             let c = &ring.header().control;
             let tail = c.tail.load(Ordering::Relaxed);
             c.tail_intent

@@ -99,20 +99,29 @@ impl EventsConnection {
     #[inline(never)]
     fn write(&self, level: Level, payload: &[u8]) -> Result<()> {
         let ring = &self.segment.ring;
+        // One deadline for this process's turn, the shared lock and the room: writers
+        // queued for the lock do not each wait a send_timeout behind the one waiting for
+        // room.
+        let patience = self.endpoint.send_timeout();
+        let deadline = Instant::now() + patience;
         let turn = crate::sys::lock(&self.turn);
-        ring.lock(self.entry);
+        if ring.lock(self.entry, deadline).is_err() {
+            return Err(Error::Full {
+                endpoint: self.endpoint.to_string(),
+                detail: "the events ring's write lock, which another writer holds,".into(),
+                after: patience,
+            });
+        }
         let blocks = self.segment.blocks();
         let written = ring.ring().append(level as u8, self.pid, payload, |end| {
-            if blocks && !ring.room_for(end) {
-                let patience = self.endpoint.send_timeout();
-                if !ring.wait_for_room(end, Instant::now() + patience) {
-                    return Err(Error::Full {
-                        endpoint: self.endpoint.to_string(),
-                        detail: "the events ring (overflow=block), which the slowest listener has not read,"
+            if blocks && !ring.room_for(end) && !ring.wait_for_room(end, deadline) {
+                return Err(Error::Full {
+                    endpoint: self.endpoint.to_string(),
+                    detail:
+                        "the events ring (overflow=block), which the slowest listener has not read,"
                             .into(),
-                        after: patience,
-                    });
-                }
+                    after: patience,
+                });
             }
             Ok(())
         });

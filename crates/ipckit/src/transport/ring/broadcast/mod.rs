@@ -198,6 +198,10 @@ pub struct Broadcast {
 #[derive(Debug)]
 pub struct TableFull;
 
+/// The write lock stayed held by a live writer until the deadline.
+#[derive(Debug)]
+pub struct LockBusy;
+
 impl Broadcast {
     /// Lays out a new segment in `map` (zeroed, and nobody else's yet): everything but
     /// the state word, which [`ready`](Self::ready) sets last.
@@ -346,19 +350,39 @@ impl Broadcast {
     }
 
     /// Makes listener `i`, whose death notice holds its entry, a reader at `level` from
-    /// now on. The cursor is read before the listener is counted, so that every event
-    /// whose send begins after this returns is seen.
+    /// now on: it gets every event whose send begins after this returns, and none sent
+    /// before this began.
     pub fn join(&self, i: usize, level: u8) -> Reader {
+        self.join_with(i, level, || {})
+    }
+
+    /// [`join`](Self::join), with `preempted` run where a slow join may be preempted.
+    fn join_with(&self, i: usize, level: u8, preempted: impl FnOnce()) -> Reader {
         let entry = self.listener(i);
         let control = &self.header().control;
+        // Read before the listener is counted, so that no event a writer sends once it
+        // sees the count lies before the cursor; `position` holds writers that block.
         let cursor = control.tail.load(Ordering::SeqCst);
         let expected = control.next_seq.load(Ordering::SeqCst);
         entry.position.store(cursor, Ordering::Relaxed);
         entry.level.store(u32::from(level) + 1, Ordering::Release);
+        preempted();
         self.header()
             .levels
             .fetch_add(level_one(level), Ordering::SeqCst);
         entry.counted.store(1, Ordering::Release);
+        // Writers that lapped the cursor meanwhile (a join preempted long enough) wrote
+        // only events sent before this returns: start after them rather than report
+        // them lost. The new cursor is still read after the count, so nothing sent once
+        // this returns lies before it.
+        let intent = control.tail_intent.load(Ordering::SeqCst);
+        let tail = control.tail.load(Ordering::SeqCst);
+        let capacity = self.geometry.capacity as u64;
+        if intent.saturating_sub(cursor) > capacity || tail.saturating_sub(cursor) > capacity {
+            let expected = control.next_seq.load(Ordering::SeqCst);
+            entry.position.store(tail, Ordering::Release);
+            return Reader::new(tail, Some(expected), level);
+        }
         Reader::new(cursor, Some(expected), level)
     }
 
@@ -419,26 +443,30 @@ impl Broadcast {
         }
     }
 
-    /// Takes the write lock as writer `me` (its entry index). A holder that died is
-    /// robbed and its half-written record made padding; a lock word that names no writer,
-    /// or a live writer that has not said it holds the lock for [`STALE_LOCK`] (both only
-    /// a scribbler makes), is taken as a dead holder's.
-    pub fn lock(&self, me: usize) {
-        self.acquire(me as u32 + 1);
-        let entry = self.writer(me);
-        entry.pid.store(
-            entry.pid.load(Ordering::Relaxed) | HOLDS_LOCK,
-            Ordering::Relaxed,
-        );
+    /// Takes the write lock as writer `me` (its entry index), or gives up at `deadline`.
+    /// A holder that died is robbed and its half-written record made padding; a lock
+    /// word that names no writer, or a live writer that has not said it holds the lock
+    /// for [`STALE_LOCK`] (both only a scribbler makes), is taken as a dead holder's.
+    pub fn lock(&self, me: usize, deadline: Instant) -> Result<(), LockBusy> {
+        // Said before the lock word can name it, and unsaid only after the word no
+        // longer does (in `unlock`): while the word names a live writer, that writer
+        // says so, however long it stalls between the steps, and nobody takes over.
+        let pid = &self.writer(me).pid;
+        pid.fetch_or(HOLDS_LOCK, Ordering::SeqCst);
+        let taken = self.acquire(me as u32 + 1, deadline);
+        if taken.is_err() {
+            pid.fetch_and(!HOLDS_LOCK, Ordering::SeqCst);
+        }
+        taken
     }
 
-    fn acquire(&self, me: u32) {
+    fn acquire(&self, me: u32, deadline: Instant) -> Result<(), LockBusy> {
         let lock = &self.header().lock;
         if lock
             .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
         {
-            return;
+            return Ok(());
         }
         let mut spins = 0u32;
         // The lock word last seen with a live holder that did not say it held the lock.
@@ -457,7 +485,7 @@ impl Broadcast {
                     )
                     .is_ok()
                 {
-                    return;
+                    return Ok(());
                 }
                 continue;
             }
@@ -479,7 +507,7 @@ impl Broadcast {
                         "events: the write lock's holder died (or the lock word was scribbled on); taking it over"
                     );
                     self.ring().recover();
-                    return;
+                    return Ok(());
                 }
                 continue;
             }
@@ -487,6 +515,10 @@ impl Broadcast {
                 spins += 1;
                 std::hint::spin_loop();
                 continue;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(LockBusy);
             }
             if word & LOCK_WAITERS == 0
                 && lock
@@ -500,11 +532,12 @@ impl Broadcast {
             {
                 continue;
             }
-            // Timed, to look at the holder's death word again: a holder that dies never
-            // wakes us.
+            // Timed, to look at the holder's death word again (a holder that dies never
+            // wakes us), and to give up at the deadline.
+            let pause = left.min(Duration::from_millis(10));
             let timeout = rustix::time::Timespec {
                 tv_sec: 0,
-                tv_nsec: 10_000_000,
+                tv_nsec: pause.as_nanos() as i64,
             };
             let _ = futex::wait(
                 lock,
@@ -536,17 +569,25 @@ impl Broadcast {
         }
     }
 
-    /// Releases the write lock, which writer `me` holds.
+    /// Releases the write lock, which writer `me` holds, unless another writer took it
+    /// over meanwhile (then it is that writer's to release).
     pub fn unlock(&self, me: usize) {
-        let entry = self.writer(me);
-        entry.pid.store(
-            entry.pid.load(Ordering::Relaxed) & !HOLDS_LOCK,
-            Ordering::Relaxed,
-        );
         let lock = &self.header().lock;
-        if lock.swap(0, Ordering::Release) & LOCK_WAITERS != 0 {
-            let _ = futex::wake(lock, futex::Flags::empty(), 1);
+        let me_word = me as u32 + 1;
+        let mut word = lock.load(Ordering::Relaxed);
+        while word & !LOCK_WAITERS == me_word {
+            match lock.compare_exchange_weak(word, 0, Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => {
+                    if word & LOCK_WAITERS != 0 {
+                        let _ = futex::wake(lock, futex::Flags::empty(), 1);
+                    }
+                    break;
+                }
+                Err(now) => word = now,
+            }
         }
+        // After the word stopped naming us: see `lock`.
+        self.writer(me).pid.fetch_and(!HOLDS_LOCK, Ordering::SeqCst);
     }
 
     fn writer_dead(&self, i: usize) -> bool {

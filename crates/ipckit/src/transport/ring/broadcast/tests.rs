@@ -18,8 +18,13 @@ fn ring(capacity: usize, overflow: u32) -> Broadcast {
     Broadcast::new(Arc::new(map), geometry)
 }
 
+/// Far enough that only a hang reaches it.
+fn patience() -> Instant {
+    Instant::now() + std::time::Duration::from_secs(20)
+}
+
 fn send(b: &Broadcast, level: u8, payload: &[u8]) -> u64 {
-    b.lock(0);
+    b.lock(0, patience()).unwrap();
     let seq = b
         .ring()
         .append::<()>(level, 7, payload, |_| Ok(()))
@@ -264,7 +269,7 @@ fn a_lock_word_naming_a_live_writer_that_does_not_hold_it_is_taken_over() {
         .expect("a scribbled lock word held writers for good");
     // A holder that says it holds the lock is waited for, however long.
     assert_eq!(b.writer(0).pid.load(Ordering::Relaxed) & HOLDS_LOCK, 0);
-    b.lock(0);
+    b.lock(0, patience()).unwrap();
     assert_ne!(b.writer(0).pid.load(Ordering::Relaxed) & HOLDS_LOCK, 0);
     b.unlock(0);
 }
@@ -315,4 +320,97 @@ fn a_filtered_reader_lapped_onto_an_event_it_skips_is_told_the_whole_loss() {
     assert_eq!((got.as_slice(), stamp.seq, lost), (&b"seen"[..], 151, 150));
     send(&b, Level::Warning as u8, b"again");
     assert_eq!(take(&b, &mut warnings).unwrap().2, 0);
+}
+
+#[test]
+fn a_writer_says_it_holds_the_lock_before_the_lock_word_can_name_it() {
+    let b = Arc::new(ring(4096, OVERWRITE));
+    for i in 0..2 {
+        b.writer(i).owner.store(1000 + i as u32, Ordering::Relaxed);
+        b.writer(i).pid.store(42, Ordering::Relaxed);
+    }
+    b.lock(1, patience()).unwrap();
+    let says = |i: usize| b.writer(i).pid.load(Ordering::SeqCst) & HOLDS_LOCK != 0;
+    assert!(says(1));
+    // Writer 0 waits for writer 1, and says so all along: the moment the word names it,
+    // no contender can find it silent and take the lock over.
+    let waiter = b.clone();
+    let (done, waited) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        waiter.lock(0, patience()).unwrap();
+        let _ = done.send(());
+    });
+    returns("writer 0 saying it takes the lock", {
+        let b = b.clone();
+        move || {
+            while b.writer(0).pid.load(Ordering::SeqCst) & HOLDS_LOCK == 0 {
+                std::thread::yield_now();
+            }
+        }
+    });
+    b.unlock(1);
+    assert!(!says(1));
+    waited
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("writer 0 never took the freed lock");
+    assert!(says(0));
+    assert_eq!(b.header().lock.load(Ordering::SeqCst) & !LOCK_WAITERS, 1);
+    b.unlock(0);
+    assert!(!says(0));
+    assert_eq!(b.header().lock.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn a_writer_whose_lock_was_taken_over_does_not_free_the_new_holders() {
+    let b = ring(4096, OVERWRITE);
+    for i in 0..2 {
+        b.writer(i).owner.store(1000 + i as u32, Ordering::Relaxed);
+        b.writer(i).pid.store(42, Ordering::Relaxed);
+    }
+    // Writer 1 holds the lock and stalls; writer 0 takes it over (as after a scribble),
+    // waiters queued behind it.
+    b.lock(1, patience()).unwrap();
+    b.writer(0).pid.fetch_or(HOLDS_LOCK, Ordering::SeqCst);
+    b.header().lock.store(1 | LOCK_WAITERS, Ordering::SeqCst);
+    // Writer 1 wakes and unlocks: the lock stays writer 0's, waiters' bit and all.
+    b.unlock(1);
+    assert_eq!(b.header().lock.load(Ordering::SeqCst), 1 | LOCK_WAITERS);
+    assert_ne!(b.writer(0).pid.load(Ordering::SeqCst) & HOLDS_LOCK, 0);
+    b.unlock(0);
+    assert_eq!(b.header().lock.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn a_writer_waiting_for_the_lock_gives_up_at_its_deadline() {
+    let b = ring(4096, OVERWRITE);
+    for i in 0..2 {
+        b.writer(i).owner.store(1000 + i as u32, Ordering::Relaxed);
+        b.writer(i).pid.store(42, Ordering::Relaxed);
+    }
+    b.lock(1, patience()).unwrap();
+    assert!(b.lock(0, Instant::now()).is_err());
+    // Giving up unsays it, or contenders would wait for a holder that is not one.
+    assert_eq!(b.writer(0).pid.load(Ordering::SeqCst) & HOLDS_LOCK, 0);
+    assert_eq!(b.header().lock.load(Ordering::SeqCst) & !LOCK_WAITERS, 2);
+    b.unlock(1);
+    b.lock(0, patience()).unwrap();
+    b.unlock(0);
+}
+
+#[test]
+fn a_join_preempted_while_writers_lap_it_reports_no_loss() {
+    let b = ring(4096, OVERWRITE);
+    send(&b, 4, b"long before");
+    let i = b.claim_listener().unwrap();
+    b.listener(i).owner.store(1234, Ordering::Relaxed);
+    // Writers lap the position it read, before it returns.
+    let mut r = b.join_with(i, Level::Verbose as u8, || {
+        for n in 0..150 {
+            send(&b, 4, &payload(n, 40));
+        }
+    });
+    assert!(take(&b, &mut r).is_none());
+    send(&b, 4, b"after");
+    let (got, _, lost) = take(&b, &mut r).unwrap();
+    assert_eq!((got.as_slice(), lost), (&b"after"[..], 0));
 }
