@@ -354,7 +354,8 @@ fn a_killed_listener_is_unregistered_and_its_level_no_longer_counts() {
     assert_eq!(listeners_at(&writer, Level::Error), 1);
     assert!(writer.is_enabled(Level::Error) && !writer.is_enabled(Level::Warning));
     child.kill();
-    // A writer reaps as it writes, once a second; the count drops to 0.
+    // Nobody else is there: the writer, which reaps as it writes (once a second), is the
+    // only party that can notice; the count drops to 0.
     let deadline = Instant::now() + PATIENCE;
     while writer.is_enabled(Level::Error) {
         assert!(Instant::now() < deadline, "the dead listener still counts");
@@ -383,6 +384,29 @@ fn a_killed_listener_is_unregistered_and_its_level_no_longer_counts() {
             Err(e) => panic!("{e}"),
         }
     }
+}
+
+#[test]
+fn a_waiting_listener_reaps_a_killed_one_while_nobody_writes() {
+    let s = Scratch::new("reaped-by-a-listener", "?level=critical");
+    let mut waiting = EventsListener::bind(&s.0).unwrap();
+    let child = Child::start("listener", &s.url().replace("critical", "error"));
+    let writer =
+        EventsConnection::connect(&s.url().replace("?level=critical", "").parse().unwrap())
+            .unwrap();
+    assert!(writer.is_enabled(Level::Error));
+    child.kill();
+    // The writer writes nothing: only the waiting listener can notice.
+    let deadline = Instant::now() + PATIENCE;
+    while writer.is_enabled(Level::Error) {
+        assert!(Instant::now() < deadline, "the dead listener still counts");
+        let nothing = crate::transport::Listener::recv(
+            &mut waiting,
+            Some(Instant::now() + Duration::from_millis(100)),
+        );
+        assert!(nothing.unwrap().is_none());
+    }
+    assert!(writer.is_enabled(Level::Critical));
 }
 
 #[test]
