@@ -96,42 +96,73 @@ fn a_lapped_reader_never_returns_a_torn_event() {
     });
 }
 
-/// A writer that reserved room and wrote part of a record, then died; the next writer
-/// makes the ring whole and writes. A reader running through all of it never sees the
-/// dead writer's bytes as an event.
+/// A writer that took the lock, reserved room and wrote part of a record, then died; a
+/// writer on another thread sees its death word, takes its lock over, makes the ring whole
+/// and writes. The takeover's reads of what the dead writer reserved are ordered by the
+/// death word (which the kernel sets after the dead thread's last store: a release) and
+/// the lock word, as in `Broadcast::lock`. A reader running through all of it never sees
+/// the dead writer's bytes as an event.
 #[test]
 fn a_dead_writers_partial_record_is_never_read() {
     builder().check(|| {
         let memory = Memory::new();
         memory.append(0);
-        let reader = {
-            let memory = memory.clone();
+        // The write lock, which the dying writer (1) holds from the start, and which the
+        // other (2) takes over; the dying writer's death word (1 once it died).
+        let lock = Arc::new(AtomicU32::new(1));
+        let died = Arc::new(AtomicU32::new(0));
+        let dying = {
+            let (memory, died) = (memory.clone(), died.clone());
             loom::thread::spawn(move || {
-                let mut reader = Reader::new(0, Some(0), 5);
-                let mut out = Vec::new();
-                let mut seen = Vec::new();
-                for _ in 0..3 {
-                    if let Next::Event { stamp, .. } = reader.next(&memory.ring(), &mut out) {
-                        assert_eq!(out, stamp.seq.to_le_bytes(), "a partial event");
-                        seen.push(stamp.seq);
-                    }
-                }
-                seen
+                // What `append` does before publishing, half done.
+                let c = &memory.control;
+                let tail = c.tail.load(Ordering::Relaxed);
+                c.tail_intent.store(tail + 32, Ordering::Relaxed);
+                loom::sync::atomic::fence(Ordering::Release);
+                c.next_seq.store(2, Ordering::Relaxed);
+                memory.data[(tail / 8) as usize].store(u64::MAX, Ordering::Relaxed);
+                memory.data[(tail / 8) as usize + 1].store(8 | 0xdead << 32, Ordering::Relaxed);
+                died.store(1, Ordering::Release);
             })
         };
-        // The dying writer: what `append` does before publishing, half done.
-        let c = &memory.control;
-        let tail = c.tail.load(Ordering::Relaxed);
-        c.tail_intent.store(tail + 32, Ordering::Relaxed);
-        loom::sync::atomic::fence(Ordering::Release);
-        c.next_seq.store(2, Ordering::Relaxed);
-        memory.data[(tail / 8) as usize].store(u64::MAX, Ordering::Relaxed);
-        memory.data[(tail / 8) as usize + 1].store(8 | 0xdead << 32, Ordering::Relaxed);
-        // The writer that robbed its lock.
-        memory.ring().recover();
-        memory.append(2);
-        let seen = reader.join().unwrap();
+        let taker = {
+            let (memory, lock, died) = (memory.clone(), lock.clone(), died.clone());
+            loom::thread::spawn(move || {
+                loop {
+                    // `Broadcast::acquire`: a holder whose death word says it died is
+                    // robbed by compare-and-swap.
+                    if died.load(Ordering::Acquire) == 1
+                        && lock
+                            .compare_exchange(1, 2, Ordering::Acquire, Ordering::Relaxed)
+                            .is_ok()
+                    {
+                        memory.ring().recover();
+                        memory.append(2);
+                        lock.store(0, Ordering::Release);
+                        return;
+                    }
+                    loom::thread::yield_now();
+                }
+            })
+        };
+        let mut reader = Reader::new(0, Some(0), 5);
+        let mut out = Vec::new();
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            if let Next::Event { stamp, .. } = reader.next(&memory.ring(), &mut out) {
+                assert_eq!(out, stamp.seq.to_le_bytes(), "a partial event");
+                seen.push(stamp.seq);
+            }
+        }
+        dying.join().unwrap();
+        taker.join().unwrap();
         assert!(seen.iter().all(|&s| s == 0 || s == 2), "{seen:?}");
+        // The taker saw all the dead writer reserved: its event lies past it.
+        let c = &memory.control;
+        assert!(
+            c.latest.load(Ordering::Relaxed) >= 64,
+            "the takeover wrote over a reservation"
+        );
     });
 }
 

@@ -14,8 +14,8 @@ pub(crate) mod records;
 #[cfg(all(test, not(ipckit_loom)))]
 mod tests;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustix::thread::futex;
@@ -44,11 +44,20 @@ pub const READY: u32 = 1;
 pub const OVERWRITE: u32 = 0;
 /// [`Header::overflow`]: writers wait for the slowest live reader.
 pub const BLOCK: u32 = 1;
-/// An entry's owner word while a party claims it, before its death notice holds it: not
-/// a thread id (those stay below 2^22).
+/// An entry's owner word while a party claims it, before its death notice holds it, with
+/// the claimer's pid in [`PID_BITS`]: not a thread id (those stay below 2^22). The pid
+/// goes in with the state, in one step, so that a claimer killed at any moment leaves
+/// a word that says whom to ask whether it lives.
 pub const CLAIMING: u32 = 0x2000_0000;
-/// An entry's owner word while someone reaps it.
+/// An entry's owner word while someone reaps it, with the reaper's pid.
 const REAPING: u32 = 0x1000_0000;
+/// The bits of an owner word that hold a pid (or a thread id): Linux's pids stay below
+/// 2^22.
+const PID_BITS: u32 = (1 << 22) - 1;
+/// How long an entry may stay mid-claim or mid-reap, or the levels word differ from the
+/// counted entries, before a reaper takes it for a party that died between two steps:
+/// each is a few instructions, or a thread's start, apart.
+const STALE_STEP: Duration = Duration::from_secs(1);
 /// The lock word's bit saying someone waits for it.
 const LOCK_WAITERS: u32 = 1 << 31;
 /// A writer entry's `pid` bit saying it holds the write lock (pids stay below 2^22).
@@ -187,11 +196,30 @@ fn dead(owner: u32) -> bool {
     owner & OWNER_DIED != 0
 }
 
+/// The pid in an owner word that says its entry is being claimed or reaped.
+#[inline]
+fn in_step(owner: u32) -> Option<u32> {
+    let state = owner & !PID_BITS;
+    (state == CLAIMING || state == REAPING).then_some(owner & PID_BITS)
+}
+
 /// A broadcast ring in a mapping, with the geometry it was checked against (nothing
 /// read from shared memory later is trusted for bounds).
 pub struct Broadcast {
     map: Arc<Mapping>,
     geometry: Geometry,
+    /// What this process's reaper saw in earlier rounds, to tell a step in progress from
+    /// one a dead party left.
+    suspects: Mutex<Suspects>,
+}
+
+/// Things a reaper saw that only a party dying between two steps leaves for long.
+#[derive(Default)]
+struct Suspects {
+    /// Entries seen mid-claim or mid-reap: (writer table?, index, owner word, since).
+    entries: Vec<(bool, usize, u32, Instant)>,
+    /// The levels word and the sum of the counted entries, when they differed, since.
+    levels: Option<(u64, u64, Instant)>,
 }
 
 /// No entry was free.
@@ -238,7 +266,11 @@ impl Broadcast {
     /// the header and the file's size).
     pub fn new(map: Arc<Mapping>, geometry: Geometry) -> Broadcast {
         assert!(geometry.valid() && geometry.total() <= map.len());
-        Broadcast { map, geometry }
+        Broadcast {
+            map,
+            geometry,
+            suspects: Mutex::new(Suspects::default()),
+        }
     }
 
     pub fn geometry(&self) -> Geometry {
@@ -313,7 +345,7 @@ impl Broadcast {
             let entry = self.listener(i);
             if entry
                 .owner
-                .compare_exchange(0, CLAIMING, Ordering::AcqRel, Ordering::Relaxed)
+                .compare_exchange(0, claiming(), Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
             {
                 entry.pid.store(pid, Ordering::Relaxed);
@@ -334,7 +366,7 @@ impl Broadcast {
             let entry = self.writer(i);
             if entry
                 .owner
-                .compare_exchange(0, CLAIMING, Ordering::AcqRel, Ordering::Relaxed)
+                .compare_exchange(0, claiming(), Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
             {
                 entry.pid.store(pid, Ordering::Relaxed);
@@ -346,7 +378,7 @@ impl Broadcast {
 
     /// Gives back an entry whose death notice could not be held.
     pub fn release_claim(owner: &AtomicU32) {
-        let _ = owner.compare_exchange(CLAIMING, 0, Ordering::AcqRel, Ordering::Relaxed);
+        let _ = owner.compare_exchange(claiming(), 0, Ordering::AcqRel, Ordering::Relaxed);
     }
 
     /// Makes listener `i`, whose death notice holds its entry, a reader at `level` from
@@ -391,24 +423,36 @@ impl Broadcast {
         let entry = self.listener(i);
         let level = entry.level.load(Ordering::Acquire);
         if entry.counted.swap(0, Ordering::AcqRel) == 1 && (1..=6).contains(&level) {
-            self.header()
+            // Never below zero, which would borrow from the next level's count: a reaper
+            // that mended the word may already have left this listener out.
+            let one = level_one(level as u8 - 1);
+            let field = one * 1023;
+            let _ = self
+                .header()
                 .levels
-                .fetch_sub(level_one(level as u8 - 1), Ordering::SeqCst);
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
+                    (w & field != 0).then(|| w - one)
+                });
         }
         entry.level.store(0, Ordering::Release);
     }
 
-    /// Reclaims the entries of listeners that died; how many.
+    /// Reclaims the entries of listeners that died, and mends the levels word; how many
+    /// entries.
     pub fn reap_listeners(&self) -> usize {
+        self.reap_listeners_at(Instant::now())
+    }
+
+    fn reap_listeners_at(&self, now: Instant) -> usize {
+        let mut suspects = self.suspects.lock().unwrap_or_else(|e| e.into_inner());
         let mut reaped = 0;
         for i in 0..self.geometry.listeners {
             let entry = self.listener(i);
             let owner = entry.owner.load(Ordering::Acquire);
-            let gone = dead(owner) || (owner == CLAIMING && claimer_gone(&entry.pid));
-            if gone
+            if (dead(owner) || self.left_mid_step(&mut suspects, false, i, owner, now))
                 && entry
                     .owner
-                    .compare_exchange(owner, REAPING, Ordering::AcqRel, Ordering::Relaxed)
+                    .compare_exchange(owner, reaping(), Ordering::AcqRel, Ordering::Relaxed)
                     .is_ok()
             {
                 self.uncount(i);
@@ -419,22 +463,122 @@ impl Broadcast {
                 reaped += 1;
             }
         }
+        self.mend_levels(&mut suspects, now);
         reaped
+    }
+
+    /// Whether an entry whose owner word is `owner` was left mid-claim or mid-reap by a
+    /// party that died: its pid is gone, or this reaper saw the same word a
+    /// [`STALE_STEP`] ago.
+    fn left_mid_step(
+        &self,
+        suspects: &mut Suspects,
+        writers: bool,
+        i: usize,
+        owner: u32,
+        now: Instant,
+    ) -> bool {
+        let Some(pid) = in_step(owner) else {
+            // Out of the step: what was seen of it before no longer counts.
+            if !suspects.entries.is_empty() {
+                suspects.entries.retain(|e| !(e.0 == writers && e.1 == i));
+            }
+            return false;
+        };
+        let seen = suspects
+            .entries
+            .iter()
+            .position(|e| e.0 == writers && e.1 == i);
+        if process_gone(pid) {
+            if let Some(k) = seen {
+                suspects.entries.swap_remove(k);
+            }
+            return true;
+        }
+        match seen {
+            Some(k) if suspects.entries[k].2 == owner => {
+                let stale = now.saturating_duration_since(suspects.entries[k].3) >= STALE_STEP;
+                if stale {
+                    // Whether or not this reaper wins the entry, the step is over.
+                    suspects.entries.swap_remove(k);
+                }
+                stale
+            }
+            Some(k) => {
+                suspects.entries[k] = (writers, i, owner, now);
+                false
+            }
+            None => {
+                suspects.entries.push((writers, i, owner, now));
+                false
+            }
+        }
+    }
+
+    /// Makes the levels word the sum of the counted entries' levels, when it has differed
+    /// from it by the same amount for a [`STALE_STEP`]: a party killed between counting
+    /// and saying so (or the reverse), or a scribble.
+    ///
+    /// A join adds its count, then marks its entry counted; a leaver the reverse. Between
+    /// the two steps the word and the sum differ, rightly, so a difference seen once
+    /// proves nothing. It must be seen twice, a second apart, with the same word and the
+    /// same sum, and the word is replaced only by a compare-and-swap from the value seen:
+    /// any join or leave meanwhile changes the word or the sum and starts the wait again.
+    /// What is left is a party stalled a whole second between two adjacent stores; its
+    /// count is then mended wrongly, and mended back the same way a second after it
+    /// stores the second (and `uncount` never takes a count below zero meanwhile).
+    fn mend_levels(&self, suspects: &mut Suspects, now: Instant) {
+        let word = &self.header().levels;
+        let mut sum = 0u64;
+        for i in 0..self.geometry.listeners {
+            let entry = self.listener(i);
+            let level = entry.level.load(Ordering::Acquire);
+            if entry.counted.load(Ordering::Acquire) == 1 && (1..=6).contains(&level) {
+                sum += level_one(level as u8 - 1);
+            }
+        }
+        let levels = word.load(Ordering::SeqCst);
+        if levels == sum {
+            suspects.levels = None;
+            return;
+        }
+        match suspects.levels {
+            Some((seen, seen_sum, since)) if seen == levels && seen_sum == sum => {
+                if now.saturating_duration_since(since) >= STALE_STEP
+                    && word
+                        .compare_exchange(levels, sum, Ordering::SeqCst, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    log::warn!(
+                        "events: the levels word said {levels:#x} where the listeners count {sum:#x} (a listener died while joining, or something scribbled on the segment); mended"
+                    );
+                    suspects.levels = None;
+                }
+            }
+            _ => suspects.levels = Some((levels, sum, now)),
+        }
     }
 
     /// Reclaims the entries of writers that died, except the lock's holder (whose entry
     /// tells contenders that it died).
     pub fn reap_writers(&self) {
+        self.reap_writers_at(Instant::now());
+    }
+
+    fn reap_writers_at(&self, now: Instant) {
+        let mut suspects = self.suspects.lock().unwrap_or_else(|e| e.into_inner());
         for i in 0..WRITERS {
             let entry = self.writer(i);
             let owner = entry.owner.load(Ordering::Acquire);
-            let gone = dead(owner) || (owner == CLAIMING && claimer_gone(&entry.pid));
+            if owner == 0 {
+                continue;
+            }
             let holder = self.header().lock.load(Ordering::Acquire) & !LOCK_WAITERS;
-            if gone
+            if (dead(owner) || self.left_mid_step(&mut suspects, true, i, owner, now))
                 && holder as usize != i + 1
                 && entry
                     .owner
-                    .compare_exchange(owner, REAPING, Ordering::AcqRel, Ordering::Relaxed)
+                    .compare_exchange(owner, reaping(), Ordering::AcqRel, Ordering::Relaxed)
                     .is_ok()
             {
                 entry.pid.store(0, Ordering::Relaxed);
@@ -633,8 +777,7 @@ impl Broadcast {
             let entry = self.listener(i);
             let owner = entry.owner.load(Ordering::Acquire);
             owner == 0
-                || owner == CLAIMING
-                || owner == REAPING
+                || in_step(owner).is_some()
                 || dead(owner)
                 || entry.level.load(Ordering::Acquire) == 0
                 || entry.position.load(Ordering::Acquire) >= floor
@@ -659,10 +802,18 @@ impl Broadcast {
     }
 }
 
-/// Whether the process that began claiming an entry is gone (it died before its death
-/// notice held the entry).
-fn claimer_gone(pid: &AtomicU32) -> bool {
-    let pid = pid.load(Ordering::Acquire) & !HOLDS_LOCK;
+/// This process's owner word for an entry it claims.
+fn claiming() -> u32 {
+    CLAIMING | (std::process::id() & PID_BITS)
+}
+
+/// This process's owner word for an entry it reaps.
+fn reaping() -> u32 {
+    REAPING | (std::process::id() & PID_BITS)
+}
+
+/// Whether process `pid` is gone (so the step it began on an entry will never end).
+fn process_gone(pid: u32) -> bool {
     pid != 0
         && rustix::process::Pid::from_raw(pid as i32)
             .is_some_and(|p| rustix::process::test_kill_process(p) == Err(rustix::io::Errno::SRCH))

@@ -414,3 +414,89 @@ fn a_join_preempted_while_writers_lap_it_reports_no_loss() {
     let (got, _, lost) = take(&b, &mut r).unwrap();
     assert_eq!((got.as_slice(), lost), (&b"after"[..], 0));
 }
+
+/// The pid of a process that has exited.
+fn a_dead_pid() -> u32 {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
+#[test]
+fn entries_left_mid_claim_or_mid_reap_by_killed_parties_are_reclaimed() {
+    let b = ring(4096, OVERWRITE);
+    let dead = a_dead_pid();
+    let now = Instant::now();
+    // A listener killed right after its claim, before anything else; a reaper killed
+    // after marking a counted entry; a writer killed mid-claim.
+    b.listener(0)
+        .owner
+        .store(CLAIMING | dead, Ordering::Relaxed);
+    b.listener(1).owner.store(1234, Ordering::Relaxed);
+    b.join(1, Level::Error as u8);
+    b.listener(1).owner.store(REAPING | dead, Ordering::Relaxed);
+    b.writer(3).owner.store(CLAIMING | dead, Ordering::Relaxed);
+    assert_eq!(b.reap_listeners_at(now), 2);
+    b.reap_writers_at(now);
+    assert!((0..2).all(|i| b.listener(i).owner.load(Ordering::Relaxed) == 0));
+    assert_eq!(b.writer(3).owner.load(Ordering::Relaxed), 0);
+    assert_eq!(b.header().levels.load(Ordering::Relaxed), 0);
+    // A claim by a live process that never finishes (its pid answers): taken for dead
+    // once it has stayed a second, not before.
+    let i = b.claim_listener().unwrap();
+    b.listener(i).pid.store(0, Ordering::Relaxed);
+    assert_eq!(b.reap_listeners_at(now), 0);
+    assert_eq!(b.reap_listeners_at(now + STALE_STEP / 2), 0);
+    assert_eq!(b.reap_listeners_at(now + STALE_STEP), 1);
+    assert_eq!(b.listener(i).owner.load(Ordering::Relaxed), 0);
+    // A claim that finished and a new one with the same word start the wait afresh.
+    let i = b.claim_listener().unwrap();
+    assert_eq!(b.reap_listeners_at(now + STALE_STEP * 2), 0);
+    b.listener(i).owner.store(1234, Ordering::Relaxed);
+    assert_eq!(b.reap_listeners_at(now + STALE_STEP * 3), 0);
+    b.listener(i).owner.store(claiming(), Ordering::Relaxed);
+    assert_eq!(b.reap_listeners_at(now + STALE_STEP * 4), 0);
+}
+
+#[test]
+fn a_levels_word_that_disagrees_with_the_listeners_for_a_second_is_mended() {
+    let b = ring(4096, OVERWRITE);
+    let now = Instant::now();
+    b.listener(0).owner.store(1234, Ordering::Relaxed);
+    b.join(0, Level::Warning as u8);
+    let right = level_one(Level::Warning as u8);
+    // A listener killed between adding its count and saying so, then reaped.
+    b.listener(1)
+        .owner
+        .store(crate::sys::OWNER_DIED, Ordering::Relaxed);
+    b.header()
+        .levels
+        .fetch_add(level_one(Level::Verbose as u8), Ordering::SeqCst);
+    assert_eq!(b.reap_listeners_at(now), 1);
+    assert!(b.enabled(Level::Verbose as u8));
+    assert_eq!(b.reap_listeners_at(now + STALE_STEP), 0);
+    assert_eq!(b.header().levels.load(Ordering::SeqCst), right);
+    // A scribble, likewise.
+    b.header().levels.store(u64::MAX, Ordering::SeqCst);
+    b.reap_listeners_at(now + STALE_STEP * 2);
+    b.reap_listeners_at(now + STALE_STEP * 3);
+    assert_eq!(b.header().levels.load(Ordering::SeqCst), right);
+    // A join seen between its two steps, finished by the next round: left alone.
+    b.listener(2).owner.store(1234, Ordering::Relaxed);
+    b.listener(2)
+        .level
+        .store(Level::Error as u32 + 1, Ordering::SeqCst);
+    b.header()
+        .levels
+        .fetch_add(level_one(Level::Error as u8), Ordering::SeqCst);
+    b.reap_listeners_at(now + STALE_STEP * 4);
+    b.listener(2).counted.store(1, Ordering::SeqCst);
+    b.reap_listeners_at(now + STALE_STEP * 5);
+    let both = right + level_one(Level::Error as u8);
+    assert_eq!(b.header().levels.load(Ordering::SeqCst), both);
+    // Nor does a leave ever take a count below zero.
+    b.header().levels.store(right, Ordering::SeqCst);
+    b.uncount(2);
+    assert_eq!(b.header().levels.load(Ordering::SeqCst), right);
+}
