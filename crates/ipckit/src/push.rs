@@ -240,7 +240,12 @@ pub enum Event {
     /// A client left (closed, crashed, or was disconnected); its handle no longer sends.
     Disconnected(ClientHandle),
     /// The listener fell behind and `count` messages were overwritten before it read them;
-    /// the next message is the oldest one still there. [`Server::lost`] keeps the total.
+    /// it resumed at the newest message written when it found out, not the oldest still
+    /// there (which writers were about to overwrite too), so the next message is that
+    /// newest one, or the first after it at the listener's level. `count` includes the
+    /// older ones it skipped that way, and on `events` messages of every level, the
+    /// listener's or not: what was overwritten cannot say its level. [`Server::lost`]
+    /// keeps the total.
     ///
     /// [`Server::lost`]: crate::Server::lost
     Lost {

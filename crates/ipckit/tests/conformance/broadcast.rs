@@ -9,7 +9,8 @@
 //! [`Role::Listener`]. What they agree on: writer `W`'s events are [`numbered`] as from
 //! client `W`, in order from 0, so that a listener verifies each one whole; the number
 //! [`END`] ends a writer's stream. A writer takes commands on stdin (see [`writer`]) and
-//! answers each with one line. A listener prints `ready URL`, then a line per item of its
+//! answers each with one line. A listener prints `ready URL` (and, one told to wait,
+//! `reading` once told `read`), then a line per item of its
 //! stream, `ev W N SEQ LEVEL PID`, `lost COUNT` or `torn LEN`, and `done lost L` (its
 //! `lost()`) once it has seen `ends` writers end.
 
@@ -32,6 +33,7 @@ pub const CHECKS: &[Check] = checks![in broadcast:
     broadcast => one_writer_is_one_numbered_stream,
     broadcast => a_late_listener_receives_only_what_follows,
     broadcast => a_slow_listener_is_told_what_it_lost,
+    broadcast => a_lapped_listener_at_a_level_is_told_all_it_lost,
     broadcast => a_listener_receives_its_levels_only,
     broadcast => is_enabled_follows_the_listeners,
     broadcast => a_killed_listener_leaves_the_others_receiving,
@@ -81,7 +83,7 @@ fn every_listener_receives_every_event_in_order(ctx: &Ctx) -> Outcome {
     let mut orders = Vec::new();
     for listener in &mut listeners {
         let heard = Heard::read(listener)?;
-        heard.consistent(&pids, true)?;
+        heard.consistent(&pids, Hears::Every)?;
         ensure!(
             heard.lost.is_empty(),
             "a listener lost events: {:?}",
@@ -122,7 +124,7 @@ fn one_writer_is_one_numbered_stream(ctx: &Ctx) -> Outcome {
     let mut firsts = Vec::new();
     for listener in &mut listeners {
         let heard = Heard::read(listener)?;
-        heard.consistent(&pids, true)?;
+        heard.consistent(&pids, Hears::Every)?;
         let numbers: Vec<u32> = heard.events.iter().map(|e| e.n).collect();
         ensure!(
             numbers == (0..COUNT).chain([END]).collect::<Vec<_>>(),
@@ -156,14 +158,14 @@ fn a_late_listener_receives_only_what_follows(ctx: &Ctx) -> Outcome {
     writer.ask("end", "ok")?;
     let pids = HashMap::from([(3, writer.child.pid())]);
     let heard = Heard::read(&mut early)?;
-    heard.consistent(&pids, true)?;
+    heard.consistent(&pids, Hears::Every)?;
     ensure!(
         heard.events.len() == 201,
         "the early listener heard {}",
         heard.events.len()
     );
     let heard = Heard::read(&mut late)?;
-    heard.consistent(&pids, true)?;
+    heard.consistent(&pids, Hears::Every)?;
     let numbers: Vec<u32> = heard.events.iter().map(|e| e.n).collect();
     ensure!(
         numbers == (100..200).chain([END]).collect::<Vec<_>>(),
@@ -188,7 +190,7 @@ fn a_slow_listener_is_told_what_it_lost(ctx: &Ctx) -> Outcome {
     writer.ask("end", "ok")?;
     let pids = HashMap::from([(4, writer.child.pid())]);
     let heard = Heard::read(&mut slow)?;
-    heard.consistent(&pids, true)?;
+    heard.consistent(&pids, Hears::Every)?;
     let lost: u64 = heard.lost.iter().map(|&(_, count)| count).sum();
     ensure!(
         lost > 0,
@@ -206,7 +208,7 @@ fn a_slow_listener_is_told_what_it_lost(ctx: &Ctx) -> Outcome {
         "the slow listener's stream did not end with the end"
     );
     let heard = Heard::read(&mut keen)?;
-    heard.consistent(&pids, true)?;
+    heard.consistent(&pids, Hears::Every)?;
     let lost: u64 = heard.lost.iter().map(|&(_, count)| count).sum();
     ensure!(
         lost + heard.events.len() as u64 == u64::from(COUNT) + 1,
@@ -214,6 +216,50 @@ fn a_slow_listener_is_told_what_it_lost(ctx: &Ctx) -> Outcome {
         heard.events.len(),
         COUNT + 1
     );
+    Ok(())
+}
+
+/// A listener at warning lapped while the ring holds every level: its `Lost` counts the
+/// events of every level that were overwritten, since it cannot know their levels, so
+/// that what it heard, what it was told it lost and what it skipped (the events above
+/// its level it read past) account for every sequence number.
+fn a_lapped_listener_at_a_level_is_told_all_it_lost(ctx: &Ctx) -> Outcome {
+    // The last of them verbose: a lapped listener resumes at the newest record, one it
+    // skips.
+    const COUNT: u32 = 402;
+    debug_assert_eq!(level_of(COUNT - 1), Level::Verbose);
+    let endpoint = ctx.endpoint_with("lapped-level", "ring", SMALL_RING);
+    let url = endpoint.to_string();
+    let mut slow = Child::spawn(listener(1, true), with_level(&endpoint, Level::Warning));
+    slow.ready()?;
+    // Hears everything, so that every event is written.
+    let mut keen = Child::spawn(listener(1, false), &url);
+    keen.ready()?;
+    let mut writer = Writer::start(&url, 13)?;
+    writer.ask(&format!("cycle {COUNT}"), "ok")?;
+    // The slow one looks at the ring, finds itself lapped, and waits, before the end.
+    slow.say("read")?;
+    let line = slow.line()?;
+    ensure!(line == "reading", "a waiting listener said {line:?}");
+    slow.settled()?;
+    writer.ask("end", "ok")?;
+    let pids = HashMap::from([(13, writer.child.pid())]);
+    let written = Written(
+        (0..COUNT)
+            .map(|n| (n, level_of(n)))
+            .chain([(END, Level::LogAlways)])
+            .collect(),
+    );
+    let heard = Heard::read(&mut slow)?;
+    heard.consistent(&pids, Hears::Only(Level::Warning, &written))?;
+    ensure!(
+        heard.events.last().is_some_and(|e| e.n == END) && !heard.lost.is_empty(),
+        "a lapped listener at warning heard {:?} and lost {:?}",
+        heard.events,
+        heard.lost
+    );
+    let heard = Heard::read(&mut keen)?;
+    heard.consistent(&pids, Hears::Every)?;
     Ok(())
 }
 
@@ -231,7 +277,7 @@ fn a_listener_receives_its_levels_only(ctx: &Ctx) -> Outcome {
     writer.ask("end", "ok")?;
     let pids = HashMap::from([(5, writer.child.pid())]);
     let heard = Heard::read(&mut everything)?;
-    heard.consistent(&pids, true)?;
+    heard.consistent(&pids, Hears::Every)?;
     ensure!(
         heard.events.len() as u32 == COUNT + 1,
         "a verbose listener heard {}",
@@ -250,8 +296,15 @@ fn a_listener_receives_its_levels_only(ctx: &Ctx) -> Outcome {
             event.level
         );
     }
+    // The verbose listener makes every event go: each took a sequence number.
+    let written = Written(
+        (0..COUNT)
+            .map(|n| (n, level_of(n)))
+            .chain([(END, Level::LogAlways)])
+            .collect(),
+    );
     let heard = Heard::read(&mut partial)?;
-    heard.consistent(&pids, false)?;
+    heard.consistent(&pids, Hears::Only(Level::Warning, &written))?;
     let expected: Vec<u32> = (0..COUNT)
         .filter(|&n| Level::Warning.includes(level_of(n)))
         .chain([END])
@@ -312,8 +365,8 @@ fn a_killed_listener_leaves_the_others_receiving(ctx: &Ctx) -> Outcome {
     // Killed after it has heard some.
     victim.line()?;
     victim.kill();
-    writer.ask(&format!("cycle {COUNT}"), "ok")?;
-    // Its level no longer counts once it is reaped, which needs no send.
+    // Its level no longer counts once it is reaped, which needs no send (the survivors,
+    // waiting, reap it).
     let deadline = Instant::now() + PATIENCE;
     loop {
         writer.tell("enabled error")?;
@@ -327,15 +380,32 @@ fn a_killed_listener_leaves_the_others_receiving(ctx: &Ctx) -> Outcome {
         std::thread::sleep(Duration::from_millis(50));
     }
     writer.ask("enabled critical", "enabled true")?;
+    writer.ask(&format!("cycle {COUNT}"), "ok")?;
     writer.ask("end", "ok")?;
     let pids = HashMap::from([(8, writer.child.pid())]);
+    // What went: at error and above while the victim lived, at critical and above once
+    // it was reaped (nobody took the rest, so it was never written).
+    let written = Written(
+        (0..2 * COUNT)
+            .map(|n| (n, level_of(n)))
+            .filter(|&(n, level)| {
+                let taken = if n < COUNT {
+                    Level::Error
+                } else {
+                    Level::Critical
+                };
+                taken.includes(level)
+            })
+            .chain([(END, Level::LogAlways)])
+            .collect(),
+    );
     let expected: Vec<u32> = (0..2 * COUNT)
         .filter(|&n| Level::Critical.includes(level_of(n)))
         .chain([END])
         .collect();
     for survivor in &mut survivors {
         let heard = Heard::read(survivor)?;
-        heard.consistent(&pids, false)?;
+        heard.consistent(&pids, Hears::Only(Level::Critical, &written))?;
         ensure!(
             heard.lost.is_empty(),
             "a listener beside a killed one lost {:?}",
@@ -373,7 +443,7 @@ fn a_killed_writer_leaves_the_others_receiving(ctx: &Ctx) -> Outcome {
     let pids = HashMap::from([(9, victim.child.pid()), (10, survivor.child.pid())]);
     for listener in &mut listeners {
         let heard = Heard::read(listener)?;
-        heard.consistent(&pids, true)?;
+        heard.consistent(&pids, Hears::Every)?;
         let numbers: Vec<u32> = heard.events_of(10).map(|e| e.n).collect();
         ensure!(
             numbers == (0..COUNT).chain([END]).collect::<Vec<_>>(),
@@ -415,7 +485,7 @@ fn overflow_block_loses_nothing_and_the_writer_waits(ctx: &Ctx) -> Outcome {
     writer.ask("end", "ok")?;
     let pids = HashMap::from([(11, writer.child.pid())]);
     let heard = Heard::read(&mut slow)?;
-    heard.consistent(&pids, true)?;
+    heard.consistent(&pids, Hears::Every)?;
     ensure!(
         heard.lost.is_empty(),
         "with overflow=block a listener lost {:?}",
@@ -447,7 +517,7 @@ fn a_killed_listener_releases_a_blocked_writer(ctx: &Ctx) -> Outcome {
     writer.ask("end", "ok")?;
     let pids = HashMap::from([(12, writer.child.pid())]);
     let heard = Heard::read(&mut keen)?;
-    heard.consistent(&pids, true)?;
+    heard.consistent(&pids, Hears::Every)?;
     ensure!(
         heard.lost.is_empty(),
         "with overflow=block a listener lost {:?}",
@@ -580,6 +650,8 @@ impl Heard {
                     pid: number(5)? as u32,
                 }),
                 "lost" => heard.lost.push((heard.events.len(), number(1)?)),
+                // A waiting listener's answer to `read`.
+                "reading" => {}
                 "done" => {
                     heard.total_lost = number(2)?;
                     return Ok(heard);
@@ -600,14 +672,11 @@ impl Heard {
     }
 
     /// What holds of any listener's stream: each event from a writer it knows with that
-    /// writer's pid; every writer's numbers rising; sequence numbers rising, and where
-    /// the listener hears every level, each one after the last plus what it was told it
-    /// lost in between; and `lost()` the sum of the losses.
-    fn consistent(&self, pids: &HashMap<u32, u32>, every_level: bool) -> Outcome {
+    /// writer's pid; every writer's numbers rising; `lost()` the sum of the losses; and
+    /// every sequence number accounted for, as `hears` says.
+    fn consistent(&self, pids: &HashMap<u32, u32>, hears: Hears<'_>) -> Outcome {
         let mut last_n: HashMap<u32, u32> = HashMap::new();
-        let mut losses = self.lost.iter().peekable();
-        let mut previous: Option<u64> = None;
-        for (at, event) in self.events.iter().enumerate() {
+        for event in &self.events {
             ensure!(
                 pids.get(&event.writer) == Some(&event.pid),
                 "event {}/{} says pid {}, its writer is {:?}",
@@ -625,34 +694,10 @@ impl Heard {
                 );
             }
             last_n.insert(event.writer, event.n);
-            let mut gap = 0;
-            while let Some(&&(before, count)) = losses.peek() {
-                if before != at {
-                    break;
-                }
-                gap += count;
-                losses.next();
-            }
-            if let Some(previous) = previous {
-                if every_level {
-                    ensure!(
-                        event.seq == previous + 1 + gap,
-                        "event {}/{} has sequence {} after {previous} and a loss of {gap}",
-                        event.writer,
-                        event.n,
-                        event.seq
-                    );
-                } else {
-                    ensure!(
-                        event.seq > previous + gap,
-                        "event {}/{} has sequence {} after {previous} and a loss of {gap}",
-                        event.writer,
-                        event.n,
-                        event.seq
-                    );
-                }
-            }
-            previous = Some(event.seq);
+        }
+        match hears {
+            Hears::Every => self.every_number_accounted_for()?,
+            Hears::Only(level, written) => self.every_number_accounted_for_at(level, written)?,
         }
         let told: u64 = self.lost.iter().map(|&(_, count)| count).sum();
         ensure!(
@@ -661,6 +706,100 @@ impl Heard {
             self.total_lost
         );
         Ok(())
+    }
+
+    /// The losses told right before event `at`.
+    fn lost_before(&self, at: usize) -> u64 {
+        self.lost
+            .iter()
+            .filter(|&&(before, _)| before == at)
+            .map(|&(_, count)| count)
+            .sum()
+    }
+
+    /// A listener that hears every level: each sequence number after the first it heard
+    /// is one it heard or one it was told it lost.
+    fn every_number_accounted_for(&self) -> Outcome {
+        for (at, pair) in self.events.windows(2).enumerate() {
+            let (previous, event) = (pair[0].seq, &pair[1]);
+            let gap = self.lost_before(at + 1);
+            ensure!(
+                event.seq == previous + 1 + gap,
+                "event {}/{} has sequence {} after {previous} and a loss of {gap}",
+                event.writer,
+                event.n,
+                event.seq
+            );
+        }
+        Ok(())
+    }
+
+    /// A listener at `level`, there before `written` began: each sequence number is an
+    /// event it heard, one it was told it lost, or one above its level it skipped. Which
+    /// of those above its level it skipped and which it lost is not known from outside
+    /// (a lapped listener loses events of every level), so between two events it heard
+    /// the losses it was told may not exceed the numbers between them, and the rest, the
+    /// skipped, must all be above its level.
+    fn every_number_accounted_for_at(&self, level: Level, written: &Written) -> Outcome {
+        let Some(first) = self.events.first() else {
+            return Ok(());
+        };
+        let base = first.seq - written.index_of(first.n)? as u64;
+        let mut next = 0usize;
+        for (at, event) in self.events.iter().enumerate() {
+            let index = written.index_of(event.n)?;
+            ensure!(
+                event.seq == base + index as u64,
+                "event {} has sequence {}; written {index}th after sequence {base}",
+                event.n,
+                event.seq
+            );
+            ensure!(
+                event.level == written.0[index].1 && level.includes(event.level),
+                "event {} was written at {}, heard at {} by a listener at {level}",
+                event.n,
+                written.0[index].1,
+                event.level
+            );
+            ensure!(
+                index >= next,
+                "event {} came again or out of order",
+                event.n
+            );
+            let between = &written.0[next..index];
+            let lost = self.lost_before(at);
+            let above = between.iter().filter(|&&(_, l)| !level.includes(l)).count() as u64;
+            ensure!(
+                lost <= between.len() as u64 && between.len() as u64 - lost <= above,
+                "before event {} a listener at {level} was told of {lost} lost, of {} events written since the last it heard, {above} of them above its level: {} unaccounted for",
+                event.n,
+                between.len(),
+                (between.len() as u64).saturating_sub(lost + above)
+            );
+            next = index + 1;
+        }
+        Ok(())
+    }
+}
+
+/// How a listener hears the stream.
+enum Hears<'a> {
+    /// Every level: its sequence numbers follow each other but for what it lost.
+    Every,
+    /// Those that a listener at this level takes, of what one writer wrote.
+    Only(Level, &'a Written),
+}
+
+/// One writer's events that took a sequence number, in order, with their levels: what a
+/// check knows of the stream when only that writer writes.
+struct Written(Vec<(u32, Level)>);
+
+impl Written {
+    fn index_of(&self, n: u32) -> Result<usize, Failed> {
+        self.0
+            .iter()
+            .position(|&(m, _)| m == n)
+            .ok_or_else(|| format!("event {n} was heard, and never written").into())
     }
 }
 
@@ -747,6 +886,7 @@ fn listen(url: &str, ends: u32, wait: bool) -> Result<(), Box<dyn std::error::Er
     say(&format!("ready {}", server.endpoint()));
     if wait {
         std::io::stdin().read_line(&mut String::new())?;
+        say("reading");
     }
     let mut ended = 0;
     while ended < ends {

@@ -4,7 +4,10 @@
 //!
 //! The peers here ([`Role::WriteThroughDamage`], [`Role::ListenThroughDamage`]) take an
 //! error as an answer: they print `error MESSAGE` and exit cleanly. What must not happen
-//! is a panic, a hang, or a payload delivered whose check fails (printed `torn LEN`).
+//! is a panic, a hang, a payload delivered whose check fails (printed `torn LEN`), or a
+//! listener that goes on without an error and yet never again receives what is sent:
+//! once the damage stops, a fresh writer sends a marker that every listener must receive
+//! (or fail with a clear error).
 
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -25,8 +28,18 @@ pub const CHECKS: &[Check] = checks![in broadcast_bad_input:
     broadcast => a_ring_size_not_a_power_of_two_is_refused,
 ];
 
-/// How long a damaged listener waits for an event before it calls the stream quiet.
+/// How long a damaged listener waits for an event before it says the stream is quiet
+/// (and waits again): a wait that returns, not a hang.
 const QUIET: Duration = Duration::from_secs(2);
+
+/// The writer number and event number of the marker a fresh writer sends once the
+/// damage stops.
+const MARKER: (u32, u32) = (0, u32::MAX);
+
+/// The bytes of the header a party copies once when it opens the segment (its
+/// configuration): damage there makes a new party refuse the segment with a clear error,
+/// which `scribbled` checks apart, since the fresh writer must open it.
+const CONFIGURATION: u64 = 32;
 
 /// The file that holds `url`'s segment: the one in /dev/shm named after the endpoint.
 fn segment_of(url: &str) -> Option<PathBuf> {
@@ -100,35 +113,48 @@ fn scribbled(ctx: &Ctx, seed: u64) -> Outcome {
     let mut rng = fastrand::Rng::with_seed(seed);
     for round in 0..400u32 {
         let at = if round % 2 == 0 {
-            rng.u64(0..size.min(65536))
+            rng.u64(CONFIGURATION..size.min(65536))
         } else {
-            rng.u64(0..size)
+            rng.u64(CONFIGURATION..size)
         };
         let bytes: Vec<u8> = (0..rng.usize(1..=16)).map(|_| rng.u8(..)).collect();
         segment.write_at(&bytes, at.min(size - bytes.len() as u64))?;
         std::thread::sleep(Duration::from_millis(2));
     }
-    drop(segment);
     std::thread::sleep(Duration::from_millis(200));
-    // Writers stop when told; listeners go quiet once nothing comes.
+    // Writers stop when told.
     for writer in writers {
         writer
             .finish()
             .map_err(|e| format!("a writer of a damaged segment: {e:?}"))?;
     }
+    // The damage over, a fresh writer's marker reaches every listener that has not
+    // failed with an error.
+    let marker = api::connect(url.as_str())
+        .map_err(|e| format!("a fresh writer could not open the damaged segment: {e}"))?;
+    marker.send_at(ipckit::Level::LogAlways, &numbered(MARKER.0, MARKER.1, 12))?;
     for mut listener in listeners {
         let deadline = Instant::now() + PATIENCE;
         let mut heard = 0u64;
         loop {
             ensure!(
                 Instant::now() < deadline,
-                "a listener of a damaged segment hangs"
+                "a listener of a damaged segment never received the marker a fresh writer sent after the damage, in {PATIENCE:?}, having heard {heard} items"
             );
             let line = listener.line()?;
             let word = line.split(' ').next().unwrap_or_default();
             match word {
                 "ev" | "lost" => heard += 1,
-                "error" | "quiet" => break,
+                // Its wait returned with nothing: it does not hang.
+                "quiet" => {}
+                "marker" => break,
+                "error" => {
+                    ensure!(
+                        line.contains(&url) || line.contains("events"),
+                        "a listener of a damaged segment failed without saying where: {line}"
+                    );
+                    break;
+                }
                 _ => {
                     return Err(format!(
                         "a listener of a damaged segment said {line:?} after {heard} items; its stderr:\n{}",
@@ -144,6 +170,17 @@ fn scribbled(ctx: &Ctx, seed: u64) -> Outcome {
             "a listener panicked:\n{stderr}"
         );
     }
+    // The configuration scribbled on: a new party refuses the segment, saying which.
+    segment.write_at(b"scribble", 0)?;
+    drop(segment);
+    match api::connect(url.as_str()) {
+        Ok(_) => return Err("a segment whose header was scribbled on was opened".into()),
+        Err(e) => ensure!(
+            e.to_string().contains(&path.display().to_string()),
+            "a scribbled header was refused without naming the segment: {e}"
+        ),
+    }
+    drop(marker);
     // Every party gone, the segment went with the last, damaged or not; and the name
     // opens again afresh.
     ensure!(
@@ -244,27 +281,31 @@ fn write_through_damage(url: &str, number: u32) -> Result<(), Box<dyn std::error
     Ok(())
 }
 
-/// Prints what it receives (`ev W N`, `lost C`, `torn LEN`) until an error (`error
-/// MESSAGE`) or [`QUIET`] without an event (`quiet`).
+/// Prints what it receives (`ev W N`, `lost C`, `torn LEN`, and `quiet` for each
+/// [`QUIET`] without an event) until the [`MARKER`] (`marker`) or an error (`error
+/// MESSAGE`); gives up after [`PATIENCE`] with neither.
 fn listen_through_damage(url: &str) -> Result<(), Box<dyn std::error::Error>> {
     let mut server = api::listen(url)?;
     say(&format!("ready {}", server.endpoint()));
-    loop {
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
         match server.recv_event_timeout(QUIET) {
             Err(e) => {
                 say(&format!("error {e}"));
                 return Ok(());
             }
-            Ok(None) => {
-                say("quiet");
-                return Ok(());
-            }
+            Ok(None) => say("quiet"),
             Ok(Some(Event::Lost { count })) => say(&format!("lost {count}")),
             Ok(Some(Event::Message(message))) => match parse_numbered(message.payload()) {
+                Ok(MARKER) => {
+                    say("marker");
+                    return Ok(());
+                }
                 Ok((writer, n)) => say(&format!("ev {writer} {n}")),
                 Err(_) => say(&format!("torn {}", message.payload().len())),
             },
             Ok(Some(_)) => {}
         }
     }
+    Err(format!("neither the marker nor an error came in {PATIENCE:?}").into())
 }

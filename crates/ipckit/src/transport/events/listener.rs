@@ -15,9 +15,10 @@ use crate::error::{Error, Result};
 use crate::message::{Message, Peer, Stamp};
 use crate::push::Event;
 use crate::sys::DeathNotice;
+use crate::sys::OWNER_DIED;
 use crate::transport::ring::Shared;
 use crate::transport::ring::broadcast::records::{FUTEX_SLEEPERS, announce_sleep};
-use crate::transport::ring::broadcast::{Broadcast, Next, Reader};
+use crate::transport::ring::broadcast::{Broadcast, CLAIMING, Next, Reader};
 use crate::transport::ring::wait::Spinner;
 
 /// The longest a waiting listener sleeps before it looks for dead listeners to reap
@@ -40,6 +41,8 @@ pub(crate) struct Core {
     peer: Option<(u32, Arc<Peer>)>,
     next_reap: Instant,
     corrupt_told: u64,
+    /// Its level, to find itself counted at it.
+    level: u8,
 }
 
 impl Core {
@@ -76,6 +79,7 @@ impl Core {
             peer: None,
             next_reap: Instant::now() + REAP_INTERVAL,
             corrupt_told: 0,
+            level: level as u8,
         })
     }
 
@@ -146,14 +150,39 @@ impl Core {
                 != self.reader.cursor
     }
 
-    /// Reaps dead listeners if it is time; when the next look is due.
-    pub(crate) fn reap_due(&mut self) -> Instant {
+    /// Reaps dead listeners if it is time, and checks that it is still registered; when
+    /// the next look is due.
+    pub(crate) fn reap_due(&mut self) -> Result<Instant> {
         let now = Instant::now();
         if now >= self.next_reap {
             self.segment.ring.reap_listeners();
+            self.registered()?;
             self.next_reap = now + REAP_INTERVAL;
         }
-        self.next_reap
+        Ok(self.next_reap)
+    }
+
+    /// Fails if its entry, or its level's count in the levels word, no longer says it
+    /// listens: only a scribble does that (nothing else uncounts a live listener), and
+    /// writers would then skip what it waits for, leaving it deaf for good.
+    fn registered(&self) -> Result<()> {
+        let ring = &self.segment.ring;
+        let entry = ring.listener(self.entry);
+        let owner = entry.owner.load(Ordering::Acquire);
+        let counted =
+            ring.header().levels.load(Ordering::Acquire) >> (10 * u64::from(self.level)) & 0x3ff;
+        let sound = owner != 0
+            && owner & (OWNER_DIED | CLAIMING) == 0
+            && entry.level.load(Ordering::Acquire) == u32::from(self.level) + 1
+            && entry.counted.load(Ordering::Acquire) == 1
+            && counted > 0;
+        if sound {
+            return Ok(());
+        }
+        Err(Error::Protocol {
+            endpoint: self.endpoint.to_string(),
+            reason: "something other than ipckit wrote into the events segment and undid this listener's registration, so writers may skip what it listens for; listen again".into(),
+        })
     }
 
     pub(crate) fn lost(&self) -> u64 {
@@ -212,7 +241,7 @@ impl EventsListener {
                 }
                 continue;
             }
-            let next_reap = self.core.reap_due();
+            let next_reap = self.core.reap_due()?;
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
                 return Ok(None);

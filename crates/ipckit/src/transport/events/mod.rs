@@ -25,37 +25,49 @@
 //! vouched for by the kernel). Events written before the listener joined are not seen.
 //!
 //! **What is promised.**
-//! - *Order*: the events of all writers form one sequence, and every listener sees it in
-//!   that order (a total order, not only per writer).
+//! - *Order*: the events of all writers form one sequence, numbered without gaps, and
+//!   every listener sees it in that order (a total order, not only per writer).
 //! - *Loss* (`?overflow=drop`, the default; `overwrite` is the same): the ring holds
 //!   `?ring=` bytes (1 MiB unless set; each event takes its size plus 24 bytes, rounded up
-//!   to 8). Writers overwrite the oldest events; a listener that falls more than a ring
-//!   behind resumes at the newest event, and [`Server::recv_event`] first gives
-//!   [`Event::Lost`] with the exact count of events it missed
-//!   ([`Server::lost`] keeps the total; `Server::recv` skips the notice). An event is
-//!   delivered whole or not at all: never torn, never changed.
-//! - *Block* (`?overflow=block`): writers wait for the slowest live listener instead, up
-//!   to `?send_timeout_ms=` (10 s unless set), then fail with [`Error::Full`] having
-//!   written nothing. Nothing is lost while listeners live; a listener that dies stops
-//!   holding writers back within a second.
-//! - *Crashes*: a listener killed with SIGKILL is unregistered within a second while
-//!   anyone writes or listens (writers and waiting listeners look for dead listeners
-//!   once a second; a writer waiting in block mode at once): its level no longer counts
-//!   and its entry is reused. A writer killed mid-write, or while holding
-//!   the write lock, never blocks the others: the next writer takes the lock over, and
-//!   the event it was writing is lost (listeners count it in a `Lost`), never delivered in
-//!   part.
+//!   to 8). Writers overwrite the oldest events and never wait for a listener. A listener
+//!   lapped by them resumes at the newest event written when it found out (not the
+//!   oldest still there), and [`Server::recv_event`] gives [`Event::Lost`] right before
+//!   the next event it delivers, with the exact count of events it missed since the last
+//!   one it delivered: events of every level, its own or not, as what was overwritten
+//!   cannot say its level ([`Server::lost`] keeps the total; `Server::recv` skips the
+//!   notice). An event is delivered whole or not at all: never torn, never changed.
+//! - *Block* (`?overflow=block`): writers wait for the slowest live listener instead.
+//!   Nothing is lost while listeners live; a listener that dies stops holding writers
+//!   back at once (a waiting writer reaps dead listeners as it waits).
+//! - *Send timeout*: a send that waits for the write lock or, in block mode, for room
+//!   gives up `?send_timeout_ms=` (10 s unless set) after it began, time spent behind
+//!   other threads of its process included, and fails with [`Error::Full`] having
+//!   written nothing.
+//! - *Crashes*: a listener killed with SIGKILL stops counting (its level no longer
+//!   enables sends, its entry is reused) within about a second, as long as some other
+//!   party looks: a writer that writes reaps dead listeners once a second, a waiting
+//!   listener every half second, a party that opens the segment and a writer waiting in
+//!   block mode at once. With nobody writing or waiting, nobody reaps, and nothing needs
+//!   it. A writer killed mid-write, or while holding the write lock, never blocks the
+//!   others: its death word shows it dead at once, the next writer takes the lock over,
+//!   and the event it was writing is lost (listeners count it in a `Lost`), never
+//!   delivered in part.
 //! - *Bad memory*: anything in the segment may be scribbled on by a process that can open
 //!   it. Each event carries a CRC-32C; a record that fails it, or whose shape is
-//!   impossible, is skipped and counted as lost. Nothing read from the segment is used
-//!   for a bound or a size before it is checked, so a listener never reads out of bounds,
-//!   allocates a claimed length or hangs.
+//!   impossible, is skipped and counted as lost. The configuration (geometry and
+//!   overflow) is read once at open; nothing read from the segment later is used for a
+//!   bound or a size before it is checked, so a listener never reads out of bounds,
+//!   allocates a claimed length or hangs: a receive with a deadline returns by it. A
+//!   listener whose registration was undone (its entry, or its level's count) fails with
+//!   an error rather than wait for events writers no longer send it.
 //! - *Limits*: `?ring=` from 4 KiB to 1 GiB, a power of two; the largest event is a
 //!   quarter of the ring less 24 bytes ([`Capabilities::max_message`]; a larger send fails
 //!   with [`Error::MessageTooLarge`]); `?listeners=` at once, up to 1023 (64 unless set;
-//!   one more fails with [`Error::Full`]); 1024 writers at once. The first to open a
-//!   segment chooses `ring`, `listeners`, `overflow` and `mode`; a party asking for other
-//!   values than the live segment's gets [`Error::AddrInUse`].
+//!   one more fails with [`Error::Full`]); 1024 writers at once (one more fails with
+//!   [`Error::Full`]). Each writer and listener keeps a thread of its own, which holds
+//!   the word that the kernel marks when the party dies. The first to open a segment
+//!   chooses `ring`, `listeners`, `overflow` and `mode`; a party asking for other values
+//!   than the live segment's gets [`Error::AddrInUse`].
 //!
 //! **Waking.** A listener with nothing to read spins briefly, then sleeps on a futex in
 //! the segment (an async listener, on its bell); a writer makes a system call to wake

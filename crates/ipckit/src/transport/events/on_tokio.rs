@@ -122,7 +122,7 @@ impl AsyncEventsListener {
                 let _ = tokio::time::timeout(REAP_INTERVAL, poll_fn(|cx| bell.poll_rung(cx))).await;
             }
             entry.sleep.store(0, Ordering::Relaxed);
-            self.core.reap_due();
+            self.core.reap_due()?;
         }
     }
 }

@@ -33,6 +33,9 @@ const EXCLUSIVE_PATIENCE: Duration = Duration::from_secs(2);
 /// An open segment: held (shared lock) until dropped.
 pub(crate) struct Segment {
     pub ring: Broadcast,
+    /// Whether writers wait for the slowest listener: the header's word, read once at
+    /// open (a scribble on it later does not switch a writer in or out of block mode).
+    blocks: bool,
     fd: OwnedFd,
     path: PathBuf,
 }
@@ -137,34 +140,48 @@ impl Segment {
             if size < PAGE {
                 return Err(not_ours(format!("it is only {size} bytes")));
             }
+            // The header page alone first: the file's size is anyone's to change, so only
+            // the geometry the header gives, once checked, sizes the mapping.
+            let (found, found_overflow) = {
+                let page = Mapping::new(&fd, 0, PAGE)
+                    .map_err(|e| Error::io(&url, "mapping the segment's header", e))?;
+                let header: &broadcast::Header = page.at(0);
+                if header.magic != MAGIC || header.version != VERSION {
+                    return Err(not_ours(format!(
+                        "it has magic {:?} and version {}; this ipckit speaks version {VERSION}",
+                        header.magic, header.version
+                    )));
+                }
+                // Copied once: nothing read from the segment later is trusted for bounds,
+                // nor for what a writer does when the ring is full.
+                let found = Geometry {
+                    listeners: header.listeners as usize,
+                    capacity: header.capacity as usize,
+                };
+                if header.state.load(Ordering::Acquire) != READY
+                    || !found.valid()
+                    || header.writers as usize != WRITERS
+                    || header.overflow > BLOCK
+                {
+                    return Err(not_ours(format!(
+                        "its header ({} listeners, a {}-byte ring, overflow {}) is not one ipckit writes",
+                        found.listeners, found.capacity, header.overflow
+                    )));
+                }
+                (found, header.overflow)
+            };
+            if size < found.total() {
+                return Err(not_ours(format!(
+                    "its header ({} listeners, a {}-byte ring) needs {} bytes, and it is {size}",
+                    found.listeners,
+                    found.capacity,
+                    found.total()
+                )));
+            }
             let map = Arc::new(
-                Mapping::new(&fd, 0, size)
+                Mapping::new(&fd, 0, found.total())
                     .map_err(|e| Error::io(&url, "mapping the segment", e))?,
             );
-            let header: &broadcast::Header = map.at(0);
-            if header.magic != MAGIC || header.version != VERSION {
-                return Err(not_ours(format!(
-                    "it has magic {:?} and version {}; this ipckit speaks version {VERSION}",
-                    header.magic, header.version
-                )));
-            }
-            // Copied once: nothing read from the segment later is trusted for bounds.
-            let found = Geometry {
-                listeners: header.listeners as usize,
-                capacity: header.capacity as usize,
-            };
-            let found_overflow = header.overflow;
-            if header.state.load(Ordering::Acquire) != READY
-                || !found.valid()
-                || found.total() != size
-                || header.writers as usize != WRITERS
-                || found_overflow > BLOCK
-            {
-                return Err(not_ours(format!(
-                    "its header ({} listeners, a {}-byte ring) does not match its size of {size} bytes",
-                    found.listeners, found.capacity
-                )));
-            }
             let differs = |key: &str, theirs: String, ours: String| Error::AddrInUse {
                 endpoint: url.clone(),
                 detail: format!(
@@ -192,6 +209,7 @@ impl Segment {
             }
             return Ok(Segment {
                 ring: Broadcast::new(map, found),
+                blocks: found_overflow == BLOCK,
                 fd,
                 path,
             });
@@ -200,7 +218,7 @@ impl Segment {
 
     /// Whether writers wait for the slowest listener.
     pub(crate) fn blocks(&self) -> bool {
-        self.ring.header().overflow == BLOCK
+        self.blocks
     }
 
     /// Whether someone shrank the file under the mapping.

@@ -170,6 +170,51 @@ fn a_live_segment_of_another_shape_or_mode_is_refused_with_a_clear_error() {
 }
 
 #[test]
+fn a_segment_enlarged_by_someone_is_mapped_at_its_header_size_and_a_shrunk_one_refused() {
+    let s = Scratch::new("enlarged", "?ring=8192");
+    let writer = EventsConnection::connect(&s.0).unwrap();
+    let total = writer.segment_for_tests().geometry().total() as u64;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(s.path())
+        .unwrap();
+    // A gigabyte more, sparse: mapping the file's size would take it all.
+    file.set_len(total + (1 << 30)).unwrap();
+    let opened = segment::Segment::open(&s.0).unwrap();
+    assert_eq!(opened.ring.mapping().len() as u64, total);
+    drop(opened);
+    file.set_len(total - 4096).unwrap();
+    let Err(e) = segment::Segment::open(&s.0) else {
+        panic!("a segment smaller than its header says was opened")
+    };
+    assert!(e.to_string().contains("needs"), "{e}");
+    drop(writer);
+}
+
+#[test]
+fn overflow_is_read_once_so_a_scribble_does_not_make_a_writer_block() {
+    let s = Scratch::new("overflow-scribbled", "?ring=4096&send_timeout_ms=100");
+    let _listener = EventsListener::bind(&s.0).unwrap();
+    let writer = EventsConnection::connect(&s.0).unwrap();
+    // The header's overflow word, after magic, version, listeners, capacity and writers.
+    let at = std::mem::offset_of!(crate::transport::ring::broadcast::Header, overflow);
+    std::os::unix::fs::FileExt::write_at(
+        &std::fs::OpenOptions::new()
+            .write(true)
+            .open(s.path())
+            .unwrap(),
+        &crate::transport::ring::broadcast::BLOCK.to_ne_bytes(),
+        at as u64,
+    )
+    .unwrap();
+    // Many rings' worth past a listener that reads nothing: a writer in drop mode never
+    // waits, whatever the word says now.
+    for i in 0u32..1000 {
+        writer.send(&i.to_le_bytes()).unwrap();
+    }
+}
+
+#[test]
 fn names_and_sizes_that_cannot_be_are_refused_when_parsed() {
     for url in [
         "events://a/b",
@@ -309,7 +354,8 @@ fn a_killed_listener_is_unregistered_and_its_level_no_longer_counts() {
     assert_eq!(listeners_at(&writer, Level::Error), 1);
     assert!(writer.is_enabled(Level::Error) && !writer.is_enabled(Level::Warning));
     child.kill();
-    // A writer reaps as it writes, once a second; the count drops to 0.
+    // Nobody else is there: the writer, which reaps as it writes (once a second), is the
+    // only party that can notice; the count drops to 0.
     let deadline = Instant::now() + PATIENCE;
     while writer.is_enabled(Level::Error) {
         assert!(Instant::now() < deadline, "the dead listener still counts");
@@ -341,6 +387,29 @@ fn a_killed_listener_is_unregistered_and_its_level_no_longer_counts() {
 }
 
 #[test]
+fn a_waiting_listener_reaps_a_killed_one_while_nobody_writes() {
+    let s = Scratch::new("reaped-by-a-listener", "?level=critical");
+    let mut waiting = EventsListener::bind(&s.0).unwrap();
+    let child = Child::start("listener", &s.url().replace("critical", "error"));
+    let writer =
+        EventsConnection::connect(&s.url().replace("?level=critical", "").parse().unwrap())
+            .unwrap();
+    assert!(writer.is_enabled(Level::Error));
+    child.kill();
+    // The writer writes nothing: only the waiting listener can notice.
+    let deadline = Instant::now() + PATIENCE;
+    while writer.is_enabled(Level::Error) {
+        assert!(Instant::now() < deadline, "the dead listener still counts");
+        let nothing = crate::transport::Listener::recv(
+            &mut waiting,
+            Some(Instant::now() + Duration::from_millis(100)),
+        );
+        assert!(nothing.unwrap().is_none());
+    }
+    assert!(writer.is_enabled(Level::Critical));
+}
+
+#[test]
 fn a_writer_killed_holding_the_lock_mid_write_stops_nobody() {
     let s = Scratch::new("killed-writer", "");
     let mut listener = EventsListener::bind(&s.0).unwrap();
@@ -364,33 +433,98 @@ fn a_writer_killed_holding_the_lock_mid_write_stops_nobody() {
 }
 
 #[test]
-fn writers_killed_at_random_moments_never_deliver_a_torn_event() {
+fn writers_killed_at_random_moments_deliver_nothing_torn_and_stop_nothing_sent_after() {
+    const BATCH: u64 = 50;
     let s = Scratch::new("killed-writers", "?ring=65536");
     let mut listener = EventsListener::bind(&s.0).unwrap();
     let writer = EventsConnection::connect(&s.0).unwrap();
-    let mut received = 0u64;
+    // The sequence number the next event must have, once one is known.
+    let mut expected: Option<u64> = None;
+    let mut follows = |m: &crate::Message, lost: u64| {
+        let seq = m.sequence().unwrap();
+        if let Some(expected) = expected {
+            assert_eq!(seq, expected + lost, "a sequence number unaccounted for");
+        }
+        expected = Some(seq + 1);
+    };
     for round in 0..10u64 {
         let child = Child::start("writer-flooding", &s.url());
         std::thread::sleep(Duration::from_micros(round * 1500));
         child.kill();
-        // Our own writer still gets through, whatever the child held when it died.
+        // Our own writer gets through whatever the child held when it died; what the
+        // child wrote is whole, or counted lost.
         writer.send(b"marker").unwrap();
+        let mut lost = 0;
         loop {
-            let m = message(&mut listener);
-            if m.payload() == b"marker" {
-                break;
+            match event(&mut listener) {
+                Event::Lost { count } => lost += count,
+                Event::Message(m) => {
+                    follows(&m, lost);
+                    lost = 0;
+                    if m.payload() == b"marker" {
+                        break;
+                    }
+                    assert!(
+                        whole(m.payload()),
+                        "a torn event of {} bytes",
+                        m.payload().len()
+                    );
+                }
+                other => panic!("{other:?}"),
             }
-            assert!(
-                whole(m.payload()),
-                "a torn event of {} bytes",
-                m.payload().len()
-            );
-            received += 1;
+        }
+        // Every event sent after the kill arrives, whole, in order, none lost.
+        for i in 0..BATCH {
+            writer.send(&checksummed(round * BATCH + i)).unwrap();
+        }
+        for i in 0..BATCH {
+            let Event::Message(m) = event(&mut listener) else {
+                panic!("an event sent after a writer was killed was lost")
+            };
+            assert_eq!(m.payload(), checksummed(round * BATCH + i));
+            follows(&m, 0);
         }
     }
-    // A listener lapped by a flood resumes at the newest event (the marker, often).
-    let lost = crate::transport::Listener::lost(&listener);
-    assert!(received + lost > 0, "the children wrote nothing");
+}
+
+#[test]
+fn a_scribbled_tail_intent_that_nobody_mends_does_not_hang_a_listener() {
+    let s = Scratch::new("intent-scribbled", "?ring=4096");
+    let mut listener = EventsListener::bind(&s.0).unwrap();
+    let writer = EventsConnection::connect(&s.0).unwrap();
+    for i in 0u32..20 {
+        writer.send(&i.to_le_bytes()).unwrap();
+    }
+    // Far past the tail, while the listener has records to read: every copy it makes
+    // looks lapped, and resuming at the newest record does not change that. No writer
+    // writes, so nobody mends it.
+    let control = &writer.segment_for_tests().header().control;
+    control.tail_intent.store(
+        control.tail.load(Ordering::SeqCst) + (1 << 40),
+        Ordering::SeqCst,
+    );
+    let (done, returned) = std::sync::mpsc::channel();
+    let waiting = std::thread::spawn(move || {
+        let got = crate::transport::Listener::recv_event(
+            &mut listener,
+            Some(Instant::now() + Duration::from_millis(100)),
+        );
+        let _ = done.send(got.is_ok());
+        listener
+    });
+    returned
+        .recv_timeout(PATIENCE)
+        .expect("a listener's recv with a deadline hangs on a scribbled tail_intent");
+    let mut listener = waiting.join().unwrap();
+    // The next write mends it, and arrives.
+    writer.send(b"after").unwrap();
+    loop {
+        if let Event::Message(m) = event(&mut listener) {
+            if m.payload() == b"after" {
+                break;
+            }
+        }
+    }
 }
 
 #[test]
