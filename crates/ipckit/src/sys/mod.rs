@@ -211,6 +211,23 @@ impl DeathNotice {
     pub(crate) fn hold(
         word: crate::transport::ring::Shared<std::sync::atomic::AtomicU32>,
     ) -> io::Result<DeathNotice> {
+        DeathNotice::hold_from(word, None)
+    }
+
+    /// Holds `word`, which this process claimed by writing `claimed` into it, unless
+    /// someone took the claim back meanwhile (a reaper that found it stalled too long):
+    /// then an error, and the word is left to whoever holds it now.
+    pub(crate) fn hold_claimed(
+        word: crate::transport::ring::Shared<std::sync::atomic::AtomicU32>,
+        claimed: u32,
+    ) -> io::Result<DeathNotice> {
+        DeathNotice::hold_from(word, Some(claimed))
+    }
+
+    fn hold_from(
+        word: crate::transport::ring::Shared<std::sync::atomic::AtomicU32>,
+        claimed: Option<u32>,
+    ) -> io::Result<DeathNotice> {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let (held, holding) = std::sync::mpsc::channel::<io::Result<()>>();
         let thread = std::thread::Builder::new()
@@ -237,10 +254,23 @@ impl DeathNotice {
                     let _ = held.send(Err(io::Error::last_os_error()));
                     return;
                 };
-                word.store(
-                    rustix::thread::gettid().as_raw_nonzero().get() as u32,
-                    Ordering::Release,
-                );
+                let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
+                if let Some(claimed) = claimed {
+                    let taken = word
+                        .compare_exchange(claimed, tid, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok();
+                    if !taken {
+                        // SAFETY: `previous` is the list this thread had, which its owner
+                        // keeps.
+                        let _ = unsafe { set_robust_list(previous) };
+                        let _ = held.send(Err(io::Error::other(
+                            "the entry was taken back while being claimed (this process stalled for over a second); try again",
+                        )));
+                        return;
+                    }
+                } else {
+                    word.store(tid, Ordering::Release);
+                }
                 let _ = held.send(Ok(()));
                 // Until dropped (or the process dies, in this wait).
                 let _ = stopped.recv();

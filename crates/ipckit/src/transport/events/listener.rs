@@ -60,7 +60,11 @@ impl Core {
             ),
             after: Duration::ZERO,
         })?;
-        let notice = DeathNotice::hold(ring.listener_owner(entry)).map_err(|e| {
+        let notice = DeathNotice::hold_claimed(
+            ring.listener_owner(entry),
+            crate::transport::ring::broadcast::claiming(),
+        )
+        .map_err(|e| {
             Broadcast::release_claim(&ring.listener(entry).owner);
             Error::io(&url, "holding a death notice in the segment", e)
         })?;

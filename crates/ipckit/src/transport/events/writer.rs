@@ -49,7 +49,11 @@ impl EventsConnection {
             ),
             after: Duration::ZERO,
         })?;
-        let notice = DeathNotice::hold(ring.writer_owner(entry)).map_err(|e| {
+        let notice = DeathNotice::hold_claimed(
+            ring.writer_owner(entry),
+            crate::transport::ring::broadcast::claiming(),
+        )
+        .map_err(|e| {
             Broadcast::release_claim(&ring.writer(entry).owner);
             Error::io(&url, "holding a death notice in the segment", e)
         })?;

@@ -832,7 +832,7 @@ impl Broadcast {
 }
 
 /// This process's owner word for an entry it claims.
-fn claiming() -> u32 {
+pub(crate) fn claiming() -> u32 {
     CLAIMING | (std::process::id() & PID_BITS)
 }
 
