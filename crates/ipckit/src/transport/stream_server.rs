@@ -475,7 +475,10 @@ impl StreamListener {
             let buf = conn.session.decoder.read_buf();
             let wanted = buf.len();
             match rustix::io::read(&conn.sink.fd, buf) {
-                Ok(0) => {
+                // A reset is how a client that closed with the server's greeting or
+                // pushes unread says goodbye (the kernel resets where data is left
+                // unread): everything it sent before was read first.
+                Ok(0) | Err(rustix::io::Errno::CONNRESET) => {
                     let reason = went_away(conn.session.decoder.pending());
                     return self.close(key, reason);
                 }

@@ -442,18 +442,14 @@ async fn read_connection(
             },
         };
         let n = match read {
-            Ok(0) => {
-                return match went_away(session.decoder.pending()) {
-                    Some(reason) => {
-                        log::warn!(
-                            "{url}: closed the connection of {}: {reason}",
-                            describe(peer)
-                        )
-                    }
-                    None => log::debug!("{url}: {} disconnected", describe(peer)),
-                };
+            Ok(n) if n > 0 => n,
+            // End of stream, or a reset: how a client that closed with the server's
+            // greeting or pushes unread says goodbye (see the blocking server); what it
+            // sent before was read first.
+            Ok(_) => return went_away_said(url, peer, session.decoder.pending()),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return went_away_said(url, peer, session.decoder.pending());
             }
-            Ok(n) => n,
             Err(e) => {
                 return log::warn!(
                     "{url}: closed the connection of {}: reading failed: {e}",
@@ -543,5 +539,16 @@ impl AsyncListener for AsyncStreamListener {
 
     fn endpoint(&self) -> &Endpoint {
         &self.endpoint
+    }
+}
+
+/// Logs a client's departure: a warning where it left in the middle of a frame.
+fn went_away_said(url: &str, peer: &Peer, pending: usize) {
+    match went_away(pending) {
+        Some(reason) => log::warn!(
+            "{url}: closed the connection of {}: {reason}",
+            describe(peer)
+        ),
+        None => log::debug!("{url}: {} disconnected", describe(peer)),
     }
 }
