@@ -127,11 +127,14 @@ impl<F: std::os::fd::AsFd> Home<F> {
             match (self.pusher.get(), from) {
                 (Some(pusher), Some(from)) if *pusher == from => return core.pushed(buf, len),
                 (None, Some(from)) if buf[..len.min(buf.len())] == core.greeting(HELLO) => {
-                    // The outbox is then this socket's queue as the server's push socket
-                    // fills it, bounded by that socket's send buffer (module `unixgram`).
-                    if rustix::net::connect(&self.inbox, &from).is_ok() {
-                        let _ = self.pusher.set(from);
-                    }
+                    // Connected, the outbox is this socket's queue as the server's push
+                    // socket fills it, bounded by that socket's send buffer (module
+                    // `unixgram`). A push socket closed since (its server pushed and went
+                    // before this client read) refuses the connect, but what it sent waits
+                    // in the queue all the same, its goodbye last: the welcome, which
+                    // carries the token, names the pusher either way.
+                    let _ = rustix::net::connect(&self.inbox, &from);
+                    let _ = self.pusher.set(from);
                     return AtHome::Other;
                 }
                 _ => return AtHome::Other,
@@ -236,8 +239,19 @@ impl ClientCore {
                 Err(e) => return Err(Error::io(&self.url, "sending", e.into())),
             }
         }
-        send_datagram(&home.fd, &[], &self.greeting(ALSO), &self.url)?;
+        self.also_from(&home)?;
         Ok(home)
+    }
+
+    /// Introduces the home's sending socket, after its inbox said hello.
+    fn also_from(&self, home: &Home) -> Result<()> {
+        match send_datagram(&home.fd, &[], &self.greeting(ALSO), &self.url) {
+            // The server took the hello and has closed since (a publisher whose input
+            // ended): this client is connected all the same, and what the server pushed
+            // before it went waits in the inbox, its goodbye last. A send finds it gone.
+            Err(e) if ClientCore::server_replaced(&e) => Ok(()),
+            sent => sent,
+        }
     }
 
     /// A receive buffer for pushes: the mark, the largest payload, and one byte to tell an

@@ -266,6 +266,68 @@ fn server(endpoint: &Endpoint) -> Result<DatagramListener> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::datagram::{BYE, HELLO};
+    use rustix::net::{RecvFlags, SendFlags};
+    use std::time::{Duration, Instant};
+
+    fn autobound() -> OwnedFd {
+        let fd = datagram_socket().unwrap();
+        rustix::net::bind(&fd, &SocketAddrUnix::new_unnamed()).unwrap();
+        fd
+    }
+
+    /// A client whose server takes its hello and then closes at once: its sending socket
+    /// is connected to a socket gone before it introduces itself, as the server's is.
+    struct GoneAfterHello(SocketAddrAny);
+
+    impl Family for GoneAfterHello {
+        fn client_socket(&self, _: &Endpoint) -> Result<OwnedFd> {
+            let gone = autobound();
+            let fd = autobound();
+            rustix::net::connect(&fd, &rustix::net::getsockname(&gone).unwrap()).unwrap();
+            Ok(fd)
+        }
+        fn home_socket(&self, _: &Endpoint) -> Result<(OwnedFd, Option<SocketAddrAny>)> {
+            Ok((autobound(), Some(self.0.clone())))
+        }
+        fn peer(&self, _: Option<&SocketAddrAny>, _: Option<rustix::net::UCred>) -> Peer {
+            Peer::default()
+        }
+    }
+
+    /// A server that took a client's hello, pushed and went before the client introduced
+    /// its sending socket or read a thing (a publisher whose input ended) leaves it
+    /// connected, with every push to read and then the end: neither the refused
+    /// introduction nor the push socket, gone before the client could connect its home
+    /// to it, loses what was sent.
+    #[test]
+    fn a_server_gone_after_the_hello_leaves_its_pushes_to_read() {
+        let url = format!("unixgram://@ipckit-test-gone-{}", std::process::id());
+        let endpoint = Endpoint::parse(&url).unwrap();
+        let server = autobound();
+        let family = GoneAfterHello(rustix::net::getsockname(&server).unwrap());
+        let client = DatagramConnection::new(&endpoint, Arc::new(family), (100, "test".into()))
+            .expect("connected: the server took the hello");
+        // The server's side, by hand: a welcome from a push socket of its own, a push and
+        // the goodbye, and then everything closes.
+        let mut hello = [0; 64];
+        let (_, len, from) = rustix::net::recvfrom(&server, &mut hello, RecvFlags::empty())
+            .expect("the client's hello");
+        assert!(hello[..len].starts_with(HELLO));
+        let pusher = autobound();
+        rustix::net::connect(&pusher, &from.unwrap()).unwrap();
+        for datagram in [&hello[..len], b"pushed", BYE] {
+            rustix::net::send(&pusher, datagram, SendFlags::empty()).unwrap();
+        }
+        drop((pusher, server));
+        // A hang guard: a push dropped for good would wait forever.
+        let deadline = Some(Instant::now() + Duration::from_secs(30));
+        assert_eq!(client.recv(deadline).unwrap(), Some(b"pushed".to_vec()));
+        match client.recv(deadline) {
+            Err(Error::Disconnected { .. }) => {}
+            other => panic!("after the goodbye, recv gave {other:?}"),
+        }
+    }
 
     /// A client's one-way messages leave from a socket connected to the server: a send
     /// to an address looks a socket file up each time, which doubled the kernel's cost

@@ -35,6 +35,7 @@ pub const CHECKS: &[Check] = checks![in push:
     push => a_client_that_never_reads_stalls_nothing,
     push => pushes_and_replies_never_mix,
     push => pushes_flushed_before_the_server_stops_arrive,
+    push => a_late_reader_gets_what_a_gone_server_pushed,
     push => silent_subscribers_are_seen_and_served,
 ];
 
@@ -548,6 +549,35 @@ fn pushes_flushed_before_the_server_stops_arrive(ctx: &Ctx) -> Outcome {
     drop(server);
     let done = subscriber.line()?;
     expect_all(&done, "a-0", COUNT, reliable, 0)
+}
+
+/// A client that starts reading only after its server pushed and went gets every push
+/// and the end: on unixgram it has not yet read the welcome that names where pushes come
+/// from, and can no longer connect its home to that socket, which went with the server.
+fn a_late_reader_gets_what_a_gone_server_pushed(ctx: &Ctx) -> Outcome {
+    let mut server = api::listen(ctx.endpoint("went"))?;
+    let reliable = server.capabilities().reliable;
+    let mut late = Child::spawn(
+        Role::HelloAndWait {
+            name: "late".into(),
+        },
+        server.endpoint(),
+    );
+    let handle = greeted(&mut server, &["late"])?
+        .remove("late")
+        .expect("greeted");
+    // Few enough to wait in queues that their reader has not made room in: mq's holds 4,
+    // unixgram's net.unix.max_dgram_qlen (10 by default) with the welcome among them.
+    const COUNT: u32 = 3;
+    for seq in 0..COUNT {
+        handle.send(&numbered(PUSHED, seq, 100))?;
+    }
+    end(&handle, reliable)?;
+    // Every socket of the server's goes: the handle holds the client's push socket.
+    drop((handle, server));
+    late.say("read")?;
+    let done = late.line()?;
+    expect_all(&done, "late", COUNT, reliable, 0)
 }
 
 /// Subscribers that never send, connecting all at once (on mq, into a queue that fills):
