@@ -508,6 +508,13 @@ fn count(tally: &mut Tally, gathered: mpsc::Receiver<(String, String)>, ordered:
     tally.unconfirmed = sent.iter().filter(|k| !received.contains_key(k)).count();
 }
 
+/// The last part of an endpoint's URL, without its options: what names the segments and
+/// queues it makes.
+fn endpoint_name(url: &str) -> &str {
+    let last = url.rsplit('/').next().unwrap_or_default();
+    last.split('?').next().unwrap_or_default()
+}
+
 /// What the soak's endpoint left behind: files in its directory, and segments or queues
 /// named after it.
 fn leftovers(dir: &Path, url: &str) -> Vec<String> {
@@ -517,14 +524,7 @@ fn leftovers(dir: &Path, url: &str) -> Vec<String> {
         .flatten()
         .map(|e| e.path().display().to_string())
         .collect();
-    let name = url
-        .rsplit('/')
-        .next()
-        .unwrap_or_default()
-        .split('?')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
+    let name = endpoint_name(url);
     if name.starts_with("ipckit-") {
         for shared in ["/dev/shm", "/dev/mqueue"] {
             left.extend(
@@ -533,7 +533,7 @@ fn leftovers(dir: &Path, url: &str) -> Vec<String> {
                     .flatten()
                     .flatten()
                     .map(|e| PathBuf::from(shared).join(e.file_name()))
-                    .filter(|p| p.to_string_lossy().contains(&name))
+                    .filter(|p| p.to_string_lossy().contains(name))
                     .map(|p| p.display().to_string()),
             );
         }

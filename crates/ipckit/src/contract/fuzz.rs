@@ -8,10 +8,12 @@ use serde::{Deserialize, Serialize};
 use super::wire::{self, Kind, Reply};
 use super::{Event, Method, NoError, Object, OneWay, Service};
 
+/// `add(a, b)`, the method every contract example starts from; the unit tests call it
+/// too.
 #[derive(Serialize, Deserialize)]
-struct Add {
-    a: i64,
-    b: i64,
+pub(super) struct Add {
+    pub(super) a: i64,
+    pub(super) b: i64,
 }
 
 impl Method for Add {

@@ -517,22 +517,9 @@ impl Target {
 
 #[cfg(test)]
 mod tests {
-    use serde::{Deserialize, Serialize};
-
     use super::*;
+    use crate::contract::fuzz::Add;
     use crate::contract::{Object, Service};
-
-    #[derive(Serialize, Deserialize)]
-    struct Add {
-        a: i64,
-        b: i64,
-    }
-
-    impl Method for Add {
-        const NAME: &'static str = "add";
-        type Output = i64;
-        type Error = NoError;
-    }
 
     /// A thread's calls of one method keep its head from call to call: calls that
     /// alternate between objects, codecs and proxies each go with their own head.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use ipckit::transport::Transport;
 
-use super::{Dice, Peer, Tally, build, decode, encode, fnv, stop_on_stdin_close};
+use super::{Dice, Peer, Tally, build, decode, encode, endpoint_name, fnv, stop_on_stdin_close};
 
 const WRITERS: u32 = 3;
 const LISTENERS: u32 = 3;
@@ -194,13 +194,7 @@ pub fn soak(transport: &dyn Transport, dir: &Path, length: Duration) -> Tally {
     tally.received = seen.heard as usize;
     tally.sent = seen.sent as usize;
     // Every party gone: the segment went with the last of them.
-    let name = url
-        .rsplit('/')
-        .next()
-        .unwrap_or_default()
-        .split('?')
-        .next()
-        .unwrap_or_default();
+    let name = endpoint_name(&url);
     tally.leftover = std::fs::read_dir("/dev/shm")
         .into_iter()
         .flatten()

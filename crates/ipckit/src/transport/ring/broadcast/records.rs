@@ -268,6 +268,18 @@ impl Reader {
         intent.saturating_sub(self.cursor) > ring.capacity
     }
 
+    /// Resumes at the newest record, as a lapped reader does, unless this read has
+    /// resumed `resyncs` times already: then false, so that a scribbled control word
+    /// never keeps a read from returning.
+    fn resync_within(&mut self, ring: &Ring<'_>, resyncs: &mut u32) -> bool {
+        if *resyncs == 0 {
+            return false;
+        }
+        *resyncs -= 1;
+        self.resync(ring);
+        true
+    }
+
     /// Resumes at the newest record, or at the tail if `latest` cannot be one, or if even
     /// it is lapped by the intent: only a scribbled intent laps the newest record, and
     /// resuming at it again would loop for good; at the tail the reader waits for the
@@ -319,11 +331,9 @@ impl Reader {
                 continue;
             }
             if intent.saturating_sub(self.cursor) > cap {
-                if resyncs == 0 {
+                if !self.resync_within(ring, &mut resyncs) {
                     return Next::Empty;
                 }
-                resyncs -= 1;
-                self.resync(ring);
                 continue;
             }
             let room = cap - (self.cursor & (cap - 1));
@@ -348,11 +358,9 @@ impl Reader {
                 };
             if !fits {
                 if self.lapped(ring) {
-                    if resyncs == 0 {
+                    if !self.resync_within(ring, &mut resyncs) {
                         return Next::Empty;
                     }
-                    resyncs -= 1;
-                    self.resync(ring);
                     continue;
                 }
                 self.skip_corrupt(ring);
@@ -373,11 +381,9 @@ impl Reader {
                 }
             }
             if self.lapped(ring) {
-                if resyncs == 0 {
+                if !self.resync_within(ring, &mut resyncs) {
                     return Next::Empty;
                 }
-                resyncs -= 1;
-                self.resync(ring);
                 continue;
             }
             let sound = if wanted {
