@@ -21,8 +21,8 @@ use crate::transport::ring::spsc::{self, Area, Consumer, Control, MORE, Producer
 use crate::transport::shm::halves::{Partial, assemble};
 
 /// The fuzz targets, by name: what `scripts/fuzz.sh` runs and `fuzz/seeds/` holds.
-pub const TARGETS: [&str; 7] = [
-    "frame", "endpoint", "fifo", "mq", "ring", "typed", "contract",
+pub const TARGETS: [&str; 8] = [
+    "frame", "endpoint", "fifo", "mq", "ring", "typed", "contract", "events",
 ];
 
 /// Runs the target `name` on `data`; panics on a broken promise.
@@ -35,6 +35,7 @@ pub fn run(name: &str, data: &[u8]) {
         "ring" => ring(data),
         "typed" => typed(data),
         "contract" => contract(data),
+        "events" => events(data),
         _ => panic!("no fuzz target {name}"),
     }
 }
@@ -486,6 +487,126 @@ pub fn contract(data: &[u8]) {
     crate::contract::fuzz::run(data);
 }
 
+// --- events: the broadcast ring's reader over memory anyone may scribble on -------------
+
+/// The events ring, read by a listener while writers append and anyone scribbles on the
+/// data or the control words. Input: the ring's size, then a script of appends, scribbles,
+/// recoveries after a dead writer, and reads at a level. Every read returns; an event
+/// read is one that was appended, whole (its sequence number, level, writer and payload);
+/// none above the reader's level. While nobody scribbled, the reader gets every event at
+/// its level in order, and its lost counts add up to the events overwritten.
+pub fn events(data: &[u8]) {
+    use crate::transport::ring::broadcast::records::{Control, Next, Reader, Ring, max_event};
+    use std::collections::HashMap;
+    use std::sync::atomic::AtomicU64;
+
+    let mut input = Input(data);
+    // 256 bytes to 4 KiB: the arithmetic of a real ring, wrapping within a short input.
+    let capacity = 256u64 << (input.byte() % 5);
+    let control = Control::new();
+    let words: Vec<AtomicU64> = (0..capacity / 8).map(|_| AtomicU64::new(0)).collect();
+    let ring = Ring {
+        control: &control,
+        data: &words,
+        capacity,
+    };
+    let level = input.byte() % 6;
+    let mut reader = Reader::new(0, Some(0), level);
+    // What was appended, by sequence number: level, writer, payload.
+    let mut written: HashMap<u64, (u8, u32, Vec<u8>)> = HashMap::new();
+    let mut tampered = false;
+    // The last event read and the events since then above the reader's level, while
+    // nobody scribbled: what a lost count must account for.
+    let mut last: Option<u64> = None;
+    let mut out = Vec::new();
+
+    while !input.is_empty() {
+        match input.byte() % 8 {
+            0..=2 => {
+                let event_level = input.byte() % 6;
+                let len = usize::from(input.u16()) % (max_event(capacity) as usize + 1);
+                let seq_hint = written.len() as u8;
+                let payload: Vec<u8> = (0..len).map(|i| (i as u8) ^ seq_hint).collect();
+                let pid = u32::from(input.byte());
+                let seq = ring
+                    .append::<()>(event_level, pid, &payload, |_| Ok(()))
+                    .expect("no block mode here");
+                written.insert(seq, (event_level, pid, payload));
+            }
+            3 => {
+                // Bytes anywhere in the data.
+                let at = u64::from(input.u16());
+                let n = usize::from(input.byte() % 32);
+                for (i, &b) in input.take(n).iter().enumerate() {
+                    let byte = (at + i as u64) % capacity;
+                    let word = &words[(byte / 8) as usize];
+                    let shift = (byte % 8) * 8;
+                    let old = word.load(Ordering::Relaxed);
+                    let new = (old & !(0xff << shift)) | (u64::from(b) << shift);
+                    word.store(new, Ordering::Relaxed);
+                }
+                tampered = true;
+            }
+            4 => {
+                // A control word set to anything, or near where it was.
+                let which = input.byte() % 4;
+                let v = input.u64();
+                let word = [
+                    &control.tail_intent,
+                    &control.tail,
+                    &control.latest,
+                    &control.next_seq,
+                ][usize::from(which)];
+                let value = if v & 1 == 0 {
+                    word.load(Ordering::Relaxed).wrapping_add(v >> 56)
+                } else {
+                    v
+                };
+                word.store(value, Ordering::Relaxed);
+                tampered = true;
+            }
+            5 => {
+                // A writer died holding the lock: the next one mends the ring.
+                ring.recover();
+            }
+            _ => {
+                out.clear();
+                let Next::Event { stamp, lost } = reader.next(&ring, &mut out) else {
+                    continue;
+                };
+                assert!(stamp.level <= level, "an event above the reader's level");
+                let (wrote_level, wrote_pid, wrote) = written
+                    .get(&stamp.seq)
+                    .unwrap_or_else(|| panic!("event {} was never appended", stamp.seq));
+                assert_eq!(
+                    (stamp.level, stamp.pid, &out),
+                    (*wrote_level, *wrote_pid, wrote),
+                    "event {} is not what was appended",
+                    stamp.seq
+                );
+                if !tampered {
+                    let expected = last.map_or(0, |l| l + 1);
+                    assert!(stamp.seq >= expected, "event {} read twice", stamp.seq);
+                    // Events between the last one read and this one: each either lost
+                    // or skipped for its level, and every one not at this level skipped.
+                    let between = expected..stamp.seq;
+                    let above = between
+                        .clone()
+                        .filter(|s| written.get(s).is_some_and(|w| w.0 > level))
+                        .count() as u64;
+                    assert!(
+                        lost <= stamp.seq - expected && lost + above >= stamp.seq - expected,
+                        "event {}: told of {lost} lost of {} between, {above} above its level",
+                        stamp.seq,
+                        stamp.seq - expected
+                    );
+                }
+                last = Some(stamp.seq);
+            }
+        }
+    }
+}
+
 // --- mq: request parsing ------------------------------------------------------------------
 
 /// mq request parsing, on both sides. Input: a queue message as the server receives it;
@@ -837,6 +958,19 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
             ]
         }
         "contract" => crate::contract::fuzz::seeds(),
+        "events" => vec![
+            // A 256-byte ring, a reader at verbose: events of several sizes and levels,
+            // read between, then more than a ring's worth before the next read.
+            vec![
+                0, 5, 0, 4, 10, 0, 1, 7, 4, 1, 3, 40, 0, 2, 7, 1, 0, 60, 0, 0, 7, 0, 5, 0, 0, 0, 2,
+                3, 50, 0, 3, 1, 3, 50, 0, 3, 2, 3, 50, 0, 3, 7, 7,
+            ],
+            // A reader at warning; a writer that dies and one that mends; a scribble.
+            vec![
+                1, 3, 0, 2, 8, 0, 1, 1, 4, 8, 0, 1, 7, 5, 0, 1, 6, 0, 2, 7, 3, 9, 0, 4, 1, 2, 3, 4,
+                7, 0, 2, 5, 0, 9, 7,
+            ],
+        ],
         _ => panic!("no fuzz target {name}"),
     }
 }

@@ -1,0 +1,5 @@
+//! Fuzzes the events ring's reader over memory anyone may write: see
+//! `ipckit::fuzzing::events`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ipckit::fuzzing::events(data));
