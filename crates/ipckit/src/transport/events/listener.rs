@@ -18,7 +18,7 @@ use crate::sys::DeathNotice;
 use crate::sys::OWNER_DIED;
 use crate::transport::ring::Shared;
 use crate::transport::ring::broadcast::records::{FUTEX_SLEEPERS, announce_sleep};
-use crate::transport::ring::broadcast::{Broadcast, CLAIMING, Next, Reader};
+use crate::transport::ring::broadcast::{Broadcast, CLAIMING, Next, Reader, level_one};
 use crate::transport::ring::wait::Spinner;
 
 /// The longest a waiting listener sleeps before it looks for dead listeners to reap
@@ -68,6 +68,7 @@ impl Core {
             Broadcast::release_claim(&ring.listener(entry).owner);
             Error::io(&url, "holding a death notice in the segment", e)
         })?;
+        ring.adopt_listener(entry);
         ring.listener(entry).bell.store(bell, Ordering::Release);
         let level = endpoint.level().unwrap_or(Level::DEFAULT_LISTENER);
         let reader = ring.join(entry, level as u8);
@@ -166,21 +167,29 @@ impl Core {
         Ok(self.next_reap)
     }
 
-    /// Fails if its entry, or its level's count in the levels word, no longer says it
-    /// listens: only a scribble does that (nothing else uncounts a live listener), and
-    /// writers would then skip what it waits for, leaving it deaf for good.
+    /// Fails if its entry no longer says it listens: only a scribble does that, and
+    /// writers would then skip what it waits for, leaving it deaf for good. A levels
+    /// word that counts nobody at its level (a scribble, or a mend of the word made while
+    /// this listener was stalled between counting itself and saying so) gets its count
+    /// back: the next mend settles the word on the entries' sum either way.
     fn registered(&self) -> Result<()> {
         let ring = &self.segment.ring;
         let entry = ring.listener(self.entry);
         let owner = entry.owner.load(Ordering::Acquire);
-        let counted =
-            ring.header().levels.load(Ordering::Acquire) >> (10 * u64::from(self.level)) & 0x3ff;
         let sound = owner != 0
             && owner & (OWNER_DIED | CLAIMING) == 0
             && entry.level.load(Ordering::Acquire) == u32::from(self.level) + 1
-            && entry.counted.load(Ordering::Acquire) == 1
-            && counted > 0;
+            && entry.counted.load(Ordering::Acquire) == 1;
         if sound {
+            let levels = &ring.header().levels;
+            let field = 0x3ff << (10 * u64::from(self.level));
+            if levels.load(Ordering::Acquire) & field == 0 {
+                levels.fetch_add(level_one(self.level), Ordering::SeqCst);
+                log::warn!(
+                    "{}: the events segment counted no listener at this one's level; counted it again",
+                    self.endpoint
+                );
+            }
             return Ok(());
         }
         Err(Error::Protocol {

@@ -57,6 +57,7 @@ impl EventsConnection {
             Broadcast::release_claim(&ring.writer(entry).owner);
             Error::io(&url, "holding a death notice in the segment", e)
         })?;
+        ring.adopt_writer(entry);
         let max_event = ring.geometry().max_event();
         let levels = ring.levels_word();
         Ok(EventsConnection {
@@ -108,7 +109,15 @@ impl EventsConnection {
         // room.
         let patience = self.endpoint.send_timeout();
         let deadline = Instant::now() + patience;
-        let turn = crate::sys::lock(&self.turn);
+        let Some(turn) = self.take_turn(deadline) else {
+            return Err(Error::Full {
+                endpoint: self.endpoint.to_string(),
+                detail:
+                    "this process's turn at the events ring, which its other threads' sends held,"
+                        .into(),
+                after: patience,
+            });
+        };
         if ring.lock(self.entry, deadline).is_err() {
             return Err(Error::Full {
                 endpoint: self.endpoint.to_string(),
@@ -140,6 +149,22 @@ impl EventsConnection {
         Ok(())
     }
 
+    /// This process's turn at the shared lock, waited for until `deadline` (a std mutex
+    /// would wait for as long as other threads keep it).
+    fn take_turn(&self, deadline: Instant) -> Option<std::sync::MutexGuard<'_, ()>> {
+        loop {
+            match self.turn.try_lock() {
+                Ok(turn) => return Some(turn),
+                Err(std::sync::TryLockError::Poisoned(turn)) => return Some(turn.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) if Instant::now() >= deadline => {
+                    return None;
+                }
+                // A turn lasts one append: yielding is enough.
+                Err(std::sync::TryLockError::WouldBlock) => std::thread::yield_now(),
+            }
+        }
+    }
+
     /// Reaps dead listeners about once a second, so that a listener killed while nobody
     /// else listens stops counting within a second of the next write. The coarse clock
     /// costs a few nanoseconds (vDSO), against the tens a write costs; a send nobody
@@ -149,6 +174,7 @@ impl EventsConnection {
         if now >= self.next_reap.load(Ordering::Relaxed) {
             self.next_reap.store(now + 1, Ordering::Relaxed);
             self.segment.ring.reap_listeners();
+            self.segment.ring.reap_writers();
         }
     }
 

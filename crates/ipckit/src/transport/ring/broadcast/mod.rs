@@ -348,7 +348,6 @@ impl Broadcast {
 
     /// Claims a free listener entry for this process.
     pub fn claim_listener(&self) -> Result<usize, TableFull> {
-        let pid = std::process::id();
         for i in 0..self.geometry.listeners {
             let entry = self.listener(i);
             if entry
@@ -356,20 +355,34 @@ impl Broadcast {
                 .compare_exchange(0, claiming(), Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
             {
-                entry.pid.store(pid, Ordering::Relaxed);
-                entry.counted.store(0, Ordering::Relaxed);
-                entry.level.store(0, Ordering::Relaxed);
-                entry.sleep.store(0, Ordering::Relaxed);
-                entry.bell.store(0, Ordering::Relaxed);
                 return Ok(i);
             }
         }
         Err(TableFull)
     }
 
+    /// Sets up listener entry `i` once this process's death notice holds it. Not before:
+    /// a claim taken back from a claimer stalled past [`STALE_STEP`] may be someone
+    /// else's by then, and only the notice's compare-and-swap from the claim tells.
+    pub fn adopt_listener(&self, i: usize) {
+        let entry = self.listener(i);
+        entry.counted.store(0, Ordering::Relaxed);
+        entry.level.store(0, Ordering::Relaxed);
+        entry.sleep.store(0, Ordering::Relaxed);
+        entry.bell.store(0, Ordering::Relaxed);
+        entry.pid.store(std::process::id(), Ordering::Release);
+    }
+
+    /// Sets up writer entry `i` once this process's death notice holds it (as
+    /// [`adopt_listener`](Self::adopt_listener)).
+    pub fn adopt_writer(&self, i: usize) {
+        self.writer(i)
+            .pid
+            .store(std::process::id(), Ordering::Release);
+    }
+
     /// Claims a free writer entry for this process.
     pub fn claim_writer(&self) -> Result<usize, TableFull> {
-        let pid = std::process::id();
         for i in 0..WRITERS {
             let entry = self.writer(i);
             if entry
@@ -377,7 +390,6 @@ impl Broadcast {
                 .compare_exchange(0, claiming(), Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
             {
-                entry.pid.store(pid, Ordering::Relaxed);
                 return Ok(i);
             }
         }
@@ -466,7 +478,10 @@ impl Broadcast {
                 self.uncount(i);
                 entry.sleep.store(0, Ordering::Relaxed);
                 let pid = entry.pid.swap(0, Ordering::Relaxed);
-                entry.owner.store(0, Ordering::Release);
+                let _ =
+                    entry
+                        .owner
+                        .compare_exchange(reaping(), 0, Ordering::AcqRel, Ordering::Relaxed);
                 log::debug!("events: reaped the entry of listener pid {pid}, which died");
                 reaped += 1;
             }
@@ -502,6 +517,11 @@ impl Broadcast {
                 suspects.entries.swap_remove(k);
             }
             return true;
+        }
+        if owner & !PID_BITS == REAPING {
+            // A live reaper finishes, however long it stalls: taken over, it would
+            // uncount and free the entry of whoever claimed it next.
+            return false;
         }
         match seen {
             Some(k) if suspects.entries[k].2 == owner => {
@@ -579,6 +599,8 @@ impl Broadcast {
             let entry = self.writer(i);
             let owner = entry.owner.load(Ordering::Acquire);
             if owner == 0 {
+                // Forgets a sighting of a step that has ended since.
+                self.left_mid_step(&mut suspects, true, i, owner, now);
                 continue;
             }
             let holder = self.header().lock.load(Ordering::Acquire) & !LOCK_WAITERS;
@@ -590,7 +612,10 @@ impl Broadcast {
                     .is_ok()
             {
                 entry.pid.store(0, Ordering::Relaxed);
-                entry.owner.store(0, Ordering::Release);
+                let _ =
+                    entry
+                        .owner
+                        .compare_exchange(reaping(), 0, Ordering::AcqRel, Ordering::Relaxed);
             }
         }
     }
@@ -615,7 +640,7 @@ impl Broadcast {
     fn acquire(&self, me: u32, deadline: Instant) -> Result<(), LockBusy> {
         let lock = &self.header().lock;
         if lock
-            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+            .compare_exchange(0, me, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok()
         {
             return Ok(());

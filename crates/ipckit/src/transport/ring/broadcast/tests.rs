@@ -459,6 +459,19 @@ fn entries_left_mid_claim_or_mid_reap_by_killed_parties_are_reclaimed() {
     assert_eq!(b.reap_listeners_at(now + STALE_STEP * 4), 0);
 }
 
+/// A reaper that stalls, alive, after marking an entry is never taken over: it would
+/// go on to uncount and free the entry of whoever claimed it next.
+#[test]
+fn a_stalled_reaper_keeps_its_entry() {
+    let b = ring(4096, OVERWRITE);
+    let now = Instant::now();
+    let mine = REAPING | std::process::id();
+    b.listener(0).owner.store(mine, Ordering::Relaxed);
+    assert_eq!(b.reap_listeners_at(now), 0);
+    assert_eq!(b.reap_listeners_at(now + STALE_STEP * 2), 0);
+    assert_eq!(b.listener(0).owner.load(Ordering::Relaxed), mine);
+}
+
 #[test]
 fn a_levels_word_that_disagrees_with_the_listeners_for_a_second_is_mended() {
     let b = ring(4096, OVERWRITE);
