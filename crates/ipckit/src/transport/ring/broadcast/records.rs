@@ -168,7 +168,9 @@ impl<'a> Ring<'a> {
         let seq = c.next_seq.load(Ordering::Relaxed);
         // Counted before it is published: a writer that dies in between leaves a gap that
         // readers report as one event lost, which it was.
-        c.next_seq.store(seq + 1, Ordering::Relaxed);
+        // Wrapping: only a scribble brings it near the end, and a writer must not panic
+        // over what is in the segment.
+        c.next_seq.store(seq.wrapping_add(1), Ordering::Relaxed);
         let w2 = third_word(level, EVENT, pid);
         let crc = checksum(seq, len as u32, w2, |c| crc32c::crc32c_append(c, payload));
         let mut at = start + HEADER;
@@ -308,9 +310,19 @@ impl Reader {
         // Resyncs left in this call: writers that lap the reader again and again, or a
         // scribble no resync gets past, make it return, and the caller's deadline runs.
         let mut resyncs = 4u32;
+        // Records looked at in this call: a reader a whole ring behind passes fewer than
+        // a ring's worth of the smallest records, so more than that is a scribble (a tail
+        // far ahead, say, over a ring of records all skipped for their level), and the
+        // call returns rather than walk it.
+        let mut looks = cap / 8 + 16;
         loop {
             let tail = ring.control.tail.load(Ordering::Acquire);
             if tail == self.cursor {
+                return Next::Empty;
+            }
+            looks -= 1;
+            if looks == 0 {
+                self.corrupt += 1;
                 return Next::Empty;
             }
             let intent = ring.control.tail_intent.load(Ordering::Acquire);
@@ -330,7 +342,10 @@ impl Reader {
                 }
                 continue;
             }
-            if intent.saturating_sub(self.cursor) > cap {
+            // A tail more than a ring ahead is a lap as surely as an intent is (writers
+            // publish the tail after the bytes), and only a scribble makes it so while
+            // the intent says otherwise.
+            if intent.saturating_sub(self.cursor) > cap || tail - self.cursor > cap {
                 if !self.resync_within(ring, &mut resyncs) {
                     return Next::Empty;
                 }
@@ -409,7 +424,7 @@ impl Reader {
                 Some(expected) => w0.saturating_sub(expected),
                 None => 0,
             };
-            self.expected = Some(w0 + 1);
+            self.expected = Some(w0.wrapping_add(1));
             if !wanted {
                 self.untold = self.untold.saturating_add(lost);
                 continue;
