@@ -18,7 +18,7 @@ use crate::sys::DeathNotice;
 use crate::sys::OWNER_DIED;
 use crate::transport::ring::Shared;
 use crate::transport::ring::broadcast::records::{FUTEX_SLEEPERS, announce_sleep};
-use crate::transport::ring::broadcast::{Broadcast, CLAIMING, Next, Reader, level_one};
+use crate::transport::ring::broadcast::{CLAIMING, EnterError, Next, Reader, Role, level_one};
 use crate::transport::ring::wait::Spinner;
 
 /// The longest a waiting listener sleeps before it looks for dead listeners to reap
@@ -52,23 +52,17 @@ impl Core {
         let url = endpoint.to_string();
         let ring = &segment.ring;
         ring.reap_listeners();
-        let entry = ring.claim_listener().map_err(|_| Error::Full {
-            endpoint: url.clone(),
-            detail: format!(
-                "the listener table ({} entries; ?listeners= when the segment is made)",
-                ring.geometry().listeners
-            ),
-            after: Duration::ZERO,
+        let (entry, notice) = ring.enter(Role::Listener).map_err(|e| match e {
+            EnterError::TableFull => Error::Full {
+                endpoint: url.clone(),
+                detail: format!(
+                    "the listener table ({} entries; ?listeners= when the segment is made)",
+                    ring.geometry().listeners
+                ),
+                after: Duration::ZERO,
+            },
+            EnterError::Notice(e) => Error::io(&url, "holding a death notice in the segment", e),
         })?;
-        let notice = DeathNotice::hold_claimed(
-            ring.listener_owner(entry),
-            crate::transport::ring::broadcast::claiming(),
-        )
-        .map_err(|e| {
-            Broadcast::release_claim(&ring.listener(entry).owner);
-            Error::io(&url, "holding a death notice in the segment", e)
-        })?;
-        ring.adopt_listener(entry);
         ring.listener(entry).bell.store(bell, Ordering::Release);
         let level = endpoint.level().unwrap_or(Level::DEFAULT_LISTENER);
         let reader = ring.join(entry, level as u8);

@@ -10,7 +10,7 @@ use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
 use crate::sys::DeathNotice;
 use crate::transport::ring::Shared;
-use crate::transport::ring::broadcast::{Broadcast, enabled_mask};
+use crate::transport::ring::broadcast::{EnterError, Role, WRITERS, enabled_mask};
 
 /// A writer's hold on a segment.
 pub(crate) struct EventsConnection {
@@ -41,23 +41,14 @@ impl EventsConnection {
         let ring = &segment.ring;
         ring.reap_writers();
         ring.reap_listeners();
-        let entry = ring.claim_writer().map_err(|_| Error::Full {
-            endpoint: url.clone(),
-            detail: format!(
-                "the table of {} writers",
-                crate::transport::ring::broadcast::WRITERS
-            ),
-            after: Duration::ZERO,
+        let (entry, notice) = ring.enter(Role::Writer).map_err(|e| match e {
+            EnterError::TableFull => Error::Full {
+                endpoint: url.clone(),
+                detail: format!("the table of {WRITERS} writers"),
+                after: Duration::ZERO,
+            },
+            EnterError::Notice(e) => Error::io(&url, "holding a death notice in the segment", e),
         })?;
-        let notice = DeathNotice::hold_claimed(
-            ring.writer_owner(entry),
-            crate::transport::ring::broadcast::claiming(),
-        )
-        .map_err(|e| {
-            Broadcast::release_claim(&ring.writer(entry).owner);
-            Error::io(&url, "holding a death notice in the segment", e)
-        })?;
-        ring.adopt_writer(entry);
         let max_event = ring.geometry().max_event();
         let levels = ring.levels_word();
         Ok(EventsConnection {

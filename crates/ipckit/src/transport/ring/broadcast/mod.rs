@@ -23,7 +23,7 @@ use rustix::thread::futex;
 /// The atomics `records` uses; `tests/loom_broadcast.rs` gives it loom's instead.
 use super::sync;
 use super::{Mapping, Plain};
-use crate::sys::OWNER_DIED;
+use crate::sys::{DeathNotice, OWNER_DIED};
 #[allow(
     unused_imports,
     reason = "the events transport uses them in the commits that follow"
@@ -233,6 +233,22 @@ struct Suspects {
 #[derive(Debug)]
 pub struct TableFull;
 
+/// The table a party has an entry in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Listener,
+    Writer,
+}
+
+/// Why a party could not take an entry.
+#[derive(Debug)]
+pub enum EnterError {
+    /// Every entry of its table is taken.
+    TableFull,
+    /// The thread that holds its death notice could not start or take the entry.
+    Notice(std::io::Error),
+}
+
 /// The write lock stayed held by a live writer until the deadline.
 #[derive(Debug)]
 pub struct LockBusy;
@@ -295,27 +311,11 @@ impl Broadcast {
     }
 
     pub fn listener(&self, i: usize) -> &ListenerEntry {
-        assert!(i < self.geometry.listeners);
-        self.map.at(PAGE + i * size_of::<ListenerEntry>())
+        self.map.at(self.entry_at(Role::Listener, i))
     }
 
     pub fn writer(&self, i: usize) -> &WriterEntry {
-        assert!(i < WRITERS);
-        self.map
-            .at(self.geometry.writers_at() + i * size_of::<WriterEntry>())
-    }
-
-    /// The owner word of listener `i`, to hold a death notice in.
-    pub fn listener_owner(&self, i: usize) -> super::Shared<AtomicU32> {
-        assert!(i < self.geometry.listeners);
-        self.map.get(PAGE + i * size_of::<ListenerEntry>())
-    }
-
-    /// The owner word of writer `i`.
-    pub fn writer_owner(&self, i: usize) -> super::Shared<AtomicU32> {
-        assert!(i < WRITERS);
-        self.map
-            .get(self.geometry.writers_at() + i * size_of::<WriterEntry>())
+        self.map.at(self.entry_at(Role::Writer, i))
     }
 
     /// The levels word, held apart from the segment's other handles: for a writer's
@@ -346,59 +346,63 @@ impl Broadcast {
         self.header().levels.load(Ordering::Relaxed) & enabled_mask(level) != 0
     }
 
-    /// Claims a free listener entry for this process.
-    pub fn claim_listener(&self) -> Result<usize, TableFull> {
-        for i in 0..self.geometry.listeners {
-            let entry = self.listener(i);
-            if entry
-                .owner
-                .compare_exchange(0, claiming(), Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
-                return Ok(i);
+    /// Claims a free entry of `role`'s table for this process, writing its claim word
+    /// and nothing else (see [`enter`](Self::enter)).
+    pub fn claim(&self, role: Role) -> Result<usize, TableFull> {
+        let entries = match role {
+            Role::Listener => self.geometry.listeners,
+            Role::Writer => WRITERS,
+        };
+        (0..entries)
+            .find(|&i| {
+                self.map
+                    .at::<AtomicU32>(self.entry_at(role, i))
+                    .compare_exchange(0, claiming(), Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            })
+            .ok_or(TableFull)
+    }
+
+    /// Where entry `i` of `role`'s table is; its owner word comes first.
+    fn entry_at(&self, role: Role, i: usize) -> usize {
+        match role {
+            Role::Listener => {
+                assert!(i < self.geometry.listeners);
+                PAGE + i * size_of::<ListenerEntry>()
+            }
+            Role::Writer => {
+                assert!(i < WRITERS);
+                self.geometry.writers_at() + i * size_of::<WriterEntry>()
             }
         }
-        Err(TableFull)
     }
 
-    /// Sets up listener entry `i` once this process's death notice holds it. Not before:
-    /// a claim taken back from a claimer stalled past [`STALE_STEP`] may be someone
-    /// else's by then, and only the notice's compare-and-swap from the claim tells.
-    pub fn adopt_listener(&self, i: usize) {
-        let entry = self.listener(i);
-        entry.counted.store(0, Ordering::Relaxed);
-        entry.level.store(0, Ordering::Relaxed);
-        entry.sleep.store(0, Ordering::Relaxed);
-        entry.bell.store(0, Ordering::Relaxed);
-        entry.pid.store(std::process::id(), Ordering::Release);
-    }
-
-    /// Sets up writer entry `i` once this process's death notice holds it (as
-    /// [`adopt_listener`](Self::adopt_listener)).
-    pub fn adopt_writer(&self, i: usize) {
-        self.writer(i)
-            .pid
-            .store(std::process::id(), Ordering::Release);
-    }
-
-    /// Claims a free writer entry for this process.
-    pub fn claim_writer(&self) -> Result<usize, TableFull> {
-        for i in 0..WRITERS {
-            let entry = self.writer(i);
-            if entry
-                .owner
-                .compare_exchange(0, claiming(), Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
-                return Ok(i);
+    /// Takes an entry of `role`'s table for this process: claims it, holds it with the
+    /// process's death notice, and only then sets it up. Not before: a claim taken back
+    /// from a claimer stalled past [`STALE_STEP`] may be someone else's entry by then,
+    /// and only the notice's compare-and-swap from the claim tells.
+    pub fn enter(&self, role: Role) -> Result<(usize, DeathNotice), EnterError> {
+        let i = self.claim(role).map_err(|_| EnterError::TableFull)?;
+        let owner = self.map.get::<AtomicU32>(self.entry_at(role, i));
+        let released = owner.clone();
+        let notice = DeathNotice::hold_claimed(owner, claiming()).map_err(|e| {
+            // Given back, unless someone took the claim back meanwhile.
+            let _ = released.compare_exchange(claiming(), 0, Ordering::AcqRel, Ordering::Relaxed);
+            EnterError::Notice(e)
+        })?;
+        let pid = match role {
+            Role::Listener => {
+                let entry = self.listener(i);
+                entry.counted.store(0, Ordering::Relaxed);
+                entry.level.store(0, Ordering::Relaxed);
+                entry.sleep.store(0, Ordering::Relaxed);
+                entry.bell.store(0, Ordering::Relaxed);
+                &entry.pid
             }
-        }
-        Err(TableFull)
-    }
-
-    /// Gives back an entry whose death notice could not be held.
-    pub fn release_claim(owner: &AtomicU32) {
-        let _ = owner.compare_exchange(claiming(), 0, Ordering::AcqRel, Ordering::Relaxed);
+            Role::Writer => &self.writer(i).pid,
+        };
+        pid.store(std::process::id(), Ordering::Release);
+        Ok((i, notice))
     }
 
     /// Makes listener `i`, whose death notice holds its entry, a reader at `level` from
@@ -857,7 +861,7 @@ impl Broadcast {
 }
 
 /// This process's owner word for an entry it claims.
-pub(crate) fn claiming() -> u32 {
+fn claiming() -> u32 {
     CLAIMING | (std::process::id() & PID_BITS)
 }
 

@@ -115,7 +115,7 @@ use crate::Level;
 fn the_levels_word_is_one_load_per_send() {
     let b = ring(4096, OVERWRITE);
     assert!(Level::ALL.iter().all(|l| !b.enabled(*l as u8)));
-    let i = b.claim_listener().unwrap();
+    let i = b.claim(Role::Listener).unwrap();
     b.join(i, Level::Warning as u8);
     assert!(b.enabled(Level::LogAlways as u8) && b.enabled(Level::Warning as u8));
     assert!(!b.enabled(Level::Informational as u8) && !b.enabled(Level::Verbose as u8));
@@ -127,7 +127,7 @@ fn the_levels_word_is_one_load_per_send() {
 #[test]
 fn a_dead_listener_is_reaped_and_no_longer_counted() {
     let b = ring(4096, OVERWRITE);
-    let i = b.claim_listener().unwrap();
+    let i = b.claim(Role::Listener).unwrap();
     b.listener(i).owner.store(1234, Ordering::Relaxed);
     b.join(i, Level::Error as u8);
     assert_eq!(b.reap_listeners(), 0);
@@ -143,7 +143,7 @@ fn a_dead_listener_is_reaped_and_no_longer_counted() {
 #[test]
 fn block_mode_waits_for_the_slowest_live_listener() {
     let b = ring(4096, BLOCK);
-    let i = b.claim_listener().unwrap();
+    let i = b.claim(Role::Listener).unwrap();
     b.listener(i).owner.store(1234, Ordering::Relaxed);
     let cursor = b.join(i, Level::Verbose as u8).cursor;
     assert!(b.room_for(cursor + 4096));
@@ -401,7 +401,7 @@ fn a_writer_waiting_for_the_lock_gives_up_at_its_deadline() {
 fn a_join_preempted_while_writers_lap_it_reports_no_loss() {
     let b = ring(4096, OVERWRITE);
     send(&b, 4, b"long before");
-    let i = b.claim_listener().unwrap();
+    let i = b.claim(Role::Listener).unwrap();
     b.listener(i).owner.store(1234, Ordering::Relaxed);
     // Writers lap the position it read, before it returns.
     let mut r = b.join_with(i, Level::Verbose as u8, || {
@@ -444,14 +444,14 @@ fn entries_left_mid_claim_or_mid_reap_by_killed_parties_are_reclaimed() {
     assert_eq!(b.header().levels.load(Ordering::Relaxed), 0);
     // A claim by a live process that never finishes (its pid answers): taken for dead
     // once it has stayed a second, not before.
-    let i = b.claim_listener().unwrap();
+    let i = b.claim(Role::Listener).unwrap();
     b.listener(i).pid.store(0, Ordering::Relaxed);
     assert_eq!(b.reap_listeners_at(now), 0);
     assert_eq!(b.reap_listeners_at(now + STALE_STEP / 2), 0);
     assert_eq!(b.reap_listeners_at(now + STALE_STEP), 1);
     assert_eq!(b.listener(i).owner.load(Ordering::Relaxed), 0);
     // A claim that finished and a new one with the same word start the wait afresh.
-    let i = b.claim_listener().unwrap();
+    let i = b.claim(Role::Listener).unwrap();
     assert_eq!(b.reap_listeners_at(now + STALE_STEP * 2), 0);
     b.listener(i).owner.store(1234, Ordering::Relaxed);
     assert_eq!(b.reap_listeners_at(now + STALE_STEP * 3), 0);
