@@ -40,13 +40,12 @@ pub fn table(rows: &[Row]) -> String {
             (None, s) if s > 0 && s < STREAM_SIZE => format!("GB/s with {s}-byte messages"),
             _ => String::new(),
         };
-        lines.push(
-            [row.transport.clone(), row.variant.to_owned()]
-                .into_iter()
-                .chain(columns.iter().map(|c| c.1[i].clone()))
-                .chain([note])
-                .collect(),
-        );
+        lines.push(line(
+            [row.transport.clone(), row.variant.to_owned()],
+            &columns,
+            i,
+            note,
+        ));
     }
     aligned(&lines, 2)
 }
@@ -103,6 +102,19 @@ fn header(keys: &[&str], columns: &[(String, Vec<String>)]) -> Vec<String> {
         .map(|k| k.to_string())
         .chain(columns.iter().map(|c| c.0.clone()))
         .chain(["note".to_owned()])
+        .collect()
+}
+
+/// A table's line `i`: the cells that name it, then each column's cell, then the note.
+fn line<const N: usize>(
+    lead: [String; N],
+    columns: &[(String, Vec<String>)],
+    i: usize,
+    note: String,
+) -> Vec<String> {
+    lead.into_iter()
+        .chain(columns.iter().map(|c| c.1[i].clone()))
+        .chain([note])
         .collect()
 }
 
@@ -216,13 +228,12 @@ pub fn scaling_table(points: &[ScalePoint]) -> String {
             .reason
             .as_deref()
             .map_or(String::new(), |r| format!("failed: {r}"));
-        lines.push(
-            [p.transport.clone(), p.axis.to_owned(), p.x.to_string()]
-                .into_iter()
-                .chain(columns.iter().map(|c| c.1[i].clone()))
-                .chain([note])
-                .collect(),
-        );
+        lines.push(line(
+            [p.transport.clone(), p.axis.to_owned(), p.x.to_string()],
+            &columns,
+            i,
+            note,
+        ));
     }
     aligned(&lines, 2)
 }
@@ -256,13 +267,12 @@ pub fn broadcast_table(points: &[BroadcastPoint]) -> String {
             Some(r) => format!("failed: {r}"),
             None => format!("{} broadcasts of {} bytes", p.messages, p.size),
         };
-        lines.push(
-            [p.transport.clone(), p.subscribers.to_string()]
-                .into_iter()
-                .chain(columns.iter().map(|c| c.1[i].clone()))
-                .chain([note])
-                .collect(),
-        );
+        lines.push(line(
+            [p.transport.clone(), p.subscribers.to_string()],
+            &columns,
+            i,
+            note,
+        ));
     }
     aligned(&lines, 1)
 }
@@ -293,17 +303,16 @@ pub fn events_table(report: &EventsReport) -> String {
             (None, _) if i > 0 && points[i - 1].listeners == p.listeners => String::new(),
             (None, _) => format!("{}-byte events, back to back", p.size),
         };
-        lines.push(
+        lines.push(line(
             [
                 p.transport.clone(),
                 p.listeners.to_string(),
                 p.variant.to_owned(),
-            ]
-            .into_iter()
-            .chain(columns.iter().map(|c| c.1[i].clone()))
-            .chain([note])
-            .collect(),
-        );
+            ],
+            &columns,
+            i,
+            note,
+        ));
     }
     let mut out = format!(
         "one writer, listeners in processes of their own; baseline: a bare broadcast ring \
@@ -323,13 +332,12 @@ pub fn events_table(report: &EventsReport) -> String {
                 Some(r) => format!("{}: {r}", c.status),
                 None => format!("{} calls back to back", c.calls),
             };
-            lines.push(
-                [c.transport.clone(), c.case.to_owned()]
-                    .into_iter()
-                    .chain(columns.iter().map(|col| col.1[i].clone()))
-                    .chain([note])
-                    .collect(),
-            );
+            lines.push(line(
+                [c.transport.clone(), c.case.to_owned()],
+                &columns,
+                i,
+                note,
+            ));
         }
         out.push('\n');
         out.push_str(&aligned(&lines, 2));
@@ -357,13 +365,12 @@ pub fn events_table(report: &EventsReport) -> String {
                     f.listeners, f.complete, f.events
                 ),
             };
-            lines.push(
-                [f.transport.clone(), f.case.to_owned()]
-                    .into_iter()
-                    .chain(columns.iter().map(|col| col.1[i].clone()))
-                    .chain([note])
-                    .collect(),
-            );
+            lines.push(line(
+                [f.transport.clone(), f.case.to_owned()],
+                &columns,
+                i,
+                note,
+            ));
         }
         out.push('\n');
         out.push_str(&aligned(&lines, 2));
@@ -477,13 +484,12 @@ pub fn contract_table(points: &[ContractPoint]) -> String {
                 p.call_bytes, p.reply_bytes
             ),
         };
-        lines.push(
-            [p.transport.clone(), p.codec.to_owned()]
-                .into_iter()
-                .chain(columns.iter().map(|c| c.1[i].clone()))
-                .chain([note])
-                .collect(),
-        );
+        lines.push(line(
+            [p.transport.clone(), p.codec.to_owned()],
+            &columns,
+            i,
+            note,
+        ));
     }
     aligned(&lines, 2)
 }
