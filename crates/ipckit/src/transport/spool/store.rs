@@ -1,0 +1,766 @@
+//! The spool on disk: its directories, opened once and used only through their
+//! descriptors, the one way a message is published, and the inboxes and receiver locks
+//! that say who is alive.
+//!
+//! Every operation after [`Spool::open`] is an `*at` call on a directory descriptor opened
+//! with `O_NOFOLLOW`: a directory replaced by a symlink later is never followed, and a
+//! path is never resolved twice.
+
+use std::ffi::OsStr;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustix::fs::{self as rfs, AtFlags, FlockOperation, Mode, OFlags, RenameFlags};
+use rustix::io::Errno;
+
+use super::names::{self, Name};
+use crate::endpoint::{Address, Endpoint};
+use crate::error::{Error, Result};
+
+/// The directories of a spool, by what they hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Area {
+    /// Messages being written, under their senders' names.
+    Tmp,
+    /// Published messages, waiting for a receiver.
+    New,
+    /// Messages claimed by a receiver, each locked by it.
+    Cur,
+    /// Messages delivered `max_deliveries` times and never acknowledged.
+    Dead,
+    /// What does not belong in `new/`: links, directories, FIFOs, foreign names.
+    Bad,
+    /// One inbox per ipckit client.
+    Clients,
+    /// One lock file per live receiver.
+    Receivers,
+}
+
+impl Area {
+    const ALL: [Area; 7] = [
+        Area::Tmp,
+        Area::New,
+        Area::Cur,
+        Area::Dead,
+        Area::Bad,
+        Area::Clients,
+        Area::Receivers,
+    ];
+
+    pub(crate) fn dir_name(self) -> &'static str {
+        match self {
+            Area::Tmp => "tmp",
+            Area::New => "new",
+            Area::Cur => "cur",
+            Area::Dead => "dead",
+            Area::Bad => "bad",
+            Area::Clients => "clients",
+            Area::Receivers => "receivers",
+        }
+    }
+}
+
+/// An open spool directory.
+pub(crate) struct Spool {
+    endpoint: Endpoint,
+    url: Arc<str>,
+    path: PathBuf,
+    areas: [OwnedFd; 7],
+    file_mode: Mode,
+    dir_mode: Mode,
+    sync: bool,
+}
+
+impl Spool {
+    /// Opens the spool of `endpoint`, making it and its directories where missing
+    /// (`listening` picks the advice errors give: a server's or a client's). `sync` says
+    /// whether a send flushes what it wrote to disk before it returns (`?sync=`).
+    pub(crate) fn open(endpoint: &Endpoint, listening: bool, sync: bool) -> Result<Spool> {
+        let Address::Spool(path) = endpoint.address() else {
+            unreachable!("the registry hands spool endpoints only to spool")
+        };
+        let url: Arc<str> = endpoint.to_string().into();
+        let file_mode = Mode::from_raw_mode(endpoint.mode() & 0o777);
+        let dir_mode = dir_mode_for(file_mode);
+        let fail = |op: &'static str, e: io::Error| match listening {
+            true => Error::listen_io(endpoint, op, e),
+            false => Error::io(endpoint, op, e),
+        };
+        if !path.parent().is_some_and(|parent| parent.is_dir()) {
+            let parent = path.parent().unwrap_or(Path::new("/"));
+            let reason = format!(
+                "the directory {} does not exist; create it, or choose a spool in one that does",
+                parent.display()
+            );
+            return Err(match listening {
+                true => Error::CannotListen {
+                    endpoint: url.to_string(),
+                    reason,
+                },
+                false => Error::NotFound {
+                    endpoint: url.to_string(),
+                    detail: reason,
+                },
+            });
+        }
+        make_dir(rfs::CWD, path.as_os_str(), dir_mode)
+            .map_err(|e| fail("creating the spool", e))?;
+        let root = open_dir(rfs::CWD, path.as_os_str())
+            .map_err(|e| refused_or(&url, path, e, |e| fail("opening the spool", e)))?;
+        check_owner_and_mode(&url, path, &root, dir_mode)?;
+        let mut areas = Vec::with_capacity(Area::ALL.len());
+        for area in Area::ALL {
+            let name = OsStr::new(area.dir_name());
+            make_dir(&root, name, dir_mode).map_err(|e| fail("creating a spool directory", e))?;
+            let sub_path = path.join(name);
+            let dir = open_dir(&root, name).map_err(|e| {
+                refused_or(&url, &sub_path, e, |e| fail("opening a spool directory", e))
+            })?;
+            check_owner_and_mode(&url, &sub_path, &dir, dir_mode)?;
+            areas.push(dir);
+        }
+        Ok(Spool {
+            endpoint: endpoint.clone(),
+            url,
+            path: path.clone(),
+            areas: areas.try_into().expect("one descriptor per area"),
+            file_mode,
+            dir_mode,
+            sync,
+        })
+    }
+
+    /// The endpoint's URL, for errors.
+    pub(crate) fn url(&self) -> &Arc<str> {
+        &self.url
+    }
+
+    /// The spool directory, for messages to people.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The descriptor of `area`.
+    pub(crate) fn area(&self, area: Area) -> BorrowedFd<'_> {
+        self.areas[area as usize].as_fd()
+    }
+
+    /// Publishes `payload` as the message `name` in `new/`: once this returns, a receiver
+    /// can take it, and with `?sync=true` (the default) it survives a power loss too.
+    pub(crate) fn publish(&self, name: &Name, payload: &[u8]) -> Result<()> {
+        let from = Places {
+            tmp: self.area(Area::Tmp),
+            new: self.area(Area::New),
+        };
+        publish(from, &name.to_string(), payload, self.file_mode, self.sync)
+            .map_err(|e| self.send_error(e))
+    }
+
+    /// The error of a send that failed with `e`: a full filesystem is [`Error::Full`].
+    pub(crate) fn send_error(&self, e: io::Error) -> Error {
+        if matches!(Errno::from_io_error(&e), Some(Errno::NOSPC | Errno::DQUOT)) {
+            Error::Full {
+                endpoint: self.url.to_string(),
+                detail: format!(
+                    "the filesystem of {} ({e}; df -h {0} tells how much room is left)",
+                    self.path.display()
+                ),
+                after: Duration::ZERO,
+            }
+        } else {
+            Error::io(&*self.url, "publishing a message", e)
+        }
+    }
+
+    /// Renames `name` in `from` to `to_name` in `to`, never over an existing entry.
+    pub(crate) fn rename(
+        &self,
+        from: Area,
+        name: &OsStr,
+        to: Area,
+        to_name: &OsStr,
+    ) -> io::Result<()> {
+        rename_noreplace(self.area(from), name, self.area(to), to_name)
+    }
+
+    /// Moves the entry `name` of `from` (whatever it is: a link is moved, not followed)
+    /// into `bad/` or `dead/`, under a fresh suffix if that name is taken there, and logs
+    /// why. Nothing happens where another receiver moved it first.
+    pub(crate) fn move_aside(&self, from: Area, name: &OsStr, to: Area, why: &str) {
+        let mut target = name.to_owned();
+        for _ in 0..3 {
+            match self.rename(from, name, to, &target) {
+                Ok(()) => {
+                    log::warn!(
+                        "{}: moved {}/{} to {}/{}: {why}",
+                        self.url,
+                        from.dir_name(),
+                        Path::new(name).display(),
+                        to.dir_name(),
+                        Path::new(&target).display()
+                    );
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    let mut fresh = name.as_bytes()[..name.len().min(150)].to_vec();
+                    fresh.extend_from_slice(format!(".{}", names::fresh_id()).as_bytes());
+                    target = OsStr::from_bytes(&fresh).to_owned();
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+                Err(e) => {
+                    log::warn!(
+                        "{}: could not move {}/{} to {}/ ({e}); it was to go there because {why}",
+                        self.url,
+                        from.dir_name(),
+                        Path::new(name).display(),
+                        to.dir_name()
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The names in `area` (not `.` and `..`).
+    pub(crate) fn entries(&self, area: Area) -> io::Result<Vec<Vec<u8>>> {
+        entries(self.area(area))
+    }
+
+    /// Makes a fresh inbox for a client of this process.
+    pub(crate) fn make_inbox(&self) -> Result<Inbox> {
+        let id = names::fresh_id();
+        let staging = format!(".{id}.tmp");
+        let make = || -> io::Result<Inbox> {
+            let clients = self.area(Area::Clients);
+            make_dir(clients, OsStr::new(&staging), self.dir_mode)?;
+            let dir = open_dir(clients, OsStr::new(&staging))?;
+            for sub in ["tmp", "new"] {
+                make_dir(&dir, OsStr::new(sub), self.dir_mode)?;
+            }
+            let lock = rfs::openat(
+                &dir,
+                "lock",
+                OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                self.file_mode,
+            )?;
+            rfs::flock(&lock, FlockOperation::NonBlockingLockExclusive)?;
+            let inbox = Inbox {
+                tmp: open_dir(&dir, OsStr::new("tmp"))?,
+                new: open_dir(&dir, OsStr::new("new"))?,
+                id: id.clone(),
+                lock: Some(lock),
+                clients: rfs::openat(
+                    clients,
+                    ".",
+                    OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?,
+            };
+            rename_noreplace(clients, OsStr::new(&staging), clients, OsStr::new(&id))?;
+            Ok(inbox)
+        };
+        make().map_err(|e| {
+            let _ = remove_tree(self.area(Area::Clients), OsStr::new(&staging));
+            Error::io(&*self.url, "making the client's inbox in clients/", e)
+        })
+    }
+
+    /// Opens the inbox of the client `id`, to answer and push to it.
+    pub(crate) fn open_inbox(&self, id: &str) -> io::Result<Inbox> {
+        if !names::is_id(id) {
+            return Err(Errno::INVAL.into());
+        }
+        let dir = open_dir(self.area(Area::Clients), OsStr::new(id))?;
+        Ok(Inbox {
+            tmp: open_dir(&dir, OsStr::new("tmp"))?,
+            new: open_dir(&dir, OsStr::new("new"))?,
+            id: id.to_owned(),
+            lock: None,
+            clients: rfs::openat(
+                self.area(Area::Clients),
+                ".",
+                OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?,
+        })
+    }
+
+    /// Whether the owner of the entry `name` of `area` still lives: it holds the lock
+    /// file there (`clients/ID/lock`, or `receivers/ID` itself). An entry that is gone,
+    /// or whose lock nobody holds, is not alive.
+    pub(crate) fn is_alive(&self, area: Area, name: &OsStr) -> bool {
+        let lock = match area {
+            Area::Clients => {
+                let mut path = name.as_bytes().to_vec();
+                path.extend_from_slice(b"/lock");
+                rfs::openat(
+                    self.area(area),
+                    OsStr::from_bytes(&path),
+                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+            }
+            _ => rfs::openat(
+                self.area(area),
+                name,
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            ),
+        };
+        match lock {
+            // Taken: nobody holds it. Closing the descriptor gives it back at once.
+            Ok(lock) => rfs::flock(&lock, FlockOperation::NonBlockingLockExclusive).is_err(),
+            Err(_) => false,
+        }
+    }
+
+    /// Removes the inbox or staging tree `name` of `clients/` whose client is gone:
+    /// renamed out of sight first, so that a server never reports it twice.
+    pub(crate) fn remove_inbox(&self, name: &OsStr) -> io::Result<()> {
+        let clients = self.area(Area::Clients);
+        let gone = if name.as_bytes().starts_with(b".gone-") {
+            name.to_owned()
+        } else {
+            let mut gone = b".gone-".to_vec();
+            gone.extend_from_slice(name.as_bytes());
+            let gone = OsStr::from_bytes(&gone).to_owned();
+            rename_noreplace(clients, name, clients, &gone)?;
+            gone
+        };
+        remove_tree(clients, &gone)
+    }
+
+    /// Registers a receiver of this process: a lock file in `receivers/` it holds while
+    /// it lives, which clients look for.
+    pub(crate) fn register_receiver(&self) -> Result<Registration> {
+        let id = names::fresh_id();
+        let receivers = self.area(Area::Receivers);
+        let lock = rfs::openat(
+            receivers,
+            &id,
+            OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            self.file_mode,
+        )
+        .and_then(|lock| {
+            rfs::flock(&lock, FlockOperation::NonBlockingLockExclusive)?;
+            Ok(lock)
+        })
+        .map_err(|e| Error::listen_io(&self.endpoint, "registering in receivers/", e.into()))?;
+        Ok(Registration {
+            receivers: rfs::openat(
+                receivers,
+                ".",
+                OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| Error::io(&*self.url, "registering in receivers/", e.into()))?,
+            id,
+            _lock: lock,
+        })
+    }
+
+    /// How many receivers hold their locks in `receivers/`; the files of dead ones are
+    /// removed on the way.
+    pub(crate) fn live_receivers(&self) -> io::Result<usize> {
+        let mut live = 0;
+        for name in self.entries(Area::Receivers)? {
+            let name = OsStr::from_bytes(&name);
+            if self.is_alive(Area::Receivers, name) {
+                live += 1;
+            } else {
+                let _ = rfs::unlinkat(self.area(Area::Receivers), name, AtFlags::empty());
+            }
+        }
+        Ok(live)
+    }
+}
+
+/// A client's inbox, `clients/ID/`: the way its replies and pushes reach it.
+pub(crate) struct Inbox {
+    id: String,
+    tmp: OwnedFd,
+    new: OwnedFd,
+    clients: OwnedFd,
+    /// Held by the client that owns the inbox, for as long as it lives; `None` in a
+    /// server's handle to it.
+    lock: Option<OwnedFd>,
+}
+
+impl Inbox {
+    /// The client's id, as its messages name it (`,c=ID`).
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The inbox's `new/`, which its client watches and reads.
+    pub(crate) fn new_dir(&self) -> BorrowedFd<'_> {
+        self.new.as_fd()
+    }
+
+    /// Puts a reply or a push into the inbox. Never fsynced: an inbox lives only as long
+    /// as its client, so a power loss takes the client with its messages.
+    pub(crate) fn publish(&self, name: &Name, payload: &[u8], file_mode: Mode) -> io::Result<()> {
+        let places = Places {
+            tmp: self.tmp.as_fd(),
+            new: self.new.as_fd(),
+        };
+        publish(places, &name.to_string(), payload, file_mode, false)
+    }
+}
+
+impl Drop for Inbox {
+    /// The owner's goodbye: the inbox leaves `clients/` in one rename (its servers see
+    /// the client go), then its tree is removed.
+    fn drop(&mut self) {
+        if self.lock.is_some() {
+            let gone = format!(".gone-{}", self.id);
+            if rename_noreplace(
+                &self.clients,
+                OsStr::new(&self.id),
+                &self.clients,
+                OsStr::new(&gone),
+            )
+            .is_ok()
+            {
+                let _ = remove_tree(&self.clients, OsStr::new(&gone));
+            }
+        }
+    }
+}
+
+/// A receiver's entry in `receivers/`, removed when dropped.
+pub(crate) struct Registration {
+    receivers: OwnedFd,
+    id: String,
+    _lock: OwnedFd,
+}
+
+impl Registration {
+    /// The receiver's id, which marks its claims in `cur/` (`,r=ID`).
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        // Unlinked before the lock is let go, so nobody sees a free lock of a live one.
+        let _ = rfs::unlinkat(&self.receivers, self.id.as_str(), AtFlags::empty());
+    }
+}
+
+/// The mode of a spool's directories for `file_mode`: the same bits, and search wherever
+/// reading is allowed (0600 → 0700, 0660 → 0770).
+pub(crate) fn dir_mode_for(file_mode: Mode) -> Mode {
+    let bits = file_mode.as_raw_mode();
+    Mode::from_raw_mode(bits | ((bits & 0o444) >> 2))
+}
+
+/// The two directories a message passes through.
+#[derive(Clone, Copy)]
+struct Places<'a> {
+    tmp: BorrowedFd<'a>,
+    new: BorrowedFd<'a>,
+}
+
+/// Writes `payload` to `tmp/name`, flushes it to disk when `sync`, moves it into `new/`
+/// without replacing anything there, and flushes `new/` when `sync`. What failed leaves
+/// nothing in either: a message in `new/` is always whole.
+fn publish(
+    places: Places<'_>,
+    name: &str,
+    payload: &[u8],
+    mode: Mode,
+    sync: bool,
+) -> io::Result<()> {
+    let file = rfs::openat(
+        places.tmp,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        mode,
+    )?;
+    let written = (|| {
+        let mut file = std::fs::File::from(file);
+        file.write_all(payload)?;
+        if sync {
+            file.sync_data()?;
+        }
+        drop(file);
+        rename_noreplace(places.tmp, OsStr::new(name), places.new, OsStr::new(name))
+    })();
+    if let Err(e) = written {
+        let _ = rfs::unlinkat(places.tmp, name, AtFlags::empty());
+        return Err(e);
+    }
+    if sync {
+        rfs::fsync(places.new)?;
+    }
+    Ok(())
+}
+
+/// `renameat2(RENAME_NOREPLACE)`, or a plain rename on a filesystem without it: names are
+/// unique per host (pid, nanosecond, counter), so nothing is there to replace.
+fn rename_noreplace(
+    from: impl AsFd,
+    name: &OsStr,
+    to: impl AsFd,
+    to_name: &OsStr,
+) -> io::Result<()> {
+    match rfs::renameat_with(&from, name, &to, to_name, RenameFlags::NOREPLACE) {
+        Err(Errno::INVAL | Errno::NOSYS) => Ok(rfs::renameat(&from, name, &to, to_name)?),
+        done => Ok(done?),
+    }
+}
+
+/// Makes the directory `name` in `at` with exactly `mode` (the umask does not narrow it);
+/// one that exists already is left as it is, to be checked when opened.
+fn make_dir(at: impl AsFd, name: &OsStr, mode: Mode) -> io::Result<()> {
+    match rfs::mkdirat(&at, name, mode) {
+        Ok(()) => {
+            let dir = open_dir(&at, name)?;
+            rfs::fchmod(&dir, mode)?;
+            Ok(())
+        }
+        Err(Errno::EXIST) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn open_dir(at: impl AsFd, name: &OsStr) -> io::Result<OwnedFd> {
+    Ok(rfs::openat(
+        at,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// The error for a spool directory that is a symlink or not a directory at all, or else
+/// what `other` makes of `e`.
+fn refused_or(
+    url: &str,
+    path: &Path,
+    e: io::Error,
+    other: impl FnOnce(io::Error) -> Error,
+) -> Error {
+    match Errno::from_io_error(&e) {
+        Some(Errno::LOOP | Errno::NOTDIR) => Error::PermissionDenied {
+            endpoint: url.to_owned(),
+            detail: format!(
+                "{} is a symlink or not a directory; a spool's directories are never followed through links: remove it, or choose another spool",
+                path.display()
+            ),
+        },
+        _ => other(e),
+    }
+}
+
+/// Refuses a spool directory that another user owns (unless `?mode=` shares the spool on
+/// purpose) or whose mode allows more than `dir_mode`.
+fn check_owner_and_mode(url: &str, path: &Path, dir: &OwnedFd, dir_mode: Mode) -> Result<()> {
+    let stat = rfs::fstat(dir)
+        .map_err(|e| Error::io(url, "reading the spool's owner and mode", e.into()))?;
+    let mode = stat.st_mode & 0o7777;
+    let me = rustix::process::geteuid().as_raw();
+    let shared = dir_mode.as_raw_mode() & 0o077 != 0;
+    if stat.st_uid != me && !shared {
+        return Err(Error::PermissionDenied {
+            endpoint: url.to_owned(),
+            detail: format!(
+                "{} belongs to {} (mode {mode:04o}), not to this user (uid {me}); a spool is private to its owner: use a spool of your own, or have its owner share it with ?mode=0660 (then each side passes the same ?mode=)",
+                path.display(),
+                user_name(stat.st_uid)
+            ),
+        });
+    }
+    if mode & !dir_mode.as_raw_mode() != 0 {
+        return Err(Error::PermissionDenied {
+            endpoint: url.to_owned(),
+            detail: format!(
+                "{} has mode {mode:04o}, wider than this endpoint's {:04o} for directories; anyone it admits could read or plant messages: chmod {:04o} {0}, or pass the mode you mean with ?mode=",
+                path.display(),
+                dir_mode.as_raw_mode(),
+                dir_mode.as_raw_mode()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// "uid 1000 (alice)", or just the uid where /etc/passwd does not name it.
+fn user_name(uid: u32) -> String {
+    let name = std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|passwd| {
+            passwd.lines().find_map(|line| {
+                let mut fields = line.split(':');
+                let name = fields.next()?;
+                (fields.nth(1)?.parse() == Ok(uid)).then(|| name.to_owned())
+            })
+        });
+    match name {
+        Some(name) => format!("uid {uid} ({name})"),
+        None => format!("uid {uid}"),
+    }
+}
+
+fn entries(dir: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
+    let mut names = Vec::new();
+    for entry in rfs::Dir::read_from(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(name.to_vec());
+        }
+    }
+    Ok(names)
+}
+
+/// Removes the tree `name` in `at`, never following a link: an inbox is two levels deep,
+/// and a deeper tree is not one of ipckit's, so it stops there.
+fn remove_tree(at: impl AsFd, name: &OsStr) -> io::Result<()> {
+    fn remove(at: BorrowedFd<'_>, name: &OsStr, depth: u32) -> io::Result<()> {
+        match rfs::unlinkat(at, name, AtFlags::empty()) {
+            Err(Errno::ISDIR | Errno::PERM) if depth < 3 => {}
+            done => return Ok(done?),
+        }
+        let dir = open_dir(at, name)?;
+        for entry in entries(dir.as_fd())? {
+            remove(dir.as_fd(), OsStr::from_bytes(&entry), depth + 1)?;
+        }
+        Ok(rfs::unlinkat(at, name, AtFlags::REMOVEDIR)?)
+    }
+    remove(at.as_fd(), name, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spool_at(dir: &Path, query: &str) -> Endpoint {
+        format!("spool://{}{query}", dir.join("spool").display())
+            .parse()
+            .unwrap()
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ipckit-store-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn open_makes_every_directory_private_and_publish_leaves_a_whole_file_in_new() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = scratch("open");
+        let spool = Spool::open(&spool_at(&dir, ""), true, true).unwrap();
+        for area in Area::ALL {
+            let meta = std::fs::metadata(dir.join("spool").join(area.dir_name())).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o777, 0o700, "{area:?}");
+        }
+        let name = Name::fresh(None, None);
+        spool.publish(&name, b"hello").unwrap();
+        let file = dir.join("spool/new").join(name.to_string());
+        assert_eq!(std::fs::read(&file).unwrap(), b"hello");
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(spool.entries(Area::Tmp).unwrap().is_empty());
+        // Opening again finds it as it is.
+        Spool::open(&spool_at(&dir, ""), false, true).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_wide_or_linked_spool_is_refused_naming_what_is_wrong() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = scratch("wide");
+        std::fs::create_dir(dir.join("spool")).unwrap();
+        std::fs::set_permissions(dir.join("spool"), std::fs::Permissions::from_mode(0o777))
+            .unwrap();
+        let err = Spool::open(&spool_at(&dir, ""), true, true).err().unwrap();
+        assert!(matches!(err, Error::PermissionDenied { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("0777") && err.to_string().contains("chmod 0700"),
+            "{err}"
+        );
+        // The mode it was given is the mode it accepts.
+        std::fs::set_permissions(dir.join("spool"), std::fs::Permissions::from_mode(0o770))
+            .unwrap();
+        Spool::open(&spool_at(&dir, "?mode=0660"), true, true).unwrap();
+        std::fs::remove_dir_all(dir.join("spool")).unwrap();
+        std::os::unix::fs::symlink(&dir, dir.join("spool")).unwrap();
+        let err = Spool::open(&spool_at(&dir, ""), false, true).err().unwrap();
+        assert!(err.to_string().contains("symlink"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_inbox_is_alive_while_its_owner_holds_it_and_leaves_nothing() {
+        let dir = scratch("inbox");
+        let spool = Spool::open(&spool_at(&dir, ""), false, true).unwrap();
+        let inbox = spool.make_inbox().unwrap();
+        let id = OsStr::new(inbox.id()).to_owned();
+        assert!(spool.is_alive(Area::Clients, &id));
+        let answer = spool.open_inbox(inbox.id()).unwrap();
+        let reply = Name::fresh(None, Some(3));
+        answer
+            .publish(&reply, b"reply", Mode::from_raw_mode(0o600))
+            .unwrap();
+        assert_eq!(
+            entries(inbox.new_dir()).unwrap(),
+            vec![reply.to_string().into_bytes()]
+        );
+        drop(inbox);
+        assert!(!spool.is_alive(Area::Clients, &id));
+        assert!(spool.entries(Area::Clients).unwrap().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_receivers_lock_counts_while_it_lives() {
+        let dir = scratch("receivers");
+        let spool = Spool::open(&spool_at(&dir, ""), true, true).unwrap();
+        assert_eq!(spool.live_receivers().unwrap(), 0);
+        let registration = spool.register_receiver().unwrap();
+        assert!(names::is_id(registration.id()));
+        assert_eq!(spool.live_receivers().unwrap(), 1);
+        // A file left by a receiver that died holds no lock: it is not counted, and goes.
+        std::fs::write(dir.join("spool/receivers/1-dead-0"), b"").unwrap();
+        assert_eq!(spool.live_receivers().unwrap(), 1);
+        assert_eq!(spool.entries(Area::Receivers).unwrap().len(), 1);
+        drop(registration);
+        assert_eq!(spool.live_receivers().unwrap(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn move_aside_moves_a_link_itself_and_keeps_both_of_two_same_names() {
+        let dir = scratch("aside");
+        let spool = Spool::open(&spool_at(&dir, ""), true, true).unwrap();
+        std::fs::write(dir.join("secret"), b"secret").unwrap();
+        std::os::unix::fs::symlink(dir.join("secret"), dir.join("spool/new/notes.txt")).unwrap();
+        spool.move_aside(Area::New, OsStr::new("notes.txt"), Area::Bad, "a symlink");
+        std::fs::write(dir.join("spool/new/notes.txt"), b"second").unwrap();
+        spool.move_aside(
+            Area::New,
+            OsStr::new("notes.txt"),
+            Area::Bad,
+            "a foreign name",
+        );
+        assert_eq!(spool.entries(Area::Bad).unwrap().len(), 2);
+        assert!(
+            std::fs::symlink_metadata(dir.join("spool/bad/notes.txt"))
+                .unwrap()
+                .is_symlink()
+        );
+        assert_eq!(std::fs::read(dir.join("secret")).unwrap(), b"secret");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
