@@ -9,3 +9,4 @@
 
 pub(crate) mod names;
 pub(crate) mod store;
+pub(crate) mod watch;
