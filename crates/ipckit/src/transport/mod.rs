@@ -29,7 +29,7 @@ mod pool;
 mod reactor;
 pub(crate) mod ring;
 pub mod shm;
-mod spool;
+pub(crate) mod spool;
 mod stream;
 mod stream_greeting;
 mod stream_server;

@@ -17,8 +17,10 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// The longest name a spool accepts: NAME_MAX.
-pub(crate) const MAX_NAME: usize = 255;
+/// The longest name a spool accepts, less its `,r=` and `,d=` flags: NAME_MAX (255) less
+/// the room of those flags at their longest (an id, a count), which a receiver adds as the
+/// message moves, so that every name it accepts can still be claimed and returned.
+pub(crate) const MAX_NAME: usize = 255 - (3 + MAX_ID) - (3 + 10);
 /// The longest client or receiver id.
 pub(crate) const MAX_ID: usize = 64;
 
@@ -40,7 +42,7 @@ impl Name {
     /// Reads a name as a directory entry gives it; `None` for a foreign name, which the
     /// spool moves aside.
     pub(crate) fn parse(bytes: &[u8]) -> Option<Name> {
-        if bytes.is_empty() || bytes.len() > MAX_NAME || bytes[0] == b'.' {
+        if bytes.is_empty() || bytes.len() > 255 || bytes[0] == b'.' {
             return None;
         }
         let text = std::str::from_utf8(bytes).ok()?;
@@ -73,7 +75,16 @@ impl Name {
                 _ => return None,
             }
         }
-        Some(name)
+        (name.fixed_len() <= MAX_NAME).then_some(name)
+    }
+
+    /// The length of the name without the flags that change as it moves.
+    fn fixed_len(&self) -> usize {
+        let digits = |n: u64| n.checked_ilog10().unwrap_or(0) as usize + 1;
+        self.base.len()
+            + self.client.as_ref().map_or(0, |id| 3 + id.len())
+            + self.request.map_or(0, |id| 3 + digits(id))
+            + if self.refusal { 2 } else { 0 }
     }
 
     /// A fresh name of this process's, for a message from `client` (an ipckit client's
@@ -98,7 +109,7 @@ impl Name {
 
     /// The order messages are received in: by the seconds as a number, then by the rest
     /// of the base as bytes. A sender's own names therefore sort in its send order, and
-    /// a shell's `$(date +%s.%N)` sorts among them by time.
+    /// a shell's `$(date +%s.%N)` sorts among them by time. Equal only for one base.
     pub(crate) fn order(&self, other: &Name) -> Ordering {
         let secs = |name: &Name| {
             name.base[..name.secs_len]
@@ -110,6 +121,7 @@ impl Name {
             .cmp(&theirs.len())
             .then_with(|| mine.cmp(&theirs))
             .then_with(|| self.base[self.secs_len..].cmp(&other.base[other.secs_len..]))
+            .then_with(|| self.base.cmp(&other.base))
     }
 
     /// The part that stays the same wherever the message moves.
@@ -340,6 +352,16 @@ mod tests {
             );
         }
         assert!(Name::parse(&[b'1'; 256]).is_none());
+        let longest = format!("1.{},q=12345", "x".repeat(MAX_NAME - 10));
+        assert!(Name::parse(longest.as_bytes()).is_some());
+        let claimed = Name::parse(longest.as_bytes()).unwrap().returned();
+        let claimed = claimed.claimed_by(&"r".repeat(MAX_ID)).to_string();
+        assert!(claimed.len() <= 255, "{}", claimed.len());
+        assert!(
+            Name::parse(claimed.as_bytes()).is_some(),
+            "a claim's name parses"
+        );
+        assert!(Name::parse(format!("1x{longest}").as_bytes()).is_none());
         let long_id = format!("1.x,c={}", "a".repeat(MAX_ID + 1));
         assert!(Name::parse(long_id.as_bytes()).is_none());
     }
