@@ -40,6 +40,9 @@ struct Waiters<A> {
     dropped_pushes: u64,
     /// Why the channel can no longer be used.
     broken: Option<String>,
+    /// Why no more pushes will come, on a channel that still carries answers (a durable
+    /// queue's receivers all left): `recv` fails once the pushes filed are taken.
+    pushes_ended: Option<String>,
     /// Threads waiting on `answered`: std's `notify_all` makes a syscall even when
     /// nobody waits, which a lone caller should not pay.
     followers: usize,
@@ -103,6 +106,7 @@ impl<A> Correlator<A> {
                 pushes: VecDeque::new(),
                 dropped_pushes: 0,
                 broken: None,
+                pushes_ended: None,
                 followers: 0,
                 #[cfg(feature = "tokio")]
                 wakers: Vec::new(),
@@ -161,6 +165,16 @@ impl<A> Correlator<A> {
         wake(&lock(&self.waiters), |_| true);
     }
 
+    /// No more pushes will come, though answers still may: once the pushes already filed
+    /// are taken, `recv` fails with `detail`. Call after filing every push read.
+    pub(super) fn end_pushes(&self, detail: String) {
+        let mut waiters = lock(&self.waiters);
+        waiters.pushes_ended.get_or_insert(detail);
+        self.notify(&waiters);
+        #[cfg(feature = "tokio")]
+        wake_pushes(&waiters, |_| true);
+    }
+
     /// Files a message the server pushed, read from the channel, for `recv` to take.
     pub(super) fn file_push(&self, push: A) {
         let mut waiters = lock(&self.waiters);
@@ -201,7 +215,7 @@ impl<A> Correlator<A> {
             if let Some(push) = self.pop_push(&mut waiters) {
                 return Ok(Some(push));
             }
-            if let Some(detail) = &waiters.broken {
+            if let Some(detail) = waiters.broken.as_ref().or(waiters.pushes_ended.as_ref()) {
                 return Err(detail.clone());
             }
             let now = Instant::now();
@@ -376,7 +390,7 @@ impl<A> Correlator<A> {
             if let Some(push) = self.pop_push(&mut waiters) {
                 return Poll::Ready(Ok(push));
             }
-            if let Some(detail) = &waiters.broken {
+            if let Some(detail) = waiters.broken.as_ref().or(waiters.pushes_ended.as_ref()) {
                 return Poll::Ready(Err(detail.clone()));
             }
             match waiters.push_wakers.iter_mut().find(|(i, _)| *i == me) {
