@@ -222,3 +222,148 @@ impl AsyncConnection for AsyncSpoolConnection {
         &self.core.endpoint
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::client::test_server::*;
+    use super::*;
+
+    fn block_on<F: Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(future)
+    }
+
+    #[test]
+    fn async_sends_land_in_order_flushed_or_not() {
+        let s = Scratch::new("async-send");
+        block_on(async {
+            for sync in [true, false] {
+                let client = connect_with(&s.endpoint("?max_message=32"), sync).unwrap();
+                for i in 0..5 {
+                    client.send(format!("{sync} {i}").as_bytes()).await.unwrap();
+                }
+                let err = client.send(&[0; 33]).await.unwrap_err();
+                assert!(matches!(err, Error::MessageTooLarge { .. }), "{err:?}");
+            }
+        });
+        let names = s.names("new");
+        let sent: Vec<Vec<u8>> = names
+            .iter()
+            .map(|name| std::fs::read(s.spool().join("new").join(name.to_string())).unwrap())
+            .collect();
+        let expected: Vec<Vec<u8>> = [true, false]
+            .iter()
+            .flat_map(|sync| (0..5).map(move |i| format!("{sync} {i}").into_bytes()))
+            .collect();
+        assert_eq!(sent, expected);
+        assert!(s.names("tmp").is_empty());
+    }
+
+    #[test]
+    fn async_requests_get_their_replies_and_refusals_and_a_dropped_one_is_forgotten() {
+        let s = Scratch::new("async-request");
+        let receiver = s.receiver();
+        block_on(async {
+            let client = connect_async(&s.endpoint("")).unwrap();
+            let id = client.core.id().to_owned();
+            // Dropped unanswered: its reply, when it comes, is removed unread.
+            let dropped = tokio::time::timeout(
+                Duration::from_millis(20),
+                client.request(b"dropped", PATIENCE),
+            )
+            .await;
+            assert!(dropped.is_err());
+            let err = client
+                .request(b"times out", Duration::from_millis(20))
+                .await
+                .unwrap_err();
+            assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+            let (first, _) = receiver.next();
+            receiver.answer(&first, b"late", false);
+            let (second, _) = receiver.next();
+            receiver.answer(&second, b"late too", false);
+            let server = std::thread::spawn(move || receiver.serve(5));
+            let asked = (0..4).map(|i| format!("{i}"));
+            let client = &client;
+            let replies = futures_join(
+                asked
+                    .clone()
+                    .map(|a| async move { client.request(a.as_bytes(), PATIENCE).await }),
+            )
+            .await;
+            for (reply, asked) in replies.into_iter().zip(asked) {
+                assert_eq!(reply.unwrap(), format!("re:{asked}").into_bytes());
+            }
+            match client.request(b"refuse:no", PATIENCE).await {
+                Err(Error::Remote { reason, .. }) => assert_eq!(reason, "no"),
+                other => panic!("{other:?}"),
+            }
+            let receiver = server.join().unwrap();
+            assert!(inbox_files(&s.spool(), &id).is_empty());
+            receiver.push(&id, b"pushed");
+            assert_eq!(client.recv().await.unwrap(), b"pushed");
+        });
+    }
+
+    /// Runs the futures at once on this task, as `join_all` does.
+    async fn futures_join<F: Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+        let mut futures: Vec<_> = futures.map(|f| Some(Box::pin(f))).collect();
+        let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+        poll_fn(|cx| {
+            for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+                if let Some(f) = future {
+                    if let Poll::Ready(done) = f.as_mut().poll(cx) {
+                        *output = Some(done);
+                        *future = None;
+                    }
+                }
+            }
+            if futures.iter().all(Option::is_none) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        outputs.into_iter().map(Option::unwrap).collect()
+    }
+
+    #[test]
+    fn async_pushes_arrive_in_order_then_disconnected() {
+        let s = Scratch::new("async-pushes");
+        let receiver = s.receiver();
+        block_on(async {
+            let client = connect_async(&s.endpoint("")).unwrap();
+            let id = client.core.id().to_owned();
+            // Waits while the receiver lives and nothing came; dropping it loses nothing.
+            let waited = tokio::time::timeout(Duration::from_millis(20), client.recv()).await;
+            assert!(waited.is_err());
+            for i in 0..3 {
+                receiver.push(&id, format!("push {i}").as_bytes());
+            }
+            assert_eq!(client.recv().await.unwrap(), b"push 0");
+            drop(receiver);
+            for i in 1..3 {
+                assert_eq!(
+                    client.recv().await.unwrap(),
+                    format!("push {i}").into_bytes()
+                );
+            }
+            let err = tokio::time::timeout(PATIENCE, client.recv())
+                .await
+                .unwrap()
+                .unwrap_err();
+            assert!(matches!(err, Error::Disconnected { .. }), "{err:?}");
+            drop(client);
+        });
+        assert_eq!(
+            std::fs::read_dir(s.spool().join("clients"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+}
