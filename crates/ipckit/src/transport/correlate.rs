@@ -129,6 +129,12 @@ impl<A> Correlator<A> {
         lock(&self.waiters).broken.clone()
     }
 
+    /// How many requests the books still expect answers to.
+    #[cfg(test)]
+    pub(super) fn in_flight(&self) -> usize {
+        lock(&self.waiters).answers.len()
+    }
+
     /// Expects an answer to request `id`: call before sending it.
     pub(super) fn register(&self, id: u64) {
         lock(&self.waiters).answers.push((id, None));

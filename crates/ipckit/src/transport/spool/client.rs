@@ -725,6 +725,7 @@ mod tests {
             server.join().unwrap()
         });
         assert!(inbox_files(&s.spool(), client.core.id()).is_empty());
+        assert_eq!(client.core.answers.in_flight(), 0);
         // Nor is it taken for a push.
         receiver.push(client.core.id(), b"pushed");
         assert_eq!(client.recv(None).unwrap().unwrap(), b"pushed");
@@ -770,7 +771,7 @@ mod tests {
             );
         }
         for _ in 0..2 {
-            let err = client.recv(None).unwrap_err();
+            let err = client.recv(Some(Instant::now() + PATIENCE)).unwrap_err();
             assert!(matches!(err, Error::Disconnected { .. }), "{err:?}");
         }
         assert!(inbox_files(&s.spool(), &id).is_empty());
@@ -795,7 +796,7 @@ mod tests {
         push(&spool, &id, b"last words");
         drop(lock);
         assert_eq!(client.recv(None).unwrap().unwrap(), b"last words");
-        let err = client.recv(None).unwrap_err();
+        let err = client.recv(Some(Instant::now() + PATIENCE)).unwrap_err();
         assert!(matches!(err, Error::Disconnected { .. }), "{err:?}");
         assert!(!path.exists());
     }

@@ -303,6 +303,7 @@ mod tests {
             }
             let receiver = server.join().unwrap();
             assert!(inbox_files(&s.spool(), &id).is_empty());
+            assert_eq!(client.core.answers.in_flight(), 0);
             receiver.push(&id, b"pushed");
             assert_eq!(client.recv().await.unwrap(), b"pushed");
         });
