@@ -40,6 +40,9 @@ struct Waiters<A> {
     dropped_pushes: u64,
     /// Why the channel can no longer be used.
     broken: Option<String>,
+    /// Why no more pushes will come, on a channel that still carries answers (a durable
+    /// queue's receivers all left): `recv` fails once the pushes filed are taken.
+    pushes_ended: Option<String>,
     /// Threads waiting on `answered`: std's `notify_all` makes a syscall even when
     /// nobody waits, which a lone caller should not pay.
     followers: usize,
@@ -103,6 +106,7 @@ impl<A> Correlator<A> {
                 pushes: VecDeque::new(),
                 dropped_pushes: 0,
                 broken: None,
+                pushes_ended: None,
                 followers: 0,
                 #[cfg(feature = "tokio")]
                 wakers: Vec::new(),
@@ -123,6 +127,12 @@ impl<A> Correlator<A> {
     /// Why the channel can no longer be used, if it can't.
     pub(super) fn broken(&self) -> Option<String> {
         lock(&self.waiters).broken.clone()
+    }
+
+    /// How many requests the books still expect answers to.
+    #[cfg(test)]
+    pub(super) fn in_flight(&self) -> usize {
+        lock(&self.waiters).answers.len()
     }
 
     /// Expects an answer to request `id`: call before sending it.
@@ -159,6 +169,16 @@ impl<A> Correlator<A> {
     #[cfg(feature = "tokio")]
     pub(super) fn wake_all(&self) {
         wake(&lock(&self.waiters), |_| true);
+    }
+
+    /// No more pushes will come, though answers still may: once the pushes already filed
+    /// are taken, `recv` fails with `detail`. Call after filing every push read.
+    pub(super) fn end_pushes(&self, detail: String) {
+        let mut waiters = lock(&self.waiters);
+        waiters.pushes_ended.get_or_insert(detail);
+        self.notify(&waiters);
+        #[cfg(feature = "tokio")]
+        wake_pushes(&waiters, |_| true);
     }
 
     /// Files a message the server pushed, read from the channel, for `recv` to take.
@@ -201,7 +221,7 @@ impl<A> Correlator<A> {
             if let Some(push) = self.pop_push(&mut waiters) {
                 return Ok(Some(push));
             }
-            if let Some(detail) = &waiters.broken {
+            if let Some(detail) = waiters.broken.as_ref().or(waiters.pushes_ended.as_ref()) {
                 return Err(detail.clone());
             }
             let now = Instant::now();
@@ -376,7 +396,7 @@ impl<A> Correlator<A> {
             if let Some(push) = self.pop_push(&mut waiters) {
                 return Poll::Ready(Ok(push));
             }
-            if let Some(detail) = &waiters.broken {
+            if let Some(detail) = waiters.broken.as_ref().or(waiters.pushes_ended.as_ref()) {
                 return Poll::Ready(Err(detail.clone()));
             }
             match waiters.push_wakers.iter_mut().find(|(i, _)| *i == me) {

@@ -7,6 +7,9 @@
     reason = "the spool transport is built on these in the commits that follow"
 )]
 
+pub(crate) mod client;
+#[cfg(feature = "tokio")]
+pub(crate) mod client_tokio;
 pub(crate) mod names;
 pub(crate) mod store;
 pub(crate) mod watch;

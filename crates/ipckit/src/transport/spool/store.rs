@@ -608,7 +608,7 @@ fn user_name(uid: u32) -> String {
     }
 }
 
-fn entries(dir: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
+pub(super) fn entries(dir: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
     let mut names = Vec::new();
     for entry in rfs::Dir::read_from(dir)? {
         let entry = entry?;
