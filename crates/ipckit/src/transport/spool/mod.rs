@@ -8,5 +8,6 @@
 )]
 
 pub(crate) mod names;
+pub(crate) mod queue;
 pub(crate) mod store;
 pub(crate) mod watch;
