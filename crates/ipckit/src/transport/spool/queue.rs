@@ -472,14 +472,14 @@ impl Queue {
                 Ok(()) => log::info!(
                     "{}: the receiver of cur/{} died before it was done with it; back in new/ as {back}",
                     self.spool.url(),
-                    raw.display()
+                    std::path::Path::new(raw).display()
                 ),
                 // Another receiver gave it back first.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => log::warn!(
                     "{}: could not give back cur/{} of a receiver that died: {e}",
                     self.spool.url(),
-                    raw.display()
+                    std::path::Path::new(raw).display()
                 ),
             }
             drop(file);
@@ -709,7 +709,7 @@ pub(crate) mod tests {
         mine.drain(|_| {}).unwrap();
         let claim = mine.claim().unwrap().unwrap();
         let claimed = format!("1.a,r={}", mine.id());
-        assert_eq!(names_in(&dir, "cur"), [claimed.clone()]);
+        assert_eq!(names_in(&dir, "cur"), std::slice::from_ref(&claimed));
         other.recover().unwrap();
         assert_eq!(names_in(&dir, "cur"), [claimed], "a live claim stays");
         assert!(other.next_look().is_some());
