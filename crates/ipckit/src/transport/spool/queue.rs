@@ -625,7 +625,7 @@ pub(crate) mod tests {
         let _socket = std::os::unix::net::UnixListener::bind(new.join("4.socket")).unwrap();
         std::fs::write(new.join("notes.txt"), b"foreign").unwrap();
         std::fs::write(new.join("5.big"), b"123456789").unwrap();
-        std::fs::write(new.join("6.x,q=1"), b"a request nobody waits for").unwrap();
+        std::fs::write(new.join("6.x,q=1"), b"q").unwrap();
         shell_send(&dir, "7.empty", b"");
         shell_send(&dir, "8.fits", b"12345678");
         queue.refresh().unwrap();

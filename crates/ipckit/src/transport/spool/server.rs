@@ -468,9 +468,10 @@ impl Core {
                 if let Some(id) = id {
                     self.join(id);
                 }
-            } else if id.is_some() || entry.starts_with(b".") {
+            } else if id.is_some() || (entry.starts_with(b".") && has_lock(&spool, &entry)) {
                 // An inbox, half-made inbox (`.ID.tmp`) or leftover (`.gone-ID`) of a
-                // client that is gone.
+                // client that is gone. A half-made inbox without its lock file yet is
+                // one being made.
                 if let Err(e) = spool.remove_inbox(name) {
                     log::debug!(
                         "{}: could not remove clients/{}: {e}",
@@ -560,6 +561,18 @@ impl Core {
     }
 }
 
+/// Whether the entry `name` of `clients/` has its lock file.
+fn has_lock(spool: &Spool, name: &[u8]) -> bool {
+    let mut lock = name.to_vec();
+    lock.extend_from_slice(b"/lock");
+    rfs::statat(
+        spool.area(Area::Clients),
+        OsStr::from_bytes(&lock),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .is_ok()
+}
+
 /// The client id an entry of `clients/` names, if it is a visible inbox.
 fn client_id(name: &[u8]) -> Option<&str> {
     std::str::from_utf8(name).ok().filter(|id| names::is_id(id))
@@ -590,8 +603,8 @@ impl SpoolListener {
     }
 
     #[cfg(test)]
-    pub(super) fn core(&self) -> &Core {
-        &self.core
+    pub(super) fn core(&mut self) -> &mut Core {
+        &mut self.core
     }
 }
 

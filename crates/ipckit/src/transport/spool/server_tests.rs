@@ -124,17 +124,25 @@ fn a_new_inbox_is_connected_before_its_first_message_and_its_goodbye_comes_after
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// An inbox made as a client makes it, for a client that can crash: it dies when the
+/// lock returned is dropped, saying no goodbye.
+fn crashable_client(dir: &Path, id: &str) -> File {
+    let clients = dir.join("spool/clients");
+    let staging = clients.join(format!(".{id}.tmp"));
+    std::fs::create_dir_all(staging.join("new")).unwrap();
+    std::fs::create_dir_all(staging.join("tmp")).unwrap();
+    let lock = File::create(staging.join("lock")).unwrap();
+    rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive).unwrap();
+    std::fs::rename(staging, clients.join(id)).unwrap();
+    lock
+}
+
 #[test]
 fn a_client_that_dies_without_a_goodbye_is_disconnected_and_its_inbox_removed() {
     let dir = scratch("dead-client");
     let mut server = listener(&dir, Options::default());
-    // An inbox made as a client makes it, whose lock is then let go without a goodbye.
     let clients = dir.join("spool/clients");
-    std::fs::create_dir_all(clients.join(".1-dead-0.tmp/new")).unwrap();
-    std::fs::create_dir_all(clients.join(".1-dead-0.tmp/tmp")).unwrap();
-    let lock = File::create(clients.join(".1-dead-0.tmp/lock")).unwrap();
-    rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive).unwrap();
-    std::fs::rename(clients.join(".1-dead-0.tmp"), clients.join("1-dead-0")).unwrap();
+    let lock = crashable_client(&dir, "1-dead-0");
     let Event::Connected(handle) = next(&mut server) else {
         panic!("Connected")
     };
@@ -306,6 +314,44 @@ fn pushes_wait_in_the_inbox_up_to_the_outbox_bound_then_are_full() {
         handle.send(b"gone"),
         Err(Error::Disconnected { .. })
     ));
+    // One that crashed with a full inbox: a push says so at once, rather than waiting
+    // for room that will never come and calling it full.
+    let lock = crashable_client(&dir, "1-crashed-0");
+    let crashed = loop {
+        // After the first client's Disconnected.
+        if let Event::Connected(crashed) = next(&mut server) {
+            break crashed;
+        }
+    };
+    crashed.try_send(b"1").unwrap();
+    crashed.try_send(b"2").unwrap();
+    drop(lock);
+    assert!(matches!(
+        crashed.send(b"3"),
+        Err(Error::Disconnected { .. })
+    ));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_client_whose_arrival_was_not_read_is_connected_before_its_message() {
+    let dir = scratch("unseen");
+    let mut server = listener(&dir, Options::default());
+    assert!(server.recv(Some(Instant::now())).unwrap().is_none());
+    let client = Client::new(&dir);
+    client.send(b"hello");
+    // The hints about clients/ are swallowed; the message's are kept: the client is
+    // learnt from its message.
+    let mut clients_hints = 0;
+    server.core().queue.drain(|_| clients_hints += 1).unwrap();
+    assert!(clients_hints > 0);
+    let Event::Connected(handle) = next(&mut server) else {
+        panic!("Connected first")
+    };
+    let Event::Message(message) = next(&mut server) else {
+        panic!("then the message")
+    };
+    assert_eq!(message.client(), Some(&handle));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
