@@ -384,13 +384,19 @@ fn leftovers_of_dead_clients_are_removed_at_the_start() {
         std::fs::create_dir_all(clients.join(left).join("new")).unwrap();
         std::fs::write(clients.join(left).join("lock"), b"").unwrap();
     }
+    // One being made: no lock file yet, so nobody can tell it dead.
+    std::fs::create_dir_all(clients.join(".1-making-0.tmp/new")).unwrap();
     let live = Client::new(&dir);
     let mut server = listener(&dir, Options::default());
-    let names: Vec<_> = std::fs::read_dir(&clients)
+    let mut names: Vec<_> = std::fs::read_dir(&clients)
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(names, [OsStr::new(live.inbox.id())]);
+    names.sort();
+    assert_eq!(
+        names,
+        [OsStr::new(".1-making-0.tmp"), OsStr::new(live.inbox.id())]
+    );
     assert!(matches!(next(&mut server), Event::Connected(_)));
     assert!(server.recv(Some(Instant::now())).unwrap().is_none());
     std::fs::remove_dir_all(&dir).unwrap();
