@@ -236,6 +236,8 @@ pub(super) struct Core {
     shut: HashSet<String>,
     /// Clients seen leaving, reported once none of their messages is pending.
     departing: Vec<String>,
+    /// Clients among them that a push found gone (the roster let them go already).
+    left_by_push: HashSet<String>,
     /// The way back to requesters outside the roster (disconnected by the server).
     ways: HashMap<String, Arc<Way>>,
     events: VecDeque<Event>,
@@ -259,6 +261,7 @@ impl Core {
             known: HashMap::new(),
             shut: HashSet::new(),
             departing: Vec::new(),
+            left_by_push: HashSet::new(),
             ways: HashMap::new(),
             events: VecDeque::new(),
             next_liveness: Instant::now() + LIVENESS_INTERVAL,
@@ -528,36 +531,56 @@ impl Core {
     fn report_departures(&mut self) {
         let mut index = 0;
         while index < self.departing.len() {
-            let id = &self.departing[index];
-            if self.queue.has_pending_from(id) {
+            if self.queue.has_pending_from(&self.departing[index]) {
                 index += 1;
                 continue;
             }
-            let id = self.departing.swap_remove(index);
+            let id = self.departing.remove(index);
+            let pushed_out = self.left_by_push.remove(&id);
             if let Some(known) = self.known.remove(&id) {
-                if self.roster.leave(&known.handle) {
+                if self.roster.leave(&known.handle) || pushed_out {
                     self.events.push_back(Event::Disconnected(known.handle));
                 }
             }
         }
     }
 
-    /// A client that a push found gone, or that the server disconnected.
+    /// A client that a push found gone, or that the server disconnected: the roster
+    /// has let it go, and its departure is reported here.
     fn departed_by_push(&mut self, handle: ClientHandle) {
         let id = self
             .known
             .iter()
             .find(|(_, known)| known.handle == handle)
             .map(|(id, _)| id.clone());
-        if let Some(id) = id {
-            let known = self.known.remove(&id).expect("found above");
+        let Some(id) = id else {
+            self.events.push_back(Event::Disconnected(handle));
+            return;
+        };
+        let way = self.known[&id].outbox.way.clone();
+        if way.is_alive() {
+            // Disconnected by the server: its messages come without a handle from now.
+            self.known.remove(&id);
             self.departing.retain(|d| *d != id);
-            if known.outbox.closed.load(Ordering::Acquire) && known.outbox.way.is_alive() {
-                self.shut.insert(id.clone());
-                self.ways.insert(id, known.outbox.way.clone());
-            }
+            self.shut.insert(id.clone());
+            self.ways.insert(id, way);
+            self.events.push_back(Event::Disconnected(handle));
+        } else {
+            // Gone: reported after its messages, as for a goodbye.
+            let _ = self.spool().remove_inbox(OsStr::new(&id));
+            self.left_by_push.insert(id.clone());
+            self.depart(&id);
         }
-        self.events.push_back(Event::Disconnected(handle));
+    }
+}
+
+impl Drop for Core {
+    /// The clients' handles stop pushing with the server, as on every transport.
+    fn drop(&mut self) {
+        for known in self.known.values() {
+            known.outbox.disconnect();
+            self.roster.leave(&known.handle);
+        }
     }
 }
 

@@ -120,7 +120,16 @@ fn a_new_inbox_is_connected_before_its_first_message_and_its_goodbye_comes_after
         panic!("then Disconnected")
     };
     assert_eq!(gone, late_handle);
-    assert_eq!(server.broadcaster().unwrap().clients(), [early_handle]);
+    assert_eq!(
+        server.broadcaster().unwrap().clients(),
+        std::slice::from_ref(&early_handle)
+    );
+    // Its handles stop with the server.
+    drop(server);
+    assert!(matches!(
+        early_handle.try_send(b"after"),
+        Err(Error::Disconnected { .. })
+    ));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -330,6 +339,15 @@ fn pushes_wait_in_the_inbox_up_to_the_outbox_bound_then_are_full() {
         crashed.send(b"3"),
         Err(Error::Disconnected { .. })
     ));
+    // The server reports it (after the first client), and removes what it left.
+    let mut left = Vec::new();
+    while left.len() < 2 {
+        if let Event::Disconnected(gone) = next(&mut server) {
+            left.push(gone);
+        }
+    }
+    assert_eq!(left, [handle, crashed]);
+    assert!(!dir.join("spool/clients/1-crashed-0").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
