@@ -271,7 +271,6 @@ impl Queue {
 
     /// Gives back the dead claims in cur/ and reads `new/` whole into the pending set.
     pub(crate) fn refresh(&mut self) -> Result<()> {
-        self.rescan_due = false;
         self.recover()?;
         let names = self
             .spool
@@ -280,6 +279,8 @@ impl Queue {
         for name in names {
             self.add_pending(name);
         }
+        // Only now: a scan that failed is tried again at the next drain.
+        self.rescan_due = false;
         Ok(())
     }
 
