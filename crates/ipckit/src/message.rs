@@ -162,6 +162,17 @@ pub struct Message {
     client: Option<ClientHandle>,
     endpoint: Arc<str>,
     stamp: Option<Stamp>,
+    /// Which delivery this is, where the transport counts them.
+    deliveries: Option<u32>,
+    /// What the transport does once the application is done with the message.
+    settle: Option<Box<dyn Settle>>,
+}
+
+/// What a transport does once the application is done with a message (it was dropped,
+/// or the handler it was lent to returned): a durable queue acknowledges it there, so
+/// that a receiver killed while handling leaves it to be delivered again.
+pub(crate) trait Settle: Send + Sync {
+    fn settle(self: Box<Self>);
 }
 
 /// Where a message stands in a broadcast stream: its level and its number there, for a
@@ -186,6 +197,8 @@ impl Message {
             client: None,
             endpoint,
             stamp: None,
+            deliveries: None,
+            settle: None,
         }
     }
 
@@ -205,7 +218,47 @@ impl Message {
             client: Some(client),
             endpoint,
             stamp: None,
+            deliveries: None,
+            settle: None,
         }
+    }
+
+    /// The message, as the `deliveries`th delivery of what the transport queued.
+    #[allow(
+        dead_code,
+        reason = "the spool transport counts deliveries; it is registered in the commits that follow"
+    )]
+    pub(crate) fn with_deliveries(mut self, deliveries: u32) -> Message {
+        self.deliveries = Some(deliveries);
+        self
+    }
+
+    /// The message, with what the transport does once the application is done with it.
+    #[allow(
+        dead_code,
+        reason = "the spool transport settles its messages; it is registered in the commits that follow"
+    )]
+    pub(crate) fn with_settle(mut self, settle: Box<dyn Settle>) -> Message {
+        self.settle = Some(settle);
+        self
+    }
+
+    /// Which delivery of the message this is, 1 for the first, where the transport
+    /// counts them: a durable queue (`spool`) delivers again what a receiver took and
+    /// died before it was done with, and counts each time. A handler that must not run
+    /// twice for one message (it charges a card) checks it. `None` where the transport
+    /// delivers once.
+    ///
+    /// ```
+    /// let url = format!("uds://@ipckit-doc-message-deliveries-{}", std::process::id());
+    /// let mut server = ipckit::listen(&url)?;
+    /// ipckit::connect(&url)?.send(b"job")?;
+    /// let msg = server.recv()?;
+    /// assert_eq!(msg.deliveries(), None); // uds delivers each message once
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
+    pub fn deliveries(&self) -> Option<u32> {
+        self.deliveries
     }
 
     /// The message, with its place in a broadcast stream.
@@ -434,6 +487,15 @@ impl Message {
             client: self.client.as_ref(),
             endpoint: &self.endpoint,
             stamp: self.stamp,
+            deliveries: self.deliveries,
+        }
+    }
+}
+
+impl Drop for Message {
+    fn drop(&mut self) {
+        if let Some(settle) = self.settle.take() {
+            settle.settle();
         }
     }
 }
@@ -467,6 +529,7 @@ pub struct MessageRef<'a> {
     client: Option<&'a ClientHandle>,
     endpoint: &'a str,
     stamp: Option<Stamp>,
+    deliveries: Option<u32>,
 }
 
 impl<'a> MessageRef<'a> {
@@ -486,6 +549,7 @@ impl<'a> MessageRef<'a> {
             client: None,
             endpoint,
             stamp: None,
+            deliveries: None,
         }
     }
 
@@ -513,6 +577,11 @@ impl<'a> MessageRef<'a> {
     /// Its number in a broadcast stream, as [`Message::sequence`] says.
     pub fn sequence(&self) -> Option<u64> {
         self.stamp.map(|stamp| stamp.sequence)
+    }
+
+    /// Which delivery of the message this is, as [`Message::deliveries`] says.
+    pub fn deliveries(&self) -> Option<u32> {
+        self.deliveries
     }
 
     /// The bytes that were sent; on `shm`, where they lie in the sender's ring.

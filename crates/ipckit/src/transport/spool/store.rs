@@ -144,6 +144,12 @@ impl Spool {
         &self.path
     }
 
+    /// The permission bits of the spool's files (`?mode=`), for what a server puts in an
+    /// inbox.
+    pub(crate) fn file_mode(&self) -> Mode {
+        self.file_mode
+    }
+
     /// The descriptor of `area`.
     pub(crate) fn area(&self, area: Area) -> BorrowedFd<'_> {
         self.areas[area as usize].as_fd()
