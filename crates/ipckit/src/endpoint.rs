@@ -344,7 +344,7 @@ impl Param {
                 "how long a send, or a server's push to one client, waits for room in a full queue, pipe, ring or outbox"
             }
             Param::Outbox => {
-                "how many pushed messages a server queues for one client beyond what the kernel buffers"
+                "how many pushed messages a server queues for one client beyond what the kernel buffers; spool: how many pushes may wait unread in a client's inbox"
             }
             Param::Overflow => {
                 "what a broadcast does to a client whose outbox is full: drop (skip it, counting the drop) or disconnect; for events, drop (overwrite the oldest events, telling slow listeners how many they lost) or block (writers wait for the slowest listener)"
@@ -761,8 +761,8 @@ impl Endpoint {
     }
 
     /// How many pushed messages a stream server queues for one client beyond what the
-    /// kernel buffers (`?outbox=`, `uds` and `tcp`); 1000 unless set, as ZeroMQ's
-    /// high-water mark.
+    /// kernel buffers (`?outbox=`, `uds` and `tcp`), or how many pushes may wait unread in
+    /// a `spool` client's inbox; 1000 unless set, as ZeroMQ's high-water mark.
     pub fn outbox(&self) -> usize {
         self.param(Param::Outbox)
             .map(|n| n.parse().expect("validated when parsed"))
