@@ -112,13 +112,17 @@ pub fn transports(json: bool) -> String {
     fn yes(b: bool) -> String {
         if b { "yes" } else { "-" }.to_owned()
     }
-    let columns: [Column; 10] = [
+    let columns: [Column; 12] = [
         ("duplex", |c| yes(c.duplex)),
         ("push", |c| yes(c.push)),
         ("reliable", |c| yes(c.reliable)),
         ("ordered", |c| yes(c.ordered)),
         ("durable", |c| yes(c.durable)),
+        ("queue", |c| {
+            c.queue_limit.map_or("-".to_owned(), |n| n.to_string())
+        }),
         ("broadcast", |c| yes(c.broadcast)),
+        ("competing", |c| yes(c.competing_receivers)),
         ("connection", |c| yes(c.connection)),
         ("max message", |c| human_size(c.max_message)),
         ("creds", |c| yes(c.peer_credentials)),

@@ -664,6 +664,49 @@ fn transports_lists_every_registered_transport() {
         .unwrap();
     assert_eq!(uds["capabilities"]["peer_credentials"], true);
     assert_eq!(uds["capabilities"]["max_message"], 16 * 1024 * 1024);
+    // Every transport says whether its receivers compete and how much its queue holds,
+    // as the library says.
+    for listed in json.as_array().unwrap() {
+        let scheme = listed["scheme"].as_str().unwrap();
+        let transport = ipckit::transport::find(scheme).unwrap();
+        let caps =
+            transport.capabilities(&transport.scratch_endpoint(&std::env::temp_dir(), "example"));
+        assert_eq!(
+            listed["capabilities"]["competing_receivers"], caps.competing_receivers,
+            "{scheme}"
+        );
+        assert_eq!(
+            listed["capabilities"]["queue_limit"],
+            serde_json::json!(caps.queue_limit),
+            "{scheme}"
+        );
+    }
+    let mq = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["scheme"] == "mq")
+        .unwrap();
+    assert!(
+        mq["capabilities"]["queue_limit"]
+            .as_u64()
+            .is_some_and(|n| n >= 1),
+        "{mq}"
+    );
+    assert_eq!(uds["capabilities"]["queue_limit"], serde_json::Value::Null);
+    let header = table.lines().next().unwrap();
+    assert!(
+        header.contains(" queue ") && header.contains(" competing "),
+        "{header}"
+    );
+    let mq_row = table.lines().find(|l| l.starts_with("mq ")).unwrap();
+    let limit = mq["capabilities"]["queue_limit"].to_string();
+    let queue_column = header.find(" queue ").unwrap() + 1;
+    assert_eq!(
+        mq_row.get(queue_column..queue_column + limit.len()),
+        Some(limit.as_str()),
+        "{table}"
+    );
 }
 
 #[test]

@@ -173,6 +173,29 @@ pub enum Overflow {
     Block,
 }
 
+/// When a `spool` receiver acknowledges a message, deleting it for good (`?ack=`).
+///
+/// ```
+/// use ipckit::endpoint::Ack;
+/// let ep: ipckit::Endpoint = "spool:///var/spool/app?ack=done".parse()?;
+/// assert_eq!(ep.ack(), Ack::Done);
+/// # Ok::<(), ipckit::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Ack {
+    /// As `recv` returns it (the default): a receiver killed while handling a message
+    /// loses that one message.
+    #[default]
+    Recv,
+    /// Once the application is done with it (the [`Message`](crate::Message) is dropped,
+    /// or the `recv_with` handler returns): a receiver killed while handling a message
+    /// leaves it to be delivered again, up to `?max_deliveries=` times.
+    Done,
+}
+
+/// The most times `?max_deliveries=` lets one message be claimed.
+pub const MAX_DELIVERIES: u32 = 1_000_000;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Param {
     Framing,
@@ -193,10 +216,13 @@ enum Param {
     Overflow,
     Level,
     Listeners,
+    Sync,
+    Ack,
+    MaxDeliveries,
 }
 
 impl Param {
-    const ALL: [Param; 18] = [
+    const ALL: [Param; 21] = [
         Param::Framing,
         Param::Mode,
         Param::MaxMessage,
@@ -215,6 +241,9 @@ impl Param {
         Param::Overflow,
         Param::Level,
         Param::Listeners,
+        Param::Sync,
+        Param::Ack,
+        Param::MaxDeliveries,
     ];
 
     fn key(self) -> &'static str {
@@ -237,6 +266,9 @@ impl Param {
             Param::Overflow => "overflow",
             Param::Level => "level",
             Param::Listeners => "listeners",
+            Param::Sync => "sync",
+            Param::Ack => "ack",
+            Param::MaxDeliveries => "max_deliveries",
         }
     }
 
@@ -250,15 +282,12 @@ impl Param {
             Param::MaxMessage | Param::ConnectTimeout => true,
             Param::Public => matches!(scheme, "tcp" | "udp" | "ws"),
             Param::Priority => scheme == "mq",
-            Param::SendTimeoutMs => matches!(
+            Param::SendTimeoutMs | Param::Overflow => matches!(
                 scheme,
-                "uds" | "tcp" | "udp" | "unixgram" | "mq" | "fifo" | "shm" | "events"
+                "uds" | "tcp" | "udp" | "unixgram" | "mq" | "fifo" | "shm" | "events" | "spool"
             ),
-            Param::Outbox => matches!(scheme, "uds" | "tcp"),
-            Param::Overflow => matches!(
-                scheme,
-                "uds" | "tcp" | "udp" | "unixgram" | "mq" | "fifo" | "shm" | "events"
-            ),
+            Param::Outbox => matches!(scheme, "uds" | "tcp" | "spool"),
+            Param::Sync | Param::Ack | Param::MaxDeliveries => scheme == "spool",
             Param::Clients => scheme == "shm",
             Param::Ring => matches!(scheme, "shm" | "events"),
             Param::Level | Param::Listeners => scheme == "events",
@@ -292,6 +321,9 @@ impl Param {
             // A writer's default (informational) is not a listener's (verbose).
             Param::Level => None,
             Param::Listeners => Some("64"),
+            Param::Sync => Some("true"),
+            Param::Ack => Some("recv"),
+            Param::MaxDeliveries => Some("5"),
         }
     }
 
@@ -312,7 +344,7 @@ impl Param {
                 "how long a send, or a server's push to one client, waits for room in a full queue, pipe, ring or outbox"
             }
             Param::Outbox => {
-                "how many pushed messages a server queues for one client beyond what the kernel buffers"
+                "how many pushed messages a server queues for one client beyond what the kernel buffers; spool: how many pushes may wait unread in a client's inbox"
             }
             Param::Overflow => {
                 "what a broadcast does to a client whose outbox is full: drop (skip it, counting the drop) or disconnect; for events, drop (overwrite the oldest events, telling slow listeners how many they lost) or block (writers wait for the slowest listener)"
@@ -321,6 +353,15 @@ impl Param {
                 "events: the level a listener enables, or that a writer's send uses: always, critical, error, warning, info or verbose"
             }
             Param::Listeners => "events: how many listeners the segment holds at once",
+            Param::Sync => {
+                "spool: false skips the fsyncs of a send, which then survives a killed process but not a power loss"
+            }
+            Param::Ack => {
+                "spool: when a message is deleted: recv (as recv returns it) or done (once the application is done with it, so a receiver killed while handling it leaves it to be delivered again)"
+            }
+            Param::MaxDeliveries => {
+                "spool: how many times a message may be claimed without being acknowledged before it goes to dead/"
+            }
             Param::Clients => "how many clients a server takes at once",
             Param::Ring => "bytes of each ring, a power of two",
             Param::AllowUid => {
@@ -360,9 +401,24 @@ impl Param {
                     u32::MAX
                 )),
             },
-            Param::Public => match value {
+            Param::Public | Param::Sync => match value {
                 "true" | "false" => Ok(()),
-                _ => Err(format!("public must be 'true' or 'false', not '{value}'")),
+                _ => Err(format!(
+                    "{} must be 'true' or 'false', not '{value}'",
+                    self.key()
+                )),
+            },
+            Param::Ack => match value {
+                "recv" | "done" => Ok(()),
+                _ => Err(format!(
+                    "ack must be 'recv' (deleted as recv returns it) or 'done' (deleted once the message is dropped), not '{value}'"
+                )),
+            },
+            Param::MaxDeliveries => match canonical_decimal(value) {
+                Some(n) if (1..=MAX_DELIVERIES as u64).contains(&n) => Ok(()),
+                _ => Err(format!(
+                    "max_deliveries must be a number from 1 to {MAX_DELIVERIES} without leading zeros, not '{value}'"
+                )),
             },
             Param::Priority => match canonical_decimal(value) {
                 Some(n) if n < 32768 => Ok(()),
@@ -705,8 +761,8 @@ impl Endpoint {
     }
 
     /// How many pushed messages a stream server queues for one client beyond what the
-    /// kernel buffers (`?outbox=`, `uds` and `tcp`); 1000 unless set, as ZeroMQ's
-    /// high-water mark.
+    /// kernel buffers (`?outbox=`, `uds` and `tcp`), or how many pushes may wait unread in
+    /// a `spool` client's inbox; 1000 unless set, as ZeroMQ's high-water mark.
     pub fn outbox(&self) -> usize {
         self.param(Param::Outbox)
             .map(|n| n.parse().expect("validated when parsed"))
@@ -756,6 +812,51 @@ impl Endpoint {
         self.param(Param::Listeners)
             .map(|n| n.parse().expect("validated when parsed"))
             .unwrap_or(64)
+    }
+
+    /// Whether a `spool` send fsyncs the message and the directory it enters (`?sync=`);
+    /// true unless set. Without, a message sent survives the sender's being killed but
+    /// not a power loss.
+    ///
+    /// ```
+    /// let ep: ipckit::Endpoint = "spool:///var/spool/app?sync=false".parse()?;
+    /// assert!(!ep.sync());
+    /// assert!("spool:///var/spool/app".parse::<ipckit::Endpoint>()?.sync());
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
+    pub fn sync(&self) -> bool {
+        self.param(Param::Sync) != Some("false")
+    }
+
+    /// When a `spool` receiver deletes a message it took (`?ack=`): [`Ack::Recv`] unless
+    /// set.
+    ///
+    /// ```
+    /// use ipckit::endpoint::Ack;
+    /// let ep: ipckit::Endpoint = "spool:///var/spool/app".parse()?;
+    /// assert_eq!(ep.ack(), Ack::Recv);
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
+    pub fn ack(&self) -> Ack {
+        match self.param(Param::Ack) {
+            Some("done") => Ack::Done,
+            _ => Ack::Recv,
+        }
+    }
+
+    /// How many times a `spool` message may be claimed without being acknowledged
+    /// (`?max_deliveries=`, 1 to 1,000,000); 5 unless set. Claimed once more, it goes to
+    /// the spool's `dead/` instead of to a receiver.
+    ///
+    /// ```
+    /// let ep: ipckit::Endpoint = "spool:///var/spool/app?ack=done&max_deliveries=2".parse()?;
+    /// assert_eq!(ep.max_deliveries(), 2);
+    /// # Ok::<(), ipckit::Error>(())
+    /// ```
+    pub fn max_deliveries(&self) -> u32 {
+        self.param(Param::MaxDeliveries)
+            .map(|n| n.parse().expect("validated when parsed"))
+            .unwrap_or(5)
     }
 
     /// Whether the option `key` was given: a shape that a live segment must then match.
@@ -1387,18 +1488,17 @@ mod tests {
         format!(
             "{:?}",
             (
-                ep.framing(),
-                ep.mode(),
-                ep.max_message(),
+                (ep.framing(), ep.mode(), ep.max_message()),
                 ep.public(),
                 ep.priority(),
                 ep.send_timeout(),
                 ep.clients(),
                 ep.ring(),
-                ep.allow_uid(),
-                ep.allow_gid(),
+                (ep.allow_uid(), ep.allow_gid()),
                 (ep.handshake_timeout(), ep.frame_timeout()),
                 ep.max_connections(),
+                (ep.sync(), ep.ack(), ep.max_deliveries()),
+                (ep.outbox(), ep.overflow(), ep.connect_timeout()),
             )
         )
     }
@@ -1525,6 +1625,105 @@ mod tests {
             let url = format!("uds:///x?connect_timeout={bad}");
             assert!(reason(&url).contains("such as 500ms or 5s"), "{url}");
         }
+    }
+
+    /// The spool's options: each round-trips, has the default it documents, is refused
+    /// in any other spelling with a message that says what to write, and belongs to spool
+    /// alone; and the options spool shares with the others apply to it.
+    #[test]
+    fn spool_options() {
+        let ep = Endpoint::parse("spool:///var/spool/app").unwrap();
+        assert_eq!(
+            (ep.sync(), ep.ack(), ep.max_deliveries()),
+            (true, Ack::Recv, 5)
+        );
+        for url in [
+            "spool:///var/spool/app?sync=false&ack=done&max_deliveries=1",
+            "spool:///var/spool/app?max_deliveries=1000000&sync=true&ack=recv",
+            "spool:///var/spool/app?mode=0660&max_message=1024&send_timeout_ms=0&outbox=1&overflow=disconnect&connect_timeout=5s",
+        ] {
+            let ep = Endpoint::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(ep.to_string(), url);
+        }
+        let ep = Endpoint::parse("spool:///s?sync=false&ack=done&max_deliveries=1").unwrap();
+        assert_eq!(
+            (ep.sync(), ep.ack(), ep.max_deliveries()),
+            (false, Ack::Done, 1)
+        );
+        let ep =
+            Endpoint::parse("spool:///s?outbox=7&overflow=disconnect&send_timeout_ms=5").unwrap();
+        assert_eq!(ep.outbox(), 7);
+        assert_eq!(ep.overflow(), Overflow::Disconnect);
+        assert_eq!(ep.send_timeout(), std::time::Duration::from_millis(5));
+
+        let base = Endpoint::parse("spool:///s").unwrap();
+        for option in UrlOption::all().filter(|o| o.applies_to("spool")) {
+            if let Some(default) = option.default() {
+                let mut set = base.clone();
+                set.set_option(option.key(), default).unwrap();
+                assert_eq!(settings(&set), settings(&base), "{set}");
+            }
+        }
+        for key in [
+            "mode",
+            "max_message",
+            "send_timeout_ms",
+            "outbox",
+            "overflow",
+            "connect_timeout",
+            "sync",
+            "ack",
+            "max_deliveries",
+        ] {
+            let option = UrlOption::all().find(|o| o.key() == key).unwrap();
+            assert!(option.applies_to("spool"), "{key}");
+            assert!(!option.about().is_empty(), "{key}");
+        }
+
+        for (bad, says) in [
+            ("sync=yes", "sync must be 'true' or 'false', not 'yes'"),
+            ("sync=TRUE", "sync must be 'true' or 'false'"),
+            ("sync=", "sync must be 'true' or 'false'"),
+            (
+                "ack=received",
+                "ack must be 'recv' (deleted as recv returns it) or 'done'",
+            ),
+            ("ack=Done", "ack must be 'recv'"),
+            (
+                "max_deliveries=0",
+                "max_deliveries must be a number from 1 to 1000000",
+            ),
+            ("max_deliveries=1000001", "from 1 to 1000000"),
+            ("max_deliveries=05", "without leading zeros, not '05'"),
+            ("max_deliveries=+5", "max_deliveries must be"),
+            ("max_deliveries=5&max_deliveries=5", "given twice"),
+            ("overflow=block", "applies to events only"),
+            (
+                "framing=line",
+                "option 'framing' does not apply to spool endpoints",
+            ),
+            ("priority=1", "does not apply to spool"),
+        ] {
+            let url = format!("spool:///s?{bad}");
+            let reason = reason(&url);
+            assert!(reason.contains(says), "{url}: {reason}");
+        }
+        for scheme_url in [
+            "uds:///x",
+            "tcp://127.0.0.1:1",
+            "mq://x",
+            "events://x",
+            "fifo:///x",
+        ] {
+            for option in ["sync=true", "ack=recv", "max_deliveries=5"] {
+                let url = format!("{scheme_url}?{option}");
+                assert!(reason(&url).contains("does not apply"), "{url}");
+            }
+        }
+        let mut ep = Endpoint::parse("spool:///s").unwrap();
+        assert!(ep.set_option("ack", "later").is_err());
+        ep.set_option("ack", "done").unwrap();
+        assert_eq!(ep.to_string(), "spool:///s?ack=done");
     }
 
     #[test]

@@ -95,6 +95,13 @@ pub struct Capabilities {
     pub peer_credentials: bool,
     /// Payloads can be written and read in place, without copies.
     pub zero_copy: bool,
+    /// Several servers may receive from one endpoint, each message reaching exactly one
+    /// of them (work sharing).
+    pub competing_receivers: bool,
+    /// For a durable transport, how many messages its queue holds before a send waits for
+    /// room and then fails with [`Error::Full`]; `None` where only the filesystem bounds
+    /// it, and for transports that keep no queue of their own.
+    pub queue_limit: Option<usize>,
 }
 
 /// One way of moving messages between processes: `uds`, `tcp`, …

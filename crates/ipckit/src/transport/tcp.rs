@@ -107,6 +107,8 @@ impl Transport for Tcp {
             max_message: endpoint.max_message(),
             peer_credentials: false,
             zero_copy: false,
+            competing_receivers: false,
+            queue_limit: None,
             push: true,
         }
     }

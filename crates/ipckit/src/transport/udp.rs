@@ -168,6 +168,8 @@ impl Transport for Udp {
             max_message: max_message(endpoint).0,
             peer_credentials: false,
             zero_copy: false,
+            competing_receivers: false,
+            queue_limit: None,
             push: true,
         }
     }

@@ -112,6 +112,8 @@ impl Transport for Uds {
             max_message: endpoint.max_message(),
             peer_credentials: true,
             zero_copy: false,
+            competing_receivers: false,
+            queue_limit: None,
             push: true,
         }
     }

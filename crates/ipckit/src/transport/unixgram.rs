@@ -200,6 +200,8 @@ impl Transport for Unixgram {
             max_message: max_message(endpoint).0,
             peer_credentials: true,
             zero_copy: false,
+            competing_receivers: false,
+            queue_limit: None,
             push: true,
         }
     }

@@ -1,6 +1,6 @@
 //! Durable transports, whose messages survive the receiver's absence: a message sent is
 //! stored until a receiver takes it, whether or not one was there, and a full queue
-//! refuses more.
+//! refuses more. Where receivers compete, they share the messages, each taken once.
 
 use std::time::Duration;
 
@@ -9,14 +9,16 @@ use ipckit::Error;
 use crate::api;
 use crate::peer::Role;
 use crate::support::{
-    Check, Child, Ctx, Outcome, PATIENCE, checks, durable, ensure, numbered, parse_numbered, recv,
+    Check, Child, Ctx, Outcome, PATIENCE, bounded_queue, checks, competing, durable, ensure,
+    numbered, parse_numbered, recv,
 };
 
 pub const CHECKS: &[Check] = checks![
     durable => durable_messages_wait_for_a_receiver,
     durable => receiver_killed_loses_nothing_sent,
-    durable => full_queue_waits_then_fails,
-    durable => full_queue_lets_waiting_senders_in_turn,
+    bounded_queue => full_queue_waits_then_fails,
+    bounded_queue => full_queue_lets_waiting_senders_in_turn,
+    competing => competing_receivers_share_the_work,
 ];
 
 fn durable_messages_wait_for_a_receiver(ctx: &Ctx) -> Outcome {
@@ -114,6 +116,11 @@ fn full_queue_waits_then_fails(ctx: &Ctx) -> Outcome {
             .contains(&format!("holds {stored} messages")),
         "the error does not say the queue holds the {stored} messages it took: {full}"
     );
+    let limit = ctx.transport.capabilities(&url).queue_limit;
+    ensure!(
+        limit == Some(stored as usize),
+        "the queue took {stored} messages where the transport's queue_limit says {limit:?}"
+    );
     let mut server = api::listen(&url)?;
     for seq in 0..stored {
         ensure!(
@@ -197,4 +204,104 @@ fn full_queue_lets_waiting_senders_in_turn(ctx: &Ctx) -> Outcome {
         "waiting senders were let through in the order {order:?}, not the order they came"
     );
     Ok(())
+}
+
+/// Receivers that compete share the work: three receiver processes on one endpoint and
+/// two senders; every message is received exactly once in all, every receiver gets some,
+/// and what one receiver gets of one sender comes in the order it was sent.
+fn competing_receivers_share_the_work(ctx: &Ctx) -> Outcome {
+    const RECEIVERS: usize = 3;
+    const PER_SENDER: u32 = 150;
+    let url = ctx.endpoint("shared");
+    let mut receivers = Vec::new();
+    for _ in 0..RECEIVERS {
+        let mut receiver = Child::spawn(Role::ReceiveNumbered, &url);
+        let ready = receiver.line()?;
+        ensure!(ready.starts_with("ready "), "a receiver said {ready}");
+        receivers.push(receiver);
+    }
+    let senders: Vec<Child> = (1..=2)
+        .map(|client| {
+            Child::spawn(
+                Role::Send {
+                    client,
+                    count: PER_SENDER,
+                },
+                &url,
+            )
+        })
+        .collect();
+    // got[receiver] lists (client, seq) in the order that receiver printed them.
+    let mut got: Vec<Vec<(u32, u32)>> = vec![Vec::new(); RECEIVERS];
+    let total = 2 * PER_SENDER as usize;
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while got.iter().map(Vec::len).sum::<usize>() < total {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "{} of {total} messages arrived within {PATIENCE:?}",
+            got.iter().map(Vec::len).sum::<usize>()
+        );
+        for (which, receiver) in receivers.iter_mut().enumerate() {
+            while let Ok(line) = receiver.lines.try_recv() {
+                got[which].push(numbers_in(&line)?);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for sender in senders {
+        sender.finish()?;
+    }
+    // A message received twice may come after the count is reached: each receiver's
+    // output is read to its end before the counting.
+    for (which, receiver) in receivers.into_iter().enumerate() {
+        for line in receiver.finish_reading()? {
+            got[which].push(numbers_in(&line)?);
+        }
+    }
+    let mut all: Vec<(u32, u32)> = got.iter().flatten().copied().collect();
+    all.sort_unstable();
+    let twice: Vec<_> = all
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| w[0])
+        .collect();
+    ensure!(
+        twice.is_empty(),
+        "messages received more than once: {twice:?}"
+    );
+    let expected: Vec<(u32, u32)> = (1..=2)
+        .flat_map(|client| (0..PER_SENDER).map(move |seq| (client, seq)))
+        .collect();
+    ensure!(
+        all == expected,
+        "{} messages received where {total} were sent, each once",
+        all.len()
+    );
+    let shares: Vec<usize> = got.iter().map(Vec::len).collect();
+    ensure!(
+        shares.iter().all(|&n| n > 0),
+        "the receivers took {shares:?} of the {total} messages: one took none"
+    );
+    for (which, taken) in got.iter().enumerate() {
+        for client in 1..=2 {
+            let order: Vec<u32> = taken
+                .iter()
+                .filter(|(c, _)| *c == client)
+                .map(|&(_, seq)| seq)
+                .collect();
+            ensure!(
+                order.windows(2).all(|w| w[0] < w[1]),
+                "receiver {which} got sender {client}'s messages in the order {order:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The numbers in a `Role::ReceiveNumbered` line, `got CLIENT SEQ`.
+fn numbers_in(line: &str) -> Result<(u32, u32), libtest_mimic::Failed> {
+    line.strip_prefix("got ")
+        .and_then(|rest| rest.split_once(' '))
+        .and_then(|(client, seq)| Some((client.parse().ok()?, seq.parse().ok()?)))
+        .ok_or_else(|| format!("a receiver said {line:?}").into())
 }

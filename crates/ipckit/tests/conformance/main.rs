@@ -9,17 +9,18 @@
 //! `lifecycle`, `durable`, `bad_input`, `limits`, `plain_writers`, `shared_memory`,
 //! `access`, `handshake`, `push`, `broadcast` and `broadcast_bad_input` (one writer's
 //! events reaching many listeners), `contract` and `contract_bad_input` (typed contracts,
-//! calling the contract of `contract_fixture`), and `cancellation` (through the async API
+//! calling the contract of `contract_fixture`), `spool` (what turns up in a spool
+//! directory, redelivery, a full disk), and `cancellation` (through the async API
 //! alone). `support` holds what they share, `api` the two APIs a check drives, `peer` the
 //! peer processes. A new behaviour's list goes in [`CHECKS`] below.
 //!
 //! A trial is named `scheme::check` through the blocking API and `scheme::async::check`
 //! through the async one; the checks of `bad_input`, `limits`, `plain_writers`,
 //! `shared_memory`, `access`, `push`, `broadcast`, `broadcast_bad_input`, `contract`,
-//! `contract_bad_input` and `cancellation` carry their module in their name
+//! `contract_bad_input`, `spool` and `cancellation` carry their module in their name
 //! (`uds::bad_input::random_bytes`; `… -- contract` runs every contract check).
-//! Checks that need a peer of another user run only as root, and are listed as ignored
-//! otherwise. Run one transport, one check, or one check on one transport with the usual
+//! Checks that need a peer of another user, or a filesystem mounted for them, run only
+//! as root, and are listed as ignored otherwise. Run one transport, one check, or one check on one transport with the usual
 //! filters:
 //! `cargo test -p ipckit --test conformance -- uds::`, `… -- request_reply_concurrent`,
 //! `… -- --exact uds::async::request_reply_concurrent`.
@@ -47,6 +48,7 @@ mod plain_writers;
 mod push;
 mod request_reply;
 mod shared_memory;
+mod spool;
 mod support;
 
 use api::Api;
@@ -69,6 +71,7 @@ const CHECKS: &[&[Check]] = &[
     contract_bad_input::CHECKS,
     broadcast::CHECKS,
     broadcast_bad_input::CHECKS,
+    spool::CHECKS,
 ];
 
 /// What only futures can do: be dropped halfway. Run through the async API alone.
@@ -105,7 +108,7 @@ fn main() -> ExitCode {
     room_for_queues();
     if !rustix::process::geteuid().is_root() {
         eprintln!(
-            "note: not running as root, so no peer can become another user: the access::* checks that need one are ignored, not passed"
+            "note: not running as root, so no peer can become another user and no filesystem can be mounted: the access::* and spool::disk_full checks that need one are ignored, not passed"
         );
     }
     let mut trials = Vec::new();

@@ -136,6 +136,14 @@ pub enum Role {
     /// A broadcast listener that prints what it receives until an error or a quiet
     /// spell (see `broadcast_bad_input`).
     ListenThroughDamage,
+    /// A server that prints `ready URL` and then `got CLIENT SEQ` for every [`numbered`]
+    /// message, or `corrupt …` for one that is not.
+    ReceiveNumbered,
+    /// A server that takes one message, prints `holding DELIVERIES PAYLOAD` and holds it
+    /// until killed (see `spool`).
+    HoldAndSleep,
+    /// Connects and prints `connected`, or the error's variant and message (see `spool`).
+    ConnectReporting,
 }
 
 impl Role {
@@ -215,6 +223,9 @@ impl Role {
                 ("write-through-damage", vec![writer.to_string()])
             }
             Role::ListenThroughDamage => ("listen-through-damage", vec![]),
+            Role::ReceiveNumbered => ("receive-numbered", vec![]),
+            Role::HoldAndSleep => ("hold-and-sleep", vec![]),
+            Role::ConnectReporting => ("connect-reporting", vec![]),
         };
         let args: Vec<String> = [name.to_owned(), url.to_owned()]
             .into_iter()
@@ -337,6 +348,9 @@ impl Role {
                 writer: arg(args, 2)?,
             },
             "listen-through-damage" => Role::ListenThroughDamage,
+            "receive-numbered" => Role::ReceiveNumbered,
+            "hold-and-sleep" => Role::HoldAndSleep,
+            "connect-reporting" => Role::ConnectReporting,
             other => return Err(format!("unknown role {other}").into()),
         };
         Ok((role, url))
@@ -434,6 +448,19 @@ fn play(role: Role, url: &str) -> Result<(), Failure> {
         Role::Writer { .. } | Role::Listener { .. } => return crate::broadcast::play(role, url),
         Role::WriteThroughDamage { .. } | Role::ListenThroughDamage => {
             return crate::broadcast_bad_input::play(role, url);
+        }
+        Role::HoldAndSleep | Role::ConnectReporting => return crate::spool::play(role, url),
+        Role::ReceiveNumbered => {
+            let mut server = api::listen(url)?;
+            say(&format!("ready {}", server.endpoint()));
+            exit_when_parent_goes();
+            loop {
+                let message = server.recv()?;
+                match crate::support::parse_numbered(message.payload()) {
+                    Ok((client, seq)) => say(&format!("got {client} {seq}")),
+                    Err(e) => say(&format!("corrupt {e:?}")),
+                }
+            }
         }
         Role::Send {
             client: sender,

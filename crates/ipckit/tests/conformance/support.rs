@@ -92,9 +92,14 @@ pub fn transient(_: &dyn Transport, caps: &Capabilities) -> bool {
 }
 /// Endpoints with one receiver, their server: a second server on a live one is refused,
 /// and a client finds nothing where no server is. A broadcast endpoint has any number of
-/// listeners and writers and no server to be missing.
+/// listeners and writers and no server to be missing; where receivers compete (share
+/// the work), a second server on a live endpoint is welcome.
 pub fn one_receiver(_: &dyn Transport, caps: &Capabilities) -> bool {
-    !caps.broadcast
+    !caps.broadcast && !caps.competing_receivers
+}
+/// Endpoints that several servers may receive from at once, each message reaching one.
+pub fn competing(_: &dyn Transport, caps: &Capabilities) -> bool {
+    caps.competing_receivers
 }
 /// [`transient`] endpoints with [`one_receiver`].
 pub fn transient_one_receiver(t: &dyn Transport, caps: &Capabilities) -> bool {
@@ -105,6 +110,17 @@ pub fn reliable_transient(_: &dyn Transport, caps: &Capabilities) -> bool {
 }
 pub fn durable(_: &dyn Transport, caps: &Capabilities) -> bool {
     caps.durable
+}
+/// Durable endpoints whose queue holds a known number of messages, after which a send
+/// waits and then fails with `Full` (not only a full filesystem).
+pub fn bounded_queue(_: &dyn Transport, caps: &Capabilities) -> bool {
+    caps.durable && caps.queue_limit.is_some()
+}
+
+/// Spool directories (`spool:///dir`), which any program writes into with plain files.
+pub fn spool_dir(t: &dyn Transport, _: &Capabilities) -> bool {
+    let ep = t.scratch_endpoint(&std::env::temp_dir(), "probe");
+    matches!(ep.address(), Address::Spool(_))
 }
 
 /// Endpoints that live in the filesystem.
@@ -362,6 +378,14 @@ impl Child {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// As [`Child::finish`], then every line the peer printed that was not read yet.
+    pub fn finish_reading(mut self) -> Result<Vec<String>, Failed> {
+        let lines = std::mem::replace(&mut self.lines, mpsc::channel().1);
+        self.finish()?;
+        // The reader thread ends, and the channel with it, at the end of the pipe.
+        Ok(lines.iter().collect())
     }
 
     /// Waits until every thread of the peer sleeps, or the peer has exited: until what

@@ -159,6 +159,8 @@ impl Transport for Events {
             max_message: max_event(endpoint.ring() as u64) as usize,
             peer_credentials: false,
             zero_copy: false,
+            competing_receivers: false,
+            queue_limit: None,
         }
     }
 

@@ -186,6 +186,8 @@ impl Transport for Fifo {
             max_message: endpoint.max_message(),
             peer_credentials: false,
             zero_copy: false,
+            competing_receivers: false,
+            queue_limit: None,
             // A line names no client to push to (see `line`).
             push: endpoint.framing() == Framing::Length,
         }

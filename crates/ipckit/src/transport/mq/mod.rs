@@ -353,6 +353,8 @@ impl Transport for Mq {
             max_message: max_message(endpoint).0,
             peer_credentials: false,
             zero_copy: false,
+            competing_receivers: false,
+            queue_limit: Some(limits().msg_max),
             push: true,
         }
     }

@@ -200,6 +200,8 @@ impl Transport for Shm {
             max_message: endpoint.max_message(),
             peer_credentials: false,
             zero_copy: true,
+            competing_receivers: false,
+            queue_limit: None,
             push: true,
         }
     }
