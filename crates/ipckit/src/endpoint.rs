@@ -66,9 +66,9 @@ pub struct Endpoint {
 /// assert_eq!(ep.address(), &Address::Uds(UnixAddr::Abstract("app".into())));
 /// # Ok::<(), ipckit::Error>(())
 /// ```
-/// The URL forms of the transports still to come (`events`, `spool`, `dbus`, `x11`,
-/// `ws`, `nats`) parse already, into variants hidden here until their transport is
-/// built; connecting to one fails with [`Error::Unsupported`].
+/// The URL forms of the transports still to come (`dbus`, `x11`, `ws`, `nats`) parse
+/// already, into variants hidden here until their transport is built; connecting to one
+/// fails with [`Error::Unsupported`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Address {
@@ -87,10 +87,8 @@ pub enum Address {
     /// `shm://name`: a shared-memory segment with rings.
     Shm(String),
     /// `events://name`: a one-to-many broadcast ring in shared memory.
-    #[doc(hidden)]
     Events(String),
     /// `spool:///dir`: a Maildir-style spool directory.
-    #[doc(hidden)]
     Spool(PathBuf),
     /// `dbus://session/org.example.App`: a well-known name on a D-Bus bus.
     #[doc(hidden)]
@@ -1590,7 +1588,7 @@ mod tests {
     #[test]
     fn bad_urls_say_which_part_is_wrong() {
         assert!(reason("foo://x").contains("unknown scheme 'foo'"));
-        let built = "schemes of this build: uds, tcp, udp, unixgram, fifo, mq, shm, events";
+        let built = "schemes of this build: uds, tcp, udp, unixgram, fifo, mq, shm, events, spool";
         assert!(reason("foo://x").ends_with(built), "{}", reason("foo://x"));
         assert!(reason("uds:/tmp/x").ends_with(built));
         assert!(reason("uds:/tmp/x").contains("SCHEME://"));

@@ -108,6 +108,7 @@
 //! [mq]: transport::mq
 //! [shm]: transport::shm
 //! [events]: transport::events
+//! [spool]: transport::spool
 //!
 //! # Which call to use when
 //!

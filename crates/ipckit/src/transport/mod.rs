@@ -29,7 +29,7 @@ mod pool;
 mod reactor;
 pub(crate) mod ring;
 pub mod shm;
-pub(crate) mod spool;
+pub mod spool;
 mod stream;
 mod stream_greeting;
 mod stream_server;
@@ -329,7 +329,7 @@ pub trait Listener: Sealed + Send {
     fn endpoint(&self) -> &Endpoint;
 }
 
-static ALL: [&dyn Transport; 8] = [
+static ALL: [&dyn Transport; 9] = [
     &uds::Uds,
     &tcp::Tcp,
     &udp::Udp,
@@ -338,6 +338,7 @@ static ALL: [&dyn Transport; 8] = [
     &mq::Mq,
     &shm::Shm,
     &events::Events,
+    &spool::Spool,
 ];
 
 /// How often a server looks for what crashed clients left behind (reply FIFOs, reply

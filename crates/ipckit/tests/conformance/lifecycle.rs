@@ -87,7 +87,8 @@ fn stopper_ends_a_blocked_loop(ctx: &Ctx) -> Outcome {
         matches!(ended, Err(Error::Stopped { .. })),
         "serve_with stopped while blocked gave {ended:?}"
     );
-    let path = path_of(&url);
+    // A durable endpoint keeps what waits in it: its directory stays (spool).
+    let path = path_of(&url).filter(|_| !server.capabilities().durable);
     drop(server);
     if let Some(path) = path {
         ensure!(
@@ -596,25 +597,43 @@ fn endpoint_file_private_and_removed(ctx: &Ctx) -> Outcome {
     use std::os::unix::fs::PermissionsExt;
     let mode = |path: &PathBuf| std::fs::metadata(path).map(|m| m.permissions().mode() & 0o777);
     let endpoint = ctx.endpoint("private");
+    let durable = ctx.transport.capabilities(&endpoint).durable;
     let path = path_of(&endpoint).expect("a path endpoint");
     let server = api::listen(&endpoint)?;
+    // A directory (a spool) may also be searched wherever it may be read.
+    let is_dir = path.is_dir();
+    let searchable = |bits: u32| match is_dir {
+        true => bits | ((bits & 0o444) >> 2),
+        false => bits,
+    };
     ensure!(
-        mode(&path)? == 0o600,
-        "created with mode {:o}, not 0600",
-        mode(&path)?
+        mode(&path)? == searchable(0o600),
+        "created with mode {:o}, not {:o}",
+        mode(&path)?,
+        searchable(0o600)
     );
     drop(server);
-    ensure!(
-        !path.exists(),
-        "{} is left behind after the server was dropped",
-        path.display()
-    );
+    if durable {
+        // Its messages outlive every process, and wait for the next receiver.
+        ensure!(
+            path.exists(),
+            "{} went with its server, and the messages it keeps with it",
+            path.display()
+        );
+        std::fs::remove_dir_all(&path)?;
+    } else {
+        ensure!(
+            !path.exists(),
+            "{} is left behind after the server was dropped",
+            path.display()
+        );
+    }
 
     let wider = ctx.endpoint_with("shared", "mode", "0660");
     let server = api::listen(&wider)?;
     let wide_path = path_of(&wider).unwrap();
     ensure!(
-        mode(&wide_path)? == 0o660,
+        mode(&wide_path)? == searchable(0o660),
         "?mode=0660 gave mode {:o}",
         mode(&wide_path)?
     );

@@ -30,18 +30,10 @@ use crate::transport::correlate::{Correlator, NoAnswer};
 /// locks: a killed receiver leaves its file in `receivers/` and says no goodbye.
 const RECEIVER_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Whether a send flushes its message to disk before it returns (`?sync=`, true unless
-/// set to false), read from the URL until the endpoint has an accessor for it.
-pub(super) fn sync_of(endpoint: &Endpoint) -> bool {
-    let url = endpoint.to_string();
-    let query = url.split_once('?').map_or("", |(_, query)| query);
-    !query.split('&').any(|option| option == "sync=false")
-}
-
 /// Opens the spool of `endpoint` (making it where missing: a durable queue takes messages
 /// before any receiver runs) and makes this client's inbox.
 pub(super) fn connect(endpoint: &Endpoint) -> Result<SpoolConnection> {
-    let (core, reader) = Core::open(endpoint, sync_of(endpoint))?;
+    let (core, reader) = Core::open(endpoint, endpoint.sync())?;
     Ok(SpoolConnection {
         core,
         reader: Mutex::new(reader),
@@ -92,12 +84,19 @@ pub(super) struct Reader {
     next_check: Instant,
     /// Every receiver seen has gone; `recv` ends once the pushes before are taken.
     receivers_gone: bool,
+    /// The process had no descriptor to spare for reading the inbox: try again then.
+    retry_at: Option<Instant>,
 }
 
 impl Reader {
-    /// When the receivers are next to be looked at, while that still matters.
+    /// When to read again without a hint: the receivers are next to be looked at (while
+    /// that still matters), or a read that found no descriptor tries again.
     pub(super) fn next_check(&self) -> Option<Instant> {
-        (!self.receivers_gone).then_some(self.next_check)
+        let check = (!self.receivers_gone).then_some(self.next_check);
+        match (check, self.retry_at) {
+            (Some(check), Some(retry)) => Some(check.min(retry)),
+            (check, retry) => check.or(retry),
+        }
     }
 
     /// The watch, whose descriptor an async client polls.
@@ -142,6 +141,7 @@ impl Core {
             saw_receiver: false,
             next_check: Instant::now(),
             receivers_gone: false,
+            retry_at: None,
         };
         let core = Core {
             endpoint: endpoint.clone(),
@@ -258,7 +258,8 @@ impl Core {
             .map_err(|e| format!("reading the inbox's inotify events: {e}"))?;
         let mut progress = false;
         let now = Instant::now();
-        let ending = !reader.receivers_gone
+        reader.retry_at = None;
+        let mut ending = !reader.receivers_gone
             && (reader.look_at_receivers || now >= reader.next_check)
             && self.receivers_gone(reader, now);
         if ending {
@@ -267,8 +268,13 @@ impl Core {
             reader.rescan = true;
         }
         if std::mem::take(&mut reader.rescan) {
-            let names = store::entries(self.inbox.new_dir())
-                .map_err(|e| format!("listing the client's inbox: {e}"))?;
+            let names = match store::entries(self.inbox.new_dir()) {
+                Err(e) if out_of_descriptors(&e) => {
+                    reader.starved(now);
+                    Vec::new()
+                }
+                listed => listed.map_err(|e| format!("listing the client's inbox: {e}"))?,
+            };
             for name in names {
                 match Name::parse(&name) {
                     Some(name) => {
@@ -282,8 +288,14 @@ impl Core {
             self.discard(&name, "its name is not a spool message's");
         }
         while let Some(Pending(name)) = reader.pending.pop_first() {
-            let Some(incoming) = self.take(&name) else {
-                continue;
+            let incoming = match self.take(&name) {
+                Ok(Some(incoming)) => incoming,
+                Ok(None) => continue,
+                Err(OutOfDescriptors) => {
+                    reader.pending.insert(Pending(name));
+                    reader.starved(now);
+                    break;
+                }
             };
             progress = true;
             match (name.request(), incoming) {
@@ -300,6 +312,8 @@ impl Core {
                 (None, push) => self.answers.file_push(push),
             }
         }
+        // Pushes left unread for want of a descriptor come before the end.
+        ending &= reader.retry_at.is_none();
         if ending {
             reader.receivers_gone = true;
             self.answers.end_pushes(
@@ -328,8 +342,9 @@ impl Core {
     }
 
     /// Reads the inbox file `name` and removes it; `None` when it is gone or unreadable
-    /// (logged and removed).
-    fn take(&self, name: &Name) -> Option<Incoming> {
+    /// (logged and removed), an error when the process has no descriptor to open it
+    /// with (left for a later read).
+    fn take(&self, name: &Name) -> std::result::Result<Option<Incoming>, OutOfDescriptors> {
         let file_name = name.to_string();
         let file = match rfs::openat(
             self.inbox.new_dir(),
@@ -338,10 +353,11 @@ impl Core {
             Mode::empty(),
         ) {
             Ok(file) => file,
-            Err(Errno::NOENT) => return None,
+            Err(Errno::NOENT) => return Ok(None),
+            Err(Errno::MFILE | Errno::NFILE) => return Err(OutOfDescriptors),
             Err(e) => {
                 self.discard(file_name.as_bytes(), &format!("it cannot be opened ({e})"));
-                return None;
+                return Ok(None);
             }
         };
         let read = (|| -> std::io::Result<Incoming> {
@@ -366,11 +382,11 @@ impl Core {
         match read {
             Ok(incoming) => {
                 let _ = rfs::unlinkat(self.inbox.new_dir(), file_name.as_str(), AtFlags::empty());
-                Some(incoming)
+                Ok(Some(incoming))
             }
             Err(e) => {
                 self.discard(file_name.as_bytes(), &e.to_string());
-                None
+                Ok(None)
             }
         }
     }
@@ -390,6 +406,24 @@ impl Core {
             },
             name
         );
+    }
+}
+
+/// A read of the inbox found no descriptor to spare: as a client whose threads all send
+/// at once may be, near its limit. What was not read waits for the next read.
+struct OutOfDescriptors;
+
+/// How soon a read that found no descriptor tries again.
+const STARVED_RETRY: Duration = Duration::from_millis(5);
+
+fn out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(Errno::from_io_error(e), Some(Errno::MFILE | Errno::NFILE))
+}
+
+impl Reader {
+    fn starved(&mut self, now: Instant) {
+        self.rescan = true;
+        self.retry_at = Some(now + STARVED_RETRY);
     }
 }
 
@@ -699,11 +733,5 @@ mod tests {
                 .count(),
             0
         );
-    }
-
-    #[test]
-    fn sync_is_read_from_the_url() {
-        let s = Scratch::new("sync");
-        assert!(sync_of(&s.endpoint("")));
     }
 }

@@ -45,7 +45,7 @@ struct AsyncReader {
 /// Opens the spool and makes the client's inbox, as [`super::client::connect`] does, on
 /// the current runtime.
 pub(super) fn connect_async(endpoint: &Endpoint) -> Result<AsyncSpoolConnection> {
-    connect_with(endpoint, super::client::sync_of(endpoint))
+    connect_with(endpoint, endpoint.sync())
 }
 
 fn connect_with(endpoint: &Endpoint, sync: bool) -> Result<AsyncSpoolConnection> {

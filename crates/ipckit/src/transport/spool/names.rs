@@ -124,7 +124,19 @@ impl Name {
             .then_with(|| self.base.cmp(&other.base))
     }
 
+    /// The process that made the name, where ipckit made it (`SECS.NANOS.PID.COUNTER`);
+    /// only a claim, as any program may write such a name.
+    pub(crate) fn sender_pid(&self) -> Option<u32> {
+        let mut rest = self.base[self.secs_len + 1..].split('.');
+        let (nanos, pid, counter) = (rest.next()?, rest.next()?, rest.next()?);
+        let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+        (rest.next().is_none() && nanos.len() == 9 && digits(nanos) && digits(counter))
+            .then(|| number(pid))
+            .flatten()
+    }
+
     /// The part that stays the same wherever the message moves.
+    #[cfg(any(test, fuzzing))]
     pub(crate) fn base(&self) -> &str {
         &self.base
     }
@@ -364,6 +376,19 @@ mod tests {
         assert!(Name::parse(format!("1x{longest}").as_bytes()).is_none());
         let long_id = format!("1.x,c={}", "a".repeat(MAX_ID + 1));
         assert!(Name::parse(long_id.as_bytes()).is_none());
+    }
+
+    #[test]
+    fn the_sender_of_ipckits_own_names_is_known() {
+        let mine = Name::fresh(Some("x"), Some(1));
+        assert_eq!(mine.sender_pid(), Some(std::process::id()));
+        for shell in [
+            &b"1733360000.123456789.4242"[..],
+            b"1.x.1.2",
+            b"1.123456789.01.2",
+        ] {
+            assert_eq!(Name::parse(shell).unwrap().sender_pid(), None);
+        }
     }
 
     #[test]

@@ -21,18 +21,9 @@ use rustix::io::Errno;
 use super::names::Name;
 use super::store::{Area, Registration, Spool};
 use super::watch::{ARRIVALS, COMINGS_AND_GOINGS, Hint, Watch};
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Ack, Endpoint};
 use crate::error::{Error, Result};
 use crate::message::Settle;
-
-/// When a receiver acknowledges a message (`?ack=`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Ack {
-    /// As `recv` returns it.
-    Recv,
-    /// When the application is done with it: the message dropped, the handler returned.
-    Done,
-}
 
 /// The spool's own options, read from the endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,40 +49,28 @@ impl Default for Options {
 }
 
 impl Options {
-    /// The options `endpoint` gives, from the raw values of its query: the endpoint's
-    /// parser has checked their spelling, so a value that does not read keeps the
-    /// default.
-    // The endpoint's accessors for these options take this function's place when they
-    // are merged.
+    /// The options `endpoint` gives.
     pub(crate) fn of(endpoint: &Endpoint) -> Options {
-        let url = endpoint.to_string();
-        let query = url
-            .split_once('?')
-            .map_or("", |(_, query)| query.split('#').next().unwrap_or(""));
-        let mut options = Options::default();
-        for (key, value) in query.split('&').filter_map(|pair| pair.split_once('=')) {
-            match key {
-                "sync" => options.sync = value != "false",
-                "ack" => {
-                    options.ack = match value {
-                        "done" => Ack::Done,
-                        _ => Ack::Recv,
-                    }
-                }
-                "max_deliveries" => {
-                    options.max_deliveries = value
-                        .parse()
-                        .ok()
-                        .filter(|&n| n > 0)
-                        .unwrap_or(options.max_deliveries)
-                }
-                "outbox" => options.outbox = value.parse().unwrap_or(options.outbox),
-                _ => {}
-            }
+        Options {
+            sync: endpoint.sync(),
+            ack: endpoint.ack(),
+            max_deliveries: endpoint.max_deliveries(),
+            outbox: endpoint.outbox(),
         }
-        options
     }
 }
+
+/// What one try at claiming a pending name came to.
+enum Attempt {
+    Claimed(Claim),
+    /// Taken by another receiver, or moved aside: not pending any more.
+    Gone,
+    /// Another receiver holds its lock, and may yet die before it renames it.
+    Contended,
+}
+
+/// How soon a name another receiver was locking is tried again.
+const CONTENDED_RETRY: Duration = Duration::from_millis(10);
 
 /// How often cur/ is looked at for claims of receivers that died, while it holds claims
 /// of others.
@@ -178,6 +157,9 @@ pub(crate) struct Queue {
     /// When cur/ is next looked at for dead claims: set only while it held claims of
     /// other receivers, so that a lone receiver never wakes for it.
     recover_at: Option<Instant>,
+    /// Names another receiver was locking when this one looked: tried again shortly, as
+    /// that receiver may die between its lock and its rename, and no hint would come.
+    contended: Vec<Pending>,
     /// Times a wait returned before the deadline it was given, for tests: an idle
     /// receiver must not wake.
     #[cfg(test)]
@@ -219,6 +201,7 @@ impl Queue {
             pending: BTreeSet::new(),
             rescan_due: true,
             recover_at: None,
+            contended: Vec::new(),
             #[cfg(test)]
             wake_ups: 0,
         })
@@ -271,6 +254,7 @@ impl Queue {
 
     /// Gives back the dead claims in cur/ and reads `new/` whole into the pending set.
     pub(crate) fn refresh(&mut self) -> Result<()> {
+        self.spool.sweep_tmp();
         self.recover()?;
         let names = self
             .spool
@@ -317,8 +301,13 @@ impl Queue {
     pub(crate) fn claim(&mut self) -> Result<Option<Claim>> {
         while let Some(pending) = self.pending.pop_first() {
             match self.try_claim(&pending) {
-                Ok(Some(claim)) => return Ok(Some(claim)),
-                Ok(None) => {}
+                Ok(Attempt::Claimed(claim)) => return Ok(Some(claim)),
+                Ok(Attempt::Gone) => {}
+                Ok(Attempt::Contended) => {
+                    self.contended.push(pending);
+                    let retry = Instant::now() + CONTENDED_RETRY;
+                    self.recover_at = Some(self.recover_at.map_or(retry, |at| at.min(retry)));
+                }
                 Err(e) => {
                     // Tried again at the next call: out of descriptors, say.
                     self.pending.insert(pending);
@@ -329,11 +318,11 @@ impl Queue {
         Ok(None)
     }
 
-    fn try_claim(&self, pending: &Pending) -> io::Result<Option<Claim>> {
+    fn try_claim(&self, pending: &Pending) -> io::Result<Attempt> {
         let raw = OsStr::from_bytes(&pending.raw);
         let aside = |to: Area, why: &str| {
             self.spool.move_aside(Area::New, raw, to, why);
-            Ok(None)
+            Ok(Attempt::Gone)
         };
         let file = match rfs::openat(
             self.spool.area(Area::New),
@@ -345,7 +334,7 @@ impl Queue {
             Err(Errno::LOOP) => return aside(Area::Bad, "it is a symbolic link"),
             Err(Errno::NXIO) => return aside(Area::Bad, "it is a socket"),
             // Another receiver took it.
-            Err(Errno::NOENT) => return Ok(None),
+            Err(Errno::NOENT) => return Ok(Attempt::Gone),
             Err(e) => return Err(e.into()),
         };
         let stat = rfs::fstat(&file)?;
@@ -368,7 +357,7 @@ impl Queue {
         match rfs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {}
             // Another receiver is claiming it.
-            Err(Errno::WOULDBLOCK) => return Ok(None),
+            Err(Errno::WOULDBLOCK) => return Ok(Attempt::Contended),
             Err(e) => return Err(e.into()),
         }
         let name = &pending.name;
@@ -389,7 +378,7 @@ impl Queue {
         {
             Ok(()) => {}
             // Claimed and acknowledged by another receiver while this one opened it.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Attempt::Gone),
             Err(e) if Errno::from_io_error(&e) == Some(Errno::NAMETOOLONG) => {
                 return aside(Area::Bad, "its name is too long to mark a claim on");
             }
@@ -409,9 +398,9 @@ impl Queue {
                     self.max_message
                 ),
             );
-            return Ok(None);
+            return Ok(Attempt::Gone);
         }
-        Ok(Some(Claim {
+        Ok(Attempt::Claimed(Claim {
             name: name.clone(),
             payload,
             uid: stat.st_uid,
@@ -428,6 +417,9 @@ impl Queue {
     /// dead: its lock is free, as a live holder locks before the file enters cur/ and
     /// unlinks it before letting go. Schedules the next look while others hold claims.
     pub(crate) fn recover(&mut self) -> Result<()> {
+        for pending in std::mem::take(&mut self.contended) {
+            self.pending.insert(pending);
+        }
         let names = self
             .spool
             .entries(Area::Cur)

@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 use rustix::fs::{self as rfs, AtFlags};
 
 use super::names::{self, Name};
-use super::queue::{Ack, Claim, Options, Queue};
+use super::queue::{Claim, Options, Queue};
 use super::store::{Area, Inbox, Spool};
 use super::watch::{Hint, REMOVALS, Watch};
+use crate::endpoint::Ack;
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
 use crate::message::{Message, Peer, ReplySink, ReplyTo};
@@ -69,10 +70,27 @@ impl Way {
     }
 
     fn inbox(&self) -> Result<&Inbox> {
-        self.inbox
-            .get_or_init(|| self.spool.open_inbox(&self.id).ok())
-            .as_ref()
-            .ok_or_else(|| self.gone())
+        if let Some(found) = self.inbox.get() {
+            return found.as_ref().ok_or_else(|| self.gone());
+        }
+        match self.spool.open_inbox(&self.id) {
+            Ok(inbox) => Ok(self
+                .inbox
+                .get_or_init(|| Some(inbox))
+                .as_ref()
+                .ok_or_else(|| self.gone())?),
+            // Only a missing inbox means a client gone for good; out of descriptors, say,
+            // the next push tries again.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let _ = self.inbox.set(None);
+                Err(self.gone())
+            }
+            Err(e) => Err(Error::io(
+                self.spool.url().to_string(),
+                "opening a client's inbox",
+                e,
+            )),
+        }
     }
 
     fn gone(&self) -> Error {
@@ -125,11 +143,20 @@ impl ReplySink for Way {
 struct SpoolOutbox {
     way: Arc<Way>,
     bound: usize,
-    /// The pushes the server believes unread, counted on the way and counted again in
-    /// the inbox when they reach the bound. Held while a push is written, so that one
+    /// What the server knows of the inbox, held while a push is written, so that one
     /// client's pushes keep their order.
-    unread: Mutex<usize>,
+    room: Mutex<Room>,
     closed: AtomicBool,
+}
+
+/// The pushes the server believes unread: counted on the way, and, once they reach the
+/// bound, followed through a watch of the inbox's removals (the client unlinks each push
+/// it reads), so that a client that never reads costs a full push one drain of an empty
+/// watch, not a listing of its inbox.
+#[derive(Default)]
+struct Room {
+    unread: usize,
+    removals: Option<Watch>,
 }
 
 impl Outbox for SpoolOutbox {
@@ -146,12 +173,12 @@ impl Outbox for SpoolOutbox {
                 limit: "the spool's max_message".into(),
             });
         }
-        let mut unread = lock(&self.unread);
-        if *unread >= self.bound {
-            *unread = self.wait_for_room(patience)?;
+        let mut room = lock(&self.room);
+        if room.unread >= self.bound {
+            self.wait_for_room(&mut room, patience)?;
         }
         way.put(&Name::fresh(None, None), payload)?;
-        *unread += 1;
+        room.unread += 1;
         Ok(())
     }
 
@@ -162,15 +189,38 @@ impl Outbox for SpoolOutbox {
 
 impl SpoolOutbox {
     /// Waits up to `patience` until the client has read enough pushes to leave room for
-    /// one more; how many are unread then.
-    fn wait_for_room(&self, patience: Duration) -> Result<usize> {
+    /// one more.
+    fn wait_for_room(&self, room: &mut Room, patience: Duration) -> Result<()> {
         let deadline = Instant::now() + patience;
         let inbox = self.way.inbox()?;
-        let mut removals: Option<Watch> = None;
+        if room.removals.is_none() {
+            // Watched from before the count, so that no removal falls between the two.
+            room.removals = Watch::new()
+                .and_then(|watch| watch.add(inbox.new_dir(), REMOVALS).map(|_| watch))
+                .ok();
+            room.unread = count_pushes(inbox);
+        }
         loop {
-            let unread = count_pushes(inbox);
-            if unread < self.bound {
-                return Ok(unread);
+            let mut recount = false;
+            if let Some(watch) = room.removals.as_mut() {
+                let mut read = 0;
+                let _ = watch.drain(|hint| match hint {
+                    Hint::Left { name, .. } => {
+                        read += Name::parse(&name).is_some_and(|n| n.request().is_none()) as usize
+                    }
+                    Hint::Overflow => recount = true,
+                    Hint::Arrived { .. } => {}
+                });
+                room.unread = room.unread.saturating_sub(read);
+            } else {
+                // No watch to be had (out of inotify instances): count each time.
+                recount = true;
+            }
+            if recount {
+                room.unread = count_pushes(inbox);
+            }
+            if room.unread < self.bound {
+                return Ok(());
             }
             if !self.way.is_alive() {
                 return Err(self.way.gone());
@@ -187,18 +237,11 @@ impl SpoolOutbox {
                 });
             }
             let until = deadline.min(now + FULL_CHECK_INTERVAL);
-            if removals.is_none() {
-                removals = Watch::new()
-                    .and_then(|watch| watch.add(inbox.new_dir(), REMOVALS).map(|_| watch))
-                    .ok();
-                // Watched from now: count again before waiting, so no removal is missed.
-                continue;
-            }
-            if let Some(watch) = removals.as_mut() {
-                let _ = watch.wait(Some(until));
-                let _ = watch.drain(|_| {});
-            } else {
-                std::thread::sleep(until - now);
+            match room.removals.as_ref() {
+                Some(watch) => {
+                    let _ = watch.wait(Some(until));
+                }
+                None => std::thread::sleep(until - now),
             }
         }
     }
@@ -411,7 +454,7 @@ impl Core {
         let outbox = Arc::new(SpoolOutbox {
             way,
             bound: self.options.outbox,
-            unread: Mutex::new(0),
+            room: Mutex::new(Room::default()),
             closed: AtomicBool::new(false),
         });
         if self.known.is_empty() {

@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 use rustix::fs::FlockOperation;
 
 use super::names::Name;
+use super::queue::Options;
 use super::queue::tests::{endpoint, scratch, shell_send};
-use super::queue::{Ack, Options};
 use super::server::{SpoolListener, listen_with};
 use super::store::{Inbox, Spool};
+use crate::endpoint::Ack;
 use crate::error::Error;
 use crate::push::Event;
 use crate::transport::Listener;

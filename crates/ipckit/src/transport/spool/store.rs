@@ -139,15 +139,16 @@ impl Spool {
         &self.url
     }
 
-    /// The spool directory, for messages to people.
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The permission bits of the spool's files (`?mode=`), for what a server puts in an
     /// inbox.
     pub(crate) fn file_mode(&self) -> Mode {
         self.file_mode
+    }
+
+    /// The spool directory.
+    #[cfg(test)]
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The descriptor of `area`.
@@ -231,6 +232,76 @@ impl Spool {
         }
     }
 
+    /// Removes the spool of `endpoint` with every message in it, once no receiver serves
+    /// it ([`Error::AddrInUse`] while one does); nothing where there is no spool. What is
+    /// not a spool's own in the directory is left, and the directory with it.
+    pub(crate) fn destroy(endpoint: &Endpoint) -> Result<()> {
+        let Address::Spool(path) = endpoint.address() else {
+            unreachable!("the registry hands spool endpoints only to spool")
+        };
+        if !path.exists() {
+            return Ok(());
+        }
+        let spool = Spool::open(endpoint, false, false)?;
+        let live = spool
+            .live_receivers()
+            .map_err(|e| Error::io(endpoint, "looking for live receivers", e))?;
+        if live > 0 {
+            return Err(Error::AddrInUse {
+                endpoint: endpoint.to_string(),
+                detail: format!(
+                    "{live} receiver(s) serve {}; stop them first",
+                    path.display()
+                ),
+            });
+        }
+        let root = open_dir(rfs::CWD, path.as_os_str())
+            .map_err(|e| Error::io(endpoint, "opening the spool", e))?;
+        for area in Area::ALL {
+            remove_tree(&root, OsStr::new(area.dir_name()))
+                .map_err(|e| Error::io(endpoint, "removing the spool", e))?;
+        }
+        drop((spool, root));
+        match std::fs::remove_dir(path) {
+            Ok(()) => Ok(()),
+            // Something of someone else's is there: it stays, and the directory with it.
+            Err(e) if e.raw_os_error() == Some(Errno::NOTEMPTY.raw_os_error()) => Ok(()),
+            Err(e) => Err(Error::io(endpoint, "removing the spool", e)),
+        }
+    }
+
+    /// Removes from `tmp/` what senders that died left half-written: a file whose name
+    /// says its sender's pid, when that process no longer runs, and any file untouched
+    /// for 36 hours (Maildir's rule, for names that say no pid, or a pid since reused).
+    pub(crate) fn sweep_tmp(&self) {
+        const ABANDONED: Duration = Duration::from_secs(36 * 3600);
+        let Ok(names) = self.entries(Area::Tmp) else {
+            return;
+        };
+        let tmp = self.area(Area::Tmp);
+        for raw in names {
+            let name = OsStr::from_bytes(&raw);
+            let sender_died = Name::parse(&raw)
+                .and_then(|name| name.sender_pid())
+                .and_then(|pid| rustix::process::Pid::from_raw(pid as i32))
+                .is_some_and(|pid| rustix::process::test_kill_process(pid) == Err(Errno::SRCH));
+            let abandoned = || {
+                rfs::statat(tmp, name, AtFlags::SYMLINK_NOFOLLOW).is_ok_and(|stat| {
+                    let modified =
+                        std::time::UNIX_EPOCH + Duration::from_secs(stat.st_mtime.max(0) as u64);
+                    modified.elapsed().is_ok_and(|age| age > ABANDONED)
+                })
+            };
+            if (sender_died || abandoned()) && rfs::unlinkat(tmp, name, AtFlags::empty()).is_ok() {
+                log::info!(
+                    "{}: removed tmp/{}, which a sender that died left half-written",
+                    self.url,
+                    Path::new(name).display()
+                );
+            }
+        }
+    }
+
     /// The names in `area` (not `.` and `..`).
     pub(crate) fn entries(&self, area: Area) -> io::Result<Vec<Vec<u8>>> {
         entries(self.area(area))
@@ -258,13 +329,15 @@ impl Spool {
                 tmp: open_dir(&dir, OsStr::new("tmp"))?,
                 new: open_dir(&dir, OsStr::new("new"))?,
                 id: id.clone(),
-                lock: Some(lock),
-                clients: rfs::openat(
-                    clients,
-                    ".",
-                    OFlags::DIRECTORY | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )?,
+                owner: Some(Owner {
+                    _lock: lock,
+                    clients: rfs::openat(
+                        clients,
+                        ".",
+                        OFlags::DIRECTORY | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )?,
+                }),
             };
             rename_noreplace(clients, OsStr::new(&staging), clients, OsStr::new(&id))?;
             Ok(inbox)
@@ -285,13 +358,7 @@ impl Spool {
             tmp: open_dir(&dir, OsStr::new("tmp"))?,
             new: open_dir(&dir, OsStr::new("new"))?,
             id: id.to_owned(),
-            lock: None,
-            clients: rfs::openat(
-                self.area(Area::Clients),
-                ".",
-                OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )?,
+            owner: None,
         })
     }
 
@@ -390,10 +457,17 @@ pub(crate) struct Inbox {
     id: String,
     tmp: OwnedFd,
     new: OwnedFd,
+    /// The client's, that owns the inbox; `None` in a server's handle to it (two
+    /// descriptors per client a server answers).
+    owner: Option<Owner>,
+}
+
+/// What the client that owns an inbox holds for as long as it lives.
+struct Owner {
+    /// The inbox's `lock`, locked: a server that can lock it knows the client died.
+    _lock: OwnedFd,
+    /// `clients/`, to take the inbox away in one rename when the client goes.
     clients: OwnedFd,
-    /// Held by the client that owns the inbox, for as long as it lives; `None` in a
-    /// server's handle to it.
-    lock: Option<OwnedFd>,
 }
 
 impl Inbox {
@@ -422,17 +496,11 @@ impl Drop for Inbox {
     /// The owner's goodbye: the inbox leaves `clients/` in one rename (its servers see
     /// the client go), then its tree is removed.
     fn drop(&mut self) {
-        if self.lock.is_some() {
+        if let Some(owner) = &self.owner {
             let gone = format!(".gone-{}", self.id);
-            if rename_noreplace(
-                &self.clients,
-                OsStr::new(&self.id),
-                &self.clients,
-                OsStr::new(&gone),
-            )
-            .is_ok()
-            {
-                let _ = remove_tree(&self.clients, OsStr::new(&gone));
+            let clients = &owner.clients;
+            if rename_noreplace(clients, OsStr::new(&self.id), clients, OsStr::new(&gone)).is_ok() {
+                let _ = remove_tree(clients, OsStr::new(&gone));
             }
         }
     }
@@ -473,6 +541,11 @@ struct Places<'a> {
     new: BorrowedFd<'a>,
 }
 
+/// How long a send waits for a file descriptor when the process has none to spare: as
+/// long as a full queue is waited for elsewhere, since other threads give theirs back
+/// within a send.
+const DESCRIPTOR_PATIENCE: Duration = Duration::from_secs(10);
+
 /// Writes `payload` to `tmp/name`, flushes it to disk when `sync`, moves it into `new/`
 /// without replacing anything there, and flushes `new/` when `sync`. What failed leaves
 /// nothing in either: a message in `new/` is always whole.
@@ -483,12 +556,7 @@ fn publish(
     mode: Mode,
     sync: bool,
 ) -> io::Result<()> {
-    let file = rfs::openat(
-        places.tmp,
-        name,
-        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        mode,
-    )?;
+    let file = create_waiting_for_a_descriptor(places.tmp, name, mode)?;
     let written = (|| {
         let mut file = std::fs::File::from(file);
         file.write_all(payload)?;
@@ -506,6 +574,28 @@ fn publish(
         rfs::fsync(places.new)?;
     }
     Ok(())
+}
+
+/// Creates `name` in `tmp`; where the process (or the system) is out of descriptors, as a
+/// client whose threads all send at once may be, waits for one to be given back rather
+/// than fail, backing off from 1 to 20 ms, up to [`DESCRIPTOR_PATIENCE`].
+fn create_waiting_for_a_descriptor(
+    tmp: BorrowedFd<'_>,
+    name: &str,
+    mode: Mode,
+) -> io::Result<OwnedFd> {
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let deadline = std::time::Instant::now() + DESCRIPTOR_PATIENCE;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match rfs::openat(tmp, name, flags, mode) {
+            Err(Errno::MFILE | Errno::NFILE) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(20));
+            }
+            done => return Ok(done?),
+        }
+    }
 }
 
 /// `renameat2(RENAME_NOREPLACE)`, or a plain rename on a filesystem without it: names are
@@ -545,19 +635,31 @@ fn open_dir(at: impl AsFd, name: &OsStr) -> io::Result<OwnedFd> {
     )?)
 }
 
-/// The error for a spool directory that is a symlink or not a directory at all, or else
-/// what `other` makes of `e`.
+/// The error for a spool directory that is a symlink, or something else than a directory
+/// (never replaced: it is not ipckit's), or else what `other` makes of `e`.
 fn refused_or(
     url: &str,
     path: &Path,
     e: io::Error,
     other: impl FnOnce(io::Error) -> Error,
 ) -> Error {
+    let is_link = std::fs::symlink_metadata(path).is_ok_and(|meta| meta.is_symlink());
     match Errno::from_io_error(&e) {
-        Some(Errno::LOOP | Errno::NOTDIR) => Error::PermissionDenied {
+        Some(Errno::LOOP | Errno::NOTDIR)
+            if is_link || Errno::from_io_error(&e) == Some(Errno::LOOP) =>
+        {
+            Error::PermissionDenied {
+                endpoint: url.to_owned(),
+                detail: format!(
+                    "{} is a symlink; a spool's directories are never followed through links: remove it, or choose another spool",
+                    path.display()
+                ),
+            }
+        }
+        Some(Errno::NOTDIR) => Error::AddrInUse {
             endpoint: url.to_owned(),
             detail: format!(
-                "{} is a symlink or not a directory; a spool's directories are never followed through links: remove it, or choose another spool",
+                "{} exists and is not a directory, so it is not a spool; ipckit never replaces what is not its own: remove it, or choose another spool",
                 path.display()
             ),
         },
@@ -626,12 +728,12 @@ pub(super) fn entries(dir: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
     Ok(names)
 }
 
-/// Removes the tree `name` in `at`, never following a link: an inbox is two levels deep,
-/// and a deeper tree is not one of ipckit's, so it stops there.
+/// Removes the tree `name` in `at`, never following a link: a spool's `clients/` is three
+/// levels deep, and a deeper tree is not one of ipckit's, so it stops there.
 fn remove_tree(at: impl AsFd, name: &OsStr) -> io::Result<()> {
     fn remove(at: BorrowedFd<'_>, name: &OsStr, depth: u32) -> io::Result<()> {
         match rfs::unlinkat(at, name, AtFlags::empty()) {
-            Err(Errno::ISDIR | Errno::PERM) if depth < 3 => {}
+            Err(Errno::ISDIR | Errno::PERM) if depth < 4 => {}
             done => return Ok(done?),
         }
         let dir = open_dir(at, name)?;
@@ -743,6 +845,25 @@ mod tests {
         assert_eq!(spool.entries(Area::Receivers).unwrap().len(), 1);
         drop(registration);
         assert_eq!(spool.live_receivers().unwrap(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn sweep_tmp_removes_what_dead_senders_left_and_nothing_else() {
+        let dir = scratch("sweep");
+        let spool = Spool::open(&spool_at(&dir, ""), true, true).unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let dead_name = format!("1733360000.000000001.{dead}.0");
+        let live_name = Name::fresh(None, None).to_string();
+        for name in [&dead_name, &live_name, &"notes.txt".to_owned()] {
+            std::fs::write(dir.join("spool/tmp").join(name), b"half").unwrap();
+        }
+        spool.sweep_tmp();
+        let mut left = spool.entries(Area::Tmp).unwrap();
+        left.sort();
+        assert_eq!(left, [live_name.into_bytes(), b"notes.txt".to_vec()]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -46,8 +46,18 @@ pub(crate) const REMOVALS: WatchFlags = WatchFlags::MOVED_FROM.union(WatchFlags:
 
 impl Watch {
     pub(crate) fn new() -> io::Result<Watch> {
+        let inotify = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK).map_err(|e| {
+            if e != Errno::MFILE {
+                return io::Error::from(e);
+            }
+            let limit = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances")
+                .map_or_else(|_| "?".into(), |n| n.trim().to_owned());
+            io::Error::other(format!(
+                "{e}: this user's inotify instances (fs.inotify.max_user_instances, {limit} here) or this process's descriptors are used up; every spool client and receiver takes one instance (sysctl fs.inotify.max_user_instances=1024 raises the limit)"
+            ))
+        })?;
         Ok(Watch {
-            inotify: inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)?,
+            inotify,
             wake: rustix::event::eventfd(
                 0,
                 rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
@@ -66,11 +76,6 @@ impl Watch {
             path,
             what | WatchFlags::ONLYDIR | WatchFlags::EXCL_UNLINK,
         )?)
-    }
-
-    /// Stops watching `dir`.
-    pub(crate) fn remove(&self, dir: i32) -> io::Result<()> {
-        Ok(inotify::remove_watch(&self.inotify, dir)?)
     }
 
     /// Hands every hint already queued to `hint`, without waiting.
