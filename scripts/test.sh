@@ -25,6 +25,13 @@ if [ "$(id -u)" = 0 ] && ! mountpoint -q /dev/mqueue; then
     mount -t mqueue none /dev/mqueue || echo "note: /dev/mqueue not mounted; stale mq reply queues will not be reclaimed"
 fi
 
+# spool: every client and receiver watches its directories through an inotify instance of
+# its own, and the suite runs hundreds at once, where a user has 128 by default.
+if [ "$(id -u)" = 0 ] && [ "$(cat /proc/sys/fs/inotify/max_user_instances)" -lt 1024 ]; then
+    sysctl -qw fs.inotify.max_user_instances=1024 ||
+        echo "note: fs.inotify.max_user_instances stays at $(cat /proc/sys/fs/inotify/max_user_instances); spool checks may fail for want of instances"
+fi
+
 cargo fmt --all -- --check
 # The library as a blocking-only user builds it, then everything with every feature.
 cargo clippy --workspace --locked -- -D warnings

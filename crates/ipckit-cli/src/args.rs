@@ -331,7 +331,8 @@ pub enum Format {
     /// The payload in hexadecimal, one message per line
     Hex,
     /// One JSON object per line, with the payload and the sender (and an event's level
-    /// and sequence number; `{"lost":N}` for N events a listener missed)
+    /// and sequence number, a spool message's delivery count; `{"lost":N}` for N events
+    /// a listener missed)
     Json,
 }
 

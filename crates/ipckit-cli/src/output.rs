@@ -58,6 +58,9 @@ fn write_message(
                 if let Some(sequence) = message.sequence() {
                     value["sequence"] = sequence.into();
                 }
+                if let Some(deliveries) = message.deliveries() {
+                    value["deliveries"] = deliveries.into();
+                }
             }
             writeln!(out, "{value}")?;
         }
@@ -119,7 +122,12 @@ pub fn transports(json: bool) -> String {
         ("ordered", |c| yes(c.ordered)),
         ("durable", |c| yes(c.durable)),
         ("queue", |c| {
-            c.queue_limit.map_or("-".to_owned(), |n| n.to_string())
+            // A durable queue with no count of its own is bounded by its filesystem.
+            match (c.queue_limit, c.durable) {
+                (Some(n), _) => n.to_string(),
+                (None, true) => "disk".to_owned(),
+                (None, false) => "-".to_owned(),
+            }
         }),
         ("broadcast", |c| yes(c.broadcast)),
         ("competing", |c| yes(c.competing_receivers)),

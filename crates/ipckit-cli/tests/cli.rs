@@ -496,6 +496,45 @@ fn rm_removes_a_queue_that_no_one_reads() {
     );
 }
 
+/// A spool keeps its messages on disk for whoever reads next, hears a message any shell
+/// writes (into tmp/, then renamed into new/), says which delivery each one is, and goes
+/// with `ipckit rm` once no receiver serves it.
+#[test]
+fn a_spool_keeps_messages_hears_a_shell_and_goes_with_rm() {
+    let dir = std::env::temp_dir().join(format!("ipckit-cli-spool-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let url = format!("spool://{}", dir.display());
+    assert!(ipckit(&["send", &url, "first"]).status.success());
+    let shell = format!(
+        "n=$(date +%s.%N).$$; printf 'from a shell' > {d}/tmp/$n && mv {d}/tmp/$n {d}/new/",
+        d = dir.display()
+    );
+    let wrote = Command::new("sh").args(["-c", &shell]).status().unwrap();
+    assert!(wrote.success());
+    let out = ipckit(&[
+        "listen",
+        &url,
+        "--count",
+        "2",
+        "--timeout",
+        "20s",
+        "--format",
+        "json",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<serde_json::Value> = BufReader::new(&out.stdout[..])
+        .lines()
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect();
+    let texts: Vec<&str> = lines.iter().map(|l| l["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["first", "from a shell"], "{lines:?}");
+    assert!(lines.iter().all(|l| l["deliveries"] == 1), "{lines:?}");
+    assert_eq!(std::fs::read_dir(dir.join("new")).unwrap().count(), 0);
+    let removed = ipckit(&["rm", &url]);
+    assert!(removed.status.success(), "{removed:?}");
+    assert!(!dir.exists(), "rm left {}", dir.display());
+}
+
 #[test]
 fn socat_lines_reach_a_line_framed_listener() {
     let dir = Scratch::new("socat-in");

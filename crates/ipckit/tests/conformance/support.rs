@@ -183,8 +183,9 @@ pub struct Ctx {
 impl Ctx {
     /// `trial` is the trial's name, `scheme::check`.
     pub fn new(transport: &'static dyn Transport, trial: &str) -> Ctx {
+        // Short, as a socket's path must fit in 107 bytes with the trial's name in it.
         let dir = scratch_root().join(format!(
-            "ipckit-conf-{}-{}",
+            "ipc-{}-{}",
             std::process::id(),
             trial.replace("::", "-")
         ));
