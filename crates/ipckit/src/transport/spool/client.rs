@@ -33,10 +33,10 @@ const RECEIVER_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Opens the spool of `endpoint` (making it where missing: a durable queue takes messages
 /// before any receiver runs) and makes this client's inbox.
 pub(super) fn connect(endpoint: &Endpoint) -> Result<SpoolConnection> {
-    let (core, reader) = Core::open(endpoint, endpoint.sync())?;
+    let core = Core::open(endpoint, endpoint.sync())?;
     Ok(SpoolConnection {
         core,
-        reader: Mutex::new(reader),
+        reader: Mutex::new(None),
     })
 }
 
@@ -112,6 +112,8 @@ pub(super) struct Core {
     pub(super) endpoint: Endpoint,
     pub(super) url: String,
     pub(super) max: usize,
+    /// Whether a send flushes to disk: the async client runs such sends on the blocking pool.
+    #[cfg(feature = "tokio")]
     pub(super) sync: bool,
     pub(super) answers: Correlator<Incoming>,
     next_request: AtomicU64,
@@ -121,17 +123,37 @@ pub(super) struct Core {
 }
 
 impl Core {
-    pub(super) fn open(endpoint: &Endpoint, sync: bool) -> Result<(Core, Reader)> {
+    pub(super) fn open(endpoint: &Endpoint, sync: bool) -> Result<Core> {
         let spool = Spool::open(endpoint, false, sync)?;
         let url = spool.url().to_string();
         let inbox = spool.make_inbox()?;
-        let watching = |e| Error::io(&url, "watching the client's inbox", e);
+        Ok(Core {
+            endpoint: endpoint.clone(),
+            answers: Correlator::new(&url),
+            url,
+            max: endpoint.max_message(),
+            #[cfg(feature = "tokio")]
+            sync,
+            next_request: AtomicU64::new(0),
+            inbox,
+            spool,
+        })
+    }
+
+    /// The reader of this client's inbox, made when the client first waits for a reply
+    /// or a push: a client that only sends (the usual producer) takes no inotify
+    /// instance, of which a user has 128 by default. What arrived before is found by the
+    /// reader's first listing.
+    pub(super) fn reader(&self) -> std::result::Result<Reader, String> {
+        let watching = |e| format!("watching the client's inbox: {e}");
         let watch = Watch::new().map_err(watching)?;
-        let inbox_dir = watch.add(inbox.new_dir(), ARRIVALS).map_err(watching)?;
-        let receivers_dir = watch
-            .add(spool.area(Area::Receivers), COMINGS_AND_GOINGS)
+        let inbox_dir = watch
+            .add(self.inbox.new_dir(), ARRIVALS)
             .map_err(watching)?;
-        let reader = Reader {
+        let receivers_dir = watch
+            .add(self.spool.area(Area::Receivers), COMINGS_AND_GOINGS)
+            .map_err(watching)?;
+        Ok(Reader {
             watch,
             inbox_dir,
             receivers_dir,
@@ -142,18 +164,7 @@ impl Core {
             next_check: Instant::now(),
             receivers_gone: false,
             retry_at: None,
-        };
-        let core = Core {
-            endpoint: endpoint.clone(),
-            answers: Correlator::new(&url),
-            url,
-            max: endpoint.max_message(),
-            sync,
-            next_request: AtomicU64::new(0),
-            inbox,
-            spool,
-        };
-        Ok((core, reader))
+        })
     }
 
     /// This client's id, as its messages name it (`,c=ID`).
@@ -430,13 +441,22 @@ impl Reader {
 /// A blocking client of a spool.
 pub(crate) struct SpoolConnection {
     core: Core,
-    reader: Mutex<Reader>,
+    /// Made by the first caller to wait (see [`Core::reader`]).
+    reader: Mutex<Option<Reader>>,
 }
 
 impl SpoolConnection {
     /// Reads the inbox as the caller holding it, waiting until `until` for something to
     /// arrive: looks at the receivers when due, and returns once it took anything.
-    fn read_until(&self, reader: &mut Reader, until: Instant) -> std::result::Result<(), String> {
+    fn read_until(
+        &self,
+        slot: &mut Option<Reader>,
+        until: Instant,
+    ) -> std::result::Result<(), String> {
+        let reader = match slot {
+            Some(reader) => reader,
+            None => slot.insert(self.core.reader()?),
+        };
         loop {
             if self.core.read(reader)? {
                 return Ok(());
@@ -457,11 +477,17 @@ impl SpoolConnection {
     /// Reads what the inbox holds without waiting, unless another caller is reading it:
     /// a `recv` whose deadline has passed still takes what has come.
     fn read_now(&self) {
-        let Ok(mut reader) = self.reader.try_lock() else {
+        let Ok(mut slot) = self.reader.try_lock() else {
             return;
         };
-        let read = self.core.read(&mut reader);
-        drop(reader);
+        let read = match &mut *slot {
+            Some(reader) => self.core.read(reader),
+            None => self
+                .core
+                .reader()
+                .and_then(|reader| self.core.read(slot.insert(reader))),
+        };
+        drop(slot);
         match read {
             Ok(_) => self.core.answers.release_followers(),
             Err(detail) => self.core.answers.break_off(detail),

@@ -30,7 +30,8 @@ use crate::transport::{AsyncConnection, BoxFuture};
 /// An async client of a spool, on the runtime it was made in.
 pub(crate) struct AsyncSpoolConnection {
     core: Arc<Core>,
-    reader: Mutex<AsyncReader>,
+    /// Made by the first task to wait (see [`Core::reader`]).
+    reader: Mutex<Option<AsyncReader>>,
 }
 
 /// The blocking client's reader, with what tokio needs to wait for it.
@@ -49,21 +50,28 @@ pub(super) fn connect_async(endpoint: &Endpoint) -> Result<AsyncSpoolConnection>
 }
 
 fn connect_with(endpoint: &Endpoint, sync: bool) -> Result<AsyncSpoolConnection> {
-    let (core, reader) = Core::open(endpoint, sync)?;
-    let inotify = reader
-        .watch()
-        .fd()
-        .try_clone_to_owned()
-        .map_err(|e| Error::io(&core.url, "watching the client's inbox", e))?;
-    let inotify = register(&core.url, inotify, Interest::READABLE)?;
     Ok(AsyncSpoolConnection {
-        core: Arc::new(core),
-        reader: Mutex::new(AsyncReader {
-            reader,
-            inotify,
-            check: Box::pin(tokio::time::sleep(Duration::ZERO)),
-        }),
+        core: Arc::new(Core::open(endpoint, sync)?),
+        reader: Mutex::new(None),
     })
+}
+
+impl AsyncReader {
+    /// The client's reader, registered with the current runtime's reactor.
+    fn new(core: &Core) -> std::result::Result<AsyncReader, String> {
+        let reader = core.reader()?;
+        let registered = reader
+            .watch()
+            .fd()
+            .try_clone_to_owned()
+            .map_err(|e| Error::io(&core.url, "watching the client's inbox", e))
+            .and_then(|inotify| register(&core.url, inotify, Interest::READABLE));
+        Ok(AsyncReader {
+            reader,
+            inotify: registered.map_err(|e| e.to_string())?,
+            check: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        })
+    }
 }
 
 /// Reads the inbox as the task holding it: `Ready` once it took anything, else `Pending`
@@ -71,9 +79,13 @@ fn connect_with(endpoint: &Endpoint, sync: bool) -> Result<AsyncSpoolConnection>
 /// receivers.
 fn poll_read(
     core: &Core,
-    state: &mut AsyncReader,
+    slot: &mut Option<AsyncReader>,
     cx: &mut Context<'_>,
 ) -> Poll<std::result::Result<(), String>> {
+    let state = match slot {
+        Some(state) => state,
+        None => slot.insert(AsyncReader::new(core)?),
+    };
     loop {
         if core.read(&mut state.reader)? {
             return Poll::Ready(Ok(()));

@@ -63,8 +63,9 @@
 //! [`Error::Disconnected`](crate::Error::Disconnected) once every receiver it saw has gone
 //! and it has taken the pushes before; its requests, durable, wait for the next receiver.
 //!
-//! Each client and each receiver takes one inotify instance, of the user's
-//! `fs.inotify.max_user_instances` (128 by default).
+//! Each receiver, and each client from its first request or `recv` on, takes one inotify
+//! instance, of the user's `fs.inotify.max_user_instances` (128 by default); a client that
+//! only sends takes none.
 //!
 //! # Access
 //!

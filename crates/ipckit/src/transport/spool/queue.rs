@@ -482,6 +482,7 @@ impl Queue {
     }
 
     /// When the queue wants to look at the spool again on its own, if ever.
+    #[cfg(feature = "tokio")]
     pub(crate) fn next_look(&self) -> Option<Instant> {
         self.recover_at
     }
@@ -512,6 +513,7 @@ impl Queue {
     }
 
     /// The inotify descriptor, readable when a hint waits: for tokio.
+    #[cfg(feature = "tokio")]
     pub(crate) fn watch_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.watch.fd()
     }

@@ -363,6 +363,7 @@ impl Core {
     }
 
     /// When the core wants to be stepped again on its own, if ever.
+    #[cfg(feature = "tokio")]
     pub(super) fn next_look(&self) -> Option<Instant> {
         match (self.wait_until(None), self.queue.next_look()) {
             (Some(a), Some(b)) => Some(a.min(b)),

@@ -4,7 +4,7 @@
 
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
 use rustix::event::{PollFd, PollFlags};
@@ -45,19 +45,34 @@ pub(crate) const COMINGS_AND_GOINGS: WatchFlags = WatchFlags::MOVED_TO
 pub(crate) const REMOVALS: WatchFlags = WatchFlags::MOVED_FROM.union(WatchFlags::DELETE);
 
 impl Watch {
+    /// A new instance. Where the process or the user is out of descriptors or inotify
+    /// instances, it waits for one to be given back, backing off from 1 to 20 ms, for up
+    /// to five seconds (a client whose threads all send at once may be briefly out), and
+    /// then fails saying which limits those are.
     pub(crate) fn new() -> io::Result<Watch> {
-        let inotify = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK).map_err(|e| {
-            if e != Errno::MFILE {
-                return io::Error::from(e);
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        let mut pause = std::time::Duration::from_millis(1);
+        loop {
+            match Watch::try_new() {
+                Err(Errno::MFILE | Errno::NFILE) if Instant::now() < deadline => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(20));
+                }
+                Err(e @ (Errno::MFILE | Errno::NFILE)) => {
+                    let limit = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances")
+                        .map_or_else(|_| "?".into(), |n| n.trim().to_owned());
+                    return Err(io::Error::other(format!(
+                        "{e}: this process's descriptors or this user's inotify instances (fs.inotify.max_user_instances, {limit} here) are used up; every spool receiver, and every client that waits for replies or pushes, takes one instance (sysctl fs.inotify.max_user_instances=1024 raises the limit)"
+                    )));
+                }
+                made => return Ok(made?),
             }
-            let limit = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances")
-                .map_or_else(|_| "?".into(), |n| n.trim().to_owned());
-            io::Error::other(format!(
-                "{e}: this user's inotify instances (fs.inotify.max_user_instances, {limit} here) or this process's descriptors are used up; every spool client and receiver takes one instance (sysctl fs.inotify.max_user_instances=1024 raises the limit)"
-            ))
-        })?;
+        }
+    }
+
+    fn try_new() -> rustix::io::Result<Watch> {
         Ok(Watch {
-            inotify,
+            inotify: inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)?,
             wake: rustix::event::eventfd(
                 0,
                 rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
@@ -128,14 +143,16 @@ impl Watch {
     }
 
     /// The inotify descriptor, readable when a hint is queued: for an async runtime.
+    #[cfg(feature = "tokio")]
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
-        self.inotify.as_fd()
+        std::os::fd::AsFd::as_fd(&self.inotify)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
     use std::time::Duration;
 
     #[test]
