@@ -170,7 +170,9 @@ pub struct Message {
 
 /// What a transport does once the application is done with a message (it was dropped,
 /// or the handler it was lent to returned): a durable queue acknowledges it there, so
-/// that a receiver killed while handling leaves it to be delivered again.
+/// that a receiver killed while handling leaves it to be delivered again. A message
+/// dropped while its thread panics is not settled: the box is dropped instead, and the
+/// transport gives the message back.
 pub(crate) trait Settle: Send + Sync {
     fn settle(self: Box<Self>);
 }
@@ -495,7 +497,11 @@ impl Message {
 impl Drop for Message {
     fn drop(&mut self) {
         if let Some(settle) = self.settle.take() {
-            settle.settle();
+            // A handler that panicked did not finish with it: dropped unsettled, it is
+            // given back to be delivered again.
+            if !std::thread::panicking() {
+                settle.settle();
+            }
         }
     }
 }

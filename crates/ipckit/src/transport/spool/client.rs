@@ -53,13 +53,13 @@ pub(super) enum Incoming {
 
 /// A name in the inbox, in the order the inbox is read.
 #[derive(Debug, PartialEq, Eq)]
-struct Pending(Name);
+/// A name in the inbox, with the bytes it has there: a name with its flags in another
+/// order than ipckit writes them is still opened as it is.
+struct Pending(Name, Vec<u8>);
 
 impl Ord for Pending {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0
-            .order(&other.0)
-            .then_with(|| self.0.to_string().cmp(&other.0.to_string()))
+        self.0.order(&other.0).then_with(|| self.1.cmp(&other.1))
     }
 }
 
@@ -252,8 +252,8 @@ impl Core {
             .watch
             .drain(|hint| match hint {
                 Hint::Arrived { dir, name } if dir == inbox_dir => match Name::parse(&name) {
-                    Some(name) => {
-                        pending.insert(Pending(name));
+                    Some(parsed) => {
+                        pending.insert(Pending(parsed, name));
                     }
                     None => foreign.push(name),
                 },
@@ -288,8 +288,8 @@ impl Core {
             };
             for name in names {
                 match Name::parse(&name) {
-                    Some(name) => {
-                        reader.pending.insert(Pending(name));
+                    Some(parsed) => {
+                        reader.pending.insert(Pending(parsed, name));
                     }
                     None => foreign.push(name),
                 }
@@ -298,12 +298,12 @@ impl Core {
         for name in foreign {
             self.discard(&name, "its name is not a spool message's");
         }
-        while let Some(Pending(name)) = reader.pending.pop_first() {
-            let incoming = match self.take(&name) {
+        while let Some(Pending(name, raw)) = reader.pending.pop_first() {
+            let incoming = match self.take(&raw) {
                 Ok(Some(incoming)) => incoming,
                 Ok(None) => continue,
                 Err(OutOfDescriptors) => {
-                    reader.pending.insert(Pending(name));
+                    reader.pending.insert(Pending(name, raw));
                     reader.starved(now);
                     break;
                 }
@@ -355,11 +355,11 @@ impl Core {
     /// Reads the inbox file `name` and removes it; `None` when it is gone or unreadable
     /// (logged and removed), an error when the process has no descriptor to open it
     /// with (left for a later read).
-    fn take(&self, name: &Name) -> std::result::Result<Option<Incoming>, OutOfDescriptors> {
-        let file_name = name.to_string();
+    fn take(&self, raw: &[u8]) -> std::result::Result<Option<Incoming>, OutOfDescriptors> {
+        let file_name = OsStr::from_bytes(raw);
         let file = match rfs::openat(
             self.inbox.new_dir(),
-            file_name.as_str(),
+            file_name,
             OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
             Mode::empty(),
         ) {
@@ -392,7 +392,7 @@ impl Core {
         })();
         match read {
             Ok(incoming) => {
-                let _ = rfs::unlinkat(self.inbox.new_dir(), file_name.as_str(), AtFlags::empty());
+                let _ = rfs::unlinkat(self.inbox.new_dir(), file_name, AtFlags::empty());
                 Ok(Some(incoming))
             }
             Err(e) => {

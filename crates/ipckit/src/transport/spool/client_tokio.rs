@@ -36,9 +36,9 @@ pub(crate) struct AsyncSpoolConnection {
 
 /// The blocking client's reader, with what tokio needs to wait for it.
 struct AsyncReader {
+    /// The watch's inotify descriptor, shared with it, registered with the reactor.
+    inotify: AsyncFd<Arc<OwnedFd>>,
     reader: Reader,
-    /// The watch's inotify descriptor (a duplicate), registered with the reactor.
-    inotify: AsyncFd<OwnedFd>,
     /// Wakes the reader when the receivers are next to be looked at.
     check: Pin<Box<Sleep>>,
 }
@@ -60,15 +60,10 @@ impl AsyncReader {
     /// The client's reader, registered with the current runtime's reactor.
     fn new(core: &Core) -> std::result::Result<AsyncReader, String> {
         let reader = core.reader()?;
-        let registered = reader
-            .watch()
-            .fd()
-            .try_clone_to_owned()
-            .map_err(|e| Error::io(&core.url, "watching the client's inbox", e))
-            .and_then(|inotify| register(&core.url, inotify, Interest::READABLE));
+        let registered = register(&core.url, reader.watch().shared_fd(), Interest::READABLE);
         Ok(AsyncReader {
-            reader,
             inotify: registered.map_err(|e| e.to_string())?,
+            reader,
             check: Box::pin(tokio::time::sleep(Duration::ZERO)),
         })
     }

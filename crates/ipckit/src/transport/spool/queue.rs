@@ -110,18 +110,22 @@ pub(crate) struct Claim {
     pub(crate) receipt: Receipt,
 }
 
-/// What acknowledges a claim. Dropped without [`acknowledge`](Receipt::acknowledge), it
-/// lets the claim go: another receiver delivers the message again.
+/// What acknowledges a claim. Dropped without [`acknowledge`](Receipt::acknowledge) (a
+/// handler that panicked, a read that failed), it gives the message back to `new/`, one
+/// delivery counted, for this or another receiver to deliver again.
 pub(crate) struct Receipt {
     spool: Arc<Spool>,
     claimed: String,
-    file: File,
+    /// Its name back in `new/`.
+    returned: String,
+    /// Holds the claim's lock; `None` once settled.
+    file: Option<File>,
 }
 
 impl Receipt {
     /// Removes the message for good. Unlinked before the lock is let go, so that a free
     /// lock in cur/ always means a dead holder.
-    pub(crate) fn acknowledge(self) {
+    pub(crate) fn acknowledge(mut self) {
         if let Err(e) = rfs::unlinkat(
             self.spool.area(Area::Cur),
             self.claimed.as_str(),
@@ -133,7 +137,35 @@ impl Receipt {
                 self.claimed
             );
         }
-        drop(self.file);
+        self.file = None;
+    }
+}
+
+impl Drop for Receipt {
+    fn drop(&mut self) {
+        if self.file.is_none() {
+            return;
+        }
+        match self.spool.rename(
+            Area::Cur,
+            OsStr::new(&self.claimed),
+            Area::New,
+            OsStr::new(&self.returned),
+        ) {
+            Ok(()) => log::info!(
+                "{}: cur/{} was let go before it was done with; back in new/ as {}",
+                self.spool.url(),
+                self.claimed,
+                self.returned
+            ),
+            // Left locked until the file closes below, then free: recovered as a dead
+            // holder's claim.
+            Err(e) => log::warn!(
+                "{}: could not give back cur/{} ({e}); a receiver's next look at cur/ will",
+                self.spool.url(),
+                self.claimed
+            ),
+        }
     }
 }
 
@@ -151,6 +183,7 @@ pub(crate) struct Queue {
     max_deliveries: u32,
     watch: Watch,
     new_dir: i32,
+    cur_dir: i32,
     clients_dir: Option<i32>,
     pending: BTreeSet<Pending>,
     rescan_due: bool,
@@ -178,9 +211,14 @@ impl Queue {
     ) -> Result<Queue> {
         let registration = spool.register_receiver()?;
         let watch_failed = |e| Error::io(&**spool.url(), "watching the spool with inotify", e);
-        let watch = Watch::new().map_err(watch_failed)?;
+        let watch = Watch::with_waker().map_err(watch_failed)?;
         let new_dir = watch
             .add(spool.area(Area::New), ARRIVALS)
+            .map_err(watch_failed)?;
+        // Claims arriving in cur/: another receiver's may be left there by its death, with
+        // nobody to say so, so each one seen has this receiver look at cur/ a second later.
+        let cur_dir = watch
+            .add(spool.area(Area::Cur), ARRIVALS)
             .map_err(watch_failed)?;
         let clients_dir = match watch_clients {
             true => Some(
@@ -197,6 +235,7 @@ impl Queue {
             max_deliveries,
             watch,
             new_dir,
+            cur_dir,
             clients_dir,
             pending: BTreeSet::new(),
             rescan_due: true,
@@ -223,11 +262,17 @@ impl Queue {
     /// claims of others.
     pub(crate) fn drain(&mut self, mut clients: impl FnMut(Hint)) -> Result<()> {
         let mut arrived = Vec::new();
-        let (new_dir, clients_dir) = (self.new_dir, self.clients_dir);
+        let (new_dir, cur_dir, clients_dir) = (self.new_dir, self.cur_dir, self.clients_dir);
         let mut overflow = false;
+        let mut claimed_by_others = false;
+        let me = self.registration.id().to_owned();
         self.watch
             .drain(|hint| match hint {
                 Hint::Arrived { dir, name } if dir == new_dir => arrived.push(name),
+                Hint::Arrived { dir, name } if dir == cur_dir => {
+                    claimed_by_others |=
+                        Name::parse(&name).is_none_or(|name| name.receiver() != Some(me.as_str()))
+                }
                 Hint::Overflow => overflow = true,
                 hint @ (Hint::Arrived { dir, .. } | Hint::Left { dir, .. })
                     if Some(dir) == clients_dir =>
@@ -237,6 +282,9 @@ impl Queue {
                 _ => {}
             })
             .map_err(|e| Error::io(&**self.spool.url(), "reading the spool's inotify", e))?;
+        if claimed_by_others && self.recover_at.is_none() {
+            self.recover_at = Some(Instant::now() + RECOVER_INTERVAL);
+        }
         if overflow {
             self.rescan_due = true;
             clients(Hint::Overflow);
@@ -384,20 +432,31 @@ impl Queue {
             }
             Err(e) => return Err(e),
         }
+        // From here the claim is the receipt's: a read that fails gives it back.
+        let mut receipt = Receipt {
+            spool: self.spool.clone(),
+            returned: name.returned().to_string(),
+            claimed,
+            file: Some(file),
+        };
         let mut payload = Vec::with_capacity(stat.st_size as usize);
-        (&file)
+        receipt
+            .file
+            .as_ref()
+            .expect("held until settled")
             .take(self.max_message as u64 + 1)
             .read_to_end(&mut payload)?;
         if payload.len() > self.max_message {
             self.spool.move_aside(
                 Area::Cur,
-                OsStr::new(&claimed),
+                OsStr::new(&receipt.claimed),
                 Area::Bad,
                 &format!(
                     "it grew past max_message={} while it was read",
                     self.max_message
                 ),
             );
+            receipt.file = None;
             return Ok(Attempt::Gone);
         }
         Ok(Attempt::Claimed(Claim {
@@ -405,11 +464,7 @@ impl Queue {
             payload,
             uid: stat.st_uid,
             gid: stat.st_gid,
-            receipt: Receipt {
-                spool: self.spool.clone(),
-                claimed,
-                file,
-            },
+            receipt,
         }))
     }
 
@@ -514,8 +569,8 @@ impl Queue {
 
     /// The inotify descriptor, readable when a hint waits: for tokio.
     #[cfg(feature = "tokio")]
-    pub(crate) fn watch_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.watch.fd()
+    pub(crate) fn watch_fd(&self) -> std::sync::Arc<std::os::fd::OwnedFd> {
+        self.watch.shared_fd()
     }
 }
 

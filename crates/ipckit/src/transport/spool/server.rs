@@ -20,7 +20,7 @@ use rustix::fs::{self as rfs, AtFlags};
 use super::names::{self, Name};
 use super::queue::{Claim, Options, Queue};
 use super::store::{Area, Inbox, Spool};
-use super::watch::{Hint, REMOVALS, Watch};
+use super::watch::Hint;
 use crate::endpoint::Ack;
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
@@ -34,7 +34,7 @@ use crate::transport::Listener;
 const LIVENESS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long a push waiting for room sleeps at most between looks at its client.
-const FULL_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+pub(super) const RECOUNT_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Starts a server on the spool of `endpoint`.
 pub(super) fn listen(endpoint: &Endpoint) -> Result<SpoolListener> {
@@ -150,13 +150,13 @@ struct SpoolOutbox {
 }
 
 /// The pushes the server believes unread: counted on the way, and, once they reach the
-/// bound, followed through a watch of the inbox's removals (the client unlinks each push
-/// it reads), so that a client that never reads costs a full push one drain of an empty
-/// watch, not a listing of its inbox.
+/// bound, counted again in the inbox (the client unlinks each push it reads), at most
+/// once per [`RECOUNT_INTERVAL`]: a broadcast to a client that never reads costs a full
+/// push nothing more than a look at the clock, and no inotify instance is spent on it.
 #[derive(Default)]
 struct Room {
     unread: usize,
-    removals: Option<Watch>,
+    counted_at: Option<Instant>,
 }
 
 impl Outbox for SpoolOutbox {
@@ -193,31 +193,14 @@ impl SpoolOutbox {
     fn wait_for_room(&self, room: &mut Room, patience: Duration) -> Result<()> {
         let deadline = Instant::now() + patience;
         let inbox = self.way.inbox()?;
-        if room.removals.is_none() {
-            // Watched from before the count, so that no removal falls between the two.
-            room.removals = Watch::new()
-                .and_then(|watch| watch.add(inbox.new_dir(), REMOVALS).map(|_| watch))
-                .ok();
-            room.unread = count_pushes(inbox);
-        }
         loop {
-            let mut recount = false;
-            if let Some(watch) = room.removals.as_mut() {
-                let mut read = 0;
-                let _ = watch.drain(|hint| match hint {
-                    Hint::Left { name, .. } => {
-                        read += Name::parse(&name).is_some_and(|n| n.request().is_none()) as usize
-                    }
-                    Hint::Overflow => recount = true,
-                    Hint::Arrived { .. } => {}
-                });
-                room.unread = room.unread.saturating_sub(read);
-            } else {
-                // No watch to be had (out of inotify instances): count each time.
-                recount = true;
-            }
-            if recount {
+            let now = Instant::now();
+            if room
+                .counted_at
+                .is_none_or(|at| now.duration_since(at) >= RECOUNT_INTERVAL)
+            {
                 room.unread = count_pushes(inbox);
+                room.counted_at = Some(now);
             }
             if room.unread < self.bound {
                 return Ok(());
@@ -225,7 +208,6 @@ impl SpoolOutbox {
             if !self.way.is_alive() {
                 return Err(self.way.gone());
             }
-            let now = Instant::now();
             if now >= deadline {
                 return Err(Error::Full {
                     endpoint: self.way.spool.url().to_string(),
@@ -236,13 +218,7 @@ impl SpoolOutbox {
                     after: patience,
                 });
             }
-            let until = deadline.min(now + FULL_CHECK_INTERVAL);
-            match room.removals.as_ref() {
-                Some(watch) => {
-                    let _ = watch.wait(Some(until));
-                }
-                None => std::thread::sleep(until - now),
-            }
+            std::thread::sleep(RECOUNT_INTERVAL.min(deadline - now));
         }
     }
 }

@@ -11,7 +11,7 @@ use rustix::fs::FlockOperation;
 use super::names::Name;
 use super::queue::Options;
 use super::queue::tests::{endpoint, scratch, shell_send};
-use super::server::{SpoolListener, listen_with};
+use super::server::{RECOUNT_INTERVAL, SpoolListener, listen_with};
 use super::store::{Inbox, Spool};
 use crate::endpoint::Ack;
 use crate::error::Error;
@@ -302,6 +302,8 @@ fn pushes_wait_in_the_inbox_up_to_the_outbox_bound_then_are_full() {
         .find(|(name, _)| name.request().is_none())
         .unwrap();
     std::fs::remove_file(client.dir.join("new").join(first.0.to_string())).unwrap();
+    // A full inbox is counted again at most once per RECOUNT_INTERVAL.
+    std::thread::sleep(RECOUNT_INTERVAL);
     handle.try_send(b"3").unwrap();
     let pushes: Vec<Vec<u8>> = client
         .inbox_files()
@@ -459,5 +461,61 @@ fn the_async_listener_steps_the_same_core() {
             Event::Disconnected(_)
         ));
     });
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A competing receiver that dies holding a claim leaves it in cur/ with its lock free;
+/// a receiver that was running all along, with an empty cur/ when it last looked, sees
+/// the claim arrive there and gives it back within a second or so.
+#[test]
+fn a_running_receiver_gives_back_the_claim_of_one_that_died() {
+    let dir = scratch("died-claim");
+    let mut server = listener(&dir, Options::default());
+    assert!(server.recv(Some(Instant::now())).unwrap().is_none());
+    // What a receiver killed between its claim and its acknowledgement leaves.
+    shell_send(&dir, "1733360000.5.dead", b"orphan");
+    let claimed = dir.join("spool/cur/1733360000.5.dead,r=1-dead-0");
+    std::fs::rename(dir.join("spool/new/1733360000.5.dead"), &claimed).unwrap_or_else(|_| {
+        // The running receiver took it first: put it where a dead one would have.
+        let taken = server.recv(soon()).unwrap().unwrap();
+        assert_eq!(taken.payload(), b"orphan");
+        shell_send(&dir, "1733360000.5.dead", b"orphan");
+        std::fs::rename(dir.join("spool/new/1733360000.5.dead"), &claimed).unwrap();
+    });
+    let message = server
+        .recv(Some(Instant::now() + Duration::from_secs(5)))
+        .unwrap()
+        .expect("the dead receiver's claim, given back");
+    assert_eq!(message.payload(), b"orphan");
+    assert_eq!(message.deliveries(), Some(2));
+    drop(message);
+    assert_eq!(count(&dir, "cur"), 0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// With `ack=done`, a handler that panics has not finished with its message: it is given
+/// back to new/, one delivery counted, and delivered again.
+#[test]
+fn ack_done_gives_back_the_message_of_a_handler_that_panicked() {
+    let dir = scratch("panicked");
+    let mut server = listener(
+        &dir,
+        Options {
+            ack: Ack::Done,
+            ..Options::default()
+        },
+    );
+    shell_send(&dir, "1733360000.1.x", b"poison once");
+    let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        server
+            .recv_with(soon(), &mut |_message| panic!("the handler fails"))
+            .unwrap();
+    }));
+    assert!(handled.is_err());
+    let again = server.recv(soon()).unwrap().expect("delivered again");
+    assert_eq!(again.payload(), b"poison once");
+    assert_eq!(again.deliveries(), Some(2));
+    drop(again);
+    assert_eq!(count(&dir, "cur") + count(&dir, "new"), 0);
     std::fs::remove_dir_all(&dir).unwrap();
 }

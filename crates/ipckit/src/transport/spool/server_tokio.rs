@@ -6,6 +6,7 @@
 //! the core's events; a dropped future loses nothing.
 
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -29,19 +30,15 @@ pub(super) fn listen_async_with(
     options: Options,
 ) -> Result<AsyncSpoolListener> {
     let core = Core::new(endpoint, options)?;
-    // A second descriptor of the same inotify instance: readiness is the instance's.
-    let watch = core
-        .queue
-        .watch_fd()
-        .try_clone_to_owned()
-        .map_err(|e| Error::io(endpoint, "registering the spool's inotify with tokio", e))?;
+    // The watch's own descriptor, shared with the reactor's registration.
+    let watch = core.queue.watch_fd();
     let watch = register(&endpoint.to_string(), watch, Interest::READABLE)?;
     Ok(AsyncSpoolListener { core, watch })
 }
 
 pub(super) struct AsyncSpoolListener {
     core: Core,
-    watch: AsyncFd<OwnedFd>,
+    watch: AsyncFd<Arc<OwnedFd>>,
 }
 
 impl AsyncSpoolListener {

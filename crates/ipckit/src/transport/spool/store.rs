@@ -271,28 +271,40 @@ impl Spool {
     }
 
     /// Removes from `tmp/` what senders that died left half-written: a file whose name
-    /// says its sender's pid, when that process no longer runs, and any file untouched
-    /// for 36 hours (Maildir's rule, for names that say no pid, or a pid since reused).
+    /// says its sender's pid, when that process no longer runs and the file is ten seconds
+    /// old, and any file untouched for 36 hours (Maildir's rule, for names that say no
+    /// pid, or a pid since reused).
     pub(crate) fn sweep_tmp(&self) {
         const ABANDONED: Duration = Duration::from_secs(36 * 3600);
+        const SENDER_GONE_AFTER: Duration = Duration::from_secs(10);
         let Ok(names) = self.entries(Area::Tmp) else {
             return;
         };
         let tmp = self.area(Area::Tmp);
         for raw in names {
             let name = OsStr::from_bytes(&raw);
-            let sender_died = Name::parse(&raw)
-                .and_then(|name| name.sender_pid())
-                .and_then(|pid| rustix::process::Pid::from_raw(pid as i32))
-                .is_some_and(|pid| rustix::process::test_kill_process(pid) == Err(Errno::SRCH));
-            let abandoned = || {
-                rfs::statat(tmp, name, AtFlags::SYMLINK_NOFOLLOW).is_ok_and(|stat| {
+            let age = rfs::statat(tmp, name, AtFlags::SYMLINK_NOFOLLOW)
+                .ok()
+                .and_then(|stat| {
                     let modified =
                         std::time::UNIX_EPOCH + Duration::from_secs(stat.st_mtime.max(0) as u64);
-                    modified.elapsed().is_ok_and(|age| age > ABANDONED)
+                    modified.elapsed().ok()
                 })
+                .unwrap_or_default();
+            // A pid is only a claim, and may be another pid namespace's (a spool shared
+            // between containers): a file whose pid is not running here is left for a
+            // while, longer than any one write takes.
+            let sender_died = || {
+                Name::parse(&raw)
+                    .and_then(|name| name.sender_pid())
+                    .and_then(|pid| i32::try_from(pid).ok())
+                    .filter(|&pid| pid > 0)
+                    .and_then(rustix::process::Pid::from_raw)
+                    .is_some_and(|pid| rustix::process::test_kill_process(pid) == Err(Errno::SRCH))
             };
-            if (sender_died || abandoned()) && rfs::unlinkat(tmp, name, AtFlags::empty()).is_ok() {
+            let abandoned = || age > ABANDONED;
+            let stale = (age >= SENDER_GONE_AFTER && sender_died()) || abandoned();
+            if stale && rfs::unlinkat(tmp, name, AtFlags::empty()).is_ok() {
                 log::info!(
                     "{}: removed tmp/{}, which a sender that died left half-written",
                     self.url,
@@ -318,13 +330,16 @@ impl Spool {
             for sub in ["tmp", "new"] {
                 make_dir(&dir, OsStr::new(sub), self.dir_mode)?;
             }
+            // Locked before it takes the name servers look for: an inbox's `lock` is
+            // always held while its client lives.
             let lock = rfs::openat(
                 &dir,
-                "lock",
+                ".lock",
                 OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 self.file_mode,
             )?;
             rfs::flock(&lock, FlockOperation::NonBlockingLockExclusive)?;
+            rename_noreplace(&dir, OsStr::new(".lock"), &dir, OsStr::new("lock"))?;
             let inbox = Inbox {
                 tmp: open_dir(&dir, OsStr::new("tmp"))?,
                 new: open_dir(&dir, OsStr::new("new"))?,
@@ -384,10 +399,25 @@ impl Spool {
                 Mode::empty(),
             ),
         };
-        match lock {
+        let lock = match lock {
+            Ok(lock) => lock,
+            // Gone, or never whole: its owner left or died.
+            Err(Errno::NOENT | Errno::NOTDIR) => return false,
+            // Out of descriptors, say: nothing is known, and a live owner must never be
+            // taken for dead (its inbox and requests would go).
+            Err(e) => {
+                log::debug!(
+                    "{}: could not look at {}: {e}",
+                    self.url,
+                    Path::new(name).display()
+                );
+                return true;
+            }
+        };
+        match rfs::flock(&lock, FlockOperation::NonBlockingLockExclusive) {
             // Taken: nobody holds it. Closing the descriptor gives it back at once.
-            Ok(lock) => rfs::flock(&lock, FlockOperation::NonBlockingLockExclusive).is_err(),
-            Err(_) => false,
+            Ok(()) => false,
+            Err(_) => true,
         }
     }
 
@@ -412,9 +442,12 @@ impl Spool {
     pub(crate) fn register_receiver(&self) -> Result<Registration> {
         let id = names::fresh_id();
         let receivers = self.area(Area::Receivers);
+        // Locked under a name nobody counts, then renamed into place: a registration
+        // seen is always locked while its receiver lives.
+        let staging = format!(".{id}.tmp");
         let lock = rfs::openat(
             receivers,
-            &id,
+            staging.as_str(),
             OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             self.file_mode,
         )
@@ -422,7 +455,15 @@ impl Spool {
             rfs::flock(&lock, FlockOperation::NonBlockingLockExclusive)?;
             Ok(lock)
         })
-        .map_err(|e| Error::listen_io(&self.endpoint, "registering in receivers/", e.into()))?;
+        .map_err(io::Error::from)
+        .and_then(|lock| {
+            rename_noreplace(receivers, OsStr::new(&staging), receivers, OsStr::new(&id))?;
+            Ok(lock)
+        })
+        .map_err(|e| {
+            let _ = rfs::unlinkat(receivers, staging.as_str(), AtFlags::empty());
+            Error::listen_io(&self.endpoint, "registering in receivers/", e)
+        })?;
         Ok(Registration {
             receivers: rfs::openat(
                 receivers,
@@ -441,6 +482,10 @@ impl Spool {
     pub(crate) fn live_receivers(&self) -> io::Result<usize> {
         let mut live = 0;
         for name in self.entries(Area::Receivers)? {
+            if name.starts_with(b".") {
+                // Being registered.
+                continue;
+            }
             let name = OsStr::from_bytes(&name);
             if self.is_alive(Area::Receivers, name) {
                 live += 1;
@@ -672,7 +717,8 @@ fn refused_or(
 fn check_owner_and_mode(url: &str, path: &Path, dir: &OwnedFd, dir_mode: Mode) -> Result<()> {
     let stat = rfs::fstat(dir)
         .map_err(|e| Error::io(url, "reading the spool's owner and mode", e.into()))?;
-    let mode = stat.st_mode & 0o7777;
+    // Permission bits only: a group spool's setgid bit is the usual practice.
+    let mode = stat.st_mode & 0o777;
     let me = rustix::process::geteuid().as_raw();
     let shared = dir_mode.as_raw_mode() & 0o077 != 0;
     if stat.st_uid != me && !shared {
@@ -857,13 +903,45 @@ mod tests {
         child.wait().unwrap();
         let dead_name = format!("1733360000.000000001.{dead}.0");
         let live_name = Name::fresh(None, None).to_string();
-        for name in [&dead_name, &live_name, &"notes.txt".to_owned()] {
+        let young_dead_name = format!("1733360000.000000002.{dead}.1");
+        for name in [
+            &dead_name,
+            &young_dead_name,
+            &live_name,
+            &"notes.txt".to_owned(),
+        ] {
             std::fs::write(dir.join("spool/tmp").join(name), b"half").unwrap();
         }
+        // The dead sender's file is a minute old; the other, just written, may be a live
+        // sender's of another pid namespace.
+        let a_minute_ago = rfs::Timespec {
+            tv_sec: rfs::statat(spool.area(Area::Tmp), dead_name.as_str(), AtFlags::empty())
+                .unwrap()
+                .st_mtime
+                - 60,
+            tv_nsec: 0,
+        };
+        let times = rfs::Timestamps {
+            last_access: a_minute_ago,
+            last_modification: a_minute_ago,
+        };
+        rfs::utimensat(
+            spool.area(Area::Tmp),
+            dead_name.as_str(),
+            &times,
+            AtFlags::empty(),
+        )
+        .unwrap();
         spool.sweep_tmp();
         let mut left = spool.entries(Area::Tmp).unwrap();
         left.sort();
-        assert_eq!(left, [live_name.into_bytes(), b"notes.txt".to_vec()]);
+        let mut kept = vec![
+            young_dead_name.into_bytes(),
+            live_name.into_bytes(),
+            b"notes.txt".to_vec(),
+        ];
+        kept.sort();
+        assert_eq!(left, kept);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -5,6 +5,7 @@
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 use std::time::Instant;
 
 use rustix::event::{PollFd, PollFlags};
@@ -28,21 +29,21 @@ pub(crate) enum Hint {
 /// One inotify instance, non-blocking, with a waker of its own so that a blocked wait can
 /// be ended from another thread.
 pub(crate) struct Watch {
-    inotify: OwnedFd,
-    wake: OwnedFd,
+    /// Shared with an async runtime's registration, so that it costs no descriptor more.
+    inotify: Arc<OwnedFd>,
+    /// The waker's eventfd, for a watch that another thread may have to stop waiting.
+    wake: Option<OwnedFd>,
     buf: Vec<MaybeUninit<u8>>,
 }
 
-/// Arrivals by rename, which is how a message is published: a message is never created
-/// in place, so a creation in `new/` is a writer breaking the protocol and is not a hint.
-pub(crate) const ARRIVALS: WatchFlags = WatchFlags::MOVED_TO;
+/// Arrivals by rename, which is how ipckit publishes, and by link (`link` from tmp/, then
+/// `unlink`), which is how Maildir's older writers deliver: a creation is a hint too.
+pub(crate) const ARRIVALS: WatchFlags = WatchFlags::MOVED_TO.union(WatchFlags::CREATE);
 /// Arrivals and departures, for `clients/` and `receivers/`.
 pub(crate) const COMINGS_AND_GOINGS: WatchFlags = WatchFlags::MOVED_TO
     .union(WatchFlags::CREATE)
     .union(WatchFlags::MOVED_FROM)
     .union(WatchFlags::DELETE);
-/// Removals only: a reader making room.
-pub(crate) const REMOVALS: WatchFlags = WatchFlags::MOVED_FROM.union(WatchFlags::DELETE);
 
 impl Watch {
     /// A new instance. Where the process or the user is out of descriptors or inotify
@@ -50,10 +51,19 @@ impl Watch {
     /// to five seconds (a client whose threads all send at once may be briefly out), and
     /// then fails saying which limits those are.
     pub(crate) fn new() -> io::Result<Watch> {
+        Watch::made(false)
+    }
+
+    /// A new instance with a [`waker`](Watch::waker), as [`new`](Watch::new) makes one.
+    pub(crate) fn with_waker() -> io::Result<Watch> {
+        Watch::made(true)
+    }
+
+    fn made(waker: bool) -> io::Result<Watch> {
         let deadline = Instant::now() + std::time::Duration::from_secs(5);
         let mut pause = std::time::Duration::from_millis(1);
         loop {
-            match Watch::try_new() {
+            match Watch::try_new(waker) {
                 Err(Errno::MFILE | Errno::NFILE) if Instant::now() < deadline => {
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(std::time::Duration::from_millis(20));
@@ -70,13 +80,14 @@ impl Watch {
         }
     }
 
-    fn try_new() -> rustix::io::Result<Watch> {
+    fn try_new(waker: bool) -> rustix::io::Result<Watch> {
+        let flags = rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK;
         Ok(Watch {
-            inotify: inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)?,
-            wake: rustix::event::eventfd(
-                0,
-                rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
-            )?,
+            inotify: Arc::new(inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)?),
+            wake: match waker {
+                true => Some(rustix::event::eventfd(0, flags)?),
+                false => None,
+            },
             buf: vec![MaybeUninit::uninit(); 64 * 1024],
         })
     }
@@ -123,29 +134,37 @@ impl Watch {
     /// Waits until a hint is queued, the waker is called, or `deadline` passes; true
     /// unless the deadline passed. A wake-up is consumed here.
     pub(crate) fn wait(&self, deadline: Option<Instant>) -> io::Result<bool> {
+        let Some(wake) = &self.wake else {
+            return poll_until(&mut [PollFd::new(&*self.inotify, PollFlags::IN)], deadline);
+        };
         let mut fds = [
-            PollFd::new(&self.inotify, PollFlags::IN),
-            PollFd::new(&self.wake, PollFlags::IN),
+            PollFd::new(&*self.inotify, PollFlags::IN),
+            PollFd::new(wake, PollFlags::IN),
         ];
         let ready = poll_until(&mut fds, deadline)?;
         if !fds[1].revents().is_empty() {
-            let _ = rustix::io::read(&self.wake, &mut [0u8; 8]);
+            let _ = rustix::io::read(wake, &mut [0u8; 8]);
         }
         Ok(ready)
     }
 
     /// A function that ends a [`wait`](Watch::wait) in progress, or the next one.
     pub(crate) fn waker(&self) -> io::Result<impl Fn() + Send + Sync + 'static> {
-        let wake = self.wake.try_clone()?;
+        let wake = self
+            .wake
+            .as_ref()
+            .ok_or_else(|| io::Error::other("a watch made without a waker"))?
+            .try_clone()?;
         Ok(move || {
             let _ = rustix::io::write(&wake, &1u64.to_ne_bytes());
         })
     }
 
-    /// The inotify descriptor, readable when a hint is queued: for an async runtime.
+    /// The inotify descriptor, readable when a hint is queued, shared: for an async
+    /// runtime to register.
     #[cfg(feature = "tokio")]
-    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
-        std::os::fd::AsFd::as_fd(&self.inotify)
+    pub(crate) fn shared_fd(&self) -> Arc<OwnedFd> {
+        self.inotify.clone()
     }
 }
 
@@ -161,12 +180,13 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("new")).unwrap();
         let new = std::fs::File::open(dir.join("new")).unwrap();
-        let mut watch = Watch::new().unwrap();
+        let mut watch = Watch::with_waker().unwrap();
         let wd = watch.add(new.as_fd(), ARRIVALS).unwrap();
         std::fs::write(dir.join("msg"), b"x").unwrap();
-        // Created in place: not a hint.
-        std::fs::write(dir.join("new/created"), b"x").unwrap();
+        std::fs::write(dir.join("linked"), b"x").unwrap();
         std::fs::rename(dir.join("msg"), dir.join("new/msg")).unwrap();
+        // Maildir's older way: a link from tmp/, then an unlink there.
+        std::fs::hard_link(dir.join("linked"), dir.join("new/linked")).unwrap();
         assert!(
             watch
                 .wait(Some(Instant::now() + Duration::from_secs(5)))
@@ -174,13 +194,11 @@ mod tests {
         );
         let mut hints = Vec::new();
         watch.drain(|hint| hints.push(hint)).unwrap();
-        assert_eq!(
-            hints,
-            [Hint::Arrived {
-                dir: wd,
-                name: b"msg".to_vec()
-            }]
-        );
+        let arrived = |name: &[u8]| Hint::Arrived {
+            dir: wd,
+            name: name.to_vec(),
+        };
+        assert_eq!(hints, [arrived(b"msg"), arrived(b"linked")]);
         let wake = watch.waker().unwrap();
         wake();
         assert!(watch.wait(None).unwrap());
