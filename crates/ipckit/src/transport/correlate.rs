@@ -124,6 +124,11 @@ impl<A> Correlator<A> {
         self.queued.load(Ordering::Acquire)
     }
 
+    /// How many pushes wait to be taken.
+    pub(super) fn pushes_waiting(&self) -> usize {
+        lock(&self.waiters).pushes.len()
+    }
+
     /// Why the channel can no longer be used, if it can't.
     pub(super) fn broken(&self) -> Option<String> {
         lock(&self.waiters).broken.clone()

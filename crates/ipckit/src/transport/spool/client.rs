@@ -298,7 +298,14 @@ impl Core {
         for name in foreign {
             self.discard(&name, "its name is not a spool message's");
         }
+        let mut left_on_disk = Vec::new();
         while let Some(Pending(name, raw)) = reader.pending.pop_first() {
+            // A client that takes no pushes leaves them in its inbox, where its server
+            // counts them against ?outbox=, rather than in memory past what it says.
+            if name.request().is_none() && self.answers.pushes_waiting() >= PUSHES_READ_AHEAD {
+                left_on_disk.push(Pending(name, raw));
+                continue;
+            }
             let incoming = match self.take(&raw) {
                 Ok(Some(incoming)) => incoming,
                 Ok(None) => continue,
@@ -322,6 +329,12 @@ impl Core {
                 ),
                 (None, push) => self.answers.file_push(push),
             }
+        }
+        if !left_on_disk.is_empty() {
+            reader.pending.extend(left_on_disk);
+            // They come before the end: look at the receivers again once they are taken.
+            ending = false;
+            reader.look_at_receivers = true;
         }
         // Pushes left unread for want of a descriptor come before the end.
         ending &= reader.retry_at.is_none();
@@ -423,6 +436,9 @@ impl Core {
 /// A read of the inbox found no descriptor to spare: as a client whose threads all send
 /// at once may be, near its limit. What was not read waits for the next read.
 struct OutOfDescriptors;
+
+/// How many pushes a client reads ahead of its `recv`; the rest wait in its inbox.
+const PUSHES_READ_AHEAD: usize = 64;
 
 /// How soon a read that found no descriptor tries again.
 const STARVED_RETRY: Duration = Duration::from_millis(5);
@@ -655,6 +671,34 @@ mod tests {
         // Nor is it taken for a push.
         receiver.push(client.core.id(), b"pushed");
         assert_eq!(client.recv(None).unwrap().unwrap(), b"pushed");
+    }
+
+    /// A client that makes requests and takes no pushes reads only so many ahead of its
+    /// `recv`: the rest stay in its inbox, where the server counts them against its
+    /// outbox, and every one arrives, in order, when `recv` comes.
+    #[test]
+    fn pushes_not_taken_stay_in_the_inbox_past_the_read_ahead() {
+        let s = Scratch::new("read-ahead");
+        let client = connect(&s.endpoint("")).unwrap();
+        let receiver = s.receiver();
+        let count = PUSHES_READ_AHEAD + 36;
+        for seq in 0..count {
+            receiver.push(client.core.id(), seq.to_string().as_bytes());
+        }
+        let receiver = std::thread::scope(|scope| {
+            let server = scope.spawn(|| receiver.serve(1));
+            assert_eq!(client.request(b"q", PATIENCE).unwrap(), b"re:q");
+            server.join().unwrap()
+        });
+        let on_disk = inbox_files(&s.spool(), client.core.id()).len();
+        assert_eq!(on_disk, count - PUSHES_READ_AHEAD);
+        for seq in 0..count {
+            assert_eq!(
+                client.recv(None).unwrap().unwrap(),
+                seq.to_string().as_bytes()
+            );
+        }
+        drop(receiver);
     }
 
     #[test]
