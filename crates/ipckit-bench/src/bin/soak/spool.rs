@@ -148,9 +148,8 @@ pub fn soak(transport: &dyn Transport, dir: &Path, length: Duration) -> Tally {
     let (mut receivers, mut receiver_tags): (Vec<Peer>, Vec<String>) = (0..RECEIVERS)
         .map(|r| start("spool-receiver", r, &receiving))
         .unzip();
-    let (mut writers, mut writer_tags): (Vec<Peer>, Vec<String>) = (0..WRITERS)
-        .map(|w| start("spool-writer", w, &url))
-        .unzip();
+    let (mut writers, mut writer_tags): (Vec<Peer>, Vec<String>) =
+        (0..WRITERS).map(|w| start("spool-writer", w, &url)).unzip();
     let mut killed = HashSet::new();
     let mut dice = Dice(0x2545_F491_4F6C_DD1D ^ std::process::id() as u64 ^ fnv(url.as_bytes()));
     let every = (length / KILLS).max(QUICKEST);
@@ -203,7 +202,9 @@ pub fn soak(transport: &dyn Transport, dir: &Path, length: Duration) -> Tally {
     }
     for area in ["new", "cur", "tmp", "bad", "dead", "clients", "receivers"] {
         for name in names_in(&spool.join(area)) {
-            tally.leftover.push(format!("{}/{area}/{name}", spool.display()));
+            tally
+                .leftover
+                .push(format!("{}/{area}/{name}", spool.display()));
         }
     }
     drop(start);
@@ -273,7 +274,11 @@ fn check(
         let mut words = line.split_whitespace();
         let kind = words.next();
         let numbers: Vec<u64> = words.filter_map(|w| w.parse().ok()).collect();
-        let tagged: Vec<u32> = tag.split(' ').skip(1).filter_map(|w| w.parse().ok()).collect();
+        let tagged: Vec<u32> = tag
+            .split(' ')
+            .skip(1)
+            .filter_map(|w| w.parse().ok())
+            .collect();
         let at = lines_of.entry(tag.clone()).or_default();
         *at += 1;
         match (tag.as_bytes()[0], kind, numbers.as_slice()) {
