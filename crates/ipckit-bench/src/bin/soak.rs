@@ -15,6 +15,12 @@
 //! all are gone. Events a listener missed for falling behind are counted apart
 //! ("unconf"), as the transport promises to say how many rather than keep them.
 //!
+//! A durable queue with competing receivers (spool) is soaked as one too: writers and
+//! `?ack=done` receivers killed about 1,000 times a run, every message a writer confirmed
+//! received at least once, every repeat explained by a receiver killed between reporting
+//! a message and acknowledging it ("again", not broken; "dup" counts those that are not),
+//! and the spool's directories empty at the end (`soak/spool.rs`).
+//!
 //! What counts as lost: a request whose reply came back but that the receiver never
 //! reported (the receiver reports a message before answering it). One-way messages that
 //! were sent but never received are counted apart ("unconfirmed"): a receiver killed
