@@ -8,6 +8,8 @@
 #
 # A broadcast transport (events) is soaked with writers and listeners killed about 1,000
 # times in a run of any length (at most one kill every 20 ms): `scripts/soak.sh 60 events`.
+# So is a durable queue with competing receivers, writers and ?ack=done receivers killed,
+# then its directories checked: `scripts/soak.sh 60 spool`.
 #
 # SOAK_DEBUG=1 runs the debug build (CI's short run, which needs no release build).
 set -euo pipefail

@@ -756,8 +756,10 @@ mod tests {
     fn a_receiver_whose_lock_is_free_has_gone() {
         let s = Scratch::new("killed");
         let client = connect(&s.endpoint("")).unwrap();
-        // A receiver's lock as a killed one leaves it: the file stays, the lock goes.
-        let path = s.spool().join("receivers/1-dead-0");
+        // A receiver's lock as a killed one leaves it: the file stays, the lock goes,
+        // and so does the process its id names.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let path = s.spool().join(format!("receivers/{}-dead-0", child.id()));
         let lock = std::fs::File::create(&path).unwrap();
         rfs::flock(&lock, rfs::FlockOperation::NonBlockingLockExclusive).unwrap();
         let Receiver {
@@ -770,6 +772,7 @@ mod tests {
         assert_eq!(client.recv(None).unwrap().unwrap(), b"while it lived");
         push(&spool, &id, b"last words");
         drop(lock);
+        child.wait().unwrap();
         assert_eq!(client.recv(None).unwrap().unwrap(), b"last words");
         let err = client.recv(Some(Instant::now() + PATIENCE)).unwrap_err();
         assert!(matches!(err, Error::Disconnected { .. }), "{err:?}");

@@ -303,6 +303,8 @@ impl Queue {
     /// Gives back the dead claims in cur/ and reads `new/` whole into the pending set.
     pub(crate) fn refresh(&mut self) -> Result<()> {
         self.spool.sweep_tmp();
+        // Removes the files of receivers that died: nothing else would, if no client waits.
+        let _ = self.spool.live_receivers();
         self.recover()?;
         let names = self
             .spool

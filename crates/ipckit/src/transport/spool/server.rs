@@ -19,7 +19,7 @@ use rustix::fs::{self as rfs, AtFlags};
 
 use super::names::{self, Name};
 use super::queue::{Claim, Options, Queue};
-use super::store::{Area, Inbox, Spool};
+use super::store::{self, Area, Inbox, Spool};
 use super::watch::Hint;
 use crate::endpoint::Ack;
 use crate::endpoint::Endpoint;
@@ -491,10 +491,8 @@ impl Core {
                 if let Some(id) = id {
                     self.join(id);
                 }
-            } else if id.is_some() || (entry.starts_with(b".") && has_lock(&spool, &entry)) {
-                // An inbox, half-made inbox (`.ID.tmp`) or leftover (`.gone-ID`) of a
-                // client that is gone. A half-made inbox without its lock file yet is
-                // one being made.
+            } else if id.is_some() || left_by_the_dead(&spool, &entry) {
+                // An inbox, half-made inbox or leftover of a client that is gone.
                 if let Err(e) = spool.remove_inbox(name) {
                     log::debug!(
                         "{}: could not remove clients/{}: {e}",
@@ -605,6 +603,25 @@ impl Drop for Core {
 }
 
 /// Whether the entry `name` of `clients/` has its lock file.
+/// Whether the hidden entry `name` of `clients/`, whose lock nobody holds, was left by
+/// the dead. A half-made inbox (`.ID.tmp`): once its maker has gone, as its lock is
+/// made before it is locked. A removed one (`.gone-ID`): if its lock is still there
+/// (its client let go of it), or once its client has gone (its remover, killed midway,
+/// may have taken the lock file already).
+fn left_by_the_dead(spool: &Spool, name: &[u8]) -> bool {
+    if let Some(id) = name.strip_prefix(b".gone-") {
+        let id = id.strip_prefix(b".").unwrap_or(id);
+        has_lock(spool, name) || store::maker_gone(id)
+    } else if let Some(id) = name
+        .strip_prefix(b".")
+        .and_then(|n| n.strip_suffix(b".tmp"))
+    {
+        store::maker_gone(id)
+    } else {
+        false
+    }
+}
+
 fn has_lock(spool: &Spool, name: &[u8]) -> bool {
     let mut lock = name.to_vec();
     lock.extend_from_slice(b"/lock");

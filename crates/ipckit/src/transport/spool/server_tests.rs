@@ -401,12 +401,26 @@ fn leftovers_of_dead_clients_are_removed_at_the_start() {
     let dir = scratch("leftovers");
     Spool::open(&endpoint(&dir), true, false).unwrap();
     let clients = dir.join("spool/clients");
-    for left in [".1-a-0.tmp", ".gone-1-b-0", "1-c-0"] {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    // Free locks, of a client that died making its inbox, one that said goodbye, and one
+    // that died.
+    for left in [&format!(".{dead}-a-0.tmp"), ".gone-1-b-0", "1-c-0"] {
         std::fs::create_dir_all(clients.join(left).join("new")).unwrap();
         std::fs::write(clients.join(left).join("lock"), b"").unwrap();
     }
-    // One being made: no lock file yet, so nobody can tell it dead.
-    std::fs::create_dir_all(clients.join(".1-making-0.tmp/new")).unwrap();
+    // Without lock files: a client that died before it made its lock, and a removal
+    // killed midway.
+    for left in [format!(".{dead}-n-0.tmp"), format!(".gone-{dead}-r-0")] {
+        std::fs::create_dir_all(clients.join(left).join("new")).unwrap();
+    }
+    // One being made by a live process: its lock made, not locked yet, or not made yet.
+    let making = format!(".{}-making-0.tmp", std::process::id());
+    std::fs::create_dir_all(clients.join(&making).join("new")).unwrap();
+    std::fs::write(clients.join(&making).join("lock"), b"").unwrap();
+    let unlocked = format!(".{}-unlocked-0.tmp", std::process::id());
+    std::fs::create_dir_all(clients.join(&unlocked).join("new")).unwrap();
     let live = Client::new(&dir);
     let mut server = listener(&dir, Options::default());
     let mut names: Vec<_> = std::fs::read_dir(&clients)
@@ -416,7 +430,11 @@ fn leftovers_of_dead_clients_are_removed_at_the_start() {
     names.sort();
     assert_eq!(
         names,
-        [OsStr::new(".1-making-0.tmp"), OsStr::new(live.inbox.id())]
+        [
+            OsStr::new(&making),
+            OsStr::new(&unlocked),
+            OsStr::new(live.inbox.id())
+        ]
     );
     assert!(matches!(next(&mut server), Event::Connected(_)));
     assert!(server.recv(Some(Instant::now())).unwrap().is_none());

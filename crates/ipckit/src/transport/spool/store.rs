@@ -478,19 +478,31 @@ impl Spool {
     }
 
     /// How many receivers hold their locks in `receivers/`; the files of dead ones are
-    /// removed on the way.
+    /// removed on the way. A registration takes its name only once locked, so a free lock
+    /// there is a dead receiver's; a file still under its staging name (`.ID.tmp`) goes
+    /// once the process its id names has gone.
     pub(crate) fn live_receivers(&self) -> io::Result<usize> {
         let mut live = 0;
         for name in self.entries(Area::Receivers)? {
-            if name.starts_with(b".") {
-                // Being registered.
+            if let Some(staged) = name.strip_prefix(b".") {
+                // Being registered, unless its maker died first.
+                if maker_gone(staged) {
+                    let _ = rfs::unlinkat(
+                        self.area(Area::Receivers),
+                        OsStr::from_bytes(&name),
+                        AtFlags::empty(),
+                    );
+                }
                 continue;
             }
-            let name = OsStr::from_bytes(&name);
-            if self.is_alive(Area::Receivers, name) {
+            if self.is_alive(Area::Receivers, OsStr::from_bytes(&name)) {
                 live += 1;
             } else {
-                let _ = rfs::unlinkat(self.area(Area::Receivers), name, AtFlags::empty());
+                let _ = rfs::unlinkat(
+                    self.area(Area::Receivers),
+                    OsStr::from_bytes(&name),
+                    AtFlags::empty(),
+                );
             }
         }
         Ok(live)
@@ -774,6 +786,18 @@ pub(super) fn entries(dir: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
     Ok(names)
 }
 
+/// Whether the process that made the id `id` (`PID-…`, as [`names::fresh_id`] makes
+/// them) no longer runs. A pid since reused reads as alive: what it left then waits.
+pub(crate) fn maker_gone(id: &[u8]) -> bool {
+    let pid = id.split(|&b| b == b'-').next().unwrap_or_default();
+    std::str::from_utf8(pid)
+        .ok()
+        .filter(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|pid| pid.parse::<i32>().ok())
+        .and_then(rustix::process::Pid::from_raw)
+        .is_some_and(|pid| rustix::process::test_kill_process(pid) == Err(Errno::SRCH))
+}
+
 /// Removes the tree `name` in `at`, never following a link: a spool's `clients/` is three
 /// levels deep, and a deeper tree is not one of ipckit's, so it stops there.
 fn remove_tree(at: impl AsFd, name: &OsStr) -> io::Result<()> {
@@ -886,9 +910,21 @@ mod tests {
         assert!(names::is_id(registration.id()));
         assert_eq!(spool.live_receivers().unwrap(), 1);
         // A file left by a receiver that died holds no lock: it is not counted, and goes.
-        std::fs::write(dir.join("spool/receivers/1-dead-0"), b"").unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        std::fs::write(dir.join(format!("spool/receivers/{dead}-dead-0")), b"").unwrap();
+        // One that a live process is registering (locked, not yet renamed into place) is
+        // not counted, and stays.
+        let making = format!(".{}-making-0.tmp", std::process::id());
+        std::fs::write(dir.join("spool/receivers").join(&making), b"").unwrap();
         assert_eq!(spool.live_receivers().unwrap(), 1);
-        assert_eq!(spool.entries(Area::Receivers).unwrap().len(), 1);
+        let mut left = spool.entries(Area::Receivers).unwrap();
+        left.sort();
+        let mut expected = [making.clone().into_bytes(), registration.id().into()];
+        expected.sort();
+        assert_eq!(left, expected);
+        std::fs::remove_file(dir.join("spool/receivers").join(making)).unwrap();
         drop(registration);
         assert_eq!(spool.live_receivers().unwrap(), 0);
         std::fs::remove_dir_all(&dir).unwrap();
