@@ -490,6 +490,28 @@ impl Message {
             endpoint: &self.endpoint,
             stamp: self.stamp,
             deliveries: self.deliveries,
+            gives_back: self.settle.is_some(),
+        }
+    }
+}
+
+impl Message {
+    /// Drops the message unsettled, for the transport to deliver again: a handler that
+    /// panicked did not finish with it, nor did a server dropped with it still queued.
+    /// Its request is not refused, as its caller will get the answer of the next
+    /// delivery.
+    pub(crate) fn give_back(&mut self, settle: Box<dyn Settle>) {
+        if let Some(reply_to) = &mut self.reply_to {
+            reply_to.answered = true;
+        }
+        drop(settle);
+    }
+
+    /// Takes the message's settlement away, to drop it unsettled (see
+    /// [`give_back`](Message::give_back)).
+    pub(crate) fn unsettled(mut self) {
+        if let Some(settle) = self.settle.take() {
+            self.give_back(settle);
         }
     }
 }
@@ -497,9 +519,9 @@ impl Message {
 impl Drop for Message {
     fn drop(&mut self) {
         if let Some(settle) = self.settle.take() {
-            // A handler that panicked did not finish with it: dropped unsettled, it is
-            // given back to be delivered again.
-            if !std::thread::panicking() {
+            if std::thread::panicking() {
+                self.give_back(settle);
+            } else {
                 settle.settle();
             }
         }
@@ -536,6 +558,19 @@ pub struct MessageRef<'a> {
     endpoint: &'a str,
     stamp: Option<Stamp>,
     deliveries: Option<u32>,
+    /// Lent from a message its transport delivers again if its handler panics (see
+    /// [`Message::give_back`]): its request is then not refused.
+    gives_back: bool,
+}
+
+impl Drop for MessageRef<'_> {
+    fn drop(&mut self) {
+        if self.gives_back && std::thread::panicking() {
+            if let Some(reply_to) = &mut self.reply_to {
+                reply_to.answered = true;
+            }
+        }
+    }
 }
 
 impl<'a> MessageRef<'a> {
@@ -556,6 +591,7 @@ impl<'a> MessageRef<'a> {
             endpoint,
             stamp: None,
             deliveries: None,
+            gives_back: false,
         }
     }
 

@@ -335,6 +335,9 @@ impl Core {
             // They come before the end: look at the receivers again once they are taken.
             ending = false;
             reader.look_at_receivers = true;
+            // A `recv` that empties memory meanwhile may find this reader held by a
+            // request's caller, which then reads again soon, not at its next check.
+            reader.retry_at = Some(now + READ_AHEAD_RETRY);
         }
         // Pushes left unread for want of a descriptor come before the end.
         ending &= reader.retry_at.is_none();
@@ -439,6 +442,9 @@ struct OutOfDescriptors;
 
 /// How many pushes a client reads ahead of its `recv`; the rest wait in its inbox.
 const PUSHES_READ_AHEAD: usize = 64;
+
+/// How soon a reader that left pushes in the inbox reads again.
+const READ_AHEAD_RETRY: Duration = Duration::from_millis(50);
 
 /// How soon a read that found no descriptor tries again.
 const STARVED_RETRY: Duration = Duration::from_millis(5);

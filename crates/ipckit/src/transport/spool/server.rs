@@ -599,6 +599,12 @@ impl Drop for Core {
             known.outbox.disconnect();
             self.roster.leave(&known.handle);
         }
+        // Claimed and never handed out: given back, not acknowledged.
+        for event in self.events.drain(..) {
+            if let Event::Message(message) = event {
+                message.unsettled();
+            }
+        }
     }
 }
 
@@ -616,7 +622,7 @@ fn left_by_the_dead(spool: &Spool, name: &[u8]) -> bool {
         .strip_prefix(b".")
         .and_then(|n| n.strip_suffix(b".tmp"))
     {
-        store::maker_gone(id)
+        store::maker_gone(id) && spool.older_than(Area::Clients, name, store::STAGING_GRACE)
     } else {
         false
     }

@@ -415,6 +415,15 @@ fn leftovers_of_dead_clients_are_removed_at_the_start() {
     for left in [format!(".{dead}-n-0.tmp"), format!(".gone-{dead}-r-0")] {
         std::fs::create_dir_all(clients.join(left).join("new")).unwrap();
     }
+    // The dead makers' half-made inboxes are a minute old: past the grace in which a
+    // maker of another pid namespace might still be at it.
+    for left in [format!(".{dead}-a-0.tmp"), format!(".{dead}-n-0.tmp")] {
+        let a_minute_ago = std::time::SystemTime::now() - Duration::from_secs(60);
+        File::open(clients.join(left))
+            .unwrap()
+            .set_modified(a_minute_ago)
+            .unwrap();
+    }
     // One being made by a live process: its lock made, not locked yet, or not made yet.
     let making = format!(".{}-making-0.tmp", std::process::id());
     std::fs::create_dir_all(clients.join(&making).join("new")).unwrap();
@@ -535,5 +544,41 @@ fn ack_done_gives_back_the_message_of_a_handler_that_panicked() {
     assert_eq!(again.deliveries(), Some(2));
     drop(again);
     assert_eq!(count(&dir, "cur") + count(&dir, "new"), 0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A request whose `ack=done` handler panics is not refused to its caller: it is given
+/// back, and the answer of its next delivery is the one the caller gets.
+#[test]
+fn ack_done_gives_back_a_request_unrefused_when_its_handler_panics() {
+    let dir = scratch("panicked-request");
+    let mut server = listener(
+        &dir,
+        Options {
+            ack: Ack::Done,
+            ..Options::default()
+        },
+    );
+    let client = Client::new(&dir);
+    assert!(matches!(next(&mut server), Event::Connected(_)));
+    client.request(7, b"charge");
+    let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        server
+            .recv_with(soon(), &mut |_message| panic!("the handler fails"))
+            .unwrap();
+    }));
+    assert!(handled.is_err());
+    assert!(
+        client.inbox_files().is_empty(),
+        "{:?}",
+        client.inbox_files()
+    );
+    let mut again = server.recv(soon()).unwrap().expect("delivered again");
+    assert_eq!(again.deliveries(), Some(2));
+    again.reply(b"charged").unwrap();
+    let files = client.inbox_files();
+    assert_eq!(files.len(), 1);
+    assert!(!files[0].0.is_refusal());
+    assert_eq!(files[0].1, b"charged");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -421,6 +421,21 @@ impl Spool {
         }
     }
 
+    /// Whether the entry `name` of `area` was last changed at least `age` ago.
+    pub(crate) fn older_than(&self, area: Area, name: &[u8], age: Duration) -> bool {
+        rfs::statat(
+            self.area(area),
+            OsStr::from_bytes(name),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .ok()
+        .and_then(|stat| {
+            let changed = std::time::UNIX_EPOCH + Duration::from_secs(stat.st_mtime.max(0) as u64);
+            changed.elapsed().ok()
+        })
+        .is_some_and(|elapsed| elapsed >= age)
+    }
+
     /// Removes the inbox or staging tree `name` of `clients/` whose client is gone:
     /// renamed out of sight first, so that a server never reports it twice.
     pub(crate) fn remove_inbox(&self, name: &OsStr) -> io::Result<()> {
@@ -485,8 +500,9 @@ impl Spool {
         let mut live = 0;
         for name in self.entries(Area::Receivers)? {
             if let Some(staged) = name.strip_prefix(b".") {
-                // Being registered, unless its maker died first.
-                if maker_gone(staged) {
+                // Being registered, unless its maker died first (and it has waited long
+                // enough that no maker of another pid namespace is still at it).
+                if maker_gone(staged) && self.older_than(Area::Receivers, &name, STAGING_GRACE) {
                     let _ = rfs::unlinkat(
                         self.area(Area::Receivers),
                         OsStr::from_bytes(&name),
@@ -785,6 +801,10 @@ pub(super) fn entries(dir: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
     }
     Ok(names)
 }
+
+/// How long a staged entry (`.ID.tmp`) whose maker's pid is not running here is left
+/// before it is removed: its maker may be of another pid namespace, mid-way.
+pub(crate) const STAGING_GRACE: Duration = Duration::from_secs(10);
 
 /// Whether the process that made the id `id` (`PID-…`, as [`names::fresh_id`] makes
 /// them) no longer runs. A pid since reused reads as alive: what it left then waits.

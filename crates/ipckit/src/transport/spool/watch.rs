@@ -36,9 +36,10 @@ pub(crate) struct Watch {
     buf: Vec<MaybeUninit<u8>>,
 }
 
-/// Arrivals by rename, which is how ipckit publishes, and by link (`link` from tmp/, then
-/// `unlink`), which is how Maildir's older writers deliver: a creation is a hint too.
-pub(crate) const ARRIVALS: WatchFlags = WatchFlags::MOVED_TO.union(WatchFlags::CREATE);
+/// Arrivals by rename, which is how a message is published. A creation is no hint: it
+/// comes as the file is opened, before anything is written, so a file written in place
+/// (or linked in, Maildir's older way) is taken at the next listing of the directory.
+pub(crate) const ARRIVALS: WatchFlags = WatchFlags::MOVED_TO;
 /// Arrivals and departures, for `clients/` and `receivers/`.
 pub(crate) const COMINGS_AND_GOINGS: WatchFlags = WatchFlags::MOVED_TO
     .union(WatchFlags::CREATE)
@@ -184,9 +185,10 @@ mod tests {
         let wd = watch.add(new.as_fd(), ARRIVALS).unwrap();
         std::fs::write(dir.join("msg"), b"x").unwrap();
         std::fs::write(dir.join("linked"), b"x").unwrap();
-        std::fs::rename(dir.join("msg"), dir.join("new/msg")).unwrap();
-        // Maildir's older way: a link from tmp/, then an unlink there.
+        // Created or linked in place: no hint, as a creation comes before the data.
         std::fs::hard_link(dir.join("linked"), dir.join("new/linked")).unwrap();
+        std::fs::write(dir.join("new/created"), b"x").unwrap();
+        std::fs::rename(dir.join("msg"), dir.join("new/msg")).unwrap();
         assert!(
             watch
                 .wait(Some(Instant::now() + Duration::from_secs(5)))
@@ -198,7 +200,7 @@ mod tests {
             dir: wd,
             name: name.to_vec(),
         };
-        assert_eq!(hints, [arrived(b"msg"), arrived(b"linked")]);
+        assert_eq!(hints, [arrived(b"msg")]);
         let wake = watch.waker().unwrap();
         wake();
         assert!(watch.wait(None).unwrap());
