@@ -72,12 +72,13 @@ pub struct SendPoint {
     pub ipckit_msgs_per_sec: Option<f64>,
     /// The hand-written loop's messages per second over its blocks.
     pub baseline_msgs_per_sec: Option<f64>,
-    /// ipckit's rate over the hand-written one.
+    /// ipckit's rate over the hand-written one in each round (a block of each), the
+    /// median of the rounds: a stall of the disk in one block, as another process's
+    /// flush, moves it less than it moves the ratio of the totals.
     pub ratio: Option<f64>,
-    /// The median of the ratios of single rounds (a block of each), which a stall of
-    /// the disk in one block moves less than the ratio of the totals.
-    pub median_ratio: Option<f64>,
-    /// The lowest of the ratios of single rounds: how far the disk's drift moved it.
+    /// ipckit's messages/s over the hand-written loop's, both over all their blocks.
+    pub total_ratio: Option<f64>,
+    /// The lowest of the rounds' ratios: how far the disk's drift moved them.
     pub lowest_ratio: Option<f64>,
     /// The highest of the ratios of single rounds.
     pub highest_ratio: Option<f64>,
@@ -233,7 +234,7 @@ fn send_point(dir: &Path, size: usize, sync: bool, blocks: usize, block: Duratio
         ipckit_msgs_per_sec: None,
         baseline_msgs_per_sec: None,
         ratio: None,
-        median_ratio: None,
+        total_ratio: None,
         lowest_ratio: None,
         highest_ratio: None,
     };
@@ -304,9 +305,9 @@ fn send_point(dir: &Path, size: usize, sync: bool, blocks: usize, block: Duratio
             point.baseline_messages = hand;
             point.ipckit_msgs_per_sec = Some(ours_rate);
             point.baseline_msgs_per_sec = Some(hand_rate);
-            point.ratio = Some(ours_rate / hand_rate);
+            point.total_ratio = Some(ours_rate / hand_rate);
             ratios.sort_by(f64::total_cmp);
-            point.median_ratio = ratios.get(ratios.len() / 2).copied();
+            point.ratio = ratios.get(ratios.len() / 2).copied();
             point.lowest_ratio = ratios.first().copied();
             point.highest_ratio = ratios.last().copied();
         }
