@@ -554,7 +554,7 @@ fn measure_throughput(
 /// How long a one-way stream through ipckit may send before it stops short of its count:
 /// the rate is of what was sent, and a transport that writes to a disk (spool), which
 /// other processes may be flushing to, does not stretch the run by minutes.
-const STREAM_TIME_LIMIT: Duration = Duration::from_secs(3);
+const STREAM_TIME_LIMIT: Duration = Duration::from_secs(2);
 
 /// One-way throughput through a transport without replies: the same messages (or more,
 /// for at least [`ONE_WAY_AT_LEAST`]) to a listener that counts them until [`END_OF_STREAM`](crate::peer::END_OF_STREAM) and

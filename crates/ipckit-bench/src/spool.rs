@@ -39,7 +39,7 @@ const LATENCY_CASES: [(&str, Duration); 2] = [
 
 /// Blocks of each contender in a send row: many short ones, since the disk's pace
 /// drifts within a second when other processes flush to it.
-const BLOCKS: usize = 20;
+const BLOCKS: usize = 16;
 /// The same, with `--quick`.
 const QUICK_BLOCKS: usize = 4;
 
@@ -159,8 +159,8 @@ pub fn run_spool(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Sp
     } else {
         (
             BLOCKS,
-            Duration::from_millis(200),
-            Duration::from_millis(100),
+            Duration::from_millis(150),
+            Duration::from_millis(75),
         )
     };
     for size in SIZES {
@@ -220,6 +220,10 @@ enum Contender {
     ByHand,
 }
 
+/// Messages sent and the time they took, ipckit's and the hand-written loop's (indexed
+/// by [`Contender`]).
+type Totals = [(u64, Duration); 2];
+
 /// One send row: ipckit and the hand-written loop in `blocks` blocks each of `block`
 /// (or [`BLOCK_BYTES`]), taking turns, each into a spool of its own.
 fn send_point(dir: &Path, size: usize, sync: bool, blocks: usize, block: Duration) -> SendPoint {
@@ -240,7 +244,7 @@ fn send_point(dir: &Path, size: usize, sync: bool, blocks: usize, block: Duratio
     };
     let ours_at = dir.join(format!("send-{size}-{sync}.spool"));
     let hand_at = dir.join(format!("raw-{size}-{sync}"));
-    let outcome = (|| -> Result<([(u64, Duration); 2], Vec<f64>), Failure> {
+    let outcome = (|| -> Result<(Totals, Vec<f64>), Failure> {
         let url = format!("spool://{}?sync={sync}", ours_at.display());
         let client = ipckit::connect(url.as_str()).map_err(unavailable)?;
         let mut raw = RawSpool::create(&hand_at).map_err(unavailable)?;
