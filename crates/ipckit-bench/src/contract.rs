@@ -166,8 +166,9 @@ pub fn run_contracts(
         let mut contenders = Vec::new();
         let mut endpoints = Vec::new();
         for (&codec, (typed, raw)) in codecs.iter().zip(&mut rows) {
-            let at =
-                |kind: &str| transport.scratch_endpoint(&dir, &format!("{kind}-{}", codec.name()));
+            let at = |kind: &str| {
+                crate::spool::bench_endpoint(transport, &dir, &format!("{kind}-{}", codec.name()))
+            };
             let (typed_at, raw_at) = (at("typed"), at("raw"));
             match typed_contender(&typed_at, codec) {
                 Ok(c) => contenders.push((c, typed)),

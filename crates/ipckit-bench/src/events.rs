@@ -225,7 +225,7 @@ pub fn run_events(
 }
 
 /// The event numbered `n`, stamped with the writer's clock.
-fn sample(n: u64, stamp: u64) -> Sample {
+pub(crate) fn sample(n: u64, stamp: u64) -> Sample {
     let mut sample = [7u8; SIZE];
     sample[..8].copy_from_slice(&n.to_le_bytes());
     sample[8..16].copy_from_slice(&stamp.to_le_bytes());
@@ -239,14 +239,14 @@ pub(crate) fn sequence(payload: &[u8]) -> u64 {
         .map_or(END, |n| u64::from_le_bytes(n.try_into().expect("8 bytes")))
 }
 
-fn stamp(payload: &[u8]) -> u64 {
+pub(crate) fn stamp(payload: &[u8]) -> u64 {
     payload
         .get(8..16)
         .map_or(0, |n| u64::from_le_bytes(n.try_into().expect("8 bytes")))
 }
 
 /// The monotonic clock in nanoseconds, the same in every process.
-fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
@@ -285,13 +285,13 @@ fn write_all<E: std::fmt::Display>(
 /// Kills `pids` unless dropped within [`PATIENCE`]: a listener that never sees the end
 /// turns into a failed measurement rather than a hung run. The peers are not reaped
 /// before their `Peer` is dropped, so a pid here is still theirs.
-struct Watchdog {
+pub(crate) struct Watchdog {
     done: Option<std::sync::mpsc::Sender<()>>,
     fired: std::sync::Arc<AtomicBool>,
 }
 
 impl Watchdog {
-    fn over(peers: &[Peer]) -> Watchdog {
+    pub(crate) fn over(peers: &[Peer]) -> Watchdog {
         let pids: Vec<u32> = peers.iter().map(Peer::pid).collect();
         let (done, watch) = std::sync::mpsc::channel::<()>();
         let fired = std::sync::Arc::new(AtomicBool::new(false));
@@ -312,7 +312,7 @@ impl Watchdog {
     }
 
     /// Whether it killed the peers.
-    fn fired(&self) -> bool {
+    pub(crate) fn fired(&self) -> bool {
         self.fired.load(Ordering::SeqCst)
     }
 }

@@ -11,7 +11,9 @@ mod push;
 pub mod raw;
 pub mod raw_events;
 pub mod raw_shm;
+pub mod raw_spool;
 mod report;
+pub mod spool;
 
 /// Set in a peer's environment to the CPUs its run may use, as `0,1`: the peer's own
 /// affinity is the one its parent pinned itself to, a single CPU.

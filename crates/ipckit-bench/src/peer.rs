@@ -71,7 +71,10 @@ pub fn run_if_peer(extra: impl FnOnce(&str, &str) -> bool) -> bool {
         crate::contract::serve_calculator(&address);
     } else if let Some(codec) = role.strip_prefix("rawcall:") {
         crate::contract::serve_raw(codec, &address);
-    } else if !crate::events::peer(&role, &address) && !extra(&role, &address) {
+    } else if !crate::events::peer(&role, &address)
+        && !crate::spool::peer(&role, &address)
+        && !extra(&role, &address)
+    {
         panic!("unknown peer role {role}");
     }
     true

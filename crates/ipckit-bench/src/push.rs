@@ -171,7 +171,7 @@ pub fn run_broadcast(
     let mut points = Vec::new();
     for transport in chosen {
         let scheme = transport.scheme();
-        let endpoint = transport.scratch_endpoint(&dir, "broadcast");
+        let endpoint = crate::spool::bench_endpoint(transport, &dir, "broadcast");
         if !transport.capabilities(&endpoint).push {
             continue;
         }

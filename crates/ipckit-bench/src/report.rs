@@ -6,6 +6,9 @@ use std::time::Duration;
 use crate::events::{EventsPoint, EventsReport, FanOut};
 use crate::harness::{BroadcastPoint, ContractPoint, Row, STREAM_SIZE, ScalePoint};
 
+mod spool;
+pub use spool::{spool_csv, spool_table};
+
 /// The results as an aligned table, each column of figures in one unit, named in its
 /// header.
 pub fn table(rows: &[Row]) -> String {
@@ -33,6 +36,9 @@ pub fn table(rows: &[Row]) -> String {
             (Some(reason), _) => format!("{}: {reason}", row.status),
             (None, _) if row.variant == "push" => {
                 "server pushes, client answers; ratio over the request's".to_owned()
+            }
+            (None, _) if row.transport == "spool" && row.variant == "ipckit" => {
+                "?sync=false; with fsync: the spool table".to_owned()
             }
             (None, _) if row.rtt_median_ns.is_none() && row.msgs_per_sec.is_some() => {
                 "one way, no replies: what one listener process received".to_owned()

@@ -261,7 +261,8 @@ pub struct Bench {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub events_time: Option<std::time::Duration>,
     /// Events of each fan-out latency measurement of the events table (one every 10 µs,
-    /// then one every 1 ms) [default: 1000, or 300 with --quick]
+    /// then one every 1 ms), and messages of each receive latency measurement of the
+    /// spool table [default: 1000, or 300 with --quick]
     #[arg(long, value_name = "N")]
     pub latency_samples: Option<usize>,
 }

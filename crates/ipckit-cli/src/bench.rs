@@ -79,7 +79,12 @@ pub fn run(bench: Bench) -> CliResult {
         + duplex as u64 * scaled
         + (pushing * harness::BROADCAST_SUBSCRIBERS.len()) as u64
         + duplex as u64
-        + (listened * ipckit_bench::events::STEPS) as u64;
+        + (listened * ipckit_bench::events::STEPS) as u64
+        + if chosen.iter().any(|t| t.scheme() == "spool") {
+            ipckit_bench::spool::STEPS as u64
+        } else {
+            0
+        };
     let bar = indicatif::ProgressBar::new(steps).with_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
             .expect("a valid template"),
@@ -101,13 +106,17 @@ pub fn run(bench: Bench) -> CliResult {
         Ok(_) => harness::run_events(&options, &mut step),
         Err(_) => Ok(harness::EventsReport::default()),
     };
+    let spool = match &rows {
+        Ok(_) => harness::run_spool(&options, &mut step),
+        Err(_) => Ok(harness::SpoolReport::default()),
+    };
     let points = match (&rows, scaling) {
         (Ok(_), true) => harness::run_scaling(&options, &mut step),
         _ => Ok(Vec::new()),
     };
     bar.finish_and_clear();
-    let (rows, contracts, broadcast, events, points) =
-        (rows?, contracts?, broadcast?, events?, points?);
+    let (rows, contracts, broadcast, events, spool, points) =
+        (rows?, contracts?, broadcast?, events?, spool?, points?);
     if let Some(path) = &chart {
         ipckit_bench::chart::draw(&rows, &points, path)
             .map_err(|e| format!("drawing {}: {e}", path.display()))?;
@@ -119,6 +128,7 @@ pub fn run(bench: Bench) -> CliResult {
             "contracts": contracts,
             "broadcast": broadcast,
             "events": events,
+            "spool": spool,
             "scaling": points,
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -132,6 +142,9 @@ pub fn run(bench: Bench) -> CliResult {
         }
         if !events.is_empty() {
             print!("\n{}", harness::events_csv(&events));
+        }
+        if !spool.is_empty() {
+            print!("\n{}", harness::spool_csv(&spool));
         }
         if scaling {
             print!("\n{}", harness::scaling_csv(&points));
@@ -151,6 +164,9 @@ pub fn run(bench: Bench) -> CliResult {
         }
         if !events.is_empty() {
             print!("\n{}", harness::events_table(&events));
+        }
+        if !spool.is_empty() {
+            print!("\n{}", harness::spool_table(&spool));
         }
         if scaling {
             print!("\n{}", harness::scaling_table(&points));

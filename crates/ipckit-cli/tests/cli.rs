@@ -1388,6 +1388,77 @@ fn listen_prints_lines_echoed_into_a_line_framed_fifo() {
 // --- ipckit bench: options honoured and checked before the run ---
 
 /// A short `ipckit bench` over `transports`, with `args` added.
+#[test]
+fn bench_spool_has_its_table_and_leaves_nothing_in_the_temp_dir() {
+    let tmp = Scratch::new("bench-spool");
+    let out = Command::new(IPCKIT)
+        .args([
+            "bench",
+            "--quick",
+            "--count",
+            "100",
+            "--transports",
+            "spool",
+            "--json",
+        ])
+        .env("TMPDIR", &tmp.0)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let spool = &report["spool"];
+    assert!(
+        spool["filesystem"]
+            .as_str()
+            .is_some_and(|f| f.contains(" on /")),
+        "{spool}"
+    );
+    let send = spool["send"].as_array().unwrap();
+    let rows: Vec<(u64, bool)> = send
+        .iter()
+        .map(|p| (p["size"].as_u64().unwrap(), p["sync"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(
+        rows,
+        [(64, true), (64, false), (1 << 20, true), (1 << 20, false)],
+        "{spool}"
+    );
+    for point in send {
+        assert_eq!(point["status"], "ok", "{point}");
+        for figure in [
+            "ipckit_msgs_per_sec",
+            "baseline_msgs_per_sec",
+            "ratio",
+            "total_ratio",
+        ] {
+            assert!(
+                point[figure].as_f64().is_some_and(|x| x > 0.0),
+                "{figure}: {point}"
+            );
+        }
+    }
+    let latency = spool["latency"].as_array().unwrap();
+    assert_eq!(latency.len(), 2, "{spool}");
+    for point in latency {
+        assert_eq!(point["status"], "ok", "{point}");
+        assert!(
+            point["messages"].as_u64().is_some_and(|n| n >= 300),
+            "{point}"
+        );
+        assert!(
+            point["median_ns"].as_u64().is_some_and(|n| n > 0),
+            "{point}"
+        );
+        assert!(
+            point["p99_ns"].as_u64() >= point["median_ns"].as_u64(),
+            "{point}"
+        );
+    }
+    // The spool table's spools, and the other tables', are gone with the run.
+    let left: Vec<_> = std::fs::read_dir(&tmp.0).unwrap().flatten().collect();
+    assert!(left.is_empty(), "bench left {left:?}");
+}
+
 fn short_bench(transports: &str, args: &[&str]) -> Output {
     let base = [
         "bench",

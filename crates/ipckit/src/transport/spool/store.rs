@@ -163,7 +163,7 @@ impl Spool {
             tmp: self.area(Area::Tmp),
             new: self.area(Area::New),
         };
-        publish(from, &name.to_string(), payload, self.file_mode, self.sync)
+        publish(from, &name.file_name(), payload, self.file_mode, self.sync)
             .map_err(|e| self.send_error(e))
     }
 
@@ -561,7 +561,7 @@ impl Inbox {
             tmp: self.tmp.as_fd(),
             new: self.new.as_fd(),
         };
-        publish(places, &name.to_string(), payload, file_mode, false)
+        publish(places, &name.file_name(), payload, file_mode, false)
     }
 }
 
