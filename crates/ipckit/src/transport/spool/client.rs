@@ -302,7 +302,11 @@ impl Core {
         while let Some(Pending(name, raw)) = reader.pending.pop_first() {
             // A client that takes no pushes leaves them in its inbox, where its server
             // counts them against ?outbox=, rather than in memory past what it says.
-            if name.request().is_none() && self.answers.pushes_waiting() >= PUSHES_READ_AHEAD {
+            // Once one is left, every later one is too, whatever `recv` took meanwhile:
+            // pushes keep their order.
+            if name.request().is_none()
+                && (!left_on_disk.is_empty() || self.answers.pushes_waiting() >= PUSHES_READ_AHEAD)
+            {
                 left_on_disk.push(Pending(name, raw));
                 continue;
             }
