@@ -36,10 +36,12 @@ const QUIET: Duration = Duration::from_secs(2);
 /// damage stops.
 const MARKER: (u32, u32) = (0, u32::MAX);
 
-/// The bytes of the header a party copies once when it opens the segment (its
-/// configuration): damage there makes a new party refuse the segment with a clear error,
-/// which `scribbled` checks apart, since the fresh writer must open it.
-const CONFIGURATION: u64 = 32;
+/// The bytes of the header a party checks once when it opens the segment (its
+/// configuration, and the state word that says the segment is ready): damage there makes
+/// a new party refuse the segment with a clear error, which `scribbled` checks apart,
+/// since the fresh writer must open it. (At 32 the state word was left in reach, and a
+/// seed that scribbled it failed the check: `IPCKIT_SCRIBBLE_SEED=0x8243d7b6029b520b`.)
+const CONFIGURATION: u64 = 36;
 
 /// The file that holds `url`'s segment: the one in /dev/shm named after the endpoint.
 fn segment_of(url: &str) -> Option<PathBuf> {
