@@ -622,7 +622,7 @@ fn left_by_the_dead(spool: &Spool, name: &[u8]) -> bool {
         .strip_prefix(b".")
         .and_then(|n| n.strip_suffix(b".tmp"))
     {
-        store::maker_gone(id) && spool.older_than(Area::Clients, name, store::STAGING_GRACE)
+        store::maker_gone(id) && spool.older_than(Area::Clients, name, store::MAKER_GRACE)
     } else {
         false
     }

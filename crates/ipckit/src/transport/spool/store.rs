@@ -276,34 +276,22 @@ impl Spool {
     /// pid, or a pid since reused).
     pub(crate) fn sweep_tmp(&self) {
         const ABANDONED: Duration = Duration::from_secs(36 * 3600);
-        const SENDER_GONE_AFTER: Duration = Duration::from_secs(10);
         let Ok(names) = self.entries(Area::Tmp) else {
             return;
         };
         let tmp = self.area(Area::Tmp);
         for raw in names {
             let name = OsStr::from_bytes(&raw);
-            let age = rfs::statat(tmp, name, AtFlags::SYMLINK_NOFOLLOW)
-                .ok()
-                .and_then(|stat| {
-                    let modified =
-                        std::time::UNIX_EPOCH + Duration::from_secs(stat.st_mtime.max(0) as u64);
-                    modified.elapsed().ok()
-                })
-                .unwrap_or_default();
+            let age = self.age(Area::Tmp, &raw).unwrap_or_default();
             // A pid is only a claim, and may be another pid namespace's (a spool shared
             // between containers): a file whose pid is not running here is left for a
             // while, longer than any one write takes.
             let sender_died = || {
                 Name::parse(&raw)
                     .and_then(|name| name.sender_pid())
-                    .and_then(|pid| i32::try_from(pid).ok())
-                    .filter(|&pid| pid > 0)
-                    .and_then(rustix::process::Pid::from_raw)
-                    .is_some_and(|pid| rustix::process::test_kill_process(pid) == Err(Errno::SRCH))
+                    .is_some_and(process_gone)
             };
-            let abandoned = || age > ABANDONED;
-            let stale = (age >= SENDER_GONE_AFTER && sender_died()) || abandoned();
+            let stale = (age >= MAKER_GRACE && sender_died()) || age > ABANDONED;
             if stale && rfs::unlinkat(tmp, name, AtFlags::empty()).is_ok() {
                 log::info!(
                     "{}: removed tmp/{}, which a sender that died left half-written",
@@ -423,17 +411,20 @@ impl Spool {
 
     /// Whether the entry `name` of `area` was last changed at least `age` ago.
     pub(crate) fn older_than(&self, area: Area, name: &[u8], age: Duration) -> bool {
-        rfs::statat(
+        self.age(area, name).is_some_and(|elapsed| elapsed >= age)
+    }
+
+    /// How long ago the entry `name` of `area` was last changed; `None` where it is gone
+    /// (or changed in the future, by a clock stepped back).
+    fn age(&self, area: Area, name: &[u8]) -> Option<Duration> {
+        let stat = rfs::statat(
             self.area(area),
             OsStr::from_bytes(name),
             AtFlags::SYMLINK_NOFOLLOW,
         )
-        .ok()
-        .and_then(|stat| {
-            let changed = std::time::UNIX_EPOCH + Duration::from_secs(stat.st_mtime.max(0) as u64);
-            changed.elapsed().ok()
-        })
-        .is_some_and(|elapsed| elapsed >= age)
+        .ok()?;
+        let changed = std::time::UNIX_EPOCH + Duration::from_secs(stat.st_mtime.max(0) as u64);
+        changed.elapsed().ok()
     }
 
     /// Removes the inbox or staging tree `name` of `clients/` whose client is gone:
@@ -502,7 +493,7 @@ impl Spool {
             if let Some(staged) = name.strip_prefix(b".") {
                 // Being registered, unless its maker died first (and it has waited long
                 // enough that no maker of another pid namespace is still at it).
-                if maker_gone(staged) && self.older_than(Area::Receivers, &name, STAGING_GRACE) {
+                if maker_gone(staged) && self.older_than(Area::Receivers, &name, MAKER_GRACE) {
                     let _ = rfs::unlinkat(
                         self.area(Area::Receivers),
                         OsStr::from_bytes(&name),
@@ -802,9 +793,10 @@ pub(super) fn entries(dir: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
     Ok(names)
 }
 
-/// How long a staged entry (`.ID.tmp`) whose maker's pid is not running here is left
-/// before it is removed: its maker may be of another pid namespace, mid-way.
-pub(crate) const STAGING_GRACE: Duration = Duration::from_secs(10);
+/// How long what a maker whose pid is not running here left (a staged `.ID.tmp`, a file
+/// in `tmp/`) stays before it is removed: its maker may be of another pid namespace,
+/// mid-way.
+pub(crate) const MAKER_GRACE: Duration = Duration::from_secs(10);
 
 /// Whether the process that made the id `id` (`PID-…`, as [`names::fresh_id`] makes
 /// them) no longer runs. A pid since reused reads as alive: what it left then waits.
@@ -813,7 +805,15 @@ pub(crate) fn maker_gone(id: &[u8]) -> bool {
     std::str::from_utf8(pid)
         .ok()
         .filter(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|pid| pid.parse::<i32>().ok())
+        .and_then(|pid| pid.parse().ok())
+        .is_some_and(process_gone)
+}
+
+/// Whether no process `pid` runs in this pid namespace (0 and pids past `i32::MAX` name
+/// none that could have made anything).
+fn process_gone(pid: u32) -> bool {
+    i32::try_from(pid)
+        .ok()
         .and_then(rustix::process::Pid::from_raw)
         .is_some_and(|pid| rustix::process::test_kill_process(pid) == Err(Errno::SRCH))
 }
