@@ -269,7 +269,17 @@ fn crashed_requester_leaves_nothing(ctx: &Ctx) -> Outcome {
     client.kill();
     drop(request);
     drop(server);
-    let _restarted = api::listen(&url)?;
+    // An async server lets go of its address a moment after it is dropped (its runtime
+    // closes the socket), so the restart may first find it taken, as Ctx's clean-up does.
+    let mut restarted = api::listen(&url);
+    for _ in 0..100 {
+        if !matches!(restarted, Err(Error::AddrInUse { .. })) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        restarted = api::listen(&url);
+    }
+    let _restarted = restarted?;
     let leftovers = leftovers_of(&url);
     ensure!(
         leftovers.is_empty(),
